@@ -1,0 +1,86 @@
+r"""The teacher: cross-entropy + λ · intra-class contrastive loss (SPEC §3, §5).
+
+The defaults are the CIFAR-100 benchmark recipe with resnet32x4:
+
+  python launch.py --config=configs/teacher.py --workdir=workdirs/teacher
+
+A config argument shrinks it (big_vision style):
+
+  # a tiny model for a few steps on the synthetic set, offline, < 1 min on CPU
+  python launch.py --config=configs/teacher.py:smoke --workdir=/tmp/smoke
+  # the plain cross-entropy teacher
+  python launch.py --config=configs/teacher.py --config.icc.lam=0 --workdir=...
+
+Values marked "reconstruction" are our choices: the paper does not publish
+them (SPEC §2). A user who has them can set them on the command line.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = 'teacher'
+  c.workdir = config_dict.placeholder(str)  # or --workdir
+  c.seed = 0
+  c.model = 'resnet32x4'
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'cifar100'  # any TFDS name, 'image_folder', 'synthetic'
+  c.dataset.data_dir = config_dict.placeholder(str)  # TFDS data_dir
+  c.dataset.path = config_dict.placeholder(str)  # image_folder: dir or .tar.gz
+  c.dataset.num_train = 512  # synthetic only
+  c.dataset.num_test = 256
+  c.dataset.num_classes = 10
+  c.dataset.image_size = 32
+  c.dataset.seed = 0
+
+  # The recipe of the CIFAR-100 KD benchmark (SPEC §5).
+  c.num_epochs = 240
+  c.batch_size = 64  # global, over all devices
+  c.eval_batch_size = 500
+  c.learning_rate = 0.05
+  c.lr_decay_epochs = (150, 180, 210)
+  c.lr_decay_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.crop_padding = 4
+  c.flip = True
+  c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
+  c.num_devices = 0  # 0: every visible device
+
+  # The intra-class contrastive objective (SPEC §3). lam = 0 is the plain
+  # cross-entropy teacher and never computes the second view.
+  c.icc = ml_collections.ConfigDict()
+  c.icc.lam = 0.1  # reconstruction: weight λ of L_intra
+  c.icc.tau = 0.1  # reconstruction: InfoNCE temperature τ
+  c.icc.delta = 0.4  # reconstruction: margin threshold δ of the gate
+  c.icc.margin_kind = 'prob'  # reconstruction: 'prob' or 'logit' margins
+  c.icc.head = 'none'  # reconstruction: 'none' (z = f) or 'mlp' projection g
+  c.icc.head_dim = 128  # output width of the 'mlp' head
+
+  # The pipeline cache of same-class negatives (SPEC §3).
+  c.cache = ml_collections.ConfigDict()
+  c.cache.size = 16  # reconstruction: K past batches; 0 removes the cache
+  c.cache.store = 'features'  # 'features' (stale, cheap) or 'images' (fresh)
+
+  c.log_every_steps = 100
+  c.checkpoint_every_epochs = 10
+  c.keep_checkpoints = 2
+
+  if arg == 'smoke':
+    c.model = 'resnet8'
+    c.dataset.name = 'synthetic'
+    c.dataset.num_train = 256
+    c.dataset.num_test = 128
+    c.num_epochs = 2
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.lr_decay_epochs = (1,)
+    c.cache.size = 4
+    c.log_every_steps = 4
+    c.checkpoint_every_epochs = 1
+  elif arg:
+    raise ValueError(f'unknown config argument {arg!r}; valid: smoke')
+  return c

@@ -1,0 +1,1 @@
+"""icckd_jax: knowledge distillation with an intra-class contrastive teacher, in JAX."""

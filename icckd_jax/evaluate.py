@@ -1,0 +1,110 @@
+"""Evaluation on a whole split: every example counted exactly once (SPEC §5, §7.5)."""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import ml_collections
+import numpy as np
+
+from icckd_jax import augment
+from icckd_jax import checkpoint
+from icckd_jax import datasets
+from icckd_jax import losses
+from icckd_jax import models
+from icckd_jax import parallel
+from icckd_jax.errors import UserError
+from icckd_jax import pipeline
+from icckd_jax.pipeline import Split, eval_indices
+
+DATA = parallel.DATA
+
+
+def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
+                 batch_size: int):
+  """Builds evaluate(variables, split) -> {'top1', 'top5', 'loss', 'count'}.
+
+  `variables` are the model's {'params', 'batch_stats'}, replicated. The split
+  is covered in batches of `batch_size` (a multiple of the device count); the
+  last batch is padded and its padding masked out of every sum.
+  """
+  parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
+
+  def per_device(variables, split: Split, indices, mask):
+    images = augment.normalize(split.images[indices], mean, std, dtype)
+    labels = split.labels[indices]
+    logits, _ = model.apply(variables, images, train=False)
+    top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    w = mask.astype(jnp.float32)
+    sums = {
+        'top1': jnp.sum(w * (jnp.argmax(logits, -1) == labels)),
+        'top5': jnp.sum(w * jnp.any(top5 == labels[:, None], -1)),
+        'loss': jnp.sum(w * losses.cross_entropy(logits, labels)),
+        'count': jnp.sum(w),
+    }
+    return lax.psum(sums, DATA)
+
+  step = jax.jit(parallel.shard_map(
+      per_device, mesh, in_specs=(P(), P(), P(DATA), P(DATA)), out_specs=P()))
+
+  def evaluate(variables, split: Split) -> dict[str, float]:
+    indices, mask = eval_indices(split.size, batch_size)
+    totals = None
+    for idx, m in zip(indices, mask):
+      idx, m = parallel.put_global_batch((idx, m), mesh)
+      sums = step(variables, split, idx, m)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
+    count = totals['count']
+    return {'top1': totals['top1'] / count, 'top5': totals['top5'] / count,
+            'loss': totals['loss'] / count, 'count': int(count)}
+
+  return evaluate
+
+
+def evaluate_checkpoint(workdir: str, which: str = 'best',
+                        num_devices: int | None = None,
+                        batch_size: int = 500) -> dict[str, Any]:
+  """Restores WORKDIR's `which` checkpoint on the current mesh, evaluates it on
+  the whole test split, and writes WORKDIR/eval_<which>.json.
+
+  The model and data set come from the config saved with the checkpoint, so
+  nothing but the workdir is needed; the device count may differ from the
+  one the checkpoint was saved with.
+  """
+  # Imported here: the trainer imports this module for make_eval_fn.
+  from icckd_jax import train
+
+  if not workdir or not os.path.isdir(workdir):
+    raise UserError(f'config.workdir={workdir!r} is not a directory holding '
+                    'a training run')
+  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+  saved = ml_collections.ConfigDict(ckpts.restore_config(which))
+  mesh = parallel.make_mesh(num_devices)
+  dataset = datasets.load(saved.dataset)
+  dtype = train.compute_dtype(saved)
+  model = models.create_model(saved.model, dataset.num_classes, dtype=dtype,
+                              bn_axis_name=parallel.DATA)
+  state, meta = ckpts.restore(None, which=which, mesh=mesh)
+  _, test = pipeline.to_device(dataset, mesh)
+  evaluate = make_eval_fn(model, mesh, mean=dataset.mean, std=dataset.std,
+                          dtype=dtype, batch_size=batch_size)
+  result = evaluate({'params': state['params']['model'],
+                     'batch_stats': state['batch_stats']}, test)
+  result.update(checkpoint=which, epoch=meta['epoch'],
+                devices=int(mesh.devices.size))
+  ckpts.close()
+  logging.info('%s checkpoint of %s (epoch %d): top-1 %.4f, top-5 %.4f on %d '
+               'test examples', which, workdir, meta['epoch'], result['top1'],
+               result['top5'], result['count'])
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'eval_{which}.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  print(json.dumps(result))
+  return result

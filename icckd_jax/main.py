@@ -1,0 +1,23 @@
+"""Dispatches a config to its job by `config.mode`."""
+
+from typing import Any
+
+import ml_collections
+
+from icckd_jax import evaluate
+from icckd_jax import train
+from icckd_jax.errors import UserError
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
+  """Runs the job `config` describes; `workdir` overrides config.workdir."""
+  mode = config.get('mode', 'teacher')
+  workdir = workdir or config.get('workdir')
+  if mode == 'teacher':
+    return train.train_and_evaluate(config, workdir)
+  if mode == 'eval':
+    return evaluate.evaluate_checkpoint(
+        workdir, which=config.checkpoint,
+        num_devices=config.get('num_devices') or None,
+        batch_size=config.eval_batch_size)
+  raise UserError(f"config.mode={mode!r} is unknown; choose 'teacher' or 'eval'")

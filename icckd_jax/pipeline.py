@@ -1,0 +1,136 @@
+"""The on-device input pipeline (SPEC section 8).
+
+Whole splits live on every device as uint8. A training batch is drawn, cropped
+and flipped on the device inside jit, keyed by (seed, step) on the global
+batch, and the next one is dispatched before the current one is consumed, so
+there is no host round trip per step. An epoch is a permutation of the
+training split, keyed by (seed, epoch); the remainder that does not fill a
+batch is dropped so every step has the same static shape.
+"""
+
+from collections.abc import Iterator
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import numpy as np
+
+from icckd_jax import augment
+from icckd_jax import parallel
+from icckd_jax.datasets import Dataset
+
+# Streams of randomness derived from the run's seed; each consumer folds in
+# its own constant so that they never share a key.
+_ORDER_STREAM = 1
+_AUGMENT_STREAM = 2
+
+
+@flax.struct.dataclass
+class Split:
+  """One split resident on every device of the mesh."""
+  images: jax.Array  # [N, H, W, C] uint8
+  labels: jax.Array  # [N] int32
+
+  @property
+  def size(self) -> int:
+    return self.labels.shape[0]
+
+
+def to_device(dataset: Dataset, mesh: Mesh) -> tuple[Split, Split]:
+  """(train, test) splits, replicated on every device of the mesh."""
+  put = functools.partial(parallel.put_replicated, mesh=mesh)
+  train = Split(put(dataset.train_images), put(dataset.train_labels))
+  test = Split(put(dataset.test_images), put(dataset.test_labels))
+  return train, test
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  return num_examples // batch_size
+
+
+def _epoch_order(seed: int, epoch: jax.Array, num_examples: int,
+                 batch_size: int) -> jax.Array:
+  """[steps_per_epoch, B] int32: example indices of each step of `epoch`."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed),
+                                              _ORDER_STREAM), epoch)
+  perm = jax.random.permutation(key, num_examples)
+  steps = steps_per_epoch(num_examples, batch_size)
+  return perm[:steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+def make_batch_fn(mesh: Mesh, seed: int, num_views: int, crop_padding: int,
+                  flip: bool):
+  """A jitted fn(split, indices [B], step) -> (images [V, B, H, W, C] uint8,
+  labels [B] int32), both sharded over `data` on the batch axis.
+
+  Each device gathers and augments only its own shard of the global batch.
+  View v of the example at global position i uses key
+  fold_in(fold_in(fold_in(fold_in(seed, augment), step), v), i), which makes
+  the pixels independent of how the batch is split across devices.
+  """
+  def per_device(split, indices, positions, step):
+    step_key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM), step)
+    images = split.images[indices]
+    views = []
+    for v in range(num_views):
+      keys = augment.example_keys(jax.random.fold_in(step_key, v), positions)
+      views.append(augment.random_crop_flip(images, keys, crop_padding, flip))
+    return jnp.stack(views), split.labels[indices]
+
+  sharded = parallel.shard_map(
+      per_device, mesh,
+      in_specs=(P(), P(parallel.DATA), P(parallel.DATA), P()),
+      out_specs=(P(None, parallel.DATA), P(parallel.DATA)))
+
+  @jax.jit
+  def make_batch(split, indices, step):
+    positions = jnp.arange(indices.shape[0], dtype=jnp.int32)
+    return sharded(split, indices, positions, step)
+
+  return make_batch
+
+
+def train_batches(split: Split, mesh: Mesh, *, seed: int, batch_size: int,
+                  num_views: int, crop_padding: int, flip: bool,
+                  start_step: int) -> Iterator[tuple[jax.Array, jax.Array]]:
+  """Yields the global batches of steps start_step, start_step + 1, ...
+
+  The batch of step t + 1 is dispatched to the device before the batch of
+  step t is handed out (on-device prefetch). Resuming at any step gives the
+  batches an uninterrupted run would have seen.
+  """
+  n_steps = steps_per_epoch(split.size, batch_size)
+  order_fn = jax.jit(_epoch_order, static_argnums=(0, 2, 3))
+  make_batch = make_batch_fn(mesh, seed, num_views, crop_padding, flip)
+  orders = {}
+
+  def batch_at(step):
+    epoch = step // n_steps
+    if epoch not in orders:
+      orders.clear()
+      orders[epoch] = order_fn(seed, epoch, split.size, batch_size)
+    return make_batch(split, orders[epoch][step % n_steps], step)
+
+  step = start_step
+  ahead = batch_at(step)
+  while True:
+    current, ahead = ahead, batch_at(step + 1)
+    yield current
+    step += 1
+
+
+def eval_indices(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Covers a split exactly once in batches of `batch_size`.
+
+  Returns indices [num_batches, batch_size] int32 and mask [num_batches,
+  batch_size] bool; the last batch is padded with index 0 and masked out.
+  """
+  num_batches = -(-num_examples // batch_size)
+  flat = np.arange(num_batches * batch_size)
+  mask = flat < num_examples
+  indices = np.where(mask, flat, 0).astype(np.int32)
+  return (indices.reshape(num_batches, batch_size),
+          mask.reshape(num_batches, batch_size))

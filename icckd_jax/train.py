@@ -1,0 +1,231 @@
+"""Training a teacher: the loop, reading top to bottom (flax imagenet style).
+
+`train_and_evaluate(config, workdir)` builds the mesh, data, model and state,
+resumes from the latest checkpoint if there is one, then runs epochs of the
+jitted step, evaluates on the whole test split after each epoch, logs, and
+checkpoints. It returns the run's summary, also written to
+WORKDIR/summary.json.
+"""
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from icckd_jax import cache as cache_lib
+from icckd_jax import checkpoint
+from icckd_jax import datasets
+from icckd_jax import evaluate
+from icckd_jax import metric_writer
+from icckd_jax import models
+from icckd_jax import optim
+from icckd_jax import parallel
+from icckd_jax import pipeline
+from icckd_jax import projection
+from icckd_jax import teacher
+from icckd_jax.errors import UserError
+from icckd_jax.train_state import create_train_state
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+MARGIN_KINDS = ('prob', 'logit')
+CACHE_STORES = ('features', 'images')
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  if config.dtype not in DTYPES:
+    raise UserError(f'config.dtype={config.dtype!r} is unknown; choose one of: '
+                    + ', '.join(DTYPES))
+  return DTYPES[config.dtype]
+
+
+def prepare_workdir(workdir: str | None) -> str:
+  """Creates the workdir and proves it writable, or a one-line UserError."""
+  if not workdir:
+    raise UserError('no workdir: pass --workdir=DIR (or --config.workdir=DIR)')
+  probe = os.path.join(workdir, '.write_test')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f'workdir {workdir} is not writable: {e.strerror}') from None
+  return os.path.abspath(workdir)
+
+
+def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def _check_objective(config: ml_collections.ConfigDict) -> None:
+  icc, cache = config.icc, config.cache
+  if icc.margin_kind not in MARGIN_KINDS:
+    raise UserError(f'config.icc.margin_kind={icc.margin_kind!r} is unknown; '
+                    f'choose one of: {", ".join(MARGIN_KINDS)}')
+  if icc.head not in projection.HEADS:
+    raise UserError(f'config.icc.head={icc.head!r} is unknown; choose one of: '
+                    + ', '.join(projection.HEADS))
+  if cache.store not in CACHE_STORES:
+    raise UserError(f'config.cache.store={cache.store!r} is unknown; choose '
+                    f'one of: {", ".join(CACHE_STORES)}')
+  if cache.size < 0:
+    raise UserError(f'config.cache.size={cache.size} must be >= 0')
+  if icc.tau <= 0:
+    raise UserError(f'config.icc.tau={icc.tau} must be > 0')
+
+
+def _finite_or_stop(losses: np.ndarray, first_step: int,
+                    ckpts: checkpoint.Checkpoints) -> None:
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    kept = ckpts.latest_epoch()
+    kept = f'epoch {kept}' if kept is not None else 'none yet'
+    raise UserError(f'training loss is {losses[bad[0]]} at step '
+                    f'{first_step + bad[0]}; stopped without saving (last good '
+                    f'checkpoint: {kept}). Lower config.learning_rate?')
+
+
+def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
+  return {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains the teacher of `config` in `workdir`, resuming if it can."""
+  workdir = prepare_workdir(workdir)
+  _check_objective(config)
+  dtype = compute_dtype(config)
+  mesh = parallel.make_mesh(config.get('num_devices') or None)
+  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  dataset = datasets.load(config.dataset)
+  steps_per_epoch = pipeline.steps_per_epoch(len(dataset.train_labels),
+                                             config.batch_size)
+  if steps_per_epoch == 0:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
+                    f'{len(dataset.train_labels)} training examples')
+  total_steps = config.num_epochs * steps_per_epoch
+  input_shape = dataset.train_images.shape[1:]
+
+  model = models.create_model(config.model, dataset.num_classes, dtype=dtype,
+                              bn_axis_name=parallel.DATA)
+  icc_on = config.icc.lam != 0
+  head = (projection.MLPHead(config.icc.head_dim, dtype=dtype)
+          if icc_on and config.icc.head == 'mlp' else None)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+
+  def init_state():
+    params, batch_stats = teacher.init_params(
+        model, head, jax.random.key(config.seed), input_shape)
+    cache = None
+    if icc_on:
+      feature_dim = teacher.embedding_dim(model, head, params, batch_stats,
+                                          input_shape)
+      cache = (cache_lib.create(config.cache.size, config.batch_size,
+                                (feature_dim,), jnp.float32)
+               if config.cache.store == 'features' else
+               cache_lib.create(config.cache.size, config.batch_size,
+                                input_shape, jnp.uint8))
+    return create_train_state(params, batch_stats, tx, cache)
+
+  ckpts = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
+  start_epoch, best = 0, {'top1': -1.0, 'epoch': 0}
+  if ckpts.latest_epoch() is not None:
+    state, meta = ckpts.restore(
+        checkpoint.abstract_like(jax.eval_shape(init_state), mesh))
+    start_epoch, best = meta['epoch'], meta['best']
+    logging.info('Resumed from %s at epoch %d.', workdir, start_epoch)
+  else:
+    state = jax.jit(init_state, out_shardings=parallel.replicated(mesh))()
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config_as_dict(config), f, indent=2)
+
+  train_split, test_split = pipeline.to_device(dataset, mesh)
+  train_step = teacher.make_train_step(
+      model, head, tx, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
+      num_views=2 if icc_on else 1, margin_kind=config.icc.margin_kind,
+      cache_store=config.cache.store)
+  hparams = teacher.hyperparameters(config.icc.lam, config.icc.tau,
+                                    config.icc.delta)
+  evaluate_fn = evaluate.make_eval_fn(
+      model, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
+      batch_size=config.eval_batch_size)
+  batches = pipeline.train_batches(
+      train_split, mesh, seed=config.seed, batch_size=config.batch_size,
+      num_views=2 if icc_on else 1, crop_padding=config.crop_padding,
+      flip=config.flip, start_step=start_epoch * steps_per_epoch)
+
+  writer = metric_writer.MetricWriter(workdir, start_epoch * steps_per_epoch)
+  progress = metric_writer.Progress(total_steps, start_epoch * steps_per_epoch,
+                                    config.batch_size)
+  cache_bytes = cache_lib.nbytes(state.cache) if state.cache is not None else 0
+  record = {}
+  for epoch in range(start_epoch, config.num_epochs):
+    epoch_start = time.perf_counter()
+    per_step, logged = [], 0
+    window_start = time.perf_counter()
+    for i in range(steps_per_epoch):
+      images, labels = next(batches)
+      state, metrics = train_step(state, images, labels, hparams)
+      per_step.append(metrics)
+      step = epoch * steps_per_epoch + i + 1
+      if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
+        window = jax.device_get(per_step[logged:])
+        _finite_or_stop(np.array([m['loss'] for m in window]),
+                        step - len(window) + 1, ckpts)
+        step_time = (time.perf_counter() - window_start) / len(window)
+        values = _mean_metrics(window)
+        values.update(learning_rate=float(learning_rate_fn(step - 1)),
+                      step_time=step_time,
+                      images_per_second=config.batch_size / step_time)
+        writer.write('train', step, values)
+        progress.report(step, epoch, config.num_epochs,
+                        {'loss': values['loss'], 'acc': values['accuracy']})
+        logged, window_start = len(per_step), time.perf_counter()
+
+    per_step = jax.device_get(per_step)
+    losses = np.array([m['loss'] for m in per_step])
+    test = evaluate_fn({'params': state.params['model'],
+                        'batch_stats': state.batch_stats}, test_split)
+    epoch_time = time.perf_counter() - epoch_start
+    record = {'epoch': epoch + 1, **_mean_metrics(per_step),
+              'loss_var': float(np.var(losses)),
+              **{f'test_{k}': v for k, v in test.items()},
+              'epoch_time': epoch_time,
+              'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
+              'cache_bytes': cache_bytes}
+    writer.write('epoch', step, record)
+    logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f',
+                 epoch + 1, config.num_epochs, test['top1'], test['top5'],
+                 record['loss'])
+
+    improved = test['top1'] > best['top1']
+    if improved:
+      best = {'top1': test['top1'], 'epoch': epoch + 1}
+    is_last = epoch + 1 == config.num_epochs
+    regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
+    if regular or improved:
+      ckpts.save(epoch + 1, state, {'epoch': epoch + 1, 'best': best},
+                 config_as_dict(config), last=regular, best=improved)
+
+  ckpts.close()
+  writer.close()
+  if not record:  # Restarted after the last epoch: nothing left to train.
+    record = metric_writer.read_records(workdir, 'epoch')[-1]
+  summary = {'final_top1': record.get('test_top1'),
+             'best_top1': best['top1'], 'best_epoch': best['epoch'],
+             'epochs': config.num_epochs, 'steps': total_steps,
+             'workdir': workdir}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  logging.info('Done: last top-1 %s, best top-1 %.4f at epoch %d.',
+               summary['final_top1'], best['top1'], best['epoch'])
+  return summary
