@@ -7,17 +7,21 @@ checkpoints. It returns the run's summary, also written to
 WORKDIR/summary.json.
 """
 
+from collections.abc import Callable
+import dataclasses
 import json
-import math
 import os
 import time
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
+import optax
 
 from icckd_jax import cache as cache_lib
 from icckd_jax import checkpoint
@@ -31,7 +35,7 @@ from icckd_jax import pipeline
 from icckd_jax import projection
 from icckd_jax import teacher
 from icckd_jax.errors import UserError
-from icckd_jax.train_state import create_train_state
+from icckd_jax.train_state import TrainState, create_train_state
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 MARGIN_KINDS = ('prob', 'logit')
@@ -96,23 +100,40 @@ def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
-  """Trains the teacher of `config` in `workdir`, resuming if it can."""
-  workdir = prepare_workdir(workdir)
+@dataclasses.dataclass(frozen=True)
+class TeacherSetup:
+  """Everything static that a teacher run is made of, built from a config."""
+  model: nn.Module
+  head: nn.Module | None
+  tx: optax.GradientTransformation
+  learning_rate_fn: optax.Schedule
+  steps_per_epoch: int
+  num_views: int
+  init_state: Callable[[], TrainState]  # jit it with out_shardings to place it
+  train_step: Callable  # (state, images, labels, hparams) -> (state, metrics)
+  hparams: dict[str, jax.Array]
+
+  def batches(self, config, split: pipeline.Split, mesh: Mesh,
+              start_step: int):
+    """The on-device batch stream of this run from `start_step` on."""
+    return pipeline.train_batches(
+        split, mesh, seed=config.seed, batch_size=config.batch_size,
+        num_views=self.num_views, crop_padding=config.crop_padding,
+        flip=config.flip, start_step=start_step)
+
+
+def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
+                  mesh: Mesh) -> TeacherSetup:
+  """Validates `config` and builds the model, optimiser and jitted step."""
   _check_objective(config)
   dtype = compute_dtype(config)
-  mesh = parallel.make_mesh(config.get('num_devices') or None)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  dataset = datasets.load(config.dataset)
   steps_per_epoch = pipeline.steps_per_epoch(len(dataset.train_labels),
                                              config.batch_size)
   if steps_per_epoch == 0:
     raise UserError(f'config.batch_size={config.batch_size} is larger than the '
                     f'{len(dataset.train_labels)} training examples')
-  total_steps = config.num_epochs * steps_per_epoch
   input_shape = dataset.train_images.shape[1:]
-
   model = models.create_model(config.model, dataset.num_classes, dtype=dtype,
                               bn_axis_name=parallel.DATA)
   icc_on = config.icc.lam != 0
@@ -126,41 +147,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         model, head, jax.random.key(config.seed), input_shape)
     cache = None
     if icc_on:
-      feature_dim = teacher.embedding_dim(model, head, params, batch_stats,
-                                          input_shape)
-      cache = (cache_lib.create(config.cache.size, config.batch_size,
-                                (feature_dim,), jnp.float32)
-               if config.cache.store == 'features' else
-               cache_lib.create(config.cache.size, config.batch_size,
-                                input_shape, jnp.uint8))
+      if config.cache.store == 'features':
+        item_shape = (teacher.embedding_dim(model, head, params, batch_stats,
+                                            input_shape),)
+        item_dtype = jnp.float32
+      else:
+        item_shape, item_dtype = input_shape, jnp.uint8
+      cache = cache_lib.create(config.cache.size, config.batch_size,
+                               item_shape, item_dtype)
     return create_train_state(params, batch_stats, tx, cache)
+
+  num_views = 2 if icc_on else 1
+  train_step = teacher.make_train_step(
+      model, head, tx, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
+      num_views=num_views, margin_kind=config.icc.margin_kind,
+      cache_store=config.cache.store)
+  return TeacherSetup(
+      model=model, head=head, tx=tx, learning_rate_fn=learning_rate_fn,
+      steps_per_epoch=steps_per_epoch, num_views=num_views,
+      init_state=init_state, train_step=train_step,
+      hparams=teacher.hyperparameters(config.icc.lam, config.icc.tau,
+                                      config.icc.delta))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains the teacher of `config` in `workdir`, resuming if it can."""
+  workdir = prepare_workdir(workdir)
+  mesh = parallel.make_mesh(config.get('num_devices') or None)
+  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  dataset = datasets.load(config.dataset)
+  setup = build_teacher(config, dataset, mesh)
+  steps_per_epoch = setup.steps_per_epoch
+  total_steps = config.num_epochs * steps_per_epoch
+  learning_rate_fn = setup.learning_rate_fn
 
   ckpts = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
   start_epoch, best = 0, {'top1': -1.0, 'epoch': 0}
   if ckpts.latest_epoch() is not None:
     state, meta = ckpts.restore(
-        checkpoint.abstract_like(jax.eval_shape(init_state), mesh))
+        checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh))
     start_epoch, best = meta['epoch'], meta['best']
     logging.info('Resumed from %s at epoch %d.', workdir, start_epoch)
   else:
-    state = jax.jit(init_state, out_shardings=parallel.replicated(mesh))()
+    state = jax.jit(setup.init_state,
+                    out_shardings=parallel.replicated(mesh))()
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(config_as_dict(config), f, indent=2)
 
   train_split, test_split = pipeline.to_device(dataset, mesh)
-  train_step = teacher.make_train_step(
-      model, head, tx, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
-      num_views=2 if icc_on else 1, margin_kind=config.icc.margin_kind,
-      cache_store=config.cache.store)
-  hparams = teacher.hyperparameters(config.icc.lam, config.icc.tau,
-                                    config.icc.delta)
+  train_step, hparams = setup.train_step, setup.hparams
   evaluate_fn = evaluate.make_eval_fn(
-      model, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
-      batch_size=config.eval_batch_size)
-  batches = pipeline.train_batches(
-      train_split, mesh, seed=config.seed, batch_size=config.batch_size,
-      num_views=2 if icc_on else 1, crop_padding=config.crop_padding,
-      flip=config.flip, start_step=start_epoch * steps_per_epoch)
+      setup.model, mesh, mean=dataset.mean, std=dataset.std,
+      dtype=compute_dtype(config), batch_size=config.eval_batch_size)
+  batches = setup.batches(config, train_split, mesh,
+                          start_epoch * steps_per_epoch)
 
   writer = metric_writer.MetricWriter(workdir, start_epoch * steps_per_epoch)
   progress = metric_writer.Progress(total_steps, start_epoch * steps_per_epoch,
