@@ -1,0 +1,133 @@
+"""CIFAR ResNet (BasicBlock, depth 6n+2) as defined by the RepDistiller benchmark.
+
+Also holds the initialisers and the BatchNorm factory that the WRN and VGG
+families share, so that all three match the PyTorch reference the same way.
+"""
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# PyTorch `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: an untruncated
+# normal with variance 2 / (kh * kw * out_channels).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# PyTorch's default `nn.Linear` weight: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_kernel_init = nn.initializers.variance_scaling(
+    1.0 / 3.0, 'fan_in', 'uniform')
+
+# Explicit symmetric padding: flax's 'SAME' pads (0, 1) for stride 2 on even
+# inputs, which samples different pixels than PyTorch's padding=1.
+PAD_1 = ((1, 1), (1, 1))
+
+
+def torch_linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
+  """PyTorch's default `nn.Linear` bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
+  """BatchNorm matching PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+
+  `axis_name` names the mapped mesh axis over which batch statistics are
+  averaged (synchronised BN under `shard_map`); None keeps them per device.
+  """
+  return functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=axis_name,
+      dtype=dtype,
+      param_dtype=jnp.float32)
+
+
+class BasicBlock(nn.Module):
+  """Post-activation residual block: relu(bn(conv(relu(bn(conv(x))))) + x).
+
+  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features].
+  """
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.conv(self.features, (3, 3), self.strides, PAD_1, name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (3, 3), 1, PAD_1, name='conv2')(y)
+    y = self.norm(name='bn2')(y)
+    residual = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      residual = self.conv(
+          self.features, (1, 1), self.strides, 'VALID',
+          name='downsample_conv')(x)
+      residual = self.norm(name='downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """CIFAR ResNet: 3x3 stem, three stages of n BasicBlocks, global pool, fc.
+
+  Attributes:
+    depth: 6n + 2 layers.
+    widths: channels of the stem and of the three stages, e.g. (16, 16, 32, 64).
+    num_classes: size of the logits.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  depth: int
+  widths: Sequence[int]
+  num_classes: int
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, widths[3]] float32 pooled input of the final linear layer.
+    """
+    if (self.depth - 2) % 6:
+      raise ValueError(f'ResNet depth must be 6n+2, got {self.depth}')
+    blocks_per_stage = (self.depth - 2) // 6
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
+        dtype=self.dtype, param_dtype=jnp.float32)
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+
+    x = conv(self.widths[0], (3, 3), 1, PAD_1, name='conv1')(x)
+    x = nn.relu(norm(name='bn1')(x))
+    for stage, width in enumerate(self.widths[1:]):
+      for i in range(blocks_per_stage):
+        strides = 2 if stage > 0 and i == 0 else 1
+        x = BasicBlock(width, strides, conv, norm,
+                       name=f'layer{stage + 1}_{i}')(x)
+    # The reference's AvgPool2d(8) is the global mean on its 8x8 CIFAR maps.
+    features = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(
+        self.num_classes,
+        kernel_init=torch_linear_kernel_init,
+        bias_init=torch_linear_bias_init(self.widths[-1]),
+        dtype=self.dtype, param_dtype=jnp.float32, name='fc')(features)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -1,0 +1,68 @@
+"""VGG with BatchNorm and a single linear classifier, as in the RepDistiller benchmark.
+
+The benchmark's `vgg8` and `vgg13` are its `vgg8_bn` and `vgg13_bn`.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from icckd_jax.models.resnet import PAD_1, batch_norm, conv_kernel_init
+
+# Conv widths of the five blocks; a 2x2 max pool separates consecutive blocks.
+CONFIGS = {
+    'S': ((64,), (128,), (256,), (512,), (512,)),
+    'B': ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+}
+
+
+class VGG(nn.Module):
+  """Five blocks of (conv3x3 with bias, BN, relu), global average pool, fc.
+
+  Attributes:
+    cfg: conv widths per block; the last block must have 512 channels.
+    num_classes: size of the logits.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  cfg: Sequence[Sequence[int]]
+  num_classes: int
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, 512] float32 pooled input of the final linear layer.
+    """
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+    input_height = x.shape[1]
+    for b, widths in enumerate(self.cfg):
+      # The reference skips the pool before the last block unless the input is
+      # 64x64, so on CIFAR the last block runs at 4x4.
+      if 0 < b < 4 or (b == 4 and input_height == 64):
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      for i, width in enumerate(widths):
+        x = nn.Conv(
+            width, (3, 3), 1, PAD_1, kernel_init=conv_kernel_init,
+            bias_init=nn.initializers.zeros, dtype=self.dtype,
+            param_dtype=jnp.float32, name=f'block{b}_conv{i}')(x)
+        x = nn.relu(norm(name=f'block{b}_bn{i}')(x))
+    features = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(
+        self.num_classes,
+        kernel_init=nn.initializers.normal(0.01),
+        bias_init=nn.initializers.zeros,
+        dtype=self.dtype, param_dtype=jnp.float32, name='classifier')(features)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -1,0 +1,95 @@
+"""Wide ResNet (depth 6n+4, pre-activation blocks) as in the RepDistiller benchmark.
+
+Dropout is 0 in every benchmark configuration, so it is left out.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from icckd_jax.models.resnet import (
+    PAD_1, ModuleDef, batch_norm, conv_kernel_init, torch_linear_kernel_init)
+
+
+class PreActBlock(nn.Module):
+  """Pre-activation block: conv(relu(bn(conv(relu(bn(x)))))) + shortcut.
+
+  When the width changes, the 1x1 shortcut conv reads the pre-activated input
+  (as in the reference); otherwise the raw input is added.
+  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features].
+  """
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = nn.relu(self.norm(name='bn1')(x))
+    y = self.conv(self.features, (3, 3), self.strides, PAD_1, name='conv1')(act)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.conv(self.features, (3, 3), 1, PAD_1, name='conv2')(y)
+    if x.shape[-1] == self.features:
+      return x + y
+    shortcut = self.conv(
+        self.features, (1, 1), self.strides, 'VALID', name='shortcut')(act)
+    return shortcut + y
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-widen: 3x3 stem, three stages of n PreActBlocks, bn-relu, pool, fc.
+
+  Attributes:
+    depth: 6n + 4 layers.
+    widen_factor: stage widths are (16, 32, 64) * widen_factor.
+    num_classes: size of the logits.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  depth: int
+  widen_factor: int
+  num_classes: int
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, 64 * widen_factor] float32 pooled input of the final
+        linear layer.
+    """
+    if (self.depth - 4) % 6:
+      raise ValueError(f'WideResNet depth must be 6n+4, got {self.depth}')
+    blocks_per_stage = (self.depth - 4) // 6
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
+        dtype=self.dtype, param_dtype=jnp.float32)
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+
+    x = conv(16, (3, 3), 1, PAD_1, name='conv1')(x)
+    for stage in range(3):
+      width = 16 * 2**stage * self.widen_factor
+      for i in range(blocks_per_stage):
+        strides = 2 if stage > 0 and i == 0 else 1
+        x = PreActBlock(width, strides, conv, norm,
+                        name=f'block{stage + 1}_{i}')(x)
+    x = nn.relu(norm(name='bn1')(x))
+    # The reference's avg_pool2d(8) is the global mean on its 8x8 CIFAR maps.
+    features = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(
+        self.num_classes,
+        kernel_init=torch_linear_kernel_init,
+        bias_init=nn.initializers.zeros,
+        dtype=self.dtype, param_dtype=jnp.float32, name='fc')(features)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)
