@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.num_classes = 10
   c.dataset.image_size = 32
   c.dataset.seed = 0
+  c.dataset.train_subset = 0  # 0: whole split; n: a fixed random n
+  c.dataset.test_subset = 0
 
   # The recipe of the CIFAR-100 KD benchmark (SPEC §5).
   c.num_epochs = 240

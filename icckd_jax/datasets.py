@@ -75,7 +75,9 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
     config: fields `name`; `data_dir` (TFDS data dir, or None for TFDS's
       default); `path` (for 'image_folder'); `idx_dir` (for 'fashion_mnist');
       and for 'synthetic' `num_train`, `num_test`, `num_classes`,
-      `image_size`, `channels`, `seed`. Absent fields take defaults.
+      `image_size`, `channels`, `seed`; `train_subset`, `test_subset` (0:
+      the whole split) keep a fixed random subset of that many examples, for
+      runs sized to a small machine. Absent fields take defaults.
 
   Returns:
     The `Dataset`, with train statistics filled in.
@@ -99,6 +101,10 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
     splits, num_classes = _read_tfds(
         name, config.get('data_dir', None), download=True)
   (train_images, train_labels), (test_images, test_labels) = splits
+  train_images, train_labels = _subset(train_images, train_labels,
+                                       config.get('train_subset', 0), 'train')
+  test_images, test_labels = _subset(test_images, test_labels,
+                                     config.get('test_subset', 0), 'test')
   mean, std = channel_stats(train_images)
   return Dataset(
       name=name,
@@ -109,6 +115,23 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
       num_classes=num_classes,
       mean=mean,
       std=std)
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, size: int,
+            split: str) -> tuple[np.ndarray, np.ndarray]:
+  """A fixed random subset of `size` examples (all when size is 0).
+
+  The permutation is seeded by the split's length alone, so every run that
+  asks for the same subset size gets the same examples.
+  """
+  if not size:
+    return images, labels
+  if size < 0 or size > len(labels):
+    raise UserError(f'dataset.{split}_subset={size} must be between 0 and '
+                    f'the {len(labels)} examples of the {split} split')
+  keep = np.sort(np.random.default_rng(len(labels)).permutation(
+      len(labels))[:size])
+  return images[keep], labels[keep]
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

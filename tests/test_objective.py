@@ -1,0 +1,131 @@
+"""SPEC §7.3 and the cache modes, through the real jitted teacher step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from icckd_jax import augment
+from icckd_jax import datasets
+from icckd_jax import losses
+from icckd_jax import models
+from icckd_jax import optim
+from icckd_jax import parallel
+from icckd_jax import pipeline
+from teacher_steps import run_steps
+
+
+def _small(config, **icc):
+  config.dataset.num_train = 64
+  config.batch_size = 16
+  config.cache.size = 2
+  config.icc.update(icc)
+  return config
+
+
+def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
+  """λ = 0 trains exactly like a CE step written here from scratch."""
+  config = _small(smoke_config, lam=0.0)
+  initial, state, metrics = run_steps(config, 1, 3)
+  assert state.cache is None
+
+  dataset = datasets.load(config.dataset)
+  mesh = parallel.make_mesh(1)
+  model = models.create_model(config.model, dataset.num_classes,
+                              bn_axis_name=parallel.DATA)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 4))
+  params, batch_stats = initial.params['model'], initial.batch_stats
+  opt_state = tx.init(initial.params)
+
+  def ce(p, bs, images, labels):
+    x = augment.normalize(images, dataset.mean, dataset.std)
+    (logits, _), upd = model.apply({'params': p, 'batch_stats': bs}, x,
+                                   train=True, mutable=['batch_stats'])
+    return losses.cross_entropy(logits, labels).mean(), upd['batch_stats']
+
+  @jax.jit
+  def reference_step(params, batch_stats, opt_state, images, labels):
+    # BatchNorm's axis name needs a mapped axis; a size-1 vmap provides it.
+    grad_fn = jax.vmap(jax.grad(ce, has_aux=True), (None, None, 0, 0),
+                       axis_name=parallel.DATA)
+    grads, bs = grad_fn(params, batch_stats, images[None], labels[None])
+    grads, bs = jax.tree.map(lambda t: t[0], (grads, bs))
+    updates, opt_state = tx.update({'model': grads}, opt_state,
+                                   {'model': params})
+    return (optax.apply_updates({'model': params}, updates)['model'], bs,
+            opt_state)
+
+  split, _ = pipeline.to_device(dataset, mesh)
+  batches = pipeline.train_batches(split, mesh, seed=config.seed,
+                                   batch_size=config.batch_size, num_views=1,
+                                   crop_padding=4, flip=True, start_step=0)
+  for _ in range(3):
+    images, labels = next(batches)
+    assert images.shape[0] == 1, 'λ = 0 must not draw a second view'
+    params, batch_stats, opt_state = reference_step(
+        params, batch_stats, opt_state, images[0], labels)
+  chex_close = lambda a, b: jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
+      a, b)
+  chex_close(state.params['model'], jax.device_get(params))
+  chex_close(state.batch_stats, jax.device_get(batch_stats))
+  assert all(m['loss'] == m['ce'] for m in metrics)
+
+
+def test_delta_at_least_one_is_cross_entropy(smoke_config):
+  """δ ≥ 1 gates every anchor off: the loss is CE and λ no longer matters."""
+  _, state_a, metrics_a = run_steps(_small(smoke_config, lam=0.5, delta=1.0),
+                                    1, 3)
+  from configs import teacher  # pylint: disable=g-import-not-at-top
+  _, state_b, metrics_b = run_steps(
+      _small(teacher.get_config('smoke'), lam=2.0, delta=1.5), 1, 3)
+  for m in metrics_a + metrics_b:
+    assert m['gate_pass_rate'] == 0.0
+    assert m['intra'] == 0.0
+    assert m['loss'] == m['ce']
+  jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
+
+
+def test_delta_minus_one_gates_nothing(smoke_config):
+  _, _, metrics = run_steps(_small(smoke_config, lam=0.5, delta=-1.0), 1, 3)
+  for m in metrics:
+    assert m['gate_pass_rate'] == 1.0
+    assert m['intra'] > 0.0
+    np.testing.assert_allclose(m['loss'], m['ce'] + 0.5 * m['intra'],
+                               rtol=1e-6)
+
+
+def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
+    smoke_config):
+  """With the parameters frozen (lr = 0), the two cache modes hold the same
+  entries after the ring fills, and select the same negatives per anchor."""
+  results = {}
+  for store in ('features', 'images'):
+    from configs import teacher  # pylint: disable=g-import-not-at-top
+    config = _small(teacher.get_config('smoke'), lam=0.5, delta=-1.0)
+    config.cache.store = store
+    config.learning_rate = 0.0
+    results[store] = run_steps(config, 2, 3)
+  _, feats, m_feats = results['features']
+  _, imgs, m_imgs = results['images']
+  np.testing.assert_array_equal(feats.cache.labels, imgs.cache.labels)
+  np.testing.assert_array_equal(feats.cache.valid, imgs.cache.valid)
+  assert bool(np.all(feats.cache.valid))
+  for a, b in zip(m_feats, m_imgs):
+    assert a['neg_cache'] == b['neg_cache']
+    assert a['neg_in_batch'] == b['neg_in_batch']
+  assert m_feats[0]['neg_cache'] == 0.0 and m_feats[2]['neg_cache'] > 0.0
+  # Features: unit-norm key embeddings; images: uint8 augmented key views.
+  np.testing.assert_allclose(np.linalg.norm(feats.cache.items, axis=-1), 1.0,
+                             rtol=1e-5)
+  # The ring after 3 pushes into 2 slots: slot 0 holds step 2, slot 1 step 1.
+  config = _small(smoke_config)
+  dataset = datasets.load(config.dataset)
+  mesh = parallel.make_mesh(1)
+  split, _ = pipeline.to_device(dataset, mesh)
+  batches = pipeline.train_batches(split, mesh, seed=config.seed,
+                                   batch_size=config.batch_size, num_views=2,
+                                   crop_padding=4, flip=True, start_step=0)
+  views_b = [np.asarray(next(batches)[0][1]) for _ in range(3)]
+  np.testing.assert_array_equal(imgs.cache.items[0], views_b[2])
+  np.testing.assert_array_equal(imgs.cache.items[1], views_b[1])
