@@ -8,6 +8,10 @@ A config argument shrinks it (big_vision style):
 
   # a tiny model for a few steps on the synthetic set, offline, < 1 min on CPU
   python launch.py --config=configs/teacher.py:smoke --workdir=/tmp/smoke
+  # 3 epochs of resnet8 on real data, minutes on 2 CPU cores
+  python launch.py --config=configs/teacher.py:fashion_cpu --workdir=/tmp/fm
+  python launch.py --config=configs/teacher.py:cifar10_cpu --workdir=/tmp/c10 \
+      --config.dataset.path=../shared/data/cifar10-jpeg.tar.gz
   # the plain cross-entropy teacher
   python launch.py --config=configs/teacher.py --config.icc.lam=0 --workdir=...
 
@@ -83,6 +87,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.cache.size = 4
     c.log_every_steps = 4
     c.checkpoint_every_epochs = 1
+  elif arg in ('cifar10_cpu', 'fashion_cpu'):
+    # Sized for 2 CPU cores: resnet8, 3 epochs over 10,000 real images.
+    c.model = 'resnet8'
+    if arg == 'cifar10_cpu':
+      c.dataset.name = 'image_folder'  # set --config.dataset.path=...tar.gz
+    else:
+      c.dataset.name = 'fashion_mnist'
+    c.dataset.train_subset = 10000
+    c.num_epochs = 3
+    c.lr_decay_epochs = (2,)
+    c.log_every_steps = 50
+    c.checkpoint_every_epochs = 1
   elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; valid: smoke')
+    raise ValueError(f'unknown config argument {arg!r}; valid: smoke, '
+                     'cifar10_cpu, fashion_cpu')
   return c

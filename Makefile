@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Each creates
+# the virtual environment on first use and installs the project into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test fashion-mnist clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Debian ships Fashion-MNIST's original files; without them (and without
+# root) the loader falls back to a TFDS download where there is a network.
+fashion-mnist:
+	@if [ ! -d $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; \
+	fi
+
+demo: $(VENV)/.installed fashion-mnist
+	$(PY) launch.py --config=configs/teacher.py:fashion_cpu --workdir=workdirs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 --durations=15
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

@@ -1,0 +1,212 @@
+"""The trainer end to end: launch.py on mock CIFAR-100, resume after a kill,
+evaluation (SPEC §7.2, §7.5, §7.6), and a short real-data run."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import CIFAR10_ARCHIVE, ROOT
+from icckd_jax import checkpoint
+from icckd_jax import evaluate
+from icckd_jax import metric_writer
+from icckd_jax import parallel
+
+TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
+
+
+def launch(*args, check=True, **kwargs):
+  """Runs launch.py in a fresh process (4 emulated devices, from conftest)."""
+  cmd = [sys.executable, str(ROOT / 'launch.py'), *args]
+  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          **kwargs)
+  if check and result.returncode:
+    raise AssertionError(f'{cmd} failed:\n{result.stderr[-3000:]}')
+  return result
+
+
+def restore_state(workdir, which='last'):
+  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+  state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
+  ckpts.close()
+  return jax.device_get(state), meta
+
+
+def test_launch_one_step_on_mock_cifar100(tmp_path, monkeypatch):
+  """The full launch.py path (flags, config, data, train, eval, checkpoint)
+  in-process, on TFDS's mock CIFAR-100."""
+  import launch  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  argv = ['launch.py', '--config=configs/teacher.py:smoke',
+          f'--workdir={workdir}', '--config.dataset.name=cifar100',
+          '--config.num_epochs=1', '--config.batch_size=32',
+          '--config.eval_batch_size=32']
+  # ml_collections finds the --config.* overrides in sys.argv.
+  monkeypatch.setattr(sys, 'argv', argv)
+  launch.FLAGS(argv)
+  with tfds.testing.mock_data(num_examples=40):
+    launch.main(['launch.py'])
+  launch.FLAGS.unparse_flags()
+  steps = metric_writer.read_records(str(workdir), 'train')
+  epochs = metric_writer.read_records(str(workdir), 'epoch')
+  assert [r['step'] for r in steps] == [1]
+  assert len(epochs) == 1 and epochs[0]['test_count'] == 40
+  for key in ('loss', 'ce', 'intra', 'accuracy', 'learning_rate',
+              'images_per_second', 'step_time', 'gate_pass_rate'):
+    assert np.isfinite(steps[0][key]), key
+  state, meta = restore_state(workdir)
+  assert meta['epoch'] == 1 and int(state['step']) == 1
+  assert state['params']['model']['fc']['kernel'].shape[-1] == 100
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['dataset']['name'] == 'cifar100'
+
+
+RESUME_ARGS = ('--config=configs/teacher.py:smoke', '--config.num_epochs=2',
+               '--config.dataset.num_train=512', '--config.batch_size=32',
+               '--config.checkpoint_every_epochs=1')
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
+  """SPEC §7.2 with the objective and its cache on: a run SIGKILLed in its
+  second epoch and restarted ends with the same state, cache and metrics."""
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  launch(*RESUME_ARGS, f'--workdir={straight}')
+
+  proc = subprocess.Popen(
+      [sys.executable, str(ROOT / 'launch.py'), *RESUME_ARGS,
+       f'--workdir={resumed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (resumed / 'checkpoints' / '1').exists():
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (resumed / 'checkpoints' / '2').exists(), (
+      'the run finished before it could be killed: make its epochs longer')
+  launch(*RESUME_ARGS, f'--workdir={resumed}')
+
+  state_a, meta_a = restore_state(straight)
+  state_b, meta_b = restore_state(resumed)
+  assert meta_a == meta_b and meta_a['epoch'] == 2
+  assert int(state_a['cache']['valid'].sum()) == 4
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+                      for r in rs]
+  records_a = strip(metric_writer.read_records(str(straight)))
+  assert records_a == strip(metric_writer.read_records(str(resumed)))
+  assert [r['epoch'] for r in records_a if r['kind'] == 'epoch'] == [1, 2]
+
+
+@pytest.fixture(scope='module')
+def trained_on_four(tmp_path_factory):
+  """A smoke teacher trained on 4 devices, 2 epochs."""
+  workdir = tmp_path_factory.mktemp('four') / 'run'
+  launch('--config=configs/teacher.py:smoke', f'--workdir={workdir}')
+  return workdir
+
+
+def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
+  """SPEC §7.5 and §7.6: 128 test examples in batches of 48 (padded, masked);
+  the same accuracy on 1, 2 and 4 devices as a direct NumPy count."""
+  from icckd_jax import datasets, models  # pylint: disable=g-import-not-at-top
+  from configs import teacher  # pylint: disable=g-import-not-at-top
+  results = {n: evaluate.evaluate_checkpoint(str(trained_on_four), 'last', n,
+                                             batch_size=48)
+             for n in (1, 2, 4)}
+  dataset = datasets.load(teacher.get_config('smoke').dataset)
+  state, _ = restore_state(trained_on_four)
+  model = models.create_model('resnet8', dataset.num_classes)
+  x = (dataset.test_images.astype(np.float32) - dataset.mean) / dataset.std
+  logits, _ = model.apply({'params': state['params']['model'],
+                           'batch_stats': state['batch_stats']}, x, train=False)
+  expected = float(np.mean(np.argmax(logits, -1) == dataset.test_labels))
+  for n, r in results.items():
+    assert r['count'] == len(dataset.test_labels) == 128, n
+    assert r['devices'] == n
+    assert r['top1'] == pytest.approx(expected, abs=1e-9), n
+    assert r['loss'] == pytest.approx(results[1]['loss'], rel=1e-5)
+  assert json.loads((trained_on_four / 'eval_last.json').read_text())[
+      'count'] == 128
+
+
+def _error_line(result):
+  lines = result.stderr.strip().splitlines()
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [l for l in lines if l.startswith('error: ')]
+  assert len(errors) == 1, lines[-5:]
+  return errors[0]
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config.model=resnet9'], "config.model='resnet9' is unknown"),
+    (['--config.dataset.name=no_such_set'], 'no_such_set'),
+    (['--config.batch_size=30'], 'config.batch_size=30 is not divisible by'
+     ' the 4 devices'),
+    (['--config.icc.margin_kind=rank'], 'config.icc.margin_kind'),
+])
+def test_config_errors_are_one_line_and_exit_2(tmp_path, args, expected):
+  result = launch('--config=configs/teacher.py:smoke',
+                  f'--workdir={tmp_path / "run"}', *args, check=False)
+  assert expected in _error_line(result)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_unwritable_workdir_is_a_user_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  result = launch('--config=configs/teacher.py:smoke',
+                  f'--workdir={blocker / "run"}', check=False)
+  assert f'workdir {blocker / "run"} is not writable' in _error_line(result)
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+  result = launch('--config=configs/eval.py', f'--config.workdir={tmp_path}',
+                  check=False)
+  assert 'no best checkpoint' in _error_line(result)
+  result = launch('--config=configs/eval.py',
+                  f'--config.workdir={tmp_path / "absent"}', check=False)
+  assert 'absent' in _error_line(result)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = tmp_path / 'run'
+  launch('--config=configs/teacher.py:smoke', '--config.num_epochs=1',
+         f'--workdir={workdir}')
+  before = {p: p.read_bytes() for p in (workdir / 'checkpoints').rglob('*')
+            if p.is_file()}
+  result = launch('--config=configs/teacher.py:smoke', '--config.num_epochs=2',
+                  '--config.learning_rate=1e30', f'--workdir={workdir}',
+                  check=False)
+  line = _error_line(result)
+  assert 'training loss is' in line and 'last good checkpoint: epoch 1' in line
+  after = {p: p.read_bytes() for p in (workdir / 'checkpoints').rglob('*')
+           if p.is_file()}
+  assert before == after
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1']
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR10_ARCHIVE.exists(),
+                    reason=f'real CIFAR-10 not at {CIFAR10_ARCHIVE}')
+def test_short_real_cifar10_run_learns(tmp_path):
+  """resnet8 with the intra-class objective, 3 epochs on 10,000 real CIFAR-10
+  training images: test top-1 must end above 30% (chance: 10%), and the gate
+  must open as the margins grow."""
+  workdir = tmp_path / 'run'
+  launch('--config=configs/teacher.py:cifar10_cpu', f'--workdir={workdir}',
+         f'--config.dataset.path={CIFAR10_ARCHIVE}')
+  epochs = metric_writer.read_records(str(workdir), 'epoch')
+  assert epochs[-1]['test_count'] == 10000
+  assert epochs[-1]['test_top1'] > 0.30, epochs[-1]
+  assert epochs[-1]['gate_pass_rate'] > epochs[0]['gate_pass_rate']
