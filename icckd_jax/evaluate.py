@@ -20,23 +20,26 @@ from icckd_jax import losses
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
-from icckd_jax import pipeline
-from icckd_jax.pipeline import Split, eval_indices
+from icckd_jax import input_pipeline
+from icckd_jax.input_pipeline import Split, eval_indices
 
 DATA = parallel.DATA
 
 
 def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
-                 batch_size: int):
-  """Builds evaluate(variables, split) -> {'top1', 'top5', 'loss', 'count'}.
+                 batch_size: int, reference: nn.Module | None = None):
+  """Builds evaluate(variables, split[, reference_variables]) -> metrics.
 
-  `variables` are the model's {'params', 'batch_stats'}, replicated. The split
-  is covered in batches of `batch_size` (a multiple of the device count); the
-  last batch is padded and its padding masked out of every sum.
+  Metrics: 'top1', 'top5', 'loss', 'count', and with a `reference` model (a
+  student's teacher) 'agreement', the fraction of examples on which both
+  predict the same class. `variables` are the model's {'params',
+  'batch_stats'}, replicated. The split is covered in batches of
+  `batch_size` (a multiple of the device count); the last batch is padded
+  and its padding masked out of every sum.
   """
   parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
 
-  def per_device(variables, split: Split, indices, mask):
+  def per_device(variables, split: Split, indices, mask, reference_variables):
     images = augment.normalize(split.images[indices], mean, std, dtype)
     labels = split.labels[indices]
     logits, _ = model.apply(variables, images, train=False)
@@ -48,22 +51,28 @@ def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
         'loss': jnp.sum(w * losses.cross_entropy(logits, labels)),
         'count': jnp.sum(w),
     }
+    if reference is not None:
+      reference_logits, _ = reference.apply(reference_variables, images,
+                                            train=False)
+      sums['agreement'] = jnp.sum(w * (jnp.argmax(logits, -1) ==
+                                       jnp.argmax(reference_logits, -1)))
     return lax.psum(sums, DATA)
 
   step = jax.jit(parallel.shard_map(
-      per_device, mesh, in_specs=(P(), P(), P(DATA), P(DATA)), out_specs=P()))
+      per_device, mesh, in_specs=(P(), P(), P(DATA), P(DATA), P()),
+      out_specs=P()))
 
-  def evaluate(variables, split: Split) -> dict[str, float]:
+  def evaluate(variables, split: Split,
+               reference_variables=None) -> dict[str, float]:
     indices, mask = eval_indices(split.size, batch_size)
     totals = None
     for idx, m in zip(indices, mask):
       idx, m = parallel.put_global_batch((idx, m), mesh)
-      sums = step(variables, split, idx, m)
+      sums = step(variables, split, idx, m, reference_variables)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
-    count = totals['count']
-    return {'top1': totals['top1'] / count, 'top5': totals['top5'] / count,
-            'loss': totals['loss'] / count, 'count': int(count)}
+    count = totals.pop('count')
+    return {**{k: v / count for k, v in totals.items()}, 'count': int(count)}
 
   return evaluate
 
@@ -92,7 +101,7 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   model = models.create_model(saved.model, dataset.num_classes, dtype=dtype,
                               bn_axis_name=parallel.DATA)
   state, meta = ckpts.restore(None, which=which, mesh=mesh)
-  _, test = pipeline.to_device(dataset, mesh)
+  _, test = input_pipeline.to_device(dataset, mesh)
   evaluate = make_eval_fn(model, mesh, mean=dataset.mean, std=dataset.std,
                           dtype=dtype, batch_size=batch_size)
   result = evaluate({'params': state['params']['model'],

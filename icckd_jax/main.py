@@ -5,8 +5,12 @@ from typing import Any
 import ml_collections
 
 from icckd_jax import evaluate
+from icckd_jax import method
+from icckd_jax import student
 from icckd_jax import train
 from icckd_jax.errors import UserError
+
+MODES = ('teacher', 'student', 'pipeline', 'eval')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
@@ -15,9 +19,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   workdir = workdir or config.get('workdir')
   if mode == 'teacher':
     return train.train_and_evaluate(config, workdir)
+  if mode == 'student':
+    return student.train_student(config, workdir)
+  if mode == 'pipeline':
+    return method.run_pipeline(config, workdir)
   if mode == 'eval':
     return evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,
         num_devices=config.get('num_devices') or None,
         batch_size=config.eval_batch_size)
-  raise UserError(f"config.mode={mode!r} is unknown; choose 'teacher' or 'eval'")
+  raise UserError(f'config.mode={mode!r} is unknown; choose one of: '
+                  + ', '.join(MODES))

@@ -31,7 +31,7 @@ from icckd_jax import metric_writer
 from icckd_jax import models
 from icckd_jax import optim
 from icckd_jax import parallel
-from icckd_jax import pipeline
+from icckd_jax import input_pipeline
 from icckd_jax import projection
 from icckd_jax import teacher
 from icckd_jax.errors import UserError
@@ -101,38 +101,49 @@ def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherSetup:
-  """Everything static that a teacher run is made of, built from a config."""
+class RunSetup:
+  """Everything static that a run (teacher or student) is made of."""
   model: nn.Module
-  head: nn.Module | None
   tx: optax.GradientTransformation
   learning_rate_fn: optax.Schedule
   steps_per_epoch: int
   num_views: int
   init_state: Callable[[], TrainState]  # jit it with out_shardings to place it
-  train_step: Callable  # (state, images, labels, hparams) -> (state, metrics)
-  hparams: dict[str, jax.Array]
+  # (state, images, labels, step_args) -> (state, metrics)
+  train_step: Callable
+  # The step's last argument: the objective's traced scalars, and for a
+  # student the teacher's variables (an argument, not a constant baked into
+  # the compiled step).
+  step_args: Any
+  head: nn.Module | None = None
+  # A student's teacher: (model, variables), for the agreement metric.
+  reference: tuple[nn.Module, Any] | None = None
 
-  def batches(self, config, split: pipeline.Split, mesh: Mesh,
+  def batches(self, config, split: input_pipeline.Split, mesh: Mesh,
               start_step: int):
     """The on-device batch stream of this run from `start_step` on."""
-    return pipeline.train_batches(
+    return input_pipeline.train_batches(
         split, mesh, seed=config.seed, batch_size=config.batch_size,
         num_views=self.num_views, crop_padding=config.crop_padding,
         flip=config.flip, start_step=start_step)
 
 
+def check_steps_per_epoch(config: ml_collections.ConfigDict,
+                          dataset: datasets.Dataset) -> int:
+  steps = input_pipeline.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+  if steps == 0:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
+                    f'{len(dataset.train_labels)} training examples')
+  return steps
+
+
 def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
-                  mesh: Mesh) -> TeacherSetup:
+                  mesh: Mesh) -> RunSetup:
   """Validates `config` and builds the model, optimiser and jitted step."""
   _check_objective(config)
   dtype = compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  steps_per_epoch = pipeline.steps_per_epoch(len(dataset.train_labels),
-                                             config.batch_size)
-  if steps_per_epoch == 0:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
-                    f'{len(dataset.train_labels)} training examples')
+  steps_per_epoch = check_steps_per_epoch(config, dataset)
   input_shape = dataset.train_images.shape[1:]
   model = models.create_model(config.model, dataset.num_classes, dtype=dtype,
                               bn_axis_name=parallel.DATA)
@@ -162,12 +173,12 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
       model, head, tx, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
       num_views=num_views, margin_kind=config.icc.margin_kind,
       cache_store=config.cache.store)
-  return TeacherSetup(
+  return RunSetup(
       model=model, head=head, tx=tx, learning_rate_fn=learning_rate_fn,
       steps_per_epoch=steps_per_epoch, num_views=num_views,
       init_state=init_state, train_step=train_step,
-      hparams=teacher.hyperparameters(config.icc.lam, config.icc.tau,
-                                      config.icc.delta))
+      step_args=teacher.hyperparameters(config.icc.lam, config.icc.tau,
+                                        config.icc.delta))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -177,7 +188,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = parallel.make_mesh(config.get('num_devices') or None)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   dataset = datasets.load(config.dataset)
-  setup = build_teacher(config, dataset, mesh)
+  return fit(config, workdir, build_teacher(config, dataset, mesh), dataset,
+             mesh)
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
+        dataset: datasets.Dataset, mesh: Mesh,
+        summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The train loop shared by teachers and students: resume, train, evaluate
+  after each epoch, log, checkpoint; returns the summary (also written to
+  WORKDIR/summary.json, with `summary_extra` added)."""
   steps_per_epoch = setup.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
   learning_rate_fn = setup.learning_rate_fn
@@ -195,11 +215,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(config_as_dict(config), f, indent=2)
 
-  train_split, test_split = pipeline.to_device(dataset, mesh)
-  train_step, hparams = setup.train_step, setup.hparams
+  train_split, test_split = input_pipeline.to_device(dataset, mesh)
+  train_step, step_args = setup.train_step, setup.step_args
   evaluate_fn = evaluate.make_eval_fn(
       setup.model, mesh, mean=dataset.mean, std=dataset.std,
-      dtype=compute_dtype(config), batch_size=config.eval_batch_size)
+      dtype=compute_dtype(config), batch_size=config.eval_batch_size,
+      reference=setup.reference[0] if setup.reference else None)
+  reference_variables = setup.reference[1] if setup.reference else None
   batches = setup.batches(config, train_split, mesh,
                           start_epoch * steps_per_epoch)
 
@@ -214,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     window_start = time.perf_counter()
     for i in range(steps_per_epoch):
       images, labels = next(batches)
-      state, metrics = train_step(state, images, labels, hparams)
+      state, metrics = train_step(state, images, labels, step_args)
       per_step.append(metrics)
       step = epoch * steps_per_epoch + i + 1
       if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
@@ -234,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     per_step = jax.device_get(per_step)
     losses = np.array([m['loss'] for m in per_step])
     test = evaluate_fn({'params': state.params['model'],
-                        'batch_stats': state.batch_stats}, test_split)
+                        'batch_stats': state.batch_stats}, test_split,
+                       reference_variables)
     epoch_time = time.perf_counter() - epoch_start
     record = {'epoch': epoch + 1, **_mean_metrics(per_step),
               'loss_var': float(np.var(losses)),
@@ -243,9 +266,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
               'cache_bytes': cache_bytes}
     writer.write('epoch', step, record)
-    logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f',
+    logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
                  epoch + 1, config.num_epochs, test['top1'], test['top5'],
-                 record['loss'])
+                 record['loss'],
+                 f", agreement with teacher {test['agreement']:.4f}"
+                 if 'agreement' in test else '')
 
     improved = test['top1'] > best['top1']
     if improved:
@@ -263,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   summary = {'final_top1': record.get('test_top1'),
              'best_top1': best['top1'], 'best_epoch': best['epoch'],
              'epochs': config.num_epochs, 'steps': total_steps,
-             'workdir': workdir}
+             'workdir': workdir, **(summary_extra or {})}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)

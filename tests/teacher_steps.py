@@ -4,7 +4,7 @@ import jax
 
 from icckd_jax import datasets
 from icckd_jax import parallel
-from icckd_jax import pipeline
+from icckd_jax import input_pipeline
 from icckd_jax import train
 
 
@@ -18,11 +18,11 @@ def run_steps(config, num_devices, steps):
   setup = train.build_teacher(config, dataset, mesh)
   state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
   initial = jax.device_get(state)
-  split, _ = pipeline.to_device(dataset, mesh)
+  split, _ = input_pipeline.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
   metrics = []
   for _ in range(steps):
     images, labels = next(batches)
-    state, m = setup.train_step(state, images, labels, setup.hparams)
+    state, m = setup.train_step(state, images, labels, setup.step_args)
     metrics.append(m)
   return initial, jax.device_get(state), jax.device_get(metrics)

@@ -11,7 +11,7 @@ from icckd_jax import losses
 from icckd_jax import models
 from icckd_jax import optim
 from icckd_jax import parallel
-from icckd_jax import pipeline
+from icckd_jax import input_pipeline
 from teacher_steps import run_steps
 
 
@@ -55,8 +55,8 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
     return (optax.apply_updates({'model': params}, updates)['model'], bs,
             opt_state)
 
-  split, _ = pipeline.to_device(dataset, mesh)
-  batches = pipeline.train_batches(split, mesh, seed=config.seed,
+  split, _ = input_pipeline.to_device(dataset, mesh)
+  batches = input_pipeline.train_batches(split, mesh, seed=config.seed,
                                    batch_size=config.batch_size, num_views=1,
                                    crop_padding=4, flip=True, start_step=0)
   for _ in range(3):
@@ -122,8 +122,8 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   config = _small(smoke_config)
   dataset = datasets.load(config.dataset)
   mesh = parallel.make_mesh(1)
-  split, _ = pipeline.to_device(dataset, mesh)
-  batches = pipeline.train_batches(split, mesh, seed=config.seed,
+  split, _ = input_pipeline.to_device(dataset, mesh)
+  batches = input_pipeline.train_batches(split, mesh, seed=config.seed,
                                    batch_size=config.batch_size, num_views=2,
                                    crop_padding=4, flip=True, start_step=0)
   views_b = [np.asarray(next(batches)[0][1]) for _ in range(3)]

@@ -1,0 +1,46 @@
+r"""The student: distilled from a trained teacher (SPEC §4, §5).
+
+Defaults: the CIFAR-100 benchmark recipe, resnet8x4 from a resnet32x4 teacher,
+KD with T = 4, γ = 0.1, α = 0.9:
+
+  python launch.py --config=configs/student.py --workdir=workdirs/student \
+      --config.teacher.workdir=workdirs/teacher
+  # "Ours+RKD": KD plus relational KD on penultimate features (β = 1)
+  python launch.py --config=configs/student.py --workdir=workdirs/student_rkd \
+      --config.teacher.workdir=workdirs/teacher --config.distill.method=kd_rkd
+  # a few steps from a smoke teacher, offline, < 1 min on CPU
+  python launch.py --config=configs/student.py:smoke --workdir=/tmp/smoke_s \
+      --config.teacher.workdir=/tmp/smoke
+
+The teacher's architecture comes from the config saved with its checkpoint;
+the student's data set must be the one the teacher was trained on.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import teacher as teacher_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  # The same recipe, data sets and scales as the teacher's config.
+  c = teacher_config.get_config(arg)
+  del c['icc']
+  del c['cache']
+  c.mode = 'student'
+  c.model = 'resnet8x4' if not arg else 'resnet8'
+
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.workdir = config_dict.placeholder(str)  # the teacher's run
+  c.teacher.checkpoint = 'last'  # 'last' or 'best'
+
+  # L = γ·CE + α·T²·KL(t || s) + β·RKD (β used by 'kd_rkd' only).
+  c.distill = ml_collections.ConfigDict()
+  c.distill.method = 'kd'  # 'kd' or 'kd_rkd'
+  c.distill.temperature = 4.0
+  c.distill.gamma = 0.1
+  c.distill.alpha = 0.9
+  c.distill.beta = 1.0
+  c.distill.w_dist = 25.0
+  c.distill.w_angle = 50.0
+  return c

@@ -1,0 +1,300 @@
+"""The ablation metrics of SPEC section 6, as functions of plain data.
+
+Every function takes numbers, sequences or NumPy arrays (the two memory
+functions take a compiled JAX program or a device) and returns Python numbers,
+lists or dicts, so that each definition can be checked on a hand-made series
+with a known answer.
+
+Conventions shared by the functions below:
+
+* Epochs are numbered from 1 wherever an epoch is *returned* (as in the
+  tables); series are indexed from 0.
+* Accuracies may be fractions or percentages; every function is scale-free in
+  them.
+* The moving average is trailing and, for the first `window - 1` epochs,
+  averages the epochs that exist so far (see `moving_average`).
+"""
+
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+
+def _as_series(values: Sequence[float], name: str) -> np.ndarray:
+  """A non-empty 1-D float64 array of `values`; raises ValueError otherwise."""
+  arr = np.asarray(values, dtype=np.float64)
+  if arr.ndim != 1 or arr.size == 0:
+    raise ValueError(f'{name} must be a non-empty 1-D series, '
+                     f'got shape {arr.shape}.')
+  return arr
+
+
+def second_half_start(num_epochs: int) -> int:
+  """0-based index of the first epoch of the second half of training.
+
+  The second half is epochs `num_epochs // 2, ..., num_epochs - 1`, i.e. the
+  last ceil(num_epochs / 2) epochs: with an odd count the middle epoch belongs
+  to the second half (E = 5 -> indices 2, 3, 4; E = 4 -> 2, 3; E = 1 -> 0), so
+  the half is never empty.
+
+  Args:
+    num_epochs: E >= 1.
+
+  Returns:
+    E // 2.
+  """
+  if num_epochs < 1:
+    raise ValueError(f'num_epochs must be >= 1, got {num_epochs}.')
+  return num_epochs // 2
+
+
+def loss_variance(
+    per_step_losses_by_epoch: Sequence[Sequence[float]],
+) -> tuple[float, list[float]]:
+  """Variance of the per-step total training loss, per epoch and per run.
+
+  For epoch e with per-step losses l_1..l_n, var_e = mean_k (l_k - mean(l))^2,
+  the population variance (ddof = 0): the steps of an epoch are all the steps
+  there are, not a sample, and an epoch of one step has variance 0 rather
+  than NaN.
+
+  The run's figure is the mean of var_e over the second half of training, the
+  epochs of index >= E // 2 (the last ceil(E / 2) epochs; see
+  `second_half_start`), so that the transient of the first epochs does not
+  dominate it.
+
+  Args:
+    per_step_losses_by_epoch: E >= 1 sequences, epoch e holding the total loss
+      of each of its steps (at least one).
+
+  Returns:
+    (figure, per_epoch): the run's figure and the E per-epoch variances.
+  """
+  if not per_step_losses_by_epoch:
+    raise ValueError('per_step_losses_by_epoch must hold at least one epoch.')
+  per_epoch = [
+      float(np.var(_as_series(losses, f'epoch {e} losses')))
+      for e, losses in enumerate(per_step_losses_by_epoch)
+  ]
+  start = second_half_start(len(per_epoch))
+  return float(np.mean(per_epoch[start:])), per_epoch
+
+
+def moving_average(series: Sequence[float], window: int = 3) -> np.ndarray:
+  """Trailing moving average with a growing window at the start.
+
+  ma[t] = mean(series[max(0, t - window + 1) : t + 1]): the mean of the last
+  `window` values, and for t < window - 1 the mean of the t + 1 values that
+  exist so far (so ma[0] = series[0] and the output is as long as the input).
+
+  Args:
+    series: [T] values, T >= 1.
+    window: number of trailing values averaged, >= 1.
+
+  Returns:
+    [T] float64 array.
+  """
+  if window < 1:
+    raise ValueError(f'window must be >= 1, got {window}.')
+  x = _as_series(series, 'series')
+  # Cumulative sums give every window's sum in one pass; the leading 0 makes
+  # csum[t + 1] - csum[lo] the sum of x[lo..t].
+  csum = np.concatenate([[0.0], np.cumsum(x)])
+  t = np.arange(x.size)
+  lo = np.maximum(0, t - window + 1)
+  return (csum[t + 1] - csum[lo]) / (t + 1 - lo)
+
+
+def epochs_to_converge(test_top1_by_epoch: Sequence[float],
+                       fraction: float = 0.99,
+                       window: int = 3) -> int:
+  """First epoch at which the run is within `fraction` of its own best.
+
+  With ma = moving_average(top1, window), the result is the smallest 1-based
+  epoch t with ma[t - 1] >= fraction * max(ma). It always exists, since the
+  epoch of the best moving average qualifies (for non-negative accuracies).
+
+  Args:
+    test_top1_by_epoch: [E] test top-1 after each epoch, non-negative.
+    fraction: in (0, 1]; 0.99 is SPEC section 6's 99%.
+    window: moving-average window, 3 in SPEC section 6.
+
+  Returns:
+    An epoch in 1..E.
+  """
+  ma = moving_average(test_top1_by_epoch, window)
+  return int(np.argmax(ma >= fraction * ma.max())) + 1
+
+
+def epochs_to_reach(test_top1_by_epoch: Sequence[float],
+                    threshold: float,
+                    window: int = 3) -> Optional[int]:
+  """First epoch at which the run reaches a fixed accuracy.
+
+  The smallest 1-based epoch t with moving_average(top1, window)[t - 1] >=
+  threshold, or None if the moving average never reaches it. Use one
+  threshold for all runs of a sweep (see `shared_threshold`) so that the
+  epochs compare.
+
+  Args:
+    test_top1_by_epoch: [E] test top-1 after each epoch.
+    threshold: accuracy in the units of the series.
+    window: moving-average window.
+
+  Returns:
+    An epoch in 1..E, or None.
+  """
+  reached = moving_average(test_top1_by_epoch, window) >= threshold
+  if not reached.any():
+    return None
+  return int(np.argmax(reached)) + 1
+
+
+def best_moving_average(test_top1_by_epoch: Sequence[float],
+                        window: int = 3) -> float:
+  """max_t moving_average(top1, window)[t]: a run's smoothed best accuracy."""
+  return float(moving_average(test_top1_by_epoch, window).max())
+
+
+def shared_threshold(runs_top1: Sequence[Sequence[float]],
+                     fraction: float = 0.9,
+                     window: int = 3) -> float:
+  """A fixed accuracy that every run of a sweep reaches.
+
+  threshold = fraction * min_r best_moving_average(run_r, window): a fraction
+  of the weakest run's smoothed best. Every run's moving average reaches its
+  own best, which is at least the weakest best, so with fraction <= 1 and
+  non-negative accuracies `epochs_to_reach` is never None for these runs.
+
+  Args:
+    runs_top1: R >= 1 series of per-epoch test top-1, one per run.
+    fraction: in (0, 1].
+    window: moving-average window.
+
+  Returns:
+    The threshold, in the units of the series.
+  """
+  if not runs_top1:
+    raise ValueError('runs_top1 must hold at least one run.')
+  return fraction * min(best_moving_average(r, window) for r in runs_top1)
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+  """XLA's memory analysis of a compiled program, in bytes.
+
+  `compiled` is a `jax.stages.Compiled`, e.g. `jax.jit(f).lower(*args)
+  .compile()`. The figures are those of one device (for a sharded program,
+  the bytes of one shard):
+
+    argument_bytes: input buffers.
+    output_bytes: output buffers.
+    temp_bytes: temporaries XLA allocates while running.
+    alias_bytes: outputs that reuse an input's buffer (donated arguments);
+      they are counted in both arguments and outputs.
+    generated_code_bytes: the compiled code itself (0 on CPU).
+    total_bytes: argument + output + temp - alias, the memory the program
+      needs at once at most, each aliased buffer counted once.
+    peak_bytes: XLA's own peak from buffer liveness (<= total_bytes, as
+      temporaries and outputs need not all be live together), when reported.
+
+  Args:
+    compiled: a compiled JAX program.
+
+  Returns:
+    The figures above; an empty dict where the backend reports no analysis.
+  """
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  out = {
+      'argument_bytes': int(stats.argument_size_in_bytes),
+      'output_bytes': int(stats.output_size_in_bytes),
+      'temp_bytes': int(stats.temp_size_in_bytes),
+      'alias_bytes': int(stats.alias_size_in_bytes),
+      'generated_code_bytes': int(stats.generated_code_size_in_bytes),
+  }
+  out['total_bytes'] = (out['argument_bytes'] + out['output_bytes'] +
+                        out['temp_bytes'] - out['alias_bytes'])
+  # Not every jaxlib exposes the liveness peak; omit it rather than guess.
+  peak = getattr(stats, 'peak_memory_in_bytes', None)
+  if peak is not None:
+    out['peak_bytes'] = int(peak)
+  return out
+
+
+def peak_device_memory(device: Optional[jax.Device] = None) -> Optional[int]:
+  """Peak bytes in use on a device since the process started.
+
+  `device.memory_stats()['peak_bytes_in_use']` where the backend keeps
+  allocator statistics (GPU, TPU); None where it does not (CPU returns None
+  from `memory_stats()`).
+
+  Args:
+    device: the device to ask; the first local device by default.
+
+  Returns:
+    Bytes, or None.
+  """
+  if device is None:
+    device = jax.local_devices()[0]
+  stats = device.memory_stats()
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return int(stats['peak_bytes_in_use'])
+
+
+def step_time_stats(step_seconds: Sequence[float],
+                    batch_size: int,
+                    skip_first: int = 1) -> dict[str, float]:
+  """Throughput of a train step once it is compiled.
+
+  The first `skip_first` steps are dropped (they include tracing and
+  compilation); of the rest, the median, which a stray slow step (a
+  checkpoint, a host hiccup) barely moves, unlike the mean.
+
+  Args:
+    step_seconds: [S] wall-clock seconds of each step, in order.
+    batch_size: global images per step.
+    skip_first: leading steps to drop, >= 0.
+
+  Returns:
+    {'median_step_seconds': median of the kept steps,
+     'images_per_second': batch_size / median_step_seconds,
+     'num_steps': number of kept steps}.
+  """
+  if skip_first < 0:
+    raise ValueError(f'skip_first must be >= 0, got {skip_first}.')
+  kept = np.asarray(step_seconds, dtype=np.float64)[skip_first:]
+  if kept.size == 0:
+    raise ValueError(f'no steps left after skipping the first {skip_first} '
+                     f'of {len(step_seconds)}.')
+  median = float(np.median(kept))
+  return {
+      'median_step_seconds': median,
+      'images_per_second': batch_size / median,
+      'num_steps': int(kept.size),
+  }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and standard deviation of one figure over seeds.
+
+  The std is the sample standard deviation (ddof = 1), the usual estimate of
+  the seed-to-seed spread from a few seeds; with a single seed there is no
+  spread to estimate and it is 0.0.
+
+  Args:
+    values: [n] figures, n >= 1, one per seed.
+
+  Returns:
+    (mean, std).
+  """
+  x = _as_series(values, 'values')
+  std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
+  return float(np.mean(x)), std
+
+
+def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
+  """'mean ± std' with `digits` decimals each, e.g. '71.23 ± 0.45'."""
+  return f'{mean:.{digits}f} ± {std:.{digits}f}'

@@ -1,0 +1,57 @@
+"""The whole method in one run: a teacher, then a student distilled from it.
+
+WORKDIR/teacher holds the teacher's run, WORKDIR/student the student's. Each
+stage resumes from its own checkpoints, and a teacher that has finished is
+not touched again, so restarting an interrupted pipeline carries on where it
+stopped.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import ml_collections
+
+from icckd_jax import checkpoint
+from icckd_jax import student
+from icckd_jax import train
+
+
+def _finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
+  """The summary of a finished run in `workdir`, else None."""
+  path = os.path.join(workdir, 'summary.json')
+  if not os.path.exists(path):
+    return None
+  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+  latest = ckpts.latest_epoch()
+  ckpts.close()
+  if latest != num_epochs:
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_pipeline(config: ml_collections.ConfigDict,
+                 workdir: str) -> dict[str, Any]:
+  """Trains config.teacher, then config.student from it; returns both
+  summaries: {'teacher': ..., 'student': ...}."""
+  workdir = train.prepare_workdir(workdir)
+  teacher_dir = os.path.join(workdir, 'teacher')
+  teacher_summary = _finished(teacher_dir, config.teacher.num_epochs)
+  if teacher_summary is None:
+    teacher_summary = train.train_and_evaluate(config.teacher, teacher_dir)
+  else:
+    logging.info('Teacher in %s has finished (top-1 %.4f); not retraining.',
+                 teacher_dir, teacher_summary['final_top1'])
+
+  student_config = ml_collections.ConfigDict(config.student.to_dict())
+  student_config.teacher.workdir = teacher_dir
+  # The student learns from the teacher's data: the same data set config.
+  student_config.dataset = ml_collections.ConfigDict(
+      config.teacher.dataset.to_dict())
+  student_summary = student.train_student(
+      student_config, os.path.join(workdir, 'student'))
+  logging.info('Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
+               teacher_summary['final_top1'], student_summary['final_top1'])
+  return {'teacher': teacher_summary, 'student': student_summary}

@@ -1,0 +1,194 @@
+"""The student: distilled from a restored, read-only teacher (SPEC §4).
+
+The teacher's architecture and data set come from the config saved with its
+checkpoint. Its variables are an argument of the jitted, data-parallel step
+(never a constant baked into it, never part of the student's state), run in
+inference mode under stop_gradient, and are never written anywhere.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
+import ml_collections
+import optax
+
+from icckd_jax import augment
+from icckd_jax import checkpoint
+from icckd_jax import datasets
+from icckd_jax import distillers
+from icckd_jax import evaluate
+from icckd_jax import models
+from icckd_jax import optim
+from icckd_jax import parallel
+from icckd_jax import input_pipeline
+from icckd_jax import train
+from icckd_jax.errors import UserError
+from icckd_jax.train_state import create_train_state
+
+DATA = parallel.DATA
+TEACHER_EVAL_FILE = 'teacher_eval.json'
+
+
+def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The distillation weights as traced scalars."""
+  return {name: jnp.float32(distill[name]) for name in
+          ('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle')}
+
+
+def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
+                    tx: optax.GradientTransformation, mesh: Mesh, *, mean, std,
+                    dtype):
+  """Builds step(state, images, labels, args) -> (state, metrics).
+
+  images: [1, B, H, W, C] uint8 and labels [B], sharded over `data`;
+  args = {'teacher': the teacher's {'params', 'batch_stats'}, 'hp':
+  `hyperparameters(...)`}, replicated. The state is donated, the teacher's
+  variables are not.
+  """
+
+  def gather(x):
+    return lax.all_gather(x, DATA, tiled=True)
+
+  def per_device(state, images, labels, args):
+    x = augment.normalize(images[0], mean, std, dtype)
+    t_logits, t_features = teacher.apply(args['teacher'], x, train=False)
+    teacher_out = distillers.Outputs(
+        lax.stop_gradient(t_logits.astype(jnp.float32)),
+        lax.stop_gradient(t_features.astype(jnp.float32)))
+
+    def loss_fn(params):
+      (logits, features), new_model_state = student.apply(
+          {'params': params['model'], 'batch_stats': state.batch_stats},
+          x, train=True, mutable=['batch_stats'])
+      loss, parts = distill_fn(distillers.Outputs(logits, features),
+                               teacher_out, labels, args['hp'], gather)
+      return loss, (new_model_state, parts, logits)
+
+    grads, (new_model_state, parts, logits) = jax.grad(
+        loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, DATA)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # RKD is already global; the per-example terms are local means.
+    metrics = {k: lax.pmean(v, DATA) for k, v in parts.items()}
+    prediction = jnp.argmax(logits, -1)
+    metrics['accuracy'] = lax.pmean(
+        jnp.mean((prediction == labels).astype(jnp.float32)), DATA)
+    metrics['agreement'] = lax.pmean(jnp.mean(
+        (prediction == jnp.argmax(teacher_out.logits, -1)).astype(
+            jnp.float32)), DATA)
+    metrics['loss'] = sum(args['hp'][w] * metrics[k] for k, w in
+                          (('ce', 'gamma'), ('kd', 'alpha'), ('rkd', 'beta'))
+                          if k in metrics)
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state,
+                         batch_stats=new_model_state['batch_stats']), metrics
+
+  step = parallel.shard_map(per_device, mesh,
+                            in_specs=(P(), P(None, DATA), P(DATA), P()),
+                            out_specs=(P(), P()))
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(saved teacher config, its variables replicated on `mesh`)."""
+  workdir = config.teacher.get('workdir')
+  if not workdir or not os.path.isdir(workdir):
+    raise UserError(f'config.teacher.workdir={workdir!r} is not a directory '
+                    'holding a trained teacher')
+  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+  saved = ml_collections.ConfigDict(ckpts.restore_config(
+      config.teacher.checkpoint))
+  state, _ = ckpts.restore(None, which=config.teacher.checkpoint, mesh=mesh)
+  ckpts.close()
+  return saved, {'params': state['params']['model'],
+                 'batch_stats': state['batch_stats']}
+
+
+def _check_same_data(student: ml_collections.ConfigDict,
+                     teacher: ml_collections.ConfigDict) -> None:
+  for field in ('name', 'path'):
+    mine, theirs = student.get(field), teacher.get(field)
+    if mine != theirs:
+      raise UserError(f'config.dataset.{field}={mine!r} but the teacher was '
+                      f'trained on dataset.{field}={theirs!r}')
+
+
+def build_student(config: ml_collections.ConfigDict,
+                  dataset: datasets.Dataset, mesh: Mesh,
+                  teacher_config: ml_collections.ConfigDict,
+                  teacher_variables) -> train.RunSetup:
+  """The student's model, optimiser and jitted step around a loaded teacher."""
+  dtype = train.compute_dtype(config)
+  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  steps_per_epoch = train.check_steps_per_epoch(config, dataset)
+  teacher_classes = teacher_variables['params']['fc']['kernel'].shape[-1]
+  if teacher_classes != dataset.num_classes:
+    raise UserError(f'the teacher predicts {teacher_classes} classes but the '
+                    f'student data set has {dataset.num_classes}')
+  teacher_model = models.create_model(teacher_config.model, teacher_classes,
+                                      dtype=dtype)
+  student_model = models.create_model(config.model, dataset.num_classes,
+                                      dtype=dtype, bn_axis_name=DATA)
+  distill_fn = distillers.get(config.distill.method)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+  input_shape = dataset.train_images.shape[1:]
+
+  def init_state():
+    variables = student_model.init(
+        jax.random.key(config.seed), jnp.zeros((1, *input_shape)),
+        train=False)
+    return create_train_state({'model': variables['params']},
+                              variables['batch_stats'], tx)
+
+  return train.RunSetup(
+      model=student_model, tx=tx, learning_rate_fn=learning_rate_fn,
+      steps_per_epoch=steps_per_epoch, num_views=1, init_state=init_state,
+      train_step=make_train_step(student_model, teacher_model, distill_fn, tx,
+                                 mesh, mean=dataset.mean, std=dataset.std,
+                                 dtype=dtype),
+      step_args={'teacher': teacher_variables,
+                 'hp': hyperparameters(config.distill)},
+      reference=(teacher_model, teacher_variables))
+
+
+def train_student(config: ml_collections.ConfigDict,
+                  workdir: str) -> dict[str, Any]:
+  """Distils the teacher of config.teacher.workdir into a student in
+  `workdir`, resuming if it can; returns the summary."""
+  workdir = train.prepare_workdir(workdir)
+  mesh = parallel.make_mesh(config.get('num_devices') or None)
+  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  teacher_config, teacher_variables = load_teacher(config, mesh)
+  _check_same_data(config.dataset, teacher_config.dataset)
+  dataset = datasets.load(config.dataset)
+  setup = build_student(config, dataset, mesh, teacher_config,
+                        teacher_variables)
+
+  teacher_eval_path = os.path.join(workdir, TEACHER_EVAL_FILE)
+  if not os.path.exists(teacher_eval_path):
+    _, test_split = input_pipeline.to_device(dataset, mesh)
+    evaluate_fn = evaluate.make_eval_fn(
+        setup.reference[0], mesh, mean=dataset.mean, std=dataset.std,
+        dtype=train.compute_dtype(config), batch_size=config.eval_batch_size)
+    teacher_eval = evaluate_fn(teacher_variables, test_split)
+    teacher_eval.update(model=teacher_config.model,
+                        workdir=config.teacher.workdir)
+    logging.info('Teacher %s from %s: test top-1 %.4f', teacher_config.model,
+                 config.teacher.workdir, teacher_eval['top1'])
+    if jax.process_index() == 0:
+      with open(teacher_eval_path, 'w') as f:
+        json.dump(teacher_eval, f, indent=2)
+  with open(teacher_eval_path) as f:
+    teacher_eval = json.load(f)
+
+  return train.fit(config, workdir, setup, dataset, mesh,
+                   summary_extra={'teacher_top1': teacher_eval['top1']})

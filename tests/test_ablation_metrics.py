@@ -1,0 +1,155 @@
+"""Known answers for the ablation metrics, on hand-made series."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from icckd_jax import ablation_metrics as am
+
+# Test top-1 that climbs and plateaus. Its 3-epoch moving average is
+# 10, 25, 40, 63.33, 76.67, 80, 80.
+PLATEAU = [10., 40., 70., 80., 80., 80., 80.]
+
+
+class _Stub:
+  """An object whose one method returns a fixed value."""
+
+  def __init__(self, name, value):
+    setattr(self, name, lambda: value)
+
+
+def test_loss_variance_even_epochs_uses_last_half():
+  # Population variances: 1, 0, 4, 2/3; the second half is epochs 2 and 3.
+  epochs = [[1., 3.], [2., 2.], [0., 4.], [1., 2., 3.]]
+  figure, series = am.loss_variance(epochs)
+  np.testing.assert_allclose(series, [1., 0., 4., 2. / 3.])
+  assert figure == pytest.approx((4. + 2. / 3.) / 2)
+
+
+def test_loss_variance_odd_epochs_includes_middle_epoch():
+  # Variances 1, 4, 3; E = 3 so the second half is epochs 1 and 2.
+  epochs = [[1., 3.], [0., 4.], [2., 2., 2., 6.]]
+  figure, series = am.loss_variance(epochs)
+  np.testing.assert_allclose(series, [1., 4., 3.])
+  assert figure == pytest.approx(3.5)
+
+
+def test_loss_variance_single_epoch_of_one_step_is_zero():
+  assert am.loss_variance([[5.]]) == (0., [0.])
+
+
+@pytest.mark.parametrize('num_epochs,start', [(1, 0), (2, 1), (4, 2), (5, 2)])
+def test_second_half_start(num_epochs, start):
+  assert am.second_half_start(num_epochs) == start
+
+
+@pytest.mark.parametrize('window,expected', [
+    (3, [3., 4.5, 6., 5., 4.]),
+    (2, [3., 4.5, 7.5, 4.5, 1.5]),
+    (1, [3., 6., 9., 0., 3.]),
+    (10, [3., 4.5, 6., 4.5, 4.2]),
+])
+def test_moving_average_grows_window_at_start(window, expected):
+  np.testing.assert_allclose(
+      am.moving_average([3., 6., 9., 0., 3.], window), expected)
+
+
+def test_moving_average_rejects_bad_input():
+  with pytest.raises(ValueError):
+    am.moving_average([1., 2.], window=0)
+  with pytest.raises(ValueError):
+    am.moving_average([])
+
+
+def test_epochs_to_converge_on_plateau():
+  # 0.99 * 80 = 79.2 is first reached by the moving average at epoch 6.
+  assert am.epochs_to_converge(PLATEAU) == 6
+  # 0.95 * 80 = 76 is reached one epoch earlier (76.67).
+  assert am.epochs_to_converge(PLATEAU, fraction=0.95) == 5
+  # Reaching means >=: the best itself counts.
+  assert am.epochs_to_converge(PLATEAU, fraction=1.0) == 6
+
+
+def test_epochs_to_converge_smooths_a_noisy_spike():
+  # The raw series peaks at 90 in epoch 3; the moving average (10, 15, 40,
+  # 46.67, 53.33, 40, 50, 56.67, 60) only peaks at the end.
+  top1 = [10., 20., 90., 30., 40., 50., 60., 60., 60.]
+  assert am.epochs_to_converge(top1) == 9
+  assert am.epochs_to_converge(top1, window=1) == 3
+
+
+def test_epochs_to_reach():
+  assert am.epochs_to_reach(PLATEAU, 60.) == 4
+  assert am.epochs_to_reach(PLATEAU, 40.) == 3  # Reaching means >=.
+  assert am.epochs_to_reach(PLATEAU, 80.5) is None
+
+
+def test_shared_threshold_is_reached_by_every_run():
+  weak = [0., 50., 50., 50.]  # Best moving average 50.
+  runs = [PLATEAU, weak]
+  threshold = am.shared_threshold(runs)
+  assert threshold == pytest.approx(0.9 * 50.)
+  assert [am.epochs_to_reach(r, threshold) for r in runs] == [4, 4]
+
+
+def test_step_time_stats_median_ignores_slow_first_step():
+  stats = am.step_time_stats([5., .1, .3, .2, .2], batch_size=64)
+  assert stats['num_steps'] == 4
+  assert stats['median_step_seconds'] == pytest.approx(.2)
+  assert stats['images_per_second'] == pytest.approx(320.)
+  # Even kept, the compile step does not move the median.
+  kept_all = am.step_time_stats([5., .1, .3, .2, .2], 64, skip_first=0)
+  assert kept_all['median_step_seconds'] == pytest.approx(.2)
+  with pytest.raises(ValueError):
+    am.step_time_stats([5.], batch_size=64)
+
+
+def test_mean_std_over_seeds():
+  assert am.mean_std([3.]) == (3., 0.)
+  mean, std = am.mean_std([1., 2., 3.])
+  assert mean == pytest.approx(2.)
+  assert std == pytest.approx(1.)  # ddof=1; ddof=0 would give 0.816.
+
+
+def test_format_mean_std():
+  assert am.format_mean_std(71.234, 0.4549, 2) == '71.23 ± 0.45'
+  assert am.format_mean_std(71.26, 0.04, 1) == '71.3 ± 0.0'
+
+
+def test_compiled_memory_of_a_matmul():
+  a = jnp.ones((64, 32), jnp.float32)
+  b = jnp.ones((32, 16), jnp.float32)
+  mem = am.compiled_memory(jax.jit(jnp.matmul).lower(a, b).compile())
+  assert mem['argument_bytes'] == a.nbytes + b.nbytes
+  assert mem['output_bytes'] == 64 * 16 * 4
+  assert mem['alias_bytes'] == 0
+  assert mem['total_bytes'] == (mem['argument_bytes'] + mem['output_bytes'] +
+                                mem['temp_bytes'])
+
+
+def test_compiled_memory_counts_a_donated_buffer_once():
+  x = jnp.ones((64, 32), jnp.float32)
+  plain = am.compiled_memory(jax.jit(lambda v: v * 2 + 1).lower(x).compile())
+  donated = am.compiled_memory(
+      jax.jit(lambda v: v * 2 + 1, donate_argnums=0).lower(x).compile())
+  assert plain['alias_bytes'] == 0
+  assert donated['alias_bytes'] == x.nbytes
+  assert donated['total_bytes'] == plain['total_bytes'] - x.nbytes
+
+
+def test_compiled_memory_without_analysis_is_empty():
+  assert am.compiled_memory(_Stub('memory_analysis', None)) == {}
+
+
+def test_peak_device_memory():
+  peak = am.peak_device_memory()
+  if jax.default_backend() == 'cpu':
+    assert peak is None
+  else:
+    assert isinstance(peak, int)
+  assert am.peak_device_memory(_Stub('memory_stats', None)) is None
+  no_peak = _Stub('memory_stats', {'bytes_in_use': 1})
+  assert am.peak_device_memory(no_peak) is None
+  gpu_like = _Stub('memory_stats', {'peak_bytes_in_use': 1234})
+  assert am.peak_device_memory(gpu_like) == 1234
