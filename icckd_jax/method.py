@@ -16,6 +16,7 @@ import ml_collections
 from icckd_jax import checkpoint
 from icckd_jax import student
 from icckd_jax import train
+from icckd_jax.reuse import Reuse
 
 
 def _finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
@@ -32,15 +33,16 @@ def _finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def run_pipeline(config: ml_collections.ConfigDict,
-                 workdir: str) -> dict[str, Any]:
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
+                 reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
   summaries: {'teacher': ..., 'student': ...}."""
   workdir = train.prepare_workdir(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
   teacher_summary = _finished(teacher_dir, config.teacher.num_epochs)
   if teacher_summary is None:
-    teacher_summary = train.train_and_evaluate(config.teacher, teacher_dir)
+    teacher_summary = train.train_and_evaluate(config.teacher, teacher_dir,
+                                               reuse)
   else:
     logging.info('Teacher in %s has finished (top-1 %.4f); not retraining.',
                  teacher_dir, teacher_summary['final_top1'])
@@ -51,7 +53,7 @@ def run_pipeline(config: ml_collections.ConfigDict,
   student_config.dataset = ml_collections.ConfigDict(
       config.teacher.dataset.to_dict())
   student_summary = student.train_student(
-      student_config, os.path.join(workdir, 'student'))
+      student_config, os.path.join(workdir, 'student'), reuse)
   logging.info('Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
                teacher_summary['final_top1'], student_summary['final_top1'])
   return {'teacher': teacher_summary, 'student': student_summary}

@@ -24,16 +24,20 @@ from icckd_jax import checkpoint
 from icckd_jax import datasets
 from icckd_jax import distillers
 from icckd_jax import evaluate
+from icckd_jax import input_pipeline
 from icckd_jax import models
 from icckd_jax import optim
 from icckd_jax import parallel
-from icckd_jax import input_pipeline
+from icckd_jax import reuse as reuse_lib
 from icckd_jax import train
 from icckd_jax.errors import UserError
+from icckd_jax.reuse import Reuse
 from icckd_jax.train_state import create_train_state
 
 DATA = parallel.DATA
 TEACHER_EVAL_FILE = 'teacher_eval.json'
+_TRACED = tuple(f'distill.{name}' for name in
+                ('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle'))
 
 
 def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
@@ -124,8 +128,13 @@ def _check_same_data(student: ml_collections.ConfigDict,
 def build_student(config: ml_collections.ConfigDict,
                   dataset: datasets.Dataset, mesh: Mesh,
                   teacher_config: ml_collections.ConfigDict,
-                  teacher_variables) -> train.RunSetup:
-  """The student's model, optimiser and jitted step around a loaded teacher."""
+                  teacher_variables,
+                  reuse: Reuse | None = None) -> train.RunSetup:
+  """The student's model, optimiser and jitted step around a loaded teacher.
+
+  With `reuse`, students of same-architecture teachers share one step: the
+  teacher's weights and the distillation weights are arguments.
+  """
   dtype = train.compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = train.check_steps_per_epoch(config, dataset)
@@ -152,16 +161,20 @@ def build_student(config: ml_collections.ConfigDict,
   return train.RunSetup(
       model=student_model, tx=tx, learning_rate_fn=learning_rate_fn,
       steps_per_epoch=steps_per_epoch, num_views=1, init_state=init_state,
-      train_step=make_train_step(student_model, teacher_model, distill_fn, tx,
-                                 mesh, mean=dataset.mean, std=dataset.std,
-                                 dtype=dtype),
+      train_step=reuse_lib.get(
+          reuse, 'student_step',
+          f'{reuse_lib.config_key(config, train.RUN_ONLY_FIELDS + _TRACED)}|'
+          f'{teacher_model}|{train.mesh_key(mesh)}',
+          lambda: make_train_step(student_model, teacher_model, distill_fn,
+                                  tx, mesh, mean=dataset.mean,
+                                  std=dataset.std, dtype=dtype)),
       step_args={'teacher': teacher_variables,
                  'hp': hyperparameters(config.distill)},
       reference=(teacher_model, teacher_variables))
 
 
-def train_student(config: ml_collections.ConfigDict,
-                  workdir: str) -> dict[str, Any]:
+def train_student(config: ml_collections.ConfigDict, workdir: str,
+                  reuse: Reuse | None = None) -> dict[str, Any]:
   """Distils the teacher of config.teacher.workdir into a student in
   `workdir`, resuming if it can; returns the summary."""
   workdir = train.prepare_workdir(workdir)
@@ -169,9 +182,9 @@ def train_student(config: ml_collections.ConfigDict,
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   teacher_config, teacher_variables = load_teacher(config, mesh)
   _check_same_data(config.dataset, teacher_config.dataset)
-  dataset = datasets.load(config.dataset)
+  dataset = train.load_dataset(config, reuse)
   setup = build_student(config, dataset, mesh, teacher_config,
-                        teacher_variables)
+                        teacher_variables, reuse)
 
   teacher_eval_path = os.path.join(workdir, TEACHER_EVAL_FILE)
   if not os.path.exists(teacher_eval_path):
@@ -191,4 +204,5 @@ def train_student(config: ml_collections.ConfigDict,
     teacher_eval = json.load(f)
 
   return train.fit(config, workdir, setup, dataset, mesh,
-                   summary_extra={'teacher_top1': teacher_eval['top1']})
+                   summary_extra={'teacher_top1': teacher_eval['top1']},
+                   reuse=reuse)

@@ -23,18 +23,21 @@ import ml_collections
 import numpy as np
 import optax
 
+from icckd_jax import ablation_metrics
 from icckd_jax import cache as cache_lib
 from icckd_jax import checkpoint
 from icckd_jax import datasets
 from icckd_jax import evaluate
+from icckd_jax import input_pipeline
 from icckd_jax import metric_writer
 from icckd_jax import models
 from icckd_jax import optim
 from icckd_jax import parallel
-from icckd_jax import input_pipeline
 from icckd_jax import projection
+from icckd_jax import reuse as reuse_lib
 from icckd_jax import teacher
 from icckd_jax.errors import UserError
+from icckd_jax.reuse import Reuse
 from icckd_jax.train_state import TrainState, create_train_state
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -137,9 +140,28 @@ def check_steps_per_epoch(config: ml_collections.ConfigDict,
   return steps
 
 
+# Fields that never change what is compiled: traced values, bookkeeping.
+RUN_ONLY_FIELDS = ('seed', 'workdir', 'log_every_steps', 'num_epochs',
+                   'checkpoint_every_epochs', 'keep_checkpoints', 'mode')
+
+
+def mesh_key(mesh: Mesh) -> str:
+  return ','.join(str(d.id) for d in mesh.devices.flat)
+
+
+def load_dataset(config: ml_collections.ConfigDict,
+                 reuse: Reuse | None = None) -> datasets.Dataset:
+  return reuse_lib.get(reuse, 'dataset', reuse_lib.config_key(config.dataset),
+                       lambda: datasets.load(config.dataset))
+
+
 def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
-                  mesh: Mesh) -> RunSetup:
-  """Validates `config` and builds the model, optimiser and jitted step."""
+                  mesh: Mesh, reuse: Reuse | None = None) -> RunSetup:
+  """Validates `config` and builds the model, optimiser and jitted step.
+
+  With `reuse`, a step already built for a config that differs only in
+  traced values (δ, τ, λ ≠ 0) or the seed is shared, compiled once.
+  """
   _check_objective(config)
   dtype = compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
@@ -169,10 +191,14 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
     return create_train_state(params, batch_stats, tx, cache)
 
   num_views = 2 if icc_on else 1
-  train_step = teacher.make_train_step(
-      model, head, tx, mesh, mean=dataset.mean, std=dataset.std, dtype=dtype,
-      num_views=num_views, margin_kind=config.icc.margin_kind,
-      cache_store=config.cache.store)
+  step_key = reuse_lib.config_key(
+      config, RUN_ONLY_FIELDS + ('icc.lam', 'icc.tau', 'icc.delta'))
+  train_step = reuse_lib.get(
+      reuse, 'teacher_step', f'{step_key}|{num_views}|{mesh_key(mesh)}',
+      lambda: teacher.make_train_step(
+          model, head, tx, mesh, mean=dataset.mean, std=dataset.std,
+          dtype=dtype, num_views=num_views,
+          margin_kind=config.icc.margin_kind, cache_store=config.cache.store))
   return RunSetup(
       model=model, head=head, tx=tx, learning_rate_fn=learning_rate_fn,
       steps_per_epoch=steps_per_epoch, num_views=num_views,
@@ -181,20 +207,21 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
                                         config.icc.delta))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains the teacher of `config` in `workdir`, resuming if it can."""
   workdir = prepare_workdir(workdir)
   mesh = parallel.make_mesh(config.get('num_devices') or None)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  dataset = datasets.load(config.dataset)
-  return fit(config, workdir, build_teacher(config, dataset, mesh), dataset,
-             mesh)
+  dataset = load_dataset(config, reuse)
+  return fit(config, workdir, build_teacher(config, dataset, mesh, reuse),
+             dataset, mesh, reuse=reuse)
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
         dataset: datasets.Dataset, mesh: Mesh,
-        summary_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        summary_extra: dict[str, Any] | None = None,
+        reuse: Reuse | None = None) -> dict[str, Any]:
   """The train loop shared by teachers and students: resume, train, evaluate
   after each epoch, log, checkpoint; returns the summary (also written to
   WORKDIR/summary.json, with `summary_extra` added)."""
@@ -217,10 +244,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
 
   train_split, test_split = input_pipeline.to_device(dataset, mesh)
   train_step, step_args = setup.train_step, setup.step_args
-  evaluate_fn = evaluate.make_eval_fn(
-      setup.model, mesh, mean=dataset.mean, std=dataset.std,
-      dtype=compute_dtype(config), batch_size=config.eval_batch_size,
-      reference=setup.reference[0] if setup.reference else None)
+  reference = setup.reference[0] if setup.reference else None
+  evaluate_fn = reuse_lib.get(
+      reuse, 'eval',
+      f'{setup.model}|{config.eval_batch_size}|'
+      f'{reuse_lib.config_key(config.dataset)}|{mesh_key(mesh)}|{reference}',
+      lambda: evaluate.make_eval_fn(
+          setup.model, mesh, mean=dataset.mean, std=dataset.std,
+          dtype=compute_dtype(config), batch_size=config.eval_batch_size,
+          reference=reference))
   reference_variables = setup.reference[1] if setup.reference else None
   batches = setup.batches(config, train_split, mesh,
                           start_epoch * steps_per_epoch)
@@ -229,13 +261,21 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
   progress = metric_writer.Progress(total_steps, start_epoch * steps_per_epoch,
                                     config.batch_size)
   cache_bytes = cache_lib.nbytes(state.cache) if state.cache is not None else 0
-  record = {}
+  record, memory = {}, {}
   for epoch in range(start_epoch, config.num_epochs):
     epoch_start = time.perf_counter()
     per_step, logged = [], 0
     window_start = time.perf_counter()
     for i in range(steps_per_epoch):
       images, labels = next(batches)
+      if not memory:
+        # Compiling ahead shares XLA's cache with the call that follows, so
+        # the memory analysis costs a trace, not a second compilation.
+        memory = ablation_metrics.compiled_memory(
+            train_step.lower(state, images, labels, step_args).compile())
+        memory['cache_bytes'] = cache_bytes
+        if epoch == 0:  # Once per run, also when it resumes later.
+          writer.write('memory', 0, memory)
       state, metrics = train_step(state, images, labels, step_args)
       per_step.append(metrics)
       step = epoch * steps_per_epoch + i + 1
@@ -261,6 +301,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
     epoch_time = time.perf_counter() - epoch_start
     record = {'epoch': epoch + 1, **_mean_metrics(per_step),
               'loss_var': float(np.var(losses)),
+              'step_losses': losses.tolist(),
               **{f'test_{k}': v for k, v in test.items()},
               'epoch_time': epoch_time,
               'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
@@ -288,7 +329,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
   summary = {'final_top1': record.get('test_top1'),
              'best_top1': best['top1'], 'best_epoch': best['epoch'],
              'epochs': config.num_epochs, 'steps': total_steps,
-             'workdir': workdir, **(summary_extra or {})}
+             'workdir': workdir,
+             'compiled_memory': memory,
+             'peak_device_bytes': ablation_metrics.peak_device_memory(),
+             **(summary_extra or {})}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
