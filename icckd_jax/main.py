@@ -6,11 +6,13 @@ import ml_collections
 
 from icckd_jax import evaluate
 from icckd_jax import method
+from icckd_jax import report
 from icckd_jax import student
+from icckd_jax import sweep
 from icckd_jax import train
 from icckd_jax.errors import UserError
 
-MODES = ('teacher', 'student', 'pipeline', 'eval')
+MODES = ('teacher', 'student', 'pipeline', 'sweep', 'report', 'eval')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
@@ -23,6 +25,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
     return student.train_student(config, workdir)
   if mode == 'pipeline':
     return method.run_pipeline(config, workdir)
+  if mode == 'sweep':
+    return sweep.run_sweep(config, workdir)
+  if mode == 'report':
+    return report.write_report(workdir)
   if mode == 'eval':
     return evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,

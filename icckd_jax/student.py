@@ -36,7 +36,7 @@ from icckd_jax.train_state import create_train_state
 
 DATA = parallel.DATA
 TEACHER_EVAL_FILE = 'teacher_eval.json'
-_TRACED = tuple(f'distill.{name}' for name in
+_TRACED = ('teacher.workdir',) + tuple(f'distill.{name}' for name in
                 ('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle'))
 
 
