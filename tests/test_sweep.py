@@ -1,0 +1,102 @@
+"""The ablation runner end to end, and the traced δ (one compiled step)."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from icckd_jax import datasets
+from icckd_jax import input_pipeline
+from icckd_jax import parallel
+from icckd_jax import report
+from icckd_jax import sweep
+from icckd_jax import teacher
+from icckd_jax import train
+from icckd_jax.errors import UserError
+from test_training import launch
+
+
+def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
+  config = smoke_config
+  config.icc.delta = 0.2
+  mesh = parallel.make_mesh(1)
+  dataset = datasets.load(config.dataset)
+  setup = train.build_teacher(config, dataset, mesh)
+  split, _ = input_pipeline.to_device(dataset, mesh)
+  images, labels = next(setup.batches(config, split, mesh, 0))
+  gate = {}
+  for delta in (-1.0, 0.2, 1.0):
+    state = jax.jit(setup.init_state,
+                    out_shardings=parallel.replicated(mesh))()
+    _, metrics = setup.train_step(state, images, labels,
+                                  teacher.hyperparameters(0.1, 0.1, delta))
+    gate[delta] = float(metrics['gate_pass_rate'])
+  assert setup.train_step._cache_size() == 1  # pylint: disable=protected-access
+  assert gate[-1.0] == 1.0 and gate[1.0] == 0.0
+
+
+@pytest.fixture(scope='module')
+def smoke_sweep(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('sweep') / 'margin'
+  result = launch('--config=configs/ablation_margin.py:smoke',
+                  f'--workdir={workdir}')
+  return workdir, result
+
+
+def test_sweep_writes_the_runs_numbers(smoke_sweep):
+  workdir, result = smoke_sweep
+  assert "compiled steps: {'dataset': 1, 'teacher_step': 1" in result.stderr
+  with open(workdir / report.RESULTS_CSV) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['setting'], r['seed']) for r in rows] == [
+      ('delta=0.2', '0'), ('delta=0.6', '0')]
+  summary_md = (workdir / report.SUMMARY_FILE).read_text()
+  for row in rows:
+    run = workdir / row['setting'] / 'seed_0'
+    teacher_summary = json.loads((run / 'teacher' / 'summary.json').read_text())
+    student_summary = json.loads((run / 'student' / 'summary.json').read_text())
+    assert float(row['teacher_top1_last']) == teacher_summary['final_top1']
+    assert float(row['student_top1_last']) == student_summary['final_top1']
+    assert float(row['teacher_top1_best']) == teacher_summary['best_top1']
+    saved = json.loads((run / 'teacher' / 'config.json').read_text())
+    assert saved['icc']['delta'] == float(row['setting'].split('=')[1])
+    line = next(l for l in summary_md.splitlines()
+                if l.startswith(f"| {row['setting']} |"))
+    assert f"{100 * teacher_summary['final_top1']:.2f} ± 0.00" in line
+  for plot in ('accuracy.png', 'loss.png', 'metrics.png'):
+    assert (workdir / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_restarting_a_finished_sweep_runs_nothing(smoke_sweep):
+  workdir, _ = smoke_sweep
+  metrics = sorted(workdir.rglob('metrics.jsonl'))
+  before = {p: p.read_bytes() for p in metrics}
+  result = launch('--config=configs/ablation_margin.py:smoke',
+                  f'--workdir={workdir}')
+  assert result.stderr.count('finished earlier, skipped') == 2
+  assert "compiled steps: {}" in result.stderr
+  assert {p: p.read_bytes() for p in metrics} == before
+
+
+def test_report_regenerates_from_finished_runs(smoke_sweep):
+  workdir, _ = smoke_sweep
+  (workdir / report.SUMMARY_FILE).unlink()
+  launch('--config=configs/report.py', f'--config.workdir={workdir}')
+  assert '| delta=0.6 | 1 |' in (workdir / report.SUMMARY_FILE).read_text()
+
+
+def test_settings_parse_and_bad_fields_fail_early():
+  setting = sweep.parse_setting('a: teacher.icc.delta=0.2, teacher.cache.store='
+                                '"images"')
+  assert setting == sweep.Setting('a', {'teacher.icc.delta': 0.2,
+                                        'teacher.cache.store': 'images'})
+  from configs import pipeline  # pylint: disable=g-import-not-at-top
+  base = pipeline.get_config('smoke')
+  config = sweep.apply_overrides(base, setting.overrides)
+  assert config.teacher.icc.delta == 0.2 and base.teacher.icc.delta == 0.4
+  with pytest.raises(UserError, match='teacher.icc.gamma'):
+    sweep.apply_overrides(base, {'teacher.icc.gamma': 1.0})
+  with pytest.raises(UserError, match='field=value'):
+    sweep.parse_setting('b: teacher.icc.delta')
