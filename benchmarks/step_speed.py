@@ -1,0 +1,144 @@
+r"""Train-step throughput and compiled memory, variants side by side.
+
+Every variant is built, compiled, then timed in interleaved rounds (A B C A B
+C ...), so that load from other processes on a shared machine hits all of
+them alike; compare the ratios, not the absolute figures, across machines.
+
+  python benchmarks/step_speed.py --model=resnet20 --variants=ce
+  python benchmarks/step_speed.py --model=resnet20 \
+      --variants=ce,icc_no_cache,icc_features,icc_images
+  python benchmarks/step_speed.py --model=resnet8x4 --teacher=resnet32x4 \
+      --variants=ce,student_kd
+  python benchmarks/step_speed.py --dtype=bfloat16 --batch_size=512 ...  # GPU
+
+Data: a CIFAR-100-shaped synthetic set (speed does not depend on pixels).
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+
+from configs import student as student_config
+from configs import teacher as teacher_config
+from icckd_jax import ablation_metrics
+from icckd_jax import datasets
+from icckd_jax import input_pipeline
+from icckd_jax import models
+from icckd_jax import parallel
+from icckd_jax import student
+from icckd_jax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('model', 'resnet20', 'The network whose step is timed.')
+flags.DEFINE_string('teacher', 'resnet56', 'Teacher of the student variants.')
+flags.DEFINE_list('variants', ['ce', 'icc_features'],
+                  'ce, icc_no_cache, icc_features, icc_images, student_kd, '
+                  'student_kd_rkd')
+flags.DEFINE_integer('batch_size', 64, 'Global batch.')
+flags.DEFINE_integer('steps', 20, 'Timed steps per variant.')
+flags.DEFINE_integer('rounds', 4, 'Interleaved rounds the steps are split in.')
+flags.DEFINE_string('dtype', 'float32', 'float32 or bfloat16.')
+flags.DEFINE_integer('cache_size', 16, 'K of the cache variants.')
+
+
+def _base(config):
+  config.model = FLAGS.model
+  config.batch_size = FLAGS.batch_size
+  config.dtype = FLAGS.dtype
+  config.dataset.name = 'synthetic'
+  config.dataset.num_classes = 100
+  config.dataset.num_train = max(4 * FLAGS.batch_size, 512)
+  config.dataset.num_test = 100
+  return config
+
+
+def build(variant, mesh, dataset):
+  """(config, setup, initial state) of one variant."""
+  if variant.startswith('student'):
+    config = _base(student_config.get_config())
+    config.distill.method = variant.removeprefix('student_')
+    teacher_model = models.create_model(FLAGS.teacher, dataset.num_classes)
+    teacher_vars = jax.jit(
+        lambda: teacher_model.init(jax.random.key(1),
+                                   np.zeros((1, 32, 32, 3), np.float32),
+                                   train=False),
+        out_shardings=parallel.replicated(mesh))()
+    tconf = teacher_config.get_config()
+    tconf.model = FLAGS.teacher
+    setup = student.build_student(config, dataset, mesh, tconf, teacher_vars)
+  else:
+    config = _base(teacher_config.get_config())
+    config.cache.size = FLAGS.cache_size
+    if variant == 'ce':
+      config.icc.lam = 0.0
+    elif variant == 'icc_no_cache':
+      config.cache.size = 0
+    elif variant in ('icc_features', 'icc_images'):
+      config.cache.store = variant.removeprefix('icc_')
+    else:
+      raise app.UsageError(f'unknown variant {variant}')
+    setup = train.build_teacher(config, dataset, mesh)
+  state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
+  return config, setup, state
+
+
+def main(argv):
+  del argv
+  mesh = parallel.make_mesh()
+  dataset = datasets.load(_base(teacher_config.get_config()).dataset)
+  split, _ = input_pipeline.to_device(dataset, mesh)
+  runs = {}
+  for variant in FLAGS.variants:
+    config, setup, state = build(variant, mesh, dataset)
+    batches = setup.batches(config, split, mesh, 0)
+    images, labels = next(batches)
+    compiled = setup.train_step.lower(state, images, labels,
+                                      setup.step_args).compile()
+    memory = ablation_metrics.compiled_memory(compiled)
+    state, metrics = compiled(state, images, labels, setup.step_args)
+    jax.block_until_ready(metrics)
+    runs[variant] = dict(compiled=compiled, state=state, batches=batches,
+                         args=setup.step_args, memory=memory, times=[])
+  per_round = max(1, FLAGS.steps // FLAGS.rounds)
+  for _ in range(FLAGS.rounds):
+    for run in runs.values():
+      for _ in range(per_round):
+        images, labels = next(run['batches'])
+        start = time.perf_counter()
+        run['state'], metrics = run['compiled'](run['state'], images, labels,
+                                                run['args'])
+        jax.block_until_ready(metrics)
+        run['times'].append(time.perf_counter() - start)
+
+  device = jax.devices()[0]
+  print(f'# {FLAGS.model}, global batch {FLAGS.batch_size}, {FLAGS.dtype}, '
+        f'{len(mesh.devices.flat)} x {device.device_kind} ({device.platform})')
+  print('| variant | median step ms | images/s | vs first | compiled MiB '
+        '(args+out+temp-alias) | temp MiB |')
+  print('|---|---|---|---|---|---|')
+  first = None
+  for variant, run in runs.items():
+    stats = ablation_metrics.step_time_stats(run['times'], FLAGS.batch_size,
+                                             skip_first=0)
+    first = first or stats['images_per_second']
+    print(f"| {variant} | {1000 * stats['median_step_seconds']:.1f} | "
+          f"{stats['images_per_second']:.1f} | "
+          f"{stats['images_per_second'] / first:.2f} | "
+          f"{run['memory'].get('total_bytes', 0) / 2**20:.1f} | "
+          f"{run['memory'].get('temp_bytes', 0) / 2**20:.1f} |")
+  peak = ablation_metrics.peak_device_memory()
+  # The backend's peak is per process, not per variant: run one variant per
+  # process to attribute it.
+  print(f"process peak device memory: "
+        f"{'not reported by this backend' if peak is None else f'{peak / 2**20:.0f} MiB'}")
+
+
+if __name__ == '__main__':
+  app.run(main)
