@@ -21,7 +21,7 @@ fashion-mnist:
 	fi
 
 demo: $(VENV)/.installed fashion-mnist
-	$(PY) launch.py --config=configs/teacher.py:fashion_cpu --workdir=workdirs/demo
+	$(PY) launch.py --config=configs/demo.py --workdir=workdirs/demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15
