@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from teacher_steps import run_steps
+from train_steps import run_steps
 
 
 def _config(smoke_config, **icc):
@@ -53,13 +53,13 @@ def test_device_count_invariance(smoke_config, objective):
   config = _config(smoke_config, **objective)
   # 4 steps with a 2-batch cache: the ring is filled and overwritten.
   results = {n: run_steps(config, n, 4) for n in (1, 2, 4)}
-  initial, state1, metrics1 = results[1]
+  initial, (*_, state1), metrics1 = results[1]
   assert np.isfinite([m['loss'] for m in metrics1]).all()
   if objective['lam']:
     assert metrics1[-1]['neg_cache'] > 0, 'cache served no negatives'
     assert bool(np.all(state1.cache.valid))
   for n in (2, 4):
-    _, state, metrics = results[n]
+    _, (*_, state), metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:
         np.testing.assert_allclose(m[k], m1[k], rtol=1e-4, atol=1e-5,

@@ -12,7 +12,7 @@ from icckd_jax import models
 from icckd_jax import optim
 from icckd_jax import parallel
 from icckd_jax import input_pipeline
-from teacher_steps import run_steps
+from train_steps import run_steps
 
 
 def _small(config, **icc):
@@ -26,7 +26,7 @@ def _small(config, **icc):
 def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
   """λ = 0 trains exactly like a CE step written here from scratch."""
   config = _small(smoke_config, lam=0.0)
-  initial, state, metrics = run_steps(config, 1, 3)
+  initial, (*_, state), metrics = run_steps(config, 1, 3)
   assert state.cache is None
 
   dataset = datasets.load(config.dataset)
@@ -74,10 +74,10 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
 
 def test_delta_at_least_one_is_cross_entropy(smoke_config):
   """δ ≥ 1 gates every anchor off: the loss is CE and λ no longer matters."""
-  _, state_a, metrics_a = run_steps(_small(smoke_config, lam=0.5, delta=1.0),
+  _, (*_, state_a), metrics_a = run_steps(_small(smoke_config, lam=0.5, delta=1.0),
                                     1, 3)
   from configs import teacher  # pylint: disable=g-import-not-at-top
-  _, state_b, metrics_b = run_steps(
+  _, (*_, state_b), metrics_b = run_steps(
       _small(teacher.get_config('smoke'), lam=2.0, delta=1.5), 1, 3)
   for m in metrics_a + metrics_b:
     assert m['gate_pass_rate'] == 0.0
@@ -106,8 +106,8 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
     config.cache.store = store
     config.learning_rate = 0.0
     results[store] = run_steps(config, 2, 3)
-  _, feats, m_feats = results['features']
-  _, imgs, m_imgs = results['images']
+  _, (*_, feats), m_feats = results['features']
+  _, (*_, imgs), m_imgs = results['images']
   np.testing.assert_array_equal(feats.cache.labels, imgs.cache.labels)
   np.testing.assert_array_equal(feats.cache.valid, imgs.cache.valid)
   assert bool(np.all(feats.cache.valid))

@@ -2,24 +2,18 @@
 pipeline's resume, and a short real-data pipeline."""
 
 import hashlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import CIFAR10_ARCHIVE, ROOT
-from icckd_jax import datasets
-from icckd_jax import input_pipeline
+from conftest import CIFAR10_ARCHIVE
 from icckd_jax import metric_writer
 from icckd_jax import models
-from icckd_jax import parallel
 from icckd_jax import student
+from train_steps import run_steps
 from test_invariance import assert_same_updates
-from test_training import launch, restore_state
+from test_training import kill_after_checkpoint, launch, restore_state
 
 
 def _tree_digest(path):
@@ -102,29 +96,16 @@ def test_student_step_device_count_invariance(smoke_teacher, smoke_config):
   config.teacher.workdir = str(smoke_teacher)
   config.distill.method = 'kd_rkd'
   config.learning_rate = 0.005
-  dataset = datasets.load(config.dataset)
-  results = {}
-  for n in (1, 2, 4):
-    mesh = parallel.make_mesh(n)
-    teacher_config, teacher_vars = student.load_teacher(config, mesh)
-    setup = student.build_student(config, dataset, mesh, teacher_config,
-                                  teacher_vars)
-    state = jax.jit(setup.init_state,
-                    out_shardings=parallel.replicated(mesh))()
-    initial = jax.device_get(state)
-    split, _ = input_pipeline.to_device(dataset, mesh)
-    batches = setup.batches(config, split, mesh, 0)
-    metrics, after_one = [], None
-    for _ in range(3):
-      images, labels = next(batches)
-      state, m = setup.train_step(state, images, labels, setup.step_args)
-      metrics.append(m)
-      after_one = after_one or jax.device_get(state)
-    results[n] = initial, after_one, jax.device_get(metrics)
-  initial, state1, metrics1 = results[1]
+
+  def build(config, dataset, mesh):
+    return student.build_student(config, dataset, mesh,
+                                 *student.load_teacher(config, mesh))
+
+  results = {n: run_steps(config, n, 3, build) for n in (1, 2, 4)}
+  initial, (state1, *_), metrics1 = results[1]
   assert metrics1[0]['rkd'] > 0
   for n in (2, 4):
-    _, state, metrics = results[n]
+    _, (state, *_), metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:
         np.testing.assert_allclose(m[k], m1[k], rtol=1e-4, atol=1e-5,
@@ -147,17 +128,8 @@ def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
   the student ends exactly as in an uninterrupted pipeline."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*PIPELINE_ARGS, f'--workdir={straight}')
-  proc = subprocess.Popen(
-      [sys.executable, str(ROOT / 'launch.py'), *PIPELINE_ARGS,
-       f'--workdir={resumed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (resumed / 'student' / 'checkpoints' / '1').exists():
-    assert proc.poll() is None and time.time() < deadline
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (resumed / 'student' / 'checkpoints' / '2').exists()
+  kill_after_checkpoint(PIPELINE_ARGS, resumed,
+                        resumed / 'student' / 'checkpoints')
   teacher_digest = _tree_digest(resumed / 'teacher')
 
   result = launch(*PIPELINE_ARGS, f'--workdir={resumed}')

@@ -33,6 +33,23 @@ def launch(*args, check=True, **kwargs):
   return result
 
 
+def kill_after_checkpoint(args, workdir, checkpoints):
+  """Starts launch.py, SIGKILLs it as soon as checkpoint 1 appears in
+  `checkpoints` (Orbax renames it into place once complete), and checks
+  that the kill came before checkpoint 2: mid-run, not after the end."""
+  proc = subprocess.Popen(
+      [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (checkpoints / '1').exists():
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (checkpoints / '2').exists(), (
+      'the run finished before it could be killed: make its epochs longer')
+
+
 def restore_state(workdir, which='last'):
   ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
   state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
@@ -81,18 +98,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*RESUME_ARGS, f'--workdir={straight}')
 
-  proc = subprocess.Popen(
-      [sys.executable, str(ROOT / 'launch.py'), *RESUME_ARGS,
-       f'--workdir={resumed}'], cwd=ROOT, stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (resumed / 'checkpoints' / '1').exists():
-    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (resumed / 'checkpoints' / '2').exists(), (
-      'the run finished before it could be killed: make its epochs longer')
+  kill_after_checkpoint(RESUME_ARGS, resumed, resumed / 'checkpoints')
   launch(*RESUME_ARGS, f'--workdir={resumed}')
 
   state_a, meta_a = restore_state(straight)

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: run a few teacher steps in-process."""
+"""Helpers shared by the tests: run a few train steps in-process."""
 
 import jax
 
@@ -8,21 +8,24 @@ from icckd_jax import input_pipeline
 from icckd_jax import train
 
 
-def run_steps(config, num_devices, steps):
-  """Trains `steps` steps on `num_devices`.
+def run_steps(config, num_devices, steps, build=train.build_teacher):
+  """Trains `steps` steps on `num_devices` with the setup `build` makes
+  from (config, dataset, mesh) (a teacher's by default).
 
-  Returns (initial state, final state, per-step metrics), on the host.
+  Returns (initial state, [state after each step], [metrics of each step]),
+  on the host.
   """
   mesh = parallel.make_mesh(num_devices)
   dataset = datasets.load(config.dataset)
-  setup = train.build_teacher(config, dataset, mesh)
+  setup = build(config, dataset, mesh)
   state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
   initial = jax.device_get(state)
   split, _ = input_pipeline.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
-  metrics = []
+  states, metrics = [], []
   for _ in range(steps):
     images, labels = next(batches)
     state, m = setup.train_step(state, images, labels, setup.step_args)
+    states.append(jax.device_get(state))
     metrics.append(m)
-  return initial, jax.device_get(state), jax.device_get(metrics)
+  return initial, states, jax.device_get(metrics)
