@@ -3,8 +3,13 @@
 import os
 import pathlib
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=4').strip()
+# Emulated devices are threads: on a loaded 2-core machine one can reach a
+# collective minutes after the others, so XLA's rendezvous must wait, not abort.
+COLLECTIVE_PATIENCE = ('--xla_cpu_collective_timeout_seconds=900 '
+                       '--xla_cpu_collective_call_terminate_timeout_seconds=900')
+os.environ['XLA_FLAGS'] = (
+    f"{os.environ.get('XLA_FLAGS', '')} "
+    f'--xla_force_host_platform_device_count=4 {COLLECTIVE_PATIENCE}').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import pytest  # pylint: disable=g-import-not-at-top

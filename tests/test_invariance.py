@@ -22,10 +22,10 @@ def _config(smoke_config, **icc):
   return c
 
 
-# Observed here: up to ~1e-4 for CE, ~1e-3 with the image cache (its fresh
-# embeddings enter the loss through 1/tau, amplifying round-off); a broken
-# synchronisation is off by > 1e-1.
-RTOL = 5e-3
+# Float32 round-off from another reduction order grows by ~3x a step here
+# (small batches, τ = 0.1); after two steps it is ~1e-4 of the update, while a
+# broken synchronisation is off by > 1e-1 at once.
+RTOL = 2e-3
 
 
 def assert_same_updates(a, b, initial, rtol):
@@ -53,17 +53,22 @@ def test_device_count_invariance(smoke_config, objective):
   config = _config(smoke_config, **objective)
   # 4 steps with a 2-batch cache: the ring is filled and overwritten.
   results = {n: run_steps(config, n, 4) for n in (1, 2, 4)}
-  initial, (*_, state1), metrics1 = results[1]
+  initial, states1, metrics1 = results[1]
   assert np.isfinite([m['loss'] for m in metrics1]).all()
   if objective['lam']:
-    assert metrics1[-1]['neg_cache'] > 0, 'cache served no negatives'
-    assert bool(np.all(state1.cache.valid))
+    assert metrics1[1]['neg_cache'] > 0, 'cache served no negatives'
+    assert bool(np.all(states1[-1].cache.valid))
   for n in (2, 4):
-    _, (*_, state), metrics = results[n]
+    _, states, metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:
         np.testing.assert_allclose(m[k], m1[k], rtol=1e-4, atol=1e-5,
                                    err_msg=f'{k} on {n} devices')
-    for part in ('params', 'batch_stats', 'opt_state', 'cache'):
-      assert_same_updates(getattr(state, part), getattr(state1, part),
+    # The state after step 2, the first step that drew negatives from the
+    # cache; later steps amplify round-off (see RTOL).
+    for part in ('params', 'batch_stats', 'opt_state'):
+      assert_same_updates(getattr(states[1], part), getattr(states1[1], part),
                           getattr(initial, part), rtol=RTOL)
+    if objective['lam']:
+      assert_same_updates(states[-1].cache, states1[-1].cache, initial.cache,
+                          rtol=RTOL)

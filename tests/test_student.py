@@ -152,7 +152,7 @@ def test_short_real_cifar10_pipeline(tmp_path):
   workdir = tmp_path / 'run'
   launch('--config=configs/pipeline.py:cifar10_cpu', f'--workdir={workdir}',
          f'--config.teacher.dataset.path={CIFAR10_ARCHIVE}',
-         '--config.student.num_epochs=2')
+         '--config.student.num_epochs=2', devices=1)
   teacher = metric_writer.read_records(str(workdir / 'teacher'), 'epoch')
   student_epochs = metric_writer.read_records(str(workdir / 'student'),
                                               'epoch')

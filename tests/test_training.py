@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import ROOT
+from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax import checkpoint
 from icckd_jax import evaluate
 from icckd_jax import metric_writer
@@ -23,11 +23,13 @@ from icckd_jax import parallel
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 
-def launch(*args, check=True, **kwargs):
-  """Runs launch.py in a fresh process (4 emulated devices, from conftest)."""
+def launch(*args, check=True, devices=4):
+  """Runs launch.py in a fresh process on `devices` emulated CPU devices."""
   cmd = [sys.executable, str(ROOT / 'launch.py'), *args]
+  env = dict(os.environ, XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE}'))
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          **kwargs)
+                          env=env)
   if check and result.returncode:
     raise AssertionError(f'{cmd} failed:\n{result.stderr[-3000:]}')
   return result
