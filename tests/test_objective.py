@@ -129,3 +129,17 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   views_b = [np.asarray(next(batches)[0][1]) for _ in range(3)]
   np.testing.assert_array_equal(imgs.cache.items[0], views_b[2])
   np.testing.assert_array_equal(imgs.cache.items[1], views_b[1])
+
+
+def test_bfloat16_compute_keeps_float32_parameters(smoke_config):
+  config = _small(smoke_config, lam=0.5, delta=-1.0)
+  config.dtype = 'bfloat16'
+  _, (*_, state), metrics = run_steps(config, 2, 2)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.opt_state)
+             if np.issubdtype(x.dtype, np.floating))
+  assert state.cache.items.dtype == np.float32
+  _, _, metrics32 = run_steps(_small(smoke_config, lam=0.5, delta=-1.0), 2, 2)
+  for m, m32 in zip(metrics, metrics32):
+    assert np.isfinite(m['loss'])
+    np.testing.assert_allclose(m['ce'], m32['ce'], rtol=0.05)

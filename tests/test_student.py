@@ -2,6 +2,7 @@
 pipeline's resume, and a short real-data pipeline."""
 
 import hashlib
+import json
 
 import jax
 import numpy as np
@@ -57,6 +58,12 @@ def test_teacher_untouched_and_absent_from_student_checkpoints(smoke_teacher,
   assert all(0.0 <= e['test_agreement'] <= 1.0 for e in epochs)
   assert all('rkd' in e and np.isfinite(e['rkd']) for e in epochs)
   assert (workdir / 'teacher_eval.json').exists()
+  # configs/eval.py restores a student's checkpoint like a teacher's.
+  launch('--config=configs/eval.py', f'--config.workdir={workdir}',
+         '--config.checkpoint=last', devices=1)
+  evaluated = json.loads((workdir / 'eval_last.json').read_text())
+  assert evaluated['count'] == 128
+  assert evaluated['top1'] == pytest.approx(epochs[-1]['test_top1'])
 
 
 @pytest.mark.parametrize('args,expected', [
