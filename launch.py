@@ -48,6 +48,30 @@ class _OwnInfoOnly(py_logging.Filter):
                 'only' in record.getMessage())
 
 
+def _fail(message) -> None:
+  """A user's mistake: one line on stderr, exit code 2.
+
+  A message that carries a traceback (ml_collections wraps the config
+  file's own exception in one) is cut to its first and last lines.
+  """
+  lines = [l.strip() for l in str(message).strip().splitlines() if l.strip()]
+  if len(lines) > 1:
+    lines = [lines[0].split(' Traceback')[0].rstrip(':'), lines[-1]]
+  print(f"error: {': '.join(lines)}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad flag, config file, config argument or
+  override reported as one line and exit code 2 instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    _fail(f"no such config field: {str(e).strip(chr(34) + chr(39))}")
+  except (flags.Error, TypeError, ValueError) as e:
+    _fail(e)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   if len(argv) > 1:
@@ -56,11 +80,15 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX devices: %s', jax.devices())
   try:
-    icckd_main.run(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    config.get('mode')  # Touches the config, which loads it.
+  except OSError as e:  # ml_collections defers a config file's load errors.
+    _fail(e)
+  try:
+    icckd_main.run(config, FLAGS.workdir)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(e)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -170,6 +170,21 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path, args, expected):
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
+@pytest.mark.parametrize('args,expected', [
+    (['--config=configs/teacher.py:bogus'], "unknown config argument 'bogus'"),
+    (['--config=configs/teacher.py', '--config.nonexistent=1'],
+     'no such config field: nonexistent'),
+    (['--config=configs/teacher.py', '--config.batch_size=abc'],
+     'flag --config.batch_size=abc'),
+    (['--config=configs/absent.py'], "No such file or directory: "
+     "'configs/absent.py'"),
+])
+def test_command_line_errors_are_one_line_and_exit_2(tmp_path, args,
+                                                     expected):
+  result = launch(*args, f'--workdir={tmp_path / "run"}', check=False)
+  assert expected in _error_line(result)
+
+
 def test_unwritable_workdir_is_a_user_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
