@@ -182,6 +182,20 @@ def write_report(workdir: str) -> list[dict[str, Any]]:
   return rows
 
 
+def headline(rows: list[dict[str, Any]]) -> str:
+  """The short table a sweep prints at its end: top-1 of each setting's
+  teacher and student (last epoch, mean ± std over seeds)."""
+  lines = ['| setting | seeds | teacher top-1 (%) | student top-1, KD (%) |',
+           '|---|---|---|---|']
+  for name in dict.fromkeys(row['setting'] for row in rows):
+    mine = [row for row in rows if row['setting'] == name]
+    cells = [am.format_mean_std(*(100 * v for v in am.mean_std(
+        [row[column] for row in mine])))
+             for column in ('teacher_top1_last', 'student_top1_last')]
+    lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def _mean_curve(curves: list[list[float]]) -> np.ndarray:
   length = min(len(c) for c in curves)
   return np.mean([c[:length] for c in curves], axis=0)

@@ -123,5 +123,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       report.write_report(workdir)
   logging.info('Sweep done; compiled steps: %s', dict(reuse.builds))
   rows = report.write_report(workdir)
-  print(open(os.path.join(workdir, report.SUMMARY_FILE)).read())
+  print(report.headline(rows))
+  print(f'Every metric: {os.path.join(workdir, report.SUMMARY_FILE)}, '
+        f'{report.RESULTS_CSV} and the plots beside it.')
   return rows
