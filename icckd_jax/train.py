@@ -178,8 +178,10 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
   def init_state():
     params, batch_stats = teacher.init_params(
         model, head, jax.random.key(config.seed), input_shape)
+    # No objective or cache.size = 0: no cache at all (Orbax cannot store
+    # the zero-size arrays of an empty ring).
     cache = None
-    if icc_on:
+    if icc_on and config.cache.size > 0:
       if config.cache.store == 'features':
         item_shape = (teacher.embedding_dim(model, head, params, batch_stats,
                                             input_shape),)

@@ -202,6 +202,18 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
   assert 'absent' in _error_line(result)
 
 
+def test_teacher_without_cache_trains_and_checkpoints(tmp_path):
+  """cache.size = 0, the cache ablation's "removed" setting, end to end."""
+  workdir = tmp_path / 'run'
+  launch('--config=configs/teacher.py:smoke', '--config.cache.size=0',
+         '--config.num_epochs=1', f'--workdir={workdir}', devices=1)
+  epoch, = metric_writer.read_records(str(workdir), 'epoch')
+  assert epoch['neg_cache'] == 0.0 and epoch['cache_bytes'] == 0
+  assert epoch['neg_in_batch'] > 0.0
+  state, _ = restore_state(workdir)
+  assert not jax.tree.leaves(state.get('cache'))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = tmp_path / 'run'
   launch('--config=configs/teacher.py:smoke', '--config.num_epochs=1',
