@@ -19,6 +19,7 @@ from typing import Any
 import matplotlib
 matplotlib.use('Agg')  # Files only; never a window.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from icckd_jax import ablation_metrics as am
@@ -218,6 +219,7 @@ def _plot(workdir: str, names: list[str], results: list[dict],
   for ax, stage in zip(axes, ('teacher', 'student')):
     ax.set_title(f'{stage}: test top-1 (mean over seeds)')
     ax.set_xlabel('epoch')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
   axes[0].set_ylabel('top-1 (%)')
   axes[1].legend(fontsize=8)
@@ -235,6 +237,7 @@ def _plot(workdir: str, names: list[str], results: list[dict],
     ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
   ax.set_title('teacher training loss per epoch (band: ± within-epoch std)')
   ax.set_xlabel('epoch')
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   ax.set_ylabel('total loss')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
