@@ -153,17 +153,22 @@ def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
                     reason=f'real CIFAR-10 not at {CIFAR10_ARCHIVE}')
 def test_short_real_cifar10_pipeline(tmp_path):
   """The method on real CIFAR-10 at CPU scale: an intra-class resnet8
-  teacher, 3 epochs on 10,000 images, then a KD resnet8 student, 2 epochs.
-  Chance is 10%: the teacher must end above 30% with its gate opening as
-  margins grow, the student above 25%."""
+  teacher, 3 epochs on 5,000 images, then a KD resnet8 student, 1 epoch.
+  Seen here: teacher 37.1%, student 30.4%, gate pass rate 0.70% -> 1.28% ->
+  1.46%. Chance is 10%: the teacher must end above 30% with its margins and
+  gate pass rate rising, the student above 25%."""
   workdir = tmp_path / 'run'
   launch('--config=configs/pipeline.py:cifar10_cpu', f'--workdir={workdir}',
          f'--config.teacher.dataset.path={CIFAR10_ARCHIVE}',
-         '--config.student.num_epochs=2', devices=1)
+         '--config.teacher.dataset.train_subset=5000',
+         '--config.student.num_epochs=1', devices=1)
   teacher = metric_writer.read_records(str(workdir / 'teacher'), 'epoch')
   student_epochs = metric_writer.read_records(str(workdir / 'student'),
                                               'epoch')
   assert teacher[-1]['test_count'] == 10000
   assert teacher[-1]['test_top1'] > 0.30, teacher[-1]
-  assert teacher[-1]['gate_pass_rate'] > teacher[0]['gate_pass_rate']
+  rates = [e['gate_pass_rate'] for e in teacher]
+  margins = [e['margin_mean'] for e in teacher]
+  assert rates == sorted(rates) and rates[-1] > rates[0], rates
+  assert margins == sorted(margins), margins
   assert student_epochs[-1]['test_top1'] > 0.25, student_epochs[-1]
