@@ -1,7 +1,6 @@
 """SPEC §7.3 and the cache modes, through the real jitted teacher step."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -64,11 +63,11 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
     assert images.shape[0] == 1, 'λ = 0 must not draw a second view'
     params, batch_stats, opt_state = reference_step(
         params, batch_stats, opt_state, images[0], labels)
-  chex_close = lambda a, b: jax.tree.map(
+  assert_close = lambda a, b: jax.tree.map(
       lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
       a, b)
-  chex_close(state.params['model'], jax.device_get(params))
-  chex_close(state.batch_stats, jax.device_get(batch_stats))
+  assert_close(state.params['model'], jax.device_get(params))
+  assert_close(state.batch_stats, jax.device_get(batch_stats))
   assert all(m['loss'] == m['ce'] for m in metrics)
 
 

@@ -90,7 +90,7 @@ def test_missing_teacher_is_a_user_error(tmp_path):
   assert 'config.teacher.workdir=' in _error_line(result)
 
 
-def test_student_step_device_count_invariance(smoke_teacher, smoke_config):
+def test_student_step_device_count_invariance(smoke_teacher):
   """KD + RKD (RKD relates examples across device shards) on 1, 2, 4 devices:
   the same losses for 3 steps and the same state after the first.
 

@@ -4,7 +4,6 @@ import csv
 import json
 
 import jax
-import numpy as np
 import pytest
 
 from icckd_jax import datasets

@@ -3,7 +3,6 @@ evaluation (SPEC §7.2, §7.5, §7.6), and a short real-data run."""
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
