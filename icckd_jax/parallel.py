@@ -53,26 +53,26 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> int:
   return batch_size // n
 
 
-def put_replicated(tree, mesh: Mesh):
-  """Places host arrays on every device of the mesh (works on several hosts)."""
-  sharding = replicated(mesh)
+def _put(tree, sharding: NamedSharding):
+  """Places host arrays, identical on every process, with `sharding`.
+
+  Each process contributes only the slices its own devices hold, which is
+  how several hosts build one global array.
+  """
   return jax.tree.map(
       lambda x: jax.make_array_from_callback(np.shape(x), sharding,
                                              lambda idx: np.asarray(x)[idx]),
       tree)
+
+
+def put_replicated(tree, mesh: Mesh):
+  """Places host arrays on every device of the mesh (works on several hosts)."""
+  return _put(tree, replicated(mesh))
 
 
 def put_global_batch(tree, mesh: Mesh):
-  """Places a host batch, identical on every process, sharded over `data`.
-
-  Each process contributes only the slices its own devices hold, which is
-  how several hosts feed one global array.
-  """
-  sharding = batch_sharded(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                             lambda idx: np.asarray(x)[idx]),
-      tree)
+  """Places a host batch sharded over `data` on its leading axis."""
+  return _put(tree, batch_sharded(mesh))
 
 
 def shard_map(fn, mesh: Mesh, in_specs: Sequence, out_specs):

@@ -61,9 +61,9 @@ def _stage_figures(run: dict, prefix: str, batch_size: int) -> dict[str, Any]:
   top1 = [e['test_top1'] for e in epochs]
   variance, per_epoch = am.loss_variance([e['step_losses'] for e in epochs])
   step_times = [r['step_time'] for r in run['train']]
-  timing = (am.step_time_stats(step_times, batch_size, skip_first=1)
-            if len(step_times) > 1 else
-            am.step_time_stats(step_times, batch_size, skip_first=0))
+  # The first logged window includes compilation, unless it is the only one.
+  timing = am.step_time_stats(step_times, batch_size,
+                              skip_first=min(1, len(step_times) - 1))
   memory = summary.get('compiled_memory') or {}
   figures = {
       f'{prefix}_top1_last': top1[-1],
