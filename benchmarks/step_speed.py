@@ -27,13 +27,13 @@ import numpy as np
 
 from configs import student as student_config
 from configs import teacher as teacher_config
-from icckd_jax import ablation_metrics
-from icckd_jax import datasets
-from icckd_jax import input_pipeline
+from icckd_jax.experiments import ablation_metrics
+from icckd_jax.data import datasets
+from icckd_jax.data import input_pipeline
 from icckd_jax import models
-from icckd_jax import parallel
-from icckd_jax import student
-from icckd_jax import train
+from icckd_jax.training import parallel
+from icckd_jax.training import student
+from icckd_jax.training import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet20', 'The network whose step is timed.')

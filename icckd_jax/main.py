@@ -4,12 +4,12 @@ from typing import Any
 
 import ml_collections
 
-from icckd_jax import evaluate
-from icckd_jax import method
-from icckd_jax import report
-from icckd_jax import student
-from icckd_jax import sweep
-from icckd_jax import train
+from icckd_jax.training import evaluate
+from icckd_jax.experiments import method
+from icckd_jax.experiments import report
+from icckd_jax.training import student
+from icckd_jax.experiments import sweep
+from icckd_jax.training import train
 from icckd_jax.errors import UserError
 
 MODES = ('teacher', 'student', 'pipeline', 'sweep', 'report', 'eval')

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icckd_jax import ablation_metrics as am
+from icckd_jax.experiments import ablation_metrics as am
 
 # Test top-1 that climbs and plateaus. Its 3-epoch moving average is
 # 10, 25, 40, 63.33, 76.67, 80, 80.

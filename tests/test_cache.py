@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icckd_jax import cache as cache_lib
+from icckd_jax.objective import cache as cache_lib
 
 K, B, D = 3, 4, 2
 

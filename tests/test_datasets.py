@@ -1,4 +1,4 @@
-"""Tests for icckd_jax.datasets."""
+"""Tests for icckd_jax.data.datasets."""
 
 import gzip
 import pathlib
@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from icckd_jax import datasets
+from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 
 _SHARED_DATA = (

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icckd_jax import cache as cache_lib
-from icckd_jax import losses
+from icckd_jax.objective import cache as cache_lib
+from icckd_jax.objective import losses
 
 TAU = 0.1
 

@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import optax
 
-from icckd_jax import augment
-from icckd_jax import datasets
-from icckd_jax import losses
+from icckd_jax.data import augment
+from icckd_jax.data import datasets
+from icckd_jax.objective import losses
 from icckd_jax import models
-from icckd_jax import optim
-from icckd_jax import parallel
-from icckd_jax import input_pipeline
+from icckd_jax.training import optim
+from icckd_jax.training import parallel
+from icckd_jax.data import input_pipeline
 from train_steps import run_steps
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR10_ARCHIVE
-from icckd_jax import metric_writer
+from icckd_jax.training import metric_writer
 from icckd_jax import models
-from icckd_jax import student
+from icckd_jax.training import student
 from train_steps import run_steps
 from test_invariance import assert_same_updates
 from test_training import kill_after_checkpoint, launch, restore_state

@@ -6,13 +6,13 @@ import json
 import jax
 import pytest
 
-from icckd_jax import datasets
-from icckd_jax import input_pipeline
-from icckd_jax import parallel
-from icckd_jax import report
-from icckd_jax import sweep
-from icckd_jax import teacher
-from icckd_jax import train
+from icckd_jax.data import datasets
+from icckd_jax.data import input_pipeline
+from icckd_jax.training import parallel
+from icckd_jax.experiments import report
+from icckd_jax.experiments import sweep
+from icckd_jax.objective import teacher
+from icckd_jax.training import train
 from icckd_jax.errors import UserError
 from test_training import launch
 

@@ -14,10 +14,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import COLLECTIVE_PATIENCE, ROOT
-from icckd_jax import checkpoint
-from icckd_jax import evaluate
-from icckd_jax import metric_writer
-from icckd_jax import parallel
+from icckd_jax.training import checkpoint
+from icckd_jax.training import evaluate
+from icckd_jax.training import metric_writer
+from icckd_jax.training import parallel
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
@@ -125,7 +125,7 @@ def trained_on_four(tmp_path_factory):
 def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
   """SPEC §7.5 and §7.6: 128 test examples in batches of 48 (padded, masked);
   the same accuracy on 1, 2 and 4 devices as a direct NumPy count."""
-  from icckd_jax import datasets, models  # pylint: disable=g-import-not-at-top
+  from icckd_jax.data import datasets, models  # pylint: disable=g-import-not-at-top
   from configs import teacher  # pylint: disable=g-import-not-at-top
   results = {n: evaluate.evaluate_checkpoint(str(trained_on_four), 'last', n,
                                              batch_size=48)

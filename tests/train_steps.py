@@ -2,10 +2,10 @@
 
 import jax
 
-from icckd_jax import datasets
-from icckd_jax import parallel
-from icckd_jax import input_pipeline
-from icckd_jax import train
+from icckd_jax.data import datasets
+from icckd_jax.training import parallel
+from icckd_jax.data import input_pipeline
+from icckd_jax.training import train
 
 
 def run_steps(config, num_devices, steps, build=train.build_teacher):

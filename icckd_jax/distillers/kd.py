@@ -5,7 +5,7 @@
 
 import jax
 
-from icckd_jax import losses
+from icckd_jax.objective import losses
 from icckd_jax.distillers.outputs import Outputs
 
 

@@ -9,7 +9,7 @@ gradient reaches each shard through the all-gather's transpose).
 
 import jax
 
-from icckd_jax import losses
+from icckd_jax.objective import losses
 from icckd_jax.distillers import kd
 from icckd_jax.distillers.outputs import Outputs
 

@@ -19,7 +19,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: optax.OptState
-  cache: Any = None         # icckd_jax.cache.Cache, or None without the objective
+  cache: Any = None         # icckd_jax.objective.cache.Cache, or None without the objective
 
 
 def create_train_state(params, batch_stats, tx: optax.GradientTransformation,

@@ -13,10 +13,10 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from icckd_jax import checkpoint
-from icckd_jax import student
-from icckd_jax import train
-from icckd_jax.reuse import Reuse
+from icckd_jax.training import checkpoint
+from icckd_jax.training import student
+from icckd_jax.training import train
+from icckd_jax.training.reuse import Reuse
 
 
 def _finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ import jax
 from jax.sharding import Mesh
 import orbax.checkpoint as ocp
 
-from icckd_jax import parallel
+from icckd_jax.training import parallel
 from icckd_jax.errors import UserError
 
 

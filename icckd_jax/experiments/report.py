@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from icckd_jax import ablation_metrics as am
-from icckd_jax import metric_writer
+from icckd_jax.experiments import ablation_metrics as am
+from icckd_jax.training import metric_writer
 from icckd_jax.errors import UserError
 
 RESULT_FILE = 'result.json'
@@ -117,7 +117,7 @@ def _load_results(workdir: str) -> tuple[list[str], list[dict]]:
     raise UserError(f'{workdir} holds no sweep ({path} is missing)')
   with open(path) as f:
     sweep = json.load(f)
-  from icckd_jax.sweep import parse_setting  # pylint: disable=g-import-not-at-top
+  from icckd_jax.experiments.sweep import parse_setting  # pylint: disable=g-import-not-at-top
   names = [parse_setting(s).name for s in sweep['settings']]
   results = []
   for name in names:

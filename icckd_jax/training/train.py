@@ -23,22 +23,22 @@ import ml_collections
 import numpy as np
 import optax
 
-from icckd_jax import ablation_metrics
-from icckd_jax import cache as cache_lib
-from icckd_jax import checkpoint
-from icckd_jax import datasets
-from icckd_jax import evaluate
-from icckd_jax import input_pipeline
-from icckd_jax import metric_writer
+from icckd_jax.experiments import ablation_metrics
+from icckd_jax.objective import cache as cache_lib
+from icckd_jax.training import checkpoint
+from icckd_jax.data import datasets
+from icckd_jax.training import evaluate
+from icckd_jax.data import input_pipeline
+from icckd_jax.training import metric_writer
 from icckd_jax import models
-from icckd_jax import optim
-from icckd_jax import parallel
-from icckd_jax import projection
-from icckd_jax import reuse as reuse_lib
-from icckd_jax import teacher
+from icckd_jax.training import optim
+from icckd_jax.training import parallel
+from icckd_jax.objective import projection
+from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.objective import teacher
 from icckd_jax.errors import UserError
-from icckd_jax.reuse import Reuse
-from icckd_jax.train_state import TrainState, create_train_state
+from icckd_jax.training.reuse import Reuse
+from icckd_jax.training.train_state import TrainState, create_train_state
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 MARGIN_KINDS = ('prob', 'logit')

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 import optax
 
-from icckd_jax import augment
-from icckd_jax import cache as cache_lib
-from icckd_jax import losses
-from icckd_jax import parallel
-from icckd_jax.projection import l2_normalize
-from icckd_jax.train_state import TrainState
+from icckd_jax.data import augment
+from icckd_jax.objective import cache as cache_lib
+from icckd_jax.objective import losses
+from icckd_jax.training import parallel
+from icckd_jax.objective.projection import l2_normalize
+from icckd_jax.training.train_state import TrainState
 
 DATA = parallel.DATA
 

@@ -22,11 +22,11 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from icckd_jax import method
-from icckd_jax import report
-from icckd_jax import train
+from icckd_jax.experiments import method
+from icckd_jax.experiments import report
+from icckd_jax.training import train
 from icckd_jax.errors import UserError
-from icckd_jax.reuse import Reuse
+from icckd_jax.training.reuse import Reuse
 
 SWEEP_FILE = 'sweep.json'
 

@@ -19,20 +19,20 @@ from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 import optax
 
-from icckd_jax import augment
-from icckd_jax import checkpoint
-from icckd_jax import datasets
+from icckd_jax.data import augment
+from icckd_jax.training import checkpoint
+from icckd_jax.data import datasets
 from icckd_jax import distillers
-from icckd_jax import evaluate
-from icckd_jax import input_pipeline
+from icckd_jax.training import evaluate
+from icckd_jax.data import input_pipeline
 from icckd_jax import models
-from icckd_jax import optim
-from icckd_jax import parallel
-from icckd_jax import reuse as reuse_lib
-from icckd_jax import train
+from icckd_jax.training import optim
+from icckd_jax.training import parallel
+from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.training import train
 from icckd_jax.errors import UserError
-from icckd_jax.reuse import Reuse
-from icckd_jax.train_state import create_train_state
+from icckd_jax.training.reuse import Reuse
+from icckd_jax.training.train_state import create_train_state
 
 DATA = parallel.DATA
 TEACHER_EVAL_FILE = 'teacher_eval.json'

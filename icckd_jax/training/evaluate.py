@@ -13,15 +13,15 @@ from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from icckd_jax import augment
-from icckd_jax import checkpoint
-from icckd_jax import datasets
-from icckd_jax import losses
+from icckd_jax.data import augment
+from icckd_jax.training import checkpoint
+from icckd_jax.data import datasets
+from icckd_jax.objective import losses
 from icckd_jax import models
-from icckd_jax import parallel
+from icckd_jax.training import parallel
 from icckd_jax.errors import UserError
-from icckd_jax import input_pipeline
-from icckd_jax.input_pipeline import Split, eval_indices
+from icckd_jax.data import input_pipeline
+from icckd_jax.data.input_pipeline import Split, eval_indices
 
 DATA = parallel.DATA
 
@@ -88,7 +88,7 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   one the checkpoint was saved with.
   """
   # Imported here: the trainer imports this module for make_eval_fn.
-  from icckd_jax import train
+  from icckd_jax.training import train
 
   if not workdir or not os.path.isdir(workdir):
     raise UserError(f'config.workdir={workdir!r} is not a directory holding '

@@ -1,0 +1,1 @@
+"""Data: the loaders of each source, the on-device pipeline, augmentation."""

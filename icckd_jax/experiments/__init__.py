@@ -1,0 +1,1 @@
+"""Experiments: the teacher-to-student pipeline, sweeps, metrics, reports."""

@@ -1,0 +1,1 @@
+"""The teacher's objective: losses, the margin gate, the cache, the step."""

@@ -1,0 +1,1 @@
+"""Training: the loop, state, optimiser, mesh, checkpoints, evaluation."""
