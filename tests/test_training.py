@@ -125,7 +125,8 @@ def trained_on_four(tmp_path_factory):
 def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
   """SPEC §7.5 and §7.6: 128 test examples in batches of 48 (padded, masked);
   the same accuracy on 1, 2 and 4 devices as a direct NumPy count."""
-  from icckd_jax.data import datasets, models  # pylint: disable=g-import-not-at-top
+  from icckd_jax import models  # pylint: disable=g-import-not-at-top
+  from icckd_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from configs import teacher  # pylint: disable=g-import-not-at-top
   results = {n: evaluate.evaluate_checkpoint(str(trained_on_four), 'last', n,
                                              batch_size=48)
