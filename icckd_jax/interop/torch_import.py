@@ -40,6 +40,13 @@ from icckd_jax.models.wrn import WideResNet
 BENCHMARK_MEAN = (0.5071, 0.4867, 0.4408)
 BENCHMARK_STD = (0.2675, 0.2565, 0.2761)
 
+
+def benchmark_normalization() -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std), each [3] float32 in [0, 255] units (this project's
+  convention), of the benchmark's input normalisation."""
+  return tuple((255 * np.asarray(v, np.float64)).astype(np.float32)
+               for v in (BENCHMARK_MEAN, BENCHMARK_STD))
+
 _IGNORED = ('num_batches_tracked',)
 
 
@@ -181,13 +188,33 @@ def import_variables(state: Mapping[str, np.ndarray], model_name: str,
           for c, v in variables.items()}
 
 
+def _classes_in_file(state: Mapping[str, np.ndarray], model_name: str,
+                     source: str) -> int:
+  """The output width of the file's final linear layer."""
+  (key,) = [key for key, (_, path, _) in torch_layout(model_name, 1).items()
+            if path[-1] == 'kernel' and path[0] in models.CLASSIFIER_NAMES]
+  if key not in state or state[key].ndim != 2:
+    shape = list(state[key].shape) if key in state else 'absent'
+    raise UserError(f'{source}: {model_name} needs a classifier tensor '
+                    f'{key!r} [classes, features], the file has {shape}')
+  return int(state[key].shape[0])
+
+
 def load_checkpoint(path: str, model_name: str,
-                    num_classes: int) -> dict[str, Any]:
+                    num_classes: int | None = None) -> dict[str, Any]:
   """Reads a benchmark `.pth` file into `model_name`'s variables.
+
+  Args:
+    path: the `.pth` file.
+    model_name: a registered model, the file's architecture.
+    num_classes: the classes the model must predict; None takes them from
+      the file's classifier.
 
   The optimizer state and other entries of the file are ignored. See
   `import_variables` for the result and the errors.
   """
-  models.create_model(model_name, num_classes)  # an unknown name fails here
-  return import_variables(state_dict_of(torch_pickle.load(path), path),
-                          model_name, num_classes, path)
+  models.create_model(model_name, 1)  # an unknown name fails here
+  state = state_dict_of(torch_pickle.load(path), path)
+  if num_classes is None:
+    num_classes = _classes_in_file(state, model_name, path)
+  return import_variables(state, model_name, num_classes, path)

@@ -75,3 +75,15 @@ def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
                     f'{", ".join(MODEL_NAMES)}')
   return _BUILDERS[name](
       num_classes=num_classes, dtype=dtype, bn_axis_name=bn_axis_name)
+
+
+# The final linear layer of each family, named as in the benchmark.
+CLASSIFIER_NAMES = ('fc', 'linear', 'classifier')
+
+
+def num_classes(params: Any) -> int:
+  """The number of classes a model's `params` predict: the output width of
+  its final linear layer ('fc', 'linear' or 'classifier', by family)."""
+  (kernel,) = [params[name]['kernel'] for name in CLASSIFIER_NAMES
+               if name in params]
+  return kernel.shape[-1]
