@@ -224,6 +224,10 @@ class _Global:
   def __init__(self, module, name):
     self.module, self.name = module, name
 
+  def __call__(self, *args):
+    # pickle only checks that a reduce function is callable; never called.
+    raise TypeError(f'{self.module}.{self.name} is a pickling marker')
+
 
 class _Storage:
   def __init__(self, array):

@@ -88,7 +88,7 @@ _LEAVES = {
 }
 
 
-def _to_flax(array: np.ndarray) -> np.ndarray:
+def to_flax_layout(array: np.ndarray) -> np.ndarray:
   """PyTorch layout -> flax layout (OIHW -> HWIO, [out, in] -> [in, out])."""
   if array.ndim == 4:
     return array.transpose(2, 3, 1, 0)
@@ -182,7 +182,7 @@ def import_variables(state: Mapping[str, np.ndarray], model_name: str,
     if key not in state:
       raise UserError(f'{source}: {model_name} needs tensor {key!r} '
                       f'{list(expected)}, which the file lacks')
-    variables[collection][path] = _to_flax(
+    variables[collection][path] = to_flax_layout(
         np.asarray(state[key], np.float32))
   return {c: flax.traverse_util.unflatten_dict(v)
           for c, v in variables.items()}
