@@ -283,3 +283,21 @@ def test_data_parallel_prefix_and_non_checkpoints(tmp_path):
   with pytest.raises(UserError, match="neither a state_dict nor a dict with "
                      "a 'model' state_dict"):
     torch_import.load_checkpoint(str(path), 'resnet8')
+
+
+def test_a_file_cannot_alter_how_later_files_load(tmp_path):
+  # GLOBAL torch.FloatStorage, then BUILD {'dtype': 'f2'} onto what it
+  # resolved to: were that shared, later files would read float16.
+  poison = (b'\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtype'
+            b'X\x02\x00\x00\x00f2sb.')
+  path = tmp_path / 'poison.pth'
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('archive/data.pkl', poison)
+  with pytest.raises(UserError):
+    torch_import.load_checkpoint(str(path), 'resnet8')
+  good = _good_file(tmp_path, legacy=False)
+  state = torch_pickle.load(str(good))['model']
+  assert state['conv1.weight'].dtype == np.float32
+  np.testing.assert_array_equal(
+      state['conv1.weight'],
+      torch_files.random_state_dict('resnet8', 10)['conv1.weight'])

@@ -16,6 +16,7 @@ unpickler here resolves only the few globals a checkpoint of tensors needs
 """
 
 import collections
+import functools
 import io
 import pickle
 import struct
@@ -76,12 +77,18 @@ def _rebuild_parameter(data: np.ndarray, *unused) -> np.ndarray:
   return data
 
 
+# Each lookup builds a fresh object: pickle's BUILD opcode can set attributes
+# on what a global resolves to, and must not reach anything shared between
+# files (collections.OrderedDict is an immutable built-in type).
 _GLOBALS = {
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
-    ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
-    **{('torch', name): _StorageType(dtype)
+    ('collections', 'OrderedDict'): lambda: collections.OrderedDict,
+    ('torch._utils', '_rebuild_tensor'):
+        lambda: functools.partial(_rebuild_tensor),
+    ('torch._utils', '_rebuild_tensor_v2'):
+        lambda: functools.partial(_rebuild_tensor),
+    ('torch._utils', '_rebuild_parameter'):
+        lambda: functools.partial(_rebuild_parameter),
+    **{('torch', name): functools.partial(_StorageType, dtype)
        for name, dtype in _STORAGE_DTYPES.items()},
 }
 
@@ -100,7 +107,7 @@ class _Unpickler(pickle.Unpickler):
           f'refuses to unpickle {module}.{name}: a checkpoint may only hold '
           'tensors, storages and containers, and loading this one could run '
           'code')
-    return _GLOBALS[(module, name)]
+    return _GLOBALS[(module, name)]()
 
   def persistent_load(self, pid) -> np.ndarray:
     # ('storage', storage type, key, location, numel[, legacy view metadata])

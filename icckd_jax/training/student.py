@@ -4,9 +4,10 @@ The teacher is a run of this project (`config.teacher.workdir`: its
 architecture and data set come from the config saved with its checkpoint) or
 a PyTorch checkpoint of the CIFAR-100 KD benchmark (`config.teacher.pth` with
 `config.teacher.model`), whose input is normalised with the benchmark's
-statistics rather than the data set's. Its variables are an argument of the jitted, data-parallel step
-(never a constant baked into it, never part of the student's state), run in
-inference mode under stop_gradient, and are never written anywhere.
+statistics rather than the data set's. Its variables are an argument of the
+jitted, data-parallel step (never a constant baked into it, never part of the
+student's state), run in inference mode under stop_gradient, and are never
+written anywhere.
 """
 
 import dataclasses
@@ -216,10 +217,12 @@ def build_student(config: ml_collections.ConfigDict,
                     f'student data set has {dataset.num_classes}')
   teacher_model = models.create_model(teacher_config.model, teacher_classes,
                                       dtype=dtype)
-  teacher_mean, teacher_std = teacher_normalization(teacher_config, dataset)
-  own_statistics = teacher_config.get('input_mean') is not None
+  # A teacher trained with other statistics than the data set's (a PyTorch
+  # one) gets its own normalisation in the step and in the agreement metric.
+  teacher_mean = teacher_std = None
   reference = teacher_model
-  if own_statistics:
+  if teacher_config.get('input_mean') is not None:
+    teacher_mean, teacher_std = teacher_normalization(teacher_config, dataset)
     reference = Renormalized(
         teacher_model, tuple(dataset.mean.tolist()),
         tuple(dataset.std.tolist()), tuple(teacher_mean.tolist()),
@@ -248,10 +251,8 @@ def build_student(config: ml_collections.ConfigDict,
           lambda: make_train_step(student_model, teacher_model, distill_fn,
                                   tx, mesh, mean=dataset.mean,
                                   std=dataset.std, dtype=dtype,
-                                  teacher_mean=teacher_mean if own_statistics
-                                  else None,
-                                  teacher_std=teacher_std if own_statistics
-                                  else None)),
+                                  teacher_mean=teacher_mean,
+                                  teacher_std=teacher_std)),
       step_args={'teacher': teacher_variables,
                  'hp': hyperparameters(config.distill)},
       reference=(reference, teacher_variables))
