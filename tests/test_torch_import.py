@@ -301,3 +301,18 @@ def test_a_file_cannot_alter_how_later_files_load(tmp_path):
   np.testing.assert_array_equal(
       state['conv1.weight'],
       torch_files.random_state_dict('resnet8', 10)['conv1.weight'])
+
+
+@pytest.mark.parametrize('shape,stride,offset', [
+    ((10,), (5,), 0), ((4,), (1,), 22), ((3,), (-1,), 5), ((2, 2), (1,), 0)])
+def test_a_tensor_cannot_read_outside_its_storage(shape, stride, offset,
+                                                  tmp_path):
+  storage = torch_files._Storage(np.arange(24, dtype=np.float32))  # pylint: disable=protected-access
+  data, _ = torch_files.pickle_bytes({'t': torch_files._Tensor(  # pylint: disable=protected-access
+      storage, shape, stride, offset)})
+  path = tmp_path / 'oob.pth'
+  with zipfile.ZipFile(path, 'w') as z:
+    z.writestr('archive/data.pkl', data)
+    z.writestr('archive/data/0', storage.array.tobytes())
+  with pytest.raises(UserError, match='not a readable PyTorch checkpoint'):
+    torch_pickle.load(str(path))

@@ -41,6 +41,9 @@ _STORAGE_DTYPES = {
 }
 
 
+_ALLOWED_DTYPES = frozenset(np.dtype(d) for d in _STORAGE_DTYPES.values())
+
+
 class UnsafePickle(UserError):
   """The file names a global outside the checkpoint whitelist."""
 
@@ -61,8 +64,15 @@ def _rebuild_tensor(storage: np.ndarray, storage_offset: int, size, stride,
   """
   del unused
   size, stride = tuple(size), tuple(stride)
+  # as_strided does no bounds checks: a crafted file must not read memory
+  # outside its storage.
+  if not all(isinstance(v, int) and v >= 0
+             for v in (storage_offset, *size, *stride)) or len(size) != len(
+                 stride):
+    raise ValueError(f'a tensor has an invalid shape {size!r:.60}, stride '
+                     f'{stride!r:.60} or offset {storage_offset!r:.20}')
   last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if storage_offset < 0 or (all(size) and last >= storage.size):
+  if all(size) and last >= storage.size:
     raise ValueError(f'a tensor of shape {list(size)} reads past its storage '
                      f'of {storage.size} elements')
   view = np.lib.stride_tricks.as_strided(
@@ -114,7 +124,10 @@ class _Unpickler(pickle.Unpickler):
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'
             and isinstance(pid[1], _StorageType)):
       raise pickle.UnpicklingError(f'unknown persistent id {pid!r:.80}')
-    storage = self._load_storage(str(pid[2]), pid[1].dtype, int(pid[4]))
+    dtype, numel = pid[1].dtype, pid[4]
+    if dtype not in _ALLOWED_DTYPES or not isinstance(numel, int) or numel < 0:
+      raise pickle.UnpicklingError(f'invalid storage {pid!r:.80}')
+    storage = self._load_storage(str(pid[2]), dtype, numel)
     view = pid[5] if len(pid) > 5 else None
     if view is not None:
       _, offset, numel = view
@@ -174,6 +187,8 @@ def _load_legacy(file: BinaryIO) -> Any:
   storages = {}
   for key in keys:
     (numel,) = struct.unpack('<q', file.read(8))
+    if numel < 0:
+      raise ValueError(f'storage {key!r} has a negative size')
     dtype = np.dtype(wanted[key])
     storages[key] = _from_bytes(file.read(numel * dtype.itemsize), dtype,
                                 numel)
