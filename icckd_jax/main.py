@@ -30,6 +30,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   if mode == 'report':
     return report.write_report(workdir)
   if mode == 'eval' and config.get('pth'):
+    if workdir:
+      raise UserError(f'config.pth={config.pth!r} and config.workdir='
+                      f'{workdir!r} are both set; evaluate one or the other')
     return evaluate.evaluate_pytorch(
         config.pth, config.get('model'), config.dataset,
         num_devices=config.get('num_devices') or None,

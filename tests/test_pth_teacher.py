@@ -197,3 +197,22 @@ def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(
       f"error: {PTH}: tensor 'conv1.weight' is [16, 3, 3, 3] but resnet8x4 "
       'with 100 classes expects [32, 3, 3, 3]')
   assert not export.exists()
+
+
+def test_eval_config_errors(tmp_path):
+  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  from icckd_jax import main  # pylint: disable=g-import-not-at-top
+  c = eval_config.get_config()
+  c.pth = str(tmp_path / 'absent.pth')
+  c.model = 'resnet20'
+  with pytest.raises(UserError, match='are both set'):
+    main.run(c, str(tmp_path))
+  with pytest.raises(UserError, match="config.pth='.*absent.pth' is not a file"):
+    main.run(c, None)
+  c.model = 'resnet21'
+  with pytest.raises(UserError, match="config.model='resnet21' must name"):
+    main.run(c, None)
+  c.model = 'resnet20'
+  c.export = str(tmp_path / 'no_such_folder' / 'x.msgpack')
+  with pytest.raises(UserError, match='config.export=.* cannot be written'):
+    main.run(c, None)
