@@ -23,6 +23,7 @@ from icckd_jax.interop import torch_import
 from icckd_jax.interop import torch_pickle
 from icckd_jax.models.shufflenet import channel_shuffle
 import torch_files
+import torch_reference
 
 FIXTURES = SHARED_DATA / 'repdistiller'
 FIXTURE_MODELS = {'resnet8x4_legacy': 'resnet8x4', 'resnet20_zip': 'resnet20',
@@ -316,3 +317,21 @@ def test_a_tensor_cannot_read_outside_its_storage(shape, stride, offset,
     z.writestr('archive/data/0', storage.array.tobytes())
   with pytest.raises(UserError, match='not a readable PyTorch checkpoint'):
     torch_pickle.load(str(path))
+
+
+@pytest.mark.parametrize('name', ['ShuffleV1', 'ShuffleV2'])
+def test_shufflenet_forward_matches_the_reference_definition(name, tmp_path):
+  state = torch_reference.well_scaled(torch_files.random_state_dict(name, 10))
+  path = tmp_path / 'shuffle.pth'
+  torch_files.write_pth(path, state)
+  variables = torch_import.load_checkpoint(str(path), name)
+  x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(
+      np.float32)
+  module = models.create_model(name, 10)
+  with jax.default_matmul_precision('highest'):
+    logits, features = jax.jit(lambda v, x: module.apply(v, x))(
+        variables, x.transpose(0, 2, 3, 1))
+  forward = getattr(torch_reference, name.lower())
+  want_logits, want_features = forward(x.astype(np.float64), state)
+  np.testing.assert_allclose(features, want_features, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)

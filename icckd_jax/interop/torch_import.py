@@ -47,6 +47,7 @@ def benchmark_normalization() -> tuple[np.ndarray, np.ndarray]:
   return tuple((255 * np.asarray(v, np.float64)).astype(np.float32)
                for v in (BENCHMARK_MEAN, BENCHMARK_STD))
 
+
 _IGNORED = ('num_batches_tracked',)
 
 
