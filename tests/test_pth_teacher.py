@@ -187,7 +187,8 @@ def test_pth_teacher_config_errors(config, tmp_path):
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(
     config, tmp_path):
-  from test_training import _error_line, launch  # pylint: disable=g-import-not-at-top
+  from test_training import _error_line  # pylint: disable=g-import-not-at-top
+  from test_training import launch  # pylint: disable=g-import-not-at-top
   export = tmp_path / 'never.msgpack'
   result = launch('--config=configs/eval.py', f'--config.pth={PTH}',
                   '--config.model=resnet8x4', '--config.dataset.name=synthetic',
@@ -207,7 +208,8 @@ def test_eval_config_errors(tmp_path):
   c.model = 'resnet20'
   with pytest.raises(UserError, match='are both set'):
     main.run(c, str(tmp_path))
-  with pytest.raises(UserError, match="config.pth='.*absent.pth' is not a file"):
+  with pytest.raises(UserError,
+                     match="config.pth='.*absent.pth' is not a file"):
     main.run(c, None)
   c.model = 'resnet21'
   with pytest.raises(UserError, match="config.model='resnet21' must name"):

@@ -153,8 +153,8 @@ def test_channel_shuffle_is_the_references_view_permute():
 
 def test_shared_storages_offsets_and_strides(tmp_path):
   base = np.arange(24, dtype=np.float32)
-  storage = torch_files._Storage(base)  # pylint: disable=protected-access
-  tensor = torch_files._Tensor  # pylint: disable=protected-access
+  storage = torch_files.Storage(base)
+  tensor = torch_files.Tensor
   obj = collections.OrderedDict(
       head=tensor(storage, (2, 3), (3, 1), offset=0),
       transposed=tensor(storage, (3, 4), (1, 3), offset=6),
@@ -206,8 +206,9 @@ def test_malicious_pickle_is_refused_without_running_it(legacy, tmp_path):
   with pytest.raises(UserError) as error:
     torch_import.load_checkpoint(str(path), 'resnet8')
   message = str(error.value)
-  assert message.startswith(f'{path}: refuses to unpickle {os.system.__module__}'
-                            '.system') and '\n' not in message
+  assert message.startswith(
+      f'{path}: refuses to unpickle {os.system.__module__}.system')
+  assert '\n' not in message
   assert not marker.exists()
 
 
@@ -308,9 +309,9 @@ def test_a_file_cannot_alter_how_later_files_load(tmp_path):
     ((10,), (5,), 0), ((4,), (1,), 22), ((3,), (-1,), 5), ((2, 2), (1,), 0)])
 def test_a_tensor_cannot_read_outside_its_storage(shape, stride, offset,
                                                   tmp_path):
-  storage = torch_files._Storage(np.arange(24, dtype=np.float32))  # pylint: disable=protected-access
-  data, _ = torch_files.pickle_bytes({'t': torch_files._Tensor(  # pylint: disable=protected-access
-      storage, shape, stride, offset)})
+  storage = torch_files.Storage(np.arange(24, dtype=np.float32))
+  data, _ = torch_files.pickle_bytes(
+      {'t': torch_files.Tensor(storage, shape, stride, offset)})
   path = tmp_path / 'oob.pth'
   with zipfile.ZipFile(path, 'w') as z:
     z.writestr('archive/data.pkl', data)

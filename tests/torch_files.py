@@ -229,12 +229,15 @@ class _Global:
     raise TypeError(f'{self.module}.{self.name} is a pickling marker')
 
 
-class _Storage:
+class Storage:
+  """A torch storage: one flat array."""
+
   def __init__(self, array):
     self.array = np.ascontiguousarray(array).reshape(-1)
 
 
-class _Tensor:
+class Tensor:
+  """A strided view of a Storage, pickled as torch pickles a tensor."""
 
   def __init__(self, storage, shape, stride, offset=0):
     self.storage, self.shape, self.stride = storage, shape, stride
@@ -262,7 +265,7 @@ class _Pickler(pickle._Pickler):  # pylint: disable=protected-access
   dispatch[_Global] = _save_global_marker
 
   def persistent_id(self, obj):
-    if not isinstance(obj, _Storage):
+    if not isinstance(obj, Storage):
       return None
     key = str(len(self.storages))
     self.storages.setdefault(id(obj), (key, obj))
@@ -277,7 +280,7 @@ def _tensors(obj):
   if isinstance(obj, np.ndarray):
     contiguous = np.ascontiguousarray(obj)
     strides = tuple(s // contiguous.itemsize for s in contiguous.strides)
-    return _Tensor(_Storage(contiguous), contiguous.shape, strides)
+    return Tensor(Storage(contiguous), contiguous.shape, strides)
   if isinstance(obj, collections.OrderedDict):
     return collections.OrderedDict((k, _tensors(v)) for k, v in obj.items())
   if isinstance(obj, dict):

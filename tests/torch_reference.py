@@ -74,7 +74,8 @@ def shufflev1(x, state, blocks=(4, 8, 4), groups=3):
 
 
 def shufflev2(x, state, blocks=(3, 7, 3)):
-  """(logits [N, classes], features [N, 1024]) of ShuffleV2 on x [N, 3, H, W]."""
+  """(logits [N, classes], features [N, 1024]) of ShuffleV2 on x
+  [N, 3, H, W]."""
   def cb(x, name, **kw):
     return batch_norm(conv2d(x, state[f'{name}.weight'], **kw), state,
                       name.replace('conv', 'bn'))

@@ -1,1 +1,2 @@
-"""Interoperability with other frameworks' files: PyTorch checkpoints without PyTorch."""
+"""Other frameworks' files: PyTorch checkpoints read without PyTorch, and a
+plain parameters file."""

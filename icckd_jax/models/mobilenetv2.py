@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from icckd_jax.models.resnet import PAD_1, ModuleDef, batch_norm, conv_kernel_init
+from icckd_jax.models.resnet import (
+    PAD_1, ModuleDef, batch_norm, conv_kernel_init)
 
 # (expansion, channels at width 1, blocks, stride of the first block).
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -48,7 +49,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-  """Stem conv (stride 2), seven stages of inverted residuals, 1x1 conv, pool, fc.
+  """Stem conv (stride 2), seven stages of inverted residuals, 1x1 conv,
+  pool, fc.
 
   Attributes:
     num_classes: size of the logits.

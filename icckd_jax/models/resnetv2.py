@@ -22,7 +22,8 @@ EXPANSION = 4
 
 
 class Bottleneck(nn.Module):
-  """relu(bn(1x1) -> relu(bn(3x3, strides)) -> bn(1x1 to 4 * planes) + shortcut).
+  """relu(bn(1x1) -> relu(bn(3x3, strides)) -> bn(1x1 to 4 * planes)
+  + shortcut).
 
   The shortcut is a strided 1x1 conv and BN whenever the shape changes.
   Maps [B, H, W, C_in] to [B, H / strides, W / strides, 4 * planes].

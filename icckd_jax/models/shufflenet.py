@@ -75,7 +75,8 @@ class ShuffleV2Block(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    y = nn.relu(self.norm(name='bn1')(self.conv(half, (1, 1), name='conv1')(x2)))
+    y = nn.relu(self.norm(name='bn1')(self.conv(half, (1, 1),
+                                                name='conv1')(x2)))
     y = self.norm(name='bn2')(self.conv(
         half, (3, 3), 1, PAD_1, feature_group_count=half, name='conv2')(y))
     y = nn.relu(self.norm(name='bn3')(self.conv(half, (1, 1), name='conv3')(y)))
@@ -111,7 +112,8 @@ def _stem_and_conv(dtype, train, bn_axis_name):
   # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
   # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
   conv = functools.partial(
-      nn.Conv, use_bias=False, kernel_init=torch_conv_kernel_init, dtype=dtype, param_dtype=jnp.float32)
+      nn.Conv, use_bias=False, kernel_init=torch_conv_kernel_init,
+      dtype=dtype, param_dtype=jnp.float32)
   return conv, batch_norm(train, dtype, bn_axis_name)
 
 
@@ -123,7 +125,8 @@ def _classify(features: jax.Array, num_classes: int, dtype) -> jax.Array:
 
 
 class ShuffleNetV1(nn.Module):
-  """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool, fc.
+  """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
+  fc.
 
   Attributes:
     num_classes: size of the logits.
