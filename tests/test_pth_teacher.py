@@ -59,6 +59,7 @@ def _teacher_loss(dataset, mean, std):
   return float(losses.cross_entropy(logits, dataset.test_labels).mean())
 
 
+@pytest.mark.slow  # shares a student trained on 4 emulated devices
 def test_teacher_accuracy_at_start_equals_eval_config(config, student_run,
                                                       capsys, tmp_path):
   workdir, summary = student_run
@@ -106,6 +107,7 @@ def test_exported_file_loads_in_three_lines(tmp_path):
   np.testing.assert_allclose(features, reference['features'], atol=1e-5)
 
 
+@pytest.mark.slow  # shares a student trained on 4 emulated devices
 def test_native_checkpoint_export_predicts_like_its_evaluation(
     config, student_run, tmp_path, capsys):
   workdir, _ = student_run
@@ -125,6 +127,7 @@ def test_native_checkpoint_export_predicts_like_its_evaluation(
   capsys.readouterr()
 
 
+@pytest.mark.slow  # shares a student trained on 4 emulated devices
 def test_step_feeds_the_teacher_benchmark_normalised_images(config,
                                                            student_run):
   workdir, _ = student_run
