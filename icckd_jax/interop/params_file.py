@@ -35,6 +35,11 @@ def check_writable(path: str, field: str) -> None:
                     'in an existing, writable folder')
 
 
+def _local_copy(x):
+  """A replicated array's value from this process's own devices."""
+  return x.addressable_data(0) if isinstance(x, jax.Array) else x
+
+
 def save(path: str, variables: Any, *, model: str, num_classes: int, mean,
          std) -> None:
   """Writes the parameters file atomically (a partial file never replaces a
@@ -42,7 +47,8 @@ def save(path: str, variables: Any, *, model: str, num_classes: int, mean,
 
   Args:
     path: the file to write.
-    variables: {'params', 'batch_stats'} of the model, host or device arrays.
+    variables: {'params', 'batch_stats'} of the model, host arrays or
+      replicated device arrays (on several hosts too: each holds a copy).
     model: its name in `icckd_jax.models`.
     num_classes: its number of classes.
     mean, std: [C] the input normalisation the model expects, [0, 255] units.
@@ -51,7 +57,7 @@ def save(path: str, variables: Any, *, model: str, num_classes: int, mean,
       'model': model, 'num_classes': int(num_classes),
       'mean': np.asarray(mean, np.float32), 'std': np.asarray(std, np.float32),
       'variables': jax.tree.map(
-          lambda x: np.asarray(x, np.float32),
+          lambda x: np.asarray(_local_copy(x), np.float32),
           {'params': variables['params'],
            'batch_stats': variables['batch_stats']}),
   }

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -215,7 +216,12 @@ def load_checkpoint(path: str, model_name: str,
   `import_variables` for the result and the errors.
   """
   models.create_model(model_name, 1)  # an unknown name fails here
-  state = state_dict_of(torch_pickle.load(path), path)
+  checkpoint = torch_pickle.load(path)
+  if isinstance(checkpoint, Mapping) and 'best_acc' in checkpoint:
+    logging.info('%s: saved at epoch %s with best test top-1 %s', path,
+                 checkpoint.get('epoch'),
+                 np.asarray(checkpoint['best_acc']).round(2))
+  state = state_dict_of(checkpoint, path)
   if num_classes is None:
     num_classes = _classes_in_file(state, model_name, path)
   return import_variables(state, model_name, num_classes, path)

@@ -112,7 +112,7 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
                           dtype=dtype, batch_size=batch_size)
   variables = {'params': state['params']['model'],
                'batch_stats': state['batch_stats']}
-  if export:
+  if export and jax.process_index() == 0:
     params_file.save(export, variables, model=saved.model,
                      num_classes=dataset.num_classes, mean=dataset.mean,
                      std=dataset.std)
@@ -153,7 +153,7 @@ def evaluate_pytorch(pth: str, model_name: str,
   variables = torch_import.load_checkpoint(pth, model_name,
                                            dataset.num_classes)
   mean, std = torch_import.benchmark_normalization()
-  if export:
+  if export and jax.process_index() == 0:
     params_file.save(export, variables, model=model_name,
                      num_classes=dataset.num_classes, mean=mean, std=std)
   model = models.create_model(model_name, dataset.num_classes)
