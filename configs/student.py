@@ -14,6 +14,14 @@ KD with T = 4, γ = 0.1, α = 0.9:
 
 The teacher's architecture comes from the config saved with its checkpoint;
 the student's data set must be the one the teacher was trained on.
+
+A published teacher of the CIFAR-100 KD benchmark (RepDistiller's PyTorch
+`ckpt_epoch_240.pth`), imported without PyTorch; its input is normalised with
+the benchmark's CIFAR-100 mean/std, the student's with the data set's own:
+
+  python launch.py --config=configs/student.py --workdir=workdirs/kd_32x4_8x4 \
+      --config.teacher.pth=path/to/resnet32x4_vanilla/ckpt_epoch_240.pth \
+      --config.teacher.model=resnet32x4 --config.model=resnet8x4
 """
 
 import ml_collections
@@ -33,6 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict()
   c.teacher.workdir = config_dict.placeholder(str)  # the teacher's run
   c.teacher.checkpoint = 'last'  # 'last' or 'best'
+  # Or a PyTorch checkpoint of the CIFAR-100 KD benchmark and its model name.
+  c.teacher.pth = config_dict.placeholder(str)
+  c.teacher.model = config_dict.placeholder(str)
 
   # L = γ·CE + α·T²·KL(t || s) + β·RKD (β used by 'kd_rkd' only).
   c.distill = ml_collections.ConfigDict()

@@ -29,10 +29,18 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
     return sweep.run_sweep(config, workdir)
   if mode == 'report':
     return report.write_report(workdir)
+  if mode == 'eval' and config.get('pth'):
+    if workdir:
+      raise UserError(f'config.pth={config.pth!r} and config.workdir='
+                      f'{workdir!r} are both set; evaluate one or the other')
+    return evaluate.evaluate_pytorch(
+        config.pth, config.get('model'), config.dataset,
+        num_devices=config.get('num_devices') or None,
+        batch_size=config.eval_batch_size, export=config.get('export'))
   if mode == 'eval':
     return evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,
         num_devices=config.get('num_devices') or None,
-        batch_size=config.eval_batch_size)
+        batch_size=config.eval_batch_size, export=config.get('export'))
   raise UserError(f'config.mode={mode!r} is unknown; choose one of: '
                   + ', '.join(MODES))

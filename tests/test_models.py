@@ -7,6 +7,7 @@ import pytest
 
 from icckd_jax import models
 from icckd_jax.errors import UserError
+import torch_files
 
 # Trainable parameters with num_classes=100 (BatchNorm running statistics are
 # buffers, not parameters). Source: `sum(p.numel() for p in m.parameters())`
@@ -16,6 +17,13 @@ from icckd_jax.errors import UserError
 # given: resnet20 0.28M, resnet32 0.47M, resnet56 0.86M, resnet110 1.73M,
 # resnet8x4 1.23M, resnet32x4 7.43M, wrn_16_2 0.70M, wrn_40_1 0.57M,
 # wrn_40_2 2.26M, vgg8 3.96M, vgg13 9.46M. resnet8/14/44 are not in the table.
+# The models added with the PyTorch importer, without PyTorch at hand:
+# MobileNetV2 (mobile_half) is the size of the fixture PyTorch wrote from the
+# benchmark's definition (../shared/data/repdistiller/README.md: 812,836);
+# wrn_16_1, vgg11/16/19 (vgg*_bn), ShuffleV1, ShuffleV2 and ResNet50
+# (models/resnetv2.py) are the sums over the state_dicts in
+# tests/torch_files.py, written from reading the benchmark's source, which
+# reproduce every PyTorch-measured count above (test_benchmark_layout_sizes).
 EXPECTED_PARAMS = {
     'resnet8': 83_892,
     'resnet14': 181_108,
@@ -31,6 +39,14 @@ EXPECTED_PARAMS = {
     'wrn_40_2': 2_255_156,
     'vgg8': 3_965_028,
     'vgg13': 9_462_180,
+    'wrn_16_1': 180_916,
+    'vgg11': 9_277_284,
+    'vgg16': 14_774_436,
+    'vgg19': 20_086_692,
+    'MobileNetV2': 812_836,
+    'ShuffleV1': 949_258,
+    'ShuffleV2': 1_355_528,
+    'ResNet50': 23_705_252,
 }
 
 FEATURE_DIMS = {
@@ -39,6 +55,8 @@ FEATURE_DIMS = {
     'resnet8x4': 256, 'resnet32x4': 256,
     'wrn_16_2': 128, 'wrn_40_1': 64, 'wrn_40_2': 128,
     'vgg8': 512, 'vgg13': 512,
+    'wrn_16_1': 64, 'vgg11': 512, 'vgg16': 512, 'vgg19': 512,
+    'MobileNetV2': 1280, 'ShuffleV1': 960, 'ShuffleV2': 1024, 'ResNet50': 2048,
 }
 
 
@@ -54,6 +72,12 @@ def _abstract_init(module):
 
 def test_registry_is_complete():
   assert set(models.MODEL_NAMES) == set(EXPECTED_PARAMS)
+
+
+def test_benchmark_layout_sizes():
+  # The hand-written layouts agree with every count measured in PyTorch.
+  assert {n: torch_files.parameter_count(n, 100)
+          for n in torch_files.MODEL_NAMES} == EXPECTED_PARAMS
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED_PARAMS))

@@ -12,7 +12,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from icckd_jax.errors import UserError
+from icckd_jax.models.mobilenetv2 import MobileNetV2
 from icckd_jax.models.resnet import ResNet
+from icckd_jax.models.resnetv2 import BottleneckResNet
+from icckd_jax.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from icckd_jax.models.vgg import CONFIGS as VGG_CONFIGS
 from icckd_jax.models.vgg import VGG
 from icckd_jax.models.wrn import WideResNet
@@ -30,11 +33,19 @@ _BUILDERS = {
     'resnet110': functools.partial(ResNet, 110, _NARROW),
     'resnet8x4': functools.partial(ResNet, 8, _WIDE),
     'resnet32x4': functools.partial(ResNet, 32, _WIDE),
+    'ResNet50': functools.partial(BottleneckResNet, (3, 4, 6, 3)),
+    'wrn_16_1': functools.partial(WideResNet, 16, 1),
     'wrn_16_2': functools.partial(WideResNet, 16, 2),
     'wrn_40_1': functools.partial(WideResNet, 40, 1),
     'wrn_40_2': functools.partial(WideResNet, 40, 2),
     'vgg8': functools.partial(VGG, VGG_CONFIGS['S']),
+    'vgg11': functools.partial(VGG, VGG_CONFIGS['A']),
     'vgg13': functools.partial(VGG, VGG_CONFIGS['B']),
+    'vgg16': functools.partial(VGG, VGG_CONFIGS['D']),
+    'vgg19': functools.partial(VGG, VGG_CONFIGS['E']),
+    'MobileNetV2': MobileNetV2,
+    'ShuffleV1': ShuffleNetV1,
+    'ShuffleV2': ShuffleNetV2,
 }
 
 MODEL_NAMES = tuple(_BUILDERS)
@@ -64,3 +75,15 @@ def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
                     f'{", ".join(MODEL_NAMES)}')
   return _BUILDERS[name](
       num_classes=num_classes, dtype=dtype, bn_axis_name=bn_axis_name)
+
+
+# The final linear layer of each family, named as in the benchmark.
+CLASSIFIER_NAMES = ('fc', 'linear', 'classifier')
+
+
+def num_classes(params: Any) -> int:
+  """The number of classes a model's `params` predict: the output width of
+  its final linear layer ('fc', 'linear' or 'classifier', by family)."""
+  (kernel,) = [params[name]['kernel'] for name in CLASSIFIER_NAMES
+               if name in params]
+  return kernel.shape[-1]

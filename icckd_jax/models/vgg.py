@@ -1,6 +1,7 @@
 """VGG with BatchNorm and a single linear classifier, as in the RepDistiller benchmark.
 
-The benchmark's `vgg8` and `vgg13` are its `vgg8_bn` and `vgg13_bn`.
+The benchmark's `vgg8`, `vgg11`, `vgg13`, `vgg16` and `vgg19` are its
+`vgg*_bn` networks.
 """
 
 from collections.abc import Sequence
@@ -15,7 +16,12 @@ from icckd_jax.models.resnet import PAD_1, batch_norm, conv_kernel_init
 # Conv widths of the five blocks; a 2x2 max pool separates consecutive blocks.
 CONFIGS = {
     'S': ((64,), (128,), (256,), (512,), (512,)),
+    'A': ((64,), (128,), (256, 256), (512, 512), (512, 512)),
     'B': ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+    'D': ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
+          (512, 512, 512)),
+    'E': ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512),
+          (512, 512, 512, 512)),
 }
 
 

@@ -20,6 +20,8 @@ from icckd_jax.objective import losses
 from icckd_jax import models
 from icckd_jax.training import parallel
 from icckd_jax.errors import UserError
+from icckd_jax.interop import params_file
+from icckd_jax.interop import torch_import
 from icckd_jax.data import input_pipeline
 from icckd_jax.data.input_pipeline import Split, eval_indices
 
@@ -79,17 +81,21 @@ def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
 
 def evaluate_checkpoint(workdir: str, which: str = 'best',
                         num_devices: int | None = None,
-                        batch_size: int = 500) -> dict[str, Any]:
+                        batch_size: int = 500,
+                        export: str | None = None) -> dict[str, Any]:
   """Restores WORKDIR's `which` checkpoint on the current mesh, evaluates it on
   the whole test split, and writes WORKDIR/eval_<which>.json.
 
   The model and data set come from the config saved with the checkpoint, so
   nothing but the workdir is needed; the device count may differ from the
-  one the checkpoint was saved with.
+  one the checkpoint was saved with. With `export`, its variables are also
+  written to that plain parameters file (`interop/params_file.py`).
   """
   # Imported here: the trainer imports this module for make_eval_fn.
   from icckd_jax.training import train
 
+  if export:
+    params_file.check_writable(export, 'config.export')
   if not workdir or not os.path.isdir(workdir):
     raise UserError(f'config.workdir={workdir!r} is not a directory holding '
                     'a training run')
@@ -104,8 +110,13 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   _, test = input_pipeline.to_device(dataset, mesh)
   evaluate = make_eval_fn(model, mesh, mean=dataset.mean, std=dataset.std,
                           dtype=dtype, batch_size=batch_size)
-  result = evaluate({'params': state['params']['model'],
-                     'batch_stats': state['batch_stats']}, test)
+  variables = {'params': state['params']['model'],
+               'batch_stats': state['batch_stats']}
+  if export and jax.process_index() == 0:
+    params_file.save(export, variables, model=saved.model,
+                     num_classes=dataset.num_classes, mean=dataset.mean,
+                     std=dataset.std)
+  result = evaluate(variables, test)
   result.update(checkpoint=which, epoch=meta['epoch'],
                 devices=int(mesh.devices.size))
   ckpts.close()
@@ -115,5 +126,43 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f'eval_{which}.json'), 'w') as f:
       json.dump(result, f, indent=2)
+  print(json.dumps(result))
+  return result
+
+
+def evaluate_pytorch(pth: str, model_name: str,
+                     dataset_config: ml_collections.ConfigDict,
+                     num_devices: int | None = None, batch_size: int = 500,
+                     export: str | None = None) -> dict[str, Any]:
+  """Imports a PyTorch checkpoint of the CIFAR-100 KD benchmark and evaluates
+  it on the whole test split of `dataset_config`, exactly as a student
+  evaluates such a teacher (inputs normalised with the benchmark's
+  statistics, float32). Prints the result as JSON; writes nothing else,
+  except the plain parameters file `export` when given.
+  """
+  if export:
+    params_file.check_writable(export, 'config.export')
+  if model_name not in models.MODEL_NAMES:
+    raise UserError(f'config.model={model_name!r} must name the architecture '
+                    f'of config.pth; choose one of: '
+                    f'{", ".join(models.MODEL_NAMES)}')
+  if not os.path.isfile(pth):
+    raise UserError(f'config.pth={pth!r} is not a file')
+  mesh = parallel.make_mesh(num_devices)
+  dataset = datasets.load(dataset_config)
+  variables = torch_import.load_checkpoint(pth, model_name,
+                                           dataset.num_classes)
+  mean, std = torch_import.benchmark_normalization()
+  if export and jax.process_index() == 0:
+    params_file.save(export, variables, model=model_name,
+                     num_classes=dataset.num_classes, mean=mean, std=std)
+  model = models.create_model(model_name, dataset.num_classes)
+  _, test = input_pipeline.to_device(dataset, mesh)
+  evaluate = make_eval_fn(model, mesh, mean=mean, std=std, dtype=jnp.float32,
+                          batch_size=batch_size)
+  result = evaluate(parallel.put_replicated(variables, mesh), test)
+  result.update(pth=pth, model=model_name, devices=int(mesh.devices.size))
+  logging.info('%s (%s): top-1 %.4f, top-5 %.4f on %d test examples', pth,
+               model_name, result['top1'], result['top5'], result['count'])
   print(json.dumps(result))
   return result

@@ -1,11 +1,16 @@
 """The student: distilled from a restored, read-only teacher (SPEC §4).
 
-The teacher's architecture and data set come from the config saved with its
-checkpoint. Its variables are an argument of the jitted, data-parallel step
-(never a constant baked into it, never part of the student's state), run in
-inference mode under stop_gradient, and are never written anywhere.
+The teacher is a run of this project (`config.teacher.workdir`: its
+architecture and data set come from the config saved with its checkpoint) or
+a PyTorch checkpoint of the CIFAR-100 KD benchmark (`config.teacher.pth` with
+`config.teacher.model`), whose input is normalised with the benchmark's
+statistics rather than the data set's. Its variables are an argument of the
+jitted, data-parallel step (never a constant baked into it, never part of the
+student's state), run in inference mode under stop_gradient, and are never
+written anywhere.
 """
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -17,6 +22,7 @@ from jax import lax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
+import numpy as np
 import optax
 
 from icckd_jax.data import augment
@@ -31,6 +37,7 @@ from icckd_jax.training import parallel
 from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import train
 from icckd_jax.errors import UserError
+from icckd_jax.interop import torch_import
 from icckd_jax.training.reuse import Reuse
 from icckd_jax.training.train_state import create_train_state
 
@@ -48,13 +55,15 @@ def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
 
 def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
                     tx: optax.GradientTransformation, mesh: Mesh, *, mean, std,
-                    dtype):
+                    dtype, teacher_mean=None, teacher_std=None):
   """Builds step(state, images, labels, args) -> (state, metrics).
 
   images: [1, B, H, W, C] uint8 and labels [B], sharded over `data`;
   args = {'teacher': the teacher's {'params', 'batch_stats'}, 'hp':
   `hyperparameters(...)`}, replicated. The state is donated, the teacher's
-  variables are not.
+  variables are not. The student's input is normalised with `mean`, `std`
+  ([C], in [0, 255] units), the teacher's with `teacher_mean`,
+  `teacher_std` when given (a teacher trained with other statistics).
   """
 
   def gather(x):
@@ -62,7 +71,10 @@ def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
 
   def per_device(state, images, labels, args):
     x = augment.normalize(images[0], mean, std, dtype)
-    t_logits, t_features = teacher.apply(args['teacher'], x, train=False)
+    x_teacher = x if teacher_mean is None else augment.normalize(
+        images[0], teacher_mean, teacher_std, dtype)
+    t_logits, t_features = teacher.apply(args['teacher'], x_teacher,
+                                         train=False)
     teacher_out = distillers.Outputs(
         lax.stop_gradient(t_logits.astype(jnp.float32)),
         lax.stop_gradient(t_features.astype(jnp.float32)))
@@ -101,12 +113,73 @@ def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
   return jax.jit(step, donate_argnums=(0,))
 
 
+@dataclasses.dataclass(frozen=True)
+class Renormalized:
+  """A model applied to inputs normalised with other statistics than its own.
+
+  `apply(variables, x)` maps x = (raw - mean) / std, as the student sees it,
+  to (raw - model_mean) / model_std, all [C] in [0, 255] units, and applies
+  the model; this is how the trainer's agreement metric, which hands every
+  model the student's input, feeds a PyTorch teacher.
+  """
+  model: nn.Module
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  model_mean: tuple[float, ...]
+  model_std: tuple[float, ...]
+
+  def apply(self, variables, x: jax.Array, **kwargs):
+    raw = x.astype(jnp.float32) * jnp.asarray(self.std) + jnp.asarray(
+        self.mean)
+    x_model = (raw - jnp.asarray(self.model_mean)) / jnp.asarray(
+        self.model_std)
+    return self.model.apply(variables, x_model.astype(x.dtype), **kwargs)
+
+
+def teacher_normalization(teacher_config: ml_collections.ConfigDict,
+                          dataset: datasets.Dataset):
+  """(mean, std) [C] in [0, 255] units that the teacher's input is normalised
+  with: a PyTorch teacher's training statistics, else the data set's."""
+  if teacher_config.get('input_mean') is not None:
+    return (np.asarray(teacher_config.input_mean, np.float32),
+            np.asarray(teacher_config.input_std, np.float32))
+  return dataset.mean, dataset.std
+
+
+def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(teacher config, variables) of the `.pth` file config.teacher.pth."""
+  path, model = config.teacher.pth, config.teacher.get('model')
+  if config.teacher.get('workdir'):
+    raise UserError(f'config.teacher.pth={path!r} and config.teacher.workdir='
+                    f'{config.teacher.workdir!r} are both set; the teacher is '
+                    'one or the other')
+  if model not in models.MODEL_NAMES:
+    raise UserError(f'config.teacher.model={model!r} must name the '
+                    f'architecture of config.teacher.pth; choose one of: '
+                    f'{", ".join(models.MODEL_NAMES)}')
+  if not os.path.isfile(path):
+    raise UserError(f'config.teacher.pth={path!r} is not a file')
+  variables = torch_import.load_checkpoint(path, model)
+  mean, std = torch_import.benchmark_normalization()
+  saved = ml_collections.ConfigDict({
+      'model': model, 'pth': path, 'input_mean': mean.tolist(),
+      'input_std': std.tolist()})
+  return saved, parallel.put_replicated(variables, mesh)
+
+
 def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
-  """(saved teacher config, its variables replicated on `mesh`)."""
+  """(teacher config, its variables replicated on `mesh`).
+
+  The teacher config is the one saved with an Orbax teacher run, or for a
+  PyTorch teacher {'model', 'pth', 'input_mean', 'input_std'}.
+  """
+  if config.teacher.get('pth'):
+    return _load_pytorch_teacher(config, mesh)
   workdir = config.teacher.get('workdir')
   if not workdir or not os.path.isdir(workdir):
     raise UserError(f'config.teacher.workdir={workdir!r} is not a directory '
-                    'holding a trained teacher')
+                    'holding a trained teacher (or set config.teacher.pth to '
+                    'a PyTorch checkpoint)')
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
   saved = ml_collections.ConfigDict(ckpts.restore_config(
       config.teacher.checkpoint))
@@ -138,12 +211,22 @@ def build_student(config: ml_collections.ConfigDict,
   dtype = train.compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = train.check_steps_per_epoch(config, dataset)
-  teacher_classes = teacher_variables['params']['fc']['kernel'].shape[-1]
+  teacher_classes = models.num_classes(teacher_variables['params'])
   if teacher_classes != dataset.num_classes:
     raise UserError(f'the teacher predicts {teacher_classes} classes but the '
                     f'student data set has {dataset.num_classes}')
   teacher_model = models.create_model(teacher_config.model, teacher_classes,
                                       dtype=dtype)
+  # A teacher trained with other statistics than the data set's (a PyTorch
+  # one) gets its own normalisation in the step and in the agreement metric.
+  teacher_mean = teacher_std = None
+  reference = teacher_model
+  if teacher_config.get('input_mean') is not None:
+    teacher_mean, teacher_std = teacher_normalization(teacher_config, dataset)
+    reference = Renormalized(
+        teacher_model, tuple(dataset.mean.tolist()),
+        tuple(dataset.std.tolist()), tuple(teacher_mean.tolist()),
+        tuple(teacher_std.tolist()))
   student_model = models.create_model(config.model, dataset.num_classes,
                                       dtype=dtype, bn_axis_name=DATA)
   distill_fn = distillers.get(config.distill.method)
@@ -167,21 +250,24 @@ def build_student(config: ml_collections.ConfigDict,
           f'{teacher_model}|{train.mesh_key(mesh)}',
           lambda: make_train_step(student_model, teacher_model, distill_fn,
                                   tx, mesh, mean=dataset.mean,
-                                  std=dataset.std, dtype=dtype)),
+                                  std=dataset.std, dtype=dtype,
+                                  teacher_mean=teacher_mean,
+                                  teacher_std=teacher_std)),
       step_args={'teacher': teacher_variables,
                  'hp': hyperparameters(config.distill)},
-      reference=(teacher_model, teacher_variables))
+      reference=(reference, teacher_variables))
 
 
 def train_student(config: ml_collections.ConfigDict, workdir: str,
                   reuse: Reuse | None = None) -> dict[str, Any]:
-  """Distils the teacher of config.teacher.workdir into a student in
-  `workdir`, resuming if it can; returns the summary."""
+  """Distils the teacher of config.teacher.workdir (or .pth) into a student
+  in `workdir`, resuming if it can; returns the summary."""
   workdir = train.prepare_workdir(workdir)
   mesh = parallel.make_mesh(config.get('num_devices') or None)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   teacher_config, teacher_variables = load_teacher(config, mesh)
-  _check_same_data(config.dataset, teacher_config.dataset)
+  if 'dataset' in teacher_config:
+    _check_same_data(config.dataset, teacher_config.dataset)
   dataset = train.load_dataset(config, reuse)
   setup = build_student(config, dataset, mesh, teacher_config,
                         teacher_variables, reuse)
@@ -189,14 +275,21 @@ def train_student(config: ml_collections.ConfigDict, workdir: str,
   teacher_eval_path = os.path.join(workdir, TEACHER_EVAL_FILE)
   if not os.path.exists(teacher_eval_path):
     _, test_split = input_pipeline.to_device(dataset, mesh)
+    # Normalised as configs/eval.py does, so the two print the same top-1.
+    teacher_mean, teacher_std = teacher_normalization(teacher_config, dataset)
+    dtype = train.compute_dtype(config)
     evaluate_fn = evaluate.make_eval_fn(
-        setup.reference[0], mesh, mean=dataset.mean, std=dataset.std,
-        dtype=train.compute_dtype(config), batch_size=config.eval_batch_size)
+        models.create_model(teacher_config.model,
+                            models.num_classes(teacher_variables['params']),
+                            dtype=dtype),
+        mesh, mean=teacher_mean, std=teacher_std, dtype=dtype,
+        batch_size=config.eval_batch_size)
     teacher_eval = evaluate_fn(teacher_variables, test_split)
-    teacher_eval.update(model=teacher_config.model,
-                        workdir=config.teacher.workdir)
+    source = config.teacher.get('pth') or config.teacher.workdir
+    teacher_eval.update(model=teacher_config.model, source=source,
+                        workdir=config.teacher.get('workdir'))
     logging.info('Teacher %s from %s: test top-1 %.4f', teacher_config.model,
-                 config.teacher.workdir, teacher_eval['top1'])
+                 source, teacher_eval['top1'])
     if jax.process_index() == 0:
       with open(teacher_eval_path, 'w') as f:
         json.dump(teacher_eval, f, indent=2)

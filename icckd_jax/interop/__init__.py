@@ -1,0 +1,2 @@
+"""Other frameworks' files: PyTorch checkpoints read without PyTorch, and a
+plain parameters file."""

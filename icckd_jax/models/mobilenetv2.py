@@ -1,0 +1,103 @@
+"""MobileNetV2 as the RepDistiller benchmark defines it for CIFAR.
+
+The benchmark's `MobileNetV2` is its `mobile_half`: expansion 6, width 0.5, a
+stride-2 stem (so a 32x32 image reaches the last block at 2x2) and a
+1280-wide last 1x1 conv. Unlike the ImageNet network, the first block also
+has its 1x1 expansion conv (with expansion 1).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from icckd_jax.models.resnet import (
+    PAD_1, ModuleDef, batch_norm, conv_kernel_init)
+
+# (expansion, channels at width 1, blocks, stride of the first block).
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
+             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+class InvertedResidual(nn.Module):
+  """1x1 expand, 3x3 depthwise, 1x1 linear projection; identity added when
+  the stride is 1 and the width is unchanged.
+
+  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features].
+  """
+  features: int
+  strides: int
+  expansion: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = x.shape[-1] * self.expansion
+    y = self.conv(hidden, (1, 1), name='conv0')(x)
+    y = nn.relu(self.norm(name='bn0')(y))
+    y = self.conv(hidden, (3, 3), self.strides, PAD_1,
+                  feature_group_count=hidden, name='conv1')(y)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (1, 1), name='conv2')(y)
+    y = self.norm(name='bn2')(y)
+    if self.strides == 1 and x.shape[-1] == self.features:
+      return x + y
+    return y
+
+
+class MobileNetV2(nn.Module):
+  """Stem conv (stride 2), seven stages of inverted residuals, 1x1 conv,
+  pool, fc.
+
+  Attributes:
+    num_classes: size of the logits.
+    expansion: hidden-width multiplier of the inverted residuals (T).
+    width_mult: multiplier of the stem and stage widths.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  num_classes: int
+  expansion: int = 6
+  width_mult: float = 0.5
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, 1280] float32 pooled input of the final linear layer.
+    """
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
+        dtype=self.dtype, param_dtype=jnp.float32)
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+
+    x = conv(int(32 * self.width_mult), (3, 3), 2, PAD_1, name='conv1')(x)
+    x = nn.relu(norm(name='bn1')(x))
+    for b, (t, c, n, s) in enumerate(_SETTINGS):
+      expansion = self.expansion if t != 1 else 1
+      for i in range(n):
+        x = InvertedResidual(int(c * self.width_mult), s if i == 0 else 1,
+                             expansion, conv, norm, name=f'blocks{b}_{i}')(x)
+    # The reference widens the last conv only for width multipliers above 1.
+    last = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
+    x = conv(last, (1, 1), name='conv2')(x)
+    x = nn.relu(norm(name='bn2')(x))
+    # The reference's AvgPool2d(2, ceil_mode=True) covers its 2x2 CIFAR maps.
+    features = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(
+        self.num_classes, kernel_init=nn.initializers.normal(0.01),
+        bias_init=nn.initializers.zeros, dtype=self.dtype,
+        param_dtype=jnp.float32, name='classifier')(features)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -1,0 +1,94 @@
+"""The ImageNet-shaped ResNet with bottleneck blocks, as the RepDistiller
+benchmark adapts it to CIFAR (its models/resnetv2.py; the benchmark's
+`ResNet50`).
+
+The adaptation: a 3x3 stride-1 stem and no max pool, so the four stages run
+at 32, 16, 8 and 4 pixels.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from icckd_jax.models.resnet import (
+    PAD_1, ModuleDef, batch_norm, conv_kernel_init, torch_linear_bias_init,
+    torch_linear_kernel_init)
+
+EXPANSION = 4
+
+
+class Bottleneck(nn.Module):
+  """relu(bn(1x1) -> relu(bn(3x3, strides)) -> bn(1x1 to 4 * planes)
+  + shortcut).
+
+  The shortcut is a strided 1x1 conv and BN whenever the shape changes.
+  Maps [B, H, W, C_in] to [B, H / strides, W / strides, 4 * planes].
+  """
+  planes: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = EXPANSION * self.planes
+    y = nn.relu(self.norm(name='bn1')(self.conv(self.planes, (1, 1),
+                                                name='conv1')(x)))
+    y = nn.relu(self.norm(name='bn2')(self.conv(
+        self.planes, (3, 3), self.strides, PAD_1, name='conv2')(y)))
+    y = self.norm(name='bn3')(self.conv(out, (1, 1), name='conv3')(y))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != out:
+      shortcut = self.conv(out, (1, 1), self.strides, name='shortcut_conv')(x)
+      shortcut = self.norm(name='shortcut_bn')(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class BottleneckResNet(nn.Module):
+  """3x3 stem, four stages of Bottlenecks (64, 128, 256, 512 planes), pool, fc.
+
+  Attributes:
+    blocks: Bottlenecks per stage, (3, 4, 6, 3) for ResNet50.
+    num_classes: size of the logits.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  blocks: Sequence[int]
+  num_classes: int
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, 2048] float32 pooled input of the final linear layer.
+    """
+    conv = functools.partial(
+        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
+        dtype=self.dtype, param_dtype=jnp.float32)
+    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+
+    x = nn.relu(norm(name='bn1')(conv(64, (3, 3), 1, PAD_1, name='conv1')(x)))
+    for stage, n in enumerate(self.blocks):
+      for i in range(n):
+        strides = 2 if stage > 0 and i == 0 else 1
+        x = Bottleneck(64 * 2**stage, strides, conv, norm,
+                       name=f'layer{stage + 1}_{i}')(x)
+    features = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(
+        self.num_classes, kernel_init=torch_linear_kernel_init,
+        bias_init=torch_linear_bias_init(features.shape[-1]),
+        dtype=self.dtype, param_dtype=jnp.float32, name='linear')(features)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -1,0 +1,213 @@
+"""ShuffleNet V1 and V2 as the RepDistiller benchmark defines them for CIFAR.
+
+Both keep the 32x32 resolution through a 1x1 stem (no stride, no max pool),
+so their three stages run at 16, 8 and 4 pixels. Convolutions use PyTorch's
+default initialisation, as in the reference (which does not re-initialise).
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from icckd_jax.models.resnet import (
+    PAD_1, ModuleDef, batch_norm, torch_linear_bias_init,
+    torch_linear_kernel_init)
+
+# PyTorch's default Conv2d weight, kaiming_uniform(a=sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in counting one group's inputs.
+torch_conv_kernel_init = torch_linear_kernel_init
+
+
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H, W, C] with channel g * (C / groups) + j moved to
+  j * groups + g, the reference's view-permute-reshape on NCHW."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, groups, c // groups)
+  return jnp.swapaxes(x, 3, 4).reshape(b, h, w, c)
+
+
+class ShuffleV1Block(nn.Module):
+  """Grouped 1x1, shuffle, depthwise 3x3, grouped 1x1; added to the input, or
+  at stride 2 concatenated with its 3x3 average pool.
+
+  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features (+ C_in
+  when strides == 2)].
+  """
+  features: int
+  strides: int
+  groups: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mid = self.features // 4
+    # The stem's 24 channels do not divide into groups.
+    first_groups = 1 if x.shape[-1] == 24 else self.groups
+    y = self.conv(mid, (1, 1), feature_group_count=first_groups,
+                  name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = channel_shuffle(y, first_groups)
+    y = self.conv(mid, (3, 3), self.strides, PAD_1, feature_group_count=mid,
+                  name='conv2')(y)
+    y = nn.relu(self.norm(name='bn2')(y))
+    y = self.conv(self.features, (1, 1), feature_group_count=self.groups,
+                  name='conv3')(y)
+    y = self.norm(name='bn3')(y)
+    if self.strides == 2:
+      # PyTorch's AvgPool2d counts the zero padding (count_include_pad).
+      shortcut = nn.avg_pool(x, (3, 3), (2, 2), PAD_1, count_include_pad=True)
+      return nn.relu(jnp.concatenate([y, shortcut.astype(y.dtype)], -1))
+    return nn.relu(y + x)
+
+
+class ShuffleV2Block(nn.Module):
+  """Splits the channels in half, transforms the second half (1x1, depthwise
+  3x3, 1x1), concatenates and shuffles. Maps [B, H, W, C] to [B, H, W, C]."""
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    y = nn.relu(self.norm(name='bn1')(self.conv(half, (1, 1),
+                                                name='conv1')(x2)))
+    y = self.norm(name='bn2')(self.conv(
+        half, (3, 3), 1, PAD_1, feature_group_count=half, name='conv2')(y))
+    y = nn.relu(self.norm(name='bn3')(self.conv(half, (1, 1), name='conv3')(y)))
+    return channel_shuffle(jnp.concatenate([x1, y], -1), 2)
+
+
+class ShuffleV2DownBlock(nn.Module):
+  """Two stride-2 branches (depthwise 3x3 then 1x1; 1x1, depthwise 3x3, 1x1),
+  concatenated and shuffled. Maps [B, H, W, C_in] to [B, H/2, W/2, features].
+  """
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mid = self.features // 2
+    c = x.shape[-1]
+    left = self.norm(name='bn1')(self.conv(
+        c, (3, 3), 2, PAD_1, feature_group_count=c, name='conv1')(x))
+    left = nn.relu(self.norm(name='bn2')(self.conv(mid, (1, 1),
+                                                   name='conv2')(left)))
+    right = nn.relu(self.norm(name='bn3')(self.conv(mid, (1, 1),
+                                                    name='conv3')(x)))
+    right = self.norm(name='bn4')(self.conv(
+        mid, (3, 3), 2, PAD_1, feature_group_count=mid, name='conv4')(right))
+    right = nn.relu(self.norm(name='bn5')(self.conv(mid, (1, 1),
+                                                    name='conv5')(right)))
+    return channel_shuffle(jnp.concatenate([left, right], -1), 2)
+
+
+def _stem_and_conv(dtype, train, bn_axis_name):
+  # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
+  # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
+  conv = functools.partial(
+      nn.Conv, use_bias=False, kernel_init=torch_conv_kernel_init,
+      dtype=dtype, param_dtype=jnp.float32)
+  return conv, batch_norm(train, dtype, bn_axis_name)
+
+
+def _classify(features: jax.Array, num_classes: int, dtype) -> jax.Array:
+  return nn.Dense(
+      num_classes, kernel_init=torch_linear_kernel_init,
+      bias_init=torch_linear_bias_init(features.shape[-1]), dtype=dtype,
+      param_dtype=jnp.float32, name='linear')(features)
+
+
+class ShuffleNetV1(nn.Module):
+  """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
+  fc.
+
+  Attributes:
+    num_classes: size of the logits.
+    widths: output channels of the three stages.
+    blocks: blocks per stage.
+    groups: groups of the 1x1 convolutions.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  num_classes: int
+  widths: Sequence[int] = (240, 480, 960)
+  blocks: Sequence[int] = (4, 8, 4)
+  groups: int = 3
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, widths[-1]] float32 pooled input of the final linear layer.
+    """
+    conv, norm = _stem_and_conv(self.dtype, train, self.bn_axis_name)
+    x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
+    for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
+      for i in range(n):
+        # The first block's pooled shortcut supplies its input's channels.
+        features = width - x.shape[-1] if i == 0 else width
+        x = ShuffleV1Block(features, 2 if i == 0 else 1, self.groups, conv,
+                           norm, name=f'layer{stage + 1}_{i}')(x)
+    features = jnp.mean(x, axis=(1, 2))
+    logits = _classify(features, self.num_classes, self.dtype)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)
+
+
+class ShuffleNetV2(nn.Module):
+  """1x1 stem, three stages (a down block then n ShuffleV2Blocks), 1x1 conv,
+  pool, fc.
+
+  Attributes:
+    num_classes: size of the logits.
+    widths: channels of the three stages and of the last 1x1 conv.
+    blocks: ShuffleV2Blocks per stage after its down block.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+  num_classes: int
+  widths: Sequence[int] = (116, 232, 464, 1024)
+  blocks: Sequence[int] = (3, 7, 3)
+  dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Classifies a batch of images.
+
+    Args:
+      x: [B, H, W, 3] images (32x32 for CIFAR).
+      train: use batch statistics and update `batch_stats` when True.
+
+    Returns:
+      logits: [B, num_classes] float32.
+      features: [B, widths[-1]] float32 pooled input of the final linear layer.
+    """
+    conv, norm = _stem_and_conv(self.dtype, train, self.bn_axis_name)
+    x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
+    for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
+      x = ShuffleV2DownBlock(width, conv, norm,
+                             name=f'layer{stage + 1}_0')(x)
+      for i in range(1, n + 1):
+        x = ShuffleV2Block(conv, norm, name=f'layer{stage + 1}_{i}')(x)
+    x = nn.relu(norm(name='bn2')(conv(self.widths[-1], (1, 1),
+                                      name='conv2')(x)))
+    features = jnp.mean(x, axis=(1, 2))
+    logits = _classify(features, self.num_classes, self.dtype)
+    return logits.astype(jnp.float32), features.astype(jnp.float32)
