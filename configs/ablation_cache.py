@@ -1,4 +1,4 @@
-r"""The pipeline-cache ablation (SPEC §6): the cache removed, the default
+r"""The pipeline-cache ablation (docs/method.md §6): the cache removed, the default
 feature cache, and the image cache; teacher and student, every seed.
 
   python launch.py --config=configs/ablation_cache.py --workdir=workdirs/cache

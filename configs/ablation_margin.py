@@ -1,4 +1,4 @@
-r"""The margin-threshold ablation (SPEC §6): δ swept, plus two controls.
+r"""The margin-threshold ablation (docs/method.md §6): δ swept, plus two controls.
 
 Settings: δ ∈ {0.0, 0.2, 0.4, 0.6, 0.8}, δ = -1 (ungated: every anchor
 counts) and λ = 0 (the plain cross-entropy teacher); for each, every seed

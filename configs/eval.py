@@ -1,4 +1,4 @@
-r"""Evaluates a run's checkpoint on its whole test split (SPEC §5, §7.5-6).
+r"""Evaluates a run's checkpoint on its whole test split (docs/method.md §5, §7.5-6).
 
   python launch.py --config=configs/eval.py --config.workdir=workdirs/teacher
 
