@@ -1,4 +1,4 @@
-r"""The teacher: cross-entropy + λ · intra-class contrastive loss (SPEC §3, §5).
+r"""The teacher: cross-entropy + λ · intra-class contrastive loss (docs/method.md §3, §5).
 
 The defaults are the CIFAR-100 benchmark recipe with resnet32x4:
 
@@ -19,7 +19,7 @@ A config argument shrinks it (big_vision style):
   python launch.py --config=configs/teacher.py --config.icc.lam=0 --workdir=...
 
 Values marked "reconstruction" are our choices: the paper does not publish
-them (SPEC §2). A user who has them can set them on the command line.
+them (docs/method.md §2). A user who has them can set them on the command line.
 """
 
 import ml_collections
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.train_subset = 0  # 0: whole split; n: a fixed random n
   c.dataset.test_subset = 0
 
-  # The recipe of the CIFAR-100 KD benchmark (SPEC §5).
+  # The recipe of the CIFAR-100 KD benchmark (docs/method.md §5).
   c.num_epochs = 240
   c.batch_size = 64  # global, over all devices
   c.eval_batch_size = 500
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
   c.num_devices = 0  # 0: every visible device
 
-  # The intra-class contrastive objective (SPEC §3). lam = 0 is the plain
+  # The intra-class contrastive objective (docs/method.md §3). lam = 0 is the plain
   # cross-entropy teacher and never computes the second view.
   c.icc = ml_collections.ConfigDict()
   c.icc.lam = 0.1  # reconstruction: weight λ of L_intra
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.icc.head = 'none'  # reconstruction: 'none' (z = f) or 'mlp' projection g
   c.icc.head_dim = 128  # output width of the 'mlp' head
 
-  # The pipeline cache of same-class negatives (SPEC §3).
+  # The pipeline cache of same-class negatives (docs/method.md §3).
   c.cache = ml_collections.ConfigDict()
   c.cache.size = 16  # reconstruction: K past batches; 0 removes the cache
   c.cache.store = 'features'  # 'features' (stale, cheap) or 'images' (fresh)

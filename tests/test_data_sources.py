@@ -429,7 +429,7 @@ def test_tiny_imagenet_trains_teacher_and_student(tmp_path):
          '--config.teacher.num_epochs=1', '--config.student.num_epochs=1',
          '--config.teacher.batch_size=16', '--config.student.batch_size=16',
          '--config.teacher.eval_batch_size=8',
-         '--config.student.eval_batch_size=8')
+         '--config.student.eval_batch_size=8', devices=1)
   for stage in ('teacher', 'student'):
     summary = (workdir / stage / 'summary.json').read_text()
     assert '"final_top1"' in summary, stage
