@@ -27,7 +27,6 @@ from icckd_jax.data import download
 from icckd_jax.data import idx
 from icckd_jax.data import images as images_lib
 from icckd_jax.data import tfds as tfds_lib
-from icckd_jax.data import tiny_imagenet
 from icckd_jax.errors import UserError
 from test_training import launch
 
