@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian ships Fashion-MNIST's original files; without them (and without
-# root) the loader falls back to a TFDS download where there is a network.
+# root) the loader downloads the same official files, checksummed, into
+# ~/.cache/icckd_jax (or $ICCKD_DATA_DIR) where there is a network.
 fashion-mnist:
 	@if [ ! -d $(FASHION_MNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; \

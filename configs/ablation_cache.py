@@ -1,10 +1,10 @@
-r"""The pipeline-cache ablation (SPEC §6): the cache removed, the default
+r"""The pipeline-cache ablation (docs/method.md §6): the cache removed, the default
 feature cache, and the image cache; teacher and student, every seed.
 
   python launch.py --config=configs/ablation_cache.py --workdir=workdirs/cache
   python launch.py --config=configs/ablation_cache.py:cpu \
       --workdir=workdirs/cache_cpu \
-      --config.base.teacher.dataset.path=../shared/data/cifar10-jpeg.tar.gz
+      --config.base.teacher.dataset.path=path/to/cifar10-folder.tar.gz
 
 The image cache re-embeds K·B cached images every step (K = cache.size), so
 its teacher steps cost several times the others.

@@ -1,4 +1,4 @@
-r"""The margin-threshold ablation (SPEC §6): δ swept, plus two controls.
+r"""The margin-threshold ablation (docs/method.md §6): δ swept, plus two controls.
 
 Settings: δ ∈ {0.0, 0.2, 0.4, 0.6, 0.8}, δ = -1 (ungated: every anchor
 counts) and λ = 0 (the plain cross-entropy teacher); for each, every seed
@@ -9,7 +9,7 @@ trains a teacher and a student distilled from it (KD).
   # 2 CPU cores, about an hour: real CIFAR-10, resnet8, 3 + 3 epochs, 2 seeds
   python launch.py --config=configs/ablation_margin.py:cpu \
       --workdir=workdirs/margin_cpu \
-      --config.base.teacher.dataset.path=../shared/data/cifar10-jpeg.tar.gz
+      --config.base.teacher.dataset.path=path/to/cifar10-folder.tar.gz
   # a minute, for tests: two settings, one seed, the synthetic set
   python launch.py --config=configs/ablation_margin.py:smoke --workdir=/tmp/m
 

@@ -1,4 +1,4 @@
-r"""Evaluates a checkpoint on its whole test split (SPEC §5, §7.5-6).
+r"""Evaluates a checkpoint on its whole test split (docs/method.md §5, §7.5-6).
 
 A run of this project (the model and data set come from the config saved
 with the checkpoint; the device count may differ from the one it was trained

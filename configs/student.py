@@ -1,4 +1,4 @@
-r"""The student: distilled from a trained teacher (SPEC §4, §5).
+r"""The student: distilled from a trained teacher (docs/method.md §4, §5).
 
 Defaults: the CIFAR-100 benchmark recipe, resnet8x4 from a resnet32x4 teacher,
 KD with T = 4, γ = 0.1, α = 0.9:

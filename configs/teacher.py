@@ -1,4 +1,4 @@
-r"""The teacher: cross-entropy + λ · intra-class contrastive loss (SPEC §3, §5).
+r"""The teacher: cross-entropy + λ · intra-class contrastive loss (docs/method.md §3, §5).
 
 The defaults are the CIFAR-100 benchmark recipe with resnet32x4:
 
@@ -11,12 +11,15 @@ A config argument shrinks it (big_vision style):
   # 3 epochs of resnet8 on real data, minutes on 2 CPU cores
   python launch.py --config=configs/teacher.py:fashion_cpu --workdir=/tmp/fm
   python launch.py --config=configs/teacher.py:cifar10_cpu --workdir=/tmp/c10 \
-      --config.dataset.path=../shared/data/cifar10-jpeg.tar.gz
+      --config.dataset.path=path/to/cifar10-folder.tar.gz
+  # Tiny-ImageNet (64x64, 200 classes): downloaded on first use
+  python launch.py --config=configs/teacher.py --workdir=workdirs/tin \
+      --config.dataset.name=tiny_imagenet --config.crop_padding=8
   # the plain cross-entropy teacher
   python launch.py --config=configs/teacher.py --config.icc.lam=0 --workdir=...
 
 Values marked "reconstruction" are our choices: the paper does not publish
-them (SPEC §2). A user who has them can set them on the command line.
+them (docs/method.md §2). A user who has them can set them on the command line.
 """
 
 import ml_collections
@@ -31,18 +34,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = 'resnet32x4'
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'cifar100'  # any TFDS name, 'image_folder', 'synthetic'
-  c.dataset.data_dir = config_dict.placeholder(str)  # TFDS data_dir
-  c.dataset.path = config_dict.placeholder(str)  # image_folder: dir or .tar.gz
+  # cifar100, cifar10, tiny_imagenet, fashion_mnist, image_folder, synthetic
+  # or another TFDS name; see the README's "Data sets".
+  c.dataset.name = 'cifar100'
+  # Downloads and decoded-array cache; None: $ICCKD_DATA_DIR, else
+  # ~/.cache/icckd_jax. For other TFDS names also TFDS's data_dir.
+  c.dataset.data_dir = config_dict.placeholder(str)
+  # A local copy (offline): the official archive or the folder it extracts
+  # to; for image_folder a train/<class>/*, test/<class>/* folder or .tar.gz.
+  c.dataset.path = config_dict.placeholder(str)
+  c.dataset.label_kind = 'fine'  # cifar100: 'fine' (100) or 'coarse' (20)
   c.dataset.num_train = 512  # synthetic only
   c.dataset.num_test = 256
   c.dataset.num_classes = 10
+  # synthetic; and the side variable-size TFDS sets are resized to.
   c.dataset.image_size = 32
   c.dataset.seed = 0
   c.dataset.train_subset = 0  # 0: whole split; n: a fixed random n
   c.dataset.test_subset = 0
 
-  # The recipe of the CIFAR-100 KD benchmark (SPEC §5).
+  # The recipe of the CIFAR-100 KD benchmark (docs/method.md §5).
   c.num_epochs = 240
   c.batch_size = 64  # global, over all devices
   c.eval_batch_size = 500
@@ -51,12 +62,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lr_decay_rate = 0.1
   c.momentum = 0.9
   c.weight_decay = 5e-4
+  # Pixels of zero padding before the random crop: 4 at 32x32, as in the
+  # recipe; scale it with the image (8 for Tiny-ImageNet's 64x64).
   c.crop_padding = 4
   c.flip = True
   c.dtype = 'float32'  # compute dtype: 'float32' or 'bfloat16'
   c.num_devices = 0  # 0: every visible device
 
-  # The intra-class contrastive objective (SPEC §3). lam = 0 is the plain
+  # The intra-class contrastive objective (docs/method.md §3). lam = 0 is the plain
   # cross-entropy teacher and never computes the second view.
   c.icc = ml_collections.ConfigDict()
   c.icc.lam = 0.1  # reconstruction: weight λ of L_intra
@@ -66,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.icc.head = 'none'  # reconstruction: 'none' (z = f) or 'mlp' projection g
   c.icc.head_dim = 128  # output width of the 'mlp' head
 
-  # The pipeline cache of same-class negatives (SPEC §3).
+  # The pipeline cache of same-class negatives (docs/method.md §3).
   c.cache = ml_collections.ConfigDict()
   c.cache.size = 16  # reconstruction: K past batches; 0 removes the cache
   c.cache.store = 'features'  # 'features' (stale, cheap) or 'images' (fresh)
@@ -91,7 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Sized for 2 CPU cores: resnet8, 3 epochs over 10,000 real images.
     c.model = 'resnet8'
     if arg == 'cifar10_cpu':
-      c.dataset.name = 'image_folder'  # set --config.dataset.path=...tar.gz
+      # A train/<class>/*, test/<class>/* tree: --config.dataset.path=...
+      c.dataset.name = 'image_folder'
     else:
       c.dataset.name = 'fashion_mnist'
     c.dataset.train_subset = 10000

@@ -11,3 +11,9 @@ class UserError(Exception):
   The message is one line that names the field or path at fault and what
   would be valid, e.g. "config.model='resnet9' is unknown; choose one of ...".
   """
+
+
+def one_line(error: BaseException) -> str:
+  """The first line of an error's message, for one-line UserErrors."""
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__

@@ -25,3 +25,10 @@ def smoke_config():
   """The teacher's smoke config: resnet8 on the synthetic set."""
   from configs import teacher  # pylint: disable=g-import-not-at-top
   return teacher.get_config('smoke')
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _data_dir(tmp_path_factory):
+  """Downloads and decoded-array caches go to a temporary folder, never the
+  user's ~/.cache; launch.py subprocesses inherit it."""
+  os.environ['ICCKD_DATA_DIR'] = str(tmp_path_factory.mktemp('data'))

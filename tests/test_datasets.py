@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from icckd_jax.data import datasets
+from icckd_jax.data import idx
 from icckd_jax.errors import UserError
 
 _SHARED_DATA = (
@@ -289,7 +290,7 @@ def _write_fashion_idx(folder: pathlib.Path, suffix: str):
 @pytest.mark.parametrize('suffix', ['.gz', ''])
 def test_fashion_mnist_reads_idx_dir(tmp_path, suffix):
   arrays = _write_fashion_idx(tmp_path, suffix)
-  ds = _load(name='fashion_mnist', idx_dir=str(tmp_path))
+  ds = _load(name='fashion_mnist', path=str(tmp_path))
   assert ds.num_classes == 10
   for split in ('train', 'test'):
     images, labels = arrays[split]
@@ -304,7 +305,7 @@ def test_fashion_mnist_missing_idx_file_names_it(tmp_path):
   _write_fashion_idx(tmp_path, '.gz')
   (tmp_path / 't10k-labels-idx1-ubyte.gz').unlink()
   message = _assert_one_line_error('t10k-labels-idx1-ubyte',
-                                   name='fashion_mnist', idx_dir=str(tmp_path))
+                                   name='fashion_mnist', path=str(tmp_path))
   assert str(tmp_path) in message and 'dataset-fashion-mnist' in message
 
 
@@ -312,11 +313,11 @@ def test_read_idx_rejects_bad_files(tmp_path):
   bad_magic = tmp_path / 'bad-magic'
   bad_magic.write_bytes(b'\x00\x00\x0d\x01\x00\x00\x00\x01\x00')
   with pytest.raises(UserError, match='not an unsigned-byte idx'):
-    datasets.read_idx(bad_magic)
+    idx.read_idx(bad_magic)
   truncated = tmp_path / 'truncated'
   truncated.write_bytes(b'\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02')
   with pytest.raises(UserError, match='declares shape'):
-    datasets.read_idx(truncated)
+    idx.read_idx(truncated)
 
 
 @pytest.mark.skipif(not _DEBIAN_FASHION_MNIST.is_dir(),
@@ -334,20 +335,6 @@ def test_fashion_mnist_real_debian_files():
 
 
 # ----------------------------------------------------------------------- TFDS
-
-
-def test_cifar100_under_tfds_mock_data():
-  tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=16):
-    ds = _load(name='cifar100', data_dir=None)
-  assert ds.name == 'cifar100'
-  assert ds.num_classes == 100
-  for images, labels in ((ds.train_images, ds.train_labels),
-                         (ds.test_images, ds.test_labels)):
-    assert images.shape == (16, 32, 32, 3) and images.dtype == np.uint8
-    assert labels.shape == (16,) and labels.dtype == np.int32
-    assert labels.min() >= 0 and labels.max() < 100
-  assert ds.mean.shape == ds.std.shape == (3,)
 
 
 def test_unknown_tfds_name_is_a_user_error():

@@ -1,4 +1,4 @@
-"""SPEC §7.1 and §7.3: the teacher step does not depend on the device count,
+"""docs/method.md §7.1 and §7.3: the teacher step does not depend on the device count,
 and the objective reduces to cross-entropy where it must."""
 
 import jax

@@ -1,4 +1,4 @@
-"""Losses against naive NumPy references with explicit loops (SPEC §7.4).
+"""Losses against naive NumPy references with explicit loops (docs/method.md §7.4).
 
 The references are deliberately naive (float64, one Python loop per index of
 the equation) so that they are obviously right; the library code is masked and

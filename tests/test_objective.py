@@ -1,4 +1,4 @@
-"""SPEC §7.3 and the cache modes, through the real jitted teacher step."""
+"""docs/method.md §7.3 and the cache modes, through the real jitted teacher step."""
 
 import jax
 import numpy as np

@@ -1,4 +1,4 @@
-"""The student (SPEC §4): a read-only teacher, device-count invariance, the
+"""The student (docs/method.md §4): a read-only teacher, device-count invariance, the
 pipeline's resume, and a short real-data pipeline."""
 
 import hashlib
@@ -130,7 +130,7 @@ PIPELINE_ARGS = ('--config=configs/pipeline.py:smoke',
 
 
 def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
-  """SPEC §7.2 for the student, through the pipeline command: SIGKILL during
+  """docs/method.md §7.2 for the student, through the pipeline command: SIGKILL during
   the student's second epoch, restart: the teacher is not trained again and
   the student ends exactly as in an uninterrupted pipeline."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'

@@ -1,5 +1,5 @@
 """The trainer end to end: launch.py on mock CIFAR-100, resume after a kill,
-evaluation (SPEC §7.2, §7.5, §7.6), and a short real-data run."""
+evaluation (docs/method.md §7.2, §7.5, §7.6), and a short real-data run."""
 
 import json
 import os
@@ -94,7 +94,7 @@ RESUME_ARGS = ('--config=configs/teacher.py:smoke', '--config.num_epochs=2',
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
-  """SPEC §7.2 with the objective and its cache on: a run SIGKILLed in its
+  """docs/method.md §7.2 with the objective and its cache on: a run SIGKILLed in its
   second epoch and restarted ends with the same state, cache and metrics."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*RESUME_ARGS, f'--workdir={straight}')
@@ -123,7 +123,7 @@ def trained_on_four(tmp_path_factory):
 
 
 def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
-  """SPEC §7.5 and §7.6: 128 test examples in batches of 48 (padded, masked);
+  """docs/method.md §7.5 and §7.6: 128 test examples in batches of 48 (padded, masked);
   the same accuracy on 1, 2 and 4 devices as a direct NumPy count."""
   from icckd_jax import models  # pylint: disable=g-import-not-at-top
   from icckd_jax.data import datasets  # pylint: disable=g-import-not-at-top

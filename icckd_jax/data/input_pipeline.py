@@ -1,4 +1,4 @@
-"""The on-device input pipeline (SPEC section 8).
+"""The on-device input pipeline (docs/method.md §8).
 
 Whole splits live on every device as uint8. A training batch is drawn, cropped
 and flipped on the device inside jit, keyed by (seed, step) on the global

@@ -1,4 +1,4 @@
-"""Hinton et al.'s knowledge distillation (SPEC §4 with β = 0).
+"""Hinton et al.'s knowledge distillation (docs/method.md §4 with β = 0).
 
   L = γ · CE(s, y) + α · T² · KL(softmax(t / T) || softmax(s / T))
 """

@@ -1,4 +1,4 @@
-"""KD plus relational KD on penultimate features: "Ours+RKD" (SPEC §4).
+"""KD plus relational KD on penultimate features: "Ours+RKD" (docs/method.md §4).
 
   L = γ · CE(s, y) + α · T² · KL(...) + β · RKD(f_s, f_t)
 

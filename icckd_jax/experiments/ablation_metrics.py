@@ -1,4 +1,4 @@
-"""The ablation metrics of SPEC section 6, as functions of plain data.
+"""The ablation metrics of docs/method.md §6, as functions of plain data.
 
 Every function takes numbers, sequences or NumPy arrays (the two memory
 functions take a compiled JAX program or a device) and returns Python numbers,
@@ -117,8 +117,8 @@ def epochs_to_converge(test_top1_by_epoch: Sequence[float],
 
   Args:
     test_top1_by_epoch: [E] test top-1 after each epoch, non-negative.
-    fraction: in (0, 1]; 0.99 is SPEC section 6's 99%.
-    window: moving-average window, 3 in SPEC section 6.
+    fraction: in (0, 1]; 0.99 is docs/method.md §6's 99%.
+    window: moving-average window, 3 in docs/method.md §6.
 
   Returns:
     An epoch in 1..E.

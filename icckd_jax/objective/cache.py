@@ -1,4 +1,4 @@
-"""The pipeline cache: a ring buffer of the last K training batches (SPEC §3).
+"""The pipeline cache: a ring buffer of the last K training batches (docs/method.md §3).
 
 A mini-batch holds too few same-class samples to serve as negatives, so the
 teacher also draws them from the K previous steps. The cache is a pytree that

@@ -150,7 +150,7 @@ def intra_class_contrastive(
     cache_labels: Optional[jax.Array] = None,
     cache_valid: Optional[jax.Array] = None,
 ) -> jax.Array:
-  """Per-anchor InfoNCE with same-class negatives (SPEC section 3).
+  """Per-anchor InfoNCE with same-class negatives (docs/method.md §3).
 
   With s(u, v) = u·v / τ, positive k_i and negatives
   N_i = {k_j : y_j = y_i, j != i} ∪ {c : cache_valid_c, cache_label_c = y_i},

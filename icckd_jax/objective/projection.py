@@ -1,4 +1,4 @@
-"""The optional projection head g of SPEC section 3: z = normalize(g(f(x)))."""
+"""The optional projection head g of docs/method.md §3: z = normalize(g(f(x)))."""
 
 import flax.linen as nn
 import jax

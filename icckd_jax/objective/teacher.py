@@ -1,4 +1,4 @@
-"""The teacher's train step: SPEC section 3, equation by equation.
+"""The teacher's train step: docs/method.md §3, equation by equation.
 
 The step is a per-device program under `jax.shard_map` inside `jax.jit`, with
 the train state donated. Each device holds a shard b = B / n of the global

@@ -1,4 +1,4 @@
-"""Evaluation on a whole split: every example counted exactly once (SPEC §5, §7.5)."""
+"""Evaluation on a whole split: every example counted exactly once (docs/method.md §5, §7.5)."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""The optimiser of the CIFAR KD benchmark recipe (SPEC section 5)."""
+"""The optimiser of the CIFAR KD benchmark recipe (docs/method.md §5)."""
 
 import ml_collections
 import optax

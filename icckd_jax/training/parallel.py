@@ -1,4 +1,4 @@
-"""The device mesh and the data-parallel helpers (SPEC section 9).
+"""The device mesh and the data-parallel helpers (docs/method.md §9).
 
 One 1-D mesh axis, `data`, spans every device of every process. A train step
 is a per-device program written with `jax.shard_map` under `jax.jit`: pmap's

@@ -1,4 +1,4 @@
-"""The student: distilled from a restored, read-only teacher (SPEC §4).
+"""The student: distilled from a restored, read-only teacher (docs/method.md §4).
 
 The teacher is a run of this project (`config.teacher.workdir`: its
 architecture and data set come from the config saved with its checkpoint) or

@@ -1,0 +1,127 @@
+"""Image files to uint8 arrays: decoding, stacking, resizing.
+
+Shared by the loaders that read encoded images (image folders,
+Tiny-ImageNet, TFDS sets).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from icckd_jax.errors import UserError, one_line
+
+# Modes Pillow decodes grey images into; anything else becomes RGB.
+_GREY_MODES = ('1', 'L', 'LA')
+# Images per decoding task: large enough to amortise the pool's overhead.
+_DECODE_CHUNK = 1024
+
+
+def decode(where: str, name: str, source: Any, rgb: bool = False
+           ) -> np.ndarray:
+  """Decodes one image file to [H, W, 1 or 3] uint8.
+
+  Args:
+    where: the data set's path, for error messages.
+    name: the file's name within it, for error messages.
+    source: a path or the file's bytes.
+    rgb: convert grey images to RGB too (sets known to be colour, whose few
+      grey files must not change the channel count).
+  """
+  try:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes)
+                    else source) as image:
+      grey = image.mode in _GREY_MODES and not rgb
+      array = np.asarray(image.convert('L' if grey else 'RGB'))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserError(f'{where}: cannot decode {name!r} as an image '
+                    f'({one_line(e)})') from e
+  return array[..., None] if grey else array
+
+
+def decode_all(where: str, names: Sequence[str], sources: Sequence[Any],
+               rgb: bool = False) -> np.ndarray:
+  """Decodes images of one size in a thread pool and stacks them.
+
+  Pillow releases the GIL while decoding, which pays off for large images;
+  tiny ones such as CIFAR's are bound by Python overhead, hence the chunks.
+
+  Args:
+    where: the data set's path, for error messages.
+    names: each file's name, for error messages.
+    sources: each file's path or bytes.
+    rgb: as in `decode`.
+
+  Returns:
+    [len(sources), H, W, C] uint8; C is 1 only if every image is grey.
+
+  Raises:
+    UserError: a file is not an image, or the images differ in size.
+  """
+  def decode_chunk(start: int) -> list[np.ndarray]:
+    stop = start + _DECODE_CHUNK
+    return [decode(where, name, source, rgb)
+            for name, source in zip(names[start:stop], sources[start:stop])]
+
+  workers = min(8, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    chunks = pool.map(decode_chunk, range(0, len(sources), _DECODE_CHUNK))
+    arrays = [array for chunk in chunks for array in chunk]
+  return stack(where, names, arrays)
+
+
+def stack(where: str, names: Sequence[str],
+          arrays: Sequence[np.ndarray]) -> np.ndarray:
+  """Stacks [H, W, C] images of one size; grey ones broadcast across RGB
+  when the set mixes the two.
+
+  Returns:
+    [len(arrays), H, W, max C] uint8.
+
+  Raises:
+    UserError: the images differ in height or width; names the first two
+      that differ.
+  """
+  height, width = arrays[0].shape[:2]
+  channels = 1
+  for name, array in zip(names, arrays):
+    if array.shape[:2] != (height, width):
+      raise UserError(
+          f'{where}: all images must have one size, but '
+          f'{names[0]!r} is {width}x{height} and {name!r} is '
+          f'{array.shape[1]}x{array.shape[0]} (width x height)')
+    channels = max(channels, array.shape[-1])
+  images = np.empty((len(arrays), height, width, channels), np.uint8)
+  for i, array in enumerate(arrays):
+    images[i] = array
+  return images
+
+
+def resize_center(image: np.ndarray, size: int) -> np.ndarray:
+  """Scales the shorter side to `size` (bilinear), then crops the centre.
+
+  The aspect ratio is kept, as in the usual ImageNet evaluation transform
+  (Resize then CenterCrop), so nothing is stretched.
+
+  Args:
+    image: [H, W, C] uint8, C in {1, 3}.
+    size: output height and width.
+
+  Returns:
+    [size, size, C] uint8.
+  """
+  height, width, channels = image.shape
+  scale = size / min(height, width)
+  new_w = max(size, round(width * scale))
+  new_h = max(size, round(height * scale))
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  pil = pil.resize((new_w, new_h), Image.BILINEAR)
+  top = (new_h - size) // 2
+  left = (new_w - size) // 2
+  out = np.asarray(pil.crop((left, top, left + size, top + size)))
+  return out.reshape(size, size, channels)
