@@ -10,6 +10,7 @@ from icckd_jax.experiments import report
 from icckd_jax.training import student
 from icckd_jax.experiments import sweep
 from icckd_jax.training import train
+from icckd_jax.training import validate
 from icckd_jax.errors import UserError
 
 MODES = ('teacher', 'student', 'pipeline', 'sweep', 'report', 'eval')
@@ -30,6 +31,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   if mode == 'report':
     return report.write_report(workdir)
   if mode == 'eval':
+    validate.check_config(config)
     return evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,
         num_devices=config.get('num_devices') or None,

@@ -16,6 +16,7 @@ import ml_collections
 from icckd_jax.training import checkpoint
 from icckd_jax.training import student
 from icckd_jax.training import train
+from icckd_jax.training import validate
 from icckd_jax.training.reuse import Reuse
 
 
@@ -37,6 +38,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
   summaries: {'teacher': ..., 'student': ...}."""
+  train.require_workdir(workdir)
+  validate.check_config(config.teacher, 'teacher.')
+  validate.check_config(config.student, 'student.')
+  teacher_dir = os.path.join(workdir, 'teacher')
+  validate.check_resumable(config.teacher, teacher_dir)
   workdir = train.prepare_workdir(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
   teacher_summary = _finished(teacher_dir, config.teacher.num_epochs)
