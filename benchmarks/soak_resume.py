@@ -1,0 +1,120 @@
+r"""Soak test of resume (not part of CI): kill a run at random moments, with
+SIGKILL and SIGTERM, restart it each time, and compare its final state and
+metrics with an uninterrupted run's, bit for bit.
+
+  python benchmarks/soak_resume.py --workdir=/tmp/soak --kills=20
+
+The run is the smoke teacher (objective and cache on) for a few epochs,
+sized so that a restart makes progress; the moments are uniform over the
+uninterrupted run's wall time, so they land in start-up, compilation,
+mid-epoch steps, evaluation and checkpoint writes alike. Prints one line per
+kill and a verdict; exits 1 if anything differs.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from icckd_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
+from icckd_jax.training import metric_writer  # pylint: disable=g-import-not-at-top
+from icckd_jax.training import parallel  # pylint: disable=g-import-not-at-top
+
+TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
+RUN_ARGS = ('--config=configs/teacher.py:smoke', '--config.num_epochs=6',
+            '--config.log_every_steps=2', '--config.checkpoint_every_epochs=1')
+
+
+def _command(workdir: pathlib.Path) -> list[str]:
+  return [sys.executable, str(ROOT / 'launch.py'), *RUN_ARGS,
+          f'--workdir={workdir}']
+
+
+def _final(workdir: pathlib.Path):
+  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+  state, meta = ckpts.restore(None, mesh=parallel.make_mesh(1))
+  ckpts.close()
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+                      for r in rs]
+  meta = dict(meta)
+  history = strip(meta.pop('history', []))
+  return (jax.device_get(state), meta, history,
+          strip(metric_writer.read_records(str(workdir))))
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--kills', type=int, default=20)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args()
+  rng = random.Random(args.seed)
+  base = pathlib.Path(args.workdir)
+  shutil.rmtree(base, ignore_errors=True)
+  straight, soaked = base / 'straight', base / 'soaked'
+
+  start = time.perf_counter()
+  subprocess.run(_command(straight), cwd=ROOT, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  full = time.perf_counter() - start
+  print(f'uninterrupted run: {full:.1f} s')
+
+  kills = 0
+  while kills < args.kills:
+    sig = rng.choice((signal.SIGKILL, signal.SIGTERM))
+    delay = rng.uniform(0, full)
+    proc = subprocess.Popen(_command(soaked), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+      proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(sig)
+    _, stderr = proc.communicate()
+    if proc.returncode == 0:
+      print(f'  run finished before its kill at {delay:.1f} s; starting over')
+      shutil.rmtree(soaked)
+      continue
+    if proc.returncode not in (-signal.SIGKILL, 128 + signal.SIGTERM,
+                               -signal.SIGTERM):
+      print(f'  run failed with exit code {proc.returncode}:\n{stderr[-3000:]}')
+      return 1
+    kills += 1
+    epochs = checkpoint.Checkpoints(str(soaked), read_only=True)
+    saved = (epochs.latest_steps('last'), epochs.latest_steps('preempted'))
+    epochs.close()
+    print(f'kill {kills:2d}: {signal.Signals(sig).name} after {delay:5.1f} s, '
+          f'exit {proc.returncode}; epoch checkpoints {saved[0]}, '
+          f'preempted at step {saved[1]}')
+  subprocess.run(_command(soaked), cwd=ROOT, check=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+  state_a, meta_a, history_a, records_a = _final(straight)
+  state_b, meta_b, history_b, records_b = _final(soaked)
+  same_state = all(jax.tree.leaves(jax.tree.map(np.array_equal, state_a,
+                                                state_b)))
+  checks = {'state (params, BatchNorm, optimiser, cache)': same_state,
+            'checkpoint meta': meta_a == meta_b,
+            'epoch records': history_a == history_b,
+            'metrics.jsonl (timings aside)': records_a == records_b}
+  for what, same in checks.items():
+    print(f'{what}: {"identical" if same else "DIFFERENT"}')
+  print(json.dumps({'kills': kills, 'identical': all(checks.values())}))
+  return 0 if all(checks.values()) else 1
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  sys.exit(main())
