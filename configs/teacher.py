@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.log_every_steps = 100
   # Every epoch: bounds what a hard kill (SIGKILL, OOM, node failure) loses to
-  # one epoch for about 1% of the run time (README, "Resume"); SIGTERM and
+  # one epoch for about 2% of the run time (README, "Resume"); SIGTERM and
   # Ctrl-C save at the next step whatever this is.
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 2

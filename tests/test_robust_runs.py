@@ -389,10 +389,9 @@ def test_tensorboard_purges_steps_past_the_resumed_one(trained, tmp_path,
   assert purge_steps == [13]
 
 
-# A run long enough to be stopped mid-epoch: 4 steps per epoch, 2 epochs,
+# A run long enough to be stopped mid-epoch: 8 steps per epoch, 2 epochs,
 # every step logged, the objective and its cache on; on 2 devices.
-PREEMPT_ARGS = (*SMOKE, '--config.dataset.num_train=128',
-                '--config.log_every_steps=1')
+PREEMPT_ARGS = (*SMOKE, '--config.log_every_steps=1')
 
 
 @pytest.fixture(scope='module')
@@ -411,6 +410,7 @@ def _subprocess_env(devices: int) -> dict[str, str]:
       f'{COLLECTIVE_PATIENCE}'))
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(straight_run,
                                                          tmp_path):
   """A second run on a busy workdir is refused at once; SIGTERM mid-epoch
@@ -422,19 +422,27 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(straight_run,
        f'--workdir={workdir}'], cwd=ROOT, env=_subprocess_env(2),
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
-  while not any(r['kind'] == 'train' and r['step'] >= 1
-                for r in metric_writer.read_records(str(workdir))):
-    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-    time.sleep(0.05)
+
+  def wait_for(condition):
+    while not condition():
+      assert proc.poll() is None and time.time() < deadline, (
+          proc.stderr.read()[-3000:])
+      time.sleep(0.05)
+
+  # The lock is taken before compiling, so the second run meets it while
+  # the first is still seconds away from its first step.
+  wait_for(lambda: f'process {proc.pid} ' in workdir_lock.describe_holder(
+      str(workdir / workdir_lock.LOCK_FILE)))
   line = error_line(*run_launcher(*PREEMPT_ARGS, f'--workdir={workdir}'))
   assert f'is in use by process {proc.pid}' in line
-
+  wait_for(lambda: any(r['kind'] == 'train' and r['step'] >= 1
+                       for r in metric_writer.read_records(str(workdir))))
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
   assert 'preempted: stopped by SIGTERM at step' in stderr
   step, = (int(s) for s in os.listdir(workdir / 'preempted'))
-  assert step % 4, f'stopped at step {step}, an epoch boundary: not mid-epoch'
+  assert step % 8, f'stopped at step {step}, an epoch boundary: not mid-epoch'
 
   code, stderr = run_launcher(*PREEMPT_ARGS, '--config.num_devices=2',
                               f'--workdir={workdir}')

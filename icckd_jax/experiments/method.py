@@ -41,9 +41,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
   train.require_workdir(workdir)
   validate.check_config(config.teacher, 'teacher.')
   validate.check_config(config.student, 'student.')
-  teacher_dir = os.path.join(workdir, 'teacher')
-  validate.check_resumable(config.teacher, teacher_dir)
-  workdir = train.prepare_workdir(workdir)
+  # Each stage creates its own directory (and WORKDIR with it) only once
+  # its config has passed every check.
+  workdir = os.path.abspath(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
   teacher_summary = _finished(teacher_dir, config.teacher.num_epochs)
   if teacher_summary is None:

@@ -162,9 +162,11 @@ class Checkpoints:
         # Orbax and TensorStore raise many types for a damaged file; any of
         # them means this checkpoint cannot be used, not that the run fails.
         self._set_aside(which, step, e)
+    where = ('skipped, see the warnings above' if self.read_only else
+             f'moved to {os.path.join(str(self.workdir), DAMAGED_DIR)}; '
+             'rerunning starts from scratch')
     raise UserError(f'no intact {which} checkpoint in {manager.directory}: '
-                    f'all {len(steps)} failed to restore (see the warnings '
-                    'above); delete the workdir to start over')
+                    f'all {len(steps)} failed to restore ({where})')
 
   def input_shape(self, which: str = 'last') -> list[int] | None:
     """[H, W, C] of the images the newest `which` checkpoint was trained on,
@@ -196,16 +198,8 @@ class Checkpoints:
     if epoch is None:
       raise UserError(f'no {which} checkpoint in {manager.directory}; train '
                       'first with configs/teacher.py and the same workdir')
-    if abstract_state is None:
-      saved = manager.item_metadata(epoch).state
-      abstract_state = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                         sharding=parallel.replicated(mesh)),
-          saved)
-    restored = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    state, meta, _ = self._restore_one(manager, epoch, abstract_state, mesh)
+    return state, meta
 
   def restore_config(self, which: str = 'last') -> dict:
     manager = self._manager(which)
