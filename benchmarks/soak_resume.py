@@ -89,7 +89,22 @@ def main() -> int:
   full = time.perf_counter() - start
   print(f'uninterrupted run, compilation cached: {full:.1f} s')
 
-  kills = 0
+  def compare() -> bool:
+    state_a, meta_a, history_a, records_a = _final(straight)
+    state_b, meta_b, history_b, records_b = _final(soaked)
+    same_state = all(jax.tree.leaves(jax.tree.map(np.array_equal, state_a,
+                                                  state_b)))
+    checks = {'state (params, BatchNorm, optimiser, cache)': same_state,
+              'checkpoint meta': meta_a == meta_b,
+              'epoch records': history_a == history_b,
+              'metrics.jsonl (timings aside)': records_a == records_b}
+    for what, same in checks.items():
+      print(f'  {what}: {"identical" if same else "DIFFERENT"}')
+    return all(checks.values())
+
+  # A round is one interrupted run taken to its end and compared; the kills
+  # of every round count.
+  kills, rounds, verdicts = 0, 1, []
   while kills < args.kills:
     sig = rng.choice((signal.SIGKILL, signal.SIGTERM))
     delay = rng.uniform(0, full)
@@ -102,35 +117,29 @@ def main() -> int:
       proc.send_signal(sig)
     _, stderr = proc.communicate()
     if proc.returncode == 0:
-      print(f'  run finished before its kill at {delay:.1f} s; starting over')
+      print(f'round {rounds} finished before a kill at {delay:.1f} s:')
+      verdicts.append(compare())
       shutil.rmtree(soaked)
+      rounds += 1
       continue
     if proc.returncode not in (-signal.SIGKILL, 128 + signal.SIGTERM,
                                -signal.SIGTERM):
-      print(f'  run failed with exit code {proc.returncode}:\n{stderr[-3000:]}')
+      print(f'run failed with exit code {proc.returncode}:\n{stderr[-3000:]}')
       return 1
     kills += 1
-    epochs = checkpoint.Checkpoints(str(soaked), read_only=True)
-    saved = (epochs.latest_steps('last'), epochs.latest_steps('preempted'))
-    epochs.close()
-    print(f'kill {kills:2d}: {signal.Signals(sig).name} after {delay:5.1f} s, '
-          f'exit {proc.returncode}; epoch checkpoints {saved[0]}, '
-          f'preempted at step {saved[1]}')
+    ckpts = checkpoint.Checkpoints(str(soaked), read_only=True)
+    saved = (ckpts.latest_steps('last'), ckpts.latest_steps('preempted'))
+    ckpts.close()
+    print(f'kill {kills:2d} (round {rounds}): {signal.Signals(sig).name} after '
+          f'{delay:5.1f} s, exit {proc.returncode}; epoch checkpoints '
+          f'{saved[0]}, preempted at step {saved[1]}')
   subprocess.run(_command(soaked), cwd=ROOT, check=True, env=env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-  state_a, meta_a, history_a, records_a = _final(straight)
-  state_b, meta_b, history_b, records_b = _final(soaked)
-  same_state = all(jax.tree.leaves(jax.tree.map(np.array_equal, state_a,
-                                                state_b)))
-  checks = {'state (params, BatchNorm, optimiser, cache)': same_state,
-            'checkpoint meta': meta_a == meta_b,
-            'epoch records': history_a == history_b,
-            'metrics.jsonl (timings aside)': records_a == records_b}
-  for what, same in checks.items():
-    print(f'{what}: {"identical" if same else "DIFFERENT"}')
-  print(json.dumps({'kills': kills, 'identical': all(checks.values())}))
-  return 0 if all(checks.values()) else 1
+  print(f'round {rounds} finished after its last kill:')
+  verdicts.append(compare())
+  print(json.dumps({'kills': kills, 'rounds': rounds,
+                    'identical': all(verdicts)}))
+  return 0 if all(verdicts) else 1
 
 
 if __name__ == '__main__':

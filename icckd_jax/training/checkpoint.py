@@ -89,10 +89,10 @@ class Checkpoints:
     for wanted, manager in ((last, self._last), (best, self._best)):
       if wanted and epoch not in manager.all_steps():
         manager.save(epoch, args=args)
-    if last:
-      # The new epoch checkpoint is at or past any preempted step: that
-      # one can never be the newest again.
-      self._preempted.wait_until_finished()
+    if last and self._preempted.all_steps():
+      # The new epoch checkpoint is at or past the preempted step, which
+      # can never be the newest again; it goes once the new one is on disk.
+      self._last.wait_until_finished()
       for step in self._preempted.all_steps():
         self._preempted.delete(step)
 
