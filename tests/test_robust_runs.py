@@ -9,6 +9,7 @@ signals are exercised in real subprocesses.
 """
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -285,11 +286,13 @@ def test_loss_and_state_checks_catch_what_they_must():
         opt_state=({'m': jnp.array([jnp.inf, 0.0, 0.0])},)), 5, ckpts)
 
 
-def test_diverging_run_keeps_its_good_checkpoints(tmp_path):
+def test_diverging_run_keeps_its_good_checkpoints(tmp_path, caplog):
   """The learning rate jumps x1e6 after epoch 1: epoch 1 is saved, epoch 2
   diverges; with keep_checkpoints=1 the good checkpoint stays, NaN-free,
   with its config.json. A stale
-  memory record of a run killed before its first checkpoint is dropped."""
+  memory record of a run killed before its first checkpoint is dropped. The
+  run's header comes before compiling."""
+  caplog.set_level(logging.INFO)
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'metrics.jsonl').write_text(
@@ -299,6 +302,12 @@ def test_diverging_run_keeps_its_good_checkpoints(tmp_path):
           f'--workdir={workdir}')
   line = error_line(*run_launcher(*args))
   assert 'training diverged' in line and 'last good: epoch 1' in line
+  log = caplog.text
+  assert log.index('64 train / 128 test images 32x32x3') < log.index(
+      'Compiling the train step')
+  for shown in ('2 steps per epoch x 2 epochs', 'parameters; 1 cpu device(s)',
+                'compute dtype float32', 'a new run'):
+    assert shown in log, shown
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['1']
   assert not os.listdir(workdir / 'preempted')
   state, meta = restore_state(workdir)
