@@ -5,7 +5,15 @@ r"""Runs a config: train a teacher, evaluate a checkpoint, ...
   python launch.py --config=configs/eval.py --config.workdir=workdirs/teacher
 
 Any config field can be overridden: --config.num_epochs=10. On several hosts
-add --multihost to each process (jax.distributed.initialize()).
+add --multihost to each process; where no cluster manager (SLURM, Cloud TPU)
+describes the job, also say where the coordinator is and who each process is:
+
+  python launch.py ... --multihost --coordinator_address=host0:1234 \
+      --num_processes=2 --process_id=0     # and --process_id=1 on the other
+
+(or the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID). SIGTERM or Ctrl-C saves at the next step and exits with
+128 + the signal's number; rerunning the command resumes there.
 """
 
 import logging as py_logging
@@ -19,12 +27,27 @@ import jax
 from ml_collections import config_flags
 
 from icckd_jax import main as icckd_main
+from icckd_jax.training import train
 from icckd_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 flags.DEFINE_bool('multihost', False,
                   'Call jax.distributed.initialize() first (several hosts).')
+flags.DEFINE_string('coordinator_address',
+                    os.environ.get('JAX_COORDINATOR_ADDRESS'),
+                    'With --multihost: host:port of process 0 (default: '
+                    '$JAX_COORDINATOR_ADDRESS, else the cluster manager\'s).')
+flags.DEFINE_integer('num_processes',
+                     int(os.environ['JAX_NUM_PROCESSES'])
+                     if os.environ.get('JAX_NUM_PROCESSES') else None,
+                     'With --multihost: the number of processes (default: '
+                     '$JAX_NUM_PROCESSES).', lower_bound=1)
+flags.DEFINE_integer('process_id',
+                     int(os.environ['JAX_PROCESS_ID'])
+                     if os.environ.get('JAX_PROCESS_ID') else None,
+                     'With --multihost: this process\'s index, from 0 '
+                     '(default: $JAX_PROCESS_ID).', lower_bound=0)
 config_flags.DEFINE_config_file('config', None, 'The job config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -61,13 +84,43 @@ def _fail(message) -> None:
   sys.exit(2)
 
 
+def _missing_field(error: Exception) -> str:
+  """"name" or "name (did you mean ...?)" from ml_collections' KeyError,
+  which may come wrapped in an AttributeError and carry a suggestion on a
+  second line."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = error.args[0] if error.args and isinstance(error.args[0], str) \
+      else str(error)
+  name, _, hint = text.partition('\n')
+  name = name.strip(chr(34) + chr(39))
+  return f'{name} ({hint.strip()[0].lower()}{hint.strip()[1:]})' if hint \
+      else name
+
+
+def _initialize_distributed() -> None:
+  """jax.distributed with the flags' (or environment's) cluster, where given.
+
+  The CPU backend needs gloo for collectives across processes (GPUs and TPUs
+  use their own); it must be chosen before any backend starts.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  except (ValueError, TypeError) as e:
+    _fail(f'--multihost: {str(e).splitlines()[0]} (pass --coordinator_address, '
+          '--num_processes and --process_id, or run under SLURM)')
+
+
 def parse_flags(argv):
   """absl's parsing, with a bad flag, config file, config argument or
   override reported as one line and exit code 2 instead of a traceback."""
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    _fail(f"no such config field: {str(e).strip(chr(34) + chr(39))}")
+    _fail(f'no such config field: {_missing_field(e)}')
   except (flags.Error, TypeError, ValueError) as e:
     _fail(e)
 
@@ -77,7 +130,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    _initialize_distributed()
   logging.info('JAX devices: %s', jax.devices())
   try:
     config = FLAGS.config
@@ -88,6 +141,9 @@ def main(argv):
     icckd_main.run(config, FLAGS.workdir)
   except UserError as e:
     _fail(e)
+  except train.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ from icckd_jax.experiments import report
 from icckd_jax.training import student
 from icckd_jax.experiments import sweep
 from icckd_jax.training import train
+from icckd_jax.training import validate
 from icckd_jax.errors import UserError
 
 MODES = ('teacher', 'student', 'pipeline', 'sweep', 'report', 'eval')
@@ -38,6 +39,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
         num_devices=config.get('num_devices') or None,
         batch_size=config.eval_batch_size, export=config.get('export'))
   if mode == 'eval':
+    validate.check_config(config)
     return evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,
         num_devices=config.get('num_devices') or None,

@@ -51,6 +51,14 @@ def kill_after_checkpoint(args, workdir, checkpoints):
       'the run finished before it could be killed: make its epochs longer')
 
 
+def without_timings(meta):
+  """A checkpoint's meta with the wall-clock fields of its epoch records
+  dropped: everything a resumed run must reproduce exactly."""
+  return {**meta, 'history': [{k: v for k, v in r.items()
+                               if k not in TIMING_KEYS}
+                              for r in meta.get('history', [])]}
+
+
 def restore_state(workdir, which='last'):
   ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
   state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
@@ -104,7 +112,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
 
   state_a, meta_a = restore_state(straight)
   state_b, meta_b = restore_state(resumed)
-  assert meta_a == meta_b and meta_a['epoch'] == 2
+  assert without_timings(meta_a) == without_timings(meta_b)
+  assert meta_a['epoch'] == 2
   assert int(state_a['cache']['valid'].sum()) == 4
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
   strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS}
@@ -212,20 +221,3 @@ def test_teacher_without_cache_trains_and_checkpoints(tmp_path):
   assert epoch['neg_in_batch'] > 0.0
   state, _ = restore_state(workdir)
   assert not jax.tree.leaves(state.get('cache'))
-
-
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  workdir = tmp_path / 'run'
-  launch('--config=configs/teacher.py:smoke', '--config.num_epochs=1',
-         f'--workdir={workdir}')
-  before = {p: p.read_bytes() for p in (workdir / 'checkpoints').rglob('*')
-            if p.is_file()}
-  result = launch('--config=configs/teacher.py:smoke', '--config.num_epochs=2',
-                  '--config.learning_rate=1e30', f'--workdir={workdir}',
-                  check=False)
-  line = _error_line(result)
-  assert 'training loss is' in line and 'last good checkpoint: epoch 1' in line
-  after = {p: p.read_bytes() for p in (workdir / 'checkpoints').rglob('*')
-           if p.is_file()}
-  assert before == after
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1']

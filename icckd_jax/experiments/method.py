@@ -16,6 +16,7 @@ import ml_collections
 from icckd_jax.training import checkpoint
 from icckd_jax.training import student
 from icckd_jax.training import train
+from icckd_jax.training import validate
 from icckd_jax.training.reuse import Reuse
 
 
@@ -37,7 +38,12 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
   summaries: {'teacher': ..., 'student': ...}."""
-  workdir = train.prepare_workdir(workdir)
+  train.require_workdir(workdir)
+  validate.check_config(config.teacher, 'teacher.')
+  validate.check_config(config.student, 'student.')
+  # Each stage creates its own directory (and WORKDIR with it) only once
+  # its config has passed every check.
+  workdir = os.path.abspath(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
   teacher_summary = _finished(teacher_dir, config.teacher.num_epochs)
   if teacher_summary is None:

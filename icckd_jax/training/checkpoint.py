@@ -1,17 +1,27 @@
-"""Orbax checkpoints in a workdir: every N epochs, the last, and the best.
+"""Orbax checkpoints in a workdir: every N epochs, the last, the best, and
+the one a preempted run saves mid-epoch.
 
 Layout:
   WORKDIR/checkpoints/<epoch>/  the rolling checkpoints a run resumes from
   WORKDIR/best/<epoch>/         the single best one by test top-1
+  WORKDIR/preempted/<step>/     saved at a step boundary on SIGTERM/SIGINT;
+                                superseded (deleted) by the next epoch's
+  WORKDIR/damaged/              checkpoints that failed to restore, moved
+                                aside (never deleted) for a person to inspect
 
-Each holds three items: `state` (the TrainState), `meta` (epoch, best top-1,
-...) and `config` (the run's config as JSON). Orbax writes into a temporary
-directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoint as the latest: resume is preemption-safe.
+Each holds three items: `state` (the TrainState), `meta` (epoch, step, best
+top-1, the epoch records, ...) and `config` (the run's config as JSON).
+Orbax writes into a temporary directory and renames it when complete, so a
+run killed mid-save leaves the previous checkpoint as the latest: resume is
+preemption-safe. Callers save only states they have checked to be finite
+(`icckd_jax.training.train`), so the retention policy never removes a good
+checkpoint to make room for a bad one.
 """
 
+import os
 from typing import Any
 
+from absl import logging
 from etils import epath
 import jax
 from jax.sharding import Mesh
@@ -19,6 +29,8 @@ import orbax.checkpoint as ocp
 
 from icckd_jax.training import parallel
 from icckd_jax.errors import UserError
+
+DAMAGED_DIR = 'damaged'
 
 
 def abstract_like(tree, mesh: Mesh):
@@ -49,13 +61,16 @@ class Checkpoints:
           item_handlers={'state': ocp.StandardCheckpointHandler(),
                          'meta': ocp.JsonCheckpointHandler(),
                          'config': ocp.JsonCheckpointHandler()})
+    self.read_only = read_only
     self._last = manager('checkpoints', keep)
     self._best = manager('best', 1)
+    self._preempted = manager('preempted', 1)
 
   def _manager(self, which: str) -> ocp.CheckpointManager:
-    if which not in ('last', 'best'):
+    if which not in ('last', 'best', 'preempted'):
       raise UserError(f"checkpoint={which!r} is unknown; choose 'last' or 'best'")
-    return self._last if which == 'last' else self._best
+    return {'last': self._last, 'best': self._best,
+            'preempted': self._preempted}[which]
 
   def latest_epoch(self, which: str = 'last') -> int | None:
     return self._manager(which).latest_step()
@@ -74,6 +89,99 @@ class Checkpoints:
     for wanted, manager in ((last, self._last), (best, self._best)):
       if wanted and epoch not in manager.all_steps():
         manager.save(epoch, args=args)
+    if last and self._preempted.all_steps():
+      # The new epoch checkpoint is at or past the preempted step, which
+      # can never be the newest again; it goes once the new one is on disk.
+      self._last.wait_until_finished()
+      for step in self._preempted.all_steps():
+        self._preempted.delete(step)
+
+  def save_preempted(self, step: int, state, meta: dict, config: dict) -> None:
+    """Saves the state of a run stopped at global `step` mid-epoch, and
+    waits until it is on disk (the process is about to exit)."""
+    self._preempted.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+        config=ocp.args.JsonSave(config)), force=True)
+    self._preempted.wait_until_finished()
+
+  def _restore_one(self, manager, step, abstract_state, mesh):
+    if abstract_state is None:
+      saved = manager.item_metadata(step).state
+      abstract_state = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                         sharding=parallel.replicated(mesh)),
+          saved)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+    return restored.state, restored.meta, restored.config
+
+  def _set_aside(self, which: str, step: int, error: Exception) -> None:
+    """Moves a checkpoint that failed to restore out of its manager's sight,
+    never deleting it; read-only users (evaluation, a student reading its
+    teacher) hold no lock on the workdir and only skip it."""
+    manager = self._manager(which)
+    source = os.path.join(str(manager.directory), str(step))
+    reason = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' \
+        if str(error) else type(error).__name__
+    if self.read_only or jax.process_index() != 0:
+      logging.warning('Checkpoint %s is damaged (%s); skipped.', source, reason)
+      return
+    aside = os.path.join(str(self.workdir), DAMAGED_DIR)
+    os.makedirs(aside, exist_ok=True)
+    target = os.path.join(aside, f'{os.path.basename(str(manager.directory))}'
+                          f'-{step}')
+    n = 1
+    while os.path.exists(target + (f'.{n}' if n > 1 else '')):
+      n += 1
+    target += f'.{n}' if n > 1 else ''
+    os.rename(source, target)
+    manager.reload()
+    logging.warning('Checkpoint %s is damaged (%s); moved it to %s.', source,
+                    reason, target)
+
+  def restore_newest_intact(self, abstract_state=None, which: str = 'last',
+                            mesh: Mesh | None = None,
+                            ) -> tuple[Any, dict, dict] | None:
+    """(state, meta, config) of the newest checkpoint of `which` that
+    restores, or None when `which` has no checkpoint at all.
+
+    A checkpoint that fails to restore (a truncated or missing file) is
+    moved to WORKDIR/damaged/ (skipped when read-only) with a one-line
+    warning, and the next older one is tried; when none restores, a
+    UserError. `abstract_state` and `mesh` as in `restore`.
+    """
+    manager = self._manager(which)
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+      return None
+    for step in steps:
+      try:
+        return self._restore_one(manager, step, abstract_state, mesh)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax and TensorStore raise many types for a damaged file; any of
+        # them means this checkpoint cannot be used, not that the run fails.
+        self._set_aside(which, step, e)
+    where = ('skipped, see the warnings above' if self.read_only else
+             f'moved to {os.path.join(str(self.workdir), DAMAGED_DIR)}; '
+             'rerunning starts from scratch')
+    raise UserError(f'no intact {which} checkpoint in {manager.directory}: '
+                    f'all {len(steps)} failed to restore ({where})')
+
+  def input_shape(self, which: str = 'last') -> list[int] | None:
+    """[H, W, C] of the images the newest `which` checkpoint was trained on,
+    where its meta records it (checkpoints from before it did: None)."""
+    manager = self._manager(which)
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta.get('input_shape')
+      except Exception:  # pylint: disable=broad-except
+        continue  # Damaged: restore_newest_intact has said so.
+    return None
+
+  def latest_steps(self, which: str) -> list[int]:
+    return sorted(self._manager(which).all_steps())
 
   def restore(self, abstract_state=None, which: str = 'last',
               epoch: int | None = None,
@@ -90,16 +198,8 @@ class Checkpoints:
     if epoch is None:
       raise UserError(f'no {which} checkpoint in {manager.directory}; train '
                       'first with configs/teacher.py and the same workdir')
-    if abstract_state is None:
-      saved = manager.item_metadata(epoch).state
-      abstract_state = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                         sharding=parallel.replicated(mesh)),
-          saved)
-    restored = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    state, meta, _ = self._restore_one(manager, epoch, abstract_state, mesh)
+    return state, meta
 
   def restore_config(self, which: str = 'last') -> dict:
     manager = self._manager(which)
@@ -110,7 +210,6 @@ class Checkpoints:
         config=ocp.args.JsonRestore())).config
 
   def close(self) -> None:
-    self._last.wait_until_finished()
-    self._best.wait_until_finished()
-    self._last.close()
-    self._best.close()
+    for manager in (self._last, self._best, self._preempted):
+      manager.wait_until_finished()
+      manager.close()

@@ -99,14 +99,23 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   if not workdir or not os.path.isdir(workdir):
     raise UserError(f'config.workdir={workdir!r} is not a directory holding '
                     'a training run')
+  if which not in ('best', 'last'):
+    raise UserError(f"config.checkpoint={which!r} is unknown; choose 'best' "
+                    "or 'last'")
+  # Read-only and without the workdir's lock: a run may be training in it.
+  # A damaged newest checkpoint is skipped for the newest intact one.
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
-  saved = ml_collections.ConfigDict(ckpts.restore_config(which))
   mesh = parallel.make_mesh(num_devices)
+  restored = ckpts.restore_newest_intact(None, which=which, mesh=mesh)
+  if restored is None:
+    raise UserError(f'no {which} checkpoint in {workdir}; train first with '
+                    'configs/teacher.py and the same workdir')
+  state, meta, saved = restored
+  saved = ml_collections.ConfigDict(saved)
   dataset = datasets.load(saved.dataset)
   dtype = train.compute_dtype(saved)
   model = models.create_model(saved.model, dataset.num_classes, dtype=dtype,
                               bn_axis_name=parallel.DATA)
-  state, meta = ckpts.restore(None, which=which, mesh=mesh)
   _, test = input_pipeline.to_device(dataset, mesh)
   evaluate = make_eval_fn(model, mesh, mean=dataset.mean, std=dataset.std,
                           dtype=dtype, batch_size=batch_size)

@@ -18,42 +18,81 @@ METRICS_FILE = 'metrics.jsonl'
 
 
 def read_records(workdir: str, kind: str | None = None) -> list[dict]:
-  """The records of WORKDIR/metrics.jsonl, optionally of one kind."""
+  """The records of WORKDIR/metrics.jsonl, optionally of one kind.
+
+  A line that is not a whole JSON object (the last line of a run killed
+  while writing it) is skipped.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and 'step' in record:
+        records.append(record)
   return [r for r in records if kind is None or r.get('kind') == kind]
 
 
-class MetricWriter:
-  """Appends records; on resume, first drops those past the restored step,
-  so that a resumed run's file matches an uninterrupted one's."""
+def _resumed_records(workdir: str, resume_step: int,
+                     epoch_records: list[dict] | None) -> list[dict]:
+  """The records a run resumed at `resume_step` keeps: those up to that
+  step, with the epoch records taken from the checkpoint (`epoch_records`)
+  where it has them (as written: with 'kind' and 'step'), so that a
+  damaged or deleted file is rebuilt."""
+  kept = [r for r in read_records(workdir) if r['step'] <= resume_step]
+  if epoch_records is None:
+    return kept
+  file_epochs = [r for r in kept if r.get('kind') == 'epoch']
+  if file_epochs != epoch_records:
+    logging.warning('%s lacks some of the %d epoch records the checkpoint '
+                    'holds; rebuilt them from the checkpoint.',
+                    os.path.join(workdir, METRICS_FILE), len(epoch_records))
+  rebuilt = [r for r in kept if r.get('kind') != 'epoch'] + epoch_records
+  # An epoch's record follows the step record of its last step.
+  return sorted(rebuilt, key=lambda r: (r['step'], r['kind'] == 'epoch'))
 
-  def __init__(self, workdir: str, resume_step: int, tensorboard: bool = True):
+
+class MetricWriter:
+  """Appends records. A new run (`resume_step` None) starts an empty file;
+  a resumed one first drops the records past the restored step and
+  restores the epoch records from the checkpoint, so that a resumed run's
+  file matches an uninterrupted one's, and TensorBoard purges the events
+  past that step."""
+
+  def __init__(self, workdir: str, resume_step: int | None,
+               epoch_records: list[dict] | None = None,
+               tensorboard: bool = True):
     self._path = os.path.join(workdir, METRICS_FILE)
     self._is_writer = jax.process_index() == 0
     if not self._is_writer:
       return
-    kept = [r for r in read_records(workdir) if r['step'] <= resume_step]
+    kept = ([] if resume_step is None else
+            _resumed_records(workdir, resume_step, epoch_records))
     tmp = self._path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
     os.replace(tmp, self._path)
-    self._tb = (SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tb = (SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                              purge_step=(resume_step or 0) + 1)
                 if tensorboard else None)
 
-  def write(self, kind: str, step: int, values: dict) -> None:
-    if not self._is_writer:
-      return
+  def write(self, kind: str, step: int, values: dict) -> dict:
+    """Appends {'kind', 'step', **values}; returns that record."""
     record = {'kind': kind, 'step': int(step), **values}
+    if not self._is_writer:
+      return record
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     if self._tb is not None:
       for name, value in values.items():
         if isinstance(value, (int, float)) and math.isfinite(value):
           self._tb.add_scalar(f'{kind}/{name}', value, int(step))
+    return record
 
   def close(self) -> None:
     if self._is_writer and self._tb is not None:

@@ -36,6 +36,7 @@ from icckd_jax.training import optim
 from icckd_jax.training import parallel
 from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import train
+from icckd_jax.training import validate
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.training.reuse import Reuse
@@ -171,7 +172,9 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
   """(teacher config, its variables replicated on `mesh`).
 
   The teacher config is the one saved with an Orbax teacher run, or for a
-  PyTorch teacher {'model', 'pth', 'input_mean', 'input_std'}.
+  PyTorch teacher {'model', 'pth', 'input_mean', 'input_std'}. Of an Orbax
+  run, the newest intact checkpoint is used; a damaged one is skipped (the
+  teacher's workdir is only read).
   """
   if config.teacher.get('pth'):
     return _load_pytorch_teacher(config, mesh)
@@ -181,21 +184,37 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
                     'holding a trained teacher (or set config.teacher.pth to '
                     'a PyTorch checkpoint)')
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
-  saved = ml_collections.ConfigDict(ckpts.restore_config(
-      config.teacher.checkpoint))
-  state, _ = ckpts.restore(None, which=config.teacher.checkpoint, mesh=mesh)
+  restored = ckpts.restore_newest_intact(
+      None, which=config.teacher.checkpoint, mesh=mesh)
   ckpts.close()
-  return saved, {'params': state['params']['model'],
-                 'batch_stats': state['batch_stats']}
+  if restored is None:
+    raise UserError(f'no {config.teacher.checkpoint} checkpoint in '
+                    f'config.teacher.workdir={workdir!r}; train the teacher '
+                    'first')
+  state, _, saved = restored
+  return ml_collections.ConfigDict(saved), {
+      'params': state['params']['model'],
+      'batch_stats': state['batch_stats']}
+
+
+# The dataset fields that decide what the teacher's inputs look like.
+_DATA_FIELDS = ('name', 'path', 'image_size', 'channels')
 
 
 def _check_same_data(student: ml_collections.ConfigDict,
-                     teacher: ml_collections.ConfigDict) -> None:
-  for field in ('name', 'path'):
+                     teacher: ml_collections.ConfigDict,
+                     input_shape=None, teacher_shape=None) -> None:
+  """The student's data must be the teacher's: same set, same image size and
+  channels (a teacher fed other images scores near chance)."""
+  for field in _DATA_FIELDS:
     mine, theirs = student.get(field), teacher.get(field)
     if mine != theirs:
       raise UserError(f'config.dataset.{field}={mine!r} but the teacher was '
                       f'trained on dataset.{field}={theirs!r}')
+  if teacher_shape and list(input_shape) != list(teacher_shape):
+    raise UserError(f'the student data set has images of shape '
+                    f'{tuple(input_shape)} (height, width, channels) but the '
+                    f'teacher was trained on {tuple(teacher_shape)}')
 
 
 def build_student(config: ml_collections.ConfigDict,
@@ -262,16 +281,31 @@ def train_student(config: ml_collections.ConfigDict, workdir: str,
                   reuse: Reuse | None = None) -> dict[str, Any]:
   """Distils the teacher of config.teacher.workdir (or .pth) into a student
   in `workdir`, resuming if it can; returns the summary."""
-  workdir = train.prepare_workdir(workdir)
+  train.require_workdir(workdir)
+  validate.check_config(config)
+  validate.check_resumable(config, workdir)
   mesh = parallel.make_mesh(config.get('num_devices') or None)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  parallel.check_batch_size(config.eval_batch_size, mesh,
+                            'config.eval_batch_size')
   teacher_config, teacher_variables = load_teacher(config, mesh)
-  if 'dataset' in teacher_config:
-    _check_same_data(config.dataset, teacher_config.dataset)
   dataset = train.load_dataset(config, reuse)
+  if 'dataset' in teacher_config:  # An Orbax teacher of this project.
+    ckpts = checkpoint.Checkpoints(config.teacher.workdir, read_only=True)
+    _check_same_data(config.dataset, teacher_config.dataset,
+                     dataset.train_images.shape[1:],
+                     ckpts.input_shape(config.teacher.checkpoint))
+    ckpts.close()
   setup = build_student(config, dataset, mesh, teacher_config,
                         teacher_variables, reuse)
+  workdir = train.prepare_workdir(workdir)
+  with train.hold_workdir(workdir):
+    return _train_student(config, workdir, setup, dataset, mesh,
+                          teacher_config, teacher_variables, reuse)
 
+
+def _train_student(config, workdir, setup, dataset, mesh, teacher_config,
+                   teacher_variables, reuse):
   teacher_eval_path = os.path.join(workdir, TEACHER_EVAL_FILE)
   if not os.path.exists(teacher_eval_path):
     _, test_split = input_pipeline.to_device(dataset, mesh)

@@ -8,9 +8,12 @@ WORKDIR/summary.json.
 """
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -18,6 +21,7 @@ from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 import ml_collections
 import numpy as np
@@ -35,6 +39,8 @@ from icckd_jax.training import optim
 from icckd_jax.training import parallel
 from icckd_jax.objective import projection
 from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.training import validate
+from icckd_jax.training import workdir_lock
 from icckd_jax.objective import teacher
 from icckd_jax.errors import UserError
 from icckd_jax.training.reuse import Reuse
@@ -52,11 +58,16 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return DTYPES[config.dtype]
 
 
-def prepare_workdir(workdir: str | None) -> str:
-  """Creates the workdir and proves it writable, or a one-line UserError."""
+def require_workdir(workdir: str | None) -> str:
   if not workdir:
     raise UserError('no workdir: pass --workdir=DIR (or --config.workdir=DIR)')
-  probe = os.path.join(workdir, '.write_test')
+  return workdir
+
+
+def prepare_workdir(workdir: str | None) -> str:
+  """Creates the workdir and proves it writable, or a one-line UserError."""
+  require_workdir(workdir)
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:
@@ -88,15 +99,114 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
     raise UserError(f'config.icc.tau={icc.tau} must be > 0')
 
 
-def _finite_or_stop(losses: np.ndarray, first_step: int,
-                    ckpts: checkpoint.Checkpoints) -> None:
-  bad = np.flatnonzero(~np.isfinite(losses))
+# A run has diverged when a step's loss exceeds this many times the loss of
+# its first step (computed before any update, so never itself diverged),
+# even while it is finite: a healthy run's loss falls below its start, and
+# a diverging one passes 100x within a few steps on its way to 1e30, inf or
+# NaN, often with NaN already in its BatchNorm statistics.
+LOSS_EXPLOSION_FACTOR = 100.0
+
+
+class Diverged(UserError):
+  """The loss or the state is not finite, or the loss has exploded."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; the run saved its state and stopped."""
+
+  def __init__(self, signum: int, message: str):
+    super().__init__(message)
+    self.signum = signum
+
+
+def _kept(ckpts: checkpoint.Checkpoints) -> str:
+  epoch = ckpts.latest_epoch()
+  return f'epoch {epoch}' if epoch is not None else 'none yet'
+
+
+def check_losses(losses: np.ndarray, first_step: int,
+                 reference_loss: float, ckpts: checkpoint.Checkpoints) -> None:
+  """Raises Diverged when a step loss of `losses` ([n], the steps from
+  `first_step` on) is not finite or above LOSS_EXPLOSION_FACTOR times
+  `reference_loss`, the run's first step loss."""
+  limit = LOSS_EXPLOSION_FACTOR * abs(reference_loss)
+  bad = np.flatnonzero(~np.isfinite(losses) | (losses > limit))
   if bad.size:
-    kept = ckpts.latest_epoch()
-    kept = f'epoch {kept}' if kept is not None else 'none yet'
-    raise UserError(f'training loss is {losses[bad[0]]} at step '
-                    f'{first_step + bad[0]}; stopped without saving (last good '
-                    f'checkpoint: {kept}). Lower config.learning_rate?')
+    loss = losses[bad[0]]
+    why = ('' if not np.isfinite(loss) else
+           f' (over {LOSS_EXPLOSION_FACTOR:g}x the first step\'s '
+           f'{reference_loss:.4g})')
+    raise Diverged(f'training diverged: loss {loss:.4g} at step '
+                   f'{first_step + bad[0]}{why}; stopped without saving, every '
+                   f'checkpoint kept (last good: {_kept(ckpts)}). Lower '
+                   'config.learning_rate?')
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """[] bool: every floating-point element of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_state(state: TrainState, step: int,
+                ckpts: checkpoint.Checkpoints) -> None:
+  """Raises Diverged unless the parameters, BatchNorm statistics, optimiser
+  state and cache of `state` are all finite: the losses can stay finite
+  while BatchNorm statistics are already NaN."""
+  if not bool(_all_finite(state)):
+    bad = [jax.tree_util.keystr(path) for path, x in
+           jax.tree_util.tree_leaves_with_path(state)
+           if jnp.issubdtype(x.dtype, jnp.inexact)
+           and not bool(jnp.all(jnp.isfinite(x)))]
+    raise Diverged(f'training diverged: non-finite values in {len(bad)} state '
+                   f'arrays at step {step} (first: {bad[0]}); stopped without '
+                   f'saving, every checkpoint kept (last good: {_kept(ckpts)}).'
+                   ' Lower config.learning_rate?')
+
+
+class StopRequest:
+  """Turns SIGTERM (what SLURM and cloud preemption send) and SIGINT into a
+  request to stop at the next step boundary; a context manager.
+
+  A second signal interrupts at once (KeyboardInterrupt), for a user who
+  will not wait for the step. Off the main thread (where Python delivers
+  signals) it does nothing.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = 0
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning('%s received: saving at the next step boundary.',
+                    signal.Signals(signum).name)
+
+  def __enter__(self) -> 'StopRequest':
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def requested(self) -> int:
+    """The signal to stop for, or 0; on several processes, any process's
+    signal stops all of them at the same step."""
+    if jax.process_count() == 1:
+      return self.signum
+    return int(np.max(multihost_utils.process_allgather(
+        np.int32(self.signum))))
 
 
 def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
@@ -209,15 +319,98 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
                                         config.icc.delta))
 
 
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """One run per workdir: process 0 holds WORKDIR's lock (the other
+  processes of a multi-host run share it) while the body runs."""
+  if jax.process_index() != 0:
+    yield
+    return
+  with workdir_lock.WorkdirLock(workdir):
+    yield
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        reuse: Reuse | None = None) -> dict[str, Any]:
-  """Trains the teacher of `config` in `workdir`, resuming if it can."""
-  workdir = prepare_workdir(workdir)
+  """Trains the teacher of `config` in `workdir`, resuming if it can.
+
+  Every check that can reject the config runs before the workdir is
+  created or written.
+  """
+  require_workdir(workdir)
+  validate.check_config(config)
+  validate.check_resumable(config, workdir)
   mesh = parallel.make_mesh(config.get('num_devices') or None)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  parallel.check_batch_size(config.eval_batch_size, mesh,
+                            'config.eval_batch_size')
   dataset = load_dataset(config, reuse)
-  return fit(config, workdir, build_teacher(config, dataset, mesh, reuse),
-             dataset, mesh, reuse=reuse)
+  setup = build_teacher(config, dataset, mesh, reuse)
+  workdir = prepare_workdir(workdir)
+  with hold_workdir(workdir):
+    return fit(config, workdir, setup, dataset, mesh, reuse=reuse)
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """WORKDIR/config.json, replaced atomically, beside a checkpoint that has
+  just been saved: a rejected or diverged run never rewrites it."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, validate.CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(config_as_dict(config), f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def _restore(ckpts: checkpoint.Checkpoints, abstract_state,
+             steps_per_epoch: int):
+  """(state, meta) of the newest intact checkpoint, a preempted run's if it
+  is newer than the last epoch's; None for a new run."""
+  epochs = ckpts.latest_steps('last')
+  preempted = ckpts.latest_steps('preempted')
+  if preempted and (not epochs or
+                    preempted[-1] > epochs[-1] * steps_per_epoch):
+    restored = ckpts.restore_newest_intact(abstract_state, 'preempted')
+    if restored is not None:
+      return restored[:2]
+  restored = ckpts.restore_newest_intact(abstract_state, 'last')
+  return None if restored is None else restored[:2]
+
+
+def _partial_epoch(per_step: list[dict], logged: int) -> dict[str, Any]:
+  """The metrics of an epoch's steps so far, exactly (float32 values are
+  exact as JSON floats), so that a resumed epoch's record is identical."""
+  per_step = jax.device_get(per_step)
+  keys = list(per_step[0]) if per_step else []
+  return {'logged': logged,
+          'metrics': {k: [float(m[k]) for m in per_step] for k in keys},
+          'dtypes': {k: str(np.asarray(per_step[0][k]).dtype) for k in keys}}
+
+
+def _unpack_partial(partial: dict[str, Any]) -> tuple[list[dict], int]:
+  metrics, dtypes = partial['metrics'], partial['dtypes']
+  n = len(next(iter(metrics.values()))) if metrics else 0
+  per_step = [{k: np.asarray(metrics[k][i], dtypes[k]) for k in metrics}
+              for i in range(n)]
+  return per_step, partial['logged']
+
+
+def _header(config, setup: RunSetup, dataset: datasets.Dataset, mesh: Mesh,
+            abstract_state, start_step: int) -> None:
+  """What the first silent seconds are for, and what the run is."""
+  params = sum(int(np.prod(x.shape)) for x in
+               jax.tree.leaves(abstract_state.params))
+  devices = mesh.devices.flat[0]
+  logging.info(
+      'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
+      'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
+      'process(es), compute dtype %s; %s.', config.get('mode', 'teacher'),
+      config.model, len(dataset.train_labels), len(dataset.test_labels),
+      'x'.join(map(str, dataset.train_images.shape[1:])), dataset.num_classes,
+      setup.steps_per_epoch, config.num_epochs, config.batch_size,
+      f'{params:,}', mesh.devices.size, devices.platform, jax.process_count(),
+      config.dtype,
+      f'resuming at step {start_step}' if start_step else 'a new run')
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
@@ -226,23 +419,47 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
         reuse: Reuse | None = None) -> dict[str, Any]:
   """The train loop shared by teachers and students: resume, train, evaluate
   after each epoch, log, checkpoint; returns the summary (also written to
-  WORKDIR/summary.json, with `summary_extra` added)."""
+  WORKDIR/summary.json, with `summary_extra` added).
+
+  Nothing is saved before the whole new state and the step losses are
+  checked (`check_state`, `check_losses`): a diverged run raises Diverged
+  and leaves every checkpoint and config.json as they were. SIGTERM or
+  SIGINT save the state at the next step boundary into WORKDIR/preempted
+  and raise Preempted; the rerun resumes there, bit for bit.
+  """
+  ckpts = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
+  try:
+    return _fit(config, workdir, setup, dataset, mesh, ckpts,
+                summary_extra, reuse)
+  finally:
+    ckpts.close()
+
+
+def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
   steps_per_epoch = setup.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
   learning_rate_fn = setup.learning_rate_fn
 
-  ckpts = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
-  start_epoch, best = 0, {'top1': -1.0, 'epoch': 0}
-  if ckpts.latest_epoch() is not None:
-    state, meta = ckpts.restore(
-        checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh))
-    start_epoch, best = meta['epoch'], meta['best']
-    logging.info('Resumed from %s at epoch %d.', workdir, start_epoch)
+  abstract_state = checkpoint.abstract_like(jax.eval_shape(setup.init_state),
+                                            mesh)
+  restored = _restore(ckpts, abstract_state, steps_per_epoch)
+  per_step, logged = [], 0
+  if restored is not None:
+    state, meta = restored
+    start_step = meta.get('step', meta['epoch'] * steps_per_epoch)
+    best, history = meta['best'], meta.get('history')
+    reference_loss = meta.get('reference_loss')
+    if meta.get('partial'):
+      per_step, logged = _unpack_partial(meta['partial'])
+    logging.info('Resumed from %s at step %d (epoch %d).', workdir,
+                 start_step, meta['epoch'])
   else:
     state = jax.jit(setup.init_state,
                     out_shardings=parallel.replicated(mesh))()
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    json.dump(config_as_dict(config), f, indent=2)
+    start_step, best, history, reference_loss = 0, {'top1': -1.0,
+                                                    'epoch': 0}, [], None
+  _header(config, setup, dataset, mesh, abstract_state, start_step)
+  start_epoch, first_step_in_epoch = divmod(start_step, steps_per_epoch)
 
   train_split, test_split = input_pipeline.to_device(dataset, mesh)
   train_step, step_args = setup.train_step, setup.step_args
@@ -256,78 +473,109 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
           dtype=compute_dtype(config), batch_size=config.eval_batch_size,
           reference=reference))
   reference_variables = setup.reference[1] if setup.reference else None
-  batches = setup.batches(config, train_split, mesh,
-                          start_epoch * steps_per_epoch)
+  batches = setup.batches(config, train_split, mesh, start_step)
 
-  writer = metric_writer.MetricWriter(workdir, start_epoch * steps_per_epoch)
-  progress = metric_writer.Progress(total_steps, start_epoch * steps_per_epoch,
-                                    config.batch_size)
+  writer = metric_writer.MetricWriter(
+      workdir, start_step if restored is not None else None,
+      epoch_records=history)
+  history = list(history or [])
+  progress = metric_writer.Progress(total_steps, start_step, config.batch_size)
   cache_bytes = cache_lib.nbytes(state.cache) if state.cache is not None else 0
+  input_shape = list(dataset.train_images.shape[1:])
+
+  def meta(epoch: int, step: int, **extra) -> dict[str, Any]:
+    return {'epoch': epoch, 'step': step, 'best': best,
+            'reference_loss': reference_loss, 'input_shape': input_shape,
+            'history': history, **extra}
+
   record, memory = {}, {}
-  for epoch in range(start_epoch, config.num_epochs):
-    epoch_start = time.perf_counter()
-    per_step, logged = [], 0
-    window_start = time.perf_counter()
-    for i in range(steps_per_epoch):
-      images, labels = next(batches)
-      if not memory:
-        # Compiling ahead shares XLA's cache with the call that follows, so
-        # the memory analysis costs a trace, not a second compilation.
-        memory = ablation_metrics.compiled_memory(
-            train_step.lower(state, images, labels, step_args).compile())
-        memory['cache_bytes'] = cache_bytes
-        if epoch == 0:  # Once per run, also when it resumes later.
-          writer.write('memory', 0, memory)
-      state, metrics = train_step(state, images, labels, step_args)
-      per_step.append(metrics)
-      step = epoch * steps_per_epoch + i + 1
-      if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
-        window = jax.device_get(per_step[logged:])
-        _finite_or_stop(np.array([m['loss'] for m in window]),
-                        step - len(window) + 1, ckpts)
-        step_time = (time.perf_counter() - window_start) / len(window)
-        values = _mean_metrics(window)
-        values.update(learning_rate=float(learning_rate_fn(step - 1)),
-                      step_time=step_time,
-                      images_per_second=config.batch_size / step_time)
-        writer.write('train', step, values)
-        progress.report(step, epoch, config.num_epochs,
-                        {'loss': values['loss'], 'acc': values['accuracy']})
-        logged, window_start = len(per_step), time.perf_counter()
+  with StopRequest() as stop:
+    for epoch in range(start_epoch, config.num_epochs):
+      epoch_start = time.perf_counter()
+      if epoch != start_epoch:
+        per_step, logged = [], 0
+      window_start = time.perf_counter()
+      first = first_step_in_epoch if epoch == start_epoch else 0
+      for i in range(first, steps_per_epoch):
+        step = epoch * steps_per_epoch + i  # steps taken so far
+        signum = stop.requested()
+        if signum:
+          window = jax.device_get(per_step[logged:])
+          if window:
+            check_losses(np.array([m['loss'] for m in window]),
+                         step - len(window) + 1, reference_loss, ckpts)
+          check_state(state, step, ckpts)
+          ckpts.save_preempted(step, state, meta(
+              epoch, step, partial=_partial_epoch(per_step, logged)),
+                               config_as_dict(config))
+          _write_config(workdir, config)
+          writer.close()
+          raise Preempted(signum, f'stopped by {signal.Signals(signum).name} '
+                          f'at step {step}; saved it in {workdir}/preempted. '
+                          'Rerun the same command to resume.')
+        images, labels = next(batches)
+        if not memory:
+          logging.info('Compiling the train step...')
+          # Compiling ahead shares XLA's cache with the call that follows, so
+          # the memory analysis costs a trace, not a second compilation.
+          memory = ablation_metrics.compiled_memory(
+              train_step.lower(state, images, labels, step_args).compile())
+          memory['cache_bytes'] = cache_bytes
+          if start_step == 0:  # Once per run, also when it resumes later.
+            writer.write('memory', 0, memory)
+        state, metrics = train_step(state, images, labels, step_args)
+        per_step.append(metrics)
+        step += 1
+        if reference_loss is None:
+          reference_loss = float(metrics['loss'])
+        if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
+          window = jax.device_get(per_step[logged:])
+          check_losses(np.array([m['loss'] for m in window]),
+                       step - len(window) + 1, reference_loss, ckpts)
+          step_time = (time.perf_counter() - window_start) / len(window)
+          values = _mean_metrics(window)
+          values.update(learning_rate=float(learning_rate_fn(step - 1)),
+                        step_time=step_time,
+                        images_per_second=config.batch_size / step_time)
+          writer.write('train', step, values)
+          progress.report(step, epoch, config.num_epochs,
+                          {'loss': values['loss'], 'acc': values['accuracy']})
+          logged, window_start = len(per_step), time.perf_counter()
 
-    per_step = jax.device_get(per_step)
-    losses = np.array([m['loss'] for m in per_step])
-    test = evaluate_fn({'params': state.params['model'],
-                        'batch_stats': state.batch_stats}, test_split,
-                       reference_variables)
-    epoch_time = time.perf_counter() - epoch_start
-    record = {'epoch': epoch + 1, **_mean_metrics(per_step),
-              'loss_var': float(np.var(losses)),
-              'step_losses': losses.tolist(),
-              **{f'test_{k}': v for k, v in test.items()},
-              'epoch_time': epoch_time,
-              'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
-              'cache_bytes': cache_bytes}
-    writer.write('epoch', step, record)
-    logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
-                 epoch + 1, config.num_epochs, test['top1'], test['top5'],
-                 record['loss'],
-                 f", agreement with teacher {test['agreement']:.4f}"
-                 if 'agreement' in test else '')
+      check_state(state, step, ckpts)
+      per_step = jax.device_get(per_step)
+      losses = np.array([m['loss'] for m in per_step])
+      test = evaluate_fn({'params': state.params['model'],
+                          'batch_stats': state.batch_stats}, test_split,
+                         reference_variables)
+      epoch_time = time.perf_counter() - epoch_start
+      record = {'epoch': epoch + 1, **_mean_metrics(per_step),
+                'loss_var': float(np.var(losses)),
+                'step_losses': losses.tolist(),
+                **{f'test_{k}': v for k, v in test.items()},
+                'epoch_time': epoch_time,
+                'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
+                'cache_bytes': cache_bytes}
+      history.append(writer.write('epoch', step, record))
+      logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
+                   epoch + 1, config.num_epochs, test['top1'], test['top5'],
+                   record['loss'],
+                   f", agreement with teacher {test['agreement']:.4f}"
+                   if 'agreement' in test else '')
 
-    improved = test['top1'] > best['top1']
-    if improved:
-      best = {'top1': test['top1'], 'epoch': epoch + 1}
-    is_last = epoch + 1 == config.num_epochs
-    regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
-    if regular or improved:
-      ckpts.save(epoch + 1, state, {'epoch': epoch + 1, 'best': best},
-                 config_as_dict(config), last=regular, best=improved)
+      improved = test['top1'] > best['top1']
+      if improved:
+        best = {'top1': test['top1'], 'epoch': epoch + 1}
+      is_last = epoch + 1 == config.num_epochs
+      regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
+      if regular or improved:
+        ckpts.save(epoch + 1, state, meta(epoch + 1, step),
+                   config_as_dict(config), last=regular, best=improved)
+        _write_config(workdir, config)
 
-  ckpts.close()
   writer.close()
   if not record:  # Restarted after the last epoch: nothing left to train.
-    record = metric_writer.read_records(workdir, 'epoch')[-1]
+    record = history[-1] if history else {}
   summary = {'final_top1': record.get('test_top1'),
              'best_top1': best['top1'], 'best_epoch': best['epoch'],
              'epochs': config.num_epochs, 'steps': total_steps,

@@ -1,0 +1,502 @@
+"""Long runs that cannot lose good work: bad values rejected before any write,
+divergence stopped before saving, one run per workdir, damaged checkpoints
+falling back, preemption saving mid-epoch and resuming bit for bit, and
+two processes under jax.distributed training like one.
+
+Most cases call launch.py's `main` in this process (a subprocess costs
+seconds of imports per case); the exit-code path, the lock and the
+signals are exercised in real subprocesses.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import COLLECTIVE_PATIENCE, ROOT
+from icckd_jax.training import checkpoint
+from icckd_jax.training import metric_writer
+from icckd_jax.training import parallel
+from icckd_jax.training import train
+from icckd_jax.training import workdir_lock
+from icckd_jax.training.train_state import TrainState
+
+SMOKE = ('--config=configs/teacher.py:smoke',)
+# The trained fixture's run: a cross-entropy teacher (the cheapest step to
+# compile), 2 steps per epoch, 2 epochs, one device.
+TRAINED = (*SMOKE, '--config.dataset.num_train=64', '--config.icc.lam=0',
+           '--config.num_devices=1')
+TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
+
+
+def run_launcher(*args) -> tuple[int, str]:
+  """launch.py in this process: (exit code, stderr)."""
+  import launch  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  argv = ['launch.py', *args]
+  err = io.StringIO()
+  old_argv, old_err = sys.argv, sys.stderr
+  # ml_collections reads the --config.* overrides from sys.argv.
+  sys.argv, sys.stderr = argv, err
+  code = 0
+  try:
+    launch.parse_flags(argv)
+    launch.main(['launch.py'])
+  except SystemExit as e:
+    code = e.code
+  finally:
+    sys.argv, sys.stderr = old_argv, old_err
+    launch.FLAGS.unparse_flags()
+    # config_flags defines a flag per --config.* override at parse time;
+    # the next argv may name the same fields.
+    for name in [n for n in launch.FLAGS if n.startswith('config.')]:
+      delattr(launch.FLAGS, name)
+  return code, err.getvalue()
+
+
+def error_line(code: int, stderr: str) -> str:
+  """The single `error:` line of a rejected run, asserting exit code 2."""
+  assert code == 2, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-2000:]
+  errors = [l for l in stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, stderr[-2000:]
+  assert '\\n' not in errors[0] and "\\'" not in errors[0], errors[0]
+  return errors[0]
+
+
+def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:
+  """Every file under `path` with its contents; None if `path` is absent."""
+  if not path.exists():
+    return None
+  return {str(p.relative_to(path)): p.read_bytes()
+          for p in sorted(path.rglob('*')) if p.is_file()}
+
+
+def restore_state(workdir, which='last'):
+  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+  state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
+  ckpts.close()
+  return jax.device_get(state), meta
+
+
+def strip_timing(records):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in records]
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory) -> pathlib.Path:
+  """A smoke teacher, 2 epochs on 1 device: checkpoints/1, /2 and best."""
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  return workdir
+
+
+# (arguments, what the error line must say). `{new}` is a workdir that does
+# not exist, `{run}` the trained teacher's.
+BAD_INPUTS = {
+    'checkpoint_every_0': (['--config.checkpoint_every_epochs=0'],
+                           'config.checkpoint_every_epochs=0 is out of range'),
+    'log_every_0': (['--config.log_every_steps=0'],
+                    'config.log_every_steps=0 is out of range'),
+    'num_epochs_0': (['--config.num_epochs=0'], 'config.num_epochs=0'),
+    'keep_0': (['--config.keep_checkpoints=0'], 'config.keep_checkpoints=0'),
+    'lr_negative': (['--config.learning_rate=-0.1'],
+                    'config.learning_rate=-0.1 is out of range; it must be a '
+                    'finite number > 0'),
+    'lr_zero': (['--config.learning_rate=0'], 'config.learning_rate=0'),
+    'lr_inf': (['--config.learning_rate=inf'], 'config.learning_rate=inf'),
+    'delta_nan': (['--config.icc.delta=nan'], 'config.icc.delta=nan'),
+    'tau_inf': (['--config.icc.tau=inf'], 'config.icc.tau=inf'),
+    'lam_negative': (['--config.icc.lam=-1'], 'config.icc.lam=-1'),
+    'lr_decay_rate_nan': (['--config.lr_decay_rate=nan'],
+                          'config.lr_decay_rate=nan'),
+    'lr_decay_epoch_negative': (['--config.lr_decay_epochs=(-1,)'],
+                                'config.lr_decay_epochs=(-1,)'),
+    'momentum_1.5': (['--config.momentum=1.5'], 'config.momentum=1.5'),
+    'weight_decay_negative': (['--config.weight_decay=-0.0001'],
+                              'config.weight_decay=-0.0001'),
+    'batch_0': (['--config.batch_size=0'], 'config.batch_size=0'),
+    'eval_batch_0': (['--config.eval_batch_size=0'],
+                     'config.eval_batch_size=0'),
+    'eval_batch_indivisible': (['--config.eval_batch_size=30'],
+                               'config.eval_batch_size=30 is not divisible'),
+    'batch_over_data': (['--config.batch_size=512'],
+                        'config.batch_size=512 is larger than the 256'),
+    'cache_negative': (['--config.cache.size=-1'], 'config.cache.size=-1'),
+    'num_train_0': (['--config.dataset.num_train=0'],
+                    'config.dataset.num_train=0'),
+    'one_class': (['--config.dataset.num_classes=1'],
+                  'config.dataset.num_classes=1'),
+    'seed_negative': (['--config.seed=-1'], 'config.seed=-1'),
+    'crop_negative': (['--config.crop_padding=-1'], 'config.crop_padding=-1'),
+    'num_devices_negative': (['--config.num_devices=-1'],
+                             'config.num_devices=-1'),
+    'nested_misspelt': (['--config.icc.lamda=1'],
+                        'no such config field: lamda (did you mean "lam" '
+                        'instead of "lamda"?)'),
+    'pipeline_student_alpha': (
+        ['--config=configs/pipeline.py:smoke',
+         '--config.student.distill.alpha=-1'],
+        'config.student.distill.alpha=-1'),
+    'student_temperature_0': (
+        ['--config=configs/student.py:smoke', '--config.teacher.workdir={run}',
+         '--config.distill.temperature=0'], 'config.distill.temperature=0'),
+    'student_image_size': (
+        ['--config=configs/student.py:smoke', '--config.teacher.workdir={run}',
+         '--config.dataset.image_size=16'],
+        'config.dataset.image_size=16 but the teacher was trained on '
+        'dataset.image_size=32'),
+    'student_no_teacher': (
+        ['--config=configs/student.py:smoke',
+         '--config.teacher.workdir={new}_teacher'], 'config.teacher.workdir='),
+}
+
+# Changes that build another run: refused on the trained workdir.
+RESUME_MISMATCHES = {
+    'model': (['--config.model=resnet14'],
+              "holds a run with model='resnet8' (now 'resnet14')"),
+    'batch_size': (['--config.batch_size=64'], 'batch_size=32 (now 64)'),
+    'image_size': (['--config.dataset.image_size=16'],
+                   'dataset.image_size=32 (now 16)'),
+    'cache': (['--config.cache.store=images', '--config.cache.size=2'],
+              "cache.size=4 (now 2); cache.store='features' (now 'images')"),
+    'seed': (['--config.seed=3'], 'seed=0 (now 3)'),
+    'learning_rate': (['--config.learning_rate=0.1'],
+                      'learning_rate=0.05 (now 0.1)'),
+    'bad_value_first': (['--config.num_epochs=0', '--config.model=resnet14'],
+                        'config.num_epochs=0'),
+}
+
+
+def _fill(args, run, new):
+  return [a.format(run=run, new=new) for a in args]
+
+
+@pytest.mark.parametrize('name', sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, trained,
+                                                         tmp_path):
+  """Every bad value of a new run: exit 2, one line, no workdir created, and
+  the teacher it may read left byte for byte as it was."""
+  args, expected = BAD_INPUTS[name]
+  new = tmp_path / 'new'
+  config = [] if any(a.startswith('--config=') for a in args) else list(SMOKE)
+  before = snapshot(trained)
+  code, stderr = run_launcher(*config, *_fill(args, trained, new),
+                              f'--workdir={new}')
+  assert expected in error_line(code, stderr)
+  assert not new.exists()
+  assert snapshot(trained) == before
+
+
+@pytest.mark.parametrize('name', sorted(RESUME_MISMATCHES))
+def test_resume_with_another_run_config_is_refused(name, trained):
+  args, expected = RESUME_MISMATCHES[name]
+  before = snapshot(trained)
+  code, stderr = run_launcher(*TRAINED, *args, f'--workdir={trained}')
+  assert expected in error_line(code, stderr)
+  assert snapshot(trained) == before
+
+
+@pytest.mark.parametrize('args,expected', [
+    (['--config.eval_batch_size=0'], 'config.eval_batch_size=0'),
+    (['--config.checkpoint=middle'], "config.checkpoint='middle' is unknown"),
+])
+def test_bad_eval_values_are_one_line(trained, args, expected):
+  before = snapshot(trained)
+  code, stderr = run_launcher('--config=configs/eval.py',
+                              f'--config.workdir={trained}', *args)
+  assert expected in error_line(code, stderr)
+  assert snapshot(trained) == before
+
+
+def test_a_held_workdir_is_refused_naming_its_holder(trained):
+  with workdir_lock.WorkdirLock(str(trained)):
+    before = snapshot(trained)
+    code, stderr = run_launcher(*TRAINED, f'--workdir={trained}')
+    after = snapshot(trained)
+  line = error_line(code, stderr)
+  assert f'is in use by process {os.getpid()} on host' in line
+  assert after == before
+
+
+def test_bad_value_in_a_real_process_exits_2_before_writing(tmp_path):
+  """The exit-code path outside pytest: a fresh interpreter, a bad value."""
+  new = tmp_path / 'new'
+  result = subprocess.run(
+      [sys.executable, str(ROOT / 'launch.py'), *SMOKE,
+       '--config.icc.lamda=1', f'--workdir={new}'],
+      cwd=ROOT, capture_output=True, text=True)
+  assert 'no such config field: lamda (did you mean "lam"' in error_line(
+      result.returncode, result.stderr)
+  assert not new.exists()
+
+
+def test_student_data_must_have_the_teacher_image_shape(trained):
+  """The shape recorded with the teacher's checkpoint is what the student's
+  images are checked against (channels included)."""
+  from icckd_jax.training import student  # pylint: disable=g-import-not-at-top
+  from configs import teacher  # pylint: disable=g-import-not-at-top
+  ckpts = checkpoint.Checkpoints(str(trained), read_only=True)
+  shape = ckpts.input_shape('last')
+  ckpts.close()
+  assert shape == [32, 32, 3]
+  data = teacher.get_config('smoke').dataset
+  student._check_same_data(data, data, (32, 32, 3), shape)
+  with pytest.raises(student.UserError, match=r'images of shape \(32, 32, 1\)'
+                     r'.* trained on \(32, 32, 3\)'):
+    student._check_same_data(data, data, (32, 32, 1), shape)
+
+
+def test_loss_and_state_checks_catch_what_they_must():
+  """check_losses: a finite loss 100x the first step's is divergence;
+  check_state: NaN only in BatchNorm statistics is divergence too."""
+  class NoCheckpoints:
+    def latest_epoch(self):
+      return 3
+  ckpts = NoCheckpoints()
+  train.check_losses(np.array([2.3, 50.0, 229.0]), 1, 2.3, ckpts)
+  with pytest.raises(train.Diverged, match='loss 231 at step 8 .*last good: '
+                     'epoch 3'):
+    train.check_losses(np.array([2.0, 231.0]), 7, 2.3, ckpts)
+  with pytest.raises(train.Diverged, match='loss nan at step 2'):
+    train.check_losses(np.array([2.0, np.nan]), 1, 2.3, ckpts)
+  state = TrainState(step=jnp.zeros((), jnp.int32),
+                     params={'w': jnp.ones(3)},
+                     batch_stats={'mean': jnp.zeros(3)},
+                     opt_state=({'m': jnp.zeros(3)},))
+  train.check_state(state, 5, ckpts)
+  with pytest.raises(train.Diverged, match=r"state arrays at step 5 .*mean"):
+    train.check_state(state.replace(
+        batch_stats={'mean': jnp.array([0.0, jnp.nan, 0.0])}), 5, ckpts)
+  with pytest.raises(train.Diverged, match='1 state arrays'):
+    train.check_state(state.replace(
+        opt_state=({'m': jnp.array([jnp.inf, 0.0, 0.0])},)), 5, ckpts)
+
+
+def test_diverging_run_keeps_its_good_checkpoints(tmp_path, caplog):
+  """The learning rate jumps x1e6 after epoch 1: epoch 1 is saved, epoch 2
+  diverges; with keep_checkpoints=1 the good checkpoint stays, NaN-free,
+  with its config.json. A stale
+  memory record of a run killed before its first checkpoint is dropped. The
+  run's header comes before compiling."""
+  caplog.set_level(logging.INFO)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'metrics.jsonl').write_text(
+      '{"kind": "memory", "step": 0}\n{"kind": "train", "step": 4}\n')
+  args = (*TRAINED, '--config.lr_decay_epochs=(1,)',
+          '--config.lr_decay_rate=1e6', '--config.keep_checkpoints=1',
+          f'--workdir={workdir}')
+  line = error_line(*run_launcher(*args))
+  assert 'training diverged' in line and 'last good: epoch 1' in line
+  log = caplog.text
+  assert log.index('64 train / 128 test images 32x32x3') < log.index(
+      'Compiling the train step')
+  for shown in ('2 steps per epoch x 2 epochs', 'parameters; 1 cpu device(s)',
+                'compute dtype float32', 'a new run'):
+    assert shown in log, shown
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1']
+  assert not os.listdir(workdir / 'preempted')
+  state, meta = restore_state(workdir)
+  assert meta['epoch'] == 1
+  for leaf in jax.tree.leaves(state):
+    assert np.all(np.isfinite(leaf))
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['keep_checkpoints'] == 1
+  assert [r['kind'] for r in metric_writer.read_records(str(workdir))].count(
+      'memory') == 1
+
+
+
+def _truncate_largest(directory: pathlib.Path) -> pathlib.Path:
+  largest = max((p for p in directory.rglob('*') if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  with open(largest, 'r+b') as f:
+    f.truncate(64)
+  return largest
+
+
+def test_damaged_latest_checkpoint_falls_back(trained, tmp_path):
+  """A truncated file in checkpoints/2: evaluation uses epoch 1 and leaves
+  the workdir alone; resuming moves checkpoint 2 aside intact (never
+  deleted) and trains on from epoch 1; a damaged only-checkpoint is one
+  line and exit 2."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  _truncate_largest(workdir / 'checkpoints' / '2' / 'state')
+  damaged = snapshot(workdir / 'checkpoints' / '2')
+
+  code, stderr = run_launcher('--config=configs/eval.py',
+                              f'--config.workdir={workdir}',
+                              '--config.checkpoint=last')
+  assert code == 0, stderr[-2000:]
+  assert json.loads((workdir / 'eval_last.json').read_text())['epoch'] == 1
+  assert snapshot(workdir / 'checkpoints' / '2') == damaged
+
+  code, stderr = run_launcher(*TRAINED, '--config.num_epochs=3',
+                              f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  assert snapshot(workdir / 'damaged' / 'checkpoints-2') == damaged
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '3']
+  epochs = metric_writer.read_records(str(workdir), 'epoch')
+  assert [r['epoch'] for r in epochs] == [1, 2, 3]
+
+  best = workdir / 'best'
+  _truncate_largest(best / os.listdir(best)[0] / 'state')
+  line = error_line(*run_launcher('--config=configs/eval.py',
+                                  f'--config.workdir={workdir}'))
+  assert 'no intact best checkpoint' in line
+
+
+def test_metrics_file_is_repaired_or_rebuilt_on_rerun(trained, tmp_path):
+  """A finished run rerun with its metrics.jsonl truncated mid-line, or
+  deleted: no crash, the same summary, the epoch records back, once."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  path = workdir / 'metrics.jsonl'
+  original = metric_writer.read_records(str(workdir))
+  summary = json.loads((workdir / 'summary.json').read_text())
+  path.write_bytes(path.read_bytes()[:-40])
+  code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  assert metric_writer.read_records(str(workdir)) == original
+  path.unlink()
+  code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  assert metric_writer.read_records(str(workdir)) == [
+      r for r in original if r['kind'] == 'epoch']
+  assert json.loads((workdir / 'summary.json').read_text())[
+      'final_top1'] == summary['final_top1']
+
+
+def test_tensorboard_purges_steps_past_the_resumed_one(trained, tmp_path,
+                                                       monkeypatch):
+  purge_steps = []
+
+  class Recorder:
+    def __init__(self, logdir, purge_step=None):
+      del logdir
+      purge_steps.append(purge_step)
+
+    def close(self):
+      pass
+  monkeypatch.setattr(metric_writer, 'SummaryWriter', Recorder)
+  metric_writer.MetricWriter(str(trained), 12).close()
+  assert purge_steps == [13]
+
+
+# A run long enough to be stopped mid-epoch: 8 steps per epoch, 2 epochs,
+# every step logged, the objective and its cache on; on 2 devices.
+PREEMPT_ARGS = (*SMOKE, '--config.log_every_steps=1')
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory) -> pathlib.Path:
+  """PREEMPT_ARGS uninterrupted, one process, two devices."""
+  workdir = tmp_path_factory.mktemp('straight') / 'run'
+  code, stderr = run_launcher(*PREEMPT_ARGS, '--config.num_devices=2',
+                              f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  return workdir
+
+
+def _subprocess_env(devices: int) -> dict[str, str]:
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices} '
+      f'{COLLECTIVE_PATIENCE}'))
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(straight_run,
+                                                         tmp_path):
+  """A second run on a busy workdir is refused at once; SIGTERM mid-epoch
+  saves at the next step and exits 143; the rerun ends bit-identical to the
+  uninterrupted run, state and metrics (timings aside)."""
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+      [sys.executable, str(ROOT / 'launch.py'), *PREEMPT_ARGS,
+       f'--workdir={workdir}'], cwd=ROOT, env=_subprocess_env(2),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+
+  def wait_for(condition):
+    while not condition():
+      assert proc.poll() is None and time.time() < deadline, (
+          proc.stderr.read()[-3000:])
+      time.sleep(0.05)
+
+  # The lock is taken before compiling, so the second run meets it while
+  # the first is still seconds away from its first step.
+  wait_for(lambda: f'process {proc.pid} ' in workdir_lock.describe_holder(
+      str(workdir / workdir_lock.LOCK_FILE)))
+  line = error_line(*run_launcher(*PREEMPT_ARGS, f'--workdir={workdir}'))
+  assert f'is in use by process {proc.pid}' in line
+  wait_for(lambda: any(r['kind'] == 'train' and r['step'] >= 1
+                       for r in metric_writer.read_records(str(workdir))))
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  assert 'preempted: stopped by SIGTERM at step' in stderr
+  step, = (int(s) for s in os.listdir(workdir / 'preempted'))
+  assert step % 8, f'stopped at step {step}, an epoch boundary: not mid-epoch'
+
+  code, stderr = run_launcher(*PREEMPT_ARGS, '--config.num_devices=2',
+                              f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  state_a, meta_a = restore_state(straight_run)
+  state_b, meta_b = restore_state(workdir)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  history_a, history_b = meta_a.pop('history'), meta_b.pop('history')
+  assert meta_a == meta_b
+  assert strip_timing(history_a) == strip_timing(history_b)
+  assert strip_timing(metric_writer.read_records(str(straight_run))) == (
+      strip_timing(metric_writer.read_records(str(workdir))))
+  assert not os.listdir(workdir / 'preempted')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_two_devices(straight_run,
+                                                               tmp_path):
+  """--multihost for real: two processes on localhost, one CPU device each,
+  coordinated by jax.distributed (gloo collectives), write one checkpoint
+  that restores in this process and equals the one-process run's."""
+  workdir = tmp_path / 'run'
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, str(ROOT / 'launch.py'), *PREEMPT_ARGS,
+       f'--workdir={workdir}', '--multihost',
+       f'--coordinator_address=localhost:{port}', '--num_processes=2',
+       f'--process_id={i}'], cwd=ROOT, env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=540)
+    assert proc.returncode == 0, stderr[-3000:]
+  state_a, meta_a = restore_state(straight_run)
+  state_b, meta_b = restore_state(workdir)
+  differences = jax.tree.leaves(jax.tree.map(
+      lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) -
+                                       np.asarray(b, np.float64)), initial=0)),
+      state_a, state_b))
+  print(f'two processes vs one: max abs difference {max(differences)!r}')
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a['epoch'] == meta_b['epoch'] == 2
