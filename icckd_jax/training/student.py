@@ -289,8 +289,11 @@ def train_student(config: ml_collections.ConfigDict, workdir: str,
   parallel.check_batch_size(config.eval_batch_size, mesh,
                             'config.eval_batch_size')
   teacher_config, teacher_variables = load_teacher(config, mesh)
-  dataset = train.load_dataset(config, reuse)
   if 'dataset' in teacher_config:  # An Orbax teacher of this project.
+    # The config fields first: a mismatch is refused before any data loads.
+    _check_same_data(config.dataset, teacher_config.dataset)
+  dataset = train.load_dataset(config, reuse)
+  if 'dataset' in teacher_config:
     ckpts = checkpoint.Checkpoints(config.teacher.workdir, read_only=True)
     _check_same_data(config.dataset, teacher_config.dataset,
                      dataset.train_images.shape[1:],
