@@ -169,7 +169,7 @@ def _read_members(spec: _Spec, source: pathlib.Path, where: str,
           members[parts[1]] = tar.extractfile(member).read()
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise UserError(f'{where} is not a readable tar.gz archive, or is '
-                    f'truncated ({one_line(e)}); {expected}') from e
+                    f'truncated ({one_line(e).rstrip(":")}); {expected}') from e
   return members
 
 
