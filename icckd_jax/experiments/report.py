@@ -106,8 +106,11 @@ def write_result(run_dir: str, setting: str, seed: int, teacher_batch: int,
       **t_series, **s_series,
       'teacher_gate_pass_rate': [e.get('gate_pass_rate') for e in
                                  teacher['epochs']]}}
-  with open(os.path.join(run_dir, RESULT_FILE), 'w') as f:
+  # Whole or not at all: concurrent sweep workers may write the same file.
+  path = os.path.join(run_dir, RESULT_FILE)
+  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
     json.dump(result, f, indent=2)
+  os.replace(f'{path}.{os.getpid()}.tmp', path)
   return result
 
 

@@ -27,6 +27,7 @@ from icckd_jax.experiments import ablation_metrics
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.training import checkpoint
 from icckd_jax.data import datasets
+from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
 from icckd_jax.data import input_pipeline
 from icckd_jax.training import metric_writer
@@ -263,6 +264,9 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
   progress = metric_writer.Progress(total_steps, start_epoch * steps_per_epoch,
                                     config.batch_size)
   cache_bytes = cache_lib.nbytes(state.cache) if state.cache is not None else 0
+  clock = estimate.RunClock(config.batch_size, steps_per_epoch, total_steps,
+                            start_epoch * steps_per_epoch,
+                            reuse.sweep_clock if reuse else None)
   record, memory = {}, {}
   for epoch in range(start_epoch, config.num_epochs):
     epoch_start = time.perf_counter()
@@ -279,6 +283,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
         if epoch == 0:  # Once per run, also when it resumes later.
           writer.write('memory', 0, memory)
       state, metrics = train_step(state, images, labels, step_args)
+      clock.after_step((epoch - start_epoch) * steps_per_epoch + i, metrics)
       per_step.append(metrics)
       step = epoch * steps_per_epoch + i + 1
       if step % config.log_every_steps == 0 or i == steps_per_epoch - 1:
@@ -292,7 +297,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
                       images_per_second=config.batch_size / step_time)
         writer.write('train', step, values)
         progress.report(step, epoch, config.num_epochs,
-                        {'loss': values['loss'], 'acc': values['accuracy']})
+                        {'loss': values['loss'], 'acc': values['accuracy']},
+                        clock.note())
         logged, window_start = len(per_step), time.perf_counter()
 
     per_step = jax.device_get(per_step)
@@ -309,6 +315,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
               'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
               'cache_bytes': cache_bytes}
     writer.write('epoch', step, record)
+    clock.after_epoch()
     logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
                  epoch + 1, config.num_epochs, test['top1'], test['top5'],
                  record['loss'],
