@@ -314,6 +314,8 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
   """
   workdir = os.path.abspath(workdir)
   runs = plan(config, workdir)
+  # The report reads the settings from it; a worker may be the first here.
+  _write_sweep_file(config, workdir)
   workers = config.get('workers', 1)
   reuse = Reuse()
   if worker == 0 and config.get('estimate', True) and _unfinished_stages(runs):
@@ -369,6 +371,15 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
   logging.info('[worker %d] done; compiled steps: %s', worker,
                dict(reuse.builds))
   return trained
+
+
+def _write_sweep_file(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """WORKDIR/sweep.json, whole or not at all (workers write it alike)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, SWEEP_FILE)
+  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
+    json.dump(train.config_as_dict(config), f, indent=2)
+  os.replace(f'{path}.{os.getpid()}.tmp', path)
 
 
 def _write_result(run: Run, config: ml_collections.ConfigDict) -> None:
@@ -442,10 +453,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   workdir = train.prepare_workdir(workdir)
   # Fail on a bad setting, seed list or worker count before any training.
   plan(config, workdir)
-  path = os.path.join(workdir, SWEEP_FILE)
-  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
-    json.dump(train.config_as_dict(config), f, indent=2)
-  os.replace(f'{path}.{os.getpid()}.tmp', path)
+  _write_sweep_file(config, workdir)
 
   start = time.perf_counter()
   if config.get('workers', 1) == 1:
