@@ -6,7 +6,7 @@ feature cache, and the image cache; teacher and student, every seed.
   # sweep's `features` runs, not trained again
   python launch.py --config=configs/ablation_cache.py:cpu \
       --workdir=workdirs/cache --config.store=workdirs/store \
-      --config.base.teacher.dataset.path=../shared/data/cifar10-jpeg.tar.gz
+      --config.base.teacher.dataset.path=cifar10-jpeg.tar.gz
 
 The image cache re-embeds K·B cached images every step (K = cache.size), so
 its teacher steps cost several times the others.

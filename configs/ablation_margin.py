@@ -11,7 +11,7 @@ trains a teacher and a student distilled from it (KD).
   # ablation, which then reuses the δ = 0.4 runs as its feature-cache runs
   python launch.py --config=configs/ablation_margin.py:cpu \
       --workdir=workdirs/margin --config.store=workdirs/store \
-      --config.base.teacher.dataset.path=../shared/data/cifar10-jpeg.tar.gz
+      --config.base.teacher.dataset.path=cifar10-jpeg.tar.gz
   # one GPU, full CIFAR-10, resnet32x4 -> resnet8x4, bfloat16, 4 workers,
   # 1 seed: about 7.5 minutes on one H100 (computed, README)
   python launch.py --config=configs/ablation_margin.py:gpu \

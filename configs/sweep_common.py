@@ -29,6 +29,8 @@ def sweep_config(arg: str | None) -> ml_collections.ConfigDict:
   if arg == 'gpu':
     _gpu(c)
   if arg == 'smoke':
+    # Timing steps would cost more than the smoke sweep's own training.
+    c.estimate = False
     c.seeds = (0,)
     c.base.teacher.num_epochs = 3
     c.base.student.num_epochs = 2
