@@ -16,10 +16,10 @@ Workers. `config.workers` processes share the sweep (each on its own GPU
 while there are several, else on the one device). A worker claims a stage
 (teacher or student) by holding its workdir's lock (workdir_lock.py), trains
 it, and moves on; a stage that another worker holds is skipped for now and
-tried again later. Several machines may run the same command on one shared directory (e.g.
-a SLURM array): the locks keep any two workers off one stage. A worker that
-dies drops its locks with it, and the next worker to claim its stage resumes
-it from its checkpoints. Runs are deterministic given their config, so the
+tried again later. Several machines may run the same command on one shared
+directory (e.g. a SLURM array): the locks keep any two workers off one
+stage. A worker that dies drops its locks with it, and the next worker to
+claim its stage resumes it from its checkpoints. Runs are deterministic given their config, so the
 results do not depend on how many workers there were or who ran what.
 
 Restarting a sweep skips finished runs (they hold result.json) and resumes
