@@ -26,9 +26,9 @@ Restarting a sweep skips finished runs (they hold result.json) and resumes
 those in progress. The report (results.csv, summary.md, plots) is rewritten
 after every run from whatever has finished.
 
-Before training, a worker measures the step time of each distinct compiled
+Before training, worker 0 measures the step time of each distinct compiled
 step the sweep needs (and one evaluation) and logs the projected wall time
-of the whole sweep; the progress line of every run then shows the sweep's
+of the whole sweep; the progress lines of its runs then show the sweep's
 ETA (estimate.py).
 """
 
@@ -310,7 +310,8 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
   returns how many stages it trained or resumed.
 
   Worker 0 of each command first measures the steps and logs the sweep's
-  projected wall time; each worker's progress lines show the sweep's ETA.
+  projected wall time; its progress lines then show the sweep's ETA (the
+  other workers' lines do not: they have no projection).
   """
   workdir = os.path.abspath(workdir)
   runs = plan(config, workdir)
