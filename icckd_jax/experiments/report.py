@@ -160,8 +160,12 @@ def write_report(workdir: str) -> list[dict[str, Any]]:
     writer.writerows(rows)
 
   present = [n for n in names if any(r['setting'] == n for r in rows)]
+  with open(os.path.join(workdir, 'sweep.json')) as f:
+    test_subset = json.load(f)['base']['teacher']['dataset'].get('test_subset')
+  split = (f'a fixed {test_subset}-image subset of the test split'
+           if test_subset else 'the whole test split')
   lines = [
-      f'Mean ± std over seeds; top-1 on the whole test split, "last" = final '
+      f'Mean ± std over seeds; top-1 on {split}, "last" = final '
       f'epoch, "best" = best epoch. Shared accuracy for "epochs to shared '
       f'acc": teacher top-1 {100 * threshold:.2f}% (3-epoch moving average).',
       '',
