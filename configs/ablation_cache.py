@@ -2,8 +2,10 @@ r"""The pipeline-cache ablation (docs/method.md §6): the cache removed, the def
 feature cache, and the image cache; teacher and student, every seed.
 
   python launch.py --config=configs/ablation_cache.py --workdir=workdirs/cache
+  # after the margin sweep with the same store: its δ = 0.4 runs are this
+  # sweep's `features` runs, not trained again
   python launch.py --config=configs/ablation_cache.py:cpu \
-      --workdir=workdirs/cache_cpu \
+      --workdir=workdirs/cache --config.store=workdirs/store \
       --config.base.teacher.dataset.path=path/to/cifar10-folder.tar.gz
 
 The image cache re-embeds K·B cached images every step (K = cache.size), so

@@ -20,7 +20,7 @@ from icckd_jax.training import validate
 from icckd_jax.training.reuse import Reuse
 
 
-def _finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
+def finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
   """The summary of a finished run in `workdir`, else None."""
   path = os.path.join(workdir, 'summary.json')
   if not os.path.exists(path):
@@ -34,6 +34,16 @@ def _finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
     return json.load(f)
 
 
+def student_config(config: ml_collections.ConfigDict,
+                   teacher_dir: str) -> ml_collections.ConfigDict:
+  """config.student, distilled from the teacher in `teacher_dir`."""
+  result = ml_collections.ConfigDict(config.student.to_dict())
+  result.teacher.workdir = teacher_dir
+  # The student learns from the teacher's data: the same data set config.
+  result.dataset = ml_collections.ConfigDict(config.teacher.dataset.to_dict())
+  return result
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
@@ -45,7 +55,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
   # its config has passed every check.
   workdir = os.path.abspath(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
-  teacher_summary = _finished(teacher_dir, config.teacher.num_epochs)
+  teacher_summary = finished(teacher_dir, config.teacher.num_epochs)
   if teacher_summary is None:
     teacher_summary = train.train_and_evaluate(config.teacher, teacher_dir,
                                                reuse)
@@ -53,13 +63,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Teacher in %s has finished (top-1 %.4f); not retraining.',
                  teacher_dir, teacher_summary['final_top1'])
 
-  student_config = ml_collections.ConfigDict(config.student.to_dict())
-  student_config.teacher.workdir = teacher_dir
-  # The student learns from the teacher's data: the same data set config.
-  student_config.dataset = ml_collections.ConfigDict(
-      config.teacher.dataset.to_dict())
   student_summary = student.train_student(
-      student_config, os.path.join(workdir, 'student'), reuse)
+      student_config(config, teacher_dir), os.path.join(workdir, 'student'),
+      reuse)
   logging.info('Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
                teacher_summary['final_top1'], student_summary['final_top1'])
   return {'teacher': teacher_summary, 'student': student_summary}

@@ -106,8 +106,11 @@ def write_result(run_dir: str, setting: str, seed: int, teacher_batch: int,
       **t_series, **s_series,
       'teacher_gate_pass_rate': [e.get('gate_pass_rate') for e in
                                  teacher['epochs']]}}
-  with open(os.path.join(run_dir, RESULT_FILE), 'w') as f:
+  # Whole or not at all: concurrent sweep workers may write the same file.
+  path = os.path.join(run_dir, RESULT_FILE)
+  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
     json.dump(result, f, indent=2)
+  os.replace(f'{path}.{os.getpid()}.tmp', path)
   return result
 
 
@@ -157,8 +160,12 @@ def write_report(workdir: str) -> list[dict[str, Any]]:
     writer.writerows(rows)
 
   present = [n for n in names if any(r['setting'] == n for r in rows)]
+  with open(os.path.join(workdir, 'sweep.json')) as f:
+    test_subset = json.load(f)['base']['teacher']['dataset'].get('test_subset')
+  split = (f'a fixed {test_subset}-image subset of the test split'
+           if test_subset else 'the whole test split')
   lines = [
-      f'Mean ± std over seeds; top-1 on the whole test split, "last" = final '
+      f'Mean ± std over seeds; top-1 on {split}, "last" = final '
       f'epoch, "best" = best epoch. Shared accuracy for "epochs to shared '
       f'acc": teacher top-1 {100 * threshold:.2f}% (3-epoch moving average).',
       '',

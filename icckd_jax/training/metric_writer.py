@@ -116,14 +116,14 @@ class Progress:
     self._t0 = time.perf_counter()
 
   def report(self, step: int, epoch: int, num_epochs: int,
-             values: dict) -> None:
+             values: dict, note: str = '') -> None:
     elapsed = time.perf_counter() - self._t0
     done = step - self._start_step
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (self._total - step) / rate if rate > 0 else float('nan')
     shown = ' '.join(f'{k} {v:.4g}' for k, v in values.items())
-    logging.info('epoch %d/%d step %d/%d (%.0f%%) | %s | %.1f img/s | ETA %s',
+    logging.info('epoch %d/%d step %d/%d (%.0f%%) | %s | %.1f img/s | ETA %s%s',
                  epoch + 1, num_epochs, step, self._total,
                  100.0 * step / max(self._total, 1), shown,
                  rate * self._batch,
-                 _duration(eta) if math.isfinite(eta) else '?')
+                 _duration(eta) if math.isfinite(eta) else '?', note)

@@ -20,9 +20,11 @@ T = TypeVar('T')
 class Reuse:
   """A keyed store of built objects, counting how many of each kind it built."""
 
-  def __init__(self):
+  def __init__(self, sweep_clock: Any = None):
     self._items: dict[tuple[str, str], Any] = {}
     self.builds: collections.Counter[str] = collections.Counter()
+    # A sweep's `estimate.SweepClock`: its runs show the sweep's ETA.
+    self.sweep_clock = sweep_clock
 
   def get(self, kind: str, key: str, build: Callable[[], T]) -> T:
     if (kind, key) not in self._items:

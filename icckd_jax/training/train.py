@@ -31,6 +31,7 @@ from icckd_jax.experiments import ablation_metrics
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.training import checkpoint
 from icckd_jax.data import datasets
+from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
 from icckd_jax.data import input_pipeline
 from icckd_jax.training import metric_writer
@@ -488,6 +489,8 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
             'reference_loss': reference_loss, 'input_shape': input_shape,
             'history': history, **extra}
 
+  clock = estimate.RunClock(config.batch_size, steps_per_epoch, total_steps,
+                            start_step, reuse.sweep_clock if reuse else None)
   record, memory = {}, {}
   with StopRequest() as stop:
     for epoch in range(start_epoch, config.num_epochs):
@@ -524,6 +527,7 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
           if start_step == 0:  # Once per run, also when it resumes later.
             writer.write('memory', 0, memory)
         state, metrics = train_step(state, images, labels, step_args)
+        clock.after_step(step - start_step, metrics)
         per_step.append(metrics)
         step += 1
         if reference_loss is None:
@@ -539,7 +543,8 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
                         images_per_second=config.batch_size / step_time)
           writer.write('train', step, values)
           progress.report(step, epoch, config.num_epochs,
-                          {'loss': values['loss'], 'acc': values['accuracy']})
+                          {'loss': values['loss'], 'acc': values['accuracy']},
+                          clock.note())
           logged, window_start = len(per_step), time.perf_counter()
 
       check_state(state, step, ckpts)
@@ -557,6 +562,7 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
                 'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
                 'cache_bytes': cache_bytes}
       history.append(writer.write('epoch', step, record))
+      clock.after_epoch()
       logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
                    epoch + 1, config.num_epochs, test['top1'], test['top5'],
                    record['loss'],

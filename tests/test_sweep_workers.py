@@ -1,0 +1,187 @@
+"""Sweeps shared by workers: runs named by config (one teacher trained once
+for every setting that needs it), two workers reproducing one worker bit for
+bit, and a killed worker's half-trained run resumed by another."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from configs import ablation_cache
+from configs import ablation_margin
+from icckd_jax.experiments import report
+from icckd_jax.experiments import run_store
+from icckd_jax.experiments import sweep
+from icckd_jax.training import checkpoint
+from icckd_jax.training import metric_writer
+from icckd_jax.training import workdir_lock
+
+TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
+
+
+def tiny_sweep(workers=1, settings=('kd: student.distill.method="kd"',),
+               seeds=(0, 1)):
+  """A teacher and its KD student per seed: resnet8 on 16x16 synthetic
+  images, 8 steps an epoch."""
+  config = ablation_margin.get_config('smoke')
+  for stage in (config.base.teacher, config.base.student):
+    stage.log_every_steps = 8
+  config.base.teacher.dataset.image_size = 16
+  config.base.teacher.num_epochs = 4
+  config.base.student.num_epochs = 1
+  config.settings = settings
+  config.seeds = seeds
+  config.workers = workers
+  config.estimate = False
+  return config
+
+
+def run_numbers(workdir):
+  """Everything each run under `workdir` logged, less wall-clock timings,
+  keyed by the run's store path (its config)."""
+  numbers = {}
+  for kind in (run_store.TEACHERS, run_store.STUDENTS):
+    for key in sorted(os.listdir(workdir / kind)):
+      records = metric_writer.read_records(str(workdir / kind / key))
+      numbers[f'{kind}/{key}'] = [
+          {k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in records if r['kind'] in ('train', 'epoch')]
+  return numbers
+
+
+def test_runs_are_named_by_config_not_by_setting(tmp_path):
+  margin = ablation_margin.get_config('cpu')
+  cache = ablation_cache.get_config('cpu')
+  margin.store = cache.store = str(tmp_path / 'store')
+  runs = {(r.setting, r.seed): r for r in
+          sweep.plan(margin, str(tmp_path / 'margin')) +
+          sweep.plan(cache, str(tmp_path / 'cache'))}
+  for seed in margin.seeds:
+    features, delta = runs['features', seed], runs['delta=0.4', seed]
+    # The cache ablation's feature-cache runs are the δ = 0.4 runs.
+    assert features.teacher_dir == delta.teacher_dir
+    assert features.student_dir == delta.student_dir
+    assert features.run_dir != delta.run_dir
+    assert features.teacher_dir.startswith(str(tmp_path / 'store'))
+  teachers = {r.teacher_dir for r in runs.values()}
+  # 9 distinct teachers (7 margin settings, no_cache, images) x 3 seeds.
+  assert len(teachers) == 27
+
+  # Student methods share their teacher, not their student.
+  kd, rkd = sweep.plan(
+      tiny_sweep(settings=('kd: student.distill.method="kd"',
+                           'rkd: student.distill.method="kd_rkd"'),
+                 seeds=(0,)), str(tmp_path / 'kd'))
+  assert kd.teacher_dir == rkd.teacher_dir
+  assert kd.student_dir != rkd.student_dir
+  assert kd.teacher_dir.startswith(str(tmp_path / 'kd' / 'teachers'))
+
+  # What changes a result changes the key; bookkeeping does not.
+  base = tiny_sweep().base.teacher
+  key = run_store.teacher_key(base)
+  for field, value, same in (('log_every_steps', 3, True),
+                             ('checkpoint_every_epochs', 5, True),
+                             ('workdir', 'elsewhere', True),
+                             ('seed', 1, False), ('num_epochs', 9, False),
+                             ('icc.delta', 0.5, False),
+                             ('dtype', 'bfloat16', False)):
+    changed = sweep.apply_overrides(base, {field: value})
+    assert (run_store.teacher_key(changed) == key) == same, field
+  student = kd.student
+  moved = sweep.apply_overrides(student, {'teacher.workdir': 'elsewhere'})
+  assert (run_store.student_key(moved, key) ==
+          run_store.student_key(student, key))
+  assert (run_store.student_key(student, key) !=
+          run_store.student_key(student, 'another teacher'))
+
+
+@pytest.fixture(scope='module')
+def one_worker(tmp_path_factory):
+  """The reference: the tiny sweep in this process, one worker."""
+  workdir = tmp_path_factory.mktemp('one') / 'sweep'
+  config = tiny_sweep()
+  config.estimate = True  # Also runs the step probe once.
+  sweep.run_sweep(config, str(workdir))
+  return workdir
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
+  workdir = tmp_path / 'two'
+  sweep.run_sweep(tiny_sweep(workers=2), str(workdir))
+  reference = run_numbers(one_worker)
+  assert len(reference) == 2 + 2  # a teacher and a student per seed
+  assert run_numbers(workdir) == reference
+  for name in ('kd',):
+    for seed in (0, 1):
+      mine = json.loads((workdir / name / f'seed_{seed}' /
+                         report.RESULT_FILE).read_text())['row']
+      theirs = json.loads((one_worker / name / f'seed_{seed}' /
+                           report.RESULT_FILE).read_text())['row']
+      for column in ('teacher_top1_last', 'student_top1_last',
+                     'teacher_loss_variance'):
+        assert mine[column] == theirs[column]
+  assert (workdir / report.SUMMARY_FILE).exists()
+
+
+WORKER = """
+import json, sys
+import ml_collections
+from icckd_jax.experiments import sweep
+sweep.work(ml_collections.ConfigDict(json.loads(sys.argv[1])), sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_workers_run_is_resumed_by_another(one_worker, tmp_path,
+                                                   monkeypatch):
+  config = tiny_sweep(settings=('kd: student.distill.method="kd"',),
+                      seeds=(0,))
+  workdir = tmp_path / 'killed'
+  (run,) = sweep.plan(config, str(workdir))
+  proc = subprocess.Popen(
+      [sys.executable, '-c', WORKER, config.to_json(), str(workdir)],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = os.path.join(run.teacher_dir, 'checkpoints', '1')
+  deadline = time.time() + 300
+  while not os.path.exists(first):
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  ckpts = checkpoint.Checkpoints(run.teacher_dir, read_only=True)
+  killed_at = ckpts.latest_epoch()
+  ckpts.close()
+  assert killed_at < config.base.teacher.num_epochs, (
+      'the teacher finished before it could be killed: lengthen its epochs')
+  # The dead worker's claim died with it.
+  lock = workdir_lock.try_lock(run.teacher_dir)
+  assert lock is not None
+  lock.release()
+
+  restored = []
+  restore = checkpoint.Checkpoints.restore
+
+  def spy(self, abstract_state=None, *args, **kwargs):
+    # A run resuming passes its state's shapes; a student reading its
+    # teacher passes none.
+    if abstract_state is not None:
+      restored.append(str(self.workdir))
+    return restore(self, abstract_state, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, 'restore', spy)
+  assert sweep.work(config, str(workdir), poll_seconds=0.1) == 2
+  # The teacher resumed from the dead worker's checkpoint, not from scratch.
+  assert restored == [run.teacher_dir]
+  teacher_key = os.path.basename(run.teacher_dir)
+  student_key = os.path.basename(run.student_dir)
+  reference = run_numbers(one_worker)
+  resumed = run_numbers(workdir)
+  for key in (f'teachers/{teacher_key}', f'students/{student_key}'):
+    assert resumed[key] == reference[key]
+  assert (workdir / 'kd' / 'seed_0' / report.RESULT_FILE).exists()
