@@ -194,21 +194,17 @@ def _train_claimed(workdir: str, config: ml_collections.ConfigDict,
   """Trains the stage in `workdir` unless it is done; False (and nothing
   done) when another worker holds it.
 
-  The claim is the workdir's lock, held while training: a run entry that
-  locks its workdir itself must be called here without locking again.
+  The claim is the run's own workdir lock, which the run entry takes before
+  it writes anything and holds while it trains: a worker that finds it held
+  moves on. A stage that another worker finished after the check below
+  resumes at its last epoch and trains nothing.
   """
   if _finished(workdir, config):
     return True
-  os.makedirs(workdir, exist_ok=True)
-  lock = workdir_lock.try_lock(workdir)
-  if lock is None:
-    return False
   try:
-    # It may have finished between the check above and the claim.
-    if not _finished(workdir, config):
-      train_fn(config, workdir, reuse)
-  finally:
-    lock.release()
+    train_fn(config, workdir, reuse)
+  except workdir_lock.WorkdirBusy:
+    return False
   return True
 
 
