@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test fashion-mnist clean
+.PHONY: demo test test-all fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ fashion-mnist:
 demo: $(VENV)/.installed fashion-mnist
 	$(PY) launch.py --config=configs/demo.py --workdir=workdirs/demo
 
+# CI's share: everything but the tests marked slow (several whole runs
+# each: SIGTERM and two-process resume, worker sweeps, Tiny-ImageNet and
+# .pth-teacher pipelines), which `make test-all` adds.
 test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 -m 'not slow' --durations=15
+
+test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15
 
 clean:

@@ -11,6 +11,16 @@ os.environ['XLA_FLAGS'] = (
     f"{os.environ.get('XLA_FLAGS', '')} "
     f'--xla_force_host_platform_device_count=4 {COLLECTIVE_PATIENCE}').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Most of the suite's time is XLA compiling the same few smoke steps, in this
+# process and in the launch.py subprocesses the tests start (which inherit
+# the environment). One persistent compilation cache, shared by the xdist
+# workers and the subprocesses, compiles each distinct step once; a cached
+# executable is the same program, so results stay bit for bit.
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    str(pathlib.Path(__file__).resolve().parents[1] / '.pytest_cache' / 'xla'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # pylint: disable=g-import-not-at-top
 

@@ -293,6 +293,9 @@ def test_diverging_run_keeps_its_good_checkpoints(tmp_path, caplog):
   memory record of a run killed before its first checkpoint is dropped. The
   run's header comes before compiling."""
   caplog.set_level(logging.INFO)
+  # absl's own logger level follows --verbosity, which an earlier in-process
+  # test of this worker may have left above INFO.
+  caplog.set_level(logging.INFO, logger='absl')
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'metrics.jsonl').write_text(

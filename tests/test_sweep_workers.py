@@ -165,16 +165,17 @@ def test_a_killed_workers_run_is_resumed_by_another(one_worker, tmp_path,
   lock.release()
 
   restored = []
-  restore = checkpoint.Checkpoints.restore
+  restore = checkpoint.Checkpoints.restore_newest_intact
 
   def spy(self, abstract_state=None, *args, **kwargs):
-    # A run resuming passes its state's shapes; a student reading its
-    # teacher passes none.
-    if abstract_state is not None:
+    # A run resuming passes its state's shapes and gets a checkpoint back; a
+    # student reading its teacher passes none.
+    result = restore(self, abstract_state, *args, **kwargs)
+    if abstract_state is not None and result is not None:
       restored.append(str(self.workdir))
-    return restore(self, abstract_state, *args, **kwargs)
+    return result
 
-  monkeypatch.setattr(checkpoint.Checkpoints, 'restore', spy)
+  monkeypatch.setattr(checkpoint.Checkpoints, 'restore_newest_intact', spy)
   assert sweep.work(config, str(workdir), poll_seconds=0.1) == 2
   # The teacher resumed from the dead worker's checkpoint, not from scratch.
   assert restored == [run.teacher_dir]

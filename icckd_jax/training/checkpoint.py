@@ -48,7 +48,8 @@ class Checkpoints:
   """The rolling and best checkpoint managers of one workdir."""
 
   def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
-    self.workdir = epath.Path(workdir)
+    # Orbax needs absolute paths; a relative --config.teacher.workdir is fine.
+    self.workdir = epath.Path(os.path.abspath(workdir))
     def manager(name, max_to_keep):
       # Naming the handlers lets a reader ask for one item (the config) or
       # for the state's metadata without knowing the state's structure.
