@@ -16,6 +16,7 @@ family (`_RULES`), written from the benchmark's module definitions.
 """
 
 import functools
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -200,6 +201,18 @@ def _classes_in_file(state: Mapping[str, np.ndarray], model_name: str,
     raise UserError(f'{source}: {model_name} needs a classifier tensor '
                     f'{key!r} [classes, features], the file has {shape}')
   return int(state[key].shape[0])
+
+
+def check_source(path: str, model_name: str, path_field: str,
+                 model_field: str) -> None:
+  """One-line UserErrors, before anything is read, for a `.pth` setting:
+  `model_field` must name a zoo model and `path_field` an existing file."""
+  if model_name not in models.MODEL_NAMES:
+    raise UserError(f'{model_field}={model_name!r} must name the architecture '
+                    f'of {path_field}; choose one of: '
+                    f'{", ".join(models.MODEL_NAMES)}')
+  if not os.path.isfile(path):
+    raise UserError(f'{path_field}={path!r} is not a file')
 
 
 def load_checkpoint(path: str, model_name: str,

@@ -151,12 +151,7 @@ def evaluate_pytorch(pth: str, model_name: str,
   """
   if export:
     params_file.check_writable(export, 'config.export')
-  if model_name not in models.MODEL_NAMES:
-    raise UserError(f'config.model={model_name!r} must name the architecture '
-                    f'of config.pth; choose one of: '
-                    f'{", ".join(models.MODEL_NAMES)}')
-  if not os.path.isfile(pth):
-    raise UserError(f'config.pth={pth!r} is not a file')
+  torch_import.check_source(pth, model_name, 'config.pth', 'config.model')
   mesh = parallel.make_mesh(num_devices)
   dataset = datasets.load(dataset_config)
   variables = torch_import.load_checkpoint(pth, model_name,

@@ -154,12 +154,8 @@ def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
     raise UserError(f'config.teacher.pth={path!r} and config.teacher.workdir='
                     f'{config.teacher.workdir!r} are both set; the teacher is '
                     'one or the other')
-  if model not in models.MODEL_NAMES:
-    raise UserError(f'config.teacher.model={model!r} must name the '
-                    f'architecture of config.teacher.pth; choose one of: '
-                    f'{", ".join(models.MODEL_NAMES)}')
-  if not os.path.isfile(path):
-    raise UserError(f'config.teacher.pth={path!r} is not a file')
+  torch_import.check_source(path, model, 'config.teacher.pth',
+                            'config.teacher.model')
   variables = torch_import.load_checkpoint(path, model)
   mean, std = torch_import.benchmark_normalization()
   saved = ml_collections.ConfigDict({
