@@ -36,7 +36,6 @@ from icckd_jax.training import optim
 from icckd_jax.training import parallel
 from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import train
-from icckd_jax.training import validate
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.training.reuse import Reuse
@@ -277,13 +276,7 @@ def train_student(config: ml_collections.ConfigDict, workdir: str,
                   reuse: Reuse | None = None) -> dict[str, Any]:
   """Distils the teacher of config.teacher.workdir (or .pth) into a student
   in `workdir`, resuming if it can; returns the summary."""
-  train.require_workdir(workdir)
-  validate.check_config(config)
-  validate.check_resumable(config, workdir)
-  mesh = parallel.make_mesh(config.get('num_devices') or None)
-  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  parallel.check_batch_size(config.eval_batch_size, mesh,
-                            'config.eval_batch_size')
+  mesh = train.checked_mesh(config, workdir)
   teacher_config, teacher_variables = load_teacher(config, mesh)
   if 'dataset' in teacher_config:  # An Orbax teacher of this project.
     # The config fields first: a mismatch is refused before any data loads.

@@ -331,13 +331,9 @@ def hold_workdir(workdir: str):
     yield
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       reuse: Reuse | None = None) -> dict[str, Any]:
-  """Trains the teacher of `config` in `workdir`, resuming if it can.
-
-  Every check that can reject the config runs before the workdir is
-  created or written.
-  """
+def checked_mesh(config: ml_collections.ConfigDict, workdir: str | None):
+  """The run's mesh, after every check of `config` (and of the run already in
+  `workdir`) that needs no data: a rejected run writes nothing."""
   require_workdir(workdir)
   validate.check_config(config)
   validate.check_resumable(config, workdir)
@@ -345,6 +341,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   parallel.check_batch_size(config.eval_batch_size, mesh,
                             'config.eval_batch_size')
+  return mesh
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       reuse: Reuse | None = None) -> dict[str, Any]:
+  """Trains the teacher of `config` in `workdir`, resuming if it can.
+
+  Every check that can reject the config runs before the workdir is
+  created or written.
+  """
+  mesh = checked_mesh(config, workdir)
   dataset = load_dataset(config, reuse)
   setup = build_teacher(config, dataset, mesh, reuse)
   workdir = prepare_workdir(workdir)
