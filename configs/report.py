@@ -1,7 +1,9 @@
-r"""Regenerates a sweep's report (results.csv, summary.md, plots) from its
-finished runs:
+r"""Regenerates a sweep's report (results.csv, epochs.csv, summary.md,
+plots) from its finished runs, into the sweep's workdir or `output_dir`:
 
-  python launch.py --config=configs/report.py --config.workdir=workdirs/margin
+  python launch.py --config=configs/report.py --config.workdir=workdirs/study
+  python launch.py --config=configs/report.py --config.workdir=workdirs/study \
+      --config.output_dir=docs/results/regime_cpu
 """
 
 import ml_collections
@@ -12,4 +14,5 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'report'
   c.workdir = config_dict.placeholder(str)  # the sweep's workdir
+  c.output_dir = config_dict.placeholder(str)  # default: the workdir
   return c

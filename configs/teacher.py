@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_epochs = 240
   c.batch_size = 64  # global, over all devices
   c.eval_batch_size = 500
+  # Test-split evaluation every this many epochs, and always at the last
+  # (the headline). Larger values save time on small models.
+  c.eval_every_epochs = 1
   c.learning_rate = 0.05
   c.lr_decay_epochs = (150, 180, 210)
   c.lr_decay_rate = 0.1
@@ -78,6 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.icc.margin_kind = 'prob'  # reconstruction: 'prob' or 'logit' margins
   c.icc.head = 'none'  # reconstruction: 'none' (z = f) or 'mlp' projection g
   c.icc.head_dim = 128  # output width of the 'mlp' head
+  # Anchors without any same-class negative (l_i = 0): 'exclude' leaves them
+  # out of the gated mean, so removing the cache does not also shrink the
+  # term's weight; 'count' keeps them in its denominator (docs/method.md §3).
+  c.icc.empty_anchors = 'exclude'
 
   # The pipeline cache of same-class negatives (docs/method.md §3).
   c.cache = ml_collections.ConfigDict()

@@ -81,6 +81,35 @@ def loss_variance(
   return float(np.mean(per_epoch[start:])), per_epoch
 
 
+def stability_variance(
+    per_step_losses_by_epoch: Sequence[Sequence[float]],
+    first_decay_epoch: Optional[int],
+) -> float:
+  """Loss variance where it measures training stability: the mean per-epoch
+  variance of the per-step loss over epochs 2 .. first_decay_epoch (1-based),
+  before any learning-rate decay.
+
+  Epoch 1 is left out (its loss falls steeply, so its variance measures the
+  descent, not the noise); after a decay the variance mostly measures the
+  smaller step. Without a decay (None, or one beyond the run) every epoch
+  but the first counts; a run of one epoch, or a decay at epoch 1, uses
+  epoch 1.
+
+  Args:
+    per_step_losses_by_epoch: E sequences of per-step losses (CE, so that
+      settings with different objectives compare).
+    first_decay_epoch: the epoch after which the learning rate first drops.
+
+  Returns:
+    The mean of the per-epoch population variances in the window.
+  """
+  _, per_epoch = loss_variance(per_step_losses_by_epoch)
+  end = len(per_epoch) if first_decay_epoch is None else min(
+      first_decay_epoch, len(per_epoch))
+  window = per_epoch[1:end] or per_epoch[:1]
+  return float(np.mean(window))
+
+
 def moving_average(series: Sequence[float], window: int = 3) -> np.ndarray:
   """Trailing moving average with a growing window at the start.
 
@@ -242,6 +271,23 @@ def peak_device_memory(device: Optional[jax.Device] = None) -> Optional[int]:
   if not stats or 'peak_bytes_in_use' not in stats:
     return None
   return int(stats['peak_bytes_in_use'])
+
+
+def device_bytes_in_use(device: Optional[jax.Device] = None) -> Optional[int]:
+  """Bytes in use on a device now (`memory_stats()['bytes_in_use']`), or
+  None where the backend keeps no allocator statistics (CPU).
+
+  A run's device memory is the maximum of this over the points it samples
+  (train.py: every logged window and epoch end), not `peak_device_memory`:
+  that peak is a running maximum over the whole process, so in a sweep
+  worker it would include every stage the worker ran before.
+  """
+  if device is None:
+    device = jax.local_devices()[0]
+  stats = device.memory_stats()
+  if not stats or 'bytes_in_use' not in stats:
+    return None
+  return int(stats['bytes_in_use'])
 
 
 def step_time_stats(step_seconds: Sequence[float],

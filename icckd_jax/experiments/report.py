@@ -1,18 +1,26 @@
-"""The ablation report: one row per run, one row per setting, and plots.
+"""A sweep's report: per-run rows, per-epoch records, statistics and plots.
 
-Every figure is computed by `ablation_metrics` from what the runs logged
-(metrics.jsonl and summary.json of each teacher and student), so a report can
-be regenerated at any time from finished runs alone:
+Every figure is computed from what the runs logged (metrics.jsonl and
+summary.json of each teacher and student), so a report can be regenerated at
+any time from finished runs alone:
 
-  WORKDIR/results.csv   one row per (setting, seed), every metric
-  WORKDIR/summary.md    one row per setting: mean ± std over seeds
-  WORKDIR/accuracy.png  test top-1 against epoch, teacher and student
-  WORKDIR/loss.png      teacher training loss per epoch, ± its within-epoch std
-  WORKDIR/metrics.png   each metric against the setting, with error bars
+  results.csv    one row per (setting, seed): last-epoch figures
+  epochs.csv     one row per (setting, seed, stage, epoch)
+  summary.md     regime checks, each setting's mean and 95% t-interval, the
+                 seed-paired differences of every arm to each control (95%
+                 interval, Holm-adjusted p), the trend across δ and the
+                 smallest difference the design could detect
+  accuracy.png   last-epoch top-1 of each setting with its 95% interval
+  curves.png     teacher train accuracy, CE, gate pass rate and effective
+                 weight per epoch: mean over seeds with a 95% band
+
+The headline is always the last epoch's top-1 on the test split, never an
+epoch picked on the test set.
 """
 
 import csv
 import json
+import math
 import os
 from typing import Any
 
@@ -22,90 +30,134 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from icckd_jax.experiments import ablation_metrics as am
-from icckd_jax.training import metric_writer
 from icckd_jax.errors import UserError
+from icckd_jax.experiments import ablation_metrics as am
+from icckd_jax.experiments import settings as settings_lib
+from icckd_jax.experiments import statistics as st
+from icckd_jax.training import metric_writer
 
 RESULT_FILE = 'result.json'
 RESULTS_CSV = 'results.csv'
+EPOCHS_CSV = 'epochs.csv'
 SUMMARY_FILE = 'summary.md'
+SWEEP_FILE = 'sweep.json'
 
-# (column, header, scale, digits) of the summary table, in order.
-SUMMARY_COLUMNS = (
-    ('teacher_top1_last', 'teacher top-1 last (%)', 100, 2),
-    ('teacher_top1_best', 'teacher top-1 best (%)', 100, 2),
-    ('student_top1_last', 'student top-1 last (%)', 100, 2),
-    ('student_top1_best', 'student top-1 best (%)', 100, 2),
-    ('teacher_loss_variance', 'teacher loss var', 1, 4),
-    ('teacher_epochs_to_converge', 'teacher epochs to 99%', 1, 1),
-    ('teacher_epochs_to_reach', 'teacher epochs to shared acc', 1, 1),
-    ('student_epochs_to_converge', 'student epochs to 99%', 1, 1),
-    ('teacher_compiled_mib', 'teacher step MiB (compiled)', 1, 1),
-    ('teacher_peak_mib', 'peak device MiB', 1, 1),
+# epochs.csv: (column, key of the epoch record).
+EPOCH_COLUMNS = (
+    ('train_accuracy', 'accuracy'),
+    ('ce_loss', 'ce'),
+    ('intra_loss', 'intra'),
+    ('gate_pass_rate', 'gate_pass_rate'),
+    ('effective_weight', 'effective_weight'),
+    ('test_top1', 'test_top1'),
+    ('loss', 'loss'),
+    ('neg_in_batch', 'neg_in_batch'),
+    ('neg_cache', 'neg_cache'),
+)
+
+# The regime the study must be in (docs/results/regime_cpu/design.md):
+# (setting, column of results.csv, threshold, what it checks).
+REGIME_CHECKS = (
+    ('delta=0.0', 'teacher_train_accuracy_last', 0.8,
+     'δ = 0 teacher: train accuracy on the augmented view, last epoch'),
+    ('delta=0.4', 'teacher_gate_pass_rate_last_quarter', 0.5,
+     'δ = 0.4 teacher: gate pass rate, mean over the last quarter of epochs'),
+)
+
+# (column, header, scale, digits) of the per-setting table.
+SETTING_COLUMNS = (
+    ('teacher_top1_last', 'teacher top-1 (%)', 100, 2),
+    ('student_top1_last', 'student top-1 (%)', 100, 2),
+    ('teacher_train_accuracy_last', 'teacher train acc, last epoch', 1, 3),
+    ('teacher_gate_pass_rate_last_quarter', 'pass rate, last quarter', 1, 3),
+    ('teacher_effective_weight_last_quarter', 'effective weight, last quarter',
+     1, 3),
+    ('teacher_ce_variance', 'teacher CE variance before 1st decay', 1, 4),
+    ('teacher_epochs_to_converge', 'teacher epochs to 99% (train acc)', 1, 1),
+    ('teacher_epochs_to_reach', 'teacher epochs to shared train acc', 1, 1),
+    ('teacher_compiled_mib', 'teacher step MiB (XLA)', 1, 1),
+    ('teacher_device_mib', 'teacher device MiB in use (max)', 1, 1),
     ('cache_kib', 'cache KiB', 1, 1),
-    ('teacher_step_ms', 'teacher step ms', 1, 1),
-    ('teacher_gate_pass_rate', 'gate pass rate (last epoch)', 1, 3),
 )
 
 
-def _run_series(workdir: str) -> dict[str, Any]:
+def _run_records(workdir: str) -> tuple[list[dict], dict]:
   epochs = metric_writer.read_records(workdir, 'epoch')
-  train = metric_writer.read_records(workdir, 'train')
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
-  return {'epochs': epochs, 'train': train, 'summary': summary}
+  return epochs, summary
 
 
-def _stage_figures(run: dict, prefix: str, batch_size: int) -> dict[str, Any]:
-  epochs, summary = run['epochs'], run['summary']
-  top1 = [e['test_top1'] for e in epochs]
-  variance, per_epoch = am.loss_variance([e['step_losses'] for e in epochs])
-  step_times = [r['step_time'] for r in run['train']]
-  # The first logged window includes compilation, unless it is the only one.
-  timing = am.step_time_stats(step_times, batch_size,
-                              skip_first=min(1, len(step_times) - 1))
+def _last_quarter_mean(epochs: list[dict], key: str) -> float | None:
+  values = [e.get(key) for e in epochs[len(epochs) - max(1, len(epochs) // 4):]]
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def _stage_row(epochs: list[dict], summary: dict, prefix: str,
+               first_decay: int | None, reach: float | None) -> dict[str, Any]:
+  """A stage's last-epoch figures (docs/method.md §6)."""
+  last = epochs[-1]
+  accuracy = [e['accuracy'] for e in epochs]
+  tested = [e['test_top1'] for e in epochs if e.get('test_top1') is not None]
   memory = summary.get('compiled_memory') or {}
-  figures = {
-      f'{prefix}_top1_last': top1[-1],
-      f'{prefix}_top1_best': max(top1),
-      f'{prefix}_loss_variance': variance,
-      f'{prefix}_epochs_to_converge': am.epochs_to_converge(top1),
+  device = summary.get('peak_device_bytes')
+  return {
+      f'{prefix}_top1_last': last.get('test_top1'),
+      # Kept for reference only: an epoch picked on the test set is never a
+      # headline.
+      f'{prefix}_top1_best_evaluated': max(tested) if tested else None,
+      f'{prefix}_train_accuracy_last': last['accuracy'],
+      f'{prefix}_ce_variance': am.stability_variance(
+          [e.get('step_ce') or e['step_losses'] for e in epochs], first_decay),
+      f'{prefix}_epochs_to_converge': am.epochs_to_converge(accuracy),
+      f'{prefix}_epochs_to_reach': (am.epochs_to_reach(accuracy, reach)
+                                    if reach is not None else None),
       f'{prefix}_compiled_mib': memory.get('total_bytes', 0) / 2**20,
-      f'{prefix}_peak_mib': (summary['peak_device_bytes'] / 2**20
-                             if summary.get('peak_device_bytes') else None),
-      f'{prefix}_step_ms': 1000 * timing['median_step_seconds'],
-      f'{prefix}_images_per_second': timing['images_per_second'],
+      f'{prefix}_device_mib': device / 2**20 if device else None,
   }
-  series = {
-      f'{prefix}_top1': top1,
-      f'{prefix}_loss_mean': [float(np.mean(e['step_losses'])) for e in epochs],
-      f'{prefix}_loss_std': [float(np.sqrt(v)) for v in per_epoch],
-  }
-  return figures, series
 
 
-def write_result(run_dir: str, setting: str, seed: int, teacher_batch: int,
-                 student_batch: int) -> dict[str, Any]:
-  """Computes a finished run's figures into RUN_DIR/result.json."""
-  teacher = _run_series(os.path.join(run_dir, 'teacher'))
-  student = _run_series(os.path.join(run_dir, 'student'))
+def _epoch_rows(epochs: list[dict], stage: str) -> list[dict[str, Any]]:
+  return [{'stage': stage, 'epoch': e['epoch'],
+           **{column: e.get(key) for column, key in EPOCH_COLUMNS}}
+          for e in epochs]
+
+
+def write_result(run_dir: str, setting: str, seed: int, teacher_config,
+                 student_config, reach: float | None = None) -> dict[str, Any]:
+  """Computes a finished run's figures into RUN_DIR/result.json.
+
+  Args:
+    run_dir: WORKDIR/<setting>/seed_<seed>, with links `teacher`, `student`.
+    setting, seed: what the run is.
+    teacher_config, student_config: the stages' configs (their first decay
+      epoch bounds the loss-variance window).
+    reach: the train accuracy whose first epoch is "epochs to reach" (one
+      value for every sweep sharing the runs), or None.
+  """
   row = {'setting': setting, 'seed': seed}
-  t_fig, t_series = _stage_figures(teacher, 'teacher', teacher_batch)
-  s_fig, s_series = _stage_figures(student, 'student', student_batch)
-  last = teacher['epochs'][-1]
-  row.update(t_fig)
-  row.update(s_fig)
-  row.update(
-      cache_kib=(teacher['summary'].get('compiled_memory') or {}).get(
-          'cache_bytes', 0) / 1024,
-      teacher_gate_pass_rate=last.get('gate_pass_rate'),
-      teacher_neg_in_batch=last.get('neg_in_batch'),
-      teacher_neg_cache=last.get('neg_cache'),
-      student_agreement=student['epochs'][-1].get('test_agreement'))
-  result = {'row': row, 'series': {
-      **t_series, **s_series,
-      'teacher_gate_pass_rate': [e.get('gate_pass_rate') for e in
-                                 teacher['epochs']]}}
+  epoch_rows = []
+  for stage, config in (('teacher', teacher_config),
+                        ('student', student_config)):
+    epochs, summary = _run_records(os.path.join(run_dir, stage))
+    decays = tuple(config['lr_decay_epochs'] or ())
+    row.update(_stage_row(epochs, summary, stage,
+                          min(decays) if decays else None, reach))
+    epoch_rows += _epoch_rows(epochs, stage)
+    if stage == 'teacher':
+      row.update(
+          teacher_gate_pass_rate_last_quarter=_last_quarter_mean(
+              epochs, 'gate_pass_rate'),
+          teacher_effective_weight_last_quarter=_last_quarter_mean(
+              epochs, 'effective_weight'),
+          teacher_neg_in_batch=epochs[-1].get('neg_in_batch'),
+          teacher_neg_cache=epochs[-1].get('neg_cache'),
+          cache_kib=(summary.get('compiled_memory') or {}).get(
+              'cache_bytes', 0) / 1024)
+    else:
+      row['student_agreement'] = epochs[-1].get('test_agreement')
+  result = {'row': row, 'epochs': epoch_rows}
   # Whole or not at all: concurrent sweep workers may write the same file.
   path = os.path.join(run_dir, RESULT_FILE)
   with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
@@ -114,164 +166,341 @@ def write_result(run_dir: str, setting: str, seed: int, teacher_batch: int,
   return result
 
 
-def _load_results(workdir: str) -> tuple[list[str], list[dict]]:
-  path = os.path.join(workdir, 'sweep.json')
+def _load(workdir: str) -> tuple[dict, list[settings_lib.Setting], list[dict]]:
+  path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     raise UserError(f'{workdir} holds no sweep ({path} is missing)')
   with open(path) as f:
     sweep = json.load(f)
-  from icckd_jax.experiments.sweep import parse_setting  # pylint: disable=g-import-not-at-top
-  names = [parse_setting(s).name for s in sweep['settings']]
+  settings = [settings_lib.parse_setting(s) for s in sweep['settings']]
   results = []
-  for name in names:
-    for seed in sweep['seeds']:
-      path = os.path.join(workdir, name, f'seed_{seed}', RESULT_FILE)
+  for setting in settings:
+    for seed in settings_lib.seeds_of(sweep, setting.name):
+      path = os.path.join(workdir, setting.name, f'seed_{seed}', RESULT_FILE)
       if os.path.exists(path):
         with open(path) as f:
-          results.append(json.load(f))
-  return names, results
+          result = json.load(f)
+        if 'epochs' in result:  # written by this version of the report
+          results.append(result)
+  return sweep, settings, results
 
 
-def _fmt(value, scale, digits):
-  return '–' if value is None else f'{value * scale:.{digits}f}'
-
-
-def write_report(workdir: str) -> list[dict[str, Any]]:
-  """(Re)writes results.csv, summary.md and the plots from finished runs."""
-  names, results = _load_results(workdir)
-  if not results:
-    raise UserError(f'no finished runs under {workdir} yet')
-  # A fixed accuracy every run of the sweep reaches: 90% of the weakest
-  # run's best 3-epoch moving average.
-  threshold = am.shared_threshold([r['series']['teacher_top1']
-                                   for r in results])
-  rows = []
-  for r in results:
-    row = dict(r['row'])
-    row['shared_teacher_top1'] = threshold
-    row['teacher_epochs_to_reach'] = am.epochs_to_reach(
-        r['series']['teacher_top1'], threshold)
-    rows.append(row)
-
-  columns = list(rows[0])
-  with open(os.path.join(workdir, RESULTS_CSV), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
+def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+  with open(f'{path}.tmp', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
+  os.replace(f'{path}.tmp', path)
 
-  present = [n for n in names if any(r['setting'] == n for r in rows)]
-  with open(os.path.join(workdir, 'sweep.json')) as f:
-    test_subset = json.load(f)['base']['teacher']['dataset'].get('test_subset')
+
+def _by_seed(rows: list[dict], name: str, column: str) -> dict[int, float]:
+  return {r['seed']: r[column] for r in rows
+          if r['setting'] == name and r.get(column) is not None}
+
+
+def _interval_cell(values, scale: float, digits: int) -> str:
+  if not values:
+    return '–'
+  ci = st.t_interval(values)
+  if ci.n < 2:
+    return f'{ci.mean * scale:.{digits}f} (1 seed)'
+  return (f'{ci.mean * scale:.{digits}f} '
+          f'[{ci.low * scale:.{digits}f}, {ci.high * scale:.{digits}f}]')
+
+
+def _p(p: float) -> str:
+  return '–' if math.isnan(p) else (f'{p:.3f}' if p >= 0.001 else f'{p:.1e}')
+
+
+def _regime_lines(rows: list[dict]) -> list[str]:
+  lines = ['## Regime checks', '',
+           '| check | required | measured: mean [95% CI] over seeds | met |',
+           '|---|---|---|---|']
+  present = False
+  for name, column, threshold, what in REGIME_CHECKS:
+    values = list(_by_seed(rows, name, column).values())
+    if not values:
+      continue
+    present = True
+    mean = float(np.mean(values))
+    lines.append(f'| {what} | ≥ {threshold} | {_interval_cell(values, 1, 3)} '
+                 f'| {"yes" if mean >= threshold else "**no**"} |')
+  return lines + [''] if present else []
+
+
+def _setting_lines(names: list[str], rows: list[dict]) -> list[str]:
+  lines = ['## Every setting: mean [95% t-interval] over seeds', '',
+           '| setting | seeds | ' + ' | '.join(
+               h for _, h, _, _ in SETTING_COLUMNS) + ' |',
+           '|---|---|' + '---|' * len(SETTING_COLUMNS)]
+  for name in names:
+    mine = [r for r in rows if r['setting'] == name]
+    cells = [_interval_cell([r[c] for r in mine if r.get(c) is not None],
+                            scale, digits)
+             for c, _, scale, digits in SETTING_COLUMNS]
+    lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
+  return lines + ['']
+
+
+def paired_comparisons(names: list[str], controls: list[str],
+                       rows: list[dict], column: str) -> list[dict[str, Any]]:
+  """Every arm minus each control, seed-paired (a control is an arm of the
+  controls listed before it); Holm-adjusted over the family of all these
+  comparisons of `column`."""
+  out = []
+  for i, control in enumerate(controls):
+    for arm in names:
+      if arm == control or arm in controls[:i]:
+        continue
+      try:
+        diff = st.paired_difference(_by_seed(rows, arm, column),
+                                    _by_seed(rows, control, column))
+      except ValueError:
+        continue
+      out.append({'arm': arm, 'control': control, 'diff': diff})
+  for item, adjusted in zip(out, st.holm([c['diff'].p_value for c in out])):
+    item['holm'] = adjusted
+  return out
+
+
+def _primary_lines(sweep, names, controls, rows) -> list[str]:
+  """The pre-registered comparison: each primary arm against each control
+  on the student's top-1, Holm-adjusted over this small family alone."""
+  arms = [a for a in (sweep.get('primary_settings') or ())
+          if a in names and a not in controls]
+  if not arms or not controls:
+    return []
+  comparisons = paired_comparisons(arms, controls, rows, 'student_top1_last')
+  if not comparisons:
+    return []
+  lines = ['## Primary comparison (pre-registered)', '',
+           'Student top-1 (points), arm − control, paired by seed; '
+           f'Holm-adjusted over these {len(comparisons)} comparisons.', '',
+           '| arm | control | seeds | difference [95% CI] | p | Holm p |',
+           '|---|---|---|---|---|---|']
+  for c in comparisons:
+    d = c['diff']
+    lines.append(f"| {c['arm']} | {c['control']} | {d.difference.n} | "
+                 f'{_interval_cell_diff(d.difference)} | {_p(d.p_value)} | '
+                 f"{_p(c['holm'])} |")
+  return lines + ['']
+
+
+def _comparison_lines(names, controls, rows) -> list[str]:
+  lines = []
+  for stage in ('student', 'teacher'):
+    column = f'{stage}_top1_last'
+    comparisons = paired_comparisons(names, controls, rows, column)
+    if not comparisons:
+      continue
+    lines += [f'## {stage.capitalize()} top-1: every arm − each control, '
+              'paired by seed',
+              '',
+              f'Points of top-1; Holm-adjusted over the {len(comparisons)} '
+              f'comparisons of this table.', '',
+              '| arm | control | seeds | difference [95% CI] | p | Holm p |',
+              '|---|---|---|---|---|---|']
+    for c in comparisons:
+      d = c['diff']
+      lines.append(f"| {c['arm']} | {c['control']} | {d.difference.n} | "
+                   f'{_interval_cell_diff(d.difference)} | {_p(d.p_value)} | '
+                   f"{_p(c['holm'])} |")
+    lines.append('')
+  return lines
+
+
+def _interval_cell_diff(ci: st.Interval) -> str:
+  return f'{100 * ci.mean:+.2f} [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}]'
+
+
+def _trend_lines(settings, rows) -> list[str]:
+  deltas = settings_lib.delta_settings(settings)
+  if len(deltas) < 2:
+    return []
+  lines = ['## Trend across δ', '',
+           'Least-squares slope of last-epoch top-1 on δ over every run of '
+           f'the settings {", ".join(deltas)}; points of top-1 per 0.1 of δ.',
+           '', '| stage | runs | slope per 0.1 δ [95% CI] | p |',
+           '|---|---|---|---|']
+  for stage in ('student', 'teacher'):
+    x, y = [], []
+    for name, delta in deltas.items():
+      for value in _by_seed(rows, name, f'{stage}_top1_last').values():
+        x.append(delta)
+        y.append(value)
+    try:
+      trend = st.linear_trend(x, y)
+    except ValueError:
+      continue
+    s = trend.slope
+    lines.append(f'| {stage} | {trend.n} | {10 * s.mean:+.3f} '
+                 f'[{10 * s.low:+.3f}, {10 * s.high:+.3f}] | '
+                 f'{_p(trend.p_value)} |')
+  return lines + ['']
+
+
+def _power_lines(names, controls, rows, sweep) -> list[str]:
+  lines = ['## Smallest detectable difference', '',
+           'From the spread of the seed-paired differences measured here '
+           '(pooled over the arms compared with each control): the paired '
+           'difference a two-sided t-test detects with power 0.8 at α = 0.05 '
+           '(before the Holm adjustment), in points of top-1.', '',
+           '| stage | control | SD of paired differences | '
+           f'{len(sweep["seeds"])} seeds | '
+           f'{len(sweep.get("primary_seeds") or sweep["seeds"])} seeds |',
+           '|---|---|---|---|---|']
+  found = False
+  for stage in ('student', 'teacher'):
+    column = f'{stage}_top1_last'
+    for c in controls:
+      sds = [x['diff'].sd for x in paired_comparisons(names, [c], rows, column)]
+      if not sds:
+        continue
+      found = True
+      sd = float(np.sqrt(np.mean(np.square(sds))))
+      cells = [f'{100 * st.detectable_difference(sd, n):.2f}'
+               for n in (len(sweep['seeds']),
+                         len(sweep.get('primary_seeds') or sweep['seeds']))]
+      lines.append(f'| {stage} | {c} | {100 * sd:.2f} | ' + ' | '.join(cells)
+                   + ' |')
+  return lines + [''] if found else []
+
+
+def write_report(workdir: str, output_dir: str | None = None) -> list[dict]:
+  """(Re)writes results.csv, epochs.csv, summary.md and the plots from the
+  finished runs of the sweep in `workdir`, into `output_dir` (default: the
+  workdir)."""
+  sweep, settings, results = _load(workdir)
+  if not results:
+    raise UserError(f'no finished runs under {workdir} yet')
+  output_dir = output_dir or workdir
+  os.makedirs(output_dir, exist_ok=True)
+  names = [s.name for s in settings
+           if any(r['row']['setting'] == s.name for r in results)]
+  rows = [r['row'] for r in results]
+  controls = [c for c in (sweep.get('controls') or ('ce_teacher',))
+              if c in names]
+
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  _write_csv(os.path.join(output_dir, RESULTS_CSV), rows, columns)
+  epoch_rows = [{'setting': r['row']['setting'], 'seed': r['row']['seed'],
+                 **e} for r in results for e in r['epochs']]
+  _write_csv(os.path.join(output_dir, EPOCHS_CSV), epoch_rows,
+             ['setting', 'seed', 'stage', 'epoch'] +
+             [c for c, _ in EPOCH_COLUMNS])
+
+  test_subset = sweep['base']['teacher']['dataset'].get('test_subset')
   split = (f'a fixed {test_subset}-image subset of the test split'
            if test_subset else 'the whole test split')
-  lines = [
-      f'Mean ± std over seeds; top-1 on {split}, "last" = final '
-      f'epoch, "best" = best epoch. Shared accuracy for "epochs to shared '
-      f'acc": teacher top-1 {100 * threshold:.2f}% (3-epoch moving average).',
-      '',
-      '| setting | seeds | ' + ' | '.join(h for _, h, _, _ in SUMMARY_COLUMNS)
-      + ' |',
-      '|---|---|' + '---|' * len(SUMMARY_COLUMNS)]
-  for name in present:
-    mine = [row for row in rows if row['setting'] == name]
-    cells = []
-    for column, _, scale, digits in SUMMARY_COLUMNS:
-      values = [row[column] for row in mine if row.get(column) is not None]
-      if not values:
-        cells.append('–')
-        continue
-      mean, std = am.mean_std(values)
-      cells.append(am.format_mean_std(mean * scale, std * scale, digits))
-    lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
-  with open(os.path.join(workdir, SUMMARY_FILE), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  lines = [f'# {os.path.basename(os.path.normpath(workdir))}', '',
+           f'Headline: top-1 after the last epoch on {split}, never an epoch '
+           'picked on the test set. Intervals are 95% t-intervals over seeds; '
+           'differences are paired by seed (same initialisation, data order '
+           'and augmentation). "Train acc" is the accuracy on the augmented '
+           'training view, averaged over the epoch\'s steps. Variance: the '
+           'per-epoch variance of the per-step CE, averaged over the epochs '
+           'before the first learning-rate decay (the first epoch left out).',
+           '']
+  lines += _regime_lines(rows)
+  lines += _primary_lines(sweep, names, controls, rows)
+  lines += _setting_lines(names, rows)
+  lines += _comparison_lines(names, controls, rows)
+  lines += _trend_lines([s for s in settings if s.name in names], rows)
+  lines += _power_lines(names, controls, rows, sweep)
+  with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
+    f.write('\n'.join(lines))
 
-  _plot(workdir, present, results, rows)
+  _plot_accuracy(output_dir, names, rows)
+  _plot_curves(output_dir, names, epoch_rows)
   return rows
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
-  """The short table a sweep prints at its end: top-1 of each setting's
-  teacher and student (last epoch, mean ± std over seeds)."""
-  lines = ['| setting | seeds | teacher top-1 (%) | student top-1, KD (%) |',
+  """The short table a sweep prints at its end: each setting's last-epoch
+  teacher and student top-1, mean [95% CI] over seeds."""
+  lines = ['| setting | seeds | teacher top-1 (%) | student top-1 (%) |',
            '|---|---|---|---|']
   for name in dict.fromkeys(row['setting'] for row in rows):
     mine = [row for row in rows if row['setting'] == name]
-    cells = [am.format_mean_std(*(100 * v for v in am.mean_std(
-        [row[column] for row in mine])))
-             for column in ('teacher_top1_last', 'student_top1_last')]
+    cells = [_interval_cell([r[c] for r in mine if r.get(c) is not None],
+                            100, 2)
+             for c in ('teacher_top1_last', 'student_top1_last')]
     lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-def _mean_curve(curves: list[list[float]]) -> np.ndarray:
-  length = min(len(c) for c in curves)
-  return np.mean([c[:length] for c in curves], axis=0)
-
-
-def _plot(workdir: str, names: list[str], results: list[dict],
-          rows: list[dict]) -> None:
-  by_name = {n: [r for r in results if r['row']['setting'] == n]
-             for n in names}
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for i, name in enumerate(names):
-    color = colors[i % len(colors)]
-    for ax, stage in zip(axes, ('teacher', 'student')):
-      curve = 100 * _mean_curve([r['series'][f'{stage}_top1']
-                                 for r in by_name[name]])
-      ax.plot(np.arange(1, len(curve) + 1), curve, color=color, marker='o',
-              label=name)
+def _plot_accuracy(output_dir: str, names: list[str], rows: list[dict]) -> None:
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, stage in zip(axes, ('teacher', 'student')):
-    ax.set_title(f'{stage}: test top-1 (mean over seeds)')
-    ax.set_xlabel('epoch')
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel('top-1 (%)')
-  axes[1].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'accuracy.png'), dpi=110)
-  plt.close(fig)
-
-  fig, ax = plt.subplots(figsize=(6.5, 4))
-  for i, name in enumerate(names):
-    mean = _mean_curve([r['series']['teacher_loss_mean'] for r in by_name[name]])
-    std = _mean_curve([r['series']['teacher_loss_std'] for r in by_name[name]])
-    x = np.arange(1, len(mean) + 1)
-    color = colors[i % len(colors)]
-    ax.plot(x, mean, color=color, marker='o', label=name)
-    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
-  ax.set_title('teacher training loss per epoch (band: ± within-epoch std)')
-  ax.set_xlabel('epoch')
-  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  ax.set_ylabel('total loss')
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'loss.png'), dpi=110)
-  plt.close(fig)
-
-  panels = [c for c in SUMMARY_COLUMNS
-            if any(row.get(c[0]) is not None for row in rows)]
-  cols = 4
-  fig, axes = plt.subplots(-(-len(panels) // cols), cols,
-                           figsize=(4 * cols, 3 * -(-len(panels) // cols)))
-  for ax, (column, header, scale, _) in zip(axes.flat, panels):
-    means, stds = [], []
-    for name in names:
-      values = [row[column] * scale for row in rows
-                if row['setting'] == name and row.get(column) is not None]
-      mean, std = am.mean_std(values) if values else (np.nan, 0.0)
-      means.append(mean)
-      stds.append(std)
-    ax.errorbar(range(len(names)), means, yerr=stds, fmt='o', capsize=4)
+    for i, name in enumerate(names):
+      values = [100 * v for v in
+                _by_seed(rows, name, f'{stage}_top1_last').values()]
+      if not values:
+        continue
+      ci = st.t_interval(values)
+      ax.scatter([i] * len(values), values, color='0.7', s=10, zorder=1)
+      if ci.n > 1:
+        ax.errorbar([i], [ci.mean], yerr=[[ci.mean - ci.low],
+                                          [ci.high - ci.mean]],
+                    fmt='o', color='C0', capsize=4, zorder=2)
+      else:
+        ax.plot([i], [ci.mean], 'o', color='C0')
     ax.set_xticks(range(len(names)), names, rotation=35, ha='right',
                   fontsize=8)
-    ax.set_title(header, fontsize=9)
+    ax.set_title(f'{stage}: last-epoch test top-1 (%), mean and 95% CI; '
+                 'grey: seeds', fontsize=9)
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(panels):]:
-    ax.axis('off')
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, 'metrics.png'), dpi=110)
+  fig.savefig(os.path.join(output_dir, 'accuracy.png'), dpi=110)
+  plt.close(fig)
+
+
+def _band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray,
+                                               np.ndarray]:
+  """Mean and 95% t-band over seeds, epoch by epoch ([E] each)."""
+  length = min(len(c) for c in curves)
+  data = np.array([c[:length] for c in curves], dtype=np.float64)
+  mean = data.mean(axis=0)
+  if len(curves) < 2:
+    return mean, mean, mean
+  bands = [st.t_interval(data[:, e]) for e in range(length)]
+  return (mean, np.array([b.low for b in bands]),
+          np.array([b.high for b in bands]))
+
+
+def _plot_curves(output_dir: str, names: list[str],
+                 epoch_rows: list[dict]) -> None:
+  panels = (('train_accuracy', 'teacher train accuracy (augmented view)'),
+            ('ce_loss', 'teacher CE (not the total loss)'),
+            ('gate_pass_rate', 'teacher gate pass rate'),
+            ('effective_weight', 'teacher effective weight'))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for ax, (column, title) in zip(axes, panels):
+    for i, name in enumerate(names):
+      curves = {}
+      for r in epoch_rows:
+        if (r['setting'] == name and r['stage'] == 'teacher' and
+            r.get(column) is not None):
+          curves.setdefault(r['seed'], []).append(r[column])
+      if not curves:
+        continue
+      mean, low, high = _band(list(curves.values()))
+      x = np.arange(1, len(mean) + 1)
+      color = colors[i % len(colors)]
+      ax.plot(x, mean, color=color, label=name, lw=1.2)
+      ax.fill_between(x, low, high, color=color, alpha=0.15)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel('epoch')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if column != 'ce_loss':
+      ax.set_ylim(0, 1)  # rates: the whole axis, nothing exaggerated
+    else:
+      ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+  if axes[-1].get_legend_handles_labels()[0]:
+    axes[-1].legend(fontsize=7)
+  fig.suptitle('mean over seeds, band: 95% t-interval', fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(output_dir, 'curves.png'), dpi=110)
   plt.close(fig)

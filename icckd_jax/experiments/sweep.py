@@ -32,7 +32,6 @@ of the whole sweep; the progress lines of its runs then show the sweep's
 ETA (estimate.py).
 """
 
-import ast
 import dataclasses
 import glob
 import json
@@ -41,7 +40,6 @@ import multiprocessing
 import os
 import sys
 import time
-from typing import Any
 
 from absl import logging
 import jax
@@ -52,6 +50,7 @@ from icckd_jax.errors import UserError
 from icckd_jax.experiments import method
 from icckd_jax.experiments import report
 from icckd_jax.experiments import run_store
+from icckd_jax.experiments.settings import Setting, apply_overrides, parse_setting, seeds_of  # noqa: F401
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
 from icckd_jax.training import parallel
@@ -61,54 +60,6 @@ from icckd_jax.training import workdir_lock
 from icckd_jax.training.reuse import Reuse
 
 SWEEP_FILE = 'sweep.json'
-
-
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  name: str
-  overrides: dict[str, Any]
-
-
-def parse_setting(text: str) -> Setting:
-  """'NAME: a.b=1, c=0.5' -> Setting('NAME', {'a.b': 1, 'c': 0.5})."""
-  name, _, rest = text.partition(':')
-  name = name.strip()
-  if not name or '/' in name:
-    raise UserError(f'config.settings entry {text!r} needs a name without '
-                    "'/' before ':'")
-  overrides = {}
-  for item in filter(None, (part.strip() for part in rest.split(','))):
-    field, eq, value = item.partition('=')
-    if not eq:
-      raise UserError(f'config.settings entry {text!r}: {item!r} is not '
-                      'field=value')
-    try:
-      overrides[field.strip()] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-      overrides[field.strip()] = value.strip()
-  return Setting(name, overrides)
-
-
-def apply_overrides(base: ml_collections.ConfigDict,
-                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `base` with dotted `overrides` set; unknown fields are errors."""
-  config = ml_collections.ConfigDict(base.to_dict())
-  for field, value in overrides.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for part in parents:
-      if part not in node:
-        raise UserError(f'config.settings: {field!r} is not a field of the '
-                        'pipeline config')
-      node = node[part]
-    if leaf not in node:
-      raise UserError(f'config.settings: {field!r} is not a field of the '
-                      'pipeline config')
-    try:
-      node[leaf] = value
-    except TypeError as e:
-      raise UserError(f'config.settings: {field}={value!r}: {e}') from None
-  return config
 
 
 def run_config(base: ml_collections.ConfigDict, setting: Setting,
@@ -136,29 +87,38 @@ class Run:
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
-  """Every (setting, seed) of the sweep, in order; checks the settings."""
+  """Every (setting, seed) of the sweep, seed by seed (so that a sweep cut
+  short holds whole seeds of every setting); checks the settings."""
   settings = [parse_setting(s) for s in config.settings]
   names = [s.name for s in settings]
   if len(set(names)) != len(names):
     raise UserError(f'config.settings has repeated names: {names}')
   if not config.seeds:
     raise UserError('config.seeds is empty')
+  unknown = set(config.get('primary_settings') or ()) - set(names)
+  if unknown:
+    raise UserError(f'config.primary_settings names no setting: '
+                    f'{sorted(unknown)}')
+  if config.get('primary_settings') and not config.get('primary_seeds'):
+    raise UserError('config.primary_seeds is empty')
   workers = config.get('workers', 1)
   if not isinstance(workers, int) or workers < 1:
     raise UserError(f'config.workers={workers!r} must be an integer >= 1')
   store = os.path.abspath(config.get('store') or workdir)
   runs = []
-  for setting in settings:
-    for seed in config.seeds:
-      pipeline = run_config(config.base, setting, seed)
-      teacher_dir = run_store.teacher_dir(store, pipeline.teacher)
-      student = method.student_config(pipeline, teacher_dir)
-      runs.append(Run(
-          setting=setting.name, seed=seed,
-          run_dir=os.path.join(workdir, setting.name, f'seed_{seed}'),
-          teacher=pipeline.teacher, student=student, teacher_dir=teacher_dir,
-          student_dir=run_store.student_dir(
-              store, student, run_store.teacher_key(pipeline.teacher))))
+  for seed, index in sorted((seed, index)
+                            for index, setting in enumerate(settings)
+                            for seed in seeds_of(config, setting.name)):
+    setting = settings[index]
+    pipeline = run_config(config.base, setting, seed)
+    teacher_dir = run_store.teacher_dir(store, pipeline.teacher)
+    student = method.student_config(pipeline, teacher_dir)
+    runs.append(Run(
+        setting=setting.name, seed=seed,
+        run_dir=os.path.join(workdir, setting.name, f'seed_{seed}'),
+        teacher=pipeline.teacher, student=student, teacher_dir=teacher_dir,
+        student_dir=run_store.student_dir(
+            store, student, run_store.teacher_key(pipeline.teacher))))
   return runs
 
 
@@ -383,8 +343,8 @@ def _write_result(run: Run, config: ml_collections.ConfigDict) -> None:
   """RUN_DIR/result.json, written whole or not at all: several workers may
   write the same (identical) file."""
   report.write_result(run.run_dir, run.setting, run.seed,
-                      config.base.teacher.batch_size,
-                      config.base.student.batch_size)
+                      run.teacher.to_dict(), run.student.to_dict(),
+                      config.get('reach_train_accuracy'))
 
 
 def _visible_gpus() -> list[str]:

@@ -220,11 +220,22 @@ def negative_counts(
   return in_batch, jnp.sum(cache_mask, axis=1, dtype=jnp.int32)
 
 
+EMPTY_ANCHORS = ('exclude', 'count')
+
+
 def gated_mean(per_anchor: jax.Array, margins: jax.Array,
-               delta: float) -> jax.Array:
+               delta: float,
+               has_negatives: Optional[jax.Array] = None) -> jax.Array:
   """Mean of the per-anchor losses over the anchors whose margin exceeds δ.
 
   gate_i = m_i > δ;  L = Σ_i gate_i·l_i / max(Σ_i gate_i, 1).
+
+  With `has_negatives` (docs/method.md §3, "anchors without negatives"), an
+  anchor counts only if it also has at least one negative:
+  c_i = gate_i ∧ |N_i| > 0 and L = Σ_i c_i·l_i / max(Σ_i c_i, 1). Such an
+  anchor's l_i is 0 anyway; leaving it in the denominator would shrink the
+  term's weight by the share of anchors without a same-class partner, which
+  is what removing the cache changes.
 
   Probability margins from `margin` lie in (-1, 1], so δ = -1 (and any
   δ < -1) passes every anchor, and δ >= 1 passes none (L = 0). Gated-off
@@ -235,13 +246,32 @@ def gated_mean(per_anchor: jax.Array, margins: jax.Array,
     per_anchor: [B] losses l_i.
     margins: [B] margins m_i.
     delta: the threshold δ (a Python float or a traced scalar).
+    has_negatives: [B] bool, |N_i| > 0, or None to count every passing
+      anchor.
 
   Returns:
     [] float32.
   """
-  gate = margins > delta
-  total = jnp.sum(jnp.where(gate, per_anchor.astype(jnp.float32), 0.0))
-  return total / jnp.maximum(jnp.sum(gate, dtype=jnp.float32), 1.0)
+  counted = margins > delta
+  if has_negatives is not None:
+    counted = counted & has_negatives
+  total = jnp.sum(jnp.where(counted, per_anchor.astype(jnp.float32), 0.0))
+  return total / jnp.maximum(jnp.sum(counted, dtype=jnp.float32), 1.0)
+
+
+def effective_weight(margins: jax.Array, delta: float,
+                     has_negatives: jax.Array) -> jax.Array:
+  """The share of anchors whose loss reaches L_intra: (1/B)·Σ_i gate_i ∧ |N_i| > 0.
+
+  Args:
+    margins: [B] margins m_i.
+    delta: the threshold δ.
+    has_negatives: [B] bool, |N_i| > 0.
+
+  Returns:
+    [] float32 in [0, 1].
+  """
+  return jnp.mean(((margins > delta) & has_negatives).astype(jnp.float32))
 
 
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array,

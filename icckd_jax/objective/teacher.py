@@ -38,7 +38,7 @@ def hyperparameters(lam: float, tau: float, delta: float) -> dict[str, jax.Array
 def make_train_step(model: nn.Module, head: nn.Module | None,
                     tx: optax.GradientTransformation, mesh: Mesh, *,
                     mean, std, dtype, num_views: int, margin_kind: str,
-                    cache_store: str):
+                    cache_store: str, empty_anchors: str = 'exclude'):
   """Builds step(state, images, labels, hparams) -> (state, metrics).
 
   Args:
@@ -53,6 +53,8 @@ def make_train_step(model: nn.Module, head: nn.Module | None,
       computed), 2 with the intra-class objective.
     margin_kind: 'prob' or 'logit'.
     cache_store: 'features' or 'images' (ignored when the cache is empty).
+    empty_anchors: 'exclude' leaves anchors without any negative out of the
+      gated mean, 'count' keeps them in its denominator (docs/method.md §3).
 
   The returned step takes images [V, B, H, W, C] uint8 and labels [B] int32
   sharded over `data` on B, and hparams from `hyperparameters`; it returns the
@@ -102,7 +104,7 @@ def make_train_step(model: nn.Module, head: nn.Module | None,
       ce = losses.cross_entropy(logits_a, labels).mean()
       aux = {'new_model_state': new_model_state, 'logits_a': logits_a}
       if v == 1:
-        return ce, (aux, {'ce': ce})
+        return ce, (aux, {'loss': ce, 'ce': ce})
 
       z = embed(params, features)
       q = gather(z[:b])                      # anchors, view a   [B, d]
@@ -112,16 +114,22 @@ def make_train_step(model: nn.Module, head: nn.Module | None,
       cache_keys, cache_labels, cache_valid = cache_negatives(params, state)
       intra_per_anchor = losses.intra_class_contrastive(
           q, k, y, hp['tau'], cache_keys, cache_labels, cache_valid)
-      intra = losses.gated_mean(intra_per_anchor, margins, hp['delta'])
-      gate = margins > hp['delta']
       neg_batch, neg_cache = losses.negative_counts(y, cache_labels,
                                                     cache_valid)
+      has_negatives = (neg_batch + neg_cache) > 0
+      intra = losses.gated_mean(
+          intra_per_anchor, margins, hp['delta'],
+          has_negatives if empty_anchors == 'exclude' else None)
+      gate = margins > hp['delta']
       aux.update(keys=k, all_labels=y)
       # Each device's loss is its local CE plus λ times the global intra
       # loss; pmean of the gradients makes it CE(B) + λ·L_intra^δ.
-      return ce + hp['lam'] * intra, (aux, {
-          'ce': ce, 'intra': intra,
+      loss = ce + hp['lam'] * intra
+      return loss, (aux, {
+          'loss': loss, 'ce': ce, 'intra': intra,
           'gate_pass_rate': jnp.mean(gate.astype(jnp.float32)),
+          'effective_weight': losses.effective_weight(margins, hp['delta'],
+                                                      has_negatives),
           'margin_mean': jnp.mean(margins),
           'neg_in_batch': jnp.mean(neg_batch.astype(jnp.float32)),
           'neg_cache': jnp.mean(neg_cache.astype(jnp.float32))})
@@ -140,11 +148,9 @@ def make_train_step(model: nn.Module, head: nn.Module | None,
       new_cache = cache_lib.push(new_cache, lax.stop_gradient(stored),
                                  aux['all_labels'])
 
+    # The logged loss is the one differentiated: the mean over devices of
+    # each device's CE + λ·L (L is already global).
     parts = {name: lax.pmean(value, DATA) for name, value in parts.items()}
-    if v > 1:
-      parts['loss'] = parts['ce'] + hp['lam'] * parts['intra']
-    else:
-      parts['loss'] = parts['ce']
     parts['accuracy'] = lax.pmean(jnp.mean(
         (jnp.argmax(aux['logits_a'], -1) == labels).astype(jnp.float32)), DATA)
     new_state = state.replace(

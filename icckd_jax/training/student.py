@@ -85,7 +85,8 @@ def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
           x, train=True, mutable=['batch_stats'])
       loss, parts = distill_fn(distillers.Outputs(logits, features),
                                teacher_out, labels, args['hp'], gather)
-      return loss, (new_model_state, parts, logits)
+      # The logged loss is the differentiated one, whatever the distiller.
+      return loss, (new_model_state, {**parts, 'loss': loss}, logits)
 
     grads, (new_model_state, parts, logits) = jax.grad(
         loss_fn, has_aux=True)(state.params)
@@ -100,9 +101,6 @@ def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
     metrics['agreement'] = lax.pmean(jnp.mean(
         (prediction == jnp.argmax(teacher_out.logits, -1)).astype(
             jnp.float32)), DATA)
-    metrics['loss'] = sum(args['hp'][w] * metrics[k] for k, w in
-                          (('ce', 'gamma'), ('kd', 'alpha'), ('rkd', 'beta'))
-                          if k in metrics)
     return state.replace(step=state.step + 1, params=params,
                          opt_state=opt_state,
                          batch_stats=new_model_state['batch_stats']), metrics

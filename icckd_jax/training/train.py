@@ -39,6 +39,7 @@ from icckd_jax import models
 from icckd_jax.training import optim
 from icckd_jax.training import parallel
 from icckd_jax.objective import projection
+from icckd_jax.objective.losses import EMPTY_ANCHORS
 from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import validate
 from icckd_jax.training import workdir_lock
@@ -91,6 +92,9 @@ def _check_objective(config: ml_collections.ConfigDict) -> None:
   if icc.head not in projection.HEADS:
     raise UserError(f'config.icc.head={icc.head!r} is unknown; choose one of: '
                     + ', '.join(projection.HEADS))
+  if icc.empty_anchors not in EMPTY_ANCHORS:
+    raise UserError(f'config.icc.empty_anchors={icc.empty_anchors!r} is '
+                    f'unknown; choose one of: {", ".join(EMPTY_ANCHORS)}')
   if cache.store not in CACHE_STORES:
     raise UserError(f'config.cache.store={cache.store!r} is unknown; choose '
                     f'one of: {", ".join(CACHE_STORES)}')
@@ -311,7 +315,8 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
       lambda: teacher.make_train_step(
           model, head, tx, mesh, mean=dataset.mean, std=dataset.std,
           dtype=dtype, num_views=num_views,
-          margin_kind=config.icc.margin_kind, cache_store=config.cache.store))
+          margin_kind=config.icc.margin_kind, cache_store=config.cache.store,
+          empty_anchors=config.icc.empty_anchors))
   return RunSetup(
       model=model, head=head, tx=tx, learning_rate_fn=learning_rate_fn,
       steps_per_epoch=steps_per_epoch, num_views=num_views,
@@ -499,6 +504,7 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
   clock = estimate.RunClock(config.batch_size, steps_per_epoch, total_steps,
                             start_step, reuse.sweep_clock if reuse else None)
   record, memory = {}, {}
+  device_bytes = []  # sampled bytes in use: this run's, not the process's
   with StopRequest() as stop:
     for epoch in range(start_epoch, config.num_epochs):
       epoch_start = time.perf_counter()
@@ -549,6 +555,7 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
                         step_time=step_time,
                         images_per_second=config.batch_size / step_time)
           writer.write('train', step, values)
+          device_bytes.append(ablation_metrics.device_bytes_in_use())
           progress.report(step, epoch, config.num_epochs,
                           {'loss': values['loss'], 'acc': values['accuracy']},
                           clock.note())
@@ -557,29 +564,40 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
       check_state(state, step, ckpts)
       per_step = jax.device_get(per_step)
       losses = np.array([m['loss'] for m in per_step])
+      is_last = epoch + 1 == config.num_epochs
+      # Evaluation every `eval_every_epochs` and always at the last epoch,
+      # whose figures are the run's headline.
+      evaluated = is_last or (epoch + 1) % config.eval_every_epochs == 0
       test = evaluate_fn({'params': state.params['model'],
                           'batch_stats': state.batch_stats}, test_split,
-                         reference_variables)
+                         reference_variables) if evaluated else {}
       epoch_time = time.perf_counter() - epoch_start
       record = {'epoch': epoch + 1, **_mean_metrics(per_step),
                 'loss_var': float(np.var(losses)),
                 'step_losses': losses.tolist(),
+                # CE alone: the one loss every setting shares (the total
+                # differs by λ·L between settings).
+                'step_ce': [float(m['ce']) for m in per_step if 'ce' in m],
                 **{f'test_{k}': v for k, v in test.items()},
                 'epoch_time': epoch_time,
                 'images_per_second': steps_per_epoch * config.batch_size / epoch_time,
                 'cache_bytes': cache_bytes}
       history.append(writer.write('epoch', step, record))
       clock.after_epoch()
-      logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
-                   epoch + 1, config.num_epochs, test['top1'], test['top5'],
-                   record['loss'],
-                   f", agreement with teacher {test['agreement']:.4f}"
-                   if 'agreement' in test else '')
+      if evaluated:
+        logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss '
+                     '%.4f%s', epoch + 1, config.num_epochs, test['top1'],
+                     test['top5'], record['loss'],
+                     f", agreement with teacher {test['agreement']:.4f}"
+                     if 'agreement' in test else '')
+      else:
+        logging.info('epoch %d/%d: train loss %.4f, accuracy %.4f',
+                     epoch + 1, config.num_epochs, record['loss'],
+                     record['accuracy'])
 
-      improved = test['top1'] > best['top1']
+      improved = evaluated and test['top1'] > best['top1']
       if improved:
         best = {'top1': test['top1'], 'epoch': epoch + 1}
-      is_last = epoch + 1 == config.num_epochs
       regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
       if regular or improved:
         ckpts.save(epoch + 1, state, meta(epoch + 1, step),
@@ -594,7 +612,9 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
              'epochs': config.num_epochs, 'steps': total_steps,
              'workdir': workdir,
              'compiled_memory': memory,
-             'peak_device_bytes': ablation_metrics.peak_device_memory(),
+             # Max of the samples taken during this run (None on CPU).
+             'peak_device_bytes': max((b for b in device_bytes
+                                       if b is not None), default=None),
              **(summary_extra or {})}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:

@@ -31,7 +31,8 @@ CONFIG_FILE = 'config.json'
 # independent of the device count, which is tested).
 RESUMABLE_CHANGES = ('workdir', 'num_epochs', 'log_every_steps',
                      'checkpoint_every_epochs', 'keep_checkpoints',
-                     'eval_batch_size', 'num_devices', 'mode')
+                     'eval_batch_size', 'eval_every_epochs', 'num_devices',
+                     'mode')
 
 # (predicate, what would be valid) for each checked field, by dotted path.
 _Rule = tuple[Callable[[Any], bool], str]
@@ -52,6 +53,7 @@ RULES: dict[str, _Rule] = {
     'num_epochs': _int_at_least(1),
     'batch_size': _int_at_least(1),
     'eval_batch_size': _int_at_least(1),
+    'eval_every_epochs': _int_at_least(1),
     'learning_rate': _POSITIVE,
     'lr_decay_rate': _POSITIVE,
     'momentum': _FRACTION,

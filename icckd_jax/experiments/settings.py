@@ -1,0 +1,83 @@
+"""A sweep's settings: named overrides of a base pipeline config, and the
+seeds each runs.
+
+A setting is a string 'NAME: field=value, field=value' (fields dotted from
+the pipeline config, values Python literals), e.g.
+'delta=0.2: teacher.icc.delta=0.2'.
+"""
+
+import ast
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from icckd_jax.errors import UserError
+
+DELTA_FIELD = 'teacher.icc.delta'
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  name: str
+  overrides: dict[str, Any]
+
+
+def parse_setting(text: str) -> Setting:
+  """'NAME: a.b=1, c=0.5' -> Setting('NAME', {'a.b': 1, 'c': 0.5})."""
+  name, _, rest = text.partition(':')
+  name = name.strip()
+  if not name or '/' in name:
+    raise UserError(f'config.settings entry {text!r} needs a name without '
+                    "'/' before ':'")
+  overrides = {}
+  for item in filter(None, (part.strip() for part in rest.split(','))):
+    field, eq, value = item.partition('=')
+    if not eq:
+      raise UserError(f'config.settings entry {text!r}: {item!r} is not '
+                      'field=value')
+    try:
+      overrides[field.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      overrides[field.strip()] = value.strip()
+  return Setting(name, overrides)
+
+
+def apply_overrides(base: ml_collections.ConfigDict,
+                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `base` with dotted `overrides` set; unknown fields are errors."""
+  config = ml_collections.ConfigDict(base.to_dict())
+  for field, value in overrides.items():
+    *parents, leaf = field.split('.')
+    node = config
+    for part in parents:
+      if part not in node:
+        raise UserError(f'config.settings: {field!r} is not a field of the '
+                        'pipeline config')
+      node = node[part]
+    if leaf not in node:
+      raise UserError(f'config.settings: {field!r} is not a field of the '
+                      'pipeline config')
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise UserError(f'config.settings: {field}={value!r}: {e}') from None
+  return config
+
+
+def seeds_of(config: ml_collections.ConfigDict | dict, name: str) -> tuple:
+  """The seeds of setting `name`: `primary_seeds` for the settings named in
+  `primary_settings` (a study's pre-registered comparison, which needs more
+  seeds), `seeds` for the others."""
+  if name in (config.get('primary_settings') or ()):
+    return tuple(config['primary_seeds'])
+  return tuple(config['seeds'])
+
+
+def delta_settings(settings: list[Setting]) -> dict[str, float]:
+  """{name: δ} of the settings that change δ alone, to a value in [0, 1)
+  (a gate that some anchors pass and some do not): the points of a trend
+  across δ."""
+  return {s.name: float(s.overrides[DELTA_FIELD]) for s in settings
+          if set(s.overrides) == {DELTA_FIELD}
+          and 0 <= s.overrides[DELTA_FIELD] < 1}

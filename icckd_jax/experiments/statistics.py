@@ -1,0 +1,137 @@
+"""The statistics of a study: intervals, paired tests, a trend, power.
+
+Small pure functions over per-seed numbers, each a thin layer over
+`scipy.stats` (no distribution is written by hand here). The report
+(report.py) applies them to the last-epoch figures of every run:
+
+* `t_interval`: a setting's mean and its 95% t-interval over seeds;
+* `paired_difference`: an arm against a control on the seeds both ran
+  (same seed = same initialisation, data order and augmentation), its mean
+  difference, 95% interval and two-sided paired t-test p-value;
+* `holm`: Holm's step-down adjustment of a family of p-values;
+* `linear_trend`: the slope of a figure against δ over every run, with its
+  95% interval and p-value;
+* `detectable_difference`: the smallest paired difference the design could
+  detect (two-sided α = 0.05, power 0.8) given the spread it measured.
+"""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+POWER = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """A mean and its two-sided confidence interval over n values."""
+  mean: float
+  low: float
+  high: float
+  n: int
+
+
+def t_interval(values: Sequence[float],
+               confidence: float = CONFIDENCE) -> Interval:
+  """Mean of `values` [n] and its t-interval (NaN bounds when n < 2)."""
+  x = np.asarray(values, dtype=np.float64)
+  if x.size == 0:
+    raise ValueError('t_interval needs at least one value')
+  mean = float(np.mean(x))
+  if x.size < 2:
+    return Interval(mean, math.nan, math.nan, 1)
+  sem = stats.sem(x)
+  if sem == 0:
+    return Interval(mean, mean, mean, int(x.size))
+  low, high = stats.t.interval(confidence, x.size - 1, loc=mean, scale=sem)
+  return Interval(mean, float(low), float(high), int(x.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+  """arm − control over the n seeds both ran."""
+  difference: Interval
+  p_value: float
+  sd: float  # standard deviation of the per-seed differences
+
+
+def paired_difference(arm: dict[int, float], control: dict[int, float],
+                      confidence: float = CONFIDENCE) -> PairedDifference:
+  """Seed-paired arm − control: mean, t-interval and paired t-test p-value.
+
+  Args:
+    arm, control: {seed: value}; only seeds present in both count.
+
+  Raises:
+    ValueError: fewer than two common seeds.
+  """
+  seeds = sorted(set(arm) & set(control))
+  if len(seeds) < 2:
+    raise ValueError(f'a paired difference needs two common seeds, got '
+                     f'{seeds}')
+  a = np.array([arm[s] for s in seeds], dtype=np.float64)
+  c = np.array([control[s] for s in seeds], dtype=np.float64)
+  d = a - c
+  sd = float(np.std(d, ddof=1))
+  if sd == 0:
+    p = 1.0 if np.all(d == 0) else 0.0
+  else:
+    p = float(stats.ttest_rel(a, c).pvalue)
+  return PairedDifference(t_interval(d, confidence), p, sd)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm's step-down adjusted p-values, in the order given.
+
+  The i-th smallest of m p-values is multiplied by (m − i + 1), made
+  non-decreasing along that order, and capped at 1; rejecting every
+  adjusted p below α controls the family-wise error rate at α.
+  """
+  p = np.asarray(p_values, dtype=np.float64)
+  m = p.size
+  order = np.argsort(p)
+  adjusted = np.empty(m)
+  running = 0.0
+  for rank, index in enumerate(order):
+    running = max(running, min(1.0, (m - rank) * p[index]))
+    adjusted[index] = running
+  return adjusted.tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class Trend:
+  """Least-squares slope of a figure against x, per unit of x."""
+  slope: Interval
+  p_value: float
+  n: int
+
+
+def linear_trend(x: Sequence[float], y: Sequence[float],
+                 confidence: float = CONFIDENCE) -> Trend:
+  """Slope of y [n] on x [n] (every run one point), its t-interval and the
+  p-value of slope = 0."""
+  x = np.asarray(x, dtype=np.float64)
+  y = np.asarray(y, dtype=np.float64)
+  if x.size < 3 or np.ptp(x) == 0:
+    raise ValueError('a trend needs three points and two distinct x')
+  fit = stats.linregress(x, y)
+  half = stats.t.ppf(0.5 + confidence / 2, x.size - 2) * fit.stderr
+  return Trend(Interval(float(fit.slope), float(fit.slope - half),
+                        float(fit.slope + half), int(x.size)),
+               float(fit.pvalue), int(x.size))
+
+
+def detectable_difference(sd: float, n: int, alpha: float = 0.05,
+                          power: float = POWER) -> float:
+  """The paired mean difference a two-sided t-test on n pairs detects with
+  `power` at level `alpha`, when the per-pair differences have SD `sd`:
+  (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n (the usual t approximation)."""
+  if n < 2:
+    return math.nan
+  df = n - 1
+  return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df))
+               * sd / math.sqrt(n))
