@@ -19,6 +19,7 @@ JAX_PROCESS_ID). SIGTERM or Ctrl-C saves at the next step and exits with
 import logging as py_logging
 import os
 import sys
+import threading
 
 from absl import app
 from absl import flags
@@ -48,6 +49,9 @@ flags.DEFINE_integer('process_id',
                      if os.environ.get('JAX_PROCESS_ID') else None,
                      'With --multihost: this process\'s index, from 0 '
                      '(default: $JAX_PROCESS_ID).', lower_bound=0)
+flags.DEFINE_integer('multihost_timeout', 300,
+                     'With --multihost: seconds to wait for every process to '
+                     'connect before giving up with an error.', lower_bound=1)
 config_flags.DEFINE_config_file('config', None, 'The job config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -98,20 +102,58 @@ def _missing_field(error: Exception) -> str:
       else name
 
 
+CLUSTER_FLAGS = ('coordinator_address', 'num_processes', 'process_id',
+                 'multihost_timeout')
+
+
+def _check_cluster_flags() -> None:
+  """Cluster flags without --multihost would train one lone process."""
+  given = [f'--{name}' for name in CLUSTER_FLAGS if FLAGS[name].present]
+  if given and not FLAGS.multihost:
+    _fail(f'{", ".join(given)} given without --multihost; add --multihost to '
+          'run several processes, or drop them to run one')
+
+
 def _initialize_distributed() -> None:
   """jax.distributed with the flags' (or environment's) cluster, where given.
 
   The CPU backend needs gloo for collectives across processes (GPUs and TPUs
-  use their own); it must be chosen before any backend starts.
+  use their own); it must be chosen before any backend starts. Waiting for
+  peers that never come ends after --multihost_timeout seconds with one
+  error line: XLA's own timeout aborts the process with a native stack
+  trace, so a watchdog exits first (nothing has been written yet).
   """
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  timeout = FLAGS.multihost_timeout
+  address = FLAGS.coordinator_address or "the cluster manager's coordinator"
+  processes = FLAGS.num_processes or "the cluster's"
+  logging.info('Waiting up to %d s for %s processes at %s (process %s).',
+               timeout, processes, address,
+               'unknown' if FLAGS.process_id is None else FLAGS.process_id)
+  connected = threading.Event()
+
+  def give_up():
+    if not connected.is_set():
+      print(f'error: --multihost: {processes} processes did not all connect '
+            f'to {address} within {timeout} s (--multihost_timeout); start '
+            'every process with the same --coordinator_address and '
+            '--num_processes', file=sys.stderr, flush=True)
+      os._exit(2)  # The native client holds the main thread.
+
+  watchdog = threading.Timer(timeout, give_up)
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+                               process_id=FLAGS.process_id,
+                               initialization_timeout=timeout + 60)
   except (ValueError, TypeError) as e:
     _fail(f'--multihost: {str(e).splitlines()[0]} (pass --coordinator_address, '
           '--num_processes and --process_id, or run under SLURM)')
+  finally:
+    connected.set()
+    watchdog.cancel()
 
 
 def parse_flags(argv):
@@ -129,6 +171,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _check_cluster_flags()
   if FLAGS.multihost:
     _initialize_distributed()
   logging.info('JAX devices: %s', jax.devices())
@@ -144,6 +187,11 @@ def main(argv):
   except train.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(128 + e.signum)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the train loop (loading data, compiling), or a second
+    # one inside it: nothing half-written to keep, so no traceback.
+    print('interrupted', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':

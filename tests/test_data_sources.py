@@ -195,6 +195,21 @@ def test_cifar_damaged_archive_refused_without_cache(tmp_path, damage):
   assert _leftovers(root) == []
 
 
+def test_cifar_archive_corrupted_late_is_called_corrupt(tmp_path):
+  """Bytes damaged in a late member: tarfile stops there as if the archive
+  had ended, so the message must say corrupt, not name a missing batch."""
+  archive = tmp_path / 'c10.tar.gz'
+  _write_cifar(archive, 'cifar10')
+  data = bytearray(archive.read_bytes())
+  at = 3 * len(data) // 4
+  data[at:at + 64] = bytes(64)
+  archive.write_bytes(bytes(data))
+  message = _one_line_error('corrupt', _load, name='cifar10',
+                            path=str(archive), data_dir=str(tmp_path / 'd'))
+  assert 'is missing' not in message
+  assert 'cifar-10-python.tar.gz' in message
+
+
 class _Evil:
 
   def __reduce__(self):

@@ -223,6 +223,14 @@ def test_image_folder_rejects_differing_test_classes(tmp_path):
                          path=str(tmp_path / 'tree'))
 
 
+def test_image_folder_names_an_empty_class_folder(tmp_path):
+  _write_tree(tmp_path / 'tree')
+  (tmp_path / 'tree' / 'train' / 'owl').mkdir()
+  message = _assert_one_line_error('holds no image', name='image_folder',
+                                   path=str(tmp_path / 'tree'))
+  assert "'train/owl/'" in message
+
+
 def test_image_folder_missing_path_names_it(tmp_path):
   missing = str(tmp_path / 'nowhere')
   message = _assert_one_line_error('does not exist', name='image_folder',

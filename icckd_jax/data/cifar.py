@@ -15,6 +15,7 @@ run code. No TensorFlow and no TFDS are involved.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import pathlib
 import pickle
@@ -138,6 +139,7 @@ def decode_archive(name: str, source: pathlib.Path,
   missing = [m for m in (*spec.train, spec.test, spec.meta)
              if m not in members]
   if missing:
+    _check_compressed_stream(source, where, spec.filename)
     raise UserError(f'{where} is not the {name} python-version archive: '
                     f'{spec.folder}/{missing[0]} is missing; {expected}')
   _unpickle(members[spec.meta], where, spec.meta)
@@ -149,6 +151,26 @@ def decode_archive(name: str, source: pathlib.Path,
     for key, _ in spec.label_keys.values():
       arrays[f'{split}_{key}'] = np.concatenate([b[1][key] for b in batches])
   return arrays
+
+
+def _check_compressed_stream(source: pathlib.Path, where: str,
+                             filename: str) -> None:
+  """Raises a UserError naming the corruption when `source` is a gzip file
+  whose stream fails its checks: tarfile stops at the first bad header
+  after the start as if the archive had ended, so corruption would read as
+  missing members."""
+  if source.is_dir():
+    return
+  with open(source, 'rb') as f:
+    if f.read(2) != b'\x1f\x8b':
+      return
+  try:
+    with gzip.open(source) as stream:
+      while stream.read(1 << 22):
+        pass
+  except (OSError, EOFError, zlib.error) as e:
+    raise UserError(f'{where} is corrupt ({one_line(e).rstrip(":")}): '
+                    f'download {filename} again') from e
 
 
 def _read_members(spec: _Spec, source: pathlib.Path, where: str,

@@ -68,11 +68,18 @@ def load(path: str | None, cache_root: pathlib.Path):
 def _decode_tree(path: str, root: pathlib.Path) -> dict[str, np.ndarray]:
   files = _folder_files(root) if root.is_dir() else _archive_files(root)
   files = _strip_top_folder(files)
+  empty = sorted('/'.join(parts[:2]) for parts, source in files
+                 if source is None and len(parts) == 3
+                 and parts[0] in ('train', 'test'))
+  if empty:
+    raise UserError(f"dataset.path={path!r}: the class folder '{empty[0]}/' "
+                    'holds no image; add its images or remove it')
   by_split = {}
   for split in ('train', 'test'):
     entries = sorted((parts[1], parts[2], source)
                      for parts, source in files
-                     if len(parts) == 3 and parts[0] == split)
+                     if len(parts) == 3 and parts[0] == split
+                     and source is not None)
     if not entries:
       raise UserError(
           f"dataset.path={path!r} has no images in '{split}/<class>/'; "
@@ -109,8 +116,11 @@ def is_hidden(parts: Sequence[str]) -> bool:
 
 def _folder_files(root: pathlib.Path) -> list[_File]:
   files = []
-  for dirpath, _, filenames in os.walk(root):
+  for dirpath, dirnames, filenames in os.walk(root):
     rel = pathlib.Path(dirpath).relative_to(root).parts
+    if not dirnames and not filenames and not is_hidden(rel):
+      # An empty leaf folder: a class folder with no image is named below.
+      files.append((rel + ('',), None))
     for filename in filenames:
       parts = rel + (filename,)
       if not is_hidden(parts):

@@ -101,11 +101,13 @@ def _load_error(name: str, data_dir: str | None,
   cause = error
   while cause is not None:
     if isinstance(cause, ImportError):
+      missing = getattr(cause, 'name', None) or one_line(cause)
       return UserError(
           f'TFDS set {name!r} is not prepared in data_dir={data_dir!r}, and '
-          f'preparing it needs TensorFlow ({type(cause).__name__}: '
-          f'{one_line(cause)}); install it with {PREPARE_EXTRA}, or prepare '
-          'the set elsewhere and point dataset.data_dir at it')
+          'preparing it needs TensorFlow and the other packages of the '
+          f"[tensorflow] extra (module {missing!r} is missing); install them "
+          f'with {PREPARE_EXTRA}, or prepare the set elsewhere and point '
+          'dataset.data_dir at it')
     cause = cause.__cause__ or cause.__context__
   return UserError(
       f'TFDS data set {name!r} could not be loaded (data_dir={data_dir!r}): '

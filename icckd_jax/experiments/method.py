@@ -13,6 +13,9 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from icckd_jax import distillers
+from icckd_jax import models
+from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import student
 from icckd_jax.training import train
@@ -44,13 +47,34 @@ def student_config(config: ml_collections.ConfigDict,
   return result
 
 
+def check_stages(teacher: ml_collections.ConfigDict,
+                 student_stage: ml_collections.ConfigDict,
+                 where: str = '') -> None:
+  """Every check of both stages that needs no data and no teacher, before
+  the first stage starts: a bad student field is found before a whole
+  teacher has trained. The message names the stage (and `where`, e.g. a
+  sweep's setting and seed)."""
+  for stage, config in (('teacher', teacher), ('student', student_stage)):
+    try:
+      validate.check_config(config, f'{stage}.')
+      models.create_model(config.model, 2)  # Unknown names raise here.
+      if stage == 'teacher':
+        train.check_objective(config)
+      else:
+        distillers.get(config.distill.method)
+    except UserError as e:
+      message = str(e)
+      if not message.startswith(f'config.{stage}.'):
+        message = message.replace('config.', f'config.{stage}.', 1)
+      raise UserError(f'{where}{message}') from None
+
+
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
   summaries: {'teacher': ..., 'student': ...}."""
   train.require_workdir(workdir)
-  validate.check_config(config.teacher, 'teacher.')
-  validate.check_config(config.student, 'student.')
+  check_stages(config.teacher, config.student)
   # Each stage creates its own directory (and WORKDIR with it) only once
   # its config has passed every check.
   workdir = os.path.abspath(workdir)

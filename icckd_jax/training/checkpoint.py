@@ -19,6 +19,7 @@ checkpoint to make room for a bad one.
 """
 
 import os
+import shutil
 from typing import Any
 
 from absl import logging
@@ -31,6 +32,23 @@ from icckd_jax.training import parallel
 from icckd_jax.errors import UserError
 
 DAMAGED_DIR = 'damaged'
+# Orbax writes a checkpoint under this suffix and renames it when complete.
+PARTIAL_SUFFIX = '.orbax-checkpoint-tmp'
+
+
+def remove_partial_saves(workdir: str) -> list[str]:
+  """Deletes the half-written checkpoints a failed save left in WORKDIR
+  (never a complete one: those carry no temporary suffix); returns them."""
+  removed = []
+  for kind in ('checkpoints', 'best', 'preempted'):
+    directory = os.path.join(workdir, kind)
+    if not os.path.isdir(directory):
+      continue
+    for name in os.listdir(directory):
+      if PARTIAL_SUFFIX in name:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(os.path.join(directory, name))
+  return removed
 
 
 def abstract_like(tree, mesh: Mesh):

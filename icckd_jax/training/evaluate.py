@@ -132,10 +132,15 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   logging.info('%s checkpoint of %s (epoch %d): top-1 %.4f, top-5 %.4f on %d '
                'test examples', which, workdir, meta['epoch'], result['top1'],
                result['top5'], result['count'])
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'eval_{which}.json'), 'w') as f:
-      json.dump(result, f, indent=2)
   print(json.dumps(result))
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, f'eval_{which}.json')
+    try:
+      with open(path, 'w') as f:
+        json.dump(result, f, indent=2)
+    except OSError as e:  # A read-only workdir: the result is printed above.
+      logging.warning('Could not write %s (%s); the result is printed '
+                      'above.', path, e.strerror or e)
   return result
 
 

@@ -21,7 +21,8 @@ def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, optionally of one kind.
 
   A line that is not a whole JSON object (the last line of a run killed
-  while writing it) is skipped.
+  while writing it), or whose 'step' is not an integer or whose 'kind' is
+  not a string (an edited file), is skipped.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
@@ -33,7 +34,9 @@ def read_records(workdir: str, kind: str | None = None) -> list[dict]:
         record = json.loads(line)
       except ValueError:
         continue
-      if isinstance(record, dict) and 'step' in record:
+      if (isinstance(record, dict) and isinstance(record.get('kind'), str)
+          and isinstance(record.get('step'), int)
+          and not isinstance(record.get('step'), bool)):
         records.append(record)
   return [r for r in records if kind is None or r.get('kind') == kind]
 

@@ -107,6 +107,7 @@ def check_config(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   Fields without a rule (a config of another branch, say) are still
   required to be finite; `lr_decay_epochs` must be non-negative integers.
   """
+  check_dataset(config, prefix)
   tree = config.to_dict()
   for path, value in _leaves(tree):
     name = f'config.{prefix}{path}'
@@ -121,6 +122,21 @@ def check_config(config: ml_collections.ConfigDict, prefix: str = '') -> None:
       raise UserError(f'{name}={value!r} is out of range; it must be {valid}')
 
 
+# Data sets generated in memory: a path would be silently ignored.
+_PATHLESS_DATASETS = ('synthetic',)
+
+
+def check_dataset(config: ml_collections.ConfigDict, prefix: str = '') -> None:
+  """Refuses data set fields the chosen set would ignore."""
+  dataset = config.get('dataset')
+  if dataset is None:
+    return
+  if dataset.get('name') in _PATHLESS_DATASETS and dataset.get('path'):
+    raise UserError(f'config.{prefix}dataset.path={dataset.path!r} is set but '
+                    f'the {dataset.name!r} data set is generated and reads no '
+                    'file; drop the path or choose a data set that reads one')
+
+
 def stored_config(workdir: str | None) -> dict[str, Any] | None:
   """The config saved with WORKDIR's checkpoints, or None for a new run."""
   if not workdir:
@@ -133,7 +149,13 @@ def stored_config(workdir: str | None) -> dict[str, Any] | None:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise UserError(f'{path} cannot be read ({e}); move it aside to resume '
-                    'from the checkpoints alone') from None
+                    'from the checkpoints alone (their own config is checked)'
+                    ) from None
+
+
+# Fields added after runs were saved without them, with the value that
+# describes how those runs behaved: such a run resumes only with that value.
+ADDED_FIELDS = {'eval_every_epochs': 1, 'icc.empty_anchors': 'count'}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any],
@@ -144,7 +166,8 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any],
   for path in sorted(set(old_leaves) | set(new_leaves)):
     if path in ignore:
       continue
-    old, now = old_leaves.get(path, '<absent>'), new_leaves.get(path, '<absent>')
+    old = old_leaves.get(path, ADDED_FIELDS.get(path, '<absent>'))
+    now = new_leaves.get(path, '<absent>')
     if isinstance(old, list):
       old = tuple(old)
     if isinstance(now, list):
@@ -154,15 +177,52 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any],
   return differences
 
 
+# Where the checkpoint manager (checkpoint.py) keeps each kind, and the
+# item of a checkpoint that holds the config it was saved with.
+CHECKPOINT_KINDS = ('checkpoints', 'preempted', 'best')
+CHECKPOINT_CONFIG = os.path.join('config', 'metadata')
+
+
+def checkpoint_configs(workdir: str | None) -> dict[str, dict[str, Any]]:
+  """{checkpoint path: config saved inside it} of the newest committed
+  checkpoint of each kind in WORKDIR. These, not config.json (a user may
+  edit or remove it), say what run the workdir holds. Unreadable ones are
+  left out: restoring will treat them as damaged."""
+  found = {}
+  for kind in CHECKPOINT_KINDS:
+    directory = os.path.join(workdir or '', kind)
+    if not workdir or not os.path.isdir(directory):
+      continue
+    steps = sorted((int(name) for name in os.listdir(directory)
+                    if name.isdigit()), reverse=True)
+    for step in steps:
+      path = os.path.join(directory, str(step), CHECKPOINT_CONFIG)
+      try:
+        with open(path) as f:
+          found[os.path.join(directory, str(step))] = json.load(f)
+        break
+      except (OSError, ValueError):
+        continue
+  return found
+
+
 def check_resumable(config: ml_collections.ConfigDict,
                     workdir: str | None) -> None:
-  """Refuses to resume WORKDIR's run with a config that builds another run."""
-  stored = stored_config(workdir)
-  if stored is None:
-    return
+  """Refuses to resume WORKDIR's run with a config that builds another run.
+
+  The new config is compared with config.json and with the config stored
+  inside each kind's newest checkpoint, so that an edited or removed
+  config.json cannot let another run resume (or take an intact checkpoint
+  of another model for a damaged one).
+  """
   new = json.loads(config.to_json_best_effort())
-  differences = config_differences(stored, new)
-  if differences:
-    raise UserError(f'workdir {workdir} holds a run with '
-                    f'{"; ".join(differences)}; resume it with the same '
-                    'config or choose another --workdir')
+  stored = {os.path.join(workdir, CONFIG_FILE): stored_config(workdir)}
+  stored.update(checkpoint_configs(workdir))
+  for source, saved in stored.items():
+    if saved is None:
+      continue
+    differences = config_differences(saved, new)
+    if differences:
+      raise UserError(f'workdir {workdir} holds a run with '
+                      f'{"; ".join(differences)} (from {source}); resume it '
+                      'with the same config or choose another --workdir')
