@@ -153,3 +153,13 @@ def test_peak_device_memory():
   assert am.peak_device_memory(no_peak) is None
   gpu_like = _Stub('memory_stats', {'peak_bytes_in_use': 1234})
   assert am.peak_device_memory(gpu_like) == 1234
+
+
+def test_stability_variance_averages_epochs_two_to_the_first_decay():
+  # Per-epoch population variances: 1.0, 0.25, 4.0, 9.0.
+  epochs = [[0.0, 2.0], [1.0, 2.0], [0.0, 4.0], [0.0, 6.0]]
+  assert am.stability_variance(epochs, 3) == pytest.approx((0.25 + 4.0) / 2)
+  assert am.stability_variance(epochs, None) == pytest.approx(
+      (0.25 + 4.0 + 9.0) / 3)
+  assert am.stability_variance(epochs, 1) == pytest.approx(1.0)
+  assert am.stability_variance(epochs[:1], None) == pytest.approx(1.0)

@@ -395,6 +395,35 @@ def test_gated_mean_matches_reference(delta):
                                                         delta), got, rtol=1e-6)
 
 
+HAS_NEGATIVES = np.array([True, True, False, True, False, True])
+
+
+@pytest.mark.parametrize('delta', [-1.0, 0.0, 0.3, 0.4])
+def test_gated_mean_leaves_out_anchors_without_negatives(delta):
+  """'exclude': an anchor with no negative (l_i = 0) is neither summed nor
+  counted, so the mean is over the anchors that pass and have negatives."""
+  total, count = 0.0, 0
+  for l, m, h in zip(PER_ANCHOR, MARGINS, HAS_NEGATIVES):
+    if m > delta and h:
+      total, count = total + float(l), count + 1
+  got = losses.gated_mean(PER_ANCHOR, MARGINS, delta, HAS_NEGATIVES)
+  np.testing.assert_allclose(got, total / max(count, 1), rtol=1e-6)
+  # The effective weight counts the same anchors, over all of them.
+  np.testing.assert_allclose(
+      losses.effective_weight(MARGINS, delta, HAS_NEGATIVES), count / 6,
+      rtol=1e-6)
+
+
+def test_excluding_empty_anchors_undoes_the_dilution():
+  """With half the passing anchors lacking a negative, counting them halves
+  the term; excluding them restores it (the cache ablation's confound)."""
+  per_anchor = np.array([2.0, 0.0, 2.0, 0.0], np.float32)
+  margins = np.ones(4, np.float32) * 0.9
+  has = np.array([True, False, True, False])
+  assert float(losses.gated_mean(per_anchor, margins, 0.4)) == 1.0
+  assert float(losses.gated_mean(per_anchor, margins, 0.4, has)) == 2.0
+
+
 def test_gated_mean_delta_minus_one_passes_every_anchor():
   # Margins from `margin`, including a saturated wrong prediction.
   rng = np.random.default_rng(7)

@@ -58,13 +58,25 @@ def test_sweep_writes_the_runs_numbers(smoke_sweep):
     student_summary = json.loads((run / 'student' / 'summary.json').read_text())
     assert float(row['teacher_top1_last']) == teacher_summary['final_top1']
     assert float(row['student_top1_last']) == student_summary['final_top1']
-    assert float(row['teacher_top1_best']) == teacher_summary['best_top1']
+    assert (float(row['teacher_top1_best_evaluated']) ==
+            teacher_summary['best_top1'])
     saved = json.loads((run / 'teacher' / 'config.json').read_text())
     assert saved['icc']['delta'] == float(row['setting'].split('=')[1])
     line = next(l for l in summary_md.splitlines()
                 if l.startswith(f"| {row['setting']} |"))
-    assert f"{100 * teacher_summary['final_top1']:.2f} ± 0.00" in line
-  for plot in ('accuracy.png', 'loss.png', 'metrics.png'):
+    assert f"{100 * teacher_summary['final_top1']:.2f} (1 seed)" in line
+  with open(workdir / report.EPOCHS_CSV) as f:
+    epochs = list(csv.DictReader(f))
+  teacher_epochs = [e for e in epochs if e['stage'] == 'teacher'
+                    and e['setting'] == 'delta=0.2']
+  records = [json.loads(l) for l in (workdir / 'delta=0.2' / 'seed_0' /
+                                     'teacher' / 'metrics.jsonl').open()
+             if json.loads(l)['kind'] == 'epoch']
+  assert [float(e['gate_pass_rate']) for e in teacher_epochs] == [
+      r['gate_pass_rate'] for r in records]
+  assert [float(e['effective_weight']) for e in teacher_epochs] == [
+      r['effective_weight'] for r in records]
+  for plot in ('accuracy.png', 'curves.png'):
     assert (workdir / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

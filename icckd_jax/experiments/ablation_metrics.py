@@ -15,6 +15,7 @@ Conventions shared by the functions below:
   averages the epochs that exist so far (see `moving_average`).
 """
 
+import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -288,6 +289,21 @@ def device_bytes_in_use(device: Optional[jax.Device] = None) -> Optional[int]:
   if not stats or 'bytes_in_use' not in stats:
     return None
   return int(stats['bytes_in_use'])
+
+
+def available_memory(device: Optional[jax.Device] = None) -> Optional[int]:
+  """Bytes a new program can still use on `device`: the allocator's limit
+  less what it holds (GPU, TPU), or the host's available memory (CPU).
+  None where neither is known."""
+  if device is None:
+    device = jax.local_devices()[0]
+  stats = device.memory_stats()
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+  try:
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  except (ValueError, OSError, AttributeError):
+    return None
 
 
 def step_time_stats(step_seconds: Sequence[float],

@@ -202,6 +202,7 @@ def probe(runs: list[Run], reuse: Reuse) -> dict[str, float]:
   step_seconds: dict[int, float] = {}
   eval_seconds: dict[str, float] = {}
   projected: dict[str, float] = {}
+  teacher_states: dict[str, object] = {}
   for run in runs:
     for name, workdir, config, _ in _stages(run):
       if workdir in projected or _finished(workdir, config):
@@ -212,8 +213,13 @@ def probe(runs: list[Run], reuse: Reuse) -> dict[str, float]:
       if name == 'teacher':
         setup = teacher_setup
       else:
-        variables = jax.jit(teacher_setup.init_state,
-                            out_shardings=parallel.replicated(mesh))()
+        # Any teacher of the right architecture will do for timing: one
+        # state per architecture, not one compilation per student.
+        if run.teacher.model not in teacher_states:
+          teacher_states[run.teacher.model] = jax.jit(
+              teacher_setup.init_state,
+              out_shardings=parallel.replicated(mesh))()
+        variables = teacher_states[run.teacher.model]
         setup = student_lib.build_student(
             config, dataset, mesh, run.teacher,
             {'params': variables.params['model'],
@@ -236,9 +242,15 @@ def probe(runs: list[Run], reuse: Reuse) -> dict[str, float]:
         logging.info('Measured %s evaluation (%s, %d test images): %s.', name,
                      config.model, len(dataset.test_labels),
                      estimate.duration(eval_seconds[eval_key]))
-      projected[workdir] = config.num_epochs * (
-          setup.steps_per_epoch * step_seconds[id(setup.train_step)] +
-          eval_seconds[eval_key])
+      # Evaluations: every `eval_every_epochs` and the last epoch, plus a
+      # student's evaluation of its teacher before it starts.
+      every = config.get('eval_every_epochs', 1)
+      evaluations = (config.num_epochs // every +
+                     (config.num_epochs % every != 0) + (name == 'student'))
+      projected[workdir] = (
+          config.num_epochs * setup.steps_per_epoch *
+          step_seconds[id(setup.train_step)] +
+          evaluations * eval_seconds[eval_key])
   return projected
 
 
@@ -407,9 +419,13 @@ def _run_workers(config: ml_collections.ConfigDict, workdir: str) -> None:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs every (setting, seed) not yet finished, in config.workers
   processes; returns the result rows of every finished run."""
+  # Fail on a bad setting, seed list, worker count or stage field before
+  # anything is written or trained.
+  train.require_workdir(workdir)
+  for run in plan(config, os.path.abspath(workdir)):
+    method.check_stages(run.teacher, run.student,
+                        f'setting {run.setting!r} seed {run.seed}: ')
   workdir = train.prepare_workdir(workdir)
-  # Fail on a bad setting, seed list or worker count before any training.
-  plan(config, workdir)
   _write_sweep_file(config, workdir)
 
   start = time.perf_counter()

@@ -190,8 +190,11 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
       'batch_stats': state['batch_stats']}
 
 
-# The dataset fields that decide what the teacher's inputs look like.
-_DATA_FIELDS = ('name', 'path', 'image_size', 'channels')
+# The dataset fields that decide which images and labels the teacher saw;
+# the synthetic set is drawn from its seed, sizes and class count. The
+# subsets (train_subset, test_subset) may differ: the same images, fewer.
+_DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
+_SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
 
 
 def _check_same_data(student: ml_collections.ConfigDict,
@@ -199,7 +202,9 @@ def _check_same_data(student: ml_collections.ConfigDict,
                      input_shape=None, teacher_shape=None) -> None:
   """The student's data must be the teacher's: same set, same image size and
   channels (a teacher fed other images scores near chance)."""
-  for field in _DATA_FIELDS:
+  fields = _DATA_FIELDS + (_SYNTHETIC_FIELDS if student.get('name') ==
+                           'synthetic' else ())
+  for field in fields:
     mine, theirs = student.get(field), teacher.get(field)
     if mine != theirs:
       raise UserError(f'config.dataset.{field}={mine!r} but the teacher was '
@@ -288,14 +293,15 @@ def train_student(config: ml_collections.ConfigDict, workdir: str,
     ckpts.close()
   setup = build_student(config, dataset, mesh, teacher_config,
                         teacher_variables, reuse)
+  memory = train.check_step_memory(config, setup, dataset, mesh)
   workdir = train.prepare_workdir(workdir)
   with train.hold_workdir(workdir):
     return _train_student(config, workdir, setup, dataset, mesh,
-                          teacher_config, teacher_variables, reuse)
+                          teacher_config, teacher_variables, reuse, memory)
 
 
 def _train_student(config, workdir, setup, dataset, mesh, teacher_config,
-                   teacher_variables, reuse):
+                   teacher_variables, reuse, step_memory=None):
   teacher_eval_path = os.path.join(workdir, TEACHER_EVAL_FILE)
   if not os.path.exists(teacher_eval_path):
     _, test_split = input_pipeline.to_device(dataset, mesh)
@@ -322,4 +328,4 @@ def _train_student(config, workdir, setup, dataset, mesh, teacher_config,
 
   return train.fit(config, workdir, setup, dataset, mesh,
                    summary_extra={'teacher_top1': teacher_eval['top1']},
-                   reuse=reuse)
+                   reuse=reuse, step_memory=step_memory)

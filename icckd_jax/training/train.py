@@ -10,6 +10,7 @@ WORKDIR/summary.json.
 from collections.abc import Callable
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import ml_collections
 import numpy as np
 import optax
@@ -76,6 +77,9 @@ def prepare_workdir(workdir: str | None) -> str:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
+    # A full disk may fail the write after the file was created.
+    with contextlib.suppress(OSError):
+      os.remove(probe)
     raise UserError(f'workdir {workdir} is not writable: {e.strerror}') from None
   return os.path.abspath(workdir)
 
@@ -84,7 +88,8 @@ def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def _check_objective(config: ml_collections.ConfigDict) -> None:
+def check_objective(config: ml_collections.ConfigDict) -> None:
+  """The intra-class objective's choices and ranges (a teacher config)."""
   icc, cache = config.icc, config.cache
   if icc.margin_kind not in MARGIN_KINDS:
     raise UserError(f'config.icc.margin_kind={icc.margin_kind!r} is unknown; '
@@ -277,7 +282,7 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
   With `reuse`, a step already built for a config that differs only in
   traced values (δ, τ, λ ≠ 0) or the seed is shared, compiled once.
   """
-  _check_objective(config)
+  check_objective(config)
   dtype = compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = check_steps_per_epoch(config, dataset)
@@ -325,6 +330,41 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
                                         config.icc.delta))
 
 
+def check_step_memory(config: ml_collections.ConfigDict, setup: RunSetup,
+                      dataset: datasets.Dataset, mesh: Mesh) -> dict[str, int]:
+  """Compiles the train step ahead, from abstract inputs, and refuses one
+  that needs more memory than the devices have, before anything is written.
+
+  The compilation is the one the first step reuses (same program, same
+  shardings); returns its memory analysis (`compiled_memory`), which the
+  run then logs.
+  """
+  state = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
+  images = jax.ShapeDtypeStruct(
+      (setup.num_views, config.batch_size, *dataset.train_images.shape[1:]),
+      jnp.uint8, sharding=NamedSharding(mesh, PartitionSpec(None,
+                                                             parallel.DATA)))
+  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                sharding=parallel.batch_sharded(mesh))
+  memory = ablation_metrics.compiled_memory(setup.train_step.lower(
+      state, images, labels, setup.step_args).compile())
+  need = memory.get('total_bytes')
+  devices = list(mesh.devices.flat)
+  available = ablation_metrics.available_memory(devices[0])
+  if not need or not available:
+    return memory
+  if devices[0].platform == 'cpu':  # Emulated devices share the host's RAM.
+    need *= sum(d.process_index == jax.process_index() for d in devices)
+  if need > available:
+    raise UserError(
+        f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
+        f'{config.batch_size} of {tuple(dataset.train_images.shape[1:])} '
+        f'images) but {devices[0].platform} has {available / 2**30:.1f} GiB '
+        'available; lower config.batch_size or the image size, or use '
+        'more devices')
+  return memory
+
+
 @contextlib.contextmanager
 def hold_workdir(workdir: str):
   """One run per workdir: process 0 holds WORKDIR's lock (the other
@@ -359,9 +399,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = checked_mesh(config, workdir)
   dataset = load_dataset(config, reuse)
   setup = build_teacher(config, dataset, mesh, reuse)
+  memory = check_step_memory(config, setup, dataset, mesh)
   workdir = prepare_workdir(workdir)
   with hold_workdir(workdir):
-    return fit(config, workdir, setup, dataset, mesh, reuse=reuse)
+    return fit(config, workdir, setup, dataset, mesh, reuse=reuse,
+               step_memory=memory)
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -429,7 +471,8 @@ def _header(config, setup: RunSetup, dataset: datasets.Dataset, mesh: Mesh,
 def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
         dataset: datasets.Dataset, mesh: Mesh,
         summary_extra: dict[str, Any] | None = None,
-        reuse: Reuse | None = None) -> dict[str, Any]:
+        reuse: Reuse | None = None,
+        step_memory: dict[str, int] | None = None) -> dict[str, Any]:
   """The train loop shared by teachers and students: resume, train, evaluate
   after each epoch, log, checkpoint; returns the summary (also written to
   WORKDIR/summary.json, with `summary_extra` added).
@@ -442,13 +485,34 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
   """
   ckpts = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints)
   try:
-    return _fit(config, workdir, setup, dataset, mesh, ckpts,
-                summary_extra, reuse)
-  finally:
-    ckpts.close()
+    try:
+      return _fit(config, workdir, setup, dataset, mesh, ckpts,
+                  summary_extra, reuse, step_memory)
+    finally:
+      ckpts.close()
+  except Exception as e:  # pylint: disable=broad-except
+    if not _disk_full(e):
+      raise
+    checkpoint.remove_partial_saves(workdir)
+    raise UserError(f'the disk holding {workdir} is full (no space left while '
+                    'writing); every checkpoint saved before is intact: free '
+                    'space and rerun the same command to resume') from None
 
 
-def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
+def _disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from or during, is a full
+  disk (Orbax and TensorStore wrap the OSError in their own types)."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse,
+         step_memory=None):
   steps_per_epoch = setup.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
   learning_rate_fn = setup.learning_rate_fn
@@ -503,7 +567,7 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
 
   clock = estimate.RunClock(config.batch_size, steps_per_epoch, total_steps,
                             start_step, reuse.sweep_clock if reuse else None)
-  record, memory = {}, {}
+  record, memory, compiled = {}, dict(step_memory or {}), False
   device_bytes = []  # sampled bytes in use: this run's, not the process's
   with StopRequest() as stop:
     for epoch in range(start_epoch, config.num_epochs):
@@ -530,13 +594,15 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse):
                           f'at step {step}; saved it in {workdir}/preempted. '
                           'Rerun the same command to resume.')
         images, labels = next(batches)
-        if not memory:
+        if not compiled:
           logging.info('Compiling the train step...')
           # Compiling ahead shares XLA's cache with the call that follows, so
           # the memory analysis costs a trace, not a second compilation.
-          memory = ablation_metrics.compiled_memory(
-              train_step.lower(state, images, labels, step_args).compile())
+          if not memory:
+            memory = ablation_metrics.compiled_memory(
+                train_step.lower(state, images, labels, step_args).compile())
           memory['cache_bytes'] = cache_bytes
+          compiled = True
           if start_step == 0:  # Once per run, also when it resumes later.
             writer.write('memory', 0, memory)
         state, metrics = train_step(state, images, labels, step_args)
