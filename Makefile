@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all fashion-mnist clean
+.PHONY: demo test test-all lint fashion-mnist clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: $(VENV)/.installed fashion-mnist
 # .pth-teacher pipelines), which `make test-all` adds.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m 'not slow' --durations=15
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15

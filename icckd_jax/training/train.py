@@ -683,8 +683,11 @@ def _fit(config, workdir, setup, dataset, mesh, ckpts, summary_extra, reuse,
                                        if b is not None), default=None),
              **(summary_extra or {})}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    # Whole or not at all: a finished run is recognised by this file.
+    path = os.path.join(workdir, 'summary.json')
+    with open(f'{path}.tmp', 'w') as f:
       json.dump(summary, f, indent=2)
+    os.replace(f'{path}.tmp', path)
   logging.info('Done: last top-1 %s, best top-1 %.4f at epoch %d.',
                summary['final_top1'], best['top1'], best['epoch'])
   return summary
