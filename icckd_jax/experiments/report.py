@@ -273,9 +273,16 @@ def _primary_lines(sweep, names, controls, rows) -> list[str]:
   comparisons = paired_comparisons(arms, controls, rows, 'student_top1_last')
   if not comparisons:
     return []
-  lines = ['## Primary comparison (pre-registered)', '',
-           'Student top-1 (points), arm − control, paired by seed; '
-           f'Holm-adjusted over these {len(comparisons)} comparisons.', '',
+  return _comparison_table(
+      '## Primary comparison (pre-registered)',
+      'Student top-1 (points), arm − control, paired by seed; '
+      f'Holm-adjusted over these {len(comparisons)} comparisons.',
+      comparisons)
+
+
+def _comparison_table(title: str, note: str,
+                      comparisons: list[dict]) -> list[str]:
+  lines = [title, '', note, '',
            '| arm | control | seeds | difference [95% CI] | p | Holm p |',
            '|---|---|---|---|---|---|']
   for c in comparisons:
@@ -293,19 +300,11 @@ def _comparison_lines(names, controls, rows) -> list[str]:
     comparisons = paired_comparisons(names, controls, rows, column)
     if not comparisons:
       continue
-    lines += [f'## {stage.capitalize()} top-1: every arm − each control, '
-              'paired by seed',
-              '',
-              f'Points of top-1; Holm-adjusted over the {len(comparisons)} '
-              f'comparisons of this table.', '',
-              '| arm | control | seeds | difference [95% CI] | p | Holm p |',
-              '|---|---|---|---|---|---|']
-    for c in comparisons:
-      d = c['diff']
-      lines.append(f"| {c['arm']} | {c['control']} | {d.difference.n} | "
-                   f'{_interval_cell_diff(d.difference)} | {_p(d.p_value)} | '
-                   f"{_p(c['holm'])} |")
-    lines.append('')
+    lines += _comparison_table(
+        f'## {stage.capitalize()} top-1: every arm − each control, paired by '
+        'seed',
+        f'Points of top-1; Holm-adjusted over the {len(comparisons)} '
+        'comparisons of this table.', comparisons)
   return lines
 
 
