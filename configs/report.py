@@ -15,4 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.mode = 'report'
   c.workdir = config_dict.placeholder(str)  # the sweep's workdir
   c.output_dir = config_dict.placeholder(str)  # default: the workdir
+  # More seed-paired comparisons, 'arm:control, ...', beside the sweep's own.
+  c.comparisons = config_dict.placeholder(str)
   return c

@@ -64,6 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'no_cache: teacher.cache.size=0',
       'image_cache: teacher.cache.store="images"')
   c.controls = CONTROLS
+  # The cache ablation against the arm it changes (the feature cache).
+  c.comparisons = 'no_cache:delta=0.4, image_cache:delta=0.4'
   c.primary_settings = PRIMARY
   c.primary_seeds = tuple(range(10))
   c.seeds = tuple(range(5))

@@ -29,7 +29,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   if mode == 'sweep':
     return sweep.run_sweep(config, workdir)
   if mode == 'report':
-    return report.write_report(workdir, config.get('output_dir'))
+    return report.write_report(workdir, config.get('output_dir'),
+                               config.get('comparisons'))
   if mode == 'eval' and config.get('pth'):
     if workdir:
       raise UserError(f'config.pth={config.pth!r} and config.workdir='

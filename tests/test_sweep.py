@@ -111,3 +111,22 @@ def test_settings_parse_and_bad_fields_fail_early():
     sweep.apply_overrides(base, {'teacher.icc.gamma': 1.0})
   with pytest.raises(UserError, match='field=value'):
     sweep.parse_setting('b: teacher.icc.delta')
+
+
+def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
+  """configs/study.py: 10 seeds for the primary settings, 5 for the rest,
+  ordered seed by seed; its extra pairs parse."""
+  from configs import study  # pylint: disable=g-import-not-at-top
+  config = study.get_config('cpu')
+  runs = sweep.plan(config, str(tmp_path))
+  by_setting = {}
+  for run in runs:
+    by_setting.setdefault(run.setting, []).append(run.seed)
+  for name, seeds in by_setting.items():
+    assert seeds == list(range(10 if name in study.PRIMARY else 5)), name
+  assert len(runs) == 3 * 10 + 7 * 5
+  assert [r.seed for r in runs] == sorted(r.seed for r in runs)
+  assert report.parse_comparisons(config.comparisons) == [
+      ('no_cache', 'delta=0.4'), ('image_cache', 'delta=0.4')]
+  with pytest.raises(sweep.UserError, match='not arm:control'):
+    report.parse_comparisons('no_cache')

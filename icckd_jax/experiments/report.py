@@ -293,6 +293,44 @@ def _comparison_table(title: str, note: str,
   return lines + ['']
 
 
+def parse_comparisons(text: str | None) -> list[tuple[str, str]]:
+  """'arm:control, arm:control' -> [(arm, control), ...]."""
+  pairs = []
+  for item in filter(None, (p.strip() for p in (text or '').split(','))):
+    arm, sep, control = item.partition(':')
+    if not sep or not arm.strip() or not control.strip():
+      raise UserError(f'comparisons: {item!r} is not arm:control')
+    pairs.append((arm.strip(), control.strip()))
+  return pairs
+
+
+def _pair_lines(pairs, names, rows) -> list[str]:
+  """Pre-registered pairs beyond the controls (e.g. an ablation against the
+  arm it removes something from), Holm-adjusted over their own family."""
+  lines = []
+  for stage in ('student', 'teacher'):
+    column = f'{stage}_top1_last'
+    found = []
+    for arm, control in pairs:
+      if arm not in names or control not in names:
+        continue
+      try:
+        diff = st.paired_difference(_by_seed(rows, arm, column),
+                                    _by_seed(rows, control, column))
+      except ValueError:
+        continue
+      found.append({'arm': arm, 'control': control, 'diff': diff})
+    for item, adjusted in zip(found,
+                              st.holm([c['diff'].p_value for c in found])):
+      item['holm'] = adjusted
+    if found:
+      lines += _comparison_table(
+          f'## {stage.capitalize()} top-1: the other pre-registered pairs',
+          f'Points of top-1, paired by seed; Holm-adjusted over these '
+          f'{len(found)} comparisons.', found)
+  return lines
+
+
 def _comparison_lines(names, controls, rows) -> list[str]:
   lines = []
   for stage in ('student', 'teacher'):
@@ -365,10 +403,12 @@ def _power_lines(names, controls, rows, sweep) -> list[str]:
   return lines + [''] if found else []
 
 
-def write_report(workdir: str, output_dir: str | None = None) -> list[dict]:
+def write_report(workdir: str, output_dir: str | None = None,
+                 comparisons: str | None = None) -> list[dict]:
   """(Re)writes results.csv, epochs.csv, summary.md and the plots from the
   finished runs of the sweep in `workdir`, into `output_dir` (default: the
-  workdir)."""
+  workdir). `comparisons` ('arm:control, ...') adds pairs to those of the
+  sweep's config."""
   sweep, settings, results = _load(workdir)
   if not results:
     raise UserError(f'no finished runs under {workdir} yet')
@@ -403,6 +443,8 @@ def write_report(workdir: str, output_dir: str | None = None) -> list[dict]:
   lines += _regime_lines(rows)
   lines += _primary_lines(sweep, names, controls, rows)
   lines += _setting_lines(names, rows)
+  lines += _pair_lines(parse_comparisons(sweep.get('comparisons')) +
+                       parse_comparisons(comparisons), names, rows)
   lines += _comparison_lines(names, controls, rows)
   lines += _trend_lines([s for s in settings if s.name in names], rows)
   lines += _power_lines(names, controls, rows, sweep)
