@@ -379,7 +379,8 @@ def _trend_lines(settings, rows) -> list[str]:
 def _power_lines(names, controls, rows, sweep) -> list[str]:
   lines = ['## Smallest detectable difference', '',
            'From the spread of the seed-paired differences measured here '
-           '(pooled over the arms compared with each control): the paired '
+           '(pooled over the arms compared with each control, weighted by '
+           'their degrees of freedom): the paired '
            'difference a two-sided t-test detects with power 0.8 at α = 0.05 '
            '(before the Holm adjustment), in points of top-1.', '',
            '| stage | control | SD of paired differences | '
@@ -390,11 +391,15 @@ def _power_lines(names, controls, rows, sweep) -> list[str]:
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
     for c in controls:
-      sds = [x['diff'].sd for x in paired_comparisons(names, [c], rows, column)]
-      if not sds:
+      diffs = [x['diff'] for x in paired_comparisons(names, [c], rows, column)]
+      if not diffs:
         continue
       found = True
-      sd = float(np.sqrt(np.mean(np.square(sds))))
+      # Pooled over the arms, each variance weighted by its degrees of
+      # freedom (n - 1).
+      dof = [d.difference.n - 1 for d in diffs]
+      sd = float(np.sqrt(sum(k * d.sd**2 for k, d in zip(dof, diffs)) /
+                         sum(dof)))
       cells = [f'{100 * st.detectable_difference(sd, n):.2f}'
                for n in (len(sweep['seeds']),
                          len(sweep.get('primary_seeds') or sweep['seeds']))]
