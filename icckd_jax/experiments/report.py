@@ -535,7 +535,7 @@ def _plot_curves(output_dir: str, names: list[str],
       x = np.arange(1, len(mean) + 1)
       color = colors[i % len(colors)]
       ax.plot(x, mean, color=color, label=name, lw=1.2)
-      ax.fill_between(x, low, high, color=color, alpha=0.15)
+      ax.fill_between(x, low, high, color=color, alpha=0.08)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel('epoch')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -544,8 +544,8 @@ def _plot_curves(output_dir: str, names: list[str],
     else:
       ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-  if axes[-1].get_legend_handles_labels()[0]:
-    axes[-1].legend(fontsize=7)
+  if axes[0].get_legend_handles_labels()[0]:
+    axes[0].legend(fontsize=7)  # the first panel has every setting
   fig.suptitle('mean over seeds, band: 95% t-interval', fontsize=9)
   fig.tight_layout()
   fig.savefig(os.path.join(output_dir, 'curves.png'), dpi=110)
