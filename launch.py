@@ -28,7 +28,7 @@ import jax
 from ml_collections import config_flags
 
 from icckd_jax import main as icckd_main
-from icckd_jax.training import train
+from icckd_jax.training.preemption import Preempted
 from icckd_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -184,7 +184,7 @@ def main(argv):
     icckd_main.run(config, FLAGS.workdir)
   except UserError as e:
     _fail(e)
-  except train.Preempted as e:
+  except Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt:

@@ -31,8 +31,8 @@ import numpy as np
 from configs import teacher as teacher_config
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
-from icckd_jax.training import parallel
-from icckd_jax.training import train
+from icckd_jax import parallel
+from icckd_jax.training import teacher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet8', 'The teacher network.')
@@ -72,7 +72,7 @@ def main(argv):
   config.dataset.num_test = 100
   mesh = parallel.make_mesh()
   dataset = datasets.load(config.dataset)
-  setup = train.build_teacher(config, dataset, mesh)
+  setup = teacher.build_teacher(config, dataset, mesh)
   split, _ = input_pipeline.to_device(dataset, mesh)
   ks = [int(k) for k in FLAGS.ks]
   # One pool of device batches, stacked per k: the loop only dispatches.
@@ -83,8 +83,7 @@ def main(argv):
     images = jnp.stack([b[0] for b in pool[:k]])
     labels = jnp.stack([b[1] for b in pool[:k]])
     step = scan_step(setup.train_step, k)
-    state = jax.jit(setup.init_state,
-                    out_shardings=parallel.replicated(mesh))()
+    state = setup.create_state(mesh)
     state, metrics = step(state, images, labels, setup.step_args)
     jax.block_until_ready(metrics)
     runs[k] = dict(step=step, state=state, images=images, labels=labels,

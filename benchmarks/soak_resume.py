@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from icckd_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
 from icckd_jax.training import metric_writer  # pylint: disable=g-import-not-at-top
-from icckd_jax.training import parallel  # pylint: disable=g-import-not-at-top
+from icckd_jax import parallel  # pylint: disable=g-import-not-at-top
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 RUN_ARGS = ('--config=configs/teacher.py:smoke', '--config.num_epochs=6',

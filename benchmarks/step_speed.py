@@ -33,12 +33,13 @@ import numpy as np
 from configs import student as student_config
 from configs import teacher as teacher_config
 from icckd_jax.experiments import ablation_metrics
+from icckd_jax.training import memory as memory_lib
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
 from icckd_jax import models
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.training import student
-from icckd_jax.training import train
+from icckd_jax.training import teacher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet20', 'The network whose step is timed.')
@@ -98,8 +99,8 @@ def build(variant, mesh, dataset, size):
       config.cache.store = variant.removeprefix('icc_')
     else:
       raise app.UsageError(f'unknown variant {variant}')
-    setup = train.build_teacher(config, dataset, mesh)
-  state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
+    setup = teacher.build_teacher(config, dataset, mesh)
+  state = setup.create_state(mesh)
   return config, setup, state
 
 
@@ -116,7 +117,7 @@ def main(argv):
     images, labels = next(batches)
     compiled = setup.train_step.lower(state, images, labels,
                                       setup.step_args).compile()
-    memory = ablation_metrics.compiled_memory(compiled)
+    memory = memory_lib.compiled_memory(compiled)
     state, metrics = compiled(state, images, labels, setup.step_args)
     jax.block_until_ready(metrics)
     runs[variant] = dict(compiled=compiled, state=state, batches=batches,
@@ -148,7 +149,7 @@ def main(argv):
           f"{stats['images_per_second'] / first:.2f} | "
           f"{run['memory'].get('total_bytes', 0) / 2**20:.1f} | "
           f"{run['memory'].get('temp_bytes', 0) / 2**20:.1f} |")
-  peak = ablation_metrics.peak_device_memory()
+  peak = memory_lib.peak_device_memory()
   # The backend's peak is per process, not per variant: run one variant per
   # process to attribute it.
   print(f"process peak device memory: "

@@ -1,5 +1,6 @@
 """Dispatches a config to its job by `config.mode`."""
 
+import json
 from typing import Any
 
 import ml_collections
@@ -9,11 +10,18 @@ from icckd_jax.experiments import method
 from icckd_jax.experiments import report
 from icckd_jax.training import student
 from icckd_jax.experiments import sweep
-from icckd_jax.training import train
+from icckd_jax.training import teacher
 from icckd_jax.training import validate
 from icckd_jax.errors import UserError
 
 MODES = ('teacher', 'student', 'pipeline', 'sweep', 'report', 'eval')
+
+
+def _printed(result: dict[str, Any]) -> dict[str, Any]:
+  """An evaluation's result, also printed as one JSON line on stdout (what
+  scripts read)."""
+  print(json.dumps(result))
+  return result
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
@@ -21,7 +29,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   mode = config.get('mode', 'teacher')
   workdir = workdir or config.get('workdir')
   if mode == 'teacher':
-    return train.train_and_evaluate(config, workdir)
+    return teacher.train_teacher(config, workdir)
   if mode == 'student':
     return student.train_student(config, workdir)
   if mode == 'pipeline':
@@ -35,15 +43,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
     if workdir:
       raise UserError(f'config.pth={config.pth!r} and config.workdir='
                       f'{workdir!r} are both set; evaluate one or the other')
-    return evaluate.evaluate_pytorch(
+    return _printed(evaluate.evaluate_pytorch(
         config.pth, config.get('model'), config.dataset,
         num_devices=config.get('num_devices') or None,
-        batch_size=config.eval_batch_size, export=config.get('export'))
+        batch_size=config.eval_batch_size, export=config.get('export')))
   if mode == 'eval':
     validate.check_config(config)
-    return evaluate.evaluate_checkpoint(
+    return _printed(evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,
         num_devices=config.get('num_devices') or None,
-        batch_size=config.eval_batch_size, export=config.get('export'))
+        batch_size=config.eval_batch_size, export=config.get('export')))
   raise UserError(f'config.mode={mode!r} is unknown; choose one of: '
                   + ', '.join(MODES))

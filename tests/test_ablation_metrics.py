@@ -1,7 +1,5 @@
 """Known answers for the ablation metrics, on hand-made series."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,13 +8,6 @@ from icckd_jax.experiments import ablation_metrics as am
 # Test top-1 that climbs and plateaus. Its 3-epoch moving average is
 # 10, 25, 40, 63.33, 76.67, 80, 80.
 PLATEAU = [10., 40., 70., 80., 80., 80., 80.]
-
-
-class _Stub:
-  """An object whose one method returns a fixed value."""
-
-  def __init__(self, name, value):
-    setattr(self, name, lambda: value)
 
 
 def test_loss_variance_even_epochs_uses_last_half():
@@ -115,44 +106,6 @@ def test_mean_std_over_seeds():
 def test_format_mean_std():
   assert am.format_mean_std(71.234, 0.4549, 2) == '71.23 ± 0.45'
   assert am.format_mean_std(71.26, 0.04, 1) == '71.3 ± 0.0'
-
-
-def test_compiled_memory_of_a_matmul():
-  a = jnp.ones((64, 32), jnp.float32)
-  b = jnp.ones((32, 16), jnp.float32)
-  mem = am.compiled_memory(jax.jit(jnp.matmul).lower(a, b).compile())
-  assert mem['argument_bytes'] == a.nbytes + b.nbytes
-  assert mem['output_bytes'] == 64 * 16 * 4
-  assert mem['alias_bytes'] == 0
-  assert mem['total_bytes'] == (mem['argument_bytes'] + mem['output_bytes'] +
-                                mem['temp_bytes'])
-
-
-def test_compiled_memory_counts_a_donated_buffer_once():
-  x = jnp.ones((64, 32), jnp.float32)
-  plain = am.compiled_memory(jax.jit(lambda v: v * 2 + 1).lower(x).compile())
-  donated = am.compiled_memory(
-      jax.jit(lambda v: v * 2 + 1, donate_argnums=0).lower(x).compile())
-  assert plain['alias_bytes'] == 0
-  assert donated['alias_bytes'] == x.nbytes
-  assert donated['total_bytes'] == plain['total_bytes'] - x.nbytes
-
-
-def test_compiled_memory_without_analysis_is_empty():
-  assert am.compiled_memory(_Stub('memory_analysis', None)) == {}
-
-
-def test_peak_device_memory():
-  peak = am.peak_device_memory()
-  if jax.default_backend() == 'cpu':
-    assert peak is None
-  else:
-    assert isinstance(peak, int)
-  assert am.peak_device_memory(_Stub('memory_stats', None)) is None
-  no_peak = _Stub('memory_stats', {'bytes_in_use': 1})
-  assert am.peak_device_memory(no_peak) is None
-  gpu_like = _Stub('memory_stats', {'peak_bytes_in_use': 1234})
-  assert am.peak_device_memory(gpu_like) == 1234
 
 
 def test_stability_variance_averages_epochs_two_to_the_first_decay():

@@ -20,10 +20,10 @@ import pytest
 from conftest import ROOT
 from test_robust_runs import SMOKE, TRAINED, error_line, run_launcher, snapshot
 from test_robust_runs import trained  # noqa: F401  (the fixture)
-from icckd_jax.experiments import ablation_metrics
+from icckd_jax.training import memory
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
-from icckd_jax.training import train
+from icckd_jax.training import preflight
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_a_step_too_big_for_memory_is_refused_before_writing(
     tmp_path, monkeypatch):
   """Case 7: the compiled step's memory against what the device has, checked
   before the workdir exists (the available figure is made small here)."""
-  monkeypatch.setattr(ablation_metrics, 'available_memory',
+  monkeypatch.setattr(memory, 'available_memory',
                       lambda device=None: 1024)
   new = tmp_path / 'new'
   code, stderr = run_launcher(*SMOKE, f'--workdir={new}')
@@ -149,7 +149,7 @@ def test_ctrl_c_before_training_exits_130_without_a_traceback(
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(train, 'check_step_memory', interrupted)
+  monkeypatch.setattr(preflight, 'check_step_memory', interrupted)
   code, stderr = run_launcher(*SMOKE, f'--workdir={tmp_path / "new"}')
   assert code == 130
   assert 'Traceback' not in stderr and 'interrupted' in stderr
@@ -253,8 +253,8 @@ def test_a_full_disk_leaves_no_write_probe(tmp_path, monkeypatch):
     def __exit__(self, *exc):
       self._file.close()
 
-  monkeypatch.setattr(train, 'open', lambda path, mode='r': Full(path),
+  monkeypatch.setattr(preflight, 'open', lambda path, mode='r': Full(path),
                       raising=False)
-  with pytest.raises(train.UserError, match='not writable: No space left'):
-    train.prepare_workdir(str(tmp_path / 'w'))
+  with pytest.raises(preflight.UserError, match='not writable: No space left'):
+    preflight.prepare_workdir(str(tmp_path / 'w'))
   assert list((tmp_path / 'w').iterdir()) == []

@@ -7,8 +7,8 @@ import numpy as np
 
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
-from icckd_jax.training import parallel
-from icckd_jax.training import train
+from icckd_jax import parallel
+from icckd_jax.training import teacher
 
 STEPS = 240
 WINDOW = 40
@@ -19,10 +19,10 @@ def train_losses(config, dtype: str):
   config.dtype = dtype
   mesh = parallel.make_mesh(1)
   dataset = datasets.load(config.dataset)
-  setup = train.build_teacher(config, dataset, mesh)
+  setup = teacher.build_teacher(config, dataset, mesh)
   split, _ = input_pipeline.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
-  state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
+  state = setup.create_state(mesh)
   metrics = []
   for _ in range(STEPS):
     images, labels = next(batches)

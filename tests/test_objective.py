@@ -9,7 +9,7 @@ from icckd_jax.data import datasets
 from icckd_jax.objective import losses
 from icckd_jax import models
 from icckd_jax.training import optim
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.data import input_pipeline
 from train_steps import run_steps
 

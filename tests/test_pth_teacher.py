@@ -20,8 +20,9 @@ from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.training import student
+from icckd_jax.training import teacher_source
 
 FIXTURE = SHARED_DATA / 'repdistiller' / 'resnet20_zip'
 PTH = FIXTURE / 'ckpt_epoch_240.pth'
@@ -71,10 +72,9 @@ def test_teacher_accuracy_at_start_equals_eval_config(config, student_run,
   assert [r['step'] for r in steps] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in steps)
 
-  capsys.readouterr()
-  evaluate.evaluate_pytorch(str(PTH), 'resnet20', config.dataset,
-                            batch_size=64, export=str(tmp_path / 't.msgpack'))
-  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  printed = evaluate.evaluate_pytorch(str(PTH), 'resnet20', config.dataset,
+                                      batch_size=64,
+                                      export=str(tmp_path / 't.msgpack'))
   assert printed['top1'] == at_start['top1']
   assert printed['top5'] == at_start['top5']
   np.testing.assert_allclose(printed['loss'], at_start['loss'], rtol=1e-6)
@@ -167,7 +167,7 @@ def test_renormalized_teacher_sees_its_own_statistics(config):
   model = models.create_model('resnet20', 100)
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
   raw = dataset.test_images[:8]
-  wrapped = student.Renormalized(
+  wrapped = teacher_source.Renormalized(
       model, tuple(dataset.mean.tolist()), tuple(dataset.std.tolist()),
       tuple(mean.tolist()), tuple(std.tolist()))
   got, _ = wrapped.apply(variables,
@@ -185,7 +185,7 @@ def test_pth_teacher_config_errors(config, tmp_path):
     c = config.copy_and_resolve_references()
     c.teacher[field] = value
     with pytest.raises(UserError, match=message):
-      student.load_teacher(c, mesh)
+      teacher_source.load_teacher(c, mesh)
 
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(

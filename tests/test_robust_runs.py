@@ -27,8 +27,9 @@ import pytest
 from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
-from icckd_jax.training import parallel
-from icckd_jax.training import train
+from icckd_jax import parallel
+from icckd_jax.training import divergence
+from icckd_jax.training import teacher_source
 from icckd_jax.training import workdir_lock
 from icckd_jax.training.train_state import TrainState
 
@@ -254,10 +255,10 @@ def test_student_data_must_have_the_teacher_image_shape(trained):
   ckpts.close()
   assert shape == [32, 32, 3]
   data = teacher.get_config('smoke').dataset
-  student._check_same_data(data, data, (32, 32, 3), shape)
+  teacher_source.check_same_data(data, data, (32, 32, 3), shape)
   with pytest.raises(student.UserError, match=r'images of shape \(32, 32, 1\)'
                      r'.* trained on \(32, 32, 3\)'):
-    student._check_same_data(data, data, (32, 32, 1), shape)
+    teacher_source.check_same_data(data, data, (32, 32, 1), shape)
 
 
 def test_loss_and_state_checks_catch_what_they_must():
@@ -267,22 +268,22 @@ def test_loss_and_state_checks_catch_what_they_must():
     def latest_epoch(self):
       return 3
   ckpts = NoCheckpoints()
-  train.check_losses(np.array([2.3, 50.0, 229.0]), 1, 2.3, ckpts)
-  with pytest.raises(train.Diverged, match='loss 231 at step 8 .*last good: '
+  divergence.check_losses(np.array([2.3, 50.0, 229.0]), 1, 2.3, ckpts)
+  with pytest.raises(divergence.Diverged, match='loss 231 at step 8 .*last good: '
                      'epoch 3'):
-    train.check_losses(np.array([2.0, 231.0]), 7, 2.3, ckpts)
-  with pytest.raises(train.Diverged, match='loss nan at step 2'):
-    train.check_losses(np.array([2.0, np.nan]), 1, 2.3, ckpts)
+    divergence.check_losses(np.array([2.0, 231.0]), 7, 2.3, ckpts)
+  with pytest.raises(divergence.Diverged, match='loss nan at step 2'):
+    divergence.check_losses(np.array([2.0, np.nan]), 1, 2.3, ckpts)
   state = TrainState(step=jnp.zeros((), jnp.int32),
                      params={'w': jnp.ones(3)},
                      batch_stats={'mean': jnp.zeros(3)},
                      opt_state=({'m': jnp.zeros(3)},))
-  train.check_state(state, 5, ckpts)
-  with pytest.raises(train.Diverged, match=r"state arrays at step 5 .*mean"):
-    train.check_state(state.replace(
+  divergence.check_state(state, 5, ckpts)
+  with pytest.raises(divergence.Diverged, match=r"state arrays at step 5 .*mean"):
+    divergence.check_state(state.replace(
         batch_stats={'mean': jnp.array([0.0, jnp.nan, 0.0])}), 5, ckpts)
-  with pytest.raises(train.Diverged, match='1 state arrays'):
-    train.check_state(state.replace(
+  with pytest.raises(divergence.Diverged, match='1 state arrays'):
+    divergence.check_state(state.replace(
         opt_state=({'m': jnp.array([jnp.inf, 0.0, 0.0])},)), 5, ckpts)
 
 

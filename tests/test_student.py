@@ -12,6 +12,7 @@ from conftest import CIFAR10_ARCHIVE
 from icckd_jax.training import metric_writer
 from icckd_jax import models
 from icckd_jax.training import student
+from icckd_jax.training import teacher_source
 from train_steps import run_steps
 from test_training import kill_after_checkpoint, launch, restore_state
 from test_training import without_timings
@@ -107,7 +108,7 @@ def test_student_step_device_count_invariance(smoke_teacher):
 
   def build(config, dataset, mesh):
     return student.build_student(config, dataset, mesh,
-                                 *student.load_teacher(config, mesh))
+                                 *teacher_source.load_teacher(config, mesh))
 
   results = {n: run_steps(config, n, 3, build) for n in (1, 2, 4)}
   initial, (state1, *_), metrics1 = results[1]

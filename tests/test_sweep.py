@@ -3,16 +3,15 @@
 import csv
 import json
 
-import jax
 import pytest
 
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.experiments import report
 from icckd_jax.experiments import sweep
-from icckd_jax.objective import teacher
-from icckd_jax.training import train
+from icckd_jax.training import teacher_step
+from icckd_jax.training import teacher
 from icckd_jax.errors import UserError
 from test_training import launch
 
@@ -22,15 +21,14 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
   config.icc.delta = 0.2
   mesh = parallel.make_mesh(1)
   dataset = datasets.load(config.dataset)
-  setup = train.build_teacher(config, dataset, mesh)
+  setup = teacher.build_teacher(config, dataset, mesh)
   split, _ = input_pipeline.to_device(dataset, mesh)
   images, labels = next(setup.batches(config, split, mesh, 0))
   gate = {}
   for delta in (-1.0, 0.2, 1.0):
-    state = jax.jit(setup.init_state,
-                    out_shardings=parallel.replicated(mesh))()
+    state = setup.create_state(mesh)
     _, metrics = setup.train_step(state, images, labels,
-                                  teacher.hyperparameters(0.1, 0.1, delta))
+                                  teacher_step.hyperparameters(0.1, 0.1, delta))
     gate[delta] = float(metrics['gate_pass_rate'])
   assert setup.train_step._cache_size() == 1  # pylint: disable=protected-access
   assert gate[-1.0] == 1.0 and gate[1.0] == 0.0

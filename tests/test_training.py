@@ -17,7 +17,7 @@ from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 

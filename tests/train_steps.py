@@ -3,12 +3,12 @@
 import jax
 
 from icckd_jax.data import datasets
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.data import input_pipeline
-from icckd_jax.training import train
+from icckd_jax.training import teacher
 
 
-def run_steps(config, num_devices, steps, build=train.build_teacher):
+def run_steps(config, num_devices, steps, build=teacher.build_teacher):
   """Trains `steps` steps on `num_devices` with the setup `build` makes
   from (config, dataset, mesh) (a teacher's by default).
 
@@ -18,7 +18,7 @@ def run_steps(config, num_devices, steps, build=train.build_teacher):
   mesh = parallel.make_mesh(num_devices)
   dataset = datasets.load(config.dataset)
   setup = build(config, dataset, mesh)
-  state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
+  state = setup.create_state(mesh)
   initial = jax.device_get(state)
   split, _ = input_pipeline.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 
 from icckd_jax.data import augment
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.data.datasets import Dataset
 
 # Streams of randomness derived from the run's seed; each consumer folds in

@@ -1,9 +1,9 @@
 """The ablation metrics of docs/method.md §6, as functions of plain data.
 
-Every function takes numbers, sequences or NumPy arrays (the two memory
-functions take a compiled JAX program or a device) and returns Python numbers,
-lists or dicts, so that each definition can be checked on a hand-made series
-with a known answer.
+Every function takes numbers, sequences or NumPy arrays and returns Python
+numbers, lists or dicts, so that each definition can be checked on a
+hand-made series with a known answer. The memory figures are read by
+`icckd_jax.training.memory`, where the runs take them.
 
 Conventions shared by the functions below:
 
@@ -15,10 +15,8 @@ Conventions shared by the functions below:
   averages the epochs that exist so far (see `moving_average`).
 """
 
-import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
 
@@ -208,102 +206,6 @@ def shared_threshold(runs_top1: Sequence[Sequence[float]],
   if not runs_top1:
     raise ValueError('runs_top1 must hold at least one run.')
   return fraction * min(best_moving_average(r, window) for r in runs_top1)
-
-
-def compiled_memory(compiled: Any) -> dict[str, int]:
-  """XLA's memory analysis of a compiled program, in bytes.
-
-  `compiled` is a `jax.stages.Compiled`, e.g. `jax.jit(f).lower(*args)
-  .compile()`. The figures are those of one device (for a sharded program,
-  the bytes of one shard):
-
-    argument_bytes: input buffers.
-    output_bytes: output buffers.
-    temp_bytes: temporaries XLA allocates while running.
-    alias_bytes: outputs that reuse an input's buffer (donated arguments);
-      they are counted in both arguments and outputs.
-    generated_code_bytes: the compiled code itself (0 on CPU).
-    total_bytes: argument + output + temp - alias, the memory the program
-      needs at once at most, each aliased buffer counted once.
-    peak_bytes: XLA's own peak from buffer liveness (<= total_bytes, as
-      temporaries and outputs need not all be live together), when reported.
-
-  Args:
-    compiled: a compiled JAX program.
-
-  Returns:
-    The figures above; an empty dict where the backend reports no analysis.
-  """
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return {}
-  out = {
-      'argument_bytes': int(stats.argument_size_in_bytes),
-      'output_bytes': int(stats.output_size_in_bytes),
-      'temp_bytes': int(stats.temp_size_in_bytes),
-      'alias_bytes': int(stats.alias_size_in_bytes),
-      'generated_code_bytes': int(stats.generated_code_size_in_bytes),
-  }
-  out['total_bytes'] = (out['argument_bytes'] + out['output_bytes'] +
-                        out['temp_bytes'] - out['alias_bytes'])
-  # Not every jaxlib exposes the liveness peak; omit it rather than guess.
-  peak = getattr(stats, 'peak_memory_in_bytes', None)
-  if peak is not None:
-    out['peak_bytes'] = int(peak)
-  return out
-
-
-def peak_device_memory(device: Optional[jax.Device] = None) -> Optional[int]:
-  """Peak bytes in use on a device since the process started.
-
-  `device.memory_stats()['peak_bytes_in_use']` where the backend keeps
-  allocator statistics (GPU, TPU); None where it does not (CPU returns None
-  from `memory_stats()`).
-
-  Args:
-    device: the device to ask; the first local device by default.
-
-  Returns:
-    Bytes, or None.
-  """
-  if device is None:
-    device = jax.local_devices()[0]
-  stats = device.memory_stats()
-  if not stats or 'peak_bytes_in_use' not in stats:
-    return None
-  return int(stats['peak_bytes_in_use'])
-
-
-def device_bytes_in_use(device: Optional[jax.Device] = None) -> Optional[int]:
-  """Bytes in use on a device now (`memory_stats()['bytes_in_use']`), or
-  None where the backend keeps no allocator statistics (CPU).
-
-  A run's device memory is the maximum of this over the points it samples
-  (train.py: every logged window and epoch end), not `peak_device_memory`:
-  that peak is a running maximum over the whole process, so in a sweep
-  worker it would include every stage the worker ran before.
-  """
-  if device is None:
-    device = jax.local_devices()[0]
-  stats = device.memory_stats()
-  if not stats or 'bytes_in_use' not in stats:
-    return None
-  return int(stats['bytes_in_use'])
-
-
-def available_memory(device: Optional[jax.Device] = None) -> Optional[int]:
-  """Bytes a new program can still use on `device`: the allocator's limit
-  less what it holds (GPU, TPU), or the host's available memory (CPU).
-  None where neither is known."""
-  if device is None:
-    device = jax.local_devices()[0]
-  stats = device.memory_stats()
-  if stats and 'bytes_limit' in stats:
-    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
-  try:
-    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-  except (ValueError, OSError, AttributeError):
-    return None
 
 
 def step_time_stats(step_seconds: Sequence[float],

@@ -18,7 +18,8 @@ from icckd_jax import models
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import student
-from icckd_jax.training import train
+from icckd_jax.training import preflight
+from icckd_jax.training import teacher as teacher_lib
 from icckd_jax.training import validate
 from icckd_jax.training.reuse import Reuse
 
@@ -28,9 +29,8 @@ def finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
   path = os.path.join(workdir, 'summary.json')
   if not os.path.exists(path):
     return None
-  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
-  latest = ckpts.latest_epoch()
-  ckpts.close()
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    latest = ckpts.latest_epoch()
   if latest != num_epochs:
     return None
   with open(path) as f:
@@ -59,7 +59,7 @@ def check_stages(teacher: ml_collections.ConfigDict,
       validate.check_config(config, f'{stage}.')
       models.create_model(config.model, 2)  # Unknown names raise here.
       if stage == 'teacher':
-        train.check_objective(config)
+        teacher_lib.check_objective(config)
       else:
         distillers.get(config.distill.method)
     except UserError as e:
@@ -73,7 +73,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
                  reuse: Reuse | None = None) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
   summaries: {'teacher': ..., 'student': ...}."""
-  train.require_workdir(workdir)
+  preflight.require_workdir(workdir)
   check_stages(config.teacher, config.student)
   # Each stage creates its own directory (and WORKDIR with it) only once
   # its config has passed every check.
@@ -81,7 +81,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
   teacher_dir = os.path.join(workdir, 'teacher')
   teacher_summary = finished(teacher_dir, config.teacher.num_epochs)
   if teacher_summary is None:
-    teacher_summary = train.train_and_evaluate(config.teacher, teacher_dir,
+    teacher_summary = teacher_lib.train_teacher(config.teacher, teacher_dir,
                                                reuse)
   else:
     logging.info('Teacher in %s has finished (top-1 %.4f); not retraining.',

@@ -42,7 +42,6 @@ import sys
 import time
 
 from absl import logging
-import jax
 import ml_collections
 
 from icckd_jax.data import input_pipeline
@@ -53,9 +52,12 @@ from icckd_jax.experiments import run_store
 from icckd_jax.experiments.settings import Setting, apply_overrides, parse_setting, seeds_of  # noqa: F401
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.training import student as student_lib
-from icckd_jax.training import train
+from icckd_jax.training import preflight
+from icckd_jax.training import run_setup
+from icckd_jax.training import teacher as teacher_lib
+from icckd_jax.training import validate
 from icckd_jax.training import workdir_lock
 from icckd_jax.training.reuse import Reuse
 
@@ -124,7 +126,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
 
 def _stages(run: Run):
   """(name, workdir, config, train function) of the run's two stages."""
-  return (('teacher', run.teacher_dir, run.teacher, train.train_and_evaluate),
+  return (('teacher', run.teacher_dir, run.teacher, teacher_lib.train_teacher),
           ('student', run.student_dir, run.student, student_lib.train_student))
 
 
@@ -208,17 +210,15 @@ def probe(runs: list[Run], reuse: Reuse) -> dict[str, float]:
       if workdir in projected or _finished(workdir, config):
         continue
       mesh = parallel.make_mesh(config.get('num_devices') or None)
-      dataset = train.load_dataset(config, reuse)
-      teacher_setup = train.build_teacher(run.teacher, dataset, mesh, reuse)
+      dataset = run_setup.load_dataset(config, reuse)
+      teacher_setup = teacher_lib.build_teacher(run.teacher, dataset, mesh, reuse)
       if name == 'teacher':
         setup = teacher_setup
       else:
         # Any teacher of the right architecture will do for timing: one
         # state per architecture, not one compilation per student.
         if run.teacher.model not in teacher_states:
-          teacher_states[run.teacher.model] = jax.jit(
-              teacher_setup.init_state,
-              out_shardings=parallel.replicated(mesh))()
+          teacher_states[run.teacher.model] = teacher_setup.create_state(mesh)
         variables = teacher_states[run.teacher.model]
         setup = student_lib.build_student(
             config, dataset, mesh, run.teacher,
@@ -226,8 +226,7 @@ def probe(runs: list[Run], reuse: Reuse) -> dict[str, float]:
              'batch_stats': variables.batch_stats}, reuse)
       train_split, test_split = input_pipeline.to_device(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
-        state = jax.jit(setup.init_state,
-                        out_shardings=parallel.replicated(mesh))()
+        state = setup.create_state(mesh)
         seconds, _ = estimate.time_steps(
             setup.train_step, state,
             setup.batches(config, train_split, mesh, 0), setup.step_args)
@@ -254,15 +253,15 @@ def probe(runs: list[Run], reuse: Reuse) -> dict[str, float]:
   return projected
 
 
-def _time_evaluation(setup: train.RunSetup, config, dataset, mesh,
+def _time_evaluation(setup: run_setup.RunSetup, config, dataset, mesh,
                      test_split) -> float:
   """Seconds of one whole test-split evaluation, after compiling."""
   reference = setup.reference[0] if setup.reference else None
   evaluate_fn = evaluate.make_eval_fn(
       setup.model, mesh, mean=dataset.mean, std=dataset.std,
-      dtype=train.compute_dtype(config), batch_size=config.eval_batch_size,
+      dtype=run_setup.compute_dtype(config), batch_size=config.eval_batch_size,
       reference=reference)
-  state = jax.jit(setup.init_state, out_shardings=parallel.replicated(mesh))()
+  state = setup.create_state(mesh)
   variables = {'params': state.params['model'],
                'batch_stats': state.batch_stats}
   reference_variables = setup.reference[1] if setup.reference else None
@@ -347,7 +346,7 @@ def _write_sweep_file(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, SWEEP_FILE)
   with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
-    json.dump(train.config_as_dict(config), f, indent=2)
+    json.dump(validate.config_as_dict(config), f, indent=2)
   os.replace(f'{path}.{os.getpid()}.tmp', path)
 
 
@@ -421,11 +420,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   processes; returns the result rows of every finished run."""
   # Fail on a bad setting, seed list, worker count or stage field before
   # anything is written or trained.
-  train.require_workdir(workdir)
+  preflight.require_workdir(workdir)
   for run in plan(config, os.path.abspath(workdir)):
     method.check_stages(run.teacher, run.student,
                         f'setting {run.setting!r} seed {run.seed}: ')
-  workdir = train.prepare_workdir(workdir)
+  workdir = preflight.prepare_workdir(workdir)
   _write_sweep_file(config, workdir)
 
   start = time.perf_counter()

@@ -18,6 +18,7 @@ preemption-safe. Callers save only states they have checked to be finite
 checkpoint to make room for a bad one.
 """
 
+import logging as std_logging
 import os
 import shutil
 from typing import Any
@@ -28,7 +29,7 @@ import jax
 from jax.sharding import Mesh
 import orbax.checkpoint as ocp
 
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.errors import UserError
 
 DAMAGED_DIR = 'damaged'
@@ -62,8 +63,20 @@ def abstract_like(tree, mesh: Mesh):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+class _DropReadOnlyNotes(std_logging.Filter):
+  """Drops Orbax's notes that a read-only manager is read-only: six lines
+  each time a reader (an evaluation, a student's teacher, a sweep worker
+  polling a peer's run) opens a workdir, saying what the reader asked for."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ('directory is read only' in message or
+                'read_only=True' in message)
+
+
 class Checkpoints:
-  """The rolling and best checkpoint managers of one workdir."""
+  """The rolling and best checkpoint managers of one workdir; a context
+  manager that waits for pending saves and closes them on exit."""
 
   def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
     # Orbax needs absolute paths; a relative --config.teacher.workdir is fine.
@@ -81,9 +94,21 @@ class Checkpoints:
                          'meta': ocp.JsonCheckpointHandler(),
                          'config': ocp.JsonCheckpointHandler()})
     self.read_only = read_only
-    self._last = manager('checkpoints', keep)
-    self._best = manager('best', 1)
-    self._preempted = manager('preempted', 1)
+    quiet = _DropReadOnlyNotes()
+    orbax_logger = std_logging.getLogger('absl')  # Orbax logs through absl.
+    orbax_logger.addFilter(quiet)
+    try:
+      self._last = manager('checkpoints', keep)
+      self._best = manager('best', 1)
+      self._preempted = manager('preempted', 1)
+    finally:
+      orbax_logger.removeFilter(quiet)
+
+  def __enter__(self) -> 'Checkpoints':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
   def _manager(self, which: str) -> ocp.CheckpointManager:
     if which not in ('last', 'best', 'preempted'):

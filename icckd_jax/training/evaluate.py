@@ -15,10 +15,11 @@ import numpy as np
 
 from icckd_jax.data import augment
 from icckd_jax.training import checkpoint
+from icckd_jax.training import run_setup
 from icckd_jax.data import datasets
 from icckd_jax.objective import losses
 from icckd_jax import models
-from icckd_jax.training import parallel
+from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.interop import params_file
 from icckd_jax.interop import torch_import
@@ -91,9 +92,6 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   one the checkpoint was saved with. With `export`, its variables are also
   written to that plain parameters file (`interop/params_file.py`).
   """
-  # Imported here: the trainer imports this module for make_eval_fn.
-  from icckd_jax.training import train
-
   if export:
     params_file.check_writable(export, 'config.export')
   if not workdir or not os.path.isdir(workdir):
@@ -104,16 +102,16 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
                     "or 'last'")
   # Read-only and without the workdir's lock: a run may be training in it.
   # A damaged newest checkpoint is skipped for the newest intact one.
-  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
   mesh = parallel.make_mesh(num_devices)
-  restored = ckpts.restore_newest_intact(None, which=which, mesh=mesh)
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    restored = ckpts.restore_newest_intact(None, which=which, mesh=mesh)
   if restored is None:
     raise UserError(f'no {which} checkpoint in {workdir}; train first with '
                     'configs/teacher.py and the same workdir')
   state, meta, saved = restored
   saved = ml_collections.ConfigDict(saved)
   dataset = datasets.load(saved.dataset)
-  dtype = train.compute_dtype(saved)
+  dtype = run_setup.compute_dtype(saved)
   model = models.create_model(saved.model, dataset.num_classes, dtype=dtype,
                               bn_axis_name=parallel.DATA)
   _, test = input_pipeline.to_device(dataset, mesh)
@@ -128,19 +126,17 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   result = evaluate(variables, test)
   result.update(checkpoint=which, epoch=meta['epoch'],
                 devices=int(mesh.devices.size))
-  ckpts.close()
   logging.info('%s checkpoint of %s (epoch %d): top-1 %.4f, top-5 %.4f on %d '
                'test examples', which, workdir, meta['epoch'], result['top1'],
                result['top5'], result['count'])
-  print(json.dumps(result))
   if jax.process_index() == 0:
     path = os.path.join(workdir, f'eval_{which}.json')
     try:
       with open(path, 'w') as f:
         json.dump(result, f, indent=2)
-    except OSError as e:  # A read-only workdir: the result is printed above.
+    except OSError as e:  # A read-only workdir: the command prints it.
       logging.warning('Could not write %s (%s); the result is printed '
-                      'above.', path, e.strerror or e)
+                      'below.', path, e.strerror or e)
   return result
 
 
@@ -173,5 +169,4 @@ def evaluate_pytorch(pth: str, model_name: str,
   result.update(pth=pth, model=model_name, devices=int(mesh.devices.size))
   logging.info('%s (%s): top-1 %.4f, top-5 %.4f on %d test examples', pth,
                model_name, result['top1'], result['top5'], result['count'])
-  print(json.dumps(result))
   return result

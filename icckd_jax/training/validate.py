@@ -26,6 +26,11 @@ from icckd_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
 
+
+def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config` as the plain JSON tree saved with a run (config.json)."""
+  return json.loads(config.to_json_best_effort())
+
 # Fields a resumed run may change: none of them changes the train state, the
 # compiled step or the numbers the run computes (evaluation and results are
 # independent of the device count, which is tested).

@@ -1,0 +1,104 @@
+"""Checks that run before a run writes anything, and the workdir's claim.
+
+A config, a stored run, a mesh or a step that cannot work is refused here
+with one line (UserError), before the workdir is created or written.
+"""
+
+import contextlib
+import os
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import ml_collections
+
+from icckd_jax import parallel
+from icckd_jax.data import datasets
+from icckd_jax.errors import UserError
+from icckd_jax.training import checkpoint
+from icckd_jax.training import memory as memory_lib
+from icckd_jax.training import validate
+from icckd_jax.training import workdir_lock
+from icckd_jax.training.run_setup import RunSetup
+
+
+def require_workdir(workdir: str | None) -> str:
+  if not workdir:
+    raise UserError('no workdir: pass --workdir=DIR (or --config.workdir=DIR)')
+  return workdir
+
+
+def prepare_workdir(workdir: str | None) -> str:
+  """Creates the workdir and proves it writable, or a one-line UserError."""
+  require_workdir(workdir)
+  probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    # A full disk may fail the write after the file was created.
+    with contextlib.suppress(OSError):
+      os.remove(probe)
+    raise UserError(f'workdir {workdir} is not writable: {e.strerror}') from None
+  return os.path.abspath(workdir)
+
+
+def checked_mesh(config: ml_collections.ConfigDict, workdir: str | None):
+  """The run's mesh, after every check of `config` (and of the run already in
+  `workdir`) that needs no data: a rejected run writes nothing."""
+  require_workdir(workdir)
+  validate.check_config(config)
+  validate.check_resumable(config, workdir)
+  mesh = parallel.make_mesh(config.get('num_devices') or None)
+  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+  parallel.check_batch_size(config.eval_batch_size, mesh,
+                            'config.eval_batch_size')
+  return mesh
+
+
+def check_step_memory(config: ml_collections.ConfigDict, setup: RunSetup,
+                      dataset: datasets.Dataset, mesh: Mesh) -> dict[str, int]:
+  """Compiles the train step ahead, from abstract inputs, and refuses one
+  that needs more memory than the devices have, before anything is written.
+
+  The compilation is the one the first step reuses (same program, same
+  shardings); returns its memory analysis (`memory.compiled_memory`), which
+  the run then logs.
+  """
+  state = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
+  images = jax.ShapeDtypeStruct(
+      (setup.num_views, config.batch_size, *dataset.train_images.shape[1:]),
+      jnp.uint8, sharding=NamedSharding(mesh, PartitionSpec(None,
+                                                             parallel.DATA)))
+  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                sharding=parallel.batch_sharded(mesh))
+  memory = memory_lib.compiled_memory(setup.train_step.lower(
+      state, images, labels, setup.step_args).compile())
+  need = memory.get('total_bytes')
+  devices = list(mesh.devices.flat)
+  available = memory_lib.available_memory(devices[0])
+  if not need or not available:
+    return memory
+  if devices[0].platform == 'cpu':  # Emulated devices share the host's RAM.
+    need *= sum(d.process_index == jax.process_index() for d in devices)
+  if need > available:
+    raise UserError(
+        f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
+        f'{config.batch_size} of {tuple(dataset.train_images.shape[1:])} '
+        f'images) but {devices[0].platform} has {available / 2**30:.1f} GiB '
+        'available; lower config.batch_size or the image size, or use '
+        'more devices')
+  return memory
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str):
+  """One run per workdir: process 0 holds WORKDIR's lock (the other
+  processes of a multi-host run share it) while the body runs."""
+  if jax.process_index() != 0:
+    yield
+    return
+  with workdir_lock.WorkdirLock(workdir):
+    yield

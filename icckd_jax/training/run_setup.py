@@ -1,0 +1,94 @@
+"""What a run (teacher or student) is made of, built before anything runs.
+
+`RunSetup` is the one value the loop (`loop.fit`) needs from a stage's
+builder (`teacher.build_teacher`, `student.build_student`): the model, the
+optimiser, the jitted step and its traced arguments, and how to make the
+initial state.
+"""
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+import optax
+
+from icckd_jax import parallel
+from icckd_jax.data import datasets
+from icckd_jax.data import input_pipeline
+from icckd_jax.errors import UserError
+from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.training.reuse import Reuse
+from icckd_jax.training.train_state import TrainState
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+# Fields that never change what is compiled: traced values, bookkeeping.
+RUN_ONLY_FIELDS = ('seed', 'workdir', 'log_every_steps', 'num_epochs',
+                   'checkpoint_every_epochs', 'keep_checkpoints', 'mode')
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  if config.dtype not in DTYPES:
+    raise UserError(f'config.dtype={config.dtype!r} is unknown; choose one of: '
+                    + ', '.join(DTYPES))
+  return DTYPES[config.dtype]
+
+
+def mesh_key(mesh: Mesh) -> str:
+  """The devices of `mesh`, as a key for sharing compiled programs."""
+  return ','.join(str(d.id) for d in mesh.devices.flat)
+
+
+def load_dataset(config: ml_collections.ConfigDict,
+                 reuse: Reuse | None = None) -> datasets.Dataset:
+  return reuse_lib.get(reuse, 'dataset', reuse_lib.config_key(config.dataset),
+                       lambda: datasets.load(config.dataset))
+
+
+def check_steps_per_epoch(config: ml_collections.ConfigDict,
+                          dataset: datasets.Dataset) -> int:
+  steps = input_pipeline.steps_per_epoch(len(dataset.train_labels),
+                                         config.batch_size)
+  if steps == 0:
+    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
+                    f'{len(dataset.train_labels)} training examples')
+  return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """Everything static that a run (teacher or student) is made of."""
+  model: nn.Module
+  tx: optax.GradientTransformation
+  learning_rate_fn: optax.Schedule
+  steps_per_epoch: int
+  num_views: int
+  init_state: Callable[[], TrainState]  # placed on a mesh by `create_state`
+  # (state, images, labels, step_args) -> (state, metrics)
+  train_step: Callable
+  # The step's last argument: the objective's traced scalars, and for a
+  # student the teacher's variables (an argument, not a constant baked into
+  # the compiled step).
+  step_args: Any
+  head: nn.Module | None = None
+  # A student's teacher: (model, variables), for the agreement metric.
+  reference: tuple[nn.Module, Any] | None = None
+
+  def create_state(self, mesh: Mesh) -> TrainState:
+    """The initial state, created on the devices and replicated over `mesh`
+    (never materialised on the host first)."""
+    return jax.jit(self.init_state,
+                   out_shardings=parallel.replicated(mesh))()
+
+  def batches(self, config, split: input_pipeline.Split, mesh: Mesh,
+              start_step: int):
+    """The on-device batch stream of this run from `start_step` on."""
+    return input_pipeline.train_batches(
+        split, mesh, seed=config.seed, batch_size=config.batch_size,
+        num_views=self.num_views, crop_padding=config.crop_padding,
+        flip=config.flip, start_step=start_step)

@@ -1,0 +1,127 @@
+"""Where a student's teacher comes from: a run of this project or a
+PyTorch checkpoint of the CIFAR-100 KD benchmark, only ever read.
+
+A project run (`config.teacher.workdir`) brings its architecture and data set
+in the config saved with its checkpoint; a `.pth` file (`config.teacher.pth`
+with `config.teacher.model`) brings the benchmark's input statistics, which
+the teacher's input is normalised with instead of the data set's.
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import ml_collections
+import numpy as np
+import flax.linen as nn
+
+from icckd_jax import parallel
+from icckd_jax.data import datasets
+from icckd_jax.errors import UserError
+from icckd_jax.interop import torch_import
+from icckd_jax.training import checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Renormalized:
+  """A model applied to inputs normalised with other statistics than its own.
+
+  `apply(variables, x)` maps x = (raw - mean) / std, as the student sees it,
+  to (raw - model_mean) / model_std, all [C] in [0, 255] units, and applies
+  the model; this is how the trainer's agreement metric, which hands every
+  model the student's input, feeds a PyTorch teacher.
+  """
+  model: nn.Module
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  model_mean: tuple[float, ...]
+  model_std: tuple[float, ...]
+
+  def apply(self, variables, x: jax.Array, **kwargs):
+    raw = x.astype(jnp.float32) * jnp.asarray(self.std) + jnp.asarray(
+        self.mean)
+    x_model = (raw - jnp.asarray(self.model_mean)) / jnp.asarray(
+        self.model_std)
+    return self.model.apply(variables, x_model.astype(x.dtype), **kwargs)
+
+
+def teacher_normalization(teacher_config: ml_collections.ConfigDict,
+                          dataset: datasets.Dataset):
+  """(mean, std) [C] in [0, 255] units that the teacher's input is normalised
+  with: a PyTorch teacher's training statistics, else the data set's."""
+  if teacher_config.get('input_mean') is not None:
+    return (np.asarray(teacher_config.input_mean, np.float32),
+            np.asarray(teacher_config.input_std, np.float32))
+  return dataset.mean, dataset.std
+
+
+def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(teacher config, variables) of the `.pth` file config.teacher.pth."""
+  path, model = config.teacher.pth, config.teacher.get('model')
+  if config.teacher.get('workdir'):
+    raise UserError(f'config.teacher.pth={path!r} and config.teacher.workdir='
+                    f'{config.teacher.workdir!r} are both set; the teacher is '
+                    'one or the other')
+  torch_import.check_source(path, model, 'config.teacher.pth',
+                            'config.teacher.model')
+  variables = torch_import.load_checkpoint(path, model)
+  mean, std = torch_import.benchmark_normalization()
+  saved = ml_collections.ConfigDict({
+      'model': model, 'pth': path, 'input_mean': mean.tolist(),
+      'input_std': std.tolist()})
+  return saved, parallel.put_replicated(variables, mesh)
+
+
+def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(teacher config, its variables replicated on `mesh`).
+
+  The teacher config is the one saved with an Orbax teacher run, or for a
+  PyTorch teacher {'model', 'pth', 'input_mean', 'input_std'}. Of an Orbax
+  run, the newest intact checkpoint is used; a damaged one is skipped (the
+  teacher's workdir is only read).
+  """
+  if config.teacher.get('pth'):
+    return _load_pytorch_teacher(config, mesh)
+  workdir = config.teacher.get('workdir')
+  if not workdir or not os.path.isdir(workdir):
+    raise UserError(f'config.teacher.workdir={workdir!r} is not a directory '
+                    'holding a trained teacher (or set config.teacher.pth to '
+                    'a PyTorch checkpoint)')
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    restored = ckpts.restore_newest_intact(
+        None, which=config.teacher.checkpoint, mesh=mesh)
+  if restored is None:
+    raise UserError(f'no {config.teacher.checkpoint} checkpoint in '
+                    f'config.teacher.workdir={workdir!r}; train the teacher '
+                    'first')
+  state, _, saved = restored
+  return ml_collections.ConfigDict(saved), {
+      'params': state['params']['model'],
+      'batch_stats': state['batch_stats']}
+
+
+# The dataset fields that decide which images and labels the teacher saw;
+# the synthetic set is drawn from its seed, sizes and class count. The
+# subsets (train_subset, test_subset) may differ: the same images, fewer.
+_DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
+_SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
+
+
+def check_same_data(student: ml_collections.ConfigDict,
+                     teacher: ml_collections.ConfigDict,
+                     input_shape=None, teacher_shape=None) -> None:
+  """The student's data must be the teacher's: same set, same image size and
+  channels (a teacher fed other images scores near chance)."""
+  fields = _DATA_FIELDS + (_SYNTHETIC_FIELDS if student.get('name') ==
+                           'synthetic' else ())
+  for field in fields:
+    mine, theirs = student.get(field), teacher.get(field)
+    if mine != theirs:
+      raise UserError(f'config.dataset.{field}={mine!r} but the teacher was '
+                      f'trained on dataset.{field}={theirs!r}')
+  if teacher_shape and list(input_shape) != list(teacher_shape):
+    raise UserError(f'the student data set has images of shape '
+                    f'{tuple(input_shape)} (height, width, channels) but the '
+                    f'teacher was trained on {tuple(teacher_shape)}')
