@@ -18,13 +18,25 @@ from icckd_jax.distillers import kd
 from icckd_jax.distillers import kd_rkd
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.errors import UserError
+from icckd_jax.objective.distillation import at_loss
+from icckd_jax.objective.distillation import dist_loss
+from icckd_jax.objective.distillation import dkd_loss
+from icckd_jax.objective.distillation import nst_loss
+from icckd_jax.objective.distillation import pkt_loss
+from icckd_jax.objective.distillation import sp_loss
+from icckd_jax.objective.distillation import standardize_logits
 
 DISTILLERS: dict[str, Callable] = {
     'kd': kd.loss,
     'kd_rkd': kd_rkd.loss,
 }
 
-__all__ = ['DISTILLERS', 'Outputs', 'get']
+__all__ = [
+    'DISTILLERS', 'Outputs', 'get',
+    # The losses of published methods, for the distillers that combine them.
+    'at_loss', 'dist_loss', 'dkd_loss', 'nst_loss', 'pkt_loss', 'sp_loss',
+    'standardize_logits',
+]
 
 
 def get(name: str) -> Callable:
