@@ -1,4 +1,5 @@
-"""The optional projection head g of docs/method.md §3: z = normalize(g(f(x)))."""
+"""The optional projection head g of docs/method.md §3: z = normalize(g(f(x)))
+(normalize: `losses.l2_normalize`)."""
 
 import flax.linen as nn
 import jax
@@ -18,7 +19,3 @@ class MLPHead(nn.Module):
     x = nn.relu(x)
     return nn.Dense(self.dim, dtype=self.dtype)(x).astype(jnp.float32)
 
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """[..., d] -> unit rows; eps keeps the gradient finite at zero."""
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), eps))

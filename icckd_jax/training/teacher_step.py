@@ -19,7 +19,6 @@ from icckd_jax.data import augment
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.objective import losses
 from icckd_jax import parallel
-from icckd_jax.objective.projection import l2_normalize
 from icckd_jax.training import step as step_lib
 from icckd_jax.training.train_state import TrainState
 
@@ -105,7 +104,7 @@ class _Objective:
     """z = normalize(g(f(x))): [N, D] -> [N, d]."""
     if self.head is not None:
       features = self.head.apply({'params': params['head']}, features)
-    return l2_normalize(features.astype(jnp.float32))
+    return losses.l2_normalize(features.astype(jnp.float32))
 
   def cache_negatives(self, params, state):
     """(keys [M, d], labels [M], valid [M]) of the pipeline cache, or Nones."""
