@@ -9,9 +9,11 @@ of one setting learn from one teacher. A student's key includes its
 teacher's key, not the teacher's directory, so two sweeps pointing at one
 store (`config.store`) share students too.
 
-Left out of the key: bookkeeping that cannot change a result (where the run
-is written, how often it logs and checkpoints, how many checkpoints it
-keeps), and for a student the path of its teacher (its key stands in).
+Left out of the key (training/config_schema.py): bookkeeping that cannot
+change a result (where the run is written, how often it logs and checkpoints,
+how many checkpoints it keeps), the fields a stage does not use (a
+cross-entropy teacher's gate and cache), and for a student the path of its
+teacher (its key stands in).
 """
 
 import hashlib
@@ -19,14 +21,11 @@ import os
 
 import ml_collections
 
+from icckd_jax.training import config_schema
 from icckd_jax.training import reuse as reuse_lib
 
 TEACHERS = 'teachers'
 STUDENTS = 'students'
-# Fields that decide where and how visibly a run is written, never what it
-# computes.
-BOOKKEEPING = ('mode', 'workdir', 'log_every_steps', 'checkpoint_every_epochs',
-               'keep_checkpoints')
 KEY_LENGTH = 16  # hex digits of sha256: collisions need ~2^32 runs
 
 
@@ -36,12 +35,15 @@ def _digest(text: str) -> str:
 
 def teacher_key(config: ml_collections.ConfigDict) -> str:
   """The key of a teacher config (configs/teacher.py's fields)."""
-  return _digest(reuse_lib.config_key(config, BOOKKEEPING))
+  return _digest(reuse_lib.config_key(
+      config, config_schema.bookkeeping() + config_schema.unused(config)))
 
 
 def student_key(config: ml_collections.ConfigDict, teacher: str) -> str:
   """The key of a student config distilled from the teacher keyed `teacher`."""
-  own = reuse_lib.config_key(config, BOOKKEEPING + ('teacher.workdir',))
+  own = reuse_lib.config_key(
+      config, config_schema.bookkeeping() + config_schema.unused(config) +
+      ('teacher.workdir',))
   return _digest(f'{own}|teacher={teacher}')
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 import optax
@@ -21,15 +20,12 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
 from icckd_jax.errors import UserError
+from icckd_jax.training import config_schema
 from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.training.config_schema import DTYPES
 from icckd_jax.training.reuse import Reuse
 from icckd_jax.training.train_state import TrainState
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-# Fields that never change what is compiled: traced values, bookkeeping.
-RUN_ONLY_FIELDS = ('seed', 'workdir', 'log_every_steps', 'num_epochs',
-                   'checkpoint_every_epochs', 'keep_checkpoints', 'mode')
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -37,6 +33,14 @@ def compute_dtype(config: ml_collections.ConfigDict):
     raise UserError(f'config.dtype={config.dtype!r} is unknown; choose one of: '
                     + ', '.join(DTYPES))
   return DTYPES[config.dtype]
+
+
+def step_key(config: ml_collections.ConfigDict, *extra: str) -> str:
+  """The part of `config` a compiled step depends on (see config_schema),
+  with `extra` (the step's other static inputs): steps of equal keys are
+  shared by a sweep's runs."""
+  return '|'.join((reuse_lib.config_key(config, config_schema.not_compiled()),
+                   *extra))
 
 
 def mesh_key(mesh: Mesh) -> str:

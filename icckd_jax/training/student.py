@@ -33,16 +33,12 @@ from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import student_step
 from icckd_jax.training import teacher_source
 from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.run_setup import (RUN_ONLY_FIELDS, RunSetup,
-                                          check_steps_per_epoch, compute_dtype,
-                                          load_dataset, mesh_key)
+from icckd_jax.training.run_setup import (RunSetup, check_steps_per_epoch,
+                                          compute_dtype, load_dataset,
+                                          mesh_key, step_key)
 from icckd_jax.training.train_state import create_train_state
 
 TEACHER_EVAL_FILE = 'teacher_eval.json'
-# Traced arguments of the compiled step: the teacher's weights (any run of
-# the same architecture) and the distillation weights.
-TRACED_FIELDS = ('teacher.workdir',) + tuple(
-    f'distill.{name}' for name in student_step.DISTILL_WEIGHTS)
 
 
 def _teacher_model(teacher_config: ml_collections.ConfigDict,
@@ -98,13 +94,12 @@ def build_student(config: ml_collections.ConfigDict,
     return create_train_state({'model': variables['params']},
                               variables['batch_stats'], tx)
 
-  step_key = reuse_lib.config_key(config, RUN_ONLY_FIELDS + TRACED_FIELDS)
   return RunSetup(
       model=student_model, tx=tx, learning_rate_fn=learning_rate_fn,
       steps_per_epoch=steps_per_epoch, num_views=1, init_state=init_state,
       train_step=reuse_lib.get(
           reuse, 'student_step',
-          f'{step_key}|{teacher_model}|{mesh_key(mesh)}',
+          step_key(config, str(teacher_model), mesh_key(mesh)),
           lambda: student_step.make_train_step(
               student_model, teacher_model, distill_fn, tx, mesh,
               mean=dataset.mean, std=dataset.std, dtype=dtype,

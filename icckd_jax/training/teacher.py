@@ -16,9 +16,7 @@ import ml_collections
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.errors import UserError
 from icckd_jax.objective import cache as cache_lib
-from icckd_jax.objective import losses
 from icckd_jax.objective import projection
 from icckd_jax.training import loop
 from icckd_jax.training import optim
@@ -26,34 +24,10 @@ from icckd_jax.training import preflight
 from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import teacher_step
 from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.run_setup import (RUN_ONLY_FIELDS, RunSetup,
-                                          check_steps_per_epoch, compute_dtype,
-                                          load_dataset, mesh_key)
+from icckd_jax.training.run_setup import (RunSetup, check_steps_per_epoch,
+                                          compute_dtype, load_dataset,
+                                          mesh_key, step_key)
 from icckd_jax.training.train_state import create_train_state
-
-CACHE_STORES = ('features', 'images')
-# The objective's values the compiled step takes as traced arguments.
-TRACED_FIELDS = ('icc.lam', 'icc.tau', 'icc.delta')
-
-
-def _choice(name: str, value: str, choices) -> None:
-  if value not in choices:
-    raise UserError(f'config.{name}={value!r} is unknown; choose one of: '
-                    + ', '.join(choices))
-
-
-def check_objective(config: ml_collections.ConfigDict) -> None:
-  """The intra-class objective's choices and ranges (a teacher config)."""
-  icc, cache = config.icc, config.cache
-  _choice('icc.margin_kind', icc.margin_kind, losses.MARGIN_KINDS)
-  _choice('icc.head', icc.head, projection.HEADS)
-  _choice('icc.empty_anchors', icc.empty_anchors, losses.EMPTY_ANCHORS)
-  _choice('cache.store', cache.store, CACHE_STORES)
-  if cache.size < 0:
-    raise UserError(f'config.cache.size={cache.size} must be >= 0')
-  if icc.tau <= 0:
-    raise UserError(f'config.icc.tau={icc.tau} must be > 0')
-
 
 def _init_state_fn(config, model, head, tx, input_shape):
   """() -> the initial TrainState of the teacher of `config`."""
@@ -86,7 +60,6 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
   With `reuse`, a step already built for a config that differs only in
   traced values (δ, τ, λ ≠ 0) or the seed is shared, compiled once.
   """
-  check_objective(config)
   dtype = compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = check_steps_per_epoch(config, dataset)
@@ -99,9 +72,8 @@ def build_teacher(config: ml_collections.ConfigDict, dataset: datasets.Dataset,
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
   num_views = 2 if icc_on else 1
-  step_key = reuse_lib.config_key(config, RUN_ONLY_FIELDS + TRACED_FIELDS)
   train_step = reuse_lib.get(
-      reuse, 'teacher_step', f'{step_key}|{num_views}|{mesh_key(mesh)}',
+      reuse, 'teacher_step', step_key(config, str(num_views), mesh_key(mesh)),
       lambda: teacher_step.make_train_step(
           model, head, tx, mesh, mean=dataset.mean, std=dataset.std,
           dtype=dtype, num_views=num_views,
@@ -121,8 +93,8 @@ def train_teacher(config: ml_collections.ConfigDict, workdir: str,
   """Trains the teacher of `config` in `workdir`, resuming if it can;
   returns the summary.
 
-  Every check that can reject the config runs before the workdir is
-  created or written.
+  Every check that can reject the config (`preflight`) runs before the
+  workdir is created or written.
   """
   mesh = preflight.checked_mesh(config, workdir)
   dataset = load_dataset(config, reuse)

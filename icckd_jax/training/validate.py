@@ -4,12 +4,14 @@ Two kinds:
 
 * `check_config(config)`: every numeric field is in range (no zero where a
   count or a divisor is needed, no negative rate, no NaN or infinity
-  anywhere). A field is named by its dotted path in the error, with what
-  would be valid.
+  anywhere) and every choice is known, as `config_schema.FIELDS` declares.
+  A field is named by its dotted path in the error, with what would be
+  valid.
 * `check_resumable(config, workdir)`: a workdir that already holds a run may
   only be resumed by a config that builds the same state and the same run;
-  the fields in `RESUMABLE_CHANGES` may differ (more epochs, another logging
-  or checkpoint interval, another evaluation batch or device count).
+  the fields `config_schema.resumable()` names may differ (more epochs,
+  another logging or checkpoint interval, another evaluation batch or device
+  count), and those the stage does not use.
 
 Both only read; a rejected config leaves the workdir exactly as it was.
 """
@@ -17,12 +19,12 @@ Both only read; a rejected config leaves the workdir exactly as it was.
 import json
 import math
 import os
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from icckd_jax.errors import UserError
+from icckd_jax.training import config_schema
 
 CONFIG_FILE = 'config.json'
 
@@ -30,67 +32,6 @@ CONFIG_FILE = 'config.json'
 def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`config` as the plain JSON tree saved with a run (config.json)."""
   return json.loads(config.to_json_best_effort())
-
-# Fields a resumed run may change: none of them changes the train state, the
-# compiled step or the numbers the run computes (evaluation and results are
-# independent of the device count, which is tested).
-RESUMABLE_CHANGES = ('workdir', 'num_epochs', 'log_every_steps',
-                     'checkpoint_every_epochs', 'keep_checkpoints',
-                     'eval_batch_size', 'eval_every_epochs', 'num_devices',
-                     'mode')
-
-# (predicate, what would be valid) for each checked field, by dotted path.
-_Rule = tuple[Callable[[Any], bool], str]
-
-
-def _int_at_least(low: int) -> _Rule:
-  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
-          f'an integer >= {low}')
-
-
-_POSITIVE = (lambda v: v > 0, 'a finite number > 0')
-_NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
-_FRACTION = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
-_ANY = (lambda v: True, 'a finite number')
-
-RULES: dict[str, _Rule] = {
-    'seed': _int_at_least(0),
-    'num_epochs': _int_at_least(1),
-    'batch_size': _int_at_least(1),
-    'eval_batch_size': _int_at_least(1),
-    'eval_every_epochs': _int_at_least(1),
-    'learning_rate': _POSITIVE,
-    'lr_decay_rate': _POSITIVE,
-    'momentum': _FRACTION,
-    'weight_decay': _NON_NEGATIVE,
-    'crop_padding': _int_at_least(0),
-    'num_devices': _int_at_least(0),
-    'log_every_steps': _int_at_least(1),
-    'checkpoint_every_epochs': _int_at_least(1),
-    # 0 would keep nothing to resume from.
-    'keep_checkpoints': _int_at_least(1),
-    'dataset.num_train': _int_at_least(1),
-    'dataset.num_test': _int_at_least(1),
-    'dataset.num_classes': _int_at_least(2),
-    'dataset.image_size': _int_at_least(1),
-    'dataset.channels': _int_at_least(1),
-    'dataset.seed': _int_at_least(0),
-    'dataset.train_subset': _int_at_least(0),
-    'dataset.test_subset': _int_at_least(0),
-    'icc.lam': _NON_NEGATIVE,
-    'icc.tau': _POSITIVE,
-    # δ = -1 lets every anchor through, δ >= 1 none: any finite value is a
-    # meaningful gate (docs/method.md §3).
-    'icc.delta': _ANY,
-    'icc.head_dim': _int_at_least(1),
-    'cache.size': _int_at_least(0),
-    'distill.temperature': _POSITIVE,
-    'distill.gamma': _NON_NEGATIVE,
-    'distill.alpha': _NON_NEGATIVE,
-    'distill.beta': _NON_NEGATIVE,
-    'distill.w_dist': _NON_NEGATIVE,
-    'distill.w_angle': _NON_NEGATIVE,
-}
 
 
 def _leaves(tree: Any, prefix: str = ''):
@@ -107,7 +48,7 @@ def _is_number(value: Any) -> bool:
 
 
 def check_config(config: ml_collections.ConfigDict, prefix: str = '') -> None:
-  """Raises a one-line UserError for the first numeric field out of range.
+  """Raises a one-line UserError for the first field out of range or choice.
 
   Fields without a rule (a config of another branch, say) are still
   required to be finite; `lr_decay_epochs` must be non-negative integers.
@@ -117,12 +58,19 @@ def check_config(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   for path, value in _leaves(tree):
     name = f'config.{prefix}{path}'
     if path == 'lr_decay_epochs':
-      if not all(_int_at_least(0)[0](e) for e in value or ()):
+      if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
+                 for e in value or ()):
         raise UserError(f'{name}={tuple(value)!r} must hold integers >= 0')
+      continue
+    declared = config_schema.field(path)
+    if isinstance(value, str) and declared.choices is not None:
+      if value not in declared.choices:
+        raise UserError(f'{name}={value!r} is unknown; choose one of: '
+                        + ', '.join(declared.choices))
       continue
     if not _is_number(value):
       continue
-    rule, valid = RULES.get(path, _ANY)
+    rule, valid = declared.rule
     if not math.isfinite(value) or not rule(value):
       raise UserError(f'{name}={value!r} is out of range; it must be {valid}')
 
@@ -158,20 +106,21 @@ def stored_config(workdir: str | None) -> dict[str, Any] | None:
                     ) from None
 
 
-# Fields added after runs were saved without them, with the value that
-# describes how those runs behaved: such a run resumes only with that value.
-ADDED_FIELDS = {'eval_every_epochs': 1, 'icc.empty_anchors': 'count'}
-
-
 def config_differences(stored: dict[str, Any], new: dict[str, Any],
-                       ignore=RESUMABLE_CHANGES) -> list[str]:
-  """'field=stored→new' for each leaf that differs, outside `ignore`."""
+                       ignore=None) -> list[str]:
+  """'field=stored→new' for each leaf that differs, outside `ignore`
+  (default: the fields a run may resume with changed, and those the new
+  config's stage does not use). A field the stored config lacks counts as
+  its `added_default` (config_schema)."""
+  if ignore is None:
+    ignore = config_schema.resumable() + config_schema.unused(new)
+  added = config_schema.added_defaults()
   old_leaves, new_leaves = dict(_leaves(stored)), dict(_leaves(new))
   differences = []
   for path in sorted(set(old_leaves) | set(new_leaves)):
     if path in ignore:
       continue
-    old = old_leaves.get(path, ADDED_FIELDS.get(path, '<absent>'))
+    old = old_leaves.get(path, added.get(path, '<absent>'))
     now = new_leaves.get(path, '<absent>')
     if isinstance(old, list):
       old = tuple(old)

@@ -1,0 +1,166 @@
+"""One declaration per config field: its role and the values it may take.
+
+Everything that treats fields differently is derived from `FIELDS`: the
+range and choice checks (`validate.check_config`), which fields a stored run
+may be resumed with changed (`resumable`), which fields the run store's key
+leaves out (`bookkeeping`), and which the compiled step does not depend on
+(`not_compiled`). A field not declared here is an `identity` field that must
+be a finite number if it is one.
+
+Roles:
+  identity     what a run computes and compiles: another value, another run.
+  traced       what a run computes, passed to the compiled step as a value:
+               another run, but one compilation serves every value.
+  schedule     how long a run goes (num_epochs): another run, but a stored
+               one may be resumed with more or fewer epochs.
+  evaluation   how and how often evaluation and the devices run, never the
+               numbers computed: may change when a run resumes.
+  bookkeeping  where and how visibly a run is written, never what it is.
+
+A stage also ignores the fields it does not use (`unused`): a
+cross-entropy teacher (λ = 0) has no gate, projection head or cache, so
+their fields are neither part of its identity nor checked on resume.
+"""
+
+from collections.abc import Callable
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from icckd_jax import distillers
+from icckd_jax.objective import losses
+from icckd_jax.objective import projection
+
+# Compute dtypes by name.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+ROLES = ('identity', 'traced', 'schedule', 'evaluation', 'bookkeeping')
+
+# (predicate, what would be valid) of a numeric field.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _int_at_least(low: int) -> Rule:
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+          f'an integer >= {low}')
+
+
+POSITIVE = (lambda v: v > 0, 'a finite number > 0')
+NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
+FRACTION = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
+ANY = (lambda v: True, 'a finite number')
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """A config field's role, and its valid range (numbers) or choices."""
+  role: str = 'identity'
+  rule: Rule = ANY
+  choices: tuple[str, ...] | None = None
+  # The value that describes how runs saved before the field existed
+  # behaved: such a run resumes only with that value.
+  added_default: Any = _ABSENT
+
+  def __post_init__(self):
+    if self.role not in ROLES:
+      raise ValueError(f'unknown role {self.role!r}')
+
+
+_DISTILL_WEIGHT = Field('traced', NON_NEGATIVE)
+
+FIELDS: dict[str, Field] = {
+    'mode': Field('bookkeeping'),
+    'workdir': Field('bookkeeping'),
+    'log_every_steps': Field('bookkeeping', _int_at_least(1)),
+    'checkpoint_every_epochs': Field('bookkeeping', _int_at_least(1)),
+    # 0 would keep nothing to resume from.
+    'keep_checkpoints': Field('bookkeeping', _int_at_least(1)),
+    'num_epochs': Field('schedule', _int_at_least(1)),
+    'eval_batch_size': Field('evaluation', _int_at_least(1)),
+    'eval_every_epochs': Field('evaluation', _int_at_least(1),
+                               added_default=1),
+    'num_devices': Field('evaluation', _int_at_least(0)),
+    'seed': Field('traced', _int_at_least(0)),
+    'batch_size': Field(rule=_int_at_least(1)),
+    'learning_rate': Field(rule=POSITIVE),
+    'lr_decay_rate': Field(rule=POSITIVE),
+    'momentum': Field(rule=FRACTION),
+    'weight_decay': Field(rule=NON_NEGATIVE),
+    'crop_padding': Field(rule=_int_at_least(0)),
+    'dtype': Field(choices=tuple(DTYPES)),
+    'dataset.num_train': Field(rule=_int_at_least(1)),
+    'dataset.num_test': Field(rule=_int_at_least(1)),
+    'dataset.num_classes': Field(rule=_int_at_least(2)),
+    'dataset.image_size': Field(rule=_int_at_least(1)),
+    'dataset.channels': Field(rule=_int_at_least(1)),
+    'dataset.seed': Field(rule=_int_at_least(0)),
+    'dataset.train_subset': Field(rule=_int_at_least(0)),
+    'dataset.test_subset': Field(rule=_int_at_least(0)),
+    # λ = 0 also removes the second view, so it is traced only among λ > 0.
+    'icc.lam': Field('traced', NON_NEGATIVE),
+    'icc.tau': Field('traced', POSITIVE),
+    # δ = -1 lets every anchor through, δ >= 1 none: any finite value is a
+    # meaningful gate (docs/method.md §3).
+    'icc.delta': Field('traced', ANY),
+    'icc.margin_kind': Field(choices=losses.MARGIN_KINDS),
+    'icc.head': Field(choices=projection.HEADS),
+    'icc.head_dim': Field(rule=_int_at_least(1)),
+    'icc.empty_anchors': Field(choices=losses.EMPTY_ANCHORS,
+                               added_default='count'),
+    'cache.size': Field(rule=_int_at_least(0)),
+    'cache.store': Field(choices=('features', 'images')),
+    # Any teacher of the same architecture: its weights are an argument.
+    'teacher.workdir': Field('traced'),
+    'distill.method': Field(choices=tuple(distillers.DISTILLERS)),
+    'distill.temperature': Field('traced', POSITIVE),
+    'distill.gamma': _DISTILL_WEIGHT,
+    'distill.alpha': _DISTILL_WEIGHT,
+    'distill.beta': _DISTILL_WEIGHT,
+    'distill.w_dist': _DISTILL_WEIGHT,
+    'distill.w_angle': _DISTILL_WEIGHT,
+}
+
+_UNDECLARED = Field()
+
+
+def field(path: str) -> Field:
+  """The declaration of the dotted `path` (an undeclared one: identity)."""
+  return FIELDS.get(path, _UNDECLARED)
+
+
+def _with_role(*roles: str) -> tuple[str, ...]:
+  return tuple(path for path, f in FIELDS.items() if f.role in roles)
+
+
+def bookkeeping() -> tuple[str, ...]:
+  """Fields that are never part of what a run is (left out of its key)."""
+  return _with_role('bookkeeping')
+
+
+def resumable() -> tuple[str, ...]:
+  """Fields a stored run may be resumed with changed."""
+  return _with_role('bookkeeping', 'schedule', 'evaluation')
+
+
+def not_compiled() -> tuple[str, ...]:
+  """Fields the compiled train step does not depend on."""
+  return _with_role('bookkeeping', 'schedule', 'traced')
+
+
+def added_defaults() -> dict[str, Any]:
+  """{field: value of runs saved before it existed}."""
+  return {path: f.added_default for path, f in FIELDS.items()
+          if f.added_default is not _ABSENT}
+
+
+def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
+  """The fields of a stage config that its run does not read."""
+  icc = config.get('icc')
+  if icc is not None and icc.get('lam') == 0:
+    # The cross-entropy teacher: no gate, head or cache.
+    return tuple(path for path in FIELDS if path.startswith(('icc.', 'cache.'))
+                 and path != 'icc.lam')
+  return ()

@@ -1,0 +1,100 @@
+"""The config schema: one declaration per field, and what is derived from it
+(range checks, the resume check, the run store's key, the compile key)."""
+
+import json
+
+import pytest
+
+from configs import student as student_config
+from configs import teacher as teacher_config
+from icckd_jax.errors import UserError
+from icckd_jax.experiments import run_store
+from icckd_jax.training import config_schema
+from icckd_jax.training import run_setup
+from icckd_jax.training import validate
+
+
+def test_every_field_of_the_stage_configs_is_declared_or_identity():
+  """A typo in FIELDS would silently make a field identity: every declared
+  path must exist in a stage config."""
+  paths = set()
+  for config in (teacher_config.get_config(), student_config.get_config()):
+    paths |= {p for p, _ in validate._leaves(json.loads(
+        config.to_json_best_effort()))}
+  # Read with a default where a config lacks it (the synthetic set's).
+  optional = {'dataset.channels'}
+  missing = set(config_schema.FIELDS) - paths - optional
+  assert not missing, missing
+
+
+def test_roles_give_the_derived_lists():
+  assert set(config_schema.bookkeeping()) == {
+      'mode', 'workdir', 'log_every_steps', 'checkpoint_every_epochs',
+      'keep_checkpoints'}
+  resumable = set(config_schema.resumable())
+  assert {'num_epochs', 'eval_batch_size', 'num_devices'} <= resumable
+  assert not {'seed', 'batch_size', 'icc.delta', 'model'} & resumable
+  not_compiled = set(config_schema.not_compiled())
+  assert {'seed', 'icc.delta', 'distill.temperature', 'num_epochs'} <= (
+      not_compiled)
+  assert not {'batch_size', 'model', 'icc.margin_kind'} & not_compiled
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('icc.margin_kind', 'rank', "config.icc.margin_kind='rank' is unknown; "
+     'choose one of: prob, logit'),
+    ('cache.store', 'disk', "config.cache.store='disk' is unknown"),
+    ('dtype', 'float16', "config.dtype='float16' is unknown"),
+    ('icc.tau', 0.0, 'config.icc.tau=0.0 is out of range; it must be a '
+     'finite number > 0'),
+    ('cache.size', -1, 'config.cache.size=-1 is out of range'),
+])
+def test_check_config_uses_the_declared_range_or_choices(field, value,
+                                                         message):
+  config = teacher_config.get_config()
+  group, _, name = field.rpartition('.')
+  (config[group] if group else config)[name] = value
+  with pytest.raises(UserError, match=message.replace('(', r'\(')):
+    validate.check_config(config)
+
+
+def test_a_ce_teachers_key_ignores_the_fields_it_does_not_use():
+  ce = teacher_config.get_config()
+  ce.icc.lam = 0.0
+  other = teacher_config.get_config()
+  other.icc.lam = 0.0
+  other.icc.delta, other.cache.size, other.icc.head = 0.9, 0, 'mlp'
+  assert run_store.teacher_key(ce) == run_store.teacher_key(other)
+  # With the objective on, the same changes make other teachers.
+  on, changed = teacher_config.get_config(), teacher_config.get_config()
+  changed.icc.delta = 0.9
+  assert run_store.teacher_key(on) != run_store.teacher_key(changed)
+  ce_on = teacher_config.get_config()
+  assert run_store.teacher_key(ce) != run_store.teacher_key(ce_on)
+
+
+def test_resume_check_ignores_unused_and_resumable_fields_only():
+  stored = json.loads(teacher_config.get_config().to_json_best_effort())
+  stored['icc']['lam'] = 0.0
+  new = json.loads(json.dumps(stored))
+  new['icc']['delta'], new['num_epochs'] = 0.9, 300
+  assert validate.config_differences(stored, new) == []
+  new['learning_rate'] = 0.1
+  assert validate.config_differences(stored, new) == [
+      'learning_rate=0.05 (now 0.1)']
+
+
+def test_a_field_added_later_resumes_only_with_its_old_behaviour():
+  new = json.loads(teacher_config.get_config().to_json_best_effort())
+  stored = json.loads(json.dumps(new))
+  del stored['icc']['empty_anchors']  # saved before the field existed
+  assert validate.config_differences(stored, new) == [
+      "icc.empty_anchors='count' (now 'exclude')"]
+
+
+def test_the_compile_key_ignores_traced_values_only():
+  a, b = teacher_config.get_config(), teacher_config.get_config()
+  b.seed, b.icc.delta, b.num_epochs = 3, 0.8, 10
+  assert run_setup.step_key(a, 'x') == run_setup.step_key(b, 'x')
+  b.batch_size = 32
+  assert run_setup.step_key(a, 'x') != run_setup.step_key(b, 'x')
