@@ -45,13 +45,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
                       f'{workdir!r} are both set; evaluate one or the other')
     return _printed(evaluate.evaluate_pytorch(
         config.pth, config.get('model'), config.dataset,
-        num_devices=config.get('num_devices') or None,
+        num_devices=config.get('num_devices'),
         batch_size=config.eval_batch_size, export=config.get('export')))
   if mode == 'eval':
     validate.check_config(config)
     return _printed(evaluate.evaluate_checkpoint(
         workdir, which=config.checkpoint,
-        num_devices=config.get('num_devices') or None,
+        num_devices=config.get('num_devices'),
         batch_size=config.eval_batch_size, export=config.get('export')))
   raise UserError(f'config.mode={mode!r} is unknown; choose one of: '
                   + ', '.join(MODES))

@@ -19,7 +19,8 @@ DATA = 'data'
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh named `data` over the first `num_devices` devices (all if None).
+  """A 1-D mesh named `data` over the first `num_devices` devices (all if 0
+  or None, as `config.num_devices` says).
 
   Restricting the count is for tests and benchmarks that compare device
   counts in one process; on several hosts only the full count is valid.

@@ -51,7 +51,7 @@ def checked_mesh(config: ml_collections.ConfigDict, workdir: str | None):
   require_workdir(workdir)
   validate.check_config(config)
   validate.check_resumable(config, workdir)
-  mesh = parallel.make_mesh(config.get('num_devices') or None)
+  mesh = parallel.make_mesh(config.get('num_devices'))
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   parallel.check_batch_size(config.eval_batch_size, mesh,
                             'config.eval_batch_size')
