@@ -14,7 +14,7 @@ top-1, the epoch records, ...) and `config` (the run's config as JSON).
 Orbax writes into a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoint as the latest: resume is
 preemption-safe. Callers save only states they have checked to be finite
-(`icckd_jax.training.train`), so the retention policy never removes a good
+(`training.divergence`, in the loop), so the retention policy never removes a good
 checkpoint to make room for a bad one.
 """
 
