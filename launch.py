@@ -16,7 +16,6 @@ JAX_PROCESS_ID). SIGTERM or Ctrl-C saves at the next step and exits with
 128 + the signal's number; rerunning the command resumes there.
 """
 
-import logging as py_logging
 import os
 import sys
 import threading
@@ -27,6 +26,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from icckd_jax import logs
 from icckd_jax import main as icckd_main
 from icckd_jax.training.preemption import Preempted
 from icckd_jax.errors import UserError
@@ -55,24 +55,6 @@ flags.DEFINE_integer('multihost_timeout', 300,
 config_flags.DEFINE_config_file('config', None, 'The job config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
-
-
-class _OwnInfoOnly(py_logging.Filter):
-  """Keeps our INFO lines, drops the libraries' (Orbax logs every file it
-  writes); warnings and errors of every library still pass, except Orbax's
-  note that a checkpoint opened read-only (a teacher, an evaluation) is
-  read-only, which is the point."""
-
-  def filter(self, record):
-    if f'{os.sep}icckd_jax{os.sep}' in record.pathname:
-      return True
-    if record.pathname == os.path.abspath(__file__):
-      return True
-    if record.levelno < py_logging.WARNING:
-      return False
-    return not ('orbax' in record.pathname and
-                'read' in record.getMessage() and
-                'only' in record.getMessage())
 
 
 def _fail(message) -> None:
@@ -168,7 +150,7 @@ def parse_flags(argv):
 
 
 def main(argv):
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  logging.get_absl_handler().addFilter(logs.OwnInfoOnly(__file__))
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   _check_cluster_flags()

@@ -1,6 +1,7 @@
 """Dispatches a config to its job by `config.mode`."""
 
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -24,6 +25,16 @@ def _printed(result: dict[str, Any]) -> dict[str, Any]:
   return result
 
 
+def _sweep_printed(rows: list[dict], workdir: str) -> list[dict]:
+  """A sweep's result rows; its headline table (each setting's top-1) and
+  where every other figure is, printed on stdout."""
+  print(report.headline(rows))
+  print('Every metric: '
+        f'{os.path.join(os.path.abspath(workdir), report.SUMMARY_FILE)}, '
+        f'{report.RESULTS_CSV} and the plots beside it.')
+  return rows
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   """Runs the job `config` describes; `workdir` overrides config.workdir."""
   mode = config.get('mode', 'teacher')
@@ -35,7 +46,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   if mode == 'pipeline':
     return method.run_pipeline(config, workdir)
   if mode == 'sweep':
-    return sweep.run_sweep(config, workdir)
+    return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':
     return report.write_report(workdir, config.get('output_dir'),
                                config.get('comparisons'))

@@ -9,7 +9,8 @@ from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
 from icckd_jax import parallel
 from icckd_jax.experiments import report
-from icckd_jax.experiments import sweep
+from icckd_jax.experiments import settings
+from icckd_jax.experiments import sweep_plan
 from icckd_jax.training import teacher_step
 from icckd_jax.training import teacher
 from icckd_jax.errors import UserError
@@ -97,18 +98,18 @@ def test_report_regenerates_from_finished_runs(smoke_sweep):
 
 
 def test_settings_parse_and_bad_fields_fail_early():
-  setting = sweep.parse_setting('a: teacher.icc.delta=0.2, teacher.cache.store='
-                                '"images"')
-  assert setting == sweep.Setting('a', {'teacher.icc.delta': 0.2,
-                                        'teacher.cache.store': 'images'})
+  setting = settings.parse_setting('a: teacher.icc.delta=0.2, '
+                                   'teacher.cache.store="images"')
+  assert setting == settings.Setting('a', {'teacher.icc.delta': 0.2,
+                                           'teacher.cache.store': 'images'})
   from configs import pipeline  # pylint: disable=g-import-not-at-top
   base = pipeline.get_config('smoke')
-  config = sweep.apply_overrides(base, setting.overrides)
+  config = settings.apply_overrides(base, setting.overrides)
   assert config.teacher.icc.delta == 0.2 and base.teacher.icc.delta == 0.4
   with pytest.raises(UserError, match='teacher.icc.gamma'):
-    sweep.apply_overrides(base, {'teacher.icc.gamma': 1.0})
+    settings.apply_overrides(base, {'teacher.icc.gamma': 1.0})
   with pytest.raises(UserError, match='field=value'):
-    sweep.parse_setting('b: teacher.icc.delta')
+    settings.parse_setting('b: teacher.icc.delta')
 
 
 def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
@@ -116,7 +117,7 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
   ordered seed by seed; its extra pairs parse."""
   from configs import study  # pylint: disable=g-import-not-at-top
   config = study.get_config('cpu')
-  runs = sweep.plan(config, str(tmp_path))
+  runs = sweep_plan.plan(config, str(tmp_path))
   by_setting = {}
   for run in runs:
     by_setting.setdefault(run.setting, []).append(run.seed)
@@ -126,5 +127,5 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
   assert [r.seed for r in runs] == sorted(r.seed for r in runs)
   assert report.parse_comparisons(config.comparisons) == [
       ('no_cache', 'delta=0.4'), ('image_cache', 'delta=0.4')]
-  with pytest.raises(sweep.UserError, match='not arm:control'):
+  with pytest.raises(UserError, match='not arm:control'):
     report.parse_comparisons('no_cache')

@@ -16,7 +16,10 @@ from configs import ablation_cache
 from configs import ablation_margin
 from icckd_jax.experiments import report
 from icckd_jax.experiments import run_store
+from icckd_jax.experiments import settings as settings_lib
 from icckd_jax.experiments import sweep
+from icckd_jax.experiments import sweep_plan
+from icckd_jax.experiments import sweep_worker
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import workdir_lock
@@ -59,8 +62,8 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
   cache = ablation_cache.get_config('cpu')
   margin.store = cache.store = str(tmp_path / 'store')
   runs = {(r.setting, r.seed): r for r in
-          sweep.plan(margin, str(tmp_path / 'margin')) +
-          sweep.plan(cache, str(tmp_path / 'cache'))}
+          sweep_plan.plan(margin, str(tmp_path / 'margin')) +
+          sweep_plan.plan(cache, str(tmp_path / 'cache'))}
   for seed in margin.seeds:
     features, delta = runs['features', seed], runs['delta=0.4', seed]
     # The cache ablation's feature-cache runs are the δ = 0.4 runs.
@@ -73,7 +76,7 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
   assert len(teachers) == 27
 
   # Student methods share their teacher, not their student.
-  kd, rkd = sweep.plan(
+  kd, rkd = sweep_plan.plan(
       tiny_sweep(settings=('kd: student.distill.method="kd"',
                            'rkd: student.distill.method="kd_rkd"'),
                  seeds=(0,)), str(tmp_path / 'kd'))
@@ -90,10 +93,11 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
                              ('seed', 1, False), ('num_epochs', 9, False),
                              ('icc.delta', 0.5, False),
                              ('dtype', 'bfloat16', False)):
-    changed = sweep.apply_overrides(base, {field: value})
+    changed = settings_lib.apply_overrides(base, {field: value})
     assert (run_store.teacher_key(changed) == key) == same, field
   student = kd.student
-  moved = sweep.apply_overrides(student, {'teacher.workdir': 'elsewhere'})
+  moved = settings_lib.apply_overrides(student,
+                                       {'teacher.workdir': 'elsewhere'})
   assert (run_store.student_key(moved, key) ==
           run_store.student_key(student, key))
   assert (run_store.student_key(student, key) !=
@@ -132,8 +136,9 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
 WORKER = """
 import json, sys
 import ml_collections
-from icckd_jax.experiments import sweep
-sweep.work(ml_collections.ConfigDict(json.loads(sys.argv[1])), sys.argv[2])
+from icckd_jax.experiments import sweep_worker
+sweep_worker.work(ml_collections.ConfigDict(json.loads(sys.argv[1])),
+                  sys.argv[2])
 """
 
 
@@ -143,7 +148,8 @@ def test_a_killed_workers_run_is_resumed_by_another(one_worker, tmp_path,
   config = tiny_sweep(settings=('kd: student.distill.method="kd"',),
                       seeds=(0,))
   workdir = tmp_path / 'killed'
-  (run,) = sweep.plan(config, str(workdir))
+  (run,) = sweep_plan.plan(config, str(workdir))
+  sweep.write_sweep_file(config, str(workdir))  # as the command does first
   proc = subprocess.Popen(
       [sys.executable, '-c', WORKER, config.to_json(), str(workdir)],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -176,7 +182,7 @@ def test_a_killed_workers_run_is_resumed_by_another(one_worker, tmp_path,
     return result
 
   monkeypatch.setattr(checkpoint.Checkpoints, 'restore_newest_intact', spy)
-  assert sweep.work(config, str(workdir), poll_seconds=0.1) == 2
+  assert sweep_worker.work(config, str(workdir), poll_seconds=0.1) == 2
   # The teacher resumed from the dead worker's checkpoint, not from scratch.
   assert restored == [run.teacher_dir]
   teacher_key = os.path.basename(run.teacher_dir)

@@ -158,12 +158,16 @@ def write_result(run_dir: str, setting: str, seed: int, teacher_config,
     else:
       row['student_agreement'] = epochs[-1].get('test_agreement')
   result = {'row': row, 'epochs': epoch_rows}
-  # Whole or not at all: concurrent sweep workers may write the same file.
-  path = os.path.join(run_dir, RESULT_FILE)
-  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
-    json.dump(result, f, indent=2)
-  os.replace(f'{path}.{os.getpid()}.tmp', path)
+  write_json(os.path.join(run_dir, RESULT_FILE), result)
   return result
+
+
+def write_json(path: str, value: Any) -> None:
+  """`value` as JSON in `path`, whole or not at all: concurrent sweep workers
+  may write the same (identical) file."""
+  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(f'{path}.{os.getpid()}.tmp', path)
 
 
 def _load(workdir: str) -> tuple[dict, list[settings_lib.Setting], list[dict]]:
@@ -247,17 +251,26 @@ def paired_comparisons(names: list[str], controls: list[str],
   """Every arm minus each control, seed-paired (a control is an arm of the
   controls listed before it); Holm-adjusted over the family of all these
   comparisons of `column`."""
+  return _holm_paired([(arm, control)
+                       for i, control in enumerate(controls)
+                       for arm in names
+                       if arm != control and arm not in controls[:i]],
+                      rows, column)
+
+
+def _holm_paired(pairs: list[tuple[str, str]], rows: list[dict],
+                 column: str) -> list[dict[str, Any]]:
+  """Each (arm, control) of `pairs` with seeds in common, in order:
+  {'arm', 'control', 'diff': seed-paired difference of `column`, 'holm':
+  its p Holm-adjusted over the family of these comparisons}."""
   out = []
-  for i, control in enumerate(controls):
-    for arm in names:
-      if arm == control or arm in controls[:i]:
-        continue
-      try:
-        diff = st.paired_difference(_by_seed(rows, arm, column),
-                                    _by_seed(rows, control, column))
-      except ValueError:
-        continue
-      out.append({'arm': arm, 'control': control, 'diff': diff})
+  for arm, control in pairs:
+    try:
+      diff = st.paired_difference(_by_seed(rows, arm, column),
+                                  _by_seed(rows, control, column))
+    except ValueError:
+      continue
+    out.append({'arm': arm, 'control': control, 'diff': diff})
   for item, adjusted in zip(out, st.holm([c['diff'].p_value for c in out])):
     item['holm'] = adjusted
   return out
@@ -307,22 +320,11 @@ def parse_comparisons(text: str | None) -> list[tuple[str, str]]:
 def _pair_lines(pairs, names, rows) -> list[str]:
   """Pre-registered pairs beyond the controls (e.g. an ablation against the
   arm it removes something from), Holm-adjusted over their own family."""
+  pairs = [(arm, control) for arm, control in pairs
+           if arm in names and control in names]
   lines = []
   for stage in ('student', 'teacher'):
-    column = f'{stage}_top1_last'
-    found = []
-    for arm, control in pairs:
-      if arm not in names or control not in names:
-        continue
-      try:
-        diff = st.paired_difference(_by_seed(rows, arm, column),
-                                    _by_seed(rows, control, column))
-      except ValueError:
-        continue
-      found.append({'arm': arm, 'control': control, 'diff': diff})
-    for item, adjusted in zip(found,
-                              st.holm([c['diff'].p_value for c in found])):
-      item['holm'] = adjusted
+    found = _holm_paired(pairs, rows, f'{stage}_top1_last')
     if found:
       lines += _comparison_table(
           f'## {stage.capitalize()} top-1: the other pre-registered pairs',

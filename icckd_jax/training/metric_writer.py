@@ -14,6 +14,8 @@ from absl import logging
 import jax
 from tensorboardX import SummaryWriter
 
+from icckd_jax.training import estimate
+
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -102,13 +104,6 @@ class MetricWriter:
       self._tb.close()
 
 
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
-
-
 class Progress:
   """A one-line progress report with rate and ETA, at every logged step."""
 
@@ -129,4 +124,4 @@ class Progress:
                  epoch + 1, num_epochs, step, self._total,
                  100.0 * step / max(self._total, 1), shown,
                  rate * self._batch,
-                 _duration(eta) if math.isfinite(eta) else '?', note)
+                 estimate.duration(eta) if math.isfinite(eta) else '?', note)

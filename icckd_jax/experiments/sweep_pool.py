@@ -1,0 +1,62 @@
+"""The sweep's worker processes: `config.workers` of them, each on its own
+GPU while there are several, else all on the one device."""
+
+import glob
+import multiprocessing
+import os
+import sys
+
+from absl import logging
+import ml_collections
+
+from icckd_jax import logs
+from icckd_jax.errors import UserError
+from icckd_jax.experiments import sweep_worker
+
+
+def _visible_gpus() -> list[str]:
+  """The GPU ids CUDA would show a child process (none on a CPU machine)."""
+  visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+  if visible is not None:
+    return [d for d in visible.split(',') if d.strip()]
+  return [str(i) for i in range(len(glob.glob('/proc/driver/nvidia/gpus/*')))]
+
+
+def _worker_main(config_dict: dict, workdir: str, worker: int,
+                 gpu: str | None, verbosity: int) -> None:
+  """A worker process: its own device set-up and logging (as launch.py's),
+  then `work`."""
+  if gpu is not None:
+    os.environ['CUDA_VISIBLE_DEVICES'] = gpu
+  # Processes sharing a GPU must not each take most of its memory up front.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  logging.set_verbosity(verbosity)
+  logging.use_absl_handler()
+  logging.get_absl_handler().addFilter(logs.OwnInfoOnly())
+  try:
+    sweep_worker.work(ml_collections.ConfigDict(config_dict), workdir, worker)
+  except UserError as e:
+    logging.error('[worker %d] %s', worker, e)
+    sys.exit(2)
+
+
+def run_workers(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Starts config.workers processes and waits for them all."""
+  gpus = _visible_gpus()
+  context = multiprocessing.get_context('spawn')
+  processes = []
+  for worker in range(config.workers):
+    gpu = gpus[worker % len(gpus)] if len(gpus) > 1 else None
+    process = context.Process(
+        target=_worker_main, name=f'sweep-worker-{worker}',
+        args=(config.to_dict(), workdir, worker, gpu,
+              logging.get_verbosity()))
+    process.start()
+    processes.append(process)
+  for process in processes:
+    process.join()
+  failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode]
+  if failed:
+    raise UserError('sweep worker(s) failed (worker, exit code): '
+                    f'{failed}; finished runs are kept, run the same command '
+                    'again to resume the rest')

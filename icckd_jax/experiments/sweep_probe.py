@@ -1,0 +1,97 @@
+"""The sweep's projection: each distinct step (and evaluation) its
+unfinished stages use, measured before the work starts, makes the projected
+seconds of every stage (estimate.SweepClock turns them into the ETA)."""
+
+import time
+
+from absl import logging
+
+from icckd_jax import parallel
+from icckd_jax.data import input_pipeline
+from icckd_jax.experiments import sweep_plan
+from icckd_jax.training import estimate
+from icckd_jax.training import evaluate
+from icckd_jax.training import run_setup
+from icckd_jax.training import student as student_lib
+from icckd_jax.training import teacher as teacher_lib
+from icckd_jax.training.reuse import Reuse
+
+
+def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
+  """Measures each distinct step (and evaluation) the unfinished stages use
+  and projects each stage's seconds: {stage workdir: seconds}.
+
+  A step is built exactly as its run builds it, through `reuse`, so its
+  compilation is the one the run will use; students are timed against a
+  freshly initialised teacher of the right architecture (their step takes
+  the teacher's weights as an argument).
+  """
+  step_seconds: dict[int, float] = {}
+  eval_seconds: dict[str, float] = {}
+  projected: dict[str, float] = {}
+  teacher_states: dict[str, object] = {}
+  for run in runs:
+    for name, workdir, config, _ in sweep_plan.stages(run):
+      if workdir in projected or sweep_plan.finished(workdir, config):
+        continue
+      mesh = parallel.make_mesh(config.get('num_devices') or None)
+      dataset = run_setup.load_dataset(config, reuse)
+      teacher_setup = teacher_lib.build_teacher(run.teacher, dataset, mesh,
+                                                reuse)
+      if name == 'teacher':
+        setup = teacher_setup
+      else:
+        # Any teacher of the right architecture will do for timing: one
+        # state per architecture, not one compilation per student.
+        if run.teacher.model not in teacher_states:
+          teacher_states[run.teacher.model] = teacher_setup.create_state(mesh)
+        variables = teacher_states[run.teacher.model]
+        setup = student_lib.build_student(
+            config, dataset, mesh, run.teacher,
+            {'params': variables.params['model'],
+             'batch_stats': variables.batch_stats}, reuse)
+      train_split, test_split = input_pipeline.to_device(dataset, mesh)
+      if id(setup.train_step) not in step_seconds:
+        state = setup.create_state(mesh)
+        seconds, _ = estimate.time_steps(
+            setup.train_step, state,
+            setup.batches(config, train_split, mesh, 0), setup.step_args)
+        step_seconds[id(setup.train_step)] = seconds
+        logging.info('Measured %s step (%s, batch %d): %.1f ms, %.0f img/s.',
+                     name, config.model, config.batch_size, 1000 * seconds,
+                     config.batch_size / seconds)
+      eval_key = f'{name}|{config.model}|{run.teacher.model}'
+      if eval_key not in eval_seconds:
+        eval_seconds[eval_key] = _time_evaluation(setup, config, dataset,
+                                                  mesh, test_split)
+        logging.info('Measured %s evaluation (%s, %d test images): %s.', name,
+                     config.model, len(dataset.test_labels),
+                     estimate.duration(eval_seconds[eval_key]))
+      # Evaluations: every `eval_every_epochs` and the last epoch, plus a
+      # student's evaluation of its teacher before it starts.
+      every = config.get('eval_every_epochs', 1)
+      evaluations = (config.num_epochs // every +
+                     (config.num_epochs % every != 0) + (name == 'student'))
+      projected[workdir] = (
+          config.num_epochs * setup.steps_per_epoch *
+          step_seconds[id(setup.train_step)] +
+          evaluations * eval_seconds[eval_key])
+  return projected
+
+
+def _time_evaluation(setup: run_setup.RunSetup, config, dataset, mesh,
+                     test_split) -> float:
+  """Seconds of one whole test-split evaluation, after compiling."""
+  reference = setup.reference[0] if setup.reference else None
+  evaluate_fn = evaluate.make_eval_fn(
+      setup.model, mesh, mean=dataset.mean, std=dataset.std,
+      dtype=run_setup.compute_dtype(config), batch_size=config.eval_batch_size,
+      reference=reference)
+  state = setup.create_state(mesh)
+  variables = {'params': state.params['model'],
+               'batch_stats': state.batch_stats}
+  reference_variables = setup.reference[1] if setup.reference else None
+  evaluate_fn(variables, test_split, reference_variables)
+  start = time.perf_counter()
+  evaluate_fn(variables, test_split, reference_variables)
+  return time.perf_counter() - start

@@ -1,0 +1,165 @@
+"""One sweep worker: claims the stages of the plan in the shared store, trains
+them, and writes each finished run's result and the report.
+
+A worker claims a stage (teacher or student) by holding its workdir's lock
+(workdir_lock.py), trains it, and moves on; a stage that another worker
+holds is skipped for now and tried again later. A worker that dies drops
+its locks with it, and the next worker to claim its stage resumes it from
+its checkpoints.
+"""
+
+import os
+import time
+
+from absl import logging
+import ml_collections
+
+from icckd_jax.errors import UserError
+from icckd_jax.experiments import report
+from icckd_jax.experiments import sweep_plan
+from icckd_jax.experiments import sweep_probe
+from icckd_jax.training import estimate
+from icckd_jax.training import workdir_lock
+from icckd_jax.training.reuse import Reuse
+
+
+def _link(run: sweep_plan.Run) -> None:
+  """RUN_DIR/teacher and RUN_DIR/student: relative links to the store."""
+  os.makedirs(run.run_dir, exist_ok=True)
+  for name, target, _, _ in sweep_plan.stages(run):
+    link = os.path.join(run.run_dir, name)
+    relative = os.path.relpath(target, run.run_dir)
+    if os.path.islink(link) and os.readlink(link) == relative:
+      continue
+    if os.path.lexists(link):
+      raise UserError(f'{link} exists and is not a link to {target}; move it '
+                      'away or choose another --workdir')
+    try:
+      os.symlink(relative, link)
+    except FileExistsError:  # Another worker made it a moment ago.
+      pass
+
+
+def _train_claimed(workdir: str, config: ml_collections.ConfigDict,
+                   train_fn, reuse: Reuse) -> bool:
+  """Trains the stage in `workdir` unless it is done; False (and nothing
+  done) when another worker holds it.
+
+  The claim is the run's own workdir lock, which the run entry takes before
+  it writes anything and holds while it trains: a worker that finds it held
+  moves on. A stage that another worker finished after the check below
+  resumes at its last epoch and trains nothing.
+  """
+  if sweep_plan.finished(workdir, config):
+    return True
+  try:
+    train_fn(config, workdir, reuse)
+  except workdir_lock.WorkdirBusy:
+    return False
+  return True
+
+
+def _write_result(run: sweep_plan.Run,
+                  config: ml_collections.ConfigDict) -> None:
+  """RUN_DIR/result.json, written whole or not at all: several workers may
+  write the same (identical) file."""
+  report.write_result(run.run_dir, run.setting, run.seed,
+                      run.teacher.to_dict(), run.student.to_dict(),
+                      config.get('reach_train_accuracy'))
+
+
+def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
+  """The report, written by one worker at a time (the others wait)."""
+  report_dir = os.path.join(workdir, '.report')
+  os.makedirs(report_dir, exist_ok=True)
+  deadline = time.monotonic() + patience_seconds
+  while (lock := workdir_lock.try_lock(report_dir)) is None:
+    if time.monotonic() > deadline:
+      logging.warning('The report of %s stays locked; not rewritten now.',
+                      workdir)
+      return
+    time.sleep(0.1)
+  try:
+    report.write_report(workdir)
+  finally:
+    lock.release()
+
+
+def _projected_clock(runs: list[sweep_plan.Run], reuse: Reuse,
+                     workers: int) -> estimate.SweepClock:
+  """Measures the steps, logs the sweep's projected wall time and returns
+  its clock."""
+  projected = sweep_probe.probe(runs, reuse)
+  clock = estimate.SweepClock(projected, workers)
+  logging.info('Projected wall time of the %d unfinished stages: %s with %d '
+               'worker(s) (%s of training in all; workers sharing one '
+               'device slow each other, which the ETA corrects as stages '
+               'finish).', len(projected),
+               estimate.duration(clock.total_seconds()), workers,
+               estimate.duration(sum(projected.values())))
+  return clock
+
+
+def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
+         poll_seconds: float = 5.0) -> int:
+  """One worker: claims and trains stages until every run has finished;
+  returns how many stages it trained or resumed.
+
+  WORKDIR must hold the sweep's sweep.json (sweep.write_sweep_file): the
+  report, rewritten after every run, reads the settings from it.
+
+  Worker 0 of each command first measures the steps and logs the sweep's
+  projected wall time; its progress lines then show the sweep's ETA (the
+  other workers' lines do not: they have no projection).
+  """
+  workdir = os.path.abspath(workdir)
+  runs = sweep_plan.plan(config, workdir)
+  reuse = Reuse()
+  if (worker == 0 and config.get('estimate', True) and
+      sweep_plan.unfinished_stages(runs)):
+    reuse.sweep_clock = _projected_clock(runs, reuse,
+                                         config.get('workers', 1))
+  clock = reuse.sweep_clock
+  trained, first_pass = 0, True
+  while True:
+    waiting = []
+    for index, run in enumerate(runs):
+      if os.path.exists(run.result_path):
+        if first_pass:
+          logging.info('[%d/%d] %s seed %d: finished earlier, skipped.',
+                       index + 1, len(runs), run.setting, run.seed)
+        continue
+      _link(run)
+      claimed_all = True
+      for name, directory, stage_config, train_fn in sweep_plan.stages(run):
+        if sweep_plan.finished(directory, stage_config):
+          continue
+        logging.info('[worker %d] [%d/%d] %s seed %d: %s in %s', worker,
+                     index + 1, len(runs), run.setting, run.seed, name,
+                     directory)
+        if clock is not None:
+          clock.set_remaining(sweep_plan.unfinished_stages(runs))
+          clock.start_stage(directory)
+        claimed = _train_claimed(directory, stage_config, train_fn, reuse)
+        if clock is not None:
+          clock.end_stage(counted=claimed)
+        if not claimed:
+          logging.info('[worker %d] %s is held by another worker.', worker,
+                       directory)
+          claimed_all = False
+          break
+        trained += 1
+      if not claimed_all:
+        waiting.append(f'{run.setting} seed {run.seed}')
+        continue
+      _write_result(run, config)
+      _write_report(workdir)
+    first_pass = False
+    if not waiting:
+      break
+    logging.info('[worker %d] waiting for other workers on: %s', worker,
+                 ', '.join(waiting))
+    time.sleep(poll_seconds)
+  logging.info('[worker %d] done; compiled steps: %s', worker,
+               dict(reuse.builds))
+  return trained
