@@ -128,7 +128,7 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
       theirs = json.loads((one_worker / name / f'seed_{seed}' /
                            report.RESULT_FILE).read_text())['row']
       for column in ('teacher_top1_last', 'student_top1_last',
-                     'teacher_loss_variance'):
+                     'teacher_ce_variance'):
         assert mine[column] == theirs[column]
   assert (workdir / report.SUMMARY_FILE).exists()
 

@@ -158,16 +158,8 @@ def write_result(run_dir: str, setting: str, seed: int, teacher_config,
     else:
       row['student_agreement'] = epochs[-1].get('test_agreement')
   result = {'row': row, 'epochs': epoch_rows}
-  write_json(os.path.join(run_dir, RESULT_FILE), result)
+  metric_writer.write_json(os.path.join(run_dir, RESULT_FILE), result)
   return result
-
-
-def write_json(path: str, value: Any) -> None:
-  """`value` as JSON in `path`, whole or not at all: concurrent sweep workers
-  may write the same (identical) file."""
-  with open(f'{path}.{os.getpid()}.tmp', 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(f'{path}.{os.getpid()}.tmp', path)
 
 
 def _load(workdir: str) -> tuple[dict, list[settings_lib.Setting], list[dict]]:

@@ -49,6 +49,7 @@ from icckd_jax.experiments import sweep_plan
 from icckd_jax.experiments import sweep_pool
 from icckd_jax.experiments import sweep_worker
 from icckd_jax.training import estimate
+from icckd_jax.training import metric_writer
 from icckd_jax.training import preflight
 from icckd_jax.training import validate
 
@@ -58,7 +59,7 @@ def write_sweep_file(config: ml_collections.ConfigDict, workdir: str) -> None:
   once per command, before any worker starts, whole or not at all (commands
   on one shared workdir write it alike)."""
   os.makedirs(workdir, exist_ok=True)
-  report.write_json(os.path.join(workdir, report.SWEEP_FILE),
+  metric_writer.write_json(os.path.join(workdir, report.SWEEP_FILE),
                     validate.config_as_dict(config))
 
 

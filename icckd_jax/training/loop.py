@@ -15,7 +15,6 @@ there, bit for bit.
 """
 
 import errno
-import json
 import os
 import signal
 import time
@@ -83,14 +82,11 @@ def _disk_full(error: BaseException | None) -> bool:
   return False
 
 
-def write_json_atomically(path: str, value: Any) -> None:
-  """Writes `value` to `path` whole or not at all (process 0 only): readers
-  trust config.json and summary.json as they find them."""
-  if jax.process_index() != 0:
-    return
-  with open(f'{path}.tmp', 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(f'{path}.tmp', path)
+def write_json_from_process_0(path: str, value: Any) -> None:
+  """`metric_writer.write_json` on process 0 only: a run's files are
+  written once, whatever the number of hosts."""
+  if jax.process_index() == 0:
+    metric_writer.write_json(path, value)
 
 
 def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
@@ -371,7 +367,7 @@ class _Loop:
   def _write_config(self) -> None:
     """WORKDIR/config.json, replaced atomically, beside a checkpoint that has
     just been saved: a rejected or diverged run never rewrites it."""
-    write_json_atomically(
+    write_json_from_process_0(
         os.path.join(self.workdir, validate.CONFIG_FILE),
         validate.config_as_dict(self.config))
 
@@ -391,7 +387,7 @@ class _Loop:
         'peak_device_bytes': max((b for b in self.device_bytes
                                   if b is not None), default=None),
         **(summary_extra or {})}
-    write_json_atomically(os.path.join(self.workdir, SUMMARY_FILE), summary)
+    write_json_from_process_0(os.path.join(self.workdir, SUMMARY_FILE), summary)
     logging.info('Done: last top-1 %s, best top-1 %.4f at epoch %d.',
                  summary['final_top1'], self.best['top1'], self.best['epoch'])
     return summary

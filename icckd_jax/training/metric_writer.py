@@ -19,6 +19,16 @@ from icckd_jax.training import estimate
 METRICS_FILE = 'metrics.jsonl'
 
 
+
+def write_json(path: str, value) -> None:
+  """`value` as JSON in `path`, whole or not at all: readers trust
+  summary.json, config.json and a sweep's files as they find them, and
+  concurrent sweep workers may write the same (identical) file."""
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
 def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, optionally of one kind.
 

@@ -158,6 +158,6 @@ def _teacher_eval(config, workdir, dataset, mesh, teacher_config,
                         workdir=config.teacher.get('workdir'))
     logging.info('Teacher %s from %s: test top-1 %.4f', teacher_config.model,
                  source, teacher_eval['top1'])
-    loop.write_json_atomically(path, teacher_eval)
+    loop.write_json_from_process_0(path, teacher_eval)
   with open(path) as f:
     return json.load(f)
