@@ -121,6 +121,9 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
                                          config.get('workers', 1))
   clock = reuse.sweep_clock
   trained, first_pass = 0, True
+  # Stages seen held by another worker: said once, so that a waiting
+  # worker's poll logs one line.
+  held = set()
   while True:
     waiting = []
     for index, run in enumerate(runs):
@@ -134,9 +137,10 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
       for name, directory, stage_config, train_fn in sweep_plan.stages(run):
         if sweep_plan.finished(directory, stage_config):
           continue
-        logging.info('[worker %d] [%d/%d] %s seed %d: %s in %s', worker,
-                     index + 1, len(runs), run.setting, run.seed, name,
-                     directory)
+        if directory not in held:
+          logging.info('[worker %d] [%d/%d] %s seed %d: %s in %s', worker,
+                       index + 1, len(runs), run.setting, run.seed, name,
+                       directory)
         if clock is not None:
           clock.set_remaining(sweep_plan.unfinished_stages(runs))
           clock.start_stage(directory)
@@ -144,8 +148,10 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
         if clock is not None:
           clock.end_stage(counted=claimed)
         if not claimed:
-          logging.info('[worker %d] %s is held by another worker.', worker,
-                       directory)
+          if directory not in held:
+            logging.info('[worker %d] %s is held by another worker.', worker,
+                         directory)
+            held.add(directory)
           claimed_all = False
           break
         trained += 1
