@@ -13,6 +13,10 @@ from icckd_jax.objective import losses
 from icckd_jax.distillers import kd
 from icckd_jax.distillers.outputs import Outputs
 
+NEEDS_STAGES = False
+NEEDS_EPOCH = False
+STANDARDIZES = False
+
 
 def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
          hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:

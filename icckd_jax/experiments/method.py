@@ -61,7 +61,7 @@ def check_stages(teacher: ml_collections.ConfigDict,
       if stage == 'teacher':
         teacher_lib.check_objective(config)
       else:
-        distillers.get(config.distill.method)
+        distillers.build(config.distill)
     except UserError as e:
       message = str(e)
       if not message.startswith(f'config.{stage}.'):
