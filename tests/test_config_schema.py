@@ -98,3 +98,16 @@ def test_the_compile_key_ignores_traced_values_only():
   assert run_setup.step_key(a, 'x') == run_setup.step_key(b, 'x')
   b.batch_size = 32
   assert run_setup.step_key(a, 'x') != run_setup.step_key(b, 'x')
+
+
+def test_a_students_key_ignores_the_weights_of_other_methods():
+  kd, other = student_config.get_config(), student_config.get_config()
+  other.distill.dkd_beta, other.distill.at_weight = 1.0, 1.0
+  assert run_store.student_key(kd, 't') == run_store.student_key(other, 't')
+  other.distill.alpha = 0.5  # KD's own weight: another student
+  assert run_store.student_key(kd, 't') != run_store.student_key(other, 't')
+  dkd, dkd_other = student_config.get_config(), student_config.get_config()
+  dkd.distill.method = dkd_other.distill.method = 'dkd'
+  dkd_other.distill.dkd_beta = 1.0
+  assert run_store.student_key(dkd, 't') != run_store.student_key(
+      dkd_other, 't')

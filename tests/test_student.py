@@ -73,7 +73,9 @@ def test_teacher_untouched_and_absent_from_student_checkpoints(smoke_teacher,
     (['--config.dataset.num_classes=5'],
      'config.dataset.num_classes=5 but the teacher was trained on '
      'dataset.num_classes=10'),
-    (['--config.distill.method=dkd'], "config.distill.method='dkd' is unknown"),
+    (['--config.distill.method=crd'], "config.distill.method='crd' is unknown"),
+    (['--config.distill.method=at', '--config.distill.standardize_logits=True'],
+     'config.distill.standardize_logits=True applies to kd, dkd, dist only'),
 ])
 def test_student_config_errors(smoke_teacher, tmp_path, args, expected):
   from test_training import _error_line  # pylint: disable=g-import-not-at-top

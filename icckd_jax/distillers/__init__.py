@@ -6,16 +6,42 @@ Each method is one module with one function of the same signature:
 
 where `student` and `teacher` are `Outputs` of the local batch shard (the
 teacher's already under stop_gradient), `labels` [b], `hp` the dict of traced
-scalars from `hyperparameters`, and `gather` all-gathers a [b, ...] array to
-the global [B, ...] batch (for methods relating examples to each other). The
-per-device loss must be such that pmean-ed gradients are those of the global
-loss. Adding a method (DKD, CRD, ...) is one new module and one line below.
+scalars from `hyperparameters` (plus 'epoch' for a method that needs it),
+and `gather` all-gathers a [b, ...] array to the global [B, ...] batch (for
+methods relating examples to each other). The per-device loss must be such
+that pmean-ed gradients are those of the global loss.
+
+Each module also declares the config.distill fields it reads (`FIELDS`: the
+others are not part of the student's identity) and what the step must
+collect for it:
+
+  NEEDS_STAGES  the stage maps in `Outputs.stages` / `.preact_stages`
+                (the models are applied with 'intermediates' mutable; a
+                method without them compiles exactly as before);
+  NEEDS_EPOCH   hp['epoch'], the 1-based epoch of the step (DKD's warm-up);
+  STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
+                takes standardize=True).
+
+Its docstring gives its published CIFAR-100 recipe, which the defaults of
+configs/student.py hold, and the code it was read from (docs/distillers.md
+lists them). Adding a method is one new module and one line below.
 """
 
 from collections.abc import Callable
+import functools
+from typing import NamedTuple
 
+import ml_collections
+
+from icckd_jax.distillers import at
+from icckd_jax.distillers import dist
+from icckd_jax.distillers import dkd
 from icckd_jax.distillers import kd
 from icckd_jax.distillers import kd_rkd
+from icckd_jax.distillers import nst
+from icckd_jax.distillers import pkt
+from icckd_jax.distillers import rkd
+from icckd_jax.distillers import sp
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.errors import UserError
 from icckd_jax.objective.distillation import at_loss
@@ -26,17 +52,45 @@ from icckd_jax.objective.distillation import pkt_loss
 from icckd_jax.objective.distillation import sp_loss
 from icckd_jax.objective.distillation import standardize_logits
 
-DISTILLERS: dict[str, Callable] = {
-    'kd': kd.loss,
-    'kd_rkd': kd_rkd.loss,
+_MODULES = {
+    'kd': kd,
+    'kd_rkd': kd_rkd,
+    'dkd': dkd,
+    'dist': dist,
+    'at': at,
+    'nst': nst,
+    'pkt': pkt,
+    'sp': sp,
+    'rkd': rkd,
 }
 
+DISTILLERS: dict[str, Callable] = {
+    name: module.loss for name, module in _MODULES.items()}
+
+# The methods that accept config.distill.standardize_logits.
+STANDARDIZING = tuple(
+    name for name, module in _MODULES.items() if module.STANDARDIZES)
+
 __all__ = [
-    'DISTILLERS', 'Outputs', 'get',
+    'DISTILLERS', 'Distiller', 'Outputs', 'STANDARDIZING', 'build', 'fields',
+    'get',
     # The losses of published methods, for the distillers that combine them.
     'at_loss', 'dist_loss', 'dkd_loss', 'nst_loss', 'pkt_loss', 'sp_loss',
     'standardize_logits',
 ]
+
+
+class Distiller(NamedTuple):
+  """A method as the student step uses it."""
+  loss: Callable       # (student, teacher, labels, hp, gather) -> (loss, parts)
+  needs_stages: bool   # collect Outputs.stages / .preact_stages
+  needs_epoch: bool    # put the 1-based epoch in hp['epoch']
+
+
+def fields(name: str) -> tuple[str, ...]:
+  """The config.distill fields method `name` reads (all, if unknown)."""
+  module = _MODULES.get(name)
+  return module.FIELDS if module else ()
 
 
 def get(name: str) -> Callable:
@@ -44,3 +98,22 @@ def get(name: str) -> Callable:
     raise UserError(f'config.distill.method={name!r} is unknown; choose one '
                     f'of: {", ".join(DISTILLERS)}')
   return DISTILLERS[name]
+
+
+def build(distill: ml_collections.ConfigDict) -> Distiller:
+  """The method config.distill chooses, with its static options applied.
+
+  Raises:
+    UserError: an unknown method, or standardize_logits set for a method
+      that does not accept it.
+  """
+  loss = get(distill.method)
+  module = _MODULES[distill.method]
+  if distill.get('standardize_logits', False):
+    if not module.STANDARDIZES:
+      raise UserError(
+          'config.distill.standardize_logits=True applies to '
+          f'{", ".join(STANDARDIZING)} only, not '
+          f'config.distill.method={distill.method!r}')
+    loss = functools.partial(module.loss, standardize=True)
+  return Distiller(loss, module.NEEDS_STAGES, module.NEEDS_EPOCH)

@@ -1,18 +1,52 @@
 """Hinton et al.'s knowledge distillation (docs/method.md §4 with β = 0).
 
   L = γ · CE(s, y) + α · T² · KL(softmax(t / T) || softmax(s / T))
+
+Recipe (CIFAR-100, resnet32x4 → resnet8x4): T = 4, γ = 0.1, α = 0.9, the
+defaults of configs/student.py. Source: megvii-research/mdistiller,
+mdistiller/engine/cfg.py (CFG.KD: TEMPERATURE 4, CE_WEIGHT 0.1, KD_WEIGHT
+0.9; configs/cifar100/kd.yaml keeps them) and mdistiller/distillers/KD.py.
+
+With config.distill.standardize_logits, the KL term compares
+standardize_logits(s) and standardize_logits(t) (Sun et al., CVPR 2024);
+CE keeps the raw logits, as in the authors' mdistiller/distillers/KD.py.
+Their recipe for this pair (sunshangquan/logit-standardization-KD, README
+and tools/train.py `--logit-stand --base-temp 2 --kd-weight 9`) is T = 2,
+α = 9, γ = 0.1:
+
+  --config.distill.standardize_logits=True --config.distill.temperature=2 \
+      --config.distill.alpha=9
 """
 
 import jax
 
-from icckd_jax.objective import losses
 from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.objective import distillation
+from icckd_jax.objective import losses
+
+# The config.distill fields this method reads.
+FIELDS = ('temperature', 'gamma', 'alpha', 'standardize_logits')
+NEEDS_STAGES = False
+NEEDS_EPOCH = False
+STANDARDIZES = True  # accepts config.distill.standardize_logits
+
+
+def soft_targets(student: Outputs, teacher: Outputs,
+                 standardize: bool) -> tuple[jax.Array, jax.Array]:
+  """The ([b, K], [b, K]) logits the soft-target term compares: raw, or
+  each row standardised (logit standardisation, before the temperature)."""
+  if not standardize:
+    return student.logits, teacher.logits
+  return (distillation.standardize_logits(student.logits),
+          distillation.standardize_logits(teacher.logits))
 
 
 def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+         hp: dict[str, jax.Array], gather, *,
+         standardize: bool = False) -> tuple[jax.Array, dict]:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
-  kd = losses.kd_loss(student.logits, teacher.logits, hp['temperature'])
+  s, t = soft_targets(student, teacher, standardize)
+  kd = losses.kd_loss(s, t, hp['temperature'])
   return hp['gamma'] * ce + hp['alpha'] * kd, {'ce': ce, 'kd': kd}

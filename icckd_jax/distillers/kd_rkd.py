@@ -13,6 +13,12 @@ from icckd_jax.objective import losses
 from icckd_jax.distillers import kd
 from icckd_jax.distillers.outputs import Outputs
 
+# The config.distill fields this method reads.
+FIELDS = ('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle')
+NEEDS_STAGES = False
+NEEDS_EPOCH = False
+STANDARDIZES = False
+
 
 def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
          hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:

@@ -6,5 +6,48 @@ import jax
 
 
 class Outputs(NamedTuple):
+  """One network's outputs on the local batch shard.
+
+  `stages` and `preact_stages` are filled only for a method whose module
+  sets NEEDS_STAGES (else they stay empty, and the step never asks the
+  model for them): each stage's output map and the same map before its
+  last ReLU, NHWC [b, H_k, W_k, C_k] in the compute dtype, the first stage
+  first and the last stage last (mdistiller's `feats["feats"][1:]` and
+  `feats["preact_feats"][1:]`; see `models.stages`).
+  """
   logits: jax.Array    # [b, classes]
   features: jax.Array  # [b, D] pooled penultimate features
+  stages: tuple[jax.Array, ...] = ()
+  preact_stages: tuple[jax.Array, ...] = ()
+
+
+
+def _require_stages(student: Outputs, teacher: Outputs) -> None:
+  if not student.stages or not teacher.stages:
+    raise ValueError('the distiller needs stage maps; set NEEDS_STAGES in '
+                     'its module')
+
+
+def stage_pairs(student: Outputs,
+                teacher: Outputs) -> list[tuple[jax.Array, jax.Array]]:
+  """(student map, teacher map) of each stage, paired by position.
+
+  As mdistiller's `zip(g_s, g_t)`: when one network has more stages, its
+  last ones are left out (every teacher-student pair of the benchmark has
+  equal counts). Spatial sizes and channel counts may differ; the losses
+  pool and reduce over channels themselves.
+
+  Raises:
+    ValueError: no stages were collected (the method's module must set
+      NEEDS_STAGES).
+  """
+  _require_stages(student, teacher)
+  return list(zip(student.stages, teacher.stages))
+
+
+def last_stages(student: Outputs,
+                teacher: Outputs) -> tuple[jax.Array, jax.Array]:
+  """Each network's last stage map (mdistiller's `feats["feats"][-1]`),
+  whatever the stage counts. Raises ValueError as `stage_pairs`."""
+  _require_stages(student, teacher)
+  return student.stages[-1], teacher.stages[-1]

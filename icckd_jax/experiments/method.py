@@ -13,6 +13,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
@@ -57,6 +58,8 @@ def check_stages(teacher: ml_collections.ConfigDict,
     try:
       validate.check_config(config, f'{stage}.')
       models.create_model(config.model, 2)  # Unknown names raise here.
+      if stage == 'student':  # Also refuses a switch the method lacks.
+        distillers.build(config.distill)
     except UserError as e:
       message = str(e)
       if not message.startswith(f'config.{stage}.'):

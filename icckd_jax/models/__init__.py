@@ -2,7 +2,8 @@
 
 Every model maps [B, H, W, 3] NHWC images to `(logits, features)`: float32
 logits [B, num_classes] and the float32 pooled penultimate features [B, D] that
-feed the final linear layer.
+feed the final linear layer. Applied with 'intermediates' mutable, it also
+records each stage's output map (`models.stages`).
 """
 
 import functools

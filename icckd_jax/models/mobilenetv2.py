@@ -13,12 +13,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
     PAD_1, ModuleDef, batch_norm, conv_kernel_init)
 
 # (expansion, channels at width 1, blocks, stride of the first block).
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+# The entries of _SETTINGS whose output ends a recorded stage.
+_STAGE_ENDS = (1, 2, 4, 6)
 
 
 class InvertedResidual(nn.Module):
@@ -51,6 +54,11 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
   """Stem conv (stride 2), seven stages of inverted residuals, 1x1 conv,
   pool, fc.
+
+  Records (`models.stages`) the outputs after blocks 1, 2, 4 and 6 of
+  `_SETTINGS` (16, 8, 4 and 2 pixels on CIFAR), as mdistiller's
+  mobilenetv2.py picks its `feats`. A linear bottleneck ends without a
+  ReLU, so each one's pre-ReLU map is the output itself.
 
   Attributes:
     num_classes: size of the logits.
@@ -90,6 +98,8 @@ class MobileNetV2(nn.Module):
       for i in range(n):
         x = InvertedResidual(int(c * self.width_mult), s if i == 0 else 1,
                              expansion, conv, norm, name=f'blocks{b}_{i}')(x)
+      if b in _STAGE_ENDS:
+        stages.record(self, x, x)
     # The reference widens the last conv only for width multipliers above 1.
     last = int(1280 * self.width_mult) if self.width_mult > 1.0 else 1280
     x = conv(last, (1, 1), name='conv2')(x)

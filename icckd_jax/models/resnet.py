@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.models import stages
+
 ModuleDef = Any
 
 # PyTorch `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: an untruncated
@@ -57,7 +59,8 @@ def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
 class BasicBlock(nn.Module):
   """Post-activation residual block: relu(bn(conv(relu(bn(conv(x))))) + x).
 
-  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features].
+  Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
+  W / strides, features].
   """
   features: int
   strides: int
@@ -65,7 +68,7 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     y = self.conv(self.features, (3, 3), self.strides, PAD_1, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
     y = self.conv(self.features, (3, 3), 1, PAD_1, name='conv2')(y)
@@ -76,11 +79,15 @@ class BasicBlock(nn.Module):
           self.features, (1, 1), self.strides, 'VALID',
           name='downsample_conv')(x)
       residual = self.norm(name='downsample_bn')(residual)
-    return nn.relu(y + residual)
+    preact = y + residual
+    return nn.relu(preact), preact
 
 
 class ResNet(nn.Module):
   """CIFAR ResNet: 3x3 stem, three stages of n BasicBlocks, global pool, fc.
+
+  Records (`models.stages`) the three stages' outputs and their last
+  block's sum before the ReLU.
 
   Attributes:
     depth: 6n + 2 layers.
@@ -121,8 +128,9 @@ class ResNet(nn.Module):
     for stage, width in enumerate(self.widths[1:]):
       for i in range(blocks_per_stage):
         strides = 2 if stage > 0 and i == 0 else 1
-        x = BasicBlock(width, strides, conv, norm,
-                       name=f'layer{stage + 1}_{i}')(x)
+        x, preact = BasicBlock(width, strides, conv, norm,
+                               name=f'layer{stage + 1}_{i}')(x)
+      stages.record(self, x, preact)
     # The reference's AvgPool2d(8) is the global mean on its 8x8 CIFAR maps.
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
     PAD_1, ModuleDef, batch_norm, conv_kernel_init, torch_linear_bias_init,
     torch_linear_kernel_init)
@@ -26,7 +27,8 @@ class Bottleneck(nn.Module):
   + shortcut).
 
   The shortcut is a strided 1x1 conv and BN whenever the shape changes.
-  Maps [B, H, W, C_in] to [B, H / strides, W / strides, 4 * planes].
+  Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
+  W / strides, 4 * planes].
   """
   planes: int
   strides: int
@@ -34,7 +36,7 @@ class Bottleneck(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     out = EXPANSION * self.planes
     y = nn.relu(self.norm(name='bn1')(self.conv(self.planes, (1, 1),
                                                 name='conv1')(x)))
@@ -45,11 +47,15 @@ class Bottleneck(nn.Module):
     if self.strides != 1 or x.shape[-1] != out:
       shortcut = self.conv(out, (1, 1), self.strides, name='shortcut_conv')(x)
       shortcut = self.norm(name='shortcut_bn')(shortcut)
-    return nn.relu(y + shortcut)
+    preact = y + shortcut
+    return nn.relu(preact), preact
 
 
 class BottleneckResNet(nn.Module):
   """3x3 stem, four stages of Bottlenecks (64, 128, 256, 512 planes), pool, fc.
+
+  Records (`models.stages`) the four stages' outputs and their last
+  block's sum before the ReLU.
 
   Attributes:
     blocks: Bottlenecks per stage, (3, 4, 6, 3) for ResNet50.
@@ -84,8 +90,9 @@ class BottleneckResNet(nn.Module):
     for stage, n in enumerate(self.blocks):
       for i in range(n):
         strides = 2 if stage > 0 and i == 0 else 1
-        x = Bottleneck(64 * 2**stage, strides, conv, norm,
-                       name=f'layer{stage + 1}_{i}')(x)
+        x, preact = Bottleneck(64 * 2**stage, strides, conv, norm,
+                               name=f'layer{stage + 1}_{i}')(x)
+      stages.record(self, x, preact)
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
         self.num_classes, kernel_init=torch_linear_kernel_init,

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
     PAD_1, ModuleDef, batch_norm, torch_linear_bias_init,
     torch_linear_kernel_init)
@@ -34,8 +35,8 @@ class ShuffleV1Block(nn.Module):
   """Grouped 1x1, shuffle, depthwise 3x3, grouped 1x1; added to the input, or
   at stride 2 concatenated with its 3x3 average pool.
 
-  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features (+ C_in
-  when strides == 2)].
+  Maps [B, H, W, C_in] to (output, pre-ReLU map), each [B, H / strides,
+  W / strides, features (+ C_in when strides == 2)].
   """
   features: int
   strides: int
@@ -44,7 +45,7 @@ class ShuffleV1Block(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     mid = self.features // 4
     # The stem's 24 channels do not divide into groups.
     first_groups = 1 if x.shape[-1] == 24 else self.groups
@@ -61,26 +62,34 @@ class ShuffleV1Block(nn.Module):
     if self.strides == 2:
       # PyTorch's AvgPool2d counts the zero padding (count_include_pad).
       shortcut = nn.avg_pool(x, (3, 3), (2, 2), PAD_1, count_include_pad=True)
-      return nn.relu(jnp.concatenate([y, shortcut.astype(y.dtype)], -1))
-    return nn.relu(y + x)
+      preact = jnp.concatenate([y, shortcut.astype(y.dtype)], -1)
+    else:
+      preact = y + x
+    return nn.relu(preact), preact
 
 
 class ShuffleV2Block(nn.Module):
   """Splits the channels in half, transforms the second half (1x1, depthwise
-  3x3, 1x1), concatenates and shuffles. Maps [B, H, W, C] to [B, H, W, C]."""
+  3x3, 1x1), concatenates and shuffles.
+
+  Maps [B, H, W, C] to (output, pre-ReLU map), each [B, H, W, C]; the
+  latter is the concatenation before its last ReLU and before the shuffle,
+  as the reference's ShuffleNetv2.py returns it.
+  """
   conv: ModuleDef
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     y = nn.relu(self.norm(name='bn1')(self.conv(half, (1, 1),
                                                 name='conv1')(x2)))
     y = self.norm(name='bn2')(self.conv(
         half, (3, 3), 1, PAD_1, feature_group_count=half, name='conv2')(y))
-    y = nn.relu(self.norm(name='bn3')(self.conv(half, (1, 1), name='conv3')(y)))
-    return channel_shuffle(jnp.concatenate([x1, y], -1), 2)
+    y = self.norm(name='bn3')(self.conv(half, (1, 1), name='conv3')(y))
+    out = channel_shuffle(jnp.concatenate([x1, nn.relu(y)], -1), 2)
+    return out, jnp.concatenate([x1, y], -1)
 
 
 class ShuffleV2DownBlock(nn.Module):
@@ -128,6 +137,9 @@ class ShuffleNetV1(nn.Module):
   """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
   fc.
 
+  Records (`models.stages`) the three stages' outputs and their last
+  block's map before the ReLU.
+
   Attributes:
     num_classes: size of the logits.
     widths: output channels of the three stages.
@@ -162,8 +174,9 @@ class ShuffleNetV1(nn.Module):
       for i in range(n):
         # The first block's pooled shortcut supplies its input's channels.
         features = width - x.shape[-1] if i == 0 else width
-        x = ShuffleV1Block(features, 2 if i == 0 else 1, self.groups, conv,
-                           norm, name=f'layer{stage + 1}_{i}')(x)
+        x, preact = ShuffleV1Block(features, 2 if i == 0 else 1, self.groups,
+                                   conv, norm, name=f'layer{stage + 1}_{i}')(x)
+      stages.record(self, x, preact)
     features = jnp.mean(x, axis=(1, 2))
     logits = _classify(features, self.num_classes, self.dtype)
     return logits.astype(jnp.float32), features.astype(jnp.float32)
@@ -172,6 +185,9 @@ class ShuffleNetV1(nn.Module):
 class ShuffleNetV2(nn.Module):
   """1x1 stem, three stages (a down block then n ShuffleV2Blocks), 1x1 conv,
   pool, fc.
+
+  Records (`models.stages`) the three stages' outputs and their last
+  ShuffleV2Block's unshuffled map before the ReLU (see ShuffleV2Block).
 
   Attributes:
     num_classes: size of the logits.
@@ -205,7 +221,9 @@ class ShuffleNetV2(nn.Module):
       x = ShuffleV2DownBlock(width, conv, norm,
                              name=f'layer{stage + 1}_0')(x)
       for i in range(1, n + 1):
-        x = ShuffleV2Block(conv, norm, name=f'layer{stage + 1}_{i}')(x)
+        x, preact = ShuffleV2Block(conv, norm,
+                                   name=f'layer{stage + 1}_{i}')(x)
+      stages.record(self, x, preact)
     x = nn.relu(norm(name='bn2')(conv(self.widths[-1], (1, 1),
                                       name='conv2')(x)))
     features = jnp.mean(x, axis=(1, 2))

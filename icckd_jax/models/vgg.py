@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.models import stages
 from icckd_jax.models.resnet import PAD_1, batch_norm, conv_kernel_init
 
 # Conv widths of the five blocks; a 2x2 max pool separates consecutive blocks.
@@ -27,6 +28,10 @@ CONFIGS = {
 
 class VGG(nn.Module):
   """Five blocks of (conv3x3 with bias, BN, relu), global average pool, fc.
+
+  Records (`models.stages`) the outputs of blocks 1 to 4 (block 0 is
+  mdistiller's stem map `feats[0]`) and their last BatchNorm before the
+  ReLU.
 
   Attributes:
     cfg: conv widths per block; the last block must have 512 channels.
@@ -64,7 +69,10 @@ class VGG(nn.Module):
             width, (3, 3), 1, PAD_1, kernel_init=conv_kernel_init,
             bias_init=nn.initializers.zeros, dtype=self.dtype,
             param_dtype=jnp.float32, name=f'block{b}_conv{i}')(x)
-        x = nn.relu(norm(name=f'block{b}_bn{i}')(x))
+        preact = norm(name=f'block{b}_bn{i}')(x)
+        x = nn.relu(preact)
+      if b > 0:
+        stages.record(self, x, preact)
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
         self.num_classes,

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
     PAD_1, ModuleDef, batch_norm, conv_kernel_init, torch_linear_kernel_init)
 
@@ -19,7 +20,8 @@ class PreActBlock(nn.Module):
 
   When the width changes, the 1x1 shortcut conv reads the pre-activated input
   (as in the reference); otherwise the raw input is added.
-  Maps [B, H, W, C_in] to [B, H / strides, W / strides, features].
+  Maps [B, H, W, C_in] to (output [B, H / strides, W / strides, features],
+  bn1(x) [B, H, W, C_in]: the input's map before the block's first ReLU).
   """
   features: int
   strides: int
@@ -27,20 +29,26 @@ class PreActBlock(nn.Module):
   norm: ModuleDef
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    act = nn.relu(self.norm(name='bn1')(x))
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    preact = self.norm(name='bn1')(x)
+    act = nn.relu(preact)
     y = self.conv(self.features, (3, 3), self.strides, PAD_1, name='conv1')(act)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(self.features, (3, 3), 1, PAD_1, name='conv2')(y)
     if x.shape[-1] == self.features:
-      return x + y
+      return x + y, preact
     shortcut = self.conv(
         self.features, (1, 1), self.strides, 'VALID', name='shortcut')(act)
-    return shortcut + y
+    return shortcut + y, preact
 
 
 class WideResNet(nn.Module):
   """WRN-depth-widen: 3x3 stem, three stages of n PreActBlocks, bn-relu, pool, fc.
+
+  Records (`models.stages`) the three stages' outputs (the blocks' sums: a
+  pre-activation network applies no ReLU there) and, as their pre-ReLU
+  maps, the BatchNorm that next reads each one: the next stage's first
+  bn1, and the final bn1 (as mdistiller's wrn.py defines `preact_feats`).
 
   Attributes:
     depth: 6n + 4 layers.
@@ -82,9 +90,14 @@ class WideResNet(nn.Module):
       width = 16 * 2**stage * self.widen_factor
       for i in range(blocks_per_stage):
         strides = 2 if stage > 0 and i == 0 else 1
-        x = PreActBlock(width, strides, conv, norm,
-                        name=f'block{stage + 1}_{i}')(x)
-    x = nn.relu(norm(name='bn1')(x))
+        x, preact = PreActBlock(width, strides, conv, norm,
+                                name=f'block{stage + 1}_{i}')(x)
+        if stage > 0 and i == 0:  # bn1 of the previous stage's output
+          stages.record_preact(self, preact)
+      stages.record_stage(self, x)
+    preact = norm(name='bn1')(x)
+    stages.record_preact(self, preact)
+    x = nn.relu(preact)
     # The reference's avg_pool2d(8) is the global mean on its 8x8 CIFAR maps.
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(

@@ -116,11 +116,12 @@ FIELDS: dict[str, Field] = {
     'teacher.workdir': Field('traced'),
     'distill.method': Field(choices=tuple(distillers.DISTILLERS)),
     'distill.temperature': Field('traced', POSITIVE),
-    'distill.gamma': _DISTILL_WEIGHT,
-    'distill.alpha': _DISTILL_WEIGHT,
-    'distill.beta': _DISTILL_WEIGHT,
-    'distill.w_dist': _DISTILL_WEIGHT,
-    'distill.w_angle': _DISTILL_WEIGHT,
+    **{f'distill.{name}': _DISTILL_WEIGHT for name in (
+        'gamma', 'alpha', 'beta', 'w_dist', 'w_angle', 'ce_weight',
+        'dkd_alpha', 'dkd_beta', 'dkd_warmup_epochs', 'dist_beta',
+        'dist_gamma', 'at_weight', 'nst_weight', 'pkt_weight', 'sp_weight')},
+    # Changes which program the step is: identity.
+    'distill.standardize_logits': Field(),
 }
 
 _UNDECLARED = Field()
@@ -156,6 +157,12 @@ def added_defaults() -> dict[str, Any]:
           if f.added_default is not _ABSENT}
 
 
+def traced_distill_weights() -> tuple[str, ...]:
+  """The config.distill fields the student step takes as traced scalars."""
+  return tuple(path.removeprefix('distill.') for path, f in FIELDS.items()
+               if f.role == 'traced' and path.startswith('distill.'))
+
+
 def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
   """The fields of a stage config that its run does not read."""
   icc = config.get('icc')
@@ -163,4 +170,12 @@ def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
     # The cross-entropy teacher: no gate, head or cache.
     return tuple(path for path in FIELDS if path.startswith(('icc.', 'cache.'))
                  and path != 'icc.lam')
+  distill = config.get('distill')
+  if distill is not None:
+    # A student: the weights of the other methods.
+    read = distillers.fields(distill.get('method'))
+    if read:
+      return tuple(path for path in FIELDS if path.startswith('distill.')
+                   and path != 'distill.method'
+                   and path.removeprefix('distill.') not in read)
   return ()

@@ -82,7 +82,7 @@ def build_student(config: ml_collections.ConfigDict,
                                                     teacher_config, dataset)
   student_model = models.create_model(config.model, dataset.num_classes,
                                       dtype=dtype, bn_axis_name=parallel.DATA)
-  distill_fn = distillers.get(config.distill.method)
+  distiller = distillers.build(config.distill)
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
   input_shape = dataset.train_images.shape[1:]
@@ -101,9 +101,10 @@ def build_student(config: ml_collections.ConfigDict,
           reuse, 'student_step',
           step_key(config, str(teacher_model), mesh_key(mesh)),
           lambda: student_step.make_train_step(
-              student_model, teacher_model, distill_fn, tx, mesh,
-              mean=dataset.mean, std=dataset.std, dtype=dtype,
-              teacher_mean=teacher_mean, teacher_std=teacher_std)),
+              student_model, teacher_model, distiller, tx, mesh,
+              steps_per_epoch=steps_per_epoch, mean=dataset.mean,
+              std=dataset.std, dtype=dtype, teacher_mean=teacher_mean,
+              teacher_std=teacher_std)),
       step_args={'teacher': teacher_variables,
                  'hp': student_step.hyperparameters(config.distill)},
       reference=(reference, teacher_variables))

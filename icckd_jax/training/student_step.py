@@ -3,7 +3,9 @@ and the read-only teacher's (docs/method.md §4).
 
 Data parallel through `step.data_parallel`. The teacher's variables are an
 argument of the step (never a constant baked into it, never part of the
-student's state), applied in inference mode under stop_gradient.
+student's state), applied in inference mode under stop_gradient. For a
+method that needs them, both networks are applied with 'intermediates'
+mutable and their stage maps (`models.stages`) fill `Outputs.stages`.
 """
 
 import flax.linen as nn
@@ -16,21 +18,52 @@ import optax
 
 from icckd_jax import distillers
 from icckd_jax.data import augment
+from icckd_jax.models import stages as model_stages
+from icckd_jax.training import config_schema
 from icckd_jax.training import step as step_lib
 
 # The distillation weights, traced: one compiled step serves every value.
-DISTILL_WEIGHTS = ('temperature', 'gamma', 'alpha', 'beta', 'w_dist',
-                   'w_angle')
+# Each method reads its own (its module's FIELDS in distillers/); `gamma` is
+# the CE weight of kd and kd_rkd, `ce_weight` that of every other method.
+DISTILL_WEIGHTS = config_schema.traced_distill_weights()
 
 
 def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-  """The distillation weights as traced scalars."""
+  """The distillation weights as traced scalars (those a method does not
+  read are unused arguments, which jit prunes from its program)."""
   return {name: jnp.float32(distill[name]) for name in DISTILL_WEIGHTS}
 
 
-def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
-                    tx: optax.GradientTransformation, mesh: Mesh, *, mean, std,
-                    dtype, teacher_mean=None, teacher_std=None):
+def _apply(model: nn.Module, variables, x: jax.Array, *, train: bool,
+           stages: bool) -> tuple[distillers.Outputs, dict]:
+  """(the model's Outputs, its new mutable state: {} in inference).
+
+  The stage maps are asked for only when `stages`: otherwise the model is
+  applied exactly as a method without them always was.
+  """
+  mutable = ['batch_stats'] if train else []
+  if stages:
+    mutable.append(model_stages.COLLECTION)
+  if not mutable:
+    return distillers.Outputs(*model.apply(variables, x, train=False)), {}
+  (logits, features), state = model.apply(variables, x, train=train,
+                                          mutable=mutable)
+  maps = model_stages.collected(state) if stages else ()
+  return distillers.Outputs(logits, features, *maps), state
+
+
+def _epoch(step: jax.Array, steps_per_epoch: int) -> jax.Array:
+  """[] float32 1-based epoch of `step` (0-based count of steps taken), as
+  mdistiller's trainer numbers epochs; from the state's step, so a resumed
+  run computes the same value."""
+  return (step // steps_per_epoch + 1).astype(jnp.float32)
+
+
+def make_train_step(student: nn.Module, teacher: nn.Module,
+                    distiller: distillers.Distiller,
+                    tx: optax.GradientTransformation, mesh: Mesh, *,
+                    steps_per_epoch: int, mean, std, dtype, teacher_mean=None,
+                    teacher_std=None):
   """Builds step(state, images, labels, args) -> (state, metrics).
 
   images: [1, B, H, W, C] uint8 and labels [B], sharded over `data`;
@@ -39,32 +72,42 @@ def make_train_step(student: nn.Module, teacher: nn.Module, distill_fn,
   variables are not. The student's input is normalised with `mean`, `std`
   ([C], in [0, 255] units), the teacher's with `teacher_mean`,
   `teacher_std` when given (a teacher trained with other statistics).
+  `distiller` says whether to collect stage maps and the epoch, which is
+  state.step // steps_per_epoch + 1.
   """
+  stages = distiller.needs_stages
 
   def per_device(state, images, labels, args):
     x = augment.normalize(images[0], mean, std, dtype)
     x_teacher = x if teacher_mean is None else augment.normalize(
         images[0], teacher_mean, teacher_std, dtype)
-    t_logits, t_features = teacher.apply(args['teacher'], x_teacher,
-                                         train=False)
-    teacher_out = distillers.Outputs(
-        lax.stop_gradient(t_logits.astype(jnp.float32)),
-        lax.stop_gradient(t_features.astype(jnp.float32)))
+    t_out, _ = _apply(teacher, args['teacher'], x_teacher, train=False,
+                      stages=stages)
+    teacher_out = t_out._replace(
+        logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
+        features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
+        stages=lax.stop_gradient(t_out.stages),
+        preact_stages=lax.stop_gradient(t_out.preact_stages))
+    hp = args['hp']
+    if distiller.needs_epoch:
+      hp = {**hp, 'epoch': _epoch(state.step, steps_per_epoch)}
 
     def loss_fn(params):
-      (logits, features), new_model_state = student.apply(
-          {'params': params['model'], 'batch_stats': state.batch_stats},
-          x, train=True, mutable=['batch_stats'])
-      loss, parts = distill_fn(distillers.Outputs(logits, features),
-                               teacher_out, labels, args['hp'],
-                               step_lib.gather)
+      student_out, new_model_state = _apply(
+          student, {'params': params['model'],
+                    'batch_stats': state.batch_stats},
+          x, train=True, stages=stages)
+      loss, parts = distiller.loss(student_out, teacher_out, labels, hp,
+                                   step_lib.gather)
       # The logged loss is the differentiated one, whatever the distiller.
-      return loss, (new_model_state, {**parts, 'loss': loss}, logits)
+      return loss, (new_model_state, {**parts, 'loss': loss},
+                    student_out.logits)
 
     grads, (new_model_state, parts, logits) = jax.grad(
         loss_fn, has_aux=True)(state.params)
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
-    # RKD is already global; the per-example terms are local means.
+    # Relational terms are already global; the per-example terms are
+    # local means.
     metrics = step_lib.global_means(parts)
     metrics['accuracy'] = step_lib.accuracy(logits, labels)
     metrics['agreement'] = step_lib.accuracy(

@@ -1,0 +1,37 @@
+"""Attention transfer, AT (Zagoruyko & Komodakis, ICLR 2017).
+
+  L = w_ce · CE(s, y) + w_at · Σ_k AT(f^s_k, f^t_k)
+
+AT = `objective.distillation.at_loss` with p = 2, summed over the stage
+maps f_k (`Outputs.stages`, paired by position: mdistiller's
+`feats["feats"][1:]`, every stage after the stem).
+
+Recipe (CIFAR-100, resnet32x4 → resnet8x4): w_ce = 1, w_at = 1000, p = 2.
+Source: megvii-research/mdistiller, mdistiller/engine/cfg.py (CFG.AT: P 2,
+LOSS.CE_WEIGHT 1, LOSS.FEAT_WEIGHT 1000; configs/cifar100/at.yaml keeps
+them) and mdistiller/distillers/AT.py. Config: `ce_weight`, `at_weight`
+(p is fixed at the recipe's 2).
+"""
+
+import jax
+
+from icckd_jax.distillers.outputs import Outputs, stage_pairs
+from icckd_jax.objective import distillation
+from icckd_jax.objective import losses
+
+# The config.distill fields this method reads.
+FIELDS = ('ce_weight', 'at_weight')
+NEEDS_STAGES = True
+NEEDS_EPOCH = False
+STANDARDIZES = False
+P = 2  # mdistiller's CFG.AT.P
+
+
+def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
+         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+  """Per-example terms only, so the local batch mean is all a device needs."""
+  del gather
+  ce = losses.cross_entropy(student.logits, labels).mean()
+  at = sum(distillation.at_loss(s, t, P)
+           for s, t in stage_pairs(student, teacher))
+  return hp['ce_weight'] * ce + hp['at_weight'] * at, {'ce': ce, 'at': at}

@@ -1,0 +1,36 @@
+"""Neuron selectivity transfer, NST (Huang & Wang, 2017).
+
+  L = w_ce · CE(s, y) + w_nst · Σ_k NST(f^s_k, f^t_k)
+
+NST = `objective.distillation.nst_loss` (polynomial-kernel MMD between the
+channels' normalised activation maps), summed over the stage maps f_k
+(`Outputs.stages`, paired by position: mdistiller's `feats["feats"][1:]`).
+
+Recipe (CIFAR-100, resnet32x4 → resnet8x4): w_ce = 1, w_nst = 50. Source:
+megvii-research/mdistiller, mdistiller/engine/cfg.py (CFG.NST:
+LOSS.CE_WEIGHT 1, LOSS.FEAT_WEIGHT 50; configs/cifar100/nst.yaml keeps
+them) and mdistiller/distillers/NST.py. Config: `ce_weight`, `nst_weight`.
+"""
+
+import jax
+
+from icckd_jax.distillers.outputs import Outputs, stage_pairs
+from icckd_jax.objective import distillation
+from icckd_jax.objective import losses
+
+# The config.distill fields this method reads.
+FIELDS = ('ce_weight', 'nst_weight')
+NEEDS_STAGES = True
+NEEDS_EPOCH = False
+STANDARDIZES = False
+
+
+def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
+         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+  """Per-example terms only, so the local batch mean is all a device needs."""
+  del gather
+  ce = losses.cross_entropy(student.logits, labels).mean()
+  nst = sum(distillation.nst_loss(s, t)
+            for s, t in stage_pairs(student, teacher))
+  return (hp['ce_weight'] * ce + hp['nst_weight'] * nst,
+          {'ce': ce, 'nst': nst})

@@ -1,0 +1,37 @@
+"""Relational knowledge distillation alone, RKD (Park et al., CVPR 2019), as
+mdistiller's RKD distiller: cross-entropy plus RKD on the pooled
+penultimate features, without the soft-target term.
+
+  L = w_ce · CE(s, y) + β · (w_dist · L_dist + w_angle · L_angle)
+
+Recipe (CIFAR-100, resnet32x4 → resnet8x4): w_ce = 1, β = 1, w_dist = 25,
+w_angle = 50, on the pooled features (`pooled_feat`), distances not
+squared, eps 1e-12. Source: megvii-research/mdistiller,
+mdistiller/engine/cfg.py (CFG.RKD: DISTANCE_WEIGHT 25, ANGLE_WEIGHT 50,
+LOSS.CE_WEIGHT 1, LOSS.FEAT_WEIGHT 1, PDIST.SQUARED False, EPSILON 1e-12;
+configs/cifar100/rkd.yaml keeps them) and mdistiller/distillers/RKD.py.
+Config: `ce_weight`, `beta`, `w_dist`, `w_angle` (β and the two RKD
+weights are shared with kd_rkd, whose defaults are the same).
+
+RKD relates the examples of a batch to each other: the features are
+all-gathered and the loss is over the global batch (see kd_rkd).
+"""
+
+import jax
+
+from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.objective import losses
+
+# The config.distill fields this method reads.
+FIELDS = ('ce_weight', 'beta', 'w_dist', 'w_angle')
+NEEDS_STAGES = False
+NEEDS_EPOCH = False
+STANDARDIZES = False
+
+
+def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
+         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+  ce = losses.cross_entropy(student.logits, labels).mean()
+  rkd = losses.rkd_loss(gather(student.features), gather(teacher.features),
+                        w_dist=hp['w_dist'], w_angle=hp['w_angle'])
+  return hp['ce_weight'] * ce + hp['beta'] * rkd, {'ce': ce, 'rkd': rkd}
