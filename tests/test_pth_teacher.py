@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import student as student_config
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
 from icckd_jax.data import augment
 from icckd_jax.data import datasets
@@ -29,8 +29,7 @@ PTH = FIXTURE / 'ckpt_epoch_240.pth'
 
 @pytest.fixture(scope='module')
 def config():
-  if not PTH.exists():
-    pytest.skip(f'the PyTorch fixture is absent ({PTH})')
+  shared_fixture(PTH)
   c = student_config.get_config('smoke')
   c.teacher.pth = str(PTH)
   c.teacher.model = 'resnet20'
@@ -89,8 +88,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(config, student_run,
 
 
 def test_exported_file_loads_in_three_lines(tmp_path):
-  if not PTH.exists():
-    pytest.skip(f'the PyTorch fixture is absent ({PTH})')
+  shared_fixture(PTH)
   path = tmp_path / 'teacher.msgpack'
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
   params_file.save(str(path), variables, model='resnet20', num_classes=100,

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CIFAR10_ARCHIVE
+from conftest import CIFAR10_ARCHIVE, shared_fixture
 from icckd_jax.training import metric_writer
 from icckd_jax import models
 from icckd_jax.training import student
@@ -158,8 +158,6 @@ def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CIFAR10_ARCHIVE.exists(),
-                    reason=f'real CIFAR-10 not at {CIFAR10_ARCHIVE}')
 def test_short_real_cifar10_pipeline(tmp_path):
   """The method on real CIFAR-10 at CPU scale: an intra-class resnet8
   teacher, 3 epochs on 5,000 images, then a KD resnet8 student, 1 epoch.
@@ -168,7 +166,7 @@ def test_short_real_cifar10_pipeline(tmp_path):
   gate pass rate rising, the student above 25%."""
   workdir = tmp_path / 'run'
   launch('--config=configs/pipeline.py:cifar10_cpu', f'--workdir={workdir}',
-         f'--config.teacher.dataset.path={CIFAR10_ARCHIVE}',
+         f'--config.teacher.dataset.path={shared_fixture(CIFAR10_ARCHIVE)}',
          '--config.teacher.dataset.train_subset=5000',
          '--config.student.num_epochs=1', devices=1)
   teacher = metric_writer.read_records(str(workdir / 'teacher'), 'epoch')
