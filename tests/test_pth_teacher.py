@@ -188,14 +188,13 @@ def test_pth_teacher_config_errors(config, tmp_path):
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(
     config, tmp_path):
-  from test_training import _error_line  # pylint: disable=g-import-not-at-top
-  from test_training import launch  # pylint: disable=g-import-not-at-top
+  from launch_in_process import error_line, launch  # pylint: disable=g-import-not-at-top
   export = tmp_path / 'never.msgpack'
   result = launch('--config=configs/eval.py', f'--config.pth={PTH}',
                   '--config.model=resnet8x4', '--config.dataset.name=synthetic',
                   '--config.dataset.num_classes=100',
-                  f'--config.export={export}', check=False, devices=1)
-  assert _error_line(result) == (
+                  f'--config.export={export}', check=False)
+  assert error_line(result.returncode, result.stderr) == (
       f"error: {PTH}: tensor 'conv1.weight' is [16, 3, 3, 3] but resnet8x4 "
       'with 100 classes expects [32, 3, 3, 3]')
   assert not export.exists()
