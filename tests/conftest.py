@@ -28,6 +28,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 CIFAR10_ARCHIVE = SHARED_DATA / 'cifar10-jpeg.tar.gz'
 FASHION_MNIST_DIR = pathlib.Path('/usr/share/datasets/fashion-mnist')
+# Set (to 1) where ../shared must be present, as in CI: a test that needs a
+# file from it then fails without it instead of skipping.
+REQUIRE_FIXTURES = 'ICCKD_REQUIRE_FIXTURES'
+
+
+def shared_fixture(path: pathlib.Path) -> pathlib.Path:
+  """`path`, a file or folder under ../shared (PyTorch-written checkpoints,
+  real CIFAR-10), which a checkout need not have beside it: without it the
+  calling test is skipped, saying so, or fails where $ICCKD_REQUIRE_FIXTURES
+  is 1."""
+  if path.exists():
+    return path
+  message = f'the shared test data {path} is absent'
+  if os.environ.get(REQUIRE_FIXTURES) == '1':
+    pytest.fail(f'{message}, and {REQUIRE_FIXTURES}=1 requires it',
+                pytrace=False)
+  pytest.skip(f'{message} (set {REQUIRE_FIXTURES}=1 to fail instead)')
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from icckd_jax.data import idx
 from icckd_jax.data import images as images_lib
 from icckd_jax.data import tfds as tfds_lib
 from icckd_jax.errors import UserError
-from test_training import launch
+from launch_in_process import launch
 
 
 def _load(**fields) -> datasets.Dataset:
@@ -443,7 +443,8 @@ def test_tiny_imagenet_trains_teacher_and_student(tmp_path):
          '--config.teacher.num_epochs=1', '--config.student.num_epochs=1',
          '--config.teacher.batch_size=16', '--config.student.batch_size=16',
          '--config.teacher.eval_batch_size=8',
-         '--config.student.eval_batch_size=8', devices=1)
+         '--config.student.eval_batch_size=8',
+         '--config.teacher.num_devices=1', '--config.student.num_devices=1')
   for stage in ('teacher', 'student'):
     summary = (workdir / stage / 'summary.json').read_text()
     assert '"final_top1"' in summary, stage

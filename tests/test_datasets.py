@@ -10,13 +10,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import CIFAR10_ARCHIVE, shared_fixture
 from icckd_jax.data import datasets
 from icckd_jax.data import idx
 from icckd_jax.errors import UserError
 
-_SHARED_DATA = (
-    pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data')
-_CIFAR10_ARCHIVE = _SHARED_DATA / 'cifar10-jpeg.tar.gz'
 _DEBIAN_FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 
 
@@ -258,10 +256,8 @@ def test_image_folder_needs_path():
   _assert_one_line_error('dataset.path', name='image_folder')
 
 
-@pytest.mark.skipif(not _CIFAR10_ARCHIVE.exists(),
-                    reason=f'{_CIFAR10_ARCHIVE} is absent (shared test data)')
 def test_image_folder_real_cifar10_archive():
-  ds = _load(name='image_folder', path=str(_CIFAR10_ARCHIVE))
+  ds = _load(name='image_folder', path=str(shared_fixture(CIFAR10_ARCHIVE)))
   assert ds.train_images.shape == (50000, 32, 32, 3)
   assert ds.test_images.shape == (10000, 32, 32, 3)
   assert ds.num_classes == 10

@@ -22,6 +22,14 @@ def _small(config, **icc):
   return config
 
 
+def _cross_entropy64(logits, labels):
+  """mean_i logsumexp(l_i) - l_i[y_i], in float64 NumPy."""
+  logits = np.asarray(logits, np.float64)
+  top = logits.max(axis=1)
+  lse = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+  return float(np.mean(lse - logits[np.arange(len(labels)), labels]))
+
+
 def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
   """λ = 0 trains exactly like a CE step written here from scratch."""
   config = _small(smoke_config, lam=0.0)
@@ -40,35 +48,43 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
     x = augment.normalize(images, dataset.mean, dataset.std)
     (logits, _), upd = model.apply({'params': p, 'batch_stats': bs}, x,
                                    train=True, mutable=['batch_stats'])
-    return losses.cross_entropy(logits, labels).mean(), upd['batch_stats']
+    return (losses.cross_entropy(logits, labels).mean(),
+            (upd['batch_stats'], logits))
 
   @jax.jit
   def reference_step(params, batch_stats, opt_state, images, labels):
     # BatchNorm's axis name needs a mapped axis; a size-1 vmap provides it.
     grad_fn = jax.vmap(jax.grad(ce, has_aux=True), (None, None, 0, 0),
                        axis_name=parallel.DATA)
-    grads, bs = grad_fn(params, batch_stats, images[None], labels[None])
-    grads, bs = jax.tree.map(lambda t: t[0], (grads, bs))
+    grads, (bs, logits) = grad_fn(params, batch_stats, images[None],
+                                  labels[None])
+    grads, bs, logits = jax.tree.map(lambda t: t[0], (grads, bs, logits))
     updates, opt_state = tx.update({'model': grads}, opt_state,
                                    {'model': params})
     return (optax.apply_updates({'model': params}, updates)['model'], bs,
-            opt_state)
+            opt_state, logits)
 
   split, _ = input_pipeline.to_device(dataset, mesh)
   batches = input_pipeline.train_batches(split, mesh, seed=config.seed,
                                    batch_size=config.batch_size, num_views=1,
                                    crop_padding=4, flip=True, start_step=0)
+  reference_losses = []
   for _ in range(3):
     images, labels = next(batches)
     assert images.shape[0] == 1, 'λ = 0 must not draw a second view'
-    params, batch_stats, opt_state = reference_step(
+    params, batch_stats, opt_state, logits = reference_step(
         params, batch_stats, opt_state, images[0], labels)
+    reference_losses.append(_cross_entropy64(logits, labels))
   assert_close = lambda a, b: jax.tree.map(
       lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
       a, b)
   assert_close(state.params['model'], jax.device_get(params))
   assert_close(state.batch_stats, jax.device_get(batch_stats))
-  assert all(m['loss'] == m['ce'] for m in metrics)
+  # The logged loss is the CE of each step's batch under the parameters
+  # before that step (float64 here, from the reference's logits).
+  for key in ('loss', 'ce'):
+    np.testing.assert_allclose([m[key] for m in metrics], reference_losses,
+                               rtol=1e-5)
 
 
 def test_delta_at_least_one_is_cross_entropy(smoke_config):
@@ -85,13 +101,63 @@ def test_delta_at_least_one_is_cross_entropy(smoke_config):
   jax.tree.map(np.testing.assert_array_equal, state_a.params, state_b.params)
 
 
+def _objective64(logits, features, labels, cache, tau):
+  """(CE, L_intra) of one step with every anchor gated on, in float64 NumPy,
+  written from docs/method.md §3: rows [:B] are view a (anchors and the CE
+  logits), rows [B:] view b (keys); negatives of anchor i are the keys and
+  valid cache entries of its class other than its own key; anchors without
+  a negative are left out of the mean."""
+  logits = np.asarray(logits, np.float64)
+  z = np.asarray(features, np.float64)
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  b = len(labels)
+  q, k = z[:b], z[b:]
+  slots, per_slot = cache.labels.shape
+  c_items = np.asarray(cache.items, np.float64).reshape(slots * per_slot, -1)
+  c_labels = np.asarray(cache.labels).reshape(-1)
+  c_valid = np.repeat(np.asarray(cache.valid), per_slot)
+  per_anchor = []
+  for i in range(b):
+    negatives = [k[j] for j in range(b) if j != i and labels[j] == labels[i]]
+    negatives += [c for c, y, v in zip(c_items, c_labels, c_valid)
+                  if v and y == labels[i]]
+    if negatives:
+      s = np.concatenate([[q[i] @ k[i]], np.stack(negatives) @ q[i]]) / tau
+      per_anchor.append(np.log(np.sum(np.exp(s - s.max()))) + s.max() - s[0])
+  return _cross_entropy64(logits[:b], labels), float(np.mean(per_anchor))
+
+
 def test_delta_minus_one_gates_nothing(smoke_config):
-  _, _, metrics = run_steps(_small(smoke_config, lam=0.5, delta=-1.0), 1, 3)
-  for m in metrics:
+  """δ = -1 passes every anchor; each step's logged CE, L_intra and loss
+  equal CE + λ·L_intra recomputed in float64 from the network's outputs
+  under the parameters, BatchNorm statistics and cache before that step."""
+  config = _small(smoke_config, lam=0.5, delta=-1.0)
+  initial, states, metrics = run_steps(config, 1, 3)
+  dataset = datasets.load(config.dataset)
+  mesh = parallel.make_mesh(1)
+  model = models.create_model(config.model, dataset.num_classes)
+  split, _ = input_pipeline.to_device(dataset, mesh)
+  batches = input_pipeline.train_batches(split, mesh, seed=config.seed,
+                                   batch_size=config.batch_size, num_views=2,
+                                   crop_padding=4, flip=True, start_step=0)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=True,
+                                             mutable=['batch_stats'])[0])
+  for m, before in zip(metrics, [initial] + states[:-1]):
+    images, labels = (np.asarray(a) for a in next(batches))
+    x = (images.reshape(-1, *images.shape[2:]).astype(np.float32) -
+         dataset.mean) / dataset.std
+    logits, features = forward({'params': before.params['model'],
+                                'batch_stats': before.batch_stats}, x)
+    ce, intra = _objective64(logits, features, labels, before.cache,
+                             config.icc.tau)
     assert m['gate_pass_rate'] == 1.0
-    assert m['intra'] > 0.0
-    np.testing.assert_allclose(m['loss'], m['ce'] + 0.5 * m['intra'],
-                               rtol=1e-6)
+    assert intra > 0.0
+    # Two float32 forward passes of one network (this one and the step's,
+    # compiled apart) agree to round-off, ~1e-6 relative; a wrong view,
+    # mask, cache entry, gate or weight moves these by 1e-2 or more.
+    np.testing.assert_allclose(m['ce'], ce, rtol=1e-5)
+    np.testing.assert_allclose(m['intra'], intra, rtol=1e-5)
+    np.testing.assert_allclose(m['loss'], ce + 0.5 * intra, rtol=1e-5)
 
 
 def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import student as student_config
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
 from icckd_jax.data import augment
 from icckd_jax.data import datasets
@@ -30,8 +30,7 @@ PTH = FIXTURE / 'ckpt_epoch_240.pth'
 
 @pytest.fixture(scope='module')
 def config():
-  if not PTH.exists():
-    pytest.skip(f'the PyTorch fixture is absent ({PTH})')
+  shared_fixture(PTH)
   c = student_config.get_config('smoke')
   c.teacher.pth = str(PTH)
   c.teacher.model = 'resnet20'
@@ -89,8 +88,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(config, student_run,
 
 
 def test_exported_file_loads_in_three_lines(tmp_path):
-  if not PTH.exists():
-    pytest.skip(f'the PyTorch fixture is absent ({PTH})')
+  shared_fixture(PTH)
   path = tmp_path / 'teacher.msgpack'
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
   params_file.save(str(path), variables, model='resnet20', num_classes=100,
@@ -190,14 +188,13 @@ def test_pth_teacher_config_errors(config, tmp_path):
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(
     config, tmp_path):
-  from test_training import _error_line  # pylint: disable=g-import-not-at-top
-  from test_training import launch  # pylint: disable=g-import-not-at-top
+  from launch_in_process import error_line, launch  # pylint: disable=g-import-not-at-top
   export = tmp_path / 'never.msgpack'
   result = launch('--config=configs/eval.py', f'--config.pth={PTH}',
                   '--config.model=resnet8x4', '--config.dataset.name=synthetic',
                   '--config.dataset.num_classes=100',
-                  f'--config.export={export}', check=False, devices=1)
-  assert _error_line(result) == (
+                  f'--config.export={export}', check=False)
+  assert error_line(result.returncode, result.stderr) == (
       f"error: {PTH}: tensor 'conv1.weight' is [16, 3, 3, 3] but resnet8x4 "
       'with 100 classes expects [32, 3, 3, 3]')
   assert not export.exists()

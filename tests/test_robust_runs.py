@@ -32,6 +32,7 @@ from icckd_jax.training import divergence
 from icckd_jax.training import teacher_source
 from icckd_jax.training import workdir_lock
 from icckd_jax.training.train_state import TrainState
+from launch_in_process import error_line, run_launcher
 
 SMOKE = ('--config=configs/teacher.py:smoke',)
 # The trained fixture's run: a cross-entropy teacher (the cheapest step to
@@ -39,41 +40,6 @@ SMOKE = ('--config=configs/teacher.py:smoke',)
 TRAINED = (*SMOKE, '--config.dataset.num_train=64', '--config.icc.lam=0',
            '--config.num_devices=1')
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
-
-
-def run_launcher(*args) -> tuple[int, str]:
-  """launch.py in this process: (exit code, stderr)."""
-  import launch  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
-  argv = ['launch.py', *args]
-  err = io.StringIO()
-  old_argv, old_err = sys.argv, sys.stderr
-  # ml_collections reads the --config.* overrides from sys.argv.
-  sys.argv, sys.stderr = argv, err
-  code = 0
-  try:
-    launch.parse_flags(argv)
-    launch.main(['launch.py'])
-  except SystemExit as e:
-    code = e.code
-  finally:
-    sys.argv, sys.stderr = old_argv, old_err
-    launch.FLAGS.unparse_flags()
-    # config_flags defines a flag per --config.* override at parse time;
-    # the next argv may name the same fields.
-    for name in [n for n in launch.FLAGS if n.startswith('config.')]:
-      delattr(launch.FLAGS, name)
-  return code, err.getvalue()
-
-
-def error_line(code: int, stderr: str) -> str:
-  """The single `error:` line of a rejected run, asserting exit code 2."""
-  assert code == 2, stderr[-2000:]
-  assert 'Traceback' not in stderr, stderr[-2000:]
-  errors = [l for l in stderr.splitlines() if l.startswith('error: ')]
-  assert len(errors) == 1, stderr[-2000:]
-  assert '\\n' not in errors[0] and "\\'" not in errors[0], errors[0]
-  return errors[0]
 
 
 def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:

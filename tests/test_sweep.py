@@ -14,7 +14,7 @@ from icckd_jax.experiments import sweep_plan
 from icckd_jax.training import teacher_step
 from icckd_jax.training import teacher
 from icckd_jax.errors import UserError
-from test_training import launch
+from launch_in_process import launch
 
 
 def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
@@ -31,9 +31,7 @@ FIXTURE_MODELS = {'resnet8x4_legacy': 'resnet8x4', 'resnet20_zip': 'resnet20',
 
 
 def _fixture(folder):
-  if not (FIXTURES / folder / 'ckpt_epoch_240.pth').exists():
-    pytest.skip(f'the PyTorch fixtures are absent ({FIXTURES / folder})')
-  return FIXTURES / folder
+  return shared_fixture(FIXTURES / folder / 'ckpt_epoch_240.pth').parent
 
 
 @pytest.mark.parametrize('folder', sorted(FIXTURE_MODELS))

@@ -1,8 +1,10 @@
 """The trainer end to end: launch.py on mock CIFAR-100, resume after a kill,
-evaluation (docs/method.md §7.2, §7.5, §7.6), and a short real-data run."""
+evaluation (docs/method.md §7.2, §7.5, §7.6), and a short real-data run.
+
+launch.py runs in this process (tests/launch_in_process.py); only the run
+that is SIGKILLed is a real process."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,29 +15,19 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import COLLECTIVE_PATIENCE, ROOT
+from conftest import ROOT
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
+from launch_in_process import error_line, launch
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 
-def launch(*args, check=True, devices=4):
-  """Runs launch.py in a fresh process on `devices` emulated CPU devices."""
-  cmd = [sys.executable, str(ROOT / 'launch.py'), *args]
-  env = dict(os.environ, XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE}'))
-  result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env=env)
-  if check and result.returncode:
-    raise AssertionError(f'{cmd} failed:\n{result.stderr[-3000:]}')
-  return result
-
-
 def kill_after_checkpoint(args, workdir, checkpoints):
-  """Starts launch.py, SIGKILLs it as soon as checkpoint 1 appears in
+  """Starts launch.py in a real process (on conftest's 4 emulated devices,
+  like the in-process runs), SIGKILLs it as soon as checkpoint 1 appears in
   `checkpoints` (Orbax renames it into place once complete), and checks
   that the kill came before checkpoint 2: mid-run, not after the end."""
   proc = subprocess.Popen(
@@ -66,21 +58,14 @@ def restore_state(workdir, which='last'):
   return jax.device_get(state), meta
 
 
-def test_launch_one_step_on_mock_tfds_set(tmp_path, monkeypatch):
+def test_launch_one_step_on_mock_tfds_set(tmp_path):
   """The full launch.py path (flags, config, data, train, eval, checkpoint)
   in-process, on TFDS's mock SVHN (CIFAR reads its official archives)."""
-  import launch  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
-  argv = ['launch.py', '--config=configs/teacher.py:smoke',
-          f'--workdir={workdir}', '--config.dataset.name=svhn_cropped',
-          '--config.num_epochs=1', '--config.batch_size=32',
-          '--config.eval_batch_size=32']
-  # ml_collections finds the --config.* overrides in sys.argv.
-  monkeypatch.setattr(sys, 'argv', argv)
-  launch.FLAGS(argv)
   with tfds.testing.mock_data(num_examples=40):
-    launch.main(['launch.py'])
-  launch.FLAGS.unparse_flags()
+    launch('--config=configs/teacher.py:smoke', f'--workdir={workdir}',
+           '--config.dataset.name=svhn_cropped', '--config.num_epochs=1',
+           '--config.batch_size=32', '--config.eval_batch_size=32')
   steps = metric_writer.read_records(str(workdir), 'train')
   epochs = metric_writer.read_records(str(workdir), 'epoch')
   assert [r['step'] for r in steps] == [1]
@@ -157,12 +142,7 @@ def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
 
 
 def _error_line(result):
-  lines = result.stderr.strip().splitlines()
-  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
-  assert result.returncode == 2, result.stderr[-2000:]
-  errors = [l for l in lines if l.startswith('error: ')]
-  assert len(errors) == 1, lines[-5:]
-  return errors[0]
+  return error_line(result.returncode, result.stderr)
 
 
 @pytest.mark.parametrize('args,expected', [
@@ -215,7 +195,8 @@ def test_teacher_without_cache_trains_and_checkpoints(tmp_path):
   """cache.size = 0, the cache ablation's "removed" setting, end to end."""
   workdir = tmp_path / 'run'
   launch('--config=configs/teacher.py:smoke', '--config.cache.size=0',
-         '--config.num_epochs=1', f'--workdir={workdir}', devices=1)
+         '--config.num_epochs=1', '--config.num_devices=1',
+         f'--workdir={workdir}')
   epoch, = metric_writer.read_records(str(workdir), 'epoch')
   assert epoch['neg_cache'] == 0.0 and epoch['cache_bytes'] == 0
   assert epoch['neg_in_batch'] > 0.0
