@@ -63,9 +63,11 @@ def test_bfloat16_teacher_follows_float32(smoke_config):
   # sigma of that step-to-step noise is estimated from the float32 run
   # (`_step_noise`). Were both runs on one learning curve, their window
   # means would differ by noise of standard deviation at most
-  # sqrt(2 / WINDOW) * sigma (steps independent; the runs see the same
-  # batches, which correlates their noise and only shrinks the difference).
-  # The bound is 5 of those: a normal deviate passes it with probability
+  # sqrt(2 / WINDOW) * sigma (steps independent: less a 9-step moving
+  # average, the float32 losses' lag-1 autocorrelation was -0.04; the runs
+  # see the same batches, which correlates their noise and only shrinks the
+  # difference).
+  # The bound is 5 of those, which a normal deviate exceeds with probability
   # 6e-7. bfloat16 rounding stays within it; a run that learns at another
   # pace does not: a float32 run with seed 1 instead of 0 differs by 0.45 in
   # loss and 22 points in accuracy in its 2nd window, where the bounds came
