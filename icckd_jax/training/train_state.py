@@ -20,11 +20,15 @@ class TrainState:
   batch_stats: Any
   opt_state: optax.OptState
   cache: Any = None         # icckd_jax.objective.cache.Cache, or None without the objective
+  # A student's distiller's non-trainable state (CRD's memory bank, a
+  # regressor's BatchNorm statistics), or None; its trainable parameters
+  # are params['distiller'].
+  distiller: Any = None
 
 
 def create_train_state(params, batch_stats, tx: optax.GradientTransformation,
-                       cache=None) -> TrainState:
+                       cache=None, distiller=None) -> TrainState:
   """A fresh state at step 0 around initialised variables."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=batch_stats, opt_state=tx.init(params),
-                    cache=cache)
+                    cache=cache, distiller=distiller)

@@ -1,0 +1,179 @@
+"""Distillers with trainable parts (fitnet, crd): their parameters and
+buffers live in the student's state, train with it, leave the teacher
+alone, and resume and shard like the rest of the state."""
+
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import student as student_config
+from configs import teacher as teacher_config
+from icckd_jax import parallel
+from icckd_jax.data import datasets
+from icckd_jax.data import input_pipeline
+from icckd_jax.training import checkpoint
+from icckd_jax.training import preemption
+from icckd_jax.training import student
+from icckd_jax.training import teacher
+from icckd_jax.training import teacher_source
+
+
+def _tiny(config):
+  """32 8x8 images of 10 classes, batches of 8: 4 steps an epoch."""
+  config.dataset.update(num_train=32, num_test=16, image_size=8)
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.log_every_steps = 2
+  return config
+
+
+@pytest.fixture(scope='module')
+def teacher_workdir(tmp_path_factory):
+  """A cross-entropy smoke teacher of one epoch, trained in-process."""
+  config = _tiny(teacher_config.get_config('smoke'))
+  config.icc.lam = 0.0
+  config.num_epochs = 1
+  workdir = tmp_path_factory.mktemp('teacher') / 'run'
+  teacher.train_teacher(config, str(workdir))
+  return workdir
+
+
+def _student_config(teacher_workdir, method, **distill):
+  config = _tiny(student_config.get_config('smoke'))
+  config.teacher.workdir = str(teacher_workdir)
+  config.distill.method = method
+  config.distill.update(crd_negatives=16, crd_dim=8, **distill)
+  return config
+
+
+def _setup(config, devices):
+  mesh = parallel.make_mesh(devices)
+  teacher_cfg, teacher_vars = teacher_source.load_teacher(config, mesh)
+  dataset = datasets.load(config.dataset)
+  return (mesh, dataset, student.build_student(config, dataset, mesh,
+                                               teacher_cfg, teacher_vars))
+
+
+def _run_steps(config, devices, steps):
+  """(initial state, final state, per-step metrics, teacher before, teacher
+  after), on the host."""
+  mesh, dataset, setup = _setup(config, devices)
+  teacher_before = jax.device_get(setup.step_args['teacher'])
+  state = setup.create_state(mesh)
+  initial = jax.device_get(state)
+  split, _ = input_pipeline.to_device(dataset, mesh)
+  batches = setup.batches(config, split, mesh, 0)
+  metrics = []
+  for _ in range(steps):
+    images, labels = next(batches)
+    state, m = setup.train_step(state, images, labels, setup.step_args)
+    metrics.append(m)
+  return (initial, jax.device_get(state), jax.device_get(metrics),
+          teacher_before, jax.device_get(setup.step_args['teacher']))
+
+
+def _moved(before, after) -> bool:
+  return all(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+             for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+
+
+@pytest.mark.parametrize('method,term', [('fitnet', 'fitnet'),
+                                         ('crd', 'crd')])
+def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
+                                                     term):
+  config = _student_config(teacher_workdir, method, ce_weight=0.0)
+  config.weight_decay = 0.0  # a moved weight then means a gradient
+  initial, final, metrics, t_before, t_after = _run_steps(config, 1, 3)
+  assert all(np.isfinite(v) for m in metrics for v in m.values()), metrics
+  assert all(m[term] > 0 for m in metrics)
+  # The distillation term alone reached the stem and every distiller leaf.
+  stem = ('model', 'conv1', 'kernel')
+  get = lambda p: p[stem[0]][stem[1]][stem[2]]
+  assert _moved(get(initial.params), get(final.params))
+  assert _moved(initial.params['distiller'], final.params['distiller'])
+  assert final.distiller is not None
+  jax.tree.map(np.testing.assert_array_equal, t_before, t_after)
+  if method == 'crd':
+    # The bank's rows of the batches seen moved and stay unit vectors.
+    bank = final.distiller['memory_s']
+    assert not np.array_equal(bank, initial.distiller['memory_s'])
+    assert np.all(final.distiller['z'] > 0)
+    seen = np.abs(bank - initial.distiller['memory_s']).max(-1) > 0
+    np.testing.assert_allclose(np.linalg.norm(bank[seen], axis=-1), 1,
+                               rtol=1e-5)
+
+
+def test_crd_negatives_are_other_class_examples():
+  from icckd_jax.distillers import crd  # pylint: disable=g-import-not-at-top
+  labels = np.array([2, 0, 1, 2, 0, 1, 1, 2, 0, 2], np.int32)
+  buffers = {'key': jax.random.key_data(jax.random.key(0)),
+             **crd._class_tables(labels)}  # pylint: disable=protected-access
+  idx = jnp.arange(10, dtype=jnp.int32)
+  neg = np.asarray(crd._negatives(  # pylint: disable=protected-access
+      buffers, jnp.asarray(labels), idx, jnp.int32(3), 200))
+  for i in range(10):
+    assert np.all(labels[neg[i]] != labels[i])
+    # Every other-class example is drawn.
+    assert set(neg[i]) == set(np.flatnonzero(labels != labels[i]))
+
+
+def test_crd_same_on_one_and_two_devices(teacher_workdir):
+  """One epoch (4 steps) on 1 and 2 devices: the same losses, and the same
+  state up to float32 round-off (another reduction order)."""
+  config = _student_config(teacher_workdir, 'crd')
+  config.learning_rate = 0.005
+  runs = {n: _run_steps(config, n, 4) for n in (1, 2)}
+  initial, state1, metrics1, *_ = runs[1]
+  _, state2, metrics2, *_ = runs[2]
+  for m1, m2 in zip(metrics1, metrics2):
+    for k in m1:
+      np.testing.assert_allclose(m2[k], m1[k], rtol=1e-4, atol=1e-5,
+                                 err_msg=k)
+  # The banks are written at the same rows with the same values.
+  for part in ('params', 'batch_stats', 'opt_state', 'distiller'):
+    flat = lambda tree: np.concatenate(
+        [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+    a, b, x0 = (flat(getattr(s, part)) for s in (state2, state1, initial))
+    assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b - x0) + 1e-9, part
+
+
+def _restore(workdir):
+  with checkpoint.Checkpoints(str(workdir), read_only=True) as ckpts:
+    state, meta = ckpts.restore(None, which='last',
+                                mesh=parallel.make_mesh(1))
+  return jax.device_get(state), meta
+
+
+def test_crd_preempted_mid_epoch_resumes_bit_for_bit(teacher_workdir,
+                                                     tmp_path, monkeypatch):
+  """SIGTERM (as `preemption.StopRequest` sees it) after step 5 of 8, mid
+  epoch 2; the rerun ends bit-identical to an uninterrupted run: model,
+  embeddings, banks, Z, optimiser and metrics."""
+  config = _student_config(teacher_workdir, 'crd')
+  config.num_epochs = 2
+  straight = tmp_path / 'straight'
+  student.train_student(config, str(straight))
+
+  calls = []
+
+  def requested(self):
+    del self
+    calls.append(1)
+    return signal.SIGTERM if len(calls) == 6 else 0
+
+  preempted = tmp_path / 'preempted'
+  with monkeypatch.context() as patch:
+    patch.setattr(preemption.StopRequest, 'requested', requested)
+    with pytest.raises(preemption.Preempted):
+      student.train_student(config, str(preempted))
+  student.train_student(config, str(preempted))
+  (state_a, meta_a), (state_b, meta_b) = (_restore(straight),
+                                          _restore(preempted))
+  assert int(state_b['step']) == 8
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  drop = lambda meta: [{k: v for k, v in r.items() if 'time' not in k
+                        and 'per_second' not in k} for r in meta['history']]
+  assert drop(meta_a) == drop(meta_b)
