@@ -177,3 +177,21 @@ def test_crd_preempted_mid_epoch_resumes_bit_for_bit(teacher_workdir,
   drop = lambda meta: [{k: v for k, v in r.items() if 'time' not in k
                         and 'per_second' not in k} for r in meta['history']]
   assert drop(meta_a) == drop(meta_b)
+
+
+def test_distill_matrix_smoke_sweep(tmp_path):
+  """configs/distill_matrix.py:smoke in-process: two teachers (each trained
+  once, shared by its five students) and ten students, every one finished
+  with a finite top-1."""
+  from configs import distill_matrix  # pylint: disable=g-import-not-at-top
+  from icckd_jax.experiments import sweep  # pylint: disable=g-import-not-at-top
+  config = distill_matrix.get_config('smoke')
+  rows = sweep.run_sweep(config, str(tmp_path / 'matrix'))
+  names = [s.split(':')[0] for s in config.settings]
+  assert sorted(r['setting'] for r in rows) == sorted(names)
+  assert len(names) == 10
+  assert all(np.isfinite(r['student_top1_last']) for r in rows), rows
+  by_setting = {r['setting']: r for r in rows}
+  for t in ('ce', 'icc'):
+    assert len({by_setting[f'{t}.{s}']['teacher_top1_last']
+                for s in distill_matrix.STUDENTS}) == 1
