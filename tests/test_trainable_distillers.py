@@ -46,6 +46,12 @@ def _student_config(teacher_workdir, method, **distill):
   config.teacher.workdir = str(teacher_workdir)
   config.distill.method = method
   config.distill.update(crd_negatives=16, crd_dim=8, **distill)
+  # One compiled step for every test of a method (the persistent cache then
+  # serves the next build): no weight decay, so that a moved weight means
+  # a gradient; small steps, so that float32 round-off from another
+  # reduction order stays far below a real sharding mistake.
+  config.weight_decay = 0.0
+  config.learning_rate = 0.005
   return config
 
 
@@ -85,7 +91,6 @@ def _moved(before, after) -> bool:
 def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
                                                      term):
   config = _student_config(teacher_workdir, method, ce_weight=0.0)
-  config.weight_decay = 0.0  # a moved weight then means a gradient
   initial, final, metrics, t_before, t_after = _run_steps(config, 1, 3)
   assert all(np.isfinite(v) for m in metrics for v in m.values()), metrics
   assert all(m[term] > 0 for m in metrics)
@@ -124,7 +129,6 @@ def test_crd_same_on_one_and_two_devices(teacher_workdir):
   """One epoch (4 steps) on 1 and 2 devices: the same losses, and the same
   state up to float32 round-off (another reduction order)."""
   config = _student_config(teacher_workdir, 'crd')
-  config.learning_rate = 0.005
   runs = {n: _run_steps(config, n, 4) for n in (1, 2)}
   initial, state1, metrics1, *_ = runs[1]
   _, state2, metrics2, *_ = runs[2]
@@ -179,10 +183,12 @@ def test_crd_preempted_mid_epoch_resumes_bit_for_bit(teacher_workdir,
   assert drop(meta_a) == drop(meta_b)
 
 
+@pytest.mark.slow
 def test_distill_matrix_smoke_sweep(tmp_path):
   """configs/distill_matrix.py:smoke in-process: two teachers (each trained
   once, shared by its five students) and ten students, every one finished
-  with a finite top-1."""
+  with a finite top-1. Twelve whole runs (about 70 s with warm compilation
+  caches, 40 % of it the sweep's report rewritten after each run)."""
   from configs import distill_matrix  # pylint: disable=g-import-not-at-top
   from icckd_jax.experiments import sweep  # pylint: disable=g-import-not-at-top
   config = distill_matrix.get_config('smoke')
