@@ -22,7 +22,7 @@ collect for it:
   STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
                 takes standardize=True).
 
-A TRAINABLE method (fitnet, crd) owns parameters that train with the
+A TRAINABLE method (fitnet, crd, vid) owns parameters that train with the
 student and may keep non-trainable buffers (a memory bank, BatchNorm
 statistics); its module also defines
 
@@ -62,6 +62,7 @@ from icckd_jax.distillers import nst
 from icckd_jax.distillers import pkt
 from icckd_jax.distillers import rkd
 from icckd_jax.distillers import sp
+from icckd_jax.distillers import vid
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.distillers.outputs import Trainable
 from icckd_jax.errors import UserError
@@ -85,6 +86,7 @@ _MODULES = {
     'rkd': rkd,
     'fitnet': fitnet,
     'crd': crd,
+    'vid': vid,
 }
 
 DISTILLERS: dict[str, Callable] = {
