@@ -87,7 +87,8 @@ def _moved(before, after) -> bool:
 
 
 @pytest.mark.parametrize('method,term', [('fitnet', 'fitnet'),
-                                         ('crd', 'crd'), ('vid', 'vid')])
+                                         ('crd', 'crd'), ('vid', 'vid'),
+                                         ('ofd', 'ofd')])
 def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
                                                      term):
   config = _student_config(teacher_workdir, method, ce_weight=0.0)
@@ -202,3 +203,17 @@ def test_distill_matrix_smoke_sweep(tmp_path):
   for t in ('ce', 'icc'):
     assert len({by_setting[f'{t}.{s}']['teacher_top1_last']
                 for s in distill_matrix.STUDENTS}) == 1
+
+
+def test_ofd_margin_is_the_mean_negative_response():
+  """m = E[x | x < 0] for x ~ N(β, γ²), by quadrature; -3|γ| where almost
+  no mass is negative."""
+  from icckd_jax.distillers import ofd  # pylint: disable=g-import-not-at-top
+  scale = np.array([1.0, -0.5, 2.0, 0.1], np.float32)
+  bias = np.array([0.0, 0.3, -1.0, 5.0], np.float32)
+  m = np.asarray(ofd.margin({'scale': scale, 'bias': bias}))
+  for k in range(3):
+    x = np.linspace(-40, 0, 400001)
+    p = np.exp(-0.5 * ((x - bias[k]) / scale[k]) ** 2)
+    np.testing.assert_allclose(m[k], (x * p).sum() / p.sum(), rtol=1e-3)
+  np.testing.assert_allclose(m[3], -0.3, rtol=1e-6)

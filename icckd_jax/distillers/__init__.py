@@ -22,19 +22,22 @@ collect for it:
   STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
                 takes standardize=True).
 
-A TRAINABLE method (fitnet, crd, vid) owns parameters that train with the
-student and may keep non-trainable buffers (a memory bank, BatchNorm
+A TRAINABLE method (fitnet, vid, ofd, crd) owns parameters that train with
+the student and may keep non-trainable buffers (a memory bank, BatchNorm
 statistics); its module also defines
 
   options(config.distill) -> dict   static keyword arguments of the two:
-  init(key, student, teacher, train_labels, **options) -> (params, buffers)
+  init(key, student, teacher, train_labels, teacher_params, **options)
+      -> (params, buffers)
   loss(student, teacher, labels, hp, gather, trainable, **options)
       -> (loss, parts, new_buffers)
 
 `init` gets the run's seed's key (to fold its own streams from), the two
-networks' Outputs as jax.ShapeDtypeStruct and the training split's labels
-[N]; `trainable` is an `outputs.Trainable` (the parameters to
-differentiate, the buffers, the batch's example indices, the step). The
+networks' Outputs as jax.ShapeDtypeStruct, the training split's labels
+[N] and the teacher's parameters (read only: OFD's margins come from its
+BatchNorm); the buffers may be None (vid). `trainable` is an
+`outputs.Trainable` (the parameters to differentiate, the buffers, the
+batch's example indices, the step). The
 params live in the student's state as params['distiller'] (same optimiser,
 gradients pmean-ed like the model's), the buffers as state.distiller; both
 are checkpointed with it. The other methods are untouched by this, and
@@ -59,6 +62,7 @@ from icckd_jax.distillers import fitnet
 from icckd_jax.distillers import kd
 from icckd_jax.distillers import kd_rkd
 from icckd_jax.distillers import nst
+from icckd_jax.distillers import ofd
 from icckd_jax.distillers import pkt
 from icckd_jax.distillers import rkd
 from icckd_jax.distillers import sp
@@ -87,6 +91,7 @@ _MODULES = {
     'fitnet': fitnet,
     'crd': crd,
     'vid': vid,
+    'ofd': ofd,
 }
 
 DISTILLERS: dict[str, Callable] = {
@@ -110,8 +115,8 @@ class Distiller(NamedTuple):
   loss: Callable       # (student, teacher, labels, hp, gather) -> (loss, parts)
   needs_stages: bool   # collect Outputs.stages / .preact_stages
   needs_epoch: bool    # put the 1-based epoch in hp['epoch']
-  # A TRAINABLE method's init(key, student, teacher, train_labels) ->
-  # (params, buffers), its options applied; None for the others, whose
+  # A TRAINABLE method's init(key, student, teacher, train_labels,
+  # teacher_params) -> (params, buffers), its options applied; None for the others, whose
   # `loss` then returns (loss, parts) only.
   init: Callable | None = None
 

@@ -89,8 +89,8 @@ def _class_tables(train_labels) -> dict[str, jax.Array]:
           'class_count': jnp.asarray(count)}
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels, *,
-         dim: int, negatives: int) -> tuple[dict, dict]:
+def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
+         teacher_params, *, dim: int, negatives: int) -> tuple[dict, dict]:
   """(params, buffers): the two embeddings' weights; the banks [N, d] each
   uniform in ±1/sqrt(d / 3) (as the authors'), Z unset (-1), the sampling
   tables, and the negatives' key (raw uint32 key data, so Orbax stores it).
@@ -98,7 +98,7 @@ def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels, *,
   `key` is the run's seed's key; `student`, `teacher` Outputs of
   jax.ShapeDtypeStruct.
   """
-  del negatives
+  del teacher_params, negatives
   n = len(train_labels)
   k_init = jax.random.fold_in(key, _INIT_STREAM)
   k_s, k_t, k_ms, k_mt = jax.random.split(k_init, 4)

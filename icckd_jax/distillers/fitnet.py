@@ -76,11 +76,11 @@ def _regressor(teacher: Outputs) -> Regressor:
   return Regressor(tuple(teacher.stages[HINT_STAGE].shape[1:]))
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs,
-         train_labels) -> tuple[dict, dict]:
+def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
+         teacher_params) -> tuple[dict, dict]:
   """(params, buffers) of the regressor, from the two networks' output
   shapes (`student`, `teacher`: Outputs of jax.ShapeDtypeStruct)."""
-  del train_labels
+  del train_labels, teacher_params
   x = jnp.zeros((1, *student.stages[HINT_STAGE].shape[1:]), jnp.float32)
   variables = _regressor(teacher).init(key, x, train=False)
   return variables['params'], {'batch_stats': variables['batch_stats']}

@@ -64,11 +64,11 @@ def options(distill: ml_collections.ConfigDict) -> dict:
   return {}
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs,
-         train_labels) -> tuple[dict, None]:
+def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
+         teacher_params) -> tuple[dict, None]:
   """(params, None): each stage pair's regressor and v [C_t], from the
   maps' shapes (`student`, `teacher`: Outputs of jax.ShapeDtypeStruct)."""
-  del train_labels
+  del train_labels, teacher_params
   params = {}
   keys = jax.random.split(jax.random.fold_in(key, _INIT_STREAM),
                           len(student.stages))

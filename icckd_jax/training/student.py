@@ -132,7 +132,9 @@ def _init_fn(config, student_model, teacher_model, teacher_variables,
     if shapes is None:
       return create_train_state({'model': variables['params']},
                                 variables['batch_stats'], tx)
-    params, buffers = distiller.init(key, *shapes, train_labels)
+    # The teacher's parameters are read, never written (OFD's margins).
+    params, buffers = distiller.init(key, *shapes, train_labels,
+                                     teacher_variables['params'])
     return create_train_state(
         {'model': variables['params'], 'distiller': params},
         variables['batch_stats'], tx, distiller=buffers)
