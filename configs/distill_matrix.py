@@ -2,7 +2,7 @@ r"""The teacher × distiller matrix: does the intra-class teacher help every
 student, or only KD's?
 
 Two teachers, the plain cross-entropy one (λ = 0) and the intra-class one
-(the teacher config's defaults), each distilled into five students, every
+(the teacher config's defaults), each distilled into six students, every
 method with its published CIFAR-100 recipe (docs/distillers.md):
 
   kd      Hinton et al. (T = 4, γ = 0.1, α = 0.9)
@@ -11,10 +11,12 @@ method with its published CIFAR-100 recipe (docs/distillers.md):
   dist    DIST (β = γ = 2, T = 4)
   crd     contrastive representation distillation (w = 0.8, 16384
           negatives, τ = 0.07; a memory bank per training image)
+  reviewkd  knowledge review (w = 5, 20 warm-up epochs; trained fusion
+          blocks)
 
-Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The five
+Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The six
 students of one teacher share its run through the run store (a teacher is
-named by its config), so a seed trains two teachers and ten students.
+named by its config), so a seed trains two teachers and twelve students.
 
   # the published scale: CIFAR-100, resnet32x4 -> resnet8x4, 240 epochs
   # each, float32, seeds 0-2
@@ -42,6 +44,7 @@ STUDENTS = {
               'student.distill.temperature=2.0, student.distill.alpha=9.0'),
     'dist': 'student.distill.method="dist"',
     'crd': 'student.distill.method="crd"',
+    'reviewkd': 'student.distill.method="reviewkd"',
 }
 
 
@@ -82,10 +85,11 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
   middle of the 6,200-7,000 measured with the feature cache) 30 min, each
   student at the KD student's 17,700 img/s 11 min (DKD, KD + LS and DIST
   cost what KD does; CRD's bank gather, [64, 16385, 128] floats a step,
-  was not measured and will be slower). One process: 24 + 30 + 10 × 11 =
-  about 2 h 45 min. Four workers sharing the GPU gave 1.5x one process's
-  throughput: about 1 h 50 min, plus evaluation and the first compiles
-  (10-40 s per distinct step), with the two teachers first.
+  and ReviewKD's fusion blocks were not measured and will be slower). One
+  process: 24 + 30 + 12 × 11 = about 3 h 6 min. Four workers sharing the
+  GPU gave 1.5x one process's throughput: about 2 h 4 min, plus
+  evaluation and the first compiles (10-40 s per distinct step), with the
+  two teachers first.
   """
   c.seeds = (0,)
   c.workers = 4

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --config.distill.method alone runs that recipe (docs/distillers.md; the
   # sources are cited in each icckd_jax/distillers/<method>.py).
   c.distill = ml_collections.ConfigDict()
-  # kd, kd_rkd, dkd, dist, at, nst, pkt, sp, rkd, fitnet, crd, vid or ofd.
+  # kd, kd_rkd, dkd, dist, at, nst, pkt, sp, rkd, fitnet, crd, vid, ofd or reviewkd.
   c.distill.method = 'kd'
   c.distill.temperature = 4.0  # T of kd, kd_rkd, dkd and dist
   # kd: L = γ·CE + α·T²·KL(t || s); kd_rkd adds β·RKD (mdistiller's KD).
@@ -79,12 +79,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distill.pkt_weight = 30000.0
   c.distill.sp_weight = 3000.0
   # Trainable methods (their parameters train with the student): fitnet's
-  # hint regressor, vid's regressors and variances, ofd's connectors, crd's
-  # embeddings and memory bank (mdistiller's FitNet, VID, OFD, CRD;
-  # docs/distillers.md gives the bank's size).
+  # hint regressor, vid's regressors and variances, ofd's connectors,
+  # reviewkd's fusion blocks, crd's embeddings and memory bank (mdistiller's
+  # FitNet, VID, OFD, ReviewKD, CRD; docs/distillers.md gives the bank's
+  # size).
   c.distill.fitnet_weight = 100.0
   c.distill.vid_weight = 1.0
   c.distill.ofd_weight = 0.001
+  c.distill.reviewkd_weight = 5.0
+  c.distill.reviewkd_warmup_epochs = 20.0
   c.distill.crd_weight = 0.8
   c.distill.crd_temperature = 0.07
   c.distill.crd_momentum = 0.5

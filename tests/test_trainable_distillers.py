@@ -88,7 +88,8 @@ def _moved(before, after) -> bool:
 
 @pytest.mark.parametrize('method,term', [('fitnet', 'fitnet'),
                                          ('crd', 'crd'), ('vid', 'vid'),
-                                         ('ofd', 'ofd')])
+                                         ('ofd', 'ofd'),
+                                         ('reviewkd', 'reviewkd')])
 def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
                                                      term):
   config = _student_config(teacher_workdir, method, ce_weight=0.0)
@@ -188,16 +189,17 @@ def test_crd_preempted_mid_epoch_resumes_bit_for_bit(teacher_workdir,
 @pytest.mark.slow
 def test_distill_matrix_smoke_sweep(tmp_path):
   """configs/distill_matrix.py:smoke in-process: two teachers (each trained
-  once, shared by its five students) and ten students, every one finished
-  with a finite top-1. Twelve whole runs (about 70 s with warm compilation
-  caches, 40 % of it the sweep's report rewritten after each run)."""
+  once, shared by its six students) and twelve students, every one
+  finished with a finite top-1. Fourteen whole runs (about 80 s with warm
+  compilation caches, 40 % of it the sweep's report rewritten after each
+  run)."""
   from configs import distill_matrix  # pylint: disable=g-import-not-at-top
   from icckd_jax.experiments import sweep  # pylint: disable=g-import-not-at-top
   config = distill_matrix.get_config('smoke')
   rows = sweep.run_sweep(config, str(tmp_path / 'matrix'))
   names = [s.split(':')[0] for s in config.settings]
   assert sorted(r['setting'] for r in rows) == sorted(names)
-  assert len(names) == 10
+  assert len(names) == 12
   assert all(np.isfinite(r['student_top1_last']) for r in rows), rows
   by_setting = {r['setting']: r for r in rows}
   for t in ('ce', 'icc'):

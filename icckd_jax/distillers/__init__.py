@@ -22,7 +22,7 @@ collect for it:
   STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
                 takes standardize=True).
 
-A TRAINABLE method (fitnet, vid, ofd, crd) owns parameters that train with
+A TRAINABLE method (fitnet, vid, ofd, crd, reviewkd) owns parameters that train with
 the student and may keep non-trainable buffers (a memory bank, BatchNorm
 statistics); its module also defines
 
@@ -64,6 +64,7 @@ from icckd_jax.distillers import kd_rkd
 from icckd_jax.distillers import nst
 from icckd_jax.distillers import ofd
 from icckd_jax.distillers import pkt
+from icckd_jax.distillers import reviewkd
 from icckd_jax.distillers import rkd
 from icckd_jax.distillers import sp
 from icckd_jax.distillers import vid
@@ -92,6 +93,7 @@ _MODULES = {
     'crd': crd,
     'vid': vid,
     'ofd': ofd,
+    'reviewkd': reviewkd,
 }
 
 DISTILLERS: dict[str, Callable] = {

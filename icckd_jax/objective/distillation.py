@@ -228,6 +228,12 @@ def _match_spatial(student_map: jax.Array,
           _pool_to(teacher_map, height, width))
 
 
+def pool_to(x: jax.Array, height: int, width: int) -> jax.Array:
+  """PyTorch's adaptive average pooling of NHWC [B, H, W, C] to [B,
+  height, width, C] (ReviewKD's pyramid)."""
+  return _pool_to(x, height, width)
+
+
 def match_spatial(student_map: jax.Array,
                   teacher_map: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The two NHWC maps at the smaller one's spatial size (the larger
