@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --config.distill.method alone runs that recipe (docs/distillers.md; the
   # sources are cited in each icckd_jax/distillers/<method>.py).
   c.distill = ml_collections.ConfigDict()
-  # kd, kd_rkd, dkd, dist, at, nst, pkt, sp, rkd, fitnet, crd, vid, ofd or reviewkd.
+  # kd, kd_rkd, dkd, dist, at, nst, pkt, sp, rkd, kdsvd, fitnet, vid, ofd,
+  # reviewkd or crd.
   c.distill.method = 'kd'
   c.distill.temperature = 4.0  # T of kd, kd_rkd, dkd and dist
   # kd: L = γ·CE + α·T²·KL(t || s); kd_rkd adds β·RKD (mdistiller's KD).
@@ -78,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distill.nst_weight = 50.0
   c.distill.pkt_weight = 30000.0
   c.distill.sp_weight = 3000.0
+  c.distill.kdsvd_weight = 1.0
   # Trainable methods (their parameters train with the student): fitnet's
   # hint regressor, vid's regressors and variances, ofd's connectors,
   # reviewkd's fusion blocks, crd's embeddings and memory bank (mdistiller's

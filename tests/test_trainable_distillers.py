@@ -219,3 +219,35 @@ def test_ofd_margin_is_the_mean_negative_response():
     p = np.exp(-0.5 * ((x - bias[k]) / scale[k]) ** 2)
     np.testing.assert_allclose(m[k], (x * p).sum() / p.sum(), rtol=1e-3)
   np.testing.assert_allclose(m[3], -0.3, rtol=1e-6)
+
+
+def test_kdsvd_step_reaches_the_model_not_the_teacher(teacher_workdir):
+  """KDSVD has no trainable part: the SVD's gradient alone (CE off) moves
+  the student's stem, finitely, and the teacher stays as it was."""
+  config = _student_config(teacher_workdir, 'kdsvd', ce_weight=0.0)
+  initial, final, metrics, t_before, t_after = _run_steps(config, 1, 2)
+  assert all(np.isfinite(v) for m in metrics for v in m.values()), metrics
+  assert metrics[0]['kdsvd'] > 0
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(final.params))
+  stem = lambda p: p['model']['conv1']['kernel']
+  assert _moved(stem(initial.params), stem(final.params))
+  assert set(final.params) == {'model'} and final.distiller is None
+  jax.tree.map(np.testing.assert_array_equal, t_before, t_after)
+
+
+def test_kdsvd_svd_and_alignment():
+  """A rank-1 map's leading right singular vector is its channel direction
+  (up to sign); alignment flips a student vector to the teacher's sign and
+  picks the closest of the student's."""
+  from icckd_jax.distillers import kdsvd  # pylint: disable=g-import-not-at-top
+  direction = np.array([3.0, 0.0, 4.0], np.float32) / 5
+  spatial = np.arange(1.0, 5.0, dtype=np.float32)
+  feature_map = (spatial[:, None] * direction).reshape(1, 2, 2, 3)
+  v, s = kdsvd.svd(jnp.asarray(feature_map), 1)
+  np.testing.assert_allclose(np.abs(v[0, :, 0]), direction, atol=1e-5)
+  np.testing.assert_allclose(s, [[1.0]], atol=1e-6)
+  teacher = jnp.asarray(direction)[None, :, None]  # [1, 3, 1]
+  student = jnp.stack([jnp.asarray([0.0, 1.0, 0.0]), -jnp.asarray(direction)],
+                      -1)[None]  # [1, 3, 2]: orthogonal, then flipped
+  np.testing.assert_allclose(kdsvd.align(student, teacher), teacher,
+                             atol=1e-6)

@@ -61,6 +61,7 @@ from icckd_jax.distillers import dkd
 from icckd_jax.distillers import fitnet
 from icckd_jax.distillers import kd
 from icckd_jax.distillers import kd_rkd
+from icckd_jax.distillers import kdsvd
 from icckd_jax.distillers import nst
 from icckd_jax.distillers import ofd
 from icckd_jax.distillers import pkt
@@ -94,6 +95,7 @@ _MODULES = {
     'vid': vid,
     'ofd': ofd,
     'reviewkd': reviewkd,
+    'kdsvd': kdsvd,
 }
 
 DISTILLERS: dict[str, Callable] = {

@@ -121,7 +121,8 @@ FIELDS: dict[str, Field] = {
         'dkd_alpha', 'dkd_beta', 'dkd_warmup_epochs', 'dist_beta',
         'dist_gamma', 'at_weight', 'nst_weight', 'pkt_weight', 'sp_weight',
         'fitnet_weight', 'crd_weight', 'vid_weight',
-        'ofd_weight', 'reviewkd_weight', 'reviewkd_warmup_epochs')},
+        'ofd_weight', 'reviewkd_weight', 'reviewkd_warmup_epochs',
+        'kdsvd_weight')},
     'distill.crd_temperature': Field('traced', POSITIVE),
     'distill.crd_momentum': Field('traced', FRACTION),
     # The embedding's width and the negatives' count shape the step.
