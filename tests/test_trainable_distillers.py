@@ -128,10 +128,15 @@ def test_crd_negatives_are_other_class_examples():
     assert set(neg[i]) == set(np.flatnonzero(labels != labels[i]))
 
 
-def test_crd_same_on_one_and_two_devices(teacher_workdir):
+@pytest.mark.parametrize('method', [
+    'crd',
+    # The others' synchronised BatchNorm, in `make test-all`.
+    *(pytest.param(m, marks=pytest.mark.slow)
+      for m in ('fitnet', 'vid', 'ofd', 'reviewkd'))])
+def test_same_on_one_and_two_devices(teacher_workdir, method):
   """One epoch (4 steps) on 1 and 2 devices: the same losses, and the same
   state up to float32 round-off (another reduction order)."""
-  config = _student_config(teacher_workdir, 'crd')
+  config = _student_config(teacher_workdir, method)
   runs = {n: _run_steps(config, n, 4) for n in (1, 2)}
   initial, state1, metrics1, *_ = runs[1]
   _, state2, metrics2, *_ = runs[2]
@@ -139,8 +144,10 @@ def test_crd_same_on_one_and_two_devices(teacher_workdir):
     for k in m1:
       np.testing.assert_allclose(m2[k], m1[k], rtol=1e-4, atol=1e-5,
                                  err_msg=k)
-  # The banks are written at the same rows with the same values.
-  for part in ('params', 'batch_stats', 'opt_state', 'distiller'):
+  # CRD's banks are written at the same rows with the same values; the
+  # distillers' BatchNorm statistics are the global batch's.
+  parts = ('params', 'batch_stats', 'opt_state')
+  for part in parts + (('distiller',) if state1.distiller else ()):
     flat = lambda tree: np.concatenate(
         [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
     a, b, x0 = (flat(getattr(s, part)) for s in (state2, state1, initial))
