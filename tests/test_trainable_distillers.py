@@ -86,10 +86,11 @@ def _moved(before, after) -> bool:
              for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
 
 
-@pytest.mark.parametrize('method,term', [('fitnet', 'fitnet'),
-                                         ('crd', 'crd'), ('vid', 'vid'),
-                                         ('ofd', 'ofd'),
-                                         ('reviewkd', 'reviewkd')])
+@pytest.mark.parametrize('method,term', [
+    ('fitnet', 'fitnet'), ('crd', 'crd'),
+    # The file stays near 90 s cold in CI; these run in `make test-all`.
+    *(pytest.param(m, m, marks=pytest.mark.slow)
+      for m in ('vid', 'ofd', 'reviewkd'))])
 def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
                                                      term):
   config = _student_config(teacher_workdir, method, ce_weight=0.0)
@@ -228,6 +229,7 @@ def test_ofd_margin_is_the_mean_negative_response():
   np.testing.assert_allclose(m[3], -0.3, rtol=1e-6)
 
 
+@pytest.mark.slow  # `make test-all` (see the parametrisation above)
 def test_kdsvd_step_reaches_the_model_not_the_teacher(teacher_workdir):
   """KDSVD has no trainable part: the SVD's gradient alone (CE off) moves
   the student's stem, finitely, and the teacher stays as it was."""
