@@ -35,7 +35,7 @@ def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
 
 
 def apply_model(model: nn.Module, variables, x: jax.Array, *, train: bool,
-           stages: bool) -> tuple[distillers.Outputs, dict]:
+                stages: bool) -> tuple[distillers.Outputs, dict]:
   """(the model's Outputs, its new mutable state: {} in inference).
 
   The stage maps are asked for only when `stages`: otherwise the model is
@@ -117,7 +117,7 @@ def _inputs(teacher, distiller, state, images, args, steps_per_epoch, mean,
   x_teacher = x if teacher_mean is None else augment.normalize(
       images[0], teacher_mean, teacher_std, dtype)
   t_out, _ = apply_model(teacher, args['teacher'], x_teacher, train=False,
-                    stages=distiller.needs_stages)
+                         stages=distiller.needs_stages)
   teacher_out = t_out._replace(
       logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
       features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
