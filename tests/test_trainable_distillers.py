@@ -103,14 +103,14 @@ def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
   assert _moved(get(initial.params), get(final.params))
   assert _moved(initial.params['distiller'], final.params['distiller'])
   # Buffers: fitnet's BatchNorm statistics, crd's banks; vid has none.
-  assert (final.distiller is None) == (method == 'vid')
+  assert (final.cache is None) == (method == 'vid')
   jax.tree.map(np.testing.assert_array_equal, t_before, t_after)
   if method == 'crd':
     # The bank's rows of the batches seen moved and stay unit vectors.
-    bank = final.distiller['memory_s']
-    assert not np.array_equal(bank, initial.distiller['memory_s'])
-    assert np.all(final.distiller['z'] > 0)
-    seen = np.abs(bank - initial.distiller['memory_s']).max(-1) > 0
+    bank = final.cache['memory_s']
+    assert not np.array_equal(bank, initial.cache['memory_s'])
+    assert np.all(final.cache['z'] > 0)
+    seen = np.abs(bank - initial.cache['memory_s']).max(-1) > 0
     np.testing.assert_allclose(np.linalg.norm(bank[seen], axis=-1), 1,
                                rtol=1e-5)
 
@@ -148,7 +148,7 @@ def test_same_on_one_and_two_devices(teacher_workdir, method):
   # CRD's banks are written at the same rows with the same values; the
   # distillers' BatchNorm statistics are the global batch's.
   parts = ('params', 'batch_stats', 'opt_state')
-  for part in parts + (('distiller',) if state1.distiller else ()):
+  for part in parts + (('cache',) if state1.cache else ()):
     flat = lambda tree: np.concatenate(
         [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
     a, b, x0 = (flat(getattr(s, part)) for s in (state2, state1, initial))
@@ -240,7 +240,7 @@ def test_kdsvd_step_reaches_the_model_not_the_teacher(teacher_workdir):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final.params))
   stem = lambda p: p['model']['conv1']['kernel']
   assert _moved(stem(initial.params), stem(final.params))
-  assert set(final.params) == {'model'} and final.distiller is None
+  assert set(final.params) == {'model'} and final.cache is None
   jax.tree.map(np.testing.assert_array_equal, t_before, t_after)
 
 

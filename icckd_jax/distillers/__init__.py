@@ -22,9 +22,9 @@ collect for it:
   STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
                 takes standardize=True).
 
-A TRAINABLE method (fitnet, vid, ofd, crd, reviewkd) owns parameters that train with
-the student and may keep non-trainable buffers (a memory bank, BatchNorm
-statistics); its module also defines
+A TRAINABLE method (fitnet, vid, ofd, reviewkd, crd) owns parameters that
+train with the student and may keep non-trainable buffers (a memory bank,
+BatchNorm statistics); its module also defines
 
   options(config.distill) -> dict   static keyword arguments of the two:
   init(key, student, teacher, train_labels, teacher_params, **options)
@@ -39,7 +39,8 @@ BatchNorm); the buffers may be None (vid). `trainable` is an
 `outputs.Trainable` (the parameters to differentiate, the buffers, the
 batch's example indices, the step). The
 params live in the student's state as params['distiller'] (same optimiser,
-gradients pmean-ed like the model's), the buffers as state.distiller; both
+gradients pmean-ed like the model's), the buffers as state.cache (the
+teacher's negative cache field, None for every other student); both
 are checkpointed with it. The other methods are untouched by this, and
 their step compiles as before.
 

@@ -19,7 +19,7 @@ After the scores, the bank's rows of the batch move towards the new
 embeddings: M[i] <- normalise(m·M[i] + (1 - m)·e), momentum m.
 
 Here the embeddings' weights are params['distiller'] (trained with the
-student), and the banks, Z and the sampling tables state.distiller,
+student), and the banks, Z and the sampling tables state.cache,
 checkpointed with the state. The bank costs N × d × 4 bytes × 2 (both
 networks): 51 MB for CIFAR-100 (N = 50,000, d = 128), 1.31 GB at
 ImageNet size (N = 1,281,167). Negatives are drawn with

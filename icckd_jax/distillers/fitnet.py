@@ -9,7 +9,7 @@ convolution when the two maps have the same size, else the one of
 HINT_LAYER 2 counts the stem as 0, so feats[2] = `Outputs.stages[1]`). R's
 weights are params['distiller'] of the student's state (they train with
 the student, in the same optimiser), its BatchNorm statistics
-state.distiller['batch_stats'], synchronised over the devices like the
+state.cache['batch_stats'], synchronised over the devices like the
 student's own.
 
 Recipe (CIFAR-100, resnet32x4 → resnet8x4): w_ce = 1, w_fit = 100, hint

@@ -18,7 +18,7 @@ m is the expectation of the teacher's pre-ReLU value where it is negative,
 from the BatchNorm before the ReLU of each stage's last block (scale γ,
 shift β; σ = |γ|): m = β - σ · φ(β/σ) / Φ(-β/σ), or -3σ when Φ(-β/σ) <=
 0.001. It is computed once, when the student's state is initialised, from
-the teacher's parameters, and kept as a buffer (state.distiller['margins']),
+the teacher's parameters, and kept as a buffer (state.cache['margins']),
 with the connectors' BatchNorm statistics (synchronised over the devices).
 The teacher must be a CIFAR ResNet of basic blocks (resnet8 ... resnet110,
 resnet8x4, resnet32x4): the other families' BatchNorm before the ReLU is

@@ -57,6 +57,6 @@ class Trainable(NamedTuple):
   """What a TRAINABLE method's loss receives beside the two networks'
   outputs (distillers/__init__.py): its own state, on every device."""
   params: Any          # params['distiller'] of the train state (differentiated)
-  buffers: Any         # state.distiller: its non-trainable state (replicated)
+  buffers: Any         # state.cache: its non-trainable state (replicated)
   indices: jax.Array   # [b] int32: each local example's index in the split
   step: jax.Array      # [] int32: optimiser steps taken before this one

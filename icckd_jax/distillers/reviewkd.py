@@ -16,7 +16,7 @@ the weights' sum, summed over the levels.
   L = w_ce · CE(s, y) + w_rev · min(epoch / warm-up, 1) · Σ_k HCL_k
 
 mid = min(512, the student's deepest channel count). The ABFs are
-params['distiller'], their BatchNorm statistics state.distiller
+params['distiller'], their BatchNorm statistics state.cache
 (synchronised over the devices). The student's maps are its post-ReLU
 stages (mdistiller's STU_PREACT False); mdistiller also passes the stem's
 map, which no ABF takes for this pair (its zip drops it).

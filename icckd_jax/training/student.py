@@ -137,7 +137,7 @@ def _init_fn(config, student_model, teacher_model, teacher_variables,
                                      teacher_variables['params'])
     return create_train_state(
         {'model': variables['params'], 'distiller': params},
-        variables['batch_stats'], tx, distiller=buffers)
+        variables['batch_stats'], tx, cache=buffers)
 
   return init_state
 

@@ -144,7 +144,7 @@ def _trainable_step(student, teacher, distiller, tx, mesh, steps_per_epoch,
   """The step of a TRAINABLE method: its labels argument is (labels [B],
   example indices [B]); the loss also differentiates params['distiller']
   (both pmean-ed by `apply_gradients`) and returns the distiller's new
-  buffers, state.distiller (replicated: the loss keeps them equal)."""
+  buffers, state.cache (replicated: the loss keeps them equal)."""
   stages = distiller.needs_stages
 
   def per_device(state, images, labels_and_indices, args):
@@ -160,7 +160,7 @@ def _trainable_step(student, teacher, distiller, tx, mesh, steps_per_epoch,
           x, train=True, stages=stages)
       loss, parts, buffers = distiller.loss(
           student_out, teacher_out, labels, hp, step_lib.gather,
-          distillers.Trainable(params['distiller'], state.distiller, indices,
+          distillers.Trainable(params['distiller'], state.cache, indices,
                                state.step))
       return loss, (new_model_state, buffers, {**parts, 'loss': loss},
                     student_out.logits)
@@ -172,6 +172,6 @@ def _trainable_step(student, teacher, distiller, tx, mesh, steps_per_epoch,
     return state.replace(step=state.step + 1, params=params,
                          opt_state=opt_state,
                          batch_stats=new_model_state['batch_stats'],
-                         distiller=buffers), metrics
+                         cache=buffers), metrics
 
   return step_lib.data_parallel(per_device, mesh)

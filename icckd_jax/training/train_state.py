@@ -19,16 +19,17 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: optax.OptState
-  cache: Any = None         # icckd_jax.objective.cache.Cache, or None without the objective
-  # A student's distiller's non-trainable state (CRD's memory bank, a
-  # regressor's BatchNorm statistics), or None; its trainable parameters
-  # are params['distiller'].
-  distiller: Any = None
+  # The step's other non-trainable state: a teacher's negative cache
+  # (icckd_jax.objective.cache.Cache), a student's distiller buffers (CRD's
+  # memory bank, a regressor's BatchNorm statistics: distillers/__init__.py),
+  # or None. One field for both keeps the saved tree of every earlier run
+  # (None here) restorable.
+  cache: Any = None
 
 
 def create_train_state(params, batch_stats, tx: optax.GradientTransformation,
-                       cache=None, distiller=None) -> TrainState:
+                       cache=None) -> TrainState:
   """A fresh state at step 0 around initialised variables."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=batch_stats, opt_state=tx.init(params),
-                    cache=cache, distiller=distiller)
+                    cache=cache)
