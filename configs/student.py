@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --config.distill.method alone runs that recipe (docs/distillers.md; the
   # sources are cited in each icckd_jax/distillers/<method>.py).
   c.distill = ml_collections.ConfigDict()
-  # kd, kd_rkd, dkd, dist, at, nst, pkt, sp or rkd.
+  # kd, kd_rkd, dkd, dist, at, nst, pkt, sp, rkd, kdsvd, fitnet, vid, ofd,
+  # reviewkd or crd.
   c.distill.method = 'kd'
   c.distill.temperature = 4.0  # T of kd, kd_rkd, dkd and dist
   # kd: L = γ·CE + α·T²·KL(t || s); kd_rkd adds β·RKD (mdistiller's KD).
@@ -78,6 +79,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.distill.nst_weight = 50.0
   c.distill.pkt_weight = 30000.0
   c.distill.sp_weight = 3000.0
+  c.distill.kdsvd_weight = 1.0
+  # Trainable methods (their parameters train with the student): fitnet's
+  # hint regressor, vid's regressors and variances, ofd's connectors,
+  # reviewkd's fusion blocks, crd's embeddings and memory bank (mdistiller's
+  # FitNet, VID, OFD, ReviewKD, CRD; docs/distillers.md gives the bank's
+  # size).
+  c.distill.fitnet_weight = 100.0
+  c.distill.vid_weight = 1.0
+  c.distill.ofd_weight = 0.001
+  c.distill.reviewkd_weight = 5.0
+  c.distill.reviewkd_warmup_epochs = 20.0
+  c.distill.crd_weight = 0.8
+  c.distill.crd_temperature = 0.07
+  c.distill.crd_momentum = 0.5
+  c.distill.crd_dim = 128
+  c.distill.crd_negatives = 16384
   # Logit standardisation (Sun et al., CVPR 2024) before the temperature, for
   # kd, dkd and dist; its authors' recipe also changes T and the weights
   # (icckd_jax/distillers/kd.py, dkd.py).

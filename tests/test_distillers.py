@@ -178,8 +178,8 @@ def test_standardize_logits_is_refused_for_other_methods(method):
 
 
 def test_unknown_method_is_a_user_error():
-  with pytest.raises(UserError, match="method='crd' is unknown"):
-    _build('crd')
+  with pytest.raises(UserError, match="method='no_such' is unknown"):
+    _build('no_such')
 
 
 @pytest.fixture(scope='module')

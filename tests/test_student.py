@@ -74,7 +74,8 @@ def test_teacher_untouched_and_absent_from_student_checkpoints(smoke_teacher,
     (['--config.dataset.num_classes=5'],
      'config.dataset.num_classes=5 but the teacher was trained on '
      'dataset.num_classes=10'),
-    (['--config.distill.method=crd'], "config.distill.method='crd' is unknown"),
+    (['--config.distill.method=no_such'],
+     "config.distill.method='no_such' is unknown"),
     (['--config.distill.method=at', '--config.distill.standardize_logits=True'],
      'config.distill.standardize_logits=True applies to kd, dkd, dist only'),
 ])

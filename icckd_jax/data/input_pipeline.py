@@ -95,8 +95,14 @@ def make_batch_fn(mesh: Mesh, seed: int, num_views: int, crop_padding: int,
 
 def train_batches(split: Split, mesh: Mesh, *, seed: int, batch_size: int,
                   num_views: int, crop_padding: int, flip: bool,
-                  start_step: int) -> Iterator[tuple[jax.Array, jax.Array]]:
+                  start_step: int,
+                  with_indices: bool = False) -> Iterator[tuple[jax.Array, ...]]:
   """Yields the global batches of steps start_step, start_step + 1, ...
+
+  Each is (images [V, B, H, W, C] uint8, labels [B] int32), or with
+  `with_indices` (images, labels, indices [B] int32): each example's index
+  in the training split, sharded as the labels (a distiller's memory bank
+  keys on it, e.g. CRD's). The images and labels are the same either way.
 
   The batch of step t + 1 is dispatched to the device before the batch of
   step t is handed out (on-device prefetch). Resuming at any step gives the
@@ -112,7 +118,11 @@ def train_batches(split: Split, mesh: Mesh, *, seed: int, batch_size: int,
     if epoch not in orders:
       orders.clear()
       orders[epoch] = order_fn(seed, epoch, split.size, batch_size)
-    return make_batch(split, orders[epoch][step % n_steps], step)
+    indices = orders[epoch][step % n_steps]
+    batch = make_batch(split, indices, step)
+    if not with_indices:
+      return batch
+    return (*batch, jax.device_put(indices, parallel.batch_sharded(mesh)))
 
   step = start_step
   ahead = batch_at(step)

@@ -22,6 +22,28 @@ collect for it:
   STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
                 takes standardize=True).
 
+A TRAINABLE method (fitnet, vid, ofd, reviewkd, crd) owns parameters that
+train with the student and may keep non-trainable buffers (a memory bank,
+BatchNorm statistics); its module also defines
+
+  options(config.distill) -> dict   static keyword arguments of the two:
+  init(key, student, teacher, train_labels, teacher_params, **options)
+      -> (params, buffers)
+  loss(student, teacher, labels, hp, gather, trainable, **options)
+      -> (loss, parts, new_buffers)
+
+`init` gets the run's seed's key (to fold its own streams from), the two
+networks' Outputs as jax.ShapeDtypeStruct, the training split's labels
+[N] and the teacher's parameters (read only: OFD's margins come from its
+BatchNorm); the buffers may be None (vid). `trainable` is an
+`outputs.Trainable` (the parameters to differentiate, the buffers, the
+batch's example indices, the step). The
+params live in the student's state as params['distiller'] (same optimiser,
+gradients pmean-ed like the model's), the buffers as state.cache (the
+teacher's negative cache field, None for every other student); both
+are checkpointed with it. The other methods are untouched by this, and
+their step compiles as before.
+
 Its docstring gives its published CIFAR-100 recipe, which the defaults of
 configs/student.py hold, and the code it was read from (docs/distillers.md
 lists them). Adding a method is one new module and one line below.
@@ -34,15 +56,22 @@ from typing import NamedTuple
 import ml_collections
 
 from icckd_jax.distillers import at
+from icckd_jax.distillers import crd
 from icckd_jax.distillers import dist
 from icckd_jax.distillers import dkd
+from icckd_jax.distillers import fitnet
 from icckd_jax.distillers import kd
 from icckd_jax.distillers import kd_rkd
+from icckd_jax.distillers import kdsvd
 from icckd_jax.distillers import nst
+from icckd_jax.distillers import ofd
 from icckd_jax.distillers import pkt
+from icckd_jax.distillers import reviewkd
 from icckd_jax.distillers import rkd
 from icckd_jax.distillers import sp
+from icckd_jax.distillers import vid
 from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Trainable
 from icckd_jax.errors import UserError
 from icckd_jax.objective.distillation import at_loss
 from icckd_jax.objective.distillation import dist_loss
@@ -62,6 +91,12 @@ _MODULES = {
     'pkt': pkt,
     'sp': sp,
     'rkd': rkd,
+    'fitnet': fitnet,
+    'crd': crd,
+    'vid': vid,
+    'ofd': ofd,
+    'reviewkd': reviewkd,
+    'kdsvd': kdsvd,
 }
 
 DISTILLERS: dict[str, Callable] = {
@@ -72,8 +107,8 @@ STANDARDIZING = tuple(
     name for name, module in _MODULES.items() if module.STANDARDIZES)
 
 __all__ = [
-    'DISTILLERS', 'Distiller', 'Outputs', 'STANDARDIZING', 'build', 'fields',
-    'get',
+    'DISTILLERS', 'Distiller', 'Outputs', 'STANDARDIZING', 'Trainable',
+    'build', 'fields', 'get', 'trainable',
     # The losses of published methods, for the distillers that combine them.
     'at_loss', 'dist_loss', 'dkd_loss', 'nst_loss', 'pkt_loss', 'sp_loss',
     'standardize_logits',
@@ -85,6 +120,16 @@ class Distiller(NamedTuple):
   loss: Callable       # (student, teacher, labels, hp, gather) -> (loss, parts)
   needs_stages: bool   # collect Outputs.stages / .preact_stages
   needs_epoch: bool    # put the 1-based epoch in hp['epoch']
+  # A TRAINABLE method's init(key, student, teacher, train_labels,
+  # teacher_params) -> (params, buffers), its options applied; None for the others, whose
+  # `loss` then returns (loss, parts) only.
+  init: Callable | None = None
+
+
+def trainable(name: str) -> bool:
+  """Whether method `name` owns parameters or buffers (the modules
+  written before the interface do not declare TRAINABLE)."""
+  return getattr(_MODULES.get(name), 'TRAINABLE', False)
 
 
 def fields(name: str) -> tuple[str, ...]:
@@ -116,4 +161,9 @@ def build(distill: ml_collections.ConfigDict) -> Distiller:
           f'{", ".join(STANDARDIZING)} only, not '
           f'config.distill.method={distill.method!r}')
     loss = functools.partial(module.loss, standardize=True)
+  if trainable(distill.method):
+    options = module.options(distill)
+    return Distiller(functools.partial(module.loss, **options),
+                     module.NEEDS_STAGES, module.NEEDS_EPOCH,
+                     functools.partial(module.init, **options))
   return Distiller(loss, module.NEEDS_STAGES, module.NEEDS_EPOCH)

@@ -1,6 +1,6 @@
 """What a network hands to a distillation loss."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
@@ -51,3 +51,12 @@ def last_stages(student: Outputs,
   whatever the stage counts. Raises ValueError as `stage_pairs`."""
   _require_stages(student, teacher)
   return student.stages[-1], teacher.stages[-1]
+
+
+class Trainable(NamedTuple):
+  """What a TRAINABLE method's loss receives beside the two networks'
+  outputs (distillers/__init__.py): its own state, on every device."""
+  params: Any          # params['distiller'] of the train state (differentiated)
+  buffers: Any         # state.cache: its non-trainable state (replicated)
+  indices: jax.Array   # [b] int32: each local example's index in the split
+  step: jax.Array      # [] int32: optimiser steps taken before this one

@@ -228,6 +228,20 @@ def _match_spatial(student_map: jax.Array,
           _pool_to(teacher_map, height, width))
 
 
+def pool_to(x: jax.Array, height: int, width: int) -> jax.Array:
+  """PyTorch's adaptive average pooling of NHWC [B, H, W, C] to [B,
+  height, width, C] (ReviewKD's pyramid)."""
+  return _pool_to(x, height, width)
+
+
+def match_spatial(student_map: jax.Array,
+                  teacher_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The two NHWC maps at the smaller one's spatial size (the larger
+  adaptively average-pooled), for a method that compares them cell by
+  cell (VID)."""
+  return _match_spatial(student_map, teacher_map)
+
+
 def at_loss(student_map: jax.Array, teacher_map: jax.Array,
             p: float = 2) -> jax.Array:
   """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), one pair of maps.

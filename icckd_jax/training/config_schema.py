@@ -119,7 +119,15 @@ FIELDS: dict[str, Field] = {
     **{f'distill.{name}': _DISTILL_WEIGHT for name in (
         'gamma', 'alpha', 'beta', 'w_dist', 'w_angle', 'ce_weight',
         'dkd_alpha', 'dkd_beta', 'dkd_warmup_epochs', 'dist_beta',
-        'dist_gamma', 'at_weight', 'nst_weight', 'pkt_weight', 'sp_weight')},
+        'dist_gamma', 'at_weight', 'nst_weight', 'pkt_weight', 'sp_weight',
+        'fitnet_weight', 'crd_weight', 'vid_weight',
+        'ofd_weight', 'reviewkd_weight', 'reviewkd_warmup_epochs',
+        'kdsvd_weight')},
+    'distill.crd_temperature': Field('traced', POSITIVE),
+    'distill.crd_momentum': Field('traced', FRACTION),
+    # The embedding's width and the negatives' count shape the step.
+    'distill.crd_dim': Field(rule=_int_at_least(1)),
+    'distill.crd_negatives': Field(rule=_int_at_least(1)),
     # Changes which program the step is: identity.
     'distill.standardize_logits': Field(),
 }

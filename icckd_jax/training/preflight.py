@@ -74,6 +74,8 @@ def check_step_memory(config: ml_collections.ConfigDict, setup: RunSetup,
                                                              parallel.DATA)))
   labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
                                 sharding=parallel.batch_sharded(mesh))
+  if setup.with_indices:
+    labels = (labels, labels)  # (labels, example indices), both [B] int32
   memory = memory_lib.compiled_memory(setup.train_step.lower(
       state, images, labels, setup.step_args).compile())
   need = memory.get('total_bytes')

@@ -82,6 +82,10 @@ class RunSetup:
   head: nn.Module | None = None
   # A student's teacher: (model, variables), for the agreement metric.
   reference: tuple[nn.Module, Any] | None = None
+  # A TRAINABLE distiller's run: the step's labels argument is (labels [B],
+  # indices [B]), each example's index in the training split (CRD's memory
+  # bank keys on it).
+  with_indices: bool = False
 
   def create_state(self, mesh: Mesh) -> TrainState:
     """The initial state, created on the devices and replicated over `mesh`
@@ -92,7 +96,14 @@ class RunSetup:
   def batches(self, config, split: input_pipeline.Split, mesh: Mesh,
               start_step: int):
     """The on-device batch stream of this run from `start_step` on."""
-    return input_pipeline.train_batches(
+    batches = input_pipeline.train_batches(
         split, mesh, seed=config.seed, batch_size=config.batch_size,
         num_views=self.num_views, crop_padding=config.crop_padding,
-        flip=config.flip, start_step=start_step)
+        flip=config.flip, start_step=start_step,
+        with_indices=self.with_indices)
+    if not self.with_indices:
+      return batches
+    # One labels argument, so the loop and the data-parallel scaffold pass
+    # it through unchanged.
+    return ((images, (labels, indices))
+            for images, labels, indices in batches)

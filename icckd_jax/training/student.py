@@ -8,6 +8,7 @@ loop (`loop.fit`); the teacher's module mirrors it. The teacher's variables
 are an argument of the step and are never written anywhere.
 """
 
+import functools
 import json
 import os
 from typing import Any
@@ -87,13 +88,9 @@ def build_student(config: ml_collections.ConfigDict,
   tx = optim.create_optimizer(config, learning_rate_fn)
   input_shape = dataset.train_images.shape[1:]
 
-  def init_state():
-    variables = student_model.init(
-        jax.random.key(config.seed), jnp.zeros((1, *input_shape)),
-        train=False)
-    return create_train_state({'model': variables['params']},
-                              variables['batch_stats'], tx)
-
+  init_state = _init_fn(config, student_model, teacher_model,
+                        teacher_variables, distiller, tx, input_shape,
+                        dataset.train_labels)
   return RunSetup(
       model=student_model, tx=tx, learning_rate_fn=learning_rate_fn,
       steps_per_epoch=steps_per_epoch, num_views=1, init_state=init_state,
@@ -107,7 +104,42 @@ def build_student(config: ml_collections.ConfigDict,
               teacher_std=teacher_std)),
       step_args={'teacher': teacher_variables,
                  'hp': student_step.hyperparameters(config.distill)},
-      reference=(reference, teacher_variables))
+      reference=(reference, teacher_variables),
+      with_indices=distiller.init is not None)
+
+
+def _init_fn(config, student_model, teacher_model, teacher_variables,
+             distiller: distillers.Distiller, tx, input_shape, train_labels):
+  """The student's initial-state function: the model from the seed's key,
+  and a TRAINABLE distiller's params and buffers from the same key (it
+  folds in its own streams), sized by the two networks' output shapes."""
+  x = jnp.zeros((1, *input_shape))
+  shapes = None
+  if distiller.init is not None:
+    # Shapes only: the teacher's weights are never part of the student.
+    shapes = jax.eval_shape(
+        lambda s_vars, t_vars: tuple(
+            student_step.apply_model(model, v, x, train=False, stages=True)[0]
+            for model, v in ((student_model, s_vars),
+                             (teacher_model, t_vars))),
+        jax.eval_shape(functools.partial(student_model.init, train=False),
+                       jax.random.key(0), x),
+        teacher_variables)
+
+  def init_state():
+    key = jax.random.key(config.seed)
+    variables = student_model.init(key, x, train=False)
+    if shapes is None:
+      return create_train_state({'model': variables['params']},
+                                variables['batch_stats'], tx)
+    # The teacher's parameters are read, never written (OFD's margins).
+    params, buffers = distiller.init(key, *shapes, train_labels,
+                                     teacher_variables['params'])
+    return create_train_state(
+        {'model': variables['params'], 'distiller': params},
+        variables['batch_stats'], tx, cache=buffers)
+
+  return init_state
 
 
 def train_student(config: ml_collections.ConfigDict, workdir: str,

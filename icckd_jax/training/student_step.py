@@ -34,8 +34,8 @@ def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return {name: jnp.float32(distill[name]) for name in DISTILL_WEIGHTS}
 
 
-def _apply(model: nn.Module, variables, x: jax.Array, *, train: bool,
-           stages: bool) -> tuple[distillers.Outputs, dict]:
+def apply_model(model: nn.Module, variables, x: jax.Array, *, train: bool,
+                stages: bool) -> tuple[distillers.Outputs, dict]:
   """(the model's Outputs, its new mutable state: {} in inference).
 
   The stage maps are asked for only when `stages`: otherwise the model is
@@ -73,27 +73,22 @@ def make_train_step(student: nn.Module, teacher: nn.Module,
   ([C], in [0, 255] units), the teacher's with `teacher_mean`,
   `teacher_std` when given (a teacher trained with other statistics).
   `distiller` says whether to collect stage maps and the epoch, which is
-  state.step // steps_per_epoch + 1.
+  state.step // steps_per_epoch + 1. A TRAINABLE method's step takes
+  (labels, indices) for labels (`_trainable_step`).
   """
   stages = distiller.needs_stages
+  if distiller.init is not None:
+    return _trainable_step(student, teacher, distiller, tx, mesh,
+                           steps_per_epoch, mean, std, dtype, teacher_mean,
+                           teacher_std)
 
   def per_device(state, images, labels, args):
-    x = augment.normalize(images[0], mean, std, dtype)
-    x_teacher = x if teacher_mean is None else augment.normalize(
-        images[0], teacher_mean, teacher_std, dtype)
-    t_out, _ = _apply(teacher, args['teacher'], x_teacher, train=False,
-                      stages=stages)
-    teacher_out = t_out._replace(
-        logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
-        features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
-        stages=lax.stop_gradient(t_out.stages),
-        preact_stages=lax.stop_gradient(t_out.preact_stages))
-    hp = args['hp']
-    if distiller.needs_epoch:
-      hp = {**hp, 'epoch': _epoch(state.step, steps_per_epoch)}
+    x, teacher_out, hp = _inputs(teacher, distiller, state, images, args,
+                                 steps_per_epoch, mean, std, dtype,
+                                 teacher_mean, teacher_std)
 
     def loss_fn(params):
-      student_out, new_model_state = _apply(
+      student_out, new_model_state = apply_model(
           student, {'params': params['model'],
                     'batch_stats': state.batch_stats},
           x, train=True, stages=stages)
@@ -106,14 +101,77 @@ def make_train_step(student: nn.Module, teacher: nn.Module,
     grads, (new_model_state, parts, logits) = jax.grad(
         loss_fn, has_aux=True)(state.params)
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
-    # Relational terms are already global; the per-example terms are
-    # local means.
-    metrics = step_lib.global_means(parts)
-    metrics['accuracy'] = step_lib.accuracy(logits, labels)
-    metrics['agreement'] = step_lib.accuracy(
-        logits, jnp.argmax(teacher_out.logits, -1))
+    metrics = _metrics(parts, logits, labels, teacher_out)
     return state.replace(step=state.step + 1, params=params,
                          opt_state=opt_state,
                          batch_stats=new_model_state['batch_stats']), metrics
+
+  return step_lib.data_parallel(per_device, mesh)
+
+
+def _inputs(teacher, distiller, state, images, args, steps_per_epoch, mean,
+            std, dtype, teacher_mean, teacher_std):
+  """(the student's input x, the teacher's Outputs under stop_gradient in
+  float32, the traced scalars with the epoch if the method reads it)."""
+  x = augment.normalize(images[0], mean, std, dtype)
+  x_teacher = x if teacher_mean is None else augment.normalize(
+      images[0], teacher_mean, teacher_std, dtype)
+  t_out, _ = apply_model(teacher, args['teacher'], x_teacher, train=False,
+                         stages=distiller.needs_stages)
+  teacher_out = t_out._replace(
+      logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
+      features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
+      stages=lax.stop_gradient(t_out.stages),
+      preact_stages=lax.stop_gradient(t_out.preact_stages))
+  hp = args['hp']
+  if distiller.needs_epoch:
+    hp = {**hp, 'epoch': _epoch(state.step, steps_per_epoch)}
+  return x, teacher_out, hp
+
+
+def _metrics(parts, logits, labels, teacher_out) -> dict[str, jax.Array]:
+  # Relational terms are already global; the per-example terms are
+  # local means.
+  metrics = step_lib.global_means(parts)
+  metrics['accuracy'] = step_lib.accuracy(logits, labels)
+  metrics['agreement'] = step_lib.accuracy(
+      logits, jnp.argmax(teacher_out.logits, -1))
+  return metrics
+
+
+def _trainable_step(student, teacher, distiller, tx, mesh, steps_per_epoch,
+                    mean, std, dtype, teacher_mean, teacher_std):
+  """The step of a TRAINABLE method: its labels argument is (labels [B],
+  example indices [B]); the loss also differentiates params['distiller']
+  (both pmean-ed by `apply_gradients`) and returns the distiller's new
+  buffers, state.cache (replicated: the loss keeps them equal)."""
+  stages = distiller.needs_stages
+
+  def per_device(state, images, labels_and_indices, args):
+    labels, indices = labels_and_indices
+    x, teacher_out, hp = _inputs(teacher, distiller, state, images, args,
+                                 steps_per_epoch, mean, std, dtype,
+                                 teacher_mean, teacher_std)
+
+    def loss_fn(params):
+      student_out, new_model_state = apply_model(
+          student, {'params': params['model'],
+                    'batch_stats': state.batch_stats},
+          x, train=True, stages=stages)
+      loss, parts, buffers = distiller.loss(
+          student_out, teacher_out, labels, hp, step_lib.gather,
+          distillers.Trainable(params['distiller'], state.cache, indices,
+                               state.step))
+      return loss, (new_model_state, buffers, {**parts, 'loss': loss},
+                    student_out.logits)
+
+    grads, (new_model_state, buffers, parts, logits) = jax.grad(
+        loss_fn, has_aux=True)(state.params)
+    params, opt_state = step_lib.apply_gradients(state, grads, tx)
+    metrics = _metrics(parts, logits, labels, teacher_out)
+    return state.replace(step=state.step + 1, params=params,
+                         opt_state=opt_state,
+                         batch_stats=new_model_state['batch_stats'],
+                         cache=buffers), metrics
 
   return step_lib.data_parallel(per_device, mesh)

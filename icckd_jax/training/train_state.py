@@ -19,7 +19,12 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: optax.OptState
-  cache: Any = None         # icckd_jax.objective.cache.Cache, or None without the objective
+  # The step's other non-trainable state: a teacher's negative cache
+  # (icckd_jax.objective.cache.Cache), a student's distiller buffers (CRD's
+  # memory bank, a regressor's BatchNorm statistics: distillers/__init__.py),
+  # or None. One field for both keeps the saved tree of every earlier run
+  # (None here) restorable.
+  cache: Any = None
 
 
 def create_train_state(params, batch_stats, tx: optax.GradientTransformation,
