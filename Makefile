@@ -30,9 +30,10 @@ demo: $(VENV)/.installed fashion-mnist
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -m 'not slow' --durations=15
 
-# Style (ruff) and architecture (import-linter's contracts in pyproject.toml).
+# Style (ruff: lint and format) and architecture (import-linter's contracts in pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
 test-all: $(VENV)/.installed

@@ -33,27 +33,41 @@ from icckd_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-flags.DEFINE_bool('multihost', False,
-                  'Call jax.distributed.initialize() first (several hosts).')
-flags.DEFINE_string('coordinator_address',
-                    os.environ.get('JAX_COORDINATOR_ADDRESS'),
-                    'With --multihost: host:port of process 0 (default: '
-                    '$JAX_COORDINATOR_ADDRESS, else the cluster manager\'s).')
-flags.DEFINE_integer('num_processes',
-                     int(os.environ['JAX_NUM_PROCESSES'])
-                     if os.environ.get('JAX_NUM_PROCESSES') else None,
-                     'With --multihost: the number of processes (default: '
-                     '$JAX_NUM_PROCESSES).', lower_bound=1)
-flags.DEFINE_integer('process_id',
-                     int(os.environ['JAX_PROCESS_ID'])
-                     if os.environ.get('JAX_PROCESS_ID') else None,
-                     'With --multihost: this process\'s index, from 0 '
-                     '(default: $JAX_PROCESS_ID).', lower_bound=0)
-flags.DEFINE_integer('multihost_timeout', 300,
-                     'With --multihost: seconds to wait for every process to '
-                     'connect before giving up with an error.', lower_bound=1)
-config_flags.DEFINE_config_file('config', None, 'The job config file.',
-                                lock_config=True)
+flags.DEFINE_bool(
+  'multihost', False, 'Call jax.distributed.initialize() first (several hosts).'
+)
+flags.DEFINE_string(
+  'coordinator_address',
+  os.environ.get('JAX_COORDINATOR_ADDRESS'),
+  'With --multihost: host:port of process 0 (default: '
+  "$JAX_COORDINATOR_ADDRESS, else the cluster manager's).",
+)
+flags.DEFINE_integer(
+  'num_processes',
+  int(os.environ['JAX_NUM_PROCESSES'])
+  if os.environ.get('JAX_NUM_PROCESSES')
+  else None,
+  'With --multihost: the number of processes (default: $JAX_NUM_PROCESSES).',
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  'process_id',
+  int(os.environ['JAX_PROCESS_ID'])
+  if os.environ.get('JAX_PROCESS_ID')
+  else None,
+  "With --multihost: this process's index, from 0 (default: $JAX_PROCESS_ID).",
+  lower_bound=0,
+)
+flags.DEFINE_integer(
+  'multihost_timeout',
+  300,
+  'With --multihost: seconds to wait for every process to '
+  'connect before giving up with an error.',
+  lower_bound=1,
+)
+config_flags.DEFINE_config_file(
+  'config', None, 'The job config file.', lock_config=True
+)
 flags.mark_flags_as_required(['config'])
 
 
@@ -66,34 +80,44 @@ def _fail(message) -> None:
   lines = [l.strip() for l in str(message).strip().splitlines() if l.strip()]
   if len(lines) > 1:
     lines = [lines[0].split(' Traceback')[0].rstrip(':'), lines[-1]]
-  print(f"error: {': '.join(lines)}", file=sys.stderr)
+  print(f'error: {": ".join(lines)}', file=sys.stderr)
   sys.exit(2)
 
 
 def _missing_field(error: Exception) -> str:
-  """"name" or "name (did you mean ...?)" from ml_collections' KeyError,
+  """ "name" or "name (did you mean ...?)" from ml_collections' KeyError,
   which may come wrapped in an AttributeError and carry a suggestion on a
   second line."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
-  text = error.args[0] if error.args and isinstance(error.args[0], str) \
-      else str(error)
+  text = (
+    error.args[0]
+    if error.args and isinstance(error.args[0], str)
+    else str(error)
+  )
   name, _, hint = text.partition('\n')
   name = name.strip(chr(34) + chr(39))
-  return f'{name} ({hint.strip()[0].lower()}{hint.strip()[1:]})' if hint \
-      else name
+  return (
+    f'{name} ({hint.strip()[0].lower()}{hint.strip()[1:]})' if hint else name
+  )
 
 
-CLUSTER_FLAGS = ('coordinator_address', 'num_processes', 'process_id',
-                 'multihost_timeout')
+CLUSTER_FLAGS = (
+  'coordinator_address',
+  'num_processes',
+  'process_id',
+  'multihost_timeout',
+)
 
 
 def _check_cluster_flags() -> None:
   """Cluster flags without --multihost would train one lone process."""
   given = [f'--{name}' for name in CLUSTER_FLAGS if FLAGS[name].present]
   if given and not FLAGS.multihost:
-    _fail(f'{", ".join(given)} given without --multihost; add --multihost to '
-          'run several processes, or drop them to run one')
+    _fail(
+      f'{", ".join(given)} given without --multihost; add --multihost to '
+      'run several processes, or drop them to run one'
+    )
 
 
 def _initialize_distributed() -> None:
@@ -109,30 +133,42 @@ def _initialize_distributed() -> None:
   timeout = FLAGS.multihost_timeout
   address = FLAGS.coordinator_address or "the cluster manager's coordinator"
   processes = FLAGS.num_processes or "the cluster's"
-  logging.info('Waiting up to %d s for %s processes at %s (process %s).',
-               timeout, processes, address,
-               'unknown' if FLAGS.process_id is None else FLAGS.process_id)
+  logging.info(
+    'Waiting up to %d s for %s processes at %s (process %s).',
+    timeout,
+    processes,
+    address,
+    'unknown' if FLAGS.process_id is None else FLAGS.process_id,
+  )
   connected = threading.Event()
 
   def give_up():
     if not connected.is_set():
-      print(f'error: --multihost: {processes} processes did not all connect '
-            f'to {address} within {timeout} s (--multihost_timeout); start '
-            'every process with the same --coordinator_address and '
-            '--num_processes', file=sys.stderr, flush=True)
+      print(
+        f'error: --multihost: {processes} processes did not all connect '
+        f'to {address} within {timeout} s (--multihost_timeout); start '
+        'every process with the same --coordinator_address and '
+        '--num_processes',
+        file=sys.stderr,
+        flush=True,
+      )
       os._exit(2)  # The native client holds the main thread.
 
   watchdog = threading.Timer(timeout, give_up)
   watchdog.daemon = True
   watchdog.start()
   try:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id,
-                               initialization_timeout=timeout + 60)
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      initialization_timeout=timeout + 60,
+    )
   except (ValueError, TypeError) as e:
-    _fail(f'--multihost: {str(e).splitlines()[0]} (pass --coordinator_address, '
-          '--num_processes and --process_id, or run under SLURM)')
+    _fail(
+      f'--multihost: {str(e).splitlines()[0]} (pass --coordinator_address, '
+      '--num_processes and --process_id, or run under SLURM)'
+    )
   finally:
     connected.set()
     watchdog.cancel()

@@ -38,8 +38,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet8', 'The teacher network.')
 flags.DEFINE_integer('batch_size', 8, 'Global batch.')
 flags.DEFINE_list('ks', ['1', '4', '16'], 'Steps per dispatch to compare.')
-flags.DEFINE_integer('steps', 96, 'Timed steps per k and round (a multiple '
-                     'of every k).')
+flags.DEFINE_integer(
+  'steps', 96, 'Timed steps per k and round (a multiple of every k).'
+)
 flags.DEFINE_integer('rounds', 3, 'Interleaved rounds.')
 flags.DEFINE_string('dtype', 'float32', 'float32 or bfloat16.')
 flags.DEFINE_float('lam', 0.1, 'λ: 0 times the cross-entropy teacher.')
@@ -50,11 +51,13 @@ def scan_step(train_step, k: int):
   args) -> (state, metrics of each step [k])."""
   if k == 1:
     return lambda state, images, labels, args: train_step(
-        state, images[0], labels[0], args)
+      state, images[0], labels[0], args
+    )
 
   def many(state, images, labels, args):
     def body(state, batch):
       return train_step(state, batch[0], batch[1], args)
+
     return lax.scan(body, state, (images, labels))
 
   return jax.jit(many, donate_argnums=(0,))
@@ -86,29 +89,36 @@ def main(argv):
     state = setup.create_state(mesh)
     state, metrics = step(state, images, labels, setup.step_args)
     jax.block_until_ready(metrics)
-    runs[k] = dict(step=step, state=state, images=images, labels=labels,
-                   times=[])
+    runs[k] = dict(
+      step=step, state=state, images=images, labels=labels, times=[]
+    )
   for _ in range(FLAGS.rounds):
     for k, run in runs.items():
       start = time.perf_counter()
       for _ in range(FLAGS.steps // k):
-        run['state'], metrics = run['step'](run['state'], run['images'],
-                                            run['labels'], setup.step_args)
+        run['state'], metrics = run['step'](
+          run['state'], run['images'], run['labels'], setup.step_args
+        )
       jax.block_until_ready(metrics)
-      run['times'].append((time.perf_counter() - start) /
-                          (FLAGS.steps // k * k))
+      run['times'].append(
+        (time.perf_counter() - start) / (FLAGS.steps // k * k)
+      )
   device = jax.devices()[0]
-  print(f'# {FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.dtype}, '
-        f'λ={FLAGS.lam}, {len(mesh.devices.flat)} x {device.device_kind} '
-        f'({device.platform}); {FLAGS.rounds} rounds of {FLAGS.steps} steps')
+  print(
+    f'# {FLAGS.model}, batch {FLAGS.batch_size}, {FLAGS.dtype}, '
+    f'λ={FLAGS.lam}, {len(mesh.devices.flat)} x {device.device_kind} '
+    f'({device.platform}); {FLAGS.rounds} rounds of {FLAGS.steps} steps'
+  )
   print('| steps per dispatch | median ms per step | images/s | vs k=1 |')
   print('|---|---|---|---|')
   base = None
   for k, run in runs.items():
     seconds = float(np.median(run['times']))
     base = base or seconds
-    print(f'| {k} | {1000 * seconds:.2f} | {FLAGS.batch_size / seconds:.0f} | '
-          f'{base / seconds:.3f}x |')
+    print(
+      f'| {k} | {1000 * seconds:.2f} | {FLAGS.batch_size / seconds:.0f} | '
+      f'{base / seconds:.3f}x |'
+    )
 
 
 if __name__ == '__main__':

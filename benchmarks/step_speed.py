@@ -44,9 +44,11 @@ from icckd_jax.training import teacher
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet20', 'The network whose step is timed.')
 flags.DEFINE_string('teacher', 'resnet56', 'Teacher of the student variants.')
-flags.DEFINE_list('variants', ['ce', 'icc_features'],
-                  'ce, icc_no_cache, icc_features, icc_images, student_kd, '
-                  'student_kd_rkd')
+flags.DEFINE_list(
+  'variants',
+  ['ce', 'icc_features'],
+  'ce, icc_no_cache, icc_features, icc_images, student_kd, student_kd_rkd',
+)
 flags.DEFINE_integer('batch_size', 64, 'Global batch.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per variant.')
 flags.DEFINE_integer('rounds', 4, 'Interleaved rounds the steps are split in.')
@@ -81,10 +83,11 @@ def build(variant, mesh, dataset, size):
     config.distill.method = variant.removeprefix('student_')
     teacher_model = models.create_model(FLAGS.teacher, dataset.num_classes)
     teacher_vars = jax.jit(
-        lambda: teacher_model.init(jax.random.key(1),
-                                   np.zeros((1, 32, 32, 3), np.float32),
-                                   train=False),
-        out_shardings=parallel.replicated(mesh))()
+      lambda: teacher_model.init(
+        jax.random.key(1), np.zeros((1, 32, 32, 3), np.float32), train=False
+      ),
+      out_shardings=parallel.replicated(mesh),
+    )()
     tconf = teacher_config.get_config()
     tconf.model = FLAGS.teacher
     setup = student.build_student(config, dataset, mesh, tconf, teacher_vars)
@@ -115,45 +118,62 @@ def main(argv):
     config, setup, state = build(name, mesh, dataset, size)
     batches = setup.batches(config, split, mesh, 0)
     images, labels = next(batches)
-    compiled = setup.train_step.lower(state, images, labels,
-                                      setup.step_args).compile()
+    compiled = setup.train_step.lower(
+      state, images, labels, setup.step_args
+    ).compile()
     memory = memory_lib.compiled_memory(compiled)
     state, metrics = compiled(state, images, labels, setup.step_args)
     jax.block_until_ready(metrics)
-    runs[variant] = dict(compiled=compiled, state=state, batches=batches,
-                         args=setup.step_args, memory=memory, times=[])
+    runs[variant] = dict(
+      compiled=compiled,
+      state=state,
+      batches=batches,
+      args=setup.step_args,
+      memory=memory,
+      times=[],
+    )
   per_round = max(1, FLAGS.steps // FLAGS.rounds)
   for _ in range(FLAGS.rounds):
     for run in runs.values():
       for _ in range(per_round):
         images, labels = next(run['batches'])
         start = time.perf_counter()
-        run['state'], metrics = run['compiled'](run['state'], images, labels,
-                                                run['args'])
+        run['state'], metrics = run['compiled'](
+          run['state'], images, labels, run['args']
+        )
         jax.block_until_ready(metrics)
         run['times'].append(time.perf_counter() - start)
 
   device = jax.devices()[0]
-  print(f'# {FLAGS.model}, global batch {FLAGS.batch_size}, {FLAGS.dtype}, '
-        f'{len(mesh.devices.flat)} x {device.device_kind} ({device.platform})')
-  print('| variant | median step ms | images/s | vs first | compiled MiB '
-        '(args+out+temp-alias) | temp MiB |')
+  print(
+    f'# {FLAGS.model}, global batch {FLAGS.batch_size}, {FLAGS.dtype}, '
+    f'{len(mesh.devices.flat)} x {device.device_kind} ({device.platform})'
+  )
+  print(
+    '| variant | median step ms | images/s | vs first | compiled MiB '
+    '(args+out+temp-alias) | temp MiB |'
+  )
   print('|---|---|---|---|---|---|')
   first = None
   for variant, run in runs.items():
-    stats = ablation_metrics.step_time_stats(run['times'], FLAGS.batch_size,
-                                             skip_first=0)
+    stats = ablation_metrics.step_time_stats(
+      run['times'], FLAGS.batch_size, skip_first=0
+    )
     first = first or stats['images_per_second']
-    print(f"| {variant} | {1000 * stats['median_step_seconds']:.1f} | "
-          f"{stats['images_per_second']:.1f} | "
-          f"{stats['images_per_second'] / first:.2f} | "
-          f"{run['memory'].get('total_bytes', 0) / 2**20:.1f} | "
-          f"{run['memory'].get('temp_bytes', 0) / 2**20:.1f} |")
+    print(
+      f'| {variant} | {1000 * stats["median_step_seconds"]:.1f} | '
+      f'{stats["images_per_second"]:.1f} | '
+      f'{stats["images_per_second"] / first:.2f} | '
+      f'{run["memory"].get("total_bytes", 0) / 2**20:.1f} | '
+      f'{run["memory"].get("temp_bytes", 0) / 2**20:.1f} |'
+    )
   peak = memory_lib.peak_device_memory()
   # The backend's peak is per process, not per variant: run one variant per
   # process to attribute it.
-  print(f"process peak device memory: "
-        f"{'not reported by this backend' if peak is None else f'{peak / 2**20:.0f} MiB'}")
+  print(
+    f'process peak device memory: '
+    f'{"not reported by this backend" if peak is None else f"{peak / 2**20:.0f} MiB"}'
+  )
 
 
 if __name__ == '__main__':

@@ -19,7 +19,9 @@ from configs import sweep_common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = sweep_common.sweep_config(arg)
-  c.settings = ('no_cache: teacher.cache.size=0',
-                'features: teacher.cache.store="features"',
-                'images: teacher.cache.store="images"')
+  c.settings = (
+    'no_cache: teacher.cache.size=0',
+    'features: teacher.cache.store="features"',
+    'images: teacher.cache.store="images"',
+  )
   return c

@@ -35,9 +35,12 @@ DELTAS = (0.0, 0.2, 0.4, 0.6, 0.8)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = sweep_common.sweep_config(arg)
   c.settings = tuple(f'delta={d}: teacher.icc.delta={d}' for d in DELTAS) + (
-      'ungated: teacher.icc.delta=-1.0',
-      'ce_teacher: teacher.icc.lam=0.0')
+    'ungated: teacher.icc.delta=-1.0',
+    'ce_teacher: teacher.icc.lam=0.0',
+  )
   if arg == 'smoke':
-    c.settings = ('delta=0.2: teacher.icc.delta=0.2',
-                  'delta=0.6: teacher.icc.delta=0.6')
+    c.settings = (
+      'delta=0.2: teacher.icc.delta=0.2',
+      'delta=0.6: teacher.icc.delta=0.6',
+    )
   return c

@@ -32,8 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     stage.eval_every_epochs = 2
     stage.log_every_steps = 40
     stage.checkpoint_every_epochs = 2
-  c.settings = ('ce_teacher: teacher.icc.lam=0.0',
-                'icc_teacher: teacher.icc.lam=0.1')
+  c.settings = (
+    'ce_teacher: teacher.icc.lam=0.0',
+    'icc_teacher: teacher.icc.lam=0.1',
+  )
   c.seeds = (0,)
   c.workers = 1
   c.estimate = False  # timing each step first would cost a third of the demo

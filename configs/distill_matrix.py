@@ -36,23 +36,27 @@ from configs import sweep_common
 
 TEACHERS = {'ce': 'teacher.icc.lam=0.0', 'icc': ''}
 STUDENTS = {
-    'kd': 'student.distill.method="kd"',
-    'dkd': 'student.distill.method="dkd"',
-    # LS's recipe for this pair (icckd_jax/distillers/kd.py).
-    'kd_ls': ('student.distill.method="kd", '
-              'student.distill.standardize_logits=True, '
-              'student.distill.temperature=2.0, student.distill.alpha=9.0'),
-    'dist': 'student.distill.method="dist"',
-    'crd': 'student.distill.method="crd"',
-    'reviewkd': 'student.distill.method="reviewkd"',
+  'kd': 'student.distill.method="kd"',
+  'dkd': 'student.distill.method="dkd"',
+  # LS's recipe for this pair (icckd_jax/distillers/kd.py).
+  'kd_ls': (
+    'student.distill.method="kd", '
+    'student.distill.standardize_logits=True, '
+    'student.distill.temperature=2.0, student.distill.alpha=9.0'
+  ),
+  'dist': 'student.distill.method="dist"',
+  'crd': 'student.distill.method="crd"',
+  'reviewkd': 'student.distill.method="reviewkd"',
 }
 
 
 def settings() -> tuple[str, ...]:
   """'TEACHER.STUDENT: overrides' for every pair, teacher by teacher."""
   return tuple(
-      f'{t}.{s}: ' + ', '.join(filter(None, (t_over, s_over)))
-      for t, t_over in TEACHERS.items() for s, s_over in STUDENTS.items())
+    f'{t}.{s}: ' + ', '.join(filter(None, (t_over, s_over)))
+    for t, t_over in TEACHERS.items()
+    for s, s_over in STUDENTS.items()
+  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

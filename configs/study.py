@@ -45,8 +45,7 @@ PRIMARY = ('ce_teacher', 'two_view_null', 'delta=0.4')
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, 'cpu', 'gpu', 'smoke'):
-    raise ValueError(f'unknown config argument {arg!r}; valid: cpu, gpu, '
-                     'smoke')
+    raise ValueError(f'unknown config argument {arg!r}; valid: cpu, gpu, smoke')
   c = ml_collections.ConfigDict()
   c.mode = 'sweep'
   c.workdir = config_dict.placeholder(str)
@@ -57,12 +56,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Epochs to reach this train accuracy: one threshold for every run.
   c.reach_train_accuracy = 0.5
   c.settings = (
-      'ce_teacher: teacher.icc.lam=0.0',
-      'two_view_null: teacher.icc.delta=1.0',
-      *(f'delta={d}: teacher.icc.delta={d}' for d in DELTAS),
-      'ungated: teacher.icc.delta=-1.0',
-      'no_cache: teacher.cache.size=0',
-      'image_cache: teacher.cache.store="images"')
+    'ce_teacher: teacher.icc.lam=0.0',
+    'two_view_null: teacher.icc.delta=1.0',
+    *(f'delta={d}: teacher.icc.delta={d}' for d in DELTAS),
+    'ungated: teacher.icc.delta=-1.0',
+    'no_cache: teacher.cache.size=0',
+    'image_cache: teacher.cache.store="images"',
+  )
   c.controls = CONTROLS
   # The cache ablation against the arm it changes (the feature cache).
   c.comparisons = 'no_cache:delta=0.4, image_cache:delta=0.4'
@@ -77,9 +77,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.estimate = False
     c.primary_seeds = (0, 1, 2)
     c.seeds = (0, 1)
-    c.settings = (c.settings[0], c.settings[1], 'delta=0.4: teacher.icc.delta=0.4',
-                  'delta=0.0: teacher.icc.delta=0.0',
-                  'no_cache: teacher.cache.size=0')
+    c.settings = (
+      c.settings[0],
+      c.settings[1],
+      'delta=0.4: teacher.icc.delta=0.4',
+      'delta=0.0: teacher.icc.delta=0.0',
+      'no_cache: teacher.cache.size=0',
+    )
     for stage in (c.base.teacher, c.base.student):
       stage.num_epochs = 2
       stage.lr_decay_epochs = (1,)

@@ -122,6 +122,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lr_decay_epochs = (2,)
     c.log_every_steps = 50
   elif arg:
-    raise ValueError(f'unknown config argument {arg!r}; valid: smoke, '
-                     'cifar10_cpu, fashion_cpu')
+    raise ValueError(
+      f'unknown config argument {arg!r}; valid: smoke, cifar10_cpu, fashion_cpu'
+    )
   return c

@@ -23,6 +23,8 @@ class OwnInfoOnly(logging.Filter):
       return True
     if record.levelno < logging.WARNING:
       return False
-    return not ('orbax' in record.pathname and
-                'read' in record.getMessage() and
-                'only' in record.getMessage())
+    return not (
+      'orbax' in record.pathname
+      and 'read' in record.getMessage()
+      and 'only' in record.getMessage()
+    )

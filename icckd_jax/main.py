@@ -29,9 +29,11 @@ def _sweep_printed(rows: list[dict], workdir: str) -> list[dict]:
   """A sweep's result rows; its headline table (each setting's top-1) and
   where every other figure is, printed on stdout."""
   print(report.headline(rows))
-  print('Every metric: '
-        f'{os.path.join(os.path.abspath(workdir), report.SUMMARY_FILE)}, '
-        f'{report.RESULTS_CSV} and the plots beside it.')
+  print(
+    'Every metric: '
+    f'{os.path.join(os.path.abspath(workdir), report.SUMMARY_FILE)}, '
+    f'{report.RESULTS_CSV} and the plots beside it.'
+  )
   return rows
 
 
@@ -48,21 +50,36 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   if mode == 'sweep':
     return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':
-    return report.write_report(workdir, config.get('output_dir'),
-                               config.get('comparisons'))
+    return report.write_report(
+      workdir, config.get('output_dir'), config.get('comparisons')
+    )
   if mode == 'eval' and config.get('pth'):
     if workdir:
-      raise UserError(f'config.pth={config.pth!r} and config.workdir='
-                      f'{workdir!r} are both set; evaluate one or the other')
-    return _printed(evaluate.evaluate_pytorch(
-        config.pth, config.get('model'), config.dataset,
+      raise UserError(
+        f'config.pth={config.pth!r} and config.workdir='
+        f'{workdir!r} are both set; evaluate one or the other'
+      )
+    return _printed(
+      evaluate.evaluate_pytorch(
+        config.pth,
+        config.get('model'),
+        config.dataset,
         num_devices=config.get('num_devices'),
-        batch_size=config.eval_batch_size, export=config.get('export')))
+        batch_size=config.eval_batch_size,
+        export=config.get('export'),
+      )
+    )
   if mode == 'eval':
     validate.check_config(config)
-    return _printed(evaluate.evaluate_checkpoint(
-        workdir, which=config.checkpoint,
+    return _printed(
+      evaluate.evaluate_checkpoint(
+        workdir,
+        which=config.checkpoint,
         num_devices=config.get('num_devices'),
-        batch_size=config.eval_batch_size, export=config.get('export')))
-  raise UserError(f'config.mode={mode!r} is unknown; choose one of: '
-                  + ', '.join(MODES))
+        batch_size=config.eval_batch_size,
+        export=config.get('export'),
+      )
+    )
+  raise UserError(
+    f'config.mode={mode!r} is unknown; choose one of: ' + ', '.join(MODES)
+  )

@@ -28,8 +28,10 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
-      raise UserError(f'config.num_devices={num_devices} but only '
-                      f'{len(devices)} devices are visible')
+      raise UserError(
+        f'config.num_devices={num_devices} but only '
+        f'{len(devices)} devices are visible'
+      )
     if jax.process_count() > 1 and num_devices != len(devices):
       raise UserError('config.num_devices must be unset on several hosts')
     devices = devices[:num_devices]
@@ -49,8 +51,9 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> int:
   """Returns the per-device batch; a user error unless it divides evenly."""
   n = mesh.devices.size
   if batch_size <= 0 or batch_size % n:
-    raise UserError(f'{field}={batch_size} is not divisible by the '
-                    f'{n} devices of the mesh')
+    raise UserError(
+      f'{field}={batch_size} is not divisible by the {n} devices of the mesh'
+    )
   return batch_size // n
 
 
@@ -61,9 +64,11 @@ def _put(tree, sharding: NamedSharding):
   how several hosts build one global array.
   """
   return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                             lambda idx: np.asarray(x)[idx]),
-      tree)
+    lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda idx: np.asarray(x)[idx]
+    ),
+    tree,
+  )
 
 
 def put_replicated(tree, mesh: Mesh):
@@ -82,5 +87,6 @@ def shard_map(fn, mesh: Mesh, in_specs: Sequence, out_specs):
   check_vma=False keeps collectives explicit (the step `pmean`s its own
   gradients) as pmap did.
   """
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                       check_vma=False)
+  return jax.shard_map(
+    fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+  )

@@ -5,11 +5,14 @@ import pathlib
 
 # Emulated devices are threads: on a loaded 2-core machine one can reach a
 # collective minutes after the others, so XLA's rendezvous must wait, not abort.
-COLLECTIVE_PATIENCE = ('--xla_cpu_collective_timeout_seconds=900 '
-                       '--xla_cpu_collective_call_terminate_timeout_seconds=900')
+COLLECTIVE_PATIENCE = (
+  '--xla_cpu_collective_timeout_seconds=900 '
+  '--xla_cpu_collective_call_terminate_timeout_seconds=900'
+)
 os.environ['XLA_FLAGS'] = (
-    f"{os.environ.get('XLA_FLAGS', '')} "
-    f'--xla_force_host_platform_device_count=4 {COLLECTIVE_PATIENCE}').strip()
+  f'{os.environ.get("XLA_FLAGS", "")} '
+  f'--xla_force_host_platform_device_count=4 {COLLECTIVE_PATIENCE}'
+).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Most of the suite's time is XLA compiling the same few smoke steps, in this
 # process and in the launch.py subprocesses the tests start (which inherit
@@ -17,8 +20,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # workers and the subprocesses, compiles each distinct step once; a cached
 # executable is the same program, so results stay bit for bit.
 os.environ.setdefault(
-    'JAX_COMPILATION_CACHE_DIR',
-    str(pathlib.Path(__file__).resolve().parents[1] / '.pytest_cache' / 'xla'))
+  'JAX_COMPILATION_CACHE_DIR',
+  str(pathlib.Path(__file__).resolve().parents[1] / '.pytest_cache' / 'xla'),
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
@@ -42,8 +46,9 @@ def shared_fixture(path: pathlib.Path) -> pathlib.Path:
     return path
   message = f'the shared test data {path} is absent'
   if os.environ.get(REQUIRE_FIXTURES) == '1':
-    pytest.fail(f'{message}, and {REQUIRE_FIXTURES}=1 requires it',
-                pytrace=False)
+    pytest.fail(
+      f'{message}, and {REQUIRE_FIXTURES}=1 requires it', pytrace=False
+    )
   pytest.skip(f'{message} (set {REQUIRE_FIXTURES}=1 to fail instead)')
 
 
@@ -51,6 +56,7 @@ def shared_fixture(path: pathlib.Path) -> pathlib.Path:
 def smoke_config():
   """The teacher's smoke config: resnet8 on the synthetic set."""
   from configs import teacher  # pylint: disable=g-import-not-at-top
+
   return teacher.get_config('smoke')
 
 

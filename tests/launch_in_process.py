@@ -18,6 +18,7 @@ import sys
 @dataclasses.dataclass
 class Result:
   """What `python launch.py ...` leaves: its exit code and its stderr."""
+
   returncode: int
   stderr: str
 
@@ -46,6 +47,7 @@ def launch(*args, check: bool = True) -> Result:
     stderr), one line per record.
   """
   import launch as launch_py  # pylint: disable=g-import-not-at-top
+
   argv = ['launch.py', *args]
   err, lines = io.StringIO(), _Lines()
   absl_logger = logging.getLogger('absl')
@@ -72,11 +74,13 @@ def launch(*args, check: bool = True) -> Result:
     # the next argv may name the same fields.
     for name in [n for n in launch_py.FLAGS if n.startswith('config.')]:
       delattr(launch_py.FLAGS, name)
-  result = Result(code, err.getvalue() + ''.join(
-      f'{line}\n' for line in lines.lines))
+  result = Result(
+    code, err.getvalue() + ''.join(f'{line}\n' for line in lines.lines)
+  )
   if check and result.returncode:
-    raise AssertionError(f'launch.py {args} exited {result.returncode}:\n'
-                         f'{result.stderr[-3000:]}')
+    raise AssertionError(
+      f'launch.py {args} exited {result.returncode}:\n{result.stderr[-3000:]}'
+    )
   return result
 
 

@@ -80,13 +80,13 @@ def flax_path(name: str, key: str) -> tuple[str, ...]:
     match = re.fullmatch(r'block(\d+)\.(\d+)', module)
     if match:  # Sequential [conv, bn, relu] * n, the last relu dropped.
       b, j = int(match[1]), int(match[2])
-      module = f'block{b}.' + (f'conv{j // 3}' if j % 3 == 0 else
-                               f'bn{j // 3}')
+      module = f'block{b}.' + (f'conv{j // 3}' if j % 3 == 0 else f'bn{j // 3}')
       module = module.replace('.', '_')
   else:
     raise ValueError(name)
   is_bn = re.search(r'(^|[._])bn\d*$', module) or module.endswith(
-      'downsample_bn')
+    'downsample_bn'
+  )
   leaf = {'weight': 'scale' if is_bn else 'kernel', 'bias': 'bias'}[kind]
   return tuple(module.split('.')) + (leaf,)
 
@@ -118,8 +118,10 @@ def wave_parameters(name, model):
 
 
 def parameter_counts(model_dict):
-  return {name: sum(p.numel() for p in model_dict[name](
-      num_classes=100).parameters()) for name in model_dict}
+  return {
+    name: sum(p.numel() for p in model_dict[name](num_classes=100).parameters())
+    for name in model_dict
+  }
 
 
 def reference_logits(torch, model_dict, dtype):
@@ -156,33 +158,44 @@ def check_helpers(torch, model_dict) -> list[str]:
   sys.path.insert(0, str(HERE))
   import torch_files  # pylint: disable=g-import-not-at-top
   import torch_reference  # pylint: disable=g-import-not-at-top
+
   problems = []
   for name in torch_files.MODEL_NAMES:
-    real = {k: tuple(v.shape) for k, v in
-            model_dict[name](num_classes=100).state_dict().items()}
+    real = {
+      k: tuple(v.shape)
+      for k, v in model_dict[name](num_classes=100).state_dict().items()
+    }
     if torch_files.benchmark_layout(name, 100) != real:
       problems.append(f'torch_files.benchmark_layout({name!r}) differs')
   for name in ('ShuffleV1', 'ShuffleV2'):
     state = torch_reference.well_scaled(torch_files.random_state_dict(name, 10))
     model = model_dict[name](num_classes=10).eval()
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
-                           state.items()})
+    model.load_state_dict(
+      {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+    )
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32))
     with torch.no_grad():
-      feats, logits = model(torch.from_numpy(x.astype(np.float32)),
-                            is_feat=True)
+      feats, logits = model(
+        torch.from_numpy(x.astype(np.float32)), is_feat=True
+      )
     features = feats[-1]
     want = getattr(torch_reference, name.lower())(x, state)
-    for got, ref, what in ((logits, want[0], 'logits'),
-                           (features, want[1], 'features')):
+    for got, ref, what in (
+      (logits, want[0], 'logits'),
+      (features, want[1], 'features'),
+    ):
       err = float(np.max(np.abs(got.numpy() - ref)))
-      print(f'torch_reference.{name.lower()} {what}: max abs difference '
-            f'{err:.1e} from PyTorch')
+      print(
+        f'torch_reference.{name.lower()} {what}: max abs difference '
+        f'{err:.1e} from PyTorch'
+      )
       if err > 1e-4:
         problems.append(f'torch_reference.{name.lower()} {what} off by {err}')
-  for folder, name in (('resnet8x4_legacy', 'resnet8x4'),
-                       ('resnet20_zip', 'resnet20'),
-                       ('mobilenetv2_zip', 'MobileNetV2')):
+  for folder, name in (
+    ('resnet8x4_legacy', 'resnet8x4'),
+    ('resnet20_zip', 'resnet20'),
+    ('mobilenetv2_zip', 'MobileNetV2'),
+  ):
     path = FIXTURES / folder
     if not path.is_dir():
       problems.append(f'{path} is absent')
@@ -191,8 +204,9 @@ def check_helpers(torch, model_dict) -> list[str]:
     model = model_dict[name](num_classes=100).eval()
     model.load_state_dict(checkpoint['model'])
     ref = np.load(path / 'reference_outputs.npz')
-    x = torch.from_numpy(ref['inputs_normalized_nhwc'].transpose(0, 3, 1, 2)
-                         .copy())
+    x = torch.from_numpy(
+      ref['inputs_normalized_nhwc'].transpose(0, 3, 1, 2).copy()
+    )
     with torch.no_grad():
       feats, logits = model(x, is_feat=True)
     features = feats[-1].flatten(1)
@@ -206,13 +220,21 @@ def check_helpers(torch, model_dict) -> list[str]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--repdistiller', required=True, type=pathlib.Path,
-                      help='a checkout of RepDistiller (its models/ folder)')
-  parser.add_argument('--check', action='store_true',
-                      help='compare with tests/test_models.py and check the '
-                      'test helpers and fixtures; exit 1 on a difference')
+  parser.add_argument(
+    '--repdistiller',
+    required=True,
+    type=pathlib.Path,
+    help='a checkout of RepDistiller (its models/ folder)',
+  )
+  parser.add_argument(
+    '--check',
+    action='store_true',
+    help='compare with tests/test_models.py and check the '
+    'test helpers and fixtures; exit 1 on a difference',
+  )
   args = parser.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   sys.path.insert(0, str(args.repdistiller))
   from models import model_dict  # pylint: disable=g-import-not-at-top
@@ -220,16 +242,22 @@ def main():
   counts = parameter_counts(model_dict)
   logits = reference_logits(torch, model_dict, torch.float64)
   logits32 = reference_logits(torch, model_dict, torch.float32)
-  print(f'# PyTorch {torch.__version__}, RepDistiller models at '
-        f'{args.repdistiller}')
+  print(
+    f'# PyTorch {torch.__version__}, RepDistiller models at {args.repdistiller}'
+  )
   print('EXPECTED_PARAMS = {')
   for name, count in counts.items():
     print(f"    '{name}': {count:_},")
   print('}')
   print('REFERENCE_LOGITS = {')
   for name, rows in logits.items():
-    print(f"    '{name}': [" + ',\n        '.join(
-        '[' + ', '.join(f'{v:.8f}' for v in row) + ']' for row in rows) + '],')
+    print(
+      f"    '{name}': ["
+      + ',\n        '.join(
+        '[' + ', '.join(f'{v:.8f}' for v in row) + ']' for row in rows
+      )
+      + '],'
+    )
   print('}')
   for name in LOGIT_MODELS:
     err = float(np.max(np.abs(np.subtract(logits32[name], logits[name]))))
@@ -239,10 +267,11 @@ def main():
   problems = []
   have = committed()
   if have['EXPECTED_PARAMS'] != counts:
-    problems.append(f"EXPECTED_PARAMS differs: {have['EXPECTED_PARAMS']}")
+    problems.append(f'EXPECTED_PARAMS differs: {have["EXPECTED_PARAMS"]}')
   for name, rows in logits.items():
-    err = float(np.max(np.abs(np.subtract(have['REFERENCE_LOGITS'][name],
-                                          rows))))
+    err = float(
+      np.max(np.abs(np.subtract(have['REFERENCE_LOGITS'][name], rows)))
+    )
     print(f'REFERENCE_LOGITS[{name!r}]: committed vs recomputed {err:.1e}')
     if err > 1e-6:
       problems.append(f'REFERENCE_LOGITS[{name!r}] off by {err}')

@@ -7,27 +7,27 @@ from icckd_jax.experiments import ablation_metrics as am
 
 # Test top-1 that climbs and plateaus. Its 3-epoch moving average is
 # 10, 25, 40, 63.33, 76.67, 80, 80.
-PLATEAU = [10., 40., 70., 80., 80., 80., 80.]
+PLATEAU = [10.0, 40.0, 70.0, 80.0, 80.0, 80.0, 80.0]
 
 
 def test_loss_variance_even_epochs_uses_last_half():
   # Population variances: 1, 0, 4, 2/3; the second half is epochs 2 and 3.
-  epochs = [[1., 3.], [2., 2.], [0., 4.], [1., 2., 3.]]
+  epochs = [[1.0, 3.0], [2.0, 2.0], [0.0, 4.0], [1.0, 2.0, 3.0]]
   figure, series = am.loss_variance(epochs)
-  np.testing.assert_allclose(series, [1., 0., 4., 2. / 3.])
-  assert figure == pytest.approx((4. + 2. / 3.) / 2)
+  np.testing.assert_allclose(series, [1.0, 0.0, 4.0, 2.0 / 3.0])
+  assert figure == pytest.approx((4.0 + 2.0 / 3.0) / 2)
 
 
 def test_loss_variance_odd_epochs_includes_middle_epoch():
   # Variances 1, 4, 3; E = 3 so the second half is epochs 1 and 2.
-  epochs = [[1., 3.], [0., 4.], [2., 2., 2., 6.]]
+  epochs = [[1.0, 3.0], [0.0, 4.0], [2.0, 2.0, 2.0, 6.0]]
   figure, series = am.loss_variance(epochs)
-  np.testing.assert_allclose(series, [1., 4., 3.])
+  np.testing.assert_allclose(series, [1.0, 4.0, 3.0])
   assert figure == pytest.approx(3.5)
 
 
 def test_loss_variance_single_epoch_of_one_step_is_zero():
-  assert am.loss_variance([[5.]]) == (0., [0.])
+  assert am.loss_variance([[5.0]]) == (0.0, [0.0])
 
 
 @pytest.mark.parametrize('num_epochs,start', [(1, 0), (2, 1), (4, 2), (5, 2)])
@@ -35,20 +35,24 @@ def test_second_half_start(num_epochs, start):
   assert am.second_half_start(num_epochs) == start
 
 
-@pytest.mark.parametrize('window,expected', [
-    (3, [3., 4.5, 6., 5., 4.]),
-    (2, [3., 4.5, 7.5, 4.5, 1.5]),
-    (1, [3., 6., 9., 0., 3.]),
-    (10, [3., 4.5, 6., 4.5, 4.2]),
-])
+@pytest.mark.parametrize(
+  'window,expected',
+  [
+    (3, [3.0, 4.5, 6.0, 5.0, 4.0]),
+    (2, [3.0, 4.5, 7.5, 4.5, 1.5]),
+    (1, [3.0, 6.0, 9.0, 0.0, 3.0]),
+    (10, [3.0, 4.5, 6.0, 4.5, 4.2]),
+  ],
+)
 def test_moving_average_grows_window_at_start(window, expected):
   np.testing.assert_allclose(
-      am.moving_average([3., 6., 9., 0., 3.], window), expected)
+    am.moving_average([3.0, 6.0, 9.0, 0.0, 3.0], window), expected
+  )
 
 
 def test_moving_average_rejects_bad_input():
   with pytest.raises(ValueError):
-    am.moving_average([1., 2.], window=0)
+    am.moving_average([1.0, 2.0], window=0)
   with pytest.raises(ValueError):
     am.moving_average([])
 
@@ -65,42 +69,42 @@ def test_epochs_to_converge_on_plateau():
 def test_epochs_to_converge_smooths_a_noisy_spike():
   # The raw series peaks at 90 in epoch 3; the moving average (10, 15, 40,
   # 46.67, 53.33, 40, 50, 56.67, 60) only peaks at the end.
-  top1 = [10., 20., 90., 30., 40., 50., 60., 60., 60.]
+  top1 = [10.0, 20.0, 90.0, 30.0, 40.0, 50.0, 60.0, 60.0, 60.0]
   assert am.epochs_to_converge(top1) == 9
   assert am.epochs_to_converge(top1, window=1) == 3
 
 
 def test_epochs_to_reach():
-  assert am.epochs_to_reach(PLATEAU, 60.) == 4
-  assert am.epochs_to_reach(PLATEAU, 40.) == 3  # Reaching means >=.
+  assert am.epochs_to_reach(PLATEAU, 60.0) == 4
+  assert am.epochs_to_reach(PLATEAU, 40.0) == 3  # Reaching means >=.
   assert am.epochs_to_reach(PLATEAU, 80.5) is None
 
 
 def test_shared_threshold_is_reached_by_every_run():
-  weak = [0., 50., 50., 50.]  # Best moving average 50.
+  weak = [0.0, 50.0, 50.0, 50.0]  # Best moving average 50.
   runs = [PLATEAU, weak]
   threshold = am.shared_threshold(runs)
-  assert threshold == pytest.approx(0.9 * 50.)
+  assert threshold == pytest.approx(0.9 * 50.0)
   assert [am.epochs_to_reach(r, threshold) for r in runs] == [4, 4]
 
 
 def test_step_time_stats_median_ignores_slow_first_step():
-  stats = am.step_time_stats([5., .1, .3, .2, .2], batch_size=64)
+  stats = am.step_time_stats([5.0, 0.1, 0.3, 0.2, 0.2], batch_size=64)
   assert stats['num_steps'] == 4
-  assert stats['median_step_seconds'] == pytest.approx(.2)
-  assert stats['images_per_second'] == pytest.approx(320.)
+  assert stats['median_step_seconds'] == pytest.approx(0.2)
+  assert stats['images_per_second'] == pytest.approx(320.0)
   # Even kept, the compile step does not move the median.
-  kept_all = am.step_time_stats([5., .1, .3, .2, .2], 64, skip_first=0)
-  assert kept_all['median_step_seconds'] == pytest.approx(.2)
+  kept_all = am.step_time_stats([5.0, 0.1, 0.3, 0.2, 0.2], 64, skip_first=0)
+  assert kept_all['median_step_seconds'] == pytest.approx(0.2)
   with pytest.raises(ValueError):
-    am.step_time_stats([5.], batch_size=64)
+    am.step_time_stats([5.0], batch_size=64)
 
 
 def test_mean_std_over_seeds():
-  assert am.mean_std([3.]) == (3., 0.)
-  mean, std = am.mean_std([1., 2., 3.])
-  assert mean == pytest.approx(2.)
-  assert std == pytest.approx(1.)  # ddof=1; ddof=0 would give 0.816.
+  assert am.mean_std([3.0]) == (3.0, 0.0)
+  mean, std = am.mean_std([1.0, 2.0, 3.0])
+  assert mean == pytest.approx(2.0)
+  assert std == pytest.approx(1.0)  # ddof=1; ddof=0 would give 0.816.
 
 
 def test_format_mean_std():
@@ -113,6 +117,7 @@ def test_stability_variance_averages_epochs_two_to_the_first_decay():
   epochs = [[0.0, 2.0], [1.0, 2.0], [0.0, 4.0], [0.0, 6.0]]
   assert am.stability_variance(epochs, 3) == pytest.approx((0.25 + 4.0) / 2)
   assert am.stability_variance(epochs, None) == pytest.approx(
-      (0.25 + 4.0 + 9.0) / 3)
+    (0.25 + 4.0 + 9.0) / 3
+  )
   assert am.stability_variance(epochs, 1) == pytest.approx(1.0)
   assert am.stability_variance(epochs[:1], None) == pytest.approx(1.0)

@@ -14,7 +14,7 @@ K, B, D = 3, 4, 2
 
 def batch(step):
   """The batch of step `step`: every item and label carries the step number."""
-  items = (step + np.arange(B)[:, None] / 10 + np.zeros((B, D)))
+  items = step + np.arange(B)[:, None] / 10 + np.zeros((B, D))
   items = items.astype(np.float32)
   labels = np.full((B,), 100 + step, np.int32)
   return items, labels
@@ -28,8 +28,10 @@ def push_steps(c, steps, push=cache_lib.push):
 
 def slot_steps(c):
   """The step stored in each slot, read back from the labels (-1: unwritten)."""
-  return [int(l[0]) - 100 if v else -1
-          for l, v in zip(np.asarray(c.labels), np.asarray(c.valid))]
+  return [
+    int(l[0]) - 100 if v else -1
+    for l, v in zip(np.asarray(c.labels), np.asarray(c.valid))
+  ]
 
 
 def test_create_is_empty_with_static_shapes():
@@ -99,11 +101,13 @@ def test_jit_with_donated_cache_matches_eager():
   with warnings.catch_warnings():
     # Backends without donation support warn and copy; either is correct.
     warnings.filterwarnings('ignore', message='Some donated buffers')
-    jitted = push_steps(cache_lib.create(K, B, (D,), jnp.float32), range(5),
-                        donating)
+    jitted = push_steps(
+      cache_lib.create(K, B, (D,), jnp.float32), range(5), donating
+    )
   eager = push_steps(cache_lib.create(K, B, (D,), jnp.float32), range(5))
-  for a, b in zip(jax.tree_util.tree_leaves(jitted),
-                  jax.tree_util.tree_leaves(eager)):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(eager)
+  ):
     np.testing.assert_array_equal(a, b)
   assert slot_steps(jitted) == [3, 4, 2]
 

@@ -23,20 +23,22 @@ def _imports_the_package(node) -> bool:
 
 def test_no_function_is_longer_than_80_lines():
   too_long = [
-      f'{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} '
-      f'({node.end_lineno - node.lineno + 1} lines)'
-      for path in sorted(PACKAGE.rglob('*.py'))
-      for node in _functions(ast.parse(path.read_text()))
-      if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    f'{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} '
+    f'({node.end_lineno - node.lineno + 1} lines)'
+    for path in sorted(PACKAGE.rglob('*.py'))
+    for node in _functions(ast.parse(path.read_text()))
+    if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+  ]
   assert not too_long, too_long
 
 
 def test_no_import_inside_a_function():
   """Imports inside functions hide cycles from the layer contracts."""
   hidden = [
-      f'{path.relative_to(PACKAGE.parent)}:{inner.lineno} in {node.name}'
-      for path in sorted(PACKAGE.rglob('*.py'))
-      for node in _functions(ast.parse(path.read_text()))
-      for inner in ast.walk(node)
-      if _imports_the_package(inner)]
+    f'{path.relative_to(PACKAGE.parent)}:{inner.lineno} in {node.name}'
+    for path in sorted(PACKAGE.rglob('*.py'))
+    for node in _functions(ast.parse(path.read_text()))
+    for inner in ast.walk(node)
+    if _imports_the_package(inner)
+  ]
   assert not hidden, hidden

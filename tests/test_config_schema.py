@@ -19,8 +19,9 @@ def test_every_field_of_the_stage_configs_is_declared_or_identity():
   path must exist in a stage config."""
   paths = set()
   for config in (teacher_config.get_config(), student_config.get_config()):
-    paths |= {p for p, _ in validate._leaves(json.loads(
-        config.to_json_best_effort()))}
+    paths |= {
+      p for p, _ in validate._leaves(json.loads(config.to_json_best_effort()))
+    }
   # Read with a default where a config lacks it (the synthetic set's).
   optional = {'dataset.channels'}
   missing = set(config_schema.FIELDS) - paths - optional
@@ -29,28 +30,41 @@ def test_every_field_of_the_stage_configs_is_declared_or_identity():
 
 def test_roles_give_the_derived_lists():
   assert set(config_schema.bookkeeping()) == {
-      'mode', 'workdir', 'log_every_steps', 'checkpoint_every_epochs',
-      'keep_checkpoints'}
+    'mode',
+    'workdir',
+    'log_every_steps',
+    'checkpoint_every_epochs',
+    'keep_checkpoints',
+  }
   resumable = set(config_schema.resumable())
   assert {'num_epochs', 'eval_batch_size', 'num_devices'} <= resumable
   assert not {'seed', 'batch_size', 'icc.delta', 'model'} & resumable
   not_compiled = set(config_schema.not_compiled())
   assert {'seed', 'icc.delta', 'distill.temperature', 'num_epochs'} <= (
-      not_compiled)
+    not_compiled
+  )
   assert not {'batch_size', 'model', 'icc.margin_kind'} & not_compiled
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('icc.margin_kind', 'rank', "config.icc.margin_kind='rank' is unknown; "
-     'choose one of: prob, logit'),
+@pytest.mark.parametrize(
+  'field,value,message',
+  [
+    (
+      'icc.margin_kind',
+      'rank',
+      "config.icc.margin_kind='rank' is unknown; choose one of: prob, logit",
+    ),
     ('cache.store', 'disk', "config.cache.store='disk' is unknown"),
     ('dtype', 'float16', "config.dtype='float16' is unknown"),
-    ('icc.tau', 0.0, 'config.icc.tau=0.0 is out of range; it must be a '
-     'finite number > 0'),
+    (
+      'icc.tau',
+      0.0,
+      'config.icc.tau=0.0 is out of range; it must be a finite number > 0',
+    ),
     ('cache.size', -1, 'config.cache.size=-1 is out of range'),
-])
-def test_check_config_uses_the_declared_range_or_choices(field, value,
-                                                         message):
+  ],
+)
+def test_check_config_uses_the_declared_range_or_choices(field, value, message):
   config = teacher_config.get_config()
   group, _, name = field.rpartition('.')
   (config[group] if group else config)[name] = value
@@ -81,7 +95,8 @@ def test_resume_check_ignores_unused_and_resumable_fields_only():
   assert validate.config_differences(stored, new) == []
   new['learning_rate'] = 0.1
   assert validate.config_differences(stored, new) == [
-      'learning_rate=0.05 (now 0.1)']
+    'learning_rate=0.05 (now 0.1)'
+  ]
 
 
 def test_a_field_added_later_resumes_only_with_its_old_behaviour():
@@ -89,7 +104,8 @@ def test_a_field_added_later_resumes_only_with_its_old_behaviour():
   stored = json.loads(json.dumps(new))
   del stored['icc']['empty_anchors']  # saved before the field existed
   assert validate.config_differences(stored, new) == [
-      "icc.empty_anchors='count' (now 'exclude')"]
+    "icc.empty_anchors='count' (now 'exclude')"
+  ]
 
 
 def test_the_compile_key_ignores_traced_values_only():
@@ -110,4 +126,5 @@ def test_a_students_key_ignores_the_weights_of_other_methods():
   dkd.distill.method = dkd_other.distill.method = 'dkd'
   dkd_other.distill.dkd_beta = 1.0
   assert run_store.student_key(dkd, 't') != run_store.student_key(
-      dkd_other, 't')
+    dkd_other, 't'
+  )

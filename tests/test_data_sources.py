@@ -49,8 +49,11 @@ def _md5(path: pathlib.Path) -> str:
 
 def _leftovers(root: pathlib.Path) -> list[str]:
   """Everything under the data folder: must be empty after a refusal."""
-  return sorted(str(p.relative_to(root)) for p in root.rglob('*')
-                if p.is_file()) if root.exists() else []
+  return (
+    sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file())
+    if root.exists()
+    else []
+  )
 
 
 # ---------------------------------------------------------------------- CIFAR
@@ -76,21 +79,33 @@ def _rows(offset: int, count: int) -> np.ndarray:
 
 def _expected_images(offset: int, count: int) -> np.ndarray:
   """[count, 32, 32, 3]: pixel (y, x) has channels R, G, B in order."""
-  n, y, x, c = np.meshgrid(np.arange(offset, offset + count), np.arange(32),
-                           np.arange(32), np.arange(3), indexing='ij')
+  n, y, x, c = np.meshgrid(
+    np.arange(offset, offset + count),
+    np.arange(32),
+    np.arange(32),
+    np.arange(3),
+    indexing='ij',
+  )
   return _pixel(n, c, y, x).astype(np.uint8)
 
 
 def _batch_bytes(rows, labels: dict[str, list[int]]) -> bytes:
   # Byte-string keys and protocol 2, as the official (Python 2) files have.
-  batch = {b'batch_label': b'batch', b'data': rows,
-           b'filenames': [b'x.png'] * len(rows)}
+  batch = {
+    b'batch_label': b'batch',
+    b'data': rows,
+    b'filenames': [b'x.png'] * len(rows),
+  }
   batch.update({k.encode(): v for k, v in labels.items()})
   return pickle.dumps(batch, protocol=2)
 
 
-def _write_cifar(target: pathlib.Path, name: str, per_batch: int = 3,
-                 members: dict[str, bytes] | None = None) -> dict:
+def _write_cifar(
+  target: pathlib.Path,
+  name: str,
+  per_batch: int = 3,
+  members: dict[str, bytes] | None = None,
+) -> dict:
   """Writes an official-layout archive (.tar.gz) or folder; returns the
   expected images and labels of both splits."""
   spec = cifar.SPECS[name]
@@ -99,8 +114,10 @@ def _write_cifar(target: pathlib.Path, name: str, per_batch: int = 3,
   for split, names in (('train', spec.train), ('test', (spec.test,))):
     labels = {key: [] for key, _ in spec.label_keys.values()}
     for member in names:
-      batch_labels = {key: rng.integers(0, k, per_batch).tolist()
-                      for key, k in spec.label_keys.values()}
+      batch_labels = {
+        key: rng.integers(0, k, per_batch).tolist()
+        for key, k in spec.label_keys.values()
+      }
       files[member] = _batch_bytes(_rows(offset, per_batch), batch_labels)
       for key in labels:
         labels[key] += batch_labels[key]
@@ -131,23 +148,30 @@ def test_cifar10_pixels_channel_order_and_labels(tmp_path, form):
   assert ds.train_images.shape == (15, 32, 32, 3)
   # One pixel spelled out: image 0, row 1, column 2 is (R, G, B).
   np.testing.assert_array_equal(
-      ds.train_images[0, 1, 2], [_pixel(0, c, 1, 2) for c in range(3)])
+    ds.train_images[0, 1, 2], [_pixel(0, c, 1, 2) for c in range(3)]
+  )
   for split in ('train', 'test'):
     images, labels = expected[split]
     np.testing.assert_array_equal(getattr(ds, f'{split}_images'), images)
-    np.testing.assert_array_equal(getattr(ds, f'{split}_labels'),
-                                  labels['labels'])
+    np.testing.assert_array_equal(
+      getattr(ds, f'{split}_labels'), labels['labels']
+    )
     assert getattr(ds, f'{split}_labels').dtype == np.int32
 
 
-@pytest.mark.parametrize('label_kind,key,classes',
-                         [('fine', 'fine_labels', 100),
-                          ('coarse', 'coarse_labels', 20)])
+@pytest.mark.parametrize(
+  'label_kind,key,classes',
+  [('fine', 'fine_labels', 100), ('coarse', 'coarse_labels', 20)],
+)
 def test_cifar100_fine_and_coarse_labels(tmp_path, label_kind, key, classes):
   archive = tmp_path / 'c100.tar.gz'
   expected = _write_cifar(archive, 'cifar100', per_batch=4)
-  ds = _load(name='cifar100', path=str(archive), label_kind=label_kind,
-             data_dir=str(tmp_path / 'd'))
+  ds = _load(
+    name='cifar100',
+    path=str(archive),
+    label_kind=label_kind,
+    data_dir=str(tmp_path / 'd'),
+  )
   assert ds.num_classes == classes
   for split in ('train', 'test'):
     images, labels = expected[split]
@@ -160,17 +184,20 @@ def test_cifar_second_load_reads_the_cache(tmp_path, monkeypatch):
   expected = _write_cifar(archive, 'cifar100')
   decodes = []
   decode = cifar.decode_archive
-  monkeypatch.setattr(cifar, 'decode_archive',
-                      lambda *a: decodes.append(a) or decode(*a))
-  fields = dict(name='cifar100', path=str(archive),
-                data_dir=str(tmp_path / 'd'))
+  monkeypatch.setattr(
+    cifar, 'decode_archive', lambda *a: decodes.append(a) or decode(*a)
+  )
+  fields = dict(
+    name='cifar100', path=str(archive), data_dir=str(tmp_path / 'd')
+  )
   first = _load(**fields)
   second = _load(**fields, label_kind='coarse')
   assert len(decodes) == 1
   assert isinstance(second.train_images, np.memmap)
   np.testing.assert_array_equal(second.train_images, first.train_images)
-  np.testing.assert_array_equal(second.test_labels,
-                                expected['test'][1]['coarse_labels'])
+  np.testing.assert_array_equal(
+    second.test_labels, expected['test'][1]['coarse_labels']
+  )
   # A changed archive is a new source: decoded again.
   _write_cifar(archive, 'cifar100', per_batch=2)
   os.utime(archive, ns=(1, 1))
@@ -184,13 +211,14 @@ def test_cifar_damaged_archive_refused_without_cache(tmp_path, damage):
   _write_cifar(archive, 'cifar10')
   data = bytearray(archive.read_bytes())
   if damage == 'truncated':
-    data = data[:len(data) // 2]
+    data = data[: len(data) // 2]
   else:
-    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
   archive.write_bytes(bytes(data))
   root = tmp_path / 'd'
-  message = _one_line_error('c10.tar.gz', _load, name='cifar10',
-                            path=str(archive), data_dir=str(root))
+  message = _one_line_error(
+    'c10.tar.gz', _load, name='cifar10', path=str(archive), data_dir=str(root)
+  )
   assert 'cifar-10-python.tar.gz' in message
   assert _leftovers(root) == []
 
@@ -202,42 +230,59 @@ def test_cifar_archive_corrupted_late_is_called_corrupt(tmp_path):
   _write_cifar(archive, 'cifar10')
   data = bytearray(archive.read_bytes())
   at = 3 * len(data) // 4
-  data[at:at + 64] = bytes(64)
+  data[at : at + 64] = bytes(64)
   archive.write_bytes(bytes(data))
-  message = _one_line_error('corrupt', _load, name='cifar10',
-                            path=str(archive), data_dir=str(tmp_path / 'd'))
+  message = _one_line_error(
+    'corrupt',
+    _load,
+    name='cifar10',
+    path=str(archive),
+    data_dir=str(tmp_path / 'd'),
+  )
   assert 'is missing' not in message
   assert 'cifar-10-python.tar.gz' in message
 
 
 class _Evil:
-
   def __reduce__(self):
     return (os.system, ('echo pwned',))
 
 
-@pytest.mark.parametrize('members,match', [
+@pytest.mark.parametrize(
+  'members,match',
+  [
     ({}, 'data_batch_3 is missing'),
-    ({'test_batch': pickle.dumps({b'data': [1, 2], b'labels': []})},
-     r'no \[N, 3072\] uint8'),
-    ({'test_batch': _batch_bytes(_rows(0, 2), {'labels': [3, 10]})},
-     r'range over \[3, 10\]; expected \[0, 9\]'),
-    ({'test_batch': pickle.dumps(_Evil(), protocol=2)},
-     'refusing to load posix.system'),
-])
+    (
+      {'test_batch': pickle.dumps({b'data': [1, 2], b'labels': []})},
+      r'no \[N, 3072\] uint8',
+    ),
+    (
+      {'test_batch': _batch_bytes(_rows(0, 2), {'labels': [3, 10]})},
+      r'range over \[3, 10\]; expected \[0, 9\]',
+    ),
+    (
+      {'test_batch': pickle.dumps(_Evil(), protocol=2)},
+      'refusing to load posix.system',
+    ),
+  ],
+)
 def test_cifar_non_cifar_content_refused(tmp_path, members, match):
   archive = tmp_path / 'c10.tar.gz'
   _write_cifar(archive, 'cifar10', members=members)
   if 'missing' in match:
     with tarfile.open(archive) as tar:
-      kept = [(m, tar.extractfile(m).read()) for m in tar
-              if not m.name.endswith('data_batch_3')]
+      kept = [
+        (m, tar.extractfile(m).read())
+        for m in tar
+        if not m.name.endswith('data_batch_3')
+      ]
     with tarfile.open(archive, 'w:gz') as tar:
       for member, data in kept:
         tar.addfile(member, io.BytesIO(data))
   root = tmp_path / 'd'
-  _one_line_error(match, _load, name='cifar10', path=str(archive),
-                  data_dir=str(root))
+  _one_line_error(
+    match, _load, name='cifar10', path=str(archive), data_dir=str(root)
+  )
   assert _leftovers(root) == []
 
 
@@ -247,8 +292,7 @@ def _official(monkeypatch, tmp_path, md5=None) -> pathlib.Path:
   mirror.mkdir()
   archive = mirror / 'cifar-10-python.tar.gz'
   _write_cifar(archive, 'cifar10')
-  spec = dataclasses.replace(cifar.SPECS['cifar10'],
-                             md5=md5 or _md5(archive))
+  spec = dataclasses.replace(cifar.SPECS['cifar10'], md5=md5 or _md5(archive))
   monkeypatch.setitem(cifar.SPECS, 'cifar10', spec)
   monkeypatch.setattr(cifar, '_MIRRORS', (mirror.as_uri() + '/',))
   return archive
@@ -261,15 +305,17 @@ def test_cifar_downloaded_verified_then_reused(tmp_path, monkeypatch):
   assert (root / 'cifar-10-python.tar.gz').read_bytes() == archive.read_bytes()
   assert len(ds.train_labels) == 15
   archive.unlink()  # The mirror is gone: the second load is offline.
-  np.testing.assert_array_equal(_load(name='cifar10', data_dir=str(root))
-                                .train_images, ds.train_images)
+  np.testing.assert_array_equal(
+    _load(name='cifar10', data_dir=str(root)).train_images, ds.train_images
+  )
 
 
 def test_cifar_wrong_checksum_refused_without_leftovers(tmp_path, monkeypatch):
   _official(monkeypatch, tmp_path, md5='0' * 32)
   root = tmp_path / 'd'
-  message = _one_line_error('published checksum is 0{32}', _load,
-                            name='cifar10', data_dir=str(root))
+  message = _one_line_error(
+    'published checksum is 0{32}', _load, name='cifar10', data_dir=str(root)
+  )
   assert 'dataset.path' in message
   assert _leftovers(root) == []
 
@@ -307,8 +353,12 @@ def test_download_interrupted_is_retried_from_scratch(tmp_path):
     return _Response(data, cut=(1 << 20) + 5 if len(calls) == 1 else None)
 
   target = tmp_path / 'd' / 'file.bin'
-  download.fetch(['http://mirror/file.bin'], hashlib.md5(data).hexdigest(),
-                 target, opener=opener)
+  download.fetch(
+    ['http://mirror/file.bin'],
+    hashlib.md5(data).hexdigest(),
+    target,
+    opener=opener,
+  )
   assert len(calls) == 2
   assert target.read_bytes() == data
   assert _leftovers(tmp_path / 'd') == ['file.bin']
@@ -318,9 +368,13 @@ def test_download_keeps_failing_is_one_line_and_leaves_nothing(tmp_path):
   data = b'x' * 1000
   target = tmp_path / 'd' / 'file.bin'
   message = _one_line_error(
-      'could not download file.bin', download.fetch, ['http://a/file.bin'],
-      hashlib.md5(data).hexdigest(), target,
-      opener=lambda url: _Response(data, cut=10))
+    'could not download file.bin',
+    download.fetch,
+    ['http://a/file.bin'],
+    hashlib.md5(data).hexdigest(),
+    target,
+    opener=lambda url: _Response(data, cut=10),
+  )
   assert 'ConnectionResetError' in message
   assert _leftovers(tmp_path / 'd') == []
 
@@ -338,18 +392,22 @@ def _jpeg(rng, mode='RGB') -> bytes:
   return buffer.getvalue()
 
 
-def _tiny_files(per_class: int = 2, val: int = 4,
-                grey: bool = True) -> dict[str, bytes]:
+def _tiny_files(
+  per_class: int = 2, val: int = 4, grey: bool = True
+) -> dict[str, bytes]:
   """The files of a small official-layout Tiny-ImageNet, by path."""
   rng = np.random.default_rng(0)
   top = 'tiny-imagenet-200'
-  files = {f'{top}/wnids.txt': ('\n'.join(_WNIDS) + '\n').encode(),
-           f'{top}/words.txt': b'n01443537\tgoldfish\n'}
+  files = {
+    f'{top}/wnids.txt': ('\n'.join(_WNIDS) + '\n').encode(),
+    f'{top}/words.txt': b'n01443537\tgoldfish\n',
+  }
   for wnid in _WNIDS:
     files[f'{top}/train/{wnid}/{wnid}_boxes.txt'] = b''
     for i in range(per_class):
       files[f'{top}/train/{wnid}/images/{wnid}_{i}.JPEG'] = _jpeg(
-          rng, 'L' if grey and i == 0 and wnid == _WNIDS[0] else 'RGB')
+        rng, 'L' if grey and i == 0 and wnid == _WNIDS[0] else 'RGB'
+      )
   lines = []
   for i in range(val):
     files[f'{top}/val/images/val_{i}.JPEG'] = _jpeg(rng)
@@ -381,8 +439,9 @@ def test_tiny_imagenet_reads_official_layout(tmp_path, form):
       (source / name).parent.mkdir(parents=True, exist_ok=True)
       (source / name).write_bytes(data)
   _load(name='tiny_imagenet', path=str(source), data_dir=str(tmp_path / 'd'))
-  ds = _load(name='tiny_imagenet', path=str(source),
-             data_dir=str(tmp_path / 'd'))  # from the cache
+  ds = _load(
+    name='tiny_imagenet', path=str(source), data_dir=str(tmp_path / 'd')
+  )  # from the cache
   assert isinstance(ds.train_images, np.memmap)
   assert ds.num_classes == 3
   assert ds.train_images.shape == (6, 64, 64, 3)
@@ -390,15 +449,27 @@ def test_tiny_imagenet_reads_official_layout(tmp_path, form):
   top = 'tiny-imagenet-200'
   order = sorted(_WNIDS)
   train = [(wnid, i) for wnid in order for i in range(2)]
-  np.testing.assert_array_equal(ds.train_labels,
-                                [order.index(w) for w, _ in train])
-  np.testing.assert_array_equal(ds.train_images, np.stack(
-      [_decoded(files[f'{top}/train/{w}/images/{w}_{i}.JPEG'])
-       for w, i in train]))
-  np.testing.assert_array_equal(ds.test_labels,
-                                [order.index(_WNIDS[i % 3]) for i in range(4)])
-  np.testing.assert_array_equal(ds.test_images, np.stack(
-      [_decoded(files[f'{top}/val/images/val_{i}.JPEG']) for i in range(4)]))
+  np.testing.assert_array_equal(
+    ds.train_labels, [order.index(w) for w, _ in train]
+  )
+  np.testing.assert_array_equal(
+    ds.train_images,
+    np.stack(
+      [
+        _decoded(files[f'{top}/train/{w}/images/{w}_{i}.JPEG'])
+        for w, i in train
+      ]
+    ),
+  )
+  np.testing.assert_array_equal(
+    ds.test_labels, [order.index(_WNIDS[i % 3]) for i in range(4)]
+  )
+  np.testing.assert_array_equal(
+    ds.test_images,
+    np.stack(
+      [_decoded(files[f'{top}/val/images/val_{i}.JPEG']) for i in range(4)]
+    ),
+  )
 
 
 def test_tiny_imagenet_bad_annotations_and_truncated_zip(tmp_path):
@@ -406,13 +477,22 @@ def test_tiny_imagenet_bad_annotations_and_truncated_zip(tmp_path):
   files['tiny-imagenet-200/val/val_annotations.txt'] += b'val_0.JPEG\tn1\n'
   _write_zip(tmp_path / 't.zip', files)
   root = tmp_path / 'd'
-  _one_line_error('line 5 of val/val_annotations.txt', _load,
-                  name='tiny_imagenet', path=str(tmp_path / 't.zip'),
-                  data_dir=str(root))
+  _one_line_error(
+    'line 5 of val/val_annotations.txt',
+    _load,
+    name='tiny_imagenet',
+    path=str(tmp_path / 't.zip'),
+    data_dir=str(root),
+  )
   data = (tmp_path / 't.zip').read_bytes()
-  (tmp_path / 't.zip').write_bytes(data[:len(data) - 200])
-  _one_line_error('not a readable zip', _load, name='tiny_imagenet',
-                  path=str(tmp_path / 't.zip'), data_dir=str(root))
+  (tmp_path / 't.zip').write_bytes(data[: len(data) - 200])
+  _one_line_error(
+    'not a readable zip',
+    _load,
+    name='tiny_imagenet',
+    path=str(tmp_path / 't.zip'),
+    data_dir=str(root),
+  )
   assert _leftovers(root) == []
 
 
@@ -423,9 +503,11 @@ def test_every_model_handles_64x64():
     features = {}
     for size in (32, 64):
       (logits, features[size]), _ = jax.eval_shape(
-          lambda x, m=model: m.init_with_output(jax.random.key(0), x,
-                                                train=False),
-          jax.ShapeDtypeStruct((1, size, size, 3), np.float32))
+        lambda x, m=model: m.init_with_output(
+          jax.random.key(0), x, train=False
+        ),
+        jax.ShapeDtypeStruct((1, size, size, 3), np.float32),
+      )
       assert logits.shape == (1, 200), name
     assert features[32].shape == features[64].shape, name
 
@@ -436,15 +518,22 @@ def test_tiny_imagenet_trains_teacher_and_student(tmp_path):
   archive = tmp_path / 'tiny-imagenet-200.zip'
   _write_zip(archive, _tiny_files(per_class=11, val=6, grey=False))
   workdir = tmp_path / 'run'
-  launch('--config=configs/pipeline.py:smoke', f'--workdir={workdir}',
-         '--config.teacher.dataset.name=tiny_imagenet',
-         f'--config.teacher.dataset.path={archive}',
-         '--config.teacher.crop_padding=8', '--config.student.crop_padding=8',
-         '--config.teacher.num_epochs=1', '--config.student.num_epochs=1',
-         '--config.teacher.batch_size=16', '--config.student.batch_size=16',
-         '--config.teacher.eval_batch_size=8',
-         '--config.student.eval_batch_size=8',
-         '--config.teacher.num_devices=1', '--config.student.num_devices=1')
+  launch(
+    '--config=configs/pipeline.py:smoke',
+    f'--workdir={workdir}',
+    '--config.teacher.dataset.name=tiny_imagenet',
+    f'--config.teacher.dataset.path={archive}',
+    '--config.teacher.crop_padding=8',
+    '--config.student.crop_padding=8',
+    '--config.teacher.num_epochs=1',
+    '--config.student.num_epochs=1',
+    '--config.teacher.batch_size=16',
+    '--config.student.batch_size=16',
+    '--config.teacher.eval_batch_size=8',
+    '--config.student.eval_batch_size=8',
+    '--config.teacher.num_devices=1',
+    '--config.student.num_devices=1',
+  )
   for stage in ('teacher', 'student'):
     summary = (workdir / stage / 'summary.json').read_text()
     assert '"final_top1"' in summary, stage
@@ -465,23 +554,29 @@ def test_fashion_mnist_downloaded_from_official_idx(tmp_path, monkeypatch):
   mirror = tmp_path / 'mirror'
   mirror.mkdir()
   rng = np.random.default_rng(2)
-  arrays = {'train-images-idx3-ubyte': rng.integers(0, 256, (5, 28, 28)),
-            'train-labels-idx1-ubyte': rng.integers(0, 10, (5,)),
-            't10k-images-idx3-ubyte': rng.integers(0, 256, (3, 28, 28)),
-            't10k-labels-idx1-ubyte': rng.integers(0, 10, (3,))}
+  arrays = {
+    'train-images-idx3-ubyte': rng.integers(0, 256, (5, 28, 28)),
+    'train-labels-idx1-ubyte': rng.integers(0, 10, (5,)),
+    't10k-images-idx3-ubyte': rng.integers(0, 256, (3, 28, 28)),
+    't10k-labels-idx1-ubyte': rng.integers(0, 10, (3,)),
+  }
   for stem, array in arrays.items():
     _write_idx(mirror / f'{stem}.gz', array)
   monkeypatch.setattr(idx, 'DEBIAN_DIR', tmp_path / 'no_debian')
   monkeypatch.setattr(idx, 'URLS', ('http://down/', mirror.as_uri() + '/'))
-  monkeypatch.setattr(idx, 'FILES', {
-      stem: _md5(mirror / f'{stem}.gz') for stem in arrays})
+  monkeypatch.setattr(
+    idx, 'FILES', {stem: _md5(mirror / f'{stem}.gz') for stem in arrays}
+  )
   ds = _load(name='fashion_mnist', data_dir=str(tmp_path / 'd'))
-  np.testing.assert_array_equal(ds.train_images[..., 0],
-                                arrays['train-images-idx3-ubyte'])
-  np.testing.assert_array_equal(ds.test_labels,
-                                arrays['t10k-labels-idx1-ubyte'])
+  np.testing.assert_array_equal(
+    ds.train_images[..., 0], arrays['train-images-idx3-ubyte']
+  )
+  np.testing.assert_array_equal(
+    ds.test_labels, arrays['t10k-labels-idx1-ubyte']
+  )
   assert sorted(_leftovers(tmp_path / 'd')) == sorted(
-      f'fashion_mnist/{stem}.gz' for stem in arrays)
+    f'fashion_mnist/{stem}.gz' for stem in arrays
+  )
 
 
 # ----------------------------------------------------------------------- TFDS
@@ -508,8 +603,10 @@ class _BatchedSource:
 def test_tfds_reads_in_batches(monkeypatch):
   monkeypatch.setattr(tfds_lib, '_READ_BATCH', 4)
   rng = np.random.default_rng(0)
-  examples = [{'image': rng.integers(0, 256, (6, 5, 3), np.uint8),
-               'label': i % 3} for i in range(10)]
+  examples = [
+    {'image': rng.integers(0, 256, (6, 5, 3), np.uint8), 'label': i % 3}
+    for i in range(10)
+  ]
   source = _BatchedSource(examples)
   images, labels = tfds_lib.read_source(source, 'fake', resize=None)
   assert source.batches == [4, 4, 2]
@@ -522,11 +619,12 @@ def test_resize_center_scales_shorter_side_then_crops_centre():
   # shorter side (20) to 10 leaves a 30x10 image whose centre is green.
   bands = np.zeros((20, 60, 3), np.uint8)
   for i in range(3):
-    bands[:, 20 * i:20 * (i + 1), i] = 200
+    bands[:, 20 * i : 20 * (i + 1), i] = 200
   out = images_lib.resize_center(bands, 10)
   assert out.shape == (10, 10, 3)
-  np.testing.assert_array_equal(out[:, 2:8], np.broadcast_to([0, 200, 0],
-                                                             (10, 6, 3)))
+  np.testing.assert_array_equal(
+    out[:, 2:8], np.broadcast_to([0, 200, 0], (10, 6, 3))
+  )
   grey = images_lib.resize_center(np.full((7, 9, 1), 50, np.uint8), 16)
   np.testing.assert_array_equal(grey, np.full((16, 16, 1), 50))
 
@@ -534,8 +632,9 @@ def test_resize_center_scales_shorter_side_then_crops_centre():
 def test_tfds_variable_size_set_resized_fixed_size_kept(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
   with tfds.testing.mock_data(num_examples=6):
-    flowers = _load(name='oxford_flowers102', image_size=24,
-                    data_dir=str(tmp_path))
+    flowers = _load(
+      name='oxford_flowers102', image_size=24, data_dir=str(tmp_path)
+    )
     svhn = _load(name='svhn_cropped', image_size=24, data_dir=str(tmp_path))
   assert flowers.train_images.shape == (6, 24, 24, 3)
   assert flowers.num_classes == 102
@@ -568,7 +667,8 @@ def test_failed_decode_leaves_no_cache_entry(tmp_path):
   with pytest.raises(UserError):
     array_cache.cached(tmp_path, 'x', {'k': 1}, failing)
   assert list(tmp_path.iterdir()) == []
-  arrays = array_cache.cached(tmp_path, 'x', {'k': 1},
-                              lambda: {'a': np.arange(3)})
+  arrays = array_cache.cached(
+    tmp_path, 'x', {'k': 1}, lambda: {'a': np.arange(3)}
+  )
   again = array_cache.cached(tmp_path, 'x', {'k': 1}, failing)
   np.testing.assert_array_equal(again['a'], arrays['a'])

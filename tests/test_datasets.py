@@ -47,8 +47,15 @@ def test_synthetic_defaults_shapes_and_dtypes():
 
 
 def test_synthetic_custom_fields():
-  ds = _load(name='synthetic', num_train=40, num_test=12, num_classes=4,
-             image_size=28, channels=1, seed=3)
+  ds = _load(
+    name='synthetic',
+    num_train=40,
+    num_test=12,
+    num_classes=4,
+    image_size=28,
+    channels=1,
+    seed=3,
+  )
   assert ds.train_images.shape == (40, 28, 28, 1)
   assert ds.test_images.shape == (12, 28, 28, 1)
   assert ds.num_classes == 4
@@ -85,7 +92,8 @@ def test_synthetic_test_split_is_learnable_from_train():
   train = ds.train_images.reshape(200, -1).astype(np.float64)
   test = ds.test_images.reshape(100, -1).astype(np.float64)
   centroids = np.stack(
-      [train[ds.train_labels == c].mean(axis=0) for c in range(10)])
+    [train[ds.train_labels == c].mean(axis=0) for c in range(10)]
+  )
   distances = ((test[:, None] - centroids[None]) ** 2).sum(axis=-1)
   accuracy = np.mean(distances.argmin(axis=1) == ds.test_labels)
   assert accuracy > 0.9
@@ -95,15 +103,17 @@ def test_synthetic_test_split_is_learnable_from_train():
 
 
 def test_synthetic_rejects_bad_sizes():
-  message = _assert_one_line_error('num_classes', name='synthetic',
-                                   num_classes=1)
+  message = _assert_one_line_error(
+    'num_classes', name='synthetic', num_classes=1
+  )
   assert '>= 2' in message
 
 
 @pytest.mark.parametrize('channels', [1, 3])
 def test_channel_stats_match_numpy(channels):
   images = np.random.default_rng(0).integers(
-      0, 256, (5000, 4, 3, channels), dtype=np.uint8)
+    0, 256, (5000, 4, 3, channels), dtype=np.uint8
+  )
   mean, std = datasets.channel_stats(images)
   pixels = images.astype(np.float64)
   np.testing.assert_allclose(mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
@@ -117,8 +127,9 @@ def test_channel_stats_match_numpy(channels):
 _CLASSES = ('dog', 'cat', 'emu')
 
 
-def _write_tree(root: pathlib.Path, mode: str = 'RGB',
-                sizes=None) -> dict[str, list[tuple[str, np.ndarray]]]:
+def _write_tree(
+  root: pathlib.Path, mode: str = 'RGB', sizes=None
+) -> dict[str, list[tuple[str, np.ndarray]]]:
   """Writes PNGs under root/{train,test}/<class>/; returns expected pixels.
 
   Returns:
@@ -135,12 +146,14 @@ def _write_tree(root: pathlib.Path, mode: str = 'RGB',
       for i in range(count):
         height, width = (sizes or {}).get((split, cls, i), (5, 4))
         pixels = rng.integers(0, 256, (height, width, channels), np.uint8)
-        Image.fromarray(pixels[..., 0] if mode == 'L' else pixels,
-                        mode).save(folder / f'{i:02d}.png')
+        Image.fromarray(pixels[..., 0] if mode == 'L' else pixels, mode).save(
+          folder / f'{i:02d}.png'
+        )
         entries.append((cls, pixels))
     # A stable sort keeps each class's files in name order.
     expected[split] = sorted(
-        entries, key=lambda entry: sorted(_CLASSES).index(entry[0]))
+      entries, key=lambda entry: sorted(_CLASSES).index(entry[0])
+    )
   return expected
 
 
@@ -151,9 +164,11 @@ def _assert_matches(ds: datasets.Dataset, expected) -> None:
     labels = getattr(ds, f'{split}_labels')
     assert images.dtype == np.uint8 and labels.dtype == np.int32
     np.testing.assert_array_equal(
-        images, np.stack([pixels for _, pixels in expected[split]]))
+      images, np.stack([pixels for _, pixels in expected[split]])
+    )
     np.testing.assert_array_equal(
-        labels, [sorted(_CLASSES).index(cls) for cls, _ in expected[split]])
+      labels, [sorted(_CLASSES).index(cls) for cls, _ in expected[split]]
+    )
   pixels = ds.train_images.astype(np.float64)
   np.testing.assert_allclose(ds.mean, pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
   np.testing.assert_allclose(ds.std, pixels.std(axis=(0, 1, 2)), rtol=1e-6)
@@ -174,14 +189,16 @@ def test_image_folder_reads_folder_exactly(tmp_path):
   _assert_matches(ds, expected)
 
 
-@pytest.mark.parametrize('filename,top', [('tree.tar.gz', 'cifar-like'),
-                                          ('tree.tgz', ''),
-                                          ('tree.tar', 'cifar-like')])
+@pytest.mark.parametrize(
+  'filename,top',
+  [('tree.tar.gz', 'cifar-like'), ('tree.tgz', ''), ('tree.tar', 'cifar-like')],
+)
 def test_image_folder_reads_archive_exactly(tmp_path, filename, top):
   expected = _write_tree(tmp_path / 'tree')
   _archive(tmp_path / 'tree', tmp_path / filename, top)
-  _assert_matches(_load(name='image_folder', path=str(tmp_path / filename)),
-                  expected)
+  _assert_matches(
+    _load(name='image_folder', path=str(tmp_path / filename)), expected
+  )
 
 
 def test_image_folder_keeps_grey_as_one_channel(tmp_path):
@@ -194,22 +211,25 @@ def test_image_folder_keeps_grey_as_one_channel(tmp_path):
 def test_image_folder_ignores_hidden_files(tmp_path):
   expected = _write_tree(tmp_path / 'tree')
   (tmp_path / 'tree' / 'train' / 'cat' / '.DS_Store').write_bytes(b'junk')
-  _assert_matches(_load(name='image_folder', path=str(tmp_path / 'tree')),
-                  expected)
+  _assert_matches(
+    _load(name='image_folder', path=str(tmp_path / 'tree')), expected
+  )
 
 
 def test_image_folder_rejects_mixed_sizes(tmp_path):
   _write_tree(tmp_path / 'tree', sizes={('test', 'emu', 1): (6, 4)})
-  message = _assert_one_line_error('one size', name='image_folder',
-                                   path=str(tmp_path / 'tree'))
+  message = _assert_one_line_error(
+    'one size', name='image_folder', path=str(tmp_path / 'tree')
+  )
   assert 'test/emu/01.png' in message
 
 
 def test_image_folder_rejects_undecodable_file(tmp_path):
   _write_tree(tmp_path / 'tree')
   (tmp_path / 'tree' / 'train' / 'dog' / 'notes.txt').write_text('hello')
-  message = _assert_one_line_error('cannot decode', name='image_folder',
-                                   path=str(tmp_path / 'tree'))
+  message = _assert_one_line_error(
+    'cannot decode', name='image_folder', path=str(tmp_path / 'tree')
+  )
   assert 'train/dog/notes.txt' in message
 
 
@@ -217,38 +237,43 @@ def test_image_folder_rejects_differing_test_classes(tmp_path):
   _write_tree(tmp_path / 'tree')
   test_dir = tmp_path / 'tree' / 'test'
   (test_dir / 'emu').rename(test_dir / 'owl')
-  _assert_one_line_error('test classes', name='image_folder',
-                         path=str(tmp_path / 'tree'))
+  _assert_one_line_error(
+    'test classes', name='image_folder', path=str(tmp_path / 'tree')
+  )
 
 
 def test_image_folder_names_an_empty_class_folder(tmp_path):
   _write_tree(tmp_path / 'tree')
   (tmp_path / 'tree' / 'train' / 'owl').mkdir()
-  message = _assert_one_line_error('holds no image', name='image_folder',
-                                   path=str(tmp_path / 'tree'))
+  message = _assert_one_line_error(
+    'holds no image', name='image_folder', path=str(tmp_path / 'tree')
+  )
   assert "'train/owl/'" in message
 
 
 def test_image_folder_missing_path_names_it(tmp_path):
   missing = str(tmp_path / 'nowhere')
-  message = _assert_one_line_error('does not exist', name='image_folder',
-                                   path=missing)
+  message = _assert_one_line_error(
+    'does not exist', name='image_folder', path=missing
+  )
   assert missing in message and 'train/<class>' in message
 
 
 def test_image_folder_wrong_layout_names_path(tmp_path):
   (tmp_path / 'flat').mkdir()
   Image.new('RGB', (4, 4)).save(tmp_path / 'flat' / 'a.png')
-  message = _assert_one_line_error('no images', name='image_folder',
-                                   path=str(tmp_path / 'flat'))
+  message = _assert_one_line_error(
+    'no images', name='image_folder', path=str(tmp_path / 'flat')
+  )
   assert str(tmp_path / 'flat') in message and 'train/<class>' in message
 
 
 def test_image_folder_corrupt_archive_names_path(tmp_path):
   archive = tmp_path / 'broken.tar.gz'
   archive.write_bytes(b'not a tar archive')
-  message = _assert_one_line_error('not a readable tar', name='image_folder',
-                                   path=str(archive))
+  message = _assert_one_line_error(
+    'not a readable tar', name='image_folder', path=str(archive)
+  )
   assert str(archive) in message
 
 
@@ -298,8 +323,9 @@ def test_fashion_mnist_reads_idx_dir(tmp_path, suffix):
   assert ds.num_classes == 10
   for split in ('train', 'test'):
     images, labels = arrays[split]
-    np.testing.assert_array_equal(getattr(ds, f'{split}_images'),
-                                  images[..., None])
+    np.testing.assert_array_equal(
+      getattr(ds, f'{split}_images'), images[..., None]
+    )
     np.testing.assert_array_equal(getattr(ds, f'{split}_labels'), labels)
     assert getattr(ds, f'{split}_labels').dtype == np.int32
   assert ds.mean.shape == (1,)
@@ -308,8 +334,9 @@ def test_fashion_mnist_reads_idx_dir(tmp_path, suffix):
 def test_fashion_mnist_missing_idx_file_names_it(tmp_path):
   _write_fashion_idx(tmp_path, '.gz')
   (tmp_path / 't10k-labels-idx1-ubyte.gz').unlink()
-  message = _assert_one_line_error('t10k-labels-idx1-ubyte',
-                                   name='fashion_mnist', path=str(tmp_path))
+  message = _assert_one_line_error(
+    't10k-labels-idx1-ubyte', name='fashion_mnist', path=str(tmp_path)
+  )
   assert str(tmp_path) in message and 'dataset-fashion-mnist' in message
 
 
@@ -324,9 +351,11 @@ def test_read_idx_rejects_bad_files(tmp_path):
     idx.read_idx(truncated)
 
 
-@pytest.mark.skipif(not _DEBIAN_FASHION_MNIST.is_dir(),
-                    reason=f'{_DEBIAN_FASHION_MNIST} is absent (Debian package '
-                    'dataset-fashion-mnist)')
+@pytest.mark.skipif(
+  not _DEBIAN_FASHION_MNIST.is_dir(),
+  reason=f'{_DEBIAN_FASHION_MNIST} is absent (Debian package '
+  'dataset-fashion-mnist)',
+)
 def test_fashion_mnist_real_debian_files():
   ds = _load(name='fashion_mnist')
   assert ds.train_images.shape == (60000, 28, 28, 1)

@@ -69,15 +69,17 @@ def ref_dkd(s, t, labels, alpha, beta, temperature):
     rest_q = sum(q[c] for c in range(classes) if c != y)
     rest_p = sum(p[c] for c in range(classes) if c != y)
     tckd += ref_kl([p[y], rest_p], [q[y], rest_q])
-    nckd += ref_kl([p[c] / rest_p for c in range(classes) if c != y],
-                   [q[c] / rest_q for c in range(classes) if c != y])
+    nckd += ref_kl(
+      [p[c] / rest_p for c in range(classes) if c != y],
+      [q[c] / rest_q for c in range(classes) if c != y],
+    )
   return temperature**2 * (alpha * tckd + beta * nckd) / batch
 
 
 def ref_standardize(row):
   k = len(row)
   mean = sum(row) / k
-  std = math.sqrt(sum((v - mean)**2 for v in row) / (k - 1))
+  std = math.sqrt(sum((v - mean) ** 2 for v in row) / (k - 1))
   return [(v - mean) / (std + 1e-7) for v in row]
 
 
@@ -93,15 +95,25 @@ def ref_pearson(a, b, eps=1e-8):
 
 def ref_dist(s, t, beta, gamma, temperature):
   batch, classes = s.shape
-  ys = [ref_softmax([s[i, c] / temperature for c in range(classes)])
-        for i in range(batch)]
-  yt = [ref_softmax([t[i, c] / temperature for c in range(classes)])
-        for i in range(batch)]
+  ys = [
+    ref_softmax([s[i, c] / temperature for c in range(classes)])
+    for i in range(batch)
+  ]
+  yt = [
+    ref_softmax([t[i, c] / temperature for c in range(classes)])
+    for i in range(batch)
+  ]
   inter = 1 - sum(ref_pearson(ys[i], yt[i]) for i in range(batch)) / batch
-  intra = 1 - sum(
-      ref_pearson([ys[i][c] for i in range(batch)],
-                  [yt[i][c] for i in range(batch)])
-      for c in range(classes)) / classes
+  intra = (
+    1
+    - sum(
+      ref_pearson(
+        [ys[i][c] for i in range(batch)], [yt[i][c] for i in range(batch)]
+      )
+      for c in range(classes)
+    )
+    / classes
+  )
   return temperature**2 * (beta * inter + gamma * intra)
 
 
@@ -122,8 +134,10 @@ def ref_adaptive_pool(x, height, width):
 
 def ref_match(fs, ft):
   height, width = min(fs.shape[1], ft.shape[1]), min(fs.shape[2], ft.shape[2])
-  return (ref_adaptive_pool(fs, height, width),
-          ref_adaptive_pool(ft, height, width))
+  return (
+    ref_adaptive_pool(fs, height, width),
+    ref_adaptive_pool(ft, height, width),
+  )
 
 
 def ref_unit(v):
@@ -137,13 +151,18 @@ def ref_at(fs, ft, p=2):
 
   def attention(f, n):
     channels = f.shape[3]
-    return ref_unit([sum(abs(f[n, i, j, c])**p for c in range(channels))
-                     / channels for i in range(h) for j in range(w)])
+    return ref_unit(
+      [
+        sum(abs(f[n, i, j, c]) ** p for c in range(channels)) / channels
+        for i in range(h)
+        for j in range(w)
+      ]
+    )
 
   total = 0.0
   for n in range(batch):
     a_s, a_t = attention(fs, n), attention(ft, n)
-    total += sum((x - y)**2 for x, y in zip(a_s, a_t))
+    total += sum((x - y) ** 2 for x, y in zip(a_s, a_t))
   return total / (batch * h * w)
 
 
@@ -152,15 +171,17 @@ def ref_nst(fs, ft):
   batch, h, w, _ = fs.shape
 
   def channel_vectors(f, n):
-    return [ref_unit([f[n, i, j, c] for i in range(h) for j in range(w)])
-            for c in range(f.shape[3])]
+    return [
+      ref_unit([f[n, i, j, c] for i in range(h) for j in range(w)])
+      for c in range(f.shape[3])
+    ]
 
   def kernel_mean(xs, ys):
     total, count = 0.0, 0
     for n in range(batch):
       for x in xs[n]:
         for y in ys[n]:
-          total += sum(a * b for a, b in zip(x, y))**2
+          total += sum(a * b for a, b in zip(x, y)) ** 2
           count += 1
     return total / count
 
@@ -174,12 +195,20 @@ def ref_sp(fs, ft):
 
   def gram(f):
     rows = [list(np.asarray(f[i], np.float64).ravel()) for i in range(batch)]
-    return [ref_unit([sum(a * b for a, b in zip(rows[i], rows[j]))
-                      for j in range(batch)]) for i in range(batch)]
+    return [
+      ref_unit(
+        [sum(a * b for a, b in zip(rows[i], rows[j])) for j in range(batch)]
+      )
+      for i in range(batch)
+    ]
 
   g_s, g_t = gram(fs), gram(ft)
-  return sum((g_t[i][j] - g_s[i][j])**2
-             for i in range(batch) for j in range(batch)) / batch**2
+  return (
+    sum(
+      (g_t[i][j] - g_s[i][j]) ** 2 for i in range(batch) for j in range(batch)
+    )
+    / batch**2
+  )
 
 
 def ref_pkt(fs, ft, eps=1e-7):
@@ -191,14 +220,26 @@ def ref_pkt(fs, ft, eps=1e-7):
       v = list(np.asarray(f[i], np.float64).ravel())
       norm = math.sqrt(sum(x * x for x in v))
       rows.append([x / (norm + eps) for x in v])
-    sim = [[(sum(a * b for a, b in zip(rows[i], rows[j])) + 1) / 2
-            for j in range(batch)] for i in range(batch)]
-    return [[sim[i][j] / sum(sim[i]) for j in range(batch)]
-            for i in range(batch)]
+    sim = [
+      [
+        (sum(a * b for a, b in zip(rows[i], rows[j])) + 1) / 2
+        for j in range(batch)
+      ]
+      for i in range(batch)
+    ]
+    return [
+      [sim[i][j] / sum(sim[i]) for j in range(batch)] for i in range(batch)
+    ]
 
   q, p = probabilities(fs), probabilities(ft)
-  return sum(p[i][j] * math.log((p[i][j] + eps) / (q[i][j] + eps))
-             for i in range(batch) for j in range(batch)) / batch**2
+  return (
+    sum(
+      p[i][j] * math.log((p[i][j] + eps) / (q[i][j] + eps))
+      for i in range(batch)
+      for j in range(batch)
+    )
+    / batch**2
+  )
 
 
 # -------------------------------------------------------------------- inputs
@@ -214,12 +255,12 @@ def feature_maps(shape, seed):
 
 LOGIT_SHAPES = [(1, 5), (4, 2), (8, 10), (3, 7)]
 MAP_PAIRS = [
-    ((2, 4, 4, 3), (2, 4, 4, 5)),    # same size, different channels
-    ((1, 3, 3, 2), (1, 3, 3, 2)),    # one sample
-    ((2, 6, 6, 3), (2, 3, 3, 4)),    # student larger, divisible
-    ((2, 3, 3, 2), (2, 6, 6, 3)),    # teacher larger
-    ((2, 5, 5, 2), (2, 3, 3, 2)),    # not divisible: overlapping windows
-    ((2, 6, 4, 2), (2, 3, 2, 3)),    # not square
+  ((2, 4, 4, 3), (2, 4, 4, 5)),  # same size, different channels
+  ((1, 3, 3, 2), (1, 3, 3, 2)),  # one sample
+  ((2, 6, 6, 3), (2, 3, 3, 4)),  # student larger, divisible
+  ((2, 3, 3, 2), (2, 6, 6, 3)),  # teacher larger
+  ((2, 5, 5, 2), (2, 3, 3, 2)),  # not divisible: overlapping windows
+  ((2, 6, 4, 2), (2, 3, 2, 3)),  # not square
 ]
 
 
@@ -250,8 +291,7 @@ def test_dkd_is_linear_in_alpha_and_beta():
 def test_dkd_with_a_single_label_value():
   s, t = logits((5, 4), 6), logits((5, 4), 7)
   labels = np.full(5, 2)
-  close(DKD(s, t, labels, 1.0, 2.0, 3.0),
-        ref_dkd(s, t, labels, 1.0, 2.0, 3.0))
+  close(DKD(s, t, labels, 1.0, 2.0, 3.0), ref_dkd(s, t, labels, 1.0, 2.0, 3.0))
 
 
 def test_dkd_rejects_one_class():
@@ -270,13 +310,13 @@ def test_standardize_logits_matches_reference(shape):
   rows = x.reshape(-1, shape[-1])
   want = np.array([ref_standardize([float(v) for v in row]) for row in rows])
   assert got.shape == shape
-  np.testing.assert_allclose(got.reshape(rows.shape), want,
-                             rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(
+    got.reshape(rows.shape), want, rtol=RTOL, atol=ATOL
+  )
 
 
 def test_standardize_logits_has_mean_0_and_unbiased_std_1():
-  z = np.asarray(LS(logits((6, 10), 10)),
-                 np.float64)
+  z = np.asarray(LS(logits((6, 10), 10)), np.float64)
   np.testing.assert_allclose(z.mean(axis=-1), 0.0, atol=ATOL)
   # The authors' torch .std() is unbiased: ddof 1 gives 1, ddof 0 does not.
   np.testing.assert_allclose(z.std(axis=-1, ddof=1), 1.0, rtol=RTOL)
@@ -292,8 +332,7 @@ def test_standardize_logits_ignores_shift_and_positive_scale():
 
 
 def test_standardize_logits_constant_rows_and_one_class():
-  np.testing.assert_array_equal(
-      LS(np.full((2, 4), 3.0, np.float32)), 0.0)
+  np.testing.assert_array_equal(LS(np.full((2, 4), 3.0, np.float32)), 0.0)
   with pytest.raises(ValueError, match='at least 2 classes'):
     LS(logits((3, 1), 12))
 
@@ -305,8 +344,9 @@ def test_standardize_logits_constant_rows_and_one_class():
 @pytest.mark.parametrize('temperature', [1.0, 4.0])
 def test_dist_matches_reference(shape, temperature):
   s, t = logits(shape, 13), logits(shape, 14)
-  close(DIST(s, t, 1.0, 2.0, temperature),
-        ref_dist(s, t, 1.0, 2.0, temperature))
+  close(
+    DIST(s, t, 1.0, 2.0, temperature), ref_dist(s, t, 1.0, 2.0, temperature)
+  )
 
 
 def test_dist_degenerate_relations():
@@ -351,8 +391,11 @@ def test_larger_map_is_average_pooled_to_the_smaller(loss):
 # -------------------------------------------------------------------- SP, PKT
 
 
-FEATURE_PAIRS = [((1, 6), (1, 4)), ((5, 8), (5, 3)), ((4, 2, 2, 3),
-                                                      (4, 2, 2, 5))]
+FEATURE_PAIRS = [
+  ((1, 6), (1, 4)),
+  ((5, 8), (5, 3)),
+  ((4, 2, 2, 3), (4, 2, 2, 5)),
+]
 
 
 @pytest.mark.parametrize('shapes', FEATURE_PAIRS)
@@ -386,8 +429,15 @@ def test_zero_features_match_reference():
 
 
 def test_losses_are_exported_from_distillers():
-  for name in ('dkd_loss', 'standardize_logits', 'dist_loss', 'at_loss',
-               'nst_loss', 'sp_loss', 'pkt_loss'):
+  for name in (
+    'dkd_loss',
+    'standardize_logits',
+    'dist_loss',
+    'at_loss',
+    'nst_loss',
+    'sp_loss',
+    'pkt_loss',
+  ):
     assert name in distillers.__all__
     assert getattr(distillers, name) is getattr(distillation, name)
 
@@ -399,12 +449,12 @@ def _pair_losses(seed):
   fs, ft = feature_maps((3, 4, 4, 2), seed), feature_maps((3, 2, 2, 3), seed)
   vs, vt = feature_maps((3, 6), seed + 2), feature_maps((3, 4), seed + 3)
   return {
-      'dkd': (lambda a, b: DKD(a, b, labels, 1.0, 8.0, 4.0), s, t),
-      'dist': (lambda a, b: DIST(a, b, 1.0, 2.0, 4.0), s, t),
-      'at': (AT, fs, ft),
-      'nst': (NST, fs, ft),
-      'sp': (SP, vs, vt),
-      'pkt': (PKT, vs, vt),
+    'dkd': (lambda a, b: DKD(a, b, labels, 1.0, 8.0, 4.0), s, t),
+    'dist': (lambda a, b: DIST(a, b, 1.0, 2.0, 4.0), s, t),
+    'at': (AT, fs, ft),
+    'nst': (NST, fs, ft),
+    'sp': (SP, vs, vt),
+    'pkt': (PKT, vs, vt),
   }
 
 
@@ -445,15 +495,18 @@ def test_gradients_are_finite_where_a_norm_or_std_is_0():
   one = logits((1, 5), 45)
   weights = logits((2, 5), 46)
   cases = {
-      'at': (AT, zeros, zeros),
-      'nst': (NST, zeros, zeros),
-      'sp': (SP, zeros, zeros),
-      'pkt': (PKT, zeros, zeros),
-      # One sample: every centred class column of DIST's intra term is 0.
-      'dist': (lambda a, b: DIST(a, b, 1.0, 1.0, 2.0), one, one),
-      # Constant rows: the std is 0.
-      'standardize': (lambda a, b: jnp.sum(b * LS(a)),
-                      np.ones((2, 5), np.float32), weights),
+    'at': (AT, zeros, zeros),
+    'nst': (NST, zeros, zeros),
+    'sp': (SP, zeros, zeros),
+    'pkt': (PKT, zeros, zeros),
+    # One sample: every centred class column of DIST's intra term is 0.
+    'dist': (lambda a, b: DIST(a, b, 1.0, 1.0, 2.0), one, one),
+    # Constant rows: the std is 0.
+    'standardize': (
+      lambda a, b: jnp.sum(b * LS(a)),
+      np.ones((2, 5), np.float32),
+      weights,
+    ),
   }
   for name, (loss, s, t) in cases.items():
     grad_s, _ = _gradients(loss, s, t)

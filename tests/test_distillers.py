@@ -25,13 +25,13 @@ from icckd_jax.training import train_state
 # One model per family: its stage maps' [H, W, C] on 32x32 inputs
 # (mdistiller's feats[1:]).
 STAGE_SHAPES = {
-    'resnet8': [(32, 32, 16), (16, 16, 32), (8, 8, 64)],
-    'ResNet50': [(32, 32, 256), (16, 16, 512), (8, 8, 1024), (4, 4, 2048)],
-    'wrn_16_2': [(32, 32, 32), (16, 16, 64), (8, 8, 128)],
-    'vgg8': [(16, 16, 128), (8, 8, 256), (4, 4, 512), (4, 4, 512)],
-    'MobileNetV2': [(16, 16, 12), (8, 8, 16), (4, 4, 48), (2, 2, 160)],
-    'ShuffleV1': [(16, 16, 240), (8, 8, 480), (4, 4, 960)],
-    'ShuffleV2': [(16, 16, 116), (8, 8, 232), (4, 4, 464)],
+  'resnet8': [(32, 32, 16), (16, 16, 32), (8, 8, 64)],
+  'ResNet50': [(32, 32, 256), (16, 16, 512), (8, 8, 1024), (4, 4, 2048)],
+  'wrn_16_2': [(32, 32, 32), (16, 16, 64), (8, 8, 128)],
+  'vgg8': [(16, 16, 128), (8, 8, 256), (4, 4, 512), (4, 4, 512)],
+  'MobileNetV2': [(16, 16, 12), (8, 8, 16), (4, 4, 48), (2, 2, 160)],
+  'ShuffleV1': [(16, 16, 240), (8, 8, 480), (4, 4, 960)],
+  'ShuffleV2': [(16, 16, 116), (8, 8, 232), (4, 4, 464)],
 }
 METHODS = ('kd', 'kd_rkd', 'dkd', 'dist', 'at', 'nst', 'pkt', 'sp', 'rkd')
 
@@ -44,8 +44,9 @@ def test_stage_maps_and_unchanged_parameter_tree(name):
   def run():
     plain = model.init(jax.random.key(0), x, train=False)
     everything = model.init(jax.random.key(0), x, train=False, mutable=True)
-    out, state = model.apply(plain, x, train=True,
-                             mutable=['batch_stats', 'intermediates'])
+    out, state = model.apply(
+      plain, x, train=True, mutable=['batch_stats', 'intermediates']
+    )
     return plain, everything, out, state
 
   plain, everything, out, state = jax.eval_shape(run)
@@ -55,29 +56,32 @@ def test_stage_maps_and_unchanged_parameter_tree(name):
   assert set(everything) == {'params', 'batch_stats', 'intermediates'}
   for part in ('params', 'batch_stats'):
     assert jax.tree.structure(plain[part]) == jax.tree.structure(
-        everything[part])
+      everything[part]
+    )
   maps, preacts = model_stages.collected(state)
   for recorded in (maps, preacts):
     assert [m.shape for m in recorded] == [
-        (2, *shape) for shape in STAGE_SHAPES[name]]
+      (2, *shape) for shape in STAGE_SHAPES[name]
+    ]
   assert out[0].shape == (2, 10)
 
 
 def _outputs(key, batch=6, classes=5, stage_shapes=((8, 8, 4), (4, 4, 6))):
   keys = jax.random.split(key, 3 + len(stage_shapes))
   return distillers.Outputs(
-      logits=2 * jax.random.normal(keys[0], (batch, classes)),
-      features=jax.random.normal(keys[1], (batch, 7)),
-      stages=tuple(jax.random.normal(k, (batch, *s))
-                   for k, s in zip(keys[3:], stage_shapes)),
-      preact_stages=())
+    logits=2 * jax.random.normal(keys[0], (batch, classes)),
+    features=jax.random.normal(keys[1], (batch, 7)),
+    stages=tuple(
+      jax.random.normal(k, (batch, *s)) for k, s in zip(keys[3:], stage_shapes)
+    ),
+    preact_stages=(),
+  )
 
 
 def _hp(epoch=5.0, **overrides):
   distill = student_config.get_config().distill
   distill.update(overrides)
-  return {**student_step.hyperparameters(distill),
-          'epoch': jnp.float32(epoch)}
+  return {**student_step.hyperparameters(distill), 'epoch': jnp.float32(epoch)}
 
 
 def _ce(s, labels):
@@ -93,25 +97,46 @@ def _reference(method, s, t, labels, hp, standardize=False):
   rkd = losses.rkd_loss(s.features, t.features, hp['w_dist'], hp['w_angle'])
   warm = jnp.minimum(hp['epoch'] / hp['dkd_warmup_epochs'], 1.0)
   return {
-      'kd': lambda: hp['gamma'] * _ce(s, labels)
-                    + hp['alpha'] * losses.kd_loss(sl, tl, temp),
-      'kd_rkd': lambda: _reference('kd', s, t, labels, hp) + hp['beta'] * rkd,
-      'rkd': lambda: hp['ce_weight'] * _ce(s, labels) + hp['beta'] * rkd,
-      'dkd': lambda: hp['ce_weight'] * _ce(s, labels) + warm
-                     * distillation.dkd_loss(sl, tl, labels, hp['dkd_alpha'],
-                                             hp['dkd_beta'], temp),
-      'dist': lambda: hp['ce_weight'] * _ce(s, labels) + distillation.dist_loss(
-          sl, tl, hp['dist_beta'], hp['dist_gamma'], temp),
-      'at': lambda: hp['ce_weight'] * _ce(s, labels) + hp['at_weight'] * (
-          distillation.at_loss(s.stages[0], t.stages[0], 2)
-          + distillation.at_loss(s.stages[1], t.stages[1], 2)),
-      'nst': lambda: hp['ce_weight'] * _ce(s, labels) + hp['nst_weight'] * (
-          distillation.nst_loss(s.stages[0], t.stages[0])
-          + distillation.nst_loss(s.stages[1], t.stages[1])),
-      'sp': lambda: hp['ce_weight'] * _ce(s, labels) + hp['sp_weight']
-                    * distillation.sp_loss(s.stages[-1], t.stages[-1]),
-      'pkt': lambda: hp['ce_weight'] * _ce(s, labels) + hp['pkt_weight']
-                     * distillation.pkt_loss(s.features, t.features),
+    'kd': lambda: (
+      hp['gamma'] * _ce(s, labels) + hp['alpha'] * losses.kd_loss(sl, tl, temp)
+    ),
+    'kd_rkd': lambda: _reference('kd', s, t, labels, hp) + hp['beta'] * rkd,
+    'rkd': lambda: hp['ce_weight'] * _ce(s, labels) + hp['beta'] * rkd,
+    'dkd': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + warm
+      * distillation.dkd_loss(
+        sl, tl, labels, hp['dkd_alpha'], hp['dkd_beta'], temp
+      )
+    ),
+    'dist': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + distillation.dist_loss(sl, tl, hp['dist_beta'], hp['dist_gamma'], temp)
+    ),
+    'at': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + hp['at_weight']
+      * (
+        distillation.at_loss(s.stages[0], t.stages[0], 2)
+        + distillation.at_loss(s.stages[1], t.stages[1], 2)
+      )
+    ),
+    'nst': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + hp['nst_weight']
+      * (
+        distillation.nst_loss(s.stages[0], t.stages[0])
+        + distillation.nst_loss(s.stages[1], t.stages[1])
+      )
+    ),
+    'sp': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + hp['sp_weight'] * distillation.sp_loss(s.stages[-1], t.stages[-1])
+    ),
+    'pkt': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + hp['pkt_weight'] * distillation.pkt_loss(s.features, t.features)
+    ),
   }[method]()
 
 
@@ -122,9 +147,10 @@ def _build(method, **fields):
   return distillers.build(distill)
 
 
-@pytest.mark.parametrize('method,standardize', [
-    *[(m, False) for m in METHODS], ('kd', True), ('dkd', True),
-    ('dist', True)])
+@pytest.mark.parametrize(
+  'method,standardize',
+  [*[(m, False) for m in METHODS], ('kd', True), ('dkd', True), ('dist', True)],
+)
 def test_loss_is_the_documented_composition(method, standardize):
   s = _outputs(jax.random.key(0))
   t = _outputs(jax.random.key(1), stage_shapes=((4, 4, 3), (2, 2, 8)))
@@ -133,9 +159,12 @@ def test_loss_is_the_documented_composition(method, standardize):
   distiller = _build(method, standardize_logits=standardize)
   # gather is the identity on one device; jitted, as in the step (and one
   # compilation is faster than running op by op).
-  (loss, parts), expected = jax.jit(lambda *a: (
+  (loss, parts), expected = jax.jit(
+    lambda *a: (
       distiller.loss(*a, lambda x: x),
-      _reference(method, *a, standardize)))(s, t, labels, hp)
+      _reference(method, *a, standardize),
+    )
+  )(s, t, labels, hp)
   np.testing.assert_allclose(loss, expected, rtol=2e-6)
   np.testing.assert_allclose(parts['ce'], _ce(s, labels), rtol=1e-6)
   assert distiller.needs_stages == (method in ('at', 'nst', 'sp'))
@@ -146,7 +175,8 @@ def test_dkd_warmup_ramps_over_epochs():
   s, t = _outputs(jax.random.key(0)), _outputs(jax.random.key(1))
   labels = jnp.arange(6) % 5
   loss = jax.jit(
-      lambda hp: distillers.get('dkd')(s, t, labels, hp, lambda a: a)[1])
+    lambda hp: distillers.get('dkd')(s, t, labels, hp, lambda a: a)[1]
+  )
   factors = [float(loss(_hp(epoch=e))['dkd_warmup']) for e in (1, 10, 20, 40)]
   assert factors == pytest.approx([0.05, 0.5, 1.0, 1.0])
   assert loss(_hp(epoch=1, dkd_warmup_epochs=0.0))['dkd_warmup'] == 1.0
@@ -158,21 +188,29 @@ def test_gradients_reach_the_student_and_are_finite():
   hp = _hp(gamma=0.0, ce_weight=0.0)  # the distillation terms alone
   for method in METHODS:
     fn = distillers.get(method)
-    grads = jax.jit(jax.grad(
-        lambda o, fn=fn: fn(o, t, labels, hp, lambda a: a)[0]))(s)
+    grads = jax.jit(
+      jax.grad(lambda o, fn=fn: fn(o, t, labels, hp, lambda a: a)[0])
+    )(s)
     for name, g in zip(grads._fields, grads):
       for leaf in jax.tree.leaves(g):
         assert np.isfinite(leaf).all(), (method, name)
-    used = {'at': 'stages', 'nst': 'stages', 'sp': 'stages',
-            'pkt': 'features', 'rkd': 'features'}.get(method, 'logits')
-    assert any(np.abs(leaf).max() > 0
-               for leaf in jax.tree.leaves(getattr(grads, used))), method
+    used = {
+      'at': 'stages',
+      'nst': 'stages',
+      'sp': 'stages',
+      'pkt': 'features',
+      'rkd': 'features',
+    }.get(method, 'logits')
+    assert any(
+      np.abs(leaf).max() > 0 for leaf in jax.tree.leaves(getattr(grads, used))
+    ), method
 
 
 @pytest.mark.parametrize('method', ['at', 'kd_rkd', 'pkt'])
 def test_standardize_logits_is_refused_for_other_methods(method):
-  with pytest.raises(UserError, match='standardize_logits=True applies to '
-                     'kd, dkd, dist only') as e:
+  with pytest.raises(
+    UserError, match='standardize_logits=True applies to kd, dkd, dist only'
+  ) as e:
     _build(method, standardize_logits=True)
   assert '\n' not in str(e.value)
 
@@ -199,24 +237,34 @@ def tiny_run():
   config.model = t_config.model
   model = models.create_model(t_config.model, dataset.num_classes)
   init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 8, 8, 3))))
-  t_variables = jax.device_put(init(jax.random.key(3)),
-                               parallel.replicated(mesh))
+  t_variables = jax.device_put(
+    init(jax.random.key(3)), parallel.replicated(mesh)
+  )
   setup = student.build_student(config, dataset, mesh, t_config, t_variables)
   split, _ = input_pipeline.to_device(dataset, mesh)
   batch = next(setup.batches(config, split, mesh, 0))
   s_variables = jax.device_get(init(jax.random.key(4)))
   state = train_state.create_train_state(
-      {'model': s_variables['params']}, s_variables['batch_stats'], setup.tx)
-  return (config, dataset, mesh, t_config, t_variables,
-          jax.device_get(state), batch, model)
+    {'model': s_variables['params']}, s_variables['batch_stats'], setup.tx
+  )
+  return (
+    config,
+    dataset,
+    mesh,
+    t_config,
+    t_variables,
+    jax.device_get(state),
+    batch,
+    model,
+  )
 
 
 def test_recording_leaves_the_outputs_unchanged(tiny_run):
   *_, variables, _, _, model = tiny_run
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   ((logits, features), state), (plain_logits, plain_features) = jax.jit(
-      lambda v: (model.apply(v, x, mutable=['intermediates']),
-                 model.apply(v, x)))(variables)
+    lambda v: (model.apply(v, x, mutable=['intermediates']), model.apply(v, x))
+  )(variables)
   np.testing.assert_array_equal(logits, plain_logits)
   np.testing.assert_array_equal(features, plain_features)
   maps, preacts = model_stages.collected(state)
@@ -224,8 +272,9 @@ def test_recording_leaves_the_outputs_unchanged(tiny_run):
   # last one, pooled, is the feature vector.
   for stage, preact in zip(maps, preacts):
     np.testing.assert_array_equal(stage, jax.nn.relu(preact))
-  np.testing.assert_allclose(jnp.mean(maps[-1], axis=(1, 2)), features,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    jnp.mean(maps[-1], axis=(1, 2)), features, rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -236,8 +285,7 @@ def test_one_student_step_per_method(tiny_run, method):
   # The distillation term alone drives the update.
   config.distill.update(gamma=0.0, ce_weight=0.0)
   teacher_before = jax.device_get(t_variables)
-  setup = student.build_student(config, dataset, mesh, t_config,
-                                t_variables)
+  setup = student.build_student(config, dataset, mesh, t_config, t_variables)
   # A fresh copy: the step donates the state.
   state = jax.device_put(initial, parallel.replicated(mesh))
   before = initial.params
@@ -249,5 +297,8 @@ def test_one_student_step_per_method(tiny_run, method):
   stem = before['model']['conv1']['kernel']
   assert np.abs(after['model']['conv1']['kernel'] - stem).max() > 0, method
   # Not donated, not written: the teacher's arrays are still there, equal.
-  jax.tree.map(np.testing.assert_array_equal, teacher_before,
-               jax.device_get(setup.step_args['teacher']))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    teacher_before,
+    jax.device_get(setup.step_args['teacher']),
+  )

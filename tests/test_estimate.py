@@ -39,4 +39,8 @@ def test_sweep_eta_counts_what_is_left_and_corrects_for_speed(monkeypatch):
 
 def test_duration():
   assert [estimate.duration(s) for s in (42, 185, 3720, -3)] == [
-      '42s', '3m05s', '1h02m', '0s']
+    '42s',
+    '3m05s',
+    '1h02m',
+    '0s',
+  ]

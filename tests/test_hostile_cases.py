@@ -48,8 +48,12 @@ def test_edited_config_json_cannot_pass_another_model_off_as_damage(copy):
   _edit_config(copy, model='resnet14')
   before = snapshot(copy)
   for _ in range(2):
-    code, stderr = run_launcher(*TRAINED, '--config.model=resnet14',
-                                '--config.num_epochs=3', f'--workdir={copy}')
+    code, stderr = run_launcher(
+      *TRAINED,
+      '--config.model=resnet14',
+      '--config.num_epochs=3',
+      f'--workdir={copy}',
+    )
     line = error_line(code, stderr)
     assert "model='resnet8' (now 'resnet14')" in line
     assert 'checkpoints' in line
@@ -57,17 +61,21 @@ def test_edited_config_json_cannot_pass_another_model_off_as_damage(copy):
   assert snapshot(copy) == before
 
 
-@pytest.mark.parametrize('args,expected', [
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config.model=resnet14'], "model='resnet8' (now 'resnet14')"),
     (['--config.learning_rate=0.2'], 'learning_rate=0.05 (now 0.2)'),
-])
+  ],
+)
 def test_removed_config_json_still_refuses_another_run(copy, args, expected):
   """Cases 2 and 3: following the advice to move config.json aside does not
   let another model or learning rate resume the checkpoints."""
   (copy / 'config.json').unlink()
   before = snapshot(copy)
-  code, stderr = run_launcher(*TRAINED, *args, '--config.num_epochs=3',
-                              f'--workdir={copy}')
+  code, stderr = run_launcher(
+    *TRAINED, *args, '--config.num_epochs=3', f'--workdir={copy}'
+  )
   assert expected in error_line(code, stderr)
   assert snapshot(copy) == before
   assert not (copy / checkpoint.DAMAGED_DIR).exists()
@@ -77,14 +85,16 @@ def test_metrics_line_with_a_non_integer_step_is_skipped(copy):
   """Case 4: an edited metrics.jsonl line does not stop the resume."""
   with (copy / 'metrics.jsonl').open('a') as f:
     f.write(json.dumps({'kind': 'train', 'step': 'x'}) + '\n')
-  code, stderr = run_launcher(*TRAINED, '--config.num_epochs=3',
-                              f'--workdir={copy}')
+  code, stderr = run_launcher(
+    *TRAINED, '--config.num_epochs=3', f'--workdir={copy}'
+  )
   assert code == 0, stderr[-2000:]
   assert json.loads((copy / 'summary.json').read_text())['epochs'] == 3
 
 
 def test_disk_full_during_a_save_is_one_line_and_leaves_no_partial(
-    copy, monkeypatch):
+  copy, monkeypatch
+):
   """Case 5: the save fails with ENOSPC after Orbax made its temporary
   directory: one line about the disk, exit 2, the temporary directory
   removed and the earlier checkpoints intact."""
@@ -97,15 +107,20 @@ def test_disk_full_during_a_save_is_one_line_and_leaves_no_partial(
 
   monkeypatch.setattr(checkpoint.Checkpoints, 'save', full_disk)
   intact = snapshot(copy / 'checkpoints')
-  code, stderr = run_launcher(*TRAINED, '--config.num_epochs=3',
-                              f'--workdir={copy}')
+  code, stderr = run_launcher(
+    *TRAINED, '--config.num_epochs=3', f'--workdir={copy}'
+  )
   assert 'disk holding' in error_line(code, stderr)
   assert not partial.exists()
   assert snapshot(copy / 'checkpoints') == intact
 
 
 def test_evaluating_a_read_only_workdir_prints_the_result(
-    trained, monkeypatch, capsys, caplog):  # noqa: F811
+  trained,  # noqa: F811  (the imported fixture)
+  monkeypatch,
+  capsys,
+  caplog,
+):
   """Case 6: eval_best.json cannot be written; the result is printed and a
   warning says where it could not go. (Root ignores file modes, so the
   refusal is simulated at `open`.)"""
@@ -118,23 +133,26 @@ def test_evaluating_a_read_only_workdir_prints_the_result(
 
   monkeypatch.setattr(evaluate, 'open', read_only, raising=False)
   before = snapshot(trained)
-  code, stderr = run_launcher('--config=configs/eval.py',
-                              f'--config.workdir={trained}')
+  code, stderr = run_launcher(
+    '--config=configs/eval.py', f'--config.workdir={trained}'
+  )
   assert code in (0, None), stderr[-2000:]
   assert 'Traceback' not in stderr
-  assert any('Could not write' in r.getMessage() and 'eval_best.json' in
-             r.getMessage() for r in caplog.records)
+  assert any(
+    'Could not write' in r.getMessage() and 'eval_best.json' in r.getMessage()
+    for r in caplog.records
+  )
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert 0 <= printed['top1'] <= 1 and printed['count'] > 0
   assert snapshot(trained) == before
 
 
 def test_a_step_too_big_for_memory_is_refused_before_writing(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   """Case 7: the compiled step's memory against what the device has, checked
   before the workdir exists (the available figure is made small here)."""
-  monkeypatch.setattr(memory, 'available_memory',
-                      lambda device=None: 1024)
+  monkeypatch.setattr(memory, 'available_memory', lambda device=None: 1024)
   new = tmp_path / 'new'
   code, stderr = run_launcher(*SMOKE, f'--workdir={new}')
   line = error_line(code, stderr)
@@ -143,9 +161,11 @@ def test_a_step_too_big_for_memory_is_refused_before_writing(
 
 
 def test_ctrl_c_before_training_exits_130_without_a_traceback(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   """Case 8: an interrupt while compiling (here: raised from the ahead-of-
   time compilation) is a clean exit 130."""
+
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
@@ -169,11 +189,22 @@ def test_a_peer_that_never_comes_is_a_bounded_wait(tmp_path, process_id):
   new = tmp_path / 'new'
   start = time.monotonic()
   result = subprocess.run(
-      [sys.executable, str(ROOT / 'launch.py'), *SMOKE, f'--workdir={new}',
-       '--multihost', f'--coordinator_address=127.0.0.1:{_free_port()}',
-       '--num_processes=2', f'--process_id={process_id}',
-       '--multihost_timeout=3'],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      str(ROOT / 'launch.py'),
+      *SMOKE,
+      f'--workdir={new}',
+      '--multihost',
+      f'--coordinator_address=127.0.0.1:{_free_port()}',
+      '--num_processes=2',
+      f'--process_id={process_id}',
+      '--multihost_timeout=3',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert time.monotonic() - start < 90
   line = error_line(result.returncode, result.stderr)
   assert 'did not all connect' in line and '--multihost_timeout' in line
@@ -184,8 +215,9 @@ def test_a_peer_that_never_comes_is_a_bounded_wait(tmp_path, process_id):
 def test_cluster_flags_without_multihost_are_refused(tmp_path):
   """Case 11."""
   new = tmp_path / 'new'
-  code, stderr = run_launcher(*SMOKE, '--num_processes=2', '--process_id=1',
-                              f'--workdir={new}')
+  code, stderr = run_launcher(
+    *SMOKE, '--num_processes=2', '--process_id=1', f'--workdir={new}'
+  )
   line = error_line(code, stderr)
   assert '--num_processes, --process_id given without --multihost' in line
   assert not new.exists()
@@ -194,40 +226,58 @@ def test_cluster_flags_without_multihost_are_refused(tmp_path):
 def test_a_path_for_the_synthetic_set_is_refused(tmp_path):
   """Case 12."""
   new = tmp_path / 'new'
-  code, stderr = run_launcher(*SMOKE, f'--config.dataset.path={tmp_path}',
-                              f'--workdir={new}')
+  code, stderr = run_launcher(
+    *SMOKE, f'--config.dataset.path={tmp_path}', f'--workdir={new}'
+  )
   line = error_line(code, stderr)
   assert "'synthetic' data set is generated" in line
   assert not new.exists()
 
 
-def test_a_student_on_other_data_than_its_teacher_is_refused(
-    trained, tmp_path):  # noqa: F811
+def test_a_student_on_other_data_than_its_teacher_is_refused(trained, tmp_path):  # noqa: F811
   """Case 13: the synthetic set drawn from another seed."""
   new = tmp_path / 'student'
   before = snapshot(trained)
   code, stderr = run_launcher(
-      '--config=configs/student.py:smoke', f'--config.teacher.workdir={trained}',
-      '--config.dataset.num_train=64', '--config.dataset.seed=7',
-      f'--workdir={new}')
-  assert ('config.dataset.seed=7 but the teacher was trained on '
-          'dataset.seed=0') in error_line(code, stderr)
+    '--config=configs/student.py:smoke',
+    f'--config.teacher.workdir={trained}',
+    '--config.dataset.num_train=64',
+    '--config.dataset.seed=7',
+    f'--workdir={new}',
+  )
+  assert (
+    'config.dataset.seed=7 but the teacher was trained on dataset.seed=0'
+  ) in error_line(code, stderr)
   assert not new.exists()
   assert snapshot(trained) == before
 
 
-@pytest.mark.parametrize('args,expected', [
-    (['--config=configs/pipeline.py:smoke', '--config.student.model=resnet9'],
-     "config.student.model='resnet9' is unknown"),
-    (['--config=configs/ablation_margin.py:smoke',
-      '--config.base.student.model=resnet9'],
-     "setting 'delta=0.2' seed 0: config.student.model='resnet9' is unknown"),
-    (['--config=configs/ablation_margin.py:smoke',
-      '--config.base.teacher.icc.margin_kind=rank'],
-     "config.teacher.icc.margin_kind='rank' is unknown"),
-])
-def test_every_stage_is_checked_before_the_first_starts(tmp_path, args,
-                                                        expected):
+@pytest.mark.parametrize(
+  'args,expected',
+  [
+    (
+      ['--config=configs/pipeline.py:smoke', '--config.student.model=resnet9'],
+      "config.student.model='resnet9' is unknown",
+    ),
+    (
+      [
+        '--config=configs/ablation_margin.py:smoke',
+        '--config.base.student.model=resnet9',
+      ],
+      "setting 'delta=0.2' seed 0: config.student.model='resnet9' is unknown",
+    ),
+    (
+      [
+        '--config=configs/ablation_margin.py:smoke',
+        '--config.base.teacher.icc.margin_kind=rank',
+      ],
+      "config.teacher.icc.margin_kind='rank' is unknown",
+    ),
+  ],
+)
+def test_every_stage_is_checked_before_the_first_starts(
+  tmp_path, args, expected
+):
   """Cases 14 and 15: a bad student field of a pipeline or a sweep is found
   before any teacher trains, named with its stage (and setting)."""
   new = tmp_path / 'new'
@@ -253,8 +303,9 @@ def test_a_full_disk_leaves_no_write_probe(tmp_path, monkeypatch):
     def __exit__(self, *exc):
       self._file.close()
 
-  monkeypatch.setattr(preflight, 'open', lambda path, mode='r': Full(path),
-                      raising=False)
+  monkeypatch.setattr(
+    preflight, 'open', lambda path, mode='r': Full(path), raising=False
+  )
   with pytest.raises(preflight.UserError, match='not writable: No space left'):
     preflight.prepare_workdir(str(tmp_path / 'w'))
   assert list((tmp_path / 'w').iterdir()) == []

@@ -36,19 +36,26 @@ def assert_same_updates(a, b, initial, rtol):
   not synchronised, gradients summed instead of averaged, a key missing from
   the all-gather) is off by tens of percent.
   """
-  for (path, x), y, x0 in zip(jax.tree_util.tree_leaves_with_path(a),
-                              jax.tree.leaves(b), jax.tree.leaves(initial)):
+  for (path, x), y, x0 in zip(
+    jax.tree_util.tree_leaves_with_path(a),
+    jax.tree.leaves(b),
+    jax.tree.leaves(initial),
+  ):
     x, y, x0 = (np.asarray(t, np.float64) for t in (x, y, x0))
     err, moved = np.linalg.norm(x - y), np.linalg.norm(y - x0)
     assert err <= rtol * moved + 1e-9, (
-        f'{jax.tree_util.keystr(path)}: |a - b| = {err:.3g}, moved {moved:.3g}')
+      f'{jax.tree_util.keystr(path)}: |a - b| = {err:.3g}, moved {moved:.3g}'
+    )
 
 
-@pytest.mark.parametrize('objective', [
-    dict(lam=0.0),                                   # plain CE teacher
+@pytest.mark.parametrize(
+  'objective',
+  [
+    dict(lam=0.0),  # plain CE teacher
     dict(lam=0.5, delta=-1.0, cache_store='features'),
     dict(lam=0.5, delta=-1.0, cache_store='images'),
-])
+  ],
+)
 def test_device_count_invariance(smoke_config, objective):
   config = _config(smoke_config, **objective)
   # 4 steps with a 2-batch cache: the ring is filled and overwritten.
@@ -62,13 +69,19 @@ def test_device_count_invariance(smoke_config, objective):
     _, states, metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:
-        np.testing.assert_allclose(m[k], m1[k], rtol=1e-4, atol=1e-5,
-                                   err_msg=f'{k} on {n} devices')
+        np.testing.assert_allclose(
+          m[k], m1[k], rtol=1e-4, atol=1e-5, err_msg=f'{k} on {n} devices'
+        )
     # The state after step 2, the first step that drew negatives from the
     # cache; later steps amplify round-off (see RTOL).
     for part in ('params', 'batch_stats', 'opt_state'):
-      assert_same_updates(getattr(states[1], part), getattr(states1[1], part),
-                          getattr(initial, part), rtol=RTOL)
+      assert_same_updates(
+        getattr(states[1], part),
+        getattr(states1[1], part),
+        getattr(initial, part),
+        rtol=RTOL,
+      )
     if objective['lam']:
-      assert_same_updates(states[-1].cache, states1[-1].cache, initial.cache,
-                          rtol=RTOL)
+      assert_same_updates(
+        states[-1].cache, states1[-1].cache, initial.cache, rtol=RTOL
+      )

@@ -28,8 +28,9 @@ def ref_log_softmax(row):
 
 
 def ref_cross_entropy(logits, labels):
-  return np.array([-ref_log_softmax(list(logits[i]))[labels[i]]
-                   for i in range(len(labels))])
+  return np.array(
+    [-ref_log_softmax(list(logits[i]))[labels[i]] for i in range(len(labels))]
+  )
 
 
 def ref_margin(logits, labels, kind):
@@ -47,11 +48,18 @@ def ref_negatives(labels, cache_labels=None, cache_valid=None):
   """Per anchor: the in-batch and the cache indices of its negatives."""
   batch, cache = [], []
   for i in range(len(labels)):
-    batch.append([j for j in range(len(labels))
-                  if j != i and labels[j] == labels[i]])
-    cache.append([] if cache_labels is None else
-                 [c for c in range(len(cache_labels))
-                  if cache_valid[c] and cache_labels[c] == labels[i]])
+    batch.append(
+      [j for j in range(len(labels)) if j != i and labels[j] == labels[i]]
+    )
+    cache.append(
+      []
+      if cache_labels is None
+      else [
+        c
+        for c in range(len(cache_labels))
+        if cache_valid[c] and cache_labels[c] == labels[i]
+      ]
+    )
   return batch, cache
 
 
@@ -62,8 +70,10 @@ def ref_contrastive(q, k, labels, tau, ck=None, cl=None, cv=None):
   for i in range(len(labels)):
     pos = math.exp(np.dot(q[i], k[i]) / tau)
     neg = sum(math.exp(np.dot(q[i], k[j]) / tau) for j in batch[i])
-    neg += sum(math.exp(np.dot(q[i], np.asarray(ck[c], np.float64)) / tau)
-               for c in cache[i])
+    neg += sum(
+      math.exp(np.dot(q[i], np.asarray(ck[c], np.float64)) / tau)
+      for c in cache[i]
+    )
     has_negative = batch[i] or cache[i]
     out.append(-math.log(pos / (pos + neg)) if has_negative else 0.0)
   return np.array(out)
@@ -96,8 +106,9 @@ def ref_rkd(s, t, w_dist, w_angle):
   n = len(s)
 
   def dist(x):
-    d = [[float(np.linalg.norm(x[i] - x[j])) for j in range(n)]
-         for i in range(n)]
+    d = [
+      [float(np.linalg.norm(x[i] - x[j])) for j in range(n)] for i in range(n)
+    ]
     mean = sum(d[i][j] for i in range(n) for j in range(n) if i != j)
     mean /= n * (n - 1)
     return [[d[i][j] / mean for j in range(n)] for i in range(n)]
@@ -113,11 +124,20 @@ def ref_rkd(s, t, w_dist, w_angle):
     return a
 
   ds, dt = dist(s), dist(t)
-  d_loss = sum(ref_huber(ds[i][j] - dt[i][j])
-               for i in range(n) for j in range(n)) / n**2
+  d_loss = (
+    sum(ref_huber(ds[i][j] - dt[i][j]) for i in range(n) for j in range(n))
+    / n**2
+  )
   as_, at = angle(s), angle(t)
-  a_loss = sum(ref_huber(as_[i, j, k] - at[i, j, k])
-               for i in range(n) for j in range(n) for k in range(n)) / n**3
+  a_loss = (
+    sum(
+      ref_huber(as_[i, j, k] - at[i, j, k])
+      for i in range(n)
+      for j in range(n)
+      for k in range(n)
+    )
+    / n**3
+  )
   return w_dist * d_loss + w_angle * a_loss
 
 
@@ -176,10 +196,12 @@ def test_cross_entropy_matches_reference():
   logits = rng.normal(scale=3.0, size=(6, 7)).astype(np.float32)
   labels = rng.integers(0, 7, 6)
   got = losses.cross_entropy(logits, labels)
-  np.testing.assert_allclose(got, ref_cross_entropy(logits, labels),
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(jax.jit(losses.cross_entropy)(logits, labels),
-                             got, rtol=1e-6)
+  np.testing.assert_allclose(
+    got, ref_cross_entropy(logits, labels), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    jax.jit(losses.cross_entropy)(logits, labels), got, rtol=1e-6
+  )
 
 
 def test_cross_entropy_bf16_logits_computes_in_float32():
@@ -201,10 +223,12 @@ def test_margin_matches_reference(kind):
   logits = rng.normal(scale=2.0, size=(9, 5)).astype(np.float32)
   labels = rng.integers(0, 5, 9)
   got = losses.margin(logits, labels, kind)
-  np.testing.assert_allclose(got, ref_margin(logits, labels, kind),
-                             rtol=1e-5, atol=1e-6)
-  jitted = jax.jit(losses.margin, static_argnames='kind')(logits, labels,
-                                                          kind=kind)
+  np.testing.assert_allclose(
+    got, ref_margin(logits, labels, kind), rtol=1e-5, atol=1e-6
+  )
+  jitted = jax.jit(losses.margin, static_argnames='kind')(
+    logits, labels, kind=kind
+  )
   np.testing.assert_allclose(jitted, got, rtol=1e-6)
 
 
@@ -212,8 +236,9 @@ def test_margin_matches_reference(kind):
 def test_margin_is_not_trained_through(kind):
   rng = np.random.default_rng(4)
   logits = rng.normal(size=(4, 3)).astype(np.float32)
-  grad = jax.grad(lambda x: losses.margin(x, np.array([0, 1, 2, 0]),
-                                          kind).sum())(logits)
+  grad = jax.grad(
+    lambda x: losses.margin(x, np.array([0, 1, 2, 0]), kind).sum()
+  )(logits)
   np.testing.assert_array_equal(grad, 0.0)
 
 
@@ -245,8 +270,9 @@ def test_contrastive_matches_reference(name):
   got = contrastive(q, k, y, ck, cl, cv)
   want = ref_contrastive(q, k, y, TAU, ck, cl, cv)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(jax.jit(contrastive)(q, k, y, ck, cl, cv), got,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(contrastive)(q, k, y, ck, cl, cv), got, rtol=1e-6, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('name', CASES)
@@ -285,8 +311,9 @@ def test_contrastive_gradients_are_finite_and_correct(name):
   h = 1e-4
 
   def ref_total(eps):
-    return np.sum(weights * ref_contrastive(q + eps * dq, k + eps * dk, y, TAU,
-                                            ck, cl, cv))
+    return np.sum(
+      weights * ref_contrastive(q + eps * dq, k + eps * dk, y, TAU, ck, cl, cv)
+    )
 
   numeric = (ref_total(h) - ref_total(-h)) / (2 * h)
   analytic = np.sum(grads[0] * dq) + np.sum(grads[1] * dk)
@@ -304,16 +331,18 @@ def test_contrastive_cache_is_not_trained_through():
 
 def test_contrastive_other_class_cache_equals_no_cache():
   q, k, y, ck, cl, cv = contrastive_case('other_classes')
-  np.testing.assert_array_equal(contrastive(q, k, y, ck, cl, cv),
-                                contrastive(q, k, y, None, None, None))
+  np.testing.assert_array_equal(
+    contrastive(q, k, y, ck, cl, cv), contrastive(q, k, y, None, None, None)
+  )
 
 
 def test_contrastive_with_an_empty_cache_equals_no_cache():
   # cache.size = 0 hands the loss arrays with M = 0 entries.
   q, k, y, _, _, _ = contrastive_case('no_cache')
   ck, cl, cv = cache_lib.entries(cache_lib.create(0, B, (D,), jnp.float32))
-  np.testing.assert_array_equal(contrastive(q, k, y, ck, cl, cv),
-                                contrastive(q, k, y, None, None, None))
+  np.testing.assert_array_equal(
+    contrastive(q, k, y, ck, cl, cv), contrastive(q, k, y, None, None, None)
+  )
   counts = losses.negative_counts(y, cl, cv)
   np.testing.assert_array_equal(counts[1], 0)
 
@@ -352,8 +381,11 @@ def test_contrastive_masked_entries_far_above_the_kept_ones_stay_finite():
   for valid in (cv, cv_none):
     assert_finite_tree(jax.grad(total)(q, valid))
   labels_only = cl + 5  # valid entries of other classes are masked too
-  grad = jax.grad(lambda q: losses.intra_class_contrastive(
-      q, k, y, 0.01, ck, labels_only, np.ones(4, bool)).sum())(q)
+  grad = jax.grad(
+    lambda q: losses.intra_class_contrastive(
+      q, k, y, 0.01, ck, labels_only, np.ones(4, bool)
+    ).sum()
+  )(q)
   np.testing.assert_array_equal(grad, 0.0)
 
 
@@ -385,14 +417,16 @@ PER_ANCHOR = np.array([0.5, 1.5, 0.0, 2.0, 3.0, 0.7], np.float32)
 MARGINS = np.array([-0.9, 0.2, 0.45, 0.39, 0.99, -0.2], np.float32)
 
 
-@pytest.mark.parametrize('delta', [-5.0, -1.0, -0.5, 0.0, 0.4, 0.9, 0.99, 1.0,
-                                   2.0])
+@pytest.mark.parametrize(
+  'delta', [-5.0, -1.0, -0.5, 0.0, 0.4, 0.9, 0.99, 1.0, 2.0]
+)
 def test_gated_mean_matches_reference(delta):
   got = losses.gated_mean(PER_ANCHOR, MARGINS, delta)
   want = ref_gated_mean(PER_ANCHOR, MARGINS, delta)
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  np.testing.assert_allclose(jax.jit(losses.gated_mean)(PER_ANCHOR, MARGINS,
-                                                        delta), got, rtol=1e-6)
+  np.testing.assert_allclose(
+    jax.jit(losses.gated_mean)(PER_ANCHOR, MARGINS, delta), got, rtol=1e-6
+  )
 
 
 HAS_NEGATIVES = np.array([True, True, False, True, False, True])
@@ -410,8 +444,8 @@ def test_gated_mean_leaves_out_anchors_without_negatives(delta):
   np.testing.assert_allclose(got, total / max(count, 1), rtol=1e-6)
   # The effective weight counts the same anchors, over all of them.
   np.testing.assert_allclose(
-      losses.effective_weight(MARGINS, delta, HAS_NEGATIVES), count / 6,
-      rtol=1e-6)
+    losses.effective_weight(MARGINS, delta, HAS_NEGATIVES), count / 6, rtol=1e-6
+  )
 
 
 def test_excluding_empty_anchors_undoes_the_dilution():
@@ -480,8 +514,7 @@ def test_kd_loss_matches_reference():
   t = rng.normal(scale=3.0, size=(5, 6)).astype(np.float32)
   got = losses.kd_loss(s, t, 4.0)
   np.testing.assert_allclose(got, ref_kd(s, t, 4.0), rtol=1e-5)
-  np.testing.assert_allclose(jax.jit(losses.kd_loss)(s, t, 4.0), got,
-                             rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(losses.kd_loss)(s, t, 4.0), got, rtol=1e-6)
   assert float(got) > 0.0
 
 
@@ -511,13 +544,15 @@ def test_rkd_loss_matches_reference():
   np.testing.assert_allclose(got, ref_rkd(s, t, 25.0, 50.0), rtol=1e-4)
   np.testing.assert_allclose(jax.jit(losses.rkd_loss)(s, t), got, rtol=1e-5)
   parts = (losses.rkd_loss(s, t, 1.0, 0.0), losses.rkd_loss(s, t, 0.0, 1.0))
-  np.testing.assert_allclose(parts, [ref_rkd(s, t, 1.0, 0.0),
-                                     ref_rkd(s, t, 0.0, 1.0)], rtol=1e-4)
+  np.testing.assert_allclose(
+    parts, [ref_rkd(s, t, 1.0, 0.0), ref_rkd(s, t, 0.0, 1.0)], rtol=1e-4
+  )
   # Large distance differences exercise the linear branch of smooth-L1.
   t_far = t.copy()
   t_far[0] *= 50.0
-  np.testing.assert_allclose(losses.rkd_loss(s, t_far),
-                             ref_rkd(s, t_far, 25.0, 50.0), rtol=1e-4)
+  np.testing.assert_allclose(
+    losses.rkd_loss(s, t_far), ref_rkd(s, t_far, 25.0, 50.0), rtol=1e-4
+  )
 
 
 def test_rkd_loss_is_zero_for_scaled_and_shifted_copies():

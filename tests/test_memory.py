@@ -21,15 +21,17 @@ def test_compiled_memory_of_a_matmul():
   assert mem['argument_bytes'] == a.nbytes + b.nbytes
   assert mem['output_bytes'] == 64 * 16 * 4
   assert mem['alias_bytes'] == 0
-  assert mem['total_bytes'] == (mem['argument_bytes'] + mem['output_bytes'] +
-                                mem['temp_bytes'])
+  assert mem['total_bytes'] == (
+    mem['argument_bytes'] + mem['output_bytes'] + mem['temp_bytes']
+  )
 
 
 def test_compiled_memory_counts_a_donated_buffer_once():
   x = jnp.ones((64, 32), jnp.float32)
   plain = am.compiled_memory(jax.jit(lambda v: v * 2 + 1).lower(x).compile())
   donated = am.compiled_memory(
-      jax.jit(lambda v: v * 2 + 1, donate_argnums=0).lower(x).compile())
+    jax.jit(lambda v: v * 2 + 1, donate_argnums=0).lower(x).compile()
+  )
   assert plain['alias_bytes'] == 0
   assert donated['alias_bytes'] == x.nbytes
   assert donated['total_bytes'] == plain['total_bytes'] - x.nbytes

@@ -29,8 +29,11 @@ def train_losses(config, dtype: str):
     state, m = setup.train_step(state, images, labels, setup.step_args)
     metrics.append(m)
   metrics = jax.device_get(metrics)
-  return (np.array([m['loss'] for m in metrics]),
-          np.array([m['accuracy'] for m in metrics]), state)
+  return (
+    np.array([m['loss'] for m in metrics]),
+    np.array([m['accuracy'] for m in metrics]),
+    state,
+  )
 
 
 def test_bfloat16_teacher_follows_float32(smoke_config):
@@ -46,8 +49,9 @@ def test_bfloat16_teacher_follows_float32(smoke_config):
 
   # The recipe keeps what accumulates in float32: parameters, BatchNorm
   # statistics, momentum, the loss.
-  for leaf in jax.tree.leaves((state.params, state.batch_stats,
-                               state.opt_state)):
+  for leaf in jax.tree.leaves(
+    (state.params, state.batch_stats, state.opt_state)
+  ):
     if jnp.issubdtype(leaf.dtype, jnp.floating):
       assert leaf.dtype == jnp.float32
   assert bf16_loss.dtype == np.float32
@@ -73,11 +77,14 @@ def test_bfloat16_teacher_follows_float32(smoke_config):
   # loss and 22 points in accuracy in its 2nd window, where the bounds came
   # to 0.147 and 0.078 (bfloat16: 0.093 and 0.044 at most).
   windows = lambda x: x.reshape(-1, WINDOW).mean(axis=1)
-  for name, bf16, f32 in (('loss', bf16_loss, f32_loss),
-                          ('accuracy', bf16_acc, f32_acc)):
+  for name, bf16, f32 in (
+    ('loss', bf16_loss, f32_loss),
+    ('accuracy', bf16_acc, f32_acc),
+  ):
     bound = 5 * np.sqrt(2 / WINDOW) * _step_noise(f32)
-    np.testing.assert_allclose(windows(bf16), windows(f32), rtol=0,
-                               atol=bound, err_msg=name)
+    np.testing.assert_allclose(
+      windows(bf16), windows(f32), rtol=0, atol=bound, err_msg=name
+    )
 
 
 def _step_noise(x):

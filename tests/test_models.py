@@ -19,38 +19,53 @@ import torch_files
 # (../shared/data/repdistiller/README.md: resnet8x4 1,233,540, resnet20
 # 278,324, MobileNetV2 812,836).
 EXPECTED_PARAMS = {
-    'resnet8': 83_892,
-    'resnet14': 181_108,
-    'resnet20': 278_324,
-    'resnet32': 472_756,
-    'resnet44': 667_188,
-    'resnet56': 861_620,
-    'resnet110': 1_736_564,
-    'resnet8x4': 1_233_540,
-    'resnet32x4': 7_433_860,
-    'ResNet50': 23_705_252,
-    'wrn_16_1': 180_916,
-    'wrn_16_2': 703_284,
-    'wrn_40_1': 569_780,
-    'wrn_40_2': 2_255_156,
-    'vgg8': 3_965_028,
-    'vgg11': 9_277_284,
-    'vgg13': 9_462_180,
-    'vgg16': 14_774_436,
-    'vgg19': 20_086_692,
-    'MobileNetV2': 812_836,
-    'ShuffleV1': 949_258,
-    'ShuffleV2': 1_355_528,
+  'resnet8': 83_892,
+  'resnet14': 181_108,
+  'resnet20': 278_324,
+  'resnet32': 472_756,
+  'resnet44': 667_188,
+  'resnet56': 861_620,
+  'resnet110': 1_736_564,
+  'resnet8x4': 1_233_540,
+  'resnet32x4': 7_433_860,
+  'ResNet50': 23_705_252,
+  'wrn_16_1': 180_916,
+  'wrn_16_2': 703_284,
+  'wrn_40_1': 569_780,
+  'wrn_40_2': 2_255_156,
+  'vgg8': 3_965_028,
+  'vgg11': 9_277_284,
+  'vgg13': 9_462_180,
+  'vgg16': 14_774_436,
+  'vgg19': 20_086_692,
+  'MobileNetV2': 812_836,
+  'ShuffleV1': 949_258,
+  'ShuffleV2': 1_355_528,
 }
 
 FEATURE_DIMS = {
-    'resnet8': 64, 'resnet14': 64, 'resnet20': 64, 'resnet32': 64,
-    'resnet44': 64, 'resnet56': 64, 'resnet110': 64,
-    'resnet8x4': 256, 'resnet32x4': 256,
-    'wrn_16_2': 128, 'wrn_40_1': 64, 'wrn_40_2': 128,
-    'vgg8': 512, 'vgg13': 512,
-    'wrn_16_1': 64, 'vgg11': 512, 'vgg16': 512, 'vgg19': 512,
-    'MobileNetV2': 1280, 'ShuffleV1': 960, 'ShuffleV2': 1024, 'ResNet50': 2048,
+  'resnet8': 64,
+  'resnet14': 64,
+  'resnet20': 64,
+  'resnet32': 64,
+  'resnet44': 64,
+  'resnet56': 64,
+  'resnet110': 64,
+  'resnet8x4': 256,
+  'resnet32x4': 256,
+  'wrn_16_2': 128,
+  'wrn_40_1': 64,
+  'wrn_40_2': 128,
+  'vgg8': 512,
+  'vgg13': 512,
+  'wrn_16_1': 64,
+  'vgg11': 512,
+  'vgg16': 512,
+  'vgg19': 512,
+  'MobileNetV2': 1280,
+  'ShuffleV1': 960,
+  'ShuffleV2': 1024,
+  'ResNet50': 2048,
 }
 
 
@@ -61,7 +76,8 @@ def _images(batch=2):
 def _abstract_init(module):
   """Variables' shapes and dtypes, without running the initialisers."""
   return jax.eval_shape(
-      lambda: module.init(jax.random.key(0), _images(), train=False))
+    lambda: module.init(jax.random.key(0), _images(), train=False)
+  )
 
 
 def test_registry_is_complete():
@@ -71,8 +87,9 @@ def test_registry_is_complete():
 def test_benchmark_layout_sizes():
   # tests/torch_files.py's hand-written state_dicts (which the importer's
   # tests use as the benchmark's layout) hold every count PyTorch measured.
-  assert {n: torch_files.parameter_count(n, 100)
-          for n in torch_files.MODEL_NAMES} == EXPECTED_PARAMS
+  assert {
+    n: torch_files.parameter_count(n, 100) for n in torch_files.MODEL_NAMES
+  } == EXPECTED_PARAMS
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED_PARAMS))
@@ -89,15 +106,23 @@ def test_output_shapes_and_dtypes(name, dtype):
   variables = _abstract_init(module)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   (logits, features), state = jax.eval_shape(
-      lambda v: module.apply(v, _images(), train=False,
-                             capture_intermediates=True,
-                             mutable=['intermediates']), variables)
+    lambda v: module.apply(
+      v,
+      _images(),
+      train=False,
+      capture_intermediates=True,
+      mutable=['intermediates'],
+    ),
+    variables,
+  )
   # Every layer computes in `dtype`; only the model's own outputs are cast.
   layers = {k: v for k, v in state['intermediates'].items() if k != '__call__'}
   assert {x.dtype for x in jax.tree.leaves(layers)} == {jnp.dtype(dtype)}
   assert (logits.shape, logits.dtype) == ((2, 100), jnp.float32)
   assert (features.shape, features.dtype) == (
-      (2, FEATURE_DIMS[name]), jnp.float32)
+    (2, FEATURE_DIMS[name]),
+    jnp.float32,
+  )
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
@@ -108,18 +133,22 @@ def test_batch_stats_update_only_in_training(dtype):
   stats = variables['batch_stats']
 
   (logits, features), updates = module.apply(
-      variables, x, train=True, mutable=['batch_stats'])
+    variables, x, train=True, mutable=['batch_stats']
+  )
   assert logits.shape == (4, 10) and logits.dtype == jnp.float32
   assert features.shape == (4, 64) and features.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), stats,
-                         updates['batch_stats'])
+  changed = jax.tree.map(
+    lambda a, b: bool(jnp.any(a != b)), stats, updates['batch_stats']
+  )
   assert all(jax.tree.leaves(changed))
 
   _, eval_updates = module.apply(
-      variables, x, train=False, mutable=['batch_stats'])
-  jax.tree.map(np.testing.assert_array_equal, stats,
-               eval_updates['batch_stats'])
+    variables, x, train=False, mutable=['batch_stats']
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal, stats, eval_updates['batch_stats']
+  )
   # Inference needs no mutable collection at all.
   logits_eval, _ = module.apply(variables, x, train=False)
   assert np.all(np.isfinite(logits_eval))
@@ -127,7 +156,8 @@ def test_batch_stats_update_only_in_training(dtype):
 
 def test_initialisation_follows_pytorch_reference():
   variables = models.create_model('resnet8', 100).init(
-      jax.random.key(0), _images(), train=False)
+    jax.random.key(0), _images(), train=False
+  )
   params = variables['params']
   bn = params['layer3_0']['bn2']
   np.testing.assert_array_equal(bn['scale'], 1.0)
@@ -170,12 +200,18 @@ def _wave_params(params):
 # stride-2 convs instead of PyTorch's padding=1 moves resnet8's logits by
 # 1.0e-2 and wrn_16_2's by 8.4e-3.
 REFERENCE_LOGITS = {
-    'resnet8': [[0.11275903, -0.51327555, -0.89790869, -0.86024127],
-                [0.11008522, -0.51357882, -0.89569879, -0.85655754]],
-    'vgg8': [[0.93314377, 0.98555756, 0.57444824, -0.10683304],
-             [0.93399116, 0.98574512, 0.57388776, -0.10787796]],
-    'wrn_16_2': [[-0.80265304, -0.87748565, -0.53962302, 0.05203274],
-                 [-0.81212604, -0.88586316, -0.54296496, 0.05529813]],
+  'resnet8': [
+    [0.11275903, -0.51327555, -0.89790869, -0.86024127],
+    [0.11008522, -0.51357882, -0.89569879, -0.85655754],
+  ],
+  'vgg8': [
+    [0.93314377, 0.98555756, 0.57444824, -0.10683304],
+    [0.93399116, 0.98574512, 0.57388776, -0.10787796],
+  ],
+  'wrn_16_2': [
+    [-0.80265304, -0.87748565, -0.53962302, 0.05203274],
+    [-0.81212604, -0.88586316, -0.54296496, 0.05529813],
+  ],
 }
 
 
@@ -187,17 +223,19 @@ def test_logits_match_pytorch_reference(name):
   shapes = _abstract_init(module)
   # Running statistics do not enter a training-mode forward pass.
   variables = {
-      'params': _wave_params(shapes['params']),
-      'batch_stats': jax.tree.map(
-          lambda s: jnp.zeros(s.shape, s.dtype), shapes['batch_stats']),
+    'params': _wave_params(shapes['params']),
+    'batch_stats': jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype), shapes['batch_stats']
+    ),
   }
   # TF32/bf16 matmuls on accelerators would swamp the tolerance.
   with jax.default_matmul_precision('highest'):
     (logits, _), _ = jax.jit(
-        lambda v: module.apply(v, x, train=True, mutable=['batch_stats']))(
-            variables)
+      lambda v: module.apply(v, x, train=True, mutable=['batch_stats'])
+    )(variables)
   np.testing.assert_allclose(
-      logits[:, :4], REFERENCE_LOGITS[name], rtol=0, atol=5e-4)
+    logits[:, :4], REFERENCE_LOGITS[name], rtol=0, atol=5e-4
+  )
 
 
 def test_unknown_name_raises_user_error():

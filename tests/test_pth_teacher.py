@@ -60,8 +60,9 @@ def _teacher_loss(dataset, mean, std):
 
 
 @pytest.mark.slow  # shares a student trained on 4 emulated devices
-def test_teacher_accuracy_at_start_equals_eval_config(config, student_run,
-                                                      capsys, tmp_path):
+def test_teacher_accuracy_at_start_equals_eval_config(
+  config, student_run, capsys, tmp_path
+):
   workdir, summary = student_run
   with open(workdir / student.TEACHER_EVAL_FILE) as f:
     at_start = json.load(f)
@@ -71,9 +72,13 @@ def test_teacher_accuracy_at_start_equals_eval_config(config, student_run,
   assert [r['step'] for r in steps] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in steps)
 
-  printed = evaluate.evaluate_pytorch(str(PTH), 'resnet20', config.dataset,
-                                      batch_size=64,
-                                      export=str(tmp_path / 't.msgpack'))
+  printed = evaluate.evaluate_pytorch(
+    str(PTH),
+    'resnet20',
+    config.dataset,
+    batch_size=64,
+    export=str(tmp_path / 't.msgpack'),
+  )
   assert printed['top1'] == at_start['top1']
   assert printed['top5'] == at_start['top5']
   np.testing.assert_allclose(printed['loss'], at_start['loss'], rtol=1e-6)
@@ -91,43 +96,54 @@ def test_exported_file_loads_in_three_lines(tmp_path):
   shared_fixture(PTH)
   path = tmp_path / 'teacher.msgpack'
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
-  params_file.save(str(path), variables, model='resnet20', num_classes=100,
-                   mean=torch_import.benchmark_normalization()[0],
-                   std=torch_import.benchmark_normalization()[1])
+  params_file.save(
+    str(path),
+    variables,
+    model='resnet20',
+    num_classes=100,
+    mean=torch_import.benchmark_normalization()[0],
+    std=torch_import.benchmark_normalization()[1],
+  )
   reference = np.load(FIXTURE / 'reference_outputs.npz')
   images = reference['images_uint8'].astype(np.float32)
   # The three lines of interop/params_file.py's docstring.
   from flax import serialization  # pylint: disable=g-import-not-at-top
+
   f = serialization.msgpack_restore(open(path, 'rb').read())
   logits, features = models.create_model(f['model'], f['num_classes']).apply(
-      f['variables'], (images - f['mean']) / f['std'])
+    f['variables'], (images - f['mean']) / f['std']
+  )
   np.testing.assert_allclose(logits, reference['logits'], atol=1e-5)
   np.testing.assert_allclose(features, reference['features'], atol=1e-5)
 
 
 @pytest.mark.slow  # shares a student trained on 4 emulated devices
 def test_native_checkpoint_export_predicts_like_its_evaluation(
-    config, student_run, tmp_path, capsys):
+  config, student_run, tmp_path, capsys
+):
   workdir, _ = student_run
   path = tmp_path / 'student.msgpack'
-  result = evaluate.evaluate_checkpoint(str(workdir), 'last',
-                                        batch_size=32, export=str(path))
+  result = evaluate.evaluate_checkpoint(
+    str(workdir), 'last', batch_size=32, export=str(path)
+  )
   exported = params_file.load(str(path))
   assert (exported['model'], exported['num_classes']) == ('resnet8', 100)
   assert set(exported['variables']) == {'params', 'batch_stats'}
   dataset = datasets.load(config.dataset)
   logits, _ = models.create_model('resnet8', 100).apply(
-      exported['variables'],
-      (dataset.test_images.astype(np.float32) - exported['mean']) /
-      exported['std'])
+    exported['variables'],
+    (dataset.test_images.astype(np.float32) - exported['mean'])
+    / exported['std'],
+  )
   top1 = float(np.mean(np.argmax(logits, -1) == dataset.test_labels))
   assert top1 == result['top1']
   capsys.readouterr()
 
 
 @pytest.mark.slow  # shares a student trained on 4 emulated devices
-def test_step_feeds_the_teacher_benchmark_normalised_images(config,
-                                                           student_run):
+def test_step_feeds_the_teacher_benchmark_normalised_images(
+  config, student_run
+):
   workdir, _ = student_run
   first = metric_writer.read_records(str(workdir), 'train')[0]
   assert first['step'] == 1
@@ -135,17 +151,26 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(config,
   mesh = parallel.make_mesh(None)
   dataset = datasets.load(config.dataset)
   split, _ = input_pipeline.to_device(dataset, mesh)
-  images, _ = next(input_pipeline.train_batches(
-      split, mesh, seed=config.seed, batch_size=config.batch_size,
-      num_views=1, crop_padding=config.crop_padding, flip=config.flip,
-      start_step=0))
+  images, _ = next(
+    input_pipeline.train_batches(
+      split,
+      mesh,
+      seed=config.seed,
+      batch_size=config.batch_size,
+      num_views=1,
+      crop_padding=config.crop_padding,
+      flip=config.flip,
+      start_step=0,
+    )
+  )
   raw = np.asarray(images[0])
   student_model = models.create_model('resnet8', 100)
-  initial = jax.jit(lambda key: student_model.init(
-      key, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.key(config.seed))
-  (s_logits, _), _ = jax.jit(lambda v, x: student_model.apply(
-      v, x, train=True, mutable=['batch_stats']))(
-          initial, augment.normalize(raw, dataset.mean, dataset.std))
+  initial = jax.jit(
+    lambda key: student_model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)
+  )(jax.random.key(config.seed))
+  (s_logits, _), _ = jax.jit(
+    lambda v, x: student_model.apply(v, x, train=True, mutable=['batch_stats'])
+  )(initial, augment.normalize(raw, dataset.mean, dataset.std))
   teacher = models.create_model('resnet20', 100)
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
   teacher_logits = jax.jit(lambda x: teacher.apply(variables, x)[0])
@@ -166,10 +191,15 @@ def test_renormalized_teacher_sees_its_own_statistics(config):
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
   raw = dataset.test_images[:8]
   wrapped = teacher_source.Renormalized(
-      model, tuple(dataset.mean.tolist()), tuple(dataset.std.tolist()),
-      tuple(mean.tolist()), tuple(std.tolist()))
-  got, _ = wrapped.apply(variables,
-                         augment.normalize(raw, dataset.mean, dataset.std))
+    model,
+    tuple(dataset.mean.tolist()),
+    tuple(dataset.std.tolist()),
+    tuple(mean.tolist()),
+    tuple(std.tolist()),
+  )
+  got, _ = wrapped.apply(
+    variables, augment.normalize(raw, dataset.mean, dataset.std)
+  )
   want, _ = model.apply(variables, augment.normalize(raw, mean, std))
   np.testing.assert_allclose(got, want, atol=1e-4)
 
@@ -177,9 +207,10 @@ def test_renormalized_teacher_sees_its_own_statistics(config):
 def test_pth_teacher_config_errors(config, tmp_path):
   mesh = parallel.make_mesh(1)
   for field, value, message in [
-      ('workdir', str(tmp_path), 'are both set'),
-      ('model', None, 'config.teacher.model=None must name the architecture'),
-      ('pth', str(tmp_path / 'absent.pth'), 'is not a file')]:
+    ('workdir', str(tmp_path), 'are both set'),
+    ('model', None, 'config.teacher.model=None must name the architecture'),
+    ('pth', str(tmp_path / 'absent.pth'), 'is not a file'),
+  ]:
     c = config.copy_and_resolve_references()
     c.teacher[field] = value
     with pytest.raises(UserError, match=message):
@@ -187,29 +218,39 @@ def test_pth_teacher_config_errors(config, tmp_path):
 
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(
-    config, tmp_path):
+  config, tmp_path
+):
   from launch_in_process import error_line, launch  # pylint: disable=g-import-not-at-top
+
   export = tmp_path / 'never.msgpack'
-  result = launch('--config=configs/eval.py', f'--config.pth={PTH}',
-                  '--config.model=resnet8x4', '--config.dataset.name=synthetic',
-                  '--config.dataset.num_classes=100',
-                  f'--config.export={export}', check=False)
+  result = launch(
+    '--config=configs/eval.py',
+    f'--config.pth={PTH}',
+    '--config.model=resnet8x4',
+    '--config.dataset.name=synthetic',
+    '--config.dataset.num_classes=100',
+    f'--config.export={export}',
+    check=False,
+  )
   assert error_line(result.returncode, result.stderr) == (
-      f"error: {PTH}: tensor 'conv1.weight' is [16, 3, 3, 3] but resnet8x4 "
-      'with 100 classes expects [32, 3, 3, 3]')
+    f"error: {PTH}: tensor 'conv1.weight' is [16, 3, 3, 3] but resnet8x4 "
+    'with 100 classes expects [32, 3, 3, 3]'
+  )
   assert not export.exists()
 
 
 def test_eval_config_errors(tmp_path):
   from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
   from icckd_jax import main  # pylint: disable=g-import-not-at-top
+
   c = eval_config.get_config()
   c.pth = str(tmp_path / 'absent.pth')
   c.model = 'resnet20'
   with pytest.raises(UserError, match='are both set'):
     main.run(c, str(tmp_path))
-  with pytest.raises(UserError,
-                     match="config.pth='.*absent.pth' is not a file"):
+  with pytest.raises(
+    UserError, match="config.pth='.*absent.pth' is not a file"
+  ):
     main.run(c, None)
   c.model = 'resnet21'
   with pytest.raises(UserError, match="config.model='resnet21' must name"):

@@ -37,8 +37,12 @@ from launch_in_process import error_line, run_launcher
 SMOKE = ('--config=configs/teacher.py:smoke',)
 # The trained fixture's run: a cross-entropy teacher (the cheapest step to
 # compile), 2 steps per epoch, 2 epochs, one device.
-TRAINED = (*SMOKE, '--config.dataset.num_train=64', '--config.icc.lam=0',
-           '--config.num_devices=1')
+TRAINED = (
+  *SMOKE,
+  '--config.dataset.num_train=64',
+  '--config.icc.lam=0',
+  '--config.num_devices=1',
+)
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 
@@ -46,8 +50,11 @@ def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:
   """Every file under `path` with its contents; None if `path` is absent."""
   if not path.exists():
     return None
-  return {str(p.relative_to(path)): p.read_bytes()
-          for p in sorted(path.rglob('*')) if p.is_file()}
+  return {
+    str(p.relative_to(path)): p.read_bytes()
+    for p in sorted(path.rglob('*'))
+    if p.is_file()
+  }
 
 
 def restore_state(workdir, which='last'):
@@ -58,8 +65,7 @@ def restore_state(workdir, which='last'):
 
 
 def strip_timing(records):
-  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-          for r in records]
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 @pytest.fixture(scope='module')
@@ -74,79 +80,123 @@ def trained(tmp_path_factory) -> pathlib.Path:
 # (arguments, what the error line must say). `{new}` is a workdir that does
 # not exist, `{run}` the trained teacher's.
 BAD_INPUTS = {
-    'checkpoint_every_0': (['--config.checkpoint_every_epochs=0'],
-                           'config.checkpoint_every_epochs=0 is out of range'),
-    'log_every_0': (['--config.log_every_steps=0'],
-                    'config.log_every_steps=0 is out of range'),
-    'num_epochs_0': (['--config.num_epochs=0'], 'config.num_epochs=0'),
-    'keep_0': (['--config.keep_checkpoints=0'], 'config.keep_checkpoints=0'),
-    'lr_negative': (['--config.learning_rate=-0.1'],
-                    'config.learning_rate=-0.1 is out of range; it must be a '
-                    'finite number > 0'),
-    'lr_zero': (['--config.learning_rate=0'], 'config.learning_rate=0'),
-    'lr_inf': (['--config.learning_rate=inf'], 'config.learning_rate=inf'),
-    'delta_nan': (['--config.icc.delta=nan'], 'config.icc.delta=nan'),
-    'tau_inf': (['--config.icc.tau=inf'], 'config.icc.tau=inf'),
-    'lam_negative': (['--config.icc.lam=-1'], 'config.icc.lam=-1'),
-    'lr_decay_rate_nan': (['--config.lr_decay_rate=nan'],
-                          'config.lr_decay_rate=nan'),
-    'lr_decay_epoch_negative': (['--config.lr_decay_epochs=(-1,)'],
-                                'config.lr_decay_epochs=(-1,)'),
-    'momentum_1.5': (['--config.momentum=1.5'], 'config.momentum=1.5'),
-    'weight_decay_negative': (['--config.weight_decay=-0.0001'],
-                              'config.weight_decay=-0.0001'),
-    'batch_0': (['--config.batch_size=0'], 'config.batch_size=0'),
-    'eval_batch_0': (['--config.eval_batch_size=0'],
-                     'config.eval_batch_size=0'),
-    'eval_batch_indivisible': (['--config.eval_batch_size=30'],
-                               'config.eval_batch_size=30 is not divisible'),
-    'batch_over_data': (['--config.batch_size=512'],
-                        'config.batch_size=512 is larger than the 256'),
-    'cache_negative': (['--config.cache.size=-1'], 'config.cache.size=-1'),
-    'num_train_0': (['--config.dataset.num_train=0'],
-                    'config.dataset.num_train=0'),
-    'one_class': (['--config.dataset.num_classes=1'],
-                  'config.dataset.num_classes=1'),
-    'seed_negative': (['--config.seed=-1'], 'config.seed=-1'),
-    'crop_negative': (['--config.crop_padding=-1'], 'config.crop_padding=-1'),
-    'num_devices_negative': (['--config.num_devices=-1'],
-                             'config.num_devices=-1'),
-    'nested_misspelt': (['--config.icc.lamda=1'],
-                        'no such config field: lamda (did you mean "lam" '
-                        'instead of "lamda"?)'),
-    'pipeline_student_alpha': (
-        ['--config=configs/pipeline.py:smoke',
-         '--config.student.distill.alpha=-1'],
-        'config.student.distill.alpha=-1'),
-    'student_temperature_0': (
-        ['--config=configs/student.py:smoke', '--config.teacher.workdir={run}',
-         '--config.distill.temperature=0'], 'config.distill.temperature=0'),
-    'student_image_size': (
-        ['--config=configs/student.py:smoke', '--config.teacher.workdir={run}',
-         '--config.dataset.image_size=16'],
-        'config.dataset.image_size=16 but the teacher was trained on '
-        'dataset.image_size=32'),
-    'student_no_teacher': (
-        ['--config=configs/student.py:smoke',
-         '--config.teacher.workdir={new}_teacher'], 'config.teacher.workdir='),
+  'checkpoint_every_0': (
+    ['--config.checkpoint_every_epochs=0'],
+    'config.checkpoint_every_epochs=0 is out of range',
+  ),
+  'log_every_0': (
+    ['--config.log_every_steps=0'],
+    'config.log_every_steps=0 is out of range',
+  ),
+  'num_epochs_0': (['--config.num_epochs=0'], 'config.num_epochs=0'),
+  'keep_0': (['--config.keep_checkpoints=0'], 'config.keep_checkpoints=0'),
+  'lr_negative': (
+    ['--config.learning_rate=-0.1'],
+    'config.learning_rate=-0.1 is out of range; it must be a finite number > 0',
+  ),
+  'lr_zero': (['--config.learning_rate=0'], 'config.learning_rate=0'),
+  'lr_inf': (['--config.learning_rate=inf'], 'config.learning_rate=inf'),
+  'delta_nan': (['--config.icc.delta=nan'], 'config.icc.delta=nan'),
+  'tau_inf': (['--config.icc.tau=inf'], 'config.icc.tau=inf'),
+  'lam_negative': (['--config.icc.lam=-1'], 'config.icc.lam=-1'),
+  'lr_decay_rate_nan': (
+    ['--config.lr_decay_rate=nan'],
+    'config.lr_decay_rate=nan',
+  ),
+  'lr_decay_epoch_negative': (
+    ['--config.lr_decay_epochs=(-1,)'],
+    'config.lr_decay_epochs=(-1,)',
+  ),
+  'momentum_1.5': (['--config.momentum=1.5'], 'config.momentum=1.5'),
+  'weight_decay_negative': (
+    ['--config.weight_decay=-0.0001'],
+    'config.weight_decay=-0.0001',
+  ),
+  'batch_0': (['--config.batch_size=0'], 'config.batch_size=0'),
+  'eval_batch_0': (['--config.eval_batch_size=0'], 'config.eval_batch_size=0'),
+  'eval_batch_indivisible': (
+    ['--config.eval_batch_size=30'],
+    'config.eval_batch_size=30 is not divisible',
+  ),
+  'batch_over_data': (
+    ['--config.batch_size=512'],
+    'config.batch_size=512 is larger than the 256',
+  ),
+  'cache_negative': (['--config.cache.size=-1'], 'config.cache.size=-1'),
+  'num_train_0': (
+    ['--config.dataset.num_train=0'],
+    'config.dataset.num_train=0',
+  ),
+  'one_class': (
+    ['--config.dataset.num_classes=1'],
+    'config.dataset.num_classes=1',
+  ),
+  'seed_negative': (['--config.seed=-1'], 'config.seed=-1'),
+  'crop_negative': (['--config.crop_padding=-1'], 'config.crop_padding=-1'),
+  'num_devices_negative': (
+    ['--config.num_devices=-1'],
+    'config.num_devices=-1',
+  ),
+  'nested_misspelt': (
+    ['--config.icc.lamda=1'],
+    'no such config field: lamda (did you mean "lam" instead of "lamda"?)',
+  ),
+  'pipeline_student_alpha': (
+    ['--config=configs/pipeline.py:smoke', '--config.student.distill.alpha=-1'],
+    'config.student.distill.alpha=-1',
+  ),
+  'student_temperature_0': (
+    [
+      '--config=configs/student.py:smoke',
+      '--config.teacher.workdir={run}',
+      '--config.distill.temperature=0',
+    ],
+    'config.distill.temperature=0',
+  ),
+  'student_image_size': (
+    [
+      '--config=configs/student.py:smoke',
+      '--config.teacher.workdir={run}',
+      '--config.dataset.image_size=16',
+    ],
+    'config.dataset.image_size=16 but the teacher was trained on '
+    'dataset.image_size=32',
+  ),
+  'student_no_teacher': (
+    [
+      '--config=configs/student.py:smoke',
+      '--config.teacher.workdir={new}_teacher',
+    ],
+    'config.teacher.workdir=',
+  ),
 }
 
 # Changes that build another run: refused on the trained workdir.
 RESUME_MISMATCHES = {
-    'model': (['--config.model=resnet14'],
-              "holds a run with model='resnet8' (now 'resnet14')"),
-    'batch_size': (['--config.batch_size=64'], 'batch_size=32 (now 64)'),
-    'image_size': (['--config.dataset.image_size=16'],
-                   'dataset.image_size=32 (now 16)'),
-    # The trained run is a CE teacher (λ = 0), which has no cache: its
-    # cache fields are not part of it (test_config_schema), λ is.
-    'objective': (['--config.icc.lam=0.1', '--config.cache.size=2'],
-                  'icc.lam=0.0 (now 0.1)'),
-    'seed': (['--config.seed=3'], 'seed=0 (now 3)'),
-    'learning_rate': (['--config.learning_rate=0.1'],
-                      'learning_rate=0.05 (now 0.1)'),
-    'bad_value_first': (['--config.num_epochs=0', '--config.model=resnet14'],
-                        'config.num_epochs=0'),
+  'model': (
+    ['--config.model=resnet14'],
+    "holds a run with model='resnet8' (now 'resnet14')",
+  ),
+  'batch_size': (['--config.batch_size=64'], 'batch_size=32 (now 64)'),
+  'image_size': (
+    ['--config.dataset.image_size=16'],
+    'dataset.image_size=32 (now 16)',
+  ),
+  # The trained run is a CE teacher (λ = 0), which has no cache: its
+  # cache fields are not part of it (test_config_schema), λ is.
+  'objective': (
+    ['--config.icc.lam=0.1', '--config.cache.size=2'],
+    'icc.lam=0.0 (now 0.1)',
+  ),
+  'seed': (['--config.seed=3'], 'seed=0 (now 3)'),
+  'learning_rate': (
+    ['--config.learning_rate=0.1'],
+    'learning_rate=0.05 (now 0.1)',
+  ),
+  'bad_value_first': (
+    ['--config.num_epochs=0', '--config.model=resnet14'],
+    'config.num_epochs=0',
+  ),
 }
 
 
@@ -155,16 +205,18 @@ def _fill(args, run, new):
 
 
 @pytest.mark.parametrize('name', sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, trained,
-                                                         tmp_path):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+  name, trained, tmp_path
+):
   """Every bad value of a new run: exit 2, one line, no workdir created, and
   the teacher it may read left byte for byte as it was."""
   args, expected = BAD_INPUTS[name]
   new = tmp_path / 'new'
   config = [] if any(a.startswith('--config=') for a in args) else list(SMOKE)
   before = snapshot(trained)
-  code, stderr = run_launcher(*config, *_fill(args, trained, new),
-                              f'--workdir={new}')
+  code, stderr = run_launcher(
+    *config, *_fill(args, trained, new), f'--workdir={new}'
+  )
   assert expected in error_line(code, stderr)
   assert not new.exists()
   assert snapshot(trained) == before
@@ -179,14 +231,18 @@ def test_resume_with_another_run_config_is_refused(name, trained):
   assert snapshot(trained) == before
 
 
-@pytest.mark.parametrize('args,expected', [
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config.eval_batch_size=0'], 'config.eval_batch_size=0'),
     (['--config.checkpoint=middle'], "config.checkpoint='middle' is unknown"),
-])
+  ],
+)
 def test_bad_eval_values_are_one_line(trained, args, expected):
   before = snapshot(trained)
-  code, stderr = run_launcher('--config=configs/eval.py',
-                              f'--config.workdir={trained}', *args)
+  code, stderr = run_launcher(
+    '--config=configs/eval.py', f'--config.workdir={trained}', *args
+  )
   assert expected in error_line(code, stderr)
   assert snapshot(trained) == before
 
@@ -205,11 +261,20 @@ def test_bad_value_in_a_real_process_exits_2_before_writing(tmp_path):
   """The exit-code path outside pytest: a fresh interpreter, a bad value."""
   new = tmp_path / 'new'
   result = subprocess.run(
-      [sys.executable, str(ROOT / 'launch.py'), *SMOKE,
-       '--config.icc.lamda=1', f'--workdir={new}'],
-      cwd=ROOT, capture_output=True, text=True)
+    [
+      sys.executable,
+      str(ROOT / 'launch.py'),
+      *SMOKE,
+      '--config.icc.lamda=1',
+      f'--workdir={new}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert 'no such config field: lamda (did you mean "lam"' in error_line(
-      result.returncode, result.stderr)
+    result.returncode, result.stderr
+  )
   assert not new.exists()
 
 
@@ -218,41 +283,58 @@ def test_student_data_must_have_the_teacher_image_shape(trained):
   images are checked against (channels included)."""
   from icckd_jax.training import student  # pylint: disable=g-import-not-at-top
   from configs import teacher  # pylint: disable=g-import-not-at-top
+
   ckpts = checkpoint.Checkpoints(str(trained), read_only=True)
   shape = ckpts.input_shape('last')
   ckpts.close()
   assert shape == [32, 32, 3]
   data = teacher.get_config('smoke').dataset
   teacher_source.check_same_data(data, data, (32, 32, 3), shape)
-  with pytest.raises(student.UserError, match=r'images of shape \(32, 32, 1\)'
-                     r'.* trained on \(32, 32, 3\)'):
+  with pytest.raises(
+    student.UserError,
+    match=r'images of shape \(32, 32, 1\)'
+    r'.* trained on \(32, 32, 3\)',
+  ):
     teacher_source.check_same_data(data, data, (32, 32, 1), shape)
 
 
 def test_loss_and_state_checks_catch_what_they_must():
   """check_losses: a finite loss 100x the first step's is divergence;
   check_state: NaN only in BatchNorm statistics is divergence too."""
+
   class NoCheckpoints:
     def latest_epoch(self):
       return 3
+
   ckpts = NoCheckpoints()
   divergence.check_losses(np.array([2.3, 50.0, 229.0]), 1, 2.3, ckpts)
-  with pytest.raises(divergence.Diverged, match='loss 231 at step 8 .*last good: '
-                     'epoch 3'):
+  with pytest.raises(
+    divergence.Diverged, match='loss 231 at step 8 .*last good: epoch 3'
+  ):
     divergence.check_losses(np.array([2.0, 231.0]), 7, 2.3, ckpts)
   with pytest.raises(divergence.Diverged, match='loss nan at step 2'):
     divergence.check_losses(np.array([2.0, np.nan]), 1, 2.3, ckpts)
-  state = TrainState(step=jnp.zeros((), jnp.int32),
-                     params={'w': jnp.ones(3)},
-                     batch_stats={'mean': jnp.zeros(3)},
-                     opt_state=({'m': jnp.zeros(3)},))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params={'w': jnp.ones(3)},
+    batch_stats={'mean': jnp.zeros(3)},
+    opt_state=({'m': jnp.zeros(3)},),
+  )
   divergence.check_state(state, 5, ckpts)
-  with pytest.raises(divergence.Diverged, match=r"state arrays at step 5 .*mean"):
-    divergence.check_state(state.replace(
-        batch_stats={'mean': jnp.array([0.0, jnp.nan, 0.0])}), 5, ckpts)
+  with pytest.raises(
+    divergence.Diverged, match=r'state arrays at step 5 .*mean'
+  ):
+    divergence.check_state(
+      state.replace(batch_stats={'mean': jnp.array([0.0, jnp.nan, 0.0])}),
+      5,
+      ckpts,
+    )
   with pytest.raises(divergence.Diverged, match='1 state arrays'):
-    divergence.check_state(state.replace(
-        opt_state=({'m': jnp.array([jnp.inf, 0.0, 0.0])},)), 5, ckpts)
+    divergence.check_state(
+      state.replace(opt_state=({'m': jnp.array([jnp.inf, 0.0, 0.0])},)),
+      5,
+      ckpts,
+    )
 
 
 def test_diverging_run_keeps_its_good_checkpoints(tmp_path, caplog):
@@ -268,17 +350,27 @@ def test_diverging_run_keeps_its_good_checkpoints(tmp_path, caplog):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'metrics.jsonl').write_text(
-      '{"kind": "memory", "step": 0}\n{"kind": "train", "step": 4}\n')
-  args = (*TRAINED, '--config.lr_decay_epochs=(1,)',
-          '--config.lr_decay_rate=1e6', '--config.keep_checkpoints=1',
-          f'--workdir={workdir}')
+    '{"kind": "memory", "step": 0}\n{"kind": "train", "step": 4}\n'
+  )
+  args = (
+    *TRAINED,
+    '--config.lr_decay_epochs=(1,)',
+    '--config.lr_decay_rate=1e6',
+    '--config.keep_checkpoints=1',
+    f'--workdir={workdir}',
+  )
   line = error_line(*run_launcher(*args))
   assert 'training diverged' in line and 'last good: epoch 1' in line
   log = caplog.text
   assert log.index('64 train / 128 test images 32x32x3') < log.index(
-      'Compiling the train step')
-  for shown in ('2 steps per epoch x 2 epochs', 'parameters; 1 cpu device(s)',
-                'compute dtype float32', 'a new run'):
+    'Compiling the train step'
+  )
+  for shown in (
+    '2 steps per epoch x 2 epochs',
+    'parameters; 1 cpu device(s)',
+    'compute dtype float32',
+    'a new run',
+  ):
     assert shown in log, shown
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['1']
   assert not os.listdir(workdir / 'preempted')
@@ -289,13 +381,15 @@ def test_diverging_run_keeps_its_good_checkpoints(tmp_path, caplog):
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['keep_checkpoints'] == 1
   assert [r['kind'] for r in metric_writer.read_records(str(workdir))].count(
-      'memory') == 1
-
+    'memory'
+  ) == 1
 
 
 def _truncate_largest(directory: pathlib.Path) -> pathlib.Path:
-  largest = max((p for p in directory.rglob('*') if p.is_file()),
-                key=lambda p: p.stat().st_size)
+  largest = max(
+    (p for p in directory.rglob('*') if p.is_file()),
+    key=lambda p: p.stat().st_size,
+  )
   with open(largest, 'r+b') as f:
     f.truncate(64)
   return largest
@@ -311,15 +405,18 @@ def test_damaged_latest_checkpoint_falls_back(trained, tmp_path):
   _truncate_largest(workdir / 'checkpoints' / '2' / 'state')
   damaged = snapshot(workdir / 'checkpoints' / '2')
 
-  code, stderr = run_launcher('--config=configs/eval.py',
-                              f'--config.workdir={workdir}',
-                              '--config.checkpoint=last')
+  code, stderr = run_launcher(
+    '--config=configs/eval.py',
+    f'--config.workdir={workdir}',
+    '--config.checkpoint=last',
+  )
   assert code == 0, stderr[-2000:]
   assert json.loads((workdir / 'eval_last.json').read_text())['epoch'] == 1
   assert snapshot(workdir / 'checkpoints' / '2') == damaged
 
-  code, stderr = run_launcher(*TRAINED, '--config.num_epochs=3',
-                              f'--workdir={workdir}')
+  code, stderr = run_launcher(
+    *TRAINED, '--config.num_epochs=3', f'--workdir={workdir}'
+  )
   assert code == 0, stderr[-2000:]
   assert snapshot(workdir / 'damaged' / 'checkpoints-2') == damaged
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '3']
@@ -328,8 +425,9 @@ def test_damaged_latest_checkpoint_falls_back(trained, tmp_path):
 
   best = workdir / 'best'
   _truncate_largest(best / os.listdir(best)[0] / 'state')
-  line = error_line(*run_launcher('--config=configs/eval.py',
-                                  f'--config.workdir={workdir}'))
+  line = error_line(
+    *run_launcher('--config=configs/eval.py', f'--config.workdir={workdir}')
+  )
   assert 'no intact best checkpoint' in line
 
 
@@ -349,13 +447,17 @@ def test_metrics_file_is_repaired_or_rebuilt_on_rerun(trained, tmp_path):
   code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
   assert code == 0, stderr[-2000:]
   assert metric_writer.read_records(str(workdir)) == [
-      r for r in original if r['kind'] == 'epoch']
-  assert json.loads((workdir / 'summary.json').read_text())[
-      'final_top1'] == summary['final_top1']
+    r for r in original if r['kind'] == 'epoch'
+  ]
+  assert (
+    json.loads((workdir / 'summary.json').read_text())['final_top1']
+    == summary['final_top1']
+  )
 
 
-def test_tensorboard_purges_steps_past_the_resumed_one(trained, tmp_path,
-                                                       monkeypatch):
+def test_tensorboard_purges_steps_past_the_resumed_one(
+  trained, tmp_path, monkeypatch
+):
   purge_steps = []
 
   class Recorder:
@@ -365,6 +467,7 @@ def test_tensorboard_purges_steps_past_the_resumed_one(trained, tmp_path,
 
     def close(self):
       pass
+
   monkeypatch.setattr(metric_writer, 'SummaryWriter', Recorder)
   metric_writer.MetricWriter(str(trained), 12).close()
   assert purge_steps == [13]
@@ -379,54 +482,79 @@ PREEMPT_ARGS = (*SMOKE, '--config.log_every_steps=1')
 def straight_run(tmp_path_factory) -> pathlib.Path:
   """PREEMPT_ARGS uninterrupted, one process, two devices."""
   workdir = tmp_path_factory.mktemp('straight') / 'run'
-  code, stderr = run_launcher(*PREEMPT_ARGS, '--config.num_devices=2',
-                              f'--workdir={workdir}')
+  code, stderr = run_launcher(
+    *PREEMPT_ARGS, '--config.num_devices=2', f'--workdir={workdir}'
+  )
   assert code == 0, stderr[-2000:]
   return workdir
 
 
 def _subprocess_env(devices: int) -> dict[str, str]:
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices} '
-      f'{COLLECTIVE_PATIENCE}'))
+  return dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE}'
+    ),
+  )
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(straight_run,
-                                                         tmp_path):
+def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
+  straight_run, tmp_path
+):
   """A second run on a busy workdir is refused at once; SIGTERM mid-epoch
   saves at the next step and exits 143; the rerun ends bit-identical to the
   uninterrupted run, state and metrics (timings aside)."""
   workdir = tmp_path / 'run'
   proc = subprocess.Popen(
-      [sys.executable, str(ROOT / 'launch.py'), *PREEMPT_ARGS,
-       f'--workdir={workdir}'], cwd=ROOT, env=_subprocess_env(2),
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      str(ROOT / 'launch.py'),
+      *PREEMPT_ARGS,
+      f'--workdir={workdir}',
+    ],
+    cwd=ROOT,
+    env=_subprocess_env(2),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 300
 
   def wait_for(condition):
     while not condition():
-      assert proc.poll() is None and time.time() < deadline, (
-          proc.stderr.read()[-3000:])
+      assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[
+        -3000:
+      ]
       time.sleep(0.05)
 
   # The lock is taken before compiling, so the second run meets it while
   # the first is still seconds away from its first step.
-  wait_for(lambda: f'process {proc.pid} ' in workdir_lock.describe_holder(
-      str(workdir / workdir_lock.LOCK_FILE)))
+  wait_for(
+    lambda: (
+      f'process {proc.pid} '
+      in workdir_lock.describe_holder(str(workdir / workdir_lock.LOCK_FILE))
+    )
+  )
   line = error_line(*run_launcher(*PREEMPT_ARGS, f'--workdir={workdir}'))
   assert f'is in use by process {proc.pid}' in line
-  wait_for(lambda: any(r['kind'] == 'train' and r['step'] >= 1
-                       for r in metric_writer.read_records(str(workdir))))
+  wait_for(
+    lambda: any(
+      r['kind'] == 'train' and r['step'] >= 1
+      for r in metric_writer.read_records(str(workdir))
+    )
+  )
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
   assert 'preempted: stopped by SIGTERM at step' in stderr
-  step, = (int(s) for s in os.listdir(workdir / 'preempted'))
+  (step,) = (int(s) for s in os.listdir(workdir / 'preempted'))
   assert step % 8, f'stopped at step {step}, an epoch boundary: not mid-epoch'
 
-  code, stderr = run_launcher(*PREEMPT_ARGS, '--config.num_devices=2',
-                              f'--workdir={workdir}')
+  code, stderr = run_launcher(
+    *PREEMPT_ARGS, '--config.num_devices=2', f'--workdir={workdir}'
+  )
   assert code == 0, stderr[-2000:]
   state_a, meta_a = restore_state(straight_run)
   state_b, meta_b = restore_state(workdir)
@@ -435,7 +563,8 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(straight_run,
   assert meta_a == meta_b
   assert strip_timing(history_a) == strip_timing(history_b)
   assert strip_timing(metric_writer.read_records(str(straight_run))) == (
-      strip_timing(metric_writer.read_records(str(workdir))))
+    strip_timing(metric_writer.read_records(str(workdir)))
+  )
   assert not os.listdir(workdir / 'preempted')
 
 
@@ -446,29 +575,51 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_process_with_two_devices(straight_run,
-                                                               tmp_path):
+def test_two_processes_train_like_one_process_with_two_devices(
+  straight_run, tmp_path
+):
   """--multihost for real: two processes on localhost, one CPU device each,
   coordinated by jax.distributed (gloo collectives), write one checkpoint
   that restores in this process and equals the one-process run's."""
   workdir = tmp_path / 'run'
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(ROOT / 'launch.py'), *PREEMPT_ARGS,
-       f'--workdir={workdir}', '--multihost',
-       f'--coordinator_address=localhost:{port}', '--num_processes=2',
-       f'--process_id={i}'], cwd=ROOT, env=_subprocess_env(1),
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(ROOT / 'launch.py'),
+        *PREEMPT_ARGS,
+        f'--workdir={workdir}',
+        '--multihost',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=ROOT,
+      env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for proc in procs:
     _, stderr = proc.communicate(timeout=540)
     assert proc.returncode == 0, stderr[-3000:]
   state_a, meta_a = restore_state(straight_run)
   state_b, meta_b = restore_state(workdir)
-  differences = jax.tree.leaves(jax.tree.map(
-      lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) -
-                                       np.asarray(b, np.float64)), initial=0)),
-      state_a, state_b))
+  differences = jax.tree.leaves(
+    jax.tree.map(
+      lambda a, b: float(
+        np.max(
+          np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)),
+          initial=0,
+        )
+      ),
+      state_a,
+      state_b,
+    )
+  )
   print(f'two processes vs one: max abs difference {max(differences)!r}')
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
   assert meta_a['epoch'] == meta_b['epoch'] == 2

@@ -60,6 +60,7 @@ def test_linear_trend_recovers_a_line_and_rejects_a_flat_x():
 def test_detectable_difference_matches_the_t_approximation():
   # n = 10: t(0.975, 9) = 2.262157, t(0.8, 9) = 0.883404 (t table).
   assert st.detectable_difference(1.0, 10) == pytest.approx(
-      (2.262157 + 0.883404) / math.sqrt(10), rel=1e-5)
+    (2.262157 + 0.883404) / math.sqrt(10), rel=1e-5
+  )
   assert st.detectable_difference(1.0, 5) > st.detectable_difference(1.0, 10)
   assert math.isnan(st.detectable_difference(1.0, 1))

@@ -34,56 +34,90 @@ def smoke_teacher(tmp_path_factory):
   return workdir
 
 
-def test_teacher_untouched_and_absent_from_student_checkpoints(smoke_teacher,
-                                                               tmp_path):
+def test_teacher_untouched_and_absent_from_student_checkpoints(
+  smoke_teacher, tmp_path
+):
   before = _tree_digest(smoke_teacher)
   teacher_state, _ = restore_state(smoke_teacher)
   workdir = tmp_path / 'student'
-  launch('--config=configs/student.py:smoke', f'--workdir={workdir}',
-         f'--config.teacher.workdir={smoke_teacher}',
-         '--config.distill.method=kd_rkd')
+  launch(
+    '--config=configs/student.py:smoke',
+    f'--workdir={workdir}',
+    f'--config.teacher.workdir={smoke_teacher}',
+    '--config.distill.method=kd_rkd',
+  )
   assert _tree_digest(smoke_teacher) == before
-  jax.tree.map(np.testing.assert_array_equal, teacher_state,
-               restore_state(smoke_teacher)[0])
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    teacher_state,
+    restore_state(smoke_teacher)[0],
+  )
 
   state, _ = restore_state(workdir)
-  assert set(state) - {'cache'} == {'step', 'params', 'batch_stats',
-                                   'opt_state'}
+  assert set(state) - {'cache'} == {
+    'step',
+    'params',
+    'batch_stats',
+    'opt_state',
+  }
   assert not jax.tree.leaves(state.get('cache'))  # a student has no cache
   assert set(state['params']) == {'model'}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   resnet8 = jax.eval_shape(
-      lambda: models.create_model('resnet8', 10).init(
-          jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False))
+    lambda: models.create_model('resnet8', 10).init(
+      jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False
+    )
+  )
   assert n_params == sum(x.size for x in jax.tree.leaves(resnet8['params']))
   epochs = metric_writer.read_records(str(workdir), 'epoch')
   assert all(0.0 <= e['test_agreement'] <= 1.0 for e in epochs)
   assert all('rkd' in e and np.isfinite(e['rkd']) for e in epochs)
   assert (workdir / 'teacher_eval.json').exists()
   # configs/eval.py restores a student's checkpoint like a teacher's.
-  launch('--config=configs/eval.py', f'--config.workdir={workdir}',
-         '--config.checkpoint=last', '--config.num_devices=1')
+  launch(
+    '--config=configs/eval.py',
+    f'--config.workdir={workdir}',
+    '--config.checkpoint=last',
+    '--config.num_devices=1',
+  )
   evaluated = json.loads((workdir / 'eval_last.json').read_text())
   assert evaluated['count'] == 128
   assert evaluated['top1'] == pytest.approx(epochs[-1]['test_top1'])
 
 
-@pytest.mark.parametrize('args,expected', [
-    (['--config.dataset.name=cifar10'],
-     "config.dataset.name='cifar10' but the teacher was trained on"),
-    (['--config.dataset.num_classes=5'],
-     'config.dataset.num_classes=5 but the teacher was trained on '
-     'dataset.num_classes=10'),
-    (['--config.distill.method=no_such'],
-     "config.distill.method='no_such' is unknown"),
-    (['--config.distill.method=at', '--config.distill.standardize_logits=True'],
-     'config.distill.standardize_logits=True applies to kd, dkd, dist only'),
-])
+@pytest.mark.parametrize(
+  'args,expected',
+  [
+    (
+      ['--config.dataset.name=cifar10'],
+      "config.dataset.name='cifar10' but the teacher was trained on",
+    ),
+    (
+      ['--config.dataset.num_classes=5'],
+      'config.dataset.num_classes=5 but the teacher was trained on '
+      'dataset.num_classes=10',
+    ),
+    (
+      ['--config.distill.method=no_such'],
+      "config.distill.method='no_such' is unknown",
+    ),
+    (
+      [
+        '--config.distill.method=at',
+        '--config.distill.standardize_logits=True',
+      ],
+      'config.distill.standardize_logits=True applies to kd, dkd, dist only',
+    ),
+  ],
+)
 def test_student_config_errors(smoke_teacher, tmp_path, args, expected):
-  result = launch('--config=configs/student.py:smoke',
-                  f'--workdir={tmp_path / "s"}',
-                  f'--config.teacher.workdir={smoke_teacher}', *args,
-                  check=False)
+  result = launch(
+    '--config=configs/student.py:smoke',
+    f'--workdir={tmp_path / "s"}',
+    f'--config.teacher.workdir={smoke_teacher}',
+    *args,
+    check=False,
+  )
   assert expected in error_line(result.returncode, result.stderr)
 
 
@@ -96,14 +130,16 @@ def test_student_step_device_count_invariance(smoke_teacher):
   step, 8e-3 after three); a shard-level mistake is off by O(1) at once.
   """
   from configs import student as student_config  # pylint: disable=g-import-not-at-top
+
   config = student_config.get_config('smoke')
   config.teacher.workdir = str(smoke_teacher)
   config.distill.method = 'kd_rkd'
   config.learning_rate = 0.005
 
   def build(config, dataset, mesh):
-    return student.build_student(config, dataset, mesh,
-                                 *teacher_source.load_teacher(config, mesh))
+    return student.build_student(
+      config, dataset, mesh, *teacher_source.load_teacher(config, mesh)
+    )
 
   results = {n: run_steps(config, n, 3, build) for n in (1, 2, 4)}
   initial, (state1, *_), metrics1 = results[1]
@@ -112,25 +148,30 @@ def test_student_step_device_count_invariance(smoke_teacher):
     _, (state, *_), metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:
-        np.testing.assert_allclose(m[k], m1[k], rtol=1e-4, atol=1e-5,
-                                   err_msg=f'{k} on {n} devices')
+        np.testing.assert_allclose(
+          m[k], m1[k], rtol=1e-4, atol=1e-5, err_msg=f'{k} on {n} devices'
+        )
     for part in ('params', 'batch_stats', 'opt_state'):
       # Over the whole part, as measured above: a single small leaf (a
       # BatchNorm bias that moved 8e-4) can sit at 1e-3 of its own update
       # from round-off alone, while a shard-level mistake moves every leaf
       # it touches by O(1) of the update.
       flat = lambda tree: np.concatenate(
-          [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+        [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
+      )
       a, b, x0 = (flat(getattr(s, part)) for s in (state, state1, initial))
       assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b - x0) + 1e-9, (
-          f'{part} on {n} devices')
+        f'{part} on {n} devices'
+      )
 
 
-PIPELINE_ARGS = ('--config=configs/pipeline.py:smoke',
-                 '--config.teacher.num_epochs=1',
-                 '--config.student.num_epochs=2',
-                 '--config.teacher.dataset.num_train=512',
-                 '--config.student.batch_size=32')
+PIPELINE_ARGS = (
+  '--config=configs/pipeline.py:smoke',
+  '--config.teacher.num_epochs=1',
+  '--config.student.num_epochs=2',
+  '--config.teacher.dataset.num_train=512',
+  '--config.student.batch_size=32',
+)
 
 
 def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
@@ -139,8 +180,9 @@ def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
   the student ends exactly as in an uninterrupted pipeline."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*PIPELINE_ARGS, f'--workdir={straight}')
-  kill_after_checkpoint(PIPELINE_ARGS, resumed,
-                        resumed / 'student' / 'checkpoints')
+  kill_after_checkpoint(
+    PIPELINE_ARGS, resumed, resumed / 'student' / 'checkpoints'
+  )
   teacher_digest = _tree_digest(resumed / 'teacher')
 
   result = launch(*PIPELINE_ARGS, f'--workdir={resumed}')
@@ -157,10 +199,15 @@ def _nearest_class_mean_accuracy(dataset) -> float:
   """Test accuracy of the nearest class mean in raw pixel space, the means
   taken over `dataset`'s training images."""
   x = dataset.train_images.reshape(len(dataset.train_labels), -1)
-  means = np.stack([x[dataset.train_labels == c].mean(axis=0, dtype=np.float64)
-                    for c in range(dataset.num_classes)])
+  means = np.stack(
+    [
+      x[dataset.train_labels == c].mean(axis=0, dtype=np.float64)
+      for c in range(dataset.num_classes)
+    ]
+  )
   t = dataset.test_images.reshape(len(dataset.test_labels), -1).astype(
-      np.float64)
+    np.float64
+  )
   distances = -2 * t @ means.T + np.sum(means**2, axis=1)
   return float(np.mean(np.argmin(distances, axis=1) == dataset.test_labels))
 
@@ -172,16 +219,20 @@ def test_short_real_cifar10_pipeline(tmp_path):
   Seen here: teacher 37.1%, student 29.3%, the reference below 28.1%."""
   from configs import pipeline  # pylint: disable=g-import-not-at-top
   from icckd_jax.data import datasets  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path / 'run'
   archive = shared_fixture(CIFAR10_ARCHIVE)
-  launch('--config=configs/pipeline.py:cifar10_cpu', f'--workdir={workdir}',
-         f'--config.teacher.dataset.path={archive}',
-         '--config.teacher.dataset.train_subset=5000',
-         '--config.student.num_epochs=1', '--config.teacher.num_devices=1',
-         '--config.student.num_devices=1')
+  launch(
+    '--config=configs/pipeline.py:cifar10_cpu',
+    f'--workdir={workdir}',
+    f'--config.teacher.dataset.path={archive}',
+    '--config.teacher.dataset.train_subset=5000',
+    '--config.student.num_epochs=1',
+    '--config.teacher.num_devices=1',
+    '--config.student.num_devices=1',
+  )
   teacher = metric_writer.read_records(str(workdir / 'teacher'), 'epoch')
-  student_epochs = metric_writer.read_records(str(workdir / 'student'),
-                                              'epoch')
+  student_epochs = metric_writer.read_records(str(workdir / 'student'), 'epoch')
   n = teacher[-1]['test_count']
   assert n == 10000
   # The teacher against a real reference: the nearest class mean in pixel

@@ -28,8 +28,9 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
   gate = {}
   for delta in (-1.0, 0.2, 1.0):
     state = setup.create_state(mesh)
-    _, metrics = setup.train_step(state, images, labels,
-                                  teacher_step.hyperparameters(0.1, 0.1, delta))
+    _, metrics = setup.train_step(
+      state, images, labels, teacher_step.hyperparameters(0.1, 0.1, delta)
+    )
     gate[delta] = float(metrics['gate_pass_rate'])
   assert setup.train_step._cache_size() == 1  # pylint: disable=protected-access
   assert gate[-1.0] == 1.0 and gate[1.0] == 0.0
@@ -38,8 +39,9 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
 @pytest.fixture(scope='module')
 def smoke_sweep(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('sweep') / 'margin'
-  result = launch('--config=configs/ablation_margin.py:smoke',
-                  f'--workdir={workdir}')
+  result = launch(
+    '--config=configs/ablation_margin.py:smoke', f'--workdir={workdir}'
+  )
   return workdir, result
 
 
@@ -49,7 +51,9 @@ def test_sweep_writes_the_runs_numbers(smoke_sweep):
   with open(workdir / report.RESULTS_CSV) as f:
     rows = list(csv.DictReader(f))
   assert [(r['setting'], r['seed']) for r in rows] == [
-      ('delta=0.2', '0'), ('delta=0.6', '0')]
+    ('delta=0.2', '0'),
+    ('delta=0.6', '0'),
+  ]
   summary_md = (workdir / report.SUMMARY_FILE).read_text()
   for row in rows:
     run = workdir / row['setting'] / 'seed_0'
@@ -57,24 +61,35 @@ def test_sweep_writes_the_runs_numbers(smoke_sweep):
     student_summary = json.loads((run / 'student' / 'summary.json').read_text())
     assert float(row['teacher_top1_last']) == teacher_summary['final_top1']
     assert float(row['student_top1_last']) == student_summary['final_top1']
-    assert (float(row['teacher_top1_best_evaluated']) ==
-            teacher_summary['best_top1'])
+    assert (
+      float(row['teacher_top1_best_evaluated']) == teacher_summary['best_top1']
+    )
     saved = json.loads((run / 'teacher' / 'config.json').read_text())
     assert saved['icc']['delta'] == float(row['setting'].split('=')[1])
-    line = next(l for l in summary_md.splitlines()
-                if l.startswith(f"| {row['setting']} |"))
-    assert f"{100 * teacher_summary['final_top1']:.2f} (1 seed)" in line
+    line = next(
+      l
+      for l in summary_md.splitlines()
+      if l.startswith(f'| {row["setting"]} |')
+    )
+    assert f'{100 * teacher_summary["final_top1"]:.2f} (1 seed)' in line
   with open(workdir / report.EPOCHS_CSV) as f:
     epochs = list(csv.DictReader(f))
-  teacher_epochs = [e for e in epochs if e['stage'] == 'teacher'
-                    and e['setting'] == 'delta=0.2']
-  records = [json.loads(l) for l in (workdir / 'delta=0.2' / 'seed_0' /
-                                     'teacher' / 'metrics.jsonl').open()
-             if json.loads(l)['kind'] == 'epoch']
+  teacher_epochs = [
+    e for e in epochs if e['stage'] == 'teacher' and e['setting'] == 'delta=0.2'
+  ]
+  records = [
+    json.loads(l)
+    for l in (
+      workdir / 'delta=0.2' / 'seed_0' / 'teacher' / 'metrics.jsonl'
+    ).open()
+    if json.loads(l)['kind'] == 'epoch'
+  ]
   assert [float(e['gate_pass_rate']) for e in teacher_epochs] == [
-      r['gate_pass_rate'] for r in records]
+    r['gate_pass_rate'] for r in records
+  ]
   assert [float(e['effective_weight']) for e in teacher_epochs] == [
-      r['effective_weight'] for r in records]
+    r['effective_weight'] for r in records
+  ]
   for plot in ('accuracy.png', 'curves.png'):
     assert (workdir / plot).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
@@ -83,10 +98,11 @@ def test_restarting_a_finished_sweep_runs_nothing(smoke_sweep):
   workdir, _ = smoke_sweep
   metrics = sorted(workdir.rglob('metrics.jsonl'))
   before = {p: p.read_bytes() for p in metrics}
-  result = launch('--config=configs/ablation_margin.py:smoke',
-                  f'--workdir={workdir}')
+  result = launch(
+    '--config=configs/ablation_margin.py:smoke', f'--workdir={workdir}'
+  )
   assert result.stderr.count('finished earlier, skipped') == 2
-  assert "compiled steps: {}" in result.stderr
+  assert 'compiled steps: {}' in result.stderr
   assert {p: p.read_bytes() for p in metrics} == before
 
 
@@ -98,11 +114,14 @@ def test_report_regenerates_from_finished_runs(smoke_sweep):
 
 
 def test_settings_parse_and_bad_fields_fail_early():
-  setting = settings.parse_setting('a: teacher.icc.delta=0.2, '
-                                   'teacher.cache.store="images"')
-  assert setting == settings.Setting('a', {'teacher.icc.delta': 0.2,
-                                           'teacher.cache.store': 'images'})
+  setting = settings.parse_setting(
+    'a: teacher.icc.delta=0.2, teacher.cache.store="images"'
+  )
+  assert setting == settings.Setting(
+    'a', {'teacher.icc.delta': 0.2, 'teacher.cache.store': 'images'}
+  )
   from configs import pipeline  # pylint: disable=g-import-not-at-top
+
   base = pipeline.get_config('smoke')
   config = settings.apply_overrides(base, setting.overrides)
   assert config.teacher.icc.delta == 0.2 and base.teacher.icc.delta == 0.4
@@ -116,6 +135,7 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
   """configs/study.py: 10 seeds for the primary settings, 5 for the rest,
   ordered seed by seed; its extra pairs parse."""
   from configs import study  # pylint: disable=g-import-not-at-top
+
   config = study.get_config('cpu')
   runs = sweep_plan.plan(config, str(tmp_path))
   by_setting = {}
@@ -126,6 +146,8 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
   assert len(runs) == 3 * 10 + 7 * 5
   assert [r.seed for r in runs] == sorted(r.seed for r in runs)
   assert report.parse_comparisons(config.comparisons) == [
-      ('no_cache', 'delta=0.4'), ('image_cache', 'delta=0.4')]
+    ('no_cache', 'delta=0.4'),
+    ('image_cache', 'delta=0.4'),
+  ]
   with pytest.raises(UserError, match='not arm:control'):
     report.parse_comparisons('no_cache')

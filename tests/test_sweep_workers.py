@@ -27,8 +27,9 @@ from icckd_jax.training import workdir_lock
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 
-def tiny_sweep(workers=1, settings=('kd: student.distill.method="kd"',),
-               seeds=(0, 1)):
+def tiny_sweep(
+  workers=1, settings=('kd: student.distill.method="kd"',), seeds=(0, 1)
+):
   """A teacher and its KD student per seed: resnet8 on 16x16 synthetic
   images, 8 steps an epoch."""
   config = ablation_margin.get_config('smoke')
@@ -52,8 +53,10 @@ def run_numbers(workdir):
     for key in sorted(os.listdir(workdir / kind)):
       records = metric_writer.read_records(str(workdir / kind / key))
       numbers[f'{kind}/{key}'] = [
-          {k: v for k, v in r.items() if k not in TIMING_KEYS}
-          for r in records if r['kind'] in ('train', 'epoch')]
+        {k: v for k, v in r.items() if k not in TIMING_KEYS}
+        for r in records
+        if r['kind'] in ('train', 'epoch')
+      ]
   return numbers
 
 
@@ -61,9 +64,11 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
   margin = ablation_margin.get_config('cpu')
   cache = ablation_cache.get_config('cpu')
   margin.store = cache.store = str(tmp_path / 'store')
-  runs = {(r.setting, r.seed): r for r in
-          sweep_plan.plan(margin, str(tmp_path / 'margin')) +
-          sweep_plan.plan(cache, str(tmp_path / 'cache'))}
+  runs = {
+    (r.setting, r.seed): r
+    for r in sweep_plan.plan(margin, str(tmp_path / 'margin'))
+    + sweep_plan.plan(cache, str(tmp_path / 'cache'))
+  }
   for seed in margin.seeds:
     features, delta = runs['features', seed], runs['delta=0.4', seed]
     # The cache ablation's feature-cache runs are the δ = 0.4 runs.
@@ -77,9 +82,15 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
 
   # Student methods share their teacher, not their student.
   kd, rkd = sweep_plan.plan(
-      tiny_sweep(settings=('kd: student.distill.method="kd"',
-                           'rkd: student.distill.method="kd_rkd"'),
-                 seeds=(0,)), str(tmp_path / 'kd'))
+    tiny_sweep(
+      settings=(
+        'kd: student.distill.method="kd"',
+        'rkd: student.distill.method="kd_rkd"',
+      ),
+      seeds=(0,),
+    ),
+    str(tmp_path / 'kd'),
+  )
   assert kd.teacher_dir == rkd.teacher_dir
   assert kd.student_dir != rkd.student_dir
   assert kd.teacher_dir.startswith(str(tmp_path / 'kd' / 'teachers'))
@@ -87,21 +98,27 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
   # What changes a result changes the key; bookkeeping does not.
   base = tiny_sweep().base.teacher
   key = run_store.teacher_key(base)
-  for field, value, same in (('log_every_steps', 3, True),
-                             ('checkpoint_every_epochs', 5, True),
-                             ('workdir', 'elsewhere', True),
-                             ('seed', 1, False), ('num_epochs', 9, False),
-                             ('icc.delta', 0.5, False),
-                             ('dtype', 'bfloat16', False)):
+  for field, value, same in (
+    ('log_every_steps', 3, True),
+    ('checkpoint_every_epochs', 5, True),
+    ('workdir', 'elsewhere', True),
+    ('seed', 1, False),
+    ('num_epochs', 9, False),
+    ('icc.delta', 0.5, False),
+    ('dtype', 'bfloat16', False),
+  ):
     changed = settings_lib.apply_overrides(base, {field: value})
     assert (run_store.teacher_key(changed) == key) == same, field
   student = kd.student
-  moved = settings_lib.apply_overrides(student,
-                                       {'teacher.workdir': 'elsewhere'})
-  assert (run_store.student_key(moved, key) ==
-          run_store.student_key(student, key))
-  assert (run_store.student_key(student, key) !=
-          run_store.student_key(student, 'another teacher'))
+  moved = settings_lib.apply_overrides(
+    student, {'teacher.workdir': 'elsewhere'}
+  )
+  assert run_store.student_key(moved, key) == run_store.student_key(
+    student, key
+  )
+  assert run_store.student_key(student, key) != run_store.student_key(
+    student, 'another teacher'
+  )
 
 
 @pytest.fixture(scope='module')
@@ -123,12 +140,17 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
   assert run_numbers(workdir) == reference
   for name in ('kd',):
     for seed in (0, 1):
-      mine = json.loads((workdir / name / f'seed_{seed}' /
-                         report.RESULT_FILE).read_text())['row']
-      theirs = json.loads((one_worker / name / f'seed_{seed}' /
-                           report.RESULT_FILE).read_text())['row']
-      for column in ('teacher_top1_last', 'student_top1_last',
-                     'teacher_ce_variance'):
+      mine = json.loads(
+        (workdir / name / f'seed_{seed}' / report.RESULT_FILE).read_text()
+      )['row']
+      theirs = json.loads(
+        (one_worker / name / f'seed_{seed}' / report.RESULT_FILE).read_text()
+      )['row']
+      for column in (
+        'teacher_top1_last',
+        'student_top1_last',
+        'teacher_ce_variance',
+      ):
         assert mine[column] == theirs[column]
   assert (workdir / report.SUMMARY_FILE).exists()
 
@@ -143,16 +165,19 @@ sweep_worker.work(ml_collections.ConfigDict(json.loads(sys.argv[1])),
 
 
 @pytest.mark.slow
-def test_a_killed_workers_run_is_resumed_by_another(one_worker, tmp_path,
-                                                   monkeypatch):
-  config = tiny_sweep(settings=('kd: student.distill.method="kd"',),
-                      seeds=(0,))
+def test_a_killed_workers_run_is_resumed_by_another(
+  one_worker, tmp_path, monkeypatch
+):
+  config = tiny_sweep(settings=('kd: student.distill.method="kd"',), seeds=(0,))
   workdir = tmp_path / 'killed'
   (run,) = sweep_plan.plan(config, str(workdir))
   sweep.write_sweep_file(config, str(workdir))  # as the command does first
   proc = subprocess.Popen(
-      [sys.executable, '-c', WORKER, config.to_json(), str(workdir)],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [sys.executable, '-c', WORKER, config.to_json(), str(workdir)],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   first = os.path.join(run.teacher_dir, 'checkpoints', '1')
   deadline = time.time() + 300
   while not os.path.exists(first):
@@ -164,7 +189,8 @@ def test_a_killed_workers_run_is_resumed_by_another(one_worker, tmp_path,
   killed_at = ckpts.latest_epoch()
   ckpts.close()
   assert killed_at < config.base.teacher.num_epochs, (
-      'the teacher finished before it could be killed: lengthen its epochs')
+    'the teacher finished before it could be killed: lengthen its epochs'
+  )
   # The dead worker's claim died with it.
   lock = workdir_lock.try_lock(run.teacher_dir)
   assert lock is not None

@@ -59,8 +59,11 @@ def _setup(config, devices):
   mesh = parallel.make_mesh(devices)
   teacher_cfg, teacher_vars = teacher_source.load_teacher(config, mesh)
   dataset = datasets.load(config.dataset)
-  return (mesh, dataset, student.build_student(config, dataset, mesh,
-                                               teacher_cfg, teacher_vars))
+  return (
+    mesh,
+    dataset,
+    student.build_student(config, dataset, mesh, teacher_cfg, teacher_vars),
+  )
 
 
 def _run_steps(config, devices, steps):
@@ -77,22 +80,37 @@ def _run_steps(config, devices, steps):
     images, labels = next(batches)
     state, m = setup.train_step(state, images, labels, setup.step_args)
     metrics.append(m)
-  return (initial, jax.device_get(state), jax.device_get(metrics),
-          teacher_before, jax.device_get(setup.step_args['teacher']))
+  return (
+    initial,
+    jax.device_get(state),
+    jax.device_get(metrics),
+    teacher_before,
+    jax.device_get(setup.step_args['teacher']),
+  )
 
 
 def _moved(before, after) -> bool:
-  return all(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
-             for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  return all(
+    np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+  )
 
 
-@pytest.mark.parametrize('method,term', [
-    ('fitnet', 'fitnet'), ('crd', 'crd'),
+@pytest.mark.parametrize(
+  'method,term',
+  [
+    ('fitnet', 'fitnet'),
+    ('crd', 'crd'),
     # The file stays near 90 s cold in CI; these run in `make test-all`.
-    *(pytest.param(m, m, marks=pytest.mark.slow)
-      for m in ('vid', 'ofd', 'reviewkd'))])
-def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
-                                                     term):
+    *(
+      pytest.param(m, m, marks=pytest.mark.slow)
+      for m in ('vid', 'ofd', 'reviewkd')
+    ),
+  ],
+)
+def test_steps_train_model_and_distiller_not_teacher(
+  teacher_workdir, method, term
+):
   config = _student_config(teacher_workdir, method, ce_weight=0.0)
   initial, final, metrics, t_before, t_after = _run_steps(config, 1, 3)
   assert all(np.isfinite(v) for m in metrics for v in m.values()), metrics
@@ -111,29 +129,42 @@ def test_steps_train_model_and_distiller_not_teacher(teacher_workdir, method,
     assert not np.array_equal(bank, initial.cache['memory_s'])
     assert np.all(final.cache['z'] > 0)
     seen = np.abs(bank - initial.cache['memory_s']).max(-1) > 0
-    np.testing.assert_allclose(np.linalg.norm(bank[seen], axis=-1), 1,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      np.linalg.norm(bank[seen], axis=-1), 1, rtol=1e-5
+    )
 
 
 def test_crd_negatives_are_other_class_examples():
   from icckd_jax.distillers import crd  # pylint: disable=g-import-not-at-top
+
   labels = np.array([2, 0, 1, 2, 0, 1, 1, 2, 0, 2], np.int32)
-  buffers = {'key': jax.random.key_data(jax.random.key(0)),
-             **crd._class_tables(labels)}  # pylint: disable=protected-access
+  buffers = {
+    'key': jax.random.key_data(jax.random.key(0)),
+    **crd._class_tables(labels),
+  }  # pylint: disable=protected-access
   idx = jnp.arange(10, dtype=jnp.int32)
-  neg = np.asarray(crd._negatives(  # pylint: disable=protected-access
-      buffers, jnp.asarray(labels), idx, jnp.int32(3), 200))
+  neg = np.asarray(
+    crd._negatives(  # pylint: disable=protected-access
+      buffers, jnp.asarray(labels), idx, jnp.int32(3), 200
+    )
+  )
   for i in range(10):
     assert np.all(labels[neg[i]] != labels[i])
     # Every other-class example is drawn.
     assert set(neg[i]) == set(np.flatnonzero(labels != labels[i]))
 
 
-@pytest.mark.parametrize('method', [
+@pytest.mark.parametrize(
+  'method',
+  [
     'crd',
     # The others' synchronised BatchNorm, in `make test-all`.
-    *(pytest.param(m, marks=pytest.mark.slow)
-      for m in ('fitnet', 'vid', 'ofd', 'reviewkd'))])
+    *(
+      pytest.param(m, marks=pytest.mark.slow)
+      for m in ('fitnet', 'vid', 'ofd', 'reviewkd')
+    ),
+  ],
+)
 def test_same_on_one_and_two_devices(teacher_workdir, method):
   """One epoch (4 steps) on 1 and 2 devices: the same losses, and the same
   state up to float32 round-off (another reduction order)."""
@@ -143,27 +174,27 @@ def test_same_on_one_and_two_devices(teacher_workdir, method):
   _, state2, metrics2, *_ = runs[2]
   for m1, m2 in zip(metrics1, metrics2):
     for k in m1:
-      np.testing.assert_allclose(m2[k], m1[k], rtol=1e-4, atol=1e-5,
-                                 err_msg=k)
+      np.testing.assert_allclose(m2[k], m1[k], rtol=1e-4, atol=1e-5, err_msg=k)
   # CRD's banks are written at the same rows with the same values; the
   # distillers' BatchNorm statistics are the global batch's.
   parts = ('params', 'batch_stats', 'opt_state')
   for part in parts + (('cache',) if state1.cache else ()):
     flat = lambda tree: np.concatenate(
-        [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+      [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
+    )
     a, b, x0 = (flat(getattr(s, part)) for s in (state2, state1, initial))
     assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b - x0) + 1e-9, part
 
 
 def _restore(workdir):
   with checkpoint.Checkpoints(str(workdir), read_only=True) as ckpts:
-    state, meta = ckpts.restore(None, which='last',
-                                mesh=parallel.make_mesh(1))
+    state, meta = ckpts.restore(None, which='last', mesh=parallel.make_mesh(1))
   return jax.device_get(state), meta
 
 
-def test_crd_preempted_mid_epoch_resumes_bit_for_bit(teacher_workdir,
-                                                     tmp_path, monkeypatch):
+def test_crd_preempted_mid_epoch_resumes_bit_for_bit(
+  teacher_workdir, tmp_path, monkeypatch
+):
   """SIGTERM (as `preemption.StopRequest` sees it) after step 5 of 8, mid
   epoch 2; the rerun ends bit-identical to an uninterrupted run: model,
   embeddings, banks, Z, optimiser and metrics."""
@@ -185,12 +216,16 @@ def test_crd_preempted_mid_epoch_resumes_bit_for_bit(teacher_workdir,
     with pytest.raises(preemption.Preempted):
       student.train_student(config, str(preempted))
   student.train_student(config, str(preempted))
-  (state_a, meta_a), (state_b, meta_b) = (_restore(straight),
-                                          _restore(preempted))
+  (state_a, meta_a), (state_b, meta_b) = (
+    _restore(straight),
+    _restore(preempted),
+  )
   assert int(state_b['step']) == 8
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-  drop = lambda meta: [{k: v for k, v in r.items() if 'time' not in k
-                        and 'per_second' not in k} for r in meta['history']]
+  drop = lambda meta: [
+    {k: v for k, v in r.items() if 'time' not in k and 'per_second' not in k}
+    for r in meta['history']
+  ]
   assert drop(meta_a) == drop(meta_b)
 
 
@@ -203,6 +238,7 @@ def test_distill_matrix_smoke_sweep(tmp_path):
   run)."""
   from configs import distill_matrix  # pylint: disable=g-import-not-at-top
   from icckd_jax.experiments import sweep  # pylint: disable=g-import-not-at-top
+
   config = distill_matrix.get_config('smoke')
   rows = sweep.run_sweep(config, str(tmp_path / 'matrix'))
   names = [s.split(':')[0] for s in config.settings]
@@ -211,14 +247,22 @@ def test_distill_matrix_smoke_sweep(tmp_path):
   assert all(np.isfinite(r['student_top1_last']) for r in rows), rows
   by_setting = {r['setting']: r for r in rows}
   for t in ('ce', 'icc'):
-    assert len({by_setting[f'{t}.{s}']['teacher_top1_last']
-                for s in distill_matrix.STUDENTS}) == 1
+    assert (
+      len(
+        {
+          by_setting[f'{t}.{s}']['teacher_top1_last']
+          for s in distill_matrix.STUDENTS
+        }
+      )
+      == 1
+    )
 
 
 def test_ofd_margin_is_the_mean_negative_response():
   """m = E[x | x < 0] for x ~ N(β, γ²), by quadrature; -3|γ| where almost
   no mass is negative."""
   from icckd_jax.distillers import ofd  # pylint: disable=g-import-not-at-top
+
   scale = np.array([1.0, -0.5, 2.0, 0.1], np.float32)
   bias = np.array([0.0, 0.3, -1.0, 5.0], np.float32)
   m = np.asarray(ofd.margin({'scale': scale, 'bias': bias}))
@@ -249,6 +293,7 @@ def test_kdsvd_svd_and_alignment():
   (up to sign); alignment flips a student vector to the teacher's sign and
   picks the closest of the student's."""
   from icckd_jax.distillers import kdsvd  # pylint: disable=g-import-not-at-top
+
   direction = np.array([3.0, 0.0, 4.0], np.float32) / 5
   spatial = np.arange(1.0, 5.0, dtype=np.float32)
   feature_map = (spatial[:, None] * direction).reshape(1, 2, 2, 3)
@@ -256,7 +301,7 @@ def test_kdsvd_svd_and_alignment():
   np.testing.assert_allclose(np.abs(v[0, :, 0]), direction, atol=1e-5)
   np.testing.assert_allclose(s, [[1.0]], atol=1e-6)
   teacher = jnp.asarray(direction)[None, :, None]  # [1, 3, 1]
-  student = jnp.stack([jnp.asarray([0.0, 1.0, 0.0]), -jnp.asarray(direction)],
-                      -1)[None]  # [1, 3, 2]: orthogonal, then flipped
-  np.testing.assert_allclose(kdsvd.align(student, teacher), teacher,
-                             atol=1e-6)
+  student = jnp.stack(
+    [jnp.asarray([0.0, 1.0, 0.0]), -jnp.asarray(direction)], -1
+  )[None]  # [1, 3, 2]: orthogonal, then flipped
+  np.testing.assert_allclose(kdsvd.align(student, teacher), teacher, atol=1e-6)

@@ -31,8 +31,11 @@ def kill_after_checkpoint(args, workdir, checkpoints):
   `checkpoints` (Orbax renames it into place once complete), and checks
   that the kill came before checkpoint 2: mid-run, not after the end."""
   proc = subprocess.Popen(
-      [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
-      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 300
   while not (checkpoints / '1').exists():
     assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
@@ -40,15 +43,20 @@ def kill_after_checkpoint(args, workdir, checkpoints):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (checkpoints / '2').exists(), (
-      'the run finished before it could be killed: make its epochs longer')
+    'the run finished before it could be killed: make its epochs longer'
+  )
 
 
 def without_timings(meta):
   """A checkpoint's meta with the wall-clock fields of its epoch records
   dropped: everything a resumed run must reproduce exactly."""
-  return {**meta, 'history': [{k: v for k, v in r.items()
-                               if k not in TIMING_KEYS}
-                              for r in meta.get('history', [])]}
+  return {
+    **meta,
+    'history': [
+      {k: v for k, v in r.items() if k not in TIMING_KEYS}
+      for r in meta.get('history', [])
+    ],
+  }
 
 
 def restore_state(workdir, which='last'):
@@ -63,15 +71,28 @@ def test_launch_one_step_on_mock_tfds_set(tmp_path):
   in-process, on TFDS's mock SVHN (CIFAR reads its official archives)."""
   workdir = tmp_path / 'run'
   with tfds.testing.mock_data(num_examples=40):
-    launch('--config=configs/teacher.py:smoke', f'--workdir={workdir}',
-           '--config.dataset.name=svhn_cropped', '--config.num_epochs=1',
-           '--config.batch_size=32', '--config.eval_batch_size=32')
+    launch(
+      '--config=configs/teacher.py:smoke',
+      f'--workdir={workdir}',
+      '--config.dataset.name=svhn_cropped',
+      '--config.num_epochs=1',
+      '--config.batch_size=32',
+      '--config.eval_batch_size=32',
+    )
   steps = metric_writer.read_records(str(workdir), 'train')
   epochs = metric_writer.read_records(str(workdir), 'epoch')
   assert [r['step'] for r in steps] == [1]
   assert len(epochs) == 1 and epochs[0]['test_count'] == 40
-  for key in ('loss', 'ce', 'intra', 'accuracy', 'learning_rate',
-              'images_per_second', 'step_time', 'gate_pass_rate'):
+  for key in (
+    'loss',
+    'ce',
+    'intra',
+    'accuracy',
+    'learning_rate',
+    'images_per_second',
+    'step_time',
+    'gate_pass_rate',
+  ):
     assert np.isfinite(steps[0][key]), key
   state, meta = restore_state(workdir)
   assert meta['epoch'] == 1 and int(state['step']) == 1
@@ -81,9 +102,13 @@ def test_launch_one_step_on_mock_tfds_set(tmp_path):
   assert saved['dataset']['name'] == 'svhn_cropped'
 
 
-RESUME_ARGS = ('--config=configs/teacher.py:smoke', '--config.num_epochs=2',
-               '--config.dataset.num_train=512', '--config.batch_size=32',
-               '--config.checkpoint_every_epochs=1')
+RESUME_ARGS = (
+  '--config=configs/teacher.py:smoke',
+  '--config.num_epochs=2',
+  '--config.dataset.num_train=512',
+  '--config.batch_size=32',
+  '--config.checkpoint_every_epochs=1',
+)
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
@@ -101,8 +126,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
   assert meta_a['epoch'] == 2
   assert int(state_a['cache']['valid'].sum()) == 4
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-  strip = lambda rs: [{k: v for k, v in r.items() if k not in TIMING_KEYS}
-                      for r in rs]
+  strip = lambda rs: [
+    {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rs
+  ]
   records_a = strip(metric_writer.read_records(str(straight)))
   assert records_a == strip(metric_writer.read_records(str(resumed)))
   assert [r['epoch'] for r in records_a if r['kind'] == 'epoch'] == [1, 2]
@@ -122,54 +148,79 @@ def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
   from icckd_jax import models  # pylint: disable=g-import-not-at-top
   from icckd_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from configs import teacher  # pylint: disable=g-import-not-at-top
-  results = {n: evaluate.evaluate_checkpoint(str(trained_on_four), 'last', n,
-                                             batch_size=48)
-             for n in (1, 2, 4)}
+
+  results = {
+    n: evaluate.evaluate_checkpoint(
+      str(trained_on_four), 'last', n, batch_size=48
+    )
+    for n in (1, 2, 4)
+  }
   dataset = datasets.load(teacher.get_config('smoke').dataset)
   state, _ = restore_state(trained_on_four)
   model = models.create_model('resnet8', dataset.num_classes)
   x = (dataset.test_images.astype(np.float32) - dataset.mean) / dataset.std
-  logits, _ = model.apply({'params': state['params']['model'],
-                           'batch_stats': state['batch_stats']}, x, train=False)
+  logits, _ = model.apply(
+    {'params': state['params']['model'], 'batch_stats': state['batch_stats']},
+    x,
+    train=False,
+  )
   expected = float(np.mean(np.argmax(logits, -1) == dataset.test_labels))
   for n, r in results.items():
     assert r['count'] == len(dataset.test_labels) == 128, n
     assert r['devices'] == n
     assert r['top1'] == pytest.approx(expected, abs=1e-9), n
     assert r['loss'] == pytest.approx(results[1]['loss'], rel=1e-5)
-  assert json.loads((trained_on_four / 'eval_last.json').read_text())[
-      'count'] == 128
+  assert (
+    json.loads((trained_on_four / 'eval_last.json').read_text())['count'] == 128
+  )
 
 
 def _error_line(result):
   return error_line(result.returncode, result.stderr)
 
 
-@pytest.mark.parametrize('args,expected', [
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config.model=resnet9'], "config.model='resnet9' is unknown"),
     (['--config.dataset.name=no_such_set'], 'no_such_set'),
-    (['--config.batch_size=30'], 'config.batch_size=30 is not divisible by'
-     ' the 4 devices'),
+    (
+      ['--config.batch_size=30'],
+      'config.batch_size=30 is not divisible by the 4 devices',
+    ),
     (['--config.icc.margin_kind=rank'], 'config.icc.margin_kind'),
-])
+  ],
+)
 def test_config_errors_are_one_line_and_exit_2(tmp_path, args, expected):
-  result = launch('--config=configs/teacher.py:smoke',
-                  f'--workdir={tmp_path / "run"}', *args, check=False)
+  result = launch(
+    '--config=configs/teacher.py:smoke',
+    f'--workdir={tmp_path / "run"}',
+    *args,
+    check=False,
+  )
   assert expected in _error_line(result)
   assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
-@pytest.mark.parametrize('args,expected', [
+@pytest.mark.parametrize(
+  'args,expected',
+  [
     (['--config=configs/teacher.py:bogus'], "unknown config argument 'bogus'"),
-    (['--config=configs/teacher.py', '--config.nonexistent=1'],
-     'no such config field: nonexistent'),
-    (['--config=configs/teacher.py', '--config.batch_size=abc'],
-     'flag --config.batch_size=abc'),
-    (['--config=configs/absent.py'], "No such file or directory: "
-     "'configs/absent.py'"),
-])
-def test_command_line_errors_are_one_line_and_exit_2(tmp_path, args,
-                                                     expected):
+    (
+      ['--config=configs/teacher.py', '--config.nonexistent=1'],
+      'no such config field: nonexistent',
+    ),
+    (
+      ['--config=configs/teacher.py', '--config.batch_size=abc'],
+      'flag --config.batch_size=abc',
+    ),
+    (
+      ['--config=configs/absent.py'],
+      "No such file or directory: 'configs/absent.py'",
+    ),
+  ],
+)
+def test_command_line_errors_are_one_line_and_exit_2(tmp_path, args, expected):
   result = launch(*args, f'--workdir={tmp_path / "run"}', check=False)
   assert expected in _error_line(result)
 
@@ -177,27 +228,38 @@ def test_command_line_errors_are_one_line_and_exit_2(tmp_path, args,
 def test_unwritable_workdir_is_a_user_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
-  result = launch('--config=configs/teacher.py:smoke',
-                  f'--workdir={blocker / "run"}', check=False)
+  result = launch(
+    '--config=configs/teacher.py:smoke',
+    f'--workdir={blocker / "run"}',
+    check=False,
+  )
   assert f'workdir {blocker / "run"} is not writable' in _error_line(result)
 
 
 def test_missing_checkpoint_is_a_user_error(tmp_path):
-  result = launch('--config=configs/eval.py', f'--config.workdir={tmp_path}',
-                  check=False)
+  result = launch(
+    '--config=configs/eval.py', f'--config.workdir={tmp_path}', check=False
+  )
   assert 'no best checkpoint' in _error_line(result)
-  result = launch('--config=configs/eval.py',
-                  f'--config.workdir={tmp_path / "absent"}', check=False)
+  result = launch(
+    '--config=configs/eval.py',
+    f'--config.workdir={tmp_path / "absent"}',
+    check=False,
+  )
   assert 'absent' in _error_line(result)
 
 
 def test_teacher_without_cache_trains_and_checkpoints(tmp_path):
   """cache.size = 0, the cache ablation's "removed" setting, end to end."""
   workdir = tmp_path / 'run'
-  launch('--config=configs/teacher.py:smoke', '--config.cache.size=0',
-         '--config.num_epochs=1', '--config.num_devices=1',
-         f'--workdir={workdir}')
-  epoch, = metric_writer.read_records(str(workdir), 'epoch')
+  launch(
+    '--config=configs/teacher.py:smoke',
+    '--config.cache.size=0',
+    '--config.num_epochs=1',
+    '--config.num_devices=1',
+    f'--workdir={workdir}',
+  )
+  (epoch,) = metric_writer.read_records(str(workdir), 'epoch')
   assert epoch['neg_cache'] == 0.0 and epoch['cache_bytes'] == 0
   assert epoch['neg_in_batch'] > 0.0
   state, _ = restore_state(workdir)

@@ -23,13 +23,15 @@ import numpy as np
 
 def _conv(name, out, in_per_group, k, bias=False):
   return [(f'{name}.weight', (out, in_per_group, k, k))] + (
-      [(f'{name}.bias', (out,))] if bias else [])
+    [(f'{name}.bias', (out,))] if bias else []
+  )
 
 
 def _bn(name, c):
-  return [(f'{name}.{t}', (c,)) for t in
-          ('weight', 'bias', 'running_mean', 'running_var')] + [
-              (f'{name}.num_batches_tracked', ())]
+  return [
+    (f'{name}.{t}', (c,))
+    for t in ('weight', 'bias', 'running_mean', 'running_var')
+  ] + [(f'{name}.num_batches_tracked', ())]
 
 
 def _linear(name, n_in, n_out):
@@ -47,8 +49,9 @@ def _resnet(depth, widths, c):
       t += _conv(f'{p}.conv1', planes, inplanes, 3) + _bn(f'{p}.bn1', planes)
       t += _conv(f'{p}.conv2', planes, planes, 3) + _bn(f'{p}.bn2', planes)
       if stride != 1 or inplanes != planes:
-        t += (_conv(f'{p}.downsample.0', planes, inplanes, 1) +
-              _bn(f'{p}.downsample.1', planes))
+        t += _conv(f'{p}.downsample.0', planes, inplanes, 1) + _bn(
+          f'{p}.downsample.1', planes
+        )
       inplanes = planes
   return t + _linear('fc', widths[-1], c)
 
@@ -70,13 +73,23 @@ def _wrn(depth, k, c):
 
 
 _VGG = {
-    'vgg8': [[64], [128], [256], [512], [512]],
-    'vgg11': [[64], [128], [256, 256], [512, 512], [512, 512]],
-    'vgg13': [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
-    'vgg16': [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512],
-              [512, 512, 512]],
-    'vgg19': [[64, 64], [128, 128], [256, 256, 256, 256],
-              [512, 512, 512, 512], [512, 512, 512, 512]],
+  'vgg8': [[64], [128], [256], [512], [512]],
+  'vgg11': [[64], [128], [256, 256], [512, 512], [512, 512]],
+  'vgg13': [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+  'vgg16': [
+    [64, 64],
+    [128, 128],
+    [256, 256, 256],
+    [512, 512, 512],
+    [512, 512, 512],
+  ],
+  'vgg19': [
+    [64, 64],
+    [128, 128],
+    [256, 256, 256, 256],
+    [512, 512, 512, 512],
+    [512, 512, 512, 512],
+  ],
 }
 
 
@@ -92,9 +105,15 @@ def _vgg(cfg, c):
 
 
 def _mobilenetv2(c, expansion=6, width=0.5):
-  settings = [(1, 16, 1, 1), (expansion, 24, 2, 1), (expansion, 32, 3, 2),
-              (expansion, 64, 4, 2), (expansion, 96, 3, 1),
-              (expansion, 160, 3, 2), (expansion, 320, 1, 1)]
+  settings = [
+    (1, 16, 1, 1),
+    (expansion, 24, 2, 1),
+    (expansion, 32, 3, 2),
+    (expansion, 64, 4, 2),
+    (expansion, 96, 3, 1),
+    (expansion, 160, 3, 2),
+    (expansion, 320, 1, 1),
+  ]
   cin = int(32 * width)
   t = _conv('conv1.0', cin, 3, 3) + _bn('conv1.1', cin)
   for b, (e, ch, n, _) in enumerate(settings):
@@ -150,7 +169,7 @@ def _resnet50(c, blocks=(3, 4, 6, 3)):
   t = _conv('conv1', 64, 3, 3) + _bn('bn1', 64)
   cin = 64
   for s, n in enumerate(blocks, 1):
-    planes = 64 * 2**(s - 1)
+    planes = 64 * 2 ** (s - 1)
     for i in range(n):
       stride = 2 if s > 1 and i == 0 else 1
       p = f'layer{s}.{i}'
@@ -159,27 +178,30 @@ def _resnet50(c, blocks=(3, 4, 6, 3)):
       t += _conv(f'{p}.conv3', 4 * planes, planes, 1)
       t += _bn(f'{p}.bn3', 4 * planes)
       if stride != 1 or cin != 4 * planes:
-        t += (_conv(f'{p}.shortcut.0', 4 * planes, cin, 1) +
-              _bn(f'{p}.shortcut.1', 4 * planes))
+        t += _conv(f'{p}.shortcut.0', 4 * planes, cin, 1) + _bn(
+          f'{p}.shortcut.1', 4 * planes
+        )
       cin = 4 * planes
   return t + _linear('linear', 2048, c)
 
 
 _NARROW, _WIDE = (16, 16, 32, 64), (32, 64, 128, 256)
 _LAYOUTS = {
-    **{f'resnet{d}': (lambda c, d=d: _resnet(d, _NARROW, c))
-       for d in (8, 14, 20, 32, 44, 56, 110)},
-    'resnet8x4': lambda c: _resnet(8, _WIDE, c),
-    'resnet32x4': lambda c: _resnet(32, _WIDE, c),
-    'wrn_16_1': lambda c: _wrn(16, 1, c),
-    'wrn_16_2': lambda c: _wrn(16, 2, c),
-    'wrn_40_1': lambda c: _wrn(40, 1, c),
-    'wrn_40_2': lambda c: _wrn(40, 2, c),
-    **{name: (lambda c, cfg=cfg: _vgg(cfg, c)) for name, cfg in _VGG.items()},
-    'MobileNetV2': _mobilenetv2,
-    'ShuffleV1': _shufflev1,
-    'ShuffleV2': _shufflev2,
-    'ResNet50': _resnet50,
+  **{
+    f'resnet{d}': (lambda c, d=d: _resnet(d, _NARROW, c))
+    for d in (8, 14, 20, 32, 44, 56, 110)
+  },
+  'resnet8x4': lambda c: _resnet(8, _WIDE, c),
+  'resnet32x4': lambda c: _resnet(32, _WIDE, c),
+  'wrn_16_1': lambda c: _wrn(16, 1, c),
+  'wrn_16_2': lambda c: _wrn(16, 2, c),
+  'wrn_40_1': lambda c: _wrn(40, 1, c),
+  'wrn_40_2': lambda c: _wrn(40, 2, c),
+  **{name: (lambda c, cfg=cfg: _vgg(cfg, c)) for name, cfg in _VGG.items()},
+  'MobileNetV2': _mobilenetv2,
+  'ShuffleV1': _shufflev1,
+  'ShuffleV2': _shufflev2,
+  'ResNet50': _resnet50,
 }
 MODEL_NAMES = tuple(_LAYOUTS)
 
@@ -191,9 +213,11 @@ def benchmark_layout(name: str, num_classes: int) -> dict[str, tuple]:
 
 def parameter_count(name: str, num_classes: int) -> int:
   """`sum(p.numel() for p in model.parameters())`: weights and biases."""
-  return sum(int(np.prod(s)) for k, s in
-             benchmark_layout(name, num_classes).items()
-             if k.endswith(('.weight', '.bias')))
+  return sum(
+    int(np.prod(s))
+    for k, s in benchmark_layout(name, num_classes).items()
+    if k.endswith(('.weight', '.bias'))
+  )
 
 
 def random_state_dict(name: str, num_classes: int, seed: int = 0):
@@ -213,9 +237,11 @@ def random_state_dict(name: str, num_classes: int, seed: int = 0):
 
 # ------------------------------------------------------------------ writer
 
-_STORAGE_NAMES = {np.dtype(np.float32): 'FloatStorage',
-                  np.dtype(np.int64): 'LongStorage',
-                  np.dtype(np.float64): 'DoubleStorage'}
+_STORAGE_NAMES = {
+  np.dtype(np.float32): 'FloatStorage',
+  np.dtype(np.int64): 'LongStorage',
+  np.dtype(np.float64): 'DoubleStorage',
+}
 
 
 class _Global:
@@ -244,9 +270,17 @@ class Tensor:
     self.offset = offset
 
   def __reduce__(self):
-    return (_Global('torch._utils', '_rebuild_tensor_v2'),
-            (self.storage, self.offset, tuple(self.shape), tuple(self.stride),
-             False, collections.OrderedDict()))
+    return (
+      _Global('torch._utils', '_rebuild_tensor_v2'),
+      (
+        self.storage,
+        self.offset,
+        tuple(self.shape),
+        tuple(self.stride),
+        False,
+        collections.OrderedDict(),
+      ),
+    )
 
 
 class _Pickler(pickle._Pickler):  # pylint: disable=protected-access
@@ -270,8 +304,13 @@ class _Pickler(pickle._Pickler):  # pylint: disable=protected-access
     key = str(len(self.storages))
     self.storages.setdefault(id(obj), (key, obj))
     key = self.storages[id(obj)][0]
-    pid = ('storage', _Global('torch', _STORAGE_NAMES[obj.array.dtype]), key,
-           'cpu', obj.array.size)
+    pid = (
+      'storage',
+      _Global('torch', _STORAGE_NAMES[obj.array.dtype]),
+      key,
+      'cpu',
+      obj.array.size,
+    )
     return pid + (None,) if self.legacy else pid
 
 
@@ -305,9 +344,15 @@ def write_pth(path, obj, legacy=False):
   data, storages = pickle_bytes(obj, legacy)
   if legacy:
     with open(path, 'wb') as f:
-      for header in (0x1950a86a20f9469cfc6c, 1001,
-                     {'protocol_version': 1001, 'little_endian': True,
-                      'type_sizes': {'short': 2, 'int': 4, 'long': 4}}):
+      for header in (
+        0x1950A86A20F9469CFC6C,
+        1001,
+        {
+          'protocol_version': 1001,
+          'little_endian': True,
+          'type_sizes': {'short': 2, 'int': 4, 'long': 4},
+        },
+      ):
         pickle.dump(header, f, protocol=2)
       f.write(data)
       pickle.dump([key for key, _ in storages], f, protocol=2)

@@ -17,8 +17,8 @@ def conv2d(x, w, stride=1, padding=0, groups=1):
   windows = windows[:, :, ::stride, ::stride]  # [N, C, H', W', kh, kw]
   outs = []
   for g in range(groups):
-    xs = windows[:, g * per_group:(g + 1) * per_group]
-    ws = w[g * (out // groups):(g + 1) * (out // groups)]
+    xs = windows[:, g * per_group : (g + 1) * per_group]
+    ws = w[g * (out // groups) : (g + 1) * (out // groups)]
     outs.append(np.einsum('nchwij,ocij->nohw', xs, ws, optimize=True))
   del n, c
   return np.concatenate(outs, axis=1)
@@ -43,8 +43,11 @@ def avg_pool_3x3_s2_p1(x):
 
 def shuffle(x, groups):
   n, c, h, w = x.shape
-  return x.reshape(n, groups, c // groups, h, w).transpose(
-      0, 2, 1, 3, 4).reshape(n, c, h, w)
+  return (
+    x.reshape(n, groups, c // groups, h, w)
+    .transpose(0, 2, 1, 3, 4)
+    .reshape(n, c, h, w)
+  )
 
 
 def _linear_head(out, state):
@@ -54,6 +57,7 @@ def _linear_head(out, state):
 
 def shufflev1(x, state, blocks=(4, 8, 4), groups=3):
   """(logits [N, classes], features [N, 960]) of ShuffleV1 on x [N, 3, H, W]."""
+
   def cbr(x, name, bn, **kw):
     return batch_norm(conv2d(x, state[f'{name}.weight'], **kw), state, bn)
 
@@ -65,20 +69,28 @@ def shufflev1(x, state, blocks=(4, 8, 4), groups=3):
       g = 1 if out.shape[1] == 24 else groups
       y = relu(cbr(out, f'{p}.conv1', f'{p}.bn1', groups=g))
       y = shuffle(y, g)
-      y = relu(cbr(y, f'{p}.conv2', f'{p}.bn2', stride=stride, padding=1,
-                   groups=mid))
+      y = relu(
+        cbr(y, f'{p}.conv2', f'{p}.bn2', stride=stride, padding=1, groups=mid)
+      )
       y = cbr(y, f'{p}.conv3', f'{p}.bn3', groups=groups)
-      out = relu(np.concatenate([y, avg_pool_3x3_s2_p1(out)], 1)
-                 if stride == 2 else y + out)
+      out = relu(
+        np.concatenate([y, avg_pool_3x3_s2_p1(out)], 1)
+        if stride == 2
+        else y + out
+      )
   return _linear_head(out, state)
 
 
 def shufflev2(x, state, blocks=(3, 7, 3)):
   """(logits [N, classes], features [N, 1024]) of ShuffleV2 on x
   [N, 3, H, W]."""
+
   def cb(x, name, **kw):
-    return batch_norm(conv2d(x, state[f'{name}.weight'], **kw), state,
-                      name.replace('conv', 'bn'))
+    return batch_norm(
+      conv2d(x, state[f'{name}.weight'], **kw),
+      state,
+      name.replace('conv', 'bn'),
+    )
 
   out = relu(cb(x, 'conv1'))
   for s, n in enumerate(blocks, 1):

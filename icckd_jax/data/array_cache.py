@@ -28,8 +28,11 @@ _KEY_FILE = 'key.json'
 def file_key(path: pathlib.Path) -> dict[str, Any]:
   """Identifies a source file: a changed file gets a new cache entry."""
   stat = path.stat()
-  return {'path': str(path.resolve()), 'size': stat.st_size,
-          'mtime_ns': stat.st_mtime_ns}
+  return {
+    'path': str(path.resolve()),
+    'size': stat.st_size,
+    'mtime_ns': stat.st_mtime_ns,
+  }
 
 
 def folder_key(root: pathlib.Path) -> dict[str, Any]:
@@ -45,9 +48,12 @@ def folder_key(root: pathlib.Path) -> dict[str, Any]:
   return {'path': str(root.resolve()), 'tree': digest.hexdigest()}
 
 
-def cached(cache_root: pathlib.Path, name: str, key: dict[str, Any],
-           decode: Callable[[], dict[str, np.ndarray]]
-           ) -> dict[str, np.ndarray]:
+def cached(
+  cache_root: pathlib.Path,
+  name: str,
+  key: dict[str, Any],
+  decode: Callable[[], dict[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
   """The arrays of `key`, from the cache, else decoded and then cached.
 
   Args:
@@ -60,11 +66,14 @@ def cached(cache_root: pathlib.Path, name: str, key: dict[str, Any],
     name -> array; read-only memory maps when read from the cache.
   """
   text = json.dumps(key, sort_keys=True)
-  entry = cache_root / f'{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}'
+  entry = (
+    cache_root / f'{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}'
+  )
   key_file = entry / _KEY_FILE
   if key_file.is_file() and key_file.read_text() == text:
-    return {p.stem: np.load(p, mmap_mode='r')
-            for p in sorted(entry.glob('*.npy'))}
+    return {
+      p.stem: np.load(p, mmap_mode='r') for p in sorted(entry.glob('*.npy'))
+    }
   arrays = decode()
   try:
     _write(entry, text, arrays)
@@ -74,11 +83,13 @@ def cached(cache_root: pathlib.Path, name: str, key: dict[str, Any],
   return arrays
 
 
-def _write(entry: pathlib.Path, text: str,
-           arrays: dict[str, np.ndarray]) -> None:
+def _write(
+  entry: pathlib.Path, text: str, arrays: dict[str, np.ndarray]
+) -> None:
   entry.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=entry.name + '.tmp-',
-                                      dir=entry.parent))
+  tmp = pathlib.Path(
+    tempfile.mkdtemp(prefix=entry.name + '.tmp-', dir=entry.parent)
+  )
   try:
     for n, array in arrays.items():
       np.save(tmp / f'{n}.npy', np.asarray(array))

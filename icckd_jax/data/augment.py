@@ -15,8 +15,9 @@ def example_keys(step_key: jax.Array, positions: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, (None, 0))(step_key, positions)
 
 
-def random_crop_flip(images: jax.Array, keys: jax.Array, pad: int,
-                     flip: bool) -> jax.Array:
+def random_crop_flip(
+  images: jax.Array, keys: jax.Array, pad: int, flip: bool
+) -> jax.Array:
   """images: [b, H, W, C] uint8, keys: [b] -> [b, H, W, C] uint8.
 
   Pads with zeros before cropping, as torchvision's RandomCrop(padding=4)
@@ -38,8 +39,9 @@ def random_crop_flip(images: jax.Array, keys: jax.Array, pad: int,
   return jax.vmap(one)(images, keys)
 
 
-def normalize(images: jax.Array, mean: jax.Array, std: jax.Array,
-              dtype=jnp.float32) -> jax.Array:
+def normalize(
+  images: jax.Array, mean: jax.Array, std: jax.Array, dtype=jnp.float32
+) -> jax.Array:
   """uint8 [..., C] -> (x - mean) / std in `dtype`; mean, std: [C] in [0, 255]."""
   x = (images.astype(jnp.float32) - mean) / std
   return x.astype(dtype)

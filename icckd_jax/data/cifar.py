@@ -37,6 +37,7 @@ _ROW_BYTES = 3 * _SIZE * _SIZE
 @dataclasses.dataclass(frozen=True)
 class _Spec:
   """One of the two archives."""
+
   filename: str
   md5: str  # published checksum of the archive
   folder: str  # the archive's top-level folder
@@ -47,24 +48,30 @@ class _Spec:
 
 
 SPECS = {
-    'cifar10': _Spec(
-        filename='cifar-10-python.tar.gz',
-        md5='c58f30108f718f92721af3b95e74349a',
-        folder='cifar-10-batches-py',
-        train=tuple(f'data_batch_{i}' for i in range(1, 6)),
-        test='test_batch', meta='batches.meta',
-        label_keys={'fine': ('labels', 10)}),
-    'cifar100': _Spec(
-        filename='cifar-100-python.tar.gz',
-        md5='eb9058c3a382ffc7106e4002c42a8d85',
-        folder='cifar-100-python',
-        train=('train',), test='test', meta='meta',
-        label_keys={'fine': ('fine_labels', 100),
-                    'coarse': ('coarse_labels', 20)}),
+  'cifar10': _Spec(
+    filename='cifar-10-python.tar.gz',
+    md5='c58f30108f718f92721af3b95e74349a',
+    folder='cifar-10-batches-py',
+    train=tuple(f'data_batch_{i}' for i in range(1, 6)),
+    test='test_batch',
+    meta='batches.meta',
+    label_keys={'fine': ('labels', 10)},
+  ),
+  'cifar100': _Spec(
+    filename='cifar-100-python.tar.gz',
+    md5='eb9058c3a382ffc7106e4002c42a8d85',
+    folder='cifar-100-python',
+    train=('train',),
+    test='test',
+    meta='meta',
+    label_keys={'fine': ('fine_labels', 100), 'coarse': ('coarse_labels', 20)},
+  ),
 }
 # Mirrors of the official archives; the checksum makes any mirror safe.
-_MIRRORS = ('https://www.cs.toronto.edu/~kriz/',
-            'https://cave.cs.toronto.edu/kriz/')
+_MIRRORS = (
+  'https://www.cs.toronto.edu/~kriz/',
+  'https://cave.cs.toronto.edu/kriz/',
+)
 
 
 def load(name: str, config: ml_collections.ConfigDict, root: pathlib.Path):
@@ -84,16 +91,20 @@ def load(name: str, config: ml_collections.ConfigDict, root: pathlib.Path):
   spec = SPECS[name]
   label_kind = config.get('label_kind', None) or 'fine'
   if label_kind not in spec.label_keys:
-    raise UserError(f'dataset.label_kind={label_kind!r} is invalid for {name}; '
-                    f'choose one of {sorted(spec.label_keys)}')
+    raise UserError(
+      f'dataset.label_kind={label_kind!r} is invalid for {name}; '
+      f'choose one of {sorted(spec.label_keys)}'
+    )
   path = config.get('path', None)
   verify = False
   if path:
     source = pathlib.Path(path).expanduser()
     where = f'dataset.path={path!r}'
     if not source.exists():
-      raise UserError(f'{where} does not exist; expected {spec.filename} or '
-                      f'the {spec.folder}/ folder it extracts to')
+      raise UserError(
+        f'{where} does not exist; expected {spec.filename} or '
+        f'the {spec.folder}/ folder it extracts to'
+      )
   else:
     source = root / spec.filename
     where = str(source)
@@ -101,26 +112,33 @@ def load(name: str, config: ml_collections.ConfigDict, root: pathlib.Path):
       download.fetch([m + spec.filename for m in _MIRRORS], spec.md5, source)
     else:
       verify = True  # Placed by hand: check it before trusting it.
-  key = (array_cache.folder_key(source) if source.is_dir()
-         else array_cache.file_key(source))
+  key = (
+    array_cache.folder_key(source)
+    if source.is_dir()
+    else array_cache.file_key(source)
+  )
   key['format'] = f'{name}-python-1'
 
   def decode():
     if verify and download.md5sum(source) != spec.md5:
       raise UserError(
-          f'{where} has the wrong MD5 checksum (expected {spec.md5}, the '
-          f'official {spec.filename}); delete it to download it again, or '
-          'set dataset.path to a copy of your own')
+        f'{where} has the wrong MD5 checksum (expected {spec.md5}, the '
+        f'official {spec.filename}); delete it to download it again, or '
+        'set dataset.path to a copy of your own'
+      )
     return decode_archive(name, source, where)
 
   arrays = array_cache.cached(root / 'arrays', name, key, decode)
   label, num_classes = spec.label_keys[label_kind]
-  return ((arrays['train_images'], arrays[f'train_{label}']),
-          (arrays['test_images'], arrays[f'test_{label}'])), num_classes
+  return (
+    (arrays['train_images'], arrays[f'train_{label}']),
+    (arrays['test_images'], arrays[f'test_{label}']),
+  ), num_classes
 
 
-def decode_archive(name: str, source: pathlib.Path,
-                   where: str) -> dict[str, np.ndarray]:
+def decode_archive(
+  name: str, source: pathlib.Path, where: str
+) -> dict[str, np.ndarray]:
   """Reads and checks every batch of an archive or extracted folder.
 
   Returns:
@@ -132,29 +150,34 @@ def decode_archive(name: str, source: pathlib.Path,
     UserError: the file is not a readable CIFAR archive of this data set.
   """
   spec = SPECS[name]
-  expected = (f'expected {spec.filename} (from {_PAGE}) or the {spec.folder}/ '
-              f'folder it extracts to, holding '
-              f'{", ".join((*spec.train, spec.test, spec.meta))}')
+  expected = (
+    f'expected {spec.filename} (from {_PAGE}) or the {spec.folder}/ '
+    f'folder it extracts to, holding '
+    f'{", ".join((*spec.train, spec.test, spec.meta))}'
+  )
   members = _read_members(spec, source, where, expected)
-  missing = [m for m in (*spec.train, spec.test, spec.meta)
-             if m not in members]
+  missing = [m for m in (*spec.train, spec.test, spec.meta) if m not in members]
   if missing:
     _check_compressed_stream(source, where, spec.filename)
-    raise UserError(f'{where} is not the {name} python-version archive: '
-                    f'{spec.folder}/{missing[0]} is missing; {expected}')
+    raise UserError(
+      f'{where} is not the {name} python-version archive: '
+      f'{spec.folder}/{missing[0]} is missing; {expected}'
+    )
   _unpickle(members[spec.meta], where, spec.meta)
   arrays = {}
   for split, names in (('train', spec.train), ('test', (spec.test,))):
-    batches = [_batch(spec, _unpickle(members[m], where, m), where, m)
-               for m in names]
+    batches = [
+      _batch(spec, _unpickle(members[m], where, m), where, m) for m in names
+    ]
     arrays[f'{split}_images'] = np.concatenate([b[0] for b in batches])
     for key, _ in spec.label_keys.values():
       arrays[f'{split}_{key}'] = np.concatenate([b[1][key] for b in batches])
   return arrays
 
 
-def _check_compressed_stream(source: pathlib.Path, where: str,
-                             filename: str) -> None:
+def _check_compressed_stream(
+  source: pathlib.Path, where: str, filename: str
+) -> None:
   """Raises a UserError naming the corruption when `source` is a gzip file
   whose stream fails its checks: tarfile stops at the first bad header
   after the start as if the archive had ended, so corruption would read as
@@ -169,29 +192,39 @@ def _check_compressed_stream(source: pathlib.Path, where: str,
       while stream.read(1 << 22):
         pass
   except (OSError, EOFError, zlib.error) as e:
-    raise UserError(f'{where} is corrupt ({one_line(e).rstrip(":")}): '
-                    f'download {filename} again') from e
+    raise UserError(
+      f'{where} is corrupt ({one_line(e).rstrip(":")}): '
+      f'download {filename} again'
+    ) from e
 
 
-def _read_members(spec: _Spec, source: pathlib.Path, where: str,
-                  expected: str) -> dict[str, bytes]:
+def _read_members(
+  spec: _Spec, source: pathlib.Path, where: str, expected: str
+) -> dict[str, bytes]:
   """The wanted members' bytes, by name, from the archive or the folder."""
   wanted = {*spec.train, spec.test, spec.meta}
   if source.is_dir():
     folder = source / spec.folder if (source / spec.folder).is_dir() else source
-    return {m: (folder / m).read_bytes() for m in wanted
-            if (folder / m).is_file()}
+    return {
+      m: (folder / m).read_bytes() for m in wanted if (folder / m).is_file()
+    }
   members = {}
   try:
     with tarfile.open(source) as tar:
       for member in tar:
         parts = [p for p in member.name.split('/') if p not in ('', '.')]
-        if (member.isfile() and len(parts) == 2 and parts[0] == spec.folder
-            and parts[1] in wanted):
+        if (
+          member.isfile()
+          and len(parts) == 2
+          and parts[0] == spec.folder
+          and parts[1] in wanted
+        ):
           members[parts[1]] = tar.extractfile(member).read()
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-    raise UserError(f'{where} is not a readable tar.gz archive, or is '
-                    f'truncated ({one_line(e).rstrip(":")}); {expected}') from e
+    raise UserError(
+      f'{where} is not a readable tar.gz archive, or is '
+      f'truncated ({one_line(e).rstrip(":")}); {expected}'
+    ) from e
   return members
 
 
@@ -200,10 +233,13 @@ class _PlainUnpickler(pickle.Unpickler):
 
   # What the official batches reference: numpy's array reconstructor under
   # its old and new module names, and the byte-string codec of protocol 2.
-  _ALLOWED = {('numpy.core.multiarray', '_reconstruct'),
-              ('numpy._core.multiarray', '_reconstruct'),
-              ('numpy', 'ndarray'), ('numpy', 'dtype'),
-              ('_codecs', 'encode')}
+  _ALLOWED = {
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy', 'ndarray'),
+    ('numpy', 'dtype'),
+    ('_codecs', 'encode'),
+  }
 
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:
@@ -220,23 +256,35 @@ def _unpickle(data: bytes, where: str, member: str) -> dict[str, object]:
     loaded = _PlainUnpickler(io.BytesIO(data), encoding='bytes').load()
   # Unpickling foreign bytes fails with any of a dozen exception types.
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'{where}: {member} is not a CIFAR batch '
-                    f'({type(e).__name__}: {one_line(e)})') from e
+    raise UserError(
+      f'{where}: {member} is not a CIFAR batch '
+      f'({type(e).__name__}: {one_line(e)})'
+    ) from e
   if not isinstance(loaded, dict):
-    raise UserError(f'{where}: {member} is not a CIFAR batch (a pickled '
-                    f'{type(loaded).__name__}, expected a dict)')
-  return {k.decode('latin1') if isinstance(k, bytes) else k: v
-          for k, v in loaded.items()}
+    raise UserError(
+      f'{where}: {member} is not a CIFAR batch (a pickled '
+      f'{type(loaded).__name__}, expected a dict)'
+    )
+  return {
+    k.decode('latin1') if isinstance(k, bytes) else k: v
+    for k, v in loaded.items()
+  }
 
 
 def _batch(spec: _Spec, batch: dict[str, object], where: str, member: str):
   """Checks one batch; ([N, 32, 32, 3] uint8, label key -> [N] int32)."""
   data = batch.get('data')
-  if (not isinstance(data, np.ndarray) or data.dtype != np.uint8
-      or data.ndim != 2 or data.shape[1] != _ROW_BYTES):
+  if (
+    not isinstance(data, np.ndarray)
+    or data.dtype != np.uint8
+    or data.ndim != 2
+    or data.shape[1] != _ROW_BYTES
+  ):
     shape = getattr(data, 'shape', None)
-    raise UserError(f'{where}: {member} has no [N, {_ROW_BYTES}] uint8 '
-                    f"'data' (found {type(data).__name__} {shape})")
+    raise UserError(
+      f'{where}: {member} has no [N, {_ROW_BYTES}] uint8 '
+      f"'data' (found {type(data).__name__} {shape})"
+    )
   labels = {}
   for key, num_classes in spec.label_keys.values():
     values = batch.get(key)
@@ -245,12 +293,16 @@ def _batch(spec: _Spec, batch: dict[str, object], where: str, member: str):
     except (TypeError, ValueError):
       values = None
     if values is None or values.shape != (len(data),):
-      raise UserError(f'{where}: {member} has no {len(data)} integer '
-                      f"'{key}' to match its {len(data)} images")
+      raise UserError(
+        f'{where}: {member} has no {len(data)} integer '
+        f"'{key}' to match its {len(data)} images"
+      )
     if values.size and (values.min() < 0 or values.max() >= num_classes):
-      raise UserError(f"{where}: {member}'s '{key}' range over "
-                      f'[{values.min()}, {values.max()}]; expected '
-                      f'[0, {num_classes - 1}]')
+      raise UserError(
+        f"{where}: {member}'s '{key}' range over "
+        f'[{values.min()}, {values.max()}]; expected '
+        f'[0, {num_classes - 1}]'
+      )
     labels[key] = values.astype(np.int32)
   # Rows are planar R, G, B: [N, 3, 32, 32], moved to channels-last.
   images = data.reshape(-1, 3, _SIZE, _SIZE).transpose(0, 2, 3, 1)

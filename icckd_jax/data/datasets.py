@@ -53,6 +53,7 @@ class Dataset:
     std: [C] float32, per-channel (population) std of train_images in
       [0, 255] units.
   """
+
   name: str
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -85,9 +86,10 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   name = config.get('name', None)
   if not name or not isinstance(name, str):
     raise UserError(
-        f'dataset.name={name!r} is invalid; choose cifar100, cifar10, '
-        'tiny_imagenet, fashion_mnist, image_folder, synthetic or a TFDS '
-        'image-classification name')
+      f'dataset.name={name!r} is invalid; choose cifar100, cifar10, '
+      'tiny_imagenet, fashion_mnist, image_folder, synthetic or a TFDS '
+      'image-classification name'
+    )
   path = config.get('path', None)
   root = download.data_dir(config.get('data_dir', None))
   if name == 'synthetic':
@@ -101,28 +103,35 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   elif name == 'image_folder':
     splits, num_classes = image_folder.load(path, root / 'arrays')
   else:
-    splits, num_classes = tfds.load(name, config.get('data_dir', None),
-                                    config.get('image_size', 32),
-                                    root / 'arrays')
+    splits, num_classes = tfds.load(
+      name,
+      config.get('data_dir', None),
+      config.get('image_size', 32),
+      root / 'arrays',
+    )
   (train_images, train_labels), (test_images, test_labels) = splits
-  train_images, train_labels = _subset(train_images, train_labels,
-                                       config.get('train_subset', 0), 'train')
-  test_images, test_labels = _subset(test_images, test_labels,
-                                     config.get('test_subset', 0), 'test')
+  train_images, train_labels = _subset(
+    train_images, train_labels, config.get('train_subset', 0), 'train'
+  )
+  test_images, test_labels = _subset(
+    test_images, test_labels, config.get('test_subset', 0), 'test'
+  )
   mean, std = channel_stats(train_images)
   return Dataset(
-      name=name,
-      train_images=train_images,
-      train_labels=train_labels,
-      test_images=test_images,
-      test_labels=test_labels,
-      num_classes=num_classes,
-      mean=mean,
-      std=std)
+    name=name,
+    train_images=train_images,
+    train_labels=train_labels,
+    test_images=test_images,
+    test_labels=test_labels,
+    num_classes=num_classes,
+    mean=mean,
+    std=std,
+  )
 
 
-def _subset(images: np.ndarray, labels: np.ndarray, size: int,
-            split: str) -> tuple[np.ndarray, np.ndarray]:
+def _subset(
+  images: np.ndarray, labels: np.ndarray, size: int, split: str
+) -> tuple[np.ndarray, np.ndarray]:
   """A fixed random subset of `size` examples (all when size is 0).
 
   The permutation is seeded by the split's length alone, so every run that
@@ -131,10 +140,13 @@ def _subset(images: np.ndarray, labels: np.ndarray, size: int,
   if not size:
     return images, labels
   if size < 0 or size > len(labels):
-    raise UserError(f'dataset.{split}_subset={size} must be between 0 and '
-                    f'the {len(labels)} examples of the {split} split')
-  keep = np.sort(np.random.default_rng(len(labels)).permutation(
-      len(labels))[:size])
+    raise UserError(
+      f'dataset.{split}_subset={size} must be between 0 and '
+      f'the {len(labels)} examples of the {split} split'
+    )
+  keep = np.sort(
+    np.random.default_rng(len(labels)).permutation(len(labels))[:size]
+  )
   return images[keep], labels[keep]
 
 
@@ -155,7 +167,7 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   offsets = (256 * np.arange(channels)).astype(np.uint16)
   counts = np.zeros(256 * channels, np.int64)
   for start in range(0, len(images), _STATS_CHUNK):
-    pixels = images[start:start + _STATS_CHUNK].reshape(-1, channels)
+    pixels = images[start : start + _STATS_CHUNK].reshape(-1, channels)
     counts += np.bincount((pixels + offsets).ravel(), minlength=counts.size)
   counts = counts.reshape(channels, 256)
   values = np.arange(256, dtype=np.float64)

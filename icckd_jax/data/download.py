@@ -31,8 +31,12 @@ _PROGRESS_EVERY = 0.5
 # Seconds a stalled connection may stay silent before the attempt fails.
 _TIMEOUT = 60
 # Errors of an interrupted or refused transfer, worth another attempt.
-_TRANSFER_ERRORS = (OSError, urllib.error.URLError, http.client.HTTPException,
-                    EOFError)
+_TRANSFER_ERRORS = (
+  OSError,
+  urllib.error.URLError,
+  http.client.HTTPException,
+  EOFError,
+)
 
 
 def data_dir(configured: str | None) -> pathlib.Path:
@@ -65,9 +69,13 @@ def open_url(url: str):
   return urllib.request.urlopen(url, timeout=_TIMEOUT)
 
 
-def fetch(urls: Sequence[str], md5: str, target: pathlib.Path,
-          opener: Callable | None = None,
-          attempts: int = 3) -> pathlib.Path:
+def fetch(
+  urls: Sequence[str],
+  md5: str,
+  target: pathlib.Path,
+  opener: Callable | None = None,
+  attempts: int = 3,
+) -> pathlib.Path:
   """Downloads `target` from the first of `urls` that delivers it intact.
 
   Each URL is tried up to `attempts` times; every attempt starts from byte 0
@@ -90,9 +98,11 @@ def fetch(urls: Sequence[str], md5: str, target: pathlib.Path,
   try:
     target.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise UserError(f'cannot create the data folder {str(target.parent)!r} '
-                    f'({one_line(e)}); set dataset.data_dir or '
-                    f'${ENV_DATA_DIR} to a writable folder') from e
+    raise UserError(
+      f'cannot create the data folder {str(target.parent)!r} '
+      f'({one_line(e)}); set dataset.data_dir or '
+      f'${ENV_DATA_DIR} to a writable folder'
+    ) from e
   opener = opener or open_url
   failure = 'no URL'
   for url in urls:
@@ -106,19 +116,20 @@ def fetch(urls: Sequence[str], md5: str, target: pathlib.Path,
       except _TRANSFER_ERRORS as e:
         failure = f'{url}: {type(e).__name__}: {one_line(e)}'
   raise UserError(
-      f'could not download {target.name} ({failure}); download it yourself '
-      f'and set dataset.path to it, or place it in {str(target.parent)!r}')
+    f'could not download {target.name} ({failure}); download it yourself '
+    f'and set dataset.path to it, or place it in {str(target.parent)!r}'
+  )
 
 
 class _ChecksumMismatch(Exception):
   pass
 
 
-def _transfer(url: str, md5: str, target: pathlib.Path,
-              opener: Callable) -> None:
+def _transfer(
+  url: str, md5: str, target: pathlib.Path, opener: Callable
+) -> None:
   """One attempt: download into a temporary file, verify, rename."""
-  fd, part = tempfile.mkstemp(prefix=target.name + '.part-',
-                              dir=target.parent)
+  fd, part = tempfile.mkstemp(prefix=target.name + '.part-', dir=target.parent)
   try:
     digest = hashlib.md5(usedforsecurity=False)
     with os.fdopen(fd, 'wb') as out, opener(url) as response:
@@ -135,8 +146,9 @@ def _transfer(url: str, md5: str, target: pathlib.Path,
       raise http.client.IncompleteRead(b'', total - received)
     if digest.hexdigest() != md5:
       raise _ChecksumMismatch(
-          f'{url} delivered a file with MD5 {digest.hexdigest()}, but the '
-          f'published checksum is {md5}')
+        f'{url} delivered a file with MD5 {digest.hexdigest()}, but the '
+        f'published checksum is {md5}'
+      )
     os.replace(part, target)
   except BaseException:
     pathlib.Path(part).unlink(missing_ok=True)
@@ -152,8 +164,9 @@ class _Progress:
     self.total = total
     self.tty = sys.stderr.isatty()
     self.last = 0.0
-    sys.stderr.write(f'downloading {name}'
-                     f'{f" ({total / 2**20:.1f} MiB)" if total else ""}\n')
+    sys.stderr.write(
+      f'downloading {name}{f" ({total / 2**20:.1f} MiB)" if total else ""}\n'
+    )
 
   def update(self, received: int) -> None:
     now = time.monotonic()
@@ -164,5 +177,7 @@ class _Progress:
       sys.stderr.flush()
 
   def done(self, received: int) -> None:
-    sys.stderr.write(f'{chr(13) if self.tty else ""}  {self.name}: '
-                     f'{received / 2**20:.1f} MiB received\n')
+    sys.stderr.write(
+      f'{chr(13) if self.tty else ""}  {self.name}: '
+      f'{received / 2**20:.1f} MiB received\n'
+    )

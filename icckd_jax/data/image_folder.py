@@ -21,8 +21,8 @@ from icckd_jax.data import images as images_lib
 from icckd_jax.errors import UserError, one_line
 
 LAYOUT = (
-    "expected 'train/<class>/<image>' and 'test/<class>/<image>', directly "
-    'or under one top-level folder, as a folder or a .tar/.tar.gz/.tgz archive'
+  "expected 'train/<class>/<image>' and 'test/<class>/<image>', directly "
+  'or under one top-level folder, as a folder or a .tar/.tar.gz/.tgz archive'
 )
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
 
@@ -44,8 +44,9 @@ def load(path: str | None, cache_root: pathlib.Path):
   """
   if not path:
     raise UserError(
-        "dataset.path is not set; dataset.name='image_folder' needs a folder "
-        f'or archive ({LAYOUT})')
+      "dataset.path is not set; dataset.name='image_folder' needs a folder "
+      f'or archive ({LAYOUT})'
+    )
   root = pathlib.Path(path).expanduser()
   if not root.exists():
     raise UserError(f'dataset.path={path!r} does not exist; {LAYOUT}')
@@ -55,57 +56,73 @@ def load(path: str | None, cache_root: pathlib.Path):
     key = array_cache.file_key(root)
   else:
     raise UserError(
-        f'dataset.path={path!r} is neither a folder nor a .tar/.tar.gz/.tgz '
-        f'archive; {LAYOUT}')
+      f'dataset.path={path!r} is neither a folder nor a .tar/.tar.gz/.tgz '
+      f'archive; {LAYOUT}'
+    )
   key['format'] = 'image_folder-1'
-  arrays = array_cache.cached(cache_root, 'image_folder', key,
-                              lambda: _decode_tree(path, root))
+  arrays = array_cache.cached(
+    cache_root, 'image_folder', key, lambda: _decode_tree(path, root)
+  )
   num_classes = int(arrays['num_classes'])
-  return ((arrays['train_images'], arrays['train_labels']),
-          (arrays['test_images'], arrays['test_labels'])), num_classes
+  return (
+    (arrays['train_images'], arrays['train_labels']),
+    (arrays['test_images'], arrays['test_labels']),
+  ), num_classes
 
 
 def _decode_tree(path: str, root: pathlib.Path) -> dict[str, np.ndarray]:
   files = _folder_files(root) if root.is_dir() else _archive_files(root)
   files = _strip_top_folder(files)
-  empty = sorted('/'.join(parts[:2]) for parts, source in files
-                 if source is None and len(parts) == 3
-                 and parts[0] in ('train', 'test'))
+  empty = sorted(
+    '/'.join(parts[:2])
+    for parts, source in files
+    if source is None and len(parts) == 3 and parts[0] in ('train', 'test')
+  )
   if empty:
-    raise UserError(f"dataset.path={path!r}: the class folder '{empty[0]}/' "
-                    'holds no image; add its images or remove it')
+    raise UserError(
+      f"dataset.path={path!r}: the class folder '{empty[0]}/' "
+      'holds no image; add its images or remove it'
+    )
   by_split = {}
   for split in ('train', 'test'):
-    entries = sorted((parts[1], parts[2], source)
-                     for parts, source in files
-                     if len(parts) == 3 and parts[0] == split
-                     and source is not None)
+    entries = sorted(
+      (parts[1], parts[2], source)
+      for parts, source in files
+      if len(parts) == 3 and parts[0] == split and source is not None
+    )
     if not entries:
       raise UserError(
-          f"dataset.path={path!r} has no images in '{split}/<class>/'; "
-          f'{LAYOUT}')
+        f"dataset.path={path!r} has no images in '{split}/<class>/'; {LAYOUT}"
+      )
     by_split[split] = entries
   classes = sorted({cls for cls, _, _ in by_split['train']})
   test_classes = sorted({cls for cls, _, _ in by_split['test']})
   if test_classes != classes:
     raise UserError(
-        f"dataset.path={path!r}: test classes {test_classes} differ from "
-        f'train classes {classes}')
+      f'dataset.path={path!r}: test classes {test_classes} differ from '
+      f'train classes {classes}'
+    )
   index = {cls: i for i, cls in enumerate(classes)}
 
-  names = [f'{split}/{cls}/{name}'
-           for split in ('train', 'test')
-           for cls, name, _ in by_split[split]]
-  sources = [source for split in ('train', 'test')
-             for _, _, source in by_split[split]]
+  names = [
+    f'{split}/{cls}/{name}'
+    for split in ('train', 'test')
+    for cls, name, _ in by_split[split]
+  ]
+  sources = [
+    source for split in ('train', 'test') for _, _, source in by_split[split]
+  ]
   decoded = images_lib.decode_all(f'dataset.path={path!r}', names, sources)
   num_train = len(by_split['train'])
   arrays = {'num_classes': np.array(len(classes), np.int32)}
-  for split, part in (('train', decoded[:num_train]),
-                      ('test', decoded[num_train:])):
+  for split, part in (
+    ('train', decoded[:num_train]),
+    ('test', decoded[num_train:]),
+  ):
     arrays[f'{split}_images'] = part
     arrays[f'{split}_labels'] = np.array(
-        [index[cls] for cls, _, _ in by_split[split]], np.int32)
+      [index[cls] for cls, _, _ in by_split[split]], np.int32
+    )
   return arrays
 
 
@@ -140,8 +157,9 @@ def _archive_files(archive: pathlib.Path) -> list[_File]:
           files.append((parts, tar.extractfile(member).read()))
   except (tarfile.TarError, OSError, EOFError) as e:
     raise UserError(
-        f'dataset.path={str(archive)!r} is not a readable tar archive '
-        f'({one_line(e)}); {LAYOUT}') from e
+      f'dataset.path={str(archive)!r} is not a readable tar archive '
+      f'({one_line(e)}); {LAYOUT}'
+    ) from e
   return files
 
 

@@ -22,8 +22,7 @@ _GREY_MODES = ('1', 'L', 'LA')
 _DECODE_CHUNK = 1024
 
 
-def decode(where: str, name: str, source: Any, rgb: bool = False
-           ) -> np.ndarray:
+def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
   """Decodes one image file to [H, W, 1 or 3] uint8.
 
   Args:
@@ -34,18 +33,21 @@ def decode(where: str, name: str, source: Any, rgb: bool = False
       grey files must not change the channel count).
   """
   try:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes)
-                    else source) as image:
+    with Image.open(
+      io.BytesIO(source) if isinstance(source, bytes) else source
+    ) as image:
       grey = image.mode in _GREY_MODES and not rgb
       array = np.asarray(image.convert('L' if grey else 'RGB'))
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'{where}: cannot decode {name!r} as an image '
-                    f'({one_line(e)})') from e
+    raise UserError(
+      f'{where}: cannot decode {name!r} as an image ({one_line(e)})'
+    ) from e
   return array[..., None] if grey else array
 
 
-def decode_all(where: str, names: Sequence[str], sources: Sequence[Any],
-               rgb: bool = False) -> np.ndarray:
+def decode_all(
+  where: str, names: Sequence[str], sources: Sequence[Any], rgb: bool = False
+) -> np.ndarray:
   """Decodes images of one size in a thread pool and stacks them.
 
   Pillow releases the GIL while decoding, which pays off for large images;
@@ -63,10 +65,13 @@ def decode_all(where: str, names: Sequence[str], sources: Sequence[Any],
   Raises:
     UserError: a file is not an image, or the images differ in size.
   """
+
   def decode_chunk(start: int) -> list[np.ndarray]:
     stop = start + _DECODE_CHUNK
-    return [decode(where, name, source, rgb)
-            for name, source in zip(names[start:stop], sources[start:stop])]
+    return [
+      decode(where, name, source, rgb)
+      for name, source in zip(names[start:stop], sources[start:stop])
+    ]
 
   workers = min(8, os.cpu_count() or 1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -75,8 +80,9 @@ def decode_all(where: str, names: Sequence[str], sources: Sequence[Any],
   return stack(where, names, arrays)
 
 
-def stack(where: str, names: Sequence[str],
-          arrays: Sequence[np.ndarray]) -> np.ndarray:
+def stack(
+  where: str, names: Sequence[str], arrays: Sequence[np.ndarray]
+) -> np.ndarray:
   """Stacks [H, W, C] images of one size; grey ones broadcast across RGB
   when the set mixes the two.
 
@@ -92,9 +98,10 @@ def stack(where: str, names: Sequence[str],
   for name, array in zip(names, arrays):
     if array.shape[:2] != (height, width):
       raise UserError(
-          f'{where}: all images must have one size, but '
-          f'{names[0]!r} is {width}x{height} and {name!r} is '
-          f'{array.shape[1]}x{array.shape[0]} (width x height)')
+        f'{where}: all images must have one size, but '
+        f'{names[0]!r} is {width}x{height} and {name!r} is '
+        f'{array.shape[1]}x{array.shape[0]} (width x height)'
+      )
     channels = max(channels, array.shape[-1])
   images = np.empty((len(arrays), height, width, channels), np.uint8)
   for i, array in enumerate(arrays):

@@ -30,6 +30,7 @@ _AUGMENT_STREAM = 2
 @flax.struct.dataclass
 class Split:
   """One split resident on every device of the mesh."""
+
   images: jax.Array  # [N, H, W, C] uint8
   labels: jax.Array  # [N] int32
 
@@ -50,18 +51,21 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
-def _epoch_order(seed: int, epoch: jax.Array, num_examples: int,
-                 batch_size: int) -> jax.Array:
+def _epoch_order(
+  seed: int, epoch: jax.Array, num_examples: int, batch_size: int
+) -> jax.Array:
   """[steps_per_epoch, B] int32: example indices of each step of `epoch`."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed),
-                                              _ORDER_STREAM), epoch)
+  key = jax.random.fold_in(
+    jax.random.fold_in(jax.random.key(seed), _ORDER_STREAM), epoch
+  )
   perm = jax.random.permutation(key, num_examples)
   steps = steps_per_epoch(num_examples, batch_size)
-  return perm[:steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+  return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
 
 
-def make_batch_fn(mesh: Mesh, seed: int, num_views: int, crop_padding: int,
-                  flip: bool):
+def make_batch_fn(
+  mesh: Mesh, seed: int, num_views: int, crop_padding: int, flip: bool
+):
   """A jitted fn(split, indices [B], step) -> (images [V, B, H, W, C] uint8,
   labels [B] int32), both sharded over `data` on the batch axis.
 
@@ -70,9 +74,11 @@ def make_batch_fn(mesh: Mesh, seed: int, num_views: int, crop_padding: int,
   fold_in(fold_in(fold_in(fold_in(seed, augment), step), v), i), which makes
   the pixels independent of how the batch is split across devices.
   """
+
   def per_device(split, indices, positions, step):
     step_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM), step)
+      jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM), step
+    )
     images = split.images[indices]
     views = []
     for v in range(num_views):
@@ -81,9 +87,11 @@ def make_batch_fn(mesh: Mesh, seed: int, num_views: int, crop_padding: int,
     return jnp.stack(views), split.labels[indices]
 
   sharded = parallel.shard_map(
-      per_device, mesh,
-      in_specs=(P(), P(parallel.DATA), P(parallel.DATA), P()),
-      out_specs=(P(None, parallel.DATA), P(parallel.DATA)))
+    per_device,
+    mesh,
+    in_specs=(P(), P(parallel.DATA), P(parallel.DATA), P()),
+    out_specs=(P(None, parallel.DATA), P(parallel.DATA)),
+  )
 
   @jax.jit
   def make_batch(split, indices, step):
@@ -93,10 +101,18 @@ def make_batch_fn(mesh: Mesh, seed: int, num_views: int, crop_padding: int,
   return make_batch
 
 
-def train_batches(split: Split, mesh: Mesh, *, seed: int, batch_size: int,
-                  num_views: int, crop_padding: int, flip: bool,
-                  start_step: int,
-                  with_indices: bool = False) -> Iterator[tuple[jax.Array, ...]]:
+def train_batches(
+  split: Split,
+  mesh: Mesh,
+  *,
+  seed: int,
+  batch_size: int,
+  num_views: int,
+  crop_padding: int,
+  flip: bool,
+  start_step: int,
+  with_indices: bool = False,
+) -> Iterator[tuple[jax.Array, ...]]:
   """Yields the global batches of steps start_step, start_step + 1, ...
 
   Each is (images [V, B, H, W, C] uint8, labels [B] int32), or with
@@ -132,7 +148,9 @@ def train_batches(split: Split, mesh: Mesh, *, seed: int, batch_size: int,
     step += 1
 
 
-def eval_indices(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def eval_indices(
+  num_examples: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Covers a split exactly once in batches of `batch_size`.
 
   Returns indices [num_batches, batch_size] int32 and mask [num_batches,
@@ -142,5 +160,7 @@ def eval_indices(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.nda
   flat = np.arange(num_batches * batch_size)
   mask = flat < num_examples
   indices = np.where(mask, flat, 0).astype(np.int32)
-  return (indices.reshape(num_batches, batch_size),
-          mask.reshape(num_batches, batch_size))
+  return (
+    indices.reshape(num_batches, batch_size),
+    mask.reshape(num_batches, batch_size),
+  )

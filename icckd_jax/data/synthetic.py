@@ -24,13 +24,17 @@ def load(config: ml_collections.ConfigDict):
   size = int(config.get('image_size', 32))
   channels = int(config.get('channels', 3))
   seed = int(config.get('seed', 0))
-  for field, value, low in (('num_train', num_train, 1),
-                            ('num_test', num_test, 1),
-                            ('num_classes', num_classes, 2),
-                            ('image_size', size, 4), ('channels', channels, 1)):
+  for field, value, low in (
+    ('num_train', num_train, 1),
+    ('num_test', num_test, 1),
+    ('num_classes', num_classes, 2),
+    ('image_size', size, 4),
+    ('channels', channels, 1),
+  ):
     if value < low:
       raise UserError(
-          f'dataset.{field}={value} is invalid; it must be >= {low}')
+        f'dataset.{field}={value} is invalid; it must be >= {low}'
+      )
 
   rng = np.random.default_rng(seed)
   # Coarse 4x4 patterns survive the small shifts below, so a class keeps its

@@ -25,8 +25,9 @@ _READ_BATCH = 1024
 PREPARE_EXTRA = "pip install 'icckd_jax[tensorflow]'"
 
 
-def load(name: str, data_dir: str | None, image_size: int,
-         cache_root: pathlib.Path):
+def load(
+  name: str, data_dir: str | None, image_size: int, cache_root: pathlib.Path
+):
   """Reads the 'train' and 'test' splits of TFDS set `name`.
 
   Args:
@@ -43,35 +44,43 @@ def load(name: str, data_dir: str | None, image_size: int,
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise UserError(
-        f'dataset.name={name!r} needs tensorflow-datasets, which is not '
-        'installed (pip install tensorflow-datasets)') from e
+      f'dataset.name={name!r} needs tensorflow-datasets, which is not '
+      'installed (pip install tensorflow-datasets)'
+    ) from e
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise UserError(
-        f'dataset.name={name!r} is unknown: not synthetic, image_folder, '
-        'cifar10, cifar100, tiny_imagenet, fashion_mnist or a TFDS data set '
-        '(see https://www.tensorflow.org/datasets/catalog)') from e
+      f'dataset.name={name!r} is unknown: not synthetic, image_folder, '
+      'cifar10, cifar100, tiny_imagenet, fashion_mnist or a TFDS data set '
+      '(see https://www.tensorflow.org/datasets/catalog)'
+    ) from e
   features = builder.info.features
   label = features['label'] if 'label' in features else None
-  if ('image' not in features
-      or not isinstance(features['image'], tfds.features.Image)
-      or not isinstance(label, tfds.features.ClassLabel)):
+  if (
+    'image' not in features
+    or not isinstance(features['image'], tfds.features.Image)
+    or not isinstance(label, tfds.features.ClassLabel)
+  ):
     raise UserError(
-        f'TFDS data set {name!r} lacks an image feature and a class label '
-        "feature named 'image' and 'label'; only image classification sets "
-        'are supported')
+      f'TFDS data set {name!r} lacks an image feature and a class label '
+      "feature named 'image' and 'label'; only image classification sets "
+      'are supported'
+    )
   height, width = features['image'].shape[:2]
   resize = image_size if height is None or width is None else None
   if resize is not None and (not isinstance(resize, int) or resize < 4):
-    raise UserError(f'dataset.image_size={image_size!r} is invalid: TFDS set '
-                    f'{name!r} has images of varying size, resized to '
-                    'image_size x image_size; set an integer >= 4')
+    raise UserError(
+      f'dataset.image_size={image_size!r} is invalid: TFDS set '
+      f'{name!r} has images of varying size, resized to '
+      'image_size x image_size; set an integer >= 4'
+    )
 
   def decode():
     try:
       sources = tfds.data_source(
-          name, split=['train', 'test'], data_dir=data_dir, download=True)
+        name, split=['train', 'test'], data_dir=data_dir, download=True
+      )
     # TFDS fails in many ways offline or with a foreign file format (network,
     # import, format and split errors alike); all mean "not available here".
     except Exception as e:  # pylint: disable=broad-except
@@ -89,13 +98,15 @@ def load(name: str, data_dir: str | None, image_size: int,
     arrays = array_cache.cached(cache_root, f'tfds_{name}', key, decode)
   else:
     arrays = decode()  # Nothing on disk identifies the data: no cache.
-  return ((arrays['train_images'], arrays['train_labels']),
-          (arrays['test_images'], arrays['test_labels'])), int(
-              arrays['num_classes'])
+  return (
+    (arrays['train_images'], arrays['train_labels']),
+    (arrays['test_images'], arrays['test_labels']),
+  ), int(arrays['num_classes'])
 
 
-def _load_error(name: str, data_dir: str | None,
-                error: BaseException) -> UserError:
+def _load_error(
+  name: str, data_dir: str | None, error: BaseException
+) -> UserError:
   """One line for a set TFDS could not provide; names the extra that
   installs TensorFlow when that is what preparing the set lacked."""
   cause = error
@@ -103,19 +114,22 @@ def _load_error(name: str, data_dir: str | None,
     if isinstance(cause, ImportError):
       missing = getattr(cause, 'name', None) or one_line(cause)
       return UserError(
-          f'TFDS set {name!r} is not prepared in data_dir={data_dir!r}, and '
-          'preparing it needs TensorFlow and the other packages of the '
-          f"[tensorflow] extra (module {missing!r} is missing); install them "
-          f'with {PREPARE_EXTRA}, or prepare the set elsewhere and point '
-          'dataset.data_dir at it')
+        f'TFDS set {name!r} is not prepared in data_dir={data_dir!r}, and '
+        'preparing it needs TensorFlow and the other packages of the '
+        f'[tensorflow] extra (module {missing!r} is missing); install them '
+        f'with {PREPARE_EXTRA}, or prepare the set elsewhere and point '
+        'dataset.data_dir at it'
+      )
     cause = cause.__cause__ or cause.__context__
   return UserError(
-      f'TFDS data set {name!r} could not be loaded (data_dir={data_dir!r}): '
-      f'{type(error).__name__}: {one_line(error)}')
+    f'TFDS data set {name!r} could not be loaded (data_dir={data_dir!r}): '
+    f'{type(error).__name__}: {one_line(error)}'
+  )
 
 
-def read_source(source: Sequence[dict[str, Any]], where: str,
-                resize: int | None) -> tuple[np.ndarray, np.ndarray]:
+def read_source(
+  source: Sequence[dict[str, Any]], where: str, resize: int | None
+) -> tuple[np.ndarray, np.ndarray]:
   """Reads a split in batches.
 
   Args:
@@ -132,8 +146,9 @@ def read_source(source: Sequence[dict[str, Any]], where: str,
     keys = list(range(start, min(start + _READ_BATCH, len(source))))
     for example in _read_batch(source, keys):
       image = np.asarray(example['image'], np.uint8)
-      images.append(image if resize is None
-                    else images_lib.resize_center(image, resize))
+      images.append(
+        image if resize is None else images_lib.resize_center(image, resize)
+      )
       labels.append(example['label'])
   names = [f'example {i}' for i in range(len(images))]
   return images_lib.stack(where, names, images), np.array(labels, np.int32)

@@ -26,9 +26,11 @@ FILENAME = 'tiny-imagenet-200.zip'
 URLS = ('http://cs231n.stanford.edu/tiny-imagenet-200.zip',)
 MD5 = '90528d7ca1a48142e341f4ef8d21d0de'
 FOLDER = 'tiny-imagenet-200'
-_LAYOUT = (f'expected {FILENAME} or the {FOLDER}/ folder it extracts to, '
-           'with wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and '
-           'val/val_annotations.txt')
+_LAYOUT = (
+  f'expected {FILENAME} or the {FOLDER}/ folder it extracts to, '
+  'with wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and '
+  'val/val_annotations.txt'
+)
 
 
 def load(path: str | None, root: pathlib.Path):
@@ -56,29 +58,37 @@ def load(path: str | None, root: pathlib.Path):
       download.fetch(URLS, MD5, source)
     else:
       verify = True  # Placed by hand: check it before trusting it.
-  key = (array_cache.folder_key(source) if source.is_dir()
-         else array_cache.file_key(source))
+  key = (
+    array_cache.folder_key(source)
+    if source.is_dir()
+    else array_cache.file_key(source)
+  )
   key['format'] = 'tiny_imagenet-1'
 
   def decode():
     if verify and download.md5sum(source) != MD5:
-      raise UserError(f'{where} has the wrong MD5 checksum (expected {MD5}, '
-                      f'the official {FILENAME}); delete it to download it '
-                      'again, or set dataset.path to a copy of your own')
+      raise UserError(
+        f'{where} has the wrong MD5 checksum (expected {MD5}, '
+        f'the official {FILENAME}); delete it to download it '
+        'again, or set dataset.path to a copy of your own'
+      )
     return decode_files(_read_files(source, where), where)
 
   arrays = array_cache.cached(root / 'arrays', 'tiny_imagenet', key, decode)
-  return ((arrays['train_images'], arrays['train_labels']),
-          (arrays['test_images'], arrays['test_labels'])), int(
-              arrays['num_classes'])
+  return (
+    (arrays['train_images'], arrays['train_labels']),
+    (arrays['test_images'], arrays['test_labels']),
+  ), int(arrays['num_classes'])
 
 
 def _read_files(source: pathlib.Path, where: str) -> dict[str, bytes]:
   """Path under `tiny-imagenet-200/` -> bytes, for the files we read."""
+
   def wanted(rel: str) -> bool:
-    return (rel in ('wnids.txt', 'val/val_annotations.txt')
-            or (rel.startswith(('train/', 'val/images/'))
-                and rel.upper().endswith('.JPEG')))
+    return rel in ('wnids.txt', 'val/val_annotations.txt') or (
+      rel.startswith(('train/', 'val/images/'))
+      and rel.upper().endswith('.JPEG')
+    )
 
   files = {}
   if source.is_dir():
@@ -92,12 +102,18 @@ def _read_files(source: pathlib.Path, where: str) -> dict[str, bytes]:
     with zipfile.ZipFile(source) as archive:
       for info in archive.infolist():
         parts = info.filename.split('/', 1)
-        if (not info.is_dir() and len(parts) == 2 and parts[0] == FOLDER
-            and wanted(parts[1])):
+        if (
+          not info.is_dir()
+          and len(parts) == 2
+          and parts[0] == FOLDER
+          and wanted(parts[1])
+        ):
           files[parts[1]] = archive.read(info)
   except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
-    raise UserError(f'{where} is not a readable zip archive, or is truncated '
-                    f'({one_line(e)}); {_LAYOUT}') from e
+    raise UserError(
+      f'{where} is not a readable zip archive, or is truncated '
+      f'({one_line(e)}); {_LAYOUT}'
+    ) from e
   return files
 
 
@@ -114,9 +130,13 @@ def decode_files(files: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
   """
   if 'wnids.txt' not in files:
     raise UserError(f'{where} has no {FOLDER}/wnids.txt; {_LAYOUT}')
-  wnids = sorted({line.strip() for line in
-                  files['wnids.txt'].decode('ascii', 'replace').splitlines()
-                  if line.strip()})
+  wnids = sorted(
+    {
+      line.strip()
+      for line in files['wnids.txt'].decode('ascii', 'replace').splitlines()
+      if line.strip()
+    }
+  )
   index = {wnid: i for i, wnid in enumerate(wnids)}
 
   train = []
@@ -124,28 +144,36 @@ def decode_files(files: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
     parts = rel.split('/')
     if parts[0] == 'train' and len(parts) == 4 and parts[2] == 'images':
       if parts[1] not in index:
-        raise UserError(f'{where}: {FOLDER}/{rel} is in a class folder that '
-                        'wnids.txt does not list')
+        raise UserError(
+          f'{where}: {FOLDER}/{rel} is in a class folder that '
+          'wnids.txt does not list'
+        )
       train.append((rel, index[parts[1]]))
 
   annotations = files.get('val/val_annotations.txt')
   if annotations is None:
-    raise UserError(f'{where} has no {FOLDER}/val/val_annotations.txt; '
-                    f'{_LAYOUT}')
+    raise UserError(
+      f'{where} has no {FOLDER}/val/val_annotations.txt; {_LAYOUT}'
+    )
   test = []
   for number, line in enumerate(
-      annotations.decode('ascii', 'replace').splitlines(), 1):
+    annotations.decode('ascii', 'replace').splitlines(), 1
+  ):
     fields = line.split('\t')
     if not line.strip():
       continue
     if len(fields) < 2 or fields[1] not in index:
-      raise UserError(f'{where}: line {number} of val/val_annotations.txt '
-                      f'({line[:60]!r}) does not name an image and a wnid '
-                      'of wnids.txt')
+      raise UserError(
+        f'{where}: line {number} of val/val_annotations.txt '
+        f'({line[:60]!r}) does not name an image and a wnid '
+        'of wnids.txt'
+      )
     rel = f'val/images/{fields[0]}'
     if rel not in files:
-      raise UserError(f'{where}: val/val_annotations.txt lists {fields[0]!r}, '
-                      f'which is not in {FOLDER}/val/images/')
+      raise UserError(
+        f'{where}: val/val_annotations.txt lists {fields[0]!r}, '
+        f'which is not in {FOLDER}/val/images/'
+      )
     test.append((rel, index[fields[1]]))
   test.sort()
   for split, entries in (('train', train), ('val', test)):
@@ -156,7 +184,9 @@ def decode_files(files: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
   for split, entries in (('train', train), ('test', test)):
     names = [f'{FOLDER}/{rel}' for rel, _ in entries]
     arrays[f'{split}_images'] = images_lib.decode_all(
-        where, names, [files[rel] for rel, _ in entries], rgb=True)
-    arrays[f'{split}_labels'] = np.array([label for _, label in entries],
-                                         np.int32)
+      where, names, [files[rel] for rel, _ in entries], rgb=True
+    )
+    arrays[f'{split}_labels'] = np.array(
+      [label for _, label in entries], np.int32
+    )
   return arrays

@@ -82,44 +82,59 @@ from icckd_jax.objective.distillation import sp_loss
 from icckd_jax.objective.distillation import standardize_logits
 
 _MODULES = {
-    'kd': kd,
-    'kd_rkd': kd_rkd,
-    'dkd': dkd,
-    'dist': dist,
-    'at': at,
-    'nst': nst,
-    'pkt': pkt,
-    'sp': sp,
-    'rkd': rkd,
-    'fitnet': fitnet,
-    'crd': crd,
-    'vid': vid,
-    'ofd': ofd,
-    'reviewkd': reviewkd,
-    'kdsvd': kdsvd,
+  'kd': kd,
+  'kd_rkd': kd_rkd,
+  'dkd': dkd,
+  'dist': dist,
+  'at': at,
+  'nst': nst,
+  'pkt': pkt,
+  'sp': sp,
+  'rkd': rkd,
+  'fitnet': fitnet,
+  'crd': crd,
+  'vid': vid,
+  'ofd': ofd,
+  'reviewkd': reviewkd,
+  'kdsvd': kdsvd,
 }
 
 DISTILLERS: dict[str, Callable] = {
-    name: module.loss for name, module in _MODULES.items()}
+  name: module.loss for name, module in _MODULES.items()
+}
 
 # The methods that accept config.distill.standardize_logits.
 STANDARDIZING = tuple(
-    name for name, module in _MODULES.items() if module.STANDARDIZES)
+  name for name, module in _MODULES.items() if module.STANDARDIZES
+)
 
 __all__ = [
-    'DISTILLERS', 'Distiller', 'Outputs', 'STANDARDIZING', 'Trainable',
-    'build', 'fields', 'get', 'trainable',
-    # The losses of published methods, for the distillers that combine them.
-    'at_loss', 'dist_loss', 'dkd_loss', 'nst_loss', 'pkt_loss', 'sp_loss',
-    'standardize_logits',
+  'DISTILLERS',
+  'Distiller',
+  'Outputs',
+  'STANDARDIZING',
+  'Trainable',
+  'build',
+  'fields',
+  'get',
+  'trainable',
+  # The losses of published methods, for the distillers that combine them.
+  'at_loss',
+  'dist_loss',
+  'dkd_loss',
+  'nst_loss',
+  'pkt_loss',
+  'sp_loss',
+  'standardize_logits',
 ]
 
 
 class Distiller(NamedTuple):
   """A method as the student step uses it."""
-  loss: Callable       # (student, teacher, labels, hp, gather) -> (loss, parts)
-  needs_stages: bool   # collect Outputs.stages / .preact_stages
-  needs_epoch: bool    # put the 1-based epoch in hp['epoch']
+
+  loss: Callable  # (student, teacher, labels, hp, gather) -> (loss, parts)
+  needs_stages: bool  # collect Outputs.stages / .preact_stages
+  needs_epoch: bool  # put the 1-based epoch in hp['epoch']
   # A TRAINABLE method's init(key, student, teacher, train_labels,
   # teacher_params) -> (params, buffers), its options applied; None for the others, whose
   # `loss` then returns (loss, parts) only.
@@ -140,8 +155,10 @@ def fields(name: str) -> tuple[str, ...]:
 
 def get(name: str) -> Callable:
   if name not in DISTILLERS:
-    raise UserError(f'config.distill.method={name!r} is unknown; choose one '
-                    f'of: {", ".join(DISTILLERS)}')
+    raise UserError(
+      f'config.distill.method={name!r} is unknown; choose one '
+      f'of: {", ".join(DISTILLERS)}'
+    )
   return DISTILLERS[name]
 
 
@@ -157,13 +174,17 @@ def build(distill: ml_collections.ConfigDict) -> Distiller:
   if distill.get('standardize_logits', False):
     if not module.STANDARDIZES:
       raise UserError(
-          'config.distill.standardize_logits=True applies to '
-          f'{", ".join(STANDARDIZING)} only, not '
-          f'config.distill.method={distill.method!r}')
+        'config.distill.standardize_logits=True applies to '
+        f'{", ".join(STANDARDIZING)} only, not '
+        f'config.distill.method={distill.method!r}'
+      )
     loss = functools.partial(module.loss, standardize=True)
   if trainable(distill.method):
     options = module.options(distill)
-    return Distiller(functools.partial(module.loss, **options),
-                     module.NEEDS_STAGES, module.NEEDS_EPOCH,
-                     functools.partial(module.init, **options))
+    return Distiller(
+      functools.partial(module.loss, **options),
+      module.NEEDS_STAGES,
+      module.NEEDS_EPOCH,
+      functools.partial(module.init, **options),
+    )
   return Distiller(loss, module.NEEDS_STAGES, module.NEEDS_EPOCH)

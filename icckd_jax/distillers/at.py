@@ -27,11 +27,17 @@ STANDARDIZES = False
 P = 2  # mdistiller's CFG.AT.P
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
-  at = sum(distillation.at_loss(s, t, P)
-           for s, t in stage_pairs(student, teacher))
+  at = sum(
+    distillation.at_loss(s, t, P) for s, t in stage_pairs(student, teacher)
+  )
   return hp['ce_weight'] * ce + hp['at_weight'] * at, {'ce': ce, 'at': at}

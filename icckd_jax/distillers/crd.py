@@ -50,8 +50,14 @@ from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.objective import losses
 
 # The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'crd_weight', 'crd_temperature', 'crd_momentum',
-          'crd_dim', 'crd_negatives')
+FIELDS = (
+  'ce_weight',
+  'crd_weight',
+  'crd_temperature',
+  'crd_momentum',
+  'crd_dim',
+  'crd_negatives',
+)
 NEEDS_STAGES = False
 NEEDS_EPOCH = False
 STANDARDIZES = False
@@ -64,6 +70,7 @@ _NEGATIVES_STREAM = 12
 
 class Embed(nn.Module):
   """[b, D] features -> [b, d] unit embeddings (linear, then l2 norm)."""
+
   dim: int
 
   @nn.compact
@@ -85,12 +92,23 @@ def _class_tables(train_labels) -> dict[str, jax.Array]:
   order = np.argsort(labels, kind='stable').astype(np.int32)
   count = np.bincount(labels, minlength=labels.max() + 1).astype(np.int32)
   start = (np.cumsum(count) - count).astype(np.int32)
-  return {'order': jnp.asarray(order), 'class_start': jnp.asarray(start),
-          'class_count': jnp.asarray(count)}
+  return {
+    'order': jnp.asarray(order),
+    'class_start': jnp.asarray(start),
+    'class_count': jnp.asarray(count),
+  }
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
-         teacher_params, *, dim: int, negatives: int) -> tuple[dict, dict]:
+def init(
+  key: jax.Array,
+  student: Outputs,
+  teacher: Outputs,
+  train_labels,
+  teacher_params,
+  *,
+  dim: int,
+  negatives: int,
+) -> tuple[dict, dict]:
   """(params, buffers): the two embeddings' weights; the banks [N, d] each
   uniform in ±1/sqrt(d / 3) (as the authors'), Z unset (-1), the sampling
   tables, and the negatives' key (raw uint32 key data, so Orbax stores it).
@@ -104,32 +122,39 @@ def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
   k_s, k_t, k_ms, k_mt = jax.random.split(k_init, 4)
   embed = Embed(dim)
   params = {
-      'embed_s': embed.init(k_s, jnp.zeros((1, student.features.shape[-1]))),
-      'embed_t': embed.init(k_t, jnp.zeros((1, teacher.features.shape[-1]))),
+    'embed_s': embed.init(k_s, jnp.zeros((1, student.features.shape[-1]))),
+    'embed_t': embed.init(k_t, jnp.zeros((1, teacher.features.shape[-1]))),
   }
   params = {name: p['params'] for name, p in params.items()}
   bound = 1.0 / math.sqrt(dim / 3)
   bank = lambda k: jax.random.uniform(k, (n, dim), jnp.float32, -bound, bound)
   buffers = {
-      'memory_s': bank(k_ms), 'memory_t': bank(k_mt),
-      'z': jnp.full((2,), -1.0, jnp.float32),  # (Z_s, Z_t)
-      'key': jax.random.key_data(jax.random.fold_in(key, _NEGATIVES_STREAM)),
-      **_class_tables(train_labels)}
+    'memory_s': bank(k_ms),
+    'memory_t': bank(k_mt),
+    'z': jnp.full((2,), -1.0, jnp.float32),  # (Z_s, Z_t)
+    'key': jax.random.key_data(jax.random.fold_in(key, _NEGATIVES_STREAM)),
+    **_class_tables(train_labels),
+  }
   return params, buffers
 
 
-def _negatives(buffers: dict, labels: jax.Array, indices: jax.Array,
-               step: jax.Array, negatives: int) -> jax.Array:
+def _negatives(
+  buffers: dict,
+  labels: jax.Array,
+  indices: jax.Array,
+  step: jax.Array,
+  negatives: int,
+) -> jax.Array:
   """[b, K] int32: K indices per example, uniform over the examples of the
   other classes, from fold_in(fold_in(key, step), index)."""
-  step_key = jax.random.fold_in(jax.random.wrap_key_data(buffers['key']),
-                                step)
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(buffers['key']), step)
   n = buffers['order'].shape[0]
 
   def draw(label, index):
     start, count = buffers['class_start'][label], buffers['class_count'][label]
-    u = jax.random.randint(jax.random.fold_in(step_key, index), (negatives,),
-                           0, n - count)
+    u = jax.random.randint(
+      jax.random.fold_in(step_key, index), (negatives,), 0, n - count
+    )
     # Skip the anchor's class block in the class-sorted order.
     return buffers['order'][u + count * (u >= start)]
 
@@ -144,34 +169,46 @@ def _nce(p: jax.Array, noise: float) -> jax.Array:
   return -(pos + neg)
 
 
-def _update_bank(bank: jax.Array, indices: jax.Array, e: jax.Array,
-                 momentum: jax.Array) -> jax.Array:
+def _update_bank(
+  bank: jax.Array, indices: jax.Array, e: jax.Array, momentum: jax.Array
+) -> jax.Array:
   """The bank with rows `indices` [B] moved towards `e` [B, d], renormed.
   The indices of one batch are distinct (an epoch is a permutation)."""
   rows = momentum * bank[indices] + (1 - momentum) * e
   return bank.at[indices].set(
-      rows / jnp.linalg.norm(rows, axis=-1, keepdims=True))
+    rows / jnp.linalg.norm(rows, axis=-1, keepdims=True)
+  )
 
 
-def _scores(bank: jax.Array, ids: jax.Array, e: jax.Array,
-            temperature: jax.Array) -> jax.Array:
+def _scores(
+  bank: jax.Array, ids: jax.Array, e: jax.Array, temperature: jax.Array
+) -> jax.Array:
   """[b, 1 + K] exp(<bank[ids], e> / τ); the bank's rows carry no
   gradient."""
   rows = jax.lax.stop_gradient(bank[ids])  # [b, 1 + K, d]
   return jnp.exp(jnp.einsum('bkd,bd->bk', rows, e) / temperature)
 
 
-def _normalizers(z: jax.Array, scores: tuple[jax.Array, jax.Array], n: int,
-                 gather) -> jax.Array:
+def _normalizers(
+  z: jax.Array, scores: tuple[jax.Array, jax.Array], n: int, gather
+) -> jax.Array:
   """(Z_s, Z_t): the stored ones, or at the first step the global mean
   score times N (a constant, as the authors' `.item()`)."""
   first = jnp.stack([gather(s.mean(-1)).mean() for s in scores]) * n
   return jnp.where(z < 0, jax.lax.stop_gradient(first), z)
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather, trainable: Trainable, *,
-         dim: int, negatives: int) -> tuple[jax.Array, dict, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  trainable: Trainable,
+  *,
+  dim: int,
+  negatives: int,
+) -> tuple[jax.Array, dict, dict]:
   """Per-example terms against replicated banks, so the local batch mean is
   all a device needs. Returns (loss, parts, new buffers)."""
   buffers, indices = trainable.buffers, trainable.indices
@@ -180,8 +217,12 @@ def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
   e_t = embed.apply({'params': trainable.params['embed_t']}, teacher.features)
   n = buffers['memory_s'].shape[0]
   ids = jnp.concatenate(
-      [indices[:, None],
-       _negatives(buffers, labels, indices, trainable.step, negatives)], 1)
+    [
+      indices[:, None],
+      _negatives(buffers, labels, indices, trainable.step, negatives),
+    ],
+    1,
+  )
   tau = hp['crd_temperature']
   p_s = _scores(buffers['memory_t'], ids, e_s, tau)  # student vs teacher bank
   p_t = _scores(buffers['memory_s'], ids, e_t, tau)  # teacher vs student bank
@@ -192,10 +233,17 @@ def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
   every = gather(indices)
   momentum = hp['crd_momentum']
   new_buffers = {
-      **buffers, 'z': z,
-      'memory_s': _update_bank(buffers['memory_s'], every,
-                               gather(jax.lax.stop_gradient(e_s)), momentum),
-      'memory_t': _update_bank(buffers['memory_t'], every,
-                               gather(jax.lax.stop_gradient(e_t)), momentum)}
-  return (hp['ce_weight'] * ce + hp['crd_weight'] * crd,
-          {'ce': ce, 'crd': crd}, new_buffers)
+    **buffers,
+    'z': z,
+    'memory_s': _update_bank(
+      buffers['memory_s'], every, gather(jax.lax.stop_gradient(e_s)), momentum
+    ),
+    'memory_t': _update_bank(
+      buffers['memory_t'], every, gather(jax.lax.stop_gradient(e_t)), momentum
+    ),
+  }
+  return (
+    hp['ce_weight'] * ce + hp['crd_weight'] * crd,
+    {'ce': ce, 'crd': crd},
+    new_buffers,
+  )

@@ -36,18 +36,30 @@ from icckd_jax.objective import distillation
 from icckd_jax.objective import losses
 
 # The config.distill fields this method reads.
-FIELDS = ('temperature', 'ce_weight', 'dist_beta', 'dist_gamma',
-          'standardize_logits')
+FIELDS = (
+  'temperature',
+  'ce_weight',
+  'dist_beta',
+  'dist_gamma',
+  'standardize_logits',
+)
 NEEDS_STAGES = False
 NEEDS_EPOCH = False
 STANDARDIZES = True
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather, *,
-         standardize: bool = False) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  *,
+  standardize: bool = False,
+) -> tuple[jax.Array, dict]:
   ce = losses.cross_entropy(student.logits, labels).mean()
   s, t = kd.soft_targets(student, teacher, standardize)
-  dist = distillation.dist_loss(gather(s), gather(t), hp['dist_beta'],
-                                hp['dist_gamma'], hp['temperature'])
+  dist = distillation.dist_loss(
+    gather(s), gather(t), hp['dist_beta'], hp['dist_gamma'], hp['temperature']
+  )
   return hp['ce_weight'] * ce + dist, {'ce': ce, 'dist': dist}

@@ -36,8 +36,14 @@ from icckd_jax.objective import distillation
 from icckd_jax.objective import losses
 
 # The config.distill fields this method reads.
-FIELDS = ('temperature', 'ce_weight', 'dkd_alpha', 'dkd_beta',
-          'dkd_warmup_epochs', 'standardize_logits')
+FIELDS = (
+  'temperature',
+  'ce_weight',
+  'dkd_alpha',
+  'dkd_beta',
+  'dkd_warmup_epochs',
+  'standardize_logits',
+)
 NEEDS_STAGES = False
 NEEDS_EPOCH = True
 STANDARDIZES = True
@@ -49,15 +55,24 @@ def warmup(epoch: jax.Array, warmup_epochs: jax.Array) -> jax.Array:
   return jnp.where(warmup_epochs > 0, jnp.minimum(ramp, 1.0), 1.0)
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather, *,
-         standardize: bool = False) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  *,
+  standardize: bool = False,
+) -> tuple[jax.Array, dict]:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
   s, t = kd.soft_targets(student, teacher, standardize)
-  dkd = distillation.dkd_loss(s, t, labels, hp['dkd_alpha'], hp['dkd_beta'],
-                              hp['temperature'])
+  dkd = distillation.dkd_loss(
+    s, t, labels, hp['dkd_alpha'], hp['dkd_beta'], hp['temperature']
+  )
   factor = warmup(hp['epoch'], hp['dkd_warmup_epochs'])
-  return (hp['ce_weight'] * ce + factor * dkd,
-          {'ce': ce, 'dkd': dkd, 'dkd_warmup': factor})
+  return (
+    hp['ce_weight'] * ce + factor * dkd,
+    {'ce': ce, 'dkd': dkd, 'dkd_warmup': factor},
+  )

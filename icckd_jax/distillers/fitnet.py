@@ -44,6 +44,7 @@ class Regressor(nn.Module):
   the student's map is twice the teacher's, a 4x4 stride-2 transposed one
   when half, else a valid one of kernel 1 + H_s - H_t (1x1 for equal sizes).
   """
+
   out_shape: tuple[int, int, int]  # the teacher's (H_t, W_t, C_t)
 
   @nn.compact
@@ -56,13 +57,17 @@ class Regressor(nn.Module):
     elif h_s >= h_t:
       x = nn.Conv(c_t, (1 + h_s - h_t, 1 + w_s - w_t), padding='VALID')(x)
     else:
-      raise ValueError(f'no hint regressor from a {h_s}x{w_s} map to a '
-                       f'{h_t}x{w_t} one')
+      raise ValueError(
+        f'no hint regressor from a {h_s}x{w_s} map to a {h_t}x{w_t} one'
+      )
     # PyTorch's BatchNorm2d defaults; synchronised over the data-parallel
     # devices so that the statistics are those of the global batch.
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                     epsilon=1e-5,
-                     axis_name=parallel.DATA if train else None)(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=parallel.DATA if train else None,
+    )(x)
     return nn.relu(x)
 
 
@@ -76,8 +81,13 @@ def _regressor(teacher: Outputs) -> Regressor:
   return Regressor(tuple(teacher.stages[HINT_STAGE].shape[1:]))
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
-         teacher_params) -> tuple[dict, dict]:
+def init(
+  key: jax.Array,
+  student: Outputs,
+  teacher: Outputs,
+  train_labels,
+  teacher_params,
+) -> tuple[dict, dict]:
   """(params, buffers) of the regressor, from the two networks' output
   shapes (`student`, `teacher`: Outputs of jax.ShapeDtypeStruct)."""
   del train_labels, teacher_params
@@ -86,18 +96,28 @@ def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
   return variables['params'], {'batch_stats': variables['batch_stats']}
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather,
-         trainable: Trainable) -> tuple[jax.Array, dict, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  trainable: Trainable,
+) -> tuple[jax.Array, dict, dict]:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
   hint, new_state = _regressor(teacher).apply(
-      {'params': trainable.params, **trainable.buffers},
-      student.stages[HINT_STAGE].astype(jnp.float32), train=True,
-      mutable=['batch_stats'])
+    {'params': trainable.params, **trainable.buffers},
+    student.stages[HINT_STAGE].astype(jnp.float32),
+    train=True,
+    mutable=['batch_stats'],
+  )
   target = teacher.stages[HINT_STAGE].astype(jnp.float32)
   fit = jnp.mean(jnp.square(hint - target))
-  return (hp['ce_weight'] * ce + hp['fitnet_weight'] * fit,
-          {'ce': ce, 'fitnet': fit}, dict(new_state))
+  return (
+    hp['ce_weight'] * ce + hp['fitnet_weight'] * fit,
+    {'ce': ce, 'fitnet': fit},
+    dict(new_state),
+  )

@@ -31,19 +31,28 @@ NEEDS_EPOCH = False
 STANDARDIZES = True  # accepts config.distill.standardize_logits
 
 
-def soft_targets(student: Outputs, teacher: Outputs,
-                 standardize: bool) -> tuple[jax.Array, jax.Array]:
+def soft_targets(
+  student: Outputs, teacher: Outputs, standardize: bool
+) -> tuple[jax.Array, jax.Array]:
   """The ([b, K], [b, K]) logits the soft-target term compares: raw, or
   each row standardised (logit standardisation, before the temperature)."""
   if not standardize:
     return student.logits, teacher.logits
-  return (distillation.standardize_logits(student.logits),
-          distillation.standardize_logits(teacher.logits))
+  return (
+    distillation.standardize_logits(student.logits),
+    distillation.standardize_logits(teacher.logits),
+  )
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather, *,
-         standardize: bool = False) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  *,
+  standardize: bool = False,
+) -> tuple[jax.Array, dict]:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()

@@ -20,9 +20,18 @@ NEEDS_EPOCH = False
 STANDARDIZES = False
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   total, parts = kd.loss(student, teacher, labels, hp, gather)
-  rkd = losses.rkd_loss(gather(student.features), gather(teacher.features),
-                        w_dist=hp['w_dist'], w_angle=hp['w_angle'])
+  rkd = losses.rkd_loss(
+    gather(student.features),
+    gather(teacher.features),
+    w_dist=hp['w_dist'],
+    w_angle=hp['w_angle'],
+  )
   return total + hp['beta'] * rkd, {**parts, 'rkd': rkd}

@@ -57,8 +57,8 @@ def svd(feature_map: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
   normalised over the n."""
   b, h, w, c = feature_map.shape
   _, s, vh = jnp.linalg.svd(
-      feature_map.reshape(b, h * w, c).astype(jnp.float32),
-      full_matrices=False)
+    feature_map.reshape(b, h * w, c).astype(jnp.float32), full_matrices=False
+  )
   v = _finite(jnp.swapaxes(vh, -1, -2))
   return _normalize(v[..., :n], 1), _normalize(_finite(s)[:, :n], 1)
 
@@ -68,8 +68,9 @@ def align(student_v: jax.Array, teacher_v: jax.Array) -> jax.Array:
   (of its K + 3) of largest |cosine|, times that cosine's sign."""
   cosine = jnp.einsum('bcm,bck->bmk', student_v, teacher_v)
   best = jnp.abs(cosine) == jnp.max(jnp.abs(cosine), axis=1, keepdims=True)
-  return jnp.einsum('bcm,bmk->bck', student_v,
-                    jnp.where(best, jnp.sign(cosine), 0.0))
+  return jnp.einsum(
+    'bcm,bmk->bck', student_v, jnp.where(best, jnp.sign(cosine), 0.0)
+  )
 
 
 def _rbf(v: jax.Array, previous: jax.Array) -> jax.Array:
@@ -86,18 +87,26 @@ def kdsvd_loss(student: Outputs, teacher: Outputs) -> jax.Array:
     v_t = v_t * s_t[:, None]
     v_s = align(v_s, v_t) * s_t[:, None]
     if previous is not None:
-      diff = jnp.square(_rbf(v_s, previous[0])
-                        - jax.lax.stop_gradient(_rbf(v_t, previous[1])))
+      diff = jnp.square(
+        _rbf(v_s, previous[0]) - jax.lax.stop_gradient(_rbf(v_t, previous[1]))
+      )
       total += jnp.sum(_finite(diff))
     previous = (v_s, v_t)
   return total / student.logits.shape[0]
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
   svd_term = kdsvd_loss(student, teacher)
-  return (hp['ce_weight'] * ce + hp['kdsvd_weight'] * svd_term,
-          {'ce': ce, 'kdsvd': svd_term})
+  return (
+    hp['ce_weight'] * ce + hp['kdsvd_weight'] * svd_term,
+    {'ce': ce, 'kdsvd': svd_term},
+  )

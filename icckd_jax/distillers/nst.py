@@ -25,12 +25,17 @@ NEEDS_EPOCH = False
 STANDARDIZES = False
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
-  nst = sum(distillation.nst_loss(s, t)
-            for s, t in stage_pairs(student, teacher))
-  return (hp['ce_weight'] * ce + hp['nst_weight'] * nst,
-          {'ce': ce, 'nst': nst})
+  nst = sum(
+    distillation.nst_loss(s, t) for s, t in stage_pairs(student, teacher)
+  )
+  return (hp['ce_weight'] * ce + hp['nst_weight'] * nst, {'ce': ce, 'nst': nst})

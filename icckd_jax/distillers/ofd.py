@@ -62,16 +62,23 @@ _BLOCK = re.compile(r'layer(\d+)_(\d+)$')
 class Connector(nn.Module):
   """[b, H, W, C_s] -> [b, H, W, C_t]: 1x1 conv (He-normal over fan-out,
   as the authors'), BatchNorm."""
+
   channels: int
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = nn.Conv(self.channels, (1, 1), use_bias=False,
-                kernel_init=nn.initializers.normal(
-                    math.sqrt(2.0 / self.channels)))(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                        epsilon=1e-5,
-                        axis_name=parallel.DATA if train else None)(x)
+    x = nn.Conv(
+      self.channels,
+      (1, 1),
+      use_bias=False,
+      kernel_init=nn.initializers.normal(math.sqrt(2.0 / self.channels)),
+    )(x)
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=parallel.DATA if train else None,
+    )(x)
 
 
 def options(distill: ml_collections.ConfigDict) -> dict:
@@ -88,11 +95,14 @@ def _bn_before_relu(teacher_params) -> list[dict]:
     if match and 'bn2' in teacher_params[name]:
       stage, block = map(int, match.groups())
       last[stage] = max(last.get(stage, -1), block)
-  if not last or any('bn3' in teacher_params[f'layer{s}_{b}']
-                     for s, b in last.items()):
-    raise UserError('config.distill.method=ofd needs a CIFAR ResNet teacher '
-                    'of basic blocks (resnet8 ... resnet110, resnet8x4, '
-                    'resnet32x4)')
+  if not last or any(
+    'bn3' in teacher_params[f'layer{s}_{b}'] for s, b in last.items()
+  ):
+    raise UserError(
+      'config.distill.method=ofd needs a CIFAR ResNet teacher '
+      'of basic blocks (resnet8 ... resnet110, resnet8x4, '
+      'resnet32x4)'
+    )
   return [teacher_params[f'layer{s}_{last[s]}']['bn2'] for s in sorted(last)]
 
 
@@ -100,8 +110,13 @@ def margin(bn: dict) -> jax.Array:
   """[C] the expected negative response of a BatchNorm's output (OFD)."""
   sigma, mu = jnp.abs(bn['scale']), bn['bias']
   tail = ndtr(-mu / sigma)
-  expected = (-sigma * jnp.exp(-jnp.square(mu / sigma) / 2)
-              / math.sqrt(2 * math.pi) / jnp.maximum(tail, 1e-3) + mu)
+  expected = (
+    -sigma
+    * jnp.exp(-jnp.square(mu / sigma) / 2)
+    / math.sqrt(2 * math.pi)
+    / jnp.maximum(tail, 1e-3)
+    + mu
+  )
   return jnp.where(tail > 1e-3, expected, -3 * sigma)
 
 
@@ -111,8 +126,13 @@ def _aligned(student: Outputs, teacher: Outputs):
   return list(zip(student.preact_stages[-n:], teacher.preact_stages[-n:]))
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
-         teacher_params) -> tuple[dict, dict]:
+def init(
+  key: jax.Array,
+  student: Outputs,
+  teacher: Outputs,
+  train_labels,
+  teacher_params,
+) -> tuple[dict, dict]:
   """(params, buffers): a connector per stage pair; its BatchNorm
   statistics and the teacher's margins."""
   del train_labels
@@ -126,25 +146,34 @@ def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
     params[f'connector_{i}'] = variables['params']
     stats[f'connector_{i}'] = variables['batch_stats']
   # A dict, not a tuple: Orbax restores dicts as they were saved.
-  return params, {'batch_stats': stats,
-                  'margins': {f'connector_{i}': m for i, m in
-                              enumerate(margins[-len(pairs):])}}
+  return params, {
+    'batch_stats': stats,
+    'margins': {
+      f'connector_{i}': m for i, m in enumerate(margins[-len(pairs) :])
+    },
+  }
 
 
-def partial_l2(source: jax.Array, target: jax.Array,
-               m: jax.Array) -> jax.Array:
+def partial_l2(source: jax.Array, target: jax.Array, m: jax.Array) -> jax.Array:
   """[] OFD's distance of [b, H, W, C] maps with margin m [C], summed over
   H, W, C and averaged over the batch."""
-  d = (jnp.square(source - m) * ((source > m) & (target <= m))
-       + jnp.square(source - target)
-       * ((source > target) & (target > m) & (target <= 0))
-       + jnp.square(source - target) * (target > 0))
+  d = (
+    jnp.square(source - m) * ((source > m) & (target <= m))
+    + jnp.square(source - target)
+    * ((source > target) & (target > m) & (target <= 0))
+    + jnp.square(source - target) * (target > 0)
+  )
   return jnp.sum(jnp.mean(d, axis=0))
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather,
-         trainable: Trainable) -> tuple[jax.Array, dict, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  trainable: Trainable,
+) -> tuple[jax.Array, dict, dict]:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
@@ -154,13 +183,21 @@ def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
   for i, (s, t) in enumerate(pairs):
     name = f'connector_{i}'
     out, new = Connector(t.shape[-1]).apply(
-        {'params': trainable.params[name],
-         'batch_stats': trainable.buffers['batch_stats'][name]},
-        s.astype(jnp.float32), train=True, mutable=['batch_stats'])
+      {
+        'params': trainable.params[name],
+        'batch_stats': trainable.buffers['batch_stats'][name],
+      },
+      s.astype(jnp.float32),
+      train=True,
+      mutable=['batch_stats'],
+    )
     stats[name] = new['batch_stats']
     out, t = distillation.match_spatial(out, t.astype(jnp.float32))
-    ofd += partial_l2(out, t, trainable.buffers['margins'][name]) / 2**(
-        len(pairs) - 1 - i)
-  return (hp['ce_weight'] * ce + hp['ofd_weight'] * ofd,
-          {'ce': ce, 'ofd': ofd},
-          {**trainable.buffers, 'batch_stats': stats})
+    ofd += partial_l2(out, t, trainable.buffers['margins'][name]) / 2 ** (
+      len(pairs) - 1 - i
+    )
+  return (
+    hp['ce_weight'] * ce + hp['ofd_weight'] * ofd,
+    {'ce': ce, 'ofd': ofd},
+    {**trainable.buffers, 'batch_stats': stats},
+  )

@@ -15,21 +15,23 @@ class Outputs(NamedTuple):
   first and the last stage last (mdistiller's `feats["feats"][1:]` and
   `feats["preact_feats"][1:]`; see `models.stages`).
   """
-  logits: jax.Array    # [b, classes]
+
+  logits: jax.Array  # [b, classes]
   features: jax.Array  # [b, D] pooled penultimate features
   stages: tuple[jax.Array, ...] = ()
   preact_stages: tuple[jax.Array, ...] = ()
 
 
-
 def _require_stages(student: Outputs, teacher: Outputs) -> None:
   if not student.stages or not teacher.stages:
-    raise ValueError('the distiller needs stage maps; set NEEDS_STAGES in '
-                     'its module')
+    raise ValueError(
+      'the distiller needs stage maps; set NEEDS_STAGES in its module'
+    )
 
 
-def stage_pairs(student: Outputs,
-                teacher: Outputs) -> list[tuple[jax.Array, jax.Array]]:
+def stage_pairs(
+  student: Outputs, teacher: Outputs
+) -> list[tuple[jax.Array, jax.Array]]:
   """(student map, teacher map) of each stage, paired by position.
 
   As mdistiller's `zip(g_s, g_t)`: when one network has more stages, its
@@ -45,8 +47,9 @@ def stage_pairs(student: Outputs,
   return list(zip(student.stages, teacher.stages))
 
 
-def last_stages(student: Outputs,
-                teacher: Outputs) -> tuple[jax.Array, jax.Array]:
+def last_stages(
+  student: Outputs, teacher: Outputs
+) -> tuple[jax.Array, jax.Array]:
   """Each network's last stage map (mdistiller's `feats["feats"][-1]`),
   whatever the stage counts. Raises ValueError as `stage_pairs`."""
   _require_stages(student, teacher)
@@ -56,7 +59,8 @@ def last_stages(student: Outputs,
 class Trainable(NamedTuple):
   """What a TRAINABLE method's loss receives beside the two networks'
   outputs (distillers/__init__.py): its own state, on every device."""
-  params: Any          # params['distiller'] of the train state (differentiated)
-  buffers: Any         # state.cache: its non-trainable state (replicated)
-  indices: jax.Array   # [b] int32: each local example's index in the split
-  step: jax.Array      # [] int32: optimiser steps taken before this one
+
+  params: Any  # params['distiller'] of the train state (differentiated)
+  buffers: Any  # state.cache: its non-trainable state (replicated)
+  indices: jax.Array  # [b] int32: each local example's index in the split
+  step: jax.Array  # [] int32: optimiser steps taken before this one

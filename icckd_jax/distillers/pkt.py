@@ -28,10 +28,15 @@ NEEDS_EPOCH = False
 STANDARDIZES = False
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   ce = losses.cross_entropy(student.logits, labels).mean()
-  pkt = distillation.pkt_loss(gather(student.features),
-                              gather(teacher.features))
-  return (hp['ce_weight'] * ce + hp['pkt_weight'] * pkt,
-          {'ce': ce, 'pkt': pkt})
+  pkt = distillation.pkt_loss(
+    gather(student.features), gather(teacher.features)
+  )
+  return (hp['ce_weight'] * ce + hp['pkt_weight'] * pkt, {'ce': ce, 'pkt': pkt})

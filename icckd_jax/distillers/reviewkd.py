@@ -54,31 +54,45 @@ _KAIMING_A1 = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
 
 def _upsample(y: jax.Array, height: int, width: int) -> jax.Array:
   """Nearest-neighbour upsampling of [b, h, w, C] by whole factors."""
-  return jnp.repeat(jnp.repeat(y, height // y.shape[1], axis=1),
-                    width // y.shape[2], axis=2)
+  return jnp.repeat(
+    jnp.repeat(y, height // y.shape[1], axis=1), width // y.shape[2], axis=2
+  )
 
 
 class ABF(nn.Module):
   """One level's attention-based fusion: (its output [b, H, W, C_t], the
   fused map [b, H, W, mid] handed to the level above)."""
+
   mid: int
   channels: int
   fuse: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, below: jax.Array | None,
-               train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, below: jax.Array | None, train: bool
+  ) -> tuple[jax.Array, jax.Array]:
     norm = lambda: nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        axis_name=parallel.DATA if train else None)
-    x = norm()(nn.Conv(self.mid, (1, 1), use_bias=False,
-                       kernel_init=_KAIMING_A1)(x))
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      axis_name=parallel.DATA if train else None,
+    )
+    x = norm()(
+      nn.Conv(self.mid, (1, 1), use_bias=False, kernel_init=_KAIMING_A1)(x)
+    )
     if self.fuse:
       y = _upsample(below, x.shape[1], x.shape[2])
       z = nn.sigmoid(nn.Conv(2, (1, 1))(jnp.concatenate([x, y], -1)))
       x = x * z[..., :1] + y * z[..., 1:]
-    out = norm()(nn.Conv(self.channels, (3, 3), padding=1, use_bias=False,
-                         kernel_init=_KAIMING_A1)(x))
+    out = norm()(
+      nn.Conv(
+        self.channels,
+        (3, 3),
+        padding=1,
+        use_bias=False,
+        kernel_init=_KAIMING_A1,
+      )(x)
+    )
     return out, x
 
 
@@ -92,26 +106,32 @@ def _levels(student: Outputs, teacher: Outputs):
   """[(student map, teacher map)] of every level, the deepest first: the
   stages paired by position, then the pooled features as 1x1 maps."""
   pairs = list(zip(student.stages, teacher.preact_stages))
-  pairs.append((student.features[:, None, None, :],
-                teacher.features[:, None, None, :]))
+  pairs.append(
+    (student.features[:, None, None, :], teacher.features[:, None, None, :])
+  )
   return pairs[::-1]
 
 
 def _abfs(student: Outputs, teacher: Outputs) -> list[ABF]:
   levels = _levels(student, teacher)
   mid = min(MAX_MID, levels[0][0].shape[-1])
-  return [ABF(mid, t.shape[-1], fuse=k > 0)
-          for k, (_, t) in enumerate(levels)]
+  return [ABF(mid, t.shape[-1], fuse=k > 0) for k, (_, t) in enumerate(levels)]
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
-         teacher_params) -> tuple[dict, dict]:
+def init(
+  key: jax.Array,
+  student: Outputs,
+  teacher: Outputs,
+  train_labels,
+  teacher_params,
+) -> tuple[dict, dict]:
   """(params, buffers): the ABFs' weights and BatchNorm statistics, sized by
   the networks' output shapes (Outputs of jax.ShapeDtypeStruct)."""
   del train_labels, teacher_params
   # Zeros of the outputs' shapes (batch 1), to reshape and apply on.
-  student, teacher = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
-                                  (student, teacher))
+  student, teacher = jax.tree.map(
+    lambda s: jnp.zeros(s.shape, jnp.float32), (student, teacher)
+  )
   levels = _levels(student, teacher)
   keys = jax.random.split(jax.random.fold_in(key, _INIT_STREAM), len(levels))
   params, stats, below = {}, {}, None
@@ -131,30 +151,46 @@ def hcl(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
     if size >= student_map.shape[1]:
       continue
     weight /= 2
-    pooled = [distillation.pool_to(m, size, size)
-              for m in (student_map, teacher_map)]
+    pooled = [
+      distillation.pool_to(m, size, size) for m in (student_map, teacher_map)
+    ]
     loss += weight * jnp.mean(jnp.square(pooled[0] - pooled[1]))
     total += weight
   return loss / total
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather,
-         trainable: Trainable) -> tuple[jax.Array, dict, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  trainable: Trainable,
+) -> tuple[jax.Array, dict, dict]:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
   review, stats, below = 0.0, {}, None
-  for k, (abf, (s, t)) in enumerate(zip(_abfs(student, teacher),
-                                        _levels(student, teacher))):
+  for k, (abf, (s, t)) in enumerate(
+    zip(_abfs(student, teacher), _levels(student, teacher))
+  ):
     name = f'abf_{k}'
     (out, below), new = abf.apply(
-        {'params': trainable.params[name],
-         'batch_stats': trainable.buffers['batch_stats'][name]},
-        s.astype(jnp.float32), below, train=True, mutable=['batch_stats'])
+      {
+        'params': trainable.params[name],
+        'batch_stats': trainable.buffers['batch_stats'][name],
+      },
+      s.astype(jnp.float32),
+      below,
+      train=True,
+      mutable=['batch_stats'],
+    )
     stats[name] = new['batch_stats']
     review += hcl(out, t.astype(jnp.float32))
   warmup = jnp.minimum(hp['epoch'] / hp['reviewkd_warmup_epochs'], 1.0)
-  return (hp['ce_weight'] * ce + hp['reviewkd_weight'] * warmup * review,
-          {'ce': ce, 'reviewkd': review}, {'batch_stats': stats})
+  return (
+    hp['ce_weight'] * ce + hp['reviewkd_weight'] * warmup * review,
+    {'ce': ce, 'reviewkd': review},
+    {'batch_stats': stats},
+  )

@@ -29,9 +29,18 @@ NEEDS_EPOCH = False
 STANDARDIZES = False
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   ce = losses.cross_entropy(student.logits, labels).mean()
-  rkd = losses.rkd_loss(gather(student.features), gather(teacher.features),
-                        w_dist=hp['w_dist'], w_angle=hp['w_angle'])
+  rkd = losses.rkd_loss(
+    gather(student.features),
+    gather(teacher.features),
+    w_dist=hp['w_dist'],
+    w_angle=hp['w_angle'],
+  )
   return hp['ce_weight'] * ce + hp['beta'] * rkd, {'ce': ce, 'rkd': rkd}

@@ -28,8 +28,13 @@ NEEDS_EPOCH = False
 STANDARDIZES = False
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather) -> tuple[jax.Array, dict]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+) -> tuple[jax.Array, dict]:
   ce = losses.cross_entropy(student.logits, labels).mean()
   s, t = last_stages(student, teacher)
   sp = distillation.sp_loss(gather(s), gather(t))

@@ -40,13 +40,14 @@ NEEDS_EPOCH = False
 STANDARDIZES = False
 TRAINABLE = True
 INIT_VARIANCE = 5.0  # mdistiller's CFG.VID.INIT_PRED_VAR
-EPS = 1e-5           # mdistiller's CFG.VID.EPS
-_INIT_STREAM = 13    # a stream of the run's seed (crd.py uses 11, 12)
+EPS = 1e-5  # mdistiller's CFG.VID.EPS
+_INIT_STREAM = 13  # a stream of the run's seed (crd.py uses 11, 12)
 
 
 class Regressor(nn.Module):
   """[b, H, W, C_s] -> [b, H, W, C_t]: three 1x1 convolutions, ReLU
   between."""
+
   channels: int
 
   @nn.compact
@@ -64,40 +65,55 @@ def options(distill: ml_collections.ConfigDict) -> dict:
   return {}
 
 
-def init(key: jax.Array, student: Outputs, teacher: Outputs, train_labels,
-         teacher_params) -> tuple[dict, None]:
+def init(
+  key: jax.Array,
+  student: Outputs,
+  teacher: Outputs,
+  train_labels,
+  teacher_params,
+) -> tuple[dict, None]:
   """(params, None): each stage pair's regressor and v [C_t], from the
   maps' shapes (`student`, `teacher`: Outputs of jax.ShapeDtypeStruct)."""
   del train_labels, teacher_params
   params = {}
-  keys = jax.random.split(jax.random.fold_in(key, _INIT_STREAM),
-                          len(student.stages))
+  keys = jax.random.split(
+    jax.random.fold_in(key, _INIT_STREAM), len(student.stages)
+  )
   for k, (s, t) in enumerate(stage_pairs(student, teacher)):
     h, w = min(s.shape[1], t.shape[1]), min(s.shape[2], t.shape[2])
     x = jnp.zeros((1, h, w, s.shape[-1]), jnp.float32)
-    params[f'regressor_{k}'] = Regressor(t.shape[-1]).init(keys[k],
-                                                           x)['params']
+    params[f'regressor_{k}'] = Regressor(t.shape[-1]).init(keys[k], x)['params']
     # softplus(v) + ε = INIT_VARIANCE.
     params[f'log_scale_{k}'] = jnp.full(
-        (t.shape[-1],), math.log(math.expm1(INIT_VARIANCE - EPS)), jnp.float32)
+      (t.shape[-1],), math.log(math.expm1(INIT_VARIANCE - EPS)), jnp.float32
+    )
   return params, None
 
 
-def loss(student: Outputs, teacher: Outputs, labels: jax.Array,
-         hp: dict[str, jax.Array], gather,
-         trainable: Trainable) -> tuple[jax.Array, dict, None]:
+def loss(
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  trainable: Trainable,
+) -> tuple[jax.Array, dict, None]:
   """Per-example terms only, so the local batch mean is all a device needs.
   Returns (loss, parts, None)."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
   vid = 0.0
   for k, (s, t) in enumerate(stage_pairs(student, teacher)):
-    s, t = distillation.match_spatial(s.astype(jnp.float32),
-                                      t.astype(jnp.float32))
+    s, t = distillation.match_spatial(
+      s.astype(jnp.float32), t.astype(jnp.float32)
+    )
     mean = Regressor(t.shape[-1]).apply(
-        {'params': trainable.params[f'regressor_{k}']}, s)
+      {'params': trainable.params[f'regressor_{k}']}, s
+    )
     variance = jax.nn.softplus(trainable.params[f'log_scale_{k}']) + EPS
-    vid += jnp.mean(0.5 * (jnp.square(mean - t) / variance
-                           + jnp.log(variance)))
-  return (hp['ce_weight'] * ce + hp['vid_weight'] * vid,
-          {'ce': ce, 'vid': vid}, None)
+    vid += jnp.mean(0.5 * (jnp.square(mean - t) / variance + jnp.log(variance)))
+  return (
+    hp['ce_weight'] * ce + hp['vid_weight'] * vid,
+    {'ce': ce, 'vid': vid},
+    None,
+  )

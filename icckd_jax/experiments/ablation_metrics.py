@@ -24,8 +24,9 @@ def _as_series(values: Sequence[float], name: str) -> np.ndarray:
   """A non-empty 1-D float64 array of `values`; raises ValueError otherwise."""
   arr = np.asarray(values, dtype=np.float64)
   if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f'{name} must be a non-empty 1-D series, '
-                     f'got shape {arr.shape}.')
+    raise ValueError(
+      f'{name} must be a non-empty 1-D series, got shape {arr.shape}.'
+    )
   return arr
 
 
@@ -49,7 +50,7 @@ def second_half_start(num_epochs: int) -> int:
 
 
 def loss_variance(
-    per_step_losses_by_epoch: Sequence[Sequence[float]],
+  per_step_losses_by_epoch: Sequence[Sequence[float]],
 ) -> tuple[float, list[float]]:
   """Variance of the per-step total training loss, per epoch and per run.
 
@@ -73,16 +74,16 @@ def loss_variance(
   if not per_step_losses_by_epoch:
     raise ValueError('per_step_losses_by_epoch must hold at least one epoch.')
   per_epoch = [
-      float(np.var(_as_series(losses, f'epoch {e} losses')))
-      for e, losses in enumerate(per_step_losses_by_epoch)
+    float(np.var(_as_series(losses, f'epoch {e} losses')))
+    for e, losses in enumerate(per_step_losses_by_epoch)
   ]
   start = second_half_start(len(per_epoch))
   return float(np.mean(per_epoch[start:])), per_epoch
 
 
 def stability_variance(
-    per_step_losses_by_epoch: Sequence[Sequence[float]],
-    first_decay_epoch: Optional[int],
+  per_step_losses_by_epoch: Sequence[Sequence[float]],
+  first_decay_epoch: Optional[int],
 ) -> float:
   """Loss variance where it measures training stability: the mean per-epoch
   variance of the per-step loss over epochs 2 .. first_decay_epoch (1-based),
@@ -103,8 +104,11 @@ def stability_variance(
     The mean of the per-epoch population variances in the window.
   """
   _, per_epoch = loss_variance(per_step_losses_by_epoch)
-  end = len(per_epoch) if first_decay_epoch is None else min(
-      first_decay_epoch, len(per_epoch))
+  end = (
+    len(per_epoch)
+    if first_decay_epoch is None
+    else min(first_decay_epoch, len(per_epoch))
+  )
   window = per_epoch[1:end] or per_epoch[:1]
   return float(np.mean(window))
 
@@ -134,9 +138,9 @@ def moving_average(series: Sequence[float], window: int = 3) -> np.ndarray:
   return (csum[t + 1] - csum[lo]) / (t + 1 - lo)
 
 
-def epochs_to_converge(test_top1_by_epoch: Sequence[float],
-                       fraction: float = 0.99,
-                       window: int = 3) -> int:
+def epochs_to_converge(
+  test_top1_by_epoch: Sequence[float], fraction: float = 0.99, window: int = 3
+) -> int:
   """First epoch at which the run is within `fraction` of its own best.
 
   With ma = moving_average(top1, window), the result is the smallest 1-based
@@ -155,9 +159,9 @@ def epochs_to_converge(test_top1_by_epoch: Sequence[float],
   return int(np.argmax(ma >= fraction * ma.max())) + 1
 
 
-def epochs_to_reach(test_top1_by_epoch: Sequence[float],
-                    threshold: float,
-                    window: int = 3) -> Optional[int]:
+def epochs_to_reach(
+  test_top1_by_epoch: Sequence[float], threshold: float, window: int = 3
+) -> Optional[int]:
   """First epoch at which the run reaches a fixed accuracy.
 
   The smallest 1-based epoch t with moving_average(top1, window)[t - 1] >=
@@ -179,15 +183,16 @@ def epochs_to_reach(test_top1_by_epoch: Sequence[float],
   return int(np.argmax(reached)) + 1
 
 
-def best_moving_average(test_top1_by_epoch: Sequence[float],
-                        window: int = 3) -> float:
+def best_moving_average(
+  test_top1_by_epoch: Sequence[float], window: int = 3
+) -> float:
   """max_t moving_average(top1, window)[t]: a run's smoothed best accuracy."""
   return float(moving_average(test_top1_by_epoch, window).max())
 
 
-def shared_threshold(runs_top1: Sequence[Sequence[float]],
-                     fraction: float = 0.9,
-                     window: int = 3) -> float:
+def shared_threshold(
+  runs_top1: Sequence[Sequence[float]], fraction: float = 0.9, window: int = 3
+) -> float:
   """A fixed accuracy that every run of a sweep reaches.
 
   threshold = fraction * min_r best_moving_average(run_r, window): a fraction
@@ -208,9 +213,9 @@ def shared_threshold(runs_top1: Sequence[Sequence[float]],
   return fraction * min(best_moving_average(r, window) for r in runs_top1)
 
 
-def step_time_stats(step_seconds: Sequence[float],
-                    batch_size: int,
-                    skip_first: int = 1) -> dict[str, float]:
+def step_time_stats(
+  step_seconds: Sequence[float], batch_size: int, skip_first: int = 1
+) -> dict[str, float]:
   """Throughput of a train step once it is compiled.
 
   The first `skip_first` steps are dropped (they include tracing and
@@ -231,13 +236,15 @@ def step_time_stats(step_seconds: Sequence[float],
     raise ValueError(f'skip_first must be >= 0, got {skip_first}.')
   kept = np.asarray(step_seconds, dtype=np.float64)[skip_first:]
   if kept.size == 0:
-    raise ValueError(f'no steps left after skipping the first {skip_first} '
-                     f'of {len(step_seconds)}.')
+    raise ValueError(
+      f'no steps left after skipping the first {skip_first} '
+      f'of {len(step_seconds)}.'
+    )
   median = float(np.median(kept))
   return {
-      'median_step_seconds': median,
-      'images_per_second': batch_size / median,
-      'num_steps': int(kept.size),
+    'median_step_seconds': median,
+    'images_per_second': batch_size / median,
+    'num_steps': int(kept.size),
   }
 
 

@@ -37,8 +37,9 @@ def finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def student_config(config: ml_collections.ConfigDict,
-                   teacher_dir: str) -> ml_collections.ConfigDict:
+def student_config(
+  config: ml_collections.ConfigDict, teacher_dir: str
+) -> ml_collections.ConfigDict:
   """config.student, distilled from the teacher in `teacher_dir`."""
   result = ml_collections.ConfigDict(config.student.to_dict())
   result.teacher.workdir = teacher_dir
@@ -47,9 +48,11 @@ def student_config(config: ml_collections.ConfigDict,
   return result
 
 
-def check_stages(teacher: ml_collections.ConfigDict,
-                 student_stage: ml_collections.ConfigDict,
-                 where: str = '') -> None:
+def check_stages(
+  teacher: ml_collections.ConfigDict,
+  student_stage: ml_collections.ConfigDict,
+  where: str = '',
+) -> None:
   """Every check of both stages that needs no data and no teacher, before
   the first stage starts: a bad student field is found before a whole
   teacher has trained. The message names the stage (and `where`, e.g. a
@@ -67,8 +70,9 @@ def check_stages(teacher: ml_collections.ConfigDict,
       raise UserError(f'{where}{message}') from None
 
 
-def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
-                 reuse: Reuse | None = None) -> dict[str, Any]:
+def run_pipeline(
+  config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
+) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
   summaries: {'teacher': ..., 'student': ...}."""
   preflight.require_workdir(workdir)
@@ -79,15 +83,22 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str,
   teacher_dir = os.path.join(workdir, 'teacher')
   teacher_summary = finished(teacher_dir, config.teacher.num_epochs)
   if teacher_summary is None:
-    teacher_summary = teacher_lib.train_teacher(config.teacher, teacher_dir,
-                                               reuse)
+    teacher_summary = teacher_lib.train_teacher(
+      config.teacher, teacher_dir, reuse
+    )
   else:
-    logging.info('Teacher in %s has finished (top-1 %.4f); not retraining.',
-                 teacher_dir, teacher_summary['final_top1'])
+    logging.info(
+      'Teacher in %s has finished (top-1 %.4f); not retraining.',
+      teacher_dir,
+      teacher_summary['final_top1'],
+    )
 
   student_summary = student.train_student(
-      student_config(config, teacher_dir), os.path.join(workdir, 'student'),
-      reuse)
-  logging.info('Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
-               teacher_summary['final_top1'], student_summary['final_top1'])
+    student_config(config, teacher_dir), os.path.join(workdir, 'student'), reuse
+  )
+  logging.info(
+    'Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
+    teacher_summary['final_top1'],
+    student_summary['final_top1'],
+  )
   return {'teacher': teacher_summary, 'student': student_summary}

@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 import matplotlib
+
 matplotlib.use('Agg')  # Files only; never a window.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
@@ -44,40 +45,52 @@ SWEEP_FILE = 'sweep.json'
 
 # epochs.csv: (column, key of the epoch record).
 EPOCH_COLUMNS = (
-    ('train_accuracy', 'accuracy'),
-    ('ce_loss', 'ce'),
-    ('intra_loss', 'intra'),
-    ('gate_pass_rate', 'gate_pass_rate'),
-    ('effective_weight', 'effective_weight'),
-    ('test_top1', 'test_top1'),
-    ('loss', 'loss'),
-    ('neg_in_batch', 'neg_in_batch'),
-    ('neg_cache', 'neg_cache'),
+  ('train_accuracy', 'accuracy'),
+  ('ce_loss', 'ce'),
+  ('intra_loss', 'intra'),
+  ('gate_pass_rate', 'gate_pass_rate'),
+  ('effective_weight', 'effective_weight'),
+  ('test_top1', 'test_top1'),
+  ('loss', 'loss'),
+  ('neg_in_batch', 'neg_in_batch'),
+  ('neg_cache', 'neg_cache'),
 )
 
 # The regime the study must be in (docs/results/regime_cpu/design.md):
 # (setting, column of results.csv, threshold, what it checks).
 REGIME_CHECKS = (
-    ('delta=0.0', 'teacher_train_accuracy_last', 0.8,
-     'δ = 0 teacher: train accuracy on the augmented view, last epoch'),
-    ('delta=0.4', 'teacher_gate_pass_rate_last_quarter', 0.5,
-     'δ = 0.4 teacher: gate pass rate, mean over the last quarter of epochs'),
+  (
+    'delta=0.0',
+    'teacher_train_accuracy_last',
+    0.8,
+    'δ = 0 teacher: train accuracy on the augmented view, last epoch',
+  ),
+  (
+    'delta=0.4',
+    'teacher_gate_pass_rate_last_quarter',
+    0.5,
+    'δ = 0.4 teacher: gate pass rate, mean over the last quarter of epochs',
+  ),
 )
 
 # (column, header, scale, digits) of the per-setting table.
 SETTING_COLUMNS = (
-    ('teacher_top1_last', 'teacher top-1 (%)', 100, 2),
-    ('student_top1_last', 'student top-1 (%)', 100, 2),
-    ('teacher_train_accuracy_last', 'teacher train acc, last epoch', 1, 3),
-    ('teacher_gate_pass_rate_last_quarter', 'pass rate, last quarter', 1, 3),
-    ('teacher_effective_weight_last_quarter', 'effective weight, last quarter',
-     1, 3),
-    ('teacher_ce_variance', 'teacher CE variance before 1st decay', 1, 4),
-    ('teacher_epochs_to_converge', 'teacher epochs to 99% (train acc)', 1, 1),
-    ('teacher_epochs_to_reach', 'teacher epochs to shared train acc', 1, 1),
-    ('teacher_compiled_mib', 'teacher step MiB (XLA)', 1, 1),
-    ('teacher_device_mib', 'teacher device MiB in use (max)', 1, 1),
-    ('cache_kib', 'cache KiB', 1, 1),
+  ('teacher_top1_last', 'teacher top-1 (%)', 100, 2),
+  ('student_top1_last', 'student top-1 (%)', 100, 2),
+  ('teacher_train_accuracy_last', 'teacher train acc, last epoch', 1, 3),
+  ('teacher_gate_pass_rate_last_quarter', 'pass rate, last quarter', 1, 3),
+  (
+    'teacher_effective_weight_last_quarter',
+    'effective weight, last quarter',
+    1,
+    3,
+  ),
+  ('teacher_ce_variance', 'teacher CE variance before 1st decay', 1, 4),
+  ('teacher_epochs_to_converge', 'teacher epochs to 99% (train acc)', 1, 1),
+  ('teacher_epochs_to_reach', 'teacher epochs to shared train acc', 1, 1),
+  ('teacher_compiled_mib', 'teacher step MiB (XLA)', 1, 1),
+  ('teacher_device_mib', 'teacher device MiB in use (max)', 1, 1),
+  ('cache_kib', 'cache KiB', 1, 1),
 )
 
 
@@ -89,13 +102,20 @@ def _run_records(workdir: str) -> tuple[list[dict], dict]:
 
 
 def _last_quarter_mean(epochs: list[dict], key: str) -> float | None:
-  values = [e.get(key) for e in epochs[len(epochs) - max(1, len(epochs) // 4):]]
+  values = [
+    e.get(key) for e in epochs[len(epochs) - max(1, len(epochs) // 4) :]
+  ]
   values = [v for v in values if v is not None]
   return float(np.mean(values)) if values else None
 
 
-def _stage_row(epochs: list[dict], summary: dict, prefix: str,
-               first_decay: int | None, reach: float | None) -> dict[str, Any]:
+def _stage_row(
+  epochs: list[dict],
+  summary: dict,
+  prefix: str,
+  first_decay: int | None,
+  reach: float | None,
+) -> dict[str, Any]:
   """A stage's last-epoch figures (docs/method.md §6)."""
   last = epochs[-1]
   accuracy = [e['accuracy'] for e in epochs]
@@ -103,29 +123,42 @@ def _stage_row(epochs: list[dict], summary: dict, prefix: str,
   memory = summary.get('compiled_memory') or {}
   device = summary.get('peak_device_bytes')
   return {
-      f'{prefix}_top1_last': last.get('test_top1'),
-      # Kept for reference only: an epoch picked on the test set is never a
-      # headline.
-      f'{prefix}_top1_best_evaluated': max(tested) if tested else None,
-      f'{prefix}_train_accuracy_last': last['accuracy'],
-      f'{prefix}_ce_variance': am.stability_variance(
-          [e.get('step_ce') or e['step_losses'] for e in epochs], first_decay),
-      f'{prefix}_epochs_to_converge': am.epochs_to_converge(accuracy),
-      f'{prefix}_epochs_to_reach': (am.epochs_to_reach(accuracy, reach)
-                                    if reach is not None else None),
-      f'{prefix}_compiled_mib': memory.get('total_bytes', 0) / 2**20,
-      f'{prefix}_device_mib': device / 2**20 if device else None,
+    f'{prefix}_top1_last': last.get('test_top1'),
+    # Kept for reference only: an epoch picked on the test set is never a
+    # headline.
+    f'{prefix}_top1_best_evaluated': max(tested) if tested else None,
+    f'{prefix}_train_accuracy_last': last['accuracy'],
+    f'{prefix}_ce_variance': am.stability_variance(
+      [e.get('step_ce') or e['step_losses'] for e in epochs], first_decay
+    ),
+    f'{prefix}_epochs_to_converge': am.epochs_to_converge(accuracy),
+    f'{prefix}_epochs_to_reach': (
+      am.epochs_to_reach(accuracy, reach) if reach is not None else None
+    ),
+    f'{prefix}_compiled_mib': memory.get('total_bytes', 0) / 2**20,
+    f'{prefix}_device_mib': device / 2**20 if device else None,
   }
 
 
 def _epoch_rows(epochs: list[dict], stage: str) -> list[dict[str, Any]]:
-  return [{'stage': stage, 'epoch': e['epoch'],
-           **{column: e.get(key) for column, key in EPOCH_COLUMNS}}
-          for e in epochs]
+  return [
+    {
+      'stage': stage,
+      'epoch': e['epoch'],
+      **{column: e.get(key) for column, key in EPOCH_COLUMNS},
+    }
+    for e in epochs
+  ]
 
 
-def write_result(run_dir: str, setting: str, seed: int, teacher_config,
-                 student_config, reach: float | None = None) -> dict[str, Any]:
+def write_result(
+  run_dir: str,
+  setting: str,
+  seed: int,
+  teacher_config,
+  student_config,
+  reach: float | None = None,
+) -> dict[str, Any]:
   """Computes a finished run's figures into RUN_DIR/result.json.
 
   Args:
@@ -138,23 +171,29 @@ def write_result(run_dir: str, setting: str, seed: int, teacher_config,
   """
   row = {'setting': setting, 'seed': seed}
   epoch_rows = []
-  for stage, config in (('teacher', teacher_config),
-                        ('student', student_config)):
+  for stage, config in (
+    ('teacher', teacher_config),
+    ('student', student_config),
+  ):
     epochs, summary = _run_records(os.path.join(run_dir, stage))
     decays = tuple(config['lr_decay_epochs'] or ())
-    row.update(_stage_row(epochs, summary, stage,
-                          min(decays) if decays else None, reach))
+    row.update(
+      _stage_row(epochs, summary, stage, min(decays) if decays else None, reach)
+    )
     epoch_rows += _epoch_rows(epochs, stage)
     if stage == 'teacher':
       row.update(
-          teacher_gate_pass_rate_last_quarter=_last_quarter_mean(
-              epochs, 'gate_pass_rate'),
-          teacher_effective_weight_last_quarter=_last_quarter_mean(
-              epochs, 'effective_weight'),
-          teacher_neg_in_batch=epochs[-1].get('neg_in_batch'),
-          teacher_neg_cache=epochs[-1].get('neg_cache'),
-          cache_kib=(summary.get('compiled_memory') or {}).get(
-              'cache_bytes', 0) / 1024)
+        teacher_gate_pass_rate_last_quarter=_last_quarter_mean(
+          epochs, 'gate_pass_rate'
+        ),
+        teacher_effective_weight_last_quarter=_last_quarter_mean(
+          epochs, 'effective_weight'
+        ),
+        teacher_neg_in_batch=epochs[-1].get('neg_in_batch'),
+        teacher_neg_cache=epochs[-1].get('neg_cache'),
+        cache_kib=(summary.get('compiled_memory') or {}).get('cache_bytes', 0)
+        / 1024,
+      )
     else:
       row['student_agreement'] = epochs[-1].get('test_agreement')
   result = {'row': row, 'epochs': epoch_rows}
@@ -190,8 +229,11 @@ def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def _by_seed(rows: list[dict], name: str, column: str) -> dict[int, float]:
-  return {r['seed']: r[column] for r in rows
-          if r['setting'] == name and r.get(column) is not None}
+  return {
+    r['seed']: r[column]
+    for r in rows
+    if r['setting'] == name and r.get(column) is not None
+  }
 
 
 def _interval_cell(values, scale: float, digits: int) -> str:
@@ -200,8 +242,10 @@ def _interval_cell(values, scale: float, digits: int) -> str:
   ci = st.t_interval(values)
   if ci.n < 2:
     return f'{ci.mean * scale:.{digits}f} (1 seed)'
-  return (f'{ci.mean * scale:.{digits}f} '
-          f'[{ci.low * scale:.{digits}f}, {ci.high * scale:.{digits}f}]')
+  return (
+    f'{ci.mean * scale:.{digits}f} '
+    f'[{ci.low * scale:.{digits}f}, {ci.high * scale:.{digits}f}]'
+  )
 
 
 def _p(p: float) -> str:
@@ -209,9 +253,12 @@ def _p(p: float) -> str:
 
 
 def _regime_lines(rows: list[dict]) -> list[str]:
-  lines = ['## Regime checks', '',
-           '| check | required | measured: mean [95% CI] over seeds | met |',
-           '|---|---|---|---|']
+  lines = [
+    '## Regime checks',
+    '',
+    '| check | required | measured: mean [95% CI] over seeds | met |',
+    '|---|---|---|---|',
+  ]
   present = False
   for name, column, threshold, what in REGIME_CHECKS:
     values = list(_by_seed(rows, name, column).values())
@@ -219,47 +266,64 @@ def _regime_lines(rows: list[dict]) -> list[str]:
       continue
     present = True
     mean = float(np.mean(values))
-    lines.append(f'| {what} | ≥ {threshold} | {_interval_cell(values, 1, 3)} '
-                 f'| {"yes" if mean >= threshold else "**no**"} |')
+    lines.append(
+      f'| {what} | ≥ {threshold} | {_interval_cell(values, 1, 3)} '
+      f'| {"yes" if mean >= threshold else "**no**"} |'
+    )
   return lines + [''] if present else []
 
 
 def _setting_lines(names: list[str], rows: list[dict]) -> list[str]:
-  lines = ['## Every setting: mean [95% t-interval] over seeds', '',
-           '| setting | seeds | ' + ' | '.join(
-               h for _, h, _, _ in SETTING_COLUMNS) + ' |',
-           '|---|---|' + '---|' * len(SETTING_COLUMNS)]
+  lines = [
+    '## Every setting: mean [95% t-interval] over seeds',
+    '',
+    '| setting | seeds | '
+    + ' | '.join(h for _, h, _, _ in SETTING_COLUMNS)
+    + ' |',
+    '|---|---|' + '---|' * len(SETTING_COLUMNS),
+  ]
   for name in names:
     mine = [r for r in rows if r['setting'] == name]
-    cells = [_interval_cell([r[c] for r in mine if r.get(c) is not None],
-                            scale, digits)
-             for c, _, scale, digits in SETTING_COLUMNS]
+    cells = [
+      _interval_cell(
+        [r[c] for r in mine if r.get(c) is not None], scale, digits
+      )
+      for c, _, scale, digits in SETTING_COLUMNS
+    ]
     lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
   return lines + ['']
 
 
-def paired_comparisons(names: list[str], controls: list[str],
-                       rows: list[dict], column: str) -> list[dict[str, Any]]:
+def paired_comparisons(
+  names: list[str], controls: list[str], rows: list[dict], column: str
+) -> list[dict[str, Any]]:
   """Every arm minus each control, seed-paired (a control is an arm of the
   controls listed before it); Holm-adjusted over the family of all these
   comparisons of `column`."""
-  return _holm_paired([(arm, control)
-                       for i, control in enumerate(controls)
-                       for arm in names
-                       if arm != control and arm not in controls[:i]],
-                      rows, column)
+  return _holm_paired(
+    [
+      (arm, control)
+      for i, control in enumerate(controls)
+      for arm in names
+      if arm != control and arm not in controls[:i]
+    ],
+    rows,
+    column,
+  )
 
 
-def _holm_paired(pairs: list[tuple[str, str]], rows: list[dict],
-                 column: str) -> list[dict[str, Any]]:
+def _holm_paired(
+  pairs: list[tuple[str, str]], rows: list[dict], column: str
+) -> list[dict[str, Any]]:
   """Each (arm, control) of `pairs` with seeds in common, in order:
   {'arm', 'control', 'diff': seed-paired difference of `column`, 'holm':
   its p Holm-adjusted over the family of these comparisons}."""
   out = []
   for arm, control in pairs:
     try:
-      diff = st.paired_difference(_by_seed(rows, arm, column),
-                                  _by_seed(rows, control, column))
+      diff = st.paired_difference(
+        _by_seed(rows, arm, column), _by_seed(rows, control, column)
+      )
     except ValueError:
       continue
     out.append({'arm': arm, 'control': control, 'diff': diff})
@@ -271,30 +335,42 @@ def _holm_paired(pairs: list[tuple[str, str]], rows: list[dict],
 def _primary_lines(sweep, names, controls, rows) -> list[str]:
   """The pre-registered comparison: each primary arm against each control
   on the student's top-1, Holm-adjusted over this small family alone."""
-  arms = [a for a in (sweep.get('primary_settings') or ())
-          if a in names and a not in controls]
+  arms = [
+    a
+    for a in (sweep.get('primary_settings') or ())
+    if a in names and a not in controls
+  ]
   if not arms or not controls:
     return []
   comparisons = paired_comparisons(arms, controls, rows, 'student_top1_last')
   if not comparisons:
     return []
   return _comparison_table(
-      '## Primary comparison (pre-registered)',
-      'Student top-1 (points), arm − control, paired by seed; '
-      f'Holm-adjusted over these {len(comparisons)} comparisons.',
-      comparisons)
+    '## Primary comparison (pre-registered)',
+    'Student top-1 (points), arm − control, paired by seed; '
+    f'Holm-adjusted over these {len(comparisons)} comparisons.',
+    comparisons,
+  )
 
 
-def _comparison_table(title: str, note: str,
-                      comparisons: list[dict]) -> list[str]:
-  lines = [title, '', note, '',
-           '| arm | control | seeds | difference [95% CI] | p | Holm p |',
-           '|---|---|---|---|---|---|']
+def _comparison_table(
+  title: str, note: str, comparisons: list[dict]
+) -> list[str]:
+  lines = [
+    title,
+    '',
+    note,
+    '',
+    '| arm | control | seeds | difference [95% CI] | p | Holm p |',
+    '|---|---|---|---|---|---|',
+  ]
   for c in comparisons:
     d = c['diff']
-    lines.append(f"| {c['arm']} | {c['control']} | {d.difference.n} | "
-                 f'{_interval_cell_diff(d.difference)} | {_p(d.p_value)} | '
-                 f"{_p(c['holm'])} |")
+    lines.append(
+      f'| {c["arm"]} | {c["control"]} | {d.difference.n} | '
+      f'{_interval_cell_diff(d.difference)} | {_p(d.p_value)} | '
+      f'{_p(c["holm"])} |'
+    )
   return lines + ['']
 
 
@@ -312,16 +388,21 @@ def parse_comparisons(text: str | None) -> list[tuple[str, str]]:
 def _pair_lines(pairs, names, rows) -> list[str]:
   """Pre-registered pairs beyond the controls (e.g. an ablation against the
   arm it removes something from), Holm-adjusted over their own family."""
-  pairs = [(arm, control) for arm, control in pairs
-           if arm in names and control in names]
+  pairs = [
+    (arm, control)
+    for arm, control in pairs
+    if arm in names and control in names
+  ]
   lines = []
   for stage in ('student', 'teacher'):
     found = _holm_paired(pairs, rows, f'{stage}_top1_last')
     if found:
       lines += _comparison_table(
-          f'## {stage.capitalize()} top-1: the other pre-registered pairs',
-          f'Points of top-1, paired by seed; Holm-adjusted over these '
-          f'{len(found)} comparisons.', found)
+        f'## {stage.capitalize()} top-1: the other pre-registered pairs',
+        f'Points of top-1, paired by seed; Holm-adjusted over these '
+        f'{len(found)} comparisons.',
+        found,
+      )
   return lines
 
 
@@ -333,10 +414,12 @@ def _comparison_lines(names, controls, rows) -> list[str]:
     if not comparisons:
       continue
     lines += _comparison_table(
-        f'## {stage.capitalize()} top-1: every arm − each control, paired by '
-        'seed',
-        f'Points of top-1; Holm-adjusted over the {len(comparisons)} '
-        'comparisons of this table.', comparisons)
+      f'## {stage.capitalize()} top-1: every arm − each control, paired by '
+      'seed',
+      f'Points of top-1; Holm-adjusted over the {len(comparisons)} '
+      'comparisons of this table.',
+      comparisons,
+    )
   return lines
 
 
@@ -348,11 +431,15 @@ def _trend_lines(settings, rows) -> list[str]:
   deltas = settings_lib.delta_settings(settings)
   if len(deltas) < 2:
     return []
-  lines = ['## Trend across δ', '',
-           'Least-squares slope of last-epoch top-1 on δ over every run of '
-           f'the settings {", ".join(deltas)}; points of top-1 per 0.1 of δ.',
-           '', '| stage | runs | slope per 0.1 δ [95% CI] | p |',
-           '|---|---|---|---|']
+  lines = [
+    '## Trend across δ',
+    '',
+    'Least-squares slope of last-epoch top-1 on δ over every run of '
+    f'the settings {", ".join(deltas)}; points of top-1 per 0.1 of δ.',
+    '',
+    '| stage | runs | slope per 0.1 δ [95% CI] | p |',
+    '|---|---|---|---|',
+  ]
   for stage in ('student', 'teacher'):
     x, y = [], []
     for name, delta in deltas.items():
@@ -364,23 +451,29 @@ def _trend_lines(settings, rows) -> list[str]:
     except ValueError:
       continue
     s = trend.slope
-    lines.append(f'| {stage} | {trend.n} | {10 * s.mean:+.3f} '
-                 f'[{10 * s.low:+.3f}, {10 * s.high:+.3f}] | '
-                 f'{_p(trend.p_value)} |')
+    lines.append(
+      f'| {stage} | {trend.n} | {10 * s.mean:+.3f} '
+      f'[{10 * s.low:+.3f}, {10 * s.high:+.3f}] | '
+      f'{_p(trend.p_value)} |'
+    )
   return lines + ['']
 
 
 def _power_lines(names, controls, rows, sweep) -> list[str]:
-  lines = ['## Smallest detectable difference', '',
-           'From the spread of the seed-paired differences measured here '
-           '(pooled over the arms compared with each control, weighted by '
-           'their degrees of freedom): the paired '
-           'difference a two-sided t-test detects with power 0.8 at α = 0.05 '
-           '(before the Holm adjustment), in points of top-1.', '',
-           '| stage | control | SD of paired differences | '
-           f'{len(sweep["seeds"])} seeds | '
-           f'{len(sweep.get("primary_seeds") or sweep["seeds"])} seeds |',
-           '|---|---|---|---|---|']
+  lines = [
+    '## Smallest detectable difference',
+    '',
+    'From the spread of the seed-paired differences measured here '
+    '(pooled over the arms compared with each control, weighted by '
+    'their degrees of freedom): the paired '
+    'difference a two-sided t-test detects with power 0.8 at α = 0.05 '
+    '(before the Holm adjustment), in points of top-1.',
+    '',
+    '| stage | control | SD of paired differences | '
+    f'{len(sweep["seeds"])} seeds | '
+    f'{len(sweep.get("primary_seeds") or sweep["seeds"])} seeds |',
+    '|---|---|---|---|---|',
+  ]
   found = False
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
@@ -392,18 +485,25 @@ def _power_lines(names, controls, rows, sweep) -> list[str]:
       # Pooled over the arms, each variance weighted by its degrees of
       # freedom (n - 1).
       dof = [d.difference.n - 1 for d in diffs]
-      sd = float(np.sqrt(sum(k * d.sd**2 for k, d in zip(dof, diffs)) /
-                         sum(dof)))
-      cells = [f'{100 * st.detectable_difference(sd, n):.2f}'
-               for n in (len(sweep['seeds']),
-                         len(sweep.get('primary_seeds') or sweep['seeds']))]
-      lines.append(f'| {stage} | {c} | {100 * sd:.2f} | ' + ' | '.join(cells)
-                   + ' |')
+      sd = float(
+        np.sqrt(sum(k * d.sd**2 for k, d in zip(dof, diffs)) / sum(dof))
+      )
+      cells = [
+        f'{100 * st.detectable_difference(sd, n):.2f}'
+        for n in (
+          len(sweep['seeds']),
+          len(sweep.get('primary_seeds') or sweep['seeds']),
+        )
+      ]
+      lines.append(
+        f'| {stage} | {c} | {100 * sd:.2f} | ' + ' | '.join(cells) + ' |'
+      )
   return lines + [''] if found else []
 
 
-def write_report(workdir: str, output_dir: str | None = None,
-                 comparisons: str | None = None) -> list[dict]:
+def write_report(
+  workdir: str, output_dir: str | None = None, comparisons: str | None = None
+) -> list[dict]:
   """(Re)writes results.csv, epochs.csv, summary.md and the plots from the
   finished runs of the sweep in `workdir`, into `output_dir` (default: the
   workdir). `comparisons` ('arm:control, ...') adds pairs to those of the
@@ -413,37 +513,56 @@ def write_report(workdir: str, output_dir: str | None = None,
     raise UserError(f'no finished runs under {workdir} yet')
   output_dir = output_dir or workdir
   os.makedirs(output_dir, exist_ok=True)
-  names = [s.name for s in settings
-           if any(r['row']['setting'] == s.name for r in results)]
+  names = [
+    s.name
+    for s in settings
+    if any(r['row']['setting'] == s.name for r in results)
+  ]
   rows = [r['row'] for r in results]
-  controls = [c for c in (sweep.get('controls') or ('ce_teacher',))
-              if c in names]
+  controls = [
+    c for c in (sweep.get('controls') or ('ce_teacher',)) if c in names
+  ]
 
   columns = list(dict.fromkeys(k for r in rows for k in r))
   _write_csv(os.path.join(output_dir, RESULTS_CSV), rows, columns)
-  epoch_rows = [{'setting': r['row']['setting'], 'seed': r['row']['seed'],
-                 **e} for r in results for e in r['epochs']]
-  _write_csv(os.path.join(output_dir, EPOCHS_CSV), epoch_rows,
-             ['setting', 'seed', 'stage', 'epoch'] +
-             [c for c, _ in EPOCH_COLUMNS])
+  epoch_rows = [
+    {'setting': r['row']['setting'], 'seed': r['row']['seed'], **e}
+    for r in results
+    for e in r['epochs']
+  ]
+  _write_csv(
+    os.path.join(output_dir, EPOCHS_CSV),
+    epoch_rows,
+    ['setting', 'seed', 'stage', 'epoch'] + [c for c, _ in EPOCH_COLUMNS],
+  )
 
   test_subset = sweep['base']['teacher']['dataset'].get('test_subset')
-  split = (f'a fixed {test_subset}-image subset of the test split'
-           if test_subset else 'the whole test split')
-  lines = [f'# {os.path.basename(os.path.normpath(workdir))}', '',
-           f'Headline: top-1 after the last epoch on {split}, never an epoch '
-           'picked on the test set. Intervals are 95% t-intervals over seeds; '
-           'differences are paired by seed (same initialisation, data order '
-           'and augmentation). "Train acc" is the accuracy on the augmented '
-           'training view, averaged over the epoch\'s steps. Variance: the '
-           'per-epoch variance of the per-step CE, averaged over the epochs '
-           'before the first learning-rate decay (the first epoch left out).',
-           '']
+  split = (
+    f'a fixed {test_subset}-image subset of the test split'
+    if test_subset
+    else 'the whole test split'
+  )
+  lines = [
+    f'# {os.path.basename(os.path.normpath(workdir))}',
+    '',
+    f'Headline: top-1 after the last epoch on {split}, never an epoch '
+    'picked on the test set. Intervals are 95% t-intervals over seeds; '
+    'differences are paired by seed (same initialisation, data order '
+    'and augmentation). "Train acc" is the accuracy on the augmented '
+    "training view, averaged over the epoch's steps. Variance: the "
+    'per-epoch variance of the per-step CE, averaged over the epochs '
+    'before the first learning-rate decay (the first epoch left out).',
+    '',
+  ]
   lines += _regime_lines(rows)
   lines += _primary_lines(sweep, names, controls, rows)
   lines += _setting_lines(names, rows)
-  lines += _pair_lines(parse_comparisons(sweep.get('comparisons')) +
-                       parse_comparisons(comparisons), names, rows)
+  lines += _pair_lines(
+    parse_comparisons(sweep.get('comparisons'))
+    + parse_comparisons(comparisons),
+    names,
+    rows,
+  )
   lines += _comparison_lines(names, controls, rows)
   lines += _trend_lines([s for s in settings if s.name in names], rows)
   lines += _power_lines(names, controls, rows, sweep)
@@ -458,13 +577,16 @@ def write_report(workdir: str, output_dir: str | None = None,
 def headline(rows: list[dict[str, Any]]) -> str:
   """The short table a sweep prints at its end: each setting's last-epoch
   teacher and student top-1, mean [95% CI] over seeds."""
-  lines = ['| setting | seeds | teacher top-1 (%) | student top-1 (%) |',
-           '|---|---|---|---|']
+  lines = [
+    '| setting | seeds | teacher top-1 (%) | student top-1 (%) |',
+    '|---|---|---|---|',
+  ]
   for name in dict.fromkeys(row['setting'] for row in rows):
     mine = [row for row in rows if row['setting'] == name]
-    cells = [_interval_cell([r[c] for r in mine if r.get(c) is not None],
-                            100, 2)
-             for c in ('teacher_top1_last', 'student_top1_last')]
+    cells = [
+      _interval_cell([r[c] for r in mine if r.get(c) is not None], 100, 2)
+      for c in ('teacher_top1_last', 'student_top1_last')
+    ]
     lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
@@ -473,30 +595,39 @@ def _plot_accuracy(output_dir: str, names: list[str], rows: list[dict]) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, stage in zip(axes, ('teacher', 'student')):
     for i, name in enumerate(names):
-      values = [100 * v for v in
-                _by_seed(rows, name, f'{stage}_top1_last').values()]
+      values = [
+        100 * v for v in _by_seed(rows, name, f'{stage}_top1_last').values()
+      ]
       if not values:
         continue
       ci = st.t_interval(values)
       ax.scatter([i] * len(values), values, color='0.7', s=10, zorder=1)
       if ci.n > 1:
-        ax.errorbar([i], [ci.mean], yerr=[[ci.mean - ci.low],
-                                          [ci.high - ci.mean]],
-                    fmt='o', color='C0', capsize=4, zorder=2)
+        ax.errorbar(
+          [i],
+          [ci.mean],
+          yerr=[[ci.mean - ci.low], [ci.high - ci.mean]],
+          fmt='o',
+          color='C0',
+          capsize=4,
+          zorder=2,
+        )
       else:
         ax.plot([i], [ci.mean], 'o', color='C0')
-    ax.set_xticks(range(len(names)), names, rotation=35, ha='right',
-                  fontsize=8)
-    ax.set_title(f'{stage}: last-epoch test top-1 (%), mean and 95% CI; '
-                 'grey: seeds', fontsize=9)
+    ax.set_xticks(range(len(names)), names, rotation=35, ha='right', fontsize=8)
+    ax.set_title(
+      f'{stage}: last-epoch test top-1 (%), mean and 95% CI; grey: seeds',
+      fontsize=9,
+    )
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(os.path.join(output_dir, 'accuracy.png'), dpi=110)
   plt.close(fig)
 
 
-def _band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray,
-                                               np.ndarray]:
+def _band(
+  curves: list[list[float]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Mean and 95% t-band over seeds, epoch by epoch ([E] each)."""
   length = min(len(c) for c in curves)
   data = np.array([c[:length] for c in curves], dtype=np.float64)
@@ -504,24 +635,33 @@ def _band(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray,
   if len(curves) < 2:
     return mean, mean, mean
   bands = [st.t_interval(data[:, e]) for e in range(length)]
-  return (mean, np.array([b.low for b in bands]),
-          np.array([b.high for b in bands]))
+  return (
+    mean,
+    np.array([b.low for b in bands]),
+    np.array([b.high for b in bands]),
+  )
 
 
-def _plot_curves(output_dir: str, names: list[str],
-                 epoch_rows: list[dict]) -> None:
-  panels = (('train_accuracy', 'teacher train accuracy (augmented view)'),
-            ('ce_loss', 'teacher CE (not the total loss)'),
-            ('gate_pass_rate', 'teacher gate pass rate'),
-            ('effective_weight', 'teacher effective weight'))
+def _plot_curves(
+  output_dir: str, names: list[str], epoch_rows: list[dict]
+) -> None:
+  panels = (
+    ('train_accuracy', 'teacher train accuracy (augmented view)'),
+    ('ce_loss', 'teacher CE (not the total loss)'),
+    ('gate_pass_rate', 'teacher gate pass rate'),
+    ('effective_weight', 'teacher effective weight'),
+  )
   fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   for ax, (column, title) in zip(axes, panels):
     for i, name in enumerate(names):
       curves = {}
       for r in epoch_rows:
-        if (r['setting'] == name and r['stage'] == 'teacher' and
-            r.get(column) is not None):
+        if (
+          r['setting'] == name
+          and r['stage'] == 'teacher'
+          and r.get(column) is not None
+        ):
           curves.setdefault(r['seed'], []).append(r[column])
       if not curves:
         continue

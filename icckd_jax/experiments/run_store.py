@@ -35,15 +35,21 @@ def _digest(text: str) -> str:
 
 def teacher_key(config: ml_collections.ConfigDict) -> str:
   """The key of a teacher config (configs/teacher.py's fields)."""
-  return _digest(reuse_lib.config_key(
-      config, config_schema.bookkeeping() + config_schema.unused(config)))
+  return _digest(
+    reuse_lib.config_key(
+      config, config_schema.bookkeeping() + config_schema.unused(config)
+    )
+  )
 
 
 def student_key(config: ml_collections.ConfigDict, teacher: str) -> str:
   """The key of a student config distilled from the teacher keyed `teacher`."""
   own = reuse_lib.config_key(
-      config, config_schema.bookkeeping() + config_schema.unused(config) +
-      ('teacher.workdir',))
+    config,
+    config_schema.bookkeeping()
+    + config_schema.unused(config)
+    + ('teacher.workdir',),
+  )
   return _digest(f'{own}|teacher={teacher}')
 
 
@@ -51,6 +57,7 @@ def teacher_dir(store: str, config: ml_collections.ConfigDict) -> str:
   return os.path.join(store, TEACHERS, teacher_key(config))
 
 
-def student_dir(store: str, config: ml_collections.ConfigDict,
-                teacher: str) -> str:
+def student_dir(
+  store: str, config: ml_collections.ConfigDict, teacher: str
+) -> str:
   return os.path.join(store, STUDENTS, student_key(config, teacher))

@@ -28,14 +28,16 @@ def parse_setting(text: str) -> Setting:
   name, _, rest = text.partition(':')
   name = name.strip()
   if not name or '/' in name:
-    raise UserError(f'config.settings entry {text!r} needs a name without '
-                    "'/' before ':'")
+    raise UserError(
+      f"config.settings entry {text!r} needs a name without '/' before ':'"
+    )
   overrides = {}
   for item in filter(None, (part.strip() for part in rest.split(','))):
     field, eq, value = item.partition('=')
     if not eq:
-      raise UserError(f'config.settings entry {text!r}: {item!r} is not '
-                      'field=value')
+      raise UserError(
+        f'config.settings entry {text!r}: {item!r} is not field=value'
+      )
     try:
       overrides[field.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
@@ -43,8 +45,9 @@ def parse_setting(text: str) -> Setting:
   return Setting(name, overrides)
 
 
-def apply_overrides(base: ml_collections.ConfigDict,
-                    overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+def apply_overrides(
+  base: ml_collections.ConfigDict, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
   """A copy of `base` with dotted `overrides` set; unknown fields are errors."""
   config = ml_collections.ConfigDict(base.to_dict())
   for field, value in overrides.items():
@@ -52,12 +55,14 @@ def apply_overrides(base: ml_collections.ConfigDict,
     node = config
     for part in parents:
       if part not in node:
-        raise UserError(f'config.settings: {field!r} is not a field of the '
-                        'pipeline config')
+        raise UserError(
+          f'config.settings: {field!r} is not a field of the pipeline config'
+        )
       node = node[part]
     if leaf not in node:
-      raise UserError(f'config.settings: {field!r} is not a field of the '
-                      'pipeline config')
+      raise UserError(
+        f'config.settings: {field!r} is not a field of the pipeline config'
+      )
     try:
       node[leaf] = value
     except TypeError as e:
@@ -78,6 +83,8 @@ def delta_settings(settings: list[Setting]) -> dict[str, float]:
   """{name: δ} of the settings that change δ alone, to a value in [0, 1)
   (a gate that some anchors pass and some do not): the points of a trend
   across δ."""
-  return {s.name: float(s.overrides[DELTA_FIELD]) for s in settings
-          if set(s.overrides) == {DELTA_FIELD}
-          and 0 <= s.overrides[DELTA_FIELD] < 1}
+  return {
+    s.name: float(s.overrides[DELTA_FIELD])
+    for s in settings
+    if set(s.overrides) == {DELTA_FIELD} and 0 <= s.overrides[DELTA_FIELD] < 1
+  }

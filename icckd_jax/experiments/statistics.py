@@ -29,14 +29,16 @@ POWER = 0.8
 @dataclasses.dataclass(frozen=True)
 class Interval:
   """A mean and its two-sided confidence interval over n values."""
+
   mean: float
   low: float
   high: float
   n: int
 
 
-def t_interval(values: Sequence[float],
-               confidence: float = CONFIDENCE) -> Interval:
+def t_interval(
+  values: Sequence[float], confidence: float = CONFIDENCE
+) -> Interval:
   """Mean of `values` [n] and its t-interval (NaN bounds when n < 2)."""
   x = np.asarray(values, dtype=np.float64)
   if x.size == 0:
@@ -54,13 +56,17 @@ def t_interval(values: Sequence[float],
 @dataclasses.dataclass(frozen=True)
 class PairedDifference:
   """arm − control over the n seeds both ran."""
+
   difference: Interval
   p_value: float
   sd: float  # standard deviation of the per-seed differences
 
 
-def paired_difference(arm: dict[int, float], control: dict[int, float],
-                      confidence: float = CONFIDENCE) -> PairedDifference:
+def paired_difference(
+  arm: dict[int, float],
+  control: dict[int, float],
+  confidence: float = CONFIDENCE,
+) -> PairedDifference:
   """Seed-paired arm − control: mean, t-interval and paired t-test p-value.
 
   Args:
@@ -71,8 +77,7 @@ def paired_difference(arm: dict[int, float], control: dict[int, float],
   """
   seeds = sorted(set(arm) & set(control))
   if len(seeds) < 2:
-    raise ValueError(f'a paired difference needs two common seeds, got '
-                     f'{seeds}')
+    raise ValueError(f'a paired difference needs two common seeds, got {seeds}')
   a = np.array([arm[s] for s in seeds], dtype=np.float64)
   c = np.array([control[s] for s in seeds], dtype=np.float64)
   d = a - c
@@ -105,13 +110,15 @@ def holm(p_values: Sequence[float]) -> list[float]:
 @dataclasses.dataclass(frozen=True)
 class Trend:
   """Least-squares slope of a figure against x, per unit of x."""
+
   slope: Interval
   p_value: float
   n: int
 
 
-def linear_trend(x: Sequence[float], y: Sequence[float],
-                 confidence: float = CONFIDENCE) -> Trend:
+def linear_trend(
+  x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE
+) -> Trend:
   """Slope of y [n] on x [n] (every run one point), its t-interval and the
   p-value of slope = 0."""
   x = np.asarray(x, dtype=np.float64)
@@ -120,18 +127,29 @@ def linear_trend(x: Sequence[float], y: Sequence[float],
     raise ValueError('a trend needs three points and two distinct x')
   fit = stats.linregress(x, y)
   half = stats.t.ppf(0.5 + confidence / 2, x.size - 2) * fit.stderr
-  return Trend(Interval(float(fit.slope), float(fit.slope - half),
-                        float(fit.slope + half), int(x.size)),
-               float(fit.pvalue), int(x.size))
+  return Trend(
+    Interval(
+      float(fit.slope),
+      float(fit.slope - half),
+      float(fit.slope + half),
+      int(x.size),
+    ),
+    float(fit.pvalue),
+    int(x.size),
+  )
 
 
-def detectable_difference(sd: float, n: int, alpha: float = 0.05,
-                          power: float = POWER) -> float:
+def detectable_difference(
+  sd: float, n: int, alpha: float = 0.05, power: float = POWER
+) -> float:
   """The paired mean difference a two-sided t-test on n pairs detects with
   `power` at level `alpha`, when the per-pair differences have SD `sd`:
   (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n (the usual t approximation)."""
   if n < 2:
     return math.nan
   df = n - 1
-  return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df))
-               * sd / math.sqrt(n))
+  return float(
+    (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df))
+    * sd
+    / math.sqrt(n)
+  )

@@ -59,8 +59,9 @@ def write_sweep_file(config: ml_collections.ConfigDict, workdir: str) -> None:
   once per command, before any worker starts, whole or not at all (commands
   on one shared workdir write it alike)."""
   os.makedirs(workdir, exist_ok=True)
-  metric_writer.write_json(os.path.join(workdir, report.SWEEP_FILE),
-                    validate.config_as_dict(config))
+  metric_writer.write_json(
+    os.path.join(workdir, report.SWEEP_FILE), validate.config_as_dict(config)
+  )
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -70,8 +71,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   # anything is written or trained.
   preflight.require_workdir(workdir)
   for run in sweep_plan.plan(config, os.path.abspath(workdir)):
-    method.check_stages(run.teacher, run.student,
-                        f'setting {run.setting!r} seed {run.seed}: ')
+    method.check_stages(
+      run.teacher, run.student, f'setting {run.setting!r} seed {run.seed}: '
+    )
   workdir = preflight.prepare_workdir(workdir)
   write_sweep_file(config, workdir)
 
@@ -80,6 +82,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     sweep_worker.work(config, workdir)
   else:
     sweep_pool.run_workers(config, workdir)
-  logging.info('Sweep done in %s.',
-               estimate.duration(time.perf_counter() - start))
+  logging.info(
+    'Sweep done in %s.', estimate.duration(time.perf_counter() - start)
+  )
   return report.write_report(workdir)

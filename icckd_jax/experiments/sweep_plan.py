@@ -10,14 +10,19 @@ from icckd_jax.errors import UserError
 from icckd_jax.experiments import method
 from icckd_jax.experiments import report
 from icckd_jax.experiments import run_store
-from icckd_jax.experiments.settings import (Setting, apply_overrides,
-                                            parse_setting, seeds_of)
+from icckd_jax.experiments.settings import (
+  Setting,
+  apply_overrides,
+  parse_setting,
+  seeds_of,
+)
 from icckd_jax.training import student as student_lib
 from icckd_jax.training import teacher as teacher_lib
 
 
-def run_config(base: ml_collections.ConfigDict, setting: Setting,
-               seed: int) -> ml_collections.ConfigDict:
+def run_config(
+  base: ml_collections.ConfigDict, setting: Setting, seed: int
+) -> ml_collections.ConfigDict:
   config = apply_overrides(base, setting.overrides)
   config.teacher.seed = seed
   config.student.seed = seed
@@ -27,6 +32,7 @@ def run_config(base: ml_collections.ConfigDict, setting: Setting,
 @dataclasses.dataclass
 class Run:
   """One (setting, seed): its teacher's and student's configs and homes."""
+
   setting: str
   seed: int
   run_dir: str  # WORKDIR/<setting>/seed_<seed>
@@ -51,8 +57,9 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
     raise UserError('config.seeds is empty')
   unknown = set(config.get('primary_settings') or ()) - set(names)
   if unknown:
-    raise UserError(f'config.primary_settings names no setting: '
-                    f'{sorted(unknown)}')
+    raise UserError(
+      f'config.primary_settings names no setting: {sorted(unknown)}'
+    )
   if config.get('primary_settings') and not config.get('primary_seeds'):
     raise UserError('config.primary_seeds is empty')
   workers = config.get('workers', 1)
@@ -60,26 +67,37 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
     raise UserError(f'config.workers={workers!r} must be an integer >= 1')
   store = os.path.abspath(config.get('store') or workdir)
   runs = []
-  for seed, index in sorted((seed, index)
-                            for index, setting in enumerate(settings)
-                            for seed in seeds_of(config, setting.name)):
+  for seed, index in sorted(
+    (seed, index)
+    for index, setting in enumerate(settings)
+    for seed in seeds_of(config, setting.name)
+  ):
     setting = settings[index]
     pipeline = run_config(config.base, setting, seed)
     teacher_dir = run_store.teacher_dir(store, pipeline.teacher)
     student = method.student_config(pipeline, teacher_dir)
-    runs.append(Run(
-        setting=setting.name, seed=seed,
+    runs.append(
+      Run(
+        setting=setting.name,
+        seed=seed,
         run_dir=os.path.join(workdir, setting.name, f'seed_{seed}'),
-        teacher=pipeline.teacher, student=student, teacher_dir=teacher_dir,
+        teacher=pipeline.teacher,
+        student=student,
+        teacher_dir=teacher_dir,
         student_dir=run_store.student_dir(
-            store, student, run_store.teacher_key(pipeline.teacher))))
+          store, student, run_store.teacher_key(pipeline.teacher)
+        ),
+      )
+    )
   return runs
 
 
 def stages(run: Run):
   """(name, workdir, config, train function) of the run's two stages."""
-  return (('teacher', run.teacher_dir, run.teacher, teacher_lib.train_teacher),
-          ('student', run.student_dir, run.student, student_lib.train_student))
+  return (
+    ('teacher', run.teacher_dir, run.teacher, teacher_lib.train_teacher),
+    ('student', run.student_dir, run.student, student_lib.train_student),
+  )
 
 
 def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
@@ -89,5 +107,9 @@ def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
 
 def unfinished_stages(runs: list[Run]) -> list[str]:
   """The workdirs of the runs' stages still to train."""
-  return [directory for run in runs for _, directory, config, _ in
-          stages(run) if not finished(directory, config)]
+  return [
+    directory
+    for run in runs
+    for _, directory, config, _ in stages(run)
+    if not finished(directory, config)
+  ]

@@ -22,8 +22,9 @@ def _visible_gpus() -> list[str]:
   return [str(i) for i in range(len(glob.glob('/proc/driver/nvidia/gpus/*')))]
 
 
-def _worker_main(config_dict: dict, workdir: str, worker: int,
-                 gpu: str | None, verbosity: int) -> None:
+def _worker_main(
+  config_dict: dict, workdir: str, worker: int, gpu: str | None, verbosity: int
+) -> None:
   """A worker process: its own device set-up and logging (as launch.py's),
   then `work`."""
   if gpu is not None:
@@ -48,15 +49,18 @@ def run_workers(config: ml_collections.ConfigDict, workdir: str) -> None:
   for worker in range(config.workers):
     gpu = gpus[worker % len(gpus)] if len(gpus) > 1 else None
     process = context.Process(
-        target=_worker_main, name=f'sweep-worker-{worker}',
-        args=(config.to_dict(), workdir, worker, gpu,
-              logging.get_verbosity()))
+      target=_worker_main,
+      name=f'sweep-worker-{worker}',
+      args=(config.to_dict(), workdir, worker, gpu, logging.get_verbosity()),
+    )
     process.start()
     processes.append(process)
   for process in processes:
     process.join()
   failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode]
   if failed:
-    raise UserError('sweep worker(s) failed (worker, exit code): '
-                    f'{failed}; finished runs are kept, run the same command '
-                    'again to resume the rest')
+    raise UserError(
+      'sweep worker(s) failed (worker, exit code): '
+      f'{failed}; finished runs are kept, run the same command '
+      'again to resume the rest'
+    )

@@ -34,62 +34,109 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
     for name, workdir, config, _ in sweep_plan.stages(run):
       if workdir in projected or sweep_plan.finished(workdir, config):
         continue
-      mesh = parallel.make_mesh(config.get('num_devices') or None)
+      mesh = parallel.make_mesh(config.get('num_devices'))
       dataset = run_setup.load_dataset(config, reuse)
-      teacher_setup = teacher_lib.build_teacher(run.teacher, dataset, mesh,
-                                                reuse)
-      if name == 'teacher':
-        setup = teacher_setup
-      else:
-        # Any teacher of the right architecture will do for timing: one
-        # state per architecture, not one compilation per student.
-        if run.teacher.model not in teacher_states:
-          teacher_states[run.teacher.model] = teacher_setup.create_state(mesh)
-        variables = teacher_states[run.teacher.model]
-        setup = student_lib.build_student(
-            config, dataset, mesh, run.teacher,
-            {'params': variables.params['model'],
-             'batch_stats': variables.batch_stats}, reuse)
+      setup = _stage_setup(
+        run, name, config, dataset, mesh, reuse, teacher_states
+      )
       train_split, test_split = input_pipeline.to_device(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
         state = setup.create_state(mesh)
         seconds, _ = estimate.time_steps(
-            setup.train_step, state,
-            setup.batches(config, train_split, mesh, 0), setup.step_args)
+          setup.train_step,
+          state,
+          setup.batches(config, train_split, mesh, 0),
+          setup.step_args,
+        )
         step_seconds[id(setup.train_step)] = seconds
-        logging.info('Measured %s step (%s, batch %d): %.1f ms, %.0f img/s.',
-                     name, config.model, config.batch_size, 1000 * seconds,
-                     config.batch_size / seconds)
+        logging.info(
+          'Measured %s step (%s, batch %d): %.1f ms, %.0f img/s.',
+          name,
+          config.model,
+          config.batch_size,
+          1000 * seconds,
+          config.batch_size / seconds,
+        )
       eval_key = f'{name}|{config.model}|{run.teacher.model}'
       if eval_key not in eval_seconds:
-        eval_seconds[eval_key] = _time_evaluation(setup, config, dataset,
-                                                  mesh, test_split)
-        logging.info('Measured %s evaluation (%s, %d test images): %s.', name,
-                     config.model, len(dataset.test_labels),
-                     estimate.duration(eval_seconds[eval_key]))
-      # Evaluations: every `eval_every_epochs` and the last epoch, plus a
-      # student's evaluation of its teacher before it starts.
-      every = config.get('eval_every_epochs', 1)
-      evaluations = (config.num_epochs // every +
-                     (config.num_epochs % every != 0) + (name == 'student'))
-      projected[workdir] = (
-          config.num_epochs * setup.steps_per_epoch *
-          step_seconds[id(setup.train_step)] +
-          evaluations * eval_seconds[eval_key])
+        eval_seconds[eval_key] = _time_evaluation(
+          setup, config, dataset, mesh, test_split
+        )
+        logging.info(
+          'Measured %s evaluation (%s, %d test images): %s.',
+          name,
+          config.model,
+          len(dataset.test_labels),
+          estimate.duration(eval_seconds[eval_key]),
+        )
+      projected[workdir] = _projected_seconds(
+        name,
+        config,
+        setup,
+        step_seconds[id(setup.train_step)],
+        eval_seconds[eval_key],
+      )
   return projected
 
 
-def _time_evaluation(setup: run_setup.RunSetup, config, dataset, mesh,
-                     test_split) -> float:
+def _stage_setup(run, name, config, dataset, mesh, reuse, teacher_states):
+  """The RunSetup of stage `name` of `run`, built as the run builds it."""
+  teacher_setup = teacher_lib.build_teacher(run.teacher, dataset, mesh, reuse)
+  if name == 'teacher':
+    return teacher_setup
+  # Any teacher of the right architecture will do for timing: one
+  # state per architecture, not one compilation per student.
+  if run.teacher.model not in teacher_states:
+    teacher_states[run.teacher.model] = teacher_setup.create_state(mesh)
+  variables = teacher_states[run.teacher.model]
+  return student_lib.build_student(
+    config,
+    dataset,
+    mesh,
+    run.teacher,
+    {
+      'params': variables.params['model'],
+      'batch_stats': variables.batch_stats,
+    },
+    reuse,
+  )
+
+
+def _projected_seconds(name, config, setup, step_seconds, eval_seconds):
+  """A stage's projected wall time: its steps and its evaluations (every
+  `eval_every_epochs` and the last epoch, plus a student's evaluation of
+  its teacher before it starts)."""
+  every = config.get('eval_every_epochs', 1)
+  evaluations = (
+    config.num_epochs // every
+    + (config.num_epochs % every != 0)
+    + (name == 'student')
+  )
+  return (
+    config.num_epochs * setup.steps_per_epoch * step_seconds
+    + evaluations * eval_seconds
+  )
+
+
+def _time_evaluation(
+  setup: run_setup.RunSetup, config, dataset, mesh, test_split
+) -> float:
   """Seconds of one whole test-split evaluation, after compiling."""
   reference = setup.reference[0] if setup.reference else None
   evaluate_fn = evaluate.make_eval_fn(
-      setup.model, mesh, mean=dataset.mean, std=dataset.std,
-      dtype=run_setup.compute_dtype(config), batch_size=config.eval_batch_size,
-      reference=reference)
+    setup.model,
+    mesh,
+    mean=dataset.mean,
+    std=dataset.std,
+    dtype=run_setup.compute_dtype(config),
+    batch_size=config.eval_batch_size,
+    reference=reference,
+  )
   state = setup.create_state(mesh)
-  variables = {'params': state.params['model'],
-               'batch_stats': state.batch_stats}
+  variables = {
+    'params': state.params['model'],
+    'batch_stats': state.batch_stats,
+  }
   reference_variables = setup.reference[1] if setup.reference else None
   evaluate_fn(variables, test_split, reference_variables)
   start = time.perf_counter()

@@ -32,16 +32,19 @@ def _link(run: sweep_plan.Run) -> None:
     if os.path.islink(link) and os.readlink(link) == relative:
       continue
     if os.path.lexists(link):
-      raise UserError(f'{link} exists and is not a link to {target}; move it '
-                      'away or choose another --workdir')
+      raise UserError(
+        f'{link} exists and is not a link to {target}; move it '
+        'away or choose another --workdir'
+      )
     try:
       os.symlink(relative, link)
     except FileExistsError:  # Another worker made it a moment ago.
       pass
 
 
-def _train_claimed(workdir: str, config: ml_collections.ConfigDict,
-                   train_fn, reuse: Reuse) -> bool:
+def _train_claimed(
+  workdir: str, config: ml_collections.ConfigDict, train_fn, reuse: Reuse
+) -> bool:
   """Trains the stage in `workdir` unless it is done; False (and nothing
   done) when another worker holds it.
 
@@ -59,13 +62,19 @@ def _train_claimed(workdir: str, config: ml_collections.ConfigDict,
   return True
 
 
-def _write_result(run: sweep_plan.Run,
-                  config: ml_collections.ConfigDict) -> None:
+def _write_result(
+  run: sweep_plan.Run, config: ml_collections.ConfigDict
+) -> None:
   """RUN_DIR/result.json, written whole or not at all: several workers may
   write the same (identical) file."""
-  report.write_result(run.run_dir, run.setting, run.seed,
-                      run.teacher.to_dict(), run.student.to_dict(),
-                      config.get('reach_train_accuracy'))
+  report.write_result(
+    run.run_dir,
+    run.setting,
+    run.seed,
+    run.teacher.to_dict(),
+    run.student.to_dict(),
+    config.get('reach_train_accuracy'),
+  )
 
 
 def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
@@ -75,8 +84,9 @@ def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
   deadline = time.monotonic() + patience_seconds
   while (lock := workdir_lock.try_lock(report_dir)) is None:
     if time.monotonic() > deadline:
-      logging.warning('The report of %s stays locked; not rewritten now.',
-                      workdir)
+      logging.warning(
+        'The report of %s stays locked; not rewritten now.', workdir
+      )
       return
     time.sleep(0.1)
   try:
@@ -85,23 +95,68 @@ def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
     lock.release()
 
 
-def _projected_clock(runs: list[sweep_plan.Run], reuse: Reuse,
-                     workers: int) -> estimate.SweepClock:
+def _projected_clock(
+  runs: list[sweep_plan.Run], reuse: Reuse, workers: int
+) -> estimate.SweepClock:
   """Measures the steps, logs the sweep's projected wall time and returns
   its clock."""
   projected = sweep_probe.probe(runs, reuse)
   clock = estimate.SweepClock(projected, workers)
-  logging.info('Projected wall time of the %d unfinished stages: %s with %d '
-               'worker(s) (%s of training in all; workers sharing one '
-               'device slow each other, which the ETA corrects as stages '
-               'finish).', len(projected),
-               estimate.duration(clock.total_seconds()), workers,
-               estimate.duration(sum(projected.values())))
+  logging.info(
+    'Projected wall time of the %d unfinished stages: %s with %d '
+    'worker(s) (%s of training in all; workers sharing one '
+    'device slow each other, which the ETA corrects as stages '
+    'finish).',
+    len(projected),
+    estimate.duration(clock.total_seconds()),
+    workers,
+    estimate.duration(sum(projected.values())),
+  )
   return clock
 
 
-def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
-         poll_seconds: float = 5.0) -> int:
+def _train_stages(run, position, runs, worker, clock, reuse, held):
+  """Trains the unfinished stages of `run` ('[i/n]' in the plan) that this
+  worker can claim, in order; (stages trained, whether all were claimed).
+  A stage held by another worker is logged once (`held`)."""
+  trained, claimed_all = 0, True
+  for name, directory, stage_config, train_fn in sweep_plan.stages(run):
+    if sweep_plan.finished(directory, stage_config):
+      continue
+    if directory not in held:
+      logging.info(
+        '[worker %d] %s %s seed %d: %s in %s',
+        worker,
+        position,
+        run.setting,
+        run.seed,
+        name,
+        directory,
+      )
+    if clock is not None:
+      clock.set_remaining(sweep_plan.unfinished_stages(runs))
+      clock.start_stage(directory)
+    claimed = _train_claimed(directory, stage_config, train_fn, reuse)
+    if clock is not None:
+      clock.end_stage(counted=claimed)
+    if not claimed:
+      if directory not in held:
+        logging.info(
+          '[worker %d] %s is held by another worker.', worker, directory
+        )
+        held.add(directory)
+      claimed_all = False
+      break
+    trained += 1
+  return trained, claimed_all
+
+
+def work(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  worker: int = 0,
+  poll_seconds: float = 5.0,
+) -> int:
   """One worker: claims and trains stages until every run has finished;
   returns how many stages it trained or resumed.
 
@@ -115,10 +170,12 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
   workdir = os.path.abspath(workdir)
   runs = sweep_plan.plan(config, workdir)
   reuse = Reuse()
-  if (worker == 0 and config.get('estimate', True) and
-      sweep_plan.unfinished_stages(runs)):
-    reuse.sweep_clock = _projected_clock(runs, reuse,
-                                         config.get('workers', 1))
+  if (
+    worker == 0
+    and config.get('estimate', True)
+    and sweep_plan.unfinished_stages(runs)
+  ):
+    reuse.sweep_clock = _projected_clock(runs, reuse, config.get('workers', 1))
   clock = reuse.sweep_clock
   trained, first_pass = 0, True
   # Stages seen held by another worker: said once, so that a waiting
@@ -129,32 +186,19 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
     for index, run in enumerate(runs):
       if os.path.exists(run.result_path):
         if first_pass:
-          logging.info('[%d/%d] %s seed %d: finished earlier, skipped.',
-                       index + 1, len(runs), run.setting, run.seed)
+          logging.info(
+            '[%d/%d] %s seed %d: finished earlier, skipped.',
+            index + 1,
+            len(runs),
+            run.setting,
+            run.seed,
+          )
         continue
       _link(run)
-      claimed_all = True
-      for name, directory, stage_config, train_fn in sweep_plan.stages(run):
-        if sweep_plan.finished(directory, stage_config):
-          continue
-        if directory not in held:
-          logging.info('[worker %d] [%d/%d] %s seed %d: %s in %s', worker,
-                       index + 1, len(runs), run.setting, run.seed, name,
-                       directory)
-        if clock is not None:
-          clock.set_remaining(sweep_plan.unfinished_stages(runs))
-          clock.start_stage(directory)
-        claimed = _train_claimed(directory, stage_config, train_fn, reuse)
-        if clock is not None:
-          clock.end_stage(counted=claimed)
-        if not claimed:
-          if directory not in held:
-            logging.info('[worker %d] %s is held by another worker.', worker,
-                         directory)
-            held.add(directory)
-          claimed_all = False
-          break
-        trained += 1
+      stages_trained, claimed_all = _train_stages(
+        run, f'[{index + 1}/{len(runs)}]', runs, worker, clock, reuse, held
+      )
+      trained += stages_trained
       if not claimed_all:
         waiting.append(f'{run.setting} seed {run.seed}')
         continue
@@ -163,9 +207,11 @@ def work(config: ml_collections.ConfigDict, workdir: str, worker: int = 0,
     first_pass = False
     if not waiting:
       break
-    logging.info('[worker %d] waiting for other workers on: %s', worker,
-                 ', '.join(waiting))
+    logging.info(
+      '[worker %d] waiting for other workers on: %s', worker, ', '.join(waiting)
+    )
     time.sleep(poll_seconds)
-  logging.info('[worker %d] done; compiled steps: %s', worker,
-               dict(reuse.builds))
+  logging.info(
+    '[worker %d] done; compiled steps: %s', worker, dict(reuse.builds)
+  )
   return trained

@@ -29,10 +29,15 @@ def check_writable(path: str, field: str) -> None:
   """Raises a one-line UserError unless `path` can be created: its folder
   exists and `path` is not a folder."""
   folder = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(
-      folder, os.W_OK):
-    raise UserError(f'{field}={path!r} cannot be written: give a file path '
-                    'in an existing, writable folder')
+  if (
+    os.path.isdir(path)
+    or not os.path.isdir(folder)
+    or not os.access(folder, os.W_OK)
+  ):
+    raise UserError(
+      f'{field}={path!r} cannot be written: give a file path '
+      'in an existing, writable folder'
+    )
 
 
 def _local_copy(x):
@@ -40,8 +45,9 @@ def _local_copy(x):
   return x.addressable_data(0) if isinstance(x, jax.Array) else x
 
 
-def save(path: str, variables: Any, *, model: str, num_classes: int, mean,
-         std) -> None:
+def save(
+  path: str, variables: Any, *, model: str, num_classes: int, mean, std
+) -> None:
   """Writes the parameters file atomically (a partial file never replaces a
   good one).
 
@@ -54,12 +60,14 @@ def save(path: str, variables: Any, *, model: str, num_classes: int, mean,
     mean, std: [C] the input normalisation the model expects, [0, 255] units.
   """
   contents = {
-      'model': model, 'num_classes': int(num_classes),
-      'mean': np.asarray(mean, np.float32), 'std': np.asarray(std, np.float32),
-      'variables': jax.tree.map(
-          lambda x: np.asarray(_local_copy(x), np.float32),
-          {'params': variables['params'],
-           'batch_stats': variables['batch_stats']}),
+    'model': model,
+    'num_classes': int(num_classes),
+    'mean': np.asarray(mean, np.float32),
+    'std': np.asarray(std, np.float32),
+    'variables': jax.tree.map(
+      lambda x: np.asarray(_local_copy(x), np.float32),
+      {'params': variables['params'], 'batch_stats': variables['batch_stats']},
+    ),
   }
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'wb') as f:

@@ -46,8 +46,10 @@ BENCHMARK_STD = (0.2675, 0.2565, 0.2761)
 def benchmark_normalization() -> tuple[np.ndarray, np.ndarray]:
   """(mean, std), each [3] float32 in [0, 255] units (this project's
   convention), of the benchmark's input normalisation."""
-  return tuple((255 * np.asarray(v, np.float64)).astype(np.float32)
-               for v in (BENCHMARK_MEAN, BENCHMARK_STD))
+  return tuple(
+    (255 * np.asarray(v, np.float64)).astype(np.float32)
+    for v in (BENCHMARK_MEAN, BENCHMARK_STD)
+  )
 
 
 _IGNORED = ('num_batches_tracked',)
@@ -62,32 +64,49 @@ def _sequential_index(stride: int, offset: int):
 # (pattern, replacement) applied in order to the '/'-joined flax module path;
 # the result is the PyTorch module name.
 _RULES = {
-    ResNet: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
-             (r'downsample_conv$', 'downsample.0'),
-             (r'downsample_bn$', 'downsample.1')],
-    WideResNet: [(r'^block(\d)_(\d+)/', r'block\1.layer.\2.'),
-                 (r'shortcut$', 'convShortcut')],
-    VGG: [(r'^(block\d)_conv(\d+)$', _sequential_index(3, 0)),
-          (r'^(block\d)_bn(\d+)$', _sequential_index(3, 1))],
-    MobileNetV2: [(r'^(conv\d)$', r'\1.0'), (r'^bn(\d)$', r'conv\1.1'),
-                  (r'^classifier$', 'classifier.0'),
-                  (r'^blocks(\d)_(\d+)/', r'blocks.\1.\2.'),
-                  (r'(blocks\.\d\.\d+\.)conv(\d)$',
-                   lambda m: f'{m.group(1)}conv.{3 * int(m.group(2))}'),
-                  (r'(blocks\.\d\.\d+\.)bn(\d)$',
-                   lambda m: f'{m.group(1)}conv.{3 * int(m.group(2)) + 1}')],
-    ShuffleNetV1: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.')],
-    ShuffleNetV2: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.')],
-    BottleneckResNet: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
-                       (r'shortcut_conv$', 'shortcut.0'),
-                       (r'shortcut_bn$', 'shortcut.1')],
+  ResNet: [
+    (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
+    (r'downsample_conv$', 'downsample.0'),
+    (r'downsample_bn$', 'downsample.1'),
+  ],
+  WideResNet: [
+    (r'^block(\d)_(\d+)/', r'block\1.layer.\2.'),
+    (r'shortcut$', 'convShortcut'),
+  ],
+  VGG: [
+    (r'^(block\d)_conv(\d+)$', _sequential_index(3, 0)),
+    (r'^(block\d)_bn(\d+)$', _sequential_index(3, 1)),
+  ],
+  MobileNetV2: [
+    (r'^(conv\d)$', r'\1.0'),
+    (r'^bn(\d)$', r'conv\1.1'),
+    (r'^classifier$', 'classifier.0'),
+    (r'^blocks(\d)_(\d+)/', r'blocks.\1.\2.'),
+    (
+      r'(blocks\.\d\.\d+\.)conv(\d)$',
+      lambda m: f'{m.group(1)}conv.{3 * int(m.group(2))}',
+    ),
+    (
+      r'(blocks\.\d\.\d+\.)bn(\d)$',
+      lambda m: f'{m.group(1)}conv.{3 * int(m.group(2)) + 1}',
+    ),
+  ],
+  ShuffleNetV1: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.')],
+  ShuffleNetV2: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.')],
+  BottleneckResNet: [
+    (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
+    (r'shortcut_conv$', 'shortcut.0'),
+    (r'shortcut_bn$', 'shortcut.1'),
+  ],
 }
 
 # (flax collection, leaf name) -> PyTorch tensor name.
 _LEAVES = {
-    ('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
-    ('params', 'scale'): 'weight', ('batch_stats', 'mean'): 'running_mean',
-    ('batch_stats', 'var'): 'running_var',
+  ('params', 'kernel'): 'weight',
+  ('params', 'bias'): 'bias',
+  ('params', 'scale'): 'weight',
+  ('batch_stats', 'mean'): 'running_mean',
+  ('batch_stats', 'var'): 'running_var',
 }
 
 
@@ -115,13 +134,17 @@ def torch_layout(model_name: str, num_classes: int) -> dict[str, tuple]:
     UserError: `model_name` is not a registered model.
   """
   module = models.create_model(model_name, num_classes)
-  shapes = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  shapes = jax.eval_shape(
+    lambda: module.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+    )
+  )
   rules = _RULES[type(module)]
   layout = {}
   for collection in ('params', 'batch_stats'):
     for path, leaf in flax.traverse_util.flatten_dict(
-        shapes[collection]).items():
+      shapes[collection]
+    ).items():
       name = '/'.join(path[:-1])
       for pattern, replacement in rules:
         name = re.sub(pattern, replacement, name)
@@ -136,20 +159,31 @@ def state_dict_of(checkpoint: Any, source: str) -> Mapping[str, np.ndarray]:
   nn.DataParallel adds to every name is removed."""
   state = checkpoint
   if isinstance(checkpoint, Mapping) and isinstance(
-      checkpoint.get('model'), Mapping):
+    checkpoint.get('model'), Mapping
+  ):
     state = checkpoint['model']
-  if not (isinstance(state, Mapping) and state and all(
-      isinstance(k, str) and isinstance(v, np.ndarray)
-      for k, v in state.items())):
-    raise UserError(f'{source}: holds neither a state_dict nor a dict with '
-                    "a 'model' state_dict")
+  if not (
+    isinstance(state, Mapping)
+    and state
+    and all(
+      isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()
+    )
+  ):
+    raise UserError(
+      f'{source}: holds neither a state_dict nor a dict with '
+      "a 'model' state_dict"
+    )
   if all(k.startswith('module.') for k in state):
-    state = {k[len('module.'):]: v for k, v in state.items()}
+    state = {k[len('module.') :]: v for k, v in state.items()}
   return state
 
 
-def import_variables(state: Mapping[str, np.ndarray], model_name: str,
-                     num_classes: int, source: str) -> dict[str, Any]:
+def import_variables(
+  state: Mapping[str, np.ndarray],
+  model_name: str,
+  num_classes: int,
+  source: str,
+) -> dict[str, Any]:
   """This project's variables of `model_name` from a PyTorch state_dict.
 
   Args:
@@ -173,50 +207,64 @@ def import_variables(state: Mapping[str, np.ndarray], model_name: str,
       continue
     if key not in layout:
       raise UserError(
-          f'{source}: tensor {key!r} {list(array.shape)} has no counterpart '
-          f'in {model_name}; is the file a {model_name}?')
+        f'{source}: tensor {key!r} {list(array.shape)} has no counterpart '
+        f'in {model_name}; is the file a {model_name}?'
+      )
     expected = layout[key][2]
     if tuple(array.shape) != expected:
       raise UserError(
-          f'{source}: tensor {key!r} is {list(array.shape)} but '
-          f'{model_name} with {num_classes} classes expects {list(expected)}')
+        f'{source}: tensor {key!r} is {list(array.shape)} but '
+        f'{model_name} with {num_classes} classes expects {list(expected)}'
+      )
   variables = {'params': {}, 'batch_stats': {}}
   for key, (collection, path, expected) in layout.items():
     if key not in state:
-      raise UserError(f'{source}: {model_name} needs tensor {key!r} '
-                      f'{list(expected)}, which the file lacks')
+      raise UserError(
+        f'{source}: {model_name} needs tensor {key!r} '
+        f'{list(expected)}, which the file lacks'
+      )
     variables[collection][path] = to_flax_layout(
-        np.asarray(state[key], np.float32))
-  return {c: flax.traverse_util.unflatten_dict(v)
-          for c, v in variables.items()}
+      np.asarray(state[key], np.float32)
+    )
+  return {c: flax.traverse_util.unflatten_dict(v) for c, v in variables.items()}
 
 
-def _classes_in_file(state: Mapping[str, np.ndarray], model_name: str,
-                     source: str) -> int:
+def _classes_in_file(
+  state: Mapping[str, np.ndarray], model_name: str, source: str
+) -> int:
   """The output width of the file's final linear layer."""
-  (key,) = [key for key, (_, path, _) in torch_layout(model_name, 1).items()
-            if path[-1] == 'kernel' and path[0] in models.CLASSIFIER_NAMES]
+  (key,) = [
+    key
+    for key, (_, path, _) in torch_layout(model_name, 1).items()
+    if path[-1] == 'kernel' and path[0] in models.CLASSIFIER_NAMES
+  ]
   if key not in state or state[key].ndim != 2:
     shape = list(state[key].shape) if key in state else 'absent'
-    raise UserError(f'{source}: {model_name} needs a classifier tensor '
-                    f'{key!r} [classes, features], the file has {shape}')
+    raise UserError(
+      f'{source}: {model_name} needs a classifier tensor '
+      f'{key!r} [classes, features], the file has {shape}'
+    )
   return int(state[key].shape[0])
 
 
-def check_source(path: str, model_name: str, path_field: str,
-                 model_field: str) -> None:
+def check_source(
+  path: str, model_name: str, path_field: str, model_field: str
+) -> None:
   """One-line UserErrors, before anything is read, for a `.pth` setting:
   `model_field` must name a zoo model and `path_field` an existing file."""
   if model_name not in models.MODEL_NAMES:
-    raise UserError(f'{model_field}={model_name!r} must name the architecture '
-                    f'of {path_field}; choose one of: '
-                    f'{", ".join(models.MODEL_NAMES)}')
+    raise UserError(
+      f'{model_field}={model_name!r} must name the architecture '
+      f'of {path_field}; choose one of: '
+      f'{", ".join(models.MODEL_NAMES)}'
+    )
   if not os.path.isfile(path):
     raise UserError(f'{path_field}={path!r} is not a file')
 
 
-def load_checkpoint(path: str, model_name: str,
-                    num_classes: int | None = None) -> dict[str, Any]:
+def load_checkpoint(
+  path: str, model_name: str, num_classes: int | None = None
+) -> dict[str, Any]:
   """Reads a benchmark `.pth` file into `model_name`'s variables.
 
   Args:
@@ -231,9 +279,12 @@ def load_checkpoint(path: str, model_name: str,
   models.create_model(model_name, 1)  # an unknown name fails here
   checkpoint = torch_pickle.load(path)
   if isinstance(checkpoint, Mapping) and 'best_acc' in checkpoint:
-    logging.info('%s: saved at epoch %s with best test top-1 %s', path,
-                 checkpoint.get('epoch'),
-                 np.asarray(checkpoint['best_acc']).round(2))
+    logging.info(
+      '%s: saved at epoch %s with best test top-1 %s',
+      path,
+      checkpoint.get('epoch'),
+      np.asarray(checkpoint['best_acc']).round(2),
+    )
   state = state_dict_of(checkpoint, path)
   if num_classes is None:
     num_classes = _classes_in_file(state, model_name, path)

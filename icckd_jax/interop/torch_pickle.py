@@ -28,16 +28,22 @@ import numpy as np
 
 from icckd_jax.errors import UserError
 
-_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 # torch.<Name>Storage -> the element type of its raw bytes.
 _STORAGE_DTYPES = {
-    'DoubleStorage': np.float64, 'FloatStorage': np.float32,
-    'HalfStorage': np.float16, 'BFloat16Storage': ml_dtypes.bfloat16,
-    'LongStorage': np.int64, 'IntStorage': np.int32, 'ShortStorage': np.int16,
-    'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
-    'UntypedStorage': np.uint8,
+  'DoubleStorage': np.float64,
+  'FloatStorage': np.float32,
+  'HalfStorage': np.float16,
+  'BFloat16Storage': ml_dtypes.bfloat16,
+  'LongStorage': np.int64,
+  'IntStorage': np.int32,
+  'ShortStorage': np.int16,
+  'CharStorage': np.int8,
+  'ByteStorage': np.uint8,
+  'BoolStorage': np.bool_,
+  'UntypedStorage': np.uint8,
 }
 
 
@@ -55,8 +61,9 @@ class _StorageType:
     self.dtype = np.dtype(dtype)
 
 
-def _rebuild_tensor(storage: np.ndarray, storage_offset: int, size, stride,
-                    *unused) -> np.ndarray:
+def _rebuild_tensor(
+  storage: np.ndarray, storage_offset: int, size, stride, *unused
+) -> np.ndarray:
   """torch._utils._rebuild_tensor(_v2): a strided view of a storage, copied.
 
   `size` and `stride` count elements; the extra arguments of the v2 form
@@ -66,18 +73,24 @@ def _rebuild_tensor(storage: np.ndarray, storage_offset: int, size, stride,
   size, stride = tuple(size), tuple(stride)
   # as_strided does no bounds checks: a crafted file must not read memory
   # outside its storage.
-  if not all(isinstance(v, int) and v >= 0
-             for v in (storage_offset, *size, *stride)) or len(size) != len(
-                 stride):
-    raise ValueError(f'a tensor has an invalid shape {size!r:.60}, stride '
-                     f'{stride!r:.60} or offset {storage_offset!r:.20}')
+  if not all(
+    isinstance(v, int) and v >= 0 for v in (storage_offset, *size, *stride)
+  ) or len(size) != len(stride):
+    raise ValueError(
+      f'a tensor has an invalid shape {size!r:.60}, stride '
+      f'{stride!r:.60} or offset {storage_offset!r:.20}'
+    )
   last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
   if all(size) and last >= storage.size:
-    raise ValueError(f'a tensor of shape {list(size)} reads past its storage '
-                     f'of {storage.size} elements')
+    raise ValueError(
+      f'a tensor of shape {list(size)} reads past its storage '
+      f'of {storage.size} elements'
+    )
   view = np.lib.stride_tricks.as_strided(
-      storage[storage_offset:], shape=size,
-      strides=tuple(s * storage.itemsize for s in stride))
+    storage[storage_offset:],
+    shape=size,
+    strides=tuple(s * storage.itemsize for s in stride),
+  )
   return np.array(view)
 
 
@@ -91,15 +104,20 @@ def _rebuild_parameter(data: np.ndarray, *unused) -> np.ndarray:
 # on what a global resolves to, and must not reach anything shared between
 # files (collections.OrderedDict is an immutable built-in type).
 _GLOBALS = {
-    ('collections', 'OrderedDict'): lambda: collections.OrderedDict,
-    ('torch._utils', '_rebuild_tensor'):
-        lambda: functools.partial(_rebuild_tensor),
-    ('torch._utils', '_rebuild_tensor_v2'):
-        lambda: functools.partial(_rebuild_tensor),
-    ('torch._utils', '_rebuild_parameter'):
-        lambda: functools.partial(_rebuild_parameter),
-    **{('torch', name): functools.partial(_StorageType, dtype)
-       for name, dtype in _STORAGE_DTYPES.items()},
+  ('collections', 'OrderedDict'): lambda: collections.OrderedDict,
+  ('torch._utils', '_rebuild_tensor'): lambda: functools.partial(
+    _rebuild_tensor
+  ),
+  ('torch._utils', '_rebuild_tensor_v2'): lambda: functools.partial(
+    _rebuild_tensor
+  ),
+  ('torch._utils', '_rebuild_parameter'): lambda: functools.partial(
+    _rebuild_parameter
+  ),
+  **{
+    ('torch', name): functools.partial(_StorageType, dtype)
+    for name, dtype in _STORAGE_DTYPES.items()
+  },
 }
 
 
@@ -114,15 +132,20 @@ class _Unpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str) -> Any:
     if (module, name) not in _GLOBALS:
       raise UnsafePickle(
-          f'refuses to unpickle {module}.{name}: a checkpoint may only hold '
-          'tensors, storages and containers, and loading this one could run '
-          'code')
+        f'refuses to unpickle {module}.{name}: a checkpoint may only hold '
+        'tensors, storages and containers, and loading this one could run '
+        'code'
+      )
     return _GLOBALS[(module, name)]()
 
   def persistent_load(self, pid) -> np.ndarray:
     # ('storage', storage type, key, location, numel[, legacy view metadata])
-    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == 'storage'
-            and isinstance(pid[1], _StorageType)):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) >= 5
+      and pid[0] == 'storage'
+      and isinstance(pid[1], _StorageType)
+    ):
       raise pickle.UnpicklingError(f'unknown persistent id {pid!r:.80}')
     dtype, numel = pid[1].dtype, pid[4]
     if dtype not in _ALLOWED_DTYPES or not isinstance(numel, int) or numel < 0:
@@ -131,36 +154,41 @@ class _Unpickler(pickle.Unpickler):
     view = pid[5] if len(pid) > 5 else None
     if view is not None:
       _, offset, numel = view
-      storage = storage[offset:offset + numel]
+      storage = storage[offset : offset + numel]
     return storage
 
 
-def _from_bytes(raw: bytes, dtype: np.dtype, numel: int,
-                byteorder: str = 'little') -> np.ndarray:
+def _from_bytes(
+  raw: bytes, dtype: np.dtype, numel: int, byteorder: str = 'little'
+) -> np.ndarray:
   dtype = dtype.newbyteorder('<' if byteorder == 'little' else '>')
   if len(raw) < numel * dtype.itemsize:
-    raise ValueError(f'a storage holds {len(raw)} bytes, fewer than its '
-                     f'{numel} elements need')
+    raise ValueError(
+      f'a storage holds {len(raw)} bytes, fewer than its {numel} elements need'
+    )
   return np.frombuffer(raw, dtype, count=numel).astype(dtype.newbyteorder('='))
 
 
 def _load_zip(file: BinaryIO) -> Any:
   with zipfile.ZipFile(file) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')
-               and n.count('/') == 1]
+    pickles = [
+      n
+      for n in archive.namelist()
+      if n.endswith('/data.pkl') and n.count('/') == 1
+    ]
     if len(pickles) != 1:
       raise ValueError('the zip archive holds no <folder>/data.pkl')
-    prefix = pickles[0][:-len('data.pkl')]
+    prefix = pickles[0][: -len('data.pkl')]
     byteorder = 'little'
     if f'{prefix}byteorder' in archive.namelist():
       byteorder = archive.read(f'{prefix}byteorder').decode().strip()
 
     def load_storage(key, dtype, numel):
-      return _from_bytes(archive.read(f'{prefix}data/{key}'), dtype, numel,
-                         byteorder)
+      return _from_bytes(
+        archive.read(f'{prefix}data/{key}'), dtype, numel, byteorder
+      )
 
-    return _Unpickler(io.BytesIO(archive.read(pickles[0])),
-                      load_storage).load()
+    return _Unpickler(io.BytesIO(archive.read(pickles[0])), load_storage).load()
 
 
 def _load_legacy(file: BinaryIO) -> Any:
@@ -170,8 +198,9 @@ def _load_legacy(file: BinaryIO) -> Any:
     raise ValueError('it is neither a zip archive nor a legacy PyTorch file')
   protocol = _Unpickler(file, None).load()
   if protocol != _LEGACY_PROTOCOL:
-    raise ValueError(f'legacy protocol version {protocol!r} is not '
-                     f'{_LEGACY_PROTOCOL}')
+    raise ValueError(
+      f'legacy protocol version {protocol!r} is not {_LEGACY_PROTOCOL}'
+    )
   _Unpickler(file, None).load()
   start = file.tell()
   # Storages follow the object's pickle, so a first pass finds their types
@@ -190,8 +219,7 @@ def _load_legacy(file: BinaryIO) -> Any:
     if numel < 0:
       raise ValueError(f'storage {key!r} has a negative size')
     dtype = np.dtype(wanted[key])
-    storages[key] = _from_bytes(file.read(numel * dtype.itemsize), dtype,
-                                numel)
+    storages[key] = _from_bytes(file.read(numel * dtype.itemsize), dtype, numel)
   file.seek(start)
   return _Unpickler(file, lambda key, dtype, numel: storages[key]).load()
 
@@ -223,8 +251,17 @@ def load(path: str) -> Any:
     raise UserError(f'{path}: {e}') from None
   except OSError as e:
     raise UserError(f'{path}: cannot read it ({e.strerror or e})') from None
-  except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError,
-          ValueError, TypeError, IndexError, AttributeError,
-          struct.error) as e:
-    raise UserError(f'{path}: not a readable PyTorch checkpoint '
-                    f'({type(e).__name__}: {e})') from None
+  except (
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    EOFError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    struct.error,
+  ) as e:
+    raise UserError(
+      f'{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})'
+    ) from None

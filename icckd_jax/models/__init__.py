@@ -25,35 +25,40 @@ _NARROW = (16, 16, 32, 64)
 _WIDE = (32, 64, 128, 256)
 
 _BUILDERS = {
-    'resnet8': functools.partial(ResNet, 8, _NARROW),
-    'resnet14': functools.partial(ResNet, 14, _NARROW),
-    'resnet20': functools.partial(ResNet, 20, _NARROW),
-    'resnet32': functools.partial(ResNet, 32, _NARROW),
-    'resnet44': functools.partial(ResNet, 44, _NARROW),
-    'resnet56': functools.partial(ResNet, 56, _NARROW),
-    'resnet110': functools.partial(ResNet, 110, _NARROW),
-    'resnet8x4': functools.partial(ResNet, 8, _WIDE),
-    'resnet32x4': functools.partial(ResNet, 32, _WIDE),
-    'ResNet50': functools.partial(BottleneckResNet, (3, 4, 6, 3)),
-    'wrn_16_1': functools.partial(WideResNet, 16, 1),
-    'wrn_16_2': functools.partial(WideResNet, 16, 2),
-    'wrn_40_1': functools.partial(WideResNet, 40, 1),
-    'wrn_40_2': functools.partial(WideResNet, 40, 2),
-    'vgg8': functools.partial(VGG, VGG_CONFIGS['S']),
-    'vgg11': functools.partial(VGG, VGG_CONFIGS['A']),
-    'vgg13': functools.partial(VGG, VGG_CONFIGS['B']),
-    'vgg16': functools.partial(VGG, VGG_CONFIGS['D']),
-    'vgg19': functools.partial(VGG, VGG_CONFIGS['E']),
-    'MobileNetV2': MobileNetV2,
-    'ShuffleV1': ShuffleNetV1,
-    'ShuffleV2': ShuffleNetV2,
+  'resnet8': functools.partial(ResNet, 8, _NARROW),
+  'resnet14': functools.partial(ResNet, 14, _NARROW),
+  'resnet20': functools.partial(ResNet, 20, _NARROW),
+  'resnet32': functools.partial(ResNet, 32, _NARROW),
+  'resnet44': functools.partial(ResNet, 44, _NARROW),
+  'resnet56': functools.partial(ResNet, 56, _NARROW),
+  'resnet110': functools.partial(ResNet, 110, _NARROW),
+  'resnet8x4': functools.partial(ResNet, 8, _WIDE),
+  'resnet32x4': functools.partial(ResNet, 32, _WIDE),
+  'ResNet50': functools.partial(BottleneckResNet, (3, 4, 6, 3)),
+  'wrn_16_1': functools.partial(WideResNet, 16, 1),
+  'wrn_16_2': functools.partial(WideResNet, 16, 2),
+  'wrn_40_1': functools.partial(WideResNet, 40, 1),
+  'wrn_40_2': functools.partial(WideResNet, 40, 2),
+  'vgg8': functools.partial(VGG, VGG_CONFIGS['S']),
+  'vgg11': functools.partial(VGG, VGG_CONFIGS['A']),
+  'vgg13': functools.partial(VGG, VGG_CONFIGS['B']),
+  'vgg16': functools.partial(VGG, VGG_CONFIGS['D']),
+  'vgg19': functools.partial(VGG, VGG_CONFIGS['E']),
+  'MobileNetV2': MobileNetV2,
+  'ShuffleV1': ShuffleNetV1,
+  'ShuffleV2': ShuffleNetV2,
 }
 
 MODEL_NAMES = tuple(_BUILDERS)
 
 
-def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
-                 bn_axis_name: str | None = None) -> nn.Module:
+def create_model(
+  name: str,
+  num_classes: int,
+  *,
+  dtype: Any = jnp.float32,
+  bn_axis_name: str | None = None,
+) -> nn.Module:
   """Builds a benchmark model.
 
   Args:
@@ -72,10 +77,13 @@ def create_model(name: str, num_classes: int, *, dtype: Any = jnp.float32,
     UserError: `name` is not a registered model.
   """
   if name not in _BUILDERS:
-    raise UserError(f'config.model={name!r} is unknown; choose one of: '
-                    f'{", ".join(MODEL_NAMES)}')
+    raise UserError(
+      f'config.model={name!r} is unknown; choose one of: '
+      f'{", ".join(MODEL_NAMES)}'
+    )
   return _BUILDERS[name](
-      num_classes=num_classes, dtype=dtype, bn_axis_name=bn_axis_name)
+    num_classes=num_classes, dtype=dtype, bn_axis_name=bn_axis_name
+  )
 
 
 # The final linear layer of each family, named as in the benchmark.
@@ -85,6 +93,7 @@ CLASSIFIER_NAMES = ('fc', 'linear', 'classifier')
 def num_classes(params: Any) -> int:
   """The number of classes a model's `params` predict: the output width of
   its final linear layer ('fc', 'linear' or 'classifier', by family)."""
-  (kernel,) = [params[name]['kernel'] for name in CLASSIFIER_NAMES
-               if name in params]
+  (kernel,) = [
+    params[name]['kernel'] for name in CLASSIFIER_NAMES if name in params
+  ]
   return kernel.shape[-1]

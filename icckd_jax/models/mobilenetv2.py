@@ -15,11 +15,22 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
-    PAD_1, ModuleDef, batch_norm, conv_kernel_init)
+  PAD_1,
+  ModuleDef,
+  batch_norm,
+  conv_kernel_init,
+)
 
 # (expansion, channels at width 1, blocks, stride of the first block).
-_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
-             (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_SETTINGS = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 1),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 # The entries of _SETTINGS whose output ends a recorded stage.
 _STAGE_ENDS = (1, 2, 4, 6)
 
@@ -30,6 +41,7 @@ class InvertedResidual(nn.Module):
 
   Maps [B, H, W, C_in] to [B, H / strides, W / strides, features].
   """
+
   features: int
   strides: int
   expansion: int
@@ -41,8 +53,14 @@ class InvertedResidual(nn.Module):
     hidden = x.shape[-1] * self.expansion
     y = self.conv(hidden, (1, 1), name='conv0')(x)
     y = nn.relu(self.norm(name='bn0')(y))
-    y = self.conv(hidden, (3, 3), self.strides, PAD_1,
-                  feature_group_count=hidden, name='conv1')(y)
+    y = self.conv(
+      hidden,
+      (3, 3),
+      self.strides,
+      PAD_1,
+      feature_group_count=hidden,
+      name='conv1',
+    )(y)
     y = nn.relu(self.norm(name='bn1')(y))
     y = self.conv(self.features, (1, 1), name='conv2')(y)
     y = self.norm(name='bn2')(y)
@@ -67,6 +85,7 @@ class MobileNetV2(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   num_classes: int
   expansion: int = 6
   width_mult: float = 0.5
@@ -74,8 +93,9 @@ class MobileNetV2(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -87,8 +107,12 @@ class MobileNetV2(nn.Module):
       features: [B, 1280] float32 pooled input of the final linear layer.
     """
     conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
-        dtype=self.dtype, param_dtype=jnp.float32)
+      nn.Conv,
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     norm = batch_norm(train, self.dtype, self.bn_axis_name)
 
     x = conv(int(32 * self.width_mult), (3, 3), 2, PAD_1, name='conv1')(x)
@@ -96,8 +120,14 @@ class MobileNetV2(nn.Module):
     for b, (t, c, n, s) in enumerate(_SETTINGS):
       expansion = self.expansion if t != 1 else 1
       for i in range(n):
-        x = InvertedResidual(int(c * self.width_mult), s if i == 0 else 1,
-                             expansion, conv, norm, name=f'blocks{b}_{i}')(x)
+        x = InvertedResidual(
+          int(c * self.width_mult),
+          s if i == 0 else 1,
+          expansion,
+          conv,
+          norm,
+          name=f'blocks{b}_{i}',
+        )(x)
       if b in _STAGE_ENDS:
         stages.record(self, x, x)
     # The reference widens the last conv only for width multipliers above 1.
@@ -107,7 +137,11 @@ class MobileNetV2(nn.Module):
     # The reference's AvgPool2d(2, ceil_mode=True) covers its 2x2 CIFAR maps.
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
-        self.num_classes, kernel_init=nn.initializers.normal(0.01),
-        bias_init=nn.initializers.zeros, dtype=self.dtype,
-        param_dtype=jnp.float32, name='classifier')(features)
+      self.num_classes,
+      kernel_init=nn.initializers.normal(0.01),
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='classifier',
+    )(features)
     return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -23,7 +23,8 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 # PyTorch's default `nn.Linear` weight: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_kernel_init = nn.initializers.variance_scaling(
-    1.0 / 3.0, 'fan_in', 'uniform')
+  1.0 / 3.0, 'fan_in', 'uniform'
+)
 
 # Explicit symmetric padding: flax's 'SAME' pads (0, 1) for stride 2 on even
 # inputs, which samples different pixels than PyTorch's padding=1.
@@ -47,13 +48,14 @@ def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
   averaged (synchronised BN under `shard_map`); None keeps them per device.
   """
   return functools.partial(
-      nn.BatchNorm,
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=axis_name,
-      dtype=dtype,
-      param_dtype=jnp.float32)
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    axis_name=axis_name,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+  )
 
 
 class BasicBlock(nn.Module):
@@ -62,6 +64,7 @@ class BasicBlock(nn.Module):
   Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
   W / strides, features].
   """
+
   features: int
   strides: int
   conv: ModuleDef
@@ -76,8 +79,8 @@ class BasicBlock(nn.Module):
     residual = x
     if self.strides != 1 or x.shape[-1] != self.features:
       residual = self.conv(
-          self.features, (1, 1), self.strides, 'VALID',
-          name='downsample_conv')(x)
+        self.features, (1, 1), self.strides, 'VALID', name='downsample_conv'
+      )(x)
       residual = self.norm(name='downsample_bn')(residual)
     preact = y + residual
     return nn.relu(preact), preact
@@ -96,6 +99,7 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   depth: int
   widths: Sequence[int]
   num_classes: int
@@ -103,8 +107,9 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -119,8 +124,12 @@ class ResNet(nn.Module):
       raise ValueError(f'ResNet depth must be 6n+2, got {self.depth}')
     blocks_per_stage = (self.depth - 2) // 6
     conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
-        dtype=self.dtype, param_dtype=jnp.float32)
+      nn.Conv,
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     norm = batch_norm(train, self.dtype, self.bn_axis_name)
 
     x = conv(self.widths[0], (3, 3), 1, PAD_1, name='conv1')(x)
@@ -128,14 +137,18 @@ class ResNet(nn.Module):
     for stage, width in enumerate(self.widths[1:]):
       for i in range(blocks_per_stage):
         strides = 2 if stage > 0 and i == 0 else 1
-        x, preact = BasicBlock(width, strides, conv, norm,
-                               name=f'layer{stage + 1}_{i}')(x)
+        x, preact = BasicBlock(
+          width, strides, conv, norm, name=f'layer{stage + 1}_{i}'
+        )(x)
       stages.record(self, x, preact)
     # The reference's AvgPool2d(8) is the global mean on its 8x8 CIFAR maps.
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
-        self.num_classes,
-        kernel_init=torch_linear_kernel_init,
-        bias_init=torch_linear_bias_init(self.widths[-1]),
-        dtype=self.dtype, param_dtype=jnp.float32, name='fc')(features)
+      self.num_classes,
+      kernel_init=torch_linear_kernel_init,
+      bias_init=torch_linear_bias_init(self.widths[-1]),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='fc',
+    )(features)
     return logits.astype(jnp.float32), features.astype(jnp.float32)

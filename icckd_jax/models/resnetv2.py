@@ -16,8 +16,13 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
-    PAD_1, ModuleDef, batch_norm, conv_kernel_init, torch_linear_bias_init,
-    torch_linear_kernel_init)
+  PAD_1,
+  ModuleDef,
+  batch_norm,
+  conv_kernel_init,
+  torch_linear_bias_init,
+  torch_linear_kernel_init,
+)
 
 EXPANSION = 4
 
@@ -30,6 +35,7 @@ class Bottleneck(nn.Module):
   Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
   W / strides, 4 * planes].
   """
+
   planes: int
   strides: int
   conv: ModuleDef
@@ -38,10 +44,14 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     out = EXPANSION * self.planes
-    y = nn.relu(self.norm(name='bn1')(self.conv(self.planes, (1, 1),
-                                                name='conv1')(x)))
-    y = nn.relu(self.norm(name='bn2')(self.conv(
-        self.planes, (3, 3), self.strides, PAD_1, name='conv2')(y)))
+    y = nn.relu(
+      self.norm(name='bn1')(self.conv(self.planes, (1, 1), name='conv1')(x))
+    )
+    y = nn.relu(
+      self.norm(name='bn2')(
+        self.conv(self.planes, (3, 3), self.strides, PAD_1, name='conv2')(y)
+      )
+    )
     y = self.norm(name='bn3')(self.conv(out, (1, 1), name='conv3')(y))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != out:
@@ -63,14 +73,16 @@ class BottleneckResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   blocks: Sequence[int]
   num_classes: int
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -82,20 +94,29 @@ class BottleneckResNet(nn.Module):
       features: [B, 2048] float32 pooled input of the final linear layer.
     """
     conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
-        dtype=self.dtype, param_dtype=jnp.float32)
+      nn.Conv,
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     norm = batch_norm(train, self.dtype, self.bn_axis_name)
 
     x = nn.relu(norm(name='bn1')(conv(64, (3, 3), 1, PAD_1, name='conv1')(x)))
     for stage, n in enumerate(self.blocks):
       for i in range(n):
         strides = 2 if stage > 0 and i == 0 else 1
-        x, preact = Bottleneck(64 * 2**stage, strides, conv, norm,
-                               name=f'layer{stage + 1}_{i}')(x)
+        x, preact = Bottleneck(
+          64 * 2**stage, strides, conv, norm, name=f'layer{stage + 1}_{i}'
+        )(x)
       stages.record(self, x, preact)
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
-        self.num_classes, kernel_init=torch_linear_kernel_init,
-        bias_init=torch_linear_bias_init(features.shape[-1]),
-        dtype=self.dtype, param_dtype=jnp.float32, name='linear')(features)
+      self.num_classes,
+      kernel_init=torch_linear_kernel_init,
+      bias_init=torch_linear_bias_init(features.shape[-1]),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='linear',
+    )(features)
     return logits.astype(jnp.float32), features.astype(jnp.float32)

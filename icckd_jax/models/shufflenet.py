@@ -15,8 +15,12 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
-    PAD_1, ModuleDef, batch_norm, torch_linear_bias_init,
-    torch_linear_kernel_init)
+  PAD_1,
+  ModuleDef,
+  batch_norm,
+  torch_linear_bias_init,
+  torch_linear_kernel_init,
+)
 
 # PyTorch's default Conv2d weight, kaiming_uniform(a=sqrt(5)):
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in counting one group's inputs.
@@ -38,6 +42,7 @@ class ShuffleV1Block(nn.Module):
   Maps [B, H, W, C_in] to (output, pre-ReLU map), each [B, H / strides,
   W / strides, features (+ C_in when strides == 2)].
   """
+
   features: int
   strides: int
   groups: int
@@ -49,15 +54,18 @@ class ShuffleV1Block(nn.Module):
     mid = self.features // 4
     # The stem's 24 channels do not divide into groups.
     first_groups = 1 if x.shape[-1] == 24 else self.groups
-    y = self.conv(mid, (1, 1), feature_group_count=first_groups,
-                  name='conv1')(x)
+    y = self.conv(mid, (1, 1), feature_group_count=first_groups, name='conv1')(
+      x
+    )
     y = nn.relu(self.norm(name='bn1')(y))
     y = channel_shuffle(y, first_groups)
-    y = self.conv(mid, (3, 3), self.strides, PAD_1, feature_group_count=mid,
-                  name='conv2')(y)
+    y = self.conv(
+      mid, (3, 3), self.strides, PAD_1, feature_group_count=mid, name='conv2'
+    )(y)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = self.conv(self.features, (1, 1), feature_group_count=self.groups,
-                  name='conv3')(y)
+    y = self.conv(
+      self.features, (1, 1), feature_group_count=self.groups, name='conv3'
+    )(y)
     y = self.norm(name='bn3')(y)
     if self.strides == 2:
       # PyTorch's AvgPool2d counts the zero padding (count_include_pad).
@@ -76,6 +84,7 @@ class ShuffleV2Block(nn.Module):
   latter is the concatenation before its last ReLU and before the shuffle,
   as the reference's ShuffleNetv2.py returns it.
   """
+
   conv: ModuleDef
   norm: ModuleDef
 
@@ -83,10 +92,14 @@ class ShuffleV2Block(nn.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    y = nn.relu(self.norm(name='bn1')(self.conv(half, (1, 1),
-                                                name='conv1')(x2)))
-    y = self.norm(name='bn2')(self.conv(
-        half, (3, 3), 1, PAD_1, feature_group_count=half, name='conv2')(y))
+    y = nn.relu(
+      self.norm(name='bn1')(self.conv(half, (1, 1), name='conv1')(x2))
+    )
+    y = self.norm(name='bn2')(
+      self.conv(half, (3, 3), 1, PAD_1, feature_group_count=half, name='conv2')(
+        y
+      )
+    )
     y = self.norm(name='bn3')(self.conv(half, (1, 1), name='conv3')(y))
     out = channel_shuffle(jnp.concatenate([x1, nn.relu(y)], -1), 2)
     return out, jnp.concatenate([x1, y], -1)
@@ -96,6 +109,7 @@ class ShuffleV2DownBlock(nn.Module):
   """Two stride-2 branches (depthwise 3x3 then 1x1; 1x1, depthwise 3x3, 1x1),
   concatenated and shuffled. Maps [B, H, W, C_in] to [B, H/2, W/2, features].
   """
+
   features: int
   conv: ModuleDef
   norm: ModuleDef
@@ -104,16 +118,23 @@ class ShuffleV2DownBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     mid = self.features // 2
     c = x.shape[-1]
-    left = self.norm(name='bn1')(self.conv(
-        c, (3, 3), 2, PAD_1, feature_group_count=c, name='conv1')(x))
-    left = nn.relu(self.norm(name='bn2')(self.conv(mid, (1, 1),
-                                                   name='conv2')(left)))
-    right = nn.relu(self.norm(name='bn3')(self.conv(mid, (1, 1),
-                                                    name='conv3')(x)))
-    right = self.norm(name='bn4')(self.conv(
-        mid, (3, 3), 2, PAD_1, feature_group_count=mid, name='conv4')(right))
-    right = nn.relu(self.norm(name='bn5')(self.conv(mid, (1, 1),
-                                                    name='conv5')(right)))
+    left = self.norm(name='bn1')(
+      self.conv(c, (3, 3), 2, PAD_1, feature_group_count=c, name='conv1')(x)
+    )
+    left = nn.relu(
+      self.norm(name='bn2')(self.conv(mid, (1, 1), name='conv2')(left))
+    )
+    right = nn.relu(
+      self.norm(name='bn3')(self.conv(mid, (1, 1), name='conv3')(x))
+    )
+    right = self.norm(name='bn4')(
+      self.conv(mid, (3, 3), 2, PAD_1, feature_group_count=mid, name='conv4')(
+        right
+      )
+    )
+    right = nn.relu(
+      self.norm(name='bn5')(self.conv(mid, (1, 1), name='conv5')(right))
+    )
     return channel_shuffle(jnp.concatenate([left, right], -1), 2)
 
 
@@ -121,16 +142,24 @@ def _stem_and_conv(dtype, train, bn_axis_name):
   # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
   # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
   conv = functools.partial(
-      nn.Conv, use_bias=False, kernel_init=torch_conv_kernel_init,
-      dtype=dtype, param_dtype=jnp.float32)
+    nn.Conv,
+    use_bias=False,
+    kernel_init=torch_conv_kernel_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+  )
   return conv, batch_norm(train, dtype, bn_axis_name)
 
 
 def _classify(features: jax.Array, num_classes: int, dtype) -> jax.Array:
   return nn.Dense(
-      num_classes, kernel_init=torch_linear_kernel_init,
-      bias_init=torch_linear_bias_init(features.shape[-1]), dtype=dtype,
-      param_dtype=jnp.float32, name='linear')(features)
+    num_classes,
+    kernel_init=torch_linear_kernel_init,
+    bias_init=torch_linear_bias_init(features.shape[-1]),
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name='linear',
+  )(features)
 
 
 class ShuffleNetV1(nn.Module):
@@ -148,6 +177,7 @@ class ShuffleNetV1(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   num_classes: int
   widths: Sequence[int] = (240, 480, 960)
   blocks: Sequence[int] = (4, 8, 4)
@@ -156,8 +186,9 @@ class ShuffleNetV1(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -174,8 +205,14 @@ class ShuffleNetV1(nn.Module):
       for i in range(n):
         # The first block's pooled shortcut supplies its input's channels.
         features = width - x.shape[-1] if i == 0 else width
-        x, preact = ShuffleV1Block(features, 2 if i == 0 else 1, self.groups,
-                                   conv, norm, name=f'layer{stage + 1}_{i}')(x)
+        x, preact = ShuffleV1Block(
+          features,
+          2 if i == 0 else 1,
+          self.groups,
+          conv,
+          norm,
+          name=f'layer{stage + 1}_{i}',
+        )(x)
       stages.record(self, x, preact)
     features = jnp.mean(x, axis=(1, 2))
     logits = _classify(features, self.num_classes, self.dtype)
@@ -196,6 +233,7 @@ class ShuffleNetV2(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   num_classes: int
   widths: Sequence[int] = (116, 232, 464, 1024)
   blocks: Sequence[int] = (3, 7, 3)
@@ -203,8 +241,9 @@ class ShuffleNetV2(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -218,14 +257,13 @@ class ShuffleNetV2(nn.Module):
     conv, norm = _stem_and_conv(self.dtype, train, self.bn_axis_name)
     x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
     for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
-      x = ShuffleV2DownBlock(width, conv, norm,
-                             name=f'layer{stage + 1}_0')(x)
+      x = ShuffleV2DownBlock(width, conv, norm, name=f'layer{stage + 1}_0')(x)
       for i in range(1, n + 1):
-        x, preact = ShuffleV2Block(conv, norm,
-                                   name=f'layer{stage + 1}_{i}')(x)
+        x, preact = ShuffleV2Block(conv, norm, name=f'layer{stage + 1}_{i}')(x)
       stages.record(self, x, preact)
-    x = nn.relu(norm(name='bn2')(conv(self.widths[-1], (1, 1),
-                                      name='conv2')(x)))
+    x = nn.relu(
+      norm(name='bn2')(conv(self.widths[-1], (1, 1), name='conv2')(x))
+    )
     features = jnp.mean(x, axis=(1, 2))
     logits = _classify(features, self.num_classes, self.dtype)
     return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -44,8 +44,9 @@ def record_stage(module: nn.Module, stage: jax.Array) -> None:
   module.sow(COLLECTION, 'stages', stage)
 
 
-def collected(state: Any) -> tuple[tuple[jax.Array, ...],
-                                    tuple[jax.Array, ...]]:
+def collected(
+  state: Any,
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
   """(stages, preact_stages) from the mutable state an `apply` with
   'intermediates' mutable returned; each a tuple of [B, H_k, W_k, C_k]."""
   maps = state[COLLECTION]

@@ -16,13 +16,23 @@ from icckd_jax.models.resnet import PAD_1, batch_norm, conv_kernel_init
 
 # Conv widths of the five blocks; a 2x2 max pool separates consecutive blocks.
 CONFIGS = {
-    'S': ((64,), (128,), (256,), (512,), (512,)),
-    'A': ((64,), (128,), (256, 256), (512, 512), (512, 512)),
-    'B': ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
-    'D': ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
-          (512, 512, 512)),
-    'E': ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512, 512, 512),
-          (512, 512, 512, 512)),
+  'S': ((64,), (128,), (256,), (512,), (512,)),
+  'A': ((64,), (128,), (256, 256), (512, 512), (512, 512)),
+  'B': ((64, 64), (128, 128), (256, 256), (512, 512), (512, 512)),
+  'D': (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+  ),
+  'E': (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256, 256),
+    (512, 512, 512, 512),
+    (512, 512, 512, 512),
+  ),
 }
 
 
@@ -39,14 +49,16 @@ class VGG(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   cfg: Sequence[Sequence[int]]
   num_classes: int
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -66,17 +78,27 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
       for i, width in enumerate(widths):
         x = nn.Conv(
-            width, (3, 3), 1, PAD_1, kernel_init=conv_kernel_init,
-            bias_init=nn.initializers.zeros, dtype=self.dtype,
-            param_dtype=jnp.float32, name=f'block{b}_conv{i}')(x)
+          width,
+          (3, 3),
+          1,
+          PAD_1,
+          kernel_init=conv_kernel_init,
+          bias_init=nn.initializers.zeros,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f'block{b}_conv{i}',
+        )(x)
         preact = norm(name=f'block{b}_bn{i}')(x)
         x = nn.relu(preact)
       if b > 0:
         stages.record(self, x, preact)
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
-        self.num_classes,
-        kernel_init=nn.initializers.normal(0.01),
-        bias_init=nn.initializers.zeros,
-        dtype=self.dtype, param_dtype=jnp.float32, name='classifier')(features)
+      self.num_classes,
+      kernel_init=nn.initializers.normal(0.01),
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='classifier',
+    )(features)
     return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -12,7 +12,12 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
-    PAD_1, ModuleDef, batch_norm, conv_kernel_init, torch_linear_kernel_init)
+  PAD_1,
+  ModuleDef,
+  batch_norm,
+  conv_kernel_init,
+  torch_linear_kernel_init,
+)
 
 
 class PreActBlock(nn.Module):
@@ -23,6 +28,7 @@ class PreActBlock(nn.Module):
   Maps [B, H, W, C_in] to (output [B, H / strides, W / strides, features],
   bn1(x) [B, H, W, C_in]: the input's map before the block's first ReLU).
   """
+
   features: int
   strides: int
   conv: ModuleDef
@@ -38,7 +44,8 @@ class PreActBlock(nn.Module):
     if x.shape[-1] == self.features:
       return x + y, preact
     shortcut = self.conv(
-        self.features, (1, 1), self.strides, 'VALID', name='shortcut')(act)
+      self.features, (1, 1), self.strides, 'VALID', name='shortcut'
+    )(act)
     return shortcut + y, preact
 
 
@@ -57,6 +64,7 @@ class WideResNet(nn.Module):
     dtype: compute dtype; parameters stay float32.
     bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
+
   depth: int
   widen_factor: int
   num_classes: int
@@ -64,8 +72,9 @@ class WideResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Classifies a batch of images.
 
     Args:
@@ -81,8 +90,12 @@ class WideResNet(nn.Module):
       raise ValueError(f'WideResNet depth must be 6n+4, got {self.depth}')
     blocks_per_stage = (self.depth - 4) // 6
     conv = functools.partial(
-        nn.Conv, use_bias=False, kernel_init=conv_kernel_init,
-        dtype=self.dtype, param_dtype=jnp.float32)
+      nn.Conv,
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
     norm = batch_norm(train, self.dtype, self.bn_axis_name)
 
     x = conv(16, (3, 3), 1, PAD_1, name='conv1')(x)
@@ -90,8 +103,9 @@ class WideResNet(nn.Module):
       width = 16 * 2**stage * self.widen_factor
       for i in range(blocks_per_stage):
         strides = 2 if stage > 0 and i == 0 else 1
-        x, preact = PreActBlock(width, strides, conv, norm,
-                                name=f'block{stage + 1}_{i}')(x)
+        x, preact = PreActBlock(
+          width, strides, conv, norm, name=f'block{stage + 1}_{i}'
+        )(x)
         if stage > 0 and i == 0:  # bn1 of the previous stage's output
           stages.record_preact(self, preact)
       stages.record_stage(self, x)
@@ -101,8 +115,11 @@ class WideResNet(nn.Module):
     # The reference's avg_pool2d(8) is the global mean on its 8x8 CIFAR maps.
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(
-        self.num_classes,
-        kernel_init=torch_linear_kernel_init,
-        bias_init=nn.initializers.zeros,
-        dtype=self.dtype, param_dtype=jnp.float32, name='fc')(features)
+      self.num_classes,
+      kernel_init=torch_linear_kernel_init,
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name='fc',
+    )(features)
     return logits.astype(jnp.float32), features.astype(jnp.float32)

@@ -33,14 +33,16 @@ class Cache:
     valid: [K] bool, True once slot k has been written.
     next_slot: [] int32, the slot the next push writes, in [0, K) (0 if K=0).
   """
+
   items: jax.Array
   labels: jax.Array
   valid: jax.Array
   next_slot: jax.Array
 
 
-def create(size: int, batch_size: int, item_shape: tuple[int, ...],
-           dtype) -> Cache:
+def create(
+  size: int, batch_size: int, item_shape: tuple[int, ...], dtype
+) -> Cache:
   """An empty cache of `size` slots of `batch_size` items each.
 
   Args:
@@ -58,12 +60,14 @@ def create(size: int, batch_size: int, item_shape: tuple[int, ...],
   """
   if size < 0 or batch_size < 0:
     raise ValueError(
-        f'cache size={size} and batch_size={batch_size} must be >= 0')
+      f'cache size={size} and batch_size={batch_size} must be >= 0'
+    )
   return Cache(
-      items=jnp.zeros((size, batch_size, *item_shape), dtype),
-      labels=jnp.zeros((size, batch_size), jnp.int32),
-      valid=jnp.zeros((size,), jnp.bool_),
-      next_slot=jnp.zeros((), jnp.int32))
+    items=jnp.zeros((size, batch_size, *item_shape), dtype),
+    labels=jnp.zeros((size, batch_size), jnp.int32),
+    valid=jnp.zeros((size,), jnp.bool_),
+    next_slot=jnp.zeros((), jnp.int32),
+  )
 
 
 def push(cache: Cache, items: jax.Array, labels: jax.Array) -> Cache:
@@ -87,21 +91,26 @@ def push(cache: Cache, items: jax.Array, labels: jax.Array) -> Cache:
     ValueError: `items` or `labels` does not have the shape of one slot.
   """
   if items.shape != cache.items.shape[1:]:
-    raise ValueError(f'cache push: items of shape {items.shape}, expected '
-                     f'{cache.items.shape[1:]}')
+    raise ValueError(
+      f'cache push: items of shape {items.shape}, expected '
+      f'{cache.items.shape[1:]}'
+    )
   if labels.shape != cache.labels.shape[1:]:
-    raise ValueError(f'cache push: labels of shape {labels.shape}, expected '
-                     f'{cache.labels.shape[1:]}')
+    raise ValueError(
+      f'cache push: labels of shape {labels.shape}, expected '
+      f'{cache.labels.shape[1:]}'
+    )
   size = cache.items.shape[0]
   if size == 0:
     return cache
   slot = cache.next_slot
   items = jax.lax.stop_gradient(items).astype(cache.items.dtype)
   return Cache(
-      items=cache.items.at[slot].set(items),
-      labels=cache.labels.at[slot].set(labels.astype(jnp.int32)),
-      valid=cache.valid.at[slot].set(True),
-      next_slot=(slot + 1) % size)
+    items=cache.items.at[slot].set(items),
+    labels=cache.labels.at[slot].set(labels.astype(jnp.int32)),
+    valid=cache.valid.at[slot].set(True),
+    next_slot=(slot + 1) % size,
+  )
 
 
 def entries(cache: Cache) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -123,5 +132,7 @@ def entries(cache: Cache) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def nbytes(cache: Cache) -> int:
   """Device bytes held by the cache's arrays (the memory ablation metric)."""
-  return sum(math.prod(x.shape) * x.dtype.itemsize
-             for x in jax.tree_util.tree_leaves(cache))
+  return sum(
+    math.prod(x.shape) * x.dtype.itemsize
+    for x in jax.tree_util.tree_leaves(cache)
+  )

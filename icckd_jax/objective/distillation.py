@@ -27,8 +27,9 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
-def _kl_rows(log_p: jax.Array, log_q: jax.Array,
-             where: jax.Array | None = None) -> jax.Array:
+def _kl_rows(
+  log_p: jax.Array, log_q: jax.Array, where: jax.Array | None = None
+) -> jax.Array:
   """Σ_c p_c (log p_c - log q_c) over the last axis, entries not in `where`
   left out. [..., K] -> [...]."""
   terms = jnp.exp(log_p) * (log_p - log_q)
@@ -48,9 +49,14 @@ def _target_vs_rest(log_p: jax.Array, is_target: jax.Array) -> jax.Array:
   return jnp.stack([log_target, log_rest], axis=-1)
 
 
-def dkd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
-             labels: jax.Array, alpha: float, beta: float,
-             temperature: float) -> jax.Array:
+def dkd_loss(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  labels: jax.Array,
+  alpha: float,
+  beta: float,
+  temperature: float,
+) -> jax.Array:
   """Decoupled knowledge distillation (Zhao et al., CVPR 2022).
 
   With p = softmax(t / T), q = softmax(s / T), the binary split
@@ -92,10 +98,12 @@ def dkd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   if num_classes < 2:
     raise ValueError(f'dkd_loss needs at least 2 classes, got {num_classes}')
   log_q = jax.nn.log_softmax(
-      student_logits.astype(jnp.float32) / temperature, axis=-1)
+    student_logits.astype(jnp.float32) / temperature, axis=-1
+  )
   log_p = jax.nn.log_softmax(
-      jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature,
-      axis=-1)
+    jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature,
+    axis=-1,
+  )
   is_target = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
   b_p = _target_vs_rest(log_p, is_target)
   b_q = _target_vs_rest(log_q, is_target)
@@ -131,7 +139,8 @@ def standardize_logits(logits: jax.Array) -> jax.Array:
   num_classes = logits.shape[-1]
   if num_classes < 2:
     raise ValueError(
-        f'standardize_logits needs at least 2 classes, got {num_classes}')
+      f'standardize_logits needs at least 2 classes, got {num_classes}'
+    )
   z = logits.astype(jnp.float32)
   centred = z - jnp.mean(z, axis=-1, keepdims=True)
   var = jnp.sum(jnp.square(centred), axis=-1, keepdims=True) / (num_classes - 1)
@@ -145,13 +154,19 @@ def _pearson_rows(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
   """
   a = a - jnp.mean(a, axis=-1, keepdims=True)
   b = b - jnp.mean(b, axis=-1, keepdims=True)
-  norms = (_safe_sqrt(jnp.sum(jnp.square(a), axis=-1))
-           * _safe_sqrt(jnp.sum(jnp.square(b), axis=-1)))
+  norms = _safe_sqrt(jnp.sum(jnp.square(a), axis=-1)) * _safe_sqrt(
+    jnp.sum(jnp.square(b), axis=-1)
+  )
   return jnp.sum(a * b, axis=-1) / (norms + eps)
 
 
-def dist_loss(student_logits: jax.Array, teacher_logits: jax.Array,
-              beta: float, gamma: float, temperature: float) -> jax.Array:
+def dist_loss(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  beta: float,
+  gamma: float,
+  temperature: float,
+) -> jax.Array:
   """DIST, "Knowledge Distillation from A Stronger Teacher" (Huang et al.,
   NeurIPS 2022).
 
@@ -183,8 +198,8 @@ def dist_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   """
   y_s = jax.nn.softmax(student_logits.astype(jnp.float32) / temperature, -1)
   y_t = jax.nn.softmax(
-      jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature,
-      -1)
+    jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, -1
+  )
   inter = 1.0 - jnp.mean(_pearson_rows(y_s, y_t))
   intra = 1.0 - jnp.mean(_pearson_rows(y_s.T, y_t.T))
   return temperature**2 * (beta * inter + gamma * intra)
@@ -214,8 +229,9 @@ def _pool_to(x: jax.Array, height: int, width: int) -> jax.Array:
   return jnp.einsum('ih,jw,bhwc->bijc', rows, cols, x)
 
 
-def _match_spatial(student_map: jax.Array,
-                   teacher_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _match_spatial(
+  student_map: jax.Array, teacher_map: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Pools the larger of two NHWC maps down to the other's spatial size.
 
   Each spatial axis goes to the smaller of the two sizes. mdistiller
@@ -224,8 +240,10 @@ def _match_spatial(student_map: jax.Array,
   """
   height = min(student_map.shape[1], teacher_map.shape[1])
   width = min(student_map.shape[2], teacher_map.shape[2])
-  return (_pool_to(student_map, height, width),
-          _pool_to(teacher_map, height, width))
+  return (
+    _pool_to(student_map, height, width),
+    _pool_to(teacher_map, height, width),
+  )
 
 
 def pool_to(x: jax.Array, height: int, width: int) -> jax.Array:
@@ -234,16 +252,18 @@ def pool_to(x: jax.Array, height: int, width: int) -> jax.Array:
   return _pool_to(x, height, width)
 
 
-def match_spatial(student_map: jax.Array,
-                  teacher_map: jax.Array) -> tuple[jax.Array, jax.Array]:
+def match_spatial(
+  student_map: jax.Array, teacher_map: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """The two NHWC maps at the smaller one's spatial size (the larger
   adaptively average-pooled), for a method that compares them cell by
   cell (VID)."""
   return _match_spatial(student_map, teacher_map)
 
 
-def at_loss(student_map: jax.Array, teacher_map: jax.Array,
-            p: float = 2) -> jax.Array:
+def at_loss(
+  student_map: jax.Array, teacher_map: jax.Array, p: float = 2
+) -> jax.Array:
   """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), one pair of maps.
 
   With the attention map a(f)_b = l2_normalize(vec(mean_c |f_b,:,:,c|^p)),
@@ -271,13 +291,15 @@ def at_loss(student_map: jax.Array, teacher_map: jax.Array,
   Returns:
     [] float32.
   """
+
   def attention(f):
     a = jnp.mean(jnp.abs(f) ** p, axis=-1)
     return l2_normalize(a.reshape(a.shape[0], -1))
 
   s, t = _match_spatial(
-      student_map.astype(jnp.float32),
-      jax.lax.stop_gradient(teacher_map).astype(jnp.float32))
+    student_map.astype(jnp.float32),
+    jax.lax.stop_gradient(teacher_map).astype(jnp.float32),
+  )
   return jnp.mean(jnp.square(attention(s) - attention(t)))
 
 
@@ -310,13 +332,15 @@ def nst_loss(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
   Returns:
     [] float32.
   """
+
   def channels(f):
     b, h, w, c = f.shape
     return l2_normalize(jnp.swapaxes(f.reshape(b, h * w, c), 1, 2))
 
   s, t = _match_spatial(
-      student_map.astype(jnp.float32),
-      jax.lax.stop_gradient(teacher_map).astype(jnp.float32))
+    student_map.astype(jnp.float32),
+    jax.lax.stop_gradient(teacher_map).astype(jnp.float32),
+  )
   s, t = channels(s), channels(t)
 
   def kernel_mean(x, y):
@@ -325,8 +349,9 @@ def nst_loss(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
   return kernel_mean(t, t) + kernel_mean(s, s) - 2.0 * kernel_mean(s, t)
 
 
-def sp_loss(student_features: jax.Array,
-            teacher_features: jax.Array) -> jax.Array:
+def sp_loss(
+  student_features: jax.Array, teacher_features: jax.Array
+) -> jax.Array:
   """Similarity-preserving KD (Tung & Mori, ICCV 2019), one pair of features.
 
   With F = features flattened to [B, D], G = l2_normalize_rows(F Fᵀ) [B, B],
@@ -345,6 +370,7 @@ def sp_loss(student_features: jax.Array,
   Returns:
     [] float32.
   """
+
   def gram(f):
     f = f.reshape(f.shape[0], -1)
     return l2_normalize(f @ f.T)
@@ -355,8 +381,9 @@ def sp_loss(student_features: jax.Array,
   return jnp.sum(jnp.square(g_t - g_s)) / (batch * batch)
 
 
-def pkt_loss(student_features: jax.Array,
-             teacher_features: jax.Array) -> jax.Array:
+def pkt_loss(
+  student_features: jax.Array, teacher_features: jax.Array
+) -> jax.Array:
   """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018).
 
   With f̂ = f / (‖f‖ + ε), cosine similarities c_ij = f̂_i · f̂_j shifted to
@@ -389,6 +416,5 @@ def pkt_loss(student_features: jax.Array,
     return sim / jnp.sum(sim, axis=1, keepdims=True)
 
   q = probabilities(student_features.astype(jnp.float32))
-  p = probabilities(
-      jax.lax.stop_gradient(teacher_features).astype(jnp.float32))
+  p = probabilities(jax.lax.stop_gradient(teacher_features).astype(jnp.float32))
   return jnp.mean(p * jnp.log((p + eps) / (q + eps)))

@@ -54,11 +54,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     [B] float32 losses.
   """
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
+    logits.astype(jnp.float32), labels
+  )
 
 
-def margin(logits: jax.Array, labels: jax.Array,
-           kind: str = 'prob') -> jax.Array:
+def margin(
+  logits: jax.Array, labels: jax.Array, kind: str = 'prob'
+) -> jax.Array:
   """Per-example margin of the true class over the best other class.
 
   m_i = s_i[y_i] - max_{j != y_i} s_i[j], with s_i = softmax(logits_i) for
@@ -81,7 +83,8 @@ def margin(logits: jax.Array, labels: jax.Array,
   """
   if kind not in MARGIN_KINDS:
     raise ValueError(
-        f'margin kind={kind!r} is unknown; choose one of {MARGIN_KINDS}')
+      f'margin kind={kind!r} is unknown; choose one of {MARGIN_KINDS}'
+    )
   scores = jax.lax.stop_gradient(logits).astype(jnp.float32)
   if kind == 'prob':
     scores = jax.nn.softmax(scores, axis=-1)
@@ -121,8 +124,11 @@ def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.log(total) + shift[..., 0]
 
 
-def _cache_label_mask(labels: jax.Array, cache_labels: Optional[jax.Array],
-                      cache_valid: Optional[jax.Array]) -> Optional[jax.Array]:
+def _cache_label_mask(
+  labels: jax.Array,
+  cache_labels: Optional[jax.Array],
+  cache_valid: Optional[jax.Array],
+) -> Optional[jax.Array]:
   """[B, M] bool: cache entry c is valid and has the anchor's label.
 
   Returns None when there is no cache (all of `cache_labels`, `cache_valid`
@@ -142,13 +148,13 @@ def _batch_negative_mask(labels: jax.Array) -> jax.Array:
 
 
 def intra_class_contrastive(
-    anchors: jax.Array,
-    keys: jax.Array,
-    labels: jax.Array,
-    temperature: float,
-    cache_keys: Optional[jax.Array] = None,
-    cache_labels: Optional[jax.Array] = None,
-    cache_valid: Optional[jax.Array] = None,
+  anchors: jax.Array,
+  keys: jax.Array,
+  labels: jax.Array,
+  temperature: float,
+  cache_keys: Optional[jax.Array] = None,
+  cache_labels: Optional[jax.Array] = None,
+  cache_valid: Optional[jax.Array] = None,
 ) -> jax.Array:
   """Per-anchor InfoNCE with same-class negatives (docs/method.md §3).
 
@@ -181,8 +187,10 @@ def intra_class_contrastive(
   k = keys.astype(jnp.float32)
   pos = jnp.sum(q * k, axis=-1) / temperature
   logits = [pos[:, None], q @ k.T / temperature]
-  masks = [jnp.ones_like(pos, dtype=jnp.bool_)[:, None],
-           _batch_negative_mask(labels)]
+  masks = [
+    jnp.ones_like(pos, dtype=jnp.bool_)[:, None],
+    _batch_negative_mask(labels),
+  ]
   cache_mask = _cache_label_mask(labels, cache_labels, cache_valid)
   if cache_mask is not None:
     c = jax.lax.stop_gradient(cache_keys).astype(jnp.float32)
@@ -196,9 +204,9 @@ def intra_class_contrastive(
 
 
 def negative_counts(
-    labels: jax.Array,
-    cache_labels: Optional[jax.Array] = None,
-    cache_valid: Optional[jax.Array] = None,
+  labels: jax.Array,
+  cache_labels: Optional[jax.Array] = None,
+  cache_valid: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Sizes of the two parts of N_i, for the "negatives per anchor" metric.
 
@@ -223,9 +231,12 @@ def negative_counts(
 EMPTY_ANCHORS = ('exclude', 'count')
 
 
-def gated_mean(per_anchor: jax.Array, margins: jax.Array,
-               delta: float,
-               has_negatives: Optional[jax.Array] = None) -> jax.Array:
+def gated_mean(
+  per_anchor: jax.Array,
+  margins: jax.Array,
+  delta: float,
+  has_negatives: Optional[jax.Array] = None,
+) -> jax.Array:
   """Mean of the per-anchor losses over the anchors whose margin exceeds δ.
 
   gate_i = m_i > δ;  L = Σ_i gate_i·l_i / max(Σ_i gate_i, 1).
@@ -259,8 +270,9 @@ def gated_mean(per_anchor: jax.Array, margins: jax.Array,
   return total / jnp.maximum(jnp.sum(counted, dtype=jnp.float32), 1.0)
 
 
-def effective_weight(margins: jax.Array, delta: float,
-                     has_negatives: jax.Array) -> jax.Array:
+def effective_weight(
+  margins: jax.Array, delta: float, has_negatives: jax.Array
+) -> jax.Array:
   """The share of anchors whose loss reaches L_intra: (1/B)·Σ_i gate_i ∧ |N_i| > 0.
 
   Args:
@@ -274,8 +286,9 @@ def effective_weight(margins: jax.Array, delta: float,
   return jnp.mean(((margins > delta) & has_negatives).astype(jnp.float32))
 
 
-def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
-            temperature: float) -> jax.Array:
+def kd_loss(
+  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float
+) -> jax.Array:
   """Hinton distillation loss, scaled so its gradient is T-independent.
 
   L = T² · mean_i Σ_c p_ic (log p_ic - log s_ic),
@@ -292,7 +305,8 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array,
   t = jax.lax.stop_gradient(teacher_logits).astype(jnp.float32)
   log_p = jax.nn.log_softmax(t / temperature, axis=-1)
   log_s = jax.nn.log_softmax(
-      student_logits.astype(jnp.float32) / temperature, axis=-1)
+    student_logits.astype(jnp.float32) / temperature, axis=-1
+  )
   kl = jnp.sum(jnp.exp(log_p) * (log_p - log_s), axis=-1)
   return temperature**2 * jnp.mean(kl)
 
@@ -331,9 +345,13 @@ def _triplet_cosines(x: jax.Array, eps: float) -> jax.Array:
   return jnp.einsum('ijd,ikd->ijk', unit, unit)
 
 
-def rkd_loss(student_feats: jax.Array, teacher_feats: jax.Array,
-             w_dist: float = 25.0, w_angle: float = 50.0,
-             eps: float = 1e-12) -> jax.Array:
+def rkd_loss(
+  student_feats: jax.Array,
+  teacher_feats: jax.Array,
+  w_dist: float = 25.0,
+  w_angle: float = 50.0,
+  eps: float = 1e-12,
+) -> jax.Array:
   """Relational KD (Park et al., CVPR 2019): distance plus angle loss.
 
   With ψ_D(i, j) = d_ij / μ, μ = mean_{i != j} d_ij, and
@@ -360,8 +378,12 @@ def rkd_loss(student_feats: jax.Array, teacher_feats: jax.Array,
   """
   s = student_feats.astype(jnp.float32)
   t = jax.lax.stop_gradient(teacher_feats).astype(jnp.float32)
-  dist_loss = jnp.mean(optax.huber_loss(
-      _normalized_distances(s, eps), _normalized_distances(t, eps)))
-  angle_loss = jnp.mean(optax.huber_loss(
-      _triplet_cosines(s, eps), _triplet_cosines(t, eps)))
+  dist_loss = jnp.mean(
+    optax.huber_loss(
+      _normalized_distances(s, eps), _normalized_distances(t, eps)
+    )
+  )
+  angle_loss = jnp.mean(
+    optax.huber_loss(_triplet_cosines(s, eps), _triplet_cosines(t, eps))
+  )
   return w_dist * dist_loss + w_angle * angle_loss

@@ -10,6 +10,7 @@ HEADS = ('none', 'mlp')
 
 class MLPHead(nn.Module):
   """Linear -> ReLU -> Linear, the SimCLR-style head. [B, D] -> [B, dim]."""
+
   dim: int = 128
   dtype: jnp.dtype = jnp.float32
 
@@ -18,4 +19,3 @@ class MLPHead(nn.Module):
     x = nn.Dense(features.shape[-1], dtype=self.dtype)(features)
     x = nn.relu(x)
     return nn.Dense(self.dim, dtype=self.dtype)(x).astype(jnp.float32)
-

@@ -60,7 +60,8 @@ def abstract_like(tree, mesh: Mesh):
   """
   sharding = parallel.replicated(mesh)
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree
+  )
 
 
 class _DropReadOnlyNotes(std_logging.Filter):
@@ -70,8 +71,9 @@ class _DropReadOnlyNotes(std_logging.Filter):
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not ('directory is read only' in message or
-                'read_only=True' in message)
+    return not (
+      'directory is read only' in message or 'read_only=True' in message
+    )
 
 
 class Checkpoints:
@@ -81,18 +83,24 @@ class Checkpoints:
   def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
     # Orbax needs absolute paths; a relative --config.teacher.workdir is fine.
     self.workdir = epath.Path(os.path.abspath(workdir))
+
     def manager(name, max_to_keep):
       # Naming the handlers lets a reader ask for one item (the config) or
       # for the state's metadata without knowing the state's structure.
       return ocp.CheckpointManager(
-          self.workdir / name,
-          options=ocp.CheckpointManagerOptions(
-              max_to_keep=None if read_only else max_to_keep,
-              create=not read_only,
-              read_only=read_only),
-          item_handlers={'state': ocp.StandardCheckpointHandler(),
-                         'meta': ocp.JsonCheckpointHandler(),
-                         'config': ocp.JsonCheckpointHandler()})
+        self.workdir / name,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=None if read_only else max_to_keep,
+          create=not read_only,
+          read_only=read_only,
+        ),
+        item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler(),
+          'config': ocp.JsonCheckpointHandler(),
+        },
+      )
+
     self.read_only = read_only
     quiet = _DropReadOnlyNotes()
     orbax_logger = std_logging.getLogger('absl')  # Orbax logs through absl.
@@ -112,24 +120,32 @@ class Checkpoints:
 
   def _manager(self, which: str) -> ocp.CheckpointManager:
     if which not in ('last', 'best', 'preempted'):
-      raise UserError(f"checkpoint={which!r} is unknown; choose 'last' or 'best'")
-    return {'last': self._last, 'best': self._best,
-            'preempted': self._preempted}[which]
+      raise UserError(
+        f"checkpoint={which!r} is unknown; choose 'last' or 'best'"
+      )
+    return {
+      'last': self._last,
+      'best': self._best,
+      'preempted': self._preempted,
+    }[which]
 
   def latest_epoch(self, which: str = 'last') -> int | None:
     return self._manager(which).latest_step()
 
-  def save(self, epoch: int, state, meta: dict, config: dict, *,
-           last: bool, best: bool) -> None:
+  def save(
+    self, epoch: int, state, meta: dict, config: dict, *, last: bool, best: bool
+  ) -> None:
     """Saves into the rolling and/or the best manager.
 
     An epoch a manager already holds is skipped: after a resume, the epochs
     between the restored checkpoint and the kill are recomputed bit for bit,
     so the copy on disk is already the right one.
     """
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta),
-                              config=ocp.args.JsonSave(config))
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      meta=ocp.args.JsonSave(meta),
+      config=ocp.args.JsonSave(config),
+    )
     for wanted, manager in ((last, self._last), (best, self._best)):
       if wanted and epoch not in manager.all_steps():
         manager.save(epoch, args=args)
@@ -143,21 +159,34 @@ class Checkpoints:
   def save_preempted(self, step: int, state, meta: dict, config: dict) -> None:
     """Saves the state of a run stopped at global `step` mid-epoch, and
     waits until it is on disk (the process is about to exit)."""
-    self._preempted.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-        config=ocp.args.JsonSave(config)), force=True)
+    self._preempted.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave(meta),
+        config=ocp.args.JsonSave(config),
+      ),
+      force=True,
+    )
     self._preempted.wait_until_finished()
 
   def _restore_one(self, manager, step, abstract_state, mesh):
     if abstract_state is None:
       saved = manager.item_metadata(step).state
       abstract_state = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                         sharding=parallel.replicated(mesh)),
-          saved)
-    restored = manager.restore(step, args=ocp.args.Composite(
+        lambda m: jax.ShapeDtypeStruct(
+          m.shape, m.dtype, sharding=parallel.replicated(mesh)
+        ),
+        saved,
+      )
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore(),
+      ),
+    )
     return restored.state, restored.meta, restored.config
 
   def _set_aside(self, which: str, step: int, error: Exception) -> None:
@@ -166,27 +195,35 @@ class Checkpoints:
     teacher) hold no lock on the workdir and only skip it."""
     manager = self._manager(which)
     source = os.path.join(str(manager.directory), str(step))
-    reason = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}' \
-        if str(error) else type(error).__name__
+    reason = (
+      f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
+      if str(error)
+      else type(error).__name__
+    )
     if self.read_only or jax.process_index() != 0:
       logging.warning('Checkpoint %s is damaged (%s); skipped.', source, reason)
       return
     aside = os.path.join(str(self.workdir), DAMAGED_DIR)
     os.makedirs(aside, exist_ok=True)
-    target = os.path.join(aside, f'{os.path.basename(str(manager.directory))}'
-                          f'-{step}')
+    target = os.path.join(
+      aside, f'{os.path.basename(str(manager.directory))}-{step}'
+    )
     n = 1
     while os.path.exists(target + (f'.{n}' if n > 1 else '')):
       n += 1
     target += f'.{n}' if n > 1 else ''
     os.rename(source, target)
     manager.reload()
-    logging.warning('Checkpoint %s is damaged (%s); moved it to %s.', source,
-                    reason, target)
+    logging.warning(
+      'Checkpoint %s is damaged (%s); moved it to %s.', source, reason, target
+    )
 
-  def restore_newest_intact(self, abstract_state=None, which: str = 'last',
-                            mesh: Mesh | None = None,
-                            ) -> tuple[Any, dict, dict] | None:
+  def restore_newest_intact(
+    self,
+    abstract_state=None,
+    which: str = 'last',
+    mesh: Mesh | None = None,
+  ) -> tuple[Any, dict, dict] | None:
     """(state, meta, config) of the newest checkpoint of `which` that
     restores, or None when `which` has no checkpoint at all.
 
@@ -206,11 +243,16 @@ class Checkpoints:
         # Orbax and TensorStore raise many types for a damaged file; any of
         # them means this checkpoint cannot be used, not that the run fails.
         self._set_aside(which, step, e)
-    where = ('skipped, see the warnings above' if self.read_only else
-             f'moved to {os.path.join(str(self.workdir), DAMAGED_DIR)}; '
-             'rerunning starts from scratch')
-    raise UserError(f'no intact {which} checkpoint in {manager.directory}: '
-                    f'all {len(steps)} failed to restore ({where})')
+    where = (
+      'skipped, see the warnings above'
+      if self.read_only
+      else f'moved to {os.path.join(str(self.workdir), DAMAGED_DIR)}; '
+      'rerunning starts from scratch'
+    )
+    raise UserError(
+      f'no intact {which} checkpoint in {manager.directory}: '
+      f'all {len(steps)} failed to restore ({where})'
+    )
 
   def input_shape(self, which: str = 'last') -> list[int] | None:
     """[H, W, C] of the images the newest `which` checkpoint was trained on,
@@ -218,8 +260,9 @@ class Checkpoints:
     manager = self._manager(which)
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        return manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta.get('input_shape')
+        return manager.restore(
+          step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        ).meta.get('input_shape')
       except Exception:  # pylint: disable=broad-except
         continue  # Damaged: restore_newest_intact has said so.
     return None
@@ -227,9 +270,13 @@ class Checkpoints:
   def latest_steps(self, which: str) -> list[int]:
     return sorted(self._manager(which).all_steps())
 
-  def restore(self, abstract_state=None, which: str = 'last',
-              epoch: int | None = None,
-              mesh: Mesh | None = None) -> tuple[Any, dict]:
+  def restore(
+    self,
+    abstract_state=None,
+    which: str = 'last',
+    epoch: int | None = None,
+    mesh: Mesh | None = None,
+  ) -> tuple[Any, dict]:
     """(state, meta) of `epoch` (default: the latest) of `which`.
 
     With `abstract_state` (a tree of jax.ShapeDtypeStruct with shardings) the
@@ -240,8 +287,10 @@ class Checkpoints:
     manager = self._manager(which)
     epoch = manager.latest_step() if epoch is None else epoch
     if epoch is None:
-      raise UserError(f'no {which} checkpoint in {manager.directory}; train '
-                      'first with configs/teacher.py and the same workdir')
+      raise UserError(
+        f'no {which} checkpoint in {manager.directory}; train '
+        'first with configs/teacher.py and the same workdir'
+      )
     state, meta, _ = self._restore_one(manager, epoch, abstract_state, mesh)
     return state, meta
 
@@ -250,8 +299,9 @@ class Checkpoints:
     epoch = manager.latest_step()
     if epoch is None:
       raise UserError(f'no {which} checkpoint in {manager.directory}')
-    return manager.restore(epoch, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore())).config
+    return manager.restore(
+      epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+    ).config
 
   def close(self) -> None:
     for manager in (self._last, self._best, self._preempted):

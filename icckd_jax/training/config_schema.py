@@ -43,8 +43,10 @@ Rule = tuple[Callable[[Any], bool], str]
 
 
 def _int_at_least(low: int) -> Rule:
-  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
-          f'an integer >= {low}')
+  return (
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+    f'an integer >= {low}',
+  )
 
 
 POSITIVE = (lambda v: v > 0, 'a finite number > 0')
@@ -57,6 +59,7 @@ _ABSENT = object()
 @dataclasses.dataclass(frozen=True)
 class Field:
   """A config field's role, and its valid range (numbers) or choices."""
+
   role: str = 'identity'
   rule: Rule = ANY
   choices: tuple[str, ...] | None = None
@@ -72,64 +75,84 @@ class Field:
 _DISTILL_WEIGHT = Field('traced', NON_NEGATIVE)
 
 FIELDS: dict[str, Field] = {
-    'mode': Field('bookkeeping'),
-    'workdir': Field('bookkeeping'),
-    'log_every_steps': Field('bookkeeping', _int_at_least(1)),
-    'checkpoint_every_epochs': Field('bookkeeping', _int_at_least(1)),
-    # 0 would keep nothing to resume from.
-    'keep_checkpoints': Field('bookkeeping', _int_at_least(1)),
-    'num_epochs': Field('schedule', _int_at_least(1)),
-    'eval_batch_size': Field('evaluation', _int_at_least(1)),
-    'eval_every_epochs': Field('evaluation', _int_at_least(1),
-                               added_default=1),
-    'num_devices': Field('evaluation', _int_at_least(0)),
-    'seed': Field('traced', _int_at_least(0)),
-    'batch_size': Field(rule=_int_at_least(1)),
-    'learning_rate': Field(rule=POSITIVE),
-    'lr_decay_rate': Field(rule=POSITIVE),
-    'momentum': Field(rule=FRACTION),
-    'weight_decay': Field(rule=NON_NEGATIVE),
-    'crop_padding': Field(rule=_int_at_least(0)),
-    'dtype': Field(choices=tuple(DTYPES)),
-    'dataset.num_train': Field(rule=_int_at_least(1)),
-    'dataset.num_test': Field(rule=_int_at_least(1)),
-    'dataset.num_classes': Field(rule=_int_at_least(2)),
-    'dataset.image_size': Field(rule=_int_at_least(1)),
-    'dataset.channels': Field(rule=_int_at_least(1)),
-    'dataset.seed': Field(rule=_int_at_least(0)),
-    'dataset.train_subset': Field(rule=_int_at_least(0)),
-    'dataset.test_subset': Field(rule=_int_at_least(0)),
-    # λ = 0 also removes the second view, so it is traced only among λ > 0.
-    'icc.lam': Field('traced', NON_NEGATIVE),
-    'icc.tau': Field('traced', POSITIVE),
-    # δ = -1 lets every anchor through, δ >= 1 none: any finite value is a
-    # meaningful gate (docs/method.md §3).
-    'icc.delta': Field('traced', ANY),
-    'icc.margin_kind': Field(choices=losses.MARGIN_KINDS),
-    'icc.head': Field(choices=projection.HEADS),
-    'icc.head_dim': Field(rule=_int_at_least(1)),
-    'icc.empty_anchors': Field(choices=losses.EMPTY_ANCHORS,
-                               added_default='count'),
-    'cache.size': Field(rule=_int_at_least(0)),
-    'cache.store': Field(choices=('features', 'images')),
-    # Any teacher of the same architecture: its weights are an argument.
-    'teacher.workdir': Field('traced'),
-    'distill.method': Field(choices=tuple(distillers.DISTILLERS)),
-    'distill.temperature': Field('traced', POSITIVE),
-    **{f'distill.{name}': _DISTILL_WEIGHT for name in (
-        'gamma', 'alpha', 'beta', 'w_dist', 'w_angle', 'ce_weight',
-        'dkd_alpha', 'dkd_beta', 'dkd_warmup_epochs', 'dist_beta',
-        'dist_gamma', 'at_weight', 'nst_weight', 'pkt_weight', 'sp_weight',
-        'fitnet_weight', 'crd_weight', 'vid_weight',
-        'ofd_weight', 'reviewkd_weight', 'reviewkd_warmup_epochs',
-        'kdsvd_weight')},
-    'distill.crd_temperature': Field('traced', POSITIVE),
-    'distill.crd_momentum': Field('traced', FRACTION),
-    # The embedding's width and the negatives' count shape the step.
-    'distill.crd_dim': Field(rule=_int_at_least(1)),
-    'distill.crd_negatives': Field(rule=_int_at_least(1)),
-    # Changes which program the step is: identity.
-    'distill.standardize_logits': Field(),
+  'mode': Field('bookkeeping'),
+  'workdir': Field('bookkeeping'),
+  'log_every_steps': Field('bookkeeping', _int_at_least(1)),
+  'checkpoint_every_epochs': Field('bookkeeping', _int_at_least(1)),
+  # 0 would keep nothing to resume from.
+  'keep_checkpoints': Field('bookkeeping', _int_at_least(1)),
+  'num_epochs': Field('schedule', _int_at_least(1)),
+  'eval_batch_size': Field('evaluation', _int_at_least(1)),
+  'eval_every_epochs': Field('evaluation', _int_at_least(1), added_default=1),
+  'num_devices': Field('evaluation', _int_at_least(0)),
+  'seed': Field('traced', _int_at_least(0)),
+  'batch_size': Field(rule=_int_at_least(1)),
+  'learning_rate': Field(rule=POSITIVE),
+  'lr_decay_rate': Field(rule=POSITIVE),
+  'momentum': Field(rule=FRACTION),
+  'weight_decay': Field(rule=NON_NEGATIVE),
+  'crop_padding': Field(rule=_int_at_least(0)),
+  'dtype': Field(choices=tuple(DTYPES)),
+  'dataset.num_train': Field(rule=_int_at_least(1)),
+  'dataset.num_test': Field(rule=_int_at_least(1)),
+  'dataset.num_classes': Field(rule=_int_at_least(2)),
+  'dataset.image_size': Field(rule=_int_at_least(1)),
+  'dataset.channels': Field(rule=_int_at_least(1)),
+  'dataset.seed': Field(rule=_int_at_least(0)),
+  'dataset.train_subset': Field(rule=_int_at_least(0)),
+  'dataset.test_subset': Field(rule=_int_at_least(0)),
+  # λ = 0 also removes the second view, so it is traced only among λ > 0.
+  'icc.lam': Field('traced', NON_NEGATIVE),
+  'icc.tau': Field('traced', POSITIVE),
+  # δ = -1 lets every anchor through, δ >= 1 none: any finite value is a
+  # meaningful gate (docs/method.md §3).
+  'icc.delta': Field('traced', ANY),
+  'icc.margin_kind': Field(choices=losses.MARGIN_KINDS),
+  'icc.head': Field(choices=projection.HEADS),
+  'icc.head_dim': Field(rule=_int_at_least(1)),
+  'icc.empty_anchors': Field(
+    choices=losses.EMPTY_ANCHORS, added_default='count'
+  ),
+  'cache.size': Field(rule=_int_at_least(0)),
+  'cache.store': Field(choices=('features', 'images')),
+  # Any teacher of the same architecture: its weights are an argument.
+  'teacher.workdir': Field('traced'),
+  'distill.method': Field(choices=tuple(distillers.DISTILLERS)),
+  'distill.temperature': Field('traced', POSITIVE),
+  **{
+    f'distill.{name}': _DISTILL_WEIGHT
+    for name in (
+      'gamma',
+      'alpha',
+      'beta',
+      'w_dist',
+      'w_angle',
+      'ce_weight',
+      'dkd_alpha',
+      'dkd_beta',
+      'dkd_warmup_epochs',
+      'dist_beta',
+      'dist_gamma',
+      'at_weight',
+      'nst_weight',
+      'pkt_weight',
+      'sp_weight',
+      'fitnet_weight',
+      'crd_weight',
+      'vid_weight',
+      'ofd_weight',
+      'reviewkd_weight',
+      'reviewkd_warmup_epochs',
+      'kdsvd_weight',
+    )
+  },
+  'distill.crd_temperature': Field('traced', POSITIVE),
+  'distill.crd_momentum': Field('traced', FRACTION),
+  # The embedding's width and the negatives' count shape the step.
+  'distill.crd_dim': Field(rule=_int_at_least(1)),
+  'distill.crd_negatives': Field(rule=_int_at_least(1)),
+  # Changes which program the step is: identity.
+  'distill.standardize_logits': Field(),
 }
 
 _UNDECLARED = Field()
@@ -161,14 +184,20 @@ def not_compiled() -> tuple[str, ...]:
 
 def added_defaults() -> dict[str, Any]:
   """{field: value of runs saved before it existed}."""
-  return {path: f.added_default for path, f in FIELDS.items()
-          if f.added_default is not _ABSENT}
+  return {
+    path: f.added_default
+    for path, f in FIELDS.items()
+    if f.added_default is not _ABSENT
+  }
 
 
 def traced_distill_weights() -> tuple[str, ...]:
   """The config.distill fields the student step takes as traced scalars."""
-  return tuple(path.removeprefix('distill.') for path, f in FIELDS.items()
-               if f.role == 'traced' and path.startswith('distill.'))
+  return tuple(
+    path.removeprefix('distill.')
+    for path, f in FIELDS.items()
+    if f.role == 'traced' and path.startswith('distill.')
+  )
 
 
 def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
@@ -176,14 +205,21 @@ def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
   icc = config.get('icc')
   if icc is not None and icc.get('lam') == 0:
     # The cross-entropy teacher: no gate, head or cache.
-    return tuple(path for path in FIELDS if path.startswith(('icc.', 'cache.'))
-                 and path != 'icc.lam')
+    return tuple(
+      path
+      for path in FIELDS
+      if path.startswith(('icc.', 'cache.')) and path != 'icc.lam'
+    )
   distill = config.get('distill')
   if distill is not None:
     # A student: the weights of the other methods.
     read = distillers.fields(distill.get('method'))
     if read:
-      return tuple(path for path in FIELDS if path.startswith('distill.')
-                   and path != 'distill.method'
-                   and path.removeprefix('distill.') not in read)
+      return tuple(
+        path
+        for path in FIELDS
+        if path.startswith('distill.')
+        and path != 'distill.method'
+        and path.removeprefix('distill.') not in read
+      )
   return ()

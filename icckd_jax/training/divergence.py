@@ -29,8 +29,12 @@ def _kept(ckpts: checkpoint.Checkpoints) -> str:
   return f'epoch {epoch}' if epoch is not None else 'none yet'
 
 
-def check_losses(losses: np.ndarray, first_step: int,
-                 reference_loss: float, ckpts: checkpoint.Checkpoints) -> None:
+def check_losses(
+  losses: np.ndarray,
+  first_step: int,
+  reference_loss: float,
+  ckpts: checkpoint.Checkpoints,
+) -> None:
   """Raises Diverged when a step loss of `losses` ([n], the steps from
   `first_step` on) is not finite or above LOSS_EXPLOSION_FACTOR times
   `reference_loss`, the run's first step loss."""
@@ -38,20 +42,28 @@ def check_losses(losses: np.ndarray, first_step: int,
   bad = np.flatnonzero(~np.isfinite(losses) | (losses > limit))
   if bad.size:
     loss = losses[bad[0]]
-    why = ('' if not np.isfinite(loss) else
-           f' (over {LOSS_EXPLOSION_FACTOR:g}x the first step\'s '
-           f'{reference_loss:.4g})')
-    raise Diverged(f'training diverged: loss {loss:.4g} at step '
-                   f'{first_step + bad[0]}{why}; stopped without saving, every '
-                   f'checkpoint kept (last good: {_kept(ckpts)}). Lower '
-                   'config.learning_rate?')
+    why = (
+      ''
+      if not np.isfinite(loss)
+      else f" (over {LOSS_EXPLOSION_FACTOR:g}x the first step's "
+      f'{reference_loss:.4g})'
+    )
+    raise Diverged(
+      f'training diverged: loss {loss:.4g} at step '
+      f'{first_step + bad[0]}{why}; stopped without saving, every '
+      f'checkpoint kept (last good: {_kept(ckpts)}). Lower '
+      'config.learning_rate?'
+    )
 
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   """[] bool: every floating-point element of `tree` is finite."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
@@ -60,11 +72,15 @@ def check_state(state, step: int, ckpts: checkpoint.Checkpoints) -> None:
   state and cache of `state` are all finite: the losses can stay finite
   while BatchNorm statistics are already NaN."""
   if not bool(_all_finite(state)):
-    bad = [jax.tree_util.keystr(path) for path, x in
-           jax.tree_util.tree_leaves_with_path(state)
-           if jnp.issubdtype(x.dtype, jnp.inexact)
-           and not bool(jnp.all(jnp.isfinite(x)))]
-    raise Diverged(f'training diverged: non-finite values in {len(bad)} state '
-                   f'arrays at step {step} (first: {bad[0]}); stopped without '
-                   f'saving, every checkpoint kept (last good: {_kept(ckpts)}).'
-                   ' Lower config.learning_rate?')
+    bad = [
+      jax.tree_util.keystr(path)
+      for path, x in jax.tree_util.tree_leaves_with_path(state)
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+      and not bool(jnp.all(jnp.isfinite(x)))
+    ]
+    raise Diverged(
+      f'training diverged: non-finite values in {len(bad)} state '
+      f'arrays at step {step} (first: {bad[0]}); stopped without '
+      f'saving, every checkpoint kept (last good: {_kept(ckpts)}).'
+      ' Lower config.learning_rate?'
+    )

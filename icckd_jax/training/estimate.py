@@ -116,8 +116,14 @@ class RunClock:
   checkpoint. `note()` is the progress line's ETA text.
   """
 
-  def __init__(self, batch_size: int, steps_per_epoch: int, total_steps: int,
-               start_step: int, sweep: SweepClock | None = None):
+  def __init__(
+    self,
+    batch_size: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    start_step: int,
+    sweep: SweepClock | None = None,
+  ):
     self._batch = batch_size
     self._steps_per_epoch = steps_per_epoch
     self._total = total_steps
@@ -137,15 +143,21 @@ class RunClock:
       step_seconds = (time.perf_counter() - self._compiled_at) / TIMED_STEPS
       self._step_seconds = step_seconds
       left = self._total - self._start_step - TIMED_STEPS - 1
-      logging.info('Step time after compiling: %.1f ms (%.0f img/s, %d '
-                   'steps); this run projects %s more for its %d steps left '
-                   '(training steps only; the first epoch adds its '
-                   'evaluation).', 1000 * step_seconds,
-                   self._batch / step_seconds, TIMED_STEPS,
-                   duration(left * step_seconds), left)
+      logging.info(
+        'Step time after compiling: %.1f ms (%.0f img/s, %d '
+        'steps); this run projects %s more for its %d steps left '
+        '(training steps only; the first epoch adds its '
+        'evaluation).',
+        1000 * step_seconds,
+        self._batch / step_seconds,
+        TIMED_STEPS,
+        duration(left * step_seconds),
+        left,
+      )
     if self._sweep is not None:
-      self._sweep.stage_progress((i + 1) / max(1, self._total -
-                                               self._start_step))
+      self._sweep.stage_progress(
+        (i + 1) / max(1, self._total - self._start_step)
+      )
 
   def after_epoch(self) -> None:
     """Logs, once, the projection from the first epoch's wall time (its
@@ -156,12 +168,17 @@ class RunClock:
       epoch = now - self._epoch_start
       if self._compiled_at is not None and self._step_seconds is not None:
         epoch -= self._compiled_at - self._epoch_start - self._step_seconds
-      epochs_left = ((self._total - self._start_step) //
-                     self._steps_per_epoch) - 1
-      logging.info('First epoch took %s with evaluation and checkpoint '
-                   '(compilation left out); %d epochs left: this run projects '
-                   '%s more.', duration(epoch), epochs_left,
-                   duration(epochs_left * epoch))
+      epochs_left = (
+        (self._total - self._start_step) // self._steps_per_epoch
+      ) - 1
+      logging.info(
+        'First epoch took %s with evaluation and checkpoint '
+        '(compilation left out); %d epochs left: this run projects '
+        '%s more.',
+        duration(epoch),
+        epochs_left,
+        duration(epochs_left * epoch),
+      )
     self._epoch_start = now
 
   def note(self) -> str:

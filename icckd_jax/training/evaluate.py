@@ -29,8 +29,16 @@ from icckd_jax.data.input_pipeline import Split, eval_indices
 DATA = parallel.DATA
 
 
-def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
-                 batch_size: int, reference: nn.Module | None = None):
+def make_eval_fn(
+  model: nn.Module,
+  mesh: Mesh,
+  *,
+  mean,
+  std,
+  dtype,
+  batch_size: int,
+  reference: nn.Module | None = None,
+):
   """Builds evaluate(variables, split[, reference_variables]) -> metrics.
 
   Metrics: 'top1', 'top5', 'loss', 'count', and with a `reference` model (a
@@ -49,24 +57,32 @@ def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
     top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
     w = mask.astype(jnp.float32)
     sums = {
-        'top1': jnp.sum(w * (jnp.argmax(logits, -1) == labels)),
-        'top5': jnp.sum(w * jnp.any(top5 == labels[:, None], -1)),
-        'loss': jnp.sum(w * losses.cross_entropy(logits, labels)),
-        'count': jnp.sum(w),
+      'top1': jnp.sum(w * (jnp.argmax(logits, -1) == labels)),
+      'top5': jnp.sum(w * jnp.any(top5 == labels[:, None], -1)),
+      'loss': jnp.sum(w * losses.cross_entropy(logits, labels)),
+      'count': jnp.sum(w),
     }
     if reference is not None:
-      reference_logits, _ = reference.apply(reference_variables, images,
-                                            train=False)
-      sums['agreement'] = jnp.sum(w * (jnp.argmax(logits, -1) ==
-                                       jnp.argmax(reference_logits, -1)))
+      reference_logits, _ = reference.apply(
+        reference_variables, images, train=False
+      )
+      sums['agreement'] = jnp.sum(
+        w * (jnp.argmax(logits, -1) == jnp.argmax(reference_logits, -1))
+      )
     return lax.psum(sums, DATA)
 
-  step = jax.jit(parallel.shard_map(
-      per_device, mesh, in_specs=(P(), P(), P(DATA), P(DATA), P()),
-      out_specs=P()))
+  step = jax.jit(
+    parallel.shard_map(
+      per_device,
+      mesh,
+      in_specs=(P(), P(), P(DATA), P(DATA), P()),
+      out_specs=P(),
+    )
+  )
 
-  def evaluate(variables, split: Split,
-               reference_variables=None) -> dict[str, float]:
+  def evaluate(
+    variables, split: Split, reference_variables=None
+  ) -> dict[str, float]:
     indices, mask = eval_indices(split.size, batch_size)
     totals = None
     for idx, m in zip(indices, mask):
@@ -80,10 +96,53 @@ def make_eval_fn(model: nn.Module, mesh: Mesh, *, mean, std, dtype,
   return evaluate
 
 
-def evaluate_checkpoint(workdir: str, which: str = 'best',
-                        num_devices: int | None = None,
-                        batch_size: int = 500,
-                        export: str | None = None) -> dict[str, Any]:
+def _restore_checkpoint(workdir: str, which: str, mesh):
+  """(state, meta, saved config) of WORKDIR's newest intact `which`
+  checkpoint, restored onto `mesh`; only reads."""
+  if not workdir or not os.path.isdir(workdir):
+    raise UserError(
+      f'config.workdir={workdir!r} is not a directory holding a training run'
+    )
+  if which not in ('best', 'last'):
+    raise UserError(
+      f"config.checkpoint={which!r} is unknown; choose 'best' or 'last'"
+    )
+  # Read-only and without the workdir's lock: a run may be training in it.
+  # A damaged newest checkpoint is skipped for the newest intact one.
+  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+    restored = ckpts.restore_newest_intact(None, which=which, mesh=mesh)
+  if restored is None:
+    raise UserError(
+      f'no {which} checkpoint in {workdir}; train first with '
+      'configs/teacher.py and the same workdir'
+    )
+  state, meta, saved = restored
+  return state, meta, ml_collections.ConfigDict(saved)
+
+
+def _write_result(workdir: str, which: str, result: dict[str, Any]) -> None:
+  """WORKDIR/eval_<which>.json, or a warning where the workdir is read-only
+  (the command prints the result either way)."""
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, f'eval_{which}.json')
+    try:
+      with open(path, 'w') as f:
+        json.dump(result, f, indent=2)
+    except OSError as e:  # A read-only workdir: the command prints it.
+      logging.warning(
+        'Could not write %s (%s); the result is printed below.',
+        path,
+        e.strerror or e,
+      )
+
+
+def evaluate_checkpoint(
+  workdir: str,
+  which: str = 'best',
+  num_devices: int | None = None,
+  batch_size: int = 500,
+  export: str | None = None,
+) -> dict[str, Any]:
   """Restores WORKDIR's `which` checkpoint on the current mesh, evaluates it on
   the whole test split, and writes WORKDIR/eval_<which>.json.
 
@@ -94,56 +153,61 @@ def evaluate_checkpoint(workdir: str, which: str = 'best',
   """
   if export:
     params_file.check_writable(export, 'config.export')
-  if not workdir or not os.path.isdir(workdir):
-    raise UserError(f'config.workdir={workdir!r} is not a directory holding '
-                    'a training run')
-  if which not in ('best', 'last'):
-    raise UserError(f"config.checkpoint={which!r} is unknown; choose 'best' "
-                    "or 'last'")
-  # Read-only and without the workdir's lock: a run may be training in it.
-  # A damaged newest checkpoint is skipped for the newest intact one.
   mesh = parallel.make_mesh(num_devices)
-  with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
-    restored = ckpts.restore_newest_intact(None, which=which, mesh=mesh)
-  if restored is None:
-    raise UserError(f'no {which} checkpoint in {workdir}; train first with '
-                    'configs/teacher.py and the same workdir')
-  state, meta, saved = restored
-  saved = ml_collections.ConfigDict(saved)
+  state, meta, saved = _restore_checkpoint(workdir, which, mesh)
   dataset = datasets.load(saved.dataset)
   dtype = run_setup.compute_dtype(saved)
-  model = models.create_model(saved.model, dataset.num_classes, dtype=dtype,
-                              bn_axis_name=parallel.DATA)
+  model = models.create_model(
+    saved.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
+  )
   _, test = input_pipeline.to_device(dataset, mesh)
-  evaluate = make_eval_fn(model, mesh, mean=dataset.mean, std=dataset.std,
-                          dtype=dtype, batch_size=batch_size)
-  variables = {'params': state['params']['model'],
-               'batch_stats': state['batch_stats']}
+  evaluate = make_eval_fn(
+    model,
+    mesh,
+    mean=dataset.mean,
+    std=dataset.std,
+    dtype=dtype,
+    batch_size=batch_size,
+  )
+  variables = {
+    'params': state['params']['model'],
+    'batch_stats': state['batch_stats'],
+  }
   if export and jax.process_index() == 0:
-    params_file.save(export, variables, model=saved.model,
-                     num_classes=dataset.num_classes, mean=dataset.mean,
-                     std=dataset.std)
+    params_file.save(
+      export,
+      variables,
+      model=saved.model,
+      num_classes=dataset.num_classes,
+      mean=dataset.mean,
+      std=dataset.std,
+    )
   result = evaluate(variables, test)
-  result.update(checkpoint=which, epoch=meta['epoch'],
-                devices=int(mesh.devices.size))
-  logging.info('%s checkpoint of %s (epoch %d): top-1 %.4f, top-5 %.4f on %d '
-               'test examples', which, workdir, meta['epoch'], result['top1'],
-               result['top5'], result['count'])
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, f'eval_{which}.json')
-    try:
-      with open(path, 'w') as f:
-        json.dump(result, f, indent=2)
-    except OSError as e:  # A read-only workdir: the command prints it.
-      logging.warning('Could not write %s (%s); the result is printed '
-                      'below.', path, e.strerror or e)
+  result.update(
+    checkpoint=which, epoch=meta['epoch'], devices=int(mesh.devices.size)
+  )
+  logging.info(
+    '%s checkpoint of %s (epoch %d): top-1 %.4f, top-5 %.4f on %d '
+    'test examples',
+    which,
+    workdir,
+    meta['epoch'],
+    result['top1'],
+    result['top5'],
+    result['count'],
+  )
+  _write_result(workdir, which, result)
   return result
 
 
-def evaluate_pytorch(pth: str, model_name: str,
-                     dataset_config: ml_collections.ConfigDict,
-                     num_devices: int | None = None, batch_size: int = 500,
-                     export: str | None = None) -> dict[str, Any]:
+def evaluate_pytorch(
+  pth: str,
+  model_name: str,
+  dataset_config: ml_collections.ConfigDict,
+  num_devices: int | None = None,
+  batch_size: int = 500,
+  export: str | None = None,
+) -> dict[str, Any]:
   """Imports a PyTorch checkpoint of the CIFAR-100 KD benchmark and evaluates
   it on the whole test split of `dataset_config`, exactly as a student
   evaluates such a teacher (inputs normalised with the benchmark's
@@ -155,18 +219,30 @@ def evaluate_pytorch(pth: str, model_name: str,
   torch_import.check_source(pth, model_name, 'config.pth', 'config.model')
   mesh = parallel.make_mesh(num_devices)
   dataset = datasets.load(dataset_config)
-  variables = torch_import.load_checkpoint(pth, model_name,
-                                           dataset.num_classes)
+  variables = torch_import.load_checkpoint(pth, model_name, dataset.num_classes)
   mean, std = torch_import.benchmark_normalization()
   if export and jax.process_index() == 0:
-    params_file.save(export, variables, model=model_name,
-                     num_classes=dataset.num_classes, mean=mean, std=std)
+    params_file.save(
+      export,
+      variables,
+      model=model_name,
+      num_classes=dataset.num_classes,
+      mean=mean,
+      std=std,
+    )
   model = models.create_model(model_name, dataset.num_classes)
   _, test = input_pipeline.to_device(dataset, mesh)
-  evaluate = make_eval_fn(model, mesh, mean=mean, std=std, dtype=jnp.float32,
-                          batch_size=batch_size)
+  evaluate = make_eval_fn(
+    model, mesh, mean=mean, std=std, dtype=jnp.float32, batch_size=batch_size
+  )
   result = evaluate(parallel.put_replicated(variables, mesh), test)
   result.update(pth=pth, model=model_name, devices=int(mesh.devices.size))
-  logging.info('%s (%s): top-1 %.4f, top-5 %.4f on %d test examples', pth,
-               model_name, result['top1'], result['top5'], result['count'])
+  logging.info(
+    '%s (%s): top-1 %.4f, top-5 %.4f on %d test examples',
+    pth,
+    model_name,
+    result['top1'],
+    result['top5'],
+    result['count'],
+  )
   return result

@@ -45,11 +45,16 @@ from icckd_jax.training.run_setup import RunSetup, compute_dtype, mesh_key
 SUMMARY_FILE = 'summary.json'
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
-        dataset: datasets.Dataset, mesh: Mesh,
-        summary_extra: dict[str, Any] | None = None,
-        reuse: Reuse | None = None,
-        step_memory: dict[str, int] | None = None) -> dict[str, Any]:
+def fit(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  setup: RunSetup,
+  dataset: datasets.Dataset,
+  mesh: Mesh,
+  summary_extra: dict[str, Any] | None = None,
+  reuse: Reuse | None = None,
+  step_memory: dict[str, int] | None = None,
+) -> dict[str, Any]:
   """Trains `setup` in `workdir`, resuming if it can; returns the summary
   (with `summary_extra` added). `step_memory`: the compiled step's memory
   analysis when the caller already has it (`preflight.check_step_memory`).
@@ -65,9 +70,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str, setup: RunSetup,
     if not _disk_full(e):
       raise
     checkpoint.remove_partial_saves(workdir)
-    raise UserError(f'the disk holding {workdir} is full (no space left while '
-                    'writing); every checkpoint saved before is intact: free '
-                    'space and rerun the same command to resume') from None
+    raise UserError(
+      f'the disk holding {workdir} is full (no space left while '
+      'writing); every checkpoint saved before is intact: free '
+      'space and rerun the same command to resume'
+    ) from None
 
 
 def _disk_full(error: BaseException | None) -> bool:
@@ -93,14 +100,14 @@ def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
 
 
-def _restore(ckpts: checkpoint.Checkpoints, abstract_state,
-             steps_per_epoch: int):
+def _restore(
+  ckpts: checkpoint.Checkpoints, abstract_state, steps_per_epoch: int
+):
   """(state, meta) of the newest intact checkpoint, a preempted run's if it
   is newer than the last epoch's; None for a new run."""
   epochs = ckpts.latest_steps('last')
   preempted = ckpts.latest_steps('preempted')
-  if preempted and (not epochs or
-                    preempted[-1] > epochs[-1] * steps_per_epoch):
+  if preempted and (not epochs or preempted[-1] > epochs[-1] * steps_per_epoch):
     restored = ckpts.restore_newest_intact(abstract_state, 'preempted')
     if restored is not None:
       return restored[:2]
@@ -113,46 +120,78 @@ def _partial_epoch(per_step: list[dict], logged: int) -> dict[str, Any]:
   exact as JSON floats), so that a resumed epoch's record is identical."""
   per_step = jax.device_get(per_step)
   keys = list(per_step[0]) if per_step else []
-  return {'logged': logged,
-          'metrics': {k: [float(m[k]) for m in per_step] for k in keys},
-          'dtypes': {k: str(np.asarray(per_step[0][k]).dtype) for k in keys}}
+  return {
+    'logged': logged,
+    'metrics': {k: [float(m[k]) for m in per_step] for k in keys},
+    'dtypes': {k: str(np.asarray(per_step[0][k]).dtype) for k in keys},
+  }
 
 
 def _unpack_partial(partial: dict[str, Any]) -> tuple[list[dict], int]:
   metrics, dtypes = partial['metrics'], partial['dtypes']
   n = len(next(iter(metrics.values()))) if metrics else 0
-  per_step = [{k: np.asarray(metrics[k][i], dtypes[k]) for k in metrics}
-              for i in range(n)]
+  per_step = [
+    {k: np.asarray(metrics[k][i], dtypes[k]) for k in metrics} for i in range(n)
+  ]
   return per_step, partial['logged']
 
 
-def _header(config, setup: RunSetup, dataset: datasets.Dataset, mesh: Mesh,
-            abstract_state, start_step: int) -> None:
+def _header(
+  config,
+  setup: RunSetup,
+  dataset: datasets.Dataset,
+  mesh: Mesh,
+  abstract_state,
+  start_step: int,
+) -> None:
   """What the first silent seconds are for, and what the run is."""
-  params = sum(int(np.prod(x.shape)) for x in
-               jax.tree.leaves(abstract_state.params))
+  params = sum(
+    int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params)
+  )
   devices = mesh.devices.flat[0]
   logging.info(
-      'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
-      'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
-      'process(es), compute dtype %s; %s.', config.get('mode', 'teacher'),
-      config.model, len(dataset.train_labels), len(dataset.test_labels),
-      'x'.join(map(str, dataset.train_images.shape[1:])), dataset.num_classes,
-      setup.steps_per_epoch, config.num_epochs, config.batch_size,
-      f'{params:,}', mesh.devices.size, devices.platform, jax.process_count(),
-      config.dtype,
-      f'resuming at step {start_step}' if start_step else 'a new run')
+    'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
+    'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
+    'process(es), compute dtype %s; %s.',
+    config.get('mode', 'teacher'),
+    config.model,
+    len(dataset.train_labels),
+    len(dataset.test_labels),
+    'x'.join(map(str, dataset.train_images.shape[1:])),
+    dataset.num_classes,
+    setup.steps_per_epoch,
+    config.num_epochs,
+    config.batch_size,
+    f'{params:,}',
+    mesh.devices.size,
+    devices.platform,
+    jax.process_count(),
+    config.dtype,
+    f'resuming at step {start_step}' if start_step else 'a new run',
+  )
 
 
 class _Loop:
   """One run's loop; its mutable progress lives here, its phases are the
   methods. Step counts are always *steps taken so far*."""
 
-  def __init__(self, config, workdir, setup: RunSetup, dataset, mesh,
-               ckpts: checkpoint.Checkpoints, reuse: Reuse | None):
+  def __init__(
+    self,
+    config,
+    workdir,
+    setup: RunSetup,
+    dataset,
+    mesh,
+    ckpts: checkpoint.Checkpoints,
+    reuse: Reuse | None,
+  ):
     self.config, self.workdir, self.setup = config, workdir, setup
-    self.dataset, self.mesh, self.ckpts, self.reuse = (dataset, mesh, ckpts,
-                                                       reuse)
+    self.dataset, self.mesh, self.ckpts, self.reuse = (
+      dataset,
+      mesh,
+      ckpts,
+      reuse,
+    )
     self.steps_per_epoch = setup.steps_per_epoch
     self.total_steps = config.num_epochs * self.steps_per_epoch
     self.per_step, self.logged = [], 0  # this epoch's step metrics
@@ -164,7 +203,8 @@ class _Loop:
     """Restores the newest intact checkpoint or creates the initial state;
     whether the run resumed."""
     abstract_state = checkpoint.abstract_like(
-        jax.eval_shape(self.setup.init_state), self.mesh)
+      jax.eval_shape(self.setup.init_state), self.mesh
+    )
     restored = _restore(self.ckpts, abstract_state, self.steps_per_epoch)
     if restored is not None:
       self.state, meta = restored
@@ -173,55 +213,91 @@ class _Loop:
       self.reference_loss = meta.get('reference_loss')
       if meta.get('partial'):
         self.per_step, self.logged = _unpack_partial(meta['partial'])
-      logging.info('Resumed from %s at step %d (epoch %d).', self.workdir,
-                   self.start_step, meta['epoch'])
+      logging.info(
+        'Resumed from %s at step %d (epoch %d).',
+        self.workdir,
+        self.start_step,
+        meta['epoch'],
+      )
     else:
       self.state = self.setup.create_state(self.mesh)
       self.start_step, self.history, self.reference_loss = 0, None, None
       self.best = {'top1': -1.0, 'epoch': 0}
-    _header(self.config, self.setup, self.dataset, self.mesh, abstract_state,
-            self.start_step)
+    _header(
+      self.config,
+      self.setup,
+      self.dataset,
+      self.mesh,
+      abstract_state,
+      self.start_step,
+    )
     return restored is not None
 
   def _meta(self, epoch: int, step: int, **extra) -> dict[str, Any]:
     """What a checkpoint stores beside the state, to resume exactly."""
-    return {'epoch': epoch, 'step': step, 'best': self.best,
-            'reference_loss': self.reference_loss,
-            'input_shape': list(self.dataset.train_images.shape[1:]),
-            'history': self.history, **extra}
+    return {
+      'epoch': epoch,
+      'step': step,
+      'best': self.best,
+      'reference_loss': self.reference_loss,
+      'input_shape': list(self.dataset.train_images.shape[1:]),
+      'history': self.history,
+      **extra,
+    }
 
   def _evaluate_fn(self):
-    config, setup, dataset, mesh = (self.config, self.setup, self.dataset,
-                                    self.mesh)
+    config, setup, dataset, mesh = (
+      self.config,
+      self.setup,
+      self.dataset,
+      self.mesh,
+    )
     reference = setup.reference[0] if setup.reference else None
     return reuse_lib.get(
-        self.reuse, 'eval',
-        f'{setup.model}|{config.eval_batch_size}|'
-        f'{reuse_lib.config_key(config.dataset)}|{mesh_key(mesh)}|{reference}',
-        lambda: evaluate.make_eval_fn(
-            setup.model, mesh, mean=dataset.mean, std=dataset.std,
-            dtype=compute_dtype(config), batch_size=config.eval_batch_size,
-            reference=reference))
+      self.reuse,
+      'eval',
+      f'{setup.model}|{config.eval_batch_size}|'
+      f'{reuse_lib.config_key(config.dataset)}|{mesh_key(mesh)}|{reference}',
+      lambda: evaluate.make_eval_fn(
+        setup.model,
+        mesh,
+        mean=dataset.mean,
+        std=dataset.std,
+        dtype=compute_dtype(config),
+        batch_size=config.eval_batch_size,
+        reference=reference,
+      ),
+    )
 
   def run(self, summary_extra, step_memory) -> dict[str, Any]:
     resumed = self.resume()
     config, setup = self.config, self.setup
-    train_split, self.test_split = input_pipeline.to_device(self.dataset,
-                                                            self.mesh)
+    train_split, self.test_split = input_pipeline.to_device(
+      self.dataset, self.mesh
+    )
     self.evaluate = self._evaluate_fn()
-    self.batches = setup.batches(config, train_split, self.mesh,
-                                 self.start_step)
+    self.batches = setup.batches(
+      config, train_split, self.mesh, self.start_step
+    )
     self.writer = metric_writer.MetricWriter(
-        self.workdir, self.start_step if resumed else None,
-        epoch_records=self.history)
+      self.workdir,
+      self.start_step if resumed else None,
+      epoch_records=self.history,
+    )
     self.history = list(self.history or [])
-    self.progress = metric_writer.Progress(self.total_steps, self.start_step,
-                                           config.batch_size)
-    self.cache_bytes = (cache_lib.nbytes(self.state.cache)
-                        if self.state.cache is not None else 0)
+    self.progress = metric_writer.Progress(
+      self.total_steps, self.start_step, config.batch_size
+    )
+    self.cache_bytes = (
+      cache_lib.nbytes(self.state.cache) if self.state.cache is not None else 0
+    )
     self.clock = estimate.RunClock(
-        config.batch_size, self.steps_per_epoch, self.total_steps,
-        self.start_step, self.reuse.sweep_clock if self.reuse else None)
+      config.batch_size,
+      self.steps_per_epoch,
+      self.total_steps,
+      self.start_step,
+      self.reuse.sweep_clock if self.reuse else None,
+    )
     self.memory, self.compiled = dict(step_memory or {}), False
     start_epoch, first = divmod(self.start_step, self.steps_per_epoch)
     with StopRequest() as stop:
@@ -242,8 +318,11 @@ class _Loop:
     if not self.memory:
       # Compiling ahead shares XLA's cache with the call that follows, so
       # the memory analysis costs a trace, not a second compilation.
-      self.memory = memory_lib.compiled_memory(self.setup.train_step.lower(
-          self.state, images, labels, self.setup.step_args).compile())
+      self.memory = memory_lib.compiled_memory(
+        self.setup.train_step.lower(
+          self.state, images, labels, self.setup.step_args
+        ).compile()
+      )
     self.memory['cache_bytes'] = self.cache_bytes
     self.compiled = True
     if self.start_step == 0:  # Once per run, also when it resumes later.
@@ -252,11 +331,14 @@ class _Loop:
   def _check_window(self, done: int) -> list[dict]:
     """The steps since the last log, their losses checked; `done` steps
     taken."""
-    window = jax.device_get(self.per_step[self.logged:])
+    window = jax.device_get(self.per_step[self.logged :])
     if window:
-      divergence.check_losses(np.array([m['loss'] for m in window]),
-                              done - len(window) + 1, self.reference_loss,
-                              self.ckpts)
+      divergence.check_losses(
+        np.array([m['loss'] for m in window]),
+        done - len(window) + 1,
+        self.reference_loss,
+        self.ckpts,
+      )
     return window
 
   def run_epoch(self, epoch: int, first: int, stop: StopRequest) -> None:
@@ -271,8 +353,9 @@ class _Loop:
       images, labels = next(self.batches)
       if not self.compiled:
         self._first_step(images, labels)
-      self.state, metrics = setup.train_step(self.state, images, labels,
-                                             setup.step_args)
+      self.state, metrics = setup.train_step(
+        self.state, images, labels, setup.step_args
+      )
       self.clock.after_step(done - self.start_step, metrics)
       self.per_step.append(metrics)
       done += 1
@@ -282,14 +365,20 @@ class _Loop:
         window = self._check_window(done)
         step_time = (time.perf_counter() - window_start) / len(window)
         values = _mean_metrics(window)
-        values.update(learning_rate=float(setup.learning_rate_fn(done - 1)),
-                      step_time=step_time,
-                      images_per_second=config.batch_size / step_time)
+        values.update(
+          learning_rate=float(setup.learning_rate_fn(done - 1)),
+          step_time=step_time,
+          images_per_second=config.batch_size / step_time,
+        )
         self.writer.write('train', done, values)
         self.device_bytes.append(memory_lib.device_bytes_in_use())
-        self.progress.report(done, epoch, config.num_epochs,
-                             {'loss': values['loss'],
-                              'acc': values['accuracy']}, self.clock.note())
+        self.progress.report(
+          done,
+          epoch,
+          config.num_epochs,
+          {'loss': values['loss'], 'acc': values['accuracy']},
+          self.clock.note(),
+        )
         self.logged, window_start = len(self.per_step), time.perf_counter()
 
   # Preemption.
@@ -300,15 +389,21 @@ class _Loop:
     self._check_window(done)
     divergence.check_state(self.state, done, self.ckpts)
     self.ckpts.save_preempted(
-        done, self.state,
-        self._meta(epoch, done,
-                   partial=_partial_epoch(self.per_step, self.logged)),
-        validate.config_as_dict(self.config))
+      done,
+      self.state,
+      self._meta(
+        epoch, done, partial=_partial_epoch(self.per_step, self.logged)
+      ),
+      validate.config_as_dict(self.config),
+    )
     self._write_config()
     self.writer.close()
-    raise Preempted(signum, f'stopped by {signal.Signals(signum).name} at '
-                    f'step {done}; saved it in {self.workdir}/preempted. '
-                    'Rerun the same command to resume.')
+    raise Preempted(
+      signum,
+      f'stopped by {signal.Signals(signum).name} at '
+      f'step {done}; saved it in {self.workdir}/preempted. '
+      'Rerun the same command to resume.',
+    )
 
   # The end of an epoch.
 
@@ -323,22 +418,33 @@ class _Loop:
     # Evaluation every `eval_every_epochs` and always at the last epoch,
     # whose figures are the run's headline.
     evaluated = is_last or (epoch + 1) % config.eval_every_epochs == 0
-    test = self.evaluate(
-        {'params': self.state.params['model'],
-         'batch_stats': self.state.batch_stats}, self.test_split,
-        self.setup.reference[1] if self.setup.reference else None
-    ) if evaluated else {}
+    test = (
+      self.evaluate(
+        {
+          'params': self.state.params['model'],
+          'batch_stats': self.state.batch_stats,
+        },
+        self.test_split,
+        self.setup.reference[1] if self.setup.reference else None,
+      )
+      if evaluated
+      else {}
+    )
     self.record = {
-        'epoch': epoch + 1, **_mean_metrics(per_step),
-        'loss_var': float(np.var(losses)), 'step_losses': losses.tolist(),
-        # CE alone: the one loss every setting shares (the total differs by
-        # λ·L between settings).
-        'step_ce': [float(m['ce']) for m in per_step if 'ce' in m],
-        **{f'test_{k}': v for k, v in test.items()},
-        'epoch_time': epoch_time,
-        'images_per_second': (self.steps_per_epoch * config.batch_size /
-                              epoch_time),
-        'cache_bytes': self.cache_bytes}
+      'epoch': epoch + 1,
+      **_mean_metrics(per_step),
+      'loss_var': float(np.var(losses)),
+      'step_losses': losses.tolist(),
+      # CE alone: the one loss every setting shares (the total differs by
+      # λ·L between settings).
+      'step_ce': [float(m['ce']) for m in per_step if 'ce' in m],
+      **{f'test_{k}': v for k, v in test.items()},
+      'epoch_time': epoch_time,
+      'images_per_second': (
+        self.steps_per_epoch * config.batch_size / epoch_time
+      ),
+      'cache_bytes': self.cache_bytes,
+    }
     self.history.append(self.writer.write('epoch', done, self.record))
     self.clock.after_epoch()
     self._log_epoch(epoch, test)
@@ -347,29 +453,46 @@ class _Loop:
       self.best = {'top1': test['top1'], 'epoch': epoch + 1}
     regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
     if regular or improved:
-      self.ckpts.save(epoch + 1, self.state, self._meta(epoch + 1, done),
-                      validate.config_as_dict(config), last=regular,
-                      best=improved)
+      self.ckpts.save(
+        epoch + 1,
+        self.state,
+        self._meta(epoch + 1, done),
+        validate.config_as_dict(config),
+        last=regular,
+        best=improved,
+      )
       self._write_config()
 
   def _log_epoch(self, epoch: int, test: dict[str, float]) -> None:
     num_epochs, record = self.config.num_epochs, self.record
     if test:
-      logging.info('epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss '
-                   '%.4f%s', epoch + 1, num_epochs, test['top1'],
-                   test['top5'], record['loss'],
-                   f", agreement with teacher {test['agreement']:.4f}"
-                   if 'agreement' in test else '')
+      logging.info(
+        'epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
+        epoch + 1,
+        num_epochs,
+        test['top1'],
+        test['top5'],
+        record['loss'],
+        f', agreement with teacher {test["agreement"]:.4f}'
+        if 'agreement' in test
+        else '',
+      )
     else:
-      logging.info('epoch %d/%d: train loss %.4f, accuracy %.4f', epoch + 1,
-                   num_epochs, record['loss'], record['accuracy'])
+      logging.info(
+        'epoch %d/%d: train loss %.4f, accuracy %.4f',
+        epoch + 1,
+        num_epochs,
+        record['loss'],
+        record['accuracy'],
+      )
 
   def _write_config(self) -> None:
     """WORKDIR/config.json, replaced atomically, beside a checkpoint that has
     just been saved: a rejected or diverged run never rewrites it."""
     write_json_from_process_0(
-        os.path.join(self.workdir, validate.CONFIG_FILE),
-        validate.config_as_dict(self.config))
+      os.path.join(self.workdir, validate.CONFIG_FILE),
+      validate.config_as_dict(self.config),
+    )
 
   # The summary.
 
@@ -379,15 +502,24 @@ class _Loop:
     # Restarted after the last epoch: nothing was left to train.
     record = self.record or (self.history[-1] if self.history else {})
     summary = {
-        'final_top1': record.get('test_top1'),
-        'best_top1': self.best['top1'], 'best_epoch': self.best['epoch'],
-        'epochs': self.config.num_epochs, 'steps': self.total_steps,
-        'workdir': self.workdir, 'compiled_memory': self.memory,
-        # Max of the samples taken during this run (None on CPU).
-        'peak_device_bytes': max((b for b in self.device_bytes
-                                  if b is not None), default=None),
-        **(summary_extra or {})}
+      'final_top1': record.get('test_top1'),
+      'best_top1': self.best['top1'],
+      'best_epoch': self.best['epoch'],
+      'epochs': self.config.num_epochs,
+      'steps': self.total_steps,
+      'workdir': self.workdir,
+      'compiled_memory': self.memory,
+      # Max of the samples taken during this run (None on CPU).
+      'peak_device_bytes': max(
+        (b for b in self.device_bytes if b is not None), default=None
+      ),
+      **(summary_extra or {}),
+    }
     write_json_from_process_0(os.path.join(self.workdir, SUMMARY_FILE), summary)
-    logging.info('Done: last top-1 %s, best top-1 %.4f at epoch %d.',
-                 summary['final_top1'], self.best['top1'], self.best['epoch'])
+    logging.info(
+      'Done: last top-1 %s, best top-1 %.4f at epoch %d.',
+      summary['final_top1'],
+      self.best['top1'],
+      self.best['epoch'],
+    )
     return summary

@@ -38,14 +38,18 @@ def compiled_memory(compiled: jax.stages.Compiled) -> dict[str, int]:
   if stats is None:
     return {}
   out = {
-      'argument_bytes': int(stats.argument_size_in_bytes),
-      'output_bytes': int(stats.output_size_in_bytes),
-      'temp_bytes': int(stats.temp_size_in_bytes),
-      'alias_bytes': int(stats.alias_size_in_bytes),
-      'generated_code_bytes': int(stats.generated_code_size_in_bytes),
+    'argument_bytes': int(stats.argument_size_in_bytes),
+    'output_bytes': int(stats.output_size_in_bytes),
+    'temp_bytes': int(stats.temp_size_in_bytes),
+    'alias_bytes': int(stats.alias_size_in_bytes),
+    'generated_code_bytes': int(stats.generated_code_size_in_bytes),
   }
-  out['total_bytes'] = (out['argument_bytes'] + out['output_bytes'] +
-                        out['temp_bytes'] - out['alias_bytes'])
+  out['total_bytes'] = (
+    out['argument_bytes']
+    + out['output_bytes']
+    + out['temp_bytes']
+    - out['alias_bytes']
+  )
   # Not every jaxlib exposes the liveness peak; omit it rather than guess.
   peak = getattr(stats, 'peak_memory_in_bytes', None)
   if peak is not None:

@@ -19,7 +19,6 @@ from icckd_jax.training import estimate
 METRICS_FILE = 'metrics.jsonl'
 
 
-
 def write_json(path: str, value) -> None:
   """`value` as JSON in `path`, whole or not at all: readers trust
   summary.json, config.json and a sweep's files as they find them, and
@@ -28,6 +27,7 @@ def write_json(path: str, value) -> None:
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=2)
   os.replace(tmp, path)
+
 
 def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, optionally of one kind.
@@ -46,15 +46,19 @@ def read_records(workdir: str, kind: str | None = None) -> list[dict]:
         record = json.loads(line)
       except ValueError:
         continue
-      if (isinstance(record, dict) and isinstance(record.get('kind'), str)
-          and isinstance(record.get('step'), int)
-          and not isinstance(record.get('step'), bool)):
+      if (
+        isinstance(record, dict)
+        and isinstance(record.get('kind'), str)
+        and isinstance(record.get('step'), int)
+        and not isinstance(record.get('step'), bool)
+      ):
         records.append(record)
   return [r for r in records if kind is None or r.get('kind') == kind]
 
 
-def _resumed_records(workdir: str, resume_step: int,
-                     epoch_records: list[dict] | None) -> list[dict]:
+def _resumed_records(
+  workdir: str, resume_step: int, epoch_records: list[dict] | None
+) -> list[dict]:
   """The records a run resumed at `resume_step` keeps: those up to that
   step, with the epoch records taken from the checkpoint (`epoch_records`)
   where it has them (as written: with 'kind' and 'step'), so that a
@@ -64,9 +68,12 @@ def _resumed_records(workdir: str, resume_step: int,
     return kept
   file_epochs = [r for r in kept if r.get('kind') == 'epoch']
   if file_epochs != epoch_records:
-    logging.warning('%s lacks some of the %d epoch records the checkpoint '
-                    'holds; rebuilt them from the checkpoint.',
-                    os.path.join(workdir, METRICS_FILE), len(epoch_records))
+    logging.warning(
+      '%s lacks some of the %d epoch records the checkpoint '
+      'holds; rebuilt them from the checkpoint.',
+      os.path.join(workdir, METRICS_FILE),
+      len(epoch_records),
+    )
   rebuilt = [r for r in kept if r.get('kind') != 'epoch'] + epoch_records
   # An epoch's record follows the step record of its last step.
   return sorted(rebuilt, key=lambda r: (r['step'], r['kind'] == 'epoch'))
@@ -79,22 +86,33 @@ class MetricWriter:
   file matches an uninterrupted one's, and TensorBoard purges the events
   past that step."""
 
-  def __init__(self, workdir: str, resume_step: int | None,
-               epoch_records: list[dict] | None = None,
-               tensorboard: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    resume_step: int | None,
+    epoch_records: list[dict] | None = None,
+    tensorboard: bool = True,
+  ):
     self._path = os.path.join(workdir, METRICS_FILE)
     self._is_writer = jax.process_index() == 0
     if not self._is_writer:
       return
-    kept = ([] if resume_step is None else
-            _resumed_records(workdir, resume_step, epoch_records))
+    kept = (
+      []
+      if resume_step is None
+      else _resumed_records(workdir, resume_step, epoch_records)
+    )
     tmp = self._path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
     os.replace(tmp, self._path)
-    self._tb = (SummaryWriter(os.path.join(workdir, 'tensorboard'),
-                              purge_step=(resume_step or 0) + 1)
-                if tensorboard else None)
+    self._tb = (
+      SummaryWriter(
+        os.path.join(workdir, 'tensorboard'), purge_step=(resume_step or 0) + 1
+      )
+      if tensorboard
+      else None
+    )
 
   def write(self, kind: str, step: int, values: dict) -> dict:
     """Appends {'kind', 'step', **values}; returns that record."""
@@ -123,15 +141,23 @@ class Progress:
     self._batch = batch_size
     self._t0 = time.perf_counter()
 
-  def report(self, step: int, epoch: int, num_epochs: int,
-             values: dict, note: str = '') -> None:
+  def report(
+    self, step: int, epoch: int, num_epochs: int, values: dict, note: str = ''
+  ) -> None:
     elapsed = time.perf_counter() - self._t0
     done = step - self._start_step
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (self._total - step) / rate if rate > 0 else float('nan')
     shown = ' '.join(f'{k} {v:.4g}' for k, v in values.items())
-    logging.info('epoch %d/%d step %d/%d (%.0f%%) | %s | %.1f img/s | ETA %s%s',
-                 epoch + 1, num_epochs, step, self._total,
-                 100.0 * step / max(self._total, 1), shown,
-                 rate * self._batch,
-                 estimate.duration(eta) if math.isfinite(eta) else '?', note)
+    logging.info(
+      'epoch %d/%d step %d/%d (%.0f%%) | %s | %.1f img/s | ETA %s%s',
+      epoch + 1,
+      num_epochs,
+      step,
+      self._total,
+      100.0 * step / max(self._total, 1),
+      shown,
+      rate * self._batch,
+      estimate.duration(eta) if math.isfinite(eta) else '?',
+      note,
+    )

@@ -38,8 +38,10 @@ class StopRequest:
     if self.signum:
       raise KeyboardInterrupt
     self.signum = signum
-    logging.warning('%s received: saving at the next step boundary.',
-                    signal.Signals(signum).name)
+    logging.warning(
+      '%s received: saving at the next step boundary.',
+      signal.Signals(signum).name,
+    )
 
   def __enter__(self) -> 'StopRequest':
     if threading.current_thread() is threading.main_thread():
@@ -57,5 +59,4 @@ class StopRequest:
     signal stops all of them at the same step."""
     if jax.process_count() == 1:
       return self.signum
-    return int(np.max(multihost_utils.process_allgather(
-        np.int32(self.signum))))
+    return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))

@@ -41,7 +41,9 @@ def prepare_workdir(workdir: str | None) -> str:
     # A full disk may fail the write after the file was created.
     with contextlib.suppress(OSError):
       os.remove(probe)
-    raise UserError(f'workdir {workdir} is not writable: {e.strerror}') from None
+    raise UserError(
+      f'workdir {workdir} is not writable: {e.strerror}'
+    ) from None
   return os.path.abspath(workdir)
 
 
@@ -53,13 +55,18 @@ def checked_mesh(config: ml_collections.ConfigDict, workdir: str | None):
   validate.check_resumable(config, workdir)
   mesh = parallel.make_mesh(config.get('num_devices'))
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  parallel.check_batch_size(config.eval_batch_size, mesh,
-                            'config.eval_batch_size')
+  parallel.check_batch_size(
+    config.eval_batch_size, mesh, 'config.eval_batch_size'
+  )
   return mesh
 
 
-def check_step_memory(config: ml_collections.ConfigDict, setup: RunSetup,
-                      dataset: datasets.Dataset, mesh: Mesh) -> dict[str, int]:
+def check_step_memory(
+  config: ml_collections.ConfigDict,
+  setup: RunSetup,
+  dataset: datasets.Dataset,
+  mesh: Mesh,
+) -> dict[str, int]:
   """Compiles the train step ahead, from abstract inputs, and refuses one
   that needs more memory than the devices have, before anything is written.
 
@@ -69,15 +76,18 @@ def check_step_memory(config: ml_collections.ConfigDict, setup: RunSetup,
   """
   state = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
   images = jax.ShapeDtypeStruct(
-      (setup.num_views, config.batch_size, *dataset.train_images.shape[1:]),
-      jnp.uint8, sharding=NamedSharding(mesh, PartitionSpec(None,
-                                                             parallel.DATA)))
-  labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
-                                sharding=parallel.batch_sharded(mesh))
+    (setup.num_views, config.batch_size, *dataset.train_images.shape[1:]),
+    jnp.uint8,
+    sharding=NamedSharding(mesh, PartitionSpec(None, parallel.DATA)),
+  )
+  labels = jax.ShapeDtypeStruct(
+    (config.batch_size,), jnp.int32, sharding=parallel.batch_sharded(mesh)
+  )
   if setup.with_indices:
     labels = (labels, labels)  # (labels, example indices), both [B] int32
-  memory = memory_lib.compiled_memory(setup.train_step.lower(
-      state, images, labels, setup.step_args).compile())
+  memory = memory_lib.compiled_memory(
+    setup.train_step.lower(state, images, labels, setup.step_args).compile()
+  )
   need = memory.get('total_bytes')
   devices = list(mesh.devices.flat)
   available = memory_lib.available_memory(devices[0])
@@ -87,11 +97,12 @@ def check_step_memory(config: ml_collections.ConfigDict, setup: RunSetup,
     need *= sum(d.process_index == jax.process_index() for d in devices)
   if need > available:
     raise UserError(
-        f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
-        f'{config.batch_size} of {tuple(dataset.train_images.shape[1:])} '
-        f'images) but {devices[0].platform} has {available / 2**30:.1f} GiB '
-        'available; lower config.batch_size or the image size, or use '
-        'more devices')
+      f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
+      f'{config.batch_size} of {tuple(dataset.train_images.shape[1:])} '
+      f'images) but {devices[0].platform} has {available / 2**30:.1f} GiB '
+      'available; lower config.batch_size or the image size, or use '
+      'more devices'
+    )
   return memory
 
 

@@ -38,8 +38,9 @@ def get(reuse: Reuse | None, kind: str, key: str, build: Callable[[], T]) -> T:
   return build() if reuse is None else reuse.get(kind, key, build)
 
 
-def config_key(config: ml_collections.ConfigDict,
-               ignore: Iterable[str] = ()) -> str:
+def config_key(
+  config: ml_collections.ConfigDict, ignore: Iterable[str] = ()
+) -> str:
   """A canonical string of `config` without the dotted fields in `ignore`."""
   tree = json.loads(config.to_json_best_effort())
   for path in ignore:

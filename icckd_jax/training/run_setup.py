@@ -27,11 +27,12 @@ from icckd_jax.training.reuse import Reuse
 from icckd_jax.training.train_state import TrainState
 
 
-
 def compute_dtype(config: ml_collections.ConfigDict):
   if config.dtype not in DTYPES:
-    raise UserError(f'config.dtype={config.dtype!r} is unknown; choose one of: '
-                    + ', '.join(DTYPES))
+    raise UserError(
+      f'config.dtype={config.dtype!r} is unknown; choose one of: '
+      + ', '.join(DTYPES)
+    )
   return DTYPES[config.dtype]
 
 
@@ -39,8 +40,9 @@ def step_key(config: ml_collections.ConfigDict, *extra: str) -> str:
   """The part of `config` a compiled step depends on (see config_schema),
   with `extra` (the step's other static inputs): steps of equal keys are
   shared by a sweep's runs."""
-  return '|'.join((reuse_lib.config_key(config, config_schema.not_compiled()),
-                   *extra))
+  return '|'.join(
+    (reuse_lib.config_key(config, config_schema.not_compiled()), *extra)
+  )
 
 
 def mesh_key(mesh: Mesh) -> str:
@@ -48,25 +50,35 @@ def mesh_key(mesh: Mesh) -> str:
   return ','.join(str(d.id) for d in mesh.devices.flat)
 
 
-def load_dataset(config: ml_collections.ConfigDict,
-                 reuse: Reuse | None = None) -> datasets.Dataset:
-  return reuse_lib.get(reuse, 'dataset', reuse_lib.config_key(config.dataset),
-                       lambda: datasets.load(config.dataset))
+def load_dataset(
+  config: ml_collections.ConfigDict, reuse: Reuse | None = None
+) -> datasets.Dataset:
+  return reuse_lib.get(
+    reuse,
+    'dataset',
+    reuse_lib.config_key(config.dataset),
+    lambda: datasets.load(config.dataset),
+  )
 
 
-def check_steps_per_epoch(config: ml_collections.ConfigDict,
-                          dataset: datasets.Dataset) -> int:
-  steps = input_pipeline.steps_per_epoch(len(dataset.train_labels),
-                                         config.batch_size)
+def check_steps_per_epoch(
+  config: ml_collections.ConfigDict, dataset: datasets.Dataset
+) -> int:
+  steps = input_pipeline.steps_per_epoch(
+    len(dataset.train_labels), config.batch_size
+  )
   if steps == 0:
-    raise UserError(f'config.batch_size={config.batch_size} is larger than the '
-                    f'{len(dataset.train_labels)} training examples')
+    raise UserError(
+      f'config.batch_size={config.batch_size} is larger than the '
+      f'{len(dataset.train_labels)} training examples'
+    )
   return steps
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSetup:
   """Everything static that a run (teacher or student) is made of."""
+
   model: nn.Module
   tx: optax.GradientTransformation
   learning_rate_fn: optax.Schedule
@@ -90,20 +102,25 @@ class RunSetup:
   def create_state(self, mesh: Mesh) -> TrainState:
     """The initial state, created on the devices and replicated over `mesh`
     (never materialised on the host first)."""
-    return jax.jit(self.init_state,
-                   out_shardings=parallel.replicated(mesh))()
+    return jax.jit(self.init_state, out_shardings=parallel.replicated(mesh))()
 
-  def batches(self, config, split: input_pipeline.Split, mesh: Mesh,
-              start_step: int):
+  def batches(
+    self, config, split: input_pipeline.Split, mesh: Mesh, start_step: int
+  ):
     """The on-device batch stream of this run from `start_step` on."""
     batches = input_pipeline.train_batches(
-        split, mesh, seed=config.seed, batch_size=config.batch_size,
-        num_views=self.num_views, crop_padding=config.crop_padding,
-        flip=config.flip, start_step=start_step,
-        with_indices=self.with_indices)
+      split,
+      mesh,
+      seed=config.seed,
+      batch_size=config.batch_size,
+      num_views=self.num_views,
+      crop_padding=config.crop_padding,
+      flip=config.flip,
+      start_step=start_step,
+      with_indices=self.with_indices,
+    )
     if not self.with_indices:
       return batches
     # One labels argument, so the loop and the data-parallel scaffold pass
     # it through unchanged.
-    return ((images, (labels, indices))
-            for images, labels, indices in batches)
+    return ((images, (labels, indices)) for images, labels, indices in batches)

@@ -41,8 +41,9 @@ def global_means(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """[] the global fraction of `labels` [b] that `logits` [b, K] predict."""
-  return lax.pmean(jnp.mean((jnp.argmax(logits, -1) == labels).astype(
-      jnp.float32)), DATA)
+  return lax.pmean(
+    jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)), DATA
+  )
 
 
 def data_parallel(per_device: Callable, mesh: Mesh) -> Callable:
@@ -52,7 +53,10 @@ def data_parallel(per_device: Callable, mesh: Mesh) -> Callable:
   (state, metrics): the state, args and outputs replicated, images and
   labels sharded over `data` on the batch axis.
   """
-  step = parallel.shard_map(per_device, mesh,
-                            in_specs=(P(), P(None, DATA), P(DATA), P()),
-                            out_specs=(P(), P()))
+  step = parallel.shard_map(
+    per_device,
+    mesh,
+    in_specs=(P(), P(None, DATA), P(DATA), P()),
+    out_specs=(P(), P()),
+  )
   return jax.jit(step, donate_argnums=(0,))

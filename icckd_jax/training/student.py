@@ -34,21 +34,32 @@ from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training import student_step
 from icckd_jax.training import teacher_source
 from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.run_setup import (RunSetup, check_steps_per_epoch,
-                                          compute_dtype, load_dataset,
-                                          mesh_key, step_key)
+from icckd_jax.training.run_setup import (
+  RunSetup,
+  check_steps_per_epoch,
+  compute_dtype,
+  load_dataset,
+  mesh_key,
+  step_key,
+)
 from icckd_jax.training.train_state import create_train_state
 
 TEACHER_EVAL_FILE = 'teacher_eval.json'
 
 
-def _teacher_model(teacher_config: ml_collections.ConfigDict,
-                   teacher_variables, dataset: datasets.Dataset, dtype):
+def _teacher_model(
+  teacher_config: ml_collections.ConfigDict,
+  teacher_variables,
+  dataset: datasets.Dataset,
+  dtype,
+):
   """The teacher's module (inference only, no BatchNorm sync)."""
   classes = models.num_classes(teacher_variables['params'])
   if classes != dataset.num_classes:
-    raise UserError(f'the teacher predicts {classes} classes but the '
-                    f'student data set has {dataset.num_classes}')
+    raise UserError(
+      f'the teacher predicts {classes} classes but the '
+      f'student data set has {dataset.num_classes}'
+    )
   return models.create_model(teacher_config.model, classes, dtype=dtype)
 
 
@@ -59,16 +70,27 @@ def _reference(teacher_model, teacher_config, dataset):
   if teacher_config.get('input_mean') is None:
     return teacher_model, None, None
   mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
-  return teacher_source.Renormalized(
-      teacher_model, tuple(dataset.mean.tolist()), tuple(dataset.std.tolist()),
-      tuple(mean.tolist()), tuple(std.tolist())), mean, std
+  return (
+    teacher_source.Renormalized(
+      teacher_model,
+      tuple(dataset.mean.tolist()),
+      tuple(dataset.std.tolist()),
+      tuple(mean.tolist()),
+      tuple(std.tolist()),
+    ),
+    mean,
+    std,
+  )
 
 
-def build_student(config: ml_collections.ConfigDict,
-                  dataset: datasets.Dataset, mesh: Mesh,
-                  teacher_config: ml_collections.ConfigDict,
-                  teacher_variables,
-                  reuse: Reuse | None = None) -> RunSetup:
+def build_student(
+  config: ml_collections.ConfigDict,
+  dataset: datasets.Dataset,
+  mesh: Mesh,
+  teacher_config: ml_collections.ConfigDict,
+  teacher_variables,
+  reuse: Reuse | None = None,
+) -> RunSetup:
   """The student's model, optimiser and jitted step around a loaded teacher.
 
   With `reuse`, students of same-architecture teachers share one step: the
@@ -77,39 +99,74 @@ def build_student(config: ml_collections.ConfigDict,
   dtype = compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = check_steps_per_epoch(config, dataset)
-  teacher_model = _teacher_model(teacher_config, teacher_variables, dataset,
-                                 dtype)
-  reference, teacher_mean, teacher_std = _reference(teacher_model,
-                                                    teacher_config, dataset)
-  student_model = models.create_model(config.model, dataset.num_classes,
-                                      dtype=dtype, bn_axis_name=parallel.DATA)
+  teacher_model = _teacher_model(
+    teacher_config, teacher_variables, dataset, dtype
+  )
+  reference, teacher_mean, teacher_std = _reference(
+    teacher_model, teacher_config, dataset
+  )
+  student_model = models.create_model(
+    config.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
+  )
   distiller = distillers.build(config.distill)
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
   input_shape = dataset.train_images.shape[1:]
 
-  init_state = _init_fn(config, student_model, teacher_model,
-                        teacher_variables, distiller, tx, input_shape,
-                        dataset.train_labels)
+  init_state = _init_fn(
+    config,
+    student_model,
+    teacher_model,
+    teacher_variables,
+    distiller,
+    tx,
+    input_shape,
+    dataset.train_labels,
+  )
   return RunSetup(
-      model=student_model, tx=tx, learning_rate_fn=learning_rate_fn,
-      steps_per_epoch=steps_per_epoch, num_views=1, init_state=init_state,
-      train_step=reuse_lib.get(
-          reuse, 'student_step',
-          step_key(config, str(teacher_model), mesh_key(mesh)),
-          lambda: student_step.make_train_step(
-              student_model, teacher_model, distiller, tx, mesh,
-              steps_per_epoch=steps_per_epoch, mean=dataset.mean,
-              std=dataset.std, dtype=dtype, teacher_mean=teacher_mean,
-              teacher_std=teacher_std)),
-      step_args={'teacher': teacher_variables,
-                 'hp': student_step.hyperparameters(config.distill)},
-      reference=(reference, teacher_variables),
-      with_indices=distiller.init is not None)
+    model=student_model,
+    tx=tx,
+    learning_rate_fn=learning_rate_fn,
+    steps_per_epoch=steps_per_epoch,
+    num_views=1,
+    init_state=init_state,
+    train_step=reuse_lib.get(
+      reuse,
+      'student_step',
+      step_key(config, str(teacher_model), mesh_key(mesh)),
+      lambda: student_step.make_train_step(
+        student_model,
+        teacher_model,
+        distiller,
+        tx,
+        mesh,
+        steps_per_epoch=steps_per_epoch,
+        mean=dataset.mean,
+        std=dataset.std,
+        dtype=dtype,
+        teacher_mean=teacher_mean,
+        teacher_std=teacher_std,
+      ),
+    ),
+    step_args={
+      'teacher': teacher_variables,
+      'hp': student_step.hyperparameters(config.distill),
+    },
+    reference=(reference, teacher_variables),
+    with_indices=distiller.init is not None,
+  )
 
 
-def _init_fn(config, student_model, teacher_model, teacher_variables,
-             distiller: distillers.Distiller, tx, input_shape, train_labels):
+def _init_fn(
+  config,
+  student_model,
+  teacher_model,
+  teacher_variables,
+  distiller: distillers.Distiller,
+  tx,
+  input_shape,
+  train_labels,
+):
   """The student's initial-state function: the model from the seed's key,
   and a TRAINABLE distiller's params and buffers from the same key (it
   folds in its own streams), sized by the two networks' output shapes."""
@@ -118,32 +175,40 @@ def _init_fn(config, student_model, teacher_model, teacher_variables,
   if distiller.init is not None:
     # Shapes only: the teacher's weights are never part of the student.
     shapes = jax.eval_shape(
-        lambda s_vars, t_vars: tuple(
-            student_step.apply_model(model, v, x, train=False, stages=True)[0]
-            for model, v in ((student_model, s_vars),
-                             (teacher_model, t_vars))),
-        jax.eval_shape(functools.partial(student_model.init, train=False),
-                       jax.random.key(0), x),
-        teacher_variables)
+      lambda s_vars, t_vars: tuple(
+        student_step.apply_model(model, v, x, train=False, stages=True)[0]
+        for model, v in ((student_model, s_vars), (teacher_model, t_vars))
+      ),
+      jax.eval_shape(
+        functools.partial(student_model.init, train=False), jax.random.key(0), x
+      ),
+      teacher_variables,
+    )
 
   def init_state():
     key = jax.random.key(config.seed)
     variables = student_model.init(key, x, train=False)
     if shapes is None:
-      return create_train_state({'model': variables['params']},
-                                variables['batch_stats'], tx)
+      return create_train_state(
+        {'model': variables['params']}, variables['batch_stats'], tx
+      )
     # The teacher's parameters are read, never written (OFD's margins).
-    params, buffers = distiller.init(key, *shapes, train_labels,
-                                     teacher_variables['params'])
+    params, buffers = distiller.init(
+      key, *shapes, train_labels, teacher_variables['params']
+    )
     return create_train_state(
-        {'model': variables['params'], 'distiller': params},
-        variables['batch_stats'], tx, cache=buffers)
+      {'model': variables['params'], 'distiller': params},
+      variables['batch_stats'],
+      tx,
+      cache=buffers,
+    )
 
   return init_state
 
 
-def train_student(config: ml_collections.ConfigDict, workdir: str,
-                  reuse: Reuse | None = None) -> dict[str, Any]:
+def train_student(
+  config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
+) -> dict[str, Any]:
   """Distils the teacher of config.teacher.workdir (or .pth) into a student
   in `workdir`, resuming if it can; returns the summary."""
   mesh = preflight.checked_mesh(config, workdir)
@@ -153,26 +218,40 @@ def train_student(config: ml_collections.ConfigDict, workdir: str,
     teacher_source.check_same_data(config.dataset, teacher_config.dataset)
   dataset = load_dataset(config, reuse)
   if 'dataset' in teacher_config:
-    with checkpoint.Checkpoints(config.teacher.workdir,
-                                read_only=True) as ckpts:
+    with checkpoint.Checkpoints(
+      config.teacher.workdir, read_only=True
+    ) as ckpts:
       teacher_shape = ckpts.input_shape(config.teacher.checkpoint)
-    teacher_source.check_same_data(config.dataset, teacher_config.dataset,
-                                   dataset.train_images.shape[1:],
-                                   teacher_shape)
-  setup = build_student(config, dataset, mesh, teacher_config,
-                        teacher_variables, reuse)
+    teacher_source.check_same_data(
+      config.dataset,
+      teacher_config.dataset,
+      dataset.train_images.shape[1:],
+      teacher_shape,
+    )
+  setup = build_student(
+    config, dataset, mesh, teacher_config, teacher_variables, reuse
+  )
   memory = preflight.check_step_memory(config, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
   with preflight.hold_workdir(workdir):
-    teacher_eval = _teacher_eval(config, workdir, dataset, mesh,
-                                 teacher_config, teacher_variables)
-    return loop.fit(config, workdir, setup, dataset, mesh,
-                    summary_extra={'teacher_top1': teacher_eval['top1']},
-                    reuse=reuse, step_memory=memory)
+    teacher_eval = _teacher_eval(
+      config, workdir, dataset, mesh, teacher_config, teacher_variables
+    )
+    return loop.fit(
+      config,
+      workdir,
+      setup,
+      dataset,
+      mesh,
+      summary_extra={'teacher_top1': teacher_eval['top1']},
+      reuse=reuse,
+      step_memory=memory,
+    )
 
 
-def _teacher_eval(config, workdir, dataset, mesh, teacher_config,
-                  teacher_variables) -> dict[str, Any]:
+def _teacher_eval(
+  config, workdir, dataset, mesh, teacher_config, teacher_variables
+) -> dict[str, Any]:
   """The teacher's test figures, computed once per student workdir (a
   resumed student reads them back from WORKDIR/teacher_eval.json)."""
   path = os.path.join(workdir, TEACHER_EVAL_FILE)
@@ -182,15 +261,26 @@ def _teacher_eval(config, workdir, dataset, mesh, teacher_config,
     mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
     dtype = compute_dtype(config)
     evaluate_fn = evaluate.make_eval_fn(
-        _teacher_model(teacher_config, teacher_variables, dataset, dtype),
-        mesh, mean=mean, std=std, dtype=dtype,
-        batch_size=config.eval_batch_size)
+      _teacher_model(teacher_config, teacher_variables, dataset, dtype),
+      mesh,
+      mean=mean,
+      std=std,
+      dtype=dtype,
+      batch_size=config.eval_batch_size,
+    )
     teacher_eval = evaluate_fn(teacher_variables, test_split)
     source = config.teacher.get('pth') or config.teacher.workdir
-    teacher_eval.update(model=teacher_config.model, source=source,
-                        workdir=config.teacher.get('workdir'))
-    logging.info('Teacher %s from %s: test top-1 %.4f', teacher_config.model,
-                 source, teacher_eval['top1'])
+    teacher_eval.update(
+      model=teacher_config.model,
+      source=source,
+      workdir=config.teacher.get('workdir'),
+    )
+    logging.info(
+      'Teacher %s from %s: test top-1 %.4f',
+      teacher_config.model,
+      source,
+      teacher_eval['top1'],
+    )
     loop.write_json_from_process_0(path, teacher_eval)
   with open(path) as f:
     return json.load(f)

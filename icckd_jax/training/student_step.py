@@ -8,6 +8,9 @@ method that needs them, both networks are applied with 'intermediates'
 mutable and their stage maps (`models.stages`) fill `Outputs.stages`.
 """
 
+import dataclasses
+from typing import Any
+
 import flax.linen as nn
 import jax
 from jax import lax
@@ -34,8 +37,9 @@ def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return {name: jnp.float32(distill[name]) for name in DISTILL_WEIGHTS}
 
 
-def apply_model(model: nn.Module, variables, x: jax.Array, *, train: bool,
-                stages: bool) -> tuple[distillers.Outputs, dict]:
+def apply_model(
+  model: nn.Module, variables, x: jax.Array, *, train: bool, stages: bool
+) -> tuple[distillers.Outputs, dict]:
   """(the model's Outputs, its new mutable state: {} in inference).
 
   The stage maps are asked for only when `stages`: otherwise the model is
@@ -46,8 +50,9 @@ def apply_model(model: nn.Module, variables, x: jax.Array, *, train: bool,
     mutable.append(model_stages.COLLECTION)
   if not mutable:
     return distillers.Outputs(*model.apply(variables, x, train=False)), {}
-  (logits, features), state = model.apply(variables, x, train=train,
-                                          mutable=mutable)
+  (logits, features), state = model.apply(
+    variables, x, train=train, mutable=mutable
+  )
   maps = model_stages.collected(state) if stages else ()
   return distillers.Outputs(logits, features, *maps), state
 
@@ -59,11 +64,20 @@ def _epoch(step: jax.Array, steps_per_epoch: int) -> jax.Array:
   return (step // steps_per_epoch + 1).astype(jnp.float32)
 
 
-def make_train_step(student: nn.Module, teacher: nn.Module,
-                    distiller: distillers.Distiller,
-                    tx: optax.GradientTransformation, mesh: Mesh, *,
-                    steps_per_epoch: int, mean, std, dtype, teacher_mean=None,
-                    teacher_std=None):
+def make_train_step(
+  student: nn.Module,
+  teacher: nn.Module,
+  distiller: distillers.Distiller,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  *,
+  steps_per_epoch: int,
+  mean,
+  std,
+  dtype,
+  teacher_mean=None,
+  teacher_std=None,
+):
   """Builds step(state, images, labels, args) -> (state, metrics).
 
   images: [1, B, H, W, C] uint8 and labels [B], sharded over `data`;
@@ -77,52 +91,98 @@ def make_train_step(student: nn.Module, teacher: nn.Module,
   (labels, indices) for labels (`_trainable_step`).
   """
   stages = distiller.needs_stages
+  spec = _Spec(
+    teacher,
+    distiller,
+    steps_per_epoch,
+    mean,
+    std,
+    dtype,
+    teacher_mean,
+    teacher_std,
+  )
   if distiller.init is not None:
-    return _trainable_step(student, teacher, distiller, tx, mesh,
-                           steps_per_epoch, mean, std, dtype, teacher_mean,
-                           teacher_std)
+    return _trainable_step(student, spec, tx, mesh)
 
   def per_device(state, images, labels, args):
-    x, teacher_out, hp = _inputs(teacher, distiller, state, images, args,
-                                 steps_per_epoch, mean, std, dtype,
-                                 teacher_mean, teacher_std)
+    x, teacher_out, hp = spec.inputs(state, images, args)
 
     def loss_fn(params):
       student_out, new_model_state = apply_model(
-          student, {'params': params['model'],
-                    'batch_stats': state.batch_stats},
-          x, train=True, stages=stages)
-      loss, parts = distiller.loss(student_out, teacher_out, labels, hp,
-                                   step_lib.gather)
+        student,
+        {'params': params['model'], 'batch_stats': state.batch_stats},
+        x,
+        train=True,
+        stages=stages,
+      )
+      loss, parts = distiller.loss(
+        student_out, teacher_out, labels, hp, step_lib.gather
+      )
       # The logged loss is the differentiated one, whatever the distiller.
-      return loss, (new_model_state, {**parts, 'loss': loss},
-                    student_out.logits)
+      return loss, (
+        new_model_state,
+        {**parts, 'loss': loss},
+        student_out.logits,
+      )
 
-    grads, (new_model_state, parts, logits) = jax.grad(
-        loss_fn, has_aux=True)(state.params)
+    grads, (new_model_state, parts, logits) = jax.grad(loss_fn, has_aux=True)(
+      state.params
+    )
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
     metrics = _metrics(parts, logits, labels, teacher_out)
-    return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state,
-                         batch_stats=new_model_state['batch_stats']), metrics
+    return state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      batch_stats=new_model_state['batch_stats'],
+    ), metrics
 
   return step_lib.data_parallel(per_device, mesh)
 
 
-def _inputs(teacher, distiller, state, images, args, steps_per_epoch, mean,
-            std, dtype, teacher_mean, teacher_std):
-  """(the student's input x, the teacher's Outputs under stop_gradient in
-  float32, the traced scalars with the epoch if the method reads it)."""
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """The static inputs of a student step (make_train_step's arguments)."""
+
+  teacher: nn.Module
+  distiller: distillers.Distiller
+  steps_per_epoch: int
+  mean: Any
+  std: Any
+  dtype: Any
+  teacher_mean: Any
+  teacher_std: Any
+
+  def inputs(self, state, images, args):
+    """(the student's input x, the teacher's Outputs under stop_gradient in
+    float32, the traced scalars with the epoch if the method reads it)."""
+    return _inputs(self, state, images, args)
+
+
+def _inputs(spec: _Spec, state, images, args):
+  teacher, distiller = spec.teacher, spec.distiller
+  mean, std, dtype = spec.mean, spec.std, spec.dtype
+  teacher_mean, teacher_std = spec.teacher_mean, spec.teacher_std
+  steps_per_epoch = spec.steps_per_epoch
   x = augment.normalize(images[0], mean, std, dtype)
-  x_teacher = x if teacher_mean is None else augment.normalize(
-      images[0], teacher_mean, teacher_std, dtype)
-  t_out, _ = apply_model(teacher, args['teacher'], x_teacher, train=False,
-                         stages=distiller.needs_stages)
+  x_teacher = (
+    x
+    if teacher_mean is None
+    else augment.normalize(images[0], teacher_mean, teacher_std, dtype)
+  )
+  t_out, _ = apply_model(
+    teacher,
+    args['teacher'],
+    x_teacher,
+    train=False,
+    stages=distiller.needs_stages,
+  )
   teacher_out = t_out._replace(
-      logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
-      features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
-      stages=lax.stop_gradient(t_out.stages),
-      preact_stages=lax.stop_gradient(t_out.preact_stages))
+    logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
+    features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
+    stages=lax.stop_gradient(t_out.stages),
+    preact_stages=lax.stop_gradient(t_out.preact_stages),
+  )
   hp = args['hp']
   if distiller.needs_epoch:
     hp = {**hp, 'epoch': _epoch(state.step, steps_per_epoch)}
@@ -135,43 +195,58 @@ def _metrics(parts, logits, labels, teacher_out) -> dict[str, jax.Array]:
   metrics = step_lib.global_means(parts)
   metrics['accuracy'] = step_lib.accuracy(logits, labels)
   metrics['agreement'] = step_lib.accuracy(
-      logits, jnp.argmax(teacher_out.logits, -1))
+    logits, jnp.argmax(teacher_out.logits, -1)
+  )
   return metrics
 
 
-def _trainable_step(student, teacher, distiller, tx, mesh, steps_per_epoch,
-                    mean, std, dtype, teacher_mean, teacher_std):
+def _trainable_step(student, spec: _Spec, tx, mesh):
   """The step of a TRAINABLE method: its labels argument is (labels [B],
   example indices [B]); the loss also differentiates params['distiller']
   (both pmean-ed by `apply_gradients`) and returns the distiller's new
   buffers, state.cache (replicated: the loss keeps them equal)."""
-  stages = distiller.needs_stages
+  distiller, stages = spec.distiller, spec.distiller.needs_stages
 
   def per_device(state, images, labels_and_indices, args):
     labels, indices = labels_and_indices
-    x, teacher_out, hp = _inputs(teacher, distiller, state, images, args,
-                                 steps_per_epoch, mean, std, dtype,
-                                 teacher_mean, teacher_std)
+    x, teacher_out, hp = spec.inputs(state, images, args)
 
     def loss_fn(params):
       student_out, new_model_state = apply_model(
-          student, {'params': params['model'],
-                    'batch_stats': state.batch_stats},
-          x, train=True, stages=stages)
+        student,
+        {'params': params['model'], 'batch_stats': state.batch_stats},
+        x,
+        train=True,
+        stages=stages,
+      )
       loss, parts, buffers = distiller.loss(
-          student_out, teacher_out, labels, hp, step_lib.gather,
-          distillers.Trainable(params['distiller'], state.cache, indices,
-                               state.step))
-      return loss, (new_model_state, buffers, {**parts, 'loss': loss},
-                    student_out.logits)
+        student_out,
+        teacher_out,
+        labels,
+        hp,
+        step_lib.gather,
+        distillers.Trainable(
+          params['distiller'], state.cache, indices, state.step
+        ),
+      )
+      return loss, (
+        new_model_state,
+        buffers,
+        {**parts, 'loss': loss},
+        student_out.logits,
+      )
 
     grads, (new_model_state, buffers, parts, logits) = jax.grad(
-        loss_fn, has_aux=True)(state.params)
+      loss_fn, has_aux=True
+    )(state.params)
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
     metrics = _metrics(parts, logits, labels, teacher_out)
-    return state.replace(step=state.step + 1, params=params,
-                         opt_state=opt_state,
-                         batch_stats=new_model_state['batch_stats'],
-                         cache=buffers), metrics
+    return state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      batch_stats=new_model_state['batch_stats'],
+      cache=buffers,
+    ), metrics
 
   return step_lib.data_parallel(per_device, mesh)

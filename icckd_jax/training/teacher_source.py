@@ -33,6 +33,7 @@ class Renormalized:
   the model; this is how the trainer's agreement metric, which hands every
   model the student's input, feeds a PyTorch teacher.
   """
+
   model: nn.Module
   mean: tuple[float, ...]
   std: tuple[float, ...]
@@ -40,20 +41,21 @@ class Renormalized:
   model_std: tuple[float, ...]
 
   def apply(self, variables, x: jax.Array, **kwargs):
-    raw = x.astype(jnp.float32) * jnp.asarray(self.std) + jnp.asarray(
-        self.mean)
-    x_model = (raw - jnp.asarray(self.model_mean)) / jnp.asarray(
-        self.model_std)
+    raw = x.astype(jnp.float32) * jnp.asarray(self.std) + jnp.asarray(self.mean)
+    x_model = (raw - jnp.asarray(self.model_mean)) / jnp.asarray(self.model_std)
     return self.model.apply(variables, x_model.astype(x.dtype), **kwargs)
 
 
-def teacher_normalization(teacher_config: ml_collections.ConfigDict,
-                          dataset: datasets.Dataset):
+def teacher_normalization(
+  teacher_config: ml_collections.ConfigDict, dataset: datasets.Dataset
+):
   """(mean, std) [C] in [0, 255] units that the teacher's input is normalised
   with: a PyTorch teacher's training statistics, else the data set's."""
   if teacher_config.get('input_mean') is not None:
-    return (np.asarray(teacher_config.input_mean, np.float32),
-            np.asarray(teacher_config.input_std, np.float32))
+    return (
+      np.asarray(teacher_config.input_mean, np.float32),
+      np.asarray(teacher_config.input_std, np.float32),
+    )
   return dataset.mean, dataset.std
 
 
@@ -61,16 +63,24 @@ def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
   """(teacher config, variables) of the `.pth` file config.teacher.pth."""
   path, model = config.teacher.pth, config.teacher.get('model')
   if config.teacher.get('workdir'):
-    raise UserError(f'config.teacher.pth={path!r} and config.teacher.workdir='
-                    f'{config.teacher.workdir!r} are both set; the teacher is '
-                    'one or the other')
-  torch_import.check_source(path, model, 'config.teacher.pth',
-                            'config.teacher.model')
+    raise UserError(
+      f'config.teacher.pth={path!r} and config.teacher.workdir='
+      f'{config.teacher.workdir!r} are both set; the teacher is '
+      'one or the other'
+    )
+  torch_import.check_source(
+    path, model, 'config.teacher.pth', 'config.teacher.model'
+  )
   variables = torch_import.load_checkpoint(path, model)
   mean, std = torch_import.benchmark_normalization()
-  saved = ml_collections.ConfigDict({
-      'model': model, 'pth': path, 'input_mean': mean.tolist(),
-      'input_std': std.tolist()})
+  saved = ml_collections.ConfigDict(
+    {
+      'model': model,
+      'pth': path,
+      'input_mean': mean.tolist(),
+      'input_std': std.tolist(),
+    }
+  )
   return saved, parallel.put_replicated(variables, mesh)
 
 
@@ -86,20 +96,26 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
     return _load_pytorch_teacher(config, mesh)
   workdir = config.teacher.get('workdir')
   if not workdir or not os.path.isdir(workdir):
-    raise UserError(f'config.teacher.workdir={workdir!r} is not a directory '
-                    'holding a trained teacher (or set config.teacher.pth to '
-                    'a PyTorch checkpoint)')
+    raise UserError(
+      f'config.teacher.workdir={workdir!r} is not a directory '
+      'holding a trained teacher (or set config.teacher.pth to '
+      'a PyTorch checkpoint)'
+    )
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
     restored = ckpts.restore_newest_intact(
-        None, which=config.teacher.checkpoint, mesh=mesh)
+      None, which=config.teacher.checkpoint, mesh=mesh
+    )
   if restored is None:
-    raise UserError(f'no {config.teacher.checkpoint} checkpoint in '
-                    f'config.teacher.workdir={workdir!r}; train the teacher '
-                    'first')
+    raise UserError(
+      f'no {config.teacher.checkpoint} checkpoint in '
+      f'config.teacher.workdir={workdir!r}; train the teacher '
+      'first'
+    )
   state, _, saved = restored
   return ml_collections.ConfigDict(saved), {
-      'params': state['params']['model'],
-      'batch_stats': state['batch_stats']}
+    'params': state['params']['model'],
+    'batch_stats': state['batch_stats'],
+  }
 
 
 # The dataset fields that decide which images and labels the teacher saw;
@@ -109,19 +125,27 @@ _DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
 _SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
 
 
-def check_same_data(student: ml_collections.ConfigDict,
-                     teacher: ml_collections.ConfigDict,
-                     input_shape=None, teacher_shape=None) -> None:
+def check_same_data(
+  student: ml_collections.ConfigDict,
+  teacher: ml_collections.ConfigDict,
+  input_shape=None,
+  teacher_shape=None,
+) -> None:
   """The student's data must be the teacher's: same set, same image size and
   channels (a teacher fed other images scores near chance)."""
-  fields = _DATA_FIELDS + (_SYNTHETIC_FIELDS if student.get('name') ==
-                           'synthetic' else ())
+  fields = _DATA_FIELDS + (
+    _SYNTHETIC_FIELDS if student.get('name') == 'synthetic' else ()
+  )
   for field in fields:
     mine, theirs = student.get(field), teacher.get(field)
     if mine != theirs:
-      raise UserError(f'config.dataset.{field}={mine!r} but the teacher was '
-                      f'trained on dataset.{field}={theirs!r}')
+      raise UserError(
+        f'config.dataset.{field}={mine!r} but the teacher was '
+        f'trained on dataset.{field}={theirs!r}'
+      )
   if teacher_shape and list(input_shape) != list(teacher_shape):
-    raise UserError(f'the student data set has images of shape '
-                    f'{tuple(input_shape)} (height, width, channels) but the '
-                    f'teacher was trained on {tuple(teacher_shape)}')
+    raise UserError(
+      f'the student data set has images of shape '
+      f'{tuple(input_shape)} (height, width, channels) but the '
+      f'teacher was trained on {tuple(teacher_shape)}'
+    )

@@ -25,17 +25,32 @@ from icckd_jax.training.train_state import TrainState
 DATA = parallel.DATA
 
 
-def hyperparameters(lam: float, tau: float, delta: float) -> dict[str, jax.Array]:
+def hyperparameters(
+  lam: float, tau: float, delta: float
+) -> dict[str, jax.Array]:
   """The objective's scalars as arrays: traced, so one compiled step serves
   every value of a sweep."""
-  return {'lam': jnp.float32(lam), 'tau': jnp.float32(tau),
-          'delta': jnp.float32(delta)}
+  return {
+    'lam': jnp.float32(lam),
+    'tau': jnp.float32(tau),
+    'delta': jnp.float32(delta),
+  }
 
 
-def make_train_step(model: nn.Module, head: nn.Module | None,
-                    tx: optax.GradientTransformation, mesh: Mesh, *,
-                    mean, std, dtype, num_views: int, margin_kind: str,
-                    cache_store: str, empty_anchors: str = 'exclude'):
+def make_train_step(
+  model: nn.Module,
+  head: nn.Module | None,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  *,
+  mean,
+  std,
+  dtype,
+  num_views: int,
+  margin_kind: str,
+  cache_store: str,
+  empty_anchors: str = 'exclude',
+):
   """Builds step(state, images, labels, hparams) -> (state, metrics).
 
   Args:
@@ -57,32 +72,41 @@ def make_train_step(model: nn.Module, head: nn.Module | None,
   sharded over `data` on B, and hparams from `hyperparameters`; it returns the
   new state and a dict of scalar metrics, both replicated.
   """
-  objective = _Objective(model, head, mean, std, dtype, margin_kind,
-                         cache_store, empty_anchors)
+  objective = _Objective(
+    model, head, mean, std, dtype, margin_kind, cache_store, empty_anchors
+  )
 
   def per_device(state: TrainState, images, labels, hp):
     v, b = images.shape[:2]
-    x = augment.normalize(images.reshape((v * b,) + images.shape[2:]),
-                          mean, std, dtype)
+    x = augment.normalize(
+      images.reshape((v * b,) + images.shape[2:]), mean, std, dtype
+    )
     grads, (aux, parts) = jax.grad(
-        lambda params: objective.loss(params, state, x, labels, v, hp),
-        has_aux=True)(state.params)
+      lambda params: objective.loss(params, state, x, labels, v, hp),
+      has_aux=True,
+    )(state.params)
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
     new_cache = state.cache
     if v > 1 and new_cache is not None and new_cache.labels.shape[0] > 0:
       # Pipeline order: this batch served as the anchors and keys of this
       # step; from the next step on it serves as negatives.
-      stored = (aux['keys'] if cache_store == 'features'
-                else step_lib.gather(images[1]))
-      new_cache = cache_lib.push(new_cache, lax.stop_gradient(stored),
-                                 aux['all_labels'])
+      stored = (
+        aux['keys'] if cache_store == 'features' else step_lib.gather(images[1])
+      )
+      new_cache = cache_lib.push(
+        new_cache, lax.stop_gradient(stored), aux['all_labels']
+      )
     # The logged loss is the one differentiated: the mean over devices of
     # each device's CE + λ·L (L is already global).
     parts = step_lib.global_means(parts)
     parts['accuracy'] = step_lib.accuracy(aux['logits_a'], labels)
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state,
-        batch_stats=aux['new_model_state']['batch_stats'], cache=new_cache)
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      batch_stats=aux['new_model_state']['batch_stats'],
+      cache=new_cache,
+    )
     return new_state, parts
 
   return step_lib.data_parallel(per_device, mesh)
@@ -91,6 +115,7 @@ def make_train_step(model: nn.Module, head: nn.Module | None,
 @dataclasses.dataclass(frozen=True)
 class _Objective:
   """CE + λ · the gated intra-class loss of one device's shard."""
+
   model: nn.Module
   head: nn.Module | None
   mean: Any
@@ -120,9 +145,10 @@ class _Objective:
       mine = lax.dynamic_slice_in_dim(items, lax.axis_index(DATA) * m, m)
       p = lax.stop_gradient(params)
       _, features = self.model.apply(
-          {'params': p['model'], 'batch_stats': state.batch_stats},
-          augment.normalize(mine, self.mean, self.std, self.dtype),
-          train=False)
+        {'params': p['model'], 'batch_stats': state.batch_stats},
+        augment.normalize(mine, self.mean, self.std, self.dtype),
+        train=False,
+      )
       items = step_lib.gather(self.embed(p, features))
     return lax.stop_gradient(items), labels, valid
 
@@ -133,8 +159,11 @@ class _Objective:
     # Views a and b go through the network in one pass, BatchNorm in
     # training mode over both.
     (logits, features), new_model_state = self.model.apply(
-        {'params': params['model'], 'batch_stats': state.batch_stats},
-        x, train=True, mutable=['batch_stats'])
+      {'params': params['model'], 'batch_stats': state.batch_stats},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+    )
     logits_a = logits[:b]
     ce = losses.cross_entropy(logits_a, labels).mean()
     aux = {'new_model_state': new_model_state, 'logits_a': logits_a}
@@ -142,56 +171,79 @@ class _Objective:
       return ce, (aux, {'loss': ce, 'ce': ce})
     gather = step_lib.gather
     z = self.embed(params, features)
-    q = gather(z[:b])                      # anchors, view a   [B, d]
-    k = gather(z[b:])                      # keys, view b      [B, d]
-    y = gather(labels)                                       # [B]
+    q = gather(z[:b])  # anchors, view a   [B, d]
+    k = gather(z[b:])  # keys, view b      [B, d]
+    y = gather(labels)  # [B]
     margins = gather(losses.margin(logits_a, labels, self.margin_kind))  # [B]
     cache_keys, cache_labels, cache_valid = self.cache_negatives(params, state)
     intra_per_anchor = losses.intra_class_contrastive(
-        q, k, y, hp['tau'], cache_keys, cache_labels, cache_valid)
+      q, k, y, hp['tau'], cache_keys, cache_labels, cache_valid
+    )
     neg_batch, neg_cache = losses.negative_counts(y, cache_labels, cache_valid)
     has_negatives = (neg_batch + neg_cache) > 0
     intra = losses.gated_mean(
-        intra_per_anchor, margins, hp['delta'],
-        has_negatives if self.empty_anchors == 'exclude' else None)
+      intra_per_anchor,
+      margins,
+      hp['delta'],
+      has_negatives if self.empty_anchors == 'exclude' else None,
+    )
     gate = margins > hp['delta']
     aux.update(keys=k, all_labels=y)
     # Each device's loss is its local CE plus λ times the global intra
     # loss; pmean of the gradients makes it CE(B) + λ·L_intra^δ.
     loss = ce + hp['lam'] * intra
-    return loss, (aux, {
-        'loss': loss, 'ce': ce, 'intra': intra,
+    return loss, (
+      aux,
+      {
+        'loss': loss,
+        'ce': ce,
+        'intra': intra,
         'gate_pass_rate': jnp.mean(gate.astype(jnp.float32)),
-        'effective_weight': losses.effective_weight(margins, hp['delta'],
-                                                    has_negatives),
+        'effective_weight': losses.effective_weight(
+          margins, hp['delta'], has_negatives
+        ),
         'margin_mean': jnp.mean(margins),
         'neg_in_batch': jnp.mean(neg_batch.astype(jnp.float32)),
-        'neg_cache': jnp.mean(neg_cache.astype(jnp.float32))})
+        'neg_cache': jnp.mean(neg_cache.astype(jnp.float32)),
+      },
+    )
 
 
-def init_params(model: nn.Module, head: nn.Module | None, key: jax.Array,
-                input_shape: tuple[int, ...]) -> tuple[Any, Any]:
+def init_params(
+  model: nn.Module,
+  head: nn.Module | None,
+  key: jax.Array,
+  input_shape: tuple[int, ...],
+) -> tuple[Any, Any]:
   """(params {'model': ..., ['head': ...]}, batch_stats) from `key`."""
   k_model, k_head = jax.random.split(key)
-  variables = model.init(k_model, jnp.zeros((1, *input_shape), jnp.float32),
-                         train=False)
+  variables = model.init(
+    k_model, jnp.zeros((1, *input_shape), jnp.float32), train=False
+  )
   params = {'model': variables['params']}
   if head is not None:
-    _, features = model.apply(variables,
-                              jnp.zeros((1, *input_shape), jnp.float32),
-                              train=False)
+    _, features = model.apply(
+      variables, jnp.zeros((1, *input_shape), jnp.float32), train=False
+    )
     params['head'] = head.init(k_head, features)['params']
   return params, variables.get('batch_stats', {})
 
 
-def embedding_dim(model: nn.Module, head: nn.Module | None, params,
-                  batch_stats, input_shape: tuple[int, ...]) -> int:
+def embedding_dim(
+  model: nn.Module,
+  head: nn.Module | None,
+  params,
+  batch_stats,
+  input_shape: tuple[int, ...],
+) -> int:
   """d, the width of z: the head's output, else the pooled features'."""
   if head is not None:
     return head.dim
   _, features = jax.eval_shape(
-      lambda: model.apply({'params': params['model'],
-                           'batch_stats': batch_stats},
-                          jnp.zeros((1, *input_shape), jnp.float32),
-                          train=False))
+    lambda: model.apply(
+      {'params': params['model'], 'batch_stats': batch_stats},
+      jnp.zeros((1, *input_shape), jnp.float32),
+      train=False,
+    )
+  )
   return features.shape[-1]

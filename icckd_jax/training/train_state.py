@@ -15,7 +15,8 @@ class TrainState:
   The model and the optimiser are static and live outside the state; the
   randomness is keyed by (seed, step), so no RNG is carried either.
   """
-  step: jax.Array           # [] int32: optimiser steps taken
+
+  step: jax.Array  # [] int32: optimiser steps taken
   params: Any
   batch_stats: Any
   opt_state: optax.OptState
@@ -27,9 +28,14 @@ class TrainState:
   cache: Any = None
 
 
-def create_train_state(params, batch_stats, tx: optax.GradientTransformation,
-                       cache=None) -> TrainState:
+def create_train_state(
+  params, batch_stats, tx: optax.GradientTransformation, cache=None
+) -> TrainState:
   """A fresh state at step 0 around initialised variables."""
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=batch_stats, opt_state=tx.init(params),
-                    cache=cache)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=tx.init(params),
+    cache=cache,
+  )

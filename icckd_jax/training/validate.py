@@ -58,15 +58,19 @@ def check_config(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   for path, value in _leaves(tree):
     name = f'config.{prefix}{path}'
     if path == 'lr_decay_epochs':
-      if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0
-                 for e in value or ()):
+      if not all(
+        isinstance(e, int) and not isinstance(e, bool) and e >= 0
+        for e in value or ()
+      ):
         raise UserError(f'{name}={tuple(value)!r} must hold integers >= 0')
       continue
     declared = config_schema.field(path)
     if isinstance(value, str) and declared.choices is not None:
       if value not in declared.choices:
-        raise UserError(f'{name}={value!r} is unknown; choose one of: '
-                        + ', '.join(declared.choices))
+        raise UserError(
+          f'{name}={value!r} is unknown; choose one of: '
+          + ', '.join(declared.choices)
+        )
       continue
     if not _is_number(value):
       continue
@@ -85,9 +89,11 @@ def check_dataset(config: ml_collections.ConfigDict, prefix: str = '') -> None:
   if dataset is None:
     return
   if dataset.get('name') in _PATHLESS_DATASETS and dataset.get('path'):
-    raise UserError(f'config.{prefix}dataset.path={dataset.path!r} is set but '
-                    f'the {dataset.name!r} data set is generated and reads no '
-                    'file; drop the path or choose a data set that reads one')
+    raise UserError(
+      f'config.{prefix}dataset.path={dataset.path!r} is set but '
+      f'the {dataset.name!r} data set is generated and reads no '
+      'file; drop the path or choose a data set that reads one'
+    )
 
 
 def stored_config(workdir: str | None) -> dict[str, Any] | None:
@@ -101,13 +107,15 @@ def stored_config(workdir: str | None) -> dict[str, Any] | None:
     with open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise UserError(f'{path} cannot be read ({e}); move it aside to resume '
-                    'from the checkpoints alone (their own config is checked)'
-                    ) from None
+    raise UserError(
+      f'{path} cannot be read ({e}); move it aside to resume '
+      'from the checkpoints alone (their own config is checked)'
+    ) from None
 
 
-def config_differences(stored: dict[str, Any], new: dict[str, Any],
-                       ignore=None) -> list[str]:
+def config_differences(
+  stored: dict[str, Any], new: dict[str, Any], ignore=None
+) -> list[str]:
   """'field=stored→new' for each leaf that differs, outside `ignore`
   (default: the fields a run may resume with changed, and those the new
   config's stage does not use). A field the stored config lacks counts as
@@ -147,8 +155,10 @@ def checkpoint_configs(workdir: str | None) -> dict[str, dict[str, Any]]:
     directory = os.path.join(workdir or '', kind)
     if not workdir or not os.path.isdir(directory):
       continue
-    steps = sorted((int(name) for name in os.listdir(directory)
-                    if name.isdigit()), reverse=True)
+    steps = sorted(
+      (int(name) for name in os.listdir(directory) if name.isdigit()),
+      reverse=True,
+    )
     for step in steps:
       path = os.path.join(directory, str(step), CHECKPOINT_CONFIG)
       try:
@@ -160,8 +170,9 @@ def checkpoint_configs(workdir: str | None) -> dict[str, dict[str, Any]]:
   return found
 
 
-def check_resumable(config: ml_collections.ConfigDict,
-                    workdir: str | None) -> None:
+def check_resumable(
+  config: ml_collections.ConfigDict, workdir: str | None
+) -> None:
   """Refuses to resume WORKDIR's run with a config that builds another run.
 
   The new config is compared with config.json and with the config stored
@@ -177,6 +188,8 @@ def check_resumable(config: ml_collections.ConfigDict,
       continue
     differences = config_differences(saved, new)
     if differences:
-      raise UserError(f'workdir {workdir} holds a run with '
-                      f'{"; ".join(differences)} (from {source}); resume it '
-                      'with the same config or choose another --workdir')
+      raise UserError(
+        f'workdir {workdir} holds a run with '
+        f'{"; ".join(differences)} (from {source}); resume it '
+        'with the same config or choose another --workdir'
+      )

@@ -49,11 +49,16 @@ class WorkdirLock:
       os.close(fd)
       if e.errno not in (errno.EWOULDBLOCK, errno.EACCES):
         raise
-      raise WorkdirBusy(f'workdir {self.workdir} is in use by '
-                        f'{describe_holder(self.path)}; wait for it to '
-                        'finish, stop it, or choose another --workdir') from None
-    holder = {'pid': os.getpid(), 'host': socket.gethostname(),
-              'started': datetime.datetime.now().isoformat(timespec='seconds')}
+      raise WorkdirBusy(
+        f'workdir {self.workdir} is in use by '
+        f'{describe_holder(self.path)}; wait for it to '
+        'finish, stop it, or choose another --workdir'
+      ) from None
+    holder = {
+      'pid': os.getpid(),
+      'host': socket.gethostname(),
+      'started': datetime.datetime.now().isoformat(timespec='seconds'),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode(), 0)
     self._fd = fd
@@ -94,5 +99,7 @@ def describe_holder(path: str) -> str:
     holder = {}
   if not holder:
     return 'another process'
-  return (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')} "
-          f"since {holder.get('started', '?')}")
+  return (
+    f'process {holder.get("pid", "?")} on host {holder.get("host", "?")} '
+    f'since {holder.get("started", "?")}'
+  )
