@@ -48,24 +48,26 @@ def assert_same_updates(a, b, initial, rtol):
     )
 
 
+# Each device count is a compilation, the bulk of these tests' time: every
+# objective runs on 1 and 4 devices, the feature-cache one also on 2.
 @pytest.mark.parametrize(
-  'objective',
+  'objective,counts',
   [
-    dict(lam=0.0),  # plain CE teacher
-    dict(lam=0.5, delta=-1.0, cache_store='features'),
-    dict(lam=0.5, delta=-1.0, cache_store='images'),
+    (dict(lam=0.0), (1, 4)),  # plain CE teacher
+    (dict(lam=0.5, delta=-1.0, cache_store='features'), (1, 2, 4)),
+    (dict(lam=0.5, delta=-1.0, cache_store='images'), (1, 4)),
   ],
 )
-def test_device_count_invariance(smoke_config, objective):
+def test_device_count_invariance(smoke_config, objective, counts):
   config = _config(smoke_config, **objective)
   # 4 steps with a 2-batch cache: the ring is filled and overwritten.
-  results = {n: run_steps(config, n, 4) for n in (1, 2, 4)}
+  results = {n: run_steps(config, n, 4) for n in counts}
   initial, states1, metrics1 = results[1]
   assert np.isfinite([m['loss'] for m in metrics1]).all()
   if objective['lam']:
     assert metrics1[1]['neg_cache'] > 0, 'cache served no negatives'
     assert bool(np.all(states1[-1].cache.valid))
-  for n in (2, 4):
+  for n in counts[1:]:
     _, states, metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:

@@ -141,10 +141,11 @@ def test_student_step_device_count_invariance(smoke_teacher):
       config, dataset, mesh, *teacher_source.load_teacher(config, mesh)
     )
 
-  results = {n: run_steps(config, n, 3, build) for n in (1, 2, 4)}
+  # 1 and 4 devices: each count is a compilation (the teacher's test adds 2).
+  results = {n: run_steps(config, n, 3, build) for n in (1, 4)}
   initial, (state1, *_), metrics1 = results[1]
   assert metrics1[0]['rkd'] > 0
-  for n in (2, 4):
+  for n in (4,):
     _, (state, *_), metrics = results[n]
     for m, m1 in zip(metrics, metrics1):
       for k in m1:
