@@ -22,6 +22,20 @@ def _small(config, **icc):
   return config
 
 
+def _batches(config, split, mesh, num_views):
+  """The batches the run of `config` trains on, from step 0."""
+  return input_pipeline.train_batches(
+    split,
+    mesh,
+    seed=config.seed,
+    batch_size=config.batch_size,
+    num_views=num_views,
+    crop_padding=4,
+    flip=True,
+    start_step=0,
+  )
+
+
 def _cross_entropy64(logits, labels):
   """mean_i logsumexp(l_i) - l_i[y_i], in float64 NumPy."""
   logits = np.asarray(logits, np.float64)
@@ -76,16 +90,7 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
     )
 
   split, _ = input_pipeline.to_device(dataset, mesh)
-  batches = input_pipeline.train_batches(
-    split,
-    mesh,
-    seed=config.seed,
-    batch_size=config.batch_size,
-    num_views=1,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
-  )
+  batches = _batches(config, split, mesh, num_views=1)
   reference_losses = []
   for _ in range(3):
     images, labels = next(batches)
@@ -161,16 +166,7 @@ def test_delta_minus_one_gates_nothing(smoke_config):
   mesh = parallel.make_mesh(1)
   model = models.create_model(config.model, dataset.num_classes)
   split, _ = input_pipeline.to_device(dataset, mesh)
-  batches = input_pipeline.train_batches(
-    split,
-    mesh,
-    seed=config.seed,
-    batch_size=config.batch_size,
-    num_views=2,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
-  )
+  batches = _batches(config, split, mesh, num_views=2)
   forward = jax.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[0]
   )
@@ -226,16 +222,7 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   dataset = datasets.load(config.dataset)
   mesh = parallel.make_mesh(1)
   split, _ = input_pipeline.to_device(dataset, mesh)
-  batches = input_pipeline.train_batches(
-    split,
-    mesh,
-    seed=config.seed,
-    batch_size=config.batch_size,
-    num_views=2,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
-  )
+  batches = _batches(config, split, mesh, num_views=2)
   views_b = [np.asarray(next(batches)[0][1]) for _ in range(3)]
   np.testing.assert_array_equal(imgs.cache.items[0], views_b[2])
   np.testing.assert_array_equal(imgs.cache.items[1], views_b[1])
