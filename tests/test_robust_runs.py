@@ -29,6 +29,8 @@ from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
 from icckd_jax.training import divergence
+from icckd_jax.training import loop as loop_lib
+from icckd_jax.training import preemption
 from icckd_jax.training import teacher_source
 from icckd_jax.training import workdir_lock
 from icckd_jax.training.train_state import TrainState
@@ -433,7 +435,8 @@ def test_damaged_latest_checkpoint_falls_back(trained, tmp_path):
 
 def test_metrics_file_is_repaired_or_rebuilt_on_rerun(trained, tmp_path):
   """A finished run rerun with its metrics.jsonl truncated mid-line, or
-  deleted: no crash, the same summary, the epoch records back, once."""
+  deleted: no crash, the same summary; the torn line dropped and every
+  whole one kept; a missing file said once."""
   workdir = tmp_path / 'run'
   shutil.copytree(trained, workdir)
   path = workdir / 'metrics.jsonl'
@@ -442,17 +445,120 @@ def test_metrics_file_is_repaired_or_rebuilt_on_rerun(trained, tmp_path):
   path.write_bytes(path.read_bytes()[:-40])
   code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
   assert code == 0, stderr[-2000:]
-  assert metric_writer.read_records(str(workdir)) == original
+  assert original[-1]['kind'] == 'epoch'
+  assert metric_writer.read_records(str(workdir)) == original[:-1]
+  assert len(path.read_text().splitlines()) == len(original) - 1
+  # The file is the only record: deleted, it is said once, and the rerun
+  # goes on with the summary the checkpoint holds.
   path.unlink()
   code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
   assert code == 0, stderr[-2000:]
-  assert metric_writer.read_records(str(workdir)) == [
-    r for r in original if r['kind'] == 'epoch'
-  ]
+  assert stderr.count('metrics.jsonl is missing') == 1, stderr[-2000:]
+  assert 'records of the steps before 4 are gone' in stderr
+  assert metric_writer.read_records(str(workdir)) == []
+  assert summary['final_top1'] is not None
   assert (
     json.loads((workdir / 'summary.json').read_text())['final_top1']
     == summary['final_top1']
   )
+
+
+def _non_array_bytes(checkpoint_dir: pathlib.Path) -> int:
+  """The bytes of a checkpoint's files outside its arrays (`state`)."""
+  return sum(
+    p.stat().st_size
+    for p in checkpoint_dir.rglob('*')
+    if p.is_file() and 'state' not in p.relative_to(checkpoint_dir).parts
+  )
+
+
+def test_checkpoint_metadata_does_not_grow_with_the_run(trained, tmp_path):
+  """The part of a checkpoint beside its arrays is the same size at epoch 8
+  as at epoch 2 (within 1 KiB): the run's records live in metrics.jsonl,
+  on disk before the checkpoint that follows them."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  at_2 = _non_array_bytes(workdir / 'checkpoints' / '2')
+  code, stderr = run_launcher(
+    *TRAINED, '--config.num_epochs=8', f'--workdir={workdir}'
+  )
+  assert code == 0, stderr[-2000:]
+  at_8 = _non_array_bytes(workdir / 'checkpoints' / '8')
+  assert abs(at_8 - at_2) <= 1024, (at_2, at_8)
+  _, meta = restore_state(workdir)
+  assert meta['epoch'] == 8 and 'history' not in meta
+  epochs = metric_writer.read_records(str(workdir), 'epoch')
+  assert [r['epoch'] for r in epochs] == list(range(1, 9))
+  assert all(len(r['step_losses']) == 2 for r in epochs)
+
+
+def _save_meta_as_before(monkeypatch) -> None:
+  """Checkpoints saved the way the code before the run's record left them
+  did: every epoch's record, as metrics.jsonl has it, in meta['history'],
+  and no 'test'."""
+  original = loop_lib._Loop._meta  # pylint: disable=protected-access
+
+  def meta_with_history(self, epoch, step, **extra):
+    meta = original(self, epoch, step, **extra)
+    del meta['test']
+    meta['history'] = metric_writer.read_records(self.workdir, 'epoch') or None
+    return meta
+
+  monkeypatch.setattr(loop_lib._Loop, '_meta', meta_with_history)  # pylint: disable=protected-access
+
+
+def test_checkpoints_with_history_in_meta_still_resume_and_evaluate(
+  trained, tmp_path, monkeypatch
+):
+  """A run whose checkpoints carry 'history' (as before the records left
+  them), stopped mid-epoch 2: it evaluates, and resumes to the state,
+  metadata and records of the uninterrupted `trained` run, bit for bit; a
+  finished one rerun keeps its summary's top-1."""
+  workdir = tmp_path / 'run'
+  calls = []
+
+  def requested(self):
+    del self
+    calls.append(1)
+    return signal.SIGTERM if len(calls) == 4 else 0  # before step 4 of 4
+
+  with monkeypatch.context() as patch:
+    _save_meta_as_before(patch)
+    patch.setattr(preemption.StopRequest, 'requested', requested)
+    code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
+  assert code == 128 + signal.SIGTERM, stderr[-2000:]
+  _, old_meta = restore_state(workdir)
+  assert old_meta['epoch'] == 1 and len(old_meta['history']) == 1
+  assert 'test' not in old_meta
+  assert os.listdir(workdir / 'preempted') == ['3']
+
+  code, stderr = run_launcher(
+    '--config=configs/eval.py', f'--config.workdir={workdir}'
+  )
+  assert code == 0, stderr[-2000:]
+  assert json.loads((workdir / 'eval_best.json').read_text())['epoch'] == 1
+
+  code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  state_a, meta_a = restore_state(trained)
+  state_b, meta_b = restore_state(workdir)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b
+  assert strip_timing(metric_writer.read_records(str(trained))) == (
+    strip_timing(metric_writer.read_records(str(workdir)))
+  )
+
+  finished = tmp_path / 'finished'
+  with monkeypatch.context() as patch:
+    _save_meta_as_before(patch)
+    code, stderr = run_launcher(*TRAINED, f'--workdir={finished}')
+  assert code == 0, stderr[-2000:]
+  summary = json.loads((finished / 'summary.json').read_text())
+  code, stderr = run_launcher(*TRAINED, f'--workdir={finished}')
+  assert code == 0, stderr[-2000:]
+  rerun = json.loads((finished / 'summary.json').read_text())
+  assert summary['final_top1'] is not None
+  assert rerun['final_top1'] == summary['final_top1']
 
 
 def test_tensorboard_purges_steps_past_the_resumed_one(
@@ -559,9 +665,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   state_a, meta_a = restore_state(straight_run)
   state_b, meta_b = restore_state(workdir)
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-  history_a, history_b = meta_a.pop('history'), meta_b.pop('history')
   assert meta_a == meta_b
-  assert strip_timing(history_a) == strip_timing(history_b)
   assert strip_timing(metric_writer.read_records(str(straight_run))) == (
     strip_timing(metric_writer.read_records(str(workdir)))
   )

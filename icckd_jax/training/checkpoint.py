@@ -10,7 +10,8 @@ Layout:
                                 aside (never deleted) for a person to inspect
 
 Each holds three items: `state` (the TrainState), `meta` (epoch, step, best
-top-1, the epoch records, ...) and `config` (the run's config as JSON).
+top-1, ...: nothing that grows with the run) and `config` (the run's config
+as JSON).
 Orbax writes into a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoint as the latest: resume is
 preemption-safe. Callers save only states they have checked to be finite

@@ -7,6 +7,11 @@ epoch), logs, checkpoints, and returns the run's summary, also written to
 WORKDIR/summary.json. Its phases are the methods of `_Loop`: resume, the
 steps of an epoch, the end of an epoch, preemption, the summary.
 
+A checkpoint holds what resume needs (the state, the step, the best top-1,
+the divergence guard's reference, the input shape, the last evaluation) and
+nothing that grows with the run: WORKDIR/metrics.jsonl is the run's record,
+fsynced before each checkpoint is saved.
+
 Nothing is saved before the whole new state and the step losses are checked
 (`divergence`): a diverged run raises Diverged and leaves every checkpoint
 and config.json as they were. SIGTERM or SIGINT save the state at the next
@@ -115,6 +120,19 @@ def _restore(
   return None if restored is None else restored[:2]
 
 
+def _last_test(meta: dict[str, Any]) -> dict[str, float] | None:
+  """The test figures of a checkpoint's last evaluation. A checkpoint from
+  before they were kept holds every epoch's record ('history', otherwise
+  unread: metrics.jsonl has them), the last evaluated one among them."""
+  if 'test' in meta:
+    return meta['test']
+  for record in reversed(meta.get('history') or []):
+    tested = {k: v for k, v in record.items() if k.startswith('test_')}
+    if tested:
+      return tested
+  return None
+
+
 def _partial_epoch(per_step: list[dict], logged: int) -> dict[str, Any]:
   """The metrics of an epoch's steps so far, exactly (float32 values are
   exact as JSON floats), so that a resumed epoch's record is identical."""
@@ -209,7 +227,7 @@ class _Loop:
     if restored is not None:
       self.state, meta = restored
       self.start_step = meta.get('step', meta['epoch'] * self.steps_per_epoch)
-      self.best, self.history = meta['best'], meta.get('history')
+      self.best, self.last_test = meta['best'], _last_test(meta)
       self.reference_loss = meta.get('reference_loss')
       if meta.get('partial'):
         self.per_step, self.logged = _unpack_partial(meta['partial'])
@@ -221,7 +239,7 @@ class _Loop:
       )
     else:
       self.state = self.setup.create_state(self.mesh)
-      self.start_step, self.history, self.reference_loss = 0, None, None
+      self.start_step, self.reference_loss, self.last_test = 0, None, None
       self.best = {'top1': -1.0, 'epoch': 0}
     _header(
       self.config,
@@ -234,14 +252,16 @@ class _Loop:
     return restored is not None
 
   def _meta(self, epoch: int, step: int, **extra) -> dict[str, Any]:
-    """What a checkpoint stores beside the state, to resume exactly."""
+    """What a checkpoint stores beside the state, to resume exactly; of a
+    size that does not grow with the run. 'test': the last evaluation's
+    figures, the summary's when a finished run is rerun."""
     return {
       'epoch': epoch,
       'step': step,
       'best': self.best,
       'reference_loss': self.reference_loss,
       'input_shape': list(self.dataset.train_images.shape[1:]),
-      'history': self.history,
+      'test': self.last_test,
       **extra,
     }
 
@@ -280,11 +300,8 @@ class _Loop:
       config, train_split, self.mesh, self.start_step
     )
     self.writer = metric_writer.MetricWriter(
-      self.workdir,
-      self.start_step if resumed else None,
-      epoch_records=self.history,
+      self.workdir, self.start_step if resumed else None
     )
-    self.history = list(self.history or [])
     self.progress = metric_writer.Progress(
       self.total_steps, self.start_step, config.batch_size
     )
@@ -388,6 +405,7 @@ class _Loop:
     epoch's step metrics so far, and raises Preempted."""
     self._check_window(done)
     divergence.check_state(self.state, done, self.ckpts)
+    self.writer.sync()
     self.ckpts.save_preempted(
       done,
       self.state,
@@ -445,7 +463,9 @@ class _Loop:
       ),
       'cache_bytes': self.cache_bytes,
     }
-    self.history.append(self.writer.write('epoch', done, self.record))
+    self.writer.write('epoch', done, self.record)
+    if evaluated:
+      self.last_test = {f'test_{k}': v for k, v in test.items()}
     self.clock.after_epoch()
     self._log_epoch(epoch, test)
     improved = evaluated and test['top1'] > self.best['top1']
@@ -453,6 +473,7 @@ class _Loop:
       self.best = {'top1': test['top1'], 'epoch': epoch + 1}
     regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
     if regular or improved:
+      self.writer.sync()
       self.ckpts.save(
         epoch + 1,
         self.state,
@@ -499,8 +520,9 @@ class _Loop:
   def summarize(self, summary_extra) -> dict[str, Any]:
     """The run's summary, written to WORKDIR/summary.json: a finished run is
     recognised by that file."""
-    # Restarted after the last epoch: nothing was left to train.
-    record = self.record or (self.history[-1] if self.history else {})
+    # Restarted after the last epoch: nothing was left to train, and the
+    # last checkpoint holds the last evaluation.
+    record = self.record or self.last_test or {}
     summary = {
       'final_top1': record.get('test_top1'),
       'best_top1': self.best['top1'],

@@ -56,55 +56,45 @@ def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   return [r for r in records if kind is None or r.get('kind') == kind]
 
 
-def _resumed_records(
-  workdir: str, resume_step: int, epoch_records: list[dict] | None
-) -> list[dict]:
+def _resumed_records(workdir: str, resume_step: int) -> list[dict]:
   """The records a run resumed at `resume_step` keeps: those up to that
-  step, with the epoch records taken from the checkpoint (`epoch_records`)
-  where it has them (as written: with 'kind' and 'step'), so that a
-  damaged or deleted file is rebuilt."""
-  kept = [r for r in read_records(workdir) if r['step'] <= resume_step]
-  if epoch_records is None:
-    return kept
-  file_epochs = [r for r in kept if r.get('kind') == 'epoch']
-  if file_epochs != epoch_records:
+  step. The file is the only record (checkpoints hold none): a missing one
+  is said once, and the run goes on without the earlier records."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
     logging.warning(
-      '%s lacks some of the %d epoch records the checkpoint '
-      'holds; rebuilt them from the checkpoint.',
-      os.path.join(workdir, METRICS_FILE),
-      len(epoch_records),
+      '%s is missing: the records of the steps before %d are gone; '
+      'resuming without them.',
+      path,
+      resume_step,
     )
-  rebuilt = [r for r in kept if r.get('kind') != 'epoch'] + epoch_records
-  # An epoch's record follows the step record of its last step.
-  return sorted(rebuilt, key=lambda r: (r['step'], r['kind'] == 'epoch'))
+    return []
+  return [r for r in read_records(workdir) if r['step'] <= resume_step]
 
 
 class MetricWriter:
   """Appends records. A new run (`resume_step` None) starts an empty file;
-  a resumed one first drops the records past the restored step and
-  restores the epoch records from the checkpoint, so that a resumed run's
-  file matches an uninterrupted one's, and TensorBoard purges the events
-  past that step."""
+  a resumed one first drops the records past the restored step, so that a
+  resumed run's file matches an uninterrupted one's, and TensorBoard purges
+  the events past that step. `sync` before each checkpoint is saved: the
+  records of the steps a checkpoint holds are on disk before it is."""
 
   def __init__(
     self,
     workdir: str,
     resume_step: int | None,
-    epoch_records: list[dict] | None = None,
     tensorboard: bool = True,
   ):
     self._path = os.path.join(workdir, METRICS_FILE)
     self._is_writer = jax.process_index() == 0
     if not self._is_writer:
       return
-    kept = (
-      []
-      if resume_step is None
-      else _resumed_records(workdir, resume_step, epoch_records)
-    )
+    kept = [] if resume_step is None else _resumed_records(workdir, resume_step)
     tmp = self._path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, self._path)
     self._tb = (
       SummaryWriter(
@@ -126,6 +116,15 @@ class MetricWriter:
         if isinstance(value, (int, float)) and math.isfinite(value):
           self._tb.add_scalar(f'{kind}/{name}', value, int(step))
     return record
+
+  def sync(self) -> None:
+    """Flushes the records written so far to disk (fsync)."""
+    if not self._is_writer:
+      return
+    with open(self._path, 'a') as f:
+      os.fsync(f.fileno())
+    if self._tb is not None:
+      self._tb.flush()
 
   def close(self) -> None:
     if self._is_writer and self._tb is not None:
