@@ -1,7 +1,10 @@
 """Properties of the package's source that review would otherwise police."""
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'icckd_jax'
 MAX_FUNCTION_LINES = 80
@@ -42,3 +45,25 @@ def test_no_import_inside_a_function():
     if _imports_the_package(inner)
   ]
   assert not hidden, hidden
+
+
+def test_a_run_loads_neither_plotting_nor_statistics():
+  """A run and a sweep worker import the report for its file names; matplotlib
+  and scipy (about 1.6 s) load only when a report is written."""
+  code = (
+    'import sys, icckd_jax.main, icckd_jax.experiments.sweep_worker\n'
+    'loaded = [m for m in ("matplotlib", "scipy") if m in sys.modules]\n'
+    'assert not loaded, loaded\n'
+    'from icckd_jax.experiments import statistics\n'
+    'statistics.t_interval([1.0, 2.0])\n'
+    'assert "scipy" in sys.modules\n'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code],
+    cwd=PACKAGE.parent,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]

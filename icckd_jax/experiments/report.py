@@ -24,11 +24,6 @@ import math
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use('Agg')  # Files only; never a window.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from icckd_jax.errors import UserError
@@ -591,7 +586,20 @@ def headline(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def _pyplot():
+  """matplotlib.pyplot, drawing to files only (never a window). Imported
+  when a plot is drawn, so that a run or a sweep worker that has no report
+  to write does not load matplotlib (about a second)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
+
+
 def _plot_accuracy(output_dir: str, names: list[str], rows: list[dict]) -> None:
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, stage in zip(axes, ('teacher', 'student')):
     for i, name in enumerate(names):
@@ -651,6 +659,9 @@ def _plot_curves(
     ('gate_pass_rate', 'teacher gate pass rate'),
     ('effective_weight', 'teacher effective weight'),
   )
+  plt = _pyplot()
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
   colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
   for ax, (column, title) in zip(axes, panels):

@@ -13,6 +13,9 @@ Small pure functions over per-seed numbers, each a thin layer over
   95% interval and p-value;
 * `detectable_difference`: the smallest paired difference the design could
   detect (two-sided α = 0.05, power 0.8) given the spread it measured.
+
+scipy is imported by each function, when a report is written: a run or a
+sweep worker that imports the report for its file names never loads it.
 """
 
 import dataclasses
@@ -20,7 +23,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 POWER = 0.8
@@ -40,6 +42,8 @@ def t_interval(
   values: Sequence[float], confidence: float = CONFIDENCE
 ) -> Interval:
   """Mean of `values` [n] and its t-interval (NaN bounds when n < 2)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
   x = np.asarray(values, dtype=np.float64)
   if x.size == 0:
     raise ValueError('t_interval needs at least one value')
@@ -75,6 +79,8 @@ def paired_difference(
   Raises:
     ValueError: fewer than two common seeds.
   """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
   seeds = sorted(set(arm) & set(control))
   if len(seeds) < 2:
     raise ValueError(f'a paired difference needs two common seeds, got {seeds}')
@@ -121,6 +127,8 @@ def linear_trend(
 ) -> Trend:
   """Slope of y [n] on x [n] (every run one point), its t-interval and the
   p-value of slope = 0."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
   x = np.asarray(x, dtype=np.float64)
   y = np.asarray(y, dtype=np.float64)
   if x.size < 3 or np.ptp(x) == 0:
@@ -145,6 +153,8 @@ def detectable_difference(
   """The paired mean difference a two-sided t-test on n pairs detects with
   `power` at level `alpha`, when the per-pair differences have SD `sd`:
   (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n (the usual t approximation)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
   if n < 2:
     return math.nan
   df = n - 1
