@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = 'best'  # 'best' or 'last'
   c.eval_batch_size = 500  # a multiple of the device count
   c.num_devices = 0  # 0: every visible device
+  c.compilation_cache = '~/.cache/icckd_jax/xla'  # '': off
   # A PyTorch checkpoint instead of a workdir: the file, its architecture and
   # the data set to evaluate it on (CIFAR-100 by default).
   c.pth = config_dict.placeholder(str)

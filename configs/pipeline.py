@@ -22,4 +22,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.workdir = config_dict.placeholder(str)  # or --workdir
   c.teacher = teacher_config.get_config(arg)
   c.student = student_config.get_config(arg)
+  # The process's (the stages' own fields are not read).
+  c.compilation_cache = c.teacher.compilation_cache
   return c

@@ -16,6 +16,8 @@ def sweep_config(arg: str | None) -> ml_collections.ConfigDict:
   c.mode = 'sweep'
   c.workdir = config_dict.placeholder(str)
   c.base = pipeline.get_config(SCALES[arg])
+  # Every worker's (the runs' own fields are not read).
+  c.compilation_cache = c.base.compilation_cache
   # Processes sharing the sweep (spread over the visible GPUs when there are
   # several); more machines may run the same command on one shared workdir.
   c.workers = 1

@@ -9,6 +9,7 @@ import ml_collections
 from icckd_jax.training import evaluate
 from icckd_jax.experiments import method
 from icckd_jax.experiments import report
+from icckd_jax.training import compilation_cache
 from icckd_jax.training import student
 from icckd_jax.experiments import sweep
 from icckd_jax.training import teacher
@@ -41,6 +42,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   """Runs the job `config` describes; `workdir` overrides config.workdir."""
   mode = config.get('mode', 'teacher')
   workdir = workdir or config.get('workdir')
+  compilation_cache.enable(
+    config.get('compilation_cache', compilation_cache.DEFAULT_DIR)
+  )
   if mode == 'teacher':
     return teacher.train_teacher(config, workdir)
   if mode == 'student':

@@ -35,6 +35,7 @@ def test_roles_give_the_derived_lists():
     'log_every_steps',
     'checkpoint_every_epochs',
     'keep_checkpoints',
+    'compilation_cache',
   }
   resumable = set(config_schema.resumable())
   assert {'num_epochs', 'eval_batch_size', 'num_devices'} <= resumable

@@ -12,6 +12,7 @@ import ml_collections
 from icckd_jax import logs
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import sweep_worker
+from icckd_jax.training import compilation_cache
 
 
 def _visible_gpus() -> list[str]:
@@ -34,6 +35,9 @@ def _worker_main(
   logging.set_verbosity(verbosity)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(logs.OwnInfoOnly())
+  compilation_cache.enable(
+    config_dict.get('compilation_cache', compilation_cache.DEFAULT_DIR)
+  )
   try:
     sweep_worker.work(ml_collections.ConfigDict(config_dict), workdir, worker)
   except UserError as e:

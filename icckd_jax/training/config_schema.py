@@ -81,6 +81,7 @@ FIELDS: dict[str, Field] = {
   'checkpoint_every_epochs': Field('bookkeeping', _int_at_least(1)),
   # 0 would keep nothing to resume from.
   'keep_checkpoints': Field('bookkeeping', _int_at_least(1)),
+  'compilation_cache': Field('bookkeeping'),
   'num_epochs': Field('schedule', _int_at_least(1)),
   'eval_batch_size': Field('evaluation', _int_at_least(1)),
   'eval_every_epochs': Field('evaluation', _int_at_least(1), added_default=1),
