@@ -97,6 +97,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Ctrl-C save at the next step whatever this is.
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 2
+  # On several processes, steps between two checks that no process was
+  # signalled (a collective): a SIGTERM stops every process within this many
+  # steps, at the same step.
+  c.preemption_check_every_steps = 10
   # JAX's persistent compilation cache: a rerun, a resume or another stage
   # reuses the compiled steps. '' turns it off.
   c.compilation_cache = '~/.cache/icckd_jax/xla'

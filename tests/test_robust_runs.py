@@ -517,8 +517,8 @@ def test_checkpoints_with_history_in_meta_still_resume_and_evaluate(
   workdir = tmp_path / 'run'
   calls = []
 
-  def requested(self):
-    del self
+  def requested(self, step):
+    del self, step
     calls.append(1)
     return signal.SIGTERM if len(calls) == 4 else 0  # before step 4 of 4
 
@@ -727,3 +727,67 @@ def test_two_processes_train_like_one_process_with_two_devices(
   print(f'two processes vs one: max abs difference {max(differences)!r}')
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
   assert meta_a['epoch'] == meta_b['epoch'] == 2
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(
+  straight_run, tmp_path
+):
+  """--multihost, two processes agreeing every 3 steps (not every step):
+  SIGTERM to process 1 alone stops both at the same step, a multiple of 3,
+  within 3 steps of the signal, saved in WORKDIR/preempted; the rerun (one
+  process, two devices) ends bit-identical to the uninterrupted run."""
+  workdir = tmp_path / 'run'
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(ROOT / 'launch.py'),
+        *PREEMPT_ARGS,
+        '--config.preemption_check_every_steps=3',
+        f'--workdir={workdir}',
+        '--multihost',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=ROOT,
+      env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  deadline = time.time() + 480
+  while not any(
+    r['kind'] == 'train' for r in metric_writer.read_records(str(workdir))
+  ):
+    for proc in procs:
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  signalled_after = max(
+    r['step'] for r in metric_writer.read_records(str(workdir), 'train')
+  )
+  procs[1].send_signal(signal.SIGTERM)
+  stops = []
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=540)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    (line,) = [l for l in stderr.splitlines() if 'stopped by SIGTERM' in l]
+    stops.append(int(line.split(' at step ')[1].split(';')[0]))
+  assert stops[0] == stops[1] and stops[0] % 3 == 0, stops
+  # The signal came after `signalled_after` steps, perhaps a few later.
+  assert signalled_after <= stops[0], (signalled_after, stops)
+  assert os.listdir(workdir / 'preempted') == [str(stops[0])]
+
+  code, stderr = run_launcher(
+    *PREEMPT_ARGS, '--config.num_devices=2', f'--workdir={workdir}'
+  )
+  assert code == 0, stderr[-2000:]
+  state_a, meta_a = restore_state(straight_run)
+  state_b, meta_b = restore_state(workdir)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b

@@ -206,8 +206,8 @@ def test_crd_preempted_mid_epoch_resumes_bit_for_bit(
 
   calls = []
 
-  def requested(self):
-    del self
+  def requested(self, step):
+    del self, step
     calls.append(1)
     return signal.SIGTERM if len(calls) == 6 else 0
 

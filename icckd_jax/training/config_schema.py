@@ -82,6 +82,7 @@ FIELDS: dict[str, Field] = {
   # 0 would keep nothing to resume from.
   'keep_checkpoints': Field('bookkeeping', _int_at_least(1)),
   'compilation_cache': Field('bookkeeping'),
+  'preemption_check_every_steps': Field('bookkeeping', _int_at_least(1)),
   'num_epochs': Field('schedule', _int_at_least(1)),
   'eval_batch_size': Field('evaluation', _int_at_least(1)),
   'eval_every_epochs': Field('evaluation', _int_at_least(1), added_default=1),

@@ -317,7 +317,7 @@ class _Loop:
     )
     self.memory, self.compiled = dict(step_memory or {}), False
     start_epoch, first = divmod(self.start_step, self.steps_per_epoch)
-    with StopRequest() as stop:
+    with StopRequest(config.preemption_check_every_steps) as stop:
       for epoch in range(start_epoch, config.num_epochs):
         epoch_start = time.perf_counter()
         if epoch != start_epoch:
@@ -364,7 +364,7 @@ class _Loop:
     window_start = time.perf_counter()
     for i in range(first, self.steps_per_epoch):
       done = epoch * self.steps_per_epoch + i
-      signum = stop.requested()
+      signum = stop.requested(done)
       if signum:
         self.preempt(epoch, done, signum)
       images, labels = next(self.batches)

@@ -1,5 +1,10 @@
 """Preemption: SIGTERM (what SLURM and cloud preemption send) or SIGINT stop
-a run at the next step boundary, after it saved its state."""
+a run at the next step boundary, after it saved its state.
+
+On several processes a signal reaches some of them, and all must stop at
+the same step: they agree on it with a collective every `every` steps (one
+small allgather, a blocking round trip between the hosts), not at every
+step, so a stop comes within `every` steps of the signal."""
 
 import signal
 import threading
@@ -29,8 +34,10 @@ class StopRequest:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, every: int = 1):
+    """`every`: on several processes, the steps between two agreements."""
     self.signum = 0
+    self.every = every
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -54,9 +61,13 @@ class StopRequest:
       signal.signal(sig, handler)
     self._previous.clear()
 
-  def requested(self) -> int:
-    """The signal to stop for, or 0; on several processes, any process's
-    signal stops all of them at the same step."""
+  def requested(self, step: int) -> int:
+    """The signal to stop for before `step` (steps taken so far), or 0. On
+    several processes, any process's signal stops all of them at the same
+    step, the first multiple of `every` after it arrived; every process
+    must call this at every step."""
     if jax.process_count() == 1:
       return self.signum
+    if step % self.every:
+      return 0
     return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
