@@ -84,7 +84,7 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
 
   resnet32x4 -> resnet8x4, 240 epochs of 50,000 images (12.0 M images a
   run), float32. Projected on one H100 from the throughputs measured with
-  this code (../shared/DEVICE.md, "Measured before"): the CE teacher at
+  this code (docs/gpu.md, "Measured before"): the CE teacher at
   8,400 img/s takes 24 min, the intra-class teacher at 6,600 img/s (the
   middle of the 6,200-7,000 measured with the feature cache) 30 min, each
   student at the KD student's 17,700 img/s 11 min (DKD, KD + LS and DIST

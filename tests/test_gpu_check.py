@@ -1,0 +1,85 @@
+"""benchmarks/gpu_check.py --smoke: every part on CPU at tiny sizes."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_writes_every_part(tmp_path):
+  """Exit 0, and the report holds the device, the versions, a figure for
+  every step of part a, the pipeline against the step (c), and the study's
+  part (d) run until its budget and stopped cleanly; PyTorch, absent here,
+  is said to be."""
+  out = tmp_path / 'check'
+  env = dict(os.environ, XLA_FLAGS='')  # One CPU device, as a user has.
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / 'benchmarks' / 'gpu_check.py'),
+      '--smoke',
+      f'--out={out}',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / 'gpu_check.json').read_text())
+  assert report['platform'] == 'cpu' and report['jax'] and report['jaxlib']
+  rows = report['parts']['a']['rows']
+  assert len(rows) == 7
+  for row in rows:
+    assert row['status'] == 'done', row
+    assert row['images_per_second'] > 0 and row['compiled_mib'] > 0, row
+  if importlib.util.find_spec('torch') is None:
+    assert report['parts']['a']['torch'] == 'not importable'
+    assert 'PyTorch not importable' in (out / 'gpu_check.md').read_text()
+  else:
+    assert all(row['jax_over_torch'] > 0 for row in rows)
+  pipeline = report['parts']['c']
+  assert pipeline['pipeline']['images_per_second'] > 0
+  assert pipeline['bound_by'] in ('input pipeline', 'train step')
+  study = report['parts']['d']
+  assert study['config'] == 'configs/study.py:smoke'
+  assert study['status'] in ('done', 'stopped by the budget')
+  markdown = (out / 'gpu_check.md').read_text()
+  assert report['device'] in markdown and 'jaxlib' in markdown
+  assert sum(row['step'] in markdown for row in rows) == 7
+
+
+def test_a_spent_budget_skips_every_part_cleanly(tmp_path):
+  """--budget_s=0: nothing is measured, every part says it was skipped, and
+  the report is still written."""
+  out = tmp_path / 'check'
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / 'benchmarks' / 'gpu_check.py'),
+      '--smoke',
+      '--budget_s=0',
+      f'--out={out}',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / 'gpu_check.json').read_text())
+  assert [r['status'] for r in report['parts']['a']['rows']] == [
+    'skipped: budget spent'
+  ] * 7
+  assert report['parts']['c']['status'] == 'skipped: budget spent'
+  assert report['parts']['d']['status'] == 'skipped: budget spent'
+  assert 'skipped: budget spent' in (out / 'gpu_check.md').read_text()
