@@ -791,3 +791,27 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(
   state_b, meta_b = restore_state(workdir)
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
   assert meta_a == meta_b
+
+
+def test_several_processes_agree_on_a_stop_every_n_steps(monkeypatch):
+  """On two processes the stop check runs its collective at steps 0, 3, 6,
+  9 of 0..10 (every=3), not at every step, and a signal that arrived at step
+  4 stops at step 6."""
+  gathered = []
+
+  def allgather(value):
+    gathered.append(int(value))
+    return np.array([value, 0])
+
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(
+    preemption.multihost_utils, 'process_allgather', allgather
+  )
+  stop = preemption.StopRequest(every=3)
+  stops = []
+  for step in range(11):
+    if step == 4:
+      stop.signum = signal.SIGTERM
+    stops.append(stop.requested(step))
+  assert len(gathered) == 4
+  assert stops.index(signal.SIGTERM) == 6 and not any(stops[:6])

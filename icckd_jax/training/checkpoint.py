@@ -149,6 +149,10 @@ class Checkpoints:
     )
     for wanted, manager in ((last, self._last), (best, self._best)):
       if wanted and epoch not in manager.all_steps():
+        if jax.process_count() > 1:
+          # Orbax's cross-process commit barrier is named by the step alone:
+          # two managers committing the same step at once would collide.
+          self._last.wait_until_finished()
         manager.save(epoch, args=args)
     if last and self._preempted.all_steps():
       # The new epoch checkpoint is at or past the preempted step, which

@@ -89,12 +89,15 @@ def check_step_memory(
     setup.train_step.lower(state, images, labels, setup.step_args).compile()
   )
   need = memory.get('total_bytes')
-  devices = list(mesh.devices.flat)
+  # This process's devices: another process's cannot be asked for memory.
+  devices = [
+    d for d in mesh.devices.flat if d.process_index == jax.process_index()
+  ]
   available = memory_lib.available_memory(devices[0])
   if not need or not available:
     return memory
   if devices[0].platform == 'cpu':  # Emulated devices share the host's RAM.
-    need *= sum(d.process_index == jax.process_index() for d in devices)
+    need *= len(devices)
   if need > available:
     raise UserError(
       f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
