@@ -24,6 +24,7 @@ import math
 import os
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from icckd_jax.errors import UserError
@@ -81,8 +82,13 @@ SETTING_COLUMNS = (
     3,
   ),
   ('teacher_ce_variance', 'teacher CE variance before 1st decay', 1, 4),
-  ('teacher_epochs_to_converge', 'teacher epochs to 99% (train acc)', 1, 1),
-  ('teacher_epochs_to_reach', 'teacher epochs to shared train acc', 1, 1),
+  ('teacher_epochs_to_reach', 'teacher epochs to shared train acc (3-ep MA)', 1, 1),
+  (
+    'teacher_epochs_to_reach_first',
+    'teacher epochs to shared train acc (first)',
+    1,
+    1,
+  ),
   ('teacher_compiled_mib', 'teacher step MiB (XLA)', 1, 1),
   ('teacher_device_mib', 'teacher device MiB in use (max)', 1, 1),
   ('cache_kib', 'cache KiB', 1, 1),
@@ -104,31 +110,54 @@ def _last_quarter_mean(epochs: list[dict], key: str) -> float | None:
   return float(np.mean(values)) if values else None
 
 
+def _change_last_fifth(accuracy: list[float]) -> float | None:
+  """|acc[E] − acc[E − k]| with k = ⌈E / 5⌉: how much the train accuracy
+  still moved over the last fifth of the E epochs (a trained run barely
+  moves), or None for a run of one epoch."""
+  if len(accuracy) < 2:
+    return None
+  k = -(-len(accuracy) // 5)
+  return abs(accuracy[-1] - accuracy[-1 - k])
+
+
 def _stage_row(
   epochs: list[dict],
   summary: dict,
   prefix: str,
-  first_decay: int | None,
+  config,
   reach: float | None,
 ) -> dict[str, Any]:
-  """A stage's last-epoch figures (docs/method.md §6)."""
+  """A stage's last-epoch figures (docs/method.md §6).
+
+  Epochs to reach `reach` are given by two definitions, because they can
+  disagree: the first epoch whose trailing 3-epoch moving average reaches
+  it (`_epochs_to_reach`) and the plain first epoch that does
+  (`_epochs_to_reach_first`)."""
+  decays = tuple(config['lr_decay_epochs'] or ())
   last = epochs[-1]
   accuracy = [e['accuracy'] for e in epochs]
   tested = [e['test_top1'] for e in epochs if e.get('test_top1') is not None]
   memory = summary.get('compiled_memory') or {}
   device = summary.get('peak_device_bytes')
   return {
+    f'{prefix}_model': config['model'],
     f'{prefix}_top1_last': last.get('test_top1'),
     # Kept for reference only: an epoch picked on the test set is never a
     # headline.
     f'{prefix}_top1_best_evaluated': max(tested) if tested else None,
     f'{prefix}_train_accuracy_last': last['accuracy'],
+    f'{prefix}_train_accuracy_change_last_fifth': _change_last_fifth(accuracy),
     f'{prefix}_ce_variance': am.stability_variance(
-      [e.get('step_ce') or e['step_losses'] for e in epochs], first_decay
+      [e.get('step_ce') or e['step_losses'] for e in epochs],
+      min(decays) if decays else None,
     ),
-    f'{prefix}_epochs_to_converge': am.epochs_to_converge(accuracy),
     f'{prefix}_epochs_to_reach': (
       am.epochs_to_reach(accuracy, reach) if reach is not None else None
+    ),
+    f'{prefix}_epochs_to_reach_first': (
+      am.epochs_to_reach(accuracy, reach, window=1)
+      if reach is not None
+      else None
     ),
     f'{prefix}_compiled_mib': memory.get('total_bytes', 0) / 2**20,
     f'{prefix}_device_mib': device / 2**20 if device else None,
@@ -171,10 +200,7 @@ def write_result(
     ('student', student_config),
   ):
     epochs, summary = _run_records(os.path.join(run_dir, stage))
-    decays = tuple(config['lr_decay_epochs'] or ())
-    row.update(
-      _stage_row(epochs, summary, stage, min(decays) if decays else None, reach)
-    )
+    row.update(_stage_row(epochs, summary, stage, config, reach))
     epoch_rows += _epoch_rows(epochs, stage)
     if stage == 'teacher':
       row.update(
@@ -206,13 +232,40 @@ def _load(workdir: str) -> tuple[dict, list[settings_lib.Setting], list[dict]]:
   results = []
   for setting in settings:
     for seed in settings_lib.seeds_of(sweep, setting.name):
-      path = os.path.join(workdir, setting.name, f'seed_{seed}', RESULT_FILE)
-      if os.path.exists(path):
-        with open(path) as f:
-          result = json.load(f)
-        if 'epochs' in result:  # written by this version of the report
-          results.append(result)
+      result = _result(workdir, sweep, setting, seed)
+      if result is not None:
+        results.append(result)
   return sweep, settings, results
+
+
+def _result(
+  workdir: str, sweep: dict, setting: settings_lib.Setting, seed: int
+) -> dict | None:
+  """The figures of one finished run: recomputed from its stages' records
+  where they are here (so a report written by newer code has every column
+  of that code), else its result.json as a worker wrote it."""
+  run_dir = os.path.join(workdir, setting.name, f'seed_{seed}')
+  if all(
+    os.path.exists(os.path.join(run_dir, stage, 'summary.json'))
+    for stage in ('teacher', 'student')
+  ):
+    pipeline = settings_lib.apply_overrides(
+      ml_collections.ConfigDict(sweep['base']), setting.overrides
+    )
+    return write_result(
+      run_dir,
+      setting.name,
+      seed,
+      pipeline.teacher.to_dict(),
+      pipeline.student.to_dict(),
+      sweep.get('reach_train_accuracy'),
+    )
+  path = os.path.join(run_dir, RESULT_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    result = json.load(f)
+  return result if 'epochs' in result else None  # older reports' files
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
