@@ -151,3 +151,21 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
   ]
   with pytest.raises(UserError, match='not arm:control'):
     report.parse_comparisons('no_cache')
+
+
+def test_report_recomputes_rows_from_the_runs_records(smoke_sweep):
+  """A result.json written by older code lacks newer columns: the report
+  recomputes each finished run from its stages' records."""
+  workdir, _ = smoke_sweep
+  path = workdir / 'delta=0.2' / 'seed_0' / report.RESULT_FILE
+  result = json.loads(path.read_text())
+  del result['row']['teacher_model'], result['row']['student_top1_last']
+  path.write_text(json.dumps(result))
+  report.write_report(str(workdir))
+  with open(workdir / report.RESULTS_CSV) as f:
+    rows = {r['setting']: r for r in csv.DictReader(f)}
+  student = json.loads(
+    (workdir / 'delta=0.2' / 'seed_0' / 'student' / 'summary.json').read_text()
+  )
+  assert rows['delta=0.2']['teacher_model'] == 'resnet8'
+  assert float(rows['delta=0.2']['student_top1_last']) == student['final_top1']

@@ -11,6 +11,7 @@ any time from finished runs alone:
                  interval, Holm-adjusted p), the trend across δ and the
                  smallest difference the design could detect
   accuracy.png   last-epoch top-1 of each setting with its 95% interval
+  transfer.png   student against teacher top-1, one point a KD run
   curves.png     teacher train accuracy, CE, gate pass rate and effective
                  weight per epoch: mean over seeds with a 95% band
 
@@ -19,6 +20,7 @@ epoch picked on the test set.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -52,22 +54,54 @@ EPOCH_COLUMNS = (
   ('neg_cache', 'neg_cache'),
 )
 
-# The regime the study must be in (docs/results/regime_cpu/design.md):
-# (setting, column of results.csv, threshold, what it checks).
+# The regime a study must be in, when its config declares none
+# (docs/results/regime_cpu/design.md): 'SETTING: COLUMN OP THRESHOLD', the
+# seed mean of a results.csv column of one setting ('*': of every setting).
 REGIME_CHECKS = (
-  (
-    'delta=0.0',
-    'teacher_train_accuracy_last',
-    0.8,
-    'δ = 0 teacher: train accuracy on the augmented view, last epoch',
-  ),
-  (
-    'delta=0.4',
-    'teacher_gate_pass_rate_last_quarter',
-    0.5,
-    'δ = 0.4 teacher: gate pass rate, mean over the last quarter of epochs',
-  ),
+  'delta=0.0: teacher_train_accuracy_last >= 0.8',
+  'delta=0.4: teacher_gate_pass_rate_last_quarter >= 0.5',
 )
+
+_OPERATORS = {
+  '>=': lambda a, b: a >= b,
+  '<=': lambda a, b: a <= b,
+  '>': lambda a, b: a > b,
+  '<': lambda a, b: a < b,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RegimeCheck:
+  setting: str  # or '*': each setting
+  column: str
+  operator: str
+  threshold: float
+
+  def holds(self, value: float) -> bool:
+    return _OPERATORS[self.operator](value, self.threshold)
+
+
+def parse_regime_check(text: str) -> RegimeCheck:
+  """'delta=0.4: teacher_gate_pass_rate_last_quarter >= 0.5' -> a check.
+  The setting is what precedes the last ': ' (names may hold ':')."""
+  setting, sep, rest = text.rpartition(': ')
+  parts = rest.split()
+  if (
+    not sep
+    or len(parts) != 3
+    or parts[1] not in _OPERATORS
+    or not setting.strip()
+  ):
+    raise UserError(
+      f'regime_checks: {text!r} is not "SETTING: COLUMN OP NUMBER" '
+      f'(OP one of {", ".join(_OPERATORS)})'
+    )
+  try:
+    threshold = float(parts[2])
+  except ValueError:
+    raise UserError(f'regime_checks: {parts[2]!r} in {text!r} is no number')
+  return RegimeCheck(setting.strip(), parts[0], parts[1], threshold)
+
 
 # (column, header, scale, digits) of the per-setting table.
 SETTING_COLUMNS = (
@@ -82,12 +116,23 @@ SETTING_COLUMNS = (
     3,
   ),
   ('teacher_ce_variance', 'teacher CE variance before 1st decay', 1, 4),
-  ('teacher_epochs_to_reach', 'teacher epochs to shared train acc (3-ep MA)', 1, 1),
+  (
+    'teacher_epochs_to_reach',
+    'teacher epochs to shared train acc (3-ep MA)',
+    1,
+    1,
+  ),
   (
     'teacher_epochs_to_reach_first',
     'teacher epochs to shared train acc (first)',
     1,
     1,
+  ),
+  (
+    'student_train_accuracy_change_last_fifth',
+    'student train acc change, last fifth',
+    1,
+    3,
   ),
   ('teacher_compiled_mib', 'teacher step MiB (XLA)', 1, 1),
   ('teacher_device_mib', 'teacher device MiB in use (max)', 1, 1),
@@ -300,25 +345,78 @@ def _p(p: float) -> str:
   return '–' if math.isnan(p) else (f'{p:.3f}' if p >= 0.001 else f'{p:.1e}')
 
 
-def _regime_lines(rows: list[dict]) -> list[str]:
+def _regime_lines(sweep: dict, names: list[str], rows: list[dict]) -> list[str]:
+  """The regime checks, each on the seed mean of its column, and the
+  transfer check (`transfer_check`: 'ARM:CONTROL >= X', the students'
+  paired top-1 difference at least X with its 95% interval above 0)."""
   lines = [
     '## Regime checks',
     '',
     '| check | required | measured: mean [95% CI] over seeds | met |',
     '|---|---|---|---|',
   ]
-  present = False
-  for name, column, threshold, what in REGIME_CHECKS:
-    values = list(_by_seed(rows, name, column).values())
-    if not values:
-      continue
-    present = True
-    mean = float(np.mean(values))
+  found = False
+  for text in sweep.get('regime_checks') or REGIME_CHECKS:
+    check = parse_regime_check(text)
+    for name in names if check.setting == '*' else [check.setting]:
+      values = list(_by_seed(rows, name, check.column).values())
+      if not values:
+        continue
+      found = True
+      mean = float(np.mean(values))
+      lines.append(
+        f'| {name}: {check.column} | {check.operator} {check.threshold:g} '
+        f'| {_interval_cell(values, 1, 3)} '
+        f'| {"yes" if check.holds(mean) else "**no**"} |'
+      )
+  transfer = _transfer(sweep, rows)
+  if transfer is not None:
+    found = True
+    (arm, control, minimum), diff = transfer
+    ci = diff.difference
+    met = ci.mean >= minimum and ci.low > 0
     lines.append(
-      f'| {what} | ≥ {threshold} | {_interval_cell(values, 1, 3)} '
-      f'| {"yes" if mean >= threshold else "**no**"} |'
+      f'| KD transfers: student top-1 {arm} − {control}, paired '
+      f'({ci.n} seeds) | ≥ {100 * minimum:g} points, 95% CI above 0 '
+      f'| {_interval_cell_diff(ci)} points (p {_p(diff.p_value)}) '
+      f'| {"yes" if met else "**no**"} |'
     )
-  return lines + [''] if present else []
+  return lines + [''] if found else []
+
+
+def parse_transfer_check(text: str) -> tuple[str, str, float]:
+  """'ce_teacher:scratch >= 0.01' -> ('ce_teacher', 'scratch', 0.01)."""
+  pair, sep, minimum = text.partition('>=')
+  arm, colon, control = pair.partition(':')
+  try:
+    value = float(minimum)
+  except ValueError:
+    value = None
+  if (
+    not sep
+    or not colon
+    or not arm.strip()
+    or not control.strip()
+    or (value is None)
+  ):
+    raise UserError(f'transfer_check: {text!r} is not "ARM:CONTROL >= NUMBER"')
+  return arm.strip(), control.strip(), value
+
+
+def _transfer(sweep: dict, rows: list[dict]):
+  """((arm, control, minimum), paired student top-1 difference), or None
+  where the sweep declares no transfer check or lacks two paired seeds."""
+  if not sweep.get('transfer_check'):
+    return None
+  arm, control, minimum = parse_transfer_check(sweep['transfer_check'])
+  try:
+    diff = st.paired_difference(
+      _by_seed(rows, arm, 'student_top1_last'),
+      _by_seed(rows, control, 'student_top1_last'),
+    )
+  except ValueError:
+    return None
+  return (arm, control, minimum), diff
 
 
 def _setting_lines(names: list[str], rows: list[dict]) -> list[str]:
@@ -393,12 +491,51 @@ def _primary_lines(sweep, names, controls, rows) -> list[str]:
   comparisons = paired_comparisons(arms, controls, rows, 'student_top1_last')
   if not comparisons:
     return []
-  return _comparison_table(
+  lines = _comparison_table(
     '## Primary comparison (pre-registered)',
     'Student top-1 (points), arm − control, paired by seed; '
     f'Holm-adjusted over these {len(comparisons)} comparisons.',
     comparisons,
   )
+  margin = sweep.get('equivalence_margin')
+  column = 'student_top1_last'
+  for c in comparisons:
+    lines.append(
+      _reading(
+        c,
+        margin,
+        _by_seed(rows, c['arm'], column),
+        _by_seed(rows, c['control'], column),
+      )
+    )
+  return lines + ['']
+
+
+def _reading(comparison: dict, margin, arm: dict, control: dict) -> str:
+  """What a primary comparison allows one to say: a difference (Holm p <
+  0.05), equivalence (a paired TOST at the declared margin), or no
+  difference detected, with the difference the design could detect."""
+  d = comparison['diff']
+  n = d.difference.n
+  detectable = 100 * st.detectable_difference(d.sd, n)
+  head = f'- {comparison["arm"]} − {comparison["control"]}: '
+  if comparison['holm'] < 0.05:
+    return (
+      head + f'a difference of {_interval_cell_diff(d.difference)} points '
+      f'(Holm p {_p(comparison["holm"])}).'
+    )
+  text = (
+    head + 'no difference detected; with this spread the design could detect '
+    f'about {detectable:.2f} points (power 0.8, α = 0.05, {n} seeds).'
+  )
+  if margin:
+    eq = st.tost(arm, control, margin)
+    verdict = 'equivalent' if eq.p_value < 0.05 else 'not shown equivalent'
+    text += (
+      f' Paired TOST at the declared margin ±{100 * margin:g} points: '
+      f'p {_p(eq.p_value)}, {verdict}.'
+    )
+  return text
 
 
 def _comparison_table(
@@ -433,7 +570,7 @@ def parse_comparisons(text: str | None) -> list[tuple[str, str]]:
   return pairs
 
 
-def _pair_lines(pairs, names, rows) -> list[str]:
+def _pair_lines(pairs, names, rows, teachers) -> list[str]:
   """Pre-registered pairs beyond the controls (e.g. an ablation against the
   arm it removes something from), Holm-adjusted over their own family."""
   pairs = [
@@ -443,7 +580,15 @@ def _pair_lines(pairs, names, rows) -> list[str]:
   ]
   lines = []
   for stage in ('student', 'teacher'):
-    found = _holm_paired(pairs, rows, f'{stage}_top1_last')
+    # `teachers`: the settings with a teacher of their own (a student
+    # trained without its teacher shares another setting's).
+    found = _holm_paired(
+      pairs
+      if stage == 'student'
+      else [p for p in pairs if set(p) <= set(teachers)],
+      rows,
+      f'{stage}_top1_last',
+    )
     if found:
       lines += _comparison_table(
         f'## {stage.capitalize()} top-1: the other pre-registered pairs',
@@ -454,11 +599,13 @@ def _pair_lines(pairs, names, rows) -> list[str]:
   return lines
 
 
-def _comparison_lines(names, controls, rows) -> list[str]:
+def _comparison_lines(names, controls, rows, teachers) -> list[str]:
   lines = []
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
-    comparisons = paired_comparisons(names, controls, rows, column)
+    comparisons = paired_comparisons(
+      names if stage == 'student' else teachers, controls, rows, column
+    )
     if not comparisons:
       continue
     lines += _comparison_table(
@@ -507,7 +654,54 @@ def _trend_lines(settings, rows) -> list[str]:
   return lines + ['']
 
 
-def _power_lines(names, controls, rows, sweep) -> list[str]:
+def _distilled(sweep: dict, names: list[str]) -> list[str]:
+  """The settings whose students learn from their teacher: all but the
+  transfer check's control (a student trained without the teacher)."""
+  if not sweep.get('transfer_check'):
+    return list(names)
+  _, control, _ = parse_transfer_check(sweep['transfer_check'])
+  return [n for n in names if n != control]
+
+
+def _teacher_student_points(sweep, names, rows):
+  """{setting: [(teacher top-1, student top-1), ...]} of the KD runs."""
+  points = {}
+  for name in _distilled(sweep, names):
+    for r in rows:
+      if (
+        r['setting'] == name
+        and r.get('teacher_top1_last') is not None
+        and r.get('student_top1_last') is not None
+      ):
+        points.setdefault(name, []).append(
+          (r['teacher_top1_last'], r['student_top1_last'])
+        )
+  return points
+
+
+def _correlation_lines(sweep, names, rows) -> list[str]:
+  """Does a better teacher give a better student here? Pearson and
+  Spearman of student on teacher top-1 over every KD run."""
+  pairs = [
+    p for v in _teacher_student_points(sweep, names, rows).values() for p in v
+  ]
+  try:
+    c = st.correlation([t for t, _ in pairs], [s for _, s in pairs])
+  except ValueError:
+    return []
+  return [
+    '## Teacher and student top-1 across runs',
+    '',
+    f'Over the {c.n} KD runs (every setting whose student learns from its '
+    f'teacher): Pearson r = {c.pearson:+.2f} (p {_p(c.pearson_p)}), '
+    f'Spearman ρ = {c.spearman:+.2f} (p {_p(c.spearman_p)}); one point a '
+    'run in transfer.png. The runs differ by teacher arm and seed, so this '
+    "mixes the arms' effects with seed-to-seed spread.",
+    '',
+  ]
+
+
+def _power_lines(names, controls, rows, sweep, teachers) -> list[str]:
   lines = [
     '## Smallest detectable difference',
     '',
@@ -526,7 +720,8 @@ def _power_lines(names, controls, rows, sweep) -> list[str]:
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
     for c in controls:
-      diffs = [x['diff'] for x in paired_comparisons(names, [c], rows, column)]
+      arms = names if stage == 'student' else teachers
+      diffs = [x['diff'] for x in paired_comparisons(arms, [c], rows, column)]
       if not diffs:
         continue
       found = True
@@ -602,7 +797,8 @@ def write_report(
     'before the first learning-rate decay (the first epoch left out).',
     '',
   ]
-  lines += _regime_lines(rows)
+  teachers = _distilled(sweep, names)
+  lines += _regime_lines(sweep, names, rows)
   lines += _primary_lines(sweep, names, controls, rows)
   lines += _setting_lines(names, rows)
   lines += _pair_lines(
@@ -610,15 +806,18 @@ def write_report(
     + parse_comparisons(comparisons),
     names,
     rows,
+    teachers,
   )
-  lines += _comparison_lines(names, controls, rows)
+  lines += _comparison_lines(names, controls, rows, teachers)
   lines += _trend_lines([s for s in settings if s.name in names], rows)
-  lines += _power_lines(names, controls, rows, sweep)
+  lines += _correlation_lines(sweep, names, rows)
+  lines += _power_lines(names, controls, rows, sweep, teachers)
   with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
     f.write('\n'.join(lines))
 
   _plot_accuracy(output_dir, names, rows)
   _plot_curves(output_dir, names, epoch_rows)
+  _plot_transfer(output_dir, _teacher_student_points(sweep, names, rows))
   return rows
 
 
@@ -683,6 +882,31 @@ def _plot_accuracy(output_dir: str, names: list[str], rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(os.path.join(output_dir, 'accuracy.png'), dpi=110)
+  plt.close(fig)
+
+
+def _plot_transfer(output_dir: str, points: dict[str, list]) -> None:
+  """transfer.png: student against teacher top-1, one point a run,
+  coloured by setting."""
+  if sum(len(v) for v in points.values()) < 2:
+    return
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  for i, (name, pairs) in enumerate(points.items()):
+    ax.scatter(
+      [100 * t for t, _ in pairs],
+      [100 * s for _, s in pairs],
+      s=18,
+      color=f'C{i % 10}',
+      label=name,
+    )
+  ax.set_xlabel('teacher test top-1 (%), last epoch')
+  ax.set_ylabel('KD student test top-1 (%), last epoch')
+  ax.set_title('one point a run', fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(output_dir, 'transfer.png'), dpi=110)
   plt.close(fig)
 
 
