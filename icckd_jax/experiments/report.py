@@ -763,56 +763,15 @@ def write_report(
     if any(r['row']['setting'] == s.name for r in results)
   ]
   rows = [r['row'] for r in results]
-  controls = [
-    c for c in (sweep.get('controls') or ('ce_teacher',)) if c in names
-  ]
-
-  columns = list(dict.fromkeys(k for r in rows for k in r))
-  _write_csv(os.path.join(output_dir, RESULTS_CSV), rows, columns)
-  epoch_rows = [
-    {'setting': r['row']['setting'], 'seed': r['row']['seed'], **e}
-    for r in results
-    for e in r['epochs']
-  ]
-  _write_csv(
-    os.path.join(output_dir, EPOCHS_CSV),
-    epoch_rows,
-    ['setting', 'seed', 'stage', 'epoch'] + [c for c, _ in EPOCH_COLUMNS],
-  )
-
-  test_subset = sweep['base']['teacher']['dataset'].get('test_subset')
-  split = (
-    f'a fixed {test_subset}-image subset of the test split'
-    if test_subset
-    else 'the whole test split'
-  )
-  lines = [
-    f'# {os.path.basename(os.path.normpath(workdir))}',
-    '',
-    f'Headline: top-1 after the last epoch on {split}, never an epoch '
-    'picked on the test set. Intervals are 95% t-intervals over seeds; '
-    'differences are paired by seed (same initialisation, data order '
-    'and augmentation). "Train acc" is the accuracy on the augmented '
-    "training view, averaged over the epoch's steps. Variance: the "
-    'per-epoch variance of the per-step CE, averaged over the epochs '
-    'before the first learning-rate decay (the first epoch left out).',
-    '',
-  ]
-  teachers = _distilled(sweep, names)
-  lines += _regime_lines(sweep, names, rows)
-  lines += _primary_lines(sweep, names, controls, rows)
-  lines += _setting_lines(names, rows)
-  lines += _pair_lines(
+  epoch_rows = _write_tables(output_dir, results)
+  lines = _summary_lines(
+    os.path.basename(os.path.normpath(workdir)),
+    sweep,
+    [s for s in settings if s.name in names],
+    rows,
     parse_comparisons(sweep.get('comparisons'))
     + parse_comparisons(comparisons),
-    names,
-    rows,
-    teachers,
   )
-  lines += _comparison_lines(names, controls, rows, teachers)
-  lines += _trend_lines([s for s in settings if s.name in names], rows)
-  lines += _correlation_lines(sweep, names, rows)
-  lines += _power_lines(names, controls, rows, sweep, teachers)
   with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
     f.write('\n'.join(lines))
 
@@ -829,6 +788,63 @@ def write_report(
   plots.curves(output_dir, names, epoch_rows)
   plots.transfer(output_dir, _teacher_student_points(sweep, names, rows))
   return rows
+
+
+def _write_tables(output_dir: str, results: list[dict]) -> list[dict]:
+  """results.csv (one row a run, every column any run has) and epochs.csv
+  (one row a run, stage and epoch); returns the latter's rows."""
+  rows = [r['row'] for r in results]
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  _write_csv(os.path.join(output_dir, RESULTS_CSV), rows, columns)
+  epoch_rows = [
+    {'setting': r['row']['setting'], 'seed': r['row']['seed'], **e}
+    for r in results
+    for e in r['epochs']
+  ]
+  _write_csv(
+    os.path.join(output_dir, EPOCHS_CSV),
+    epoch_rows,
+    ['setting', 'seed', 'stage', 'epoch'] + [c for c, _ in EPOCH_COLUMNS],
+  )
+  return epoch_rows
+
+
+def _summary_lines(title, sweep, settings, rows, pairs) -> list[str]:
+  """summary.md: the regime checks first, then the primary comparison, each
+  setting's figures, the other comparisons, the trend, the correlation and
+  the detectable differences."""
+  names = [s.name for s in settings]
+  controls = [
+    c for c in (sweep.get('controls') or ('ce_teacher',)) if c in names
+  ]
+  test_subset = sweep['base']['teacher']['dataset'].get('test_subset')
+  split = (
+    f'a fixed {test_subset}-image subset of the test split'
+    if test_subset
+    else 'the whole test split'
+  )
+  lines = [
+    f'# {title}',
+    '',
+    f'Headline: top-1 after the last epoch on {split}, never an epoch '
+    'picked on the test set. Intervals are 95% t-intervals over seeds; '
+    'differences are paired by seed (same initialisation, data order '
+    'and augmentation). "Train acc" is the accuracy on the augmented '
+    "training view, averaged over the epoch's steps. Variance: the "
+    'per-epoch variance of the per-step CE, averaged over the epochs '
+    'before the first learning-rate decay (the first epoch left out).',
+    '',
+  ]
+  teachers = _distilled(sweep, names)
+  lines += _regime_lines(sweep, names, rows)
+  lines += _primary_lines(sweep, names, controls, rows)
+  lines += _setting_lines(names, rows)
+  lines += _pair_lines(pairs, names, rows, teachers)
+  lines += _comparison_lines(names, controls, rows, teachers)
+  lines += _trend_lines(settings, rows)
+  lines += _correlation_lines(sweep, names, rows)
+  lines += _power_lines(names, controls, rows, sweep, teachers)
+  return lines
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
