@@ -11,9 +11,11 @@ import pytest
 
 from configs import student as student_config
 from configs import teacher as teacher_config
+from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
+from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
@@ -274,6 +276,27 @@ def test_ofd_margin_is_the_mean_negative_response():
     p = np.exp(-0.5 * ((x - bias[k]) / scale[k]) ** 2)
     np.testing.assert_allclose(m[k], (x * p).sum() / p.sum(), rtol=1e-3)
   np.testing.assert_allclose(m[3], -0.3, rtol=1e-6)
+
+
+def test_ofd_margins_come_from_the_bn_before_each_stage_relu():
+  """A bottleneck's 'bn3', a basic block's 'bn2', of each stage's last
+  block (mdistiller's get_bn_before_relu); a teacher without ResNet stages
+  is one UserError."""
+  from icckd_jax.distillers import ofd  # pylint: disable=g-import-not-at-top
+
+  for name, bn in (('imagenet_resnet50', 'bn3'), ('imagenet_resnet18', 'bn2')):
+    params = jax.eval_shape(
+      lambda m=models.create_model(name, 10): m.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+      )
+    )['params']
+    last = {'imagenet_resnet50': (2, 3, 5, 2), 'imagenet_resnet18': (1,) * 4}
+    expected = [
+      params[f'layer{s + 1}_{b}'][bn] for s, b in enumerate(last[name])
+    ]
+    assert ofd._bn_before_relu(params) == expected  # pylint: disable=protected-access
+  with pytest.raises(UserError, match='ofd needs a ResNet teacher'):
+    ofd._bn_before_relu({'conv1': {}, 'blocks0_0': {}})  # pylint: disable=protected-access
 
 
 @pytest.mark.slow  # `make test-all` (see the parametrisation above)
