@@ -14,6 +14,7 @@ from icckd_jax import models
 from icckd_jax.data import datasets
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
+from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax.training import student
 from icckd_jax.training import validate
@@ -136,3 +137,9 @@ def test_smoke_distils_from_a_torchvision_teacher(tmp_path):
   logits, _ = jax.jit(module.apply)(variables, x)
   expected = float(losses.cross_entropy(logits, dataset.test_labels).mean())
   np.testing.assert_allclose(at_start['loss'], expected, rtol=1e-4)
+  # configs/eval.py on the same file prints the same figures.
+  printed = evaluate.evaluate_pytorch(
+    str(TEACHER_PTH), 'imagenet_resnet18', c.dataset, 1, c.eval_batch_size
+  )
+  assert printed['top1'] == at_start['top1']
+  np.testing.assert_allclose(printed['loss'], at_start['loss'], rtol=1e-6)
