@@ -153,6 +153,10 @@ FIELDS: dict[str, Field] = {
   # The embedding's width and the negatives' count shape the step.
   'distill.crd_dim': Field(rule=_int_at_least(1)),
   'distill.crd_negatives': Field(rule=_int_at_least(1)),
+  # ReviewKD's fusion width cap and student maps shape the step; runs saved
+  # before they existed fused post-ReLU maps at a cap of 512.
+  'distill.reviewkd_max_mid': Field(rule=_int_at_least(1), added_default=512),
+  'distill.reviewkd_student_preact': Field(added_default=False),
   # Changes which program the step is: identity.
   'distill.standardize_logits': Field(),
 }

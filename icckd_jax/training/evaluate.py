@@ -208,10 +208,11 @@ def evaluate_pytorch(
   batch_size: int = 500,
   export: str | None = None,
 ) -> dict[str, Any]:
-  """Imports a PyTorch checkpoint of the CIFAR-100 KD benchmark and evaluates
-  it on the whole test split of `dataset_config`, exactly as a student
-  evaluates such a teacher (inputs normalised with the benchmark's
-  statistics, float32). Prints the result as JSON; writes nothing else,
+  """Imports a PyTorch checkpoint (the CIFAR-100 KD benchmark's, or
+  torchvision's for an `imagenet_*` model) and evaluates it on the whole
+  test split of `dataset_config`, exactly as a student evaluates such a
+  teacher (inputs normalised with the statistics of the model's family,
+  `torch_import.normalization`; float32). Prints the result as JSON; writes nothing else,
   except the plain parameters file `export` when given.
   """
   if export:
@@ -220,7 +221,7 @@ def evaluate_pytorch(
   mesh = parallel.make_mesh(num_devices)
   dataset = datasets.load(dataset_config)
   variables = torch_import.load_checkpoint(pth, model_name, dataset.num_classes)
-  mean, std = torch_import.benchmark_normalization()
+  mean, std = torch_import.normalization(model_name)
   if export and jax.process_index() == 0:
     params_file.save(
       export,
