@@ -7,7 +7,6 @@ import time
 from absl import logging
 
 from icckd_jax import parallel
-from icckd_jax.data import input_pipeline
 from icckd_jax.experiments import sweep_plan
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
@@ -39,7 +38,7 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
       setup = _stage_setup(
         run, name, config, dataset, mesh, reuse, teacher_states
       )
-      train_split, test_split = input_pipeline.to_device(dataset, mesh)
+      train_split, test_split = run_setup.splits(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
         state = setup.create_state(mesh)
         seconds, _ = estimate.time_steps(
