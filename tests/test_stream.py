@@ -5,11 +5,14 @@ still resume and keep their run-store keys."""
 
 import json
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from configs import teacher as teacher_config
 from icckd_jax import parallel
 from icckd_jax.data import array_record
@@ -21,7 +24,13 @@ from icckd_jax.training import preemption
 from icckd_jax.training import validate
 from launch_in_process import run_launcher
 from test_array_record import mixed_folder
-from test_robust_runs import TRAINED, restore_state, strip_timing
+from test_robust_runs import (
+  TRAINED,
+  _free_port,
+  _subprocess_env,
+  restore_state,
+  strip_timing,
+)
 
 
 @pytest.fixture(scope='module')
@@ -219,3 +228,55 @@ def test_runs_saved_before_config_input_resume_and_keep_store_keys(
   assert run_store.teacher_key(config) == run_store.teacher_key(before)
   config.input.mode = 'stream'
   assert run_store.teacher_key(config) != run_store.teacher_key(before)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_like_one_process_with_two_devices(
+  shards, tmp_path
+):
+  """--multihost on localhost, one CPU device per process, each reading only
+  its rows of every batch (training and evaluation): the losses of every
+  step within 1e-4 and the same top-1 as one process with two devices."""
+  args = (*STREAMED, f'--config.dataset.path={shards}', '--config.num_epochs=2')
+  one = tmp_path / 'one'
+  code, stderr = run_launcher(
+    *args, '--config.num_devices=2', f'--workdir={one}'
+  )
+  assert code == 0, stderr[-2000:]
+  two = tmp_path / 'two'
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(ROOT / 'launch.py'),
+        *args,
+        f'--workdir={two}',
+        '--multihost',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=ROOT,
+      env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=540)
+    assert proc.returncode == 0, stderr[-3000:]
+  epochs = [
+    [
+      r
+      for r in metric_writer.read_records(str(workdir))
+      if r['kind'] == 'epoch'
+    ]
+    for workdir in (one, two)
+  ]
+  assert len(epochs[0]) == len(epochs[1]) == 2
+  for a, b in zip(*epochs):
+    np.testing.assert_allclose(a['step_losses'], b['step_losses'], atol=1e-4)
+    assert a['test_top1'] == b['test_top1']
