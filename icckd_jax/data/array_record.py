@@ -152,37 +152,9 @@ def read_info(path: str | None) -> Info:
       f'{FORMAT!r}); convert the data set again'
     )
   counts = {s: int(_field(info, 'counts', where)[s]) for s in SPLITS}
-  shards = {}
-  for split in SPLITS:
-    listed = _field(info, 'shards', where).get(split) or []
-    found = []
-    for entry in listed:
-      shard = root / entry['file']
-      if not shard.is_file():
-        raise UserError(
-          f'{where} lists the shard {entry["file"]} but {shard} is missing'
-        )
-      size = shard.stat().st_size
-      if size != entry['bytes']:
-        raise UserError(
-          f'the shard {shard} has {size} bytes but {INFO_FILE} says '
-          f'{entry["bytes"]}: it is truncated or was replaced; convert '
-          'the data set again'
-        )
-      found.append(Shard(str(shard), int(entry['records']), size))
-    if sum(s.records for s in found) != counts[split]:
-      raise UserError(
-        f"{where}: counts['{split}']={counts[split]} but its shards hold "
-        f'{sum(s.records for s in found)} records'
-      )
-    labels = root / labels_name(split)
-    entry = _field(info, 'labels', where).get(split, {})
-    if not labels.is_file() or labels.stat().st_size != entry.get('bytes'):
-      raise UserError(
-        f'{labels} is missing or does not match {INFO_FILE}; convert the '
-        'data set again'
-      )
-    shards[split] = tuple(found)
+  shards = {
+    split: _checked_shards(root, info, split, counts[split]) for split in SPLITS
+  }
   shape = info.get('image_shape')
   return Info(
     root=str(root),
@@ -197,6 +169,42 @@ def read_info(path: str | None) -> Info:
     },
     shards=shards,
   )
+
+
+def _checked_shards(
+  root: pathlib.Path, info: dict, split: str, count: int
+) -> tuple[Shard, ...]:
+  """The shards of `split` that info.json lists, each of the size it says,
+  holding `count` records together, with a label file of the size it says."""
+  where = str(root / INFO_FILE)
+  found = []
+  for entry in _field(info, 'shards', where).get(split) or []:
+    shard = root / entry['file']
+    if not shard.is_file():
+      raise UserError(
+        f'{where} lists the shard {entry["file"]} but {shard} is missing'
+      )
+    size = shard.stat().st_size
+    if size != entry['bytes']:
+      raise UserError(
+        f'the shard {shard} has {size} bytes but {INFO_FILE} says '
+        f'{entry["bytes"]}: it is truncated or was replaced; convert '
+        'the data set again'
+      )
+    found.append(Shard(str(shard), int(entry['records']), size))
+  if sum(s.records for s in found) != count:
+    raise UserError(
+      f"{where}: counts['{split}']={count} but its shards hold "
+      f'{sum(s.records for s in found)} records'
+    )
+  labels = root / labels_name(split)
+  entry = _field(info, 'labels', where).get(split, {})
+  if not labels.is_file() or labels.stat().st_size != entry.get('bytes'):
+    raise UserError(
+      f'{labels} is missing or does not match {INFO_FILE}; convert the '
+      'data set again'
+    )
+  return tuple(found)
 
 
 class RecordError(Exception):

@@ -421,28 +421,7 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads((out / array_record.INFO_FILE).read_text())
   out.mkdir(parents=True, exist_ok=True)
   _write_json(out / CONVERSION_FILE, identity)
-  tasks, shards = [], {}
-  for split in array_record.SPLITS:
-    items = listing.items[split]
-    count = -(-len(items) // per_shard)
-    shards[split] = [None] * count
-    for i in range(count):
-      file = array_record.shard_name(split, i, count)
-      done = _done_shard(out, file)
-      if done is not None:
-        shards[split][i] = done
-        continue
-      tasks.append(
-        {
-          'output_dir': str(out),
-          'file': file,
-          'split': split,
-          'index': i,
-          'items': items[i * per_shard : (i + 1) * per_shard],
-          'statistics': split == 'train',
-          'where': f'dataset.path={config.dataset.get("path")!r}',
-        }
-      )
+  tasks, shards = _plan(listing, out, per_shard, config.dataset.get('path'))
   total = sum(len(t['items']) for t in tasks)
   kept = sum(len(v) for v in shards.values()) - len(tasks)
   logging.info(
@@ -479,6 +458,34 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     len(listing.classes),
   )
   return info
+
+
+def _plan(listing: Listing, out: pathlib.Path, per_shard: int, path):
+  """(tasks of the shards left to write, {split: [shard record or None]}
+  with the shards a killed conversion completed filled in)."""
+  tasks, shards = [], {}
+  for split in array_record.SPLITS:
+    items = listing.items[split]
+    count = -(-len(items) // per_shard)
+    shards[split] = [None] * count
+    for i in range(count):
+      file = array_record.shard_name(split, i, count)
+      done = _done_shard(out, file)
+      if done is not None:
+        shards[split][i] = done
+        continue
+      tasks.append(
+        {
+          'output_dir': str(out),
+          'file': file,
+          'split': split,
+          'index': i,
+          'items': items[i * per_shard : (i + 1) * per_shard],
+          'statistics': split == 'train',
+          'where': f'dataset.path={path!r}',
+        }
+      )
+  return tasks, shards
 
 
 def _workers(config) -> int:

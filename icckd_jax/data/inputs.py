@@ -30,7 +30,8 @@ def load(
   workers: int = 0,
   device_bytes: int | None = None,
 ) -> datasets.Dataset:
-  """`datasets.load`'s data set, streamed or resident as `mode` (config.input.mode) says.
+  """`datasets.load`'s data set, streamed or resident as `mode`
+  (config.input.mode) says; logs which and why.
 
   Args:
     config: the `dataset` sub-config.
@@ -53,76 +54,32 @@ def load(
     )
   name = config.get('name')
   if name != 'array_record':
-    if mode == 'stream':
+    return _load_resident(config, mode)
+  for split in array_record.SPLITS:
+    if config.get(f'{split}_subset'):
       raise UserError(
-        f"config.input.mode='stream' reads ArrayRecord shards; convert "
-        f'dataset.name={name!r} first with configs/convert.py and train '
-        "with dataset.name='array_record'"
+        f'config.dataset.{split}_subset={config.get(f"{split}_subset")} is '
+        "not read for dataset.name='array_record'; convert the subset (or "
+        'set it to 0)'
       )
-    dataset = datasets.load(config)
-    logging.info(
-      'Input: resident on every device (%s; %.1f MiB decoded train split).',
-      f'input.mode={mode!r}',
-      dataset.train_images.nbytes / 2**20,
-    )
-    return dataset
   info = array_record.read_info(config.get('path'))
-  decoded = info.decoded_bytes['train']
-  fits = device_bytes is None or decoded + info.decoded_bytes['test'] <= (
-    device_bytes
+  mode, why = choose(mode, info, device_bytes, config.get('path'))
+  fields = dict(
+    name=name,
+    train_labels=np.asarray(info.labels('train'), np.int32),
+    test_labels=np.asarray(info.labels('test'), np.int32),
+    num_classes=info.num_classes,
+    mean=info.mean,
+    std=info.std,
   )
-  if mode == 'resident':
-    if info.image_shape is None:
-      raise UserError(
-        f"config.input.mode='resident' needs images of one size, but "
-        f'those of dataset.path={config.get("path")!r} have several; use '
-        "input.mode='stream' (or 'auto')"
-      )
-    if not fits:
-      raise UserError(
-        f"config.input.mode='resident': the decoded splits take "
-        f'{(decoded + info.decoded_bytes["test"]) / 2**30:.1f} GiB but a '
-        f'device has {device_bytes / 2**30:.1f} GiB; use '
-        "input.mode='stream' (or 'auto')"
-      )
-    why = "input.mode='resident'"
-  elif mode == 'stream':
-    why = "input.mode='stream'"
-  elif info.image_shape is None:
-    mode, why = 'stream', "input.mode='auto': images of several sizes"
-  elif device_bytes is None or decoded > RESIDENT_FRACTION * device_bytes:
-    mode = 'stream'
-    why = (
-      f"input.mode='auto': the decoded train split takes "
-      f"{decoded / 2**20:.1f} MiB, more than a quarter of a device's "
-      + (
-        f'{device_bytes / 2**20:.0f} MiB'
-        if device_bytes
-        else 'memory (unknown)'
-      )
-    )
-  else:
-    mode = 'resident'
-    why = (
-      f"input.mode='auto': the decoded train split takes "
-      f"{decoded / 2**20:.1f} MiB, at most a quarter of a device's "
-      f'{device_bytes / 2**20:.0f} MiB'
-    )
-  train_labels = np.asarray(info.labels('train'), np.int32)
-  test_labels = np.asarray(info.labels('test'), np.int32)
   if mode == 'resident':
     logging.info('Input: resident on every device, decoded from %s (%s).',
                  info.root, why)  # fmt: skip
     arrays = array_record.load_resident(info)
     return datasets.Dataset(
-      name=name,
       train_images=arrays['train_images'],
-      train_labels=train_labels,
       test_images=arrays['test_images'],
-      test_labels=test_labels,
-      num_classes=info.num_classes,
-      mean=info.mean,
-      std=info.std,
+      **fields,
     )
   splits = stream.splits(info, config.get('image_size', 32), workers)
   logging.info(
@@ -135,13 +92,58 @@ def load(
     why,
   )
   return datasets.Dataset(
-    name=name,
-    train_images=None,
-    train_labels=train_labels,
-    test_images=None,
-    test_labels=test_labels,
-    num_classes=info.num_classes,
-    mean=info.mean,
-    std=info.std,
-    stream=splits,
+    train_images=None, test_images=None, stream=splits, **fields
   )
+
+
+def _load_resident(config: ml_collections.ConfigDict, mode: str):
+  """A set the project decodes itself: resident, as before streaming."""
+  if mode == 'stream':
+    raise UserError(
+      f"config.input.mode='stream' reads ArrayRecord shards; convert "
+      f'dataset.name={config.get("name")!r} first with configs/convert.py '
+      "and train with dataset.name='array_record'"
+    )
+  dataset = datasets.load(config)
+  logging.info(
+    'Input: resident on every device (%s; %.1f MiB decoded train split).',
+    f'input.mode={mode!r}',
+    dataset.train_images.nbytes / 2**20,
+  )
+  return dataset
+
+
+def choose(
+  mode: str, info: array_record.Info, device_bytes: int | None, path: str
+) -> tuple[str, str]:
+  """('resident' | 'stream', why) for a converted set under `mode`."""
+  decoded = info.decoded_bytes['train']
+  both = decoded + info.decoded_bytes['test']
+  if mode == 'resident':
+    if info.image_shape is None:
+      raise UserError(
+        f"config.input.mode='resident' needs images of one size, but "
+        f'those of dataset.path={path!r} have several; use '
+        "input.mode='stream' (or 'auto')"
+      )
+    if device_bytes is not None and both > device_bytes:
+      raise UserError(
+        f"config.input.mode='resident': the decoded splits take "
+        f'{both / 2**30:.1f} GiB but a device has '
+        f"{device_bytes / 2**30:.1f} GiB; use input.mode='stream' (or "
+        "'auto')"
+      )
+    return 'resident', "input.mode='resident'"
+  if mode == 'stream':
+    return 'stream', "input.mode='stream'"
+  if info.image_shape is None:
+    return 'stream', "input.mode='auto': images of several sizes"
+  if device_bytes is None:
+    return 'stream', "input.mode='auto': the device's memory is unknown"
+  size = (
+    f"the decoded train split takes {decoded / 2**20:.1f} MiB of a device's "
+    f'{device_bytes / 2**20:.0f} MiB'
+  )
+  if decoded > RESIDENT_FRACTION * device_bytes:
+    return 'stream', f"input.mode='auto': {size}, more than a quarter"
+  return 'resident', f"input.mode='auto': {size}, at most a quarter"

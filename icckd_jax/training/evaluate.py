@@ -29,6 +29,33 @@ from icckd_jax.data.input_pipeline import Split, eval_indices
 DATA = parallel.DATA
 
 
+def _sums_fn(model, mean, std, dtype, reference):
+  """fn(variables, images [b, H, W, C] uint8, labels [b], mask [b],
+  reference_variables) -> the masked sums of one batch, over every device."""
+
+  def sums_of(variables, images, labels, mask, reference_variables):
+    images = augment.normalize(images, mean, std, dtype)
+    logits, _ = model.apply(variables, images, train=False)
+    top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    w = mask.astype(jnp.float32)
+    sums = {
+      'top1': jnp.sum(w * (jnp.argmax(logits, -1) == labels)),
+      'top5': jnp.sum(w * jnp.any(top5 == labels[:, None], -1)),
+      'loss': jnp.sum(w * losses.cross_entropy(logits, labels)),
+      'count': jnp.sum(w),
+    }
+    if reference is not None:
+      reference_logits, _ = reference.apply(
+        reference_variables, images, train=False
+      )
+      sums['agreement'] = jnp.sum(
+        w * (jnp.argmax(logits, -1) == jnp.argmax(reference_logits, -1))
+      )
+    return lax.psum(sums, DATA)
+
+  return sums_of
+
+
 def make_eval_fn(
   model: nn.Module,
   mesh: Mesh,
@@ -50,26 +77,7 @@ def make_eval_fn(
   of every sum.
   """
   parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
-
-  def sums_of(variables, images, labels, mask, reference_variables):
-    images = augment.normalize(images, mean, std, dtype)
-    logits, _ = model.apply(variables, images, train=False)
-    top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    w = mask.astype(jnp.float32)
-    sums = {
-      'top1': jnp.sum(w * (jnp.argmax(logits, -1) == labels)),
-      'top5': jnp.sum(w * jnp.any(top5 == labels[:, None], -1)),
-      'loss': jnp.sum(w * losses.cross_entropy(logits, labels)),
-      'count': jnp.sum(w),
-    }
-    if reference is not None:
-      reference_logits, _ = reference.apply(
-        reference_variables, images, train=False
-      )
-      sums['agreement'] = jnp.sum(
-        w * (jnp.argmax(logits, -1) == jnp.argmax(reference_logits, -1))
-      )
-    return lax.psum(sums, DATA)
+  sums_of = _sums_fn(model, mean, std, dtype, reference)
 
   def per_device(variables, split: Split, indices, mask, reference_variables):
     return sums_of(
