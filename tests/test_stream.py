@@ -4,9 +4,11 @@ stopped mid-epoch resumes exactly; runs saved before `config.input` existed
 still resume and keep their run-store keys."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -280,3 +282,50 @@ def test_two_processes_stream_like_one_process_with_two_devices(
   for a, b in zip(*epochs):
     np.testing.assert_allclose(a['step_losses'], b['step_losses'], atol=1e-4)
     assert a['test_top1'] == b['test_top1']
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_mid_run_resumes_exactly(shards, tmp_path):
+  """A real SIGTERM to the whole process group (the training process and
+  its 2 decode workers, as a cluster manager sends it) in epoch 2: the run
+  saves and exits 143; resumed, it ends as the uninterrupted run."""
+  args = (
+    *STREAMED,
+    f'--config.dataset.path={shards}',
+    '--config.num_epochs=4',
+    '--config.num_devices=1',
+    '--config.input.workers=2',
+  )
+  straight = tmp_path / 'straight'
+  code, stderr = run_launcher(*args, f'--workdir={straight}')
+  assert code == 0, stderr[-2000:]
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+    [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
+    cwd=ROOT,
+    env=_subprocess_env(1),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  deadline = time.time() + 400
+  while not any(
+    r['kind'] == 'train' and r['step'] >= 3
+    for r in metric_writer.read_records(str(workdir))
+  ):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+    time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert 'preempted: stopped by SIGTERM at step' in stderr
+  code, stderr = run_launcher(*args, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  state_a, meta_a = restore_state(straight)
+  state_b, meta_b = restore_state(workdir)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b
+  assert strip_timing(metric_writer.read_records(str(straight))) == (
+    strip_timing(metric_writer.read_records(str(workdir)))
+  )

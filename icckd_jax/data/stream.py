@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 import dataclasses
 import functools
+import signal
 
 from absl import flags
 import jax
@@ -194,9 +195,20 @@ def _iterate(fn, start: int, stop: int, workers: int, threads: int = 1):
     dataset = dataset.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=2
-      )
+      ),
+      worker_init_fn=_ignore_stop_signals,
     )
   return iter(dataset)
+
+
+def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+  """In each worker: Ctrl-C and a cluster's SIGTERM reach the whole process
+  group, but only the training process decides when to stop (it saves the
+  state at the next step, then closes the workers, killing them if need
+  be); a worker that died at the signal would fail the steps before that."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _checked(element):
