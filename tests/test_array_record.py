@@ -7,12 +7,15 @@ import json
 import os
 import pathlib
 
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
+from icckd_jax.data import inputs
+from icckd_jax.errors import UserError
 from launch_in_process import error_line, run_launcher
 
 CONVERT = ('--config=configs/convert.py',)
@@ -286,3 +289,32 @@ def test_records_round_trip():
   png = io.BytesIO()
   Image.fromarray(np.zeros((2, 3), np.uint8)).save(png, format='PNG')
   assert convert._read_source(np.zeros((2, 3, 1), np.uint8)) == png.getvalue()  # pylint: disable=protected-access
+
+
+def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
+  rng = np.random.default_rng(2)
+  source = tmp_path / 'src'
+  for split in ('train', 'test'):
+    for c in ('a', 'b'):
+      for i in range(3):
+        _jpeg(source / split / c / f'{i}.jpg', rng, size=(8, 6))
+  code, stderr = _convert(source, tmp_path / 'out')
+  assert code == 0, stderr[-2000:]
+  config = ml_collections.ConfigDict(
+    {'name': 'array_record', 'path': str(tmp_path / 'out'), 'image_size': 32}
+  )
+  decoded = 6 * 8 * 6 * 3  # train images x H x W x C
+  resident = inputs.load(config, 'auto', 0, device_bytes=4 * decoded)
+  assert resident.stream is None
+  files = sorted((source / 'train').glob('*/*.jpg'))
+  np.testing.assert_array_equal(
+    resident.train_images,
+    [np.asarray(Image.open(f).convert('RGB')) for f in files],
+  )
+  streamed = inputs.load(config, 'auto', 0, device_bytes=4 * decoded - 1)
+  assert streamed.train_images is None
+  assert streamed.image_shape == (8, 6, 3)  # one size: kept, 'crop' recipe
+  assert streamed.stream[0].recipe == 'crop'
+  np.testing.assert_array_equal(streamed.mean, resident.mean)
+  with pytest.raises(UserError, match='the decoded splits take'):
+    inputs.load(config, 'resident', 0, device_bytes=100)
