@@ -11,7 +11,7 @@ then train from them (docs/data.md, "Data sets larger than memory"):
       --config.dataset.path=path/to/imagenet-shards
 
 `dataset.name`: imagenet (ROOT/train/<wnid>/, ROOT/val/ by class or flat
-with ROOT/LOC_val_solution.csv), image_folder (a train/<class>/*,
+with ROOT/LOC_val_solution.csv or the devkit), image_folder (a train/<class>/*,
 test/<class>/* folder of images of any size) or any set configs/teacher.py
 reads (cifar100, cifar10, tiny_imagenet, fashion_mnist, a TFDS name, ...).
 A killed conversion restarts where it stopped when rerun.

@@ -318,3 +318,30 @@ def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
   np.testing.assert_array_equal(streamed.mean, resident.mean)
   with pytest.raises(UserError, match='the decoded splits take'):
     inputs.load(config, 'resident', 0, device_bytes=100)
+
+
+def test_imagenet_flat_val_labelled_by_the_devkit(tmp_path):
+  """ILSVRC2012_devkit_t12: meta.mat's synsets map ILSVRC2012_IDs (not in
+  wnid order) to wnids; line i of the ground truth is val image i's ID."""
+  import scipy.io
+
+  root = tmp_path / 'imagenet'
+  rng = np.random.default_rng(3)
+  for wnid in ('n05', 'n01'):
+    _jpeg(root / 'train' / wnid / f'{wnid}_0.JPEG', rng)
+  for i in range(3):
+    _jpeg(root / 'val' / f'ILSVRC2012_val_{i + 1:08d}.JPEG', rng)
+  devkit = root / convert.DEVKIT_DATA
+  devkit.mkdir(parents=True)
+  synsets = np.zeros(
+    (2, 1), dtype=[('ILSVRC2012_ID', 'O'), ('WNID', 'O'), ('num_children', 'O')]
+  )
+  synsets[0, 0] = (np.array([[1]]), np.array(['n05']), np.array([[0]]))
+  synsets[1, 0] = (np.array([[2]]), np.array(['n01']), np.array([[0]]))
+  scipy.io.savemat(devkit / 'meta.mat', {'synsets': synsets})
+  (devkit / convert.DEVKIT_GROUND_TRUTH).write_text('1\n2\n2\n')
+  code, stderr = _convert(root, tmp_path / 'out', name='imagenet')
+  assert code == 0, stderr[-2000:]
+  info = array_record.read_info(str(tmp_path / 'out'))
+  assert info.classes == ('n01', 'n05')
+  assert [info.classes[i] for i in info.labels('test')] == ['n05', 'n01', 'n01']

@@ -4,8 +4,8 @@
       --config.dataset.path=P --config.output_dir=D
 
 Sources: `imagenet` (ROOT/train/<wnid>/*.JPEG; ROOT/val/<wnid>/* or a flat
-ROOT/val/ labelled by ROOT/LOC_val_solution.csv; val becomes the `test`
-split), `image_folder` (a train/<class>/*, test/<class>/* folder: the files'
+ROOT/val/ labelled by ROOT/LOC_val_solution.csv or the devkit's ground
+truth; val becomes the `test` split), `image_folder` (a train/<class>/*, test/<class>/* folder: the files'
 bytes are stored as they are, images of any size), and every other set the
 project reads (`datasets.load`'s arrays, stored as PNG).
 
@@ -44,10 +44,13 @@ from icckd_jax.errors import UserError, one_line
 
 CONVERSION_FILE = 'conversion.json'
 IMAGENET_VAL_CSV = 'LOC_val_solution.csv'
+DEVKIT_DATA = 'ILSVRC2012_devkit_t12/data'
+DEVKIT_GROUND_TRUTH = 'ILSVRC2012_validation_ground_truth.txt'
 _GREY_MODES = ('1', 'L', 'LA', 'I;16', 'I', 'F')
 IMAGENET_LAYOUT = (
   'expected ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG, or a flat '
-  f'ROOT/val/ with ROOT/{IMAGENET_VAL_CSV}'
+  f'ROOT/val/ with ROOT/{IMAGENET_VAL_CSV} or ROOT/{DEVKIT_DATA}/ (meta.mat '
+  f'and {DEVKIT_GROUND_TRUTH})'
 )
 
 
@@ -135,41 +138,74 @@ def _list_imagenet(path: str) -> Listing:
 def _imagenet_flat_val(
   where: str, root: pathlib.Path, classes: list[str]
 ) -> list[tuple[int, Any, str]]:
-  """The flat val/ folder, labelled by LOC_val_solution.csv (ImageId, then
-  boxes whose first word is the wnid)."""
+  """The flat val/ folder, labelled by ROOT/LOC_val_solution.csv or else by
+  the devkit's ground truth."""
   solution = root / IMAGENET_VAL_CSV
-  if not solution.is_file():
+  devkit = root / DEVKIT_DATA
+  if solution.is_file():
+    wnids = _solution_wnids(solution)
+  elif (devkit / DEVKIT_GROUND_TRUTH).is_file():
+    solution = devkit / DEVKIT_GROUND_TRUTH
+    wnids = _devkit_wnids(devkit)
+  else:
     raise UserError(
-      f'{where}: val/ is flat but {IMAGENET_VAL_CSV} is missing; '
-      f'{IMAGENET_LAYOUT}'
+      f'{where}: val/ is flat but neither {IMAGENET_VAL_CSV} nor '
+      f'{DEVKIT_DATA}/{DEVKIT_GROUND_TRUTH} is there; {IMAGENET_LAYOUT}'
     )
   index = {c: i for i, c in enumerate(classes)}
-  labels = {}
+  for image_id, wnid in wnids.items():
+    if wnid not in index:
+      raise UserError(
+        f'{solution} labels {image_id} with {wnid!r}, which is not one of '
+        f'the {len(classes)} training classes (train/<wnid>/)'
+      )
+  items = []
+  for file in _image_files(root / 'val'):
+    image_id = file.name.split('.')[0]
+    if image_id not in wnids:
+      raise UserError(f'{solution} has no label for val/{file.name}')
+    items.append((index[wnids[image_id]], str(file), f'val/{file.name}'))
+  if not items:
+    raise UserError(f'{where}: val/ holds no image; {IMAGENET_LAYOUT}')
+  return items
+
+
+def _solution_wnids(solution: pathlib.Path) -> dict[str, str]:
+  """{ImageId: wnid} of LOC_val_solution.csv (ImageId, then boxes whose
+  first word is the wnid)."""
+  wnids = {}
   with open(solution, newline='') as f:
     for row in csv.DictReader(f):
       try:
-        wnid = row['PredictionString'].split()[0]
-        image_id = row['ImageId']
+        wnids[row['ImageId']] = row['PredictionString'].split()[0]
       except (KeyError, IndexError, AttributeError):
         raise UserError(
           f'{solution}: expected the columns ImageId,PredictionString '
           '(the wnid first) on every row'
         ) from None
-      if wnid not in index:
-        raise UserError(
-          f'{solution} labels {image_id} with {wnid!r}, which is not one of '
-          f'the {len(classes)} training classes (train/<wnid>/)'
-        )
-      labels[image_id] = index[wnid]
-  items = []
-  for file in _image_files(root / 'val'):
-    image_id = file.name.split('.')[0]
-    if image_id not in labels:
-      raise UserError(f'{solution} has no label for val/{file.name}')
-    items.append((labels[image_id], str(file), f'val/{file.name}'))
-  if not items:
-    raise UserError(f'{where}: val/ holds no image; {IMAGENET_LAYOUT}')
-  return items
+  return wnids
+
+
+def _devkit_wnids(devkit: pathlib.Path) -> dict[str, str]:
+  """{ILSVRC2012_val_%08d: wnid} of the devkit: line i of the ground truth
+  holds the ILSVRC2012_ID of val image i, meta.mat maps IDs to wnids."""
+  import scipy.io  # pylint: disable=g-import-not-at-top  # only here: slow
+
+  try:
+    synsets = scipy.io.loadmat(devkit / 'meta.mat')['synsets'].ravel()
+    by_id = {
+      int(np.ravel(s['ILSVRC2012_ID'])[0]): str(np.ravel(s['WNID'])[0])
+      for s in synsets
+    }
+    ids = (devkit / DEVKIT_GROUND_TRUTH).read_text().split()
+    return {
+      f'ILSVRC2012_val_{i + 1:08d}': by_id[int(x)] for i, x in enumerate(ids)
+    }
+  except (OSError, ValueError, KeyError, IndexError) as e:
+    raise UserError(
+      f'{devkit}: cannot read meta.mat and {DEVKIT_GROUND_TRUTH} '
+      f'({one_line(e)})'
+    ) from None
 
 
 def _list_image_folder(path: str | None) -> Listing:
