@@ -14,6 +14,7 @@ import pytest
 
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
+from icckd_jax.data import datasets
 from icckd_jax.data import inputs
 from icckd_jax.errors import UserError
 from launch_in_process import error_line, run_launcher
@@ -345,3 +346,25 @@ def test_imagenet_flat_val_labelled_by_the_devkit(tmp_path):
   info = array_record.read_info(str(tmp_path / 'out'))
   assert info.classes == ('n01', 'n05')
   assert [info.classes[i] for i in info.labels('test')] == ['n05', 'n01', 'n01']
+
+
+def test_a_set_read_as_arrays_converts_losslessly(tmp_path):
+  """Sets the project decodes itself (here the synthetic one) are stored
+  as PNG: decoded back whole, they are the arrays, with their statistics."""
+  code, stderr = _convert(
+    '', tmp_path / 'out', '--config.dataset.num_train=20',
+    '--config.dataset.num_test=6', '--config.dataset.image_size=8',
+    name='synthetic',
+  )  # fmt: skip
+  assert code == 0, stderr[-2000:]
+  fields = {'name': 'synthetic', 'num_train': 20, 'num_test': 6,
+            'image_size': 8, 'num_classes': 10, 'channels': 3, 'seed': 0}  # fmt: skip
+  arrays = datasets.load(ml_collections.ConfigDict(fields))
+  config = ml_collections.ConfigDict(
+    {'name': 'array_record', 'path': str(tmp_path / 'out')}
+  )
+  back = inputs.load(config, 'resident', 0, device_bytes=None)
+  np.testing.assert_array_equal(back.train_images, arrays.train_images)
+  np.testing.assert_array_equal(back.test_labels, arrays.test_labels)
+  np.testing.assert_allclose(back.mean, arrays.mean, rtol=1e-6)
+  np.testing.assert_allclose(back.std, arrays.std, rtol=1e-6)

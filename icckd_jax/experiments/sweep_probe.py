@@ -41,12 +41,11 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
       train_split, test_split = run_setup.splits(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
         state = setup.create_state(mesh)
+        batches = setup.batches(config, train_split, mesh, 0)
         seconds, _ = estimate.time_steps(
-          setup.train_step,
-          state,
-          setup.batches(config, train_split, mesh, 0),
-          setup.step_args,
+          setup.train_step, state, batches, setup.step_args
         )
+        batches.close()  # a streamed set's decode workers
         step_seconds[id(setup.train_step)] = seconds
         logging.info(
           'Measured %s step (%s, batch %d): %.1f ms, %.0f img/s.',
