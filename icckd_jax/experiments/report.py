@@ -702,7 +702,13 @@ def _correlation_lines(sweep, names, rows) -> list[str]:
   ]
 
 
-def _power_lines(names, controls, rows, sweep, teachers) -> list[str]:
+def _power_lines(controls, rows, sweep, teachers) -> list[str]:
+  """The detectable difference at the sweep's seed counts, from the spread
+  of the teacher arms' paired differences (a student trained without its
+  teacher is no such arm: its spread would say nothing of theirs)."""
+  counts = sorted(
+    {len(sweep['seeds']), len(sweep.get('primary_seeds') or sweep['seeds'])}
+  )
   lines = [
     '## Smallest detectable difference',
     '',
@@ -713,16 +719,17 @@ def _power_lines(names, controls, rows, sweep, teachers) -> list[str]:
     '(before the Holm adjustment), in points of top-1.',
     '',
     '| stage | control | SD of paired differences | '
-    f'{len(sweep["seeds"])} seeds | '
-    f'{len(sweep.get("primary_seeds") or sweep["seeds"])} seeds |',
-    '|---|---|---|---|---|',
+    + ' | '.join(f'{n} seeds' for n in counts)
+    + ' |',
+    '|---|---|---|' + '---|' * len(counts),
   ]
   found = False
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
     for c in controls:
-      arms = names if stage == 'student' else teachers
-      diffs = [x['diff'] for x in paired_comparisons(arms, [c], rows, column)]
+      diffs = [
+        x['diff'] for x in paired_comparisons(teachers, [c], rows, column)
+      ]
       if not diffs:
         continue
       found = True
@@ -732,13 +739,7 @@ def _power_lines(names, controls, rows, sweep, teachers) -> list[str]:
       sd = float(
         np.sqrt(sum(k * d.sd**2 for k, d in zip(dof, diffs)) / sum(dof))
       )
-      cells = [
-        f'{100 * st.detectable_difference(sd, n):.2f}'
-        for n in (
-          len(sweep['seeds']),
-          len(sweep.get('primary_seeds') or sweep['seeds']),
-        )
-      ]
+      cells = [f'{100 * st.detectable_difference(sd, n):.2f}' for n in counts]
       lines.append(
         f'| {stage} | {c} | {100 * sd:.2f} | ' + ' | '.join(cells) + ' |'
       )
@@ -843,7 +844,7 @@ def _summary_lines(title, sweep, settings, rows, pairs) -> list[str]:
   lines += _comparison_lines(names, controls, rows, teachers)
   lines += _trend_lines(settings, rows)
   lines += _correlation_lines(sweep, names, rows)
-  lines += _power_lines(names, controls, rows, sweep, teachers)
+  lines += _power_lines(controls, rows, sweep, teachers)
   return lines
 
 
