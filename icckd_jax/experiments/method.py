@@ -21,6 +21,7 @@ from icckd_jax.training import student
 from icckd_jax.training import preflight
 from icckd_jax.training import teacher as teacher_lib
 from icckd_jax.training import validate
+from icckd_jax.training.preemption import StopRequest
 from icckd_jax.training.reuse import Reuse
 
 
@@ -81,21 +82,26 @@ def run_pipeline(
   # its config has passed every check.
   workdir = os.path.abspath(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
-  teacher_summary = finished(teacher_dir, config.teacher.num_epochs)
-  if teacher_summary is None:
-    teacher_summary = teacher_lib.train_teacher(
-      config.teacher, teacher_dir, reuse
+  # A stop requested while one stage runs (or between them) ends the
+  # pipeline before the next stage starts.
+  with StopRequest() as stop:
+    teacher_summary = finished(teacher_dir, config.teacher.num_epochs)
+    if teacher_summary is None:
+      teacher_summary = teacher_lib.train_teacher(
+        config.teacher, teacher_dir, reuse
+      )
+    else:
+      logging.info(
+        'Teacher in %s has finished (top-1 %.4f); not retraining.',
+        teacher_dir,
+        teacher_summary['final_top1'],
+      )
+    stop.stop_if_requested('the student stage')
+    student_summary = student.train_student(
+      student_config(config, teacher_dir),
+      os.path.join(workdir, 'student'),
+      reuse,
     )
-  else:
-    logging.info(
-      'Teacher in %s has finished (top-1 %.4f); not retraining.',
-      teacher_dir,
-      teacher_summary['final_top1'],
-    )
-
-  student_summary = student.train_student(
-    student_config(config, teacher_dir), os.path.join(workdir, 'student'), reuse
-  )
   logging.info(
     'Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
     teacher_summary['final_top1'],
