@@ -28,6 +28,8 @@ import contextlib
 import logging as std_logging
 import os
 import shutil
+import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -68,6 +70,21 @@ def _save_failed(directory, error: BaseException) -> SaveFailed:
     'before is intact: fix the cause and rerun the same command to resume',
     error,
   )
+
+
+def join_background_writes(seconds: float = 10.0) -> bool:
+  """Waits up to `seconds` for Orbax's own threads (the writes of a save
+  that has failed may run on after the failure is reported); whether
+  they all ended."""
+  deadline = time.monotonic() + seconds
+  for thread in threading.enumerate():
+    if thread is threading.current_thread():
+      continue
+    if type(thread).__module__.startswith('orbax.'):
+      thread.join(max(0.0, deadline - time.monotonic()))
+      if thread.is_alive():
+        return False
+  return True
 
 
 def remove_partial_saves(workdir: str) -> list[str]:
@@ -390,5 +407,8 @@ class Checkpoints:
           finish()
         except Exception as e:  # pylint: disable=broad-except
           failure = failure or _save_failed(manager.directory, e)
+    if failure is not None or quiet:
+      # The other writes of a failed save may still be running.
+      join_background_writes()
     if failure is not None and not quiet:
       raise failure

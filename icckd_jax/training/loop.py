@@ -86,7 +86,9 @@ def fit(
 def _disk_full(error: BaseException | None) -> bool:
   """Whether `error`, or an error it was raised from or during, is a full
   disk (Orbax and TensorStore wrap the OSError in their own types)."""
-  while error is not None:
+  seen = set()  # Orbax's chains of causes can loop.
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
     if isinstance(error, checkpoint.SaveFailed):
       error = error.error
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
