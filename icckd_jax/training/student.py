@@ -26,6 +26,7 @@ from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
+from icckd_jax.training import distill_pair
 from icckd_jax.training import evaluate
 from icckd_jax.training import loop
 from icckd_jax.training import optim
@@ -109,6 +110,15 @@ def build_student(
     config.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )
   distiller = distillers.build(config.distill)
+  distill_pair.check_pair(
+    config.distill,
+    (config.model, teacher_config.model),
+    (student_model, teacher_model),
+    teacher_variables,
+    distiller,
+    dataset.train_images.shape[1:],
+    dataset.train_labels,
+  )
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
   input_shape = dataset.train_images.shape[1:]
