@@ -196,15 +196,44 @@ def _initialize_distributed() -> None:
     watchdog.cancel()
 
 
+def _check_repeated_sequences(argv) -> None:
+  """A sequence override given twice is refused: ml_collections joins the
+  two (--config.seeds=(0,1) ... --config.seeds=(0,) gives [0, 1, 0]),
+  where a scalar's last value wins."""
+  names = [
+    a.split('=', 1)[0].removeprefix('--config.')
+    for a in argv[1:]
+    if a.startswith('--config.') and '=' in a
+  ]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if not repeated:
+    return
+  try:
+    config = FLAGS.config
+  except Exception:  # pylint: disable=broad-except
+    return  # A config file that fails to load: main says so in one line.
+  for name in repeated:
+    node = config
+    for part in name.split('.'):
+      node = node.get(part) if hasattr(node, 'get') else None
+    if isinstance(node, (list, tuple)):
+      _fail(
+        f'--config.{name} is given {names.count(name)} times, which '
+        f'ml_collections would join into {tuple(node)}; give it once'
+      )
+
+
 def parse_flags(argv):
   """absl's parsing, with a bad flag, config file, config argument or
   override reported as one line and exit code 2 instead of a traceback."""
   try:
-    return FLAGS(argv)
+    parsed = FLAGS(argv)
   except (AttributeError, KeyError) as e:
     _fail(f'no such config field: {_missing_field(e)}')
   except (flags.Error, TypeError, ValueError) as e:
     _fail(e)
+  _check_repeated_sequences(argv)
+  return parsed
 
 
 def main(argv):

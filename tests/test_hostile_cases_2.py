@@ -31,6 +31,7 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
+from icckd_jax.experiments import sweep_plan
 from icckd_jax.training import checkpoint
 from icckd_jax.training import student
 from icckd_jax.training import loop as loop_lib
@@ -485,3 +486,42 @@ def test_every_distiller_serves_or_refuses_an_unusual_pair(
     assert f"config.distill.method='{method}'" in line
     assert f'teacher {teacher_name}' in line
     assert f'student {student_name}' in line
+
+
+# Sweep definitions.
+
+
+@pytest.mark.parametrize('name', ['..', '.', 'a\\b'])
+def test_a_setting_named_to_leave_the_sweep_is_refused(tmp_path, name):
+  """A setting's name is a directory under the sweep's workdir: '..' (or
+  '.', or a backslash) would put runs outside it, or over each other."""
+  from configs import study  # pylint: disable=g-import-not-at-top
+
+  config = study.get_config('cpu')
+  config.settings = (f'{name}: teacher.icc.delta=0.2',)
+  with pytest.raises(UserError, match='directory name of its own'):
+    sweep_plan.plan(config, str(tmp_path / 'sweep'))
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('field', ['seeds', 'primary_seeds'])
+def test_repeated_seeds_are_refused(tmp_path, field):
+  from configs import study  # pylint: disable=g-import-not-at-top
+
+  config = study.get_config('cpu')
+  config[field] = (0, 0)
+  with pytest.raises(UserError, match=f'config.{field}=.0, 0. repeats'):
+    sweep_plan.plan(config, str(tmp_path))
+
+
+def test_a_sequence_override_given_twice_is_refused(tmp_path):
+  """ml_collections joins a tuple given twice ((0, 1) then (0,): [0, 1,
+  0]); a scalar given twice keeps its last value, as absl does."""
+  code, stderr = run_launcher(
+    *TEACHER,
+    '--config.lr_decay_epochs=(1,)',
+    '--config.lr_decay_epochs=(2,)',
+    f'--workdir={tmp_path / "run"}',
+  )
+  assert 'config.lr_decay_epochs is given 2 times' in error_line(code, stderr)
+  assert not (tmp_path / 'run').exists()
