@@ -24,6 +24,7 @@ import math
 import os
 from typing import Any
 
+from absl import logging
 import numpy as np
 
 from icckd_jax.errors import UserError
@@ -196,23 +197,79 @@ def write_result(
   return result
 
 
-def _load(workdir: str) -> tuple[dict, list[settings_lib.Setting], list[dict]]:
+def _number_or_none(value) -> bool:
+  return value is None or (
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+  )
+
+
+def _malformed(result, setting: str, seed: int) -> str | None:
+  """Why a result.json's content cannot be a row of (setting, seed), or
+  None: every figure must be a finite number or null."""
+  if not isinstance(result, dict) or not isinstance(result.get('row'), dict):
+    return 'no row'
+  row = result['row']
+  if row.get('setting') != setting or row.get('seed') != seed:
+    return f'its row is of {row.get("setting")!r} seed {row.get("seed")!r}'
+  for key, value in row.items():
+    if key != 'setting' and not _number_or_none(value):
+      return f'{key}={value!r} is not a number'
+  epochs = result.get('epochs')
+  if not isinstance(epochs, list) or not all(
+    isinstance(e, dict) for e in epochs
+  ):
+    return 'no list of epochs'
+  for epoch in epochs:
+    for key, value in epoch.items():
+      if key != 'stage' and not _number_or_none(value):
+        return f'epoch {key}={value!r} is not a number'
+  return None
+
+
+def read_result(
+  path: str, setting: str, seed: int
+) -> tuple[dict | None, str | None]:
+  """(result, None) of a readable result.json of (setting, seed); (None,
+  why) of a truncated, unreadable or malformed one; (None, None) of one an
+  older version of the report wrote (rewritten by the next worker)."""
+  try:
+    with open(path) as f:
+      result = json.load(f)
+  except (OSError, ValueError) as e:
+    return None, f'{type(e).__name__}: {e}'
+  if isinstance(result, dict) and 'epochs' not in result:
+    return None, None
+  reason = _malformed(result, setting, seed)
+  return (None, reason) if reason else (result, None)
+
+
+def _load(
+  workdir: str,
+) -> tuple[dict, list[settings_lib.Setting], list[dict], list[str]]:
+  """(sweep config, settings, the finished runs' results, the result
+  files left out as unreadable or malformed, each with why)."""
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     raise UserError(f'{workdir} holds no sweep ({path} is missing)')
   with open(path) as f:
     sweep = json.load(f)
   settings = [settings_lib.parse_setting(s) for s in sweep['settings']]
-  results = []
+  results, left_out = [], []
   for setting in settings:
     for seed in settings_lib.seeds_of(sweep, setting.name):
       path = os.path.join(workdir, setting.name, f'seed_{seed}', RESULT_FILE)
-      if os.path.exists(path):
-        with open(path) as f:
-          result = json.load(f)
-        if 'epochs' in result:  # written by this version of the report
-          results.append(result)
-  return sweep, settings, results
+      if not os.path.exists(path):
+        continue
+      result, reason = read_result(path, setting.name, seed)
+      if reason:
+        left_out.append(f'{path} ({reason})')
+      elif result is not None:
+        results.append(result)
+  for entry in left_out:
+    logging.warning('Left out of the report: %s', entry)
+  return sweep, settings, results, left_out
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -503,9 +560,12 @@ def write_report(
   finished runs of the sweep in `workdir`, into `output_dir` (default: the
   workdir). `comparisons` ('arm:control, ...') adds pairs to those of the
   sweep's config."""
-  sweep, settings, results = _load(workdir)
+  sweep, settings, results, left_out = _load(workdir)
   if not results:
-    raise UserError(f'no finished runs under {workdir} yet')
+    raise UserError(
+      f'no finished runs under {workdir} yet'
+      + (f' ({len(left_out)} result file(s) unreadable)' if left_out else '')
+    )
   output_dir = output_dir or workdir
   os.makedirs(output_dir, exist_ok=True)
   names = [
@@ -549,6 +609,14 @@ def write_report(
     'before the first learning-rate decay (the first epoch left out).',
     '',
   ]
+  if left_out:
+    lines += [
+      f'Left out: {len(left_out)} run(s) whose result.json could not be '
+      'read or holds a malformed value (rerun the sweep to rewrite them):',
+      '',
+      *[f'- {entry}' for entry in left_out],
+      '',
+    ]
   lines += _regime_lines(rows)
   lines += _primary_lines(sweep, names, controls, rows)
   lines += _setting_lines(names, rows)

@@ -78,6 +78,15 @@ def _write_result(
   )
 
 
+def _has_result(run: sweep_plan.Run) -> bool:
+  """Whether the run's result.json is there and readable: a damaged one is
+  written again from the run's stages (which have finished)."""
+  if not os.path.exists(run.result_path):
+    return False
+  result, _ = report.read_result(run.result_path, run.setting, run.seed)
+  return result is not None
+
+
 def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
   """The report, written by one worker at a time (the others wait)."""
   report_dir = os.path.join(workdir, '.report')
@@ -92,6 +101,8 @@ def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
     time.sleep(0.1)
   try:
     report.write_report(workdir)
+  except UserError as e:  # The report cannot be written now; the runs can.
+    logging.warning('The report of %s is not rewritten now: %s', workdir, e)
   finally:
     lock.release()
 
@@ -188,7 +199,7 @@ def work(
     while True:
       waiting = []
       for index, run in enumerate(runs):
-        if os.path.exists(run.result_path):
+        if _has_result(run):
           if first_pass:
             logging.info(
               '[%d/%d] %s seed %d: finished earlier, skipped.',
