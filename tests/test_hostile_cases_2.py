@@ -525,3 +525,43 @@ def test_a_sequence_override_given_twice_is_refused(tmp_path):
   )
   assert 'config.lr_decay_epochs is given 2 times' in error_line(code, stderr)
   assert not (tmp_path / 'run').exists()
+
+
+# Finished pipelines.
+
+
+def test_a_finished_pipeline_refuses_another_teacher_config(tmp_path):
+  """A finished pipeline rerun with another teacher seed is refused as the
+  same change on configs/teacher.py is, not answered with the old run."""
+  workdir = tmp_path / 'pipe'
+  code, stderr = run_launcher(*PIPELINE, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  summary = (workdir / 'student' / 'summary.json').read_bytes()
+  code, stderr = run_launcher(
+    *PIPELINE, '--config.teacher.seed=3', f'--workdir={workdir}'
+  )
+  line = error_line(code, stderr)
+  assert line.startswith('error: config.teacher: ') and 'seed=0 (now 3)' in line
+  assert (workdir / 'student' / 'summary.json').read_bytes() == summary
+
+
+def test_a_finished_pipelines_damaged_teacher_checkpoint_is_retrained(
+  tmp_path,
+):
+  """The teacher's last checkpoint of a finished pipeline is damaged: the
+  rerun retrains the teacher's last epoch from the intact one (moving the
+  damaged one aside), instead of distilling from an older checkpoint."""
+  args = (*PIPELINE, '--config.teacher.num_epochs=2')
+  workdir = tmp_path / 'pipe'
+  code, stderr = run_launcher(*args, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  last = workdir / 'teacher' / 'checkpoints' / '2'
+  largest = max(
+    (p for p in last.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size
+  )
+  largest.write_bytes(largest.read_bytes()[:10])
+  code, stderr = run_launcher(*args, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  assert 'not retraining' not in stderr
+  assert (workdir / 'teacher' / 'damaged').exists()
+  assert sorted(os.listdir(workdir / 'teacher' / 'checkpoints')) == ['1', '2']
