@@ -545,6 +545,7 @@ def test_a_finished_pipeline_refuses_another_teacher_config(tmp_path):
   assert (workdir / 'student' / 'summary.json').read_bytes() == summary
 
 
+@pytest.mark.slow
 def test_a_finished_pipelines_damaged_teacher_checkpoint_is_retrained(
   tmp_path,
 ):
