@@ -566,3 +566,40 @@ def test_a_finished_pipelines_damaged_teacher_checkpoint_is_retrained(
   assert 'not retraining' not in stderr
   assert (workdir / 'teacher' / 'damaged').exists()
   assert sorted(os.listdir(workdir / 'teacher' / 'checkpoints')) == ['1', '2']
+
+
+def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
+  tmp_path, monkeypatch
+):
+  """A worker's teacher stage ends (finished and saved) while a SIGTERM is
+  pending: the worker stops with it before the student stage starts."""
+  from icckd_jax.experiments import sweep_worker  # pylint: disable=g-import-not-at-top
+  from icckd_jax.training.reuse import Reuse  # pylint: disable=g-import-not-at-top
+
+  trained = []
+
+  def train_fn(name):
+    def train(config, workdir, reuse):
+      del config, reuse
+      trained.append(name)
+      os.kill(os.getpid(), signal.SIGTERM)  # Arrives after its last step.
+      os.makedirs(workdir)
+
+    return train
+
+  stages = [
+    (name, str(tmp_path / name), ml_collections.ConfigDict(), train_fn(name))
+    for name in ('teacher', 'student')
+  ]
+  monkeypatch.setattr(sweep_worker.sweep_plan, 'stages', lambda run: stages)
+  monkeypatch.setattr(
+    sweep_worker.sweep_plan, 'finished', lambda d, c: os.path.isdir(d)
+  )
+  run = ml_collections.ConfigDict({'setting': 'a', 'seed': 0})
+  with preemption.StopRequest() as stop:
+    with pytest.raises(preemption.Preempted) as stopped:
+      sweep_worker._train_stages(  # pylint: disable=protected-access
+        run, '[1/1]', [run], 0, None, Reuse(), set(), stop
+      )
+  assert stopped.value.signum == signal.SIGTERM
+  assert trained == ['teacher']
