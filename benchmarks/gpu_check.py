@@ -269,11 +269,12 @@ def _finished_runs(workdir: pathlib.Path) -> list[dict]:
   """The study's finished (setting, seed) results: every result.json."""
   found = []
   for path in sorted(workdir.rglob('result.json')):
-    result = json.loads(path.read_text())
+    # result.json holds {'row': the run's figures, 'epochs': ...}.
+    row = json.loads(path.read_text()).get('row', {})
     found.append(
       {
         'run': str(path.parent.relative_to(workdir)),
-        **{k: v for k, v in result.items() if 'top1' in k},
+        **{k: v for k, v in row.items() if k.endswith('top1_last')},
       }
     )
   return found

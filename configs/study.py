@@ -30,6 +30,21 @@ checkpoint; headline figures are the last epoch on the whole test split.
   # tests: two seeds, tiny runs on the synthetic set
   python launch.py --config=configs/study.py:smoke --workdir=/tmp/study
 
+The capacity study (docs/results/capacity/design.md): a teacher with 6.1x
+the student's parameters, and a student trained from scratch beside the KD
+students, so that the study first shows that distillation transfers:
+
+  # one GPU: CIFAR-10, resnet32x4 -> resnet8x4, bfloat16, 12 seeds; about
+  # 7 minutes on one H100 (projected in the design)
+  python launch.py --config=configs/study.py:capacity \
+      --workdir=workdirs/capacity \
+      --config.base.teacher.dataset.path=path/to/cifar10-folder.tar.gz
+  # its pilot on 2 CPU cores: Fashion-MNIST, resnet20 -> resnet8, 3 seeds
+  python launch.py --config=configs/study.py:capacity_pilot \
+      --workdir=workdirs/capacity_pilot
+  # tests: the same sweep on the synthetic set, two seeds
+  python launch.py --config=configs/study.py:capacity_smoke --workdir=/tmp/cap
+
 Regenerate the report with configs/report.py.
 """
 
@@ -43,9 +58,25 @@ CONTROLS = ('ce_teacher', 'two_view_null')
 PRIMARY = ('ce_teacher', 'two_view_null', 'delta=0.4')
 
 
+ARGUMENTS = (
+  None,
+  'cpu',
+  'gpu',
+  'smoke',
+  'capacity',
+  'capacity_pilot',
+  'capacity_smoke',
+)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in (None, 'cpu', 'gpu', 'smoke'):
-    raise ValueError(f'unknown config argument {arg!r}; valid: cpu, gpu, smoke')
+  if arg not in ARGUMENTS:
+    raise ValueError(
+      f'unknown config argument {arg!r}; valid: '
+      + ', '.join(a for a in ARGUMENTS if a)
+    )
+  if arg and arg.startswith('capacity'):
+    return _capacity(arg)
   c = ml_collections.ConfigDict()
   c.mode = 'sweep'
   c.workdir = config_dict.placeholder(str)
@@ -143,3 +174,91 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
     stage.log_every_steps = 200
     stage.checkpoint_every_epochs = epochs
   c.workers = 4
+
+
+def _capacity(arg: str) -> ml_collections.ConfigDict:
+  """The capacity study (docs/results/capacity/design.md).
+
+  Arms, each a teacher and a student from it, paired by seed:
+    delta=0.4      the intra-class teacher (δ = 0.4, feature cache)
+    two_view_null  its one-change control (δ = 1: no anchor passes)
+    ce_teacher     λ = 0, a cross-entropy teacher
+    scratch        the student with cross-entropy alone (weight 1, no
+                   distillation term: α = 0), on ce_teacher's teacher so
+                   that nothing else differs from ce_teacher's KD student:
+                   the same initialisation, data order and augmentation.
+                   The teacher's forward pass still runs; no loss reads it.
+  Primary: student top-1 of delta=0.4 − two_view_null. Regime checks come
+  first: the gate acts, KD transfers (ce_teacher − scratch), and the
+  students trained.
+  """
+  c = ml_collections.ConfigDict()
+  c.mode = 'sweep'
+  c.workdir = config_dict.placeholder(str)
+  c.base = pipeline.get_config('smoke' if arg == 'capacity_smoke' else None)
+  c.compilation_cache = c.base.compilation_cache
+  c.store = config_dict.placeholder(str)
+  c.workers = 4
+  c.estimate = True
+  c.settings = (
+    'ce_teacher: teacher.icc.lam=0.0',
+    'two_view_null: teacher.icc.delta=1.0',
+    'delta=0.4: teacher.icc.delta=0.4',
+    'scratch: teacher.icc.lam=0.0, student.distill.gamma=1.0, '
+    'student.distill.alpha=0.0',
+  )
+  c.controls = ('two_view_null',)
+  c.primary_settings = ('delta=0.4', 'two_view_null')
+  c.comparisons = 'delta=0.4:ce_teacher, ce_teacher:scratch'
+  # (b) KD transfers: ce_teacher's KD student beats scratch by at least
+  # this much (top-1, a fraction), with a 95% interval above 0.
+  c.transfer_check = 'ce_teacher:scratch >= 0.01'
+  # (a) the gate acts at δ = 0.4; (c) every student has trained: its train
+  # accuracy moved less than a point over its last fifth of epochs.
+  c.regime_checks = (
+    'delta=0.4: teacher_gate_pass_rate_last_quarter >= 0.5',
+    '*: student_train_accuracy_change_last_fifth < 0.01',
+  )
+  # Declared before any run: the primary difference is "equivalent" only
+  # if a paired TOST at ±1 point of top-1 rejects both sides.
+  c.equivalence_margin = 0.01
+  c.seeds = tuple(range(12))
+  c.primary_seeds = c.seeds
+  t, s = c.base.teacher, c.base.student
+  if arg == 'capacity':
+    # CIFAR-10 from an image-folder archive (--config.base.teacher.dataset.
+    # path=...): a fixed 5,000-image training subset, the whole test split.
+    t.dataset.name = 'image_folder'
+    t.dataset.train_subset = 5000
+    # 7.41 M and 1.21 M parameters at 10 classes: 6.1x.
+    t.model, s.model = 'resnet32x4', 'resnet8x4'
+    schedule = ((t, 15, (10, 13)), (s, 10, (7, 9)))
+    for stage, _, _ in schedule:
+      stage.dtype = 'bfloat16'
+      stage.log_every_steps = 200
+    c.reach_train_accuracy = 0.6
+  else:
+    c.workers = 2
+    if arg == 'capacity_pilot':
+      # Fashion-MNIST (Debian's dataset-fashion-mnist): 2,000 training
+      # images, the whole test split, resnet20 -> resnet8 (3.5x).
+      t.dataset.name = 'fashion_mnist'
+      t.dataset.train_subset = 2000
+      t.model, s.model = 'resnet20', 'resnet8'  # 0.27 M, 0.078 M
+      schedule = ((t, 6, (4, 5)), (s, 5, (3, 4)))
+      for stage, _, _ in schedule:
+        stage.crop_padding = 2
+        stage.log_every_steps = 50
+      c.seeds = c.primary_seeds = (0, 1, 2)
+      c.reach_train_accuracy = 0.75
+    else:  # capacity_smoke: the synthetic set, two epochs each
+      c.estimate = False
+      schedule = ((t, 2, (1,)), (s, 2, (1,)))
+      c.seeds = c.primary_seeds = (0, 1)
+      c.reach_train_accuracy = 0.2
+  for stage, epochs, decay in schedule:
+    stage.num_epochs = epochs
+    stage.lr_decay_epochs = decay
+    stage.eval_every_epochs = epochs
+    stage.checkpoint_every_epochs = epochs
+  return c

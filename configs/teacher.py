@@ -53,6 +53,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset.train_subset = 0  # 0: whole split; n: a fixed random n
   c.dataset.test_subset = 0
 
+  # How images reach the devices (docs/data.md, "Data sets larger than
+  # memory"): 'resident' holds the decoded splits on every device; 'stream'
+  # reads the shards of configs/convert.py (dataset.name='array_record') as
+  # the run goes; 'auto' streams a converted set whose images have several
+  # sizes or whose decoded train split takes more than a quarter of a
+  # device's memory. Images of several sizes train at dataset.image_size.
+  c.input = ml_collections.ConfigDict()
+  c.input.mode = 'auto'
+  c.input.workers = 2  # Grain's decode processes when streaming; 0: a thread
+
   # The recipe of the CIFAR-100 KD benchmark (docs/method.md §5).
   c.num_epochs = 240
   c.batch_size = 64  # global, over all devices

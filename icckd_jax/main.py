@@ -6,6 +6,7 @@ from typing import Any
 
 import ml_collections
 
+from icckd_jax.data import convert
 from icckd_jax.training import evaluate
 from icckd_jax.experiments import method
 from icckd_jax.experiments import report
@@ -16,7 +17,15 @@ from icckd_jax.training import teacher
 from icckd_jax.training import validate
 from icckd_jax.errors import UserError
 
-MODES = ('teacher', 'student', 'pipeline', 'sweep', 'report', 'eval')
+MODES = (
+  'teacher',
+  'student',
+  'pipeline',
+  'sweep',
+  'report',
+  'eval',
+  'convert',
+)
 
 
 def _printed(result: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +66,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
     return report.write_report(
       workdir, config.get('output_dir'), config.get('comparisons')
     )
+  if mode == 'convert':
+    return convert.convert(config)
   if mode == 'eval' and config.get('pth'):
     if workdir:
       raise UserError(

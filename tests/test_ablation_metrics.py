@@ -57,23 +57,6 @@ def test_moving_average_rejects_bad_input():
     am.moving_average([])
 
 
-def test_epochs_to_converge_on_plateau():
-  # 0.99 * 80 = 79.2 is first reached by the moving average at epoch 6.
-  assert am.epochs_to_converge(PLATEAU) == 6
-  # 0.95 * 80 = 76 is reached one epoch earlier (76.67).
-  assert am.epochs_to_converge(PLATEAU, fraction=0.95) == 5
-  # Reaching means >=: the best itself counts.
-  assert am.epochs_to_converge(PLATEAU, fraction=1.0) == 6
-
-
-def test_epochs_to_converge_smooths_a_noisy_spike():
-  # The raw series peaks at 90 in epoch 3; the moving average (10, 15, 40,
-  # 46.67, 53.33, 40, 50, 56.67, 60) only peaks at the end.
-  top1 = [10.0, 20.0, 90.0, 30.0, 40.0, 50.0, 60.0, 60.0, 60.0]
-  assert am.epochs_to_converge(top1) == 9
-  assert am.epochs_to_converge(top1, window=1) == 3
-
-
 def test_epochs_to_reach():
   assert am.epochs_to_reach(PLATEAU, 60.0) == 4
   assert am.epochs_to_reach(PLATEAU, 40.0) == 3  # Reaching means >=.

@@ -38,6 +38,7 @@ def test_roles_give_the_derived_lists():
     'compilation_cache',
     'preemption_check_every_steps',
     'teacher.allow_unfinished',
+    'input.workers',
   }
   resumable = set(config_schema.resumable())
   assert {'num_epochs', 'eval_batch_size', 'num_devices'} <= resumable

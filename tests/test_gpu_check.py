@@ -52,6 +52,9 @@ def test_gpu_check_smoke_writes_every_part(tmp_path):
   study = report['parts']['d']
   assert study['config'] == 'configs/study.py:smoke'
   assert study['status'] in ('done', 'stopped by the budget')
+  for run in study['finished_runs']:
+    assert 0 <= run['teacher_top1_last'] <= 1, run
+    assert 0 <= run['student_top1_last'] <= 1, run
   markdown = (out / 'gpu_check.md').read_text()
   assert report['device'] in markdown and 'jaxlib' in markdown
   assert sum(row['step'] in markdown for row in rows) == 7

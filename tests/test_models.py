@@ -43,6 +43,17 @@ EXPECTED_PARAMS = {
   'ShuffleV2': 1_355_528,
 }
 
+# The ImageNet family at 1,000 classes: torchvision's resnet18/34/50 and
+# mdistiller's MobileNetV1, `sum(p.numel() for p in model.parameters())`
+# (the figures torchvision's model documentation gives for the ResNets;
+# tests/make_imagenet_references.py measures all four).
+IMAGENET_PARAMS = {
+  'imagenet_resnet18': 11_689_512,
+  'imagenet_resnet34': 21_797_672,
+  'imagenet_resnet50': 25_557_032,
+  'imagenet_mobilenetv1': 4_231_976,
+}
+
 FEATURE_DIMS = {
   'resnet8': 64,
   'resnet14': 64,
@@ -66,6 +77,9 @@ FEATURE_DIMS = {
   'ShuffleV1': 960,
   'ShuffleV2': 1024,
   'ResNet50': 2048,
+  'imagenet_resnet18': 512,
+  'imagenet_resnet50': 2048,
+  'imagenet_mobilenetv1': 1024,
 }
 
 
@@ -81,7 +95,7 @@ def _abstract_init(module):
 
 
 def test_registry_is_complete():
-  assert set(models.MODEL_NAMES) == set(EXPECTED_PARAMS)
+  assert set(models.MODEL_NAMES) == set(EXPECTED_PARAMS) | set(IMAGENET_PARAMS)
 
 
 def test_benchmark_layout_sizes():
@@ -97,6 +111,18 @@ def test_parameter_count_matches_reference(name):
   variables = _abstract_init(models.create_model(name, 100))
   count = sum(x.size for x in jax.tree.leaves(variables['params']))
   assert count == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET_PARAMS))
+def test_imagenet_parameter_count_at_1000_classes(name):
+  variables = jax.eval_shape(
+    lambda: models.create_model(name, 1000).init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False
+    )
+  )
+  count = sum(x.size for x in jax.tree.leaves(variables['params']))
+  assert count == IMAGENET_PARAMS[name]
+  assert torch_files.parameter_count(name, 1000) == count
 
 
 @pytest.mark.parametrize('name', sorted(FEATURE_DIMS))

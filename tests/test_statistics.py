@@ -64,3 +64,37 @@ def test_detectable_difference_matches_the_t_approximation():
   )
   assert st.detectable_difference(1.0, 5) > st.detectable_difference(1.0, 10)
   assert math.isnan(st.detectable_difference(1.0, 1))
+
+
+def test_tost_against_a_hand_computed_case():
+  # d = 0.2, 0.4, 0.6, 0.8 (mean 0.5, SD 0.2582, SE 0.1291) at margin 1:
+  # t_lower = (0.5 + 1) / 0.1291 = 11.619, t_upper = (0.5 - 1) / 0.1291 =
+  # -3.873 on 3 df; one-sided p = 6.9e-4 and 0.01522 (t table: t(0.99, 3)
+  # = 4.541 > 3.873 > t(0.975, 3) = 3.182).
+  control = {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0}
+  arm = {0: 0.2, 1: 0.4, 2: 0.6, 3: 0.8, 9: 5.0}
+  eq = st.tost(arm, control, margin=1.0)
+  assert eq.n == 4
+  assert eq.p_lower == pytest.approx(6.9e-4, rel=0.02)
+  assert eq.p_upper == pytest.approx(0.01522, rel=0.01)
+  assert eq.p_value == eq.p_upper
+  # A margin of 0.6 holds the mean yet not its interval: not equivalent.
+  # t_upper = -0.1 / 0.1291 = -0.7746 on 3 df: p = 0.2475.
+  assert st.tost(arm, control, margin=0.6).p_value == pytest.approx(
+    0.2475, abs=2e-3
+  )
+  with pytest.raises(ValueError, match='margin'):
+    st.tost(arm, control, margin=0.0)
+
+
+def test_correlation_of_a_monotone_but_curved_relation():
+  # y = x³: Spearman's ρ is exactly 1. Pearson's r by hand: deviations
+  # from the means (3, 45) are (-2..2) and (-44, -37, -18, 19, 80); their
+  # products sum to 304, the squares to 10 and 10390: r = 304 / √103900
+  # = 0.9431.
+  x = [1.0, 2.0, 3.0, 4.0, 5.0]
+  c = st.correlation(x, [v**3 for v in x])
+  assert c.n == 5 and c.spearman == pytest.approx(1.0)
+  assert c.pearson == pytest.approx(0.9431, abs=1e-4)
+  with pytest.raises(ValueError):
+    st.correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])

@@ -157,12 +157,17 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
 def test_damaged_results_are_left_out_named_and_rewritten(
   smoke_sweep, tmp_path
 ):
-  """A truncated result.json and one holding a malformed value: the report
+  """A truncated result.json and one holding a malformed value, of runs
+  whose stages' records are out of reach (unlinked): the report
   names and counts what it left out and never writes the bad value into
   results.csv; the same sweep command rewrites both and carries on."""
   source, _ = smoke_sweep
   workdir = tmp_path / 'margin'
   shutil.copytree(source, workdir, symlinks=True)
+  for setting in ('delta=0.2', 'delta=0.6'):
+    for stage in ('teacher', 'student'):
+      # Without its stages' records the report reads result.json alone.
+      (workdir / setting / 'seed_0' / stage).unlink()
   truncated = workdir / 'delta=0.2' / 'seed_0' / report.RESULT_FILE
   truncated.write_text(truncated.read_text()[:40])
   malformed = workdir / 'delta=0.6' / 'seed_0' / report.RESULT_FILE
@@ -189,3 +194,21 @@ def test_damaged_results_are_left_out_named_and_rewritten(
   assert [r['setting'] for r in rows] == ['delta=0.2', 'delta=0.6']
   assert all(float(r['student_top1_last']) >= 0 for r in rows)
   assert 'Left out' not in (workdir / report.SUMMARY_FILE).read_text()
+
+
+def test_report_recomputes_rows_from_the_runs_records(smoke_sweep):
+  """A result.json written by older code lacks newer columns: the report
+  recomputes each finished run from its stages' records."""
+  workdir, _ = smoke_sweep
+  path = workdir / 'delta=0.2' / 'seed_0' / report.RESULT_FILE
+  result = json.loads(path.read_text())
+  del result['row']['teacher_model'], result['row']['student_top1_last']
+  path.write_text(json.dumps(result))
+  report.write_report(str(workdir))
+  with open(workdir / report.RESULTS_CSV) as f:
+    rows = {r['setting']: r for r in csv.DictReader(f)}
+  student = json.loads(
+    (workdir / 'delta=0.2' / 'seed_0' / 'student' / 'summary.json').read_text()
+  )
+  assert rows['delta=0.2']['teacher_model'] == 'resnet8'
+  assert float(rows['delta=0.2']['student_top1_last']) == student['final_top1']

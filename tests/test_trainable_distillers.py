@@ -5,15 +5,18 @@ alone, and resume and shard like the rest of the state."""
 import signal
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import student as student_config
 from configs import teacher as teacher_config
+from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
+from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
@@ -274,6 +277,69 @@ def test_ofd_margin_is_the_mean_negative_response():
     p = np.exp(-0.5 * ((x - bias[k]) / scale[k]) ** 2)
     np.testing.assert_allclose(m[k], (x * p).sum() / p.sum(), rtol=1e-3)
   np.testing.assert_allclose(m[3], -0.3, rtol=1e-6)
+
+
+def test_reviewkd_options_cap_the_fusion_width_and_pick_student_maps():
+  """mdistiller's MAX_MID_CHANNEL and STU_PREACT (its ImageNet recipes set
+  256 and True): the fusion width is min(cap, the deepest student width);
+  the student's pre-ReLU maps replace its post-ReLU ones."""
+  from icckd_jax.distillers import reviewkd  # pylint: disable=g-import-not-at-top
+  from icckd_jax.distillers.outputs import Outputs  # pylint: disable=g-import-not-at-top
+
+  keys = iter(jax.random.split(jax.random.key(0), 12))
+  shapes = ((1, 8, 8, 16), (1, 4, 4, 32))
+
+  def outputs(width):
+    return Outputs(
+      logits=jax.random.normal(next(keys), (1, 5)),
+      features=jax.random.normal(next(keys), (1, width)),
+      stages=tuple(jax.random.normal(next(keys), s) for s in shapes),
+      preact_stages=tuple(jax.random.normal(next(keys), s) for s in shapes),
+    )
+
+  student, teacher = outputs(32), outputs(32)
+  options = reviewkd.options(
+    ml_collections.ConfigDict(
+      {'reviewkd_max_mid': 8, 'reviewkd_student_preact': True}
+    )
+  )
+  assert options == {'max_mid': 8, 'student_preact': True}
+  params, _ = reviewkd.init(
+    jax.random.key(1), student, teacher, None, None, **options
+  )
+  # abf_0 is the deepest level (the pooled features); each fuses at width 8.
+  assert all(
+    params[f'abf_{k}']['Conv_0']['kernel'].shape[-1] == 8 for k in range(3)
+  )
+  for preact, maps in ((True, student.preact_stages), (False, student.stages)):
+    levels = reviewkd._levels(student, teacher, preact)  # pylint: disable=protected-access
+    assert [s for s, _ in levels[1:]] == list(maps[::-1])
+  # The CIFAR recipe's defaults: a cap of 512, post-ReLU maps.
+  assert reviewkd.options(ml_collections.ConfigDict()) == {
+    'max_mid': 512,
+    'student_preact': False,
+  }
+
+
+def test_ofd_margins_come_from_the_bn_before_each_stage_relu():
+  """A bottleneck's 'bn3', a basic block's 'bn2', of each stage's last
+  block (mdistiller's get_bn_before_relu); a teacher without ResNet stages
+  is one UserError."""
+  from icckd_jax.distillers import ofd  # pylint: disable=g-import-not-at-top
+
+  for name, bn in (('imagenet_resnet50', 'bn3'), ('imagenet_resnet18', 'bn2')):
+    params = jax.eval_shape(
+      lambda m=models.create_model(name, 10): m.init(
+        jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+      )
+    )['params']
+    last = {'imagenet_resnet50': (2, 3, 5, 2), 'imagenet_resnet18': (1,) * 4}
+    expected = [
+      params[f'layer{s + 1}_{b}'][bn] for s, b in enumerate(last[name])
+    ]
+    assert ofd._bn_before_relu(params) == expected  # pylint: disable=protected-access
+  with pytest.raises(UserError, match='ofd needs a ResNet teacher'):
+    ofd._bn_before_relu({'conv1': {}, 'blocks0_0': {}})  # pylint: disable=protected-access
 
 
 @pytest.mark.slow  # `make test-all` (see the parametrisation above)

@@ -2,9 +2,11 @@
 minimal `.pth` writer, both without PyTorch.
 
 `benchmark_layout` lists the tensors `model.state_dict()` holds for the
-benchmark's networks, written from reading RepDistiller's models/*.py
-(module names, Sequential indices, constructor arithmetic), independently of
-this project's flax code and of its importer's name rules.
+benchmark's networks, written from reading RepDistiller's models/*.py,
+torchvision's models/resnet.py and mdistiller's
+models/imagenet/mobilenetv1.py (module names, Sequential indices,
+constructor arithmetic), independently of this project's flax code and of
+its importer's name rules.
 
 `write_pth` writes what `torch.save` writes, in the zip format (PyTorch >=
 1.6) or the legacy one, using only pickle, zipfile, struct and numpy.
@@ -185,6 +187,42 @@ def _resnet50(c, blocks=(3, 4, 6, 3)):
   return t + _linear('linear', 2048, c)
 
 
+def _torchvision_resnet(blocks, bottleneck, c):
+  """torchvision's resnet18/34/50: `downsample.{0,1}` shortcuts."""
+  t = _conv('conv1', 64, 3, 7) + _bn('bn1', 64)
+  cin, expansion = 64, 4 if bottleneck else 1
+  for s, n in enumerate(blocks, 1):
+    planes = 64 * 2 ** (s - 1)
+    out = expansion * planes
+    for i in range(n):
+      stride = 2 if s > 1 and i == 0 else 1
+      p = f'layer{s}.{i}'
+      if bottleneck:
+        t += _conv(f'{p}.conv1', planes, cin, 1) + _bn(f'{p}.bn1', planes)
+        t += _conv(f'{p}.conv2', planes, planes, 3) + _bn(f'{p}.bn2', planes)
+        t += _conv(f'{p}.conv3', out, planes, 1) + _bn(f'{p}.bn3', out)
+      else:
+        t += _conv(f'{p}.conv1', planes, cin, 3) + _bn(f'{p}.bn1', planes)
+        t += _conv(f'{p}.conv2', planes, planes, 3) + _bn(f'{p}.bn2', planes)
+      if stride != 1 or cin != out:
+        t += _conv(f'{p}.downsample.0', out, cin, 1)
+        t += _bn(f'{p}.downsample.1', out)
+      cin = out
+  return t + _linear('fc', cin, c)
+
+
+def _mobilenetv1(c):
+  """mdistiller's MobileNetV1: model.0 conv_bn, model.1-13 conv_dw."""
+  widths = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
+  t = _conv('model.0.0', 32, 3, 3) + _bn('model.0.1', 32)
+  cin = 32
+  for k, cout in enumerate(widths, 1):
+    t += _conv(f'model.{k}.0', cin, 1, 3) + _bn(f'model.{k}.1', cin)
+    t += _conv(f'model.{k}.3', cout, cin, 1) + _bn(f'model.{k}.4', cout)
+    cin = cout
+  return t + _linear('fc', 1024, c)
+
+
 _NARROW, _WIDE = (16, 16, 32, 64), (32, 64, 128, 256)
 _LAYOUTS = {
   **{
@@ -204,6 +242,15 @@ _LAYOUTS = {
   'ResNet50': _resnet50,
 }
 MODEL_NAMES = tuple(_LAYOUTS)
+# torchvision's ResNets and mdistiller's MobileNetV1.
+_IMAGENET_LAYOUTS = {
+  'imagenet_resnet18': lambda c: _torchvision_resnet((2, 2, 2, 2), False, c),
+  'imagenet_resnet34': lambda c: _torchvision_resnet((3, 4, 6, 3), False, c),
+  'imagenet_resnet50': lambda c: _torchvision_resnet((3, 4, 6, 3), True, c),
+  'imagenet_mobilenetv1': _mobilenetv1,
+}
+IMAGENET_MODEL_NAMES = tuple(_IMAGENET_LAYOUTS)
+_LAYOUTS.update(_IMAGENET_LAYOUTS)
 
 
 def benchmark_layout(name: str, num_classes: int) -> dict[str, tuple]:

@@ -10,6 +10,8 @@ One module per source:
   tiny_imagenet     tiny_imagenet.py  the official zip (val as test split)
   fashion_mnist     idx.py            the official idx files
   image_folder      image_folder.py   train/<class>/*, test/<class>/*
+  array_record      array_record.py   shards of configs/convert.py, read
+                                      by `inputs.load` (streamed or whole)
   synthetic         synthetic.py      generated, for tests
   any other         tfds.py           a TFDS image-classification set
 
@@ -21,6 +23,7 @@ data folder: `dataset.data_dir`, else $ICCKD_DATA_DIR, else
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -44,24 +47,34 @@ class Dataset:
 
   Attributes:
     name: the data set's config name.
-    train_images: [N, H, W, C] uint8.
+    train_images: [N, H, W, C] uint8; None for a streamed set.
     train_labels: [N] int32 in [0, num_classes).
-    test_images: [M, H, W, C] uint8.
+    test_images: [M, H, W, C] uint8; None for a streamed set.
     test_labels: [M] int32 in [0, num_classes).
     num_classes: number of classes.
     mean: [C] float32, per-channel mean of train_images in [0, 255] units.
     std: [C] float32, per-channel (population) std of train_images in
       [0, 255] units.
+    stream: (train, test) `stream.StreamSplit`s of a streamed set, whose
+      images are read from shards as the run goes; None for a resident one.
   """
 
   name: str
-  train_images: np.ndarray
+  train_images: np.ndarray | None
   train_labels: np.ndarray
-  test_images: np.ndarray
+  test_images: np.ndarray | None
   test_labels: np.ndarray
   num_classes: int
   mean: np.ndarray
   std: np.ndarray
+  stream: tuple[Any, Any] | None = None
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """[H, W, C] of the images a train step sees."""
+    if self.stream is not None:
+      return tuple(self.stream[0].image_shape)
+    return tuple(self.train_images.shape[1:])
 
 
 def load(config: ml_collections.ConfigDict) -> Dataset:
@@ -84,6 +97,11 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
     UserError: the data set is unknown, missing, unreadable or malformed.
   """
   name = config.get('name', None)
+  if name == 'array_record':
+    raise UserError(
+      "dataset.name='array_record' is read by data/inputs.py (streamed or "
+      'decoded whole), not datasets.load'
+    )
   if not name or not isinstance(name, str):
     raise UserError(
       f'dataset.name={name!r} is invalid; choose cifar100, cifar10, '

@@ -23,8 +23,8 @@ from icckd_jax.data.datasets import Dataset
 
 # Streams of randomness derived from the run's seed; each consumer folds in
 # its own constant so that they never share a key.
-_ORDER_STREAM = 1
-_AUGMENT_STREAM = 2
+ORDER_STREAM = 1
+AUGMENT_STREAM = 2
 
 
 @flax.struct.dataclass
@@ -56,7 +56,7 @@ def _epoch_order(
 ) -> jax.Array:
   """[steps_per_epoch, B] int32: example indices of each step of `epoch`."""
   key = jax.random.fold_in(
-    jax.random.fold_in(jax.random.key(seed), _ORDER_STREAM), epoch
+    jax.random.fold_in(jax.random.key(seed), ORDER_STREAM), epoch
   )
   perm = jax.random.permutation(key, num_examples)
   steps = steps_per_epoch(num_examples, batch_size)
@@ -77,7 +77,7 @@ def make_batch_fn(
 
   def per_device(split, indices, positions, step):
     step_key = jax.random.fold_in(
-      jax.random.fold_in(jax.random.key(seed), _AUGMENT_STREAM), step
+      jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM), step
     )
     images = split.images[indices]
     views = []

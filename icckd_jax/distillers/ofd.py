@@ -20,9 +20,11 @@ shift β; σ = |γ|): m = β - σ · φ(β/σ) / Φ(-β/σ), or -3σ when Φ(-β
 0.001. It is computed once, when the student's state is initialised, from
 the teacher's parameters, and kept as a buffer (state.cache['margins']),
 with the connectors' BatchNorm statistics (synchronised over the devices).
-The teacher must be a CIFAR ResNet of basic blocks (resnet8 ... resnet110,
-resnet8x4, resnet32x4): the other families' BatchNorm before the ReLU is
-not mapped here. The teacher's map is pooled to the student's size when
+The teacher must be a ResNet: of basic blocks, whose BatchNorm before the
+ReLU is 'bn2' (resnet8 ... resnet110, resnet8x4, resnet32x4,
+imagenet_resnet18/34), or of bottlenecks, whose is 'bn3' (ResNet50,
+imagenet_resnet50), as mdistiller's `get_bn_before_relu`; the other
+families' BatchNorm before the ReLU is not mapped here. The teacher's map is pooled to the student's size when
 larger (mdistiller also stretches a smaller one; equal in every pair of
 the benchmark).
 
@@ -88,22 +90,22 @@ def options(distill: ml_collections.ConfigDict) -> dict:
 
 
 def _bn_before_relu(teacher_params) -> list[dict]:
-  """Each stage's last basic block's 'bn2' parameters, stage by stage."""
+  """Each stage's last block's BatchNorm before the ReLU, stage by stage: a
+  bottleneck's 'bn3', a basic block's 'bn2'."""
   last = {}
   for name in teacher_params:
     match = _BLOCK.match(name)
     if match and 'bn2' in teacher_params[name]:
       stage, block = map(int, match.groups())
       last[stage] = max(last.get(stage, -1), block)
-  if not last or any(
-    'bn3' in teacher_params[f'layer{s}_{b}'] for s, b in last.items()
-  ):
+  if not last:
     raise UserError(
-      'config.distill.method=ofd needs a CIFAR ResNet teacher '
-      'of basic blocks (resnet8 ... resnet110, resnet8x4, '
-      'resnet32x4)'
+      'config.distill.method=ofd needs a ResNet teacher (resnet8 ... '
+      'resnet110, resnet8x4, resnet32x4, ResNet50, imagenet_resnet18, '
+      'imagenet_resnet34, imagenet_resnet50)'
     )
-  return [teacher_params[f'layer{s}_{last[s]}']['bn2'] for s in sorted(last)]
+  blocks = [teacher_params[f'layer{s}_{last[s]}'] for s in sorted(last)]
+  return [block.get('bn3', block['bn2']) for block in blocks]
 
 
 def margin(bn: dict) -> jax.Array:

@@ -15,18 +15,21 @@ the weights' sum, summed over the levels.
 
   L = w_ce · CE(s, y) + w_rev · min(epoch / warm-up, 1) · Σ_k HCL_k
 
-mid = min(512, the student's deepest channel count). The ABFs are
+mid = min(max_mid, the student's deepest channel count). The ABFs are
 params['distiller'], their BatchNorm statistics state.cache
 (synchronised over the devices). The student's maps are its post-ReLU
-stages (mdistiller's STU_PREACT False); mdistiller also passes the stem's
-map, which no ABF takes for this pair (its zip drops it).
+stages (mdistiller's STU_PREACT False), or its pre-ReLU ones with
+`reviewkd_student_preact` (STU_PREACT True, its ImageNet recipes);
+mdistiller also passes the stem's map, which no ABF takes for these pairs
+(its zip drops it).
 
 Recipe (CIFAR-100, resnet32x4 → resnet8x4): w_ce = 1, w_rev = 5, warm-up
-20 epochs, mid 256. Source: megvii-research/mdistiller,
-mdistiller/engine/cfg.py (CFG.REVIEWKD: CE_WEIGHT 1, WARMUP_EPOCHS 20,
-MAX_MID_CHANNEL 512), configs/cifar100/reviewkd.yaml (REVIEWKD_WEIGHT 5)
-and mdistiller/distillers/ReviewKD.py. Config: `ce_weight`,
-`reviewkd_weight`, `reviewkd_warmup_epochs`.
+20 epochs, max_mid 512 (so mid 256), post-ReLU student maps. Source:
+megvii-research/mdistiller, mdistiller/engine/cfg.py (CFG.REVIEWKD:
+CE_WEIGHT 1, WARMUP_EPOCHS 20, MAX_MID_CHANNEL 512, STU_PREACT False),
+configs/cifar100/reviewkd.yaml (REVIEWKD_WEIGHT 5) and
+mdistiller/distillers/ReviewKD.py. Config: `ce_weight`, `reviewkd_weight`,
+`reviewkd_warmup_epochs`, `reviewkd_max_mid`, `reviewkd_student_preact`.
 """
 
 import flax.linen as nn
@@ -40,12 +43,18 @@ from icckd_jax.objective import distillation
 from icckd_jax.objective import losses
 
 # The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'reviewkd_weight', 'reviewkd_warmup_epochs')
+FIELDS = (
+  'ce_weight',
+  'reviewkd_weight',
+  'reviewkd_warmup_epochs',
+  'reviewkd_max_mid',
+  'reviewkd_student_preact',
+)
 NEEDS_STAGES = True
 NEEDS_EPOCH = True
 STANDARDIZES = False
 TRAINABLE = True
-MAX_MID = 512  # mdistiller's CFG.REVIEWKD.MAX_MID_CHANNEL
+MAX_MID = 512  # mdistiller's CFG.REVIEWKD.MAX_MID_CHANNEL default
 PYRAMID = (4, 2, 1)  # HCL's pooled sizes
 _INIT_STREAM = 15  # a stream of the run's seed (crd 11-12, vid 13, ofd 14)
 # kaiming_uniform_(a=1): gain 1, uniform over fan-in.
@@ -97,15 +106,19 @@ class ABF(nn.Module):
 
 
 def options(distill: ml_collections.ConfigDict) -> dict:
-  """The static keyword arguments of `init` and `loss` (none)."""
-  del distill
-  return {}
+  """The static keyword arguments of `init` and `loss`: the fusion width's
+  cap and which student maps are fused."""
+  return {
+    'max_mid': int(distill.get('reviewkd_max_mid', MAX_MID)),
+    'student_preact': bool(distill.get('reviewkd_student_preact', False)),
+  }
 
 
-def _levels(student: Outputs, teacher: Outputs):
+def _levels(student: Outputs, teacher: Outputs, student_preact: bool):
   """[(student map, teacher map)] of every level, the deepest first: the
   stages paired by position, then the pooled features as 1x1 maps."""
-  pairs = list(zip(student.stages, teacher.preact_stages))
+  maps = student.preact_stages if student_preact else student.stages
+  pairs = list(zip(maps, teacher.preact_stages))
   pairs.append(
     (student.features[:, None, None, :], teacher.features[:, None, None, :])
   )
@@ -127,9 +140,8 @@ def check(student: Outputs, teacher: Outputs) -> str | None:
   return None
 
 
-def _abfs(student: Outputs, teacher: Outputs) -> list[ABF]:
-  levels = _levels(student, teacher)
-  mid = min(MAX_MID, levels[0][0].shape[-1])
+def _abfs(levels, max_mid: int) -> list[ABF]:
+  mid = min(max_mid, levels[0][0].shape[-1])
   return [ABF(mid, t.shape[-1], fuse=k > 0) for k, (_, t) in enumerate(levels)]
 
 
@@ -139,6 +151,8 @@ def init(
   teacher: Outputs,
   train_labels,
   teacher_params,
+  max_mid: int = MAX_MID,
+  student_preact: bool = False,
 ) -> tuple[dict, dict]:
   """(params, buffers): the ABFs' weights and BatchNorm statistics, sized by
   the networks' output shapes (Outputs of jax.ShapeDtypeStruct)."""
@@ -147,10 +161,10 @@ def init(
   student, teacher = jax.tree.map(
     lambda s: jnp.zeros(s.shape, jnp.float32), (student, teacher)
   )
-  levels = _levels(student, teacher)
+  levels = _levels(student, teacher, student_preact)
   keys = jax.random.split(jax.random.fold_in(key, _INIT_STREAM), len(levels))
   params, stats, below = {}, {}, None
-  for k, (abf, (x, _)) in enumerate(zip(_abfs(student, teacher), levels)):
+  for k, (abf, (x, _)) in enumerate(zip(_abfs(levels, max_mid), levels)):
     variables = abf.init(keys[k], x, below, train=False)
     _, below = abf.apply(variables, x, below, train=False)
     params[f'abf_{k}'] = variables['params']
@@ -181,15 +195,16 @@ def loss(
   hp: dict[str, jax.Array],
   gather,
   trainable: Trainable,
+  max_mid: int = MAX_MID,
+  student_preact: bool = False,
 ) -> tuple[jax.Array, dict, dict]:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
   ce = losses.cross_entropy(student.logits, labels).mean()
   review, stats, below = 0.0, {}, None
-  for k, (abf, (s, t)) in enumerate(
-    zip(_abfs(student, teacher), _levels(student, teacher))
-  ):
+  levels = _levels(student, teacher, student_preact)
+  for k, (abf, (s, t)) in enumerate(zip(_abfs(levels, max_mid), levels)):
     name = f'abf_{k}'
     (out, below), new = abf.apply(
       {

@@ -138,27 +138,6 @@ def moving_average(series: Sequence[float], window: int = 3) -> np.ndarray:
   return (csum[t + 1] - csum[lo]) / (t + 1 - lo)
 
 
-def epochs_to_converge(
-  test_top1_by_epoch: Sequence[float], fraction: float = 0.99, window: int = 3
-) -> int:
-  """First epoch at which the run is within `fraction` of its own best.
-
-  With ma = moving_average(top1, window), the result is the smallest 1-based
-  epoch t with ma[t - 1] >= fraction * max(ma). It always exists, since the
-  epoch of the best moving average qualifies (for non-negative accuracies).
-
-  Args:
-    test_top1_by_epoch: [E] test top-1 after each epoch, non-negative.
-    fraction: in (0, 1]; 0.99 is docs/method.md §6's 99%.
-    window: moving-average window, 3 in docs/method.md §6.
-
-  Returns:
-    An epoch in 1..E.
-  """
-  ma = moving_average(test_top1_by_epoch, window)
-  return int(np.argmax(ma >= fraction * ma.max())) + 1
-
-
 def epochs_to_reach(
   test_top1_by_epoch: Sequence[float], threshold: float, window: int = 3
 ) -> Optional[int]:

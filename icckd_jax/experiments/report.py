@@ -11,6 +11,7 @@ any time from finished runs alone:
                  interval, Holm-adjusted p), the trend across δ and the
                  smallest difference the design could detect
   accuracy.png   last-epoch top-1 of each setting with its 95% interval
+  transfer.png   student against teacher top-1, one point a KD run
   curves.png     teacher train accuracy, CE, gate pass rate and effective
                  weight per epoch: mean over seeds with a 95% band
 
@@ -19,16 +20,19 @@ epoch picked on the test set.
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
 from typing import Any
 
 from absl import logging
+import ml_collections
 import numpy as np
 
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import ablation_metrics as am
+from icckd_jax.experiments import plots
 from icckd_jax.experiments import settings as settings_lib
 from icckd_jax.experiments import statistics as st
 from icckd_jax.training import metric_writer
@@ -52,22 +56,54 @@ EPOCH_COLUMNS = (
   ('neg_cache', 'neg_cache'),
 )
 
-# The regime the study must be in (docs/results/regime_cpu/design.md):
-# (setting, column of results.csv, threshold, what it checks).
+# The regime a study must be in, when its config declares none
+# (docs/results/regime_cpu/design.md): 'SETTING: COLUMN OP THRESHOLD', the
+# seed mean of a results.csv column of one setting ('*': of every setting).
 REGIME_CHECKS = (
-  (
-    'delta=0.0',
-    'teacher_train_accuracy_last',
-    0.8,
-    'δ = 0 teacher: train accuracy on the augmented view, last epoch',
-  ),
-  (
-    'delta=0.4',
-    'teacher_gate_pass_rate_last_quarter',
-    0.5,
-    'δ = 0.4 teacher: gate pass rate, mean over the last quarter of epochs',
-  ),
+  'delta=0.0: teacher_train_accuracy_last >= 0.8',
+  'delta=0.4: teacher_gate_pass_rate_last_quarter >= 0.5',
 )
+
+_OPERATORS = {
+  '>=': lambda a, b: a >= b,
+  '<=': lambda a, b: a <= b,
+  '>': lambda a, b: a > b,
+  '<': lambda a, b: a < b,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RegimeCheck:
+  setting: str  # or '*': each setting
+  column: str
+  operator: str
+  threshold: float
+
+  def holds(self, value: float) -> bool:
+    return _OPERATORS[self.operator](value, self.threshold)
+
+
+def parse_regime_check(text: str) -> RegimeCheck:
+  """'delta=0.4: teacher_gate_pass_rate_last_quarter >= 0.5' -> a check.
+  The setting is what precedes the last ': ' (names may hold ':')."""
+  setting, sep, rest = text.rpartition(': ')
+  parts = rest.split()
+  if (
+    not sep
+    or len(parts) != 3
+    or parts[1] not in _OPERATORS
+    or not setting.strip()
+  ):
+    raise UserError(
+      f'regime_checks: {text!r} is not "SETTING: COLUMN OP NUMBER" '
+      f'(OP one of {", ".join(_OPERATORS)})'
+    )
+  try:
+    threshold = float(parts[2])
+  except ValueError:
+    raise UserError(f'regime_checks: {parts[2]!r} in {text!r} is no number')
+  return RegimeCheck(setting.strip(), parts[0], parts[1], threshold)
+
 
 # (column, header, scale, digits) of the per-setting table.
 SETTING_COLUMNS = (
@@ -82,8 +118,24 @@ SETTING_COLUMNS = (
     3,
   ),
   ('teacher_ce_variance', 'teacher CE variance before 1st decay', 1, 4),
-  ('teacher_epochs_to_converge', 'teacher epochs to 99% (train acc)', 1, 1),
-  ('teacher_epochs_to_reach', 'teacher epochs to shared train acc', 1, 1),
+  (
+    'teacher_epochs_to_reach',
+    'teacher epochs to shared train acc (3-ep MA)',
+    1,
+    1,
+  ),
+  (
+    'teacher_epochs_to_reach_first',
+    'teacher epochs to shared train acc (first)',
+    1,
+    1,
+  ),
+  (
+    'student_train_accuracy_change_last_fifth',
+    'student train acc change, last fifth',
+    1,
+    3,
+  ),
   ('teacher_compiled_mib', 'teacher step MiB (XLA)', 1, 1),
   ('teacher_device_mib', 'teacher device MiB in use (max)', 1, 1),
   ('cache_kib', 'cache KiB', 1, 1),
@@ -105,31 +157,54 @@ def _last_quarter_mean(epochs: list[dict], key: str) -> float | None:
   return float(np.mean(values)) if values else None
 
 
+def _change_last_fifth(accuracy: list[float]) -> float | None:
+  """|acc[E] − acc[E − k]| with k = ⌈E / 5⌉: how much the train accuracy
+  still moved over the last fifth of the E epochs (a trained run barely
+  moves), or None for a run of one epoch."""
+  if len(accuracy) < 2:
+    return None
+  k = -(-len(accuracy) // 5)
+  return abs(accuracy[-1] - accuracy[-1 - k])
+
+
 def _stage_row(
   epochs: list[dict],
   summary: dict,
   prefix: str,
-  first_decay: int | None,
+  config,
   reach: float | None,
 ) -> dict[str, Any]:
-  """A stage's last-epoch figures (docs/method.md §6)."""
+  """A stage's last-epoch figures (docs/method.md §6).
+
+  Epochs to reach `reach` are given by two definitions, because they can
+  disagree: the first epoch whose trailing 3-epoch moving average reaches
+  it (`_epochs_to_reach`) and the plain first epoch that does
+  (`_epochs_to_reach_first`)."""
+  decays = tuple(config['lr_decay_epochs'] or ())
   last = epochs[-1]
   accuracy = [e['accuracy'] for e in epochs]
   tested = [e['test_top1'] for e in epochs if e.get('test_top1') is not None]
   memory = summary.get('compiled_memory') or {}
   device = summary.get('peak_device_bytes')
   return {
+    f'{prefix}_model': config['model'],
     f'{prefix}_top1_last': last.get('test_top1'),
     # Kept for reference only: an epoch picked on the test set is never a
     # headline.
     f'{prefix}_top1_best_evaluated': max(tested) if tested else None,
     f'{prefix}_train_accuracy_last': last['accuracy'],
+    f'{prefix}_train_accuracy_change_last_fifth': _change_last_fifth(accuracy),
     f'{prefix}_ce_variance': am.stability_variance(
-      [e.get('step_ce') or e['step_losses'] for e in epochs], first_decay
+      [e.get('step_ce') or e['step_losses'] for e in epochs],
+      min(decays) if decays else None,
     ),
-    f'{prefix}_epochs_to_converge': am.epochs_to_converge(accuracy),
     f'{prefix}_epochs_to_reach': (
       am.epochs_to_reach(accuracy, reach) if reach is not None else None
+    ),
+    f'{prefix}_epochs_to_reach_first': (
+      am.epochs_to_reach(accuracy, reach, window=1)
+      if reach is not None
+      else None
     ),
     f'{prefix}_compiled_mib': memory.get('total_bytes', 0) / 2**20,
     f'{prefix}_device_mib': device / 2**20 if device else None,
@@ -172,10 +247,7 @@ def write_result(
     ('student', student_config),
   ):
     epochs, summary = _run_records(os.path.join(run_dir, stage))
-    decays = tuple(config['lr_decay_epochs'] or ())
-    row.update(
-      _stage_row(epochs, summary, stage, min(decays) if decays else None, reach)
-    )
+    row.update(_stage_row(epochs, summary, stage, config, reach))
     epoch_rows += _epoch_rows(epochs, stage)
     if stage == 'teacher':
       row.update(
@@ -214,7 +286,8 @@ def _malformed(result, setting: str, seed: int) -> str | None:
   if row.get('setting') != setting or row.get('seed') != seed:
     return f'its row is of {row.get("setting")!r} seed {row.get("seed")!r}'
   for key, value in row.items():
-    if key != 'setting' and not _number_or_none(value):
+    named = key == 'setting' or key.endswith('_model')  # Names, not figures.
+    if not (named and isinstance(value, str)) and not _number_or_none(value):
       return f'{key}={value!r} is not a number'
   epochs = result.get('epochs')
   if not isinstance(epochs, list) or not all(
@@ -259,17 +332,49 @@ def _load(
   results, left_out = [], []
   for setting in settings:
     for seed in settings_lib.seeds_of(sweep, setting.name):
-      path = os.path.join(workdir, setting.name, f'seed_{seed}', RESULT_FILE)
-      if not os.path.exists(path):
-        continue
-      result, reason = read_result(path, setting.name, seed)
+      result, reason = _result(workdir, sweep, setting, seed)
       if reason:
-        left_out.append(f'{path} ({reason})')
+        left_out.append(reason)
       elif result is not None:
         results.append(result)
   for entry in left_out:
     logging.warning('Left out of the report: %s', entry)
   return sweep, settings, results, left_out
+
+
+def _result(
+  workdir: str, sweep: dict, setting: settings_lib.Setting, seed: int
+) -> tuple[dict | None, str | None]:
+  """(the figures of one finished run, None), or (None, what was left out
+  and why) when they cannot be read, or (None, None) when the run has not
+  finished. Recomputed from its stages' records where they are here (so a
+  report written by newer code has every column of that code), else its
+  result.json as a worker wrote it."""
+  run_dir = os.path.join(workdir, setting.name, f'seed_{seed}')
+  if all(
+    os.path.exists(os.path.join(run_dir, stage, 'summary.json'))
+    for stage in ('teacher', 'student')
+  ):
+    pipeline = settings_lib.apply_overrides(
+      ml_collections.ConfigDict(sweep['base']), setting.overrides
+    )
+    try:
+      return write_result(
+        run_dir,
+        setting.name,
+        seed,
+        pipeline.teacher.to_dict(),
+        pipeline.student.to_dict(),
+        sweep.get('reach_train_accuracy'),
+      ), None
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+      # A truncated or edited summary.json or record of a stage.
+      return None, f'{run_dir} ({type(e).__name__}: {e})'
+  path = os.path.join(run_dir, RESULT_FILE)
+  if not os.path.exists(path):
+    return None, None
+  result, reason = read_result(path, setting.name, seed)
+  return result, (f'{path} ({reason})' if reason else None)
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -304,25 +409,78 @@ def _p(p: float) -> str:
   return '–' if math.isnan(p) else (f'{p:.3f}' if p >= 0.001 else f'{p:.1e}')
 
 
-def _regime_lines(rows: list[dict]) -> list[str]:
+def _regime_lines(sweep: dict, names: list[str], rows: list[dict]) -> list[str]:
+  """The regime checks, each on the seed mean of its column, and the
+  transfer check (`transfer_check`: 'ARM:CONTROL >= X', the students'
+  paired top-1 difference at least X with its 95% interval above 0)."""
   lines = [
     '## Regime checks',
     '',
     '| check | required | measured: mean [95% CI] over seeds | met |',
     '|---|---|---|---|',
   ]
-  present = False
-  for name, column, threshold, what in REGIME_CHECKS:
-    values = list(_by_seed(rows, name, column).values())
-    if not values:
-      continue
-    present = True
-    mean = float(np.mean(values))
+  found = False
+  for text in sweep.get('regime_checks') or REGIME_CHECKS:
+    check = parse_regime_check(text)
+    for name in names if check.setting == '*' else [check.setting]:
+      values = list(_by_seed(rows, name, check.column).values())
+      if not values:
+        continue
+      found = True
+      mean = float(np.mean(values))
+      lines.append(
+        f'| {name}: {check.column} | {check.operator} {check.threshold:g} '
+        f'| {_interval_cell(values, 1, 3)} '
+        f'| {"yes" if check.holds(mean) else "**no**"} |'
+      )
+  transfer = _transfer(sweep, rows)
+  if transfer is not None:
+    found = True
+    (arm, control, minimum), diff = transfer
+    ci = diff.difference
+    met = ci.mean >= minimum and ci.low > 0
     lines.append(
-      f'| {what} | ≥ {threshold} | {_interval_cell(values, 1, 3)} '
-      f'| {"yes" if mean >= threshold else "**no**"} |'
+      f'| KD transfers: student top-1 {arm} − {control}, paired '
+      f'({ci.n} seeds) | ≥ {100 * minimum:g} points, 95% CI above 0 '
+      f'| {_interval_cell_diff(ci)} points (p {_p(diff.p_value)}) '
+      f'| {"yes" if met else "**no**"} |'
     )
-  return lines + [''] if present else []
+  return lines + [''] if found else []
+
+
+def parse_transfer_check(text: str) -> tuple[str, str, float]:
+  """'ce_teacher:scratch >= 0.01' -> ('ce_teacher', 'scratch', 0.01)."""
+  pair, sep, minimum = text.partition('>=')
+  arm, colon, control = pair.partition(':')
+  try:
+    value = float(minimum)
+  except ValueError:
+    value = None
+  if (
+    not sep
+    or not colon
+    or not arm.strip()
+    or not control.strip()
+    or (value is None)
+  ):
+    raise UserError(f'transfer_check: {text!r} is not "ARM:CONTROL >= NUMBER"')
+  return arm.strip(), control.strip(), value
+
+
+def _transfer(sweep: dict, rows: list[dict]):
+  """((arm, control, minimum), paired student top-1 difference), or None
+  where the sweep declares no transfer check or lacks two paired seeds."""
+  if not sweep.get('transfer_check'):
+    return None
+  arm, control, minimum = parse_transfer_check(sweep['transfer_check'])
+  try:
+    diff = st.paired_difference(
+      _by_seed(rows, arm, 'student_top1_last'),
+      _by_seed(rows, control, 'student_top1_last'),
+    )
+  except ValueError:
+    return None
+  return (arm, control, minimum), diff
 
 
 def _setting_lines(names: list[str], rows: list[dict]) -> list[str]:
@@ -397,12 +555,51 @@ def _primary_lines(sweep, names, controls, rows) -> list[str]:
   comparisons = paired_comparisons(arms, controls, rows, 'student_top1_last')
   if not comparisons:
     return []
-  return _comparison_table(
+  lines = _comparison_table(
     '## Primary comparison (pre-registered)',
     'Student top-1 (points), arm − control, paired by seed; '
     f'Holm-adjusted over these {len(comparisons)} comparisons.',
     comparisons,
   )
+  margin = sweep.get('equivalence_margin')
+  column = 'student_top1_last'
+  for c in comparisons:
+    lines.append(
+      _reading(
+        c,
+        margin,
+        _by_seed(rows, c['arm'], column),
+        _by_seed(rows, c['control'], column),
+      )
+    )
+  return lines + ['']
+
+
+def _reading(comparison: dict, margin, arm: dict, control: dict) -> str:
+  """What a primary comparison allows one to say: a difference (Holm p <
+  0.05), equivalence (a paired TOST at the declared margin), or no
+  difference detected, with the difference the design could detect."""
+  d = comparison['diff']
+  n = d.difference.n
+  detectable = 100 * st.detectable_difference(d.sd, n)
+  head = f'- {comparison["arm"]} − {comparison["control"]}: '
+  if comparison['holm'] < 0.05:
+    return (
+      head + f'a difference of {_interval_cell_diff(d.difference)} points '
+      f'(Holm p {_p(comparison["holm"])}).'
+    )
+  text = (
+    head + 'no difference detected; with this spread the design could detect '
+    f'about {detectable:.2f} points (power 0.8, α = 0.05, {n} seeds).'
+  )
+  if margin:
+    eq = st.tost(arm, control, margin)
+    verdict = 'equivalent' if eq.p_value < 0.05 else 'not shown equivalent'
+    text += (
+      f' Paired TOST at the declared margin ±{100 * margin:g} points: '
+      f'p {_p(eq.p_value)}, {verdict}.'
+    )
+  return text
 
 
 def _comparison_table(
@@ -437,7 +634,7 @@ def parse_comparisons(text: str | None) -> list[tuple[str, str]]:
   return pairs
 
 
-def _pair_lines(pairs, names, rows) -> list[str]:
+def _pair_lines(pairs, names, rows, teachers) -> list[str]:
   """Pre-registered pairs beyond the controls (e.g. an ablation against the
   arm it removes something from), Holm-adjusted over their own family."""
   pairs = [
@@ -447,7 +644,15 @@ def _pair_lines(pairs, names, rows) -> list[str]:
   ]
   lines = []
   for stage in ('student', 'teacher'):
-    found = _holm_paired(pairs, rows, f'{stage}_top1_last')
+    # `teachers`: the settings with a teacher of their own (a student
+    # trained without its teacher shares another setting's).
+    found = _holm_paired(
+      pairs
+      if stage == 'student'
+      else [p for p in pairs if set(p) <= set(teachers)],
+      rows,
+      f'{stage}_top1_last',
+    )
     if found:
       lines += _comparison_table(
         f'## {stage.capitalize()} top-1: the other pre-registered pairs',
@@ -458,11 +663,13 @@ def _pair_lines(pairs, names, rows) -> list[str]:
   return lines
 
 
-def _comparison_lines(names, controls, rows) -> list[str]:
+def _comparison_lines(names, controls, rows, teachers) -> list[str]:
   lines = []
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
-    comparisons = paired_comparisons(names, controls, rows, column)
+    comparisons = paired_comparisons(
+      names if stage == 'student' else teachers, controls, rows, column
+    )
     if not comparisons:
       continue
     lines += _comparison_table(
@@ -511,7 +718,54 @@ def _trend_lines(settings, rows) -> list[str]:
   return lines + ['']
 
 
-def _power_lines(names, controls, rows, sweep) -> list[str]:
+def _distilled(sweep: dict, names: list[str]) -> list[str]:
+  """The settings whose students learn from their teacher: all but the
+  transfer check's control (a student trained without the teacher)."""
+  if not sweep.get('transfer_check'):
+    return list(names)
+  _, control, _ = parse_transfer_check(sweep['transfer_check'])
+  return [n for n in names if n != control]
+
+
+def _teacher_student_points(sweep, names, rows):
+  """{setting: [(teacher top-1, student top-1), ...]} of the KD runs."""
+  points = {}
+  for name in _distilled(sweep, names):
+    for r in rows:
+      if (
+        r['setting'] == name
+        and r.get('teacher_top1_last') is not None
+        and r.get('student_top1_last') is not None
+      ):
+        points.setdefault(name, []).append(
+          (r['teacher_top1_last'], r['student_top1_last'])
+        )
+  return points
+
+
+def _correlation_lines(sweep, names, rows) -> list[str]:
+  """Does a better teacher give a better student here? Pearson and
+  Spearman of student on teacher top-1 over every KD run."""
+  pairs = [
+    p for v in _teacher_student_points(sweep, names, rows).values() for p in v
+  ]
+  try:
+    c = st.correlation([t for t, _ in pairs], [s for _, s in pairs])
+  except ValueError:
+    return []
+  return [
+    '## Teacher and student top-1 across runs',
+    '',
+    f'Over the {c.n} KD runs (every setting whose student learns from its '
+    f'teacher): Pearson r = {c.pearson:+.2f} (p {_p(c.pearson_p)}), '
+    f'Spearman ρ = {c.spearman:+.2f} (p {_p(c.spearman_p)}); one point a '
+    'run in transfer.png. The runs differ by teacher arm and seed, so this '
+    "mixes the arms' effects with seed-to-seed spread.",
+    '',
+  ]
+
+
+def _power_lines(names, controls, rows, sweep, teachers) -> list[str]:
   lines = [
     '## Smallest detectable difference',
     '',
@@ -530,7 +784,8 @@ def _power_lines(names, controls, rows, sweep) -> list[str]:
   for stage in ('student', 'teacher'):
     column = f'{stage}_top1_last'
     for c in controls:
-      diffs = [x['diff'] for x in paired_comparisons(names, [c], rows, column)]
+      arms = names if stage == 'student' else teachers
+      diffs = [x['diff'] for x in paired_comparisons(arms, [c], rows, column)]
       if not diffs:
         continue
       found = True
@@ -574,10 +829,45 @@ def write_report(
     if any(r['row']['setting'] == s.name for r in results)
   ]
   rows = [r['row'] for r in results]
-  controls = [
-    c for c in (sweep.get('controls') or ('ce_teacher',)) if c in names
-  ]
+  epoch_rows = _write_tables(output_dir, results)
+  lines = _summary_lines(
+    os.path.basename(os.path.normpath(workdir)),
+    sweep,
+    [s for s in settings if s.name in names],
+    rows,
+    parse_comparisons(sweep.get('comparisons'))
+    + parse_comparisons(comparisons),
+  )
+  if left_out:
+    lines[2:2] = [
+      f'Left out: {len(left_out)} run(s) whose result.json could not be '
+      'read or holds a malformed value (rerun the sweep to rewrite them):',
+      '',
+      *[f'- {entry}' for entry in left_out],
+      '',
+    ]
+  with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
+    f.write('\n'.join(lines))
 
+  plots.accuracy(
+    output_dir,
+    {
+      stage: {
+        name: list(_by_seed(rows, name, f'{stage}_top1_last').values())
+        for name in names
+      }
+      for stage in ('teacher', 'student')
+    },
+  )
+  plots.curves(output_dir, names, epoch_rows)
+  plots.transfer(output_dir, _teacher_student_points(sweep, names, rows))
+  return rows
+
+
+def _write_tables(output_dir: str, results: list[dict]) -> list[dict]:
+  """results.csv (one row a run, every column any run has) and epochs.csv
+  (one row a run, stage and epoch); returns the latter's rows."""
+  rows = [r['row'] for r in results]
   columns = list(dict.fromkeys(k for r in rows for k in r))
   _write_csv(os.path.join(output_dir, RESULTS_CSV), rows, columns)
   epoch_rows = [
@@ -590,7 +880,17 @@ def write_report(
     epoch_rows,
     ['setting', 'seed', 'stage', 'epoch'] + [c for c, _ in EPOCH_COLUMNS],
   )
+  return epoch_rows
 
+
+def _summary_lines(title, sweep, settings, rows, pairs) -> list[str]:
+  """summary.md: the regime checks first, then the primary comparison, each
+  setting's figures, the other comparisons, the trend, the correlation and
+  the detectable differences."""
+  names = [s.name for s in settings]
+  controls = [
+    c for c in (sweep.get('controls') or ('ce_teacher',)) if c in names
+  ]
   test_subset = sweep['base']['teacher']['dataset'].get('test_subset')
   split = (
     f'a fixed {test_subset}-image subset of the test split'
@@ -598,7 +898,7 @@ def write_report(
     else 'the whole test split'
   )
   lines = [
-    f'# {os.path.basename(os.path.normpath(workdir))}',
+    f'# {title}',
     '',
     f'Headline: top-1 after the last epoch on {split}, never an epoch '
     'picked on the test set. Intervals are 95% t-intervals over seeds; '
@@ -609,32 +909,16 @@ def write_report(
     'before the first learning-rate decay (the first epoch left out).',
     '',
   ]
-  if left_out:
-    lines += [
-      f'Left out: {len(left_out)} run(s) whose result.json could not be '
-      'read or holds a malformed value (rerun the sweep to rewrite them):',
-      '',
-      *[f'- {entry}' for entry in left_out],
-      '',
-    ]
-  lines += _regime_lines(rows)
+  teachers = _distilled(sweep, names)
+  lines += _regime_lines(sweep, names, rows)
   lines += _primary_lines(sweep, names, controls, rows)
   lines += _setting_lines(names, rows)
-  lines += _pair_lines(
-    parse_comparisons(sweep.get('comparisons'))
-    + parse_comparisons(comparisons),
-    names,
-    rows,
-  )
-  lines += _comparison_lines(names, controls, rows)
-  lines += _trend_lines([s for s in settings if s.name in names], rows)
-  lines += _power_lines(names, controls, rows, sweep)
-  with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
-    f.write('\n'.join(lines))
-
-  _plot_accuracy(output_dir, names, rows)
-  _plot_curves(output_dir, names, epoch_rows)
-  return rows
+  lines += _pair_lines(pairs, names, rows, teachers)
+  lines += _comparison_lines(names, controls, rows, teachers)
+  lines += _trend_lines(settings, rows)
+  lines += _correlation_lines(sweep, names, rows)
+  lines += _power_lines(names, controls, rows, sweep, teachers)
+  return lines
 
 
 def headline(rows: list[dict[str, Any]]) -> str:
@@ -652,114 +936,3 @@ def headline(rows: list[dict[str, Any]]) -> str:
     ]
     lines.append(f'| {name} | {len(mine)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
-
-
-def _pyplot():
-  """matplotlib.pyplot, drawing to files only (never a window). Imported
-  when a plot is drawn, so that a run or a sweep worker that has no report
-  to write does not load matplotlib (about a second)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  return plt
-
-
-def _plot_accuracy(output_dir: str, names: list[str], rows: list[dict]) -> None:
-  plt = _pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for ax, stage in zip(axes, ('teacher', 'student')):
-    for i, name in enumerate(names):
-      values = [
-        100 * v for v in _by_seed(rows, name, f'{stage}_top1_last').values()
-      ]
-      if not values:
-        continue
-      ci = st.t_interval(values)
-      ax.scatter([i] * len(values), values, color='0.7', s=10, zorder=1)
-      if ci.n > 1:
-        ax.errorbar(
-          [i],
-          [ci.mean],
-          yerr=[[ci.mean - ci.low], [ci.high - ci.mean]],
-          fmt='o',
-          color='C0',
-          capsize=4,
-          zorder=2,
-        )
-      else:
-        ax.plot([i], [ci.mean], 'o', color='C0')
-    ax.set_xticks(range(len(names)), names, rotation=35, ha='right', fontsize=8)
-    ax.set_title(
-      f'{stage}: last-epoch test top-1 (%), mean and 95% CI; grey: seeds',
-      fontsize=9,
-    )
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'accuracy.png'), dpi=110)
-  plt.close(fig)
-
-
-def _band(
-  curves: list[list[float]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Mean and 95% t-band over seeds, epoch by epoch ([E] each)."""
-  length = min(len(c) for c in curves)
-  data = np.array([c[:length] for c in curves], dtype=np.float64)
-  mean = data.mean(axis=0)
-  if len(curves) < 2:
-    return mean, mean, mean
-  bands = [st.t_interval(data[:, e]) for e in range(length)]
-  return (
-    mean,
-    np.array([b.low for b in bands]),
-    np.array([b.high for b in bands]),
-  )
-
-
-def _plot_curves(
-  output_dir: str, names: list[str], epoch_rows: list[dict]
-) -> None:
-  panels = (
-    ('train_accuracy', 'teacher train accuracy (augmented view)'),
-    ('ce_loss', 'teacher CE (not the total loss)'),
-    ('gate_pass_rate', 'teacher gate pass rate'),
-    ('effective_weight', 'teacher effective weight'),
-  )
-  plt = _pyplot()
-  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
-
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
-  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-  for ax, (column, title) in zip(axes, panels):
-    for i, name in enumerate(names):
-      curves = {}
-      for r in epoch_rows:
-        if (
-          r['setting'] == name
-          and r['stage'] == 'teacher'
-          and r.get(column) is not None
-        ):
-          curves.setdefault(r['seed'], []).append(r[column])
-      if not curves:
-        continue
-      mean, low, high = _band(list(curves.values()))
-      x = np.arange(1, len(mean) + 1)
-      color = colors[i % len(colors)]
-      ax.plot(x, mean, color=color, label=name, lw=1.2)
-      ax.fill_between(x, low, high, color=color, alpha=0.08)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel('epoch')
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if column != 'ce_loss':
-      ax.set_ylim(0, 1)  # rates: the whole axis, nothing exaggerated
-    else:
-      ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-  if axes[0].get_legend_handles_labels()[0]:
-    axes[0].legend(fontsize=7)  # the first panel has every setting
-  fig.suptitle('mean over seeds, band: 95% t-interval', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'curves.png'), dpi=110)
-  plt.close(fig)

@@ -9,7 +9,9 @@ of one setting learn from one teacher. A student's key includes its
 teacher's key, not the teacher's directory, so two sweeps pointing at one
 store (`config.store`) share students too.
 
-Left out of the key (training/config_schema.py): bookkeeping that cannot
+Left out of the key (training/config_schema.py): sections added since
+stores were first written, where at their defaults (`input`), so that older
+stores keep their keys; bookkeeping that cannot
 change a result (where the run is written, how often it logs and checkpoints,
 how many checkpoints it keeps), the fields a stage does not use (a
 cross-entropy teacher's gate and cache), and for a student the path of its
@@ -37,7 +39,11 @@ def teacher_key(config: ml_collections.ConfigDict) -> str:
   """The key of a teacher config (configs/teacher.py's fields)."""
   return _digest(
     reuse_lib.config_key(
-      config, config_schema.bookkeeping() + config_schema.unused(config)
+      config,
+      config_schema.bookkeeping()
+      + config_schema.unused(config)
+      + config_schema.at_added_default(config),
+      config_schema.ADDED_SECTIONS,
     )
   )
 
@@ -48,7 +54,9 @@ def student_key(config: ml_collections.ConfigDict, teacher: str) -> str:
     config,
     config_schema.bookkeeping()
     + config_schema.unused(config)
+    + config_schema.at_added_default(config)
     + ('teacher.workdir',),
+    config_schema.ADDED_SECTIONS,
   )
   return _digest(f'{own}|teacher={teacher}')
 

@@ -12,7 +12,11 @@ Small pure functions over per-seed numbers, each a thin layer over
 * `linear_trend`: the slope of a figure against δ over every run, with its
   95% interval and p-value;
 * `detectable_difference`: the smallest paired difference the design could
-  detect (two-sided α = 0.05, power 0.8) given the spread it measured.
+  detect (two-sided α = 0.05, power 0.8) given the spread it measured;
+* `tost`: equivalence of two arms within a margin declared before the data
+  (two one-sided paired t-tests); without it, a difference whose interval
+  contains 0 is "no difference detected", never "equivalent";
+* `correlation`: Pearson's and Spearman's coefficients across runs.
 
 scipy is imported by each function, when a report is written: a run or a
 sweep worker that imports the report for its file names never loads it.
@@ -162,4 +166,92 @@ def detectable_difference(
     (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df))
     * sd
     / math.sqrt(n)
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Equivalence:
+  """Two one-sided paired t-tests of |arm − control| < margin."""
+
+  margin: float
+  p_lower: float  # H0: difference <= -margin
+  p_upper: float  # H0: difference >= +margin
+  n: int
+
+  @property
+  def p_value(self) -> float:
+    """The TOST p-value: the larger one-sided p (both must reject)."""
+    return max(self.p_lower, self.p_upper)
+
+
+def tost(
+  arm: dict[int, float], control: dict[int, float], margin: float
+) -> Equivalence:
+  """Paired two one-sided tests (Schuirmann's TOST) of equivalence within
+  ±`margin`, on the seeds both ran.
+
+  With d [n] the per-seed differences, mean m and standard error e:
+  p_lower = P(T_{n−1} > (m + margin) / e) and p_upper = P(T_{n−1} <
+  (m − margin) / e); equivalence at level α is claimed when both are below
+  α, i.e. when the (1 − 2α) interval of m lies inside (−margin, margin).
+
+  Raises:
+    ValueError: fewer than two common seeds, or a margin that is not > 0.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  if not margin > 0:
+    raise ValueError(f'an equivalence margin must be > 0, got {margin}')
+  seeds = sorted(set(arm) & set(control))
+  if len(seeds) < 2:
+    raise ValueError(f'a paired test needs two common seeds, got {seeds}')
+  d = np.array([arm[s] - control[s] for s in seeds], dtype=np.float64)
+  m = float(d.mean())
+  se = float(np.std(d, ddof=1) / math.sqrt(d.size))
+  df = d.size - 1
+  if se == 0:
+    inside = -margin < m < margin
+    return Equivalence(
+      margin, 0.0 if inside else 1.0, 0.0 if inside else 1.0, int(d.size)
+    )
+  return Equivalence(
+    margin,
+    float(stats.t.sf((m + margin) / se, df)),
+    float(stats.t.cdf((m - margin) / se, df)),
+    int(d.size),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+  """Pearson's r and Spearman's ρ of two figures over n runs."""
+
+  pearson: float
+  pearson_p: float
+  spearman: float
+  spearman_p: float
+  n: int
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> Correlation:
+  """Pearson's and Spearman's coefficients of y [n] on x [n] with their
+  two-sided p-values (scipy.stats.pearsonr / spearmanr).
+
+  Raises:
+    ValueError: fewer than three points, or a constant series.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  x = np.asarray(x, dtype=np.float64)
+  y = np.asarray(y, dtype=np.float64)
+  if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    raise ValueError('a correlation needs three points, neither series flat')
+  pearson = stats.pearsonr(x, y)
+  spearman = stats.spearmanr(x, y)
+  return Correlation(
+    float(pearson.statistic),
+    float(pearson.pvalue),
+    float(spearman.statistic),
+    float(spearman.pvalue),
+    int(x.size),
   )

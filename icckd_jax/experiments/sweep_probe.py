@@ -7,7 +7,6 @@ import time
 from absl import logging
 
 from icckd_jax import parallel
-from icckd_jax.data import input_pipeline
 from icckd_jax.experiments import sweep_plan
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
@@ -39,15 +38,14 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
       setup = _stage_setup(
         run, name, config, dataset, mesh, reuse, teacher_states
       )
-      train_split, test_split = input_pipeline.to_device(dataset, mesh)
+      train_split, test_split = run_setup.splits(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
         state = setup.create_state(mesh)
+        batches = setup.batches(config, train_split, mesh, 0)
         seconds, _ = estimate.time_steps(
-          setup.train_step,
-          state,
-          setup.batches(config, train_split, mesh, 0),
-          setup.step_args,
+          setup.train_step, state, batches, setup.step_args
         )
+        batches.close()  # a streamed set's decode workers
         step_seconds[id(setup.train_step)] = seconds
         logging.info(
           'Measured %s step (%s, batch %d): %.1f ms, %.0f img/s.',

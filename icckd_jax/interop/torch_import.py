@@ -2,7 +2,9 @@
 
 The CIFAR-100 KD benchmark (RepDistiller) saves `{'epoch', 'model',
 'best_acc', 'optimizer'}` with `model` the network's state_dict; a bare
-state_dict is accepted too. Tensor layouts differ between the frameworks:
+state_dict, as torchvision publishes its ImageNet weights
+(`resnet34-333f7ec4.pth`), is accepted too. Tensor layouts differ between
+the frameworks:
 
   conv weight   [O, I / groups, kh, kw] -> kernel [kh, kw, I / groups, O]
   linear weight [out, in]               -> kernel [in, out]
@@ -12,7 +14,12 @@ state_dict is accepted too. Tensor layouts differ between the frameworks:
 
 (`num_batches_tracked` has no counterpart and is ignored.) A flax module's
 path maps to the PyTorch module's name by a few rewrite rules per model
-family (`_RULES`), written from the benchmark's module definitions.
+family (`_RULES`), written from the benchmark's module definitions
+(RepDistiller's, torchvision's ResNets, mdistiller's MobileNetV1).
+
+Each family's teachers were trained on inputs normalised with their data
+set's statistics (`normalization`): CIFAR-100's for the CIFAR family,
+ImageNet's for the `imagenet_*` models.
 """
 
 import functools
@@ -30,6 +37,8 @@ import numpy as np
 from icckd_jax import models
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_pickle
+from icckd_jax.models.imagenet_resnet import ImageNetResNet
+from icckd_jax.models.mobilenetv1 import MobileNetV1
 from icckd_jax.models.mobilenetv2 import MobileNetV2
 from icckd_jax.models.resnet import ResNet
 from icckd_jax.models.resnetv2 import BottleneckResNet
@@ -43,13 +52,31 @@ BENCHMARK_MEAN = (0.5071, 0.4867, 0.4408)
 BENCHMARK_STD = (0.2675, 0.2565, 0.2761)
 
 
+# torchvision's ImageNet normalisation, which its published weights and
+# mdistiller's ImageNet students were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _in_255_units(mean, std) -> tuple[np.ndarray, np.ndarray]:
+  return tuple(
+    (255 * np.asarray(v, np.float64)).astype(np.float32) for v in (mean, std)
+  )
+
+
 def benchmark_normalization() -> tuple[np.ndarray, np.ndarray]:
   """(mean, std), each [3] float32 in [0, 255] units (this project's
-  convention), of the benchmark's input normalisation."""
-  return tuple(
-    (255 * np.asarray(v, np.float64)).astype(np.float32)
-    for v in (BENCHMARK_MEAN, BENCHMARK_STD)
-  )
+  convention), of the CIFAR-100 benchmark's input normalisation."""
+  return _in_255_units(BENCHMARK_MEAN, BENCHMARK_STD)
+
+
+def normalization(model_name: str) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std), each [3] float32 in [0, 255] units, that a `.pth` teacher
+  of `model_name` was trained with: ImageNet's (torchvision's
+  `Normalize`) for an `imagenet_*` model, else the CIFAR-100 benchmark's."""
+  if model_name.startswith(models.IMAGENET_PREFIX):
+    return _in_255_units(IMAGENET_MEAN, IMAGENET_STD)
+  return benchmark_normalization()
 
 
 _IGNORED = ('num_batches_tracked',)
@@ -97,6 +124,22 @@ _RULES = {
     (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
     (r'shortcut_conv$', 'shortcut.0'),
     (r'shortcut_bn$', 'shortcut.1'),
+  ],
+  # torchvision's names for both block types' shortcut.
+  ImageNetResNet: [
+    (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
+    (r'(downsample|shortcut)_conv$', 'downsample.0'),
+    (r'(downsample|shortcut)_bn$', 'downsample.1'),
+  ],
+  # nn.Sequential indices: model.0 is (conv, bn, relu), model.k (conv, bn,
+  # relu, conv, bn, relu).
+  MobileNetV1: [
+    (r'^stem_conv$', 'model.0.0'),
+    (r'^stem_bn$', 'model.0.1'),
+    (r'^block(\d+)/dw_conv$', r'model.\1.0'),
+    (r'^block(\d+)/dw_bn$', r'model.\1.1'),
+    (r'^block(\d+)/pw_conv$', r'model.\1.3'),
+    (r'^block(\d+)/pw_bn$', r'model.\1.4'),
   ],
 }
 

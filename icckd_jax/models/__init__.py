@@ -1,4 +1,6 @@
-"""The CIFAR-100 knowledge-distillation benchmark models, by name.
+"""The knowledge-distillation benchmark models, by name: the CIFAR-100
+family (RepDistiller's) and the ImageNet family (`imagenet_*`:
+torchvision's ResNets and mdistiller's MobileNetV1).
 
 Every model maps [B, H, W, 3] NHWC images to `(logits, features)`: float32
 logits [B, num_classes] and the float32 pooled penultimate features [B, D] that
@@ -13,6 +15,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from icckd_jax.errors import UserError
+from icckd_jax.models.imagenet_resnet import ImageNetResNet
+from icckd_jax.models.mobilenetv1 import MobileNetV1
 from icckd_jax.models.mobilenetv2 import MobileNetV2
 from icckd_jax.models.resnet import ResNet
 from icckd_jax.models.resnetv2 import BottleneckResNet
@@ -47,7 +51,14 @@ _BUILDERS = {
   'MobileNetV2': MobileNetV2,
   'ShuffleV1': ShuffleNetV1,
   'ShuffleV2': ShuffleNetV2,
+  'imagenet_resnet18': functools.partial(ImageNetResNet, (2, 2, 2, 2), False),
+  'imagenet_resnet34': functools.partial(ImageNetResNet, (3, 4, 6, 3), False),
+  'imagenet_resnet50': functools.partial(ImageNetResNet, (3, 4, 6, 3), True),
+  'imagenet_mobilenetv1': MobileNetV1,
 }
+# The models whose teachers come with ImageNet's input statistics.
+IMAGENET_PREFIX = 'imagenet_'
+
 
 MODEL_NAMES = tuple(_BUILDERS)
 

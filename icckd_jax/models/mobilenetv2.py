@@ -19,6 +19,7 @@ from icckd_jax.models.resnet import (
   ModuleDef,
   batch_norm,
   conv_kernel_init,
+  pooled_classifier,
 )
 
 # (expansion, channels at width 1, blocks, stride of the first block).
@@ -135,13 +136,11 @@ class MobileNetV2(nn.Module):
     x = conv(last, (1, 1), name='conv2')(x)
     x = nn.relu(norm(name='bn2')(x))
     # The reference's AvgPool2d(2, ceil_mode=True) covers its 2x2 CIFAR maps.
-    features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(
+    return pooled_classifier(
+      x,
       self.num_classes,
-      kernel_init=nn.initializers.normal(0.01),
-      bias_init=nn.initializers.zeros,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      name='classifier',
-    )(features)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+      self.dtype,
+      'classifier',
+      nn.initializers.normal(0.01),
+      nn.initializers.zeros,
+    )

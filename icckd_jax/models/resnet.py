@@ -41,6 +41,45 @@ def torch_linear_bias_init(fan_in: int) -> Callable[..., jax.Array]:
   return init
 
 
+def pooled_classifier(
+  x: jax.Array,
+  num_classes: int,
+  dtype: Any,
+  name: str,
+  kernel_init: Callable[..., jax.Array] = torch_linear_kernel_init,
+  bias_init: Callable[..., jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """The tail every benchmark model shares: global average pool, linear.
+
+  Called from a model's compact `__call__`, so the linear layer is that
+  model's submodule `name` ('fc', 'linear' or 'classifier', by family).
+  The global mean is each reference's fixed-size pool (AvgPool2d(4), (7),
+  (8)...) on the map size it was written for, and keeps the layers the same
+  at any other input size.
+
+  Args:
+    x: [B, H, W, D] the last map, after its ReLU.
+    num_classes: size of the logits.
+    dtype: compute dtype of the linear layer; parameters stay float32.
+    name: the linear layer's name.
+    kernel_init: its weight initialiser (PyTorch's `nn.Linear` default).
+    bias_init: its bias initialiser; None: PyTorch's `nn.Linear` default.
+
+  Returns:
+    (logits [B, num_classes], features [B, D]), both float32.
+  """
+  features = jnp.mean(x, axis=(1, 2))
+  logits = nn.Dense(
+    num_classes,
+    kernel_init=kernel_init,
+    bias_init=bias_init or torch_linear_bias_init(features.shape[-1]),
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+  )(features)
+  return logits.astype(jnp.float32), features.astype(jnp.float32)
+
+
 def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
   """BatchNorm matching PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
 
@@ -142,13 +181,4 @@ class ResNet(nn.Module):
         )(x)
       stages.record(self, x, preact)
     # The reference's AvgPool2d(8) is the global mean on its 8x8 CIFAR maps.
-    features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(
-      self.num_classes,
-      kernel_init=torch_linear_kernel_init,
-      bias_init=torch_linear_bias_init(self.widths[-1]),
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      name='fc',
-    )(features)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+    return pooled_classifier(x, self.num_classes, self.dtype, 'fc')

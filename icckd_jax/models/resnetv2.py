@@ -20,8 +20,7 @@ from icckd_jax.models.resnet import (
   ModuleDef,
   batch_norm,
   conv_kernel_init,
-  torch_linear_bias_init,
-  torch_linear_kernel_init,
+  pooled_classifier,
 )
 
 EXPANSION = 4
@@ -110,13 +109,4 @@ class BottleneckResNet(nn.Module):
           64 * 2**stage, strides, conv, norm, name=f'layer{stage + 1}_{i}'
         )(x)
       stages.record(self, x, preact)
-    features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(
-      self.num_classes,
-      kernel_init=torch_linear_kernel_init,
-      bias_init=torch_linear_bias_init(features.shape[-1]),
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      name='linear',
-    )(features)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+    return pooled_classifier(x, self.num_classes, self.dtype, 'linear')

@@ -18,7 +18,7 @@ from icckd_jax.models.resnet import (
   PAD_1,
   ModuleDef,
   batch_norm,
-  torch_linear_bias_init,
+  pooled_classifier,
   torch_linear_kernel_init,
 )
 
@@ -151,17 +151,6 @@ def _stem_and_conv(dtype, train, bn_axis_name):
   return conv, batch_norm(train, dtype, bn_axis_name)
 
 
-def _classify(features: jax.Array, num_classes: int, dtype) -> jax.Array:
-  return nn.Dense(
-    num_classes,
-    kernel_init=torch_linear_kernel_init,
-    bias_init=torch_linear_bias_init(features.shape[-1]),
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    name='linear',
-  )(features)
-
-
 class ShuffleNetV1(nn.Module):
   """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
   fc.
@@ -214,9 +203,7 @@ class ShuffleNetV1(nn.Module):
           name=f'layer{stage + 1}_{i}',
         )(x)
       stages.record(self, x, preact)
-    features = jnp.mean(x, axis=(1, 2))
-    logits = _classify(features, self.num_classes, self.dtype)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+    return pooled_classifier(x, self.num_classes, self.dtype, 'linear')
 
 
 class ShuffleNetV2(nn.Module):
@@ -264,6 +251,4 @@ class ShuffleNetV2(nn.Module):
     x = nn.relu(
       norm(name='bn2')(conv(self.widths[-1], (1, 1), name='conv2')(x))
     )
-    features = jnp.mean(x, axis=(1, 2))
-    logits = _classify(features, self.num_classes, self.dtype)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+    return pooled_classifier(x, self.num_classes, self.dtype, 'linear')

@@ -12,7 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from icckd_jax.models import stages
-from icckd_jax.models.resnet import PAD_1, batch_norm, conv_kernel_init
+from icckd_jax.models.resnet import (
+  PAD_1,
+  batch_norm,
+  conv_kernel_init,
+  pooled_classifier,
+)
 
 # Conv widths of the five blocks; a 2x2 max pool separates consecutive blocks.
 CONFIGS = {
@@ -92,13 +97,11 @@ class VGG(nn.Module):
         x = nn.relu(preact)
       if b > 0:
         stages.record(self, x, preact)
-    features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(
+    return pooled_classifier(
+      x,
       self.num_classes,
-      kernel_init=nn.initializers.normal(0.01),
-      bias_init=nn.initializers.zeros,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      name='classifier',
-    )(features)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+      self.dtype,
+      'classifier',
+      nn.initializers.normal(0.01),
+      nn.initializers.zeros,
+    )

@@ -16,7 +16,7 @@ from icckd_jax.models.resnet import (
   ModuleDef,
   batch_norm,
   conv_kernel_init,
-  torch_linear_kernel_init,
+  pooled_classifier,
 )
 
 
@@ -113,13 +113,6 @@ class WideResNet(nn.Module):
     stages.record_preact(self, preact)
     x = nn.relu(preact)
     # The reference's avg_pool2d(8) is the global mean on its 8x8 CIFAR maps.
-    features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(
-      self.num_classes,
-      kernel_init=torch_linear_kernel_init,
-      bias_init=nn.initializers.zeros,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      name='fc',
-    )(features)
-    return logits.astype(jnp.float32), features.astype(jnp.float32)
+    return pooled_classifier(
+      x, self.num_classes, self.dtype, 'fc', bias_init=nn.initializers.zeros
+    )

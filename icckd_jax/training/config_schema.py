@@ -103,6 +103,14 @@ FIELDS: dict[str, Field] = {
   'dataset.seed': Field(rule=_int_at_least(0)),
   'dataset.train_subset': Field(rule=_int_at_least(0)),
   'dataset.test_subset': Field(rule=_int_at_least(0)),
+  # Which path decides the augmentation's pixels; runs saved before the
+  # field existed were resident, which 'auto' still gives them.
+  'input.mode': Field(
+    choices=('auto', 'resident', 'stream'), added_default='auto'
+  ),
+  # How fast, never what: the batches do not depend on the worker count
+  # (data/stream.py).
+  'input.workers': Field('bookkeeping', _int_at_least(0)),
   # λ = 0 also removes the second view, so it is traced only among λ > 0.
   'icc.lam': Field('traced', NON_NEGATIVE),
   'icc.tau': Field('traced', POSITIVE),
@@ -156,11 +164,33 @@ FIELDS: dict[str, Field] = {
   # The embedding's width and the negatives' count shape the step.
   'distill.crd_dim': Field(rule=_int_at_least(1)),
   'distill.crd_negatives': Field(rule=_int_at_least(1)),
+  # ReviewKD's fusion width cap and student maps shape the step; runs saved
+  # before they existed fused post-ReLU maps at a cap of 512.
+  'distill.reviewkd_max_mid': Field(rule=_int_at_least(1), added_default=512),
+  'distill.reviewkd_student_preact': Field(added_default=False),
   # Changes which program the step is: identity.
   'distill.standardize_logits': Field(),
 }
 
 _UNDECLARED = Field()
+
+# Config sections added after run stores were written: a key leaves one out
+# when its fields are at their added defaults (or bookkeeping), so that the
+# runs stored before keep their keys.
+ADDED_SECTIONS = ('input',)
+
+
+def at_added_default(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The fields of ADDED_SECTIONS whose value is their added default."""
+  tree = config.to_dict()
+  found = []
+  for section in ADDED_SECTIONS:
+    for name, value in (tree.get(section) or {}).items():
+      path = f'{section}.{name}'
+      f = field(path)
+      if f.added_default is not _ABSENT and value == f.added_default:
+        found.append(path)
+  return tuple(found)
 
 
 def field(path: str) -> Field:

@@ -16,43 +16,25 @@ import numpy as np
 from icckd_jax.data import augment
 from icckd_jax.training import checkpoint
 from icckd_jax.training import run_setup
-from icckd_jax.data import datasets
+from icckd_jax.data import inputs
 from icckd_jax.objective import losses
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.interop import params_file
 from icckd_jax.interop import torch_import
-from icckd_jax.data import input_pipeline
+from icckd_jax.data import stream
 from icckd_jax.data.input_pipeline import Split, eval_indices
 
 DATA = parallel.DATA
 
 
-def make_eval_fn(
-  model: nn.Module,
-  mesh: Mesh,
-  *,
-  mean,
-  std,
-  dtype,
-  batch_size: int,
-  reference: nn.Module | None = None,
-):
-  """Builds evaluate(variables, split[, reference_variables]) -> metrics.
+def _sums_fn(model, mean, std, dtype, reference):
+  """fn(variables, images [b, H, W, C] uint8, labels [b], mask [b],
+  reference_variables) -> the masked sums of one batch, over every device."""
 
-  Metrics: 'top1', 'top5', 'loss', 'count', and with a `reference` model (a
-  student's teacher) 'agreement', the fraction of examples on which both
-  predict the same class. `variables` are the model's {'params',
-  'batch_stats'}, replicated. The split is covered in batches of
-  `batch_size` (a multiple of the device count); the last batch is padded
-  and its padding masked out of every sum.
-  """
-  parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
-
-  def per_device(variables, split: Split, indices, mask, reference_variables):
-    images = augment.normalize(split.images[indices], mean, std, dtype)
-    labels = split.labels[indices]
+  def sums_of(variables, images, labels, mask, reference_variables):
+    images = augment.normalize(images, mean, std, dtype)
     logits, _ = model.apply(variables, images, train=False)
     top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
     w = mask.astype(jnp.float32)
@@ -71,6 +53,41 @@ def make_eval_fn(
       )
     return lax.psum(sums, DATA)
 
+  return sums_of
+
+
+def make_eval_fn(
+  model: nn.Module,
+  mesh: Mesh,
+  *,
+  mean,
+  std,
+  dtype,
+  batch_size: int,
+  reference: nn.Module | None = None,
+):
+  """Builds evaluate(variables, split[, reference_variables]) -> metrics.
+
+  Metrics: 'top1', 'top5', 'loss', 'count', and with a `reference` model (a
+  student's teacher) 'agreement', the fraction of examples on which both
+  predict the same class. `variables` are the model's {'params',
+  'batch_stats'}, replicated. The split (a resident `Split` or a
+  `stream.StreamSplit`) is covered in batches of `batch_size` (a multiple
+  of the device count); the last batch is padded and its padding masked out
+  of every sum.
+  """
+  parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
+  sums_of = _sums_fn(model, mean, std, dtype, reference)
+
+  def per_device(variables, split: Split, indices, mask, reference_variables):
+    return sums_of(
+      variables,
+      split.images[indices],
+      split.labels[indices],
+      mask,
+      reference_variables,
+    )
+
   step = jax.jit(
     parallel.shard_map(
       per_device,
@@ -79,15 +96,28 @@ def make_eval_fn(
       out_specs=P(),
     )
   )
+  streamed_step = jax.jit(
+    parallel.shard_map(
+      sums_of,
+      mesh,
+      in_specs=(P(), P(DATA), P(DATA), P(DATA), P()),
+      out_specs=P(),
+    )
+  )
 
-  def evaluate(
-    variables, split: Split, reference_variables=None
-  ) -> dict[str, float]:
+  def batch_sums(variables, split, reference_variables):
+    if isinstance(split, stream.StreamSplit):
+      for images, labels, m in stream.eval_batches(split, mesh, batch_size):
+        yield streamed_step(variables, images, labels, m, reference_variables)
+      return
     indices, mask = eval_indices(split.size, batch_size)
-    totals = None
     for idx, m in zip(indices, mask):
       idx, m = parallel.put_global_batch((idx, m), mesh)
-      sums = step(variables, split, idx, m, reference_variables)
+      yield step(variables, split, idx, m, reference_variables)
+
+  def evaluate(variables, split, reference_variables=None) -> dict[str, float]:
+    totals = None
+    for sums in batch_sums(variables, split, reference_variables):
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
     count = totals.pop('count')
@@ -155,12 +185,12 @@ def evaluate_checkpoint(
     params_file.check_writable(export, 'config.export')
   mesh = parallel.make_mesh(num_devices)
   state, meta, saved = _restore_checkpoint(workdir, which, mesh)
-  dataset = datasets.load(saved.dataset)
+  dataset = run_setup.load_dataset(saved)
   dtype = run_setup.compute_dtype(saved)
   model = models.create_model(
     saved.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )
-  _, test = input_pipeline.to_device(dataset, mesh)
+  _, test = run_setup.splits(dataset, mesh)
   evaluate = make_eval_fn(
     model,
     mesh,
@@ -208,19 +238,20 @@ def evaluate_pytorch(
   batch_size: int = 500,
   export: str | None = None,
 ) -> dict[str, Any]:
-  """Imports a PyTorch checkpoint of the CIFAR-100 KD benchmark and evaluates
-  it on the whole test split of `dataset_config`, exactly as a student
-  evaluates such a teacher (inputs normalised with the benchmark's
-  statistics, float32). Prints the result as JSON; writes nothing else,
+  """Imports a PyTorch checkpoint (the CIFAR-100 KD benchmark's, or
+  torchvision's for an `imagenet_*` model) and evaluates it on the whole
+  test split of `dataset_config`, exactly as a student evaluates such a
+  teacher (inputs normalised with the statistics of the model's family,
+  `torch_import.normalization`; float32). Prints the result as JSON; writes nothing else,
   except the plain parameters file `export` when given.
   """
   if export:
     params_file.check_writable(export, 'config.export')
   torch_import.check_source(pth, model_name, 'config.pth', 'config.model')
   mesh = parallel.make_mesh(num_devices)
-  dataset = datasets.load(dataset_config)
+  dataset = inputs.load(dataset_config)
   variables = torch_import.load_checkpoint(pth, model_name, dataset.num_classes)
-  mean, std = torch_import.benchmark_normalization()
+  mean, std = torch_import.normalization(model_name)
   if export and jax.process_index() == 0:
     params_file.save(
       export,
@@ -231,7 +262,7 @@ def evaluate_pytorch(
       std=std,
     )
   model = models.create_model(model_name, dataset.num_classes)
-  _, test = input_pipeline.to_device(dataset, mesh)
+  _, test = run_setup.splits(dataset, mesh)
   evaluate = make_eval_fn(
     model, mesh, mean=mean, std=std, dtype=jnp.float32, batch_size=batch_size
   )

@@ -32,7 +32,6 @@ import ml_collections
 import numpy as np
 
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
 from icckd_jax.errors import UserError
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.training import checkpoint
@@ -42,6 +41,7 @@ from icckd_jax.training import evaluate
 from icckd_jax.training import memory as memory_lib
 from icckd_jax.training import metric_writer
 from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.training import run_setup
 from icckd_jax.training import validate
 from icckd_jax.training.preemption import Preempted, StopRequest
 from icckd_jax.training.reuse import Reuse
@@ -180,7 +180,7 @@ def _header(
     config.model,
     len(dataset.train_labels),
     len(dataset.test_labels),
-    'x'.join(map(str, dataset.train_images.shape[1:])),
+    'x'.join(map(str, dataset.image_shape)),
     dataset.num_classes,
     setup.steps_per_epoch,
     config.num_epochs,
@@ -272,7 +272,7 @@ class _Loop:
       'step': step,
       'best': self.best,
       'reference_loss': self.reference_loss,
-      'input_shape': list(self.dataset.train_images.shape[1:]),
+      'input_shape': list(self.dataset.image_shape),
       'test': self.last_test,
       **extra,
     }
@@ -304,9 +304,7 @@ class _Loop:
   def run(self, summary_extra, step_memory) -> dict[str, Any]:
     resumed = self.resume()
     config, setup = self.config, self.setup
-    train_split, self.test_split = input_pipeline.to_device(
-      self.dataset, self.mesh
-    )
+    train_split, self.test_split = run_setup.splits(self.dataset, self.mesh)
     self.evaluate = self._evaluate_fn()
     self.batches = setup.batches(
       config, train_split, self.mesh, self.start_step
@@ -329,13 +327,17 @@ class _Loop:
     )
     self.memory, self.compiled = dict(step_memory or {}), False
     start_epoch, first = divmod(self.start_step, self.steps_per_epoch)
+    # Closing the batches stops a streamed run's decode workers.
     with StopRequest(config.preemption_check_every_steps) as stop:
-      for epoch in range(start_epoch, config.num_epochs):
-        epoch_start = time.perf_counter()
-        if epoch != start_epoch:
-          self.per_step, self.logged, first = [], 0, 0
-        self.run_epoch(epoch, first, stop)
-        self.end_epoch(epoch, time.perf_counter() - epoch_start)
+      try:
+        for epoch in range(start_epoch, config.num_epochs):
+          epoch_start = time.perf_counter()
+          if epoch != start_epoch:
+            self.per_step, self.logged, first = [], 0, 0
+          self.run_epoch(epoch, first, stop)
+          self.end_epoch(epoch, time.perf_counter() - epoch_start)
+      finally:
+        self.batches.close()
       self.writer.close()
       # A summary says the run finished: only beside its final checkpoint.
       self.ckpts.commit(config.num_epochs)

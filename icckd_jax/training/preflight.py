@@ -117,7 +117,7 @@ def check_step_memory(
   """
   state = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
   images = jax.ShapeDtypeStruct(
-    (setup.num_views, config.batch_size, *dataset.train_images.shape[1:]),
+    (setup.num_views, config.batch_size, *dataset.image_shape),
     jnp.uint8,
     sharding=NamedSharding(mesh, PartitionSpec(None, parallel.DATA)),
   )
@@ -142,7 +142,7 @@ def check_step_memory(
   if need > available:
     raise UserError(
       f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
-      f'{config.batch_size} of {tuple(dataset.train_images.shape[1:])} '
+      f'{config.batch_size} of {dataset.image_shape} '
       f'images) but {devices[0].platform} has {available / 2**30:.1f} GiB '
       'available; lower config.batch_size or the image size, or use '
       'more devices'

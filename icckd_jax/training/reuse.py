@@ -39,9 +39,13 @@ def get(reuse: Reuse | None, kind: str, key: str, build: Callable[[], T]) -> T:
 
 
 def config_key(
-  config: ml_collections.ConfigDict, ignore: Iterable[str] = ()
+  config: ml_collections.ConfigDict,
+  ignore: Iterable[str] = (),
+  drop_if_empty: Iterable[str] = (),
 ) -> str:
-  """A canonical string of `config` without the dotted fields in `ignore`."""
+  """A canonical string of `config` without the dotted fields in `ignore`,
+  and without the top-level sections of `drop_if_empty` that this leaves
+  empty."""
   tree = json.loads(config.to_json_best_effort())
   for path in ignore:
     parts = path.split('.')
@@ -49,4 +53,7 @@ def config_key(
     for part in parts[:-1]:
       node = node.get(part, {})
     node.pop(parts[-1], None)
+  for section in drop_if_empty:
+    if tree.get(section) == {}:
+      del tree[section]
   return json.dumps(tree, sort_keys=True)

@@ -19,8 +19,11 @@ import optax
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.data import input_pipeline
+from icckd_jax.data import inputs
+from icckd_jax.data import stream
 from icckd_jax.errors import UserError
 from icckd_jax.training import config_schema
+from icckd_jax.training import memory as memory_lib
 from icckd_jax.training import reuse as reuse_lib
 from icckd_jax.training.config_schema import DTYPES
 from icckd_jax.training.reuse import Reuse
@@ -53,12 +56,30 @@ def mesh_key(mesh: Mesh) -> str:
 def load_dataset(
   config: ml_collections.ConfigDict, reuse: Reuse | None = None
 ) -> datasets.Dataset:
+  """The data set of `config`, streamed or resident as config.input says
+  (`inputs.load`), sized against this process's first device."""
+  input_config = config.get('input') or {}
+  mode = input_config.get('mode', 'auto')
+  workers = input_config.get('workers', 0)
   return reuse_lib.get(
     reuse,
     'dataset',
-    reuse_lib.config_key(config.dataset),
-    lambda: datasets.load(config.dataset),
+    f'{reuse_lib.config_key(config.dataset)}|{mode}|{workers}',
+    lambda: inputs.load(
+      config.dataset,
+      mode,
+      workers,
+      memory_lib.available_memory(jax.local_devices()[0]),
+    ),
   )
+
+
+def splits(dataset: datasets.Dataset, mesh: Mesh):
+  """(train, test): a streamed set's `stream.StreamSplit`s, else the
+  resident splits placed on every device of `mesh`."""
+  if dataset.stream is not None:
+    return dataset.stream
+  return input_pipeline.to_device(dataset, mesh)
 
 
 def check_steps_per_epoch(
@@ -104,11 +125,15 @@ class RunSetup:
     (never materialised on the host first)."""
     return jax.jit(self.init_state, out_shardings=parallel.replicated(mesh))()
 
-  def batches(
-    self, config, split: input_pipeline.Split, mesh: Mesh, start_step: int
-  ):
-    """The on-device batch stream of this run from `start_step` on."""
-    batches = input_pipeline.train_batches(
+  def batches(self, config, split, mesh: Mesh, start_step: int):
+    """The batch stream of this run from `start_step` on: from a resident
+    `input_pipeline.Split` on the devices, or a `stream.StreamSplit`."""
+    make = (
+      stream.train_batches
+      if isinstance(split, stream.StreamSplit)
+      else input_pipeline.train_batches
+    )
+    batches = make(
       split,
       mesh,
       seed=config.seed,
@@ -121,6 +146,15 @@ class RunSetup:
     )
     if not self.with_indices:
       return batches
-    # One labels argument, so the loop and the data-parallel scaffold pass
-    # it through unchanged.
-    return ((images, (labels, indices)) for images, labels, indices in batches)
+    return _with_indices(batches)
+
+
+def _with_indices(batches):
+  """(images, (labels, indices)): one labels argument, which the loop and
+  the data-parallel scaffold pass through unchanged; closing it closes
+  `batches`."""
+  try:
+    for images, labels, indices in batches:
+      yield images, (labels, indices)
+  finally:
+    batches.close()

@@ -23,7 +23,6 @@ from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import distill_pair
@@ -41,6 +40,7 @@ from icckd_jax.training.run_setup import (
   compute_dtype,
   load_dataset,
   mesh_key,
+  splits,
   step_key,
 )
 from icckd_jax.training.train_state import create_train_state
@@ -121,7 +121,7 @@ def build_student(
   )
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
-  input_shape = dataset.train_images.shape[1:]
+  input_shape = dataset.image_shape
 
   init_state = _init_fn(
     config,
@@ -237,7 +237,7 @@ def train_student(
     teacher_source.check_same_data(
       config.dataset,
       teacher_config.dataset,
-      dataset.train_images.shape[1:],
+      dataset.image_shape,
       teacher_shape,
     )
   setup = build_student(
@@ -305,7 +305,7 @@ def _teacher_eval(
   if os.path.exists(path):
     _check_same_teacher(path, teacher_print, source)
   else:
-    _, test_split = input_pipeline.to_device(dataset, mesh)
+    _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
     mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
     dtype = compute_dtype(config)

@@ -78,7 +78,7 @@ def build_teacher(
   dtype = compute_dtype(config)
   parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = check_steps_per_epoch(config, dataset)
-  input_shape = dataset.train_images.shape[1:]
+  input_shape = dataset.image_shape
   model = models.create_model(
     config.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )

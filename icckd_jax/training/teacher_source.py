@@ -1,10 +1,13 @@
 """Where a student's teacher comes from: a run of this project or a
-PyTorch checkpoint of the CIFAR-100 KD benchmark, only ever read.
+PyTorch checkpoint (the CIFAR-100 KD benchmark's, torchvision's ImageNet
+weights), only ever read.
 
 A project run (`config.teacher.workdir`) brings its architecture and data set
 in the config saved with its checkpoint; a `.pth` file (`config.teacher.pth`
-with `config.teacher.model`) brings the benchmark's input statistics, which
-the teacher's input is normalised with instead of the data set's.
+with `config.teacher.model`) brings its family's input statistics
+(`torch_import.normalization`: ImageNet's for `imagenet_*`, else the
+CIFAR-100 benchmark's), which the teacher's input is normalised with instead
+of the data set's.
 """
 
 import dataclasses
@@ -73,7 +76,7 @@ def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
     path, model, 'config.teacher.pth', 'config.teacher.model'
   )
   variables = torch_import.load_checkpoint(path, model)
-  mean, std = torch_import.benchmark_normalization()
+  mean, std = torch_import.normalization(model)
   saved = ml_collections.ConfigDict(
     {
       'model': model,

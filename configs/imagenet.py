@@ -1,0 +1,196 @@
+r"""The KD benchmark's ImageNet table: one config argument per row.
+
+mdistiller's ImageNet recipes (its configs/imagenet/<pair>/<method>.yaml,
+docs/distillers.md "ImageNet"), with torchvision's published weights as
+teachers: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1.
+
+  r34_r18, r50_mv1      KD: global batch 512, SGD lr 0.2, momentum 0.9,
+                        weight decay 1e-4, 100 epochs, x0.1 at 30/60/90,
+                        T = 1, CE / KD weights 0.5 / 0.5 (kd.yaml)
+  <pair>_dkd            DKD: α 1, β 0.5 (r34_r18) / 2 (r50_mv1), T 1,
+                        1 warm-up epoch (dkd.yaml)
+  <pair>_at             AT: w 1000, p 2 (at.yaml: mdistiller's defaults)
+  <pair>_ofd            OFD: w 1e-4, batch 128, lr 0.05 (r50_mv1/ofd.yaml;
+                        mdistiller has no r34_r18 OFD recipe: this one)
+  <pair>_crd            CRD: w 0.8, 16384 negatives, τ 0.07, batch 256,
+                        lr 0.1 (crd.yaml)
+  <pair>_reviewkd       ReviewKD: w 1 (r34_r18) / 8 (r50_mv1), 1 warm-up
+                        epoch, pre-ReLU student maps, fusion width cap 512
+                        / 256, batch 256, lr 0.1 (reviewkd.yaml)
+  icc_r34               an imagenet_resnet34 teacher trained with the
+                        intra-class objective (λ, δ, τ and the cache of
+                        configs/teacher.py) at the KD recipe
+  smoke                 r34_r18's KD on CPU in seconds: 64x64 synthetic
+                        images of 1,000 classes, a torchvision ResNet18
+                        `.pth` as the teacher (set its path)
+
+Every row computes in bfloat16 and reads ImageNet as an ArrayRecord set
+(dataset.name='array_record', docs/data.md); images are 224x224, the
+evaluation transform torchvision's (icckd_jax/data/imagenet_preprocess.py).
+The teachers are torchvision's files, normalised with ImageNet's statistics:
+
+  wget https://download.pytorch.org/models/resnet34-333f7ec4.pth
+  wget https://download.pytorch.org/models/resnet50-19c8e357.pth
+  # the teacher's own top-1 on the validation split (73.31 / 76.16 there)
+  python launch.py --config=configs/eval.py --config.pth=resnet34-333f7ec4.pth \
+      --config.model=imagenet_resnet34 --config.dataset.name=array_record \
+      --config.dataset.path=path/to/imagenet --config.dataset.image_size=224
+  # one row of the table, e.g. DKD for ResNet34 -> ResNet18
+  python launch.py --config=configs/imagenet.py:r34_r18_dkd \
+      --workdir=workdirs/imagenet/r34_r18_dkd \
+      --config.dataset.path=path/to/imagenet \
+      --config.teacher.pth=resnet34-333f7ec4.pth
+  # ResNet50 -> MobileNetV1 with KD
+  python launch.py --config=configs/imagenet.py:r50_mv1 \
+      --workdir=workdirs/imagenet/r50_mv1 \
+      --config.dataset.path=path/to/imagenet \
+      --config.teacher.pth=resnet50-19c8e357.pth
+  # the intra-class teacher, then a student of it (teacher.workdir)
+  python launch.py --config=configs/imagenet.py:icc_r34 \
+      --workdir=workdirs/imagenet/icc_r34 --config.dataset.path=path/to/imagenet
+  python launch.py --config=configs/imagenet.py:r34_r18 \
+      --workdir=workdirs/imagenet/icc_r34_r18 \
+      --config.dataset.path=path/to/imagenet \
+      --config.teacher.workdir=workdirs/imagenet/icc_r34
+  # smoke (tests/test_imagenet_config.py runs it)
+  python launch.py --config=configs/imagenet.py:smoke --workdir=/tmp/in_smoke \
+      --config.teacher.pth=path/to/resnet18.pth
+"""
+
+import ml_collections
+
+from configs import student as student_config
+from configs import teacher as teacher_config
+
+# (teacher, student) per pair of the table.
+PAIRS = {
+  'r34_r18': ('imagenet_resnet34', 'imagenet_resnet18'),
+  'r50_mv1': ('imagenet_resnet50', 'imagenet_mobilenetv1'),
+}
+METHODS = ('kd', 'dkd', 'at', 'ofd', 'crd', 'reviewkd')
+
+# Each method's config.distill fields and solver changes per pair, from its
+# yaml (fields the yaml leaves to mdistiller/engine/cfg.py keep the defaults
+# that configs/student.py already has from the same file).
+_RECIPES = {
+  'kd': {
+    'r34_r18': {'temperature': 1.0, 'gamma': 0.5, 'alpha': 0.5},
+    'r50_mv1': {'temperature': 1.0, 'gamma': 0.5, 'alpha': 0.5},
+  },
+  'dkd': {
+    pair: {
+      'ce_weight': 1.0,
+      'dkd_alpha': 1.0,
+      'dkd_beta': beta,
+      'temperature': 1.0,
+      'dkd_warmup_epochs': 1.0,
+    }
+    for pair, beta in (('r34_r18', 0.5), ('r50_mv1', 2.0))
+  },
+  'at': {pair: {'ce_weight': 1.0, 'at_weight': 1000.0} for pair in PAIRS},
+  'ofd': {pair: {'ce_weight': 1.0, 'ofd_weight': 1e-4} for pair in PAIRS},
+  'crd': {
+    pair: {
+      'ce_weight': 1.0,
+      'crd_weight': 0.8,
+      'crd_negatives': 16384,
+      'crd_dim': 128,
+      'crd_temperature': 0.07,
+      'crd_momentum': 0.5,
+    }
+    for pair in PAIRS
+  },
+  'reviewkd': {
+    pair: {
+      'ce_weight': 1.0,
+      'reviewkd_weight': weight,
+      'reviewkd_warmup_epochs': 1.0,
+      'reviewkd_max_mid': max_mid,
+      'reviewkd_student_preact': True,
+    }
+    for pair, weight, max_mid in (('r34_r18', 1.0, 512), ('r50_mv1', 8.0, 256))
+  },
+}
+# (global batch, learning rate) where a yaml's SOLVER differs from kd.yaml's.
+_SOLVERS = {
+  'ofd': (128, 0.05),
+  'crd': (256, 0.1),
+  'reviewkd': (256, 0.1),
+}
+
+ARGS = (
+  *(p if m == 'kd' else f'{p}_{m}' for p in PAIRS for m in METHODS),
+  'icc_r34',
+  'smoke',
+)
+
+
+def _recipe(c: ml_collections.ConfigDict) -> None:
+  """The ImageNet solver of mdistiller's kd.yaml, data and precision."""
+  c.dataset.name = 'array_record'
+  c.dataset.image_size = 224
+  c.num_epochs = 100
+  c.batch_size = 512
+  c.eval_batch_size = 500  # 50,000 validation images: 100 batches
+  c.learning_rate = 0.2
+  c.lr_decay_epochs = (30, 60, 90)
+  c.lr_decay_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  # The images are already cropped to 224 at random by the input pipeline;
+  # no zero padding is added around them.
+  c.crop_padding = 0
+  c.dtype = 'bfloat16'
+  c.log_every_steps = 500
+  c.checkpoint_every_epochs = 1
+
+
+def _student(pair: str, method: str) -> ml_collections.ConfigDict:
+  c = student_config.get_config()
+  _recipe(c)
+  c.teacher.model, c.model = PAIRS[pair]
+  c.distill.method = method
+  c.distill.update(_RECIPES[method][pair])
+  if method in _SOLVERS:
+    c.batch_size, c.learning_rate = _SOLVERS[method]
+  return c
+
+
+def _icc_teacher() -> ml_collections.ConfigDict:
+  c = teacher_config.get_config()
+  _recipe(c)
+  c.model = 'imagenet_resnet34'
+  return c
+
+
+def _smoke() -> ml_collections.ConfigDict:
+  """r34_r18's KD, shrunk: the teacher is a torchvision ResNet18 file
+  (the tests' fixture), the student a ResNet18 at 64x64, two steps."""
+  c = _student('r34_r18', 'kd')
+  c.teacher.model = 'imagenet_resnet18'
+  c.dataset.name = 'synthetic'
+  c.dataset.image_size = 64
+  c.dataset.num_classes = 1000
+  c.dataset.num_train = 16
+  c.dataset.num_test = 16
+  c.num_epochs = 1
+  c.batch_size = 8
+  c.eval_batch_size = 16
+  c.lr_decay_epochs = ()
+  c.dtype = 'float32'
+  c.log_every_steps = 1
+  c.num_devices = 1
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in ARGS:
+    raise ValueError(
+      f'unknown config argument {arg!r}; valid: {", ".join(ARGS)}'
+    )
+  if arg == 'icc_r34':
+    return _icc_teacher()
+  if arg == 'smoke':
+    return _smoke()
+  pair = next(p for p in PAIRS if arg == p or arg.startswith(p + '_'))
+  return _student(pair, arg[len(pair) + 1 :] or 'kd')

@@ -1,0 +1,85 @@
+"""ImageNet's evaluation transform, as torchvision applies it.
+
+torchvision's reference evaluation, which its published weights and
+mdistiller's ImageNet table were measured with, is
+
+  Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize(mean, std)
+
+on a PIL image decoded to RGB. `Resize(256)` scales the shorter side to
+256 and the longer to int(256 * long / short) (truncated), with PIL's
+bilinear filter, which widens its support when it shrinks (antialiasing);
+`CenterCrop(224)` starts at round((size - 224) / 2) on each axis (Python's
+round, half to even). This module reproduces both with Pillow, so the
+resized pixels are Pillow's own, and returns uint8: `ToTensor` and
+`Normalize` are the device-side normalisation every model of this project
+gets, (x - 255 · mean) / (255 · std) in [0, 255] units
+(`interop.torch_import.normalization`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from icckd_jax.errors import UserError, one_line
+
+RESIZE = 256
+CROP = 224
+
+
+def resized_size(
+  height: int, width: int, short: int = RESIZE
+) -> tuple[int, int]:
+  """(height, width) after torchvision's `Resize(short)`: the shorter side
+  becomes `short`, the longer keeps the aspect ratio, truncated."""
+  if width <= height:
+    return int(short * height / width), short
+  return short, int(short * width / height)
+
+
+def center_crop_origin(
+  height: int, width: int, crop: int = CROP
+) -> tuple[int, int]:
+  """(top, left) of torchvision's `CenterCrop(crop)` on a [height, width]
+  image at least `crop` on each side."""
+  return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
+def eval_image(
+  source: Any,
+  name: str = '',
+  resize: int = RESIZE,
+  crop: int = CROP,
+) -> np.ndarray:
+  """One encoded image through the evaluation transform, before `ToTensor`.
+
+  Args:
+    source: the file's path or bytes (JPEG, PNG, any format Pillow reads).
+    name: the file's name, for error messages (default: the path).
+    resize: the shorter side after resizing (torchvision's 256).
+    crop: the side of the centre crop (torchvision's 224), <= resize.
+
+  Returns:
+    [crop, crop, 3] uint8, RGB.
+
+  Raises:
+    UserError: the file is not an image Pillow can decode.
+  """
+  where = name or (source if isinstance(source, str) else 'image bytes')
+  try:
+    with Image.open(
+      io.BytesIO(source) if isinstance(source, bytes) else source
+    ) as image:
+      image = image.convert('RGB')
+      height, width = resized_size(image.height, image.width, resize)
+      if (height, width) != (image.height, image.width):
+        image = image.resize((width, height), Image.BILINEAR)
+      top, left = center_crop_origin(height, width, crop)
+      return np.asarray(image.crop((left, top, left + crop, top + crop)))
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserError(
+      f'cannot decode {where!r} as an image ({one_line(e)})'
+    ) from e

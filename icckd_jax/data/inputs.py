@@ -1,0 +1,149 @@
+"""Which input path a run takes, and its data set loaded for it.
+
+`load(config.dataset, config.input.mode, ...)` returns a `datasets.Dataset`:
+resident (whole decoded splits, `input_pipeline` puts them on every device)
+or streamed (`stream.StreamSplit`s of a converted set, read as the run
+goes), and logs which and why.
+"""
+
+from __future__ import annotations
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from icckd_jax.data import array_record
+from icckd_jax.data import datasets
+from icckd_jax.data import stream
+from icckd_jax.errors import UserError
+
+MODES = ('auto', 'resident', 'stream')
+# 'auto' streams a training split that would take more than this fraction
+# of one device's memory: the rest is for the model, its activations and
+# the test split.
+RESIDENT_FRACTION = 0.25
+
+
+def load(
+  config: ml_collections.ConfigDict,
+  mode: str = 'auto',
+  workers: int = 0,
+  device_bytes: int | None = None,
+) -> datasets.Dataset:
+  """`datasets.load`'s data set, streamed or resident as `mode`
+  (config.input.mode) says; logs which and why.
+
+  Args:
+    config: the `dataset` sub-config.
+    mode: 'stream' reads a converted set's shards as the run goes; 'resident'
+      holds the decoded splits on every device; 'auto' streams a converted
+      set whose decoded train split would take more than RESIDENT_FRACTION
+      of `device_bytes`, or whose images have several sizes.
+    workers: Grain's decode processes when streaming (config.input.workers).
+    device_bytes: one device's memory (None: unknown).
+
+  Raises:
+    UserError: an unknown mode, 'stream' for a set that is not converted,
+      'resident' for a set that cannot be (several sizes, or larger than
+      the device).
+  """
+  if mode not in MODES:
+    raise UserError(
+      f'config.input.mode={mode!r} is unknown; choose one of: '
+      + ', '.join(MODES)
+    )
+  name = config.get('name')
+  if name != 'array_record':
+    return _load_resident(config, mode)
+  for split in array_record.SPLITS:
+    if config.get(f'{split}_subset'):
+      raise UserError(
+        f'config.dataset.{split}_subset={config.get(f"{split}_subset")} is '
+        "not read for dataset.name='array_record'; convert the subset (or "
+        'set it to 0)'
+      )
+  info = array_record.read_info(config.get('path'))
+  mode, why = choose(mode, info, device_bytes, config.get('path'))
+  fields = dict(
+    name=name,
+    train_labels=np.asarray(info.labels('train'), np.int32),
+    test_labels=np.asarray(info.labels('test'), np.int32),
+    num_classes=info.num_classes,
+    mean=info.mean,
+    std=info.std,
+  )
+  if mode == 'resident':
+    logging.info('Input: resident on every device, decoded from %s (%s).',
+                 info.root, why)  # fmt: skip
+    arrays = array_record.load_resident(info)
+    return datasets.Dataset(
+      train_images=arrays['train_images'],
+      test_images=arrays['test_images'],
+      **fields,
+    )
+  splits = stream.splits(info, config.get('image_size', 32), workers)
+  logging.info(
+    'Input: streaming from the shards in %s with %d decode worker(s), %s '
+    'images, %s augmentation (%s).',
+    info.root,
+    workers,
+    'x'.join(map(str, splits[0].image_shape)),
+    splits[0].recipe,
+    why,
+  )
+  return datasets.Dataset(
+    train_images=None, test_images=None, stream=splits, **fields
+  )
+
+
+def _load_resident(config: ml_collections.ConfigDict, mode: str):
+  """A set the project decodes itself: resident, as before streaming."""
+  if mode == 'stream':
+    raise UserError(
+      f"config.input.mode='stream' reads ArrayRecord shards; convert "
+      f'dataset.name={config.get("name")!r} first with configs/convert.py '
+      "and train with dataset.name='array_record'"
+    )
+  dataset = datasets.load(config)
+  logging.info(
+    'Input: resident on every device (%s; %.1f MiB decoded train split).',
+    f'input.mode={mode!r}',
+    dataset.train_images.nbytes / 2**20,
+  )
+  return dataset
+
+
+def choose(
+  mode: str, info: array_record.Info, device_bytes: int | None, path: str
+) -> tuple[str, str]:
+  """('resident' | 'stream', why) for a converted set under `mode`."""
+  decoded = info.decoded_bytes['train']
+  both = decoded + info.decoded_bytes['test']
+  if mode == 'resident':
+    if info.image_shape is None:
+      raise UserError(
+        f"config.input.mode='resident' needs images of one size, but "
+        f'those of dataset.path={path!r} have several; use '
+        "input.mode='stream' (or 'auto')"
+      )
+    if device_bytes is not None and both > device_bytes:
+      raise UserError(
+        f"config.input.mode='resident': the decoded splits take "
+        f'{both / 2**30:.1f} GiB but a device has '
+        f"{device_bytes / 2**30:.1f} GiB; use input.mode='stream' (or "
+        "'auto')"
+      )
+    return 'resident', "input.mode='resident'"
+  if mode == 'stream':
+    return 'stream', "input.mode='stream'"
+  if info.image_shape is None:
+    return 'stream', "input.mode='auto': images of several sizes"
+  if device_bytes is None:
+    return 'stream', "input.mode='auto': the device's memory is unknown"
+  size = (
+    f"the decoded train split takes {decoded / 2**20:.1f} MiB of a device's "
+    f'{device_bytes / 2**20:.0f} MiB'
+  )
+  if decoded > RESIDENT_FRACTION * device_bytes:
+    return 'stream', f"input.mode='auto': {size}, more than a quarter"
+  return 'resident', f"input.mode='auto': {size}, at most a quarter"

@@ -1,0 +1,298 @@
+"""The streaming input path: Grain over ArrayRecord shards (docs/data.md).
+
+The resident path (`input_pipeline`) keeps whole splits on every device; this
+one reads, decodes and augments each step's examples on the host as the run
+goes, for sets that do not fit. It keeps the resident path's guarantee: the
+global batch of step s, pixels included, is the same whatever the number of
+processes, devices and decode workers, and a run resumed at any step sees
+the batches an uninterrupted run would have.
+
+* Order: one permutation of the training split per (seed, epoch), which
+  every process computes; step s of the epoch takes its rows s*B..(s+1)*B-1.
+  Process p reads only the rows its devices hold (Grain's IndexSampler and
+  ShardOptions would instead split the records between processes before
+  shuffling, so the batches would change with the process count).
+* Augmentation: each view of each example is keyed by (seed, step, view,
+  position in the global batch) (`host_augment`).
+* Position: Grain's `MapDataset` is indexed by the step, so a resumed run
+  starts its pipeline at its step; nothing but the step is saved.
+* Work: one element is one step's rows of this process, made in Grain's
+  worker processes (`input.workers`), put on the devices with
+  `jax.make_array_from_process_local_data`; the next step's batch is on
+  its way to the devices before the current one is handed out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import dataclasses
+import functools
+import signal
+
+from absl import flags
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from icckd_jax import parallel
+from icckd_jax.data import array_record
+from icckd_jax.data import host_augment
+from icckd_jax.data import input_pipeline
+from icckd_jax.errors import UserError
+
+# Steps a Grain pipeline may be asked for: more than any run takes.
+_ENDLESS = 2**40
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSplit:
+  """A split read from shards as the run goes; the streaming counterpart of
+  `input_pipeline.Split`.
+
+  `image_shape`: [H, W, C] of the images the pipeline hands out; `recipe`:
+  'crop' or 'resized_crop' (`host_augment`); `workers`: Grain's decode
+  processes (0: decoding in a thread of this process).
+  """
+
+  info: array_record.Info
+  split: str
+  image_shape: tuple[int, int, int]
+  recipe: str
+  workers: int
+
+  @property
+  def size(self) -> int:
+    return self.info.counts[self.split]
+
+
+def splits(
+  info: array_record.Info, image_size: int, workers: int
+) -> tuple[StreamSplit, StreamSplit]:
+  """(train, test) of a converted set: at their own size when every image
+  has one ('crop'), else at `image_size` ('resized_crop')."""
+  if info.image_shape is not None:
+    shape, recipe = tuple(info.image_shape), 'crop'
+  else:
+    shape, recipe = (image_size, image_size, info.channels), 'resized_crop'
+  return tuple(
+    StreamSplit(info, split, shape, recipe, workers)
+    for split in array_record.SPLITS
+  )
+
+
+def local_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+  """[lo, hi): the rows of a global batch this process's devices hold."""
+  index = parallel.batch_sharded(mesh).addressable_devices_indices_map(
+    (batch_size,)
+  )
+  spans = sorted(
+    (s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+    for s in index.values()
+  )
+  lo, hi = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in set(spans)) != hi - lo:
+    raise ValueError(f'the rows of process {jax.process_index()} are split')
+  return lo, hi
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """[num_examples] int64: the training split's order in `epoch`."""
+  return np.random.default_rng(
+    [seed, input_pipeline.ORDER_STREAM, epoch]
+  ).permutation(num_examples)
+
+
+class _TrainRows:
+  """Grain's map from a step to this process's rows of its batch:
+  {'images' [V, b, H, W, C] uint8, 'labels' [b] int32, 'indices' [b] int32},
+  or {'error': message} for a record that cannot be read (raised as a
+  UserError in the training process, not a worker's traceback)."""
+
+  def __init__(self, split: StreamSplit, seed, batch_size, rows, num_views,
+               crop_padding, flip):  # fmt: skip
+    self.records = array_record.Records(split.info, split.split)
+    self.split, self.seed, self.batch_size = split, seed, batch_size
+    self.rows, self.num_views = rows, num_views
+    self.crop_padding, self.flip = crop_padding, flip
+    self.steps = input_pipeline.steps_per_epoch(split.size, batch_size)
+
+  def _view(self, image, step, view, position):
+    rng = host_augment.example_rng(
+      self.seed, input_pipeline.AUGMENT_STREAM, step, view, position
+    )
+    if self.split.recipe == 'crop':
+      return host_augment.crop_flip(image, rng, self.crop_padding, self.flip)
+    return host_augment.resized_crop_flip(
+      image, rng, self.split.image_shape[0], self.flip
+    )
+
+  def __call__(self, step: int) -> dict[str, np.ndarray | str]:
+    epoch, i = divmod(int(step), self.steps)
+    order = epoch_order(self.seed, epoch, self.split.size)
+    lo, hi = self.rows
+    indices = order[i * self.batch_size + lo : i * self.batch_size + hi]
+    images = np.empty(
+      (self.num_views, hi - lo, *self.split.image_shape), np.uint8
+    )
+    labels = np.empty(hi - lo, np.int32)
+    for r, index in enumerate(indices):
+      try:
+        image, labels[r] = self.records[int(index)]
+      except array_record.RecordError as e:
+        return {'error': str(e)}
+      for v in range(self.num_views):
+        images[v, r] = self._view(image, int(step), v, lo + r)
+    return {
+      'images': images,
+      'labels': labels,
+      'indices': indices.astype(np.int32),
+    }
+
+
+class _EvalRows:
+  """Grain's map from an evaluation batch's number to this process's rows:
+  {'images' [b, H, W, C], 'labels' [b], 'mask' [b] bool}; the last batch is
+  padded with example 0, masked out."""
+
+  def __init__(self, split: StreamSplit, batch_size, rows):
+    self.records = array_record.Records(split.info, split.split)
+    self.split, self.batch_size, self.rows = split, batch_size, rows
+
+  def __call__(self, batch: int) -> dict[str, np.ndarray | str]:
+    lo, hi = self.rows
+    positions = int(batch) * self.batch_size + np.arange(lo, hi)
+    mask = positions < self.split.size
+    images = np.empty((hi - lo, *self.split.image_shape), np.uint8)
+    labels = np.empty(hi - lo, np.int32)
+    for r, index in enumerate(np.where(mask, positions, 0)):
+      try:
+        image, labels[r] = self.records[int(index)]
+      except array_record.RecordError as e:
+        return {'error': str(e)}
+      if self.split.recipe == 'resized_crop':
+        image = host_augment.resize_center(image, self.split.image_shape[0])
+      images[r] = image
+    return {'images': images, 'labels': labels, 'mask': mask}
+
+
+def _iterate(fn, start: int, stop: int, workers: int, threads: int = 1):
+  """fn(start), fn(start + 1), ... from Grain: in `workers` processes (or,
+  with none, in `threads` threads of this one), handed back in order (one
+  element per index, so the order and content do not depend on either)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():
+    # Grain reads its absl flags' defaults; outside launch.py (a test, a
+    # notebook) nothing has parsed them.
+    flags.FLAGS.mark_as_parsed()
+  dataset = grain.MapDataset.range(start, stop).map(fn)
+  # A short buffer: elements are whole batches.
+  dataset = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
+  )
+  if workers:
+    dataset = dataset.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=2
+      ),
+      worker_init_fn=_ignore_stop_signals,
+    )
+  return iter(dataset)
+
+
+def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
+  """In each worker: Ctrl-C and a cluster's SIGTERM reach the whole process
+  group, but only the training process decides when to stop (it saves the
+  state at the next step, then closes the workers, killing them if need
+  be); a worker that died at the signal would fail the steps before that."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _checked(element):
+  if 'error' in element:
+    raise UserError(element['error'])
+  return element
+
+
+def train_batches(
+  split: StreamSplit,
+  mesh: Mesh,
+  *,
+  seed: int,
+  batch_size: int,
+  num_views: int,
+  crop_padding: int,
+  flip: bool,
+  start_step: int,
+  with_indices: bool = False,
+) -> Iterator[tuple[jax.Array, ...]]:
+  """The global batches of steps start_step, start_step + 1, ..., as
+  `input_pipeline.train_batches` yields them: (images [V, B, H, W, C]
+  uint8, labels [B] int32[, indices [B] int32]), sharded over `data`."""
+  rows = local_rows(mesh, batch_size)
+  fn = _TrainRows(split, seed, batch_size, rows, num_views, crop_padding, flip)
+  elements = _iterate(fn, start_step, _ENDLESS, split.workers)
+  images_sharding = NamedSharding(mesh, P(None, parallel.DATA))
+  rows_sharding = parallel.batch_sharded(mesh)
+
+  def put(element):
+    element = _checked(element)
+    images = jax.make_array_from_process_local_data(
+      images_sharding,
+      element['images'],
+      (num_views, batch_size, *split.image_shape),
+    )
+    labels = jax.make_array_from_process_local_data(
+      rows_sharding, element['labels'], (batch_size,)
+    )
+    if not with_indices:
+      return images, labels
+    indices = jax.make_array_from_process_local_data(
+      rows_sharding, element['indices'], (batch_size,)
+    )
+    return images, labels, indices
+
+  try:
+    ahead = put(next(elements))
+    while True:
+      current, ahead = ahead, put(next(elements))
+      yield current
+  finally:
+    close = getattr(elements, 'close', None)
+    if close is not None:
+      close()
+
+
+def eval_batches(
+  split: StreamSplit, mesh: Mesh, batch_size: int
+) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+  """The split once, in global batches (images [B, H, W, C] uint8, labels
+  [B] int32, mask [B] bool), the last one padded and masked; each process
+  reads only its rows. Decoded in `split.workers` threads: an evaluation
+  is too short to pay for starting worker processes each time."""
+  rows = local_rows(mesh, batch_size)
+  num_batches = -(-split.size // batch_size)
+  elements = _iterate(
+    _EvalRows(split, batch_size, rows),
+    0,
+    num_batches,
+    workers=0,
+    threads=max(1, split.workers),
+  )
+  sharding = parallel.batch_sharded(mesh)
+  try:
+    for element in elements:
+      element = _checked(element)
+      yield tuple(
+        jax.make_array_from_process_local_data(
+          sharding, element[k], (batch_size, *element[k].shape[1:])
+        )
+        for k in ('images', 'labels', 'mask')
+      )
+  finally:
+    close = getattr(elements, 'close', None)
+    if close is not None:
+      close()

@@ -1,0 +1,145 @@
+"""configs/imagenet.py: mdistiller's ImageNet recipes, one argument per row,
+and its smoke run from a torchvision `.pth` teacher."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import imagenet
+from configs import teacher as teacher_config
+from conftest import SHARED_DATA, shared_fixture
+from icckd_jax import models
+from icckd_jax.data import datasets
+from icckd_jax.interop import torch_import
+from icckd_jax.objective import losses
+from icckd_jax.training import evaluate
+from icckd_jax.training import metric_writer
+from icckd_jax.training import student
+from icckd_jax.training import validate
+
+TEACHER_PTH = SHARED_DATA / 'torchvision' / 'resnet18' / 'resnet18-random.pth'
+
+
+@pytest.mark.parametrize(
+  'arg,teacher,model',
+  [
+    ('r34_r18', 'imagenet_resnet34', 'imagenet_resnet18'),
+    ('r50_mv1', 'imagenet_resnet50', 'imagenet_mobilenetv1'),
+  ],
+)
+def test_kd_rows_carry_mdistillers_recipe(arg, teacher, model):
+  # mdistiller configs/imagenet/<pair>/kd.yaml.
+  c = imagenet.get_config(arg)
+  assert (c.mode, c.teacher.model, c.model) == ('student', teacher, model)
+  assert (c.batch_size, c.num_epochs, c.learning_rate) == (512, 100, 0.2)
+  assert tuple(c.lr_decay_epochs) == (30, 60, 90) and c.lr_decay_rate == 0.1
+  assert (c.momentum, c.weight_decay) == (0.9, 1e-4)
+  d = c.distill
+  assert (d.method, d.temperature, d.gamma, d.alpha) == ('kd', 1.0, 0.5, 0.5)
+  assert c.dtype == 'bfloat16'
+  assert (c.dataset.name, c.dataset.image_size) == ('array_record', 224)
+
+
+# Each yaml's fields that differ from the CIFAR defaults, and its solver.
+ROWS = {
+  'r34_r18_dkd': (512, 0.2, {'dkd_beta': 0.5, 'dkd_warmup_epochs': 1.0}),
+  'r50_mv1_dkd': (512, 0.2, {'dkd_beta': 2.0, 'dkd_warmup_epochs': 1.0}),
+  'r34_r18_at': (512, 0.2, {'at_weight': 1000.0}),
+  'r50_mv1_at': (512, 0.2, {'at_weight': 1000.0}),
+  'r34_r18_ofd': (128, 0.05, {'ofd_weight': 1e-4}),
+  'r50_mv1_ofd': (128, 0.05, {'ofd_weight': 1e-4}),
+  'r34_r18_crd': (256, 0.1, {'crd_weight': 0.8, 'crd_negatives': 16384}),
+  'r50_mv1_crd': (256, 0.1, {'crd_weight': 0.8, 'crd_negatives': 16384}),
+  'r34_r18_reviewkd': (
+    256,
+    0.1,
+    {
+      'reviewkd_weight': 1.0,
+      'reviewkd_warmup_epochs': 1.0,
+      'reviewkd_max_mid': 512,
+      'reviewkd_student_preact': True,
+    },
+  ),
+  'r50_mv1_reviewkd': (
+    256,
+    0.1,
+    {
+      'reviewkd_weight': 8.0,
+      'reviewkd_warmup_epochs': 1.0,
+      'reviewkd_max_mid': 256,
+      'reviewkd_student_preact': True,
+    },
+  ),
+}
+
+
+@pytest.mark.parametrize('arg', sorted(ROWS))
+def test_method_rows_carry_their_yaml(arg):
+  batch, lr, fields = ROWS[arg]
+  c = imagenet.get_config(arg)
+  kd = imagenet.get_config(arg[:7])
+  assert c.distill.method == arg[8:]
+  assert (c.batch_size, c.learning_rate) == (batch, lr)
+  assert {k: c.distill[k] for k in fields} == fields
+  # Everything else is the pair's KD row: models, schedule, data, dtype.
+  for field in ('model', 'num_epochs', 'lr_decay_epochs', 'weight_decay'):
+    assert c[field] == kd[field]
+  assert c.teacher.model == kd.teacher.model and c.dtype == 'bfloat16'
+
+
+@pytest.mark.parametrize('arg', imagenet.ARGS)
+def test_every_row_is_a_valid_config(arg):
+  c = imagenet.get_config(arg)
+  validate.check_config(c)
+  for name in (c.model, c.get('teacher', {}).get('model') or c.model):
+    assert name in models.MODEL_NAMES
+
+
+def test_icc_teacher_is_the_intra_class_objective_at_the_recipe():
+  c = imagenet.get_config('icc_r34')
+  defaults = teacher_config.get_config()
+  assert (c.mode, c.model) == ('teacher', 'imagenet_resnet34')
+  assert c.icc.to_dict() == defaults.icc.to_dict() and c.icc.lam > 0
+  assert c.cache.to_dict() == defaults.cache.to_dict()
+  assert (c.batch_size, c.num_epochs, c.learning_rate) == (512, 100, 0.2)
+  assert tuple(c.lr_decay_epochs) == (30, 60, 90) and c.weight_decay == 1e-4
+  assert c.dtype == 'bfloat16' and c.dataset.name == 'array_record'
+
+
+def test_unknown_argument_names_the_valid_ones():
+  with pytest.raises(ValueError, match='r50_mv1_reviewkd'):
+    imagenet.get_config('r18_r34')
+
+
+def test_smoke_distils_from_a_torchvision_teacher(tmp_path):
+  c = imagenet.get_config('smoke')
+  c.teacher.pth = str(shared_fixture(TEACHER_PTH))
+  workdir = tmp_path / 'run'
+  summary = student.train_student(c, str(workdir))
+  assert summary['steps'] == 2
+  records = metric_writer.read_records(str(workdir), 'train')
+  assert [r['step'] for r in records] == [1, 2]
+  assert all(np.isfinite(r['loss']) for r in records)
+  with open(workdir / student.TEACHER_EVAL_FILE) as f:
+    at_start = json.load(f)
+  assert at_start['model'] == 'imagenet_resnet18' and at_start['count'] == 16
+  # The teacher's input was normalised with ImageNet's statistics: its loss
+  # at start is the fixture network's on the test split so normalised.
+  dataset = datasets.load(c.dataset)
+  variables = torch_import.load_checkpoint(
+    str(TEACHER_PTH), 'imagenet_resnet18'
+  )
+  mean, std = torch_import.normalization('imagenet_resnet18')
+  x = (dataset.test_images.astype(np.float32) - mean) / std
+  module = models.create_model('imagenet_resnet18', 1000)
+  logits, _ = jax.jit(module.apply)(variables, x)
+  expected = float(losses.cross_entropy(logits, dataset.test_labels).mean())
+  np.testing.assert_allclose(at_start['loss'], expected, rtol=1e-4)
+  # configs/eval.py on the same file prints the same figures.
+  printed = evaluate.evaluate_pytorch(
+    str(TEACHER_PTH), 'imagenet_resnet18', c.dataset, 1, c.eval_batch_size
+  )
+  assert printed['top1'] == at_start['top1']
+  np.testing.assert_allclose(printed['loss'], at_start['loss'], rtol=1e-6)

@@ -1,0 +1,250 @@
+"""torchvision's ImageNet teachers, imported without PyTorch, and evaluated
+as torchvision evaluates them.
+
+Two kinds of reference: the shared fixture ../shared/data/torchvision/
+resnet18 (a `.pth` that torch wrote, its outputs on given inputs and on
+four JPEGs through torchvision's evaluation transform), and
+tests/imagenet_references.npz, the outputs torch computed for
+torchvision's ResNet34 and ResNet50 and mdistiller's MobileNetV1 with
+weights numpy draws from a seed (tests/make_imagenet_references.py), which
+these tests rebuild and write as a `.pth` themselves.
+"""
+
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import SHARED_DATA, shared_fixture
+from icckd_jax import models
+from icckd_jax import parallel
+from icckd_jax.data import imagenet_preprocess
+from icckd_jax.errors import UserError
+from icckd_jax.interop import torch_import
+from icckd_jax.models import stages
+from icckd_jax.training import teacher_source
+import make_imagenet_references
+import torch_files
+import torch_reference
+
+FIXTURE = SHARED_DATA / 'torchvision' / 'resnet18'
+REFERENCES = pathlib.Path(__file__).parent / 'imagenet_references.npz'
+# "About 1e-2 relative" (the fixture's README): resampling implementations
+# differ slightly; Pillow's bilinear filter, as torchvision's, lands at 1e-6.
+EVAL_RTOL = 1e-2
+
+
+def _fixture():
+  return shared_fixture(FIXTURE / 'resnet18-random.pth').parent
+
+
+def _apply(name, variables, x):
+  module = models.create_model(name, 1000)
+  with jax.default_matmul_precision('highest'):
+    return jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x)
+
+
+def _relative(a, b):
+  """Per row: ||a - b|| / ||b||, the largest."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(
+    np.max(np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1))
+  )
+
+
+@pytest.fixture(scope='module')
+def resnet18():
+  """(reference outputs, imported variables) of the shared fixture."""
+  path = _fixture()
+  variables = torch_import.load_checkpoint(
+    str(path / 'resnet18-random.pth'), 'imagenet_resnet18'
+  )
+  return np.load(path / 'reference_outputs.npz'), variables
+
+
+def test_fixture_outputs_equal_torchvision(resnet18):
+  reference, variables = resnet18
+  # The teacher's normalisation is ImageNet's, as the fixture's.
+  mean, std = torch_import.normalization('imagenet_resnet18')
+  np.testing.assert_allclose(mean, 255 * reference['mean'], rtol=1e-6)
+  np.testing.assert_allclose(std, 255 * reference['std'], rtol=1e-6)
+  x = (reference['images_uint8'].astype(np.float32) - mean) / std
+  np.testing.assert_allclose(
+    x, reference['inputs_normalized_nhwc'], rtol=0, atol=1e-5
+  )
+  logits, features = _apply(
+    'imagenet_resnet18', variables, reference['inputs_normalized_nhwc']
+  )
+  assert float(np.max(np.abs(logits - reference['logits']))) < 1e-5
+  # The fixture's `features` are not the pooled features of its own
+  # network (torch's are 0.23 away from them, and fc of them 0.15 from its
+  # logits: tests/make_imagenet_references.py --check); fc is [1000, 512],
+  # so the logits pin the features down: fc of ours must give torch's.
+  fc = variables['params']['fc']
+  np.testing.assert_allclose(
+    np.asarray(features) @ fc['kernel'] + fc['bias'],
+    reference['logits'],
+    rtol=0,
+    atol=1e-5,
+  )
+  assert features.shape == (4, 512) and np.all(np.asarray(features) >= 0)
+
+
+def _eval_batch(path, names, transform=imagenet_preprocess.eval_image):
+  return np.stack([transform(str(path / 'eval_images' / n)) for n in names])
+
+
+def _shifted_crop(path):
+  """The transform with the centre crop one pixel off: a wrong pipeline."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(path) as image:
+    image = image.convert('RGB')
+    h, w = imagenet_preprocess.resized_size(image.height, image.width)
+    image = image.resize((w, h), Image.BILINEAR)
+    top, left = imagenet_preprocess.center_crop_origin(h, w)
+    box = (left + 1, top + 1, left + 225, top + 225)
+    return np.asarray(image.crop(box))
+
+
+def test_evaluation_transform_gives_torchvision_logits(resnet18):
+  reference, variables = resnet18
+  path = _fixture()
+  names = [str(n) for n in reference['eval_names']]
+  images = _eval_batch(path, names)
+  assert images.shape == (4, 224, 224, 3) and images.dtype == np.uint8
+  mean, std = torch_import.normalization('imagenet_resnet18')
+
+  def error(images, mean=mean, std=std):
+    x = (images.astype(np.float32) - mean) / std
+    logits, _ = _apply('imagenet_resnet18', variables, x)
+    return _relative(logits, reference['eval_logits'])
+
+  assert error(images) < EVAL_RTOL
+  # The tolerance tells a wrong crop or normalisation from the right one.
+  assert error(_eval_batch(path, names, _shifted_crop)) > EVAL_RTOL
+  cifar_mean, cifar_std = torch_import.benchmark_normalization()
+  assert error(images, cifar_mean, cifar_std) > EVAL_RTOL
+
+
+def test_resize_and_crop_arithmetic_is_torchvision():
+  # Resize(256): the longer side int(256 * long / short); CenterCrop(224):
+  # round((size - 224) / 2), half to even.
+  assert imagenet_preprocess.resized_size(300, 400) == (256, 341)
+  assert imagenet_preprocess.resized_size(500, 375) == (341, 256)
+  assert imagenet_preprocess.resized_size(256, 256) == (256, 256)
+  assert imagenet_preprocess.center_crop_origin(256, 341) == (16, 58)
+  assert imagenet_preprocess.center_crop_origin(341, 256) == (58, 16)
+
+
+def test_undecodable_image_is_one_line_user_error(tmp_path):
+  bad = tmp_path / 'broken.JPEG'
+  bad.write_bytes(b'not a jpeg')
+  with pytest.raises(UserError, match='broken.JPEG'):
+    imagenet_preprocess.eval_image(str(bad))
+
+
+@pytest.mark.parametrize('name', sorted(make_imagenet_references.INPUTS))
+def test_random_torchvision_models_equal_torch(name, tmp_path):
+  state = torch_reference.well_scaled(
+    torch_files.random_state_dict(
+      name, 1000, seed=make_imagenet_references.SEED
+    )
+  )
+  path = tmp_path / f'{name}.pth'
+  torch_files.write_pth(path, state)  # a bare state_dict, as torchvision's
+  variables = torch_import.load_checkpoint(str(path), name)
+  x = make_imagenet_references.input_nchw(name).transpose(0, 2, 3, 1)
+  logits, features = _apply(name, variables, x)
+  reference = np.load(REFERENCES)
+  assert _relative(logits, reference[f'{name}/logits']) <= 1e-4
+  assert _relative(features, reference[f'{name}/features']) <= 1e-4
+
+
+@pytest.mark.parametrize('name', torch_files.IMAGENET_MODEL_NAMES)
+def test_importer_layout_is_the_torchvision_state_dict(name):
+  expected = {
+    k: s
+    for k, s in torch_files.benchmark_layout(name, 1000).items()
+    if not k.endswith('num_batches_tracked')
+  }
+  layout = torch_import.torch_layout(name, 1000)
+  assert {k: v[2] for k, v in layout.items()} == expected
+
+
+def test_wrong_file_is_one_line_user_error(tmp_path):
+  state = torch_files.random_state_dict('imagenet_resnet18', 1000)
+  path = tmp_path / 'resnet18.pth'
+  torch_files.write_pth(path, state)
+  # A ResNet18 file named as a ResNet34: a tensor of the third block, which
+  # the file lacks.
+  with pytest.raises(UserError, match=r"needs tensor 'layer1\.2\."):
+    torch_import.load_checkpoint(str(path), 'imagenet_resnet34')
+  # A ResNet18 file named as a ResNet50: the first tensor of the wrong shape.
+  with pytest.raises(UserError, match=r"'layer1\.0\.conv1\.weight'"):
+    torch_import.load_checkpoint(str(path), 'imagenet_resnet50')
+  with pytest.raises(UserError, match=r"'fc\.weight' is \[1000, 512\]"):
+    torch_import.load_checkpoint(str(path), 'imagenet_resnet18', 10)
+  del state['layer4.1.bn2.running_var']
+  torch_files.write_pth(path, state)
+  with pytest.raises(UserError, match=r"'layer4\.1\.bn2\.running_var'"):
+    torch_import.load_checkpoint(str(path), 'imagenet_resnet18')
+
+
+def test_pth_teacher_gets_its_family_normalisation():
+  path = _fixture() / 'resnet18-random.pth'
+  config = ml_collections.ConfigDict(
+    {'teacher': {'pth': str(path), 'model': 'imagenet_resnet18'}}
+  )
+  saved, _ = teacher_source.load_teacher(config, parallel.make_mesh(1))
+  np.testing.assert_allclose(
+    saved.input_mean, [123.675, 116.28, 103.53], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    saved.input_std, [58.395, 57.12, 57.375], rtol=1e-6
+  )
+  # The CIFAR family keeps the CIFAR-100 benchmark's.
+  for got, want in zip(
+    torch_import.normalization('resnet32x4'),
+    torch_import.benchmark_normalization(),
+  ):
+    np.testing.assert_array_equal(got, want)
+
+
+# Each stage's output map [H, W, C] on 64x64 inputs (Tiny-ImageNet's size).
+STAGES_64 = {
+  'imagenet_resnet18': ((16, 16, 64), (8, 8, 128), (4, 4, 256), (2, 2, 512)),
+  'imagenet_resnet50': (
+    (16, 16, 256),
+    (8, 8, 512),
+    (4, 4, 1024),
+    (2, 2, 2048),
+  ),
+  'imagenet_mobilenetv1': (
+    (16, 16, 128),
+    (8, 8, 256),
+    (4, 4, 512),
+    (2, 2, 1024),
+  ),
+}
+
+
+@pytest.mark.parametrize('name', sorted(STAGES_64))
+def test_stage_maps_at_64(name):
+  module = models.create_model(name, 200)
+  x = jax.ShapeDtypeStruct((2, 64, 64, 3), np.float32)
+  variables = jax.eval_shape(
+    lambda x: module.init(jax.random.key(0), x, train=False), x
+  )
+  (logits, _), state = jax.eval_shape(
+    lambda v, x: module.apply(v, x, mutable=[stages.COLLECTION]),
+    variables,
+    x,
+  )
+  maps, preacts = stages.collected(state)
+  expected = [(2, *s) for s in STAGES_64[name]]
+  assert [m.shape for m in maps] == expected
+  assert [p.shape for p in preacts] == expected
+  assert logits.shape == (2, 200)

@@ -1,0 +1,337 @@
+"""The streaming input path (data/stream.py): the global batch of a step is
+the same whatever the processes, devices and decode workers; a streamed run
+stopped mid-epoch resumes exactly; runs saved before `config.input` existed
+still resume and keep their run-store keys."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from configs import teacher as teacher_config
+from icckd_jax import parallel
+from icckd_jax.data import array_record
+from icckd_jax.data import stream
+from icckd_jax.experiments import run_store
+from icckd_jax.training import loop as loop_lib
+from icckd_jax.training import metric_writer
+from icckd_jax.training import preemption
+from icckd_jax.training import validate
+from launch_in_process import run_launcher
+from test_array_record import mixed_folder
+from test_robust_runs import (
+  TRAINED,
+  _free_port,
+  _subprocess_env,
+  restore_state,
+  strip_timing,
+)
+
+
+@pytest.fixture(scope='module')
+def shards(tmp_path_factory):
+  """A converted folder of mixed-size JPEGs: 3 classes, 24 train, 6 test."""
+  base = tmp_path_factory.mktemp('stream')
+  source = mixed_folder(base / 'src', per_class=(8, 2), classes='xyz')
+  code, stderr = run_launcher(
+    '--config=configs/convert.py',
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.path={source}',
+    f'--config.output_dir={base / "out"}',
+    '--config.records_per_shard=5',
+    '--config.workers=1',
+  )
+  assert code == 0, stderr[-2000:]
+  return base / 'out'
+
+
+def _batches(split, mesh, start, count, batch_size=8):
+  it = stream.train_batches(
+    split,
+    mesh,
+    seed=3,
+    batch_size=batch_size,
+    num_views=2,
+    crop_padding=4,
+    flip=True,
+    start_step=start,
+    with_indices=True,
+  )
+  out = [jax.tree.map(np.asarray, next(it)) for _ in range(count)]
+  it.close()
+  return out
+
+
+def test_global_batches_do_not_depend_on_devices_workers_or_resume(shards):
+  info = array_record.read_info(str(shards))
+  one, _ = stream.splits(info, 16, workers=0)
+  with_worker, _ = stream.splits(info, 16, workers=1)
+  # 3 steps per epoch: steps 0-5 cross an epoch boundary.
+  reference = _batches(one, parallel.make_mesh(1), 0, 6)
+  for got in (
+    _batches(with_worker, parallel.make_mesh(4), 0, 6),
+    [None] * 2 + _batches(one, parallel.make_mesh(2), 2, 4),
+  ):
+    for want, have in zip(reference, got):
+      if have is not None:
+        jax.tree.map(np.testing.assert_array_equal, want, have)
+  labels = info.labels('train')
+  for step, (images, batch_labels, indices) in enumerate(reference):
+    assert images.shape == (2, 8, 16, 16, 3)
+    assert not np.array_equal(images[0], images[1])  # views differ
+    np.testing.assert_array_equal(batch_labels, labels[indices])
+  epoch = np.concatenate([b[2] for b in reference[:3]])
+  assert sorted(epoch) == list(range(24))  # a permutation of the split
+  assert not np.array_equal(
+    epoch, np.concatenate([b[2] for b in reference[3:]])
+  )
+
+
+def test_each_process_reads_only_its_rows_of_the_global_batch(shards):
+  """Process p of P makes rows [p B / P, (p + 1) B / P) of each step: what
+  two processes make, stacked, is what one makes."""
+  info = array_record.read_info(str(shards))
+  split, _ = stream.splits(info, 16, workers=0)
+
+  def rows(lo, hi):
+    fn = stream._TrainRows(split, 3, 8, (lo, hi), 2, 4, True)  # pylint: disable=protected-access
+    return [fn(step) for step in (1, 4)]
+
+  for whole, first, second in zip(rows(0, 8), rows(0, 4), rows(4, 8)):
+    np.testing.assert_array_equal(
+      whole['images'], np.concatenate([first['images'], second['images']], 1)
+    )
+    np.testing.assert_array_equal(
+      whole['indices'], np.concatenate([first['indices'], second['indices']])
+    )
+
+
+STREAMED = (
+  '--config=configs/teacher.py:smoke',
+  '--config.dataset.name=array_record',
+  '--config.input.mode=stream',
+  '--config.dataset.image_size=16',
+  '--config.batch_size=8',
+  '--config.eval_batch_size=4',
+  '--config.log_every_steps=1',
+  # Two views and the feature cache on the streamed batches.
+  '--config.cache.size=2',
+)
+
+
+def _stop_before(monkeypatch, stop_at: int):
+  calls = []
+
+  def requested(self, step):
+    del self
+    calls.append(step)
+    return signal.SIGTERM if step == stop_at else 0
+
+  monkeypatch.setattr(preemption.StopRequest, 'requested', requested)
+
+
+def test_streamed_run_stopped_mid_epoch_resumes_exactly(
+  shards, tmp_path, monkeypatch
+):
+  """Stopped by SIGTERM in epoch 2, resumed with decode workers (the
+  stopped run had none): the same state, losses in every step and test
+  top-1 as the uninterrupted run; the log says it streams; evaluation
+  agrees. (Other device counts: the batch test above.)"""
+  args = (*STREAMED, f'--config.dataset.path={shards}')
+  straight = tmp_path / 'straight'
+  code, stderr = run_launcher(
+    *args, '--config.num_devices=1', '--config.input.workers=0',
+    f'--workdir={straight}',
+  )  # fmt: skip
+  assert code == 0, stderr[-2000:]
+  assert 'Input: streaming from the shards' in stderr
+
+  resumed = tmp_path / 'resumed'
+  with monkeypatch.context() as patch:
+    _stop_before(patch, 4)  # 3 steps per epoch: step 5 of 6
+    code, stderr = run_launcher(
+      *args, '--config.num_devices=1', '--config.input.workers=0',
+      f'--workdir={resumed}',
+    )  # fmt: skip
+  assert code == 128 + signal.SIGTERM, stderr[-2000:]
+  code, stderr = run_launcher(
+    *args, '--config.num_devices=1', '--config.input.workers=1',
+    f'--workdir={resumed}',
+  )  # fmt: skip
+  assert code == 0, stderr[-2000:]
+  state_a, meta_a = restore_state(straight)
+  state_b, meta_b = restore_state(resumed)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b
+  records_a = strip_timing(metric_writer.read_records(str(straight)))
+  records_b = strip_timing(metric_writer.read_records(str(resumed)))
+  epochs_a = [r for r in records_a if r['kind'] == 'epoch']
+  epochs_b = [r for r in records_b if r['kind'] == 'epoch']
+  assert len(epochs_a) == len(epochs_b) == 2
+  for a, b in zip(epochs_a, epochs_b):
+    assert a['step_losses'] == b['step_losses']
+    assert a['test_top1'] == b['test_top1']
+
+  code, stderr = run_launcher(
+    '--config=configs/eval.py',
+    f'--config.workdir={straight}',
+    '--config.checkpoint=last',
+  )
+  assert code == 0, stderr[-2000:]
+  result = json.loads((straight / 'eval_last.json').read_text())
+  assert result['top1'] == epochs_a[-1]['test_top1']
+  assert result['count'] == 6
+
+
+_CONFIG_AS_DICT = validate.config_as_dict
+
+
+def _without_input(config):
+  """The config as today's main saved it: no `input` section."""
+  saved = _CONFIG_AS_DICT(config)
+  saved.pop('input', None)
+  return saved
+
+
+def test_runs_saved_before_config_input_resume_and_keep_store_keys(
+  tmp_path, monkeypatch
+):
+  """A run whose config.json and checkpoints lack `input` (as main wrote
+  them before this field), stopped mid-epoch 2, resumes with today's
+  config and evaluates; a stored run's key is the one it had."""
+  old = tmp_path / 'old'
+  with monkeypatch.context() as patch:
+    patch.setattr(validate, 'config_as_dict', _without_input)
+    patch.setattr(loop_lib.validate, 'config_as_dict', _without_input)
+    _stop_before(patch, 3)
+    code, stderr = run_launcher(*TRAINED, f'--workdir={old}')
+  assert code == 128 + signal.SIGTERM, stderr[-2000:]
+  assert 'input' not in json.loads((old / 'config.json').read_text())
+  code, stderr = run_launcher(*TRAINED, f'--workdir={old}')
+  assert code == 0, stderr[-2000:]
+  assert 'Resumed from' in stderr and restore_state(old)[1]['epoch'] == 2
+  code, stderr = run_launcher(
+    '--config=configs/eval.py', f'--config.workdir={old}'
+  )
+  assert code == 0, stderr[-2000:]
+
+  config = teacher_config.get_config('smoke')
+  before = teacher_config.get_config('smoke')
+  del before['input']
+  assert run_store.teacher_key(config) == run_store.teacher_key(before)
+  config.input.workers = 0  # how fast, not what
+  assert run_store.teacher_key(config) == run_store.teacher_key(before)
+  config.input.mode = 'stream'
+  assert run_store.teacher_key(config) != run_store.teacher_key(before)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_like_one_process_with_two_devices(
+  shards, tmp_path
+):
+  """--multihost on localhost, one CPU device per process, each reading only
+  its rows of every batch (training and evaluation): the losses of every
+  step within 1e-4 and the same top-1 as one process with two devices."""
+  args = (*STREAMED, f'--config.dataset.path={shards}', '--config.num_epochs=2')
+  one = tmp_path / 'one'
+  code, stderr = run_launcher(
+    *args, '--config.num_devices=2', f'--workdir={one}'
+  )
+  assert code == 0, stderr[-2000:]
+  two = tmp_path / 'two'
+  port = _free_port()
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(ROOT / 'launch.py'),
+        *args,
+        f'--workdir={two}',
+        '--multihost',
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=ROOT,
+      env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=540)
+    assert proc.returncode == 0, stderr[-3000:]
+  epochs = [
+    [
+      r
+      for r in metric_writer.read_records(str(workdir))
+      if r['kind'] == 'epoch'
+    ]
+    for workdir in (one, two)
+  ]
+  assert len(epochs[0]) == len(epochs[1]) == 2
+  for a, b in zip(*epochs):
+    np.testing.assert_allclose(a['step_losses'], b['step_losses'], atol=1e-4)
+    assert a['test_top1'] == b['test_top1']
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_mid_run_resumes_exactly(shards, tmp_path):
+  """A real SIGTERM to the whole process group (the training process and
+  its 2 decode workers, as a cluster manager sends it) in epoch 2: the run
+  saves and exits 143; resumed, it ends as the uninterrupted run."""
+  args = (
+    *STREAMED,
+    f'--config.dataset.path={shards}',
+    '--config.num_epochs=4',
+    '--config.num_devices=1',
+    '--config.input.workers=2',
+  )
+
+  def launch(workdir):
+    # Every run in a process of one CPU device: XLA's CPU kernels may sum
+    # in another order on a backend of another device count.
+    return subprocess.Popen(
+      [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
+      cwd=ROOT,
+      env=_subprocess_env(1),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+    )
+
+  straight = tmp_path / 'straight'
+  _, stderr = (proc := launch(straight)).communicate(timeout=400)
+  assert proc.returncode == 0, stderr[-2000:]
+  workdir = tmp_path / 'run'
+  proc = launch(workdir)
+  deadline = time.time() + 400
+  while not any(
+    r['kind'] == 'train' and r['step'] >= 3
+    for r in metric_writer.read_records(str(workdir))
+  ):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+    time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert 'preempted: stopped by SIGTERM at step' in stderr
+  _, stderr = (proc := launch(workdir)).communicate(timeout=400)
+  assert proc.returncode == 0, stderr[-2000:]
+  state_a, meta_a = restore_state(straight)
+  state_b, meta_b = restore_state(workdir)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b
+  assert strip_timing(metric_writer.read_records(str(straight))) == (
+    strip_timing(metric_writer.read_records(str(workdir)))
+  )
