@@ -440,7 +440,7 @@ def _build(method: str, teacher_name: str, student_name: str):
   [
     ('reviewkd', 'stage 1 is 32x32 in the student but 16x16 in the teacher'),
     ('kdsvd', 'stage 1 has 16 channels in the student but 128'),
-    ('ofd', 'needs a CIFAR ResNet teacher'),
+    ('ofd', 'needs a ResNet teacher'),
   ],
 )
 def test_a_distiller_refuses_a_pair_it_cannot_serve_before_compiling(
