@@ -12,13 +12,14 @@ describes the job, also say where the coordinator is and who each process is:
       --num_processes=2 --process_id=0     # and --process_id=1 on the other
 
 (or the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-JAX_PROCESS_ID). SIGTERM or Ctrl-C saves at the next step and exits with
-128 + the signal's number; rerunning the command resumes there.
+JAX_PROCESS_ID). SIGTERM, SIGHUP or Ctrl-C saves at the next step and exits
+with 128 + the signal's number; rerunning the command resumes there.
 """
 
 import os
 import sys
 import threading
+import time
 
 from absl import app
 from absl import flags
@@ -28,10 +29,13 @@ from ml_collections import config_flags
 
 from icckd_jax import logs
 from icckd_jax import main as icckd_main
+from icckd_jax.training import checkpoint
 from icckd_jax.training.preemption import Preempted
 from icckd_jax.errors import UserError
 
 FLAGS = flags.FLAGS
+# Seconds Orbax's threads get to end after a failed save.
+STRANDED_GRACE_SECONDS = 5.0
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 flags.DEFINE_bool(
   'multihost', False, 'Call jax.distributed.initialize() first (several hosts).'
@@ -81,6 +85,24 @@ def _fail(message) -> None:
   if len(lines) > 1:
     lines = [lines[0].split(' Traceback')[0].rstrip(':'), lines[-1]]
   print(f'error: {": ".join(lines)}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _fail_after_failed_save(error: checkpoint.SaveFailed) -> None:
+  """`_fail`, for a save that failed in Orbax's background threads: some of
+  them may still wait, up to Orbax's timeout (minutes), for signals the
+  failed steps will never send, and the interpreter would wait for them
+  at exit. Nothing is left to write, so after a short grace the process
+  leaves without them."""
+  print(f'error: {error}', file=sys.stderr, flush=True)
+  deadline = time.monotonic() + STRANDED_GRACE_SECONDS
+  for thread in threading.enumerate():
+    if thread.daemon or thread is threading.current_thread():
+      continue
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+      sys.stdout.flush()
+      os._exit(2)
   sys.exit(2)
 
 
@@ -174,19 +196,49 @@ def _initialize_distributed() -> None:
     watchdog.cancel()
 
 
+def _check_repeated_sequences(argv) -> None:
+  """A sequence override given twice is refused: ml_collections joins the
+  two (--config.seeds=(0,1) ... --config.seeds=(0,) gives [0, 1, 0]),
+  where a scalar's last value wins."""
+  names = [
+    a.split('=', 1)[0].removeprefix('--config.')
+    for a in argv[1:]
+    if a.startswith('--config.') and '=' in a
+  ]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if not repeated:
+    return
+  try:
+    config = FLAGS.config
+  except Exception:  # pylint: disable=broad-except
+    return  # A config file that fails to load: main says so in one line.
+  for name in repeated:
+    node = config
+    for part in name.split('.'):
+      node = node.get(part) if hasattr(node, 'get') else None
+    if isinstance(node, (list, tuple)):
+      _fail(
+        f'--config.{name} is given {names.count(name)} times, which '
+        f'ml_collections would join into {tuple(node)}; give it once'
+      )
+
+
 def parse_flags(argv):
   """absl's parsing, with a bad flag, config file, config argument or
   override reported as one line and exit code 2 instead of a traceback."""
   try:
-    return FLAGS(argv)
+    parsed = FLAGS(argv)
   except (AttributeError, KeyError) as e:
     _fail(f'no such config field: {_missing_field(e)}')
   except (flags.Error, TypeError, ValueError) as e:
     _fail(e)
+  _check_repeated_sequences(argv)
+  return parsed
 
 
 def main(argv):
   logging.get_absl_handler().addFilter(logs.OwnInfoOnly(__file__))
+  logs.quiet_failed_saves()
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   _check_cluster_flags()
@@ -200,6 +252,8 @@ def main(argv):
     _fail(e)
   try:
     icckd_main.run(config, FLAGS.workdir)
+  except checkpoint.SaveFailed as e:
+    _fail_after_failed_save(e)
   except UserError as e:
     _fail(e)
   except Preempted as e:

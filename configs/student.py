@@ -45,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict()
   c.teacher.workdir = config_dict.placeholder(str)  # the teacher's run
   c.teacher.checkpoint = 'last'  # 'last' or 'best'
+  # A teacher run short of its last epoch is refused unless this is set.
+  c.teacher.allow_unfinished = False
   # Or a PyTorch checkpoint of the CIFAR-100 KD benchmark and its model name.
   c.teacher.pth = config_dict.placeholder(str)
   c.teacher.model = config_dict.placeholder(str)

@@ -3,6 +3,10 @@ sweep worker's."""
 
 import logging
 import os
+import sys
+import threading
+
+from absl import logging as absl_logging
 
 
 class OwnInfoOnly(logging.Filter):
@@ -28,3 +32,56 @@ class OwnInfoOnly(logging.Filter):
       and 'read' in record.getMessage()
       and 'only' in record.getMessage()
     )
+
+
+class NoBackgroundSaveTracebacks(logging.Filter):
+  """Drops what Orbax's and asyncio's background threads log when a save
+  fails (a full disk: dozens of tracebacks, one per thread and write): the
+  failure reaches the run as an exception at the next save, at the end or
+  at close (`training.checkpoint`), and is said there in one line."""
+
+  def filter(self, record):
+    if record.levelno < logging.ERROR:
+      return True
+    if f'{os.sep}orbax{os.sep}' in record.pathname:
+      return not (
+        record.exc_info or record.threadName != threading.main_thread().name
+      )
+    if (
+      record.name == 'asyncio' or f'{os.sep}asyncio{os.sep}' in record.pathname
+    ):
+      return 'exception was never retrieved' not in record.getMessage()
+    return True
+
+
+def quiet_closed_event_loops() -> None:
+  """Keeps, for the life of the process, the tracebacks TensorStore's
+  callbacks leave when a failed save has already closed the event loop
+  they report to (a RuntimeError with no object, through
+  sys.unraisablehook); every other unraisable error still prints."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'quiets_closed_event_loops', False):
+    return
+
+  def hook(unraisable):
+    if (
+      unraisable.object is None
+      and isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == 'Event loop is closed'
+    ):
+      return
+    previous(unraisable)
+
+  hook.quiets_closed_event_loops = True
+  sys.unraisablehook = hook
+
+
+def quiet_failed_saves() -> None:
+  """Both of the above, for a process that runs jobs (launch.py's, a sweep
+  worker's)."""
+  handler = absl_logging.get_absl_handler()
+  if not any(
+    isinstance(f, NoBackgroundSaveTracebacks) for f in handler.filters
+  ):
+    handler.addFilter(NoBackgroundSaveTracebacks())
+  quiet_closed_event_loops()

@@ -12,6 +12,7 @@ the tests start by default (`--config.num_devices=1` for one).
 import dataclasses
 import io
 import logging
+import os
 import sys
 
 
@@ -32,6 +33,10 @@ class _Lines(logging.Handler):
 
   def emit(self, record):
     self.lines.append(f'{record.levelname[0]} {record.getMessage()}')
+
+
+def _exit_as_system_exit(code: int) -> None:
+  raise SystemExit(code)
 
 
 def launch(*args, check: bool = True) -> Result:
@@ -60,12 +65,17 @@ def launch(*args, check: bool = True) -> Result:
   absl_logger.setLevel(logging.INFO)
   absl_logger.addHandler(lines)
   code = 0
+  # A command that leaves its process at once (os._exit, past stranded
+  # threads) ends only itself here.
+  old_exit = os._exit
+  os._exit = _exit_as_system_exit
   try:
     launch_py.parse_flags(argv)
     launch_py.main(['launch.py'])
   except SystemExit as e:
     code = e.code
   finally:
+    os._exit = old_exit
     sys.argv, sys.stderr = old_argv, old_err
     absl_logger.removeHandler(lines)
     absl_logger.setLevel(old_level)

@@ -37,6 +37,7 @@ def test_roles_give_the_derived_lists():
     'keep_checkpoints',
     'compilation_cache',
     'preemption_check_every_steps',
+    'teacher.allow_unfinished',
     'input.workers',
   }
   resumable = set(config_schema.resumable())

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -151,6 +152,48 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
   ]
   with pytest.raises(UserError, match='not arm:control'):
     report.parse_comparisons('no_cache')
+
+
+def test_damaged_results_are_left_out_named_and_rewritten(
+  smoke_sweep, tmp_path
+):
+  """A truncated result.json and one holding a malformed value, of runs
+  whose stages' records are out of reach (unlinked): the report
+  names and counts what it left out and never writes the bad value into
+  results.csv; the same sweep command rewrites both and carries on."""
+  source, _ = smoke_sweep
+  workdir = tmp_path / 'margin'
+  shutil.copytree(source, workdir, symlinks=True)
+  for setting in ('delta=0.2', 'delta=0.6'):
+    for stage in ('teacher', 'student'):
+      # Without its stages' records the report reads result.json alone.
+      (workdir / setting / 'seed_0' / stage).unlink()
+  truncated = workdir / 'delta=0.2' / 'seed_0' / report.RESULT_FILE
+  truncated.write_text(truncated.read_text()[:40])
+  malformed = workdir / 'delta=0.6' / 'seed_0' / report.RESULT_FILE
+  result = json.loads(malformed.read_text())
+  result['row']['teacher_top1_last'] = 'NaN?'
+  malformed.write_text(json.dumps(result))
+
+  with pytest.raises(UserError, match=r'2 result file\(s\) unreadable'):
+    report.write_report(str(workdir))
+  result['row']['teacher_top1_last'] = 0.5
+  malformed.write_text(json.dumps(result))
+  report.write_report(str(workdir))
+  with open(workdir / report.RESULTS_CSV) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['setting'] for r in rows] == ['delta=0.6']
+  summary_md = (workdir / report.SUMMARY_FILE).read_text()
+  assert 'Left out: 1 run(s)' in summary_md and str(truncated) in summary_md
+
+  result['row']['student_top1_last'] = [1, 2]
+  malformed.write_text(json.dumps(result))
+  launch('--config=configs/ablation_margin.py:smoke', f'--workdir={workdir}')
+  with open(workdir / report.RESULTS_CSV) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['setting'] for r in rows] == ['delta=0.2', 'delta=0.6']
+  assert all(float(r['student_top1_last']) >= 0 for r in rows)
+  assert 'Left out' not in (workdir / report.SUMMARY_FILE).read_text()
 
 
 def test_report_recomputes_rows_from_the_runs_records(smoke_sweep):

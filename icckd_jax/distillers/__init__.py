@@ -44,6 +44,10 @@ teacher's negative cache field, None for every other student); both
 are checkpointed with it. The other methods are untouched by this, and
 their step compiles as before.
 
+A method that pairs stages may define `check(student, teacher) -> str |
+None` (Outputs of shapes): what keeps it from serving that pair, said in
+its own terms, before anything traces (training/distill_pair.py).
+
 Its docstring gives its published CIFAR-100 recipe, which the defaults of
 configs/student.py hold, and the code it was read from (docs/distillers.md
 lists them). Adding a method is one new module and one line below.
@@ -117,6 +121,7 @@ __all__ = [
   'build',
   'fields',
   'get',
+  'pair_mismatch',
   'trainable',
   # The losses of published methods, for the distillers that combine them.
   'at_loss',
@@ -151,6 +156,14 @@ def fields(name: str) -> tuple[str, ...]:
   """The config.distill fields method `name` reads (all, if unknown)."""
   module = _MODULES.get(name)
   return module.FIELDS if module else ()
+
+
+def pair_mismatch(name: str, student: Outputs, teacher: Outputs) -> str | None:
+  """What keeps method `name` from pairing these networks (Outputs of
+  shapes), in the method's own terms where its module says (`check`), or
+  None."""
+  check = getattr(_MODULES.get(name), 'check', None)
+  return check(student, teacher) if check else None
 
 
 def get(name: str) -> Callable:

@@ -42,6 +42,20 @@ STANDARDIZES = False
 K = 1  # mdistiller's CFG.KDSVD.K
 
 
+def check(student: Outputs, teacher: Outputs) -> str | None:
+  """What keeps these networks (Outputs of shapes) from being paired, or
+  None: the singular vectors of stages paired by position are compared
+  channel by channel, with no connector between them."""
+  for k, (s, t) in enumerate(stage_pairs(student, teacher)):
+    if s.shape[-1] != t.shape[-1]:
+      return (
+        f'stage {k + 1} has {s.shape[-1]} channels in the student but '
+        f'{t.shape[-1]} in the teacher, and kdsvd compares them one to '
+        'one, without a connector'
+      )
+  return None
+
+
 def _finite(x: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(x), x, 0.0)
 

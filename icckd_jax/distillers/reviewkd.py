@@ -125,6 +125,21 @@ def _levels(student: Outputs, teacher: Outputs, student_preact: bool):
   return pairs[::-1]
 
 
+def check(student: Outputs, teacher: Outputs) -> str | None:
+  """What keeps these networks (Outputs of shapes) from being paired, or
+  None: each student stage's fused output is compared with the teacher's
+  stage of the same position at its own spatial size (the ABFs adapt
+  channels, not sizes)."""
+  for k, (s, t) in enumerate(zip(student.stages, teacher.preact_stages)):
+    if s.shape[1:3] != t.shape[1:3]:
+      return (
+        f'stage {k + 1} is {s.shape[1]}x{s.shape[2]} in the student but '
+        f'{t.shape[1]}x{t.shape[2]} in the teacher, and the review '
+        'connectors adapt channels, not spatial sizes'
+      )
+  return None
+
+
 def _abfs(levels, max_mid: int) -> list[ABF]:
   mid = min(max_mid, levels[0][0].shape[-1])
   return [ABF(mid, t.shape[-1], fuse=k > 0) for k, (_, t) in enumerate(levels)]

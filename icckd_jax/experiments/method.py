@@ -15,12 +15,14 @@ import ml_collections
 
 from icckd_jax import distillers
 from icckd_jax import models
+from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import student
 from icckd_jax.training import preflight
 from icckd_jax.training import teacher as teacher_lib
 from icckd_jax.training import validate
+from icckd_jax.training.preemption import StopRequest
 from icckd_jax.training.reuse import Reuse
 
 
@@ -70,6 +72,39 @@ def check_stages(
       raise UserError(f'{where}{message}') from None
 
 
+def finished_teacher(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any] | None:
+  """The summary of the finished teacher run `config` describes in
+  `workdir`, else None (train it: it resumes). The pipeline owns its
+  teacher: a stored run of another config is refused as a teacher run
+  refuses it, and "finished" means that the last epoch's checkpoint
+  restores (a damaged one is retrained from the newest intact one, not
+  skipped)."""
+  if finished(workdir, config.num_epochs) is None:
+    return None
+  validate.check_resumable(config, workdir)
+  try:
+    with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
+      # Read-only: a damaged checkpoint is skipped here; the teacher run
+      # that retrains moves it aside, holding the workdir's lock.
+      restored = ckpts.restore_newest_intact(None, mesh=parallel.make_mesh(1))
+  except UserError:  # None restores: the teacher run says what it does.
+    return None
+  if restored is None or restored[1]['epoch'] != config.num_epochs:
+    return None
+  return finished(workdir, config.num_epochs)
+
+
+def _teacher_if_finished(config, workdir):
+  """`finished_teacher`, with a stored run of another config named as the
+  pipeline's teacher stage."""
+  try:
+    return finished_teacher(config, workdir)
+  except UserError as e:
+    raise UserError(f'config.teacher: {e}') from None
+
+
 def run_pipeline(
   config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
 ) -> dict[str, Any]:
@@ -81,21 +116,26 @@ def run_pipeline(
   # its config has passed every check.
   workdir = os.path.abspath(workdir)
   teacher_dir = os.path.join(workdir, 'teacher')
-  teacher_summary = finished(teacher_dir, config.teacher.num_epochs)
-  if teacher_summary is None:
-    teacher_summary = teacher_lib.train_teacher(
-      config.teacher, teacher_dir, reuse
+  # A stop requested while one stage runs (or between them) ends the
+  # pipeline before the next stage starts.
+  with StopRequest() as stop:
+    teacher_summary = _teacher_if_finished(config.teacher, teacher_dir)
+    if teacher_summary is None:
+      teacher_summary = teacher_lib.train_teacher(
+        config.teacher, teacher_dir, reuse
+      )
+    else:
+      logging.info(
+        'Teacher in %s has finished (top-1 %.4f); not retraining.',
+        teacher_dir,
+        teacher_summary['final_top1'],
+      )
+    stop.stop_if_requested('the student stage')
+    student_summary = student.train_student(
+      student_config(config, teacher_dir),
+      os.path.join(workdir, 'student'),
+      reuse,
     )
-  else:
-    logging.info(
-      'Teacher in %s has finished (top-1 %.4f); not retraining.',
-      teacher_dir,
-      teacher_summary['final_top1'],
-    )
-
-  student_summary = student.train_student(
-    student_config(config, teacher_dir), os.path.join(workdir, 'student'), reuse
-  )
   logging.info(
     'Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',
     teacher_summary['final_top1'],

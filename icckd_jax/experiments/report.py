@@ -26,6 +26,7 @@ import math
 import os
 from typing import Any
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -268,28 +269,87 @@ def write_result(
   return result
 
 
-def _load(workdir: str) -> tuple[dict, list[settings_lib.Setting], list[dict]]:
+def _number_or_none(value) -> bool:
+  return value is None or (
+    isinstance(value, (int, float))
+    and not isinstance(value, bool)
+    and math.isfinite(value)
+  )
+
+
+def _malformed(result, setting: str, seed: int) -> str | None:
+  """Why a result.json's content cannot be a row of (setting, seed), or
+  None: every figure must be a finite number or null."""
+  if not isinstance(result, dict) or not isinstance(result.get('row'), dict):
+    return 'no row'
+  row = result['row']
+  if row.get('setting') != setting or row.get('seed') != seed:
+    return f'its row is of {row.get("setting")!r} seed {row.get("seed")!r}'
+  for key, value in row.items():
+    named = key == 'setting' or key.endswith('_model')  # Names, not figures.
+    if not (named and isinstance(value, str)) and not _number_or_none(value):
+      return f'{key}={value!r} is not a number'
+  epochs = result.get('epochs')
+  if not isinstance(epochs, list) or not all(
+    isinstance(e, dict) for e in epochs
+  ):
+    return 'no list of epochs'
+  for epoch in epochs:
+    for key, value in epoch.items():
+      if key != 'stage' and not _number_or_none(value):
+        return f'epoch {key}={value!r} is not a number'
+  return None
+
+
+def read_result(
+  path: str, setting: str, seed: int
+) -> tuple[dict | None, str | None]:
+  """(result, None) of a readable result.json of (setting, seed); (None,
+  why) of a truncated, unreadable or malformed one; (None, None) of one an
+  older version of the report wrote (rewritten by the next worker)."""
+  try:
+    with open(path) as f:
+      result = json.load(f)
+  except (OSError, ValueError) as e:
+    return None, f'{type(e).__name__}: {e}'
+  if isinstance(result, dict) and 'epochs' not in result:
+    return None, None
+  reason = _malformed(result, setting, seed)
+  return (None, reason) if reason else (result, None)
+
+
+def _load(
+  workdir: str,
+) -> tuple[dict, list[settings_lib.Setting], list[dict], list[str]]:
+  """(sweep config, settings, the finished runs' results, the result
+  files left out as unreadable or malformed, each with why)."""
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     raise UserError(f'{workdir} holds no sweep ({path} is missing)')
   with open(path) as f:
     sweep = json.load(f)
   settings = [settings_lib.parse_setting(s) for s in sweep['settings']]
-  results = []
+  results, left_out = [], []
   for setting in settings:
     for seed in settings_lib.seeds_of(sweep, setting.name):
-      result = _result(workdir, sweep, setting, seed)
-      if result is not None:
+      result, reason = _result(workdir, sweep, setting, seed)
+      if reason:
+        left_out.append(reason)
+      elif result is not None:
         results.append(result)
-  return sweep, settings, results
+  for entry in left_out:
+    logging.warning('Left out of the report: %s', entry)
+  return sweep, settings, results, left_out
 
 
 def _result(
   workdir: str, sweep: dict, setting: settings_lib.Setting, seed: int
-) -> dict | None:
-  """The figures of one finished run: recomputed from its stages' records
-  where they are here (so a report written by newer code has every column
-  of that code), else its result.json as a worker wrote it."""
+) -> tuple[dict | None, str | None]:
+  """(the figures of one finished run, None), or (None, what was left out
+  and why) when they cannot be read, or (None, None) when the run has not
+  finished. Recomputed from its stages' records where they are here (so a
+  report written by newer code has every column of that code), else its
+  result.json as a worker wrote it."""
   run_dir = os.path.join(workdir, setting.name, f'seed_{seed}')
   if all(
     os.path.exists(os.path.join(run_dir, stage, 'summary.json'))
@@ -298,20 +358,23 @@ def _result(
     pipeline = settings_lib.apply_overrides(
       ml_collections.ConfigDict(sweep['base']), setting.overrides
     )
-    return write_result(
-      run_dir,
-      setting.name,
-      seed,
-      pipeline.teacher.to_dict(),
-      pipeline.student.to_dict(),
-      sweep.get('reach_train_accuracy'),
-    )
+    try:
+      return write_result(
+        run_dir,
+        setting.name,
+        seed,
+        pipeline.teacher.to_dict(),
+        pipeline.student.to_dict(),
+        sweep.get('reach_train_accuracy'),
+      ), None
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+      # A truncated or edited summary.json or record of a stage.
+      return None, f'{run_dir} ({type(e).__name__}: {e})'
   path = os.path.join(run_dir, RESULT_FILE)
   if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    result = json.load(f)
-  return result if 'epochs' in result else None  # older reports' files
+    return None, None
+  result, reason = read_result(path, setting.name, seed)
+  return result, (f'{path} ({reason})' if reason else None)
 
 
 def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -753,9 +816,12 @@ def write_report(
   finished runs of the sweep in `workdir`, into `output_dir` (default: the
   workdir). `comparisons` ('arm:control, ...') adds pairs to those of the
   sweep's config."""
-  sweep, settings, results = _load(workdir)
+  sweep, settings, results, left_out = _load(workdir)
   if not results:
-    raise UserError(f'no finished runs under {workdir} yet')
+    raise UserError(
+      f'no finished runs under {workdir} yet'
+      + (f' ({len(left_out)} result file(s) unreadable)' if left_out else '')
+    )
   output_dir = output_dir or workdir
   os.makedirs(output_dir, exist_ok=True)
   names = [
@@ -773,6 +839,14 @@ def write_report(
     parse_comparisons(sweep.get('comparisons'))
     + parse_comparisons(comparisons),
   )
+  if left_out:
+    lines[2:2] = [
+      f'Left out: {len(left_out)} run(s) whose result.json could not be '
+      'read or holds a malformed value (rerun the sweep to rewrite them):',
+      '',
+      *[f'- {entry}' for entry in left_out],
+      '',
+    ]
   with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
     f.write('\n'.join(lines))
 

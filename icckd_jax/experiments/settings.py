@@ -8,6 +8,7 @@ the pipeline config, values Python literals), e.g.
 
 import ast
 import dataclasses
+import os
 from typing import Any
 
 import ml_collections
@@ -27,9 +28,15 @@ def parse_setting(text: str) -> Setting:
   """'NAME: a.b=1, c=0.5' -> Setting('NAME', {'a.b': 1, 'c': 0.5})."""
   name, _, rest = text.partition(':')
   name = name.strip()
-  if not name or '/' in name:
+  # The name is a directory under the sweep's workdir: it must stay there.
+  if (
+    not name
+    or name in (os.curdir, os.pardir)
+    or any(sep in name for sep in ('/', '\\', '\0'))
+  ):
     raise UserError(
-      f"config.settings entry {text!r} needs a name without '/' before ':'"
+      f'config.settings entry {text!r} needs a name before ":" that is a '
+      "directory name of its own (not '.' or '..', without '/' or '\\')"
     )
   overrides = {}
   for item in filter(None, (part.strip() for part in rest.split(','))):

@@ -55,6 +55,13 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
     raise UserError(f'config.settings has repeated names: {names}')
   if not config.seeds:
     raise UserError('config.seeds is empty')
+  for field in ('seeds', 'primary_seeds'):
+    seeds = list(config.get(field) or ())
+    if len(set(seeds)) != len(seeds):
+      raise UserError(
+        f'config.{field}={tuple(seeds)} repeats a seed; each seed is one '
+        'run, and a repeated one would count twice in the statistics'
+      )
   unknown = set(config.get('primary_settings') or ()) - set(names)
   if unknown:
     raise UserError(

@@ -4,6 +4,7 @@ GPU while there are several, else all on the one device."""
 import glob
 import multiprocessing
 import os
+import signal
 import sys
 
 from absl import logging
@@ -12,7 +13,12 @@ import ml_collections
 from icckd_jax import logs
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import sweep_worker
+from icckd_jax.training.preemption import Preempted, StopRequest
 from icckd_jax.training import compilation_cache
+
+
+# A worker that stopped for a signal exits 128 + its number.
+_STOP_SIGNALS = tuple(int(sig) for sig in StopRequest.SIGNALS)
 
 
 def _visible_gpus() -> list[str]:
@@ -35,6 +41,7 @@ def _worker_main(
   logging.set_verbosity(verbosity)
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(logs.OwnInfoOnly())
+  logs.quiet_failed_saves()
   compilation_cache.enable(
     config_dict.get('compilation_cache', compilation_cache.DEFAULT_DIR)
   )
@@ -43,6 +50,9 @@ def _worker_main(
   except UserError as e:
     logging.error('[worker %d] %s', worker, e)
     sys.exit(2)
+  except Preempted as e:
+    logging.warning('[worker %d] %s', worker, e)
+    sys.exit(128 + e.signum)
 
 
 def run_workers(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -62,6 +72,14 @@ def run_workers(config: ml_collections.ConfigDict, workdir: str) -> None:
   for process in processes:
     process.join()
   failed = [(i, p.exitcode) for i, p in enumerate(processes) if p.exitcode]
+  stopped = [code - 128 for _, code in failed if code - 128 in _STOP_SIGNALS]
+  if failed and len(stopped) == len(failed):
+    raise Preempted(
+      stopped[0],
+      f'{len(stopped)} sweep worker(s) stopped by '
+      f'{signal.Signals(stopped[0]).name}; finished runs and the stopped '
+      'ones are saved, run the same command again to resume',
+    )
   if failed:
     raise UserError(
       'sweep worker(s) failed (worker, exit code): '

@@ -20,6 +20,7 @@ from icckd_jax.experiments import sweep_plan
 from icckd_jax.experiments import sweep_probe
 from icckd_jax.training import estimate
 from icckd_jax.training import workdir_lock
+from icckd_jax.training.preemption import StopRequest
 from icckd_jax.training.reuse import Reuse
 
 
@@ -77,6 +78,15 @@ def _write_result(
   )
 
 
+def _has_result(run: sweep_plan.Run) -> bool:
+  """Whether the run's result.json is there and readable: a damaged one is
+  written again from the run's stages (which have finished)."""
+  if not os.path.exists(run.result_path):
+    return False
+  result, _ = report.read_result(run.result_path, run.setting, run.seed)
+  return result is not None
+
+
 def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
   """The report, written by one worker at a time (the others wait)."""
   report_dir = os.path.join(workdir, '.report')
@@ -91,6 +101,8 @@ def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
     time.sleep(0.1)
   try:
     report.write_report(workdir)
+  except UserError as e:  # The report cannot be written now; the runs can.
+    logging.warning('The report of %s is not rewritten now: %s', workdir, e)
   finally:
     lock.release()
 
@@ -115,14 +127,16 @@ def _projected_clock(
   return clock
 
 
-def _train_stages(run, position, runs, worker, clock, reuse, held):
+def _train_stages(run, position, runs, worker, clock, reuse, held, stop):
   """Trains the unfinished stages of `run` ('[i/n]' in the plan) that this
   worker can claim, in order; (stages trained, whether all were claimed).
-  A stage held by another worker is logged once (`held`)."""
+  A stage held by another worker is logged once (`held`). A stop requested
+  (`stop`, during a stage or between two) ends the worker before the next."""
   trained, claimed_all = 0, True
   for name, directory, stage_config, train_fn in sweep_plan.stages(run):
     if sweep_plan.finished(directory, stage_config):
       continue
+    stop.stop_if_requested(f'{run.setting} seed {run.seed}: {name}')
     if directory not in held:
       logging.info(
         '[worker %d] %s %s seed %d: %s in %s',
@@ -181,36 +195,47 @@ def work(
   # Stages seen held by another worker: said once, so that a waiting
   # worker's poll logs one line.
   held = set()
-  while True:
-    waiting = []
-    for index, run in enumerate(runs):
-      if os.path.exists(run.result_path):
-        if first_pass:
-          logging.info(
-            '[%d/%d] %s seed %d: finished earlier, skipped.',
-            index + 1,
-            len(runs),
-            run.setting,
-            run.seed,
-          )
-        continue
-      _link(run)
-      stages_trained, claimed_all = _train_stages(
-        run, f'[{index + 1}/{len(runs)}]', runs, worker, clock, reuse, held
+  with StopRequest() as stop:
+    while True:
+      waiting = []
+      for index, run in enumerate(runs):
+        if _has_result(run):
+          if first_pass:
+            logging.info(
+              '[%d/%d] %s seed %d: finished earlier, skipped.',
+              index + 1,
+              len(runs),
+              run.setting,
+              run.seed,
+            )
+          continue
+        _link(run)
+        stages_trained, claimed_all = _train_stages(
+          run,
+          f'[{index + 1}/{len(runs)}]',
+          runs,
+          worker,
+          clock,
+          reuse,
+          held,
+          stop,
+        )
+        trained += stages_trained
+        if not claimed_all:
+          waiting.append(f'{run.setting} seed {run.seed}')
+          continue
+        _write_result(run, config)
+        _write_report(workdir)
+      first_pass = False
+      if not waiting:
+        break
+      logging.info(
+        '[worker %d] waiting for other workers on: %s',
+        worker,
+        ', '.join(waiting),
       )
-      trained += stages_trained
-      if not claimed_all:
-        waiting.append(f'{run.setting} seed {run.seed}')
-        continue
-      _write_result(run, config)
-      _write_report(workdir)
-    first_pass = False
-    if not waiting:
-      break
-    logging.info(
-      '[worker %d] waiting for other workers on: %s', worker, ', '.join(waiting)
-    )
-    time.sleep(poll_seconds)
+      stop.stop_if_requested('the next poll')
+      time.sleep(poll_seconds)
   logging.info(
     '[worker %d] done; compiled steps: %s', worker, dict(reuse.builds)
   )

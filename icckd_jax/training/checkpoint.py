@@ -17,11 +17,19 @@ run killed mid-save leaves the previous checkpoint as the latest: resume is
 preemption-safe. Callers save only states they have checked to be finite
 (`training.divergence`, in the loop), so the retention policy never removes a good
 checkpoint to make room for a bad one.
+
+Saves are asynchronous: a save that fails in Orbax's background threads (a
+full disk, a path the system refuses) surfaces at the next save, at
+`commit` or at `close`, as one UserError naming the checkpoint; a finished
+run calls `commit` before it writes its summary.
 """
 
+import contextlib
 import logging as std_logging
 import os
 import shutil
+import threading
+import time
 from typing import Any
 
 from absl import logging
@@ -36,6 +44,47 @@ from icckd_jax.errors import UserError
 DAMAGED_DIR = 'damaged'
 # Orbax writes a checkpoint under this suffix and renames it when complete.
 PARTIAL_SUFFIX = '.orbax-checkpoint-tmp'
+# Bytes below a workdir for the longest path a save writes, with room:
+# 'preempted/<step>.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/
+# ocdbt.process_<n>/d/<32 hex digits>' is about 120.
+PATH_RESERVE = 200
+
+
+class SaveFailed(UserError):
+  """An asynchronous save failed; every checkpoint committed before is
+  intact. `error` is what Orbax raised (a full disk is recognised from it)."""
+
+  def __init__(self, message: str, error: BaseException):
+    super().__init__(message)
+    self.error = error
+
+
+def _save_failed(directory, error: BaseException) -> SaveFailed:
+  """The one-line error of a failed save into `directory`."""
+  reason = (
+    str(error).strip().splitlines()[0][:300] if str(error).strip() else ''
+  )
+  return SaveFailed(
+    f'saving a checkpoint in {directory} failed '
+    f'({type(error).__name__}: {reason}); every checkpoint committed '
+    'before is intact: fix the cause and rerun the same command to resume',
+    error,
+  )
+
+
+def join_background_writes(seconds: float = 10.0) -> bool:
+  """Waits up to `seconds` for Orbax's own threads (the writes of a save
+  that has failed may run on after the failure is reported); whether
+  they all ended."""
+  deadline = time.monotonic() + seconds
+  for thread in threading.enumerate():
+    if thread is threading.current_thread():
+      continue
+    if type(thread).__module__.startswith('orbax.'):
+      thread.join(max(0.0, deadline - time.monotonic()))
+      if thread.is_alive():
+        return False
+  return True
 
 
 def remove_partial_saves(workdir: str) -> list[str]:
@@ -116,8 +165,10 @@ class Checkpoints:
   def __enter__(self) -> 'Checkpoints':
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    # With an error already on its way out, a failed pending save is a
+    # consequence, not news: close quietly.
+    self.close(quiet=exc_type is not None)
 
   def _manager(self, which: str) -> ocp.CheckpointManager:
     if which not in ('last', 'best', 'preempted'):
@@ -152,28 +203,65 @@ class Checkpoints:
         if jax.process_count() > 1:
           # Orbax's cross-process commit barrier is named by the step alone:
           # two managers committing the same step at once would collide.
-          self._last.wait_until_finished()
-        manager.save(epoch, args=args)
+          self._wait(self._last)
+        # Orbax first waits for this manager's previous save, and raises
+        # what failed in it.
+        with self._surfacing(manager):
+          manager.save(epoch, args=args)
     if last and self._preempted.all_steps():
       # The new epoch checkpoint is at or past the preempted step, which
       # can never be the newest again; it goes once the new one is on disk.
-      self._last.wait_until_finished()
+      self.commit(epoch)
       for step in self._preempted.all_steps():
         self._preempted.delete(step)
 
   def save_preempted(self, step: int, state, meta: dict, config: dict) -> None:
     """Saves the state of a run stopped at global `step` mid-epoch, and
     waits until it is on disk (the process is about to exit)."""
-    self._preempted.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(meta),
-        config=ocp.args.JsonSave(config),
-      ),
-      force=True,
-    )
-    self._preempted.wait_until_finished()
+    with self._surfacing(self._preempted):
+      self._preempted.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          meta=ocp.args.JsonSave(meta),
+          config=ocp.args.JsonSave(config),
+        ),
+        force=True,
+      )
+    self._wait(self._preempted)
+    if step not in self._preempted.all_steps():
+      raise _save_failed(
+        self._preempted.directory, RuntimeError(f'step {step} is not on disk')
+      )
+
+  @contextlib.contextmanager
+  def _surfacing(self, manager: ocp.CheckpointManager):
+    """Turns what a save into `manager` raises (its own failure or that of
+    the previous, asynchronous one) into one SaveFailed."""
+    try:
+      yield
+    except SaveFailed:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and TensorStore raise many types for one failed write.
+      raise _save_failed(manager.directory, e) from None
+
+  def _wait(self, manager: ocp.CheckpointManager) -> None:
+    """Waits for `manager`'s pending save; its failure as a SaveFailed."""
+    with self._surfacing(manager):
+      manager.wait_until_finished()
+
+  def commit(self, epoch: int | None = None) -> None:
+    """Waits until every pending save is on disk; raises SaveFailed when one
+    failed or when `epoch` is not among the committed rolling checkpoints
+    (a finished run calls this before writing its summary)."""
+    for manager in (self._last, self._best, self._preempted):
+      self._wait(manager)
+    if epoch is not None and epoch not in self._last.all_steps():
+      raise _save_failed(
+        self._last.directory,
+        RuntimeError(f'epoch {epoch} was not committed'),
+      )
 
   def _restore_one(self, manager, step, abstract_state, mesh):
     if abstract_state is None:
@@ -308,7 +396,19 @@ class Checkpoints:
       epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
     ).config
 
-  def close(self) -> None:
+  def close(self, quiet: bool = False) -> None:
+    """Waits for the pending saves and closes every manager, also after one
+    failed (an unclosed manager keeps its threads, and the process, alive);
+    then raises the first failure as a SaveFailed unless `quiet`."""
+    failure = None
     for manager in (self._last, self._best, self._preempted):
-      manager.wait_until_finished()
-      manager.close()
+      for finish in (manager.wait_until_finished, manager.close):
+        try:
+          finish()
+        except Exception as e:  # pylint: disable=broad-except
+          failure = failure or _save_failed(manager.directory, e)
+    if failure is not None or quiet:
+      # The other writes of a failed save may still be running.
+      join_background_writes()
+    if failure is not None and not quiet:
+      raise failure

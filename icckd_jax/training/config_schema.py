@@ -127,6 +127,9 @@ FIELDS: dict[str, Field] = {
   'cache.store': Field(choices=('features', 'images')),
   # Any teacher of the same architecture: its weights are an argument.
   'teacher.workdir': Field('traced'),
+  # Whether an unfinished teacher may be used: the fingerprint in
+  # teacher_eval.json says which one was.
+  'teacher.allow_unfinished': Field('bookkeeping'),
   'distill.method': Field(choices=tuple(distillers.DISTILLERS)),
   'distill.temperature': Field('traced', POSITIVE),
   **{

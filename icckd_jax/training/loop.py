@@ -75,17 +75,22 @@ def fit(
     if not _disk_full(e):
       raise
     checkpoint.remove_partial_saves(workdir)
-    raise UserError(
+    raise checkpoint.SaveFailed(
       f'the disk holding {workdir} is full (no space left while '
       'writing); every checkpoint saved before is intact: free '
-      'space and rerun the same command to resume'
+      'space and rerun the same command to resume',
+      e,
     ) from None
 
 
 def _disk_full(error: BaseException | None) -> bool:
   """Whether `error`, or an error it was raised from or during, is a full
   disk (Orbax and TensorStore wrap the OSError in their own types)."""
-  while error is not None:
+  seen = set()  # Orbax's chains of causes can loop.
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, checkpoint.SaveFailed):
+      error = error.error
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
       return True
     if 'No space left on device' in str(error):
@@ -229,6 +234,13 @@ class _Loop:
       self.start_step = meta.get('step', meta['epoch'] * self.steps_per_epoch)
       self.best, self.last_test = meta['best'], _last_test(meta)
       self.reference_loss = meta.get('reference_loss')
+      if self.start_step > self.total_steps:
+        raise UserError(
+          f'the run in {self.workdir} is at step {self.start_step}, past '
+          f'the {self.total_steps} steps of config.num_epochs='
+          f'{self.config.num_epochs}; resume it with a larger num_epochs, '
+          'or choose another --workdir'
+        )
       if meta.get('partial'):
         self.per_step, self.logged = _unpack_partial(meta['partial'])
       logging.info(
@@ -326,8 +338,21 @@ class _Loop:
           self.end_epoch(epoch, time.perf_counter() - epoch_start)
       finally:
         self.batches.close()
-    self.writer.close()
-    return self.summarize(summary_extra)
+      self.writer.close()
+      # A summary says the run finished: only beside its final checkpoint.
+      self.ckpts.commit(config.num_epochs)
+      summary = self.summarize(summary_extra)
+      # A signal after the last step's check: the run is complete, yet the
+      # caller (a pipeline, a sweep worker, a script) asked to stop.
+      signum = stop.agreed()
+    if signum:
+      raise Preempted(
+        signum,
+        f'stopped by {signal.Signals(signum).name} after the last step; '
+        f'the run in {self.workdir} is finished and saved. Rerun the same '
+        'command to carry on with what comes after it.',
+      )
+    return summary
 
   # The steps of an epoch.
 

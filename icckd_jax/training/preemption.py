@@ -1,5 +1,11 @@
-"""Preemption: SIGTERM (what SLURM and cloud preemption send) or SIGINT stop
-a run at the next step boundary, after it saved its state.
+"""Preemption: SIGTERM (what SLURM and cloud preemption send), SIGINT or
+SIGHUP (a closed terminal or ssh session) stop a run at the next step
+boundary, after it saved its state.
+
+A job of several runs (a pipeline, a sweep worker) holds a StopRequest of
+its own around them: a run's request inherits a signal that came before it
+and hands on one that came after its last step, so the job stops before
+its next run instead of forgetting the signal.
 
 On several processes a signal reaches some of them, and all must stop at
 the same step: they agree on it with a collective every `every` steps (one
@@ -16,7 +22,8 @@ import numpy as np
 
 
 class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; the run saved its state and stopped."""
+  """SIGTERM, SIGINT or SIGHUP arrived; the run saved its state and
+  stopped."""
 
   def __init__(self, signum: int, message: str):
     super().__init__(message)
@@ -24,21 +31,23 @@ class Preempted(Exception):
 
 
 class StopRequest:
-  """Turns SIGTERM and SIGINT into a request to stop at the next step
-  boundary; a context manager.
+  """Turns SIGTERM, SIGINT and SIGHUP into a request to stop at the next
+  step boundary; a context manager, which nests: entered inside another,
+  it starts with the outer one's signal and hands its own back on exit.
 
   A second signal interrupts at once (KeyboardInterrupt), for a user who
   will not wait for the step. Off the main thread (where Python delivers
   signals) it does nothing.
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
   def __init__(self, every: int = 1):
     """`every`: on several processes, the steps between two agreements."""
     self.signum = 0
     self.every = every
     self._previous = {}
+    self._outer = None
 
   def _handle(self, signum, frame):
     del frame
@@ -54,12 +63,38 @@ class StopRequest:
     if threading.current_thread() is threading.main_thread():
       for sig in self.SIGNALS:
         self._previous[sig] = signal.signal(sig, self._handle)
+      outer = getattr(self._previous[signal.SIGTERM], '__self__', None)
+      if isinstance(outer, StopRequest):
+        self._outer = outer
+        self.signum = self.signum or outer.signum
     return self
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous.clear()
+    if self._outer is not None:
+      self._outer.signum = self._outer.signum or self.signum
+      self._outer = None
+
+  def agreed(self) -> int:
+    """The signal any process received so far, or 0: on several processes a
+    collective, which every process must call at the same point."""
+    if jax.process_count() == 1:
+      return self.signum
+    return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
+
+  def stop_if_requested(self, before: str) -> None:
+    """Raises Preempted if a stop was requested (agreed as in `agreed`);
+    `before`: what would have come next, for the message."""
+    signum = self.agreed()
+    if signum:
+      raise Preempted(
+        signum,
+        f'stopped by {signal.Signals(signum).name} before {before}; '
+        'everything finished so far is saved. Rerun the same command to '
+        'carry on.',
+      )
 
   def requested(self, step: int) -> int:
     """The signal to stop for before `step` (steps taken so far), or 0. On
@@ -70,4 +105,4 @@ class StopRequest:
       return self.signum
     if step % self.every:
       return 0
-    return int(np.max(multihost_utils.process_allgather(np.int32(self.signum))))
+    return self.agreed()

@@ -28,9 +28,50 @@ def require_workdir(workdir: str | None) -> str:
   return workdir
 
 
+def _path_limits(path: str) -> tuple[int, int]:
+  """(longest path, longest file name) in bytes the file system holding
+  `path` (or its nearest existing parent) accepts."""
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    return (
+      os.pathconf(existing, 'PC_PATH_MAX'),
+      os.pathconf(existing, 'PC_NAME_MAX'),
+    )
+  except (OSError, ValueError):  # No such limit known: POSIX's usual ones.
+    return 4096, 255
+
+
+def check_path_lengths(workdir: str) -> None:
+  """Refuses a workdir whose checkpoints' own paths would be longer than the
+  system allows: the write probe passes there, yet every save would fail in
+  Orbax's background threads. `checkpoint.PATH_RESERVE` bytes are left for
+  the longest path a checkpoint writes below the workdir."""
+  path = os.path.abspath(workdir)
+  path_max, name_max = _path_limits(path)
+  for name in path.split(os.sep):
+    if len(os.fsencode(name)) > name_max:
+      raise UserError(
+        f'workdir {workdir}: the name {name[:40]!r}... is '
+        f'{len(os.fsencode(name))} bytes, over the {name_max} bytes this '
+        'file system allows for one name; choose a shorter --workdir'
+      )
+  need = len(os.fsencode(path)) + checkpoint.PATH_RESERVE
+  if need >= path_max:
+    raise UserError(
+      f'workdir {path[:60]}... is {len(os.fsencode(path))} bytes long; its '
+      f'checkpoints need up to {checkpoint.PATH_RESERVE} bytes more, over '
+      f'the {path_max} bytes this system allows for a path; choose a '
+      'shorter --workdir'
+    )
+
+
 def prepare_workdir(workdir: str | None) -> str:
-  """Creates the workdir and proves it writable, or a one-line UserError."""
+  """Creates the workdir and proves it writable (with room for its
+  checkpoints' paths), or a one-line UserError."""
   require_workdir(workdir)
+  check_path_lengths(workdir)
   probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)

@@ -25,6 +25,7 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
+from icckd_jax.training import distill_pair
 from icckd_jax.training import evaluate
 from icckd_jax.training import loop
 from icckd_jax.training import optim
@@ -109,6 +110,15 @@ def build_student(
     config.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )
   distiller = distillers.build(config.distill)
+  distill_pair.check_pair(
+    config.distill,
+    (config.model, teacher_config.model),
+    (student_model, teacher_model),
+    teacher_variables,
+    distiller,
+    dataset.train_images.shape[1:],
+    dataset.train_labels,
+  )
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
   input_shape = dataset.image_shape
@@ -212,7 +222,9 @@ def train_student(
   """Distils the teacher of config.teacher.workdir (or .pth) into a student
   in `workdir`, resuming if it can; returns the summary."""
   mesh = preflight.checked_mesh(config, workdir)
-  teacher_config, teacher_variables = teacher_source.load_teacher(config, mesh)
+  teacher_config, teacher_variables, teacher_print = (
+    teacher_source.load_teacher_checked(config, mesh)
+  )
   if 'dataset' in teacher_config:  # An Orbax teacher of this project.
     # The config fields first: a mismatch is refused before any data loads.
     teacher_source.check_same_data(config.dataset, teacher_config.dataset)
@@ -235,7 +247,13 @@ def train_student(
   workdir = preflight.prepare_workdir(workdir)
   with preflight.hold_workdir(workdir):
     teacher_eval = _teacher_eval(
-      config, workdir, dataset, mesh, teacher_config, teacher_variables
+      config,
+      workdir,
+      dataset,
+      mesh,
+      teacher_config,
+      teacher_variables,
+      teacher_print,
     )
     return loop.fit(
       config,
@@ -243,19 +261,50 @@ def train_student(
       setup,
       dataset,
       mesh,
-      summary_extra={'teacher_top1': teacher_eval['top1']},
+      summary_extra={
+        'teacher_top1': teacher_eval['top1'],
+        'teacher_epoch': teacher_print['epoch'],
+        'teacher_fingerprint': teacher_print,
+      },
       reuse=reuse,
       step_memory=memory,
     )
 
 
+def _check_same_teacher(path: str, teacher_print: dict, source: str) -> None:
+  """A resumed student must distil from the teacher it started from: the
+  fingerprint recorded in its teacher_eval.json (students from before it
+  was recorded are not checked)."""
+  with open(path) as f:
+    recorded = json.load(f).get('fingerprint')
+  if recorded is not None and recorded != teacher_print:
+    raise UserError(
+      f'this student started from the teacher in {source} at epoch '
+      f'{recorded["epoch"]}, step {recorded["step"]} (digest '
+      f'{recorded["digest"]}); it now holds epoch {teacher_print["epoch"]}, '
+      f'step {teacher_print["step"]} (digest {teacher_print["digest"]}). A '
+      'resume needs the same teacher: put it back, or choose another '
+      '--workdir for a student of this one'
+    )
+
+
 def _teacher_eval(
-  config, workdir, dataset, mesh, teacher_config, teacher_variables
+  config,
+  workdir,
+  dataset,
+  mesh,
+  teacher_config,
+  teacher_variables,
+  teacher_print,
 ) -> dict[str, Any]:
-  """The teacher's test figures, computed once per student workdir (a
-  resumed student reads them back from WORKDIR/teacher_eval.json)."""
+  """The teacher's test figures and fingerprint, computed once per student
+  workdir (a resumed student reads them back from WORKDIR/teacher_eval.json
+  after checking that its teacher is the same)."""
   path = os.path.join(workdir, TEACHER_EVAL_FILE)
-  if not os.path.exists(path):
+  source = config.teacher.get('pth') or config.teacher.workdir
+  if os.path.exists(path):
+    _check_same_teacher(path, teacher_print, source)
+  else:
     _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
     mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
@@ -269,11 +318,11 @@ def _teacher_eval(
       batch_size=config.eval_batch_size,
     )
     teacher_eval = evaluate_fn(teacher_variables, test_split)
-    source = config.teacher.get('pth') or config.teacher.workdir
     teacher_eval.update(
       model=teacher_config.model,
       source=source,
       workdir=config.teacher.get('workdir'),
+      fingerprint=teacher_print,
     )
     logging.info(
       'Teacher %s from %s: test top-1 %.4f',

@@ -11,6 +11,7 @@ of the data set's.
 """
 
 import dataclasses
+import hashlib
 import os
 
 import jax
@@ -87,16 +88,43 @@ def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
   return saved, parallel.put_replicated(variables, mesh)
 
 
+def fingerprint(variables, epoch: int | None, step: int | None) -> dict:
+  """What identifies a teacher: the epoch and step of its checkpoint (None
+  for a .pth file) and a SHA-256 of its variables' names, shapes, dtypes and
+  bytes. A student records it when it starts and resumes only from the
+  same teacher."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    # Replicated: one local copy holds the whole array on every host.
+    value = np.asarray(
+      leaf.addressable_data(0) if hasattr(leaf, 'addressable_data') else leaf
+    )
+    digest.update(
+      f'{jax.tree_util.keystr(path)}|{value.shape}|{value.dtype}|'.encode()
+    )
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return {'epoch': epoch, 'step': step, 'digest': digest.hexdigest()[:16]}
+
+
 def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
-  """(teacher config, its variables replicated on `mesh`).
+  """(teacher config, its variables replicated on `mesh`); as
+  `load_teacher_checked`, without the teacher's fingerprint."""
+  teacher_config, variables, _ = load_teacher_checked(config, mesh)
+  return teacher_config, variables
+
+
+def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(teacher config, its variables replicated on `mesh`, its fingerprint).
 
   The teacher config is the one saved with an Orbax teacher run, or for a
   PyTorch teacher {'model', 'pth', 'input_mean', 'input_std'}. Of an Orbax
   run, the newest intact checkpoint is used; a damaged one is skipped (the
-  teacher's workdir is only read).
+  teacher's workdir is only read). A run that has not reached its last
+  epoch is refused unless config.teacher.allow_unfinished.
   """
   if config.teacher.get('pth'):
-    return _load_pytorch_teacher(config, mesh)
+    saved, variables = _load_pytorch_teacher(config, mesh)
+    return saved, variables, fingerprint(variables, None, None)
   workdir = config.teacher.get('workdir')
   if not workdir or not os.path.isdir(workdir):
     raise UserError(
@@ -108,17 +136,34 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
     restored = ckpts.restore_newest_intact(
       None, which=config.teacher.checkpoint, mesh=mesh
     )
+    last_epoch = ckpts.latest_epoch('last')
   if restored is None:
     raise UserError(
       f'no {config.teacher.checkpoint} checkpoint in '
       f'config.teacher.workdir={workdir!r}; train the teacher '
       'first'
     )
-  state, _, saved = restored
-  return ml_collections.ConfigDict(saved), {
+  state, meta, saved = restored
+  planned = saved.get('num_epochs')
+  if (
+    planned is not None
+    and (last_epoch or 0) < planned
+    and not config.teacher.get('allow_unfinished', False)
+  ):
+    raise UserError(
+      f'config.teacher.workdir={workdir!r} holds an unfinished teacher '
+      f'(epoch {last_epoch or 0} of {planned}); let it finish, or set '
+      '--config.teacher.allow_unfinished=True to distil from it as it is'
+    )
+  variables = {
     'params': state['params']['model'],
     'batch_stats': state['batch_stats'],
   }
+  return (
+    ml_collections.ConfigDict(saved),
+    variables,
+    fingerprint(variables, meta.get('epoch'), meta.get('step')),
+  )
 
 
 # The dataset fields that decide which images and labels the teacher saw;

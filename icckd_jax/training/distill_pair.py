@@ -1,0 +1,105 @@
+"""Whether a distillation method can serve a (teacher, student) pair: the
+stages it pairs (their count, spatial sizes, channels) and what its
+connectors adapt, checked from the two networks' shapes before anything
+compiles.
+
+The check traces the method on abstract outputs (`jax.eval_shape`: no
+compilation, no memory): a pair the method cannot serve fails there, and
+becomes one line naming the method, both models and the mismatch, where it
+would otherwise fail deep inside the compilation of the train step.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import flax.linen as nn
+
+from icckd_jax import distillers
+from icckd_jax import parallel
+from icckd_jax.errors import UserError, one_line
+from icckd_jax.training import student_step
+
+
+def _stage_shapes(outputs: distillers.Outputs) -> str:
+  """'HxWxC, ...' of each stage map, the first stage first."""
+  return (
+    ', '.join('x'.join(str(d) for d in m.shape[1:]) for m in outputs.stages)
+    or 'none'
+  )
+
+
+def check_pair(
+  distill: ml_collections.ConfigDict,
+  names: tuple[str, str],
+  models: tuple[nn.Module, nn.Module],
+  teacher_variables,
+  distiller: distillers.Distiller,
+  input_shape,
+  train_labels,
+) -> None:
+  """Refuses, with one UserError, a pair `distill.method` cannot serve.
+
+  `names` and `models` are (student, teacher); `teacher_variables` the
+  teacher's (concrete or abstract); `input_shape` [H, W, C];
+  `train_labels` [N] (a memory bank's size).
+  """
+  if not distiller.needs_stages and distiller.init is None:
+    return  # Logits and pooled features only: any pair of the same classes.
+  student_model, teacher_model = models
+  x = jnp.zeros((2, *input_shape), jnp.float32)
+  key = jax.random.key(0)
+
+  def outputs():
+    student_variables = student_model.init(key, x, train=False)
+    return tuple(
+      student_step.apply_model(
+        model, variables, x, train=False, stages=distiller.needs_stages
+      )[0]
+      for model, variables in (
+        (student_model, student_variables),
+        (teacher_model, teacher_variables),
+      )
+    )
+
+  student, teacher = jax.eval_shape(outputs)
+  student_name, teacher_name = names
+  refusal = (
+    f'config.distill.method={distill.method!r} cannot distil teacher '
+    f'{teacher_name} (stages {_stage_shapes(teacher)}) into student '
+    f'{student_name} (stages {_stage_shapes(student)})'
+  )
+  mismatch = distillers.pair_mismatch(distill.method, student, teacher)
+  if mismatch:
+    raise UserError(f'{refusal}: {mismatch}')
+
+  def traced(student, teacher, teacher_params):
+    labels = jnp.zeros((x.shape[0],), jnp.int32)
+    hp = dict(student_step.hyperparameters(distill), epoch=jnp.float32(1))
+    gather = lambda a: a  # Shapes only: one device's batch is the batch.
+    if distiller.init is None:
+      return distiller.loss(student, teacher, labels, hp, gather)
+    abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (student, teacher)
+    )
+    params, buffers = distiller.init(
+      key, *abstract, train_labels, teacher_params
+    )
+    trainable = distillers.Trainable(
+      params, buffers, jnp.zeros_like(labels), jnp.int32(0)
+    )
+    return distiller.loss(student, teacher, labels, hp, gather, trainable)
+
+  # The connectors' BatchNorm synchronises over the data axis, as in the
+  # step: a vmap over one device binds it.
+  on_one_device = jax.vmap(
+    traced, in_axes=(0, 0, None), axis_name=parallel.DATA
+  )
+  batched = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype), (student, teacher)
+  )
+  try:
+    jax.eval_shape(on_one_device, *batched, teacher_variables['params'])
+  except Exception as e:  # pylint: disable=broad-except
+    # Any failure to trace the method on these shapes (a UserError of its
+    # own, a broadcasting TypeError, a bad reshape) means this pair.
+    raise UserError(f'{refusal}: {one_line(e)}') from None
