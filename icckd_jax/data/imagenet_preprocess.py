@@ -14,6 +14,10 @@ resized pixels are Pillow's own, and returns uint8: `ToTensor` and
 `Normalize` are the device-side normalisation every model of this project
 gets, (x - 255 · mean) / (255 · std) in [0, 255] units
 (`interop.torch_import.normalization`).
+
+The streaming input's evaluation (`stream`, images of several sizes) is
+this transform on the decoded record, at other sizes in the same ratio:
+`eval_resize(size)` then the centre `size` (256 / 224 at 224).
 """
 
 from __future__ import annotations
@@ -48,6 +52,35 @@ def center_crop_origin(
   return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
 
 
+def eval_resize(crop: int) -> int:
+  """The shorter side evaluation resizes to before a centre crop of
+  `crop`: torchvision's 256 for 224, the same ratio at other sizes."""
+  return int(round(crop * RESIZE / CROP))
+
+
+def resize_center_crop(
+  image: np.ndarray, resize: int = RESIZE, crop: int = CROP
+) -> np.ndarray:
+  """A decoded image through `Resize(resize)` then `CenterCrop(crop)`.
+
+  Args:
+    image: [H, W, C] uint8, C in {1, 3}.
+    resize: the shorter side after resizing, >= crop.
+    crop: the side of the centre crop.
+
+  Returns:
+    [crop, crop, C] uint8.
+  """
+  channels = image.shape[-1]
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  height, width = resized_size(pil.height, pil.width, resize)
+  if (height, width) != (pil.height, pil.width):
+    pil = pil.resize((width, height), Image.BILINEAR)
+  top, left = center_crop_origin(height, width, crop)
+  out = np.asarray(pil.crop((left, top, left + crop, top + crop)))
+  return out.reshape(crop, crop, channels)
+
+
 def eval_image(
   source: Any,
   name: str = '',
@@ -73,13 +106,9 @@ def eval_image(
     with Image.open(
       io.BytesIO(source) if isinstance(source, bytes) else source
     ) as image:
-      image = image.convert('RGB')
-      height, width = resized_size(image.height, image.width, resize)
-      if (height, width) != (image.height, image.width):
-        image = image.resize((width, height), Image.BILINEAR)
-      top, left = center_crop_origin(height, width, crop)
-      return np.asarray(image.crop((left, top, left + crop, top + crop)))
+      decoded = np.asarray(image.convert('RGB'))
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise UserError(
       f'cannot decode {where!r} as an image ({one_line(e)})'
     ) from e
+  return resize_center_crop(decoded, resize, crop)

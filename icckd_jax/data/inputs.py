@@ -38,14 +38,15 @@ def load(
     mode: 'stream' reads a converted set's shards as the run goes; 'resident'
       holds the decoded splits on every device; 'auto' streams a converted
       set whose decoded train split would take more than RESIDENT_FRACTION
-      of `device_bytes`, or whose images have several sizes.
+      of `device_bytes`, whose images have several sizes, or that
+      `augment` (config.dataset.augment) crops with RandomResizedCrop.
     workers: Grain's decode processes when streaming (config.input.workers).
     device_bytes: one device's memory (None: unknown).
 
   Raises:
-    UserError: an unknown mode, 'stream' for a set that is not converted,
-      'resident' for a set that cannot be (several sizes, or larger than
-      the device).
+    UserError: an unknown mode, 'stream' or augment 'resized_crop' for a
+      set that is not converted, 'resident' for a set that cannot be
+      (several sizes, augment 'resized_crop', or larger than the device).
   """
   if mode not in MODES:
     raise UserError(
@@ -53,7 +54,14 @@ def load(
       + ', '.join(MODES)
     )
   name = config.get('name')
+  augment = config.get('augment', 'auto')
   if name != 'array_record':
+    if augment == 'resized_crop':
+      raise UserError(
+        "config.dataset.augment='resized_crop' is the streaming input's; "
+        f'convert dataset.name={name!r} with configs/convert.py and train '
+        "with dataset.name='array_record' (or set dataset.augment='auto')"
+      )
     return _load_resident(config, mode)
   for split in array_record.SPLITS:
     if config.get(f'{split}_subset'):
@@ -63,7 +71,7 @@ def load(
         'set it to 0)'
       )
   info = array_record.read_info(config.get('path'))
-  mode, why = choose(mode, info, device_bytes, config.get('path'))
+  mode, why = choose(mode, info, device_bytes, config.get('path'), augment)
   fields = dict(
     name=name,
     train_labels=np.asarray(info.labels('train'), np.int32),
@@ -81,7 +89,7 @@ def load(
       test_images=arrays['test_images'],
       **fields,
     )
-  splits = stream.splits(info, config.get('image_size', 32), workers)
+  splits = stream.splits(info, config.get('image_size', 32), workers, augment)
   logging.info(
     'Input: streaming from the shards in %s with %d decode worker(s), %s '
     'images, %s augmentation (%s).',
@@ -114,11 +122,24 @@ def _load_resident(config: ml_collections.ConfigDict, mode: str):
 
 
 def choose(
-  mode: str, info: array_record.Info, device_bytes: int | None, path: str
+  mode: str,
+  info: array_record.Info,
+  device_bytes: int | None,
+  path: str,
+  augment: str = 'auto',
 ) -> tuple[str, str]:
-  """('resident' | 'stream', why) for a converted set under `mode`."""
+  """('resident' | 'stream', why) for a converted set under `mode` and
+  config.dataset.augment (RandomResizedCrop is the streaming path's)."""
   decoded = info.decoded_bytes['train']
   both = decoded + info.decoded_bytes['test']
+  if augment == 'resized_crop':
+    if mode == 'resident':
+      raise UserError(
+        "config.input.mode='resident' cannot apply "
+        "config.dataset.augment='resized_crop', which the streaming path "
+        "does; use input.mode='stream' (or 'auto')"
+      )
+    return 'stream', f"input.mode={mode!r}: dataset.augment='resized_crop'"
   if mode == 'resident':
     if info.image_shape is None:
       raise UserError(
