@@ -128,7 +128,14 @@ ARGS = (
 def _recipe(c: ml_collections.ConfigDict) -> None:
   """The ImageNet solver of mdistiller's kd.yaml, data and precision."""
   c.dataset.name = 'array_record'
+  # The streaming input's ImageNet recipe (data/host_augment.py), whatever
+  # the sizes of the converted images: RandomResizedCrop (scale 0.08-1,
+  # ratio 3/4-4/3) to 224 and flip for training; torchvision's resize to
+  # 256 and centre crop 224 for evaluation (data/imagenet_preprocess.py).
+  # crop_padding is not read by this recipe.
+  c.dataset.augment = 'resized_crop'
   c.dataset.image_size = 224
+  c.flip = True
   c.num_epochs = 100
   c.batch_size = 512
   c.eval_batch_size = 500  # 50,000 validation images: 100 batches
@@ -137,9 +144,6 @@ def _recipe(c: ml_collections.ConfigDict) -> None:
   c.lr_decay_rate = 0.1
   c.momentum = 0.9
   c.weight_decay = 1e-4
-  # The images are already cropped to 224 at random by the input pipeline;
-  # no zero padding is added around them.
-  c.crop_padding = 0
   c.dtype = 'bfloat16'
   c.log_every_steps = 500
   c.checkpoint_every_epochs = 1
@@ -165,14 +169,13 @@ def _icc_teacher() -> ml_collections.ConfigDict:
 
 def _smoke() -> ml_collections.ConfigDict:
   """r34_r18's KD, shrunk: the teacher is a torchvision ResNet18 file
-  (the tests' fixture), the student a ResNet18 at 64x64, two steps."""
+  (the tests' fixture), the student a ResNet18, two steps on a converted
+  set of 16 + 16 images declaring 1,000 classes (dataset.path), streamed
+  with the ImageNet recipe at 64x64 (evaluation resized to 73, cropped)."""
   c = _student('r34_r18', 'kd')
   c.teacher.model = 'imagenet_resnet18'
-  c.dataset.name = 'synthetic'
   c.dataset.image_size = 64
-  c.dataset.num_classes = 1000
-  c.dataset.num_train = 16
-  c.dataset.num_test = 16
+  c.input.workers = 0  # decoding in a thread: no worker processes to start
   c.num_epochs = 1
   c.batch_size = 8
   c.eval_batch_size = 16
