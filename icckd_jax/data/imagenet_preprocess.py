@@ -22,13 +22,12 @@ this transform on the decoded record, at other sizes in the same ratio:
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from icckd_jax.errors import UserError, one_line
+from icckd_jax.data import images
 
 RESIZE = 256
 CROP = 224
@@ -102,13 +101,5 @@ def eval_image(
     UserError: the file is not an image Pillow can decode.
   """
   where = name or (source if isinstance(source, str) else 'image bytes')
-  try:
-    with Image.open(
-      io.BytesIO(source) if isinstance(source, bytes) else source
-    ) as image:
-      decoded = np.asarray(image.convert('RGB'))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(
-      f'cannot decode {where!r} as an image ({one_line(e)})'
-    ) from e
+  decoded = images.decode('evaluation', where, source, rgb=True)
   return resize_center_crop(decoded, resize, crop)
