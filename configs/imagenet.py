@@ -20,41 +20,52 @@ teachers: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1.
   icc_r34               an imagenet_resnet34 teacher trained with the
                         intra-class objective (λ, δ, τ and the cache of
                         configs/teacher.py) at the KD recipe
-  smoke                 r34_r18's KD on CPU in seconds: 64x64 synthetic
-                        images of 1,000 classes, a torchvision ResNet18
-                        `.pth` as the teacher (set its path)
+  smoke                 r34_r18's KD on CPU in seconds: a converted set
+                        of 64x64 images declaring 1,000 classes (set
+                        dataset.path), a torchvision ResNet18 `.pth` as the
+                        teacher (set its path)
 
-Every row computes in bfloat16 and reads ImageNet as an ArrayRecord set
-(dataset.name='array_record', docs/data.md); images are 224x224, the
-evaluation transform torchvision's (icckd_jax/data/imagenet_preprocess.py).
-The teachers are torchvision's files, normalised with ImageNet's statistics:
+Every row computes in bfloat16 and streams ImageNet as an ArrayRecord set
+(dataset.name='array_record', docs/data.md) with ImageNet's recipe,
+dataset.augment='resized_crop' at dataset.image_size=224: RandomResizedCrop
+(scale 0.08-1) + flip for training, torchvision's resize 256 + centre crop
+224 for evaluation (icckd_jax/data/imagenet_preprocess.py). The teachers
+are torchvision's files, normalised with ImageNet's statistics.
 
+From ImageNet's folder (ROOT/train/<wnid>/*.JPEG, ROOT/val/) to the table:
+
+  # 1. convert once to shards (docs/data.md, "Data sets larger than memory")
+  python launch.py --config=configs/convert.py --config.dataset.name=imagenet \
+      --config.dataset.path=path/to/imagenet \
+      --config.output_dir=path/to/imagenet-ar
+  # 2. the teachers, and their own top-1 on val (73.31 / 76.16 there)
   wget https://download.pytorch.org/models/resnet34-333f7ec4.pth
   wget https://download.pytorch.org/models/resnet50-19c8e357.pth
-  # the teacher's own top-1 on the validation split (73.31 / 76.16 there)
   python launch.py --config=configs/eval.py --config.pth=resnet34-333f7ec4.pth \
       --config.model=imagenet_resnet34 --config.dataset.name=array_record \
-      --config.dataset.path=path/to/imagenet --config.dataset.image_size=224
-  # one row of the table, e.g. DKD for ResNet34 -> ResNet18
+      --config.dataset.path=path/to/imagenet-ar --config.dataset.image_size=224
+  # 3. each row: r34_r18 / r50_mv1 (KD) or <pair>_<method>, with the
+  #    pair's teacher; e.g. DKD for ResNet34 -> ResNet18
   python launch.py --config=configs/imagenet.py:r34_r18_dkd \
       --workdir=workdirs/imagenet/r34_r18_dkd \
-      --config.dataset.path=path/to/imagenet \
+      --config.dataset.path=path/to/imagenet-ar \
       --config.teacher.pth=resnet34-333f7ec4.pth
   # ResNet50 -> MobileNetV1 with KD
   python launch.py --config=configs/imagenet.py:r50_mv1 \
       --workdir=workdirs/imagenet/r50_mv1 \
-      --config.dataset.path=path/to/imagenet \
+      --config.dataset.path=path/to/imagenet-ar \
       --config.teacher.pth=resnet50-19c8e357.pth
-  # the intra-class teacher, then a student of it (teacher.workdir)
+  # 4. the intra-class teacher, then a student of it (teacher.workdir)
   python launch.py --config=configs/imagenet.py:icc_r34 \
-      --workdir=workdirs/imagenet/icc_r34 --config.dataset.path=path/to/imagenet
+      --workdir=workdirs/imagenet/icc_r34 \
+      --config.dataset.path=path/to/imagenet-ar
   python launch.py --config=configs/imagenet.py:r34_r18 \
       --workdir=workdirs/imagenet/icc_r34_r18 \
-      --config.dataset.path=path/to/imagenet \
+      --config.dataset.path=path/to/imagenet-ar \
       --config.teacher.workdir=workdirs/imagenet/icc_r34
-  # smoke (tests/test_imagenet_config.py runs it)
+  # smoke (tests/test_imagenet_config.py runs it on a generated set)
   python launch.py --config=configs/imagenet.py:smoke --workdir=/tmp/in_smoke \
-      --config.teacher.pth=path/to/resnet18.pth
+      --config.dataset.path=path/to/shards --config.teacher.pth=path/to/resnet18.pth
 """
 
 import ml_collections
