@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Training's choice, not the conversion's: the shards hold the images as
   # they were, and an output's identity stays what it was before the field.
   del c.dataset['augment']
+  del c.dataset['normalization']
   c.output_dir = config_dict.placeholder(str)
   # Records per shard: many shards let several processes write (and, later,
   # hosts read) in parallel; ~1,000 ImageNet JPEGs make ~110 MB shards.

@@ -29,8 +29,9 @@ Every row computes in bfloat16 and streams ImageNet as an ArrayRecord set
 (dataset.name='array_record', docs/data.md) with ImageNet's recipe,
 dataset.augment='resized_crop' at dataset.image_size=224: RandomResizedCrop
 (scale 0.08-1) + flip for training, torchvision's resize 256 + centre crop
-224 for evaluation (icckd_jax/data/imagenet_preprocess.py). The teachers
-are torchvision's files, normalised with ImageNet's statistics.
+224 for evaluation (icckd_jax/data/imagenet_preprocess.py), students and
+teachers normalised with torchvision's mean and std
+(dataset.normalization='imagenet'). The teachers are torchvision's files.
 
 From ImageNet's folder (ROOT/train/<wnid>/*.JPEG, ROOT/val/) to the table:
 
@@ -147,6 +148,8 @@ def _recipe(c: ml_collections.ConfigDict) -> None:
   c.dataset.augment = 'resized_crop'
   c.dataset.image_size = 224
   c.flip = True
+  # torchvision's mean and std, as mdistiller's students and the teachers.
+  c.dataset.normalization = 'imagenet'
   c.num_epochs = 100
   c.batch_size = 512
   c.eval_batch_size = 500  # 50,000 validation images: 100 batches

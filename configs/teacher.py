@@ -66,6 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # and centre-cropped (torchvision's); 'auto': 'crop' when every image has
   # one size, else 'resized_crop'.
   c.dataset.augment = 'auto'
+  # The inputs' normalisation: 'measured', the train split's per-channel
+  # mean and std; 'imagenet', torchvision's 0.485 0.456 0.406 / 0.229 0.224
+  # 0.225 (what ImageNet models are trained with).
+  c.dataset.normalization = 'measured'
   c.input = ml_collections.ConfigDict()
   c.input.mode = 'auto'
   c.input.workers = 2  # Grain's decode processes when streaming; 0: a thread

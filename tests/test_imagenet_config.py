@@ -20,6 +20,7 @@ from icckd_jax.data import imagenet_preprocess
 from icckd_jax.data import input_pipeline
 from icckd_jax.data import inputs
 from icckd_jax.data import stream
+from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
 from icckd_jax.training import evaluate
@@ -49,6 +50,7 @@ def test_kd_rows_carry_mdistillers_recipe(arg, teacher, model):
   assert c.dtype == 'bfloat16'
   assert (c.dataset.name, c.dataset.image_size) == ('array_record', 224)
   assert (c.dataset.augment, c.flip) == ('resized_crop', True)
+  assert c.dataset.normalization == 'imagenet'
 
 
 def _converted(path, size, num_classes=1000, num_train=16, num_test=16):
@@ -85,6 +87,13 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
   dataset = inputs.load(c.dataset, c.input.mode, 0)
   train, test = dataset.stream
+  # Normalised with torchvision's constants, not the set's measured ones.
+  mean, std = imagenet_preprocess.normalization()
+  np.testing.assert_allclose(mean, [123.675, 116.28, 103.53], rtol=1e-6)
+  np.testing.assert_allclose(std, [58.395, 57.12, 57.375], rtol=1e-6)
+  np.testing.assert_array_equal(dataset.mean, mean)
+  np.testing.assert_array_equal(dataset.std, std)
+  assert not np.allclose(train.info.mean, mean, rtol=1e-2)
   assert train.recipe == test.recipe == 'resized_crop'
   assert train.image_shape == test.image_shape == (224, 224, 3)
   records = {s: array_record.Records(train.info, s) for s in ('train', 'test')}
@@ -185,6 +194,13 @@ def test_icc_teacher_is_the_intra_class_objective_at_the_recipe():
 def test_unknown_argument_names_the_valid_ones():
   with pytest.raises(ValueError, match='r50_mv1_reviewkd'):
     imagenet.get_config('r18_r34')
+
+
+def test_imagenet_normalization_refuses_grey_images_in_one_line():
+  grey = teacher_config.get_config().dataset
+  grey.update(name='synthetic', channels=1, normalization='imagenet')
+  with pytest.raises(UserError, match="normalization='imagenet' is for RGB"):
+    inputs.load(grey, 'auto', 0)
 
 
 def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):

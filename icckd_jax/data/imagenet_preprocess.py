@@ -31,6 +31,18 @@ from icckd_jax.data import images
 
 RESIZE = 256
 CROP = 224
+# torchvision's `Normalize`, which its published weights and mdistiller's
+# ImageNet students were trained with, in [0, 1] units.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def normalization() -> tuple[np.ndarray, np.ndarray]:
+  """(MEAN, STD), each [3] float32 in [0, 255] units (this project's
+  convention: x is normalised as (x - mean) / std on uint8 pixels)."""
+  return tuple(
+    (255 * np.asarray(v, np.float64)).astype(np.float32) for v in (MEAN, STD)
+  )
 
 
 def resized_size(

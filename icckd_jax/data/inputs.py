@@ -8,16 +8,21 @@ goes), and logs which and why.
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import logging
 import ml_collections
 import numpy as np
 
 from icckd_jax.data import array_record
 from icckd_jax.data import datasets
+from icckd_jax.data import imagenet_preprocess
 from icckd_jax.data import stream
 from icckd_jax.errors import UserError
 
 MODES = ('auto', 'resident', 'stream')
+# config.dataset.normalization: the statistics the inputs are normalised with.
+NORMALIZATIONS = ('measured', 'imagenet')
 # 'auto' streams a training split that would take more than this fraction
 # of one device's memory: the rest is for the model, its activations and
 # the test split.
@@ -31,7 +36,10 @@ def load(
   device_bytes: int | None = None,
 ) -> datasets.Dataset:
   """`datasets.load`'s data set, streamed or resident as `mode`
-  (config.input.mode) says; logs which and why.
+  (config.input.mode) says, normalised with the statistics `normalization`
+  (config.dataset.normalization) names: 'measured' (default) the train
+  split's, 'imagenet' torchvision's constants
+  (`imagenet_preprocess.normalization`); logs which path and why.
 
   Args:
     config: the `dataset` sub-config.
@@ -44,10 +52,37 @@ def load(
     device_bytes: one device's memory (None: unknown).
 
   Raises:
-    UserError: an unknown mode, 'stream' or augment 'resized_crop' for a
+    UserError: an unknown mode or normalization, 'imagenet' on images
+      that are not RGB, 'stream' or augment 'resized_crop' for a
       set that is not converted, 'resident' for a set that cannot be
       (several sizes, augment 'resized_crop', or larger than the device).
   """
+  normalization = config.get('normalization', 'measured')
+  if normalization not in NORMALIZATIONS:
+    raise UserError(
+      f'config.dataset.normalization={normalization!r} is unknown; choose '
+      'one of: ' + ', '.join(NORMALIZATIONS)
+    )
+  dataset = _load(config, mode, workers, device_bytes)
+  if normalization == 'measured':
+    return dataset
+  mean, std = imagenet_preprocess.normalization()
+  if dataset.mean.shape != mean.shape:
+    raise UserError(
+      f"config.dataset.normalization='imagenet' is for RGB images, but "
+      f'dataset.name={config.get("name")!r} has {dataset.mean.shape[0]} '
+      "channel(s); use 'measured'"
+    )
+  return dataclasses.replace(dataset, mean=mean, std=std)
+
+
+def _load(
+  config: ml_collections.ConfigDict,
+  mode: str,
+  workers: int,
+  device_bytes: int | None,
+) -> datasets.Dataset:
+  """`load`'s data set, normalised with its train split's statistics."""
   if mode not in MODES:
     raise UserError(
       f'config.input.mode={mode!r} is unknown; choose one of: '

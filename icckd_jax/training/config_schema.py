@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from icckd_jax import distillers
+from icckd_jax.data import inputs
 from icckd_jax.data import stream
 from icckd_jax.objective import losses
 from icckd_jax.objective import projection
@@ -112,6 +113,11 @@ FIELDS: dict[str, Field] = {
   # Which augmentation and evaluation transform a streamed set gets
   # (data/host_augment.py); 'auto' is what runs saved before it had.
   'dataset.augment': Field(choices=stream.AUGMENTS, added_default='auto'),
+  # The statistics the inputs are normalised with; runs saved before the
+  # field used the train split's.
+  'dataset.normalization': Field(
+    choices=inputs.NORMALIZATIONS, added_default='measured'
+  ),
   # How fast, never what: the batches do not depend on the worker count
   # (data/stream.py).
   'input.workers': Field('bookkeeping', _int_at_least(0)),
