@@ -4,6 +4,7 @@ and its smoke run from a torchvision `.pth` teacher."""
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ from icckd_jax.objective import losses
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax.training import student
+from icckd_jax.training import teacher_source
 from icckd_jax.training import validate
 
 TEACHER_PTH = SHARED_DATA / 'torchvision' / 'resnet18' / 'resnet18-random.pth'
@@ -201,6 +203,20 @@ def test_imagenet_normalization_refuses_grey_images_in_one_line():
   grey.update(name='synthetic', channels=1, normalization='imagenet')
   with pytest.raises(UserError, match="normalization='imagenet' is for RGB"):
     inputs.load(grey, 'auto', 0)
+
+
+def test_a_workdir_teacher_must_share_the_students_normalization():
+  student_data = imagenet.get_config('r34_r18').dataset
+  teacher_data = imagenet.get_config('icc_r34').dataset
+  teacher_source.check_same_data(student_data, teacher_data)
+  # A teacher saved before the field existed was normalised as 'measured'.
+  old = teacher_config.get_config().dataset.to_dict()
+  del old['normalization']
+  measured = teacher_config.get_config().dataset
+  teacher_source.check_same_data(measured, ml_collections.ConfigDict(old))
+  measured.normalization = 'imagenet'
+  with pytest.raises(UserError, match="normalization='imagenet' but the t"):
+    teacher_source.check_same_data(measured, old)
 
 
 def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
