@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mode = 'convert'
   c.dataset = teacher_config.get_config().dataset
+  # Training's choice, not the conversion's: the shards hold the images as
+  # they were, and an output's identity stays what it was before the field.
+  del c.dataset['augment']
+  del c.dataset['normalization']
   c.output_dir = config_dict.placeholder(str)
   # Records per shard: many shards let several processes write (and, later,
   # hosts read) in parallel; ~1,000 ImageNet JPEGs make ~110 MB shards.

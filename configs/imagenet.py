@@ -20,41 +20,53 @@ teachers: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1.
   icc_r34               an imagenet_resnet34 teacher trained with the
                         intra-class objective (λ, δ, τ and the cache of
                         configs/teacher.py) at the KD recipe
-  smoke                 r34_r18's KD on CPU in seconds: 64x64 synthetic
-                        images of 1,000 classes, a torchvision ResNet18
-                        `.pth` as the teacher (set its path)
+  smoke                 r34_r18's KD on CPU in seconds: a converted set
+                        of 64x64 images declaring 1,000 classes (set
+                        dataset.path), a torchvision ResNet18 `.pth` as the
+                        teacher (set its path)
 
-Every row computes in bfloat16 and reads ImageNet as an ArrayRecord set
-(dataset.name='array_record', docs/data.md); images are 224x224, the
-evaluation transform torchvision's (icckd_jax/data/imagenet_preprocess.py).
-The teachers are torchvision's files, normalised with ImageNet's statistics:
+Every row computes in bfloat16 and streams ImageNet as an ArrayRecord set
+(dataset.name='array_record', docs/data.md) with ImageNet's recipe,
+dataset.augment='resized_crop' at dataset.image_size=224: RandomResizedCrop
+(scale 0.08-1) + flip for training, torchvision's resize 256 + centre crop
+224 for evaluation (icckd_jax/data/imagenet_preprocess.py), students and
+teachers normalised with torchvision's mean and std
+(dataset.normalization='imagenet'). The teachers are torchvision's files.
 
+From ImageNet's folder (ROOT/train/<wnid>/*.JPEG, ROOT/val/) to the table:
+
+  # 1. convert once to shards (docs/data.md, "Data sets larger than memory")
+  python launch.py --config=configs/convert.py --config.dataset.name=imagenet \
+      --config.dataset.path=path/to/imagenet \
+      --config.output_dir=path/to/imagenet-ar
+  # 2. the teachers, and their own top-1 on val (73.31 / 76.16 there)
   wget https://download.pytorch.org/models/resnet34-333f7ec4.pth
   wget https://download.pytorch.org/models/resnet50-19c8e357.pth
-  # the teacher's own top-1 on the validation split (73.31 / 76.16 there)
   python launch.py --config=configs/eval.py --config.pth=resnet34-333f7ec4.pth \
       --config.model=imagenet_resnet34 --config.dataset.name=array_record \
-      --config.dataset.path=path/to/imagenet --config.dataset.image_size=224
-  # one row of the table, e.g. DKD for ResNet34 -> ResNet18
+      --config.dataset.path=path/to/imagenet-ar --config.dataset.image_size=224
+  # 3. each row: r34_r18 / r50_mv1 (KD) or <pair>_<method>, with the
+  #    pair's teacher; e.g. DKD for ResNet34 -> ResNet18
   python launch.py --config=configs/imagenet.py:r34_r18_dkd \
       --workdir=workdirs/imagenet/r34_r18_dkd \
-      --config.dataset.path=path/to/imagenet \
+      --config.dataset.path=path/to/imagenet-ar \
       --config.teacher.pth=resnet34-333f7ec4.pth
   # ResNet50 -> MobileNetV1 with KD
   python launch.py --config=configs/imagenet.py:r50_mv1 \
       --workdir=workdirs/imagenet/r50_mv1 \
-      --config.dataset.path=path/to/imagenet \
+      --config.dataset.path=path/to/imagenet-ar \
       --config.teacher.pth=resnet50-19c8e357.pth
-  # the intra-class teacher, then a student of it (teacher.workdir)
+  # 4. the intra-class teacher, then a student of it (teacher.workdir)
   python launch.py --config=configs/imagenet.py:icc_r34 \
-      --workdir=workdirs/imagenet/icc_r34 --config.dataset.path=path/to/imagenet
+      --workdir=workdirs/imagenet/icc_r34 \
+      --config.dataset.path=path/to/imagenet-ar
   python launch.py --config=configs/imagenet.py:r34_r18 \
       --workdir=workdirs/imagenet/icc_r34_r18 \
-      --config.dataset.path=path/to/imagenet \
+      --config.dataset.path=path/to/imagenet-ar \
       --config.teacher.workdir=workdirs/imagenet/icc_r34
-  # smoke (tests/test_imagenet_config.py runs it)
+  # smoke (tests/test_imagenet_config.py runs it on a generated set)
   python launch.py --config=configs/imagenet.py:smoke --workdir=/tmp/in_smoke \
-      --config.teacher.pth=path/to/resnet18.pth
+      --config.dataset.path=path/to/shards --config.teacher.pth=path/to/resnet18.pth
 """
 
 import ml_collections
@@ -128,7 +140,16 @@ ARGS = (
 def _recipe(c: ml_collections.ConfigDict) -> None:
   """The ImageNet solver of mdistiller's kd.yaml, data and precision."""
   c.dataset.name = 'array_record'
+  # The streaming input's ImageNet recipe (data/host_augment.py), whatever
+  # the sizes of the converted images: RandomResizedCrop (scale 0.08-1,
+  # ratio 3/4-4/3) to 224 and flip for training; torchvision's resize to
+  # 256 and centre crop 224 for evaluation (data/imagenet_preprocess.py).
+  # crop_padding is not read by this recipe.
+  c.dataset.augment = 'resized_crop'
   c.dataset.image_size = 224
+  c.flip = True
+  # torchvision's mean and std, as mdistiller's students and the teachers.
+  c.dataset.normalization = 'imagenet'
   c.num_epochs = 100
   c.batch_size = 512
   c.eval_batch_size = 500  # 50,000 validation images: 100 batches
@@ -137,9 +158,6 @@ def _recipe(c: ml_collections.ConfigDict) -> None:
   c.lr_decay_rate = 0.1
   c.momentum = 0.9
   c.weight_decay = 1e-4
-  # The images are already cropped to 224 at random by the input pipeline;
-  # no zero padding is added around them.
-  c.crop_padding = 0
   c.dtype = 'bfloat16'
   c.log_every_steps = 500
   c.checkpoint_every_epochs = 1
@@ -165,14 +183,13 @@ def _icc_teacher() -> ml_collections.ConfigDict:
 
 def _smoke() -> ml_collections.ConfigDict:
   """r34_r18's KD, shrunk: the teacher is a torchvision ResNet18 file
-  (the tests' fixture), the student a ResNet18 at 64x64, two steps."""
+  (the tests' fixture), the student a ResNet18, two steps on a converted
+  set of 16 + 16 images declaring 1,000 classes (dataset.path), streamed
+  with the ImageNet recipe at 64x64 (evaluation resized to 73, cropped)."""
   c = _student('r34_r18', 'kd')
   c.teacher.model = 'imagenet_resnet18'
-  c.dataset.name = 'synthetic'
   c.dataset.image_size = 64
-  c.dataset.num_classes = 1000
-  c.dataset.num_train = 16
-  c.dataset.num_test = 16
+  c.input.workers = 0  # decoding in a thread: no worker processes to start
   c.num_epochs = 1
   c.batch_size = 8
   c.eval_batch_size = 16

@@ -59,6 +59,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the run goes; 'auto' streams a converted set whose images have several
   # sizes or whose decoded train split takes more than a quarter of a
   # device's memory. Images of several sizes train at dataset.image_size.
+  # A streamed set's augmentation (data/host_augment.py): 'crop' pads
+  # (crop_padding), crops and flips images of one size, evaluated as they
+  # are; 'resized_crop' is ImageNet's RandomResizedCrop (scale 0.08-1) to
+  # dataset.image_size and flip, evaluated resized to 256/224 of the size
+  # and centre-cropped (torchvision's); 'auto': 'crop' when every image has
+  # one size, else 'resized_crop'.
+  c.dataset.augment = 'auto'
+  # The inputs' normalisation: 'measured', the train split's per-channel
+  # mean and std; 'imagenet', torchvision's 0.485 0.456 0.406 / 0.229 0.224
+  # 0.225 (what ImageNet models are trained with).
+  c.dataset.normalization = 'measured'
   c.input = ml_collections.ConfigDict()
   c.input.mode = 'auto'
   c.input.workers = 2  # Grain's decode processes when streaming; 0: a thread

@@ -321,6 +321,44 @@ def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
     inputs.load(config, 'resident', 0, device_bytes=100)
 
 
+def test_augment_chooses_the_streamed_recipe_or_refuses_in_one_line(
+  converted, tmp_path
+):
+  rng = np.random.default_rng(3)
+  source = tmp_path / 'src'
+  for split in ('train', 'test'):
+    for i in range(2):
+      _jpeg(source / split / 'a' / f'{i}.jpg', rng, size=(40, 48))
+  code, stderr = _convert(source, tmp_path / 'out')
+  assert code == 0, stderr[-2000:]
+  config = ml_collections.ConfigDict(
+    {
+      'name': 'array_record',
+      'path': str(tmp_path / 'out'),
+      'image_size': 32,
+      'augment': 'resized_crop',
+    }
+  )
+  # One size, room to spare: 'auto' would hold it resident and crop with
+  # padding at 40x48; 'resized_crop' streams it at image_size.
+  streamed = inputs.load(config, 'auto', 0, device_bytes=2**40)
+  assert [s.recipe for s in streamed.stream] == ['resized_crop'] * 2
+  assert streamed.stream[0].image_shape == (32, 32, 3)
+  with pytest.raises(UserError, match='cannot apply config.dataset.augment='):
+    inputs.load(config, 'resident', 0, device_bytes=2**40)
+  synthetic = ml_collections.ConfigDict(
+    {'name': 'synthetic', 'augment': 'resized_crop'}
+  )
+  with pytest.raises(UserError, match="the streaming input's; convert"):
+    inputs.load(synthetic, 'auto', 0)
+  _, mixed = converted
+  line = error_line(
+    *_train(mixed, '--config.dataset.augment=crop', f'--workdir={tmp_path}/c')
+  )
+  assert "dataset.augment='crop' needs images of one size" in line
+  assert not os.path.exists(tmp_path / 'c')
+
+
 def test_imagenet_flat_val_labelled_by_the_devkit(tmp_path):
   """ILSVRC2012_devkit_t12: meta.mat's synsets map ILSVRC2012_IDs (not in
   wnid order) to wnids; line i of the ground truth is val image i's ID."""

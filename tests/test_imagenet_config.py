@@ -4,19 +4,30 @@ and its smoke run from a torchvision `.pth` teacher."""
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
+from configs import convert as convert_config
 from configs import imagenet
 from configs import teacher as teacher_config
 from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
-from icckd_jax.data import datasets
+from icckd_jax import parallel
+from icckd_jax.data import array_record
+from icckd_jax.data import convert
+from icckd_jax.data import host_augment
+from icckd_jax.data import imagenet_preprocess
+from icckd_jax.data import input_pipeline
+from icckd_jax.data import inputs
+from icckd_jax.data import stream
+from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax.training import student
+from icckd_jax.training import teacher_source
 from icckd_jax.training import validate
 
 TEACHER_PTH = SHARED_DATA / 'torchvision' / 'resnet18' / 'resnet18-random.pth'
@@ -40,6 +51,80 @@ def test_kd_rows_carry_mdistillers_recipe(arg, teacher, model):
   assert (d.method, d.temperature, d.gamma, d.alpha) == ('kd', 1.0, 0.5, 0.5)
   assert c.dtype == 'bfloat16'
   assert (c.dataset.name, c.dataset.image_size) == ('array_record', 224)
+  assert (c.dataset.augment, c.flip) == ('resized_crop', True)
+  assert c.dataset.normalization == 'imagenet'
+
+
+def _converted(path, size, num_classes=1000, num_train=16, num_test=16):
+  """A generated set of `size`x`size` images declaring `num_classes`,
+  converted to shards in `path` by configs/convert.py's converter."""
+  c = convert_config.get_config()
+  c.dataset.update(
+    name='synthetic',
+    image_size=size,
+    num_classes=num_classes,
+    num_train=num_train,
+    num_test=num_test,
+  )
+  c.output_dir = str(path)
+  c.workers = 1
+  convert.convert(c)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def imagenet_like(tmp_path_factory):
+  return _converted(tmp_path_factory.mktemp('in') / 'shards', 64)
+
+
+@pytest.mark.parametrize('arg', ['r34_r18', 'r50_mv1_crd', 'icc_r34'])
+def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
+  arg, tmp_path_factory
+):
+  # The fields the rows set decide the streamed pixels: RandomResizedCrop
+  # (scale 0.08-1) to 224 + flip, evaluation resize 256 / centre crop 224,
+  # even for a set converted at one size (ImageNet pre-resized to 288).
+  c = imagenet.get_config(arg)
+  path = tmp_path_factory.mktemp('pre') / 'shards'
+  c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
+  dataset = inputs.load(c.dataset, c.input.mode, 0)
+  train, test = dataset.stream
+  # Normalised with torchvision's constants, not the set's measured ones.
+  mean, std = imagenet_preprocess.normalization()
+  np.testing.assert_allclose(mean, [123.675, 116.28, 103.53], rtol=1e-6)
+  np.testing.assert_allclose(std, [58.395, 57.12, 57.375], rtol=1e-6)
+  np.testing.assert_array_equal(dataset.mean, mean)
+  np.testing.assert_array_equal(dataset.std, std)
+  assert not np.allclose(train.info.mean, mean, rtol=1e-2)
+  assert train.recipe == test.recipe == 'resized_crop'
+  assert train.image_shape == test.image_shape == (224, 224, 3)
+  records = {s: array_record.Records(train.info, s) for s in ('train', 'test')}
+  batches = stream.train_batches(
+    train,
+    parallel.make_mesh(1),
+    seed=c.seed,
+    batch_size=4,
+    num_views=1,
+    crop_padding=c.crop_padding,
+    flip=c.flip,
+    start_step=0,
+  )
+  images, labels = next(batches)
+  batches.close()
+  order = stream.epoch_order(c.seed, 0, train.size)[:4]
+  for position, index in enumerate(order):
+    rng = host_augment.example_rng(
+      c.seed, input_pipeline.AUGMENT_STREAM, 0, 0, position
+    )
+    image, label = records['train'][int(index)]
+    expected = host_augment.resized_crop_flip(image, rng, 224, True)
+    np.testing.assert_array_equal(np.asarray(images)[0, position], expected)
+    assert int(labels[position]) == label
+  (images, _, mask), *_ = stream.eval_batches(test, parallel.make_mesh(1), 2)
+  for i in range(2):
+    image, _ = records['test'][i]
+    expected = imagenet_preprocess.resize_center_crop(image, 256, 224)
+    np.testing.assert_array_equal(np.asarray(images)[i], expected)
 
 
 # Each yaml's fields that differ from the CIFAR defaults, and its solver.
@@ -113,9 +198,31 @@ def test_unknown_argument_names_the_valid_ones():
     imagenet.get_config('r18_r34')
 
 
-def test_smoke_distils_from_a_torchvision_teacher(tmp_path):
+def test_imagenet_normalization_refuses_grey_images_in_one_line():
+  grey = teacher_config.get_config().dataset
+  grey.update(name='synthetic', channels=1, normalization='imagenet')
+  with pytest.raises(UserError, match="normalization='imagenet' is for RGB"):
+    inputs.load(grey, 'auto', 0)
+
+
+def test_a_workdir_teacher_must_share_the_students_normalization():
+  student_data = imagenet.get_config('r34_r18').dataset
+  teacher_data = imagenet.get_config('icc_r34').dataset
+  teacher_source.check_same_data(student_data, teacher_data)
+  # A teacher saved before the field existed was normalised as 'measured'.
+  old = teacher_config.get_config().dataset.to_dict()
+  del old['normalization']
+  measured = teacher_config.get_config().dataset
+  teacher_source.check_same_data(measured, ml_collections.ConfigDict(old))
+  measured.normalization = 'imagenet'
+  with pytest.raises(UserError, match="normalization='imagenet' but the t"):
+    teacher_source.check_same_data(measured, old)
+
+
+def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
   c = imagenet.get_config('smoke')
   c.teacher.pth = str(shared_fixture(TEACHER_PTH))
+  c.dataset.path = imagenet_like
   workdir = tmp_path / 'run'
   summary = student.train_student(c, str(workdir))
   assert summary['steps'] == 2
@@ -125,17 +232,28 @@ def test_smoke_distils_from_a_torchvision_teacher(tmp_path):
   with open(workdir / student.TEACHER_EVAL_FILE) as f:
     at_start = json.load(f)
   assert at_start['model'] == 'imagenet_resnet18' and at_start['count'] == 16
-  # The teacher's input was normalised with ImageNet's statistics: its loss
-  # at start is the fixture network's on the test split so normalised.
-  dataset = datasets.load(c.dataset)
+  # The teacher's input was the streamed evaluation's (resized to 73 of 64,
+  # centre-cropped), normalised with ImageNet's statistics: its loss at
+  # start is the fixture network's on the test records so transformed.
+  info = array_record.read_info(imagenet_like)
+  assert info.num_classes == 1000 and info.image_shape == (64, 64, 3)
+  test = array_record.Records(info, 'test')
+  pairs = [test[i] for i in range(len(test))]
+  images = np.stack(
+    [
+      imagenet_preprocess.resize_center_crop(image, 73, 64)
+      for image, _ in pairs
+    ]
+  )
+  labels = np.asarray([label for _, label in pairs])
   variables = torch_import.load_checkpoint(
     str(TEACHER_PTH), 'imagenet_resnet18'
   )
   mean, std = torch_import.normalization('imagenet_resnet18')
-  x = (dataset.test_images.astype(np.float32) - mean) / std
+  x = (images.astype(np.float32) - mean) / std
   module = models.create_model('imagenet_resnet18', 1000)
   logits, _ = jax.jit(module.apply)(variables, x)
-  expected = float(losses.cross_entropy(logits, dataset.test_labels).mean())
+  expected = float(losses.cross_entropy(logits, labels).mean())
   np.testing.assert_allclose(at_start['loss'], expected, rtol=1e-4)
   # configs/eval.py on the same file prints the same figures.
   printed = evaluate.evaluate_pytorch(

@@ -11,6 +11,7 @@ these tests rebuild and write as a `.pth` themselves.
 """
 
 import pathlib
+import shutil
 
 import jax
 import ml_collections
@@ -20,7 +21,10 @@ import pytest
 from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
 from icckd_jax import parallel
+from icckd_jax.data import convert
 from icckd_jax.data import imagenet_preprocess
+from icckd_jax.data import inputs
+from icckd_jax.data import stream
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.models import stages
@@ -129,6 +133,61 @@ def test_evaluation_transform_gives_torchvision_logits(resnet18):
   assert error(images, cifar_mean, cifar_std) > EVAL_RTOL
 
 
+def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
+  # The path a streamed evaluation takes (configs/eval.py, a student's
+  # test split): the fixture's JPEGs converted to shards as they are, read
+  # back by the Grain pipeline at 224 (images of several sizes: torchvision's
+  # resize and centre crop), then the imported network.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  reference, variables = resnet18
+  path = _fixture()
+  names = sorted(str(n) for n in reference['eval_names'])
+  source = tmp_path / 'source'
+  for split in ('train', 'test'):
+    (source / split / 'x').mkdir(parents=True)
+    for n in names:
+      shutil.copy(path / 'eval_images' / n, source / split / 'x' / n)
+  # Sizes where truncating the longer side (403x300 -> 343, not 344) and
+  # rounding the crop's origin half to even (339 -> 58, not 57) matter.
+  rng = np.random.default_rng(0)
+  extra = {'z0.JPEG': (256, 339), 'z1.JPEG': (300, 403)}
+  for n, (h, w) in extra.items():
+    pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(source / 'test' / 'x' / n, quality=95)
+  config = ml_collections.ConfigDict(
+    {
+      'dataset': {'name': 'image_folder', 'path': str(source)},
+      'output_dir': str(tmp_path / 'shards'),
+      'workers': 1,
+    }
+  )
+  convert.convert(config)
+  dataset_config = ml_collections.ConfigDict(
+    {
+      'name': 'array_record',
+      'path': config.output_dir,
+      'image_size': 224,
+    }
+  )
+  _, test = inputs.load(dataset_config, 'auto').stream
+  assert test.recipe == 'resized_crop'
+  (images, _, mask), *rest = stream.eval_batches(
+    test, parallel.make_mesh(1), len(names) + len(extra)
+  )
+  assert not rest and np.all(mask)
+  images = np.asarray(images)
+  # One transform: the pixels of the file-based evaluation, exactly.
+  files = [source / 'test' / 'x' / n for n in names + sorted(extra)]
+  expected = np.stack([imagenet_preprocess.eval_image(str(f)) for f in files])
+  np.testing.assert_array_equal(images, expected)
+  mean, std = torch_import.normalization('imagenet_resnet18')
+  x = (images[: len(names)].astype(np.float32) - mean) / std
+  logits, _ = _apply('imagenet_resnet18', variables, x)
+  order = np.argsort([str(n) for n in reference['eval_names']])
+  assert _relative(logits, reference['eval_logits'][order]) < EVAL_RTOL
+
+
 def test_resize_and_crop_arithmetic_is_torchvision():
   # Resize(256): the longer side int(256 * long / short); CenterCrop(224):
   # round((size - 224) / 2), half to even.
@@ -137,6 +196,13 @@ def test_resize_and_crop_arithmetic_is_torchvision():
   assert imagenet_preprocess.resized_size(256, 256) == (256, 256)
   assert imagenet_preprocess.center_crop_origin(256, 341) == (16, 58)
   assert imagenet_preprocess.center_crop_origin(341, 256) == (58, 16)
+  # Other sizes keep the ratio: 73 / 64 as 256 / 224.
+  assert imagenet_preprocess.eval_resize(224) == 256
+  assert imagenet_preprocess.eval_resize(64) == 73
+  # On a decoded array: the shorter side to 256, the centre 224; grey too.
+  grey = np.arange(300 * 400, dtype=np.uint32).reshape(300, 400, 1) % 251
+  out = imagenet_preprocess.resize_center_crop(grey.astype(np.uint8))
+  assert out.shape == (224, 224, 1) and out.dtype == np.uint8
 
 
 def test_undecodable_image_is_one_line_user_error(tmp_path):

@@ -12,8 +12,8 @@ Two recipes, by the images' sizes:
                 evaluation sees the image as it is.
   resized_crop  images of several sizes (ImageNet): RandomResizedCrop
                 (scale 0.08-1, ratio 3/4-4/3) to the training size and flip;
-                evaluation resizes the shorter side to 256/224 of the size
-                and crops the centre.
+                evaluation is torchvision's resize to 256/224 of the size
+                and centre crop (`imagenet_preprocess.resize_center_crop`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import numpy as np
 from PIL import Image
 
 RECIPES = ('crop', 'resized_crop')
-# Evaluation resizes to this fraction more than it crops (256 for 224).
-EVAL_RESIZE = 256 / 224
 
 
 def example_rng(
@@ -96,15 +94,3 @@ def resized_crop_flip(
   if flip and rng.random() < 0.5:
     out = out[:, ::-1]
   return np.ascontiguousarray(out)
-
-
-def resize_center(image: np.ndarray, size: int) -> np.ndarray:
-  """[H, W, C] uint8 -> [size, size, C]: the shorter side resized to
-  round(size * 256 / 224) (aspect kept), then the centre crop."""
-  h, w, _ = image.shape
-  short = int(round(size * EVAL_RESIZE))
-  scale = short / min(h, w)
-  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-  resized = _resize(image, new_w, new_h)
-  top, left = (new_h - size) // 2, (new_w - size) // 2
-  return np.ascontiguousarray(resized[top : top + size, left : left + size])

@@ -14,20 +14,35 @@ resized pixels are Pillow's own, and returns uint8: `ToTensor` and
 `Normalize` are the device-side normalisation every model of this project
 gets, (x - 255 · mean) / (255 · std) in [0, 255] units
 (`interop.torch_import.normalization`).
+
+The streaming input's evaluation (`stream`, images of several sizes) is
+this transform on the decoded record, at other sizes in the same ratio:
+`eval_resize(size)` then the centre `size` (256 / 224 at 224).
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from icckd_jax.errors import UserError, one_line
+from icckd_jax.data import images
 
 RESIZE = 256
 CROP = 224
+# torchvision's `Normalize`, which its published weights and mdistiller's
+# ImageNet students were trained with, in [0, 1] units.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def normalization() -> tuple[np.ndarray, np.ndarray]:
+  """(MEAN, STD), each [3] float32 in [0, 255] units (this project's
+  convention: x is normalised as (x - mean) / std on uint8 pixels)."""
+  return tuple(
+    (255 * np.asarray(v, np.float64)).astype(np.float32) for v in (MEAN, STD)
+  )
 
 
 def resized_size(
@@ -46,6 +61,35 @@ def center_crop_origin(
   """(top, left) of torchvision's `CenterCrop(crop)` on a [height, width]
   image at least `crop` on each side."""
   return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
+def eval_resize(crop: int) -> int:
+  """The shorter side evaluation resizes to before a centre crop of
+  `crop`: torchvision's 256 for 224, the same ratio at other sizes."""
+  return int(round(crop * RESIZE / CROP))
+
+
+def resize_center_crop(
+  image: np.ndarray, resize: int = RESIZE, crop: int = CROP
+) -> np.ndarray:
+  """A decoded image through `Resize(resize)` then `CenterCrop(crop)`.
+
+  Args:
+    image: [H, W, C] uint8, C in {1, 3}.
+    resize: the shorter side after resizing, >= crop.
+    crop: the side of the centre crop.
+
+  Returns:
+    [crop, crop, C] uint8.
+  """
+  channels = image.shape[-1]
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  height, width = resized_size(pil.height, pil.width, resize)
+  if (height, width) != (pil.height, pil.width):
+    pil = pil.resize((width, height), Image.BILINEAR)
+  top, left = center_crop_origin(height, width, crop)
+  out = np.asarray(pil.crop((left, top, left + crop, top + crop)))
+  return out.reshape(crop, crop, channels)
 
 
 def eval_image(
@@ -69,17 +113,5 @@ def eval_image(
     UserError: the file is not an image Pillow can decode.
   """
   where = name or (source if isinstance(source, str) else 'image bytes')
-  try:
-    with Image.open(
-      io.BytesIO(source) if isinstance(source, bytes) else source
-    ) as image:
-      image = image.convert('RGB')
-      height, width = resized_size(image.height, image.width, resize)
-      if (height, width) != (image.height, image.width):
-        image = image.resize((width, height), Image.BILINEAR)
-      top, left = center_crop_origin(height, width, crop)
-      return np.asarray(image.crop((left, top, left + crop, top + crop)))
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(
-      f'cannot decode {where!r} as an image ({one_line(e)})'
-    ) from e
+  decoded = images.decode('evaluation', where, source, rgb=True)
+  return resize_center_crop(decoded, resize, crop)

@@ -8,16 +8,21 @@ goes), and logs which and why.
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import logging
 import ml_collections
 import numpy as np
 
 from icckd_jax.data import array_record
 from icckd_jax.data import datasets
+from icckd_jax.data import imagenet_preprocess
 from icckd_jax.data import stream
 from icckd_jax.errors import UserError
 
 MODES = ('auto', 'resident', 'stream')
+# config.dataset.normalization: the statistics the inputs are normalised with.
+NORMALIZATIONS = ('measured', 'imagenet')
 # 'auto' streams a training split that would take more than this fraction
 # of one device's memory: the rest is for the model, its activations and
 # the test split.
@@ -31,29 +36,67 @@ def load(
   device_bytes: int | None = None,
 ) -> datasets.Dataset:
   """`datasets.load`'s data set, streamed or resident as `mode`
-  (config.input.mode) says; logs which and why.
+  (config.input.mode) says, normalised with the statistics `normalization`
+  (config.dataset.normalization) names: 'measured' (default) the train
+  split's, 'imagenet' torchvision's constants
+  (`imagenet_preprocess.normalization`); logs which path and why.
 
   Args:
     config: the `dataset` sub-config.
     mode: 'stream' reads a converted set's shards as the run goes; 'resident'
       holds the decoded splits on every device; 'auto' streams a converted
       set whose decoded train split would take more than RESIDENT_FRACTION
-      of `device_bytes`, or whose images have several sizes.
+      of `device_bytes`, whose images have several sizes, or that
+      `augment` (config.dataset.augment) crops with RandomResizedCrop.
     workers: Grain's decode processes when streaming (config.input.workers).
     device_bytes: one device's memory (None: unknown).
 
   Raises:
-    UserError: an unknown mode, 'stream' for a set that is not converted,
-      'resident' for a set that cannot be (several sizes, or larger than
-      the device).
+    UserError: an unknown mode or normalization, 'imagenet' on images
+      that are not RGB, 'stream' or augment 'resized_crop' for a
+      set that is not converted, 'resident' for a set that cannot be
+      (several sizes, augment 'resized_crop', or larger than the device).
   """
+  normalization = config.get('normalization', 'measured')
+  if normalization not in NORMALIZATIONS:
+    raise UserError(
+      f'config.dataset.normalization={normalization!r} is unknown; choose '
+      'one of: ' + ', '.join(NORMALIZATIONS)
+    )
+  dataset = _load(config, mode, workers, device_bytes)
+  if normalization == 'measured':
+    return dataset
+  mean, std = imagenet_preprocess.normalization()
+  if dataset.mean.shape != mean.shape:
+    raise UserError(
+      f"config.dataset.normalization='imagenet' is for RGB images, but "
+      f'dataset.name={config.get("name")!r} has {dataset.mean.shape[0]} '
+      "channel(s); use 'measured'"
+    )
+  return dataclasses.replace(dataset, mean=mean, std=std)
+
+
+def _load(
+  config: ml_collections.ConfigDict,
+  mode: str,
+  workers: int,
+  device_bytes: int | None,
+) -> datasets.Dataset:
+  """`load`'s data set, normalised with its train split's statistics."""
   if mode not in MODES:
     raise UserError(
       f'config.input.mode={mode!r} is unknown; choose one of: '
       + ', '.join(MODES)
     )
   name = config.get('name')
+  augment = config.get('augment', 'auto')
   if name != 'array_record':
+    if augment == 'resized_crop':
+      raise UserError(
+        "config.dataset.augment='resized_crop' is the streaming input's; "
+        f'convert dataset.name={name!r} with configs/convert.py and train '
+        "with dataset.name='array_record' (or set dataset.augment='auto')"
+      )
     return _load_resident(config, mode)
   for split in array_record.SPLITS:
     if config.get(f'{split}_subset'):
@@ -63,7 +106,7 @@ def load(
         'set it to 0)'
       )
   info = array_record.read_info(config.get('path'))
-  mode, why = choose(mode, info, device_bytes, config.get('path'))
+  mode, why = choose(mode, info, device_bytes, config.get('path'), augment)
   fields = dict(
     name=name,
     train_labels=np.asarray(info.labels('train'), np.int32),
@@ -81,7 +124,7 @@ def load(
       test_images=arrays['test_images'],
       **fields,
     )
-  splits = stream.splits(info, config.get('image_size', 32), workers)
+  splits = stream.splits(info, config.get('image_size', 32), workers, augment)
   logging.info(
     'Input: streaming from the shards in %s with %d decode worker(s), %s '
     'images, %s augmentation (%s).',
@@ -114,11 +157,24 @@ def _load_resident(config: ml_collections.ConfigDict, mode: str):
 
 
 def choose(
-  mode: str, info: array_record.Info, device_bytes: int | None, path: str
+  mode: str,
+  info: array_record.Info,
+  device_bytes: int | None,
+  path: str,
+  augment: str = 'auto',
 ) -> tuple[str, str]:
-  """('resident' | 'stream', why) for a converted set under `mode`."""
+  """('resident' | 'stream', why) for a converted set under `mode` and
+  config.dataset.augment (RandomResizedCrop is the streaming path's)."""
   decoded = info.decoded_bytes['train']
   both = decoded + info.decoded_bytes['test']
+  if augment == 'resized_crop':
+    if mode == 'resident':
+      raise UserError(
+        "config.input.mode='resident' cannot apply "
+        "config.dataset.augment='resized_crop', which the streaming path "
+        "does; use input.mode='stream' (or 'auto')"
+      )
+    return 'stream', f"input.mode={mode!r}: dataset.augment='resized_crop'"
   if mode == 'resident':
     if info.image_shape is None:
       raise UserError(

@@ -37,11 +37,14 @@ import numpy as np
 from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.data import host_augment
+from icckd_jax.data import imagenet_preprocess
 from icckd_jax.data import input_pipeline
 from icckd_jax.errors import UserError
 
 # Steps a Grain pipeline may be asked for: more than any run takes.
 _ENDLESS = 2**40
+# config.dataset.augment: 'auto' picks a recipe by the images' sizes.
+AUGMENTS = ('auto', *host_augment.RECIPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,16 +69,34 @@ class StreamSplit:
 
 
 def splits(
-  info: array_record.Info, image_size: int, workers: int
+  info: array_record.Info, image_size: int, workers: int, augment: str = 'auto'
 ) -> tuple[StreamSplit, StreamSplit]:
-  """(train, test) of a converted set: at their own size when every image
-  has one ('crop'), else at `image_size` ('resized_crop')."""
-  if info.image_shape is not None:
-    shape, recipe = tuple(info.image_shape), 'crop'
+  """(train, test) of a converted set under `augment` (config.dataset.augment):
+  'crop' at the images' own size (every image must have one), 'resized_crop'
+  at `image_size`; 'auto' is 'crop' when every image has one size, else
+  'resized_crop'.
+
+  Raises:
+    UserError: an unknown `augment`, or 'crop' on images of several sizes.
+  """
+  if augment not in AUGMENTS:
+    raise UserError(
+      f'config.dataset.augment={augment!r} is unknown; choose one of: '
+      + ', '.join(AUGMENTS)
+    )
+  if augment == 'auto':
+    augment = 'crop' if info.image_shape is not None else 'resized_crop'
+  if augment == 'crop':
+    if info.image_shape is None:
+      raise UserError(
+        f"config.dataset.augment='crop' needs images of one size, but those "
+        f"of {str(info.root)!r} have several; use 'resized_crop' (or 'auto')"
+      )
+    shape = tuple(info.image_shape)
   else:
-    shape, recipe = (image_size, image_size, info.channels), 'resized_crop'
+    shape = (image_size, image_size, info.channels)
   return tuple(
-    StreamSplit(info, split, shape, recipe, workers)
+    StreamSplit(info, split, shape, augment, workers)
     for split in array_record.SPLITS
   )
 
@@ -171,7 +192,10 @@ class _EvalRows:
       except array_record.RecordError as e:
         return {'error': str(e)}
       if self.split.recipe == 'resized_crop':
-        image = host_augment.resize_center(image, self.split.image_shape[0])
+        size = self.split.image_shape[0]
+        image = imagenet_preprocess.resize_center_crop(
+          image, imagenet_preprocess.eval_resize(size), size
+        )
       images[r] = image
     return {'images': images, 'labels': labels, 'mask': mask}
 

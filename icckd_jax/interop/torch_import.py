@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icckd_jax import models
+from icckd_jax.data import imagenet_preprocess
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_pickle
 from icckd_jax.models.imagenet_resnet import ImageNetResNet
@@ -50,12 +51,6 @@ from icckd_jax.models.wrn import WideResNet
 # dataset/cifar100.py), whatever data set the student reads.
 BENCHMARK_MEAN = (0.5071, 0.4867, 0.4408)
 BENCHMARK_STD = (0.2675, 0.2565, 0.2761)
-
-
-# torchvision's ImageNet normalisation, which its published weights and
-# mdistiller's ImageNet students were trained with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _in_255_units(mean, std) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +70,7 @@ def normalization(model_name: str) -> tuple[np.ndarray, np.ndarray]:
   of `model_name` was trained with: ImageNet's (torchvision's
   `Normalize`) for an `imagenet_*` model, else the CIFAR-100 benchmark's."""
   if model_name.startswith(models.IMAGENET_PREFIX):
-    return _in_255_units(IMAGENET_MEAN, IMAGENET_STD)
+    return imagenet_preprocess.normalization()
   return benchmark_normalization()
 
 

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from icckd_jax import distillers
+from icckd_jax.data import inputs
+from icckd_jax.data import stream
 from icckd_jax.objective import losses
 from icckd_jax.objective import projection
 
@@ -107,6 +109,14 @@ FIELDS: dict[str, Field] = {
   # field existed were resident, which 'auto' still gives them.
   'input.mode': Field(
     choices=('auto', 'resident', 'stream'), added_default='auto'
+  ),
+  # Which augmentation and evaluation transform a streamed set gets
+  # (data/host_augment.py); 'auto' is what runs saved before it had.
+  'dataset.augment': Field(choices=stream.AUGMENTS, added_default='auto'),
+  # The statistics the inputs are normalised with; runs saved before the
+  # field used the train split's.
+  'dataset.normalization': Field(
+    choices=inputs.NORMALIZATIONS, added_default='measured'
   ),
   # How fast, never what: the batches do not depend on the worker count
   # (data/stream.py).

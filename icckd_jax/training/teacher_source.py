@@ -171,6 +171,8 @@ def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
 # subsets (train_subset, test_subset) may differ: the same images, fewer.
 _DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
 _SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
+# Fields added later, with the value runs saved before them had.
+_ADDED_DATA_FIELDS = {'normalization': 'measured'}
 
 
 def check_same_data(
@@ -179,13 +181,15 @@ def check_same_data(
   input_shape=None,
   teacher_shape=None,
 ) -> None:
-  """The student's data must be the teacher's: same set, same image size and
-  channels (a teacher fed other images scores near chance)."""
+  """The student's data must be the teacher's: same set, same image size,
+  channels and normalisation (a teacher fed other images scores near
+  chance)."""
   fields = _DATA_FIELDS + (
     _SYNTHETIC_FIELDS if student.get('name') == 'synthetic' else ()
   )
-  for field in fields:
-    mine, theirs = student.get(field), teacher.get(field)
+  for field in fields + tuple(_ADDED_DATA_FIELDS):
+    default = _ADDED_DATA_FIELDS.get(field)
+    mine, theirs = student.get(field, default), teacher.get(field, default)
     if mine != theirs:
       raise UserError(
         f'config.dataset.{field}={mine!r} but the teacher was '
