@@ -121,8 +121,6 @@ def build_student(
   )
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   tx = optim.create_optimizer(config, learning_rate_fn)
-  input_shape = dataset.image_shape
-
   init_state = _init_fn(
     config,
     student_model,
@@ -130,7 +128,7 @@ def build_student(
     teacher_variables,
     distiller,
     tx,
-    input_shape,
+    dataset.image_shape,
     dataset.train_labels,
   )
   return RunSetup(
