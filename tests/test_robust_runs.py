@@ -678,25 +678,19 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_with_two_devices(
-  straight_run, tmp_path
-):
-  """--multihost for real: two processes on localhost, one CPU device each,
-  coordinated by jax.distributed (gloo collectives), write one checkpoint
-  that restores in this process and equals the one-process run's."""
-  workdir = tmp_path / 'run'
+def _start_processes(*args: str, count: int = 2) -> list[subprocess.Popen]:
+  """`count` launch.py processes of one --multihost run on localhost, one
+  CPU device each; their stderr is kept for the failure message."""
   port = _free_port()
-  procs = [
+  return [
     subprocess.Popen(
       [
         sys.executable,
         str(ROOT / 'launch.py'),
-        *PREEMPT_ARGS,
-        f'--workdir={workdir}',
+        *args,
         '--multihost',
         f'--coordinator_address=localhost:{port}',
-        '--num_processes=2',
+        f'--num_processes={count}',
         f'--process_id={i}',
       ],
       cwd=ROOT,
@@ -705,11 +699,25 @@ def test_two_processes_train_like_one_process_with_two_devices(
       stderr=subprocess.PIPE,
       text=True,
     )
-    for i in range(2)
+    for i in range(count)
   ]
+
+
+def _wait_for_success(procs: list[subprocess.Popen]) -> None:
   for proc in procs:
     _, stderr = proc.communicate(timeout=540)
     assert proc.returncode == 0, stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_two_devices(
+  straight_run, tmp_path
+):
+  """--multihost for real: two processes on localhost, one CPU device each,
+  coordinated by jax.distributed (gloo collectives), write one checkpoint
+  that restores in this process and equals the one-process run's."""
+  workdir = tmp_path / 'run'
+  _wait_for_success(_start_processes(*PREEMPT_ARGS, f'--workdir={workdir}'))
   state_a, meta_a = restore_state(straight_run)
   state_b, meta_b = restore_state(workdir)
   differences = jax.tree.leaves(
@@ -738,28 +746,11 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(
   within 3 steps of the signal, saved in WORKDIR/preempted; the rerun (one
   process, two devices) ends bit-identical to the uninterrupted run."""
   workdir = tmp_path / 'run'
-  port = _free_port()
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(ROOT / 'launch.py'),
-        *PREEMPT_ARGS,
-        '--config.preemption_check_every_steps=3',
-        f'--workdir={workdir}',
-        '--multihost',
-        f'--coordinator_address=localhost:{port}',
-        '--num_processes=2',
-        f'--process_id={i}',
-      ],
-      cwd=ROOT,
-      env=_subprocess_env(1),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
+  procs = _start_processes(
+    *PREEMPT_ARGS,
+    '--config.preemption_check_every_steps=3',
+    f'--workdir={workdir}',
+  )
   deadline = time.time() + 480
   while not any(
     r['kind'] == 'train' for r in metric_writer.read_records(str(workdir))

@@ -28,8 +28,9 @@ from launch_in_process import run_launcher
 from test_array_record import mixed_folder
 from test_robust_runs import (
   TRAINED,
-  _free_port,
+  _start_processes,
   _subprocess_env,
+  _wait_for_success,
   restore_state,
   strip_timing,
 )
@@ -246,30 +247,7 @@ def test_two_processes_stream_like_one_process_with_two_devices(
   )
   assert code == 0, stderr[-2000:]
   two = tmp_path / 'two'
-  port = _free_port()
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(ROOT / 'launch.py'),
-        *args,
-        f'--workdir={two}',
-        '--multihost',
-        f'--coordinator_address=localhost:{port}',
-        '--num_processes=2',
-        f'--process_id={i}',
-      ],
-      cwd=ROOT,
-      env=_subprocess_env(1),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-  for proc in procs:
-    _, stderr = proc.communicate(timeout=540)
-    assert proc.returncode == 0, stderr[-3000:]
+  _wait_for_success(_start_processes(*args, f'--workdir={two}'))
   epochs = [
     [
       r
