@@ -116,7 +116,7 @@ def build_student(
     (student_model, teacher_model),
     teacher_variables,
     distiller,
-    dataset.train_images.shape[1:],
+    dataset.image_shape,
     dataset.train_labels,
   )
   learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
