@@ -1,5 +1,8 @@
-r"""Regenerates tests/imagenet_references.npz, the PyTorch outputs that
-tests/test_imagenet_teacher.py compares the ImageNet family with.
+r"""Writes imagenet_references.npz, the PyTorch outputs that
+tests/test_imagenet_teacher.py compares the ImageNet family with, into
+$ICCKD_TORCH_REFERENCES (default ~/.cache/icckd_jax/torch_references):
+generated data, never committed; the test skips, saying so, where it is
+absent.
 
 The tests never import PyTorch; this script is the only place it is needed.
 For torchvision's `resnet34` and `resnet50` (and, given --mdistiller,
@@ -22,14 +25,14 @@ The ResNets run at 64x64 (the last map is 2x2, which torchvision's adaptive
 pool reduces like a 7x7 one); MobileNetV1 at 224x224, where mdistiller's
 fixed AvgPool2d(7) covers its last map exactly.
 
-With --check it recomputes everything and compares it with the committed
+With --check it recomputes everything and compares it with the written
 file instead of writing it (exit 1 on a difference beyond 1e-6 relative),
 and also loads ../shared/data/torchvision/resnet18/resnet18-random.pth into
 torchvision's resnet18 and prints how far its reference_outputs.npz
 `logits` and `features` are from what torch computes.
 
 How to run (torch 2.13.0+cpu and torchvision 0.28.0 were used for the
-committed file; torchvision's compiled operators are not needed):
+figures in the notes; torchvision's compiled operators are not needed):
 
   python3 -m venv /tmp/torchvenv
   /tmp/torchvenv/bin/pip install torch torchvision numpy
@@ -40,13 +43,21 @@ committed file; torchvision's compiled operators are not needed):
 
 import argparse
 import importlib.util
+import os
 import pathlib
 import sys
 
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
-OUTPUT = HERE / 'imagenet_references.npz'
+OUTPUT = (
+  pathlib.Path(
+    os.environ.get(
+      'ICCKD_TORCH_REFERENCES', '~/.cache/icckd_jax/torch_references'
+    )
+  ).expanduser()
+  / 'imagenet_references.npz'
+)
 FIXTURE = HERE.parents[1] / 'shared' / 'data' / 'torchvision' / 'resnet18'
 SEED = 0
 # (input shape NCHW) per model.
@@ -139,6 +150,7 @@ def main() -> int:
     if FIXTURE.exists():
       _check_fixture(torch, torchvision)
   else:
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez(OUTPUT, **results)
     print(f'wrote {OUTPUT} ({OUTPUT.stat().st_size:,} bytes)')
   for problem in problems:

@@ -4,10 +4,11 @@ as torchvision evaluates them.
 Two kinds of reference: the shared fixture ../shared/data/torchvision/
 resnet18 (a `.pth` that torch wrote, its outputs on given inputs and on
 four JPEGs through torchvision's evaluation transform), and
-tests/imagenet_references.npz, the outputs torch computed for
+imagenet_references.npz, generated (never committed) by
+tests/make_imagenet_references.py where PyTorch is installed: the outputs
+torch computed for
 torchvision's ResNet34 and ResNet50 and mdistiller's MobileNetV1 with
-weights numpy draws from a seed (tests/make_imagenet_references.py), which
-these tests rebuild and write as a `.pth` themselves.
+weights numpy draws from a seed, which these tests rebuild and write as a `.pth` themselves.
 """
 
 import pathlib
@@ -34,7 +35,7 @@ import torch_files
 import torch_reference
 
 FIXTURE = SHARED_DATA / 'torchvision' / 'resnet18'
-REFERENCES = pathlib.Path(__file__).parent / 'imagenet_references.npz'
+REFERENCES = make_imagenet_references.OUTPUT
 # "About 1e-2 relative" (the fixture's README): resampling implementations
 # differ slightly; Pillow's bilinear filter, as torchvision's, lands at 1e-6.
 EVAL_RTOL = 1e-2
@@ -214,6 +215,11 @@ def test_undecodable_image_is_one_line_user_error(tmp_path):
 
 @pytest.mark.parametrize('name', sorted(make_imagenet_references.INPUTS))
 def test_random_torchvision_models_equal_torch(name, tmp_path):
+  if not REFERENCES.exists():
+    pytest.skip(
+      f'{REFERENCES} is absent: tests/make_imagenet_references.py writes it '
+      'where PyTorch is installed'
+    )
   state = torch_reference.well_scaled(
     torch_files.random_state_dict(
       name, 1000, seed=make_imagenet_references.SEED
