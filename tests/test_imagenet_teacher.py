@@ -11,7 +11,6 @@ torchvision's ResNet34 and ResNet50 and mdistiller's MobileNetV1 with
 weights numpy draws from a seed, which these tests rebuild and write as a `.pth` themselves.
 """
 
-import pathlib
 import shutil
 
 import jax
