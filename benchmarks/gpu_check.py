@@ -48,10 +48,10 @@ from configs import teacher as teacher_config
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
-from icckd_jax.training import memory as memory_lib
-from icckd_jax.training import student
-from icckd_jax.training import teacher
+from icckd_jax.input_pipeline import resident
+from icckd_jax.runs import memory as memory_lib
+from icckd_jax.stages import student
+from icckd_jax.stages import teacher
 import torch_baseline  # beside this file
 
 # (kind, model, batch, dtype) of part (a), most informative first.
@@ -137,7 +137,7 @@ def time_step(kind, model, batch, dtype, size, steps, teacher_model, classes):
   mesh = parallel.make_mesh()
   config = _stage_config(kind, model, batch, dtype, size, classes)
   dataset = datasets.load(config.dataset)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   setup = _build(kind, config, dataset, mesh, teacher_model)
   state = setup.create_state(mesh)
   batches = setup.batches(config, split, mesh, 0)
@@ -173,7 +173,7 @@ def time_pipeline(batch, size, steps, classes):
   mesh = parallel.make_mesh()
   config = _stage_config('ce', 'resnet8', batch, 'float32', size, classes)
   dataset = datasets.load(config.dataset)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   setup = teacher.build_teacher(config, dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
   jax.block_until_ready(next(batches))  # compiles the augmentation

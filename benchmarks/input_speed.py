@@ -6,7 +6,7 @@ converts them with the converter of configs/convert.py, and prints:
 * images/s of the streaming pipeline (`stream.train_batches`: read, decode,
   RandomResizedCrop to 224x224, flip, onto the device) with 1 and 2 decode
   workers, batch 64, one view; and of the resident path at 32x32
-  (`input_pipeline.train_batches` on the synthetic set);
+  (`resident.train_batches` on the synthetic set);
 * the conversion's time and disk per 10,000 images;
 * the peak RSS of a process streaming one epoch of generated sets of
   --small_sets images (decode workers included), which should not grow with
@@ -38,8 +38,8 @@ from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
-from icckd_jax.data import stream
+from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline import stream
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('speed_images', 1024, 'Images of the 224x224 set.')
@@ -127,8 +127,8 @@ def _resident_rate() -> float:
     )
   )
   mesh = parallel.make_mesh(1)
-  split, _ = input_pipeline.to_device(dataset, mesh)
-  batches = input_pipeline.train_batches(
+  split, _ = resident.to_device(dataset, mesh)
+  batches = resident.train_batches(
     split,
     mesh,
     seed=0,
@@ -156,7 +156,7 @@ def _rss_child(path: str) -> None:
     flip=True,
     start_step=0,
   )
-  for _ in range(input_pipeline.steps_per_epoch(train.size, FLAGS.batch_size)):
+  for _ in range(resident.steps_per_epoch(train.size, FLAGS.batch_size)):
     jax.block_until_ready(next(batches))
   batches.close()
   print(

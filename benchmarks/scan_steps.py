@@ -30,9 +30,9 @@ import numpy as np
 
 from configs import teacher as teacher_config
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
-from icckd_jax.training import teacher
+from icckd_jax.stages import teacher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet8', 'The teacher network.')
@@ -76,7 +76,7 @@ def main(argv):
   mesh = parallel.make_mesh()
   dataset = datasets.load(config.dataset)
   setup = teacher.build_teacher(config, dataset, mesh)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   ks = [int(k) for k in FLAGS.ks]
   # One pool of device batches, stacked per k: the loop only dispatches.
   batches = setup.batches(config, split, mesh, 0)

@@ -33,13 +33,13 @@ import numpy as np
 from configs import student as student_config
 from configs import teacher as teacher_config
 from icckd_jax.experiments import ablation_metrics
-from icckd_jax.training import memory as memory_lib
+from icckd_jax.runs import memory as memory_lib
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax import models
 from icckd_jax import parallel
-from icckd_jax.training import student
-from icckd_jax.training import teacher
+from icckd_jax.stages import student
+from icckd_jax.stages import teacher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet20', 'The network whose step is timed.')
@@ -114,7 +114,7 @@ def main(argv):
   for variant in FLAGS.variants:
     name, size = _split_variant(variant)
     dataset = datasets.load(_base(teacher_config.get_config(), size).dataset)
-    split, _ = input_pipeline.to_device(dataset, mesh)
+    split, _ = resident.to_device(dataset, mesh)
     config, setup, state = build(name, mesh, dataset, size)
     batches = setup.batches(config, split, mesh, 0)
     images, labels = next(batches)

@@ -21,7 +21,7 @@ trains a teacher and a student distilled from it (KD).
   python launch.py --config=configs/ablation_margin.py:smoke --workdir=/tmp/m
 
 Restarting skips finished runs and resumes those in progress; several
-commands (machines) may work on one workdir at once (sweep.py). Regenerate
+commands (machines) may work on one workdir at once (sweep/runner.py). Regenerate
 the report of a sweep with configs/report.py.
 """
 

@@ -29,7 +29,7 @@ Every row computes in bfloat16 and streams ImageNet as an ArrayRecord set
 (dataset.name='array_record', docs/data.md) with ImageNet's recipe,
 dataset.augment='resized_crop' at dataset.image_size=224: RandomResizedCrop
 (scale 0.08-1) + flip for training, torchvision's resize 256 + centre crop
-224 for evaluation (icckd_jax/data/imagenet_preprocess.py), students and
+224 for evaluation (icckd_jax/input_pipeline/imagenet_preprocess.py), students and
 teachers normalised with torchvision's mean and std
 (dataset.normalization='imagenet'). The teachers are torchvision's files.
 
@@ -140,10 +140,10 @@ ARGS = (
 def _recipe(c: ml_collections.ConfigDict) -> None:
   """The ImageNet solver of mdistiller's kd.yaml, data and precision."""
   c.dataset.name = 'array_record'
-  # The streaming input's ImageNet recipe (data/host_augment.py), whatever
+  # The streaming input's ImageNet recipe (input_pipeline/host_augment.py), whatever
   # the sizes of the converted images: RandomResizedCrop (scale 0.08-1,
   # ratio 3/4-4/3) to 224 and flip for training; torchvision's resize to
-  # 256 and centre crop 224 for evaluation (data/imagenet_preprocess.py).
+  # 256 and centre crop 224 for evaluation (input_pipeline/imagenet_preprocess.py).
   # crop_padding is not read by this recipe.
   c.dataset.augment = 'resized_crop'
   c.dataset.image_size = 224

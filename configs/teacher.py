@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the run goes; 'auto' streams a converted set whose images have several
   # sizes or whose decoded train split takes more than a quarter of a
   # device's memory. Images of several sizes train at dataset.image_size.
-  # A streamed set's augmentation (data/host_augment.py): 'crop' pads
+  # A streamed set's augmentation (input_pipeline/host_augment.py): 'crop' pads
   # (crop_padding), crops and flips images of one size, evaluated as they
   # are; 'resized_crop' is ImageNet's RandomResizedCrop (scale 0.08-1) to
   # dataset.image_size and flip, evaluated resized to 256/224 of the size

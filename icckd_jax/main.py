@@ -8,13 +8,13 @@ import ml_collections
 
 from icckd_jax.data import convert
 from icckd_jax.training import evaluate
-from icckd_jax.experiments import method
-from icckd_jax.experiments import report
+from icckd_jax.experiments import pipeline
+from icckd_jax.experiments.sweep import report
 from icckd_jax.training import compilation_cache
-from icckd_jax.training import student
-from icckd_jax.experiments import sweep
-from icckd_jax.training import teacher
-from icckd_jax.training import validate
+from icckd_jax.stages import student
+from icckd_jax.experiments.sweep import runner as sweep
+from icckd_jax.stages import teacher
+from icckd_jax.runs import validate
 from icckd_jax.errors import UserError
 
 MODES = (
@@ -59,7 +59,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
   if mode == 'student':
     return student.train_student(config, workdir)
   if mode == 'pipeline':
-    return method.run_pipeline(config, workdir)
+    return pipeline.run_pipeline(config, workdir)
   if mode == 'sweep':
     return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':

@@ -15,7 +15,7 @@ import pytest
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
 from icckd_jax.data import datasets
-from icckd_jax.data import inputs
+from icckd_jax.input_pipeline import inputs
 from icckd_jax.errors import UserError
 from launch_in_process import error_line, run_launcher
 

@@ -10,8 +10,8 @@ from icckd_jax import models
 from icckd_jax.distillers import kd
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.errors import UserError
-from icckd_jax.experiments import report
-from icckd_jax.experiments import sweep_plan
+from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import plan as sweep_plan
 
 
 def _parameters(name: str) -> int:

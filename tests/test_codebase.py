@@ -51,7 +51,7 @@ def test_a_run_loads_neither_plotting_nor_statistics():
   """A run and a sweep worker import the report for its file names; matplotlib
   and scipy (about 1.6 s) load only when a report is written."""
   code = (
-    'import sys, icckd_jax.main, icckd_jax.experiments.sweep_worker\n'
+    'import sys, icckd_jax.main, icckd_jax.experiments.sweep.worker\n'
     'loaded = [m for m in ("matplotlib", "scipy") if m in sys.modules]\n'
     'assert not loaded, loaded\n'
     'from icckd_jax.experiments import statistics\n'

@@ -8,10 +8,10 @@ import pytest
 from configs import student as student_config
 from configs import teacher as teacher_config
 from icckd_jax.errors import UserError
-from icckd_jax.experiments import run_store
-from icckd_jax.training import config_schema
-from icckd_jax.training import run_setup
-from icckd_jax.training import validate
+from icckd_jax.experiments.sweep import run_store
+from icckd_jax.runs import config_schema
+from icckd_jax.runs import run_setup
+from icckd_jax.runs import validate
 
 
 def test_every_field_of_the_stage_configs_is_declared_or_identity():

@@ -13,14 +13,14 @@ from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
 from icckd_jax.models import stages as model_stages
 from icckd_jax.objective import distillation
 from icckd_jax.objective import losses
-from icckd_jax.training import student
-from icckd_jax.training import student_step
-from icckd_jax.training import train_state
+from icckd_jax.stages import student
+from icckd_jax.stages import student_step
+from icckd_jax.runs import train_state
 
 # One model per family: its stage maps' [H, W, C] on 32x32 inputs
 # (mdistiller's feats[1:]).
@@ -241,7 +241,7 @@ def tiny_run():
     init(jax.random.key(3)), parallel.replicated(mesh)
   )
   setup = student.build_student(config, dataset, mesh, t_config, t_variables)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batch = next(setup.batches(config, split, mesh, 0))
   s_variables = jax.device_get(init(jax.random.key(4)))
   state = train_state.create_train_state(

@@ -20,10 +20,10 @@ import pytest
 from conftest import ROOT
 from test_robust_runs import SMOKE, TRAINED, error_line, run_launcher, snapshot
 from test_robust_runs import trained  # noqa: F401  (the fixture)
-from icckd_jax.training import memory
+from icckd_jax.runs import memory
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
-from icckd_jax.training import preflight
+from icckd_jax.stages import preflight
 
 
 @pytest.fixture

@@ -31,12 +31,12 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
-from icckd_jax.experiments import sweep_plan
+from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.training import checkpoint
-from icckd_jax.training import student
+from icckd_jax.stages import student
 from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import preemption
-from icckd_jax.training import preflight
+from icckd_jax.stages import preflight
 
 TINY = ('--config.dataset.num_train=64', '--config.dataset.num_test=64')
 # A cross-entropy teacher (the cheapest step to compile), 2 steps per epoch.
@@ -573,8 +573,8 @@ def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
 ):
   """A worker's teacher stage ends (finished and saved) while a SIGTERM is
   pending: the worker stops with it before the student stage starts."""
-  from icckd_jax.experiments import sweep_worker  # pylint: disable=g-import-not-at-top
-  from icckd_jax.training.reuse import Reuse  # pylint: disable=g-import-not-at-top
+  from icckd_jax.experiments.sweep import worker as sweep_worker  # pylint: disable=g-import-not-at-top
+  from icckd_jax.runs.reuse import Reuse  # pylint: disable=g-import-not-at-top
 
   trained = []
 

@@ -16,19 +16,19 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
-from icckd_jax.data import host_augment
-from icckd_jax.data import imagenet_preprocess
-from icckd_jax.data import input_pipeline
-from icckd_jax.data import inputs
-from icckd_jax.data import stream
+from icckd_jax.input_pipeline import host_augment
+from icckd_jax.input_pipeline import imagenet_preprocess
+from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline import inputs
+from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
-from icckd_jax.training import student
-from icckd_jax.training import teacher_source
-from icckd_jax.training import validate
+from icckd_jax.stages import student
+from icckd_jax.stages import teacher_source
+from icckd_jax.runs import validate
 
 TEACHER_PTH = SHARED_DATA / 'torchvision' / 'resnet18' / 'resnet18-random.pth'
 
@@ -114,7 +114,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   order = stream.epoch_order(c.seed, 0, train.size)[:4]
   for position, index in enumerate(order):
     rng = host_augment.example_rng(
-      c.seed, input_pipeline.AUGMENT_STREAM, 0, 0, position
+      c.seed, resident.AUGMENT_STREAM, 0, 0, position
     )
     image, label = records['train'][int(index)]
     expected = host_augment.resized_crop_flip(image, rng, 224, True)

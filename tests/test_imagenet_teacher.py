@@ -22,13 +22,13 @@ from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import convert
-from icckd_jax.data import imagenet_preprocess
-from icckd_jax.data import inputs
-from icckd_jax.data import stream
+from icckd_jax.input_pipeline import imagenet_preprocess
+from icckd_jax.input_pipeline import inputs
+from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.models import stages
-from icckd_jax.training import teacher_source
+from icckd_jax.stages import teacher_source
 import make_imagenet_references
 import torch_files
 import torch_reference

@@ -4,7 +4,7 @@ buffer sizes, and the device statistics on a backend that keeps them."""
 import jax
 import jax.numpy as jnp
 
-from icckd_jax.training import memory as am
+from icckd_jax.runs import memory as am
 
 
 class _Stub:

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
-from icckd_jax.training import teacher
+from icckd_jax.stages import teacher
 
 STEPS = 240
 WINDOW = 40
@@ -20,7 +20,7 @@ def train_losses(config, dtype: str):
   mesh = parallel.make_mesh(1)
   dataset = datasets.load(config.dataset)
   setup = teacher.build_teacher(config, dataset, mesh)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
   state = setup.create_state(mesh)
   metrics = []

@@ -4,13 +4,13 @@ import jax
 import numpy as np
 import optax
 
-from icckd_jax.data import augment
+from icckd_jax.input_pipeline import augment
 from icckd_jax.data import datasets
 from icckd_jax.objective import losses
 from icckd_jax import models
 from icckd_jax.training import optim
 from icckd_jax import parallel
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from train_steps import run_steps
 
 
@@ -24,7 +24,7 @@ def _small(config, **icc):
 
 def _batches(config, split, mesh, num_views):
   """The batches the run of `config` trains on, from step 0."""
-  return input_pipeline.train_batches(
+  return resident.train_batches(
     split,
     mesh,
     seed=config.seed,
@@ -89,7 +89,7 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
       logits,
     )
 
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batches = _batches(config, split, mesh, num_views=1)
   reference_losses = []
   for _ in range(3):
@@ -165,7 +165,7 @@ def test_delta_minus_one_gates_nothing(smoke_config):
   dataset = datasets.load(config.dataset)
   mesh = parallel.make_mesh(1)
   model = models.create_model(config.model, dataset.num_classes)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batches = _batches(config, split, mesh, num_views=2)
   forward = jax.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[0]
@@ -221,7 +221,7 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   config = _small(smoke_config)
   dataset = datasets.load(config.dataset)
   mesh = parallel.make_mesh(1)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batches = _batches(config, split, mesh, num_views=2)
   views_b = [np.asarray(next(batches)[0][1]) for _ in range(3)]
   np.testing.assert_array_equal(imgs.cache.items[0], views_b[2])

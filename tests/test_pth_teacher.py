@@ -11,9 +11,9 @@ import pytest
 from configs import student as student_config
 from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
-from icckd_jax.data import augment
+from icckd_jax.input_pipeline import augment
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
 from icckd_jax.interop import params_file
 from icckd_jax.interop import torch_import
@@ -21,8 +21,8 @@ from icckd_jax.objective import losses
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
-from icckd_jax.training import student
-from icckd_jax.training import teacher_source
+from icckd_jax.stages import student
+from icckd_jax.stages import teacher_source
 
 FIXTURE = SHARED_DATA / 'repdistiller' / 'resnet20_zip'
 PTH = FIXTURE / 'ckpt_epoch_240.pth'
@@ -150,9 +150,9 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
   # The first step's batch and initial student, rebuilt as the run built them.
   mesh = parallel.make_mesh(None)
   dataset = datasets.load(config.dataset)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   images, _ = next(
-    input_pipeline.train_batches(
+    resident.train_batches(
       split,
       mesh,
       seed=config.seed,

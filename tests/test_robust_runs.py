@@ -31,9 +31,9 @@ from icckd_jax import parallel
 from icckd_jax.training import divergence
 from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import preemption
-from icckd_jax.training import teacher_source
-from icckd_jax.training import workdir_lock
-from icckd_jax.training.train_state import TrainState
+from icckd_jax.stages import teacher_source
+from icckd_jax.runs import workdir_lock
+from icckd_jax.runs.train_state import TrainState
 from launch_in_process import error_line, run_launcher
 
 SMOKE = ('--config=configs/teacher.py:smoke',)
@@ -283,7 +283,7 @@ def test_bad_value_in_a_real_process_exits_2_before_writing(tmp_path):
 def test_student_data_must_have_the_teacher_image_shape(trained):
   """The shape recorded with the teacher's checkpoint is what the student's
   images are checked against (channels included)."""
-  from icckd_jax.training import student  # pylint: disable=g-import-not-at-top
+  from icckd_jax.stages import student  # pylint: disable=g-import-not-at-top
   from configs import teacher  # pylint: disable=g-import-not-at-top
 
   ckpts = checkpoint.Checkpoints(str(trained), read_only=True)

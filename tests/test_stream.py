@@ -1,4 +1,4 @@
-"""The streaming input path (data/stream.py): the global batch of a step is
+"""The streaming input path (input_pipeline/stream.py): the global batch of a step is
 the same whatever the processes, devices and decode workers; a streamed run
 stopped mid-epoch resumes exactly; runs saved before `config.input` existed
 still resume and keep their run-store keys."""
@@ -18,12 +18,12 @@ from conftest import ROOT
 from configs import teacher as teacher_config
 from icckd_jax import parallel
 from icckd_jax.data import array_record
-from icckd_jax.data import stream
-from icckd_jax.experiments import run_store
+from icckd_jax.input_pipeline import stream
+from icckd_jax.experiments.sweep import run_store
 from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
-from icckd_jax.training import validate
+from icckd_jax.runs import validate
 from launch_in_process import run_launcher
 from test_array_record import mixed_folder
 from test_robust_runs import (

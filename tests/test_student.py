@@ -11,8 +11,8 @@ import pytest
 from conftest import CIFAR10_ARCHIVE, shared_fixture
 from icckd_jax.training import metric_writer
 from icckd_jax import models
-from icckd_jax.training import student
-from icckd_jax.training import teacher_source
+from icckd_jax.stages import student
+from icckd_jax.stages import teacher_source
 from train_steps import run_steps
 from launch_in_process import error_line, launch
 from test_training import kill_after_checkpoint, restore_state

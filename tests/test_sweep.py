@@ -7,13 +7,13 @@ import shutil
 import pytest
 
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
-from icckd_jax.experiments import report
-from icckd_jax.experiments import settings
-from icckd_jax.experiments import sweep_plan
-from icckd_jax.training import teacher_step
-from icckd_jax.training import teacher
+from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import settings
+from icckd_jax.experiments.sweep import plan as sweep_plan
+from icckd_jax.stages import teacher_step
+from icckd_jax.stages import teacher
 from icckd_jax.errors import UserError
 from launch_in_process import launch
 
@@ -24,7 +24,7 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
   mesh = parallel.make_mesh(1)
   dataset = datasets.load(config.dataset)
   setup = teacher.build_teacher(config, dataset, mesh)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   images, labels = next(setup.batches(config, split, mesh, 0))
   gate = {}
   for delta in (-1.0, 0.2, 1.0):

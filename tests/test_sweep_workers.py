@@ -14,15 +14,15 @@ import pytest
 from conftest import ROOT
 from configs import ablation_cache
 from configs import ablation_margin
-from icckd_jax.experiments import report
-from icckd_jax.experiments import run_store
-from icckd_jax.experiments import settings as settings_lib
-from icckd_jax.experiments import sweep
-from icckd_jax.experiments import sweep_plan
-from icckd_jax.experiments import sweep_worker
+from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import run_store
+from icckd_jax.experiments.sweep import settings as settings_lib
+from icckd_jax.experiments.sweep import runner as sweep
+from icckd_jax.experiments.sweep import plan as sweep_plan
+from icckd_jax.experiments.sweep import worker as sweep_worker
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
-from icckd_jax.training import workdir_lock
+from icckd_jax.runs import workdir_lock
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
@@ -158,7 +158,7 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
 WORKER = """
 import json, sys
 import ml_collections
-from icckd_jax.experiments import sweep_worker
+from icckd_jax.experiments.sweep import worker as sweep_worker
 sweep_worker.work(ml_collections.ConfigDict(json.loads(sys.argv[1])),
                   sys.argv[2])
 """

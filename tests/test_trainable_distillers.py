@@ -15,14 +15,14 @@ from configs import teacher as teacher_config
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
-from icckd_jax.training import student
-from icckd_jax.training import teacher
-from icckd_jax.training import teacher_source
+from icckd_jax.stages import student
+from icckd_jax.stages import teacher
+from icckd_jax.stages import teacher_source
 
 
 def _tiny(config):
@@ -77,7 +77,7 @@ def _run_steps(config, devices, steps):
   teacher_before = jax.device_get(setup.step_args['teacher'])
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
   metrics = []
   for _ in range(steps):
@@ -243,7 +243,7 @@ def test_distill_matrix_smoke_sweep(tmp_path):
   compilation caches, 40 % of it the sweep's report rewritten after each
   run)."""
   from configs import distill_matrix  # pylint: disable=g-import-not-at-top
-  from icckd_jax.experiments import sweep  # pylint: disable=g-import-not-at-top
+  from icckd_jax.experiments.sweep import runner as sweep  # pylint: disable=g-import-not-at-top
 
   config = distill_matrix.get_config('smoke')
   rows = sweep.run_sweep(config, str(tmp_path / 'matrix'))

@@ -4,8 +4,8 @@ import jax
 
 from icckd_jax.data import datasets
 from icckd_jax import parallel
-from icckd_jax.data import input_pipeline
-from icckd_jax.training import teacher
+from icckd_jax.input_pipeline import resident
+from icckd_jax.stages import teacher
 
 
 def run_steps(config, num_devices, steps, build=teacher.build_teacher):
@@ -20,7 +20,7 @@ def run_steps(config, num_devices, steps, build=teacher.build_teacher):
   setup = build(config, dataset, mesh)
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
-  split, _ = input_pipeline.to_device(dataset, mesh)
+  split, _ = resident.to_device(dataset, mesh)
   batches = setup.batches(config, split, mesh, 0)
   states, metrics = [], []
   for _ in range(steps):

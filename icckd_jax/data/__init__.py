@@ -1,1 +1,1 @@
-"""Data: the loaders of each source, the on-device pipeline, augmentation."""
+"""Data: the loaders of each source, their caches, and the ArrayRecord format and converter."""

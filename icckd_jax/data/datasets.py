@@ -99,7 +99,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   name = config.get('name', None)
   if name == 'array_record':
     raise UserError(
-      "dataset.name='array_record' is read by data/inputs.py (streamed or "
+      "dataset.name='array_record' is read by input_pipeline/inputs.py (streamed or "
       'decoded whole), not datasets.load'
     )
   if not name or not isinstance(name, str):

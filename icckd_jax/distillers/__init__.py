@@ -46,7 +46,7 @@ their step compiles as before.
 
 A method that pairs stages may define `check(student, teacher) -> str |
 None` (Outputs of shapes): what keeps it from serving that pair, said in
-its own terms, before anything traces (training/distill_pair.py).
+its own terms, before anything traces (stages/distill_pair.py).
 
 Its docstring gives its published CIFAR-100 recipe, which the defaults of
 configs/student.py hold, and the code it was read from (docs/distillers.md

@@ -3,7 +3,7 @@
 Every function takes numbers, sequences or NumPy arrays and returns Python
 numbers, lists or dicts, so that each definition can be checked on a
 hand-made series with a known answer. The memory figures are read by
-`icckd_jax.training.memory`, where the runs take them.
+`icckd_jax.runs.memory`, where the runs take them.
 
 Conventions shared by the functions below:
 

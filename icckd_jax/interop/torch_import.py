@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icckd_jax import models
-from icckd_jax.data import imagenet_preprocess
+from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_pickle
 from icckd_jax.models.imagenet_resnet import ImageNetResNet

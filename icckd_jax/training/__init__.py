@@ -1,1 +1,1 @@
-"""Training: the loop, state, optimiser, mesh, checkpoints, evaluation."""
+"""Training: the loop and its parts (checkpoints, evaluation, metrics, step scaffold, clocks)."""

@@ -9,7 +9,7 @@ run, not per step.
 
 A sweep's clock (`SweepClock`) holds the projected seconds of every stage
 (teacher or student) of the sweep, measured before the work starts by
-`probe` in sweep_probe.py; it turns what is left into the sweep's ETA, shown
+`probe` in sweep/probe.py; it turns what is left into the sweep's ETA, shown
 on the progress line of every run it trains. The ETA is corrected by how fast
 this process's finished stages actually went against their projection, so
 workers that slow each other down (on one device) show up in it.

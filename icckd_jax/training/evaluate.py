@@ -13,18 +13,18 @@ from jax.sharding import Mesh, PartitionSpec as P
 import ml_collections
 import numpy as np
 
-from icckd_jax.data import augment
+from icckd_jax.input_pipeline import augment
 from icckd_jax.training import checkpoint
-from icckd_jax.training import run_setup
-from icckd_jax.data import inputs
+from icckd_jax.runs import run_setup
+from icckd_jax.input_pipeline import inputs
 from icckd_jax.objective import losses
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.interop import params_file
 from icckd_jax.interop import torch_import
-from icckd_jax.data import stream
-from icckd_jax.data.input_pipeline import Split, eval_indices
+from icckd_jax.input_pipeline import stream
+from icckd_jax.input_pipeline.resident import Split, eval_indices
 
 DATA = parallel.DATA
 

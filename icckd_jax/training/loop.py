@@ -38,14 +38,14 @@ from icckd_jax.training import checkpoint
 from icckd_jax.training import divergence
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
-from icckd_jax.training import memory as memory_lib
+from icckd_jax.runs import memory as memory_lib
 from icckd_jax.training import metric_writer
-from icckd_jax.training import reuse as reuse_lib
-from icckd_jax.training import run_setup
-from icckd_jax.training import validate
+from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.runs import run_setup
+from icckd_jax.runs import validate
 from icckd_jax.training.preemption import Preempted, StopRequest
-from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.run_setup import RunSetup, compute_dtype, mesh_key
+from icckd_jax.runs.reuse import Reuse
+from icckd_jax.runs.run_setup import RunSetup, compute_dtype, mesh_key
 
 SUMMARY_FILE = 'summary.json'
 

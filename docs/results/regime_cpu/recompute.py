@@ -12,7 +12,7 @@ import csv
 import os
 
 from icckd_jax.experiments import ablation_metrics as am
-from icckd_jax.experiments import report
+from icckd_jax.experiments.sweep import report
 from icckd_jax.experiments import statistics as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -7,13 +7,13 @@ import time
 from absl import logging
 
 from icckd_jax import parallel
-from icckd_jax.experiments import sweep_plan
+from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
-from icckd_jax.training import run_setup
-from icckd_jax.training import student as student_lib
-from icckd_jax.training import teacher as teacher_lib
-from icckd_jax.training.reuse import Reuse
+from icckd_jax.runs import run_setup
+from icckd_jax.stages import student as student_lib
+from icckd_jax.stages import teacher as teacher_lib
+from icckd_jax.runs.reuse import Reuse
 
 
 def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:

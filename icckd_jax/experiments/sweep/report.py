@@ -33,7 +33,7 @@ import numpy as np
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import ablation_metrics as am
 from icckd_jax.experiments import plots
-from icckd_jax.experiments import settings as settings_lib
+from icckd_jax.experiments.sweep import settings as settings_lib
 from icckd_jax.experiments import statistics as st
 from icckd_jax.training import metric_writer
 

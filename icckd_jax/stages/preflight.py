@@ -16,10 +16,10 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
-from icckd_jax.training import memory as memory_lib
-from icckd_jax.training import validate
-from icckd_jax.training import workdir_lock
-from icckd_jax.training.run_setup import RunSetup
+from icckd_jax.runs import memory as memory_lib
+from icckd_jax.runs import validate
+from icckd_jax.runs import workdir_lock
+from icckd_jax.runs.run_setup import RunSetup
 
 
 def require_workdir(workdir: str | None) -> str:

@@ -17,7 +17,7 @@ import flax.linen as nn
 from icckd_jax import distillers
 from icckd_jax import parallel
 from icckd_jax.errors import UserError, one_line
-from icckd_jax.training import student_step
+from icckd_jax.stages import student_step
 
 
 def _stage_shapes(outputs: distillers.Outputs) -> str:

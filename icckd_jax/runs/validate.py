@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 
 from icckd_jax.errors import UserError
-from icckd_jax.training import config_schema
+from icckd_jax.runs import config_schema
 
 CONFIG_FILE = 'config.json'
 

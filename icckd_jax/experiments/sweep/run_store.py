@@ -9,7 +9,7 @@ of one setting learn from one teacher. A student's key includes its
 teacher's key, not the teacher's directory, so two sweeps pointing at one
 store (`config.store`) share students too.
 
-Left out of the key (training/config_schema.py): sections added since
+Left out of the key (runs/config_schema.py): sections added since
 stores were first written, where at their defaults (`input`), so that older
 stores keep their keys; bookkeeping that cannot
 change a result (where the run is written, how often it logs and checkpoints,
@@ -23,8 +23,8 @@ import os
 
 import ml_collections
 
-from icckd_jax.training import config_schema
-from icckd_jax.training import reuse as reuse_lib
+from icckd_jax.runs import config_schema
+from icckd_jax.runs import reuse as reuse_lib
 
 TEACHERS = 'teachers'
 STUDENTS = 'students'

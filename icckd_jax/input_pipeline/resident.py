@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 
-from icckd_jax.data import augment
+from icckd_jax.input_pipeline import augment
 from icckd_jax import parallel
 from icckd_jax.data.datasets import Dataset
 

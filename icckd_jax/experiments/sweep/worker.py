@@ -15,13 +15,13 @@ from absl import logging
 import ml_collections
 
 from icckd_jax.errors import UserError
-from icckd_jax.experiments import report
-from icckd_jax.experiments import sweep_plan
-from icckd_jax.experiments import sweep_probe
+from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import plan as sweep_plan
+from icckd_jax.experiments.sweep import probe as sweep_probe
 from icckd_jax.training import estimate
-from icckd_jax.training import workdir_lock
+from icckd_jax.runs import workdir_lock
 from icckd_jax.training.preemption import StopRequest
-from icckd_jax.training.reuse import Reuse
+from icckd_jax.runs.reuse import Reuse
 
 
 def _link(run: sweep_plan.Run) -> None:

@@ -32,9 +32,9 @@ step the sweep needs (and one evaluation) and logs the projected wall time
 of the whole sweep; the progress lines of its runs then show the sweep's
 ETA (estimate.py).
 
-The parts: sweep_plan.py (the runs and their stages), sweep_worker.py (one
-worker: claims, trains, writes results and the report), sweep_probe.py (the
-projection), sweep_pool.py (the worker processes); this module starts them.
+The parts: sweep/plan.py (the runs and their stages), sweep/worker.py (one
+worker: claims, trains, writes results and the report), sweep/probe.py (the
+projection), sweep/pool.py (the worker processes); this module starts them.
 """
 
 import os
@@ -43,15 +43,15 @@ import time
 from absl import logging
 import ml_collections
 
-from icckd_jax.experiments import method
-from icckd_jax.experiments import report
-from icckd_jax.experiments import sweep_plan
-from icckd_jax.experiments import sweep_pool
-from icckd_jax.experiments import sweep_worker
+from icckd_jax.experiments import pipeline
+from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import plan as sweep_plan
+from icckd_jax.experiments.sweep import pool as sweep_pool
+from icckd_jax.experiments.sweep import worker as sweep_worker
 from icckd_jax.training import estimate
 from icckd_jax.training import metric_writer
-from icckd_jax.training import preflight
-from icckd_jax.training import validate
+from icckd_jax.stages import preflight
+from icckd_jax.runs import validate
 
 
 def write_sweep_file(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -71,7 +71,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   # anything is written or trained.
   preflight.require_workdir(workdir)
   for run in sweep_plan.plan(config, os.path.abspath(workdir)):
-    method.check_stages(
+    pipeline.check_stages(
       run.teacher, run.student, f'setting {run.setting!r} seed {run.seed}: '
     )
   workdir = preflight.prepare_workdir(workdir)

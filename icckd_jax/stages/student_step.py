@@ -20,9 +20,9 @@ import ml_collections
 import optax
 
 from icckd_jax import distillers
-from icckd_jax.data import augment
+from icckd_jax.input_pipeline import augment
 from icckd_jax.models import stages as model_stages
-from icckd_jax.training import config_schema
+from icckd_jax.runs import config_schema
 from icckd_jax.training import step as step_lib
 
 # The distillation weights, traced: one compiled step serves every value.

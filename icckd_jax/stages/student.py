@@ -25,16 +25,16 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
-from icckd_jax.training import distill_pair
+from icckd_jax.stages import distill_pair
 from icckd_jax.training import evaluate
 from icckd_jax.training import loop
 from icckd_jax.training import optim
-from icckd_jax.training import preflight
-from icckd_jax.training import reuse as reuse_lib
-from icckd_jax.training import student_step
-from icckd_jax.training import teacher_source
-from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.run_setup import (
+from icckd_jax.stages import preflight
+from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.stages import student_step
+from icckd_jax.stages import teacher_source
+from icckd_jax.runs.reuse import Reuse
+from icckd_jax.runs.run_setup import (
   RunSetup,
   check_steps_per_epoch,
   compute_dtype,
@@ -43,7 +43,7 @@ from icckd_jax.training.run_setup import (
   splits,
   step_key,
 )
-from icckd_jax.training.train_state import create_train_state
+from icckd_jax.runs.train_state import create_train_state
 
 TEACHER_EVAL_FILE = 'teacher_eval.json'
 

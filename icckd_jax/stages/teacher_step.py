@@ -15,12 +15,12 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import optax
 
-from icckd_jax.data import augment
+from icckd_jax.input_pipeline import augment
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.objective import losses
 from icckd_jax import parallel
 from icckd_jax.training import step as step_lib
-from icckd_jax.training.train_state import TrainState
+from icckd_jax.runs.train_state import TrainState
 
 DATA = parallel.DATA
 

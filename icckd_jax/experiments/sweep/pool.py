@@ -12,7 +12,7 @@ import ml_collections
 
 from icckd_jax import logs
 from icckd_jax.errors import UserError
-from icckd_jax.experiments import sweep_worker
+from icckd_jax.experiments.sweep import worker as sweep_worker
 from icckd_jax.training.preemption import Preempted, StopRequest
 from icckd_jax.training import compilation_cache
 

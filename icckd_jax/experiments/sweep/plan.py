@@ -1,5 +1,5 @@
 """A sweep's plan: every (setting, seed) as a Run, its two stages and where
-they train in the shared store (sweep.py describes the layout)."""
+they train in the shared store (sweep/runner.py describes the layout)."""
 
 import dataclasses
 import os
@@ -7,17 +7,17 @@ import os
 import ml_collections
 
 from icckd_jax.errors import UserError
-from icckd_jax.experiments import method
-from icckd_jax.experiments import report
-from icckd_jax.experiments import run_store
-from icckd_jax.experiments.settings import (
+from icckd_jax.experiments import pipeline
+from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import run_store
+from icckd_jax.experiments.sweep.settings import (
   Setting,
   apply_overrides,
   parse_setting,
   seeds_of,
 )
-from icckd_jax.training import student as student_lib
-from icckd_jax.training import teacher as teacher_lib
+from icckd_jax.stages import student as student_lib
+from icckd_jax.stages import teacher as teacher_lib
 
 
 def run_config(
@@ -80,19 +80,19 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
     for seed in seeds_of(config, setting.name)
   ):
     setting = settings[index]
-    pipeline = run_config(config.base, setting, seed)
-    teacher_dir = run_store.teacher_dir(store, pipeline.teacher)
-    student = method.student_config(pipeline, teacher_dir)
+    both = run_config(config.base, setting, seed)
+    teacher_dir = run_store.teacher_dir(store, both.teacher)
+    student = pipeline.student_config(both, teacher_dir)
     runs.append(
       Run(
         setting=setting.name,
         seed=seed,
         run_dir=os.path.join(workdir, setting.name, f'seed_{seed}'),
-        teacher=pipeline.teacher,
+        teacher=both.teacher,
         student=student,
         teacher_dir=teacher_dir,
         student_dir=run_store.student_dir(
-          store, student, run_store.teacher_key(pipeline.teacher)
+          store, student, run_store.teacher_key(both.teacher)
         ),
       )
     )
@@ -109,7 +109,7 @@ def stages(run: Run):
 
 def finished(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether the stage in `workdir` has trained all its epochs."""
-  return method.finished(workdir, config.num_epochs) is not None
+  return pipeline.finished(workdir, config.num_epochs) is not None
 
 
 def unfinished_stages(runs: list[Run]) -> list[str]:

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from icckd_jax import distillers
-from icckd_jax.data import inputs
-from icckd_jax.data import stream
+from icckd_jax.input_pipeline import inputs
+from icckd_jax.input_pipeline import stream
 from icckd_jax.objective import losses
 from icckd_jax.objective import projection
 
@@ -111,7 +111,7 @@ FIELDS: dict[str, Field] = {
     choices=('auto', 'resident', 'stream'), added_default='auto'
   ),
   # Which augmentation and evaluation transform a streamed set gets
-  # (data/host_augment.py); 'auto' is what runs saved before it had.
+  # (input_pipeline/host_augment.py); 'auto' is what runs saved before it had.
   'dataset.augment': Field(choices=stream.AUGMENTS, added_default='auto'),
   # The statistics the inputs are normalised with; runs saved before the
   # field used the train split's.
@@ -119,7 +119,7 @@ FIELDS: dict[str, Field] = {
     choices=inputs.NORMALIZATIONS, added_default='measured'
   ),
   # How fast, never what: the batches do not depend on the worker count
-  # (data/stream.py).
+  # (input_pipeline/stream.py).
   'input.workers': Field('bookkeeping', _int_at_least(0)),
   # λ = 0 also removes the second view, so it is traced only among λ > 0.
   'icc.lam': Field('traced', NON_NEGATIVE),

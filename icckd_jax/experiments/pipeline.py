@@ -18,12 +18,12 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
-from icckd_jax.training import student
-from icckd_jax.training import preflight
-from icckd_jax.training import teacher as teacher_lib
-from icckd_jax.training import validate
+from icckd_jax.stages import student
+from icckd_jax.stages import preflight
+from icckd_jax.stages import teacher as teacher_lib
+from icckd_jax.runs import validate
 from icckd_jax.training.preemption import StopRequest
-from icckd_jax.training.reuse import Reuse
+from icckd_jax.runs.reuse import Reuse
 
 
 def finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:

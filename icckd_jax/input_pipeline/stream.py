@@ -36,9 +36,9 @@ import numpy as np
 
 from icckd_jax import parallel
 from icckd_jax.data import array_record
-from icckd_jax.data import host_augment
-from icckd_jax.data import imagenet_preprocess
-from icckd_jax.data import input_pipeline
+from icckd_jax.input_pipeline import host_augment
+from icckd_jax.input_pipeline import imagenet_preprocess
+from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
 
 # Steps a Grain pipeline may be asked for: more than any run takes.
@@ -50,7 +50,7 @@ AUGMENTS = ('auto', *host_augment.RECIPES)
 @dataclasses.dataclass(frozen=True)
 class StreamSplit:
   """A split read from shards as the run goes; the streaming counterpart of
-  `input_pipeline.Split`.
+  `resident.Split`.
 
   `image_shape`: [H, W, C] of the images the pipeline hands out; `recipe`:
   'crop' or 'resized_crop' (`host_augment`); `workers`: Grain's decode
@@ -120,7 +120,7 @@ def local_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """[num_examples] int64: the training split's order in `epoch`."""
   return np.random.default_rng(
-    [seed, input_pipeline.ORDER_STREAM, epoch]
+    [seed, resident.ORDER_STREAM, epoch]
   ).permutation(num_examples)
 
 
@@ -136,11 +136,11 @@ class _TrainRows:
     self.split, self.seed, self.batch_size = split, seed, batch_size
     self.rows, self.num_views = rows, num_views
     self.crop_padding, self.flip = crop_padding, flip
-    self.steps = input_pipeline.steps_per_epoch(split.size, batch_size)
+    self.steps = resident.steps_per_epoch(split.size, batch_size)
 
   def _view(self, image, step, view, position):
     rng = host_augment.example_rng(
-      self.seed, input_pipeline.AUGMENT_STREAM, step, view, position
+      self.seed, resident.AUGMENT_STREAM, step, view, position
     )
     if self.split.recipe == 'crop':
       return host_augment.crop_flip(image, rng, self.crop_padding, self.flip)
@@ -254,7 +254,7 @@ def train_batches(
   with_indices: bool = False,
 ) -> Iterator[tuple[jax.Array, ...]]:
   """The global batches of steps start_step, start_step + 1, ..., as
-  `input_pipeline.train_batches` yields them: (images [V, B, H, W, C]
+  `resident.train_batches` yields them: (images [V, B, H, W, C]
   uint8, labels [B] int32[, indices [B] int32]), sharded over `data`."""
   rows = local_rows(mesh, batch_size)
   fn = _TrainRows(split, seed, batch_size, rows, num_views, crop_padding, flip)

@@ -20,11 +20,11 @@ from icckd_jax.objective import cache as cache_lib
 from icckd_jax.objective import projection
 from icckd_jax.training import loop
 from icckd_jax.training import optim
-from icckd_jax.training import preflight
-from icckd_jax.training import reuse as reuse_lib
-from icckd_jax.training import teacher_step
-from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.run_setup import (
+from icckd_jax.stages import preflight
+from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.stages import teacher_step
+from icckd_jax.runs.reuse import Reuse
+from icckd_jax.runs.run_setup import (
   RunSetup,
   check_steps_per_epoch,
   compute_dtype,
@@ -32,7 +32,7 @@ from icckd_jax.training.run_setup import (
   mesh_key,
   step_key,
 )
-from icckd_jax.training.train_state import create_train_state
+from icckd_jax.runs.train_state import create_train_state
 
 
 def _init_state_fn(config, model, head, tx, input_shape):

@@ -16,8 +16,8 @@ import numpy as np
 
 from icckd_jax.data import array_record
 from icckd_jax.data import datasets
-from icckd_jax.data import imagenet_preprocess
-from icckd_jax.data import stream
+from icckd_jax.input_pipeline import imagenet_preprocess
+from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 
 MODES = ('auto', 'resident', 'stream')

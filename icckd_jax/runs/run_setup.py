@@ -18,16 +18,16 @@ import optax
 
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.data import input_pipeline
-from icckd_jax.data import inputs
-from icckd_jax.data import stream
+from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline import inputs
+from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
-from icckd_jax.training import config_schema
-from icckd_jax.training import memory as memory_lib
-from icckd_jax.training import reuse as reuse_lib
-from icckd_jax.training.config_schema import DTYPES
-from icckd_jax.training.reuse import Reuse
-from icckd_jax.training.train_state import TrainState
+from icckd_jax.runs import config_schema
+from icckd_jax.runs import memory as memory_lib
+from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.runs.config_schema import DTYPES
+from icckd_jax.runs.reuse import Reuse
+from icckd_jax.runs.train_state import TrainState
 
 
 def compute_dtype(config: ml_collections.ConfigDict):
@@ -79,15 +79,13 @@ def splits(dataset: datasets.Dataset, mesh: Mesh):
   resident splits placed on every device of `mesh`."""
   if dataset.stream is not None:
     return dataset.stream
-  return input_pipeline.to_device(dataset, mesh)
+  return resident.to_device(dataset, mesh)
 
 
 def check_steps_per_epoch(
   config: ml_collections.ConfigDict, dataset: datasets.Dataset
 ) -> int:
-  steps = input_pipeline.steps_per_epoch(
-    len(dataset.train_labels), config.batch_size
-  )
+  steps = resident.steps_per_epoch(len(dataset.train_labels), config.batch_size)
   if steps == 0:
     raise UserError(
       f'config.batch_size={config.batch_size} is larger than the '
@@ -127,11 +125,11 @@ class RunSetup:
 
   def batches(self, config, split, mesh: Mesh, start_step: int):
     """The batch stream of this run from `start_step` on: from a resident
-    `input_pipeline.Split` on the devices, or a `stream.StreamSplit`."""
+    `resident.Split` on the devices, or a `stream.StreamSplit`."""
     make = (
       stream.train_batches
       if isinstance(split, stream.StreamSplit)
-      else input_pipeline.train_batches
+      else resident.train_batches
     )
     batches = make(
       split,

@@ -1,0 +1,1 @@
+"""The sweep: settings x seeds of the pipeline, planned, probed and trained by workers."""

@@ -1,0 +1,1 @@
+"""Input pipelines: the resident (on-device) and streamed (Grain) paths, and their augmentation."""
