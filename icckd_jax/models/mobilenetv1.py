@@ -15,7 +15,6 @@ BatchNorm before its ReLU: mdistiller's `feats` and `preact_feats`, which
 for this network have no stem map.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -24,9 +23,9 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  conv_and_norm,
   PAD_1,
   ModuleDef,
-  batch_norm,
   pooled_classifier,
   torch_linear_kernel_init,
 )
@@ -102,24 +101,12 @@ class MobileNetV1(nn.Module):
   def __call__(
     self, x: jax.Array, train: bool = False
   ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (224x224 for ImageNet, H and W >= 32).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 1024] float32 pooled input of fc.
-    """
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=torch_conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
+    """[B, H, W, 3] images (224x224 for ImageNet, H and W >= 32) -> (logits [B,
+    num_classes], the pooled features [B, 1024] the final linear layer reads),
+    float32. `train`: use and update the batch statistics."""
+    conv, norm = conv_and_norm(
+      self.dtype, train, self.bn_axis_name, torch_conv_kernel_init
     )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
 
     x = conv(32, (3, 3), 2, PAD_1, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))
