@@ -69,7 +69,10 @@ class Embed(nn.Module):
 
 def options(distill: Mapping[str, Any]) -> dict:
   """The static keyword arguments of `init` and `loss`."""
-  return {'dim': int(distill.crd_dim), 'negatives': int(distill.crd_negatives)}
+  return {
+    'dim': int(distill['crd_dim']),
+    'negatives': int(distill['crd_negatives']),
+  }
 
 
 def _class_tables(train_labels) -> dict[str, jax.Array]:
