@@ -10,12 +10,15 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import pytest
 
 from configs import student as student_config
 from configs import teacher as teacher_config
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
+from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import train_state
 from icckd_jax.stages import student
 from icckd_jax.training import checkpoint
@@ -113,3 +116,32 @@ def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
   final_straight, final_old = _restored(straight), _restored(old)
   assert int(final_old['step']) == 4
   jax.tree.map(np.testing.assert_array_equal, final_straight, final_old)
+
+
+@pytest.mark.parametrize('negative_cache', [False, True])
+def test_an_old_teacher_or_plain_student_checkpoint_restores(
+  tmp_path, negative_cache
+):
+  """The other states of the old layout: a teacher's negative cache, or
+  nothing, under `cache`; they come back as such, with no distiller
+  buffers, and nothing is set aside."""
+  tx = optax.sgd(0.1)
+  params = {'model': {'kernel': jnp.arange(6.0).reshape(2, 3)}}
+  cache = cache_lib.create(2, 4, (3,), jnp.float32) if negative_cache else None
+  legacy = LegacyTrainState(
+    jnp.int32(7), params, {'mean': jnp.ones(3)}, tx.init(params), cache
+  )
+  workdir = str(tmp_path / 'run')
+  with checkpoint.Checkpoints(workdir) as ckpts:
+    ckpts.save(1, legacy, {'epoch': 1}, {}, last=True, best=False)
+  target = train_state.TrainState(
+    legacy.step, params, legacy.batch_stats, legacy.opt_state, cache
+  )
+  mesh = parallel.make_mesh(1)
+  with checkpoint.Checkpoints(workdir) as ckpts:
+    state, meta, _ = ckpts.restore_newest_intact(
+      checkpoint.abstract_like(target, mesh)
+    )
+  assert meta == {'epoch': 1} and state.distiller_buffers is None
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), target)
+  assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED_DIR))

@@ -96,7 +96,6 @@ def make_train_step(
   other methods those are None, and the step compiles to the program of a
   plain distillation step.
   """
-  stages = distiller.reads.stages
   spec = _Spec(
     teacher,
     distiller,
@@ -107,6 +106,12 @@ def make_train_step(
     teacher_mean,
     teacher_std,
   )
+  return step_lib.data_parallel(_per_device_fn(student, spec, tx), mesh)
+
+
+def _per_device_fn(student: nn.Module, spec: '_Spec', tx):
+  """The step on one device's shard (`make_train_step`)."""
+  distiller, stages = spec.distiller, spec.distiller.reads.stages
 
   def per_device(state, images, labels, args):
     indices = None
@@ -149,7 +154,7 @@ def make_train_step(
       distiller_buffers=buffers,
     ), metrics
 
-  return step_lib.data_parallel(per_device, mesh)
+  return per_device
 
 
 @dataclasses.dataclass(frozen=True)
