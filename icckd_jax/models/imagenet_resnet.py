@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
   conv_and_norm,
   BasicBlock,
   pooled_classifier,
@@ -62,9 +63,7 @@ class ImageNetResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (224x224 for ImageNet, H and W >= 32) -> (logits [B,
     num_classes], the pooled features [B, 512] (ResNet18, 34) or [B, 2048]
     (ResNet50) the final linear layer reads), float32. `train`: use and update

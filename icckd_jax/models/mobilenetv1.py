@@ -23,9 +23,10 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Block,
+  LogitsAndFeatures,
   conv_and_norm,
   PAD_1,
-  ModuleDef,
   pooled_classifier,
   torch_linear_kernel_init,
 )
@@ -54,17 +55,12 @@ STAGE_ENDS = (3, 5, 11, 13)
 torch_conv_kernel_init = torch_linear_kernel_init
 
 
-class DepthwiseSeparable(nn.Module):
+class DepthwiseSeparable(Block):
   """`conv_dw`: relu(bn(3x3 depthwise, strides)), then bn(1x1 pointwise).
 
   Maps [B, H, W, C_in] to (output, pre-ReLU map), each [B, H / strides,
   W / strides, features].
   """
-
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -98,9 +94,7 @@ class MobileNetV1(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (224x224 for ImageNet, H and W >= 32) -> (logits [B,
     num_classes], the pooled features [B, 1024] the final linear layer reads),
     float32. `train`: use and update the batch statistics."""

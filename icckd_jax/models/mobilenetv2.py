@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
   conv_and_norm,
   small_normal_classifier,
   PAD_1,
@@ -92,9 +93,7 @@ class MobileNetV2(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
     pooled features [B, 1280] the final linear layer reads), float32. `train`:
     use and update the batch statistics."""

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from icckd_jax.models import stages
 
 ModuleDef = Any
+# What every model returns: (logits [B, classes], pooled features [B, D]).
+LogitsAndFeatures = tuple[jax.Array, jax.Array]
 
 # PyTorch `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: an untruncated
 # normal with variance 2 / (kh * kw * out_channels).
@@ -132,17 +134,23 @@ def small_normal_classifier(
   )
 
 
-class BasicBlock(nn.Module):
-  """Post-activation residual block: relu(bn(conv(relu(bn(conv(x))))) + x).
-
-  Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
-  W / strides, features].
-  """
+class Block(nn.Module):
+  """The fields of a residual or separable block: its output width, the
+  stride of its first layer, and the conv and norm factories of its model
+  (`conv_and_norm`)."""
 
   features: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+
+
+class BasicBlock(Block):
+  """Post-activation residual block: relu(bn(conv(relu(bn(conv(x))))) + x).
+
+  Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
+  W / strides, features].
+  """
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -181,9 +189,7 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
     pooled features [B, widths[3]] the final linear layer reads), float32.
     `train`: use and update the batch statistics."""

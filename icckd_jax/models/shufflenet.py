@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
   conv_and_norm,
   PAD_1,
   ModuleDef,
@@ -161,9 +162,7 @@ class ShuffleNetV1(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
     pooled features [B, widths[-1]] the final linear layer reads), float32.
     `train`: use and update the batch statistics."""
@@ -209,9 +208,7 @@ class ShuffleNetV2(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
     pooled features [B, widths[-1]] the final linear layer reads), float32.
     `train`: use and update the batch statistics."""

@@ -11,14 +11,15 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Block,
+  LogitsAndFeatures,
   conv_and_norm,
   PAD_1,
-  ModuleDef,
   pooled_classifier,
 )
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(Block):
   """Pre-activation block: conv(relu(bn(conv(relu(bn(x)))))) + shortcut.
 
   When the width changes, the 1x1 shortcut conv reads the pre-activated input
@@ -26,11 +27,6 @@ class PreActBlock(nn.Module):
   Maps [B, H, W, C_in] to (output [B, H / strides, W / strides, features],
   bn1(x) [B, H, W, C_in]: the input's map before the block's first ReLU).
   """
-
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -70,9 +66,7 @@ class WideResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
     pooled features [B, 64 * widen_factor] the final linear layer reads),
     float32. `train`: use and update the batch statistics."""
