@@ -1,4 +1,4 @@
-"""A sweep report's plots, drawn from the numbers report.py computes.
+"""A sweep report's figures, drawn from the rows sweep/report.py reads.
 
   accuracy.png   last-epoch top-1 of each setting with its 95% interval
   curves.png     teacher train accuracy, CE, gate pass rate and effective
@@ -12,7 +12,12 @@ import os
 
 import numpy as np
 
+from icckd_jax.experiments import readings
 from icckd_jax.experiments import statistics as st
+
+ACCURACY_PNG = 'accuracy.png'
+CURVES_PNG = 'curves.png'
+TRANSFER_PNG = 'transfer.png'
 
 
 def _pyplot():
@@ -25,6 +30,30 @@ def _pyplot():
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   return plt
+
+
+def draw(
+  output_dir: str,
+  names: list[str],
+  rows: list[dict],
+  epoch_rows: list[dict],
+  points: dict[str, list[tuple[float, float]]],
+) -> None:
+  """Every figure of a report into `output_dir`: those of the settings
+  `names`, from the rows of results.csv and epochs.csv, and `points`
+  ({setting: [(teacher top-1, student top-1), ...]}) of the KD runs."""
+  accuracy(
+    output_dir,
+    {
+      stage: {
+        name: list(readings.by_seed(rows, name, f'{stage}_top1_last').values())
+        for name in names
+      }
+      for stage in ('teacher', 'student')
+    },
+  )
+  curves(output_dir, names, epoch_rows)
+  transfer(output_dir, points)
 
 
 def accuracy(output_dir: str, top1: dict[str, dict[str, list[float]]]) -> None:
@@ -59,7 +88,7 @@ def accuracy(output_dir: str, top1: dict[str, dict[str, list[float]]]) -> None:
     )
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'accuracy.png'), dpi=110)
+  fig.savefig(os.path.join(output_dir, ACCURACY_PNG), dpi=110)
   plt.close(fig)
 
 
@@ -84,7 +113,7 @@ def transfer(output_dir: str, points: dict[str, list]) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'transfer.png'), dpi=110)
+  fig.savefig(os.path.join(output_dir, TRANSFER_PNG), dpi=110)
   plt.close(fig)
 
 
@@ -149,5 +178,5 @@ def curves(output_dir: str, names: list[str], epoch_rows: list[dict]) -> None:
     axes[0].legend(fontsize=7)  # the first panel has every setting
   fig.suptitle('mean over seeds, band: 95% t-interval', fontsize=9)
   fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'curves.png'), dpi=110)
+  fig.savefig(os.path.join(output_dir, CURVES_PNG), dpi=110)
   plt.close(fig)
