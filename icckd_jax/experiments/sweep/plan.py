@@ -87,7 +87,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
       Run(
         setting=setting.name,
         seed=seed,
-        run_dir=os.path.join(workdir, setting.name, f'seed_{seed}'),
+        run_dir=results.run_dir(workdir, setting.name, seed),
         teacher=both.teacher,
         student=student,
         teacher_dir=teacher_dir,

@@ -77,7 +77,7 @@ def _result(
   finished. Recomputed from its stages' records where they are here (so a
   report written by newer code has every column of that code), else its
   result.json as a worker wrote it."""
-  run_dir = os.path.join(workdir, setting.name, f'seed_{seed}')
+  run_dir = results_lib.run_dir(workdir, setting.name, seed)
   if all(
     os.path.exists(os.path.join(run_dir, stage, loop.SUMMARY_FILE))
     for stage in ('teacher', 'student')

@@ -18,6 +18,13 @@ from icckd_jax.training import metric_writer
 
 RESULT_FILE = 'result.json'
 
+
+def run_dir(workdir: str, setting: str, seed: int) -> str:
+  """RUN_DIR of (setting, seed) in a sweep's WORKDIR: WORKDIR/<setting>/
+  seed_<seed>, holding the links `teacher` and `student` and result.json."""
+  return os.path.join(workdir, setting, f'seed_{seed}')
+
+
 # epochs.csv: (column, key of the epoch record).
 EPOCH_COLUMNS = (
   ('train_accuracy', 'accuracy'),
