@@ -32,6 +32,13 @@ def _pyplot():
   return plt
 
 
+def _save(plt, fig, path: str) -> None:
+  """Writes `fig` to `path` (laid out, 110 dpi) and closes it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def draw(
   output_dir: str,
   names: list[str],
@@ -87,9 +94,7 @@ def accuracy(output_dir: str, top1: dict[str, dict[str, list[float]]]) -> None:
       fontsize=9,
     )
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, ACCURACY_PNG), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(output_dir, ACCURACY_PNG))
 
 
 def transfer(output_dir: str, points: dict[str, list]) -> None:
@@ -112,9 +117,7 @@ def transfer(output_dir: str, points: dict[str, list]) -> None:
   ax.set_title('one point a run', fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, TRANSFER_PNG), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(output_dir, TRANSFER_PNG))
 
 
 def _band(
@@ -177,6 +180,4 @@ def curves(output_dir: str, names: list[str], epoch_rows: list[dict]) -> None:
   if axes[0].get_legend_handles_labels()[0]:
     axes[0].legend(fontsize=7)  # the first panel has every setting
   fig.suptitle('mean over seeds, band: 95% t-interval', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, CURVES_PNG), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(output_dir, CURVES_PNG))
