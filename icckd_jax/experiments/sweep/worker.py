@@ -15,6 +15,7 @@ from absl import logging
 import ml_collections
 
 from icckd_jax.errors import UserError
+from icckd_jax.experiments.sweep import eta
 from icckd_jax.experiments.sweep import report
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import probe as sweep_probe
@@ -109,11 +110,11 @@ def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
 
 def _projected_clock(
   runs: list[sweep_plan.Run], reuse: Reuse, workers: int
-) -> estimate.SweepClock:
+) -> eta.SweepClock:
   """Measures the steps, logs the sweep's projected wall time and returns
   its clock."""
   projected = sweep_probe.probe(runs, reuse)
-  clock = estimate.SweepClock(projected, workers)
+  clock = eta.SweepClock(projected, workers)
   logging.info(
     'Projected wall time of the %d unfinished stages: %s with %d '
     'worker(s) (%s of training in all; workers sharing one '
@@ -183,14 +184,15 @@ def work(
   """
   workdir = os.path.abspath(workdir)
   runs = sweep_plan.plan(config, workdir)
-  reuse = Reuse()
+  reuse, clock = Reuse(), None
   if (
     worker == 0
     and config.get('estimate', True)
     and sweep_plan.unfinished_stages(runs)
   ):
-    reuse.sweep_clock = _projected_clock(runs, reuse, config.get('workers', 1))
-  clock = reuse.sweep_clock
+    clock = _projected_clock(runs, reuse, config.get('workers', 1))
+    # Every stage's loop shows the sweep's ETA on its progress lines.
+    reuse.hooks.append(clock)
   trained, first_pass = 0, True
   # Stages seen held by another worker: said once, so that a waiting
   # worker's poll logs one line.
