@@ -116,7 +116,7 @@ def abstract_like(tree, mesh: Mesh):
 
 class _DropReadOnlyNotes(std_logging.Filter):
   """Drops Orbax's notes that a read-only manager is read-only: six lines
-  each time a reader (an evaluation, a student's teacher, a sweep worker
+  each time a reader (an evaluation, a student's teacher, a worker
   polling a peer's run) opens a workdir, saying what the reader asked for."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:

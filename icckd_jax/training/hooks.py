@@ -3,8 +3,8 @@
 The loop (loop.py) calls every hook it holds after each step and after each
 epoch's evaluation, as flax's examples call CLU's periodic actions. The
 run's own clock (`estimate.RunClock`) is one; a process that runs several
-runs adds its own through `Reuse.hooks` (the sweep's ETA is one such hook),
-so the loop knows nothing of what runs it.
+runs adds its own through `Reuse.hooks` (e.g. an ETA of all its runs), so
+the loop knows nothing of what runs it.
 
 A hook overrides only the calls it needs; every call here does nothing.
 Hooks are called in order, on every process of a multi-host run, and must

@@ -21,8 +21,8 @@ METRICS_FILE = 'metrics.jsonl'
 
 def write_json(path: str, value) -> None:
   """`value` as JSON in `path`, whole or not at all: readers trust
-  summary.json, config.json and a sweep's files as they find them, and
-  concurrent sweep workers may write the same (identical) file."""
+  summary.json, config.json and the files of many runs' reports as they
+  find them, and concurrent workers may write the same (identical) file."""
   tmp = f'{path}.{os.getpid()}.tmp'
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=2)

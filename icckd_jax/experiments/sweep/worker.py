@@ -21,6 +21,7 @@ from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import probe as sweep_probe
 from icckd_jax.training import estimate
 from icckd_jax.runs import workdir_lock
+from icckd_jax.stages import preflight
 from icckd_jax.training.preemption import StopRequest
 from icckd_jax.runs.reuse import Reuse
 
@@ -50,17 +51,25 @@ def _train_claimed(
   """Trains the stage in `workdir` unless it is done; False (and nothing
   done) when another worker holds it.
 
-  The claim is the run's own workdir lock, which the run entry takes before
-  it writes anything and holds while it trains: a worker that finds it held
-  moves on. A stage that another worker finished after the check below
-  resumes at its last epoch and trains nothing.
+  The claim is the stage's own workdir lock, taken here before the stage
+  loads or builds anything, and handed to the stage, which trains holding
+  it: a busy stage costs a worker one try of a lock. The lock file is the
+  stage's WORKDIR/.lock, as for a single run (workdir_lock.py), so the
+  stage's directory in the store is made first; a single run's checks come
+  before its workdir is written, a worker's after (the sweep's own checks
+  ran before any worker started).
   """
   if sweep_plan.finished(workdir, config):
     return True
-  try:
-    train_fn(config, workdir, reuse)
-  except workdir_lock.WorkdirBusy:
+  lock = workdir_lock.try_lock(preflight.prepare_workdir(workdir))
+  if lock is None:
     return False
+  try:
+    # Another worker may have finished it since the check above.
+    if not sweep_plan.finished(workdir, config):
+      train_fn(config, workdir, reuse, claim=lock)
+  finally:
+    lock.release()
   return True
 
 
