@@ -387,15 +387,6 @@ class Checkpoints:
     state, meta, _ = self._restore_one(manager, epoch, abstract_state, mesh)
     return state, meta
 
-  def restore_config(self, which: str = 'last') -> dict:
-    manager = self._manager(which)
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise UserError(f'no {which} checkpoint in {manager.directory}')
-    return manager.restore(
-      epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-    ).config
-
   def close(self, quiet: bool = False) -> None:
     """Waits for the pending saves and closes every manager, also after one
     failed (an unclosed manager keeps its threads, and the process, alive);

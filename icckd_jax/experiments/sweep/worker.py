@@ -184,7 +184,7 @@ def work(
   """One worker: claims and trains stages until every run has finished;
   returns how many stages it trained or resumed.
 
-  WORKDIR must hold the sweep's sweep.json (sweep.write_sweep_file): the
+  WORKDIR must hold the sweep's sweep.json (runner.write_sweep_file): the
   report, rewritten after every run, reads the settings from it.
 
   Worker 0 of each command first measures the steps and logs the sweep's
