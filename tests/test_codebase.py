@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import house
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'icckd_jax'
 MAX_FUNCTION_LINES = 80
 
@@ -111,3 +113,19 @@ def test_only_the_experiments_know_of_sweeps():
   ]
   assert outside
   assert not found, found
+
+
+def test_no_room_holds_more_than_16_percent_of_the_source():
+  """A room (a top-level sub-package or module of the package, configs/,
+  benchmarks/, launch.py) that outgrows a sixth of the project is a hall
+  of several concepts: split it by purpose."""
+  shares = house.room_shares()
+  crowded = {
+    room: f'{share:.1%}' for room, share in shares.items() if share > 0.16
+  }
+  assert not crowded, crowded
+  assert set(shares) >= {
+    'icckd_jax/runs',
+    'icckd_jax/stages',
+    'icckd_jax/training',
+  }
