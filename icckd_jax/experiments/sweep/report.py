@@ -35,6 +35,7 @@ from icckd_jax.experiments import ablation_metrics as am
 from icckd_jax.experiments import plots
 from icckd_jax.experiments.sweep import settings as settings_lib
 from icckd_jax.experiments import statistics as st
+from icckd_jax.training import loop
 from icckd_jax.training import metric_writer
 
 RESULT_FILE = 'result.json'
@@ -144,7 +145,7 @@ SETTING_COLUMNS = (
 
 def _run_records(workdir: str) -> tuple[list[dict], dict]:
   epochs = metric_writer.read_records(workdir, 'epoch')
-  with open(os.path.join(workdir, 'summary.json')) as f:
+  with open(os.path.join(workdir, loop.SUMMARY_FILE)) as f:
     summary = json.load(f)
   return epochs, summary
 
@@ -352,7 +353,7 @@ def _result(
   result.json as a worker wrote it."""
   run_dir = os.path.join(workdir, setting.name, f'seed_{seed}')
   if all(
-    os.path.exists(os.path.join(run_dir, stage, 'summary.json'))
+    os.path.exists(os.path.join(run_dir, stage, loop.SUMMARY_FILE))
     for stage in ('teacher', 'student')
   ):
     pipeline = settings_lib.apply_overrides(
