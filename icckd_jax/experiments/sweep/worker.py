@@ -17,6 +17,7 @@ import ml_collections
 from icckd_jax.errors import UserError
 from icckd_jax.experiments.sweep import eta
 from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import probe as sweep_probe
 from icckd_jax.training import estimate
@@ -78,7 +79,7 @@ def _write_result(
 ) -> None:
   """RUN_DIR/result.json, written whole or not at all: several workers may
   write the same (identical) file."""
-  report.write_result(
+  results.write_result(
     run.run_dir,
     run.setting,
     run.seed,
@@ -93,7 +94,7 @@ def _has_result(run: sweep_plan.Run) -> bool:
   written again from the run's stages (which have finished)."""
   if not os.path.exists(run.result_path):
     return False
-  result, _ = report.read_result(run.result_path, run.setting, run.seed)
+  result, _ = results.read_result(run.result_path, run.setting, run.seed)
   return result is not None
 
 
