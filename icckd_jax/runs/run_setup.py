@@ -42,7 +42,7 @@ def compute_dtype(config: ml_collections.ConfigDict):
 def step_key(config: ml_collections.ConfigDict, *extra: str) -> str:
   """The part of `config` a compiled step depends on (see config_schema),
   with `extra` (the step's other static inputs): steps of equal keys are
-  shared by a sweep's runs."""
+  shared by the runs of one process (`Reuse`)."""
   return '|'.join(
     (reuse_lib.config_key(config, config_schema.not_compiled()), *extra)
   )

@@ -22,6 +22,7 @@ from icckd_jax.training import loop
 from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import teacher_step
 from icckd_jax.runs.reuse import Reuse
 from icckd_jax.runs.run_setup import (
@@ -125,20 +126,24 @@ def build_teacher(
 
 
 def train_teacher(
-  config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  reuse: Reuse | None = None,
+  claim: workdir_lock.WorkdirLock | None = None,
 ) -> dict[str, Any]:
   """Trains the teacher of `config` in `workdir`, resuming if it can;
   returns the summary.
 
   Every check that can reject the config (`preflight`) runs before the
-  workdir is created or written.
+  workdir is created or written. `claim`: the workdir's lock, when the
+  caller took it first (`preflight.hold_workdir`).
   """
   mesh = preflight.checked_mesh(config, workdir)
   dataset = load_dataset(config, reuse)
   setup = build_teacher(config, dataset, mesh, reuse)
   memory = preflight.check_step_memory(config, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
-  with preflight.hold_workdir(workdir):
+  with preflight.hold_workdir(workdir, claim):
     return loop.fit(
       config, workdir, setup, dataset, mesh, reuse=reuse, step_memory=memory
     )
