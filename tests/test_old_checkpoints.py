@@ -20,6 +20,7 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import train_state
+from icckd_jax.runs import validate
 from icckd_jax.stages import student
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
@@ -62,13 +63,15 @@ def _crd_student(tmp_path):
   return config, dataset, mesh, setup
 
 
-def _write_legacy(source: str, target: str, epoch: int, abstract) -> Any:
+def _write_legacy(
+  source: str, target: str, epoch: int, abstract, config: dict
+) -> Any:
   """Rewrites checkpoint `epoch` of workdir `source` into workdir `target`
   in the layout of the code before `distiller_buffers`, with the same
-  Orbax calls; returns the state it wrote (on the host)."""
+  Orbax calls and the run's `config` (as the loop saves it); returns the
+  state it wrote (on the host)."""
   with checkpoint.Checkpoints(source, read_only=True) as ckpts:
     state, meta = ckpts.restore(abstract, epoch=epoch)
-    config = ckpts.restore_config()
   assert state.distiller_buffers is not None and state.cache is None
   legacy = LegacyTrainState(
     state.step,
@@ -95,7 +98,9 @@ def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
   straight, old = str(tmp_path / 'straight'), str(tmp_path / 'old')
   loop.fit(config, straight, setup, dataset, mesh)
   abstract = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
-  written = _write_legacy(straight, old, 1, abstract)
+  written = _write_legacy(
+    straight, old, 1, abstract, validate.config_as_dict(config)
+  )
 
   # Its buffers come back in their own field, equal; nothing is set aside.
   with checkpoint.Checkpoints(old) as ckpts:
