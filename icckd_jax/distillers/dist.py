@@ -38,7 +38,6 @@ def loss(
   batch: Batch, hp: contract.Hyper, *, standardize: bool = False
 ) -> contract.Result:
   """Over the global batch: the logits are all-gathered first."""
-  ce = contract.cross_entropy(batch)
   s, t = kd.soft_targets(batch.student, batch.teacher, standardize)
   dist = distillation.dist_loss(
     batch.gather(s),
@@ -47,10 +46,9 @@ def loss(
     hp['dist_gamma'],
     hp['temperature'],
   )
-  return (
-    hp['ce_weight'] * ce + dist,
-    {'ce': ce, 'dist': dist},
-    batch.trainable.buffers,
+  # β and γ weigh the term already (and x · 1 is x, to the bit).
+  return contract.weighted(
+    batch, hp, 'dist', dist, 1.0, batch.trainable.buffers
   )
 
 

@@ -26,6 +26,7 @@ from icckd_jax.models.resnet import (
   Block,
   LogitsAndFeatures,
   conv_and_norm,
+  depthwise,
   PAD_1,
   pooled_classifier,
   torch_linear_kernel_init,
@@ -65,14 +66,7 @@ class DepthwiseSeparable(Block):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     channels = x.shape[-1]
-    y = self.conv(
-      channels,
-      (3, 3),
-      self.strides,
-      PAD_1,
-      feature_group_count=channels,
-      name='dw_conv',
-    )(x)
+    y = depthwise(self.conv, channels, self.strides, 'dw_conv')(x)
     y = nn.relu(self.norm(name='dw_bn')(y))
     preact = self.norm(name='pw_bn')(
       self.conv(self.features, (1, 1), name='pw_conv')(y)

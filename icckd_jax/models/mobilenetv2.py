@@ -16,6 +16,7 @@ from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
   LogitsAndFeatures,
   conv_and_norm,
+  depthwise,
   small_normal_classifier,
   PAD_1,
   ModuleDef,
@@ -53,14 +54,7 @@ class InvertedResidual(nn.Module):
     hidden = x.shape[-1] * self.expansion
     y = self.conv(hidden, (1, 1), name='conv0')(x)
     y = nn.relu(self.norm(name='bn0')(y))
-    y = self.conv(
-      hidden,
-      (3, 3),
-      self.strides,
-      PAD_1,
-      feature_group_count=hidden,
-      name='conv1',
-    )(y)
+    y = depthwise(self.conv, hidden, self.strides, 'conv1')(y)
     y = nn.relu(self.norm(name='bn1')(y))
     y = self.conv(self.features, (1, 1), name='conv2')(y)
     y = self.norm(name='bn2')(y)

@@ -19,6 +19,7 @@ from icckd_jax.models.resnet import (
   conv_and_norm,
   PAD_1,
   ModuleDef,
+  add_shortcut,
   pooled_classifier,
 )
 
@@ -51,12 +52,7 @@ class Bottleneck(nn.Module):
       )
     )
     y = self.norm(name='bn3')(self.conv(out, (1, 1), name='conv3')(y))
-    shortcut = x
-    if self.strides != 1 or x.shape[-1] != out:
-      shortcut = self.conv(out, (1, 1), self.strides, name='shortcut_conv')(x)
-      shortcut = self.norm(name='shortcut_bn')(shortcut)
-    preact = y + shortcut
-    return nn.relu(preact), preact
+    return add_shortcut(x, y, self.strides, self.conv, self.norm, 'shortcut')
 
 
 class BottleneckResNet(nn.Module):
