@@ -195,11 +195,8 @@ def loss(
   """Per-example terms against replicated banks, so the local batch mean is
   all a device needs. Returns (loss, parts, new buffers)."""
   trainable, gather = batch.trainable, batch.gather
-  buffers, indices, params = (
-    trainable.buffers,
-    trainable.indices,
-    trainable.params,
-  )
+  buffers, indices = trainable.buffers, trainable.indices
+  params = trainable.params
   embed = Embed(dim)
   e_s = embed.apply({'params': params['embed_s']}, batch.student.features)
   e_t = embed.apply({'params': params['embed_t']}, batch.teacher.features)
