@@ -4,6 +4,7 @@ Also holds the initialisers and the BatchNorm factory that the WRN and VGG
 families share, so that all three match the PyTorch reference the same way.
 """
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -175,6 +176,21 @@ def add_shortcut(
   return nn.relu(preact), preact
 
 
+class Classifier(nn.Module):
+  """The attributes every model of the zoo shares (`create_model` sets them
+  by keyword, so they follow each model's own).
+
+  Attributes:
+    num_classes: size of the logits.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+
+  num_classes: int = dataclasses.field(kw_only=True)
+  dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
+  bn_axis_name: str | None = dataclasses.field(default=None, kw_only=True)
+
+
 class Block(nn.Module):
   """The fields of a residual or separable block: its output width, the
   stride of its first layer, and the conv and norm factories of its model
@@ -204,25 +220,19 @@ class BasicBlock(Block):
     )
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
   """CIFAR ResNet: 3x3 stem, three stages of n BasicBlocks, global pool, fc.
 
   Records (`models.stages`) the three stages' outputs and their last
   block's sum before the ReLU.
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     depth: 6n + 2 layers.
     widths: channels of the stem and of the three stages, e.g. (16, 16, 32, 64).
-    num_classes: size of the logits.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   depth: int
   widths: Sequence[int]
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

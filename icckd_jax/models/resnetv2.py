@@ -7,14 +7,13 @@ at 32, 16, 8 and 4 pixels.
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   conv_and_norm,
   PAD_1,
@@ -55,23 +54,17 @@ class Bottleneck(nn.Module):
     return add_shortcut(x, y, self.strides, self.conv, self.norm, 'shortcut')
 
 
-class BottleneckResNet(nn.Module):
+class BottleneckResNet(Classifier):
   """3x3 stem, four stages of Bottlenecks (64, 128, 256, 512 planes), pool, fc.
 
   Records (`models.stages`) the four stages' outputs and their last
   block's sum before the ReLU.
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     blocks: Bottlenecks per stage, (3, 4, 6, 3) for ResNet50.
-    num_classes: size of the logits.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   blocks: Sequence[int]
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   conv_and_norm,
   depthwise,
@@ -142,28 +143,22 @@ class ShuffleV2DownBlock(nn.Module):
     return channel_shuffle(jnp.concatenate([left, right], -1), 2)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(Classifier):
   """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
   fc.
 
   Records (`models.stages`) the three stages' outputs and their last
   block's map before the ReLU.
 
-  Attributes:
-    num_classes: size of the logits.
+  Attributes (beside `Classifier`'s):
     widths: output channels of the three stages.
     blocks: blocks per stage.
     groups: groups of the 1x1 convolutions.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
-  num_classes: int
   widths: Sequence[int] = (240, 480, 960)
   blocks: Sequence[int] = (4, 8, 4)
   groups: int = 3
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
@@ -187,26 +182,20 @@ class ShuffleNetV1(nn.Module):
     return pooled_classifier(x, self.num_classes, self.dtype, 'linear')
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(Classifier):
   """1x1 stem, three stages (a down block then n ShuffleV2Blocks), 1x1 conv,
   pool, fc.
 
   Records (`models.stages`) the three stages' outputs and their last
   ShuffleV2Block's unshuffled map before the ReLU (see ShuffleV2Block).
 
-  Attributes:
-    num_classes: size of the logits.
+  Attributes (beside `Classifier`'s):
     widths: channels of the three stages and of the last 1x1 conv.
     blocks: ShuffleV2Blocks per stage after its down block.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
-  num_classes: int
   widths: Sequence[int] = (116, 232, 464, 1024)
   blocks: Sequence[int] = (3, 7, 3)
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
