@@ -6,12 +6,17 @@
   `benchmarks/`, `launch.py`.
 * `config_walk`: the modules that the run's ConfigDict reaches, following it
   from `main.run` through the calls that pass it (or a ConfigDict inside it,
-  such as `config.dataset`) as an argument. It reads the source, not a run:
-  a call is followed where its callee is a function of the package that the
-  calling module names (a local function, an imported function or class, a
-  method of the same class). It is a static over-approximation of one kind
-  (every branch is taken) and an under-approximation of another (a
-  ConfigDict hidden in a container or behind `getattr` is not followed).
+  such as `config.dataset`, or a tuple, list or dict holding one) as an
+  argument. It reads the source, not a run: a call is followed where its
+  callee may be a function of the package that the calling module names (a
+  local function, an imported function or class, a method of the same class
+  or of a local instance of a package class, a function of an imported
+  module, of an entry of a module-level table of modules such as
+  `_MODULES[name]`, or of `getattr(module, name)`), and through
+  `functools.partial`. It is a static over-approximation of one kind (every
+  branch is taken, every entry of a table) and an under-approximation of
+  another (a ConfigDict returned by a call, or held by an object the
+  function did not build, is not followed).
 """
 
 import ast
@@ -53,12 +58,14 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 class _Module:
-  """A module's functions and the names its imports bind."""
+  """A module's functions, the names its imports bind, and its module-level
+  tables of modules (`_MODULES = {'kd': kd, ...}`)."""
 
   def __init__(self, name: str, tree: ast.Module):
     self.name = name
     self.functions = {}  # 'f' or 'Class.f' -> FunctionDef
-    self.names = {}  # local name -> ('module', m) | ('object', m, name)
+    self.names = {}  # local name -> (module, None) | (module, name)
+    self.tables = {}  # local name -> [expressions naming modules]
     for node in tree.body:
       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         self.functions[node.name] = node
@@ -75,6 +82,13 @@ class _Module:
       elif isinstance(node, ast.Import):
         for alias in node.names:
           self.names[alias.asname or alias.name] = (alias.name, None)
+      elif (
+        isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Dict)
+        and all(isinstance(t, ast.Name) for t in node.targets)
+      ):
+        for target in node.targets:
+          self.tables[target.id] = list(node.value.values)
 
 
 def _modules() -> dict[str, _Module]:
@@ -111,7 +125,8 @@ def _config_keys() -> set[str]:
 
 def _carries(expr, tainted: set[str], keys: set[str]) -> bool:
   """Whether `expr` is the config or a ConfigDict inside it (`tainted`
-  holds names, and 'self.X' for an attribute that holds one)."""
+  holds names, and 'self.X' for an attribute that holds one), or a tuple,
+  list, set or dict that holds one."""
   if isinstance(expr, ast.Name):
     return expr.id in tainted
   if isinstance(expr, ast.Attribute):
@@ -120,32 +135,136 @@ def _carries(expr, tainted: set[str], keys: set[str]) -> bool:
     return expr.attr in keys and _carries(expr.value, tainted, keys)
   if isinstance(expr, ast.Subscript):
     return _carries(expr.value, tainted, keys)
+  if isinstance(expr, ast.Starred):
+    return _carries(expr.value, tainted, keys)
+  if isinstance(expr, (ast.Tuple, ast.List, ast.Set)):
+    return any(_carries(e, tainted, keys) for e in expr.elts)
+  if isinstance(expr, ast.Dict):
+    return any(_carries(e, tainted, keys) for e in expr.values if e)
   return False
 
 
-def _resolve(call: ast.Call, module: _Module, cls: str | None, modules):
-  """(module name, function key) the call goes to, or None."""
-  func = call.func
-  if isinstance(func, ast.Name):
-    if func.id in module.functions:
-      return module.name, func.id
-    bound = module.names.get(func.id)
-    if bound and bound[1] and bound[0] in modules:
-      return bound[0], bound[1]
+class _Scope:
+  """What the names of one function refer to: the module it is in, its
+  class, and its local names bound to modules (`module = _MODULES[name]`,
+  `module = getattr(package, name)`) or to instances of a package class
+  (`ckpts = checkpoint.Checkpoints(...)`, `with Class(...) as c`)."""
+
+  def __init__(self, module: _Module, cls: str | None, func, modules):
+    self.module, self.cls, self.modules = module, cls, modules
+    self.local_modules = {}  # name -> [module names]
+    self.instances = {}  # name -> [(module name, class)]
+    for node in ast.walk(func):
+      if isinstance(node, ast.Assign):
+        pairs = [(t, node.value) for t in node.targets]
+      elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+        pairs = [(node.optional_vars, node.context_expr)]
+      else:
+        continue
+      for target, value in pairs:
+        if not isinstance(target, ast.Name):
+          continue
+        found = self.module_refs(value)
+        if found:
+          self.local_modules[target.id] = found
+        elif isinstance(value, ast.Call):
+          classes = [
+            t for t in self.callees(value.func) if t[1] in self._classes(t[0])
+          ]
+          if classes:
+            self.instances[target.id] = classes
+
+  def _classes(self, module_name: str) -> set[str]:
+    return {
+      k.split('.')[0] for k in self.modules[module_name].functions if '.' in k
+    }
+
+  def _module_of(self, bound) -> str | None:
+    module, name = bound
+    for candidate in (f'{module}.{name}' if name else None, module):
+      if candidate in self.modules and (name is None or candidate != module):
+        return candidate
     return None
-  if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
-    owner = func.value.id
-    if owner == 'self' and cls:
-      return module.name, f'{cls}.{func.attr}'
-    bound = module.names.get(owner)
-    if not bound:
-      return None
-    target = bound[0] if bound[1] is None else f'{bound[0]}.{bound[1]}'
-    if target in modules:
-      return target, func.attr
-    if bound[0] in modules and bound[1]:  # Class.method
-      return bound[0], f'{bound[1]}.{func.attr}'
-  return None
+
+  def module_refs(self, expr) -> list[str]:
+    """The package modules `expr` may be: a module name, an entry of a table
+    of modules (`_MODULES[k]`, `_MODULES.get(k)`), `getattr(package, k)`
+    of a package's submodules."""
+    if isinstance(expr, ast.Name):
+      if expr.id in self.local_modules:
+        return self.local_modules[expr.id]
+      if expr.id in self.module.tables:
+        return []
+      bound = self.module.names.get(expr.id)
+      module = bound and self._module_of(bound)
+      return [module] if module else []
+    table = None
+    if isinstance(expr, ast.Subscript) and isinstance(expr.value, ast.Name):
+      table = expr.value.id
+    elif (
+      isinstance(expr, ast.Call)
+      and isinstance(expr.func, ast.Attribute)
+      and expr.func.attr == 'get'
+      and isinstance(expr.func.value, ast.Name)
+    ):
+      table = expr.func.value.id
+    if table in self.module.tables:
+      return [m for v in self.module.tables[table] for m in self.module_refs(v)]
+    if _is_getattr(expr):
+      package = self.module_refs(expr.args[0])
+      return [m for p in package for m in self.modules if m.startswith(f'{p}.')]
+    return []
+
+  def callees(self, func) -> list[tuple[str, str]]:
+    """(module name, function key) of each package function `func` (the
+    expression called) may be."""
+    module, cls = self.module, self.cls
+    if isinstance(func, ast.Name):
+      if func.id in module.functions:
+        return [(module.name, func.id)]
+      bound = module.names.get(func.id)
+      if bound and bound[1] and bound[0] in self.modules:
+        return [(bound[0], bound[1])]
+      return []
+    if _is_getattr(func):  # getattr(x, name)(...)
+      owners = self.module_refs(func.args[0])
+      name = func.args[1] if len(func.args) > 1 else None
+      if isinstance(name, ast.Constant) and isinstance(name.value, str):
+        return [(m, name.value) for m in owners]
+      return [(m, k) for m in owners for k in self.modules[m].functions]
+    if not isinstance(func, ast.Attribute):
+      return []
+    owner = func.value
+    if isinstance(owner, ast.Name) and owner.id == 'self' and cls:
+      return [(module.name, f'{cls}.{func.attr}')]
+    if isinstance(owner, ast.Name) and owner.id in self.instances:
+      return [(m, f'{c}.{func.attr}') for m, c in self.instances[owner.id]]
+    found = [(m, func.attr) for m in self.module_refs(owner)]
+    if found:
+      return found
+    if isinstance(owner, ast.Name):  # Class.method of an imported class
+      bound = module.names.get(owner.id)
+      if bound and bound[0] in self.modules and bound[1]:
+        return [(bound[0], f'{bound[1]}.{func.attr}')]
+    return []
+
+
+def _is_getattr(expr) -> bool:
+  return (
+    isinstance(expr, ast.Call)
+    and isinstance(expr.func, ast.Name)
+    and expr.func.id == 'getattr'
+    and len(expr.args) >= 1
+  )
+
+
+def _is_partial(func) -> bool:
+  return (isinstance(func, ast.Name) and func.id == 'partial') or (
+    isinstance(func, ast.Attribute)
+    and func.attr == 'partial'
+    and isinstance(func.value, ast.Name)
+    and func.value.id == 'functools'
+  )
 
 
 def _parameters(func) -> list[str]:
@@ -154,7 +273,15 @@ def _parameters(func) -> list[str]:
 
 
 def config_walk(start=('icckd_jax.main', 'run'), parameter='config'):
-  """The modules `parameter` of function `start` reaches, as a set."""
+  """The modules `parameter` of function `start` reaches, as a set.
+
+  A call is followed where what it calls may be a package function: one the
+  module defines or imports, a method of the same class or of a local
+  instance of a package class, a function of an imported module, of an
+  entry of a module-level table of modules or of `getattr(module, name)`
+  (every function of the module when the name is not a constant), and the
+  function `functools.partial` binds (its bound arguments are its first).
+  """
   modules = _modules()
   keys = _config_keys()
   seen = set()
@@ -193,19 +320,24 @@ def config_walk(start=('icckd_jax.main', 'run'), parameter='config'):
                 for k in module.functions
                 if k.startswith(f'{cls}.')
               )
+    scope = _Scope(module, cls, func, modules)
     for node in ast.walk(func):
       if not isinstance(node, ast.Call):
         continue
-      target = _resolve(node, module, cls, modules)
-      if target is None or modules[target[0]].functions.get(target[1]) is None:
-        continue
-      params = _parameters(modules[target[0]].functions[target[1]])
-      if params and params[0] in ('self', 'cls'):
-        params = params[1:]
-      for i, arg in enumerate(node.args):
-        if i < len(params) and _carries(arg, tainted, keys):
-          todo.append((*target, params[i]))
-      for keyword in node.keywords:
-        if keyword.arg and _carries(keyword.value, tainted, keys):
-          todo.append((*target, keyword.arg))
+      args, called = node.args, node.func
+      if _is_partial(called) and args:
+        called, args = args[0], args[1:]
+      for target in scope.callees(called):
+        callee = modules[target[0]].functions.get(target[1])
+        if callee is None:
+          continue
+        params = _parameters(callee)
+        if params and params[0] in ('self', 'cls'):
+          params = params[1:]
+        for i, arg in enumerate(args):
+          if i < len(params) and _carries(arg, tainted, keys):
+            todo.append((*target, params[i]))
+        for keyword in node.keywords:
+          if keyword.arg and _carries(keyword.value, tainted, keys):
+            todo.append((*target, keyword.arg))
   return reached
