@@ -66,10 +66,12 @@ class _Module:
     self.functions = {}  # 'f' or 'Class.f' -> FunctionDef
     self.names = {}  # local name -> (module, None) | (module, name)
     self.tables = {}  # local name -> [expressions naming modules]
+    self.classes = []  # ClassDef nodes
     for node in tree.body:
       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         self.functions[node.name] = node
       elif isinstance(node, ast.ClassDef):
+        self.classes.append(node)
         for item in node.body:
           if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
             self.functions[f'{node.name}.{item.name}'] = item
@@ -123,18 +125,91 @@ def _config_keys() -> set[str]:
   return keys
 
 
+def _held_fields(modules) -> dict[str, set[str]]:
+  """{field: modules of the classes declaring it}: the fields of the
+  package's classes annotated to hold a ConfigDict (a sweep's `Run.teacher`),
+  which carry the config wherever those classes are used."""
+  held = collections.defaultdict(set)
+  for name, module in modules.items():
+    for node in module.classes:
+      for item in node.body:
+        if (
+          isinstance(item, ast.AnnAssign)
+          and isinstance(item.target, ast.Name)
+          and 'ConfigDict' in ast.unparse(item.annotation)
+        ):
+          held[item.target.id].add(name)
+  return held
+
+
+def _visible(module: _Module, modules) -> set[str]:
+  """The module and the package modules it imports from."""
+  found = {module.name}
+  for bound_module, name in module.names.values():
+    found.add(bound_module)
+    if name:
+      found.add(f'{bound_module}.{name}')
+  return found & set(modules)
+
+
+def _local_keys(module: _Module, modules, keys, held) -> set[str]:
+  """`keys`, with '.X' for each held field X `module` can see."""
+  visible = _visible(module, modules)
+  return keys | {f'.{f}' for f, where in held.items() if where & visible}
+
+
+def _readers(modules, keys, held) -> list[tuple[str, str, None]]:
+  """(module, function, None) of each function that reads a held field it
+  can see (as an attribute, not a method: `d.values()`)."""
+  found = []
+  for name, module in modules.items():
+    local = _local_keys(module, modules, keys, held) - keys
+    if not local:
+      continue
+    for key, func in module.functions.items():
+      if func is None:
+        continue
+      called = {
+        id(node.func) for node in ast.walk(func) if isinstance(node, ast.Call)
+      }
+      if any(
+        isinstance(node, ast.Attribute)
+        and f'.{node.attr}' in local
+        and id(node) not in called
+        for node in ast.walk(func)
+      ):
+        found.append((name, key, None))
+  return found
+
+
 def _carries(expr, tainted: set[str], keys: set[str]) -> bool:
   """Whether `expr` is the config or a ConfigDict inside it (`tainted`
-  holds names, and 'self.X' for an attribute that holds one), or a tuple,
+  holds names, and 'self.X' for an attribute that holds one; a section
+  read with `.get`), may be one (`a or b`, `a if c else b`), or is a tuple,
   list, set or dict that holds one."""
   if isinstance(expr, ast.Name):
     return expr.id in tainted
   if isinstance(expr, ast.Attribute):
+    if f'.{expr.attr}' in keys:  # a held field: `run.teacher`
+      return True
     if isinstance(expr.value, ast.Name) and expr.value.id == 'self':
       return f'self.{expr.attr}' in tainted
     return expr.attr in keys and _carries(expr.value, tainted, keys)
   if isinstance(expr, ast.Subscript):
     return _carries(expr.value, tainted, keys)
+  if (  # config.get('dataset')
+    isinstance(expr, ast.Call)
+    and isinstance(expr.func, ast.Attribute)
+    and expr.func.attr == 'get'
+    and expr.args
+    and isinstance(expr.args[0], ast.Constant)
+    and expr.args[0].value in keys
+  ):
+    return _carries(expr.func.value, tainted, keys)
+  if isinstance(expr, ast.BoolOp):  # config.get('input') or {}
+    return any(_carries(e, tainted, keys) for e in expr.values)
+  if isinstance(expr, ast.IfExp):
+    return any(_carries(e, tainted, keys) for e in (expr.body, expr.orelse))
   if isinstance(expr, ast.Starred):
     return _carries(expr.value, tainted, keys)
   if isinstance(expr, (ast.Tuple, ast.List, ast.Set)):
@@ -249,6 +324,72 @@ class _Scope:
     return []
 
 
+def _bound_by(node, tainted: set[str], keys: set[str], scope) -> list:
+  """The targets `node` binds to the config (or a ConfigDict in it): of an
+  assignment, a `for` loop or comprehension over a container that holds
+  one, a `with ... as`; `a, b = config.x, y` binds `a` alone; a call that
+  is passed the config and is declared to return a ConfigDict
+  (`config = apply_overrides(base, ...)`) binds its result."""
+  pairs = []
+  if isinstance(node, ast.Assign):
+    pairs = [(t, node.value) for t in node.targets]
+  elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value:
+    pairs = [(node.target, node.value)]
+  elif isinstance(node, (ast.For, ast.comprehension)):
+    pairs = [(node.target, node.iter)]
+  elif isinstance(node, ast.withitem) and node.optional_vars is not None:
+    pairs = [(node.optional_vars, node.context_expr)]
+  bound = []
+  for target, value in pairs:
+    if (
+      isinstance(target, ast.Tuple)
+      and isinstance(value, ast.Tuple)
+      and len(target.elts) == len(value.elts)
+    ):
+      pairs.extend(zip(target.elts, value.elts))
+    elif _carries(value, tainted, keys) or _returns_config(
+      value, tainted, keys, scope
+    ):
+      bound.append(target)
+  return bound
+
+
+def _returns_config(value, tainted, keys, scope) -> bool:
+  """Whether `value` calls a package function declared to return a
+  ConfigDict with the config among its arguments."""
+  if not isinstance(value, ast.Call) or not any(
+    _carries(a, tainted, keys)
+    for a in (*value.args, *(k.value for k in value.keywords))
+  ):
+    return False
+  for module_name, key in scope.callees(value.func):
+    func = scope.modules[module_name].functions.get(key)
+    if func is not None and func.returns is not None:
+      if 'ConfigDict' in ast.unparse(func.returns):
+        return True
+  return False
+
+
+def _bindings(func, tainted: set[str], keys: set[str], scope) -> list:
+  """Adds to `tainted` every name `func` binds to the config, to a fixed
+  point (`a = config.x; b = a`); returns the attribute targets bound
+  (`self.config = config`)."""
+  attributes = []
+  while True:
+    before = len(tainted)
+    for node in ast.walk(func):
+      for target in _bound_by(node, tainted, keys, scope):
+        if isinstance(target, ast.Attribute):
+          attributes.append(target)
+        tainted.update(
+          n.id
+          for n in ast.walk(target)
+          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        )
+    if len(tainted) == before:
+      return attributes
+
+
 def _is_getattr(expr) -> bool:
   return (
     isinstance(expr, ast.Call)
@@ -272,8 +413,12 @@ def _parameters(func) -> list[str]:
   return [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
 
 
-def config_walk(start=('icckd_jax.main', 'run'), parameter='config'):
-  """The modules `parameter` of function `start` reaches, as a set.
+def config_walk(
+  start=('icckd_jax.main', 'run'), parameter='config', via: dict | None = None
+):
+  """The modules `parameter` of function `start` reaches, as a set (and in
+  `via`, when given, {module: 'caller module.function'} of the first call
+  that brought the config there).
 
   A call is followed where what it calls may be a package function: one the
   module defines or imports, a method of the same class or of a local
@@ -283,11 +428,12 @@ def config_walk(start=('icckd_jax.main', 'run'), parameter='config'):
   function `functools.partial` binds (its bound arguments are its first).
   """
   modules = _modules()
-  keys = _config_keys()
+  fields = _held_fields(modules)
+  config_keys = _config_keys()
   seen = set()
   reached = set()
   held = {}  # (module, class) -> {'self.X'}: attributes holding the config
-  todo = [(*start, parameter)]
+  todo = [(*start, parameter), *_readers(modules, config_keys, fields)]
   while todo:
     module_name, key, name = todo.pop()
     if (module_name, key, name) in seen:
@@ -300,26 +446,24 @@ def config_walk(start=('icckd_jax.main', 'run'), parameter='config'):
     reached.add(module_name)
     cls = key.split('.')[0] if '.' in key else None
     tainted = {name} | held.get((module_name, cls), set())
-    for node in ast.walk(func):  # assignments first: `d = config.dataset`
-      if isinstance(node, ast.Assign) and _carries(node.value, tainted, keys):
-        for target in node.targets:
-          if isinstance(target, ast.Name):
-            tainted.add(target.id)
-          elif (
-            cls
-            and isinstance(target, ast.Attribute)
-            and isinstance(target.value, ast.Name)
-            and target.value.id == 'self'
-          ):  # the instance holds it: every method of the class may read it
-            attribute = f'self.{target.attr}'
-            if attribute not in held.setdefault((module_name, cls), set()):
-              held[(module_name, cls)].add(attribute)
-              seen -= {s for s in seen if s[1].startswith(f'{cls}.')}
-              todo.extend(
-                (module_name, k, None)
-                for k in module.functions
-                if k.startswith(f'{cls}.')
-              )
+    keys = _local_keys(module, modules, config_keys, fields)
+    scope = _Scope(module, cls, func, modules)
+    for target in _bindings(func, tainted, keys, scope):
+      if (
+        cls
+        and isinstance(target, ast.Attribute)
+        and isinstance(target.value, ast.Name)
+        and target.value.id == 'self'
+      ):  # the instance holds it: every method of the class may read it
+        attribute = f'self.{target.attr}'
+        if attribute not in held.setdefault((module_name, cls), set()):
+          held[(module_name, cls)].add(attribute)
+          seen -= {s for s in seen if s[1].startswith(f'{cls}.')}
+          todo.extend(
+            (module_name, k, None)
+            for k in module.functions
+            if k.startswith(f'{cls}.')
+          )
     scope = _Scope(module, cls, func, modules)
     for node in ast.walk(func):
       if not isinstance(node, ast.Call):
@@ -337,7 +481,11 @@ def config_walk(start=('icckd_jax.main', 'run'), parameter='config'):
         for i, arg in enumerate(args):
           if i < len(params) and _carries(arg, tainted, keys):
             todo.append((*target, params[i]))
+            if via is not None:
+              via.setdefault(target[0], f'{module_name}.{key}')
         for keyword in node.keywords:
           if keyword.arg and _carries(keyword.value, tainted, keys):
             todo.append((*target, keyword.arg))
+            if via is not None:
+              via.setdefault(target[0], f'{module_name}.{key}')
   return reached

@@ -23,6 +23,7 @@ from icckd_jax.training import preemption
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 
 
 def _tiny(config):
@@ -61,12 +62,16 @@ def _student_config(teacher_workdir, method, **distill):
 
 def _setup(config, devices):
   mesh = parallel.make_mesh(devices)
-  teacher_cfg, teacher_vars = teacher_source.load_teacher(config, mesh)
-  dataset = datasets.load(config.dataset)
+  teacher_cfg, teacher_vars = teacher_source.load_teacher(
+    spec.from_config(config).teacher, mesh
+  )
+  dataset = datasets.load(spec.data_spec(config.dataset))
   return (
     mesh,
     dataset,
-    student.build_student(config, dataset, mesh, teacher_cfg, teacher_vars),
+    student.build_student(
+      spec.from_config(config), dataset, mesh, teacher_cfg, teacher_vars
+    ),
   )
 
 
@@ -78,7 +83,7 @@ def _run_steps(config, devices, steps):
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
   split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   metrics = []
   for _ in range(steps):
     images, labels = next(batches)

@@ -6,6 +6,7 @@ from icckd_jax.data import datasets
 from icckd_jax import parallel
 from icckd_jax.input_pipeline import resident
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 
 
 def run_steps(config, num_devices, steps, build=teacher.build_teacher):
@@ -16,12 +17,12 @@ def run_steps(config, num_devices, steps, build=teacher.build_teacher):
   on the host.
   """
   mesh = parallel.make_mesh(num_devices)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   setup = build(config, dataset, mesh)
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
   split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   states, metrics = [], []
   for _ in range(steps):
     images, labels = next(batches)
