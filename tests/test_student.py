@@ -137,8 +137,7 @@ def test_student_step_device_count_invariance(smoke_teacher):
   config.distill.method = 'kd_rkd'
   config.learning_rate = 0.005
 
-  def build(config, dataset, mesh):
-    run = spec.from_config(config)
+  def build(run, dataset, mesh):
     return student.build_student(
       run, dataset, mesh, *teacher_source.load_teacher(run.teacher, mesh)
     )

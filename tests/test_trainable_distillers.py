@@ -62,16 +62,13 @@ def _student_config(teacher_workdir, method, **distill):
 
 def _setup(config, devices):
   mesh = parallel.make_mesh(devices)
-  teacher_cfg, teacher_vars = teacher_source.load_teacher(
-    spec.from_config(config).teacher, mesh
-  )
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  run = spec.from_config(config)
+  teacher_cfg, teacher_vars = teacher_source.load_teacher(run.teacher, mesh)
+  dataset = datasets.load(run.data)
   return (
     mesh,
     dataset,
-    student.build_student(
-      spec.from_config(config), dataset, mesh, teacher_cfg, teacher_vars
-    ),
+    student.build_student(run, dataset, mesh, teacher_cfg, teacher_vars),
   )
 
 
