@@ -99,7 +99,8 @@ def _signal_after_last_epoch(monkeypatch, stage_dir: str, signum: int):
 
   def then_signal(self, epoch, epoch_time):
     end_epoch(self, epoch, epoch_time)
-    if self.workdir.endswith(stage_dir) and epoch + 1 == self.config.num_epochs:
+    last = epoch + 1 == self.spec.recipe.num_epochs
+    if self.workdir.endswith(stage_dir) and last:
       os.kill(os.getpid(), signum)
 
   monkeypatch.setattr(loop_lib._Loop, 'end_epoch', then_signal)  # pylint: disable=protected-access
