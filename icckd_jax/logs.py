@@ -1,5 +1,5 @@
-"""What a process running this package's jobs logs: launch.py's and each
-sweep worker's."""
+"""What a process running this package's jobs logs: launch.py's, and that
+of a worker training many runs."""
 
 import logging
 import os
@@ -77,8 +77,8 @@ def quiet_closed_event_loops() -> None:
 
 
 def quiet_failed_saves() -> None:
-  """Both of the above, for a process that runs jobs (launch.py's, a sweep
-  worker's)."""
+  """Both of the above, for a process that runs jobs (launch.py's, a worker
+  of many runs)."""
   handler = absl_logging.get_absl_handler()
   if not any(
     isinstance(f, NoBackgroundSaveTracebacks) for f in handler.filters

@@ -83,18 +83,6 @@ def test_step_time_stats_median_ignores_slow_first_step():
     am.step_time_stats([5.0], batch_size=64)
 
 
-def test_mean_std_over_seeds():
-  assert am.mean_std([3.0]) == (3.0, 0.0)
-  mean, std = am.mean_std([1.0, 2.0, 3.0])
-  assert mean == pytest.approx(2.0)
-  assert std == pytest.approx(1.0)  # ddof=1; ddof=0 would give 0.816.
-
-
-def test_format_mean_std():
-  assert am.format_mean_std(71.234, 0.4549, 2) == '71.23 ± 0.45'
-  assert am.format_mean_std(71.26, 0.04, 1) == '71.3 ± 0.0'
-
-
 def test_stability_variance_averages_epochs_two_to_the_first_decay():
   # Per-epoch population variances: 1.0, 0.25, 4.0, 9.0.
   epochs = [[0.0, 2.0], [1.0, 2.0], [0.0, 4.0], [0.0, 6.0]]

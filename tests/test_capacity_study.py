@@ -10,7 +10,8 @@ from icckd_jax import models
 from icckd_jax.distillers import kd
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.errors import UserError
-from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments import checks
+from icckd_jax.experiments import comparisons
 from icckd_jax.experiments.sweep import plan as sweep_plan
 
 
@@ -53,8 +54,8 @@ def test_capacity_configs_hold_the_design(arg, tmp_path):
   if arg == 'capacity':
     assert t.dataset.name == 'image_folder' and t.dtype == s.dtype == 'bfloat16'
   for text in config.regime_checks:
-    report.parse_regime_check(text)
-  assert report.parse_transfer_check(config.transfer_check) == (
+    checks.parse_regime_check(text)
+  assert checks.parse_transfer_check(config.transfer_check) == (
     'ce_teacher',
     'scratch',
     0.01,
@@ -111,30 +112,30 @@ def test_regime_lines_check_transfer_and_every_setting():
     'transfer_check': 'kd:scratch >= 0.01',
   }
   transfers = _rows({'kd': 0.02, 'scratch': 0.0})
-  text = '\n'.join(report._regime_lines(sweep, ['kd', 'scratch'], transfers))  # pylint: disable=protected-access
+  text = '\n'.join(checks.regime_lines(sweep, ['kd', 'scratch'], transfers))
   assert text.count('student_train_accuracy_change_last_fifth | < 0.01') == 2
   assert 'KD transfers' in text and text.rstrip().endswith('| yes |')
   # Half a point better than scratch is not transfer at a 1-point bar.
   small = _rows({'kd': 0.005, 'scratch': 0.0})
-  text = '\n'.join(report._regime_lines(sweep, ['kd', 'scratch'], small))  # pylint: disable=protected-access
+  text = '\n'.join(checks.regime_lines(sweep, ['kd', 'scratch'], small))
   assert text.rstrip().endswith('| **no** |')
   with pytest.raises(UserError, match='SETTING: COLUMN OP NUMBER'):
-    report.parse_regime_check('delta=0.4: pass_rate about 0.5')
+    checks.parse_regime_check('delta=0.4: pass_rate about 0.5')
   with pytest.raises(UserError, match='ARM:CONTROL'):
-    report.parse_transfer_check('kd-scratch >= 0.01')
+    checks.parse_transfer_check('kd-scratch >= 0.01')
 
 
 def test_primary_reading_claims_equivalence_only_by_tost():
   names, controls = ['a', 'null'], ['null']
   sweep = {'primary_settings': ['a', 'null'], 'equivalence_margin': 0.01}
   # Tight and centred on 0: the TOST at ±1 point rejects both sides.
-  tight = report._primary_lines(
+  tight = comparisons.primary_lines(
     sweep, names, controls, _rows({'a': 0.0, 'null': 0.0})
-  )  # pylint: disable=protected-access
+  )
   reading = next(l for l in tight if l.startswith('- a − null'))
   assert 'no difference detected' in reading and ', equivalent.' in reading
   # Wide spread: nothing detected, and not shown equivalent either.
-  wide = report._primary_lines(  # pylint: disable=protected-access
+  wide = comparisons.primary_lines(
     sweep, names, controls, _rows({'a': 0.0, 'null': 0.0}, spread=0.02)
   )
   reading = next(l for l in wide if l.startswith('- a − null'))
@@ -142,12 +143,12 @@ def test_primary_reading_claims_equivalence_only_by_tost():
   assert 'not shown equivalent' in reading and 'could detect about' in reading
   # Without a declared margin there is no equivalence verdict at all.
   del sweep['equivalence_margin']
-  bare = report._primary_lines(
+  bare = comparisons.primary_lines(
     sweep, names, controls, _rows({'a': 0.0, 'null': 0.0})
-  )  # pylint: disable=protected-access
+  )
   assert not any('equivalent' in l for l in bare)
   # A real difference is read as one.
-  shifted = report._primary_lines(
+  shifted = comparisons.primary_lines(
     sweep, names, controls, _rows({'a': 0.03, 'null': 0.0})
-  )  # pylint: disable=protected-access
+  )
   assert any(l.startswith('- a − null: a difference of +3.') for l in shifted)

@@ -71,6 +71,50 @@ def test_a_run_loads_neither_plotting_nor_statistics():
   assert result.returncode == 0, result.stderr[-2000:]
 
 
+def _identifiers(tree):
+  """(line, name) of every name the code gives or uses: variables,
+  attributes, parameters, keyword arguments, functions, classes, imports."""
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Name):
+      yield node.lineno, node.id
+    elif isinstance(node, ast.Attribute):
+      yield node.lineno, node.attr
+    elif isinstance(node, ast.arg):
+      yield node.lineno, node.arg
+    elif isinstance(node, ast.keyword) and node.arg:
+      yield node.lineno, node.arg
+    elif isinstance(
+      node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    ):
+      yield node.lineno, node.name
+    elif isinstance(node, ast.alias):
+      yield node.lineno, node.name
+      if node.asname:
+        yield node.lineno, node.asname
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      yield node.lineno, node.module
+
+
+def test_only_the_experiments_know_of_sweeps():
+  """Training, stages and runs serve one run or several runs of a process
+  alike: what a sweep adds (its clock, its files) lives in experiments/ and
+  reaches them through generic parts (hooks, Reuse)."""
+  outside = [
+    path
+    for path in sorted(PACKAGE.rglob('*.py'))
+    if path.relative_to(PACKAGE).parts[0] != 'experiments'
+    and path.relative_to(PACKAGE) != pathlib.Path('main.py')
+  ]
+  found = [
+    f'{path.relative_to(PACKAGE.parent)}:{line} {name}'
+    for path in outside
+    for line, name in _identifiers(ast.parse(path.read_text()))
+    if 'sweep' in name.lower()
+  ]
+  assert outside
+  assert not found, found
+
+
 def test_no_room_holds_more_than_16_percent_of_the_source():
   """A room (a top-level sub-package or module of the package, configs/,
   benchmarks/, launch.py) that outgrows a sixth of the project is a hall

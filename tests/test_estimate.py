@@ -1,6 +1,7 @@
 """The sweep's ETA: projected work left, shared by workers, corrected by how
 fast the finished stages actually went."""
 
+from icckd_jax.experiments.sweep import eta
 from icckd_jax.training import estimate
 
 
@@ -14,8 +15,8 @@ class FakeClock:
 
 def test_sweep_eta_counts_what_is_left_and_corrects_for_speed(monkeypatch):
   clock = FakeClock()
-  monkeypatch.setattr(estimate.time, 'perf_counter', clock)
-  sweep = estimate.SweepClock({'t1': 100.0, 's1': 20.0, 't2': 100.0}, 2)
+  monkeypatch.setattr(eta.time, 'perf_counter', clock)
+  sweep = eta.SweepClock({'t1': 100.0, 's1': 20.0, 't2': 100.0}, 2)
   assert sweep.total_seconds() == 110.0
   assert sweep.eta_seconds() == 110.0
 
@@ -44,3 +45,14 @@ def test_duration():
     '1h02m',
     '0s',
   ]
+
+
+def test_the_sweep_clock_as_a_hook_follows_its_stage_and_shows_its_eta():
+  """A hook of the stage's loop: the stage resumed after 4 of 20 steps is
+  half done after 12, and every progress line ends with the sweep's ETA."""
+  sweep = eta.SweepClock({'t1': 100.0, 's1': 20.0}, 1)
+  sweep.start_stage('t1')
+  sweep.on_start(4, 20)
+  sweep.on_step(12, {'loss': 0.0})
+  assert sweep.eta_seconds() == 50 + 20
+  assert sweep.note() == ' | sweep ETA 1m10s'

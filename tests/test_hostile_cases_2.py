@@ -581,11 +581,12 @@ def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
   trained = []
 
   def train_fn(name):
-    def train(config, workdir, reuse):
+    def train(config, workdir, reuse, claim):
       del config, reuse
+      assert claim.held  # The worker claimed the stage before calling it.
       trained.append(name)
       os.kill(os.getpid(), signal.SIGTERM)  # Arrives after its last step.
-      os.makedirs(workdir)
+      open(os.path.join(workdir, 'finished'), 'w').close()
 
     return train
 
@@ -595,7 +596,9 @@ def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
   ]
   monkeypatch.setattr(sweep_worker.sweep_plan, 'stages', lambda run: stages)
   monkeypatch.setattr(
-    sweep_worker.sweep_plan, 'finished', lambda d, c: os.path.isdir(d)
+    sweep_worker.sweep_plan,
+    'finished',
+    lambda d, c: os.path.exists(os.path.join(d, 'finished')),
   )
   run = ml_collections.ConfigDict({'setting': 'a', 'seed': 0})
   with preemption.StopRequest() as stop:

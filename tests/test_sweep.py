@@ -9,7 +9,9 @@ import pytest
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
+from icckd_jax.experiments import comparisons
 from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import settings
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.stages import teacher_step
@@ -149,12 +151,12 @@ def test_study_plan_runs_primary_seeds_and_whole_seeds_first(tmp_path):
     assert seeds == list(range(10 if name in study.PRIMARY else 5)), name
   assert len(runs) == 3 * 10 + 7 * 5
   assert [r.seed for r in runs] == sorted(r.seed for r in runs)
-  assert report.parse_comparisons(config.comparisons) == [
+  assert comparisons.parse_comparisons(config.comparisons) == [
     ('no_cache', 'delta=0.4'),
     ('image_cache', 'delta=0.4'),
   ]
   with pytest.raises(UserError, match='not arm:control'):
-    report.parse_comparisons('no_cache')
+    comparisons.parse_comparisons('no_cache')
 
 
 def test_damaged_results_are_left_out_named_and_rewritten(
@@ -171,9 +173,9 @@ def test_damaged_results_are_left_out_named_and_rewritten(
     for stage in ('teacher', 'student'):
       # Without its stages' records the report reads result.json alone.
       (workdir / setting / 'seed_0' / stage).unlink()
-  truncated = workdir / 'delta=0.2' / 'seed_0' / report.RESULT_FILE
+  truncated = workdir / 'delta=0.2' / 'seed_0' / results.RESULT_FILE
   truncated.write_text(truncated.read_text()[:40])
-  malformed = workdir / 'delta=0.6' / 'seed_0' / report.RESULT_FILE
+  malformed = workdir / 'delta=0.6' / 'seed_0' / results.RESULT_FILE
   result = json.loads(malformed.read_text())
   result['row']['teacher_top1_last'] = 'NaN?'
   malformed.write_text(json.dumps(result))
@@ -203,7 +205,7 @@ def test_report_recomputes_rows_from_the_runs_records(smoke_sweep):
   """A result.json written by older code lacks newer columns: the report
   recomputes each finished run from its stages' records."""
   workdir, _ = smoke_sweep
-  path = workdir / 'delta=0.2' / 'seed_0' / report.RESULT_FILE
+  path = workdir / 'delta=0.2' / 'seed_0' / results.RESULT_FILE
   result = json.loads(path.read_text())
   del result['row']['teacher_model'], result['row']['student_top1_last']
   path.write_text(json.dumps(result))

@@ -15,14 +15,20 @@ from conftest import ROOT
 from configs import ablation_cache
 from configs import ablation_margin
 from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import run_store
 from icckd_jax.experiments.sweep import settings as settings_lib
 from icckd_jax.experiments.sweep import runner as sweep
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import worker as sweep_worker
+from icckd_jax.runs import workdir_lock
+from icckd_jax.runs.reuse import Reuse
+from icckd_jax.stages import preflight
+from icckd_jax.stages import student as student_lib
+from icckd_jax.stages import teacher as teacher_lib
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
-from icckd_jax.runs import workdir_lock
+from icckd_jax.training import preemption
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
@@ -121,6 +127,53 @@ def test_runs_are_named_by_config_not_by_setting(tmp_path):
   )
 
 
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(os.path.join(sys.argv[1], '.lock'), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print('held', flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_stage_held_by_another_process_is_skipped_unbuilt(
+  tmp_path, monkeypatch
+):
+  """A worker claims a stage by its lock before loading or building
+  anything: a stage whose lock another process holds costs it one try."""
+  config = tiny_sweep(seeds=(0,))
+  (run,) = sweep_plan.plan(config, str(tmp_path / 'sweep'))
+  os.makedirs(run.teacher_dir)
+  holder = subprocess.Popen(
+    [sys.executable, '-c', HOLD, run.teacher_dir],
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert holder.stdout.readline() == 'held\n'
+
+    def never(*args, **kwargs):
+      raise AssertionError('a busy stage loaded its data')
+
+    monkeypatch.setattr(teacher_lib, 'load_dataset', never)
+    monkeypatch.setattr(student_lib, 'load_dataset', never)
+    monkeypatch.setattr(preflight, 'checked_mesh', never)
+    held = set()
+    with preemption.StopRequest() as stop:
+      trained, claimed_all = sweep_worker._train_stages(  # pylint: disable=protected-access
+        run, '[1/1]', [run], 0, None, Reuse(), held, stop
+      )
+    assert (trained, claimed_all) == (0, False)
+    assert held == {run.teacher_dir}
+  finally:
+    holder.kill()
+    holder.wait()
+  # The worker left the lock as it found it: free once the holder is gone.
+  lock = workdir_lock.try_lock(run.teacher_dir)
+  assert lock is not None
+  lock.release()
+
+
 @pytest.fixture(scope='module')
 def one_worker(tmp_path_factory):
   """The reference: the tiny sweep in this process, one worker."""
@@ -141,10 +194,10 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
   for name in ('kd',):
     for seed in (0, 1):
       mine = json.loads(
-        (workdir / name / f'seed_{seed}' / report.RESULT_FILE).read_text()
+        (workdir / name / f'seed_{seed}' / results.RESULT_FILE).read_text()
       )['row']
       theirs = json.loads(
-        (one_worker / name / f'seed_{seed}' / report.RESULT_FILE).read_text()
+        (one_worker / name / f'seed_{seed}' / results.RESULT_FILE).read_text()
       )['row']
       for column in (
         'teacher_top1_last',
@@ -217,4 +270,4 @@ def test_a_killed_workers_run_is_resumed_by_another(
   resumed = run_numbers(workdir)
   for key in (f'teachers/{teacher_key}', f'students/{student_key}'):
     assert resumed[key] == reference[key]
-  assert (workdir / 'kd' / 'seed_0' / report.RESULT_FILE).exists()
+  assert (workdir / 'kd' / 'seed_0' / results.RESULT_FILE).exists()

@@ -24,8 +24,7 @@ import zlib
 
 import numpy as np
 
-from icckd_jax.data import array_cache
-from icckd_jax.data import download
+from icckd_jax.data import official
 from icckd_jax.errors import UserError, one_line
 
 _PAGE = 'https://www.cs.toronto.edu/~kriz/cifar.html'
@@ -97,39 +96,16 @@ def load(
       f'dataset.label_kind={label_kind!r} is invalid for {name}; '
       f'choose one of {sorted(spec.label_keys)}'
     )
-  verify = False
-  if path:
-    source = pathlib.Path(path).expanduser()
-    where = f'dataset.path={path!r}'
-    if not source.exists():
-      raise UserError(
-        f'{where} does not exist; expected {spec.filename} or '
-        f'the {spec.folder}/ folder it extracts to'
-      )
-  else:
-    source = root / spec.filename
-    where = str(source)
-    if not source.exists():
-      download.fetch([m + spec.filename for m in _MIRRORS], spec.md5, source)
-    else:
-      verify = True  # Placed by hand: check it before trusting it.
-  key = (
-    array_cache.folder_key(source)
-    if source.is_dir()
-    else array_cache.file_key(source)
+  arrays = official.cached_arrays(
+    official.Archive(
+      spec.filename, tuple(m + spec.filename for m in _MIRRORS), spec.md5
+    ),
+    path,
+    root,
+    (name, f'{name}-python-1'),
+    f'expected {spec.filename} or the {spec.folder}/ folder it extracts to',
+    lambda source, where: decode_archive(name, source, where),
   )
-  key['format'] = f'{name}-python-1'
-
-  def decode():
-    if verify and download.md5sum(source) != spec.md5:
-      raise UserError(
-        f'{where} has the wrong MD5 checksum (expected {spec.md5}, the '
-        f'official {spec.filename}); delete it to download it again, or '
-        'set dataset.path to a copy of your own'
-      )
-    return decode_archive(name, source, where)
-
-  arrays = array_cache.cached(root / 'arrays', name, key, decode)
   label, num_classes = spec.label_keys[label_kind]
   return (
     (arrays['train_images'], arrays[f'train_{label}']),

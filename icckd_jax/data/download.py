@@ -5,7 +5,7 @@ against the published checksum, and only then renamed into place, so an
 interrupted or corrupted transfer never counts as a complete file: the next
 attempt (in this process or a later run) starts again from scratch. The
 temporary name is unique per attempt, so processes downloading the same file
-at once (several hosts, parallel sweeps) never write into each other's file.
+at once (several hosts, parallel workers) never write into each other's file.
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ import zlib
 
 import numpy as np
 
-from icckd_jax.data import array_cache
-from icckd_jax.data import download
+from icckd_jax.data import official
 from icckd_jax.data import images as images_lib
 from icckd_jax.errors import UserError, one_line
 
@@ -45,36 +44,14 @@ def load(path: str | None, root: pathlib.Path):
     ((train_images [100000, 64, 64, 3], train_labels [100000]),
      (test_images [10000, 64, 64, 3], test_labels [10000])), 200.
   """
-  verify = False
-  if path:
-    source = pathlib.Path(path).expanduser()
-    where = f'dataset.path={path!r}'
-    if not source.exists():
-      raise UserError(f'{where} does not exist; {_LAYOUT}')
-  else:
-    source = root / FILENAME
-    where = str(source)
-    if not source.exists():
-      download.fetch(URLS, MD5, source)
-    else:
-      verify = True  # Placed by hand: check it before trusting it.
-  key = (
-    array_cache.folder_key(source)
-    if source.is_dir()
-    else array_cache.file_key(source)
+  arrays = official.cached_arrays(
+    official.Archive(FILENAME, URLS, MD5),
+    path,
+    root,
+    ('tiny_imagenet', 'tiny_imagenet-1'),
+    _LAYOUT,
+    lambda source, where: decode_files(_read_files(source, where), where),
   )
-  key['format'] = 'tiny_imagenet-1'
-
-  def decode():
-    if verify and download.md5sum(source) != MD5:
-      raise UserError(
-        f'{where} has the wrong MD5 checksum (expected {MD5}, '
-        f'the official {FILENAME}); delete it to download it '
-        'again, or set dataset.path to a copy of your own'
-      )
-    return decode_files(_read_files(source, where), where)
-
-  arrays = array_cache.cached(root / 'arrays', 'tiny_imagenet', key, decode)
   return (
     (arrays['train_images'], arrays['train_labels']),
     (arrays['test_images'], arrays['test_labels']),

@@ -225,26 +225,3 @@ def step_time_stats(
     'images_per_second': batch_size / median,
     'num_steps': int(kept.size),
   }
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and standard deviation of one figure over seeds.
-
-  The std is the sample standard deviation (ddof = 1), the usual estimate of
-  the seed-to-seed spread from a few seeds; with a single seed there is no
-  spread to estimate and it is 0.0.
-
-  Args:
-    values: [n] figures, n >= 1, one per seed.
-
-  Returns:
-    (mean, std).
-  """
-  x = _as_series(values, 'values')
-  std = float(np.std(x, ddof=1)) if x.size > 1 else 0.0
-  return float(np.mean(x)), std
-
-
-def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
-  """'mean ± std' with `digits` decimals each, e.g. '71.23 ± 0.45'."""
-  return f'{mean:.{digits}f} ± {std:.{digits}f}'

@@ -18,6 +18,7 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
+from icckd_jax.training import loop
 from icckd_jax.stages import student
 from icckd_jax.stages import preflight
 from icckd_jax.stages import teacher as teacher_lib
@@ -29,7 +30,7 @@ from icckd_jax.runs.reuse import Reuse
 
 def finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
   """The summary of a finished run in `workdir`, else None."""
-  path = os.path.join(workdir, 'summary.json')
+  path = os.path.join(workdir, loop.SUMMARY_FILE)
   if not os.path.exists(path):
     return None
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:

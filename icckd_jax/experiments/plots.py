@@ -1,4 +1,4 @@
-"""A sweep report's plots, drawn from the numbers report.py computes.
+"""A sweep report's figures, drawn from the rows sweep/report.py reads.
 
   accuracy.png   last-epoch top-1 of each setting with its 95% interval
   curves.png     teacher train accuracy, CE, gate pass rate and effective
@@ -12,7 +12,12 @@ import os
 
 import numpy as np
 
+from icckd_jax.experiments import readings
 from icckd_jax.experiments import statistics as st
+
+ACCURACY_PNG = 'accuracy.png'
+CURVES_PNG = 'curves.png'
+TRANSFER_PNG = 'transfer.png'
 
 
 def _pyplot():
@@ -25,6 +30,37 @@ def _pyplot():
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   return plt
+
+
+def _save(plt, fig, path: str) -> None:
+  """Writes `fig` to `path` (laid out, 110 dpi) and closes it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def draw(
+  output_dir: str,
+  names: list[str],
+  rows: list[dict],
+  epoch_rows: list[dict],
+  points: dict[str, list[tuple[float, float]]],
+) -> None:
+  """Every figure of a report into `output_dir`: those of the settings
+  `names`, from the rows of results.csv and epochs.csv, and `points`
+  ({setting: [(teacher top-1, student top-1), ...]}) of the KD runs."""
+  accuracy(
+    output_dir,
+    {
+      stage: {
+        name: list(readings.by_seed(rows, name, f'{stage}_top1_last').values())
+        for name in names
+      }
+      for stage in ('teacher', 'student')
+    },
+  )
+  curves(output_dir, names, epoch_rows)
+  transfer(output_dir, points)
 
 
 def accuracy(output_dir: str, top1: dict[str, dict[str, list[float]]]) -> None:
@@ -58,9 +94,7 @@ def accuracy(output_dir: str, top1: dict[str, dict[str, list[float]]]) -> None:
       fontsize=9,
     )
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'accuracy.png'), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(output_dir, ACCURACY_PNG))
 
 
 def transfer(output_dir: str, points: dict[str, list]) -> None:
@@ -83,9 +117,7 @@ def transfer(output_dir: str, points: dict[str, list]) -> None:
   ax.set_title('one point a run', fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'transfer.png'), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(output_dir, TRANSFER_PNG))
 
 
 def _band(
@@ -148,6 +180,4 @@ def curves(output_dir: str, names: list[str], epoch_rows: list[dict]) -> None:
   if axes[0].get_legend_handles_labels()[0]:
     axes[0].legend(fontsize=7)  # the first panel has every setting
   fig.suptitle('mean over seeds, band: 95% t-interval', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output_dir, 'curves.png'), dpi=110)
-  plt.close(fig)
+  _save(plt, fig, os.path.join(output_dir, CURVES_PNG))

@@ -1,8 +1,9 @@
 """The statistics of a study: intervals, paired tests, a trend, power.
 
 Small pure functions over per-seed numbers, each a thin layer over
-`scipy.stats` (no distribution is written by hand here). The report
-(report.py) applies them to the last-epoch figures of every run:
+`scipy.stats` (no distribution is written by hand here). A sweep's report
+(readings.py, comparisons.py, checks.py) applies them to the last-epoch
+figures of every run:
 
 * `t_interval`: a setting's mean and its 95% t-interval over seeds;
 * `paired_difference`: an arm against a control on the seeds both ran

@@ -83,14 +83,23 @@ def _sequential_index(stride: int, offset: int):
   return lambda m: f'{m.group(1)}.{stride * int(m.group(2)) + offset}'
 
 
+# A stage's k-th block: flax 'layerN_k/' is PyTorch's 'layerN.k.'.
+_LAYER_BLOCK = (r'^layer(\d)_(\d+)/', r'layer\1.\2.')
+
+
+def _shortcut(flax_name: str, torch_name: str) -> list[tuple[str, str]]:
+  """A projection shortcut: flax NAME_conv and NAME_bn are PyTorch's
+  nn.Sequential NAME.0 (conv) and NAME.1 (BN)."""
+  return [
+    (rf'{flax_name}_conv$', f'{torch_name}.0'),
+    (rf'{flax_name}_bn$', f'{torch_name}.1'),
+  ]
+
+
 # (pattern, replacement) applied in order to the '/'-joined flax module path;
 # the result is the PyTorch module name.
 _RULES = {
-  ResNet: [
-    (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
-    (r'downsample_conv$', 'downsample.0'),
-    (r'downsample_bn$', 'downsample.1'),
-  ],
+  ResNet: [_LAYER_BLOCK, *_shortcut('downsample', 'downsample')],
   WideResNet: [
     (r'^block(\d)_(\d+)/', r'block\1.layer.\2.'),
     (r'shortcut$', 'convShortcut'),
@@ -113,18 +122,13 @@ _RULES = {
       lambda m: f'{m.group(1)}conv.{3 * int(m.group(2)) + 1}',
     ),
   ],
-  ShuffleNetV1: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.')],
-  ShuffleNetV2: [(r'^layer(\d)_(\d+)/', r'layer\1.\2.')],
-  BottleneckResNet: [
-    (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
-    (r'shortcut_conv$', 'shortcut.0'),
-    (r'shortcut_bn$', 'shortcut.1'),
-  ],
+  ShuffleNetV1: [_LAYER_BLOCK],
+  ShuffleNetV2: [_LAYER_BLOCK],
+  BottleneckResNet: [_LAYER_BLOCK, *_shortcut('shortcut', 'shortcut')],
   # torchvision's names for both block types' shortcut.
   ImageNetResNet: [
-    (r'^layer(\d)_(\d+)/', r'layer\1.\2.'),
-    (r'(downsample|shortcut)_conv$', 'downsample.0'),
-    (r'(downsample|shortcut)_bn$', 'downsample.1'),
+    _LAYER_BLOCK,
+    *_shortcut('(downsample|shortcut)', 'downsample'),
   ],
   # nn.Sequential indices: model.0 is (conv, bn, relu), model.k (conv, bn,
   # relu, conv, bn, relu).

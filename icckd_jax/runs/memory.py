@@ -69,8 +69,8 @@ def _device_stat(device: jax.Device | None, key: str) -> int | None:
 def peak_device_memory(device: jax.Device | None = None) -> int | None:
   """Peak bytes in use on `device` since the process started, or None (CPU).
 
-  A running maximum over the whole process: in a sweep worker it includes
-  every stage the worker ran before, so runs report `device_bytes_in_use`
+  A running maximum over the whole process: in a process of many runs it
+  includes every run that process trained before, so runs report `device_bytes_in_use`
   sampled instead; benchmarks, one variant per process, use this.
   """
   return _device_stat(device, 'peak_bytes_in_use')

@@ -1,10 +1,12 @@
 """Objects built once and shared by the runs of one process.
 
-A sweep trains many teachers and students that differ only in traced values
-(δ, λ, τ, the distillation weights, the teacher's weights) or not at all in
-what is compiled. Handing them one `Reuse` lets them share the loaded data
-set and the jitted steps, so XLA compiles each distinct step once. A single
-run passes none and builds everything itself.
+A process that runs many runs (a worker of many stages) trains teachers
+and students that differ only in traced values (δ, λ, τ, the distillation
+weights, the teacher's weights) or not at all in what is compiled. Handing
+them one `Reuse` lets them share the loaded data set and the jitted steps,
+so XLA compiles each distinct step once, and lets the process add its own
+hooks to every run's loop (e.g. an ETA of all its runs). A single run
+passes none and builds everything itself.
 """
 
 import collections
@@ -20,11 +22,12 @@ T = TypeVar('T')
 class Reuse:
   """A keyed store of built objects, counting how many of each kind it built."""
 
-  def __init__(self, sweep_clock: Any = None):
+  def __init__(self, hooks: Iterable[Any] = ()):
     self._items: dict[tuple[str, str], Any] = {}
     self.builds: collections.Counter[str] = collections.Counter()
-    # A sweep's `estimate.SweepClock`: its runs show the sweep's ETA.
-    self.sweep_clock = sweep_clock
+    # `hooks.Hook`s the loop of every run given this store calls, after the
+    # run's own (training/hooks.py: this layer cannot import it).
+    self.hooks: list[Any] = list(hooks)
 
   def get(self, kind: str, key: str, build: Callable[[], T]) -> T:
     if (kind, key) not in self._items:

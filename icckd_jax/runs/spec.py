@@ -8,7 +8,7 @@ part it reads (or plain arguments), so what it depends on is in its
 signature. The ConfigDict itself stays only where it is written or compared
 verbatim: config.json and the checkpoints' copy (`RunSpec.saved`), the key
 that shares compiled steps (`RunSpec.compiled`), the resume checks
-(runs/validate.py) and the sweep's run store.
+(runs/validate.py) and the store that names runs by their config.
 
 Every field `config_schema.FIELDS` declares lands in exactly one part (its
 section says which: `dataset.*` in `DataSpec`, `icc.*` in `Objective`, ...;

@@ -147,9 +147,18 @@ def check_step_memory(
 
 
 @contextlib.contextmanager
-def hold_workdir(workdir: str):
+def hold_workdir(workdir: str, claim: workdir_lock.WorkdirLock | None = None):
   """One run per workdir: process 0 holds WORKDIR's lock (the other
-  processes of a multi-host run share it) while the body runs."""
+  processes of a multi-host run share it) while the body runs.
+
+  `claim`: the lock already taken by the caller (a worker claims a stage
+  before building it), which keeps it and releases it; None: taken here.
+  """
+  if claim is not None:
+    if not claim.held or os.path.abspath(claim.workdir) != workdir:
+      raise ValueError(f'{claim.path} is not held for {workdir}')
+    yield
+    return
   if jax.process_index() != 0:
     yield
     return

@@ -33,6 +33,7 @@ from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import spec
+from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import student_step
 from icckd_jax.stages import teacher_source
 from icckd_jax.runs.reuse import Reuse
@@ -218,10 +219,15 @@ def _init_fn(
 
 
 def train_student(
-  config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  reuse: Reuse | None = None,
+  claim: workdir_lock.WorkdirLock | None = None,
 ) -> dict[str, Any]:
   """Distils the teacher of config.teacher.workdir (or .pth) into a student
-  in `workdir`, resuming if it can; returns the summary."""
+  in `workdir`, resuming if it can; returns the summary. `claim`: the
+  workdir's lock, when the caller took it first
+  (`preflight.hold_workdir`)."""
   preflight.require_workdir(workdir)
   run = spec.checked(config, workdir)
   mesh = preflight.checked_mesh(run)
@@ -246,7 +252,7 @@ def train_student(
   )
   memory = preflight.check_step_memory(run.recipe, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
-  with preflight.hold_workdir(workdir):
+  with preflight.hold_workdir(workdir, claim):
     teacher_eval = _teacher_eval(
       run,
       workdir,

@@ -24,6 +24,7 @@ from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import spec
+from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import teacher_step
 from icckd_jax.runs.reuse import Reuse
 from icckd_jax.runs.run_setup import (
@@ -129,13 +130,17 @@ def build_teacher(
 
 
 def train_teacher(
-  config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  reuse: Reuse | None = None,
+  claim: workdir_lock.WorkdirLock | None = None,
 ) -> dict[str, Any]:
   """Trains the teacher of `config` in `workdir`, resuming if it can;
   returns the summary.
 
   Every check that can reject the config (`spec.checked`, `preflight`)
-  runs before the workdir is created or written.
+  runs before the workdir is created or written. `claim`: the workdir's
+  lock, when the caller took it first (`preflight.hold_workdir`).
   """
   preflight.require_workdir(workdir)
   run = spec.checked(config, workdir)
@@ -144,7 +149,7 @@ def train_teacher(
   setup = build_teacher(run, dataset, mesh, reuse)
   memory = preflight.check_step_memory(run.recipe, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
-  with preflight.hold_workdir(workdir):
+  with preflight.hold_workdir(workdir, claim):
     return loop.fit(
       run, workdir, setup, dataset, mesh, reuse=reuse, step_memory=memory
     )

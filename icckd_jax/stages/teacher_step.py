@@ -29,7 +29,7 @@ def hyperparameters(
   lam: float, tau: float, delta: float
 ) -> dict[str, jax.Array]:
   """The objective's scalars as arrays: traced, so one compiled step serves
-  every value of a sweep."""
+  every value the runs of one process train with."""
   return {
     'lam': jnp.float32(lam),
     'tau': jnp.float32(tau),

@@ -116,7 +116,7 @@ def abstract_like(tree, mesh: Mesh):
 
 class _DropReadOnlyNotes(std_logging.Filter):
   """Drops Orbax's notes that a read-only manager is read-only: six lines
-  each time a reader (an evaluation, a student's teacher, a sweep worker
+  each time a reader (an evaluation, a student's teacher, a worker
   polling a peer's run) opens a workdir, saying what the reader asked for."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
@@ -386,15 +386,6 @@ class Checkpoints:
       )
     state, meta, _ = self._restore_one(manager, epoch, abstract_state, mesh)
     return state, meta
-
-  def restore_config(self, which: str = 'last') -> dict:
-    manager = self._manager(which)
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise UserError(f'no {which} checkpoint in {manager.directory}')
-    return manager.restore(
-      epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-    ).config
 
   def close(self, quiet: bool = False) -> None:
     """Waits for the pending saves and closes every manager, also after one

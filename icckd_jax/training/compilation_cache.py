@@ -1,6 +1,6 @@
 """JAX's persistent compilation cache, on by default for every run.
 
-Each start of a run, a resume, a sweep worker or a pipeline's stage would
+Each start of a run, a resume, a worker's or a pipeline's stage would
 otherwise compile its train and eval steps from scratch (10-40 s each on a
 GPU). The cache keeps the compiled executables on disk, keyed by the program,
 its shapes and the JAX, XLA and device versions, so a cached executable is

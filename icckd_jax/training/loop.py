@@ -6,7 +6,9 @@ checkpoint if there is one, then runs epochs of `setup.train_step`,
 evaluates on the whole test split (every `eval_every_epochs` and at the last
 epoch), logs, checkpoints, and returns the run's summary, also written to
 WORKDIR/summary.json. Its phases are the methods of `_Loop`: resume, the
-steps of an epoch, the end of an epoch, preemption, the summary.
+steps of an epoch, the end of an epoch, preemption, the summary. Its hooks
+(hooks.py) are called after each step and each epoch: the run's own clock,
+then those of `reuse.hooks` (a process of many runs adds its own there).
 
 A checkpoint holds what resume needs (the state, the step, the best top-1,
 the divergence guard's reference, the input shape, the last evaluation) and
@@ -20,6 +22,7 @@ step boundary into WORKDIR/preempted and raise Preempted; the rerun resumes
 there, bit for bit.
 """
 
+from collections.abc import Sequence
 import errno
 import os
 import signal
@@ -38,6 +41,7 @@ from icckd_jax.training import checkpoint
 from icckd_jax.training import divergence
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
+from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.training import metric_writer
 from icckd_jax.runs import reuse as reuse_lib
@@ -222,6 +226,22 @@ class _Loop:
     self.total_steps = spec.recipe.num_epochs * self.steps_per_epoch
     self.per_step, self.logged = [], 0  # this epoch's step metrics
     self.record, self.device_bytes = {}, []
+    # Set by `resume`: where the run starts and what it carries over.
+    self.state: Any = None
+    self.start_step = 0
+    self.best = {'top1': -1.0, 'epoch': 0}
+    self.last_test: dict[str, float] | None = None
+    self.reference_loss: float | None = None
+    # Set by `run` once the run has resumed.
+    self.test_split: Any = None
+    self.evaluate: Any = None
+    self.batches: Any = None
+    self.writer: metric_writer.MetricWriter | None = None
+    self.progress: metric_writer.Progress | None = None
+    self.cache_bytes = 0
+    self.hooks: Sequence[hooks_lib.Hook] = ()
+    self.memory: dict[str, int] = {}
+    self.compiled = False
 
   # Resume.
 
@@ -321,13 +341,17 @@ class _Loop:
     self.cache_bytes = (
       cache_lib.nbytes(self.state.cache) if self.state.cache is not None else 0
     )
-    self.clock = estimate.RunClock(
-      recipe.batch_size,
-      self.steps_per_epoch,
-      self.total_steps,
-      self.start_step,
-      self.reuse.sweep_clock if self.reuse else None,
+    self.hooks = (
+      estimate.RunClock(
+        recipe.batch_size,
+        self.steps_per_epoch,
+        self.total_steps,
+        self.start_step,
+      ),
+      *(self.reuse.hooks if self.reuse else ()),
     )
+    for hook in self.hooks:
+      hook.on_start(self.start_step, self.total_steps)
     self.memory, self.compiled = dict(step_memory or {}), False
     start_epoch, first = divmod(self.start_step, self.steps_per_epoch)
     # Closing the batches stops a streamed run's decode workers.
@@ -346,7 +370,7 @@ class _Loop:
       self.ckpts.commit(recipe.num_epochs)
       summary = self.summarize(summary_extra)
       # A signal after the last step's check: the run is complete, yet the
-      # caller (a pipeline, a sweep worker, a script) asked to stop.
+      # caller (a pipeline, a worker of many runs, a script) asked to stop.
       signum = stop.agreed()
     if signum:
       raise Preempted(
@@ -403,7 +427,8 @@ class _Loop:
       self.state, metrics = setup.train_step(
         self.state, images, labels, setup.step_args
       )
-      self.clock.after_step(done - self.start_step, metrics)
+      for hook in self.hooks:
+        hook.on_step(done + 1, metrics)
       self.per_step.append(metrics)
       done += 1
       if self.reference_loss is None:
@@ -424,7 +449,7 @@ class _Loop:
           epoch,
           recipe.num_epochs,
           {'loss': values['loss'], 'acc': values['accuracy']},
-          self.clock.note(),
+          ''.join(hook.note() for hook in self.hooks),
         )
         self.logged, window_start = len(self.per_step), time.perf_counter()
 
@@ -496,7 +521,8 @@ class _Loop:
     self.writer.write('epoch', done, self.record)
     if evaluated:
       self.last_test = {f'test_{k}': v for k, v in test.items()}
-    self.clock.after_epoch()
+    for hook in self.hooks:
+      hook.on_epoch(epoch + 1, self.record)
     self._log_epoch(epoch, test)
     improved = evaluated and test['top1'] > self.best['top1']
     if improved:

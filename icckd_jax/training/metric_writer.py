@@ -17,12 +17,13 @@ from tensorboardX import SummaryWriter
 from icckd_jax.training import estimate
 
 METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 def write_json(path: str, value) -> None:
   """`value` as JSON in `path`, whole or not at all: readers trust
-  summary.json, config.json and a sweep's files as they find them, and
-  concurrent sweep workers may write the same (identical) file."""
+  summary.json, config.json and the files of many runs' reports as they
+  find them, and concurrent workers may write the same (identical) file."""
   tmp = f'{path}.{os.getpid()}.tmp'
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=2)
@@ -79,14 +80,10 @@ class MetricWriter:
   the events past that step. `sync` before each checkpoint is saved: the
   records of the steps a checkpoint holds are on disk before it is."""
 
-  def __init__(
-    self,
-    workdir: str,
-    resume_step: int | None,
-    tensorboard: bool = True,
-  ):
+  def __init__(self, workdir: str, resume_step: int | None):
     self._path = os.path.join(workdir, METRICS_FILE)
     self._is_writer = jax.process_index() == 0
+    self._tb: SummaryWriter | None = None  # process 0's only
     if not self._is_writer:
       return
     kept = [] if resume_step is None else _resumed_records(workdir, resume_step)
@@ -96,12 +93,8 @@ class MetricWriter:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, self._path)
-    self._tb = (
-      SummaryWriter(
-        os.path.join(workdir, 'tensorboard'), purge_step=(resume_step or 0) + 1
-      )
-      if tensorboard
-      else None
+    self._tb = SummaryWriter(
+      os.path.join(workdir, TENSORBOARD_DIR), purge_step=(resume_step or 0) + 1
     )
 
   def write(self, kind: str, step: int, values: dict) -> dict:
@@ -111,10 +104,9 @@ class MetricWriter:
       return record
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    if self._tb is not None:
-      for name, value in values.items():
-        if isinstance(value, (int, float)) and math.isfinite(value):
-          self._tb.add_scalar(f'{kind}/{name}', value, int(step))
+    for name, value in values.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.add_scalar(f'{kind}/{name}', value, int(step))
     return record
 
   def sync(self) -> None:
@@ -123,11 +115,10 @@ class MetricWriter:
       return
     with open(self._path, 'a') as f:
       os.fsync(f.fileno())
-    if self._tb is not None:
-      self._tb.flush()
+    self._tb.flush()
 
   def close(self) -> None:
-    if self._is_writer and self._tb is not None:
+    if self._tb is not None:
       self._tb.close()
 
 

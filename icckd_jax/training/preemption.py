@@ -2,7 +2,7 @@
 SIGHUP (a closed terminal or ssh session) stop a run at the next step
 boundary, after it saved its state.
 
-A job of several runs (a pipeline, a sweep worker) holds a StopRequest of
+A job of several runs (a pipeline, a worker of many stages) holds a StopRequest of
 its own around them: a run's request inherits a signal that came before it
 and hands on one that came after its last step, so the job stops before
 its next run instead of forgetting the signal.

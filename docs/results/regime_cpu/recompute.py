@@ -12,7 +12,7 @@ import csv
 import os
 
 from icckd_jax.experiments import ablation_metrics as am
-from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments import comparisons
 from icckd_jax.experiments import statistics as st
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,7 +57,7 @@ def main():
       [r for r in rows if (r['setting'], r['seed']) not in AFTER_STOP],
     ),
   ):
-    for c in report.paired_comparisons(
+    for c in comparisons.paired_comparisons(
       names, CONTROLS, kept, 'teacher_top1_last'
     ):
       if (c['arm'], c['control']) == ('no_cache', 'ce_teacher'):
@@ -65,7 +65,7 @@ def main():
         print(
           f'teacher top-1 no_cache - ce_teacher, {label}: '
           f'{100 * d.mean:+.2f} points [{100 * d.low:+.2f}, {100 * d.high:+.2f}], '
-          f'Holm p {c["holm"]:.3f} over {len(report.paired_comparisons(names, CONTROLS, kept, "teacher_top1_last"))}'
+          f'Holm p {c["holm"]:.3f} over {len(comparisons.paired_comparisons(names, CONTROLS, kept, "teacher_top1_last"))}'
         )
   # Epochs for the teacher to reach train accuracy 0.70, two definitions.
   for r in rows:

@@ -8,7 +8,7 @@ import ml_collections
 
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import pipeline
-from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import run_store
 from icckd_jax.experiments.sweep.settings import (
   Setting,
@@ -43,7 +43,7 @@ class Run:
 
   @property
   def result_path(self) -> str:
-    return os.path.join(self.run_dir, report.RESULT_FILE)
+    return os.path.join(self.run_dir, results.RESULT_FILE)
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
@@ -87,7 +87,7 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
       Run(
         setting=setting.name,
         seed=seed,
-        run_dir=os.path.join(workdir, setting.name, f'seed_{seed}'),
+        run_dir=results.run_dir(workdir, setting.name, seed),
         teacher=both.teacher,
         student=student,
         teacher_dir=teacher_dir,

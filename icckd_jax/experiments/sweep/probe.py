@@ -1,6 +1,6 @@
 """The sweep's projection: each distinct step (and evaluation) its
 unfinished stages use, measured before the work starts, makes the projected
-seconds of every stage (estimate.SweepClock turns them into the ETA)."""
+seconds of every stage (eta.SweepClock turns them into the ETA)."""
 
 import time
 

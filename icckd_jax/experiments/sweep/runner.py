@@ -30,7 +30,7 @@ after every run from whatever has finished.
 Before training, worker 0 measures the step time of each distinct compiled
 step the sweep needs (and one evaluation) and logs the projected wall time
 of the whole sweep; the progress lines of its runs then show the sweep's
-ETA (estimate.py).
+ETA (sweep/eta.py).
 
 The parts: sweep/plan.py (the runs and their stages), sweep/worker.py (one
 worker: claims, trains, writes results and the report), sweep/probe.py (the

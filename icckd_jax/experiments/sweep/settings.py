@@ -55,25 +55,26 @@ def parse_setting(text: str) -> Setting:
 def apply_overrides(
   base: ml_collections.ConfigDict, overrides: dict[str, Any]
 ) -> ml_collections.ConfigDict:
-  """A copy of `base` with dotted `overrides` set; unknown fields are errors."""
+  """A copy of `base` with dotted `overrides` set; unknown fields are errors.
+
+  ConfigDict applies each dotted field itself (`update_from_flattened_dict`),
+  on a locked copy so that a field it lacks is refused rather than added.
+  A subscript ('seeds[0]') is not part of the settings' syntax: it names no
+  field."""
   config = ml_collections.ConfigDict(base.to_dict())
+  config.lock()
   for field, value in overrides.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for part in parents:
-      if part not in node:
-        raise UserError(
-          f'config.settings: {field!r} is not a field of the pipeline config'
-        )
-      node = node[part]
-    if leaf not in node:
+    try:
+      if '[' in field:
+        raise KeyError(field)
+      config.update_from_flattened_dict({field: value})
+    except (KeyError, AttributeError):
       raise UserError(
         f'config.settings: {field!r} is not a field of the pipeline config'
-      )
-    try:
-      node[leaf] = value
+      ) from None
     except TypeError as e:
       raise UserError(f'config.settings: {field}={value!r}: {e}') from None
+  config.unlock()
   return config
 
 

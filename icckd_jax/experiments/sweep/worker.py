@@ -15,11 +15,14 @@ from absl import logging
 import ml_collections
 
 from icckd_jax.errors import UserError
+from icckd_jax.experiments.sweep import eta
 from icckd_jax.experiments.sweep import report
+from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import probe as sweep_probe
 from icckd_jax.training import estimate
 from icckd_jax.runs import workdir_lock
+from icckd_jax.stages import preflight
 from icckd_jax.training.preemption import StopRequest
 from icckd_jax.runs.reuse import Reuse
 
@@ -49,17 +52,25 @@ def _train_claimed(
   """Trains the stage in `workdir` unless it is done; False (and nothing
   done) when another worker holds it.
 
-  The claim is the run's own workdir lock, which the run entry takes before
-  it writes anything and holds while it trains: a worker that finds it held
-  moves on. A stage that another worker finished after the check below
-  resumes at its last epoch and trains nothing.
+  The claim is the stage's own workdir lock, taken here before the stage
+  loads or builds anything, and handed to the stage, which trains holding
+  it: a busy stage costs a worker one try of a lock. The lock file is the
+  stage's WORKDIR/.lock, as for a single run (workdir_lock.py), so the
+  stage's directory in the store is made first; a single run's checks come
+  before its workdir is written, a worker's after (the sweep's own checks
+  ran before any worker started).
   """
   if sweep_plan.finished(workdir, config):
     return True
-  try:
-    train_fn(config, workdir, reuse)
-  except workdir_lock.WorkdirBusy:
+  lock = workdir_lock.try_lock(preflight.prepare_workdir(workdir))
+  if lock is None:
     return False
+  try:
+    # Another worker may have finished it since the check above.
+    if not sweep_plan.finished(workdir, config):
+      train_fn(config, workdir, reuse, claim=lock)
+  finally:
+    lock.release()
   return True
 
 
@@ -68,7 +79,7 @@ def _write_result(
 ) -> None:
   """RUN_DIR/result.json, written whole or not at all: several workers may
   write the same (identical) file."""
-  report.write_result(
+  results.write_result(
     run.run_dir,
     run.setting,
     run.seed,
@@ -83,7 +94,7 @@ def _has_result(run: sweep_plan.Run) -> bool:
   written again from the run's stages (which have finished)."""
   if not os.path.exists(run.result_path):
     return False
-  result, _ = report.read_result(run.result_path, run.setting, run.seed)
+  result, _ = results.read_result(run.result_path, run.setting, run.seed)
   return result is not None
 
 
@@ -109,11 +120,11 @@ def _write_report(workdir: str, patience_seconds: float = 120.0) -> None:
 
 def _projected_clock(
   runs: list[sweep_plan.Run], reuse: Reuse, workers: int
-) -> estimate.SweepClock:
+) -> eta.SweepClock:
   """Measures the steps, logs the sweep's projected wall time and returns
   its clock."""
   projected = sweep_probe.probe(runs, reuse)
-  clock = estimate.SweepClock(projected, workers)
+  clock = eta.SweepClock(projected, workers)
   logging.info(
     'Projected wall time of the %d unfinished stages: %s with %d '
     'worker(s) (%s of training in all; workers sharing one '
@@ -174,7 +185,7 @@ def work(
   """One worker: claims and trains stages until every run has finished;
   returns how many stages it trained or resumed.
 
-  WORKDIR must hold the sweep's sweep.json (sweep.write_sweep_file): the
+  WORKDIR must hold the sweep's sweep.json (runner.write_sweep_file): the
   report, rewritten after every run, reads the settings from it.
 
   Worker 0 of each command first measures the steps and logs the sweep's
@@ -183,14 +194,15 @@ def work(
   """
   workdir = os.path.abspath(workdir)
   runs = sweep_plan.plan(config, workdir)
-  reuse = Reuse()
+  reuse, clock = Reuse(), None
   if (
     worker == 0
     and config.get('estimate', True)
     and sweep_plan.unfinished_stages(runs)
   ):
-    reuse.sweep_clock = _projected_clock(runs, reuse, config.get('workers', 1))
-  clock = reuse.sweep_clock
+    clock = _projected_clock(runs, reuse, config.get('workers', 1))
+    # Every stage's loop shows the sweep's ETA on its progress lines.
+    reuse.hooks.append(clock)
   trained, first_pass = 0, True
   # Stages seen held by another worker: said once, so that a waiting
   # worker's poll logs one line.
