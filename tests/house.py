@@ -6,17 +6,20 @@
   `benchmarks/`, `launch.py`.
 * `config_walk`: the modules that the run's ConfigDict reaches, following it
   from `main.run` through the calls that pass it (or a ConfigDict inside it,
-  such as `config.dataset`, or a tuple, list or dict holding one) as an
-  argument. It reads the source, not a run: a call is followed where its
-  callee may be a function of the package that the calling module names (a
-  local function, an imported function or class, a method of the same class
-  or of a local instance of a package class, a function of an imported
-  module, of an entry of a module-level table of modules such as
-  `_MODULES[name]`, or of `getattr(module, name)`), and through
-  `functools.partial`. It is a static over-approximation of one kind (every
-  branch is taken, every entry of a table) and an under-approximation of
-  another (a ConfigDict returned by a call, or held by an object the
-  function did not build, is not followed).
+  such as `config.dataset` or `config.get('input')`, or a tuple, list or
+  dict holding one) as an argument. It reads the source, not a run: a call
+  is followed where its callee may be a function of the package that the
+  calling module names (a local function, an imported function or class, a
+  method of the same class or of a local instance of a package class, a
+  function of an imported module, of an entry of a module-level table of
+  modules such as `_MODULES[name]`, or of `getattr(module, name)`), and
+  through `functools.partial`. Names bound to the config by assignment,
+  unpacking, `for`, `with` or a call declared to return a ConfigDict carry
+  it on; so does a field that a package class declares a ConfigDict (a
+  sweep's `Run.teacher`), in every function of a module that sees that
+  class. It is a static over-approximation (every branch is taken, every
+  entry of a table) that still misses what no name shows: a ConfigDict
+  behind a function passed as a value, or in an undeclared attribute.
 """
 
 import ast
