@@ -8,7 +8,7 @@ import pytest
 
 from icckd_jax import models
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import checks
 from icckd_jax.experiments import comparisons
@@ -77,6 +77,7 @@ def test_the_scratch_arm_learns_from_the_labels_alone():
       labels,
       hp,
       None,
+      Trainable(None, None, None, None),  # kd has no trainable parts
     )[0]
 
   teachers = [

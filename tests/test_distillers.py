@@ -79,6 +79,10 @@ def _outputs(key, batch=6, classes=5, stage_shapes=((8, 8, 4), (4, 4, 6))):
   )
 
 
+# What a loss receives for the trainable parts a method without them has not.
+NO_TRAINABLE = distillers.Trainable(None, None, None, jnp.int32(0))
+
+
 def _hp(epoch=5.0, **overrides):
   distill = student_config.get_config().distill
   distill.update(overrides)
@@ -160,23 +164,27 @@ def test_loss_is_the_documented_composition(method, standardize):
   distiller = _build(method, standardize_logits=standardize)
   # gather is the identity on one device; jitted, as in the step (and one
   # compilation is faster than running op by op).
-  (loss, parts), expected = jax.jit(
+  (loss, parts, buffers), expected = jax.jit(
     lambda *a: (
-      distiller.loss(*a, lambda x: x),
+      distiller.loss(*a, lambda x: x, NO_TRAINABLE),
       _reference(method, *a, standardize),
     )
   )(s, t, labels, hp)
   np.testing.assert_allclose(loss, expected, rtol=2e-6)
   np.testing.assert_allclose(parts['ce'], _ce(s, labels), rtol=1e-6)
-  assert distiller.needs_stages == (method in ('at', 'nst', 'sp'))
-  assert distiller.needs_epoch == (method == 'dkd')
+  assert buffers is None  # handed back unchanged
+  assert distiller.reads.stages == (method in ('at', 'nst', 'sp'))
+  assert distiller.reads.epoch == (method == 'dkd')
+  assert not distiller.trainable
 
 
 def test_dkd_warmup_ramps_over_epochs():
   s, t = _outputs(jax.random.key(0)), _outputs(jax.random.key(1))
   labels = jnp.arange(6) % 5
   loss = jax.jit(
-    lambda hp: distillers.get('dkd')(s, t, labels, hp, lambda a: a)[1]
+    lambda hp: distillers.get('dkd').loss(
+      s, t, labels, hp, lambda a: a, NO_TRAINABLE
+    )[1]
   )
   factors = [float(loss(_hp(epoch=e))['dkd_warmup']) for e in (1, 10, 20, 40)]
   assert factors == pytest.approx([0.05, 0.5, 1.0, 1.0])
@@ -188,9 +196,11 @@ def test_gradients_reach_the_student_and_are_finite():
   labels = jnp.arange(6) % 5
   hp = _hp(gamma=0.0, ce_weight=0.0)  # the distillation terms alone
   for method in METHODS:
-    fn = distillers.get(method)
+    fn = distillers.get(method).loss
     grads = jax.jit(
-      jax.grad(lambda o, fn=fn: fn(o, t, labels, hp, lambda a: a)[0])
+      jax.grad(
+        lambda o, fn=fn: fn(o, t, labels, hp, lambda a: a, NO_TRAINABLE)[0]
+      )
     )(s)
     for name, g in zip(grads._fields, grads):
       for leaf in jax.tree.leaves(g):

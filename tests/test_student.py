@@ -55,13 +55,14 @@ def test_teacher_untouched_and_absent_from_student_checkpoints(
   )
 
   state, _ = restore_state(workdir)
-  assert set(state) - {'cache'} == {
+  assert set(state) - {'cache', 'distiller_buffers'} == {
     'step',
     'params',
     'batch_stats',
     'opt_state',
   }
   assert not jax.tree.leaves(state.get('cache'))  # a student has no cache
+  assert not jax.tree.leaves(state.get('distiller_buffers'))  # nor kd_rkd
   assert set(state['params']) == {'model'}
   n_params = sum(x.size for x in jax.tree.leaves(state['params']))
   resnet8 = jax.eval_shape(

@@ -1,65 +1,61 @@
 """The distillation methods, by name (mdistiller style).
 
-Each method is one module with one function of the same signature:
+Each method is one module declaring one `contract.Method` (its `METHOD`):
 
-  loss(student, teacher, labels, hp, gather) -> (loss, parts)
+  fields   the config.distill fields it reads (the others are not part of
+           the student's identity);
+  reads    what the step collects for it beyond the two networks' logits
+           and pooled features: the stage maps (`Outputs.stages`,
+           `.preact_stages`) and/or the 1-based epoch (hp['epoch']);
+  options  config.distill (a plain mapping) -> its static keyword
+           arguments (CRD's bank width, ReviewKD's fusion cap, the
+           logit-standardisation switch of kd, dkd and dist);
+  init     (key, student, teacher, train_labels, teacher_params)
+           -> (params, buffers), for a method with trainable parts
+           (fitnet, vid, ofd, reviewkd, crd); absent for the others;
+  check    (student, teacher) -> str | None: what keeps it from serving a
+           pair of networks (Outputs of shapes), said in its own terms
+           before anything traces (stages/distill_pair.py);
+  loss     the one signature of every method,
+
+    loss(student, teacher, labels, hp, gather, trainable, **options)
+        -> (loss, parts, new_buffers)
 
 where `student` and `teacher` are `Outputs` of the local batch shard (the
-teacher's already under stop_gradient), `labels` [b], `hp` the dict of traced
-scalars from `hyperparameters` (plus 'epoch' for a method that needs it),
-and `gather` all-gathers a [b, ...] array to the global [B, ...] batch (for
-methods relating examples to each other). The per-device loss must be such
-that pmean-ed gradients are those of the global loss.
-
-Each module also declares the config.distill fields it reads (`FIELDS`: the
-others are not part of the student's identity) and what the step must
-collect for it:
-
-  NEEDS_STAGES  the stage maps in `Outputs.stages` / `.preact_stages`
-                (the models are applied with 'intermediates' mutable; a
-                method without them compiles exactly as before);
-  NEEDS_EPOCH   hp['epoch'], the 1-based epoch of the step (DKD's warm-up);
-  STANDARDIZES  accepts config.distill.standardize_logits (its `loss` then
-                takes standardize=True).
-
-A TRAINABLE method (fitnet, vid, ofd, reviewkd, crd) owns parameters that
-train with the student and may keep non-trainable buffers (a memory bank,
-BatchNorm statistics); its module also defines
-
-  options(config.distill) -> dict   static keyword arguments of the two:
-  init(key, student, teacher, train_labels, teacher_params, **options)
-      -> (params, buffers)
-  loss(student, teacher, labels, hp, gather, trainable, **options)
-      -> (loss, parts, new_buffers)
+teacher's already under stop_gradient), `labels` [b], `hp` the dict of
+traced scalars from `hyperparameters` (plus 'epoch' when read), `gather`
+all-gathers a [b, ...] array to the global [B, ...] batch (for methods
+relating examples to each other) and `trainable` an `outputs.Trainable`
+(the method's parameters to differentiate, its buffers, the batch's
+example indices, the step). The per-device loss must be such that
+pmean-ed gradients are those of the global loss. A method without
+trainable parts ignores `trainable` and returns its buffers (None)
+unchanged.
 
 `init` gets the run's seed's key (to fold its own streams from), the two
-networks' Outputs as jax.ShapeDtypeStruct, the training split's labels
-[N] and the teacher's parameters (read only: OFD's margins come from its
-BatchNorm); the buffers may be None (vid). `trainable` is an
-`outputs.Trainable` (the parameters to differentiate, the buffers, the
-batch's example indices, the step). The
-params live in the student's state as params['distiller'] (same optimiser,
-gradients pmean-ed like the model's), the buffers as state.cache (the
-teacher's negative cache field, None for every other student); both
-are checkpointed with it. The other methods are untouched by this, and
-their step compiles as before.
+networks' Outputs as jax.ShapeDtypeStruct, the training split's labels [N]
+and the teacher's parameters (read only: OFD's margins come from its
+BatchNorm); the buffers may be None (vid). The params live in the
+student's state as params['distiller'] (same optimiser, gradients pmean-ed
+like the model's), the buffers as state.distiller_buffers (runs/
+train_state.py); both are checkpointed with it. The other methods add
+nothing to the state, and their step compiles as before.
 
-A method that pairs stages may define `check(student, teacher) -> str |
-None` (Outputs of shapes): what keeps it from serving that pair, said in
-its own terms, before anything traces (stages/distill_pair.py).
+`build(config.distill)` (or the student's typed part of it,
+runs/spec.py's `Distillation`) binds the chosen method to its options: a
+`contract.Distiller`, all the student's stage and step see. The config
+stops here; the methods receive plain values.
 
-Its docstring gives its published CIFAR-100 recipe, which the defaults of
-configs/student.py hold, and the code it was read from (docs/distillers.md
-lists them). Adding a method is one new module and one line below.
+Each module's docstring gives its published CIFAR-100 recipe, which the
+defaults of configs/student.py hold, and the code it was read from
+(docs/distillers.md lists them). Adding a method is one new module and one
+line below.
 """
 
-from collections.abc import Callable
-import functools
-from typing import NamedTuple
-
-import ml_collections
+from typing import Any, Protocol
 
 from icckd_jax.distillers import at
+from icckd_jax.distillers import contract
 from icckd_jax.distillers import crd
 from icckd_jax.distillers import dist
 from icckd_jax.distillers import dkd
@@ -74,99 +70,64 @@ from icckd_jax.distillers import reviewkd
 from icckd_jax.distillers import rkd
 from icckd_jax.distillers import sp
 from icckd_jax.distillers import vid
+from icckd_jax.distillers.contract import Distiller
+from icckd_jax.distillers.contract import Method
+from icckd_jax.distillers.contract import Reads
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.distillers.outputs import Trainable
 from icckd_jax.errors import UserError
-from icckd_jax.objective.distillation import at_loss
-from icckd_jax.objective.distillation import dist_loss
-from icckd_jax.objective.distillation import dkd_loss
-from icckd_jax.objective.distillation import nst_loss
-from icckd_jax.objective.distillation import pkt_loss
-from icckd_jax.objective.distillation import sp_loss
-from icckd_jax.objective.distillation import standardize_logits
 
-_MODULES = {
-  'kd': kd,
-  'kd_rkd': kd_rkd,
-  'dkd': dkd,
-  'dist': dist,
-  'at': at,
-  'nst': nst,
-  'pkt': pkt,
-  'sp': sp,
-  'rkd': rkd,
-  'fitnet': fitnet,
-  'crd': crd,
-  'vid': vid,
-  'ofd': ofd,
-  'reviewkd': reviewkd,
-  'kdsvd': kdsvd,
-}
-
-DISTILLERS: dict[str, Callable] = {
-  name: module.loss for name, module in _MODULES.items()
+DISTILLERS: dict[str, Method] = {
+  'kd': kd.METHOD,
+  'kd_rkd': kd_rkd.METHOD,
+  'dkd': dkd.METHOD,
+  'dist': dist.METHOD,
+  'at': at.METHOD,
+  'nst': nst.METHOD,
+  'pkt': pkt.METHOD,
+  'sp': sp.METHOD,
+  'rkd': rkd.METHOD,
+  'fitnet': fitnet.METHOD,
+  'crd': crd.METHOD,
+  'vid': vid.METHOD,
+  'ofd': ofd.METHOD,
+  'reviewkd': reviewkd.METHOD,
+  'kdsvd': kdsvd.METHOD,
 }
 
 # The methods that accept config.distill.standardize_logits.
 STANDARDIZING = tuple(
-  name for name, module in _MODULES.items() if module.STANDARDIZES
+  name
+  for name, method in DISTILLERS.items()
+  if 'standardize_logits' in method.fields
 )
 
 __all__ = [
   'DISTILLERS',
   'Distiller',
+  'Method',
   'Outputs',
+  'Reads',
   'STANDARDIZING',
   'Trainable',
   'build',
   'fields',
   'get',
-  'pair_mismatch',
-  'trainable',
-  # The losses of published methods, for the distillers that combine them.
-  'at_loss',
-  'dist_loss',
-  'dkd_loss',
-  'nst_loss',
-  'pkt_loss',
-  'sp_loss',
-  'standardize_logits',
 ]
 
 
-class Distiller(NamedTuple):
-  """A method as the student step uses it."""
-
-  loss: Callable  # (student, teacher, labels, hp, gather) -> (loss, parts)
-  needs_stages: bool  # collect Outputs.stages / .preact_stages
-  needs_epoch: bool  # put the 1-based epoch in hp['epoch']
-  # A TRAINABLE method's init(key, student, teacher, train_labels,
-  # teacher_params) -> (params, buffers), its options applied; None for the others, whose
-  # `loss` then returns (loss, parts) only.
-  init: Callable | None = None
-
-
-def trainable(name: str) -> bool:
-  """Whether method `name` owns parameters or buffers (the modules
-  written before the interface do not declare TRAINABLE)."""
-  return getattr(_MODULES.get(name), 'TRAINABLE', False)
-
-
 def fields(name: str) -> tuple[str, ...]:
-  """The config.distill fields method `name` reads (all, if unknown)."""
-  module = _MODULES.get(name)
-  return module.FIELDS if module else ()
+  """The config.distill fields method `name` reads (none, if unknown)."""
+  method = DISTILLERS.get(name)
+  return method.fields if method else ()
 
 
-def pair_mismatch(name: str, student: Outputs, teacher: Outputs) -> str | None:
-  """What keeps method `name` from pairing these networks (Outputs of
-  shapes), in the method's own terms where its module says (`check`), or
-  None."""
-  check = getattr(_MODULES.get(name), 'check', None)
-  return check(student, teacher) if check else None
+def get(name: str) -> Method:
+  """The method called `name`.
 
-
-def get(name: str) -> Callable:
+  Raises:
+    UserError: no method has that name.
+  """
   if name not in DISTILLERS:
     raise UserError(
       f'config.distill.method={name!r} is unknown; choose one '
@@ -175,29 +136,29 @@ def get(name: str) -> Callable:
   return DISTILLERS[name]
 
 
-def build(distill: ml_collections.ConfigDict) -> Distiller:
-  """The method config.distill chooses, with its static options applied.
+class Settings(Protocol):
+  """What `build` reads: config.distill, or the student's
+  `spec.Distillation`: the method's name and every field's plain value."""
+
+  method: str
+
+  def to_dict(self) -> dict[str, Any]: ...
+
+
+def build(distill: Settings) -> Distiller:
+  """The method config.distill chooses, bound to its static options.
 
   Raises:
     UserError: an unknown method, or standardize_logits set for a method
       that does not accept it.
   """
-  loss = get(distill.method)
-  module = _MODULES[distill.method]
-  if distill.get('standardize_logits', False):
-    if not module.STANDARDIZES:
+  method = get(distill.method)
+  settings = distill.to_dict()
+  if settings.get('standardize_logits', False):
+    if distill.method not in STANDARDIZING:
       raise UserError(
         'config.distill.standardize_logits=True applies to '
         f'{", ".join(STANDARDIZING)} only, not '
         f'config.distill.method={distill.method!r}'
       )
-    loss = functools.partial(module.loss, standardize=True)
-  if trainable(distill.method):
-    options = module.options(distill)
-    return Distiller(
-      functools.partial(module.loss, **options),
-      module.NEEDS_STAGES,
-      module.NEEDS_EPOCH,
-      functools.partial(module.init, **options),
-    )
-  return Distiller(loss, module.NEEDS_STAGES, module.NEEDS_EPOCH)
+  return contract.bind(distill.method, method, settings)

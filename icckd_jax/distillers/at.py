@@ -15,29 +15,27 @@ them) and mdistiller/distillers/AT.py. Config: `ce_weight`, `at_weight`
 
 import jax
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs, stage_pairs
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'at_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
 P = 2  # mdistiller's CFG.AT.P
 
 
-def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  """Per-example terms only, so the local batch mean is all a device needs."""
-  del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
-  at = sum(
+def attention(
+  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
+) -> jax.Array:
+  """[] Σ_k AT(f^s_k, f^t_k): per-example terms only, so the local batch
+  mean is all a device needs."""
+  del hp, gather
+  return sum(
     distillation.at_loss(s, t, P) for s, t in stage_pairs(student, teacher)
   )
-  return hp['ce_weight'] * ce + hp['at_weight'] * at, {'ce': ce, 'at': at}
+
+
+METHOD = contract.one_term(
+  'at',
+  attention,
+  ('ce_weight', 'at_weight'),
+  reads=contract.Reads(stages=True),
+)

@@ -19,8 +19,8 @@ After the scores, the bank's rows of the batch move towards the new
 embeddings: M[i] <- normalise(m·M[i] + (1 - m)·e), momentum m.
 
 Here the embeddings' weights are params['distiller'] (trained with the
-student), and the banks, Z and the sampling tables state.cache,
-checkpointed with the state. The bank costs N × d × 4 bytes × 2 (both
+student), and the banks, Z and the sampling tables
+state.distiller_buffers, checkpointed with the state. The bank costs N × d × 4 bytes × 2 (both
 networks): 51 MB for CIFAR-100 (N = 50,000, d = 128), 1.31 GB at
 ImageNet size (N = 1,281,167). Negatives are drawn with
 fold_in(fold_in(key, step), i), the key from the run's seed: the same
@@ -38,30 +38,18 @@ its CIFAR-100 instance sampler (mdistiller/dataset/cifar100.py). Config:
 `crd_dim`, `crd_negatives` (static).
 """
 
+from collections.abc import Mapping
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs, Trainable
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = (
-  'ce_weight',
-  'crd_weight',
-  'crd_temperature',
-  'crd_momentum',
-  'crd_dim',
-  'crd_negatives',
-)
-NEEDS_STAGES = False
-NEEDS_EPOCH = False
-STANDARDIZES = False
-TRAINABLE = True
 EPS = 1e-7  # the authors' ContrastLoss epsilon
 # Streams of the run's seed (the model's init uses the seed's key itself).
 _INIT_STREAM = 11
@@ -79,9 +67,12 @@ class Embed(nn.Module):
     return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
 
 
-def options(distill: ml_collections.ConfigDict) -> dict:
+def options(distill: Mapping[str, Any]) -> dict:
   """The static keyword arguments of `init` and `loss`."""
-  return {'dim': int(distill.crd_dim), 'negatives': int(distill.crd_negatives)}
+  return {
+    'dim': int(distill['crd_dim']),
+    'negatives': int(distill['crd_negatives']),
+  }
 
 
 def _class_tables(train_labels) -> dict[str, jax.Array]:
@@ -202,13 +193,13 @@ def loss(
   student: Outputs,
   teacher: Outputs,
   labels: jax.Array,
-  hp: dict[str, jax.Array],
+  hp: contract.Hyper,
   gather,
   trainable: Trainable,
   *,
   dim: int,
   negatives: int,
-) -> tuple[jax.Array, dict, dict]:
+) -> contract.Result:
   """Per-example terms against replicated banks, so the local batch mean is
   all a device needs. Returns (loss, parts, new buffers)."""
   buffers, indices = trainable.buffers, trainable.indices
@@ -229,7 +220,7 @@ def loss(
   z = _normalizers(buffers['z'], (p_s, p_t), n, gather)
   noise = negatives / n
   crd = jnp.mean(_nce(p_s / z[0], noise) + _nce(p_t / z[1], noise))
-  ce = losses.cross_entropy(student.logits, labels).mean()
+  ce = contract.cross_entropy(student, labels)
   every = gather(indices)
   momentum = hp['crd_momentum']
   new_buffers = {
@@ -242,8 +233,19 @@ def loss(
       buffers['memory_t'], every, gather(jax.lax.stop_gradient(e_t)), momentum
     ),
   }
-  return (
-    hp['ce_weight'] * ce + hp['crd_weight'] * crd,
-    {'ce': ce, 'crd': crd},
-    new_buffers,
-  )
+  return contract.weighted(hp, ce, 'crd', crd, hp['crd_weight'], new_buffers)
+
+
+METHOD = contract.Method(
+  fields=(
+    'ce_weight',
+    'crd_weight',
+    'crd_temperature',
+    'crd_momentum',
+    'crd_dim',
+    'crd_negatives',
+  ),
+  loss=loss,
+  options=options,
+  init=init,
+)

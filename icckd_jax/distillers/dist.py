@@ -30,36 +30,42 @@ stay as above unless set.
 
 import jax
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
-
-# The config.distill fields this method reads.
-FIELDS = (
-  'temperature',
-  'ce_weight',
-  'dist_beta',
-  'dist_gamma',
-  'standardize_logits',
-)
-NEEDS_STAGES = False
-NEEDS_EPOCH = False
-STANDARDIZES = True
 
 
 def loss(
   student: Outputs,
   teacher: Outputs,
   labels: jax.Array,
-  hp: dict[str, jax.Array],
+  hp: contract.Hyper,
   gather,
+  trainable: Trainable,
   *,
   standardize: bool = False,
-) -> tuple[jax.Array, dict]:
-  ce = losses.cross_entropy(student.logits, labels).mean()
+) -> contract.Result:
+  ce = contract.cross_entropy(student, labels)
   s, t = kd.soft_targets(student, teacher, standardize)
   dist = distillation.dist_loss(
     gather(s), gather(t), hp['dist_beta'], hp['dist_gamma'], hp['temperature']
   )
-  return hp['ce_weight'] * ce + dist, {'ce': ce, 'dist': dist}
+  return (
+    hp['ce_weight'] * ce + dist,
+    {'ce': ce, 'dist': dist},
+    trainable.buffers,
+  )
+
+
+METHOD = contract.Method(
+  fields=(
+    'temperature',
+    'ce_weight',
+    'dist_beta',
+    'dist_gamma',
+    'standardize_logits',
+  ),
+  loss=loss,
+  options=contract.standardize_option,
+)

@@ -30,23 +30,10 @@ multiplied by 9) is T = 2, α = 9, β = 72, w_ce = 1, W = 20:
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
-
-# The config.distill fields this method reads.
-FIELDS = (
-  'temperature',
-  'ce_weight',
-  'dkd_alpha',
-  'dkd_beta',
-  'dkd_warmup_epochs',
-  'standardize_logits',
-)
-NEEDS_STAGES = False
-NEEDS_EPOCH = True
-STANDARDIZES = True
 
 
 def warmup(epoch: jax.Array, warmup_epochs: jax.Array) -> jax.Array:
@@ -59,14 +46,15 @@ def loss(
   student: Outputs,
   teacher: Outputs,
   labels: jax.Array,
-  hp: dict[str, jax.Array],
+  hp: contract.Hyper,
   gather,
+  trainable: Trainable,
   *,
   standardize: bool = False,
-) -> tuple[jax.Array, dict]:
+) -> contract.Result:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
+  ce = contract.cross_entropy(student, labels)
   s, t = kd.soft_targets(student, teacher, standardize)
   dkd = distillation.dkd_loss(
     s, t, labels, hp['dkd_alpha'], hp['dkd_beta'], hp['temperature']
@@ -75,4 +63,20 @@ def loss(
   return (
     hp['ce_weight'] * ce + factor * dkd,
     {'ce': ce, 'dkd': dkd, 'dkd_warmup': factor},
+    trainable.buffers,
   )
+
+
+METHOD = contract.Method(
+  fields=(
+    'temperature',
+    'ce_weight',
+    'dkd_alpha',
+    'dkd_beta',
+    'dkd_warmup_epochs',
+    'standardize_logits',
+  ),
+  loss=loss,
+  reads=contract.Reads(epoch=True),
+  options=contract.standardize_option,
+)

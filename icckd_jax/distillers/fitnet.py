@@ -9,7 +9,7 @@ convolution when the two maps have the same size, else the one of
 HINT_LAYER 2 counts the stem as 0, so feats[2] = `Outputs.stages[1]`). R's
 weights are params['distiller'] of the student's state (they train with
 the student, in the same optimiser), its BatchNorm statistics
-state.cache['batch_stats'], synchronised over the devices like the
+state.distiller_buffers['batch_stats'], synchronised over the devices like the
 student's own.
 
 Recipe (CIFAR-100, resnet32x4 → resnet8x4): w_ce = 1, w_fit = 100, hint
@@ -22,18 +22,11 @@ and _common.py (ConvReg). Config: `ce_weight`, `fitnet_weight`.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from icckd_jax import parallel
+from icckd_jax.distillers import contract
+from icckd_jax.distillers import layers
 from icckd_jax.distillers.outputs import Outputs, Trainable
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'fitnet_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
-TRAINABLE = True
 HINT_STAGE = 1  # Outputs.stages[1] = mdistiller's feats[HINT_LAYER = 2]
 
 
@@ -60,21 +53,7 @@ class Regressor(nn.Module):
       raise ValueError(
         f'no hint regressor from a {h_s}x{w_s} map to a {h_t}x{w_t} one'
       )
-    # PyTorch's BatchNorm2d defaults; synchronised over the data-parallel
-    # devices so that the statistics are those of the global batch.
-    x = nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=parallel.DATA if train else None,
-    )(x)
-    return nn.relu(x)
-
-
-def options(distill: ml_collections.ConfigDict) -> dict:
-  """The static keyword arguments of `init` and `loss` (none)."""
-  del distill
-  return {}
+    return nn.relu(layers.batch_norm(train)(x))
 
 
 def _regressor(teacher: Outputs) -> Regressor:
@@ -82,12 +61,8 @@ def _regressor(teacher: Outputs) -> Regressor:
 
 
 def init(
-  key: jax.Array,
-  student: Outputs,
-  teacher: Outputs,
-  train_labels,
-  teacher_params,
-) -> tuple[dict, dict]:
+  key, student: Outputs, teacher: Outputs, train_labels, teacher_params
+) -> tuple[dict, dict | None]:
   """(params, buffers) of the regressor, from the two networks' output
   shapes (`student`, `teacher`: Outputs of jax.ShapeDtypeStruct)."""
   del train_labels, teacher_params
@@ -97,27 +72,28 @@ def init(
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-  trainable: Trainable,
-) -> tuple[jax.Array, dict, dict]:
+  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
+) -> contract.Result:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
-  hint, new_state = _regressor(teacher).apply(
-    {'params': trainable.params, **trainable.buffers},
+  ce = contract.cross_entropy(student, labels)
+  hint, stats = layers.apply_training(
+    _regressor(teacher),
+    trainable.params,
+    trainable.buffers['batch_stats'],
     student.stages[HINT_STAGE].astype(jnp.float32),
-    train=True,
-    mutable=['batch_stats'],
   )
   target = teacher.stages[HINT_STAGE].astype(jnp.float32)
   fit = jnp.mean(jnp.square(hint - target))
-  return (
-    hp['ce_weight'] * ce + hp['fitnet_weight'] * fit,
-    {'ce': ce, 'fitnet': fit},
-    dict(new_state),
+  return contract.weighted(
+    hp, ce, 'fitnet', fit, hp['fitnet_weight'], {'batch_stats': stats}
   )
+
+
+METHOD = contract.Method(
+  fields=('ce_weight', 'fitnet_weight'),
+  loss=loss,
+  reads=contract.Reads(stages=True),
+  init=init,
+)

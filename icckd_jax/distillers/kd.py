@@ -20,15 +20,10 @@ and tools/train.py `--logit-stand --base-temp 2 --kd-weight 9`) is T = 2,
 
 import jax
 
-from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers import contract
+from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.objective import distillation
 from icckd_jax.objective import losses
-
-# The config.distill fields this method reads.
-FIELDS = ('temperature', 'gamma', 'alpha', 'standardize_logits')
-NEEDS_STAGES = False
-NEEDS_EPOCH = False
-STANDARDIZES = True  # accepts config.distill.standardize_logits
 
 
 def soft_targets(
@@ -48,14 +43,26 @@ def loss(
   student: Outputs,
   teacher: Outputs,
   labels: jax.Array,
-  hp: dict[str, jax.Array],
+  hp: contract.Hyper,
   gather,
+  trainable: Trainable,
   *,
   standardize: bool = False,
-) -> tuple[jax.Array, dict]:
+) -> contract.Result:
   """Per-example terms only, so the local batch mean is all a device needs."""
   del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
+  ce = contract.cross_entropy(student, labels)
   s, t = soft_targets(student, teacher, standardize)
   kd = losses.kd_loss(s, t, hp['temperature'])
-  return hp['gamma'] * ce + hp['alpha'] * kd, {'ce': ce, 'kd': kd}
+  return (
+    hp['gamma'] * ce + hp['alpha'] * kd,
+    {'ce': ce, 'kd': kd},
+    trainable.buffers,
+  )
+
+
+METHOD = contract.Method(
+  fields=('temperature', 'gamma', 'alpha', 'standardize_logits'),
+  loss=loss,
+  options=contract.standardize_option,
+)

@@ -7,31 +7,28 @@ all-gathered and every device evaluates RKD over the global batch (its
 gradient reaches each shard through the all-gather's transpose).
 """
 
-import jax
-
-from icckd_jax.objective import losses
+from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs
-
-# The config.distill fields this method reads.
-FIELDS = ('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle')
-NEEDS_STAGES = False
-NEEDS_EPOCH = False
-STANDARDIZES = False
+from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.objective import losses
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  total, parts = kd.loss(student, teacher, labels, hp, gather)
+  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
+) -> contract.Result:
+  total, parts, buffers = kd.loss(
+    student, teacher, labels, hp, gather, trainable
+  )
   rkd = losses.rkd_loss(
     gather(student.features),
     gather(teacher.features),
     w_dist=hp['w_dist'],
     w_angle=hp['w_angle'],
   )
-  return total + hp['beta'] * rkd, {**parts, 'rkd': rkd}
+  return total + hp['beta'] * rkd, {**parts, 'rkd': rkd}, buffers
+
+
+METHOD = contract.Method(
+  fields=('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle'),
+  loss=loss,
+)

@@ -31,14 +31,9 @@ keeps them) and mdistiller/distillers/KDSVD.py. Config: `ce_weight`,
 import jax
 import jax.numpy as jnp
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs, stage_pairs
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'kdsvd_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
 K = 1  # mdistiller's CFG.KDSVD.K
 
 
@@ -109,18 +104,19 @@ def kdsvd_loss(student: Outputs, teacher: Outputs) -> jax.Array:
   return total / student.logits.shape[0]
 
 
-def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  """Per-example terms only, so the local batch mean is all a device needs."""
-  del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
-  svd_term = kdsvd_loss(student, teacher)
-  return (
-    hp['ce_weight'] * ce + hp['kdsvd_weight'] * svd_term,
-    {'ce': ce, 'kdsvd': svd_term},
-  )
+def _term(
+  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
+) -> jax.Array:
+  """`kdsvd_loss`: per-example terms only, so the local batch mean is all
+  a device needs."""
+  del hp, gather
+  return kdsvd_loss(student, teacher)
+
+
+METHOD = contract.one_term(
+  'kdsvd',
+  _term,
+  ('ce_weight', 'kdsvd_weight'),
+  reads=contract.Reads(stages=True),
+  check=check,
+)

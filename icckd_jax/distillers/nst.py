@@ -14,28 +14,25 @@ them) and mdistiller/distillers/NST.py. Config: `ce_weight`, `nst_weight`.
 
 import jax
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs, stage_pairs
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
-
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'nst_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
 
 
-def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  """Per-example terms only, so the local batch mean is all a device needs."""
-  del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
-  nst = sum(
+def selectivity(
+  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
+) -> jax.Array:
+  """[] Σ_k NST(f^s_k, f^t_k): per-example terms only, so the local batch
+  mean is all a device needs."""
+  del hp, gather
+  return sum(
     distillation.nst_loss(s, t) for s, t in stage_pairs(student, teacher)
   )
-  return (hp['ce_weight'] * ce + hp['nst_weight'] * nst, {'ce': ce, 'nst': nst})
+
+
+METHOD = contract.one_term(
+  'nst',
+  selectivity,
+  ('ce_weight', 'nst_weight'),
+  reads=contract.Reads(stages=True),
+)

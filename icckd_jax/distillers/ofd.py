@@ -18,7 +18,7 @@ m is the expectation of the teacher's pre-ReLU value where it is negative,
 from the BatchNorm before the ReLU of each stage's last block (scale γ,
 shift β; σ = |γ|): m = β - σ · φ(β/σ) / Φ(-β/σ), or -3σ when Φ(-β/σ) <=
 0.001. It is computed once, when the student's state is initialised, from
-the teacher's parameters, and kept as a buffer (state.cache['margins']),
+the teacher's parameters, and kept as a buffer (state.distiller_buffers['margins']),
 with the connectors' BatchNorm statistics (synchronised over the devices).
 The teacher must be a ResNet: of basic blocks, whose BatchNorm before the
 ReLU is 'bn2' (resnet8 ... resnet110, resnet8x4, resnet32x4,
@@ -43,20 +43,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr
-import ml_collections
 
-from icckd_jax import parallel
+from icckd_jax.distillers import contract
+from icckd_jax.distillers import layers
 from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.errors import UserError
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'ofd_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
-TRAINABLE = True
 _INIT_STREAM = 14  # a stream of the run's seed (crd.py 11-12, vid.py 13)
 _BLOCK = re.compile(r'layer(\d+)_(\d+)$')
 
@@ -75,18 +68,7 @@ class Connector(nn.Module):
       use_bias=False,
       kernel_init=nn.initializers.normal(math.sqrt(2.0 / self.channels)),
     )(x)
-    return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=parallel.DATA if train else None,
-    )(x)
-
-
-def options(distill: ml_collections.ConfigDict) -> dict:
-  """The static keyword arguments of `init` and `loss` (none)."""
-  del distill
-  return {}
+    return layers.batch_norm(train)(x)
 
 
 def _bn_before_relu(teacher_params) -> list[dict]:
@@ -129,12 +111,8 @@ def _aligned(student: Outputs, teacher: Outputs):
 
 
 def init(
-  key: jax.Array,
-  student: Outputs,
-  teacher: Outputs,
-  train_labels,
-  teacher_params,
-) -> tuple[dict, dict]:
+  key, student: Outputs, teacher: Outputs, train_labels, teacher_params
+) -> tuple[dict, dict | None]:
   """(params, buffers): a connector per stage pair; its BatchNorm
   statistics and the teacher's margins."""
   del train_labels
@@ -169,37 +147,39 @@ def partial_l2(source: jax.Array, target: jax.Array, m: jax.Array) -> jax.Array:
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-  trainable: Trainable,
-) -> tuple[jax.Array, dict, dict]:
+  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
+) -> contract.Result:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
+  ce = contract.cross_entropy(student, labels)
   pairs = _aligned(student, teacher)
   ofd, stats = 0.0, {}
   for i, (s, t) in enumerate(pairs):
     name = f'connector_{i}'
-    out, new = Connector(t.shape[-1]).apply(
-      {
-        'params': trainable.params[name],
-        'batch_stats': trainable.buffers['batch_stats'][name],
-      },
+    out, stats[name] = layers.apply_training(
+      Connector(t.shape[-1]),
+      trainable.params[name],
+      trainable.buffers['batch_stats'][name],
       s.astype(jnp.float32),
-      train=True,
-      mutable=['batch_stats'],
     )
-    stats[name] = new['batch_stats']
     out, t = distillation.match_spatial(out, t.astype(jnp.float32))
     ofd += partial_l2(out, t, trainable.buffers['margins'][name]) / 2 ** (
       len(pairs) - 1 - i
     )
-  return (
-    hp['ce_weight'] * ce + hp['ofd_weight'] * ofd,
-    {'ce': ce, 'ofd': ofd},
+  return contract.weighted(
+    hp,
+    ce,
+    'ofd',
+    ofd,
+    hp['ofd_weight'],
     {**trainable.buffers, 'batch_stats': stats},
   )
+
+
+METHOD = contract.Method(
+  fields=('ce_weight', 'ofd_weight'),
+  loss=loss,
+  reads=contract.Reads(stages=True),
+  init=init,
+)

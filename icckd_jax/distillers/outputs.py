@@ -8,9 +8,9 @@ import jax
 class Outputs(NamedTuple):
   """One network's outputs on the local batch shard.
 
-  `stages` and `preact_stages` are filled only for a method whose module
-  sets NEEDS_STAGES (else they stay empty, and the step never asks the
-  model for them): each stage's output map and the same map before its
+  `stages` and `preact_stages` are filled only for a method that reads
+  them (`contract.Reads.stages`; else they stay empty, and the step never
+  asks the model for them): each stage's output map and the same map before its
   last ReLU, NHWC [b, H_k, W_k, C_k] in the compute dtype, the first stage
   first and the last stage last (mdistiller's `feats["feats"][1:]` and
   `feats["preact_feats"][1:]`; see `models.stages`).
@@ -25,7 +25,7 @@ class Outputs(NamedTuple):
 def _require_stages(student: Outputs, teacher: Outputs) -> None:
   if not student.stages or not teacher.stages:
     raise ValueError(
-      'the distiller needs stage maps; set NEEDS_STAGES in its module'
+      'the distiller needs stage maps; declare Reads(stages=True) in its METHOD'
     )
 
 
@@ -40,8 +40,8 @@ def stage_pairs(
   pool and reduce over channels themselves.
 
   Raises:
-    ValueError: no stages were collected (the method's module must set
-      NEEDS_STAGES).
+    ValueError: no stages were collected (the method's METHOD must declare
+      Reads(stages=True)).
   """
   _require_stages(student, teacher)
   return list(zip(student.stages, teacher.stages))
@@ -57,10 +57,11 @@ def last_stages(
 
 
 class Trainable(NamedTuple):
-  """What a TRAINABLE method's loss receives beside the two networks'
-  outputs (distillers/__init__.py): its own state, on every device."""
+  """What every method's loss receives beside the two networks' outputs
+  (distillers/contract.py): its own state, on every device. A method
+  without trainable parts gets None for the first three."""
 
   params: Any  # params['distiller'] of the train state (differentiated)
-  buffers: Any  # state.cache: its non-trainable state (replicated)
-  indices: jax.Array  # [b] int32: each local example's index in the split
+  buffers: Any  # state.distiller_buffers: its non-trainable state (replicated)
+  indices: jax.Array | None  # [b] int32: each local example's split index
   step: jax.Array  # [] int32: optimiser steps taken before this one

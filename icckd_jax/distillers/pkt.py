@@ -17,26 +17,19 @@ features are all-gathered and PKT is evaluated over the global batch.
 
 import jax
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
-
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'pkt_weight')
-NEEDS_STAGES = False
-NEEDS_EPOCH = False
-STANDARDIZES = False
 
 
-def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  ce = losses.cross_entropy(student.logits, labels).mean()
-  pkt = distillation.pkt_loss(
+def transfer(
+  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
+) -> jax.Array:
+  """[] PKT of the pooled features, over the global batch."""
+  del hp
+  return distillation.pkt_loss(
     gather(student.features), gather(teacher.features)
   )
-  return (hp['ce_weight'] * ce + hp['pkt_weight'] * pkt, {'ce': ce, 'pkt': pkt})
+
+
+METHOD = contract.one_term('pkt', transfer, ('ce_weight', 'pkt_weight'))

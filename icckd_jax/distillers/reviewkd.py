@@ -16,8 +16,8 @@ the weights' sum, summed over the levels.
   L = w_ce · CE(s, y) + w_rev · min(epoch / warm-up, 1) · Σ_k HCL_k
 
 mid = min(max_mid, the student's deepest channel count). The ABFs are
-params['distiller'], their BatchNorm statistics state.cache
-(synchronised over the devices). The student's maps are its post-ReLU
+params['distiller'], their BatchNorm statistics
+state.distiller_buffers (synchronised over the devices). The student's maps are its post-ReLU
 stages (mdistiller's STU_PREACT False), or its pre-ReLU ones with
 `reviewkd_student_preact` (STU_PREACT True, its ImageNet recipes);
 mdistiller also passes the stem's map, which no ABF takes for these pairs
@@ -32,28 +32,18 @@ mdistiller/distillers/ReviewKD.py. Config: `ce_weight`, `reviewkd_weight`,
 `reviewkd_warmup_epochs`, `reviewkd_max_mid`, `reviewkd_student_preact`.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from icckd_jax import parallel
+from icckd_jax.distillers import contract
+from icckd_jax.distillers import layers
 from icckd_jax.distillers.outputs import Outputs, Trainable
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = (
-  'ce_weight',
-  'reviewkd_weight',
-  'reviewkd_warmup_epochs',
-  'reviewkd_max_mid',
-  'reviewkd_student_preact',
-)
-NEEDS_STAGES = True
-NEEDS_EPOCH = True
-STANDARDIZES = False
-TRAINABLE = True
 MAX_MID = 512  # mdistiller's CFG.REVIEWKD.MAX_MID_CHANNEL default
 PYRAMID = (4, 2, 1)  # HCL's pooled sizes
 _INIT_STREAM = 15  # a stream of the run's seed (crd 11-12, vid 13, ofd 14)
@@ -80,20 +70,14 @@ class ABF(nn.Module):
   def __call__(
     self, x: jax.Array, below: jax.Array | None, train: bool
   ) -> tuple[jax.Array, jax.Array]:
-    norm = lambda: nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      axis_name=parallel.DATA if train else None,
-    )
-    x = norm()(
+    x = layers.batch_norm(train)(
       nn.Conv(self.mid, (1, 1), use_bias=False, kernel_init=_KAIMING_A1)(x)
     )
     if self.fuse:
       y = _upsample(below, x.shape[1], x.shape[2])
       z = nn.sigmoid(nn.Conv(2, (1, 1))(jnp.concatenate([x, y], -1)))
       x = x * z[..., :1] + y * z[..., 1:]
-    out = norm()(
+    out = layers.batch_norm(train)(
       nn.Conv(
         self.channels,
         (3, 3),
@@ -105,7 +89,7 @@ class ABF(nn.Module):
     return out, x
 
 
-def options(distill: ml_collections.ConfigDict) -> dict:
+def options(distill: Mapping[str, Any]) -> dict:
   """The static keyword arguments of `init` and `loss`: the fusion width's
   cap and which student maps are fused."""
   return {
@@ -192,31 +176,27 @@ def loss(
   student: Outputs,
   teacher: Outputs,
   labels: jax.Array,
-  hp: dict[str, jax.Array],
+  hp: contract.Hyper,
   gather,
   trainable: Trainable,
   max_mid: int = MAX_MID,
   student_preact: bool = False,
-) -> tuple[jax.Array, dict, dict]:
+) -> contract.Result:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
   del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
+  ce = contract.cross_entropy(student, labels)
   review, stats, below = 0.0, {}, None
   levels = _levels(student, teacher, student_preact)
   for k, (abf, (s, t)) in enumerate(zip(_abfs(levels, max_mid), levels)):
     name = f'abf_{k}'
-    (out, below), new = abf.apply(
-      {
-        'params': trainable.params[name],
-        'batch_stats': trainable.buffers['batch_stats'][name],
-      },
+    (out, below), stats[name] = layers.apply_training(
+      abf,
+      trainable.params[name],
+      trainable.buffers['batch_stats'][name],
       s.astype(jnp.float32),
       below,
-      train=True,
-      mutable=['batch_stats'],
     )
-    stats[name] = new['batch_stats']
     review += hcl(out, t.astype(jnp.float32))
   warmup = jnp.minimum(hp['epoch'] / hp['reviewkd_warmup_epochs'], 1.0)
   return (
@@ -224,3 +204,19 @@ def loss(
     {'ce': ce, 'reviewkd': review},
     {'batch_stats': stats},
   )
+
+
+METHOD = contract.Method(
+  fields=(
+    'ce_weight',
+    'reviewkd_weight',
+    'reviewkd_warmup_epochs',
+    'reviewkd_max_mid',
+    'reviewkd_student_preact',
+  ),
+  loss=loss,
+  reads=contract.Reads(stages=True, epoch=True),
+  options=options,
+  init=init,
+  check=check,
+)

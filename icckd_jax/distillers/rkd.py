@@ -19,28 +19,23 @@ all-gathered and the loss is over the global batch (see kd_rkd).
 
 import jax
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'beta', 'w_dist', 'w_angle')
-NEEDS_STAGES = False
-NEEDS_EPOCH = False
-STANDARDIZES = False
 
-
-def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  ce = losses.cross_entropy(student.logits, labels).mean()
-  rkd = losses.rkd_loss(
+def relations(
+  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
+) -> jax.Array:
+  """[] RKD of the pooled features, over the global batch."""
+  return losses.rkd_loss(
     gather(student.features),
     gather(teacher.features),
     w_dist=hp['w_dist'],
     w_angle=hp['w_angle'],
   )
-  return hp['ce_weight'] * ce + hp['beta'] * rkd, {'ce': ce, 'rkd': rkd}
+
+
+METHOD = contract.one_term(
+  'rkd', relations, ('ce_weight', 'beta', 'w_dist', 'w_angle'), weight='beta'
+)

@@ -17,25 +17,23 @@ are all-gathered and SP is evaluated over the global batch.
 
 import jax
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs, last_stages
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
-
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'sp_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
 
 
-def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-) -> tuple[jax.Array, dict]:
-  ce = losses.cross_entropy(student.logits, labels).mean()
+def similarity(
+  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
+) -> jax.Array:
+  """[] SP of the last stage maps, over the global batch."""
+  del hp
   s, t = last_stages(student, teacher)
-  sp = distillation.sp_loss(gather(s), gather(t))
-  return hp['ce_weight'] * ce + hp['sp_weight'] * sp, {'ce': ce, 'sp': sp}
+  return distillation.sp_loss(gather(s), gather(t))
+
+
+METHOD = contract.one_term(
+  'sp',
+  similarity,
+  ('ce_weight', 'sp_weight'),
+  reads=contract.Reads(stages=True),
+)

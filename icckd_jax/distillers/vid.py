@@ -27,18 +27,11 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Outputs, Trainable, stage_pairs
 from icckd_jax.objective import distillation
-from icckd_jax.objective import losses
 
-# The config.distill fields this method reads.
-FIELDS = ('ce_weight', 'vid_weight')
-NEEDS_STAGES = True
-NEEDS_EPOCH = False
-STANDARDIZES = False
-TRAINABLE = True
 INIT_VARIANCE = 5.0  # mdistiller's CFG.VID.INIT_PRED_VAR
 EPS = 1e-5  # mdistiller's CFG.VID.EPS
 _INIT_STREAM = 13  # a stream of the run's seed (crd.py uses 11, 12)
@@ -59,19 +52,9 @@ class Regressor(nn.Module):
     return x
 
 
-def options(distill: ml_collections.ConfigDict) -> dict:
-  """The static keyword arguments of `init` and `loss` (none)."""
-  del distill
-  return {}
-
-
 def init(
-  key: jax.Array,
-  student: Outputs,
-  teacher: Outputs,
-  train_labels,
-  teacher_params,
-) -> tuple[dict, None]:
+  key, student: Outputs, teacher: Outputs, train_labels, teacher_params
+) -> tuple[dict, dict | None]:
   """(params, None): each stage pair's regressor and v [C_t], from the
   maps' shapes (`student`, `teacher`: Outputs of jax.ShapeDtypeStruct)."""
   del train_labels, teacher_params
@@ -91,17 +74,12 @@ def init(
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-  trainable: Trainable,
-) -> tuple[jax.Array, dict, None]:
+  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
+) -> contract.Result:
   """Per-example terms only, so the local batch mean is all a device needs.
   Returns (loss, parts, None)."""
   del gather
-  ce = losses.cross_entropy(student.logits, labels).mean()
+  ce = contract.cross_entropy(student, labels)
   vid = 0.0
   for k, (s, t) in enumerate(stage_pairs(student, teacher)):
     s, t = distillation.match_spatial(
@@ -112,8 +90,12 @@ def loss(
     )
     variance = jax.nn.softplus(trainable.params[f'log_scale_{k}']) + EPS
     vid += jnp.mean(0.5 * (jnp.square(mean - t) / variance + jnp.log(variance)))
-  return (
-    hp['ce_weight'] * ce + hp['vid_weight'] * vid,
-    {'ce': ce, 'vid': vid},
-    None,
-  )
+  return contract.weighted(hp, ce, 'vid', vid, hp['vid_weight'])
+
+
+METHOD = contract.Method(
+  fields=('ce_weight', 'vid_weight'),
+  loss=loss,
+  reads=contract.Reads(stages=True),
+  init=init,
+)

@@ -21,7 +21,6 @@ sum before the ReLU: mdistiller's `feats[1:]` and `preact_feats[1:]`
 the same network).
 """
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +30,9 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
+  conv_and_norm,
   BasicBlock,
-  batch_norm,
-  conv_kernel_init,
   pooled_classifier,
 )
 from icckd_jax.models.resnetv2 import Bottleneck
@@ -64,28 +63,12 @@ class ImageNetResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (224x224 for ImageNet, H and W >= 32).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 512] (ResNet18, 34) or [B, 2048] (ResNet50) float32,
-        the pooled input of fc.
-    """
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-    )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (224x224 for ImageNet, H and W >= 32) -> (logits [B,
+    num_classes], the pooled features [B, 512] (ResNet18, 34) or [B, 2048]
+    (ResNet50) the final linear layer reads), float32. `train`: use and update
+    the batch statistics."""
+    conv, norm = conv_and_norm(self.dtype, train, self.bn_axis_name)
 
     x = conv(64, (7, 7), 2, _STEM_PAD, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))

@@ -15,7 +15,6 @@ BatchNorm before its ReLU: mdistiller's `feats` and `preact_feats`, which
 for this network have no stem map.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -24,9 +23,10 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Block,
+  LogitsAndFeatures,
+  conv_and_norm,
   PAD_1,
-  ModuleDef,
-  batch_norm,
   pooled_classifier,
   torch_linear_kernel_init,
 )
@@ -55,17 +55,12 @@ STAGE_ENDS = (3, 5, 11, 13)
 torch_conv_kernel_init = torch_linear_kernel_init
 
 
-class DepthwiseSeparable(nn.Module):
+class DepthwiseSeparable(Block):
   """`conv_dw`: relu(bn(3x3 depthwise, strides)), then bn(1x1 pointwise).
 
   Maps [B, H, W, C_in] to (output, pre-ReLU map), each [B, H / strides,
   W / strides, features].
   """
-
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -99,27 +94,13 @@ class MobileNetV1(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (224x224 for ImageNet, H and W >= 32).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 1024] float32 pooled input of fc.
-    """
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=torch_conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (224x224 for ImageNet, H and W >= 32) -> (logits [B,
+    num_classes], the pooled features [B, 1024] the final linear layer reads),
+    float32. `train`: use and update the batch statistics."""
+    conv, norm = conv_and_norm(
+      self.dtype, train, self.bn_axis_name, torch_conv_kernel_init
     )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
 
     x = conv(32, (3, 3), 2, PAD_1, name='stem_conv')(x)
     x = nn.relu(norm(name='stem_bn')(x))

@@ -6,7 +6,6 @@ stride-2 stem (so a 32x32 image reaches the last block at 2x2) and a
 has its 1x1 expansion conv (with expansion 1).
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,11 +14,11 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
+  conv_and_norm,
+  small_normal_classifier,
   PAD_1,
   ModuleDef,
-  batch_norm,
-  conv_kernel_init,
-  pooled_classifier,
 )
 
 # (expansion, channels at width 1, blocks, stride of the first block).
@@ -94,27 +93,11 @@ class MobileNetV2(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 1280] float32 pooled input of the final linear layer.
-    """
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-    )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, 1280] the final linear layer reads), float32. `train`:
+    use and update the batch statistics."""
+    conv, norm = conv_and_norm(self.dtype, train, self.bn_axis_name)
 
     x = conv(int(32 * self.width_mult), (3, 3), 2, PAD_1, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
@@ -136,11 +119,6 @@ class MobileNetV2(nn.Module):
     x = conv(last, (1, 1), name='conv2')(x)
     x = nn.relu(norm(name='bn2')(x))
     # The reference's AvgPool2d(2, ceil_mode=True) covers its 2x2 CIFAR maps.
-    return pooled_classifier(
-      x,
-      self.num_classes,
-      self.dtype,
-      'classifier',
-      nn.initializers.normal(0.01),
-      nn.initializers.zeros,
+    return small_normal_classifier(
+      x, self.num_classes, self.dtype, 'classifier'
     )

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from icckd_jax.models import stages
 
 ModuleDef = Any
+# What every model returns: (logits [B, classes], pooled features [B, D]).
+LogitsAndFeatures = tuple[jax.Array, jax.Array]
 
 # PyTorch `kaiming_normal_(mode='fan_out', nonlinearity='relu')`: an untruncated
 # normal with variance 2 / (kh * kw * out_channels).
@@ -97,17 +99,58 @@ def batch_norm(train: bool, dtype: Any, axis_name: str | None) -> ModuleDef:
   )
 
 
-class BasicBlock(nn.Module):
-  """Post-activation residual block: relu(bn(conv(relu(bn(conv(x))))) + x).
+def conv_and_norm(
+  dtype: Any,
+  train: bool,
+  bn_axis_name: str | None,
+  kernel_init: Callable[..., jax.Array] = conv_kernel_init,
+) -> tuple[ModuleDef, ModuleDef]:
+  """(conv, norm): the bias-free nn.Conv (PyTorch's Kaiming init unless
+  `kernel_init`) and the `batch_norm` a model builds its layers from, both
+  computing in `dtype` with float32 parameters. 1x1 convolutions keep
+  flax's default 'SAME', which pads nothing for a 1x1 kernel."""
+  conv = functools.partial(
+    nn.Conv,
+    use_bias=False,
+    kernel_init=kernel_init,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+  )
+  return conv, batch_norm(train, dtype, axis_name=bn_axis_name)
 
-  Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
-  W / strides, features].
-  """
+
+def small_normal_classifier(
+  x: jax.Array, num_classes: int, dtype: Any, name: str
+) -> tuple[jax.Array, jax.Array]:
+  """`pooled_classifier` with the weights N(0, 0.01²) and zero bias that the
+  VGG and MobileNetV2 references initialise their classifier with."""
+  return pooled_classifier(
+    x,
+    num_classes,
+    dtype,
+    name,
+    nn.initializers.normal(0.01),
+    nn.initializers.zeros,
+  )
+
+
+class Block(nn.Module):
+  """The fields of a residual or separable block: its output width, the
+  stride of its first layer, and the conv and norm factories of its model
+  (`conv_and_norm`)."""
 
   features: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+
+
+class BasicBlock(Block):
+  """Post-activation residual block: relu(bn(conv(relu(bn(conv(x))))) + x).
+
+  Maps [B, H, W, C_in] to (output, pre-ReLU sum), each [B, H / strides,
+  W / strides, features].
+  """
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -146,30 +189,14 @@ class ResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, widths[3]] float32 pooled input of the final linear layer.
-    """
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, widths[3]] the final linear layer reads), float32.
+    `train`: use and update the batch statistics."""
     if (self.depth - 2) % 6:
       raise ValueError(f'ResNet depth must be 6n+2, got {self.depth}')
     blocks_per_stage = (self.depth - 2) // 6
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-    )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+    conv, norm = conv_and_norm(self.dtype, train, self.bn_axis_name)
 
     x = conv(self.widths[0], (3, 3), 1, PAD_1, name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))

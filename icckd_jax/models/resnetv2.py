@@ -6,7 +6,6 @@ The adaptation: a 3x3 stride-1 stem and no max pool, so the four stages run
 at 32, 16, 8 and 4 pixels.
 """
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +15,10 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
+  conv_and_norm,
   PAD_1,
   ModuleDef,
-  batch_norm,
-  conv_kernel_init,
   pooled_classifier,
 )
 
@@ -79,27 +78,11 @@ class BottleneckResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 2048] float32 pooled input of the final linear layer.
-    """
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-    )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, 2048] the final linear layer reads), float32. `train`:
+    use and update the batch statistics."""
+    conv, norm = conv_and_norm(self.dtype, train, self.bn_axis_name)
 
     x = nn.relu(norm(name='bn1')(conv(64, (3, 3), 1, PAD_1, name='conv1')(x)))
     for stage, n in enumerate(self.blocks):

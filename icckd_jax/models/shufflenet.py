@@ -5,7 +5,6 @@ so their three stages run at 16, 8 and 4 pixels. Convolutions use PyTorch's
 default initialisation, as in the reference (which does not re-initialise).
 """
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +14,10 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
+  conv_and_norm,
   PAD_1,
   ModuleDef,
-  batch_norm,
   pooled_classifier,
   torch_linear_kernel_init,
 )
@@ -138,19 +138,6 @@ class ShuffleV2DownBlock(nn.Module):
     return channel_shuffle(jnp.concatenate([left, right], -1), 2)
 
 
-def _stem_and_conv(dtype, train, bn_axis_name):
-  # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
-  # 1x1 convs keep flax's default 'SAME', which pads nothing for a 1x1 kernel.
-  conv = functools.partial(
-    nn.Conv,
-    use_bias=False,
-    kernel_init=torch_conv_kernel_init,
-    dtype=dtype,
-    param_dtype=jnp.float32,
-  )
-  return conv, batch_norm(train, dtype, bn_axis_name)
-
-
 class ShuffleNetV1(nn.Module):
   """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
   fc.
@@ -175,20 +162,13 @@ class ShuffleNetV1(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, widths[-1]] float32 pooled input of the final linear layer.
-    """
-    conv, norm = _stem_and_conv(self.dtype, train, self.bn_axis_name)
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, widths[-1]] the final linear layer reads), float32.
+    `train`: use and update the batch statistics."""
+    conv, norm = conv_and_norm(
+      self.dtype, train, self.bn_axis_name, torch_conv_kernel_init
+    )
     x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
     for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
       for i in range(n):
@@ -228,20 +208,13 @@ class ShuffleNetV2(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, widths[-1]] float32 pooled input of the final linear layer.
-    """
-    conv, norm = _stem_and_conv(self.dtype, train, self.bn_axis_name)
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, widths[-1]] the final linear layer reads), float32.
+    `train`: use and update the batch statistics."""
+    conv, norm = conv_and_norm(
+      self.dtype, train, self.bn_axis_name, torch_conv_kernel_init
+    )
     x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
     for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
       x = ShuffleV2DownBlock(width, conv, norm, name=f'layer{stage + 1}_0')(x)

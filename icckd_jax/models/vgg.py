@@ -13,10 +13,11 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  LogitsAndFeatures,
+  small_normal_classifier,
   PAD_1,
   batch_norm,
   conv_kernel_init,
-  pooled_classifier,
 )
 
 # Conv widths of the five blocks; a 2x2 max pool separates consecutive blocks.
@@ -61,19 +62,10 @@ class VGG(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 512] float32 pooled input of the final linear layer.
-    """
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, 512] the final linear layer reads), float32. `train`:
+    use and update the batch statistics."""
     norm = batch_norm(train, self.dtype, self.bn_axis_name)
     input_height = x.shape[1]
     for b, widths in enumerate(self.cfg):
@@ -97,11 +89,6 @@ class VGG(nn.Module):
         x = nn.relu(preact)
       if b > 0:
         stages.record(self, x, preact)
-    return pooled_classifier(
-      x,
-      self.num_classes,
-      self.dtype,
-      'classifier',
-      nn.initializers.normal(0.01),
-      nn.initializers.zeros,
+    return small_normal_classifier(
+      x, self.num_classes, self.dtype, 'classifier'
     )

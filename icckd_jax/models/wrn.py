@@ -3,7 +3,6 @@
 Dropout is 0 in every benchmark configuration, so it is left out.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -12,15 +11,15 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Block,
+  LogitsAndFeatures,
+  conv_and_norm,
   PAD_1,
-  ModuleDef,
-  batch_norm,
-  conv_kernel_init,
   pooled_classifier,
 )
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(Block):
   """Pre-activation block: conv(relu(bn(conv(relu(bn(x)))))) + shortcut.
 
   When the width changes, the 1x1 shortcut conv reads the pre-activated input
@@ -28,11 +27,6 @@ class PreActBlock(nn.Module):
   Maps [B, H, W, C_in] to (output [B, H / strides, W / strides, features],
   bn1(x) [B, H, W, C_in]: the input's map before the block's first ReLU).
   """
-
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -72,31 +66,14 @@ class WideResNet(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(
-    self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
-    """Classifies a batch of images.
-
-    Args:
-      x: [B, H, W, 3] images (32x32 for CIFAR).
-      train: use batch statistics and update `batch_stats` when True.
-
-    Returns:
-      logits: [B, num_classes] float32.
-      features: [B, 64 * widen_factor] float32 pooled input of the final
-        linear layer.
-    """
+  def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
+    """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
+    pooled features [B, 64 * widen_factor] the final linear layer reads),
+    float32. `train`: use and update the batch statistics."""
     if (self.depth - 4) % 6:
       raise ValueError(f'WideResNet depth must be 6n+4, got {self.depth}')
     blocks_per_stage = (self.depth - 4) // 6
-    conv = functools.partial(
-      nn.Conv,
-      use_bias=False,
-      kernel_init=conv_kernel_init,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-    )
-    norm = batch_norm(train, self.dtype, self.bn_axis_name)
+    conv, norm = conv_and_norm(self.dtype, train, self.bn_axis_name)
 
     x = conv(16, (3, 3), 1, PAD_1, name='conv1')(x)
     for stage in range(3):

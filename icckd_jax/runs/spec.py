@@ -165,10 +165,10 @@ class Distillation:
       for name in config_schema.traced_distill_weights()
     }
 
-  def get(self, name: str, default: Any = None) -> Any:
-    """The field `name` (`default` if there is none), read as the
-    distillers' registry reads its options (`distillers.build`)."""
-    return getattr(self, name, default)
+  def to_dict(self) -> dict[str, Any]:
+    """{field: value}: the plain values the distillers' registry binds a
+    method's options from (`distillers.build`)."""
+    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

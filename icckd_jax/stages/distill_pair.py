@@ -44,7 +44,7 @@ def check_pair(
   teacher's (concrete or abstract); `input_shape` [H, W, C];
   `train_labels` [N] (a memory bank's size).
   """
-  if not distiller.needs_stages and distiller.init is None:
+  if not distiller.reads.stages and not distiller.trainable:
     return  # Logits and pooled features only: any pair of the same classes.
   student_model, teacher_model = models
   x = jnp.zeros((2, *input_shape), jnp.float32)
@@ -54,7 +54,7 @@ def check_pair(
     student_variables = student_model.init(key, x, train=False)
     return tuple(
       student_step.apply_model(
-        model, variables, x, train=False, stages=distiller.needs_stages
+        model, variables, x, train=False, stages=distiller.reads.stages
       )[0]
       for model, variables in (
         (student_model, student_variables),
@@ -69,7 +69,7 @@ def check_pair(
     f'{teacher_name} (stages {_stage_shapes(teacher)}) into student '
     f'{student_name} (stages {_stage_shapes(student)})'
   )
-  mismatch = distillers.pair_mismatch(distillation.method, student, teacher)
+  mismatch = distiller.check(student, teacher)
   if mismatch:
     raise UserError(f'{refusal}: {mismatch}')
 
@@ -79,8 +79,6 @@ def check_pair(
       student_step.hyperparameters(distillation.weights), epoch=jnp.float32(1)
     )
     gather = lambda a: a  # Shapes only: one device's batch is the batch.
-    if distiller.init is None:
-      return distiller.loss(student, teacher, labels, hp, gather)
     abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (student, teacher)
     )

@@ -165,7 +165,7 @@ def build_student(
       'hp': student_step.hyperparameters(distillation.weights),
     },
     reference=(reference, teacher_variables),
-    with_indices=distiller.init is not None,
+    with_indices=distiller.trainable,
   )
 
 
@@ -180,11 +180,11 @@ def _init_fn(
   train_labels,
 ):
   """The student's initial-state function: the model from the seed's key,
-  and a TRAINABLE distiller's params and buffers from the same key (it
+  and a trainable distiller's params and buffers from the same key (it
   folds in its own streams), sized by the two networks' output shapes."""
   x = jnp.zeros((1, *input_shape))
   shapes = None
-  if distiller.init is not None:
+  if distiller.trainable:
     # Shapes only: the teacher's weights are never part of the student.
     shapes = jax.eval_shape(
       lambda s_vars, t_vars: tuple(
@@ -212,7 +212,7 @@ def _init_fn(
       {'model': variables['params'], 'distiller': params},
       variables['batch_stats'],
       tx,
-      cache=buffers,
+      distiller_buffers=buffers,
     )
 
   return init_state

@@ -26,7 +26,7 @@ from icckd_jax.runs import config_schema
 from icckd_jax.training import step as step_lib
 
 # The distillation weights, traced: one compiled step serves every value.
-# Each method reads its own (its module's FIELDS in distillers/); `gamma` is
+# Each method reads its own (its METHOD's fields in distillers/); `gamma` is
 # the CE weight of kd and kd_rkd, `ce_weight` that of every other method.
 DISTILL_WEIGHTS = config_schema.traced_distill_weights()
 
@@ -87,11 +87,16 @@ def make_train_step(
   variables are not. The student's input is normalised with `mean`, `std`
   ([C], in [0, 255] units), the teacher's with `teacher_mean`,
   `teacher_std` when given (a teacher trained with other statistics).
-  `distiller` says whether to collect stage maps and the epoch, which is
-  state.step // steps_per_epoch + 1. A TRAINABLE method's step takes
-  (labels, indices) for labels (`_trainable_step`).
+  `distiller.reads` says whether to collect stage maps and the epoch, which
+  is state.step // steps_per_epoch + 1.
+
+  A trainable distiller's step takes (labels [B], example indices [B]) for
+  labels; its loss also differentiates params['distiller'] (pmean-ed with
+  the model's by `apply_gradients`) and returns its new buffers,
+  state.distiller_buffers (replicated: the loss keeps them equal). For the
+  other methods those are None, and the step compiles to the program of a
+  plain distillation step.
   """
-  stages = distiller.needs_stages
   spec = _Spec(
     teacher,
     distiller,
@@ -102,10 +107,17 @@ def make_train_step(
     teacher_mean,
     teacher_std,
   )
-  if distiller.init is not None:
-    return _trainable_step(student, spec, tx, mesh)
+  return step_lib.data_parallel(_per_device_fn(student, spec, tx), mesh)
+
+
+def _per_device_fn(student: nn.Module, spec: '_Spec', tx):
+  """The step on one device's shard (`make_train_step`)."""
+  distiller, stages = spec.distiller, spec.distiller.reads.stages
 
   def per_device(state, images, labels, args):
+    indices = None
+    if distiller.trainable:
+      labels, indices = labels
     x, teacher_out, hp = spec.inputs(state, images, args)
 
     def loss_fn(params):
@@ -116,19 +128,23 @@ def make_train_step(
         train=True,
         stages=stages,
       )
-      loss, parts = distiller.loss(
-        student_out, teacher_out, labels, hp, step_lib.gather
+      trainable = distillers.Trainable(
+        params.get('distiller'), state.distiller_buffers, indices, state.step
+      )
+      loss, parts, buffers = distiller.loss(
+        student_out, teacher_out, labels, hp, step_lib.gather, trainable
       )
       # The logged loss is the differentiated one, whatever the distiller.
       return loss, (
         new_model_state,
+        buffers,
         {**parts, 'loss': loss},
         student_out.logits,
       )
 
-    grads, (new_model_state, parts, logits) = jax.grad(loss_fn, has_aux=True)(
-      state.params
-    )
+    grads, (new_model_state, buffers, parts, logits) = jax.grad(
+      loss_fn, has_aux=True
+    )(state.params)
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
     metrics = _metrics(parts, logits, labels, teacher_out)
     return state.replace(
@@ -136,9 +152,10 @@ def make_train_step(
       params=params,
       opt_state=opt_state,
       batch_stats=new_model_state['batch_stats'],
+      distiller_buffers=buffers,
     ), metrics
 
-  return step_lib.data_parallel(per_device, mesh)
+  return per_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +193,7 @@ def _inputs(spec: _Spec, state, images, args):
     args['teacher'],
     x_teacher,
     train=False,
-    stages=distiller.needs_stages,
+    stages=distiller.reads.stages,
   )
   teacher_out = t_out._replace(
     logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
@@ -185,7 +202,7 @@ def _inputs(spec: _Spec, state, images, args):
     preact_stages=lax.stop_gradient(t_out.preact_stages),
   )
   hp = args['hp']
-  if distiller.needs_epoch:
+  if distiller.reads.epoch:
     hp = {**hp, 'epoch': _epoch(state.step, steps_per_epoch)}
   return x, teacher_out, hp
 
@@ -199,55 +216,3 @@ def _metrics(parts, logits, labels, teacher_out) -> dict[str, jax.Array]:
     logits, jnp.argmax(teacher_out.logits, -1)
   )
   return metrics
-
-
-def _trainable_step(student, spec: _Spec, tx, mesh):
-  """The step of a TRAINABLE method: its labels argument is (labels [B],
-  example indices [B]); the loss also differentiates params['distiller']
-  (both pmean-ed by `apply_gradients`) and returns the distiller's new
-  buffers, state.cache (replicated: the loss keeps them equal)."""
-  distiller, stages = spec.distiller, spec.distiller.needs_stages
-
-  def per_device(state, images, labels_and_indices, args):
-    labels, indices = labels_and_indices
-    x, teacher_out, hp = spec.inputs(state, images, args)
-
-    def loss_fn(params):
-      student_out, new_model_state = apply_model(
-        student,
-        {'params': params['model'], 'batch_stats': state.batch_stats},
-        x,
-        train=True,
-        stages=stages,
-      )
-      loss, parts, buffers = distiller.loss(
-        student_out,
-        teacher_out,
-        labels,
-        hp,
-        step_lib.gather,
-        distillers.Trainable(
-          params['distiller'], state.cache, indices, state.step
-        ),
-      )
-      return loss, (
-        new_model_state,
-        buffers,
-        {**parts, 'loss': loss},
-        student_out.logits,
-      )
-
-    grads, (new_model_state, buffers, parts, logits) = jax.grad(
-      loss_fn, has_aux=True
-    )(state.params)
-    params, opt_state = step_lib.apply_gradients(state, grads, tx)
-    metrics = _metrics(parts, logits, labels, teacher_out)
-    return state.replace(
-      step=state.step + 1,
-      params=params,
-      opt_state=opt_state,
-      batch_stats=new_model_state['batch_stats'],
-      cache=buffers,
-    ), metrics
-
-  return step_lib.data_parallel(per_device, mesh)

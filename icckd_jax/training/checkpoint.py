@@ -40,6 +40,12 @@ import orbax.checkpoint as ocp
 
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
+from icckd_jax.runs.train_state import (
+  TrainState,
+  from_legacy,
+  legacy_target,
+  written_before_buffers,
+)
 
 DAMAGED_DIR = 'damaged'
 # Orbax writes a checkpoint under this suffix and renames it when complete.
@@ -124,6 +130,32 @@ class _DropReadOnlyNotes(std_logging.Filter):
     return not (
       'directory is read only' in message or 'read_only=True' in message
     )
+
+
+def _restore_items(manager: ocp.CheckpointManager, step: int, target):
+  """The three items of checkpoint `step`, the state in `target`'s tree."""
+  return manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target),
+      meta=ocp.args.JsonRestore(),
+      config=ocp.args.JsonRestore(),
+    ),
+  )
+
+
+def _saved_before_buffers(
+  manager: ocp.CheckpointManager, step: int, abstract_state
+) -> bool:
+  """Whether checkpoint `step` holds a TrainState of the layout without
+  `distiller_buffers`, and a TrainState is asked for."""
+  if not isinstance(abstract_state, TrainState):
+    return False
+  try:
+    saved = manager.item_metadata(step).state
+  except Exception:  # pylint: disable=broad-except
+    return False  # Unreadable: the first failure stands.
+  return written_before_buffers(saved)
 
 
 class Checkpoints:
@@ -272,14 +304,17 @@ class Checkpoints:
         ),
         saved,
       )
-    restored = manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore(),
-      ),
-    )
+    try:
+      restored = _restore_items(manager, step, abstract_state)
+    except Exception:  # pylint: disable=broad-except
+      # A state saved before TrainState.distiller_buffers (the buffers then
+      # under `cache`) has another tree: restored into that layout, then
+      # mapped onto this one. Any other failure is the checkpoint's.
+      if not _saved_before_buffers(manager, step, abstract_state):
+        raise
+      restored = _restore_items(manager, step, legacy_target(abstract_state))
+      state = from_legacy(abstract_state, restored.state)
+      return state, restored.meta, restored.config
     return restored.state, restored.meta, restored.config
 
   def _set_aside(self, which: str, step: int, error: Exception) -> None:

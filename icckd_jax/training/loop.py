@@ -338,8 +338,9 @@ class _Loop:
     self.progress = metric_writer.Progress(
       self.total_steps, self.start_step, recipe.batch_size
     )
-    self.cache_bytes = (
-      cache_lib.nbytes(self.state.cache) if self.state.cache is not None else 0
+    # The teacher's negative cache, or the student's distiller buffers.
+    self.cache_bytes = cache_lib.nbytes(
+      (self.state.cache, self.state.distiller_buffers)
     )
     self.hooks = (
       estimate.RunClock(

@@ -1,0 +1,220 @@
+"""The one contract every distillation method keeps (distillers/__init__.py).
+
+A method's module declares one `Method`: the config.distill fields it reads,
+what the step must collect for it (`Reads`), its loss, and, where it has
+them, its static options, its trainable parts' `init` and its pair `check`.
+`distillers.build` binds a Method to the options of one config into a
+`Distiller`, which is all the student's stage and step see: the ConfigDict
+stops there, and the methods receive plain Python values.
+
+Every loss has the one signature
+
+  loss(student, teacher, labels, hp, gather, trainable, **options)
+      -> (loss [], parts {name: []}, new buffers)
+
+and a method without trainable parts ignores `trainable` and hands back
+its buffers unchanged (None).
+"""
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+
+from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Trainable
+from icckd_jax.objective import losses
+
+# The traced scalars of `student_step.hyperparameters` (and 'epoch').
+Hyper = dict[str, jax.Array]
+# What a loss returns: (loss [], parts {name: []}, new buffers).
+Result = tuple[jax.Array, dict, Any]
+# (student, teacher, labels [b], hp, gather, trainable, **options) -> Result
+LossFn = Callable[..., Result]
+# (key, student, teacher, train_labels [N], teacher_params, **options)
+#   -> (params, buffers)
+InitFn = Callable[..., tuple[Any, Any]]
+# (student, teacher: Outputs of shapes) -> what keeps the pair apart, or None
+CheckFn = Callable[[Outputs, Outputs], str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reads:
+  """What a method reads beyond each network's logits and pooled features.
+
+  stages: `Outputs.stages` and `.preact_stages` (the models are applied with
+    'intermediates' mutable; a method without them compiles as if they did
+    not exist);
+  epoch: hp['epoch'], the 1-based epoch of the step (a warm-up).
+  """
+
+  stages: bool = False
+  epoch: bool = False
+
+
+def no_options(distill: Mapping[str, Any]) -> dict:
+  """The static options of a method that has none."""
+  del distill
+  return {}
+
+
+def standardize_option(distill: Mapping[str, Any]) -> dict:
+  """The option of a method that compares standardised logits when
+  config.distill.standardize_logits is set."""
+  return {'standardize': bool(distill.get('standardize_logits', False))}
+
+
+def no_init(key, student, teacher, train_labels, teacher_params):
+  """(None, None): a method without parameters or buffers."""
+  del key, student, teacher, train_labels, teacher_params
+  return None, None
+
+
+def no_check(student: Outputs, teacher: Outputs) -> None:
+  """Any pair that traces: the method says nothing of its own."""
+  del student, teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """What a method's module declares (its `METHOD`).
+
+  fields: the config.distill fields it reads; the others are not part of
+    the student's identity (runs/config_schema.py).
+  loss: its `LossFn`.
+  reads: what the step collects for it.
+  options: config.distill as a plain mapping -> the static keyword
+    arguments of `loss` and `init`.
+  init: a trainable method's parameters and buffers (`InitFn`): it owns
+    params['distiller'] of the student's state and takes the batch's example
+    indices; None for a method without trainable parts.
+  check: what keeps it from serving a pair of networks, said in its own
+    terms before anything traces (stages/distill_pair.py).
+  """
+
+  fields: tuple[str, ...]
+  loss: LossFn
+  reads: Reads = Reads()
+  options: Callable[[Mapping[str, Any]], dict] = no_options
+  init: InitFn | None = None
+  check: CheckFn = no_check
+
+
+@dataclasses.dataclass(frozen=True)
+class Distiller:
+  """A method bound to one config's options, as the student's stage uses
+  it: `loss` (student, teacher, labels, hp, gather, trainable) and `init`
+  (key, student, teacher, train_labels, teacher_params) take no options
+  any more."""
+
+  name: str
+  loss: LossFn
+  reads: Reads
+  init: InitFn
+  check: CheckFn
+  # Owns params['distiller'] and state.distiller_buffers, and takes the
+  # batch's example indices.
+  trainable: bool
+
+
+def bind(name: str, method: Method, distill: Mapping[str, Any]) -> Distiller:
+  """`method` with the static options `distill` (plain values) sets."""
+  options = method.options(distill)
+  init = no_init
+  if method.init is not None:
+    init = functools.partial(method.init, **options)
+  return Distiller(
+    name=name,
+    loss=functools.partial(method.loss, **options),
+    reads=method.reads,
+    init=init,
+    check=method.check,
+    trainable=method.init is not None,
+  )
+
+
+def cross_entropy(student: Outputs, labels: jax.Array) -> jax.Array:
+  """[] the student's mean cross-entropy on the local batch (a
+  per-example term: the local mean is all a device needs)."""
+  return losses.cross_entropy(student.logits, labels).mean()
+
+
+def weighted(
+  hp: dict[str, jax.Array],
+  ce: jax.Array,
+  name: str,
+  term: jax.Array,
+  weight: jax.Array,
+  buffers: Any = None,
+) -> tuple[jax.Array, dict, Any]:
+  """(w_ce · ce + weight · term, {'ce': ce, name: term}, buffers), w_ce
+  being hp['ce_weight']: the shape of most methods' loss."""
+  return hp['ce_weight'] * ce + weight * term, {'ce': ce, name: term}, buffers
+
+
+def _one_term_loss(
+  name: str,
+  term: Callable[..., jax.Array],
+  weight: str,
+  student: Outputs,
+  teacher: Outputs,
+  labels: jax.Array,
+  hp: dict[str, jax.Array],
+  gather,
+  trainable: Trainable,
+) -> tuple[jax.Array, dict, Any]:
+  ce = cross_entropy(student, labels)
+  return weighted(
+    hp,
+    ce,
+    name,
+    term(student, teacher, hp, gather),
+    hp[weight],
+    trainable.buffers,
+  )
+
+
+def one_term(
+  name: str,
+  term: Callable[..., jax.Array],
+  fields: tuple[str, ...],
+  *,
+  weight: str | None = None,
+  reads: Reads = Reads(),
+  check: CheckFn = no_check,
+) -> Method:
+  """The Method whose loss is w_ce · CE(s, y) + w · term, logged as
+  {'ce', name}: `term(student, teacher, hp, gather)` [] of a method
+  without trainable parts, w = hp[weight] (default f'{name}_weight')."""
+  return Method(
+    fields=fields,
+    loss=functools.partial(
+      _one_term_loss, name, term, weight or f'{name}_weight'
+    ),
+    reads=reads,
+    check=check,
+  )
+
+
+__all__ = [
+  'CheckFn',
+  'Distiller',
+  'InitFn',
+  'Hyper',
+  'LossFn',
+  'Method',
+  'Outputs',
+  'Reads',
+  'Result',
+  'Trainable',
+  'bind',
+  'cross_entropy',
+  'no_check',
+  'no_init',
+  'no_options',
+  'one_term',
+  'standardize_option',
+  'weighted',
+]
