@@ -52,6 +52,7 @@ from icckd_jax.input_pipeline import resident
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 import torch_baseline  # beside this file
 
 # (kind, model, batch, dtype) of part (a), most informative first.
@@ -117,7 +118,7 @@ def _stage_config(kind, model, batch, dtype, size, num_classes):
 
 def _build(kind, config, dataset, mesh, teacher_model):
   if kind != 'kd':
-    return teacher.build_teacher(config, dataset, mesh)
+    return teacher.build_teacher(spec.from_config(config), dataset, mesh)
   net = models.create_model(teacher_model, dataset.num_classes)
   size = dataset.train_images.shape[1]
   variables = jax.jit(
@@ -128,7 +129,9 @@ def _build(kind, config, dataset, mesh, teacher_model):
   )()
   tconf = teacher_config.get_config()
   tconf.model = teacher_model
-  return student.build_student(config, dataset, mesh, tconf, variables)
+  return student.build_student(
+    spec.from_config(config), dataset, mesh, tconf, variables
+  )
 
 
 def time_step(kind, model, batch, dtype, size, steps, teacher_model, classes):
@@ -136,11 +139,11 @@ def time_step(kind, model, batch, dtype, size, steps, teacher_model, classes):
   synchronised once), compiled memory and bytes in use of one step."""
   mesh = parallel.make_mesh()
   config = _stage_config(kind, model, batch, dtype, size, classes)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   split, _ = resident.to_device(dataset, mesh)
   setup = _build(kind, config, dataset, mesh, teacher_model)
   state = setup.create_state(mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   images, labels = next(batches)
   start = time.perf_counter()
   compiled = setup.train_step.lower(
@@ -172,10 +175,10 @@ def time_pipeline(batch, size, steps, classes):
   device, as the train step receives them)."""
   mesh = parallel.make_mesh()
   config = _stage_config('ce', 'resnet8', batch, 'float32', size, classes)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   split, _ = resident.to_device(dataset, mesh)
-  setup = teacher.build_teacher(config, dataset, mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   jax.block_until_ready(next(batches))  # compiles the augmentation
   start = time.perf_counter()
   for _ in range(steps):

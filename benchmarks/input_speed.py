@@ -114,7 +114,7 @@ def _stream_rate(path: str, workers: int, size: int) -> float:
 
 def _resident_rate() -> float:
   dataset = datasets.load(
-    ml_collections.ConfigDict(
+    datasets.DataSpec.from_fields(
       {
         'name': 'synthetic',
         'num_train': 4096,

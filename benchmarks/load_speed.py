@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import ml_collections
 import numpy as np
 
 from icckd_jax.data import datasets
@@ -36,7 +35,7 @@ flags.mark_flag_as_required('image_folder')
 
 def _timed_load(**fields):
   start = time.perf_counter()
-  ds = datasets.load(ml_collections.ConfigDict(fields))
+  ds = datasets.load(datasets.DataSpec.from_fields(fields))
   # Touch every pixel, as training does when it copies the set to devices.
   checksum = int(ds.train_images.sum(dtype=np.uint64))
   return time.perf_counter() - start, ds, checksum

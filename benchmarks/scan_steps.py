@@ -33,6 +33,7 @@ from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet8', 'The teacher network.')
@@ -74,12 +75,12 @@ def main(argv):
   config.dataset.num_train = max(8 * FLAGS.batch_size, 512)
   config.dataset.num_test = 100
   mesh = parallel.make_mesh()
-  dataset = datasets.load(config.dataset)
-  setup = teacher.build_teacher(config, dataset, mesh)
+  dataset = datasets.load(spec.data_spec(config.dataset))
+  setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   split, _ = resident.to_device(dataset, mesh)
   ks = [int(k) for k in FLAGS.ks]
   # One pool of device batches, stacked per k: the loop only dispatches.
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   pool = [next(batches) for _ in range(max(ks))]
   runs = {}
   for k in ks:

@@ -40,6 +40,7 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('model', 'resnet20', 'The network whose step is timed.')
@@ -90,7 +91,9 @@ def build(variant, mesh, dataset, size):
     )()
     tconf = teacher_config.get_config()
     tconf.model = FLAGS.teacher
-    setup = student.build_student(config, dataset, mesh, tconf, teacher_vars)
+    setup = student.build_student(
+      spec.from_config(config), dataset, mesh, tconf, teacher_vars
+    )
   else:
     config = _base(teacher_config.get_config(), size)
     config.cache.size = FLAGS.cache_size
@@ -102,7 +105,7 @@ def build(variant, mesh, dataset, size):
       config.cache.store = variant.removeprefix('icc_')
     else:
       raise app.UsageError(f'unknown variant {variant}')
-    setup = teacher.build_teacher(config, dataset, mesh)
+    setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   state = setup.create_state(mesh)
   return config, setup, state
 
@@ -113,10 +116,12 @@ def main(argv):
   runs = {}
   for variant in FLAGS.variants:
     name, size = _split_variant(variant)
-    dataset = datasets.load(_base(teacher_config.get_config(), size).dataset)
+    dataset = datasets.load(
+      spec.data_spec(_base(teacher_config.get_config(), size).dataset)
+    )
     split, _ = resident.to_device(dataset, mesh)
     config, setup, state = build(name, mesh, dataset, size)
-    batches = setup.batches(config, split, mesh, 0)
+    batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
     images, labels = next(batches)
     compiled = setup.train_step.lower(
       state, images, labels, setup.step_args

@@ -14,6 +14,7 @@ from icckd_jax.training import compilation_cache
 from icckd_jax.stages import student
 from icckd_jax.experiments.sweep import runner as sweep
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 from icckd_jax.runs import validate
 from icckd_jax.errors import UserError
 
@@ -78,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
       evaluate.evaluate_pytorch(
         config.pth,
         config.get('model'),
-        config.dataset,
+        spec.data_spec(config.dataset),
         num_devices=config.get('num_devices'),
         batch_size=config.eval_batch_size,
         export=config.get('export'),

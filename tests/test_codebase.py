@@ -129,3 +129,13 @@ def test_no_room_holds_more_than_16_percent_of_the_source():
     'icckd_jax/stages',
     'icckd_jax/training',
   }
+
+
+def test_the_config_enters_at_most_20_modules():
+  """The ConfigDict stops at the edge: `main.run`, the stages that turn it
+  into typed parts (runs/spec.py), the sweep that stores and compares it,
+  and the few places that write or compare it verbatim. Every function
+  below takes a part or plain arguments, so what it reads is in its
+  signature."""
+  reached = house.config_walk()
+  assert len(reached) <= 20, sorted(reached)

@@ -1,16 +1,19 @@
 """The config schema: one declaration per field, and what is derived from it
 (range checks, the resume check, the run store's key, the compile key)."""
 
+import dataclasses
 import json
 
 import pytest
 
 from configs import student as student_config
 from configs import teacher as teacher_config
+from icckd_jax import distillers
 from icckd_jax.errors import UserError
 from icckd_jax.experiments.sweep import run_store
 from icckd_jax.runs import config_schema
-from icckd_jax.runs import run_setup
+from icckd_jax.runs import reuse
+from icckd_jax.runs import spec
 from icckd_jax.runs import validate
 
 
@@ -115,9 +118,10 @@ def test_a_field_added_later_resumes_only_with_its_old_behaviour():
 def test_the_compile_key_ignores_traced_values_only():
   a, b = teacher_config.get_config(), teacher_config.get_config()
   b.seed, b.icc.delta, b.num_epochs = 3, 0.8, 10
-  assert run_setup.step_key(a, 'x') == run_setup.step_key(b, 'x')
+  key = spec.from_config(a).step_key('x')
+  assert spec.from_config(b).step_key('x') == key
   b.batch_size = 32
-  assert run_setup.step_key(a, 'x') != run_setup.step_key(b, 'x')
+  assert spec.from_config(b).step_key('x') != key
 
 
 def test_a_students_key_ignores_the_weights_of_other_methods():
@@ -131,4 +135,56 @@ def test_a_students_key_ignores_the_weights_of_other_methods():
   dkd_other.distill.dkd_beta = 1.0
   assert run_store.student_key(dkd, 't') != run_store.student_key(
     dkd_other, 't'
+  )
+
+
+def _parts_of(path: str) -> list[str]:
+  """The parts of runs/spec.py that hold the dotted `path`."""
+  section, _, name = path.rpartition('.')
+  return [
+    cls.__name__
+    for cls, read_from in spec.PARTS.items()
+    if read_from == section
+    and name in {f.name for f in dataclasses.fields(cls)}
+  ]
+
+
+def test_every_schema_field_lands_in_exactly_one_part():
+  """The parts are the schema's sections: each declared field is read from
+  one part, and every field a distiller reads is one of Distillation's."""
+  places = {path: _parts_of(path) for path in config_schema.FIELDS}
+  assert {p: f for p, f in places.items() if len(f) != 1} == {}
+  distillation = {f.name for f in dataclasses.fields(spec.Distillation)}
+  for method in distillers.DISTILLERS:
+    assert set(distillers.fields(method)) <= distillation, method
+
+
+def test_the_parts_hold_the_configs_values():
+  for config in (teacher_config.get_config(), student_config.get_config()):
+    run = spec.from_config(config)
+    tree = validate.config_as_dict(config)
+    assert run.saved == tree
+    for name in ('model', 'batch_size', 'learning_rate', 'seed', 'dtype'):
+      assert getattr(run.recipe, name) == tree[name]
+    assert run.recipe.lr_decay_epochs == tuple(tree['lr_decay_epochs'])
+    assert run.bookkeeping.keep_checkpoints == tree['keep_checkpoints']
+    assert dataclasses.asdict(run.data) == {
+      **dataclasses.asdict(spec.DataSpec()),
+      **tree['dataset'],
+    }
+    assert run.inputs == spec.Inputs(**tree['input'])
+    assert run.compiled == reuse.config_key(
+      config, config_schema.not_compiled()
+    )
+  teacher = spec.from_config(teacher_config.get_config())
+  assert teacher.distillation is None and teacher.teacher is None
+  assert teacher.objective.lam == teacher_config.get_config().icc.lam
+  assert teacher.cache.size == teacher_config.get_config().cache.size
+  student = spec.from_config(student_config.get_config())
+  assert student.objective is None and student.cache is None
+  assert (
+    student.distillation.method == student_config.get_config().distill.method
+  )
+  assert set(student.distillation.weights) == set(
+    config_schema.traced_distill_weights()
   )

@@ -14,7 +14,6 @@ import tarfile
 import zipfile
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -32,7 +31,7 @@ from launch_in_process import launch
 
 
 def _load(**fields) -> datasets.Dataset:
-  return datasets.load(ml_collections.ConfigDict(fields))
+  return datasets.load(datasets.DataSpec.from_fields(fields))
 
 
 def _one_line_error(match, fn, *args, **kwargs) -> str:

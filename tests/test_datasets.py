@@ -5,7 +5,6 @@ import pathlib
 import struct
 import tarfile
 
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -19,7 +18,7 @@ _DEBIAN_FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 
 
 def _load(**fields) -> datasets.Dataset:
-  return datasets.load(ml_collections.ConfigDict(fields))
+  return datasets.load(datasets.DataSpec.from_fields(fields))
 
 
 def _assert_one_line_error(match: str, **fields) -> str:

@@ -21,6 +21,7 @@ from icckd_jax.objective import losses
 from icckd_jax.stages import student
 from icckd_jax.stages import student_step
 from icckd_jax.runs import train_state
+from icckd_jax.runs import spec
 
 # One model per family: its stage maps' [H, W, C] on 32x32 inputs
 # (mdistiller's feats[1:]).
@@ -243,7 +244,7 @@ def tiny_run():
   config.dataset.update(num_train=16, num_test=16, image_size=8)
   config.batch_size = 8
   config.weight_decay = 0.0  # an unchanged weight then means no gradient
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
   t_config = teacher_config.get_config('smoke')
   config.model = t_config.model
@@ -252,9 +253,11 @@ def tiny_run():
   t_variables = jax.device_put(
     init(jax.random.key(3)), parallel.replicated(mesh)
   )
-  setup = student.build_student(config, dataset, mesh, t_config, t_variables)
+  setup = student.build_student(
+    spec.from_config(config), dataset, mesh, t_config, t_variables
+  )
   split, _ = resident.to_device(dataset, mesh)
-  batch = next(setup.batches(config, split, mesh, 0))
+  batch = next(setup.batches(spec.from_config(config).recipe, split, mesh, 0))
   s_variables = jax.device_get(init(jax.random.key(4)))
   state = train_state.create_train_state(
     {'model': s_variables['params']}, s_variables['batch_stats'], setup.tx
@@ -297,7 +300,9 @@ def test_one_student_step_per_method(tiny_run, method):
   # The distillation term alone drives the update.
   config.distill.update(gamma=0.0, ce_weight=0.0)
   teacher_before = jax.device_get(t_variables)
-  setup = student.build_student(config, dataset, mesh, t_config, t_variables)
+  setup = student.build_student(
+    spec.from_config(config), dataset, mesh, t_config, t_variables
+  )
   # A fresh copy: the step donates the state.
   state = jax.device_put(initial, parallel.replicated(mesh))
   before = initial.params

@@ -37,6 +37,7 @@ from icckd_jax.stages import student
 from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import preemption
 from icckd_jax.stages import preflight
+from icckd_jax.runs import spec
 
 TINY = ('--config.dataset.num_train=64', '--config.dataset.num_test=64')
 # A cross-entropy teacher (the cheapest step to compile), 2 steps per epoch.
@@ -98,7 +99,8 @@ def _signal_after_last_epoch(monkeypatch, stage_dir: str, signum: int):
 
   def then_signal(self, epoch, epoch_time):
     end_epoch(self, epoch, epoch_time)
-    if self.workdir.endswith(stage_dir) and epoch + 1 == self.config.num_epochs:
+    last = epoch + 1 == self.spec.recipe.num_epochs
+    if self.workdir.endswith(stage_dir) and last:
       os.kill(os.getpid(), signum)
 
   monkeypatch.setattr(loop_lib._Loop, 'end_epoch', then_signal)  # pylint: disable=protected-access
@@ -410,7 +412,7 @@ def _build(method: str, teacher_name: str, student_name: str):
   config.model, config.distill.method = student_name, method
   config.distill.update(crd_negatives=16, crd_dim=8)
   config.dataset.update(num_train=64, num_test=64)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
   teacher_model = models.create_model(teacher_name, dataset.num_classes)
   variables = teacher_model.init(
@@ -419,7 +421,7 @@ def _build(method: str, teacher_name: str, student_name: str):
     train=False,
   )
   setup = student.build_student(
-    config,
+    spec.from_config(config),
     dataset,
     mesh,
     ml_collections.ConfigDict({'model': teacher_name}),

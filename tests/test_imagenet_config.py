@@ -28,6 +28,7 @@ from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 from icckd_jax.runs import validate
 
 TEACHER_PTH = SHARED_DATA / 'torchvision' / 'resnet18' / 'resnet18-random.pth'
@@ -87,7 +88,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   c = imagenet.get_config(arg)
   path = tmp_path_factory.mktemp('pre') / 'shards'
   c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
-  dataset = inputs.load(c.dataset, c.input.mode, 0)
+  dataset = inputs.load(spec.data_spec(c.dataset), c.input.mode, 0)
   train, test = dataset.stream
   # Normalised with torchvision's constants, not the set's measured ones.
   mean, std = imagenet_preprocess.normalization()
@@ -202,21 +203,23 @@ def test_imagenet_normalization_refuses_grey_images_in_one_line():
   grey = teacher_config.get_config().dataset
   grey.update(name='synthetic', channels=1, normalization='imagenet')
   with pytest.raises(UserError, match="normalization='imagenet' is for RGB"):
-    inputs.load(grey, 'auto', 0)
+    inputs.load(spec.data_spec(grey), 'auto', 0)
 
 
 def test_a_workdir_teacher_must_share_the_students_normalization():
   student_data = imagenet.get_config('r34_r18').dataset
   teacher_data = imagenet.get_config('icc_r34').dataset
-  teacher_source.check_same_data(student_data, teacher_data)
+  teacher_source.check_same_data(spec.data_spec(student_data), teacher_data)
   # A teacher saved before the field existed was normalised as 'measured'.
   old = teacher_config.get_config().dataset.to_dict()
   del old['normalization']
   measured = teacher_config.get_config().dataset
-  teacher_source.check_same_data(measured, ml_collections.ConfigDict(old))
+  teacher_source.check_same_data(
+    spec.data_spec(measured), ml_collections.ConfigDict(old)
+  )
   measured.normalization = 'imagenet'
   with pytest.raises(UserError, match="normalization='imagenet' but the t"):
-    teacher_source.check_same_data(measured, old)
+    teacher_source.check_same_data(spec.data_spec(measured), old)
 
 
 def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
@@ -257,7 +260,11 @@ def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
   np.testing.assert_allclose(at_start['loss'], expected, rtol=1e-4)
   # configs/eval.py on the same file prints the same figures.
   printed = evaluate.evaluate_pytorch(
-    str(TEACHER_PTH), 'imagenet_resnet18', c.dataset, 1, c.eval_batch_size
+    str(TEACHER_PTH),
+    'imagenet_resnet18',
+    spec.data_spec(c.dataset),
+    1,
+    c.eval_batch_size,
   )
   assert printed['top1'] == at_start['top1']
   np.testing.assert_allclose(printed['loss'], at_start['loss'], rtol=1e-6)

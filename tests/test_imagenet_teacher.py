@@ -22,6 +22,7 @@ from conftest import SHARED_DATA, shared_fixture
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import convert
+from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.input_pipeline import stream
@@ -29,6 +30,7 @@ from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.models import stages
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 import make_imagenet_references
 import torch_files
 import torch_reference
@@ -163,12 +165,8 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
     }
   )
   convert.convert(config)
-  dataset_config = ml_collections.ConfigDict(
-    {
-      'name': 'array_record',
-      'path': config.output_dir,
-      'image_size': 224,
-    }
+  dataset_config = datasets.DataSpec(
+    name='array_record', path=config.output_dir, image_size=224
   )
   _, test = inputs.load(dataset_config, 'auto').stream
   assert test.recipe == 'resized_crop'
@@ -266,10 +264,8 @@ def test_wrong_file_is_one_line_user_error(tmp_path):
 
 def test_pth_teacher_gets_its_family_normalisation():
   path = _fixture() / 'resnet18-random.pth'
-  config = ml_collections.ConfigDict(
-    {'teacher': {'pth': str(path), 'model': 'imagenet_resnet18'}}
-  )
-  saved, _ = teacher_source.load_teacher(config, parallel.make_mesh(1))
+  source = spec.TeacherSource(pth=str(path), model='imagenet_resnet18')
+  saved, _ = teacher_source.load_teacher(source, parallel.make_mesh(1))
   np.testing.assert_allclose(
     saved.input_mean, [123.675, 116.28, 103.53], rtol=1e-6
   )

@@ -9,6 +9,7 @@ from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 
 STEPS = 240
 WINDOW = 40
@@ -18,10 +19,10 @@ def train_losses(config, dtype: str):
   """Per-step (loss, accuracy) of STEPS teacher steps, and the final state."""
   config.dtype = dtype
   mesh = parallel.make_mesh(1)
-  dataset = datasets.load(config.dataset)
-  setup = teacher.build_teacher(config, dataset, mesh)
+  dataset = datasets.load(spec.data_spec(config.dataset))
+  setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   state = setup.create_state(mesh)
   metrics = []
   for _ in range(STEPS):

@@ -11,6 +11,7 @@ from icckd_jax import models
 from icckd_jax.training import optim
 from icckd_jax import parallel
 from icckd_jax.input_pipeline import resident
+from icckd_jax.runs import spec
 from train_steps import run_steps
 
 
@@ -50,12 +51,13 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
   initial, (*_, state), metrics = run_steps(config, 1, 3)
   assert state.cache is None
 
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
   model = models.create_model(
     config.model, dataset.num_classes, bn_axis_name=parallel.DATA
   )
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 4))
+  recipe = spec.from_config(config).recipe
+  tx = optim.create_optimizer(recipe, optim.create_learning_rate_fn(recipe, 4))
   params, batch_stats = initial.params['model'], initial.batch_stats
   opt_state = tx.init(initial.params)
 
@@ -162,7 +164,7 @@ def test_delta_minus_one_gates_nothing(smoke_config):
   under the parameters, BatchNorm statistics and cache before that step."""
   config = _small(smoke_config, lam=0.5, delta=-1.0)
   initial, states, metrics = run_steps(config, 1, 3)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
   model = models.create_model(config.model, dataset.num_classes)
   split, _ = resident.to_device(dataset, mesh)
@@ -219,7 +221,7 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   )
   # The ring after 3 pushes into 2 slots: slot 0 holds step 2, slot 1 step 1.
   config = _small(smoke_config)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
   split, _ = resident.to_device(dataset, mesh)
   batches = _batches(config, split, mesh, num_views=2)

@@ -23,6 +23,7 @@ from icckd_jax.training import metric_writer
 from icckd_jax import parallel
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 
 FIXTURE = SHARED_DATA / 'repdistiller' / 'resnet20_zip'
 PTH = FIXTURE / 'ckpt_epoch_240.pth'
@@ -75,7 +76,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(
   printed = evaluate.evaluate_pytorch(
     str(PTH),
     'resnet20',
-    config.dataset,
+    spec.data_spec(config.dataset),
     batch_size=64,
     export=str(tmp_path / 't.msgpack'),
   )
@@ -85,7 +86,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(
 
   # Both normalise the teacher's input with the benchmark's statistics, not
   # the data set's, which would give another loss.
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   benchmark = _teacher_loss(dataset, *torch_import.benchmark_normalization())
   own = _teacher_loss(dataset, dataset.mean, dataset.std)
   np.testing.assert_allclose(at_start['loss'], benchmark, rtol=1e-5)
@@ -129,7 +130,7 @@ def test_native_checkpoint_export_predicts_like_its_evaluation(
   exported = params_file.load(str(path))
   assert (exported['model'], exported['num_classes']) == ('resnet8', 100)
   assert set(exported['variables']) == {'params', 'batch_stats'}
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   logits, _ = models.create_model('resnet8', 100).apply(
     exported['variables'],
     (dataset.test_images.astype(np.float32) - exported['mean'])
@@ -149,7 +150,7 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
   assert first['step'] == 1
   # The first step's batch and initial student, rebuilt as the run built them.
   mesh = parallel.make_mesh(None)
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   split, _ = resident.to_device(dataset, mesh)
   images, _ = next(
     resident.train_batches(
@@ -185,7 +186,7 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
 
 
 def test_renormalized_teacher_sees_its_own_statistics(config):
-  dataset = datasets.load(config.dataset)
+  dataset = datasets.load(spec.data_spec(config.dataset))
   mean, std = torch_import.benchmark_normalization()
   model = models.create_model('resnet20', 100)
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')
@@ -214,7 +215,7 @@ def test_pth_teacher_config_errors(config, tmp_path):
     c = config.copy_and_resolve_references()
     c.teacher[field] = value
     with pytest.raises(UserError, match=message):
-      teacher_source.load_teacher(c, mesh)
+      teacher_source.load_teacher(spec.from_config(c).teacher, mesh)
 
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(

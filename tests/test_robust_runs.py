@@ -32,6 +32,7 @@ from icckd_jax.training import divergence
 from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import preemption
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.train_state import TrainState
 from launch_in_process import error_line, run_launcher
@@ -291,13 +292,14 @@ def test_student_data_must_have_the_teacher_image_shape(trained):
   ckpts.close()
   assert shape == [32, 32, 3]
   data = teacher.get_config('smoke').dataset
-  teacher_source.check_same_data(data, data, (32, 32, 3), shape)
+  mine = spec.data_spec(data)
+  teacher_source.check_same_data(mine, data, (32, 32, 3), shape)
   with pytest.raises(
     student.UserError,
     match=r'images of shape \(32, 32, 1\)'
     r'.* trained on \(32, 32, 3\)',
   ):
-    teacher_source.check_same_data(data, data, (32, 32, 1), shape)
+    teacher_source.check_same_data(mine, data, (32, 32, 1), shape)
 
 
 def test_loss_and_state_checks_catch_what_they_must():

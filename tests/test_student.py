@@ -13,6 +13,7 @@ from icckd_jax.training import metric_writer
 from icckd_jax import models
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 from train_steps import run_steps
 from launch_in_process import error_line, launch
 from test_training import kill_after_checkpoint, restore_state
@@ -137,9 +138,9 @@ def test_student_step_device_count_invariance(smoke_teacher):
   config.distill.method = 'kd_rkd'
   config.learning_rate = 0.005
 
-  def build(config, dataset, mesh):
+  def build(run, dataset, mesh):
     return student.build_student(
-      config, dataset, mesh, *teacher_source.load_teacher(config, mesh)
+      run, dataset, mesh, *teacher_source.load_teacher(run.teacher, mesh)
     )
 
   # 1 and 4 devices: each count is a compilation (the teacher's test adds 2).
@@ -246,7 +247,9 @@ def test_short_real_cifar10_pipeline(tmp_path):
   # or normalised images, or not trained, does not.
   config = pipeline.get_config('cifar10_cpu').teacher.dataset
   config.path, config.train_subset = str(archive), 5000
-  reference = _nearest_class_mean_accuracy(datasets.load(config))
+  reference = _nearest_class_mean_accuracy(
+    datasets.load(spec.data_spec(config))
+  )
   assert teacher[-1]['test_top1'] > reference, (teacher[-1], reference)
   # The margin gate both passes and stops anchors on real data (a margin
   # stuck at -1 or 1 would not), and the margins rise as the teacher

@@ -17,6 +17,7 @@ from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.stages import teacher_step
 from icckd_jax.stages import teacher
 from icckd_jax.errors import UserError
+from icckd_jax.runs import spec
 from launch_in_process import launch
 
 
@@ -24,10 +25,12 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
   config = smoke_config
   config.icc.delta = 0.2
   mesh = parallel.make_mesh(1)
-  dataset = datasets.load(config.dataset)
-  setup = teacher.build_teacher(config, dataset, mesh)
+  dataset = datasets.load(spec.data_spec(config.dataset))
+  setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   split, _ = resident.to_device(dataset, mesh)
-  images, labels = next(setup.batches(config, split, mesh, 0))
+  images, labels = next(
+    setup.batches(spec.from_config(config).recipe, split, mesh, 0)
+  )
   gate = {}
   for delta in (-1.0, 0.2, 1.0):
     state = setup.create_state(mesh)

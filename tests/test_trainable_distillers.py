@@ -22,6 +22,7 @@ from icckd_jax.training import preemption
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher
 from icckd_jax.stages import teacher_source
+from icckd_jax.runs import spec
 
 
 def _tiny(config):
@@ -60,12 +61,13 @@ def _student_config(teacher_workdir, method, **distill):
 
 def _setup(config, devices):
   mesh = parallel.make_mesh(devices)
-  teacher_cfg, teacher_vars = teacher_source.load_teacher(config, mesh)
-  dataset = datasets.load(config.dataset)
+  run = spec.from_config(config)
+  teacher_cfg, teacher_vars = teacher_source.load_teacher(run.teacher, mesh)
+  dataset = datasets.load(run.data)
   return (
     mesh,
     dataset,
-    student.build_student(config, dataset, mesh, teacher_cfg, teacher_vars),
+    student.build_student(run, dataset, mesh, teacher_cfg, teacher_vars),
   )
 
 
@@ -77,7 +79,7 @@ def _run_steps(config, devices, steps):
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
   split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
   metrics = []
   for _ in range(steps):
     images, labels = next(batches)

@@ -22,6 +22,7 @@ from icckd_jax.training import compilation_cache
 from icckd_jax.training import evaluate
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
+from icckd_jax.runs import spec
 from launch_in_process import error_line, launch
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
@@ -151,7 +152,7 @@ def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
     )
     for n in (1, 2, 4)
   }
-  dataset = datasets.load(teacher.get_config('smoke').dataset)
+  dataset = datasets.load(spec.data_spec(teacher.get_config('smoke').dataset))
   state, _ = restore_state(trained_on_four)
   model = models.create_model('resnet8', dataset.num_classes)
   x = (dataset.test_images.astype(np.float32) - dataset.mean) / dataset.std

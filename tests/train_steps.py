@@ -6,22 +6,24 @@ from icckd_jax.data import datasets
 from icckd_jax import parallel
 from icckd_jax.input_pipeline import resident
 from icckd_jax.stages import teacher
+from icckd_jax.runs import spec
 
 
 def run_steps(config, num_devices, steps, build=teacher.build_teacher):
   """Trains `steps` steps on `num_devices` with the setup `build` makes
-  from (config, dataset, mesh) (a teacher's by default).
+  from (config's `spec.RunSpec`, dataset, mesh) (a teacher's by default).
 
   Returns (initial state, [state after each step], [metrics of each step]),
   on the host.
   """
   mesh = parallel.make_mesh(num_devices)
-  dataset = datasets.load(config.dataset)
-  setup = build(config, dataset, mesh)
+  run = spec.from_config(config)
+  dataset = datasets.load(run.data)
+  setup = build(run, dataset, mesh)
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
   split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(config, split, mesh, 0)
+  batches = setup.batches(run.recipe, split, mesh, 0)
   states, metrics = [], []
   for _ in range(steps):
     images, labels = next(batches)

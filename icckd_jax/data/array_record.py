@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from icckd_jax.data import download
 from icckd_jax.data import images as images_lib
 from icckd_jax.errors import UserError, one_line
 
@@ -67,11 +67,8 @@ def decode_record(record: bytes) -> tuple[int, bytes]:
 
 
 def sha256_file(path: os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
+  """Hex SHA-256 of a shard or label file, as info.json records it."""
+  return download.file_digest(path, 'sha256')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,6 @@ import pickle
 import tarfile
 import zlib
 
-import ml_collections
 import numpy as np
 
 from icckd_jax.data import official
@@ -73,14 +72,17 @@ _MIRRORS = (
 )
 
 
-def load(name: str, config: ml_collections.ConfigDict, root: pathlib.Path):
+def load(
+  name: str, path: str | None, label_kind: str | None, root: pathlib.Path
+):
   """Reads CIFAR-10 or CIFAR-100, downloading the archive if needed.
 
   Args:
     name: 'cifar10' or 'cifar100'.
-    config: the dataset config: `path` (the archive or the folder it
-      extracts to; None: look in, or download into, `root`) and `label_kind`
-      ('fine', or 'coarse' for CIFAR-100's 20 superclasses).
+    path: the archive or the folder it extracts to (`dataset.path`; None:
+      look in, or download into, `root`).
+    label_kind: 'fine' (None: the same), or 'coarse' for CIFAR-100's 20
+      superclasses (`dataset.label_kind`).
     root: the data folder: downloads, and the cache of decoded arrays.
 
   Returns:
@@ -88,7 +90,7 @@ def load(name: str, config: ml_collections.ConfigDict, root: pathlib.Path):
      (test_images [10000, 32, 32, 3], test_labels [10000])), num_classes.
   """
   spec = SPECS[name]
-  label_kind = config.get('label_kind', None) or 'fine'
+  label_kind = label_kind or 'fine'
   if label_kind not in spec.label_keys:
     raise UserError(
       f'dataset.label_kind={label_kind!r} is invalid for {name}; '
@@ -98,7 +100,7 @@ def load(name: str, config: ml_collections.ConfigDict, root: pathlib.Path):
     official.Archive(
       spec.filename, tuple(m + spec.filename for m in _MIRRORS), spec.md5
     ),
-    config.get('path', None),
+    path,
     root,
     (name, f'{name}-python-1'),
     f'expected {spec.filename} or the {spec.folder}/ folder it extracts to',

@@ -1,6 +1,7 @@
 """The data sets, by name: whole splits as uint8 numpy arrays.
 
-`load(config.dataset)` is the one entry point; it returns a `Dataset` held
+`load(DataSpec)` is the one entry point (`DataSpec`: the fields of the
+config's `dataset` section); it returns a `Dataset` held
 in host memory (possibly memory-mapped from the cache of decoded arrays);
 batching, augmentation and normalisation happen on the device elsewhere.
 One module per source:
@@ -23,9 +24,9 @@ data folder: `dataset.data_dir`, else $ICCKD_DATA_DIR, else
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from icckd_jax.data import cifar
@@ -39,6 +40,51 @@ from icckd_jax.errors import UserError
 
 # Images per chunk when counting pixel values, to bound temporaries.
 _STATS_CHUNK = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Which data set a run reads, and how: the config's `dataset` section.
+
+  Attributes:
+    name: the data set (the table above).
+    path: a local copy (an archive or folder; the shards of an
+      'array_record' set); None: look in, or download into, the data folder.
+    data_dir: downloads and decoded-array cache; for other TFDS names, TFDS's
+      data folder.
+    image_size: the size of synthetic images, of variable-size TFDS sets
+      resized, and of the crops a streamed set gives.
+    label_kind: 'fine' | 'coarse' (cifar100); None: 'fine'.
+    num_train, num_test, num_classes, channels, seed: the synthetic set's.
+    train_subset, test_subset: keep a fixed random subset of that many
+      examples (0: the whole split), for runs sized to a small machine.
+    augment: the augmentation and evaluation transform of a streamed set
+      (input_pipeline/host_augment.py).
+    normalization: the statistics the inputs are normalised with
+      (input_pipeline/inputs.py).
+  """
+
+  name: str | None = None
+  path: str | None = None
+  data_dir: str | None = None
+  image_size: int = 32
+  label_kind: str | None = None
+  num_train: int = 512
+  num_test: int = 256
+  num_classes: int = 10
+  channels: int = 3
+  seed: int = 0
+  train_subset: int = 0
+  test_subset: int = 0
+  augment: str = 'auto'
+  normalization: str = 'measured'
+
+  @classmethod
+  def from_fields(cls, fields: Mapping[str, Any]) -> DataSpec:
+    """The spec of a plain `dataset` section: fields it lacks take their
+    defaults, fields no loader reads are left out."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in fields.items() if k in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,18 +123,8 @@ class Dataset:
     return tuple(self.train_images.shape[1:])
 
 
-def load(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads the data set that `config` (the `dataset` sub-config) names.
-
-  Args:
-    config: fields `name`; `path` (a local copy: an archive or folder);
-      `data_dir` (downloads and decoded-array cache; for other TFDS names,
-      TFDS's data folder); `label_kind` ('fine' | 'coarse', cifar100);
-      `image_size` (synthetic; the size variable-size TFDS sets are resized
-      to); for 'synthetic' `num_train`, `num_test`, `num_classes`,
-      `channels`, `seed`; `train_subset`, `test_subset` (0: the whole split)
-      keep a fixed random subset of that many examples, for runs sized to a
-      small machine. Absent fields take defaults.
+def load(spec: DataSpec) -> Dataset:
+  """Loads the data set that `spec` names.
 
   Returns:
     The `Dataset`, with train statistics filled in.
@@ -96,7 +132,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   Raises:
     UserError: the data set is unknown, missing, unreadable or malformed.
   """
-  name = config.get('name', None)
+  name = spec.name
   if name == 'array_record':
     raise UserError(
       "dataset.name='array_record' is read by input_pipeline/inputs.py (streamed or "
@@ -108,12 +144,19 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
       'tiny_imagenet, fashion_mnist, image_folder, synthetic or a TFDS '
       'image-classification name'
     )
-  path = config.get('path', None)
-  root = download.data_dir(config.get('data_dir', None))
+  path = spec.path
+  root = download.data_dir(spec.data_dir)
   if name == 'synthetic':
-    splits, num_classes = synthetic.load(config)
+    splits, num_classes = synthetic.load(
+      spec.num_train,
+      spec.num_test,
+      spec.num_classes,
+      spec.image_size,
+      spec.channels,
+      spec.seed,
+    )
   elif name in cifar.SPECS:
-    splits, num_classes = cifar.load(name, config, root)
+    splits, num_classes = cifar.load(name, path, spec.label_kind, root)
   elif name == 'tiny_imagenet':
     splits, num_classes = tiny_imagenet.load(path, root)
   elif name == 'fashion_mnist':
@@ -122,17 +165,14 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
     splits, num_classes = image_folder.load(path, root / 'arrays')
   else:
     splits, num_classes = tfds.load(
-      name,
-      config.get('data_dir', None),
-      config.get('image_size', 32),
-      root / 'arrays',
+      name, spec.data_dir, spec.image_size, root / 'arrays'
     )
   (train_images, train_labels), (test_images, test_labels) = splits
   train_images, train_labels = _subset(
-    train_images, train_labels, config.get('train_subset', 0), 'train'
+    train_images, train_labels, spec.train_subset, 'train'
   )
   test_images, test_labels = _subset(
-    test_images, test_labels, config.get('test_subset', 0), 'test'
+    test_images, test_labels, spec.test_subset, 'test'
   )
   mean, std = channel_stats(train_images)
   return Dataset(

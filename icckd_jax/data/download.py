@@ -55,13 +55,19 @@ def data_dir(configured: str | None) -> pathlib.Path:
   return pathlib.Path(cache) / 'icckd_jax'
 
 
-def md5sum(path: pathlib.Path) -> str:
-  """Hex MD5 of a file, read in chunks."""
-  digest = hashlib.md5(usedforsecurity=False)
+def file_digest(path: os.PathLike, algorithm: str) -> str:
+  """Hex digest (hashlib's `algorithm`) of a file, read in chunks: data
+  sets are too large to read whole."""
+  digest = hashlib.new(algorithm, usedforsecurity=False)
   with open(path, 'rb') as f:
     for chunk in iter(lambda: f.read(_CHUNK), b''):
       digest.update(chunk)
   return digest.hexdigest()
+
+
+def md5sum(path: pathlib.Path) -> str:
+  """Hex MD5 of a file (the official archives' published checksums)."""
+  return file_digest(path, 'md5')
 
 
 def open_url(url: str):

@@ -5,25 +5,34 @@ up to two pixels plus Gaussian noise, so a class keeps its identity while
 pixels vary. Deterministic per `dataset.seed`.
 """
 
-import ml_collections
 import numpy as np
 
 from icckd_jax.errors import UserError
 
 
-def load(config: ml_collections.ConfigDict):
+def load(
+  num_train: int,
+  num_test: int,
+  num_classes: int,
+  image_size: int,
+  channels: int,
+  seed: int,
+):
   """Class templates plus shift and noise: learnable, deterministic per seed.
+
+  Args:
+    num_train, num_test: the splits' example counts.
+    num_classes: the number of class templates.
+    image_size, channels: the images' [S, S, C].
+    seed: the generator's seed (`dataset.seed`).
 
   Returns:
     ((train_images [N, S, S, C], train_labels [N]),
      (test_images [M, S, S, C], test_labels [M])), num_classes.
   """
-  num_train = int(config.get('num_train', 512))
-  num_test = int(config.get('num_test', 256))
-  num_classes = int(config.get('num_classes', 10))
-  size = int(config.get('image_size', 32))
-  channels = int(config.get('channels', 3))
-  seed = int(config.get('seed', 0))
+  num_train, num_test = int(num_train), int(num_test)
+  num_classes, size = int(num_classes), int(image_size)
+  channels, seed = int(channels), int(seed)
   for field, value, low in (
     ('num_train', num_train, 1),
     ('num_test', num_test, 1),

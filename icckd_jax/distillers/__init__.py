@@ -40,8 +40,9 @@ like the model's), the buffers as state.distiller_buffers (runs/
 train_state.py); both are checkpointed with it. The other methods add
 nothing to the state, and their step compiles as before.
 
-`build(config.distill)` binds the chosen method to its options: a
-`contract.Distiller`, all the student's stage and step see. The ConfigDict
+`build(config.distill)` (or the student's typed part of it,
+runs/spec.py's `Distillation`) binds the chosen method to its options: a
+`contract.Distiller`, all the student's stage and step see. The config
 stops here; the methods receive plain values.
 
 Each module's docstring gives its published CIFAR-100 recipe, which the
@@ -50,7 +51,7 @@ defaults of configs/student.py hold, and the code it was read from
 line below.
 """
 
-import ml_collections
+from typing import Any, Protocol
 
 from icckd_jax.distillers import at
 from icckd_jax.distillers import contract
@@ -136,7 +137,16 @@ def get(name: str) -> Method:
   return DISTILLERS[name]
 
 
-def build(distill: ml_collections.ConfigDict) -> Distiller:
+class Settings(Protocol):
+  """What `build` reads: config.distill, or the student's
+  `spec.Distillation`: the method's name and every field's plain value."""
+
+  method: str
+
+  def to_dict(self) -> dict[str, Any]: ...
+
+
+def build(distill: Settings) -> Distiller:
   """The method config.distill chooses, bound to its static options.
 
   Raises:

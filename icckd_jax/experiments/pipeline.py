@@ -22,6 +22,7 @@ from icckd_jax.training import loop
 from icckd_jax.stages import student
 from icckd_jax.stages import preflight
 from icckd_jax.stages import teacher as teacher_lib
+from icckd_jax.runs import spec
 from icckd_jax.runs import validate
 from icckd_jax.training.preemption import StopRequest
 from icckd_jax.runs.reuse import Reuse
@@ -65,7 +66,7 @@ def check_stages(
       validate.check_config(config, f'{stage}.')
       models.create_model(config.model, 2)  # Unknown names raise here.
       if stage == 'student':  # Also refuses a switch the method lacks.
-        distillers.build(config.distill)
+        distillers.build(spec.part(spec.Distillation, config.distill))
     except UserError as e:
       message = str(e)
       if not message.startswith(f'config.{stage}.'):

@@ -1,6 +1,6 @@
 """Which input path a run takes, and its data set loaded for it.
 
-`load(config.dataset, config.input.mode, ...)` returns a `datasets.Dataset`:
+`load(DataSpec, config.input.mode, ...)` returns a `datasets.Dataset`:
 resident (whole decoded splits, `input_pipeline` puts them on every device)
 or streamed (`stream.StreamSplit`s of a converted set, read as the run
 goes), and logs which and why.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 from absl import logging
-import ml_collections
 import numpy as np
 
 from icckd_jax.data import array_record
@@ -30,7 +29,7 @@ RESIDENT_FRACTION = 0.25
 
 
 def load(
-  config: ml_collections.ConfigDict,
+  spec: datasets.DataSpec,
   mode: str = 'auto',
   workers: int = 0,
   device_bytes: int | None = None,
@@ -42,7 +41,7 @@ def load(
   (`imagenet_preprocess.normalization`); logs which path and why.
 
   Args:
-    config: the `dataset` sub-config.
+    spec: the data set (the config's `dataset` section).
     mode: 'stream' reads a converted set's shards as the run goes; 'resident'
       holds the decoded splits on every device; 'auto' streams a converted
       set whose decoded train split would take more than RESIDENT_FRACTION
@@ -57,27 +56,27 @@ def load(
       set that is not converted, 'resident' for a set that cannot be
       (several sizes, augment 'resized_crop', or larger than the device).
   """
-  normalization = config.get('normalization', 'measured')
+  normalization = spec.normalization
   if normalization not in NORMALIZATIONS:
     raise UserError(
       f'config.dataset.normalization={normalization!r} is unknown; choose '
       'one of: ' + ', '.join(NORMALIZATIONS)
     )
-  dataset = _load(config, mode, workers, device_bytes)
+  dataset = _load(spec, mode, workers, device_bytes)
   if normalization == 'measured':
     return dataset
   mean, std = imagenet_preprocess.normalization()
   if dataset.mean.shape != mean.shape:
     raise UserError(
       f"config.dataset.normalization='imagenet' is for RGB images, but "
-      f'dataset.name={config.get("name")!r} has {dataset.mean.shape[0]} '
+      f'dataset.name={spec.name!r} has {dataset.mean.shape[0]} '
       "channel(s); use 'measured'"
     )
   return dataclasses.replace(dataset, mean=mean, std=std)
 
 
 def _load(
-  config: ml_collections.ConfigDict,
+  spec: datasets.DataSpec,
   mode: str,
   workers: int,
   device_bytes: int | None,
@@ -88,8 +87,7 @@ def _load(
       f'config.input.mode={mode!r} is unknown; choose one of: '
       + ', '.join(MODES)
     )
-  name = config.get('name')
-  augment = config.get('augment', 'auto')
+  name, augment = spec.name, spec.augment
   if name != 'array_record':
     if augment == 'resized_crop':
       raise UserError(
@@ -97,16 +95,17 @@ def _load(
         f'convert dataset.name={name!r} with configs/convert.py and train '
         "with dataset.name='array_record' (or set dataset.augment='auto')"
       )
-    return _load_resident(config, mode)
+    return _load_resident(spec, mode)
   for split in array_record.SPLITS:
-    if config.get(f'{split}_subset'):
+    subset = getattr(spec, f'{split}_subset')
+    if subset:
       raise UserError(
-        f'config.dataset.{split}_subset={config.get(f"{split}_subset")} is '
+        f'config.dataset.{split}_subset={subset} is '
         "not read for dataset.name='array_record'; convert the subset (or "
         'set it to 0)'
       )
-  info = array_record.read_info(config.get('path'))
-  mode, why = choose(mode, info, device_bytes, config.get('path'), augment)
+  info = array_record.read_info(spec.path)
+  mode, why = choose(mode, info, device_bytes, spec.path, augment)
   fields = dict(
     name=name,
     train_labels=np.asarray(info.labels('train'), np.int32),
@@ -124,7 +123,7 @@ def _load(
       test_images=arrays['test_images'],
       **fields,
     )
-  splits = stream.splits(info, config.get('image_size', 32), workers, augment)
+  splits = stream.splits(info, spec.image_size, workers, augment)
   logging.info(
     'Input: streaming from the shards in %s with %d decode worker(s), %s '
     'images, %s augmentation (%s).',
@@ -139,15 +138,15 @@ def _load(
   )
 
 
-def _load_resident(config: ml_collections.ConfigDict, mode: str):
+def _load_resident(spec: datasets.DataSpec, mode: str):
   """A set the project decodes itself: resident, as before streaming."""
   if mode == 'stream':
     raise UserError(
       f"config.input.mode='stream' reads ArrayRecord shards; convert "
-      f'dataset.name={config.get("name")!r} first with configs/convert.py '
+      f'dataset.name={spec.name!r} first with configs/convert.py '
       "and train with dataset.name='array_record'"
     )
-  dataset = datasets.load(config)
+  dataset = datasets.load(spec)
   logging.info(
     'Input: resident on every device (%s; %.1f MiB decoded train split).',
     f'input.mode={mode!r}',

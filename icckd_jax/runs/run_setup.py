@@ -8,12 +8,12 @@ initial state.
 
 from collections.abc import Callable
 import dataclasses
+import json
 from typing import Any
 
 import flax.linen as nn
 import jax
 from jax.sharding import Mesh
-import ml_collections
 import optax
 
 from icckd_jax import parallel
@@ -22,30 +22,21 @@ from icckd_jax.input_pipeline import resident
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
-from icckd_jax.runs import config_schema
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs.config_schema import DTYPES
 from icckd_jax.runs.reuse import Reuse
+from icckd_jax.runs.spec import Inputs, Recipe
 from icckd_jax.runs.train_state import TrainState
 
 
-def compute_dtype(config: ml_collections.ConfigDict):
-  if config.dtype not in DTYPES:
+def compute_dtype(dtype: str):
+  """The compute dtype named `dtype` (config.dtype)."""
+  if dtype not in DTYPES:
     raise UserError(
-      f'config.dtype={config.dtype!r} is unknown; choose one of: '
-      + ', '.join(DTYPES)
+      f'config.dtype={dtype!r} is unknown; choose one of: ' + ', '.join(DTYPES)
     )
-  return DTYPES[config.dtype]
-
-
-def step_key(config: ml_collections.ConfigDict, *extra: str) -> str:
-  """The part of `config` a compiled step depends on (see config_schema),
-  with `extra` (the step's other static inputs): steps of equal keys are
-  shared by the runs of one process (`Reuse`)."""
-  return '|'.join(
-    (reuse_lib.config_key(config, config_schema.not_compiled()), *extra)
-  )
+  return DTYPES[dtype]
 
 
 def mesh_key(mesh: Mesh) -> str:
@@ -54,24 +45,28 @@ def mesh_key(mesh: Mesh) -> str:
 
 
 def load_dataset(
-  config: ml_collections.ConfigDict, reuse: Reuse | None = None
+  data: datasets.DataSpec, feed: Inputs, reuse: Reuse | None = None
 ) -> datasets.Dataset:
-  """The data set of `config`, streamed or resident as config.input says
-  (`inputs.load`), sized against this process's first device."""
-  input_config = config.get('input') or {}
-  mode = input_config.get('mode', 'auto')
-  workers = input_config.get('workers', 0)
+  """The data set `data`, streamed or resident as `feed` (config.input)
+  says (`inputs.load`), sized against this process's first device."""
+  mode, workers = feed.mode, feed.workers
   return reuse_lib.get(
     reuse,
     'dataset',
-    f'{reuse_lib.config_key(config.dataset)}|{mode}|{workers}',
+    f'{data_key(data)}|{mode}|{workers}',
     lambda: inputs.load(
-      config.dataset,
+      data,
       mode,
       workers,
       memory_lib.available_memory(jax.local_devices()[0]),
     ),
   )
+
+
+def data_key(data: datasets.DataSpec) -> str:
+  """`data` as a canonical string: a key for sharing what is built from
+  the data set alone (the loaded set, evaluation programs)."""
+  return json.dumps(dataclasses.asdict(data), sort_keys=True)
 
 
 def splits(dataset: datasets.Dataset, mesh: Mesh):
@@ -82,13 +77,13 @@ def splits(dataset: datasets.Dataset, mesh: Mesh):
   return resident.to_device(dataset, mesh)
 
 
-def check_steps_per_epoch(
-  config: ml_collections.ConfigDict, dataset: datasets.Dataset
-) -> int:
-  steps = resident.steps_per_epoch(len(dataset.train_labels), config.batch_size)
+def check_steps_per_epoch(batch_size: int, dataset: datasets.Dataset) -> int:
+  """The full batches of `batch_size` (config.batch_size) in an epoch of
+  `dataset`'s train split; none is refused."""
+  steps = resident.steps_per_epoch(len(dataset.train_labels), batch_size)
   if steps == 0:
     raise UserError(
-      f'config.batch_size={config.batch_size} is larger than the '
+      f'config.batch_size={batch_size} is larger than the '
       f'{len(dataset.train_labels)} training examples'
     )
   return steps
@@ -123,9 +118,10 @@ class RunSetup:
     (never materialised on the host first)."""
     return jax.jit(self.init_state, out_shardings=parallel.replicated(mesh))()
 
-  def batches(self, config, split, mesh: Mesh, start_step: int):
+  def batches(self, recipe: Recipe, split, mesh: Mesh, start_step: int):
     """The batch stream of this run from `start_step` on: from a resident
-    `resident.Split` on the devices, or a `stream.StreamSplit`."""
+    `resident.Split` on the devices, or a `stream.StreamSplit`; `recipe`
+    gives the seed, batch size and augmentation."""
     make = (
       stream.train_batches
       if isinstance(split, stream.StreamSplit)
@@ -134,11 +130,11 @@ class RunSetup:
     batches = make(
       split,
       mesh,
-      seed=config.seed,
-      batch_size=config.batch_size,
+      seed=recipe.seed,
+      batch_size=recipe.batch_size,
       num_views=self.num_views,
-      crop_padding=config.crop_padding,
-      flip=config.flip,
+      crop_padding=recipe.crop_padding,
+      flip=recipe.flip,
       start_step=start_step,
       with_indices=self.with_indices,
     )

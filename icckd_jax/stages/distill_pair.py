@@ -11,12 +11,12 @@ would otherwise fail deep inside the compilation of the train step.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import flax.linen as nn
 
 from icckd_jax import distillers
 from icckd_jax import parallel
 from icckd_jax.errors import UserError, one_line
+from icckd_jax.runs.spec import Distillation
 from icckd_jax.stages import student_step
 
 
@@ -29,7 +29,7 @@ def _stage_shapes(outputs: distillers.Outputs) -> str:
 
 
 def check_pair(
-  distill: ml_collections.ConfigDict,
+  distillation: Distillation,
   names: tuple[str, str],
   models: tuple[nn.Module, nn.Module],
   teacher_variables,
@@ -37,7 +37,8 @@ def check_pair(
   input_shape,
   train_labels,
 ) -> None:
-  """Refuses, with one UserError, a pair `distill.method` cannot serve.
+  """Refuses, with one UserError, a pair `distillation.method` cannot
+  serve.
 
   `names` and `models` are (student, teacher); `teacher_variables` the
   teacher's (concrete or abstract); `input_shape` [H, W, C];
@@ -64,7 +65,7 @@ def check_pair(
   student, teacher = jax.eval_shape(outputs)
   student_name, teacher_name = names
   refusal = (
-    f'config.distill.method={distill.method!r} cannot distil teacher '
+    f'config.distill.method={distillation.method!r} cannot distil teacher '
     f'{teacher_name} (stages {_stage_shapes(teacher)}) into student '
     f'{student_name} (stages {_stage_shapes(student)})'
   )
@@ -74,7 +75,9 @@ def check_pair(
 
   def traced(student, teacher, teacher_params):
     labels = jnp.zeros((x.shape[0],), jnp.int32)
-    hp = dict(student_step.hyperparameters(distill), epoch=jnp.float32(1))
+    hp = dict(
+      student_step.hyperparameters(distillation.weights), epoch=jnp.float32(1)
+    )
     gather = lambda a: a  # Shapes only: one device's batch is the batch.
     abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (student, teacher)

@@ -10,16 +10,15 @@ import os
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-import ml_collections
 
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.runs import memory as memory_lib
-from icckd_jax.runs import validate
 from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.run_setup import RunSetup
+from icckd_jax.runs.spec import Recipe, RunSpec
 
 
 def require_workdir(workdir: str | None) -> str:
@@ -88,22 +87,19 @@ def prepare_workdir(workdir: str | None) -> str:
   return os.path.abspath(workdir)
 
 
-def checked_mesh(config: ml_collections.ConfigDict, workdir: str | None):
-  """The run's mesh, after every check of `config` (and of the run already in
-  `workdir`) that needs no data: a rejected run writes nothing."""
-  require_workdir(workdir)
-  validate.check_config(config)
-  validate.check_resumable(config, workdir)
-  mesh = parallel.make_mesh(config.get('num_devices'))
-  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
+def checked_mesh(run: RunSpec):
+  """The run's mesh, on which both its batch sizes must split evenly
+  (checked, with the config, by `spec.checked`, before any data loads)."""
+  mesh = parallel.make_mesh(run.bookkeeping.num_devices)
+  parallel.check_batch_size(run.recipe.batch_size, mesh, 'config.batch_size')
   parallel.check_batch_size(
-    config.eval_batch_size, mesh, 'config.eval_batch_size'
+    run.bookkeeping.eval_batch_size, mesh, 'config.eval_batch_size'
   )
   return mesh
 
 
 def check_step_memory(
-  config: ml_collections.ConfigDict,
+  recipe: Recipe,
   setup: RunSetup,
   dataset: datasets.Dataset,
   mesh: Mesh,
@@ -117,12 +113,12 @@ def check_step_memory(
   """
   state = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
   images = jax.ShapeDtypeStruct(
-    (setup.num_views, config.batch_size, *dataset.image_shape),
+    (setup.num_views, recipe.batch_size, *dataset.image_shape),
     jnp.uint8,
     sharding=NamedSharding(mesh, PartitionSpec(None, parallel.DATA)),
   )
   labels = jax.ShapeDtypeStruct(
-    (config.batch_size,), jnp.int32, sharding=parallel.batch_sharded(mesh)
+    (recipe.batch_size,), jnp.int32, sharding=parallel.batch_sharded(mesh)
   )
   if setup.with_indices:
     labels = (labels, labels)  # (labels, example indices), both [B] int32
@@ -141,8 +137,8 @@ def check_step_memory(
     need *= len(devices)
   if need > available:
     raise UserError(
-      f'the train step needs {need / 2**30:.1f} GiB ({config.model}, batch '
-      f'{config.batch_size} of {dataset.image_shape} '
+      f'the train step needs {need / 2**30:.1f} GiB ({recipe.model}, batch '
+      f'{recipe.batch_size} of {dataset.image_shape} '
       f'images) but {devices[0].platform} has {available / 2**30:.1f} GiB '
       'available; lower config.batch_size or the image size, or use '
       'more devices'

@@ -1,9 +1,10 @@
 """The student: distilled from a restored, read-only teacher (docs/method.md
 §4), built for the loop.
 
-`train_student(config, workdir)` loads the teacher (`teacher_source`),
-checks everything that can reject the config, builds the model, optimiser
-and jitted step (`build_student`), evaluates the teacher once, and runs the
+`train_student(config, workdir)` checks the config and turns it into typed
+parts (`spec.RunSpec`), loads the teacher (`teacher_source`), checks
+everything else that can reject the run, builds the model, optimiser and
+jitted step (`build_student`), evaluates the teacher once, and runs the
 loop (`loop.fit`); the teacher's module mirrors it. The teacher's variables
 are an argument of the step and are never written anywhere.
 """
@@ -31,6 +32,7 @@ from icckd_jax.training import loop
 from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import student_step
 from icckd_jax.stages import teacher_source
@@ -42,8 +44,8 @@ from icckd_jax.runs.run_setup import (
   load_dataset,
   mesh_key,
   splits,
-  step_key,
 )
+from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
 
 TEACHER_EVAL_FILE = 'teacher_eval.json'
@@ -86,7 +88,7 @@ def _reference(teacher_model, teacher_config, dataset):
 
 
 def build_student(
-  config: ml_collections.ConfigDict,
+  run: RunSpec,
   dataset: datasets.Dataset,
   mesh: Mesh,
   teacher_config: ml_collections.ConfigDict,
@@ -98,9 +100,10 @@ def build_student(
   With `reuse`, students of same-architecture teachers share one step: the
   teacher's weights and the distillation weights are arguments.
   """
-  dtype = compute_dtype(config)
-  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  steps_per_epoch = check_steps_per_epoch(config, dataset)
+  recipe, distillation = run.recipe, run.distillation
+  dtype = compute_dtype(recipe.dtype)
+  parallel.check_batch_size(recipe.batch_size, mesh, 'config.batch_size')
+  steps_per_epoch = check_steps_per_epoch(recipe.batch_size, dataset)
   teacher_model = _teacher_model(
     teacher_config, teacher_variables, dataset, dtype
   )
@@ -108,22 +111,22 @@ def build_student(
     teacher_model, teacher_config, dataset
   )
   student_model = models.create_model(
-    config.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
+    recipe.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )
-  distiller = distillers.build(config.distill)
+  distiller = distillers.build(distillation)
   distill_pair.check_pair(
-    config.distill,
-    (config.model, teacher_config.model),
+    distillation,
+    (recipe.model, teacher_config.model),
     (student_model, teacher_model),
     teacher_variables,
     distiller,
     dataset.image_shape,
     dataset.train_labels,
   )
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
-  tx = optim.create_optimizer(config, learning_rate_fn)
+  learning_rate_fn = optim.create_learning_rate_fn(recipe, steps_per_epoch)
+  tx = optim.create_optimizer(recipe, learning_rate_fn)
   init_state = _init_fn(
-    config,
+    recipe.seed,
     student_model,
     teacher_model,
     teacher_variables,
@@ -142,7 +145,7 @@ def build_student(
     train_step=reuse_lib.get(
       reuse,
       'student_step',
-      step_key(config, str(teacher_model), mesh_key(mesh)),
+      run.step_key(str(teacher_model), mesh_key(mesh)),
       lambda: student_step.make_train_step(
         student_model,
         teacher_model,
@@ -159,7 +162,7 @@ def build_student(
     ),
     step_args={
       'teacher': teacher_variables,
-      'hp': student_step.hyperparameters(config.distill),
+      'hp': student_step.hyperparameters(distillation.weights),
     },
     reference=(reference, teacher_variables),
     with_indices=distiller.trainable,
@@ -167,7 +170,7 @@ def build_student(
 
 
 def _init_fn(
-  config,
+  seed: int,
   student_model,
   teacher_model,
   teacher_variables,
@@ -195,7 +198,7 @@ def _init_fn(
     )
 
   def init_state():
-    key = jax.random.key(config.seed)
+    key = jax.random.key(seed)
     variables = student_model.init(key, x, train=False)
     if shapes is None:
       return create_train_state(
@@ -225,33 +228,33 @@ def train_student(
   in `workdir`, resuming if it can; returns the summary. `claim`: the
   workdir's lock, when the caller took it first
   (`preflight.hold_workdir`)."""
-  mesh = preflight.checked_mesh(config, workdir)
+  preflight.require_workdir(workdir)
+  run = spec.checked(config, workdir)
+  mesh = preflight.checked_mesh(run)
   teacher_config, teacher_variables, teacher_print = (
-    teacher_source.load_teacher_checked(config, mesh)
+    teacher_source.load_teacher_checked(run.teacher, mesh)
   )
   if 'dataset' in teacher_config:  # An Orbax teacher of this project.
     # The config fields first: a mismatch is refused before any data loads.
-    teacher_source.check_same_data(config.dataset, teacher_config.dataset)
-  dataset = load_dataset(config, reuse)
+    teacher_source.check_same_data(run.data, teacher_config.dataset)
+  dataset = load_dataset(run.data, run.inputs, reuse)
   if 'dataset' in teacher_config:
-    with checkpoint.Checkpoints(
-      config.teacher.workdir, read_only=True
-    ) as ckpts:
-      teacher_shape = ckpts.input_shape(config.teacher.checkpoint)
+    with checkpoint.Checkpoints(run.teacher.workdir, read_only=True) as ckpts:
+      teacher_shape = ckpts.input_shape(run.teacher.checkpoint)
     teacher_source.check_same_data(
-      config.dataset,
+      run.data,
       teacher_config.dataset,
       dataset.image_shape,
       teacher_shape,
     )
   setup = build_student(
-    config, dataset, mesh, teacher_config, teacher_variables, reuse
+    run, dataset, mesh, teacher_config, teacher_variables, reuse
   )
-  memory = preflight.check_step_memory(config, setup, dataset, mesh)
+  memory = preflight.check_step_memory(run.recipe, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
   with preflight.hold_workdir(workdir, claim):
     teacher_eval = _teacher_eval(
-      config,
+      run,
       workdir,
       dataset,
       mesh,
@@ -260,7 +263,7 @@ def train_student(
       teacher_print,
     )
     return loop.fit(
-      config,
+      run,
       workdir,
       setup,
       dataset,
@@ -293,7 +296,7 @@ def _check_same_teacher(path: str, teacher_print: dict, source: str) -> None:
 
 
 def _teacher_eval(
-  config,
+  run: RunSpec,
   workdir,
   dataset,
   mesh,
@@ -305,27 +308,27 @@ def _teacher_eval(
   workdir (a resumed student reads them back from WORKDIR/teacher_eval.json
   after checking that its teacher is the same)."""
   path = os.path.join(workdir, TEACHER_EVAL_FILE)
-  source = config.teacher.get('pth') or config.teacher.workdir
+  source = run.teacher.pth or run.teacher.workdir
   if os.path.exists(path):
     _check_same_teacher(path, teacher_print, source)
   else:
     _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
     mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
-    dtype = compute_dtype(config)
+    dtype = compute_dtype(run.recipe.dtype)
     evaluate_fn = evaluate.make_eval_fn(
       _teacher_model(teacher_config, teacher_variables, dataset, dtype),
       mesh,
       mean=mean,
       std=std,
       dtype=dtype,
-      batch_size=config.eval_batch_size,
+      batch_size=run.bookkeeping.eval_batch_size,
     )
     teacher_eval = evaluate_fn(teacher_variables, test_split)
     teacher_eval.update(
       model=teacher_config.model,
       source=source,
-      workdir=config.teacher.get('workdir'),
+      workdir=run.teacher.workdir,
       fingerprint=teacher_print,
     )
     logging.info(

@@ -8,6 +8,7 @@ method that needs them, both networks are applied with 'intermediates'
 mutable and their stage maps (`models.stages`) fill `Outputs.stages`.
 """
 
+from collections.abc import Mapping
 import dataclasses
 from typing import Any
 
@@ -16,7 +17,6 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 from jax.sharding import Mesh
-import ml_collections
 import optax
 
 from icckd_jax import distillers
@@ -31,10 +31,11 @@ from icckd_jax.training import step as step_lib
 DISTILL_WEIGHTS = config_schema.traced_distill_weights()
 
 
-def hyperparameters(distill: ml_collections.ConfigDict) -> dict[str, jax.Array]:
-  """The distillation weights as traced scalars (those a method does not
+def hyperparameters(weights: Mapping[str, float]) -> dict[str, jax.Array]:
+  """The distillation weights (`spec.Distillation.weights`: {name: value}
+  of every DISTILL_WEIGHTS name) as traced scalars (those a method does not
   read are unused arguments, which jit prunes from its program)."""
-  return {name: jnp.float32(distill[name]) for name in DISTILL_WEIGHTS}
+  return {name: jnp.float32(weights[name]) for name in DISTILL_WEIGHTS}
 
 
 def apply_model(

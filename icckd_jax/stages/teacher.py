@@ -2,8 +2,9 @@
 §3), built for the loop.
 
 `train_teacher(config, workdir)` checks everything that can reject the
-config, builds the model, optimiser and jitted step (`build_teacher`), and
-runs the loop (`loop.fit`); the student's module mirrors it.
+config, turns it into typed parts (`spec.RunSpec`), builds the model,
+optimiser and jitted step from them (`build_teacher`), and runs the loop
+(`loop.fit`); the student's module mirrors it.
 """
 
 from typing import Any
@@ -22,6 +23,7 @@ from icckd_jax.training import loop
 from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import teacher_step
 from icckd_jax.runs.reuse import Reuse
@@ -31,24 +33,25 @@ from icckd_jax.runs.run_setup import (
   compute_dtype,
   load_dataset,
   mesh_key,
-  step_key,
 )
+from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
 
 
-def _init_state_fn(config, model, head, tx, input_shape):
-  """() -> the initial TrainState of the teacher of `config`."""
-  icc_on = config.icc.lam != 0
+def _init_state_fn(run: RunSpec, model, head, tx, input_shape):
+  """() -> the initial TrainState of the teacher `run`."""
+  icc_on = run.objective.lam != 0
+  cache_size, cache_store = run.cache.size, run.cache.store
 
   def init_state():
     params, batch_stats = teacher_step.init_params(
-      model, head, jax.random.key(config.seed), input_shape
+      model, head, jax.random.key(run.recipe.seed), input_shape
     )
     # No objective or cache.size = 0: no cache at all (Orbax cannot store
     # the zero-size arrays of an empty ring).
     cache = None
-    if icc_on and config.cache.size > 0:
-      if config.cache.store == 'features':
+    if icc_on and cache_size > 0:
+      if cache_store == 'features':
         item_shape = (
           teacher_step.embedding_dim(
             model, head, params, batch_stats, input_shape
@@ -58,7 +61,7 @@ def _init_state_fn(config, model, head, tx, input_shape):
       else:
         item_shape, item_dtype = input_shape, jnp.uint8
       cache = cache_lib.create(
-        config.cache.size, config.batch_size, item_shape, item_dtype
+        cache_size, run.recipe.batch_size, item_shape, item_dtype
       )
     return create_train_state(params, batch_stats, tx, cache)
 
@@ -66,36 +69,37 @@ def _init_state_fn(config, model, head, tx, input_shape):
 
 
 def build_teacher(
-  config: ml_collections.ConfigDict,
+  run: RunSpec,
   dataset: datasets.Dataset,
   mesh: Mesh,
   reuse: Reuse | None = None,
 ) -> RunSetup:
-  """Validates `config` and builds the model, optimiser and jitted step.
+  """Builds the model, optimiser and jitted step of the teacher `run`.
 
   With `reuse`, a step already built for a config that differs only in
   traced values (δ, τ, λ ≠ 0) or the seed is shared, compiled once.
   """
-  dtype = compute_dtype(config)
-  parallel.check_batch_size(config.batch_size, mesh, 'config.batch_size')
-  steps_per_epoch = check_steps_per_epoch(config, dataset)
+  recipe, objective = run.recipe, run.objective
+  dtype = compute_dtype(recipe.dtype)
+  parallel.check_batch_size(recipe.batch_size, mesh, 'config.batch_size')
+  steps_per_epoch = check_steps_per_epoch(recipe.batch_size, dataset)
   input_shape = dataset.image_shape
   model = models.create_model(
-    config.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
+    recipe.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )
-  icc_on = config.icc.lam != 0
+  icc_on = objective.lam != 0
   head = (
-    projection.MLPHead(config.icc.head_dim, dtype=dtype)
-    if icc_on and config.icc.head == 'mlp'
+    projection.MLPHead(objective.head_dim, dtype=dtype)
+    if icc_on and objective.head == 'mlp'
     else None
   )
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
-  tx = optim.create_optimizer(config, learning_rate_fn)
+  learning_rate_fn = optim.create_learning_rate_fn(recipe, steps_per_epoch)
+  tx = optim.create_optimizer(recipe, learning_rate_fn)
   num_views = 2 if icc_on else 1
   train_step = reuse_lib.get(
     reuse,
     'teacher_step',
-    step_key(config, str(num_views), mesh_key(mesh)),
+    run.step_key(str(num_views), mesh_key(mesh)),
     lambda: teacher_step.make_train_step(
       model,
       head,
@@ -105,9 +109,9 @@ def build_teacher(
       std=dataset.std,
       dtype=dtype,
       num_views=num_views,
-      margin_kind=config.icc.margin_kind,
-      cache_store=config.cache.store,
-      empty_anchors=config.icc.empty_anchors,
+      margin_kind=objective.margin_kind,
+      cache_store=run.cache.store,
+      empty_anchors=objective.empty_anchors,
     ),
   )
   return RunSetup(
@@ -117,10 +121,10 @@ def build_teacher(
     learning_rate_fn=learning_rate_fn,
     steps_per_epoch=steps_per_epoch,
     num_views=num_views,
-    init_state=_init_state_fn(config, model, head, tx, input_shape),
+    init_state=_init_state_fn(run, model, head, tx, input_shape),
     train_step=train_step,
     step_args=teacher_step.hyperparameters(
-      config.icc.lam, config.icc.tau, config.icc.delta
+      objective.lam, objective.tau, objective.delta
     ),
   )
 
@@ -134,16 +138,18 @@ def train_teacher(
   """Trains the teacher of `config` in `workdir`, resuming if it can;
   returns the summary.
 
-  Every check that can reject the config (`preflight`) runs before the
-  workdir is created or written. `claim`: the workdir's lock, when the
-  caller took it first (`preflight.hold_workdir`).
+  Every check that can reject the config (`spec.checked`, `preflight`)
+  runs before the workdir is created or written. `claim`: the workdir's
+  lock, when the caller took it first (`preflight.hold_workdir`).
   """
-  mesh = preflight.checked_mesh(config, workdir)
-  dataset = load_dataset(config, reuse)
-  setup = build_teacher(config, dataset, mesh, reuse)
-  memory = preflight.check_step_memory(config, setup, dataset, mesh)
+  preflight.require_workdir(workdir)
+  run = spec.checked(config, workdir)
+  mesh = preflight.checked_mesh(run)
+  dataset = load_dataset(run.data, run.inputs, reuse)
+  setup = build_teacher(run, dataset, mesh, reuse)
+  memory = preflight.check_step_memory(run.recipe, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
   with preflight.hold_workdir(workdir, claim):
     return loop.fit(
-      config, workdir, setup, dataset, mesh, reuse=reuse, step_memory=memory
+      run, workdir, setup, dataset, mesh, reuse=reuse, step_memory=memory
     )

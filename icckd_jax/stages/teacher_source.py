@@ -2,7 +2,7 @@
 PyTorch checkpoint (the CIFAR-100 KD benchmark's, torchvision's ImageNet
 weights), only ever read.
 
-A project run (`config.teacher.workdir`) brings its architecture and data set
+A project run (`TeacherSource.workdir`) brings its architecture and data set
 in the config saved with its checkpoint; a `.pth` file (`config.teacher.pth`
 with `config.teacher.model`) brings its family's input statistics
 (`torch_import.normalization`: ImageNet's for `imagenet_*`, else the
@@ -10,6 +10,7 @@ CIFAR-100 benchmark's), which the teacher's input is normalised with instead
 of the data set's.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import hashlib
 import os
@@ -26,6 +27,7 @@ from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.training import checkpoint
+from icckd_jax.runs.spec import TeacherSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +65,13 @@ def teacher_normalization(
   return dataset.mean, dataset.std
 
 
-def _load_pytorch_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
+def _load_pytorch_teacher(source: TeacherSource, mesh: Mesh):
   """(teacher config, variables) of the `.pth` file config.teacher.pth."""
-  path, model = config.teacher.pth, config.teacher.get('model')
-  if config.teacher.get('workdir'):
+  path, model = source.pth, source.model
+  if source.workdir:
     raise UserError(
       f'config.teacher.pth={path!r} and config.teacher.workdir='
-      f'{config.teacher.workdir!r} are both set; the teacher is '
+      f'{source.workdir!r} are both set; the teacher is '
       'one or the other'
     )
   torch_import.check_source(
@@ -106,14 +108,14 @@ def fingerprint(variables, epoch: int | None, step: int | None) -> dict:
   return {'epoch': epoch, 'step': step, 'digest': digest.hexdigest()[:16]}
 
 
-def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh):
+def load_teacher(source: TeacherSource, mesh: Mesh):
   """(teacher config, its variables replicated on `mesh`); as
   `load_teacher_checked`, without the teacher's fingerprint."""
-  teacher_config, variables, _ = load_teacher_checked(config, mesh)
+  teacher_config, variables, _ = load_teacher_checked(source, mesh)
   return teacher_config, variables
 
 
-def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
+def load_teacher_checked(source: TeacherSource, mesh: Mesh):
   """(teacher config, its variables replicated on `mesh`, its fingerprint).
 
   The teacher config is the one saved with an Orbax teacher run, or for a
@@ -122,10 +124,10 @@ def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
   teacher's workdir is only read). A run that has not reached its last
   epoch is refused unless config.teacher.allow_unfinished.
   """
-  if config.teacher.get('pth'):
-    saved, variables = _load_pytorch_teacher(config, mesh)
+  if source.pth:
+    saved, variables = _load_pytorch_teacher(source, mesh)
     return saved, variables, fingerprint(variables, None, None)
-  workdir = config.teacher.get('workdir')
+  workdir = source.workdir
   if not workdir or not os.path.isdir(workdir):
     raise UserError(
       f'config.teacher.workdir={workdir!r} is not a directory '
@@ -134,12 +136,12 @@ def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
     )
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
     restored = ckpts.restore_newest_intact(
-      None, which=config.teacher.checkpoint, mesh=mesh
+      None, which=source.checkpoint, mesh=mesh
     )
     last_epoch = ckpts.latest_epoch('last')
   if restored is None:
     raise UserError(
-      f'no {config.teacher.checkpoint} checkpoint in '
+      f'no {source.checkpoint} checkpoint in '
       f'config.teacher.workdir={workdir!r}; train the teacher '
       'first'
     )
@@ -148,7 +150,7 @@ def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
   if (
     planned is not None
     and (last_epoch or 0) < planned
-    and not config.teacher.get('allow_unfinished', False)
+    and not source.allow_unfinished
   ):
     raise UserError(
       f'config.teacher.workdir={workdir!r} holds an unfinished teacher '
@@ -171,25 +173,27 @@ def load_teacher_checked(config: ml_collections.ConfigDict, mesh: Mesh):
 # subsets (train_subset, test_subset) may differ: the same images, fewer.
 _DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
 _SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
-# Fields added later, with the value runs saved before them had.
-_ADDED_DATA_FIELDS = {'normalization': 'measured'}
+# Fields added later: their `DataSpec` default is the value runs saved
+# before them had.
+_ADDED_DATA_FIELDS = ('normalization',)
 
 
 def check_same_data(
-  student: ml_collections.ConfigDict,
-  teacher: ml_collections.ConfigDict,
+  student: datasets.DataSpec,
+  teacher: ml_collections.ConfigDict | Mapping,
   input_shape=None,
   teacher_shape=None,
 ) -> None:
   """The student's data must be the teacher's: same set, same image size,
   channels and normalisation (a teacher fed other images scores near
-  chance)."""
+  chance). `teacher` is the `dataset` section saved with the teacher; a
+  field it lacks counts as its `DataSpec` default, as the student's does."""
+  theirs_spec = datasets.DataSpec.from_fields(teacher)
   fields = _DATA_FIELDS + (
-    _SYNTHETIC_FIELDS if student.get('name') == 'synthetic' else ()
+    _SYNTHETIC_FIELDS if student.name == 'synthetic' else ()
   )
-  for field in fields + tuple(_ADDED_DATA_FIELDS):
-    default = _ADDED_DATA_FIELDS.get(field)
-    mine, theirs = student.get(field, default), teacher.get(field, default)
+  for field in fields + _ADDED_DATA_FIELDS:
+    mine, theirs = getattr(student, field), getattr(theirs_spec, field)
     if mine != theirs:
       raise UserError(
         f'config.dataset.{field}={mine!r} but the teacher was '

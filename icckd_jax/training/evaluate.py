@@ -16,6 +16,7 @@ import numpy as np
 from icckd_jax.input_pipeline import augment
 from icckd_jax.training import checkpoint
 from icckd_jax.runs import run_setup
+from icckd_jax.runs import spec
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.objective import losses
 from icckd_jax import models
@@ -185,8 +186,11 @@ def evaluate_checkpoint(
     params_file.check_writable(export, 'config.export')
   mesh = parallel.make_mesh(num_devices)
   state, meta, saved = _restore_checkpoint(workdir, which, mesh)
-  dataset = run_setup.load_dataset(saved)
-  dtype = run_setup.compute_dtype(saved)
+  dataset = run_setup.load_dataset(
+    spec.data_spec(saved.dataset),
+    spec.part(spec.Inputs, saved.get('input') or {}),
+  )
+  dtype = run_setup.compute_dtype(saved.dtype)
   model = models.create_model(
     saved.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
   )
@@ -233,14 +237,14 @@ def evaluate_checkpoint(
 def evaluate_pytorch(
   pth: str,
   model_name: str,
-  dataset_config: ml_collections.ConfigDict,
+  data: spec.DataSpec,
   num_devices: int | None = None,
   batch_size: int = 500,
   export: str | None = None,
 ) -> dict[str, Any]:
   """Imports a PyTorch checkpoint (the CIFAR-100 KD benchmark's, or
   torchvision's for an `imagenet_*` model) and evaluates it on the whole
-  test split of `dataset_config`, exactly as a student evaluates such a
+  test split of `data`, exactly as a student evaluates such a
   teacher (inputs normalised with the statistics of the model's family,
   `torch_import.normalization`; float32). Prints the result as JSON; writes nothing else,
   except the plain parameters file `export` when given.
@@ -249,7 +253,7 @@ def evaluate_pytorch(
     params_file.check_writable(export, 'config.export')
   torch_import.check_source(pth, model_name, 'config.pth', 'config.model')
   mesh = parallel.make_mesh(num_devices)
-  dataset = inputs.load(dataset_config)
+  dataset = inputs.load(data)
   variables = torch_import.load_checkpoint(pth, model_name, dataset.num_classes)
   mean, std = torch_import.normalization(model_name)
   if export and jax.process_index() == 0:

@@ -1,6 +1,7 @@
 """The train loop both stages run (flax imagenet style, read top to bottom).
 
-`fit(config, workdir, setup, dataset, mesh)` resumes from the newest intact
+`fit(run, workdir, setup, dataset, mesh)` (`run`: the stage's `spec.RunSpec`)
+resumes from the newest intact
 checkpoint if there is one, then runs epochs of `setup.train_step`,
 evaluates on the whole test split (every `eval_every_epochs` and at the last
 epoch), logs, checkpoints, and returns the run's summary, also written to
@@ -31,7 +32,6 @@ from typing import Any
 from absl import logging
 import jax
 from jax.sharding import Mesh
-import ml_collections
 import numpy as np
 
 from icckd_jax.data import datasets
@@ -50,12 +50,13 @@ from icckd_jax.runs import validate
 from icckd_jax.training.preemption import Preempted, StopRequest
 from icckd_jax.runs.reuse import Reuse
 from icckd_jax.runs.run_setup import RunSetup, compute_dtype, mesh_key
+from icckd_jax.runs.spec import RunSpec
 
 SUMMARY_FILE = 'summary.json'
 
 
 def fit(
-  config: ml_collections.ConfigDict,
+  run: RunSpec,
   workdir: str,
   setup: RunSetup,
   dataset: datasets.Dataset,
@@ -72,8 +73,10 @@ def fit(
   is removed and every checkpoint saved before stays intact.
   """
   try:
-    with checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints) as ckpts:
-      loop = _Loop(config, workdir, setup, dataset, mesh, ckpts, reuse)
+    with checkpoint.Checkpoints(
+      workdir, keep=run.bookkeeping.keep_checkpoints
+    ) as ckpts:
+      loop = _Loop(run, workdir, setup, dataset, mesh, ckpts, reuse)
       return loop.run(summary_extra, step_memory)
   except Exception as e:  # pylint: disable=broad-except
     if not _disk_full(e):
@@ -164,7 +167,7 @@ def _unpack_partial(partial: dict[str, Any]) -> tuple[list[dict], int]:
 
 
 def _header(
-  config,
+  run: RunSpec,
   setup: RunSetup,
   dataset: datasets.Dataset,
   mesh: Mesh,
@@ -180,20 +183,20 @@ def _header(
     'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
     'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
     'process(es), compute dtype %s; %s.',
-    config.get('mode', 'teacher'),
-    config.model,
+    run.bookkeeping.mode,
+    run.recipe.model,
     len(dataset.train_labels),
     len(dataset.test_labels),
     'x'.join(map(str, dataset.image_shape)),
     dataset.num_classes,
     setup.steps_per_epoch,
-    config.num_epochs,
-    config.batch_size,
+    run.recipe.num_epochs,
+    run.recipe.batch_size,
     f'{params:,}',
     mesh.devices.size,
     devices.platform,
     jax.process_count(),
-    config.dtype,
+    run.recipe.dtype,
     f'resuming at step {start_step}' if start_step else 'a new run',
   )
 
@@ -204,7 +207,7 @@ class _Loop:
 
   def __init__(
     self,
-    config,
+    spec: RunSpec,
     workdir,
     setup: RunSetup,
     dataset,
@@ -212,7 +215,7 @@ class _Loop:
     ckpts: checkpoint.Checkpoints,
     reuse: Reuse | None,
   ):
-    self.config, self.workdir, self.setup = config, workdir, setup
+    self.spec, self.workdir, self.setup = spec, workdir, setup
     self.dataset, self.mesh, self.ckpts, self.reuse = (
       dataset,
       mesh,
@@ -220,7 +223,7 @@ class _Loop:
       reuse,
     )
     self.steps_per_epoch = setup.steps_per_epoch
-    self.total_steps = config.num_epochs * self.steps_per_epoch
+    self.total_steps = spec.recipe.num_epochs * self.steps_per_epoch
     self.per_step, self.logged = [], 0  # this epoch's step metrics
     self.record, self.device_bytes = {}, []
     # Set by `resume`: where the run starts and what it carries over.
@@ -258,7 +261,7 @@ class _Loop:
         raise UserError(
           f'the run in {self.workdir} is at step {self.start_step}, past '
           f'the {self.total_steps} steps of config.num_epochs='
-          f'{self.config.num_epochs}; resume it with a larger num_epochs, '
+          f'{self.spec.recipe.num_epochs}; resume it with a larger num_epochs, '
           'or choose another --workdir'
         )
       if meta.get('partial'):
@@ -274,7 +277,7 @@ class _Loop:
       self.start_step, self.reference_loss, self.last_test = 0, None, None
       self.best = {'top1': -1.0, 'epoch': 0}
     _header(
-      self.config,
+      self.spec,
       self.setup,
       self.dataset,
       self.mesh,
@@ -298,8 +301,8 @@ class _Loop:
     }
 
   def _evaluate_fn(self):
-    config, setup, dataset, mesh = (
-      self.config,
+    spec, setup, dataset, mesh = (
+      self.spec,
       self.setup,
       self.dataset,
       self.mesh,
@@ -308,32 +311,32 @@ class _Loop:
     return reuse_lib.get(
       self.reuse,
       'eval',
-      f'{setup.model}|{config.eval_batch_size}|'
-      f'{reuse_lib.config_key(config.dataset)}|{mesh_key(mesh)}|{reference}',
+      f'{setup.model}|{spec.bookkeeping.eval_batch_size}|'
+      f'{run_setup.data_key(spec.data)}|{mesh_key(mesh)}|{reference}',
       lambda: evaluate.make_eval_fn(
         setup.model,
         mesh,
         mean=dataset.mean,
         std=dataset.std,
-        dtype=compute_dtype(config),
-        batch_size=config.eval_batch_size,
+        dtype=compute_dtype(spec.recipe.dtype),
+        batch_size=spec.bookkeeping.eval_batch_size,
         reference=reference,
       ),
     )
 
   def run(self, summary_extra, step_memory) -> dict[str, Any]:
     resumed = self.resume()
-    config, setup = self.config, self.setup
+    recipe, book, setup = self.spec.recipe, self.spec.bookkeeping, self.setup
     train_split, self.test_split = run_setup.splits(self.dataset, self.mesh)
     self.evaluate = self._evaluate_fn()
     self.batches = setup.batches(
-      config, train_split, self.mesh, self.start_step
+      recipe, train_split, self.mesh, self.start_step
     )
     self.writer = metric_writer.MetricWriter(
       self.workdir, self.start_step if resumed else None
     )
     self.progress = metric_writer.Progress(
-      self.total_steps, self.start_step, config.batch_size
+      self.total_steps, self.start_step, recipe.batch_size
     )
     # The teacher's negative cache, or the student's distiller buffers.
     self.cache_bytes = cache_lib.nbytes(
@@ -341,7 +344,7 @@ class _Loop:
     )
     self.hooks = (
       estimate.RunClock(
-        config.batch_size,
+        recipe.batch_size,
         self.steps_per_epoch,
         self.total_steps,
         self.start_step,
@@ -353,9 +356,9 @@ class _Loop:
     self.memory, self.compiled = dict(step_memory or {}), False
     start_epoch, first = divmod(self.start_step, self.steps_per_epoch)
     # Closing the batches stops a streamed run's decode workers.
-    with StopRequest(config.preemption_check_every_steps) as stop:
+    with StopRequest(book.preemption_check_every_steps) as stop:
       try:
-        for epoch in range(start_epoch, config.num_epochs):
+        for epoch in range(start_epoch, recipe.num_epochs):
           epoch_start = time.perf_counter()
           if epoch != start_epoch:
             self.per_step, self.logged, first = [], 0, 0
@@ -365,7 +368,7 @@ class _Loop:
         self.batches.close()
       self.writer.close()
       # A summary says the run finished: only beside its final checkpoint.
-      self.ckpts.commit(config.num_epochs)
+      self.ckpts.commit(recipe.num_epochs)
       summary = self.summarize(summary_extra)
       # A signal after the last step's check: the run is complete, yet the
       # caller (a pipeline, a worker of many runs, a script) asked to stop.
@@ -412,7 +415,7 @@ class _Loop:
 
   def run_epoch(self, epoch: int, first: int, stop: StopRequest) -> None:
     """Steps `first`..the end of `epoch`, logging every log_every_steps."""
-    config, setup = self.config, self.setup
+    recipe, book, setup = self.spec.recipe, self.spec.bookkeeping, self.setup
     window_start = time.perf_counter()
     for i in range(first, self.steps_per_epoch):
       done = epoch * self.steps_per_epoch + i
@@ -431,21 +434,21 @@ class _Loop:
       done += 1
       if self.reference_loss is None:
         self.reference_loss = float(metrics['loss'])
-      if done % config.log_every_steps == 0 or i == self.steps_per_epoch - 1:
+      if done % book.log_every_steps == 0 or i == self.steps_per_epoch - 1:
         window = self._check_window(done)
         step_time = (time.perf_counter() - window_start) / len(window)
         values = _mean_metrics(window)
         values.update(
           learning_rate=float(setup.learning_rate_fn(done - 1)),
           step_time=step_time,
-          images_per_second=config.batch_size / step_time,
+          images_per_second=recipe.batch_size / step_time,
         )
         self.writer.write('train', done, values)
         self.device_bytes.append(memory_lib.device_bytes_in_use())
         self.progress.report(
           done,
           epoch,
-          config.num_epochs,
+          recipe.num_epochs,
           {'loss': values['loss'], 'acc': values['accuracy']},
           ''.join(hook.note() for hook in self.hooks),
         )
@@ -465,7 +468,7 @@ class _Loop:
       self._meta(
         epoch, done, partial=_partial_epoch(self.per_step, self.logged)
       ),
-      validate.config_as_dict(self.config),
+      self.spec.saved,
     )
     self._write_config()
     self.writer.close()
@@ -480,15 +483,15 @@ class _Loop:
 
   def end_epoch(self, epoch: int, epoch_time: float) -> None:
     """Checks the state, evaluates when due, records, logs, checkpoints."""
-    config = self.config
+    recipe, book = self.spec.recipe, self.spec.bookkeeping
     done = (epoch + 1) * self.steps_per_epoch
     divergence.check_state(self.state, done, self.ckpts)
     per_step = jax.device_get(self.per_step)
     losses = np.array([m['loss'] for m in per_step])
-    is_last = epoch + 1 == config.num_epochs
+    is_last = epoch + 1 == recipe.num_epochs
     # Evaluation every `eval_every_epochs` and always at the last epoch,
     # whose figures are the run's headline.
-    evaluated = is_last or (epoch + 1) % config.eval_every_epochs == 0
+    evaluated = is_last or (epoch + 1) % book.eval_every_epochs == 0
     test = (
       self.evaluate(
         {
@@ -512,7 +515,7 @@ class _Loop:
       **{f'test_{k}': v for k, v in test.items()},
       'epoch_time': epoch_time,
       'images_per_second': (
-        self.steps_per_epoch * config.batch_size / epoch_time
+        self.steps_per_epoch * recipe.batch_size / epoch_time
       ),
       'cache_bytes': self.cache_bytes,
     }
@@ -525,21 +528,21 @@ class _Loop:
     improved = evaluated and test['top1'] > self.best['top1']
     if improved:
       self.best = {'top1': test['top1'], 'epoch': epoch + 1}
-    regular = (epoch + 1) % config.checkpoint_every_epochs == 0 or is_last
+    regular = (epoch + 1) % book.checkpoint_every_epochs == 0 or is_last
     if regular or improved:
       self.writer.sync()
       self.ckpts.save(
         epoch + 1,
         self.state,
         self._meta(epoch + 1, done),
-        validate.config_as_dict(config),
+        self.spec.saved,
         last=regular,
         best=improved,
       )
       self._write_config()
 
   def _log_epoch(self, epoch: int, test: dict[str, float]) -> None:
-    num_epochs, record = self.config.num_epochs, self.record
+    num_epochs, record = self.spec.recipe.num_epochs, self.record
     if test:
       logging.info(
         'epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
@@ -566,7 +569,7 @@ class _Loop:
     just been saved: a rejected or diverged run never rewrites it."""
     write_json_from_process_0(
       os.path.join(self.workdir, validate.CONFIG_FILE),
-      validate.config_as_dict(self.config),
+      self.spec.saved,
     )
 
   # The summary.
@@ -581,7 +584,7 @@ class _Loop:
       'final_top1': record.get('test_top1'),
       'best_top1': self.best['top1'],
       'best_epoch': self.best['epoch'],
-      'epochs': self.config.num_epochs,
+      'epochs': self.spec.recipe.num_epochs,
       'steps': self.total_steps,
       'workdir': self.workdir,
       'compiled_memory': self.memory,

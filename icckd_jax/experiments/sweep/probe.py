@@ -5,12 +5,14 @@ seconds of every stage (eta.SweepClock turns them into the ETA)."""
 import time
 
 from absl import logging
+import ml_collections
 
 from icckd_jax import parallel
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
 from icckd_jax.runs import run_setup
+from icckd_jax.runs import spec
 from icckd_jax.stages import student as student_lib
 from icckd_jax.stages import teacher as teacher_lib
 from icckd_jax.runs.reuse import Reuse
@@ -34,14 +36,15 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
       if workdir in projected or sweep_plan.finished(workdir, config):
         continue
       mesh = parallel.make_mesh(config.get('num_devices'))
-      dataset = run_setup.load_dataset(config, reuse)
+      parts = spec.from_config(config)
+      dataset = run_setup.load_dataset(parts.data, parts.inputs, reuse)
       setup = _stage_setup(
-        run, name, config, dataset, mesh, reuse, teacher_states
+        run, name, parts, dataset, mesh, reuse, teacher_states
       )
       train_split, test_split = run_setup.splits(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
         state = setup.create_state(mesh)
-        batches = setup.batches(config, train_split, mesh, 0)
+        batches = setup.batches(parts.recipe, train_split, mesh, 0)
         seconds, _ = estimate.time_steps(
           setup.train_step, state, batches, setup.step_args
         )
@@ -77,9 +80,11 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
   return projected
 
 
-def _stage_setup(run, name, config, dataset, mesh, reuse, teacher_states):
-  """The RunSetup of stage `name` of `run`, built as the run builds it."""
-  teacher_setup = teacher_lib.build_teacher(run.teacher, dataset, mesh, reuse)
+def _stage_setup(run, name, parts, dataset, mesh, reuse, teacher_states):
+  """The RunSetup of stage `name` of `run` (`parts`: its `spec.RunSpec`),
+  built as the run builds it."""
+  teacher = spec.from_config(run.teacher)
+  teacher_setup = teacher_lib.build_teacher(teacher, dataset, mesh, reuse)
   if name == 'teacher':
     return teacher_setup
   # Any teacher of the right architecture will do for timing: one
@@ -88,10 +93,11 @@ def _stage_setup(run, name, config, dataset, mesh, reuse, teacher_states):
     teacher_states[run.teacher.model] = teacher_setup.create_state(mesh)
   variables = teacher_states[run.teacher.model]
   return student_lib.build_student(
-    config,
+    parts,
     dataset,
     mesh,
-    run.teacher,
+    # The teacher's config as a student reads it back from the checkpoint.
+    ml_collections.ConfigDict(teacher.saved),
     {
       'params': variables.params['model'],
       'batch_stats': variables.batch_stats,
@@ -126,7 +132,7 @@ def _time_evaluation(
     mesh,
     mean=dataset.mean,
     std=dataset.std,
-    dtype=run_setup.compute_dtype(config),
+    dtype=run_setup.compute_dtype(config.dtype),
     batch_size=config.eval_batch_size,
     reference=reference,
   )
