@@ -8,7 +8,7 @@ import pytest
 
 from icckd_jax import models
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch, Outputs, Trainable
 from icckd_jax.errors import UserError
 from icckd_jax.experiments import checks
 from icckd_jax.experiments import comparisons
@@ -71,14 +71,14 @@ def test_the_scratch_arm_learns_from_the_labels_alone():
   hp = {'temperature': 4.0, 'gamma': 1.0, 'alpha': 0.0}
 
   def loss(student_logits, teacher_logits):
-    return kd.loss(
+    batch = Batch(
       Outputs(logits=student_logits, features=None),
       Outputs(logits=teacher_logits, features=None),
       labels,
-      hp,
       None,
       Trainable(None, None, None, None),  # kd has no trainable parts
-    )[0]
+    )
+    return kd.loss(batch, hp)[0]
 
   teachers = [
     jnp.asarray(rng.normal(size=(8, 10)) * k, jnp.float32) for k in (1, 9)

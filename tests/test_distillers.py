@@ -83,6 +83,12 @@ def _outputs(key, batch=6, classes=5, stage_shapes=((8, 8, 4), (4, 4, 6))):
 NO_TRAINABLE = distillers.Trainable(None, None, None, jnp.int32(0))
 
 
+def _batch(s, t, labels):
+  """One device's Batch (gather the identity) of a method without
+  trainable parts."""
+  return distillers.Batch(s, t, labels, lambda a: a, NO_TRAINABLE)
+
+
 def _hp(epoch=5.0, **overrides):
   distill = student_config.get_config().distill
   distill.update(overrides)
@@ -165,9 +171,9 @@ def test_loss_is_the_documented_composition(method, standardize):
   # gather is the identity on one device; jitted, as in the step (and one
   # compilation is faster than running op by op).
   (loss, parts, buffers), expected = jax.jit(
-    lambda *a: (
-      distiller.loss(*a, lambda x: x, NO_TRAINABLE),
-      _reference(method, *a, standardize),
+    lambda s, t, labels, hp: (
+      distiller.loss(_batch(s, t, labels), hp),
+      _reference(method, s, t, labels, hp, standardize),
     )
   )(s, t, labels, hp)
   np.testing.assert_allclose(loss, expected, rtol=2e-6)
@@ -182,9 +188,7 @@ def test_dkd_warmup_ramps_over_epochs():
   s, t = _outputs(jax.random.key(0)), _outputs(jax.random.key(1))
   labels = jnp.arange(6) % 5
   loss = jax.jit(
-    lambda hp: distillers.get('dkd').loss(
-      s, t, labels, hp, lambda a: a, NO_TRAINABLE
-    )[1]
+    lambda hp: distillers.get('dkd').loss(_batch(s, t, labels), hp)[1]
   )
   factors = [float(loss(_hp(epoch=e))['dkd_warmup']) for e in (1, 10, 20, 40)]
   assert factors == pytest.approx([0.05, 0.5, 1.0, 1.0])
@@ -197,11 +201,9 @@ def test_gradients_reach_the_student_and_are_finite():
   hp = _hp(gamma=0.0, ce_weight=0.0)  # the distillation terms alone
   for method in METHODS:
     fn = distillers.get(method).loss
-    grads = jax.jit(
-      jax.grad(
-        lambda o, fn=fn: fn(o, t, labels, hp, lambda a: a, NO_TRAINABLE)[0]
-      )
-    )(s)
+    grads = jax.jit(jax.grad(lambda o, fn=fn: fn(_batch(o, t, labels), hp)[0]))(
+      s
+    )
     for name, g in zip(grads._fields, grads):
       for leaf in jax.tree.leaves(g):
         assert np.isfinite(leaf).all(), (method, name)

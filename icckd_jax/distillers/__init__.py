@@ -18,19 +18,18 @@ Each method is one module declaring one `contract.Method` (its `METHOD`):
            before anything traces (stages/distill_pair.py);
   loss     the one signature of every method,
 
-    loss(student, teacher, labels, hp, gather, trainable, **options)
-        -> (loss, parts, new_buffers)
+    loss(batch, hp, **options) -> (loss, parts, new_buffers)
 
-where `student` and `teacher` are `Outputs` of the local batch shard (the
-teacher's already under stop_gradient), `labels` [b], `hp` the dict of
-traced scalars from `hyperparameters` (plus 'epoch' when read), `gather`
-all-gathers a [b, ...] array to the global [B, ...] batch (for methods
-relating examples to each other) and `trainable` an `outputs.Trainable`
-(the method's parameters to differentiate, its buffers, the batch's
-example indices, the step). The per-device loss must be such that
-pmean-ed gradients are those of the global loss. A method without
-trainable parts ignores `trainable` and returns its buffers (None)
-unchanged.
+where `batch` is a `Batch` of the local batch shard: `student` and
+`teacher`, the two networks' `Outputs` (the teacher's already under
+stop_gradient), `labels` [b], `gather`, which all-gathers a [b, ...]
+array to the global [B, ...] batch (for methods relating examples to each
+other), and `trainable`, an `outputs.Trainable` (the method's parameters
+to differentiate, its buffers, the batch's example indices, the step);
+`hp` is the dict of traced scalars from `hyperparameters` (plus 'epoch'
+when read). The per-device loss must be such that pmean-ed gradients are
+those of the global loss. A method without trainable parts ignores
+`batch.trainable` and returns its buffers (None) unchanged.
 
 `init` gets the run's seed's key (to fold its own streams from), the two
 networks' Outputs as jax.ShapeDtypeStruct, the training split's labels [N]
@@ -70,6 +69,7 @@ from icckd_jax.distillers import reviewkd
 from icckd_jax.distillers import rkd
 from icckd_jax.distillers import sp
 from icckd_jax.distillers import vid
+from icckd_jax.distillers.contract import Batch
 from icckd_jax.distillers.contract import Distiller
 from icckd_jax.distillers.contract import Method
 from icckd_jax.distillers.contract import Reads
@@ -103,6 +103,7 @@ STANDARDIZING = tuple(
 )
 
 __all__ = [
+  'Batch',
   'DISTILLERS',
   'Distiller',
   'Method',

@@ -16,20 +16,18 @@ them) and mdistiller/distillers/AT.py. Config: `ce_weight`, `at_weight`
 import jax
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, stage_pairs
+from icckd_jax.distillers.outputs import Batch, summed_over_stages
 from icckd_jax.objective import distillation
 
 P = 2  # mdistiller's CFG.AT.P
 
 
-def attention(
-  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
-) -> jax.Array:
+def attention(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """[] Σ_k AT(f^s_k, f^t_k): per-example terms only, so the local batch
   mean is all a device needs."""
-  del hp, gather
-  return sum(
-    distillation.at_loss(s, t, P) for s, t in stage_pairs(student, teacher)
+  del hp
+  return summed_over_stages(
+    lambda s, t: distillation.at_loss(s, t, P), batch.student, batch.teacher
   )
 
 

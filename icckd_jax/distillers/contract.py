@@ -9,11 +9,13 @@ stops there, and the methods receive plain Python values.
 
 Every loss has the one signature
 
-  loss(student, teacher, labels, hp, gather, trainable, **options)
+  loss(batch: Batch, hp: Hyper, **options)
       -> (loss [], parts {name: []}, new buffers)
 
-and a method without trainable parts ignores `trainable` and hands back
-its buffers unchanged (None).
+`Batch` (distillers/outputs.py) holding the two networks' Outputs, the
+labels [b], the all-gather and the method's `Trainable` state; a method
+without trainable parts ignores `batch.trainable` and hands back its
+buffers unchanged (None).
 """
 
 from collections.abc import Callable, Mapping
@@ -23,6 +25,7 @@ from typing import Any
 
 import jax
 
+from icckd_jax.distillers.outputs import Batch
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.distillers.outputs import Trainable
 from icckd_jax.objective import losses
@@ -31,13 +34,15 @@ from icckd_jax.objective import losses
 Hyper = dict[str, jax.Array]
 # What a loss returns: (loss [], parts {name: []}, new buffers).
 Result = tuple[jax.Array, dict, Any]
-# (student, teacher, labels [b], hp, gather, trainable, **options) -> Result
+# (batch, hp, **options) -> Result
 LossFn = Callable[..., Result]
 # (key, student, teacher, train_labels [N], teacher_params, **options)
 #   -> (params, buffers)
 InitFn = Callable[..., tuple[Any, Any]]
 # (student, teacher: Outputs of shapes) -> what keeps the pair apart, or None
 CheckFn = Callable[[Outputs, Outputs], str | None]
+# (batch, hp) -> [] the one term of a `one_term` method.
+TermFn = Callable[[Batch, Hyper], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +110,8 @@ class Method:
 @dataclasses.dataclass(frozen=True)
 class Distiller:
   """A method bound to one config's options, as the student's stage uses
-  it: `loss` (student, teacher, labels, hp, gather, trainable) and `init`
-  (key, student, teacher, train_labels, teacher_params) take no options
-  any more."""
+  it: `loss` (batch, hp) and `init` (key, student, teacher, train_labels,
+  teacher_params) take no options any more."""
 
   name: str
   loss: LossFn
@@ -135,50 +139,38 @@ def bind(name: str, method: Method, distill: Mapping[str, Any]) -> Distiller:
   )
 
 
-def cross_entropy(student: Outputs, labels: jax.Array) -> jax.Array:
+def cross_entropy(batch: Batch) -> jax.Array:
   """[] the student's mean cross-entropy on the local batch (a
   per-example term: the local mean is all a device needs)."""
-  return losses.cross_entropy(student.logits, labels).mean()
+  return losses.cross_entropy(batch.student.logits, batch.labels).mean()
 
 
 def weighted(
-  hp: dict[str, jax.Array],
-  ce: jax.Array,
+  batch: Batch,
+  hp: Hyper,
   name: str,
   term: jax.Array,
   weight: jax.Array,
   buffers: Any = None,
-) -> tuple[jax.Array, dict, Any]:
-  """(w_ce · ce + weight · term, {'ce': ce, name: term}, buffers), w_ce
-  being hp['ce_weight']: the shape of most methods' loss."""
+) -> Result:
+  """(w_ce · CE + weight · term, {'ce': CE, name: term}, buffers), CE the
+  batch's `cross_entropy` and w_ce hp['ce_weight']: the shape of most
+  methods' loss."""
+  ce = cross_entropy(batch)
   return hp['ce_weight'] * ce + weight * term, {'ce': ce, name: term}, buffers
 
 
 def _one_term_loss(
-  name: str,
-  term: Callable[..., jax.Array],
-  weight: str,
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: dict[str, jax.Array],
-  gather,
-  trainable: Trainable,
-) -> tuple[jax.Array, dict, Any]:
-  ce = cross_entropy(student, labels)
+  name: str, term: TermFn, weight: str, batch: Batch, hp: Hyper
+) -> Result:
   return weighted(
-    hp,
-    ce,
-    name,
-    term(student, teacher, hp, gather),
-    hp[weight],
-    trainable.buffers,
+    batch, hp, name, term(batch, hp), hp[weight], batch.trainable.buffers
   )
 
 
 def one_term(
   name: str,
-  term: Callable[..., jax.Array],
+  term: TermFn,
   fields: tuple[str, ...],
   *,
   weight: str | None = None,
@@ -186,8 +178,8 @@ def one_term(
   check: CheckFn = no_check,
 ) -> Method:
   """The Method whose loss is w_ce · CE(s, y) + w · term, logged as
-  {'ce', name}: `term(student, teacher, hp, gather)` [] of a method
-  without trainable parts, w = hp[weight] (default f'{name}_weight')."""
+  {'ce', name}: `term(batch, hp)` [] of a method without trainable parts,
+  w = hp[weight] (default f'{name}_weight')."""
   return Method(
     fields=fields,
     loss=functools.partial(
@@ -199,6 +191,7 @@ def one_term(
 
 
 __all__ = [
+  'Batch',
   'CheckFn',
   'Distiller',
   'InitFn',
@@ -208,6 +201,7 @@ __all__ = [
   'Outputs',
   'Reads',
   'Result',
+  'TermFn',
   'Trainable',
   'bind',
   'cross_entropy',

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch, Outputs
 
 EPS = 1e-7  # the authors' ContrastLoss epsilon
 # Streams of the run's seed (the model's init uses the seed's key itself).
@@ -190,27 +190,21 @@ def _normalizers(
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: contract.Hyper,
-  gather,
-  trainable: Trainable,
-  *,
-  dim: int,
-  negatives: int,
+  batch: Batch, hp: contract.Hyper, *, dim: int, negatives: int
 ) -> contract.Result:
   """Per-example terms against replicated banks, so the local batch mean is
   all a device needs. Returns (loss, parts, new buffers)."""
+  trainable, gather = batch.trainable, batch.gather
   buffers, indices = trainable.buffers, trainable.indices
+  params = trainable.params
   embed = Embed(dim)
-  e_s = embed.apply({'params': trainable.params['embed_s']}, student.features)
-  e_t = embed.apply({'params': trainable.params['embed_t']}, teacher.features)
+  e_s = embed.apply({'params': params['embed_s']}, batch.student.features)
+  e_t = embed.apply({'params': params['embed_t']}, batch.teacher.features)
   n = buffers['memory_s'].shape[0]
   ids = jnp.concatenate(
     [
       indices[:, None],
-      _negatives(buffers, labels, indices, trainable.step, negatives),
+      _negatives(buffers, batch.labels, indices, trainable.step, negatives),
     ],
     1,
   )
@@ -220,7 +214,6 @@ def loss(
   z = _normalizers(buffers['z'], (p_s, p_t), n, gather)
   noise = negatives / n
   crd = jnp.mean(_nce(p_s / z[0], noise) + _nce(p_t / z[1], noise))
-  ce = contract.cross_entropy(student, labels)
   every = gather(indices)
   momentum = hp['crd_momentum']
   new_buffers = {
@@ -233,7 +226,7 @@ def loss(
       buffers['memory_t'], every, gather(jax.lax.stop_gradient(e_t)), momentum
     ),
   }
-  return contract.weighted(hp, ce, 'crd', crd, hp['crd_weight'], new_buffers)
+  return contract.weighted(batch, hp, 'crd', crd, hp['crd_weight'], new_buffers)
 
 
 METHOD = contract.Method(

@@ -28,33 +28,27 @@ DIST recipe (their code covers KD, DKD, MLKD and CTKD), so its weights
 stay as above unless set.
 """
 
-import jax
-
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch
 from icckd_jax.objective import distillation
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: contract.Hyper,
-  gather,
-  trainable: Trainable,
-  *,
-  standardize: bool = False,
+  batch: Batch, hp: contract.Hyper, *, standardize: bool = False
 ) -> contract.Result:
-  ce = contract.cross_entropy(student, labels)
-  s, t = kd.soft_targets(student, teacher, standardize)
+  """Over the global batch: the logits are all-gathered first."""
+  s, t = kd.soft_targets(batch.student, batch.teacher, standardize)
   dist = distillation.dist_loss(
-    gather(s), gather(t), hp['dist_beta'], hp['dist_gamma'], hp['temperature']
+    batch.gather(s),
+    batch.gather(t),
+    hp['dist_beta'],
+    hp['dist_gamma'],
+    hp['temperature'],
   )
-  return (
-    hp['ce_weight'] * ce + dist,
-    {'ce': ce, 'dist': dist},
-    trainable.buffers,
+  # β and γ weigh the term already (and x · 1 is x, to the bit).
+  return contract.weighted(
+    batch, hp, 'dist', dist, 1.0, batch.trainable.buffers
   )
 
 

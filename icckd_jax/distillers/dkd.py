@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch
 from icckd_jax.objective import distillation
 
 
@@ -43,27 +43,19 @@ def warmup(epoch: jax.Array, warmup_epochs: jax.Array) -> jax.Array:
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: contract.Hyper,
-  gather,
-  trainable: Trainable,
-  *,
-  standardize: bool = False,
+  batch: Batch, hp: contract.Hyper, *, standardize: bool = False
 ) -> contract.Result:
   """Per-example terms only, so the local batch mean is all a device needs."""
-  del gather
-  ce = contract.cross_entropy(student, labels)
-  s, t = kd.soft_targets(student, teacher, standardize)
+  ce = contract.cross_entropy(batch)
+  s, t = kd.soft_targets(batch.student, batch.teacher, standardize)
   dkd = distillation.dkd_loss(
-    s, t, labels, hp['dkd_alpha'], hp['dkd_beta'], hp['temperature']
+    s, t, batch.labels, hp['dkd_alpha'], hp['dkd_beta'], hp['temperature']
   )
   factor = warmup(hp['epoch'], hp['dkd_warmup_epochs'])
   return (
     hp['ce_weight'] * ce + factor * dkd,
     {'ce': ce, 'dkd': dkd, 'dkd_warmup': factor},
-    trainable.buffers,
+    batch.trainable.buffers,
   )
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import layers
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch, Outputs
 
 HINT_STAGE = 1  # Outputs.stages[1] = mdistiller's feats[HINT_LAYER = 2]
 
@@ -71,23 +71,19 @@ def init(
   return variables['params'], {'batch_stats': variables['batch_stats']}
 
 
-def loss(
-  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
-) -> contract.Result:
+def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
-  del gather
-  ce = contract.cross_entropy(student, labels)
   hint, stats = layers.apply_training(
-    _regressor(teacher),
-    trainable.params,
-    trainable.buffers['batch_stats'],
-    student.stages[HINT_STAGE].astype(jnp.float32),
+    _regressor(batch.teacher),
+    batch.trainable.params,
+    batch.trainable.buffers['batch_stats'],
+    batch.student.stages[HINT_STAGE].astype(jnp.float32),
   )
-  target = teacher.stages[HINT_STAGE].astype(jnp.float32)
+  target = batch.teacher.stages[HINT_STAGE].astype(jnp.float32)
   fit = jnp.mean(jnp.square(hint - target))
   return contract.weighted(
-    hp, ce, 'fitnet', fit, hp['fitnet_weight'], {'batch_stats': stats}
+    batch, hp, 'fitnet', fit, hp['fitnet_weight'], {'batch_stats': stats}
   )
 
 

@@ -21,7 +21,7 @@ and tools/train.py `--logit-stand --base-temp 2 --kd-weight 9`) is T = 2,
 import jax
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch, Outputs
 from icckd_jax.objective import distillation
 from icckd_jax.objective import losses
 
@@ -40,24 +40,16 @@ def soft_targets(
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
-  hp: contract.Hyper,
-  gather,
-  trainable: Trainable,
-  *,
-  standardize: bool = False,
+  batch: Batch, hp: contract.Hyper, *, standardize: bool = False
 ) -> contract.Result:
   """Per-example terms only, so the local batch mean is all a device needs."""
-  del gather
-  ce = contract.cross_entropy(student, labels)
-  s, t = soft_targets(student, teacher, standardize)
+  ce = contract.cross_entropy(batch)
+  s, t = soft_targets(batch.student, batch.teacher, standardize)
   kd = losses.kd_loss(s, t, hp['temperature'])
   return (
     hp['gamma'] * ce + hp['alpha'] * kd,
     {'ce': ce, 'kd': kd},
-    trainable.buffers,
+    batch.trainable.buffers,
   )
 
 

@@ -9,23 +9,19 @@ gradient reaches each shard through the all-gather's transpose).
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
-from icckd_jax.distillers.outputs import Outputs, Trainable
-from icckd_jax.objective import losses
+from icckd_jax.distillers import rkd
+from icckd_jax.distillers.outputs import Batch
 
 
-def loss(
-  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
-) -> contract.Result:
-  total, parts, buffers = kd.loss(
-    student, teacher, labels, hp, gather, trainable
+def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
+  """KD's per-example terms, plus RKD over the global batch."""
+  total, parts, buffers = kd.loss(batch, hp)
+  relations = rkd.relations(batch, hp)
+  return (
+    total + hp['beta'] * relations,
+    {**parts, 'rkd': relations},
+    buffers,
   )
-  rkd = losses.rkd_loss(
-    gather(student.features),
-    gather(teacher.features),
-    w_dist=hp['w_dist'],
-    w_angle=hp['w_angle'],
-  )
-  return total + hp['beta'] * rkd, {**parts, 'rkd': rkd}, buffers
 
 
 METHOD = contract.Method(

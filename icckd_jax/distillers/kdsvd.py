@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, stage_pairs
+from icckd_jax.distillers.outputs import Batch, Outputs, stage_pairs
 
 K = 1  # mdistiller's CFG.KDSVD.K
 
@@ -104,13 +104,11 @@ def kdsvd_loss(student: Outputs, teacher: Outputs) -> jax.Array:
   return total / student.logits.shape[0]
 
 
-def _term(
-  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
-) -> jax.Array:
+def _term(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """`kdsvd_loss`: per-example terms only, so the local batch mean is all
   a device needs."""
-  del hp, gather
-  return kdsvd_loss(student, teacher)
+  del hp
+  return kdsvd_loss(batch.student, batch.teacher)
 
 
 METHOD = contract.one_term(

@@ -15,19 +15,15 @@ them) and mdistiller/distillers/NST.py. Config: `ce_weight`, `nst_weight`.
 import jax
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, stage_pairs
+from icckd_jax.distillers.outputs import Batch, summed_over_stages
 from icckd_jax.objective import distillation
 
 
-def selectivity(
-  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
-) -> jax.Array:
+def selectivity(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """[] Σ_k NST(f^s_k, f^t_k): per-example terms only, so the local batch
   mean is all a device needs."""
-  del hp, gather
-  return sum(
-    distillation.nst_loss(s, t) for s, t in stage_pairs(student, teacher)
-  )
+  del hp
+  return summed_over_stages(distillation.nst_loss, batch.student, batch.teacher)
 
 
 METHOD = contract.one_term(

@@ -46,7 +46,7 @@ from jax.scipy.special import ndtr
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import layers
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch, Outputs
 from icckd_jax.errors import UserError
 from icckd_jax.objective import distillation
 
@@ -146,14 +146,11 @@ def partial_l2(source: jax.Array, target: jax.Array, m: jax.Array) -> jax.Array:
   return jnp.sum(jnp.mean(d, axis=0))
 
 
-def loss(
-  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
-) -> contract.Result:
+def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
-  del gather
-  ce = contract.cross_entropy(student, labels)
-  pairs = _aligned(student, teacher)
+  trainable = batch.trainable
+  pairs = _aligned(batch.student, batch.teacher)
   ofd, stats = 0.0, {}
   for i, (s, t) in enumerate(pairs):
     name = f'connector_{i}'
@@ -168,8 +165,8 @@ def loss(
       len(pairs) - 1 - i
     )
   return contract.weighted(
+    batch,
     hp,
-    ce,
     'ofd',
     ofd,
     hp['ofd_weight'],

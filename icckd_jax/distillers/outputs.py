@@ -1,5 +1,8 @@
-"""What a network hands to a distillation loss."""
+"""What a network hands to a distillation loss, and all a loss receives
+beside its traced hyperparameters and static options (`Batch`)."""
 
+from collections.abc import Callable
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -47,6 +50,16 @@ def stage_pairs(
   return list(zip(student.stages, teacher.stages))
 
 
+def summed_over_stages(
+  pair_loss: Callable[[jax.Array, jax.Array], jax.Array],
+  student: Outputs,
+  teacher: Outputs,
+) -> jax.Array:
+  """[] Σ_k pair_loss(student map k, teacher map k) over `stage_pairs`.
+  Raises ValueError as `stage_pairs`."""
+  return sum(pair_loss(s, t) for s, t in stage_pairs(student, teacher))
+
+
 def last_stages(
   student: Outputs, teacher: Outputs
 ) -> tuple[jax.Array, jax.Array]:
@@ -57,11 +70,33 @@ def last_stages(
 
 
 class Trainable(NamedTuple):
-  """What every method's loss receives beside the two networks' outputs
-  (distillers/contract.py): its own state, on every device. A method
+  """A method's own state, on every device (`Batch.trainable`). A method
   without trainable parts gets None for the first three."""
 
   params: Any  # params['distiller'] of the train state (differentiated)
   buffers: Any  # state.distiller_buffers: its non-trainable state (replicated)
   indices: jax.Array | None  # [b] int32: each local example's split index
   step: jax.Array  # [] int32: optimiser steps taken before this one
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+  """What every method's loss receives for one device's shard of the batch
+  (distillers/contract.py), beside hp and its static options.
+
+  student, teacher: the two networks' `Outputs` on the shard, b examples
+    (the teacher's already under stop_gradient);
+  labels: [b] int32, the shard's classes;
+  gather: all-gathers a [b, ...] array to the global [B, ...] batch, for a
+    method relating examples to each other (the identity on one device);
+  trainable: the method's `Trainable` state.
+
+  Not a pytree (gather is a function): it is built inside the traced step,
+  never passed through a jax transformation's arguments.
+  """
+
+  student: Outputs
+  teacher: Outputs
+  labels: jax.Array
+  gather: Callable[[jax.Array], jax.Array]
+  trainable: Trainable

@@ -18,17 +18,15 @@ features are all-gathered and PKT is evaluated over the global batch.
 import jax
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Batch
 from icckd_jax.objective import distillation
 
 
-def transfer(
-  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
-) -> jax.Array:
+def transfer(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """[] PKT of the pooled features, over the global batch."""
   del hp
   return distillation.pkt_loss(
-    gather(student.features), gather(teacher.features)
+    batch.gather(batch.student.features), batch.gather(batch.teacher.features)
   )
 
 

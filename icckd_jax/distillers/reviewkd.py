@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import layers
-from icckd_jax.distillers.outputs import Outputs, Trainable
+from icckd_jax.distillers.outputs import Batch, Outputs
 from icckd_jax.objective import distillation
 
 MAX_MID = 512  # mdistiller's CFG.REVIEWKD.MAX_MID_CHANNEL default
@@ -173,21 +173,16 @@ def hcl(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
 
 
 def loss(
-  student: Outputs,
-  teacher: Outputs,
-  labels: jax.Array,
+  batch: Batch,
   hp: contract.Hyper,
-  gather,
-  trainable: Trainable,
   max_mid: int = MAX_MID,
   student_preact: bool = False,
 ) -> contract.Result:
   """Per-example terms only (BatchNorm synchronised), so the local batch
   mean is all a device needs. Returns (loss, parts, new buffers)."""
-  del gather
-  ce = contract.cross_entropy(student, labels)
-  review, stats, below = 0.0, {}, None
-  levels = _levels(student, teacher, student_preact)
+  ce = contract.cross_entropy(batch)
+  trainable, review, stats, below = batch.trainable, 0.0, {}, None
+  levels = _levels(batch.student, batch.teacher, student_preact)
   for k, (abf, (s, t)) in enumerate(zip(_abfs(levels, max_mid), levels)):
     name = f'abf_{k}'
     (out, below), stats[name] = layers.apply_training(

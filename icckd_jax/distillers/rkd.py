@@ -20,17 +20,16 @@ all-gathered and the loss is over the global batch (see kd_rkd).
 import jax
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs
+from icckd_jax.distillers.outputs import Batch
 from icckd_jax.objective import losses
 
 
-def relations(
-  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
-) -> jax.Array:
-  """[] RKD of the pooled features, over the global batch."""
+def relations(batch: Batch, hp: contract.Hyper) -> jax.Array:
+  """[] RKD of the pooled features, over the global batch (kd_rkd's term
+  too)."""
   return losses.rkd_loss(
-    gather(student.features),
-    gather(teacher.features),
+    batch.gather(batch.student.features),
+    batch.gather(batch.teacher.features),
     w_dist=hp['w_dist'],
     w_angle=hp['w_angle'],
   )

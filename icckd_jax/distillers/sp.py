@@ -18,17 +18,15 @@ are all-gathered and SP is evaluated over the global batch.
 import jax
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, last_stages
+from icckd_jax.distillers.outputs import Batch, last_stages
 from icckd_jax.objective import distillation
 
 
-def similarity(
-  student: Outputs, teacher: Outputs, hp: dict[str, jax.Array], gather
-) -> jax.Array:
+def similarity(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """[] SP of the last stage maps, over the global batch."""
   del hp
-  s, t = last_stages(student, teacher)
-  return distillation.sp_loss(gather(s), gather(t))
+  s, t = last_stages(batch.student, batch.teacher)
+  return distillation.sp_loss(batch.gather(s), batch.gather(t))
 
 
 METHOD = contract.one_term(

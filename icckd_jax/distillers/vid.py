@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
-from icckd_jax.distillers.outputs import Outputs, Trainable, stage_pairs
+from icckd_jax.distillers.outputs import Batch, Outputs, stage_pairs
 from icckd_jax.objective import distillation
 
 INIT_VARIANCE = 5.0  # mdistiller's CFG.VID.INIT_PRED_VAR
@@ -73,24 +73,18 @@ def init(
   return params, None
 
 
-def loss(
-  student: Outputs, teacher: Outputs, labels, hp, gather, trainable: Trainable
-) -> contract.Result:
+def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
   """Per-example terms only, so the local batch mean is all a device needs.
   Returns (loss, parts, None)."""
-  del gather
-  ce = contract.cross_entropy(student, labels)
-  vid = 0.0
-  for k, (s, t) in enumerate(stage_pairs(student, teacher)):
+  params, vid = batch.trainable.params, 0.0
+  for k, (s, t) in enumerate(stage_pairs(batch.student, batch.teacher)):
     s, t = distillation.match_spatial(
       s.astype(jnp.float32), t.astype(jnp.float32)
     )
-    mean = Regressor(t.shape[-1]).apply(
-      {'params': trainable.params[f'regressor_{k}']}, s
-    )
-    variance = jax.nn.softplus(trainable.params[f'log_scale_{k}']) + EPS
+    mean = Regressor(t.shape[-1]).apply({'params': params[f'regressor_{k}']}, s)
+    variance = jax.nn.softplus(params[f'log_scale_{k}']) + EPS
     vid += jnp.mean(0.5 * (jnp.square(mean - t) / variance + jnp.log(variance)))
-  return contract.weighted(hp, ce, 'vid', vid, hp['vid_weight'])
+  return contract.weighted(batch, hp, 'vid', vid, hp['vid_weight'])
 
 
 METHOD = contract.Method(

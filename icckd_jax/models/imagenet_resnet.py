@@ -22,14 +22,13 @@ the same network).
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   conv_and_norm,
   BasicBlock,
@@ -44,23 +43,17 @@ _POOL_PAD = ((1, 1), (1, 1))
 STAGE_PLANES = (64, 128, 256, 512)
 
 
-class ImageNetResNet(nn.Module):
+class ImageNetResNet(Classifier):
   """torchvision's ResNet: 7x7 stem, max pool, four stages, pool, fc.
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     blocks: blocks per stage, (2, 2, 2, 2) for ResNet18, (3, 4, 6, 3) for
       ResNet34 and ResNet50.
     bottleneck: Bottleneck blocks (ResNet50) rather than BasicBlocks.
-    num_classes: size of the logits (1000 for ImageNet).
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   blocks: Sequence[int]
   bottleneck: bool
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

@@ -15,17 +15,16 @@ BatchNorm before its ReLU: mdistiller's `feats` and `preact_feats`, which
 for this network have no stem map.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   Block,
   LogitsAndFeatures,
   conv_and_norm,
+  depthwise,
   PAD_1,
   pooled_classifier,
   torch_linear_kernel_init,
@@ -65,14 +64,7 @@ class DepthwiseSeparable(Block):
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     channels = x.shape[-1]
-    y = self.conv(
-      channels,
-      (3, 3),
-      self.strides,
-      PAD_1,
-      feature_group_count=channels,
-      name='dw_conv',
-    )(x)
+    y = depthwise(self.conv, channels, self.strides, 'dw_conv')(x)
     y = nn.relu(self.norm(name='dw_bn')(y))
     preact = self.norm(name='pw_bn')(
       self.conv(self.features, (1, 1), name='pw_conv')(y)
@@ -80,18 +72,9 @@ class DepthwiseSeparable(Block):
     return nn.relu(preact), preact
 
 
-class MobileNetV1(nn.Module):
-  """conv_bn, 13 depthwise-separable blocks, pool, fc.
-
-  Attributes:
-    num_classes: size of the logits (1000 for ImageNet).
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
-  """
-
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
+class MobileNetV1(Classifier):
+  """conv_bn, 13 depthwise-separable blocks, pool, fc; its attributes are
+  `Classifier`'s (num_classes 1000 for ImageNet)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

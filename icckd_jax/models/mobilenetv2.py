@@ -6,16 +6,15 @@ stride-2 stem (so a 32x32 image reaches the last block at 2x2) and a
 has its 1x1 expansion conv (with expansion 1).
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   conv_and_norm,
+  depthwise,
   small_normal_classifier,
   PAD_1,
   ModuleDef,
@@ -53,14 +52,7 @@ class InvertedResidual(nn.Module):
     hidden = x.shape[-1] * self.expansion
     y = self.conv(hidden, (1, 1), name='conv0')(x)
     y = nn.relu(self.norm(name='bn0')(y))
-    y = self.conv(
-      hidden,
-      (3, 3),
-      self.strides,
-      PAD_1,
-      feature_group_count=hidden,
-      name='conv1',
-    )(y)
+    y = depthwise(self.conv, hidden, self.strides, 'conv1')(y)
     y = nn.relu(self.norm(name='bn1')(y))
     y = self.conv(self.features, (1, 1), name='conv2')(y)
     y = self.norm(name='bn2')(y)
@@ -69,7 +61,7 @@ class InvertedResidual(nn.Module):
     return y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Classifier):
   """Stem conv (stride 2), seven stages of inverted residuals, 1x1 conv,
   pool, fc.
 
@@ -78,19 +70,13 @@ class MobileNetV2(nn.Module):
   mobilenetv2.py picks its `feats`. A linear bottleneck ends without a
   ReLU, so each one's pre-ReLU map is the output itself.
 
-  Attributes:
-    num_classes: size of the logits.
+  Attributes (beside `Classifier`'s):
     expansion: hidden-width multiplier of the inverted residuals (T).
     width_mult: multiplier of the stem and stage widths.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
-  num_classes: int
   expansion: int = 6
   width_mult: float = 0.5
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

@@ -4,6 +4,7 @@ Also holds the initialisers and the BatchNorm factory that the WRN and VGG
 families share, so that all three match the PyTorch reference the same way.
 """
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -134,6 +135,62 @@ def small_normal_classifier(
   )
 
 
+def depthwise(
+  conv: ModuleDef, channels: int, strides: int, name: str
+) -> nn.Module:
+  """A 3x3 depthwise convolution of `conv` (one filter per channel,
+  padding 1): [B, H, W, channels] -> [B, H / strides, W / strides,
+  channels]."""
+  return conv(
+    channels,
+    (3, 3),
+    strides,
+    PAD_1,
+    feature_group_count=channels,
+    name=name,
+  )
+
+
+def add_shortcut(
+  x: jax.Array,
+  y: jax.Array,
+  strides: int,
+  conv: ModuleDef,
+  norm: ModuleDef,
+  prefix: str,
+  padding: str = 'SAME',
+) -> tuple[jax.Array, jax.Array]:
+  """(relu(y + shortcut), y + shortcut): a post-activation block's output
+  and its pre-ReLU sum, both [B, H', W', C], from its input x [B, H, W,
+  C_in] and its residual branch y [B, H', W', C]. The shortcut is x where
+  the shape is kept, else a strided 1x1 conv then BatchNorm, named
+  f'{prefix}_conv' and f'{prefix}_bn' in the calling block (a compact
+  `__call__`)."""
+  shortcut = x
+  if strides != 1 or x.shape[-1] != y.shape[-1]:
+    shortcut = conv(
+      y.shape[-1], (1, 1), strides, padding, name=f'{prefix}_conv'
+    )(x)
+    shortcut = norm(name=f'{prefix}_bn')(shortcut)
+  preact = y + shortcut
+  return nn.relu(preact), preact
+
+
+class Classifier(nn.Module):
+  """The attributes every model of the zoo shares (`create_model` sets them
+  by keyword, so they follow each model's own).
+
+  Attributes:
+    num_classes: size of the logits.
+    dtype: compute dtype; parameters stay float32.
+    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
+  """
+
+  num_classes: int = dataclasses.field(kw_only=True)
+  dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
+  bn_axis_name: str | None = dataclasses.field(default=None, kw_only=True)
+
+
 class Block(nn.Module):
   """The fields of a residual or separable block: its output width, the
   stride of its first layer, and the conv and norm factories of its model
@@ -158,35 +215,24 @@ class BasicBlock(Block):
     y = nn.relu(self.norm(name='bn1')(y))
     y = self.conv(self.features, (3, 3), 1, PAD_1, name='conv2')(y)
     y = self.norm(name='bn2')(y)
-    residual = x
-    if self.strides != 1 or x.shape[-1] != self.features:
-      residual = self.conv(
-        self.features, (1, 1), self.strides, 'VALID', name='downsample_conv'
-      )(x)
-      residual = self.norm(name='downsample_bn')(residual)
-    preact = y + residual
-    return nn.relu(preact), preact
+    return add_shortcut(
+      x, y, self.strides, self.conv, self.norm, 'downsample', 'VALID'
+    )
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
   """CIFAR ResNet: 3x3 stem, three stages of n BasicBlocks, global pool, fc.
 
   Records (`models.stages`) the three stages' outputs and their last
   block's sum before the ReLU.
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     depth: 6n + 2 layers.
     widths: channels of the stem and of the three stages, e.g. (16, 16, 32, 64).
-    num_classes: size of the logits.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   depth: int
   widths: Sequence[int]
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

@@ -7,18 +7,18 @@ at 32, 16, 8 and 4 pixels.
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   conv_and_norm,
   PAD_1,
   ModuleDef,
+  add_shortcut,
   pooled_classifier,
 )
 
@@ -51,31 +51,20 @@ class Bottleneck(nn.Module):
       )
     )
     y = self.norm(name='bn3')(self.conv(out, (1, 1), name='conv3')(y))
-    shortcut = x
-    if self.strides != 1 or x.shape[-1] != out:
-      shortcut = self.conv(out, (1, 1), self.strides, name='shortcut_conv')(x)
-      shortcut = self.norm(name='shortcut_bn')(shortcut)
-    preact = y + shortcut
-    return nn.relu(preact), preact
+    return add_shortcut(x, y, self.strides, self.conv, self.norm, 'shortcut')
 
 
-class BottleneckResNet(nn.Module):
+class BottleneckResNet(Classifier):
   """3x3 stem, four stages of Bottlenecks (64, 128, 256, 512 planes), pool, fc.
 
   Records (`models.stages`) the four stages' outputs and their last
   block's sum before the ReLU.
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     blocks: Bottlenecks per stage, (3, 4, 6, 3) for ResNet50.
-    num_classes: size of the logits.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   blocks: Sequence[int]
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   conv_and_norm,
+  depthwise,
   PAD_1,
   ModuleDef,
   pooled_classifier,
@@ -33,6 +35,21 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
   b, h, w, c = x.shape
   x = x.reshape(b, h, w, groups, c // groups)
   return jnp.swapaxes(x, 3, 4).reshape(b, h, w, c)
+
+
+def _stem(
+  x: jax.Array, dtype: Any, train: bool, bn_axis_name: str | None
+) -> tuple[jax.Array, ModuleDef, ModuleDef]:
+  """(the stem's map [B, H, W, 24], conv, norm): both ShuffleNets' 1x1 stem
+  (conv1, bn1, ReLU) on images x [B, H, W, 3], and the layer factories
+  their blocks are built from. Called inside a compact `__call__`, its
+  layers are that module's 'conv1' and 'bn1'."""
+  conv, norm = conv_and_norm(dtype, train, bn_axis_name, torch_conv_kernel_init)
+  return (
+    nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x))),
+    conv,
+    norm,
+  )
 
 
 class ShuffleV1Block(nn.Module):
@@ -59,9 +76,7 @@ class ShuffleV1Block(nn.Module):
     )
     y = nn.relu(self.norm(name='bn1')(y))
     y = channel_shuffle(y, first_groups)
-    y = self.conv(
-      mid, (3, 3), self.strides, PAD_1, feature_group_count=mid, name='conv2'
-    )(y)
+    y = depthwise(self.conv, mid, self.strides, 'conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.conv(
       self.features, (1, 1), feature_group_count=self.groups, name='conv3'
@@ -95,11 +110,7 @@ class ShuffleV2Block(nn.Module):
     y = nn.relu(
       self.norm(name='bn1')(self.conv(half, (1, 1), name='conv1')(x2))
     )
-    y = self.norm(name='bn2')(
-      self.conv(half, (3, 3), 1, PAD_1, feature_group_count=half, name='conv2')(
-        y
-      )
-    )
+    y = self.norm(name='bn2')(depthwise(self.conv, half, 1, 'conv2')(y))
     y = self.norm(name='bn3')(self.conv(half, (1, 1), name='conv3')(y))
     out = channel_shuffle(jnp.concatenate([x1, nn.relu(y)], -1), 2)
     return out, jnp.concatenate([x1, y], -1)
@@ -118,58 +129,43 @@ class ShuffleV2DownBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     mid = self.features // 2
     c = x.shape[-1]
-    left = self.norm(name='bn1')(
-      self.conv(c, (3, 3), 2, PAD_1, feature_group_count=c, name='conv1')(x)
-    )
+    left = self.norm(name='bn1')(depthwise(self.conv, c, 2, 'conv1')(x))
     left = nn.relu(
       self.norm(name='bn2')(self.conv(mid, (1, 1), name='conv2')(left))
     )
     right = nn.relu(
       self.norm(name='bn3')(self.conv(mid, (1, 1), name='conv3')(x))
     )
-    right = self.norm(name='bn4')(
-      self.conv(mid, (3, 3), 2, PAD_1, feature_group_count=mid, name='conv4')(
-        right
-      )
-    )
+    right = self.norm(name='bn4')(depthwise(self.conv, mid, 2, 'conv4')(right))
     right = nn.relu(
       self.norm(name='bn5')(self.conv(mid, (1, 1), name='conv5')(right))
     )
     return channel_shuffle(jnp.concatenate([left, right], -1), 2)
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(Classifier):
   """1x1 stem, three stages of ShuffleV1Blocks (the first at stride 2), pool,
   fc.
 
   Records (`models.stages`) the three stages' outputs and their last
   block's map before the ReLU.
 
-  Attributes:
-    num_classes: size of the logits.
+  Attributes (beside `Classifier`'s):
     widths: output channels of the three stages.
     blocks: blocks per stage.
     groups: groups of the 1x1 convolutions.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
-  num_classes: int
   widths: Sequence[int] = (240, 480, 960)
   blocks: Sequence[int] = (4, 8, 4)
   groups: int = 3
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
-    pooled features [B, widths[-1]] the final linear layer reads), float32.
-    `train`: use and update the batch statistics."""
-    conv, norm = conv_and_norm(
-      self.dtype, train, self.bn_axis_name, torch_conv_kernel_init
-    )
-    x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
+    last stage's pooled map [B, widths[-1]], which the final linear layer
+    reads), float32. `train`: use and update the batch statistics."""
+    x, conv, norm = _stem(x, self.dtype, train, self.bn_axis_name)
     for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
       for i in range(n):
         # The first block's pooled shortcut supplies its input's channels.
@@ -186,36 +182,28 @@ class ShuffleNetV1(nn.Module):
     return pooled_classifier(x, self.num_classes, self.dtype, 'linear')
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(Classifier):
   """1x1 stem, three stages (a down block then n ShuffleV2Blocks), 1x1 conv,
   pool, fc.
 
   Records (`models.stages`) the three stages' outputs and their last
   ShuffleV2Block's unshuffled map before the ReLU (see ShuffleV2Block).
 
-  Attributes:
-    num_classes: size of the logits.
+  Attributes (beside `Classifier`'s):
     widths: channels of the three stages and of the last 1x1 conv.
     blocks: ShuffleV2Blocks per stage after its down block.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
-  num_classes: int
   widths: Sequence[int] = (116, 232, 464, 1024)
   blocks: Sequence[int] = (3, 7, 3)
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:
     """[B, H, W, 3] images (32x32 for CIFAR) -> (logits [B, num_classes], the
-    pooled features [B, widths[-1]] the final linear layer reads), float32.
-    `train`: use and update the batch statistics."""
-    conv, norm = conv_and_norm(
-      self.dtype, train, self.bn_axis_name, torch_conv_kernel_init
-    )
-    x = nn.relu(norm(name='bn1')(conv(24, (1, 1), name='conv1')(x)))
+    pooled output [B, widths[-1]] of the last 1x1 conv, which the final
+    linear layer reads), float32. `train`: use and update the batch
+    statistics."""
+    x, conv, norm = _stem(x, self.dtype, train, self.bn_axis_name)
     for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
       x = ShuffleV2DownBlock(width, conv, norm, name=f'layer{stage + 1}_0')(x)
       for i in range(1, n + 1):

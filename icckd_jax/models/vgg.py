@@ -5,7 +5,6 @@ The benchmark's `vgg8`, `vgg11`, `vgg13`, `vgg16` and `vgg19` are its
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   LogitsAndFeatures,
   small_normal_classifier,
   PAD_1,
@@ -42,24 +42,18 @@ CONFIGS = {
 }
 
 
-class VGG(nn.Module):
+class VGG(Classifier):
   """Five blocks of (conv3x3 with bias, BN, relu), global average pool, fc.
 
   Records (`models.stages`) the outputs of blocks 1 to 4 (block 0 is
   mdistiller's stem map `feats[0]`) and their last BatchNorm before the
   ReLU.
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     cfg: conv widths per block; the last block must have 512 channels.
-    num_classes: size of the logits.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   cfg: Sequence[Sequence[int]]
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

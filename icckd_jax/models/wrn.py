@@ -3,14 +3,12 @@
 Dropout is 0 in every benchmark configuration, so it is left out.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from icckd_jax.models import stages
 from icckd_jax.models.resnet import (
+  Classifier,
   Block,
   LogitsAndFeatures,
   conv_and_norm,
@@ -43,7 +41,7 @@ class PreActBlock(Block):
     return shortcut + y, preact
 
 
-class WideResNet(nn.Module):
+class WideResNet(Classifier):
   """WRN-depth-widen: 3x3 stem, three stages of n PreActBlocks, bn-relu, pool, fc.
 
   Records (`models.stages`) the three stages' outputs (the blocks' sums: a
@@ -51,19 +49,13 @@ class WideResNet(nn.Module):
   maps, the BatchNorm that next reads each one: the next stage's first
   bn1, and the final bn1 (as mdistiller's wrn.py defines `preact_feats`).
 
-  Attributes:
+  Attributes (beside `Classifier`'s):
     depth: 6n + 4 layers.
     widen_factor: stage widths are (16, 32, 64) * widen_factor.
-    num_classes: size of the logits.
-    dtype: compute dtype; parameters stay float32.
-    bn_axis_name: mesh axis to synchronise BatchNorm statistics over, or None.
   """
 
   depth: int
   widen_factor: int
-  num_classes: int
-  dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LogitsAndFeatures:

@@ -88,7 +88,8 @@ def check_pair(
     trainable = distillers.Trainable(
       params, buffers, jnp.zeros_like(labels), jnp.int32(0)
     )
-    return distiller.loss(student, teacher, labels, hp, gather, trainable)
+    batch = distillers.Batch(student, teacher, labels, gather, trainable)
+    return distiller.loss(batch, hp)
 
   # The connectors' BatchNorm synchronises over the data axis, as in the
   # step: a vmap over one device binds it.

@@ -132,7 +132,10 @@ def _per_device_fn(student: nn.Module, spec: '_Spec', tx):
         params.get('distiller'), state.distiller_buffers, indices, state.step
       )
       loss, parts, buffers = distiller.loss(
-        student_out, teacher_out, labels, hp, step_lib.gather, trainable
+        distillers.Batch(
+          student_out, teacher_out, labels, step_lib.gather, trainable
+        ),
+        hp,
       )
       # The logged loss is the differentiated one, whatever the distiller.
       return loss, (
