@@ -231,37 +231,27 @@ def train_student(
   preflight.require_workdir(workdir)
   run = spec.checked(config, workdir)
   mesh = preflight.checked_mesh(run)
-  teacher_config, teacher_variables, teacher_print = (
-    teacher_source.load_teacher_checked(run.teacher, mesh)
-  )
-  if 'dataset' in teacher_config:  # An Orbax teacher of this project.
+  teacher = teacher_source.load_teacher_checked(run.teacher, mesh)
+  if teacher.is_run:
     # The config fields first: a mismatch is refused before any data loads.
-    teacher_source.check_same_data(run.data, teacher_config.dataset)
+    teacher_source.check_same_data(run.data, teacher.config.dataset)
   dataset = load_dataset(run.data, run.inputs, reuse)
-  if 'dataset' in teacher_config:
+  if teacher.is_run:
     with checkpoint.Checkpoints(run.teacher.workdir, read_only=True) as ckpts:
       teacher_shape = ckpts.input_shape(run.teacher.checkpoint)
     teacher_source.check_same_data(
       run.data,
-      teacher_config.dataset,
+      teacher.config.dataset,
       dataset.image_shape,
       teacher_shape,
     )
   setup = build_student(
-    run, dataset, mesh, teacher_config, teacher_variables, reuse
+    run, dataset, mesh, teacher.config, teacher.variables, reuse
   )
   memory = preflight.check_step_memory(run.recipe, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)
   with preflight.hold_workdir(workdir, claim):
-    teacher_eval = _teacher_eval(
-      run,
-      workdir,
-      dataset,
-      mesh,
-      teacher_config,
-      teacher_variables,
-      teacher_print,
-    )
+    teacher_eval = _teacher_eval(run, workdir, dataset, mesh, teacher)
     return loop.fit(
       run,
       workdir,
@@ -270,8 +260,8 @@ def train_student(
       mesh,
       summary_extra={
         'teacher_top1': teacher_eval['top1'],
-        'teacher_epoch': teacher_print['epoch'],
-        'teacher_fingerprint': teacher_print,
+        'teacher_epoch': teacher.fingerprint['epoch'],
+        'teacher_fingerprint': teacher.fingerprint,
       },
       reuse=reuse,
       step_memory=memory,
@@ -296,13 +286,7 @@ def _check_same_teacher(path: str, teacher_print: dict, source: str) -> None:
 
 
 def _teacher_eval(
-  run: RunSpec,
-  workdir,
-  dataset,
-  mesh,
-  teacher_config,
-  teacher_variables,
-  teacher_print,
+  run: RunSpec, workdir, dataset, mesh, teacher: teacher_source.Teacher
 ) -> dict[str, Any]:
   """The teacher's test figures and fingerprint, computed once per student
   workdir (a resumed student reads them back from WORKDIR/teacher_eval.json
@@ -310,30 +294,30 @@ def _teacher_eval(
   path = os.path.join(workdir, TEACHER_EVAL_FILE)
   source = run.teacher.pth or run.teacher.workdir
   if os.path.exists(path):
-    _check_same_teacher(path, teacher_print, source)
+    _check_same_teacher(path, teacher.fingerprint, source)
   else:
     _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
-    mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
+    mean, std = teacher_source.teacher_normalization(teacher.config, dataset)
     dtype = compute_dtype(run.recipe.dtype)
     evaluate_fn = evaluate.make_eval_fn(
-      _teacher_model(teacher_config, teacher_variables, dataset, dtype),
+      _teacher_model(teacher.config, teacher.variables, dataset, dtype),
       mesh,
       mean=mean,
       std=std,
       dtype=dtype,
       batch_size=run.bookkeeping.eval_batch_size,
     )
-    teacher_eval = evaluate_fn(teacher_variables, test_split)
+    teacher_eval = evaluate_fn(teacher.variables, test_split)
     teacher_eval.update(
-      model=teacher_config.model,
+      model=teacher.config.model,
       source=source,
       workdir=run.teacher.workdir,
-      fingerprint=teacher_print,
+      fingerprint=teacher.fingerprint,
     )
     logging.info(
       'Teacher %s from %s: test top-1 %.4f',
-      teacher_config.model,
+      teacher.config.model,
       source,
       teacher_eval['top1'],
     )

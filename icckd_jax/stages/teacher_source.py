@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import dataclasses
 import hashlib
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,25 +109,41 @@ def fingerprint(variables, epoch: int | None, step: int | None) -> dict:
   return {'epoch': epoch, 'step': step, 'digest': digest.hexdigest()[:16]}
 
 
+class Teacher(NamedTuple):
+  """A student's teacher, loaded.
+
+  config: the config saved with an Orbax teacher run, or for a PyTorch
+    teacher {'model', 'pth', 'input_mean', 'input_std'};
+  variables: its {'params', 'batch_stats'}, replicated on the mesh;
+  fingerprint: {'epoch', 'step', 'digest'} (`fingerprint`);
+  is_run: whether it is a run of this project (whose data set the student's
+    must match), not a .pth file.
+  """
+
+  config: ml_collections.ConfigDict
+  variables: Any
+  fingerprint: dict[str, Any]
+  is_run: bool
+
+
 def load_teacher(source: TeacherSource, mesh: Mesh):
   """(teacher config, its variables replicated on `mesh`); as
   `load_teacher_checked`, without the teacher's fingerprint."""
-  teacher_config, variables, _ = load_teacher_checked(source, mesh)
-  return teacher_config, variables
+  teacher = load_teacher_checked(source, mesh)
+  return teacher.config, teacher.variables
 
 
-def load_teacher_checked(source: TeacherSource, mesh: Mesh):
-  """(teacher config, its variables replicated on `mesh`, its fingerprint).
+def load_teacher_checked(source: TeacherSource, mesh: Mesh) -> Teacher:
+  """The teacher `source` names, with its fingerprint.
 
-  The teacher config is the one saved with an Orbax teacher run, or for a
-  PyTorch teacher {'model', 'pth', 'input_mean', 'input_std'}. Of an Orbax
+  Of an Orbax
   run, the newest intact checkpoint is used; a damaged one is skipped (the
   teacher's workdir is only read). A run that has not reached its last
   epoch is refused unless config.teacher.allow_unfinished.
   """
   if source.pth:
     saved, variables = _load_pytorch_teacher(source, mesh)
-    return saved, variables, fingerprint(variables, None, None)
+    return Teacher(saved, variables, fingerprint(variables, None, None), False)
   workdir = source.workdir
   if not workdir or not os.path.isdir(workdir):
     raise UserError(
@@ -161,10 +178,11 @@ def load_teacher_checked(source: TeacherSource, mesh: Mesh):
     'params': state['params']['model'],
     'batch_stats': state['batch_stats'],
   }
-  return (
+  return Teacher(
     ml_collections.ConfigDict(saved),
     variables,
     fingerprint(variables, meta.get('epoch'), meta.get('step')),
+    True,
   )
 
 
