@@ -20,7 +20,7 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import train_state
-from icckd_jax.runs import validate
+from icckd_jax.runs import spec
 from icckd_jax.stages import student
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
@@ -40,7 +40,7 @@ class LegacyTrainState:
 
 
 def _crd_student(tmp_path):
-  """(config, dataset, mesh, setup) of a two-epoch CRD student of 16 8x8
+  """(run spec, dataset, mesh, setup) of a two-epoch CRD student of 16 8x8
   images in batches of 8 (2 steps an epoch), from a random resnet8
   teacher (its weights do not matter to the checkpoint's layout)."""
   config = student_config.get_config('smoke')
@@ -53,14 +53,15 @@ def _crd_student(tmp_path):
   t_config = teacher_config.get_config('smoke')
   config.model = t_config.model
   config.teacher.workdir = str(tmp_path / 'no_teacher')
-  dataset = datasets.load(config.dataset)
+  run = spec.from_config(config)
+  dataset = datasets.load(run.data)
   mesh = parallel.make_mesh(1)
   model = models.create_model(t_config.model, dataset.num_classes)
   t_variables = parallel.put_replicated(
     jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 8, 8, 3))), mesh
   )
-  setup = student.build_student(config, dataset, mesh, t_config, t_variables)
-  return config, dataset, mesh, setup
+  setup = student.build_student(run, dataset, mesh, t_config, t_variables)
+  return run, dataset, mesh, setup
 
 
 def _write_legacy(
@@ -94,13 +95,11 @@ def _restored(workdir: str) -> dict:
 def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
   tmp_path,
 ):
-  config, dataset, mesh, setup = _crd_student(tmp_path)
+  run, dataset, mesh, setup = _crd_student(tmp_path)
   straight, old = str(tmp_path / 'straight'), str(tmp_path / 'old')
-  loop.fit(config, straight, setup, dataset, mesh)
+  loop.fit(run, straight, setup, dataset, mesh)
   abstract = checkpoint.abstract_like(jax.eval_shape(setup.init_state), mesh)
-  written = _write_legacy(
-    straight, old, 1, abstract, validate.config_as_dict(config)
-  )
+  written = _write_legacy(straight, old, 1, abstract, run.saved)
 
   # Its buffers come back in their own field, equal; nothing is set aside.
   with checkpoint.Checkpoints(old) as ckpts:
@@ -115,7 +114,7 @@ def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
   assert result['epoch'] == 1 and result['count'] == 16
 
   # It resumes: the second epoch ends where the uninterrupted run's did.
-  loop.fit(config, old, setup, dataset, mesh)
+  loop.fit(run, old, setup, dataset, mesh)
   assert not os.path.exists(os.path.join(old, checkpoint.DAMAGED_DIR))
   assert sorted(os.listdir(os.path.join(old, 'checkpoints'))) == ['1', '2']
   final_straight, final_old = _restored(straight), _restored(old)
