@@ -108,9 +108,9 @@ class RunSetup:
   head: nn.Module | None = None
   # A student's teacher: (model, variables), for the agreement metric.
   reference: tuple[nn.Module, Any] | None = None
-  # A run whose distiller has trainable parts: the step's labels argument is (labels [B],
-  # indices [B]), each example's index in the training split (CRD's memory
-  # bank keys on it).
+  # A run whose distiller has trainable parts: the step's labels argument
+  # is (labels [B], indices [B]), each example's index in the training
+  # split (CRD's memory bank keys on it).
   with_indices: bool = False
 
   def create_state(self, mesh: Mesh) -> TrainState:
