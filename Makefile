@@ -28,7 +28,7 @@ demo: $(VENV)/.installed fashion-mnist
 # each: SIGTERM and two-process resume, worker sweeps, Tiny-ImageNet and
 # .pth-teacher pipelines), which `make test-all` adds.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 -m 'not slow' --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m 'not slow' --durations=15
 
 # Style (ruff: lint and format) and architecture (import-linter's contracts in pyproject.toml).
 lint: $(VENV)/.installed
@@ -37,7 +37,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache
