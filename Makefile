@@ -26,9 +26,11 @@ demo: $(VENV)/.installed fashion-mnist
 
 # CI's share: everything but the tests marked slow (several whole runs
 # each: SIGTERM and two-process resume, worker sweeps, Tiny-ImageNet and
-# .pth-teacher pipelines), which `make test-all` adds.
+# .pth-teacher pipelines), which `make test-all` adds. `--dist loadscope`
+# runs each test module on one worker, so a module-scoped fixture (a trained
+# smoke run, a finished sweep) is built once, not once per worker.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m 'not slow' --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadscope -m 'not slow' --durations=15
 
 # Style (ruff: lint and format) and architecture (import-linter's contracts in pyproject.toml).
 lint: $(VENV)/.installed
@@ -37,7 +39,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache

@@ -65,23 +65,3 @@ def _data_dir(tmp_path_factory):
   """Downloads and decoded-array caches go to a temporary folder, never the
   user's ~/.cache; launch.py subprocesses inherit it."""
   os.environ['ICCKD_DATA_DIR'] = str(tmp_path_factory.mktemp('data'))
-
-
-def pytest_itemcollected(item):
-  """Puts the tests that share a module-scoped fixture (a trained smoke run,
-  a finished sweep) in one xdist group: `make test`'s `--dist loadgroup`
-  then sends them to one worker, which builds the fixture once instead of
-  once per worker. (Marked as each test is collected: xdist reads the marks
-  in its own `pytest_collection_modifyitems`.)"""
-  info = getattr(item, '_fixtureinfo', None)
-  if info is None:
-    return
-  shared = sorted(
-    name
-    for name, defs in info.name2fixturedefs.items()
-    if defs and defs[-1].scope == 'module'
-  )
-  if shared:
-    item.add_marker(
-      pytest.mark.xdist_group(f'{item.module.__name__}:{shared[0]}')
-    )
