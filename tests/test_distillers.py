@@ -16,7 +16,7 @@ from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
 from icckd_jax.models import stages as model_stages
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 from icckd_jax.objective import losses
 from icckd_jax.stages import student
 from icckd_jax.stages import student_step
@@ -103,7 +103,7 @@ def _ce(s, labels):
 def _reference(method, s, t, labels, hp, standardize=False):
   sl, tl = s.logits, t.logits
   if standardize:
-    sl, tl = (distillation.standardize_logits(z) for z in (sl, tl))
+    sl, tl = (student_losses.standardize_logits(z) for z in (sl, tl))
   temp = hp['temperature']
   rkd = losses.rkd_loss(s.features, t.features, hp['w_dist'], hp['w_angle'])
   warm = jnp.minimum(hp['epoch'] / hp['dkd_warmup_epochs'], 1.0)
@@ -116,37 +116,39 @@ def _reference(method, s, t, labels, hp, standardize=False):
     'dkd': lambda: (
       hp['ce_weight'] * _ce(s, labels)
       + warm
-      * distillation.dkd_loss(
+      * student_losses.dkd_loss(
         sl, tl, labels, hp['dkd_alpha'], hp['dkd_beta'], temp
       )
     ),
     'dist': lambda: (
       hp['ce_weight'] * _ce(s, labels)
-      + distillation.dist_loss(sl, tl, hp['dist_beta'], hp['dist_gamma'], temp)
+      + student_losses.dist_loss(
+        sl, tl, hp['dist_beta'], hp['dist_gamma'], temp
+      )
     ),
     'at': lambda: (
       hp['ce_weight'] * _ce(s, labels)
       + hp['at_weight']
       * (
-        distillation.at_loss(s.stages[0], t.stages[0], 2)
-        + distillation.at_loss(s.stages[1], t.stages[1], 2)
+        student_losses.at_loss(s.stages[0], t.stages[0], 2)
+        + student_losses.at_loss(s.stages[1], t.stages[1], 2)
       )
     ),
     'nst': lambda: (
       hp['ce_weight'] * _ce(s, labels)
       + hp['nst_weight']
       * (
-        distillation.nst_loss(s.stages[0], t.stages[0])
-        + distillation.nst_loss(s.stages[1], t.stages[1])
+        student_losses.nst_loss(s.stages[0], t.stages[0])
+        + student_losses.nst_loss(s.stages[1], t.stages[1])
       )
     ),
     'sp': lambda: (
       hp['ce_weight'] * _ce(s, labels)
-      + hp['sp_weight'] * distillation.sp_loss(s.stages[-1], t.stages[-1])
+      + hp['sp_weight'] * student_losses.sp_loss(s.stages[-1], t.stages[-1])
     ),
     'pkt': lambda: (
       hp['ce_weight'] * _ce(s, labels)
-      + hp['pkt_weight'] * distillation.pkt_loss(s.features, t.features)
+      + hp['pkt_weight'] * student_losses.pkt_loss(s.features, t.features)
     ),
   }[method]()
 

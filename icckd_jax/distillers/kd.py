@@ -22,7 +22,7 @@ import jax
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Batch, Outputs
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 from icckd_jax.objective import losses
 
 
@@ -34,8 +34,8 @@ def soft_targets(
   if not standardize:
     return student.logits, teacher.logits
   return (
-    distillation.standardize_logits(student.logits),
-    distillation.standardize_logits(teacher.logits),
+    student_losses.standardize_logits(student.logits),
+    student_losses.standardize_logits(teacher.logits),
   )
 
 
@@ -54,7 +54,7 @@ def loss(
 
 
 METHOD = contract.Method(
-  fields=('temperature', 'gamma', 'alpha', 'standardize_logits'),
+  shared=('temperature', 'gamma', 'alpha', 'standardize_logits'),
   loss=loss,
   options=contract.standardize_option,
 )
