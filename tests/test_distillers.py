@@ -2,6 +2,8 @@
 family, each method's loss as its documented composition of the tested
 losses, the config checks, and one real student step per method."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,9 +92,13 @@ def _batch(s, t, labels):
 
 
 def _hp(epoch=5.0, **overrides):
-  distill = student_config.get_config().distill
-  distill.update(overrides)
-  return {**student_step.hyperparameters(distill), 'epoch': jnp.float32(epoch)}
+  """Every method's traced settings at their defaults, with `overrides`."""
+  traced = {
+    name: overrides.get(name, s.default)
+    for name, s in distillers.declarations().items()
+    if s.traced
+  }
+  return {**student_step.hyperparameters(traced), 'epoch': jnp.float32(epoch)}
 
 
 def _ce(s, labels):
@@ -321,3 +327,20 @@ def test_one_student_step_per_method(tiny_run, method):
     teacher_before,
     jax.device_get(setup.step_args['teacher']),
   )
+
+
+def test_register_refuses_a_taken_name_or_a_setting_declared_twice(
+  monkeypatch,
+):
+  monkeypatch.setattr(distillers, 'DISTILLERS', dict(distillers.DISTILLERS))
+  dkd = distillers.DISTILLERS['dkd']
+  with pytest.raises(ValueError, match="'dkd' is registered already"):
+    distillers.register('dkd', dkd)
+  with pytest.raises(ValueError, match=r"\['dkd_alpha', 'dkd_beta'"):
+    distillers.register('dkd2', dkd)
+  with pytest.raises(ValueError, match=r"no shared settings \['tau'\]"):
+    distillers.register('other', dataclasses.replace(dkd, shared=('tau',)))
+  with pytest.raises(ValueError, match=r"\['method'\] are declared already"):
+    distillers.register('other', dataclasses.replace(dkd, own={'method': 1}))
+  # Nothing refused was added.
+  assert not {'dkd2', 'other'} & set(distillers.DISTILLERS)
