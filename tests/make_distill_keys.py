@@ -44,9 +44,10 @@ def config(module: str, arg: str | None, method: str):
 
 def keys(module: str, arg: str | None, method: str) -> dict[str, str]:
   """{student_key, compiled, saved} of one config and method."""
-  from icckd_jax.experiments.sweep import run_store  # pylint: disable=g-import-not-at-top
-  from icckd_jax.runs import spec  # pylint: disable=g-import-not-at-top
-  from icckd_jax.runs import validate  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from icckd_jax.experiments.sweep import run_store
+  from icckd_jax.runs import spec
+  from icckd_jax.runs import validate
 
   c = config(module, arg, method)
   return {

@@ -22,8 +22,8 @@ import make_distill_keys
 
 
 def test_every_field_of_the_stage_configs_is_declared_or_identity():
-  """A typo in FIELDS would silently make a field identity: every declared
-  path must exist in a stage config."""
+  """A typo in a declaration would silently make a field identity: each
+  declared path must exist in a stage config."""
   paths = set()
   for config in (teacher_config.get_config(), student_config.get_config()):
     paths |= {

@@ -3,9 +3,10 @@
   L = γ · CE(s, y) + α · T² · KL(softmax(t / T) || softmax(s / T))
 
 Recipe (CIFAR-100, resnet32x4 → resnet8x4): T = 4, γ = 0.1, α = 0.9, the
-defaults of configs/student.py. Source: megvii-research/mdistiller,
-mdistiller/engine/cfg.py (CFG.KD: TEMPERATURE 4, CE_WEIGHT 0.1, KD_WEIGHT
-0.9; configs/cifar100/kd.yaml keeps them) and mdistiller/distillers/KD.py.
+defaults of these shared settings (settings.py). Source:
+megvii-research/mdistiller, mdistiller/engine/cfg.py (CFG.KD: TEMPERATURE
+4, CE_WEIGHT 0.1, KD_WEIGHT 0.9; configs/cifar100/kd.yaml keeps them) and
+mdistiller/distillers/KD.py.
 
 With config.distill.standardize_logits, the KL term compares
 standardize_logits(s) and standardize_logits(t) (Sun et al., CVPR 2024);
