@@ -3,6 +3,9 @@
 
 import dataclasses
 import json
+import os
+import pathlib
+import re
 
 import pytest
 
@@ -15,11 +18,12 @@ from icckd_jax.runs import config_schema
 from icckd_jax.runs import reuse
 from icckd_jax.runs import spec
 from icckd_jax.runs import validate
+import make_distill_keys
 
 
 def test_every_field_of_the_stage_configs_is_declared_or_identity():
-  """A typo in FIELDS would silently make a field identity: every declared
-  path must exist in a stage config."""
+  """A typo in a declaration would silently make a field identity: each
+  declared path must exist in a stage config."""
   paths = set()
   for config in (teacher_config.get_config(), student_config.get_config()):
     paths |= {
@@ -27,7 +31,7 @@ def test_every_field_of_the_stage_configs_is_declared_or_identity():
     }
   # Read with a default where a config lacks it (the synthetic set's).
   optional = {'dataset.channels'}
-  missing = set(config_schema.FIELDS) - paths - optional
+  missing = set(config_schema.fields()) - paths - optional
   assert not missing, missing
 
 
@@ -151,12 +155,26 @@ def _parts_of(path: str) -> list[str]:
 
 def test_every_schema_field_lands_in_exactly_one_part():
   """The parts are the schema's sections: each declared field is read from
-  one part, and every field a distiller reads is one of Distillation's."""
-  places = {path: _parts_of(path) for path in config_schema.FIELDS}
+  one part; config.distill's are Distillation's (its method, shared and own
+  settings)."""
+  paths = [p for p in config_schema.fields() if not p.startswith('distill.')]
+  places = {path: _parts_of(path) for path in paths}
   assert {p: f for p, f in places.items() if len(f) != 1} == {}
-  distillation = {f.name for f in dataclasses.fields(spec.Distillation)}
+  assert [f.name for f in dataclasses.fields(spec.Distillation)] == [
+    'method',
+    'shared',
+    'own',
+  ]
+  config = student_config.get_config()
   for method in distillers.DISTILLERS:
-    assert set(distillers.fields(method)) <= distillation, method
+    config.distill.method = method
+    part = spec.from_config(config).distillation
+    assert set(part.shared) == set(distillers.settings.SHARED)
+    assert set(part.own) == set(distillers.DISTILLERS[method].own)
+    assert set(distillers.fields(method)) <= set(part.to_dict()), method
+    assert {f'distill.{f}' for f in part.to_dict()} <= set(
+      config_schema.fields()
+    )
 
 
 def test_the_parts_hold_the_configs_values():
@@ -185,6 +203,68 @@ def test_the_parts_hold_the_configs_values():
   assert (
     student.distillation.method == student_config.get_config().distill.method
   )
-  assert set(student.distillation.weights) == set(
-    config_schema.traced_distill_weights()
-  )
+  # kd's traced settings: T, γ, α (not its standardize_logits switch).
+  assert student.distillation.weights == {
+    'temperature': 4.0,
+    'gamma': 0.1,
+    'alpha': 0.9,
+  }
+
+
+def _recorded():
+  with open(os.path.join(os.path.dirname(__file__), 'distill_keys.json')) as f:
+    return json.load(f)
+
+
+RECORDED = _recorded()
+
+
+@pytest.mark.parametrize('source', sorted(RECORDED))
+def test_every_methods_keys_are_those_recorded_before_the_settings_moved(
+  source,
+):
+  """The run store's key, the compiled step's key and the saved config of
+  every method, as tests/make_distill_keys.py recorded them when each field
+  was spelled out in configs/student.py, runs/config_schema.py and
+  runs/spec.py: stored runs and shared steps are still found."""
+  module, _, arg = source.partition(':')
+  assert set(RECORDED[source]) == set(distillers.DISTILLERS)
+  for method, recorded in RECORDED[source].items():
+    assert make_distill_keys.keys(module, arg or None, method) == recorded, (
+      method
+    )
+
+
+def test_no_method_specific_field_is_named_outside_its_method():
+  """runs/ and configs/student.py derive config.distill from the registry:
+  none names a method's own setting."""
+  root = pathlib.Path(__file__).parent.parent
+  sources = [*(root / 'icckd_jax' / 'runs').glob('*.py')]
+  sources.append(root / 'configs' / 'student.py')
+  own = {n for m in distillers.DISTILLERS.values() for n in m.own}
+  assert len(own) > 20  # every method's, not an empty scan
+  for path in sources:
+    words = set(re.findall(r'\w+', path.read_text()))
+    assert not own & words, (path.name, sorted(own & words))
+
+
+def test_a_field_added_to_a_method_resumes_only_with_its_old_behaviour():
+  """A student saved before reviewkd_max_mid existed resumes with 512 (its
+  added default) and reads it as such; standardize_logits likewise."""
+  config = student_config.get_config()
+  config.distill.method = 'reviewkd'
+  new = validate.config_as_dict(config)
+  stored = json.loads(json.dumps(new))
+  del stored['distill']['reviewkd_max_mid']
+  del stored['distill']['standardize_logits']
+  assert validate.config_differences(stored, new) == []
+  new['distill']['reviewkd_max_mid'] = 256
+  assert validate.config_differences(stored, new) == [
+    'distill.reviewkd_max_mid=512 (now 256)'
+  ]
+  part = spec.Distillation.from_section(stored['distill'])
+  assert part.own['reviewkd_max_mid'] == 512
+  assert part.shared['standardize_logits'] is False
+  del stored['distill']['reviewkd_weight']  # never had an added default
+  with pytest.raises(KeyError, match='reviewkd_weight'):
+    spec.Distillation.from_section(stored['distill'])

@@ -2,6 +2,8 @@
 family, each method's loss as its documented composition of the tested
 losses, the config checks, and one real student step per method."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,7 @@ from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
 from icckd_jax.models import stages as model_stages
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 from icckd_jax.objective import losses
 from icckd_jax.stages import student
 from icckd_jax.stages import student_step
@@ -90,9 +92,13 @@ def _batch(s, t, labels):
 
 
 def _hp(epoch=5.0, **overrides):
-  distill = student_config.get_config().distill
-  distill.update(overrides)
-  return {**student_step.hyperparameters(distill), 'epoch': jnp.float32(epoch)}
+  """Every method's traced settings at their defaults, with `overrides`."""
+  traced = {
+    name: overrides.get(name, s.default)
+    for name, s in distillers.declarations().items()
+    if s.traced
+  }
+  return {**student_step.hyperparameters(traced), 'epoch': jnp.float32(epoch)}
 
 
 def _ce(s, labels):
@@ -103,7 +109,7 @@ def _ce(s, labels):
 def _reference(method, s, t, labels, hp, standardize=False):
   sl, tl = s.logits, t.logits
   if standardize:
-    sl, tl = (distillation.standardize_logits(z) for z in (sl, tl))
+    sl, tl = (student_losses.standardize_logits(z) for z in (sl, tl))
   temp = hp['temperature']
   rkd = losses.rkd_loss(s.features, t.features, hp['w_dist'], hp['w_angle'])
   warm = jnp.minimum(hp['epoch'] / hp['dkd_warmup_epochs'], 1.0)
@@ -116,37 +122,39 @@ def _reference(method, s, t, labels, hp, standardize=False):
     'dkd': lambda: (
       hp['ce_weight'] * _ce(s, labels)
       + warm
-      * distillation.dkd_loss(
+      * student_losses.dkd_loss(
         sl, tl, labels, hp['dkd_alpha'], hp['dkd_beta'], temp
       )
     ),
     'dist': lambda: (
       hp['ce_weight'] * _ce(s, labels)
-      + distillation.dist_loss(sl, tl, hp['dist_beta'], hp['dist_gamma'], temp)
+      + student_losses.dist_loss(
+        sl, tl, hp['dist_beta'], hp['dist_gamma'], temp
+      )
     ),
     'at': lambda: (
       hp['ce_weight'] * _ce(s, labels)
       + hp['at_weight']
       * (
-        distillation.at_loss(s.stages[0], t.stages[0], 2)
-        + distillation.at_loss(s.stages[1], t.stages[1], 2)
+        student_losses.at_loss(s.stages[0], t.stages[0], 2)
+        + student_losses.at_loss(s.stages[1], t.stages[1], 2)
       )
     ),
     'nst': lambda: (
       hp['ce_weight'] * _ce(s, labels)
       + hp['nst_weight']
       * (
-        distillation.nst_loss(s.stages[0], t.stages[0])
-        + distillation.nst_loss(s.stages[1], t.stages[1])
+        student_losses.nst_loss(s.stages[0], t.stages[0])
+        + student_losses.nst_loss(s.stages[1], t.stages[1])
       )
     ),
     'sp': lambda: (
       hp['ce_weight'] * _ce(s, labels)
-      + hp['sp_weight'] * distillation.sp_loss(s.stages[-1], t.stages[-1])
+      + hp['sp_weight'] * student_losses.sp_loss(s.stages[-1], t.stages[-1])
     ),
     'pkt': lambda: (
       hp['ce_weight'] * _ce(s, labels)
-      + hp['pkt_weight'] * distillation.pkt_loss(s.features, t.features)
+      + hp['pkt_weight'] * student_losses.pkt_loss(s.features, t.features)
     ),
   }[method]()
 
@@ -319,3 +327,20 @@ def test_one_student_step_per_method(tiny_run, method):
     teacher_before,
     jax.device_get(setup.step_args['teacher']),
   )
+
+
+def test_register_refuses_a_taken_name_or_a_setting_declared_twice(
+  monkeypatch,
+):
+  monkeypatch.setattr(distillers, 'DISTILLERS', dict(distillers.DISTILLERS))
+  dkd = distillers.DISTILLERS['dkd']
+  with pytest.raises(ValueError, match="'dkd' is registered already"):
+    distillers.register('dkd', dkd)
+  with pytest.raises(ValueError, match=r"\['dkd_alpha', 'dkd_beta'"):
+    distillers.register('dkd2', dkd)
+  with pytest.raises(ValueError, match=r"no shared settings \['tau'\]"):
+    distillers.register('other', dataclasses.replace(dkd, shared=('tau',)))
+  with pytest.raises(ValueError, match=r"\['method'\] are declared already"):
+    distillers.register('other', dataclasses.replace(dkd, own={'method': 1}))
+  # Nothing refused was added.
+  assert not {'dkd2', 'other'} & set(distillers.DISTILLERS)

@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR10_ARCHIVE, shared_fixture
+from configs import student as student_config
+from icckd_jax import distillers
+from icckd_jax.errors import UserError
 from icckd_jax.training import metric_writer
 from icckd_jax import models
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
+from icckd_jax.runs import validate
+import toy_distiller
 from train_steps import run_steps
 from launch_in_process import error_line, launch
 from test_training import kill_after_checkpoint, restore_state
@@ -123,6 +128,57 @@ def test_student_config_errors(smoke_teacher, tmp_path, args, expected):
   assert expected in error_line(result.returncode, result.stderr)
 
 
+@pytest.fixture
+def toy_registered(monkeypatch):
+  """tests/toy_distiller.py registered as 'toy' for one test: `register`
+  writes to a copy of the registry that the test's end throws away."""
+  monkeypatch.setattr(distillers, 'DISTILLERS', dict(distillers.DISTILLERS))
+  distillers.register('toy', toy_distiller.METHOD)
+
+
+def test_a_distiller_registered_at_run_time_trains_a_student(
+  smoke_teacher, tmp_path, toy_registered
+):
+  """A method from outside the package, registered after import: its
+  setting reaches the config's defaults, the range check, the typed part,
+  `distillers.build` and the step, set from the command line."""
+  del toy_registered
+  config = student_config.get_config('smoke')
+  assert config.distill.toy_weight == toy_distiller.DEFAULT_WEIGHT
+  config.distill.method = 'toy'
+  config.distill.toy_weight = -1.0
+  with pytest.raises(
+    UserError,
+    match=r'config.distill.toy_weight=-1.0 is out of range; it must be a '
+    r'finite number >= 0',
+  ):
+    validate.check_config(config)
+  config.distill.toy_weight = 2.0
+  validate.check_config(config)
+  distillation = spec.from_config(config).distillation
+  assert distillation.own == {'toy_weight': 2.0}
+  assert distillation.weights == {'ce_weight': 1.0, 'toy_weight': 2.0}
+  assert distillers.build(distillation).name == 'toy'
+
+  workdir = tmp_path / 'toy'
+  launch(
+    '--config=configs/student.py:smoke',
+    f'--workdir={workdir}',
+    f'--config.teacher.workdir={smoke_teacher}',
+    '--config.distill.method=toy',
+    '--config.distill.toy_weight=2',
+    '--config.num_epochs=1',
+  )
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['distill']['toy_weight'] == 2.0
+  records = metric_writer.read_records(str(workdir), 'train')
+  assert records
+  for r in records:
+    # The step weighed the toy's term by 2 (its default is 0.5).
+    assert r['toy'] > 0
+    assert r['loss'] == pytest.approx(r['ce'] + 2.0 * r['toy'], rel=1e-5)
+
+
 def test_student_step_device_count_invariance(smoke_teacher):
   """KD + RKD (RKD relates examples across device shards) on 1, 2, 4 devices:
   the same losses for 3 steps and the same state after the first.
@@ -131,7 +187,6 @@ def test_student_step_device_count_invariance(smoke_teacher):
   float32 round-off from step to step (measured over all parameters: 2e-6 of the update after one
   step, 8e-3 after three); a shard-level mistake is off by O(1) at once.
   """
-  from configs import student as student_config  # pylint: disable=g-import-not-at-top
 
   config = student_config.get_config('smoke')
   config.teacher.workdir = str(smoke_teacher)

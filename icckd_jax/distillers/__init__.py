@@ -2,8 +2,15 @@
 
 Each method is one module declaring one `contract.Method` (its `METHOD`):
 
-  fields   the config.distill fields it reads (the others are not part of
-           the student's identity);
+  shared   the names of the settings it reads that several methods share
+           (`settings.SHARED`: temperature, the CE and KD weights, ...);
+  own      its own settings, {name: settings.Setting}: each one's default
+           (its published recipe), whether it is traced or shapes the step,
+           its range and the source of the default. Each is the config
+           field config.distill.<name>; configs/student.py's defaults,
+           runs/config_schema.py's declarations and runs/spec.py's
+           `Distillation` are derived from them (`defaults`,
+           `declarations`), never spelled out again;
   reads    what the step collects for it beyond the two networks' logits
            and pooled features: the stage maps (`Outputs.stages`,
            `.preact_stages`) and/or the 1-based epoch (hp['epoch']);
@@ -45,10 +52,11 @@ runs/spec.py's `Distillation`) binds the chosen method to its options: a
 `contract.Distiller`, all the student's stage and step see. The config
 stops here; the methods receive plain values.
 
-Each module's docstring gives its published CIFAR-100 recipe, which the
-defaults of configs/student.py hold, and the code it was read from
-(docs/distillers.md lists them). Adding a method is one new module and one
-line below.
+Each module's docstring gives its published CIFAR-100 recipe, which its
+settings' defaults hold, and the code it was read from (docs/distillers.md
+lists them). Adding a method costs two package files: its module and one
+`register` line below (a method registered at run time, by a user's own
+module calling `register`, costs none).
 """
 
 from typing import Any, Protocol
@@ -67,6 +75,7 @@ from icckd_jax.distillers import ofd
 from icckd_jax.distillers import pkt
 from icckd_jax.distillers import reviewkd
 from icckd_jax.distillers import rkd
+from icckd_jax.distillers import settings
 from icckd_jax.distillers import sp
 from icckd_jax.distillers import vid
 from icckd_jax.distillers.contract import Batch
@@ -75,32 +84,11 @@ from icckd_jax.distillers.contract import Method
 from icckd_jax.distillers.contract import Reads
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.distillers.outputs import Trainable
+from icckd_jax.distillers.settings import Setting
 from icckd_jax.errors import UserError
 
-DISTILLERS: dict[str, Method] = {
-  'kd': kd.METHOD,
-  'kd_rkd': kd_rkd.METHOD,
-  'dkd': dkd.METHOD,
-  'dist': dist.METHOD,
-  'at': at.METHOD,
-  'nst': nst.METHOD,
-  'pkt': pkt.METHOD,
-  'sp': sp.METHOD,
-  'rkd': rkd.METHOD,
-  'fitnet': fitnet.METHOD,
-  'crd': crd.METHOD,
-  'vid': vid.METHOD,
-  'ofd': ofd.METHOD,
-  'reviewkd': reviewkd.METHOD,
-  'kdsvd': kdsvd.METHOD,
-}
-
-# The methods that accept config.distill.standardize_logits.
-STANDARDIZING = tuple(
-  name
-  for name, method in DISTILLERS.items()
-  if 'standardize_logits' in method.fields
-)
+# The registry: name -> Method, in the order the config lists them.
+DISTILLERS: dict[str, Method] = {}
 
 __all__ = [
   'Batch',
@@ -109,18 +97,80 @@ __all__ = [
   'Method',
   'Outputs',
   'Reads',
-  'STANDARDIZING',
+  'Setting',
   'Trainable',
   'build',
+  'declarations',
+  'defaults',
   'fields',
   'get',
+  'register',
+  'traced',
 ]
+
+
+def declarations() -> dict[str, Setting]:
+  """{name: Setting} of every config.distill field but `method`: the shared
+  ones, then each registered method's own, as registered now."""
+  declared = dict(settings.SHARED)
+  for method in DISTILLERS.values():
+    declared.update(method.own)
+  return declared
+
+
+def defaults() -> dict[str, Any]:
+  """{name: default} of every config.distill field but `method`."""
+  return {name: s.default for name, s in declarations().items()}
+
+
+def register(name: str, method: Method) -> Method:
+  """Adds `method` as config.distill.method=`name` (at import, or later by
+  a user's module), and returns it.
+
+  Raises:
+    ValueError: the name is taken, a shared setting it names does not
+      exist, or one of its own settings is declared already.
+  """
+  if name in DISTILLERS:
+    raise ValueError(f'a distiller named {name!r} is registered already')
+  unknown = set(method.shared) - set(settings.SHARED)
+  if unknown:
+    raise ValueError(f'{name}: no shared settings {sorted(unknown)}')
+  taken = set(method.own) & (set(declarations()) | {'method'})
+  if taken:
+    raise ValueError(f'{name}: settings {sorted(taken)} are declared already')
+  DISTILLERS[name] = method
+  return method
+
+
+register('kd', kd.METHOD)
+register('kd_rkd', kd_rkd.METHOD)
+register('dkd', dkd.METHOD)
+register('dist', dist.METHOD)
+register('at', at.METHOD)
+register('nst', nst.METHOD)
+register('pkt', pkt.METHOD)
+register('sp', sp.METHOD)
+register('rkd', rkd.METHOD)
+register('kdsvd', kdsvd.METHOD)
+register('fitnet', fitnet.METHOD)
+register('vid', vid.METHOD)
+register('ofd', ofd.METHOD)
+register('reviewkd', reviewkd.METHOD)
+register('crd', crd.METHOD)
 
 
 def fields(name: str) -> tuple[str, ...]:
   """The config.distill fields method `name` reads (none, if unknown)."""
   method = DISTILLERS.get(name)
   return method.fields if method else ()
+
+
+def traced(name: str) -> tuple[str, ...]:
+  """The fields method `name` reads that its step takes as traced scalars
+  (hp[field]); none, if unknown."""
+  declared = declarations()
+  return tuple(f for f in fields(name) if declared[f].traced)
 
 
 def get(name: str) -> Method:
@@ -137,7 +187,7 @@ def get(name: str) -> Method:
   return DISTILLERS[name]
 
 
-class Settings(Protocol):
+class Section(Protocol):
   """What `build` reads: config.distill, or the student's
   `spec.Distillation`: the method's name and every field's plain value."""
 
@@ -146,20 +196,23 @@ class Settings(Protocol):
   def to_dict(self) -> dict[str, Any]: ...
 
 
-def build(distill: Settings) -> Distiller:
+def build(distill: Section) -> Distiller:
   """The method config.distill chooses, bound to its static options.
 
   Raises:
-    UserError: an unknown method, or standardize_logits set for a method
-      that does not accept it.
+    UserError: an unknown method, or a shared setting that shapes the step
+      (standardize_logits) set for a method that does not read it.
   """
   method = get(distill.method)
-  settings = distill.to_dict()
-  if settings.get('standardize_logits', False):
-    if distill.method not in STANDARDIZING:
-      raise UserError(
-        'config.distill.standardize_logits=True applies to '
-        f'{", ".join(STANDARDIZING)} only, not '
-        f'config.distill.method={distill.method!r}'
-      )
-  return contract.bind(distill.method, method, settings)
+  values = distill.to_dict()
+  for name, shared in settings.SHARED.items():
+    value = values.get(name, shared.default)
+    if shared.traced or value == shared.default or name in method.shared:
+      continue
+    readers = [m for m, d in DISTILLERS.items() if name in d.shared]
+    raise UserError(
+      f'config.distill.{name}={value!r} applies to '
+      f'{", ".join(readers)} only, not '
+      f'config.distill.method={distill.method!r}'
+    )
+  return contract.bind(distill.method, method, values)

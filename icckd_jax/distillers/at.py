@@ -2,7 +2,7 @@
 
   L = w_ce · CE(s, y) + w_at · Σ_k AT(f^s_k, f^t_k)
 
-AT = `objective.distillation.at_loss` with p = 2, summed over the stage
+AT = `objective.student_losses.at_loss` with p = 2, summed over the stage
 maps f_k (`Outputs.stages`, paired by position: mdistiller's
 `feats["feats"][1:]`, every stage after the stem).
 
@@ -16,8 +16,9 @@ them) and mdistiller/distillers/AT.py. Config: `ce_weight`, `at_weight`
 import jax
 
 from icckd_jax.distillers import contract
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, summed_over_stages
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 P = 2  # mdistiller's CFG.AT.P
 
@@ -27,13 +28,16 @@ def attention(batch: Batch, hp: contract.Hyper) -> jax.Array:
   mean is all a device needs."""
   del hp
   return summed_over_stages(
-    lambda s, t: distillation.at_loss(s, t, P), batch.student, batch.teacher
+    lambda s, t: student_losses.at_loss(s, t, P), batch.student, batch.teacher
   )
 
 
 METHOD = contract.one_term(
   'at',
   attention,
-  ('ce_weight', 'at_weight'),
+  ('ce_weight',),
+  {
+    'at_weight': settings.weight(1000.0, 'its weight (CFG.AT.LOSS.FEAT_WEIGHT)')
+  },
   reads=contract.Reads(stages=True),
 )

@@ -1,8 +1,9 @@
 """The one contract every distillation method keeps (distillers/__init__.py).
 
-A method's module declares one `Method`: the config.distill fields it reads,
-what the step must collect for it (`Reads`), its loss, and, where it has
-them, its static options, its trainable parts' `init` and its pair `check`.
+A method's module declares one `Method`: its own config.distill settings
+and the shared ones it reads (distillers/settings.py), what the step must
+collect for it (`Reads`), its loss, and, where it has them, its static
+options, its trainable parts' `init` and its pair `check`.
 `distillers.build` binds a Method to the options of one config into a
 `Distiller`, which is all the student's stage and step see: the ConfigDict
 stops there, and the methods receive plain Python values.
@@ -28,6 +29,7 @@ import jax
 from icckd_jax.distillers.outputs import Batch
 from icckd_jax.distillers.outputs import Outputs
 from icckd_jax.distillers.outputs import Trainable
+from icckd_jax.distillers.settings import Setting
 from icckd_jax.objective import losses
 
 # The traced scalars of `student_step.hyperparameters` (and 'epoch').
@@ -86,8 +88,11 @@ def no_check(student: Outputs, teacher: Outputs) -> None:
 class Method:
   """What a method's module declares (its `METHOD`).
 
-  fields: the config.distill fields it reads; the others are not part of
-    the student's identity (runs/config_schema.py).
+  shared: the names of the `settings.SHARED` it reads.
+  own: its own settings {name: Setting}, config.distill.<name> each (a name
+    no other method declares: by custom, prefixed with the method's).
+  The fields it reads, `fields`, are both; the others are not part of the
+  student's identity (runs/config_schema.py).
   loss: its `LossFn`.
   reads: what the step collects for it.
   options: config.distill as a plain mapping -> the static keyword
@@ -99,12 +104,18 @@ class Method:
     terms before anything traces (stages/distill_pair.py).
   """
 
-  fields: tuple[str, ...]
+  shared: tuple[str, ...]
   loss: LossFn
+  own: Mapping[str, Setting] = dataclasses.field(default_factory=dict)
   reads: Reads = Reads()
   options: Callable[[Mapping[str, Any]], dict] = no_options
   init: InitFn | None = None
   check: CheckFn = no_check
+
+  @property
+  def fields(self) -> tuple[str, ...]:
+    """The config.distill fields it reads: the shared ones, then its own."""
+    return (*self.shared, *self.own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +182,8 @@ def _one_term_loss(
 def one_term(
   name: str,
   term: TermFn,
-  fields: tuple[str, ...],
+  shared: tuple[str, ...],
+  own: Mapping[str, Setting],
   *,
   weight: str | None = None,
   reads: Reads = Reads(),
@@ -179,9 +191,11 @@ def one_term(
 ) -> Method:
   """The Method whose loss is w_ce · CE(s, y) + w · term, logged as
   {'ce', name}: `term(batch, hp)` [] of a method without trainable parts,
-  w = hp[weight] (default f'{name}_weight')."""
+  w = hp[weight] (default f'{name}_weight'), its settings `shared` and
+  `own` (`Method`)."""
   return Method(
-    fields=fields,
+    shared=shared,
+    own=own,
     loss=functools.partial(
       _one_term_loss, name, term, weight or f'{name}_weight'
     ),

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icckd_jax.distillers import contract
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, Outputs
 
 EPS = 1e-7  # the authors' ContrastLoss epsilon
@@ -230,14 +231,27 @@ def loss(
 
 
 METHOD = contract.Method(
-  fields=(
-    'ce_weight',
-    'crd_weight',
-    'crd_temperature',
-    'crd_momentum',
-    'crd_dim',
-    'crd_negatives',
-  ),
+  shared=('ce_weight',),
+  own={
+    'crd_weight': settings.weight(0.8, 'its weight (CFG.CRD.LOSS.FEAT_WEIGHT)'),
+    'crd_temperature': settings.Setting(
+      0.07, 'τ (CFG.CRD.NCE.TEMPERATURE)', rule=settings.POSITIVE
+    ),
+    'crd_momentum': settings.Setting(
+      0.5,
+      "m, the banks' momentum (CFG.CRD.NCE.MOMENTUM)",
+      rule=settings.FRACTION,
+    ),
+    # The embedding's width and the negatives' count shape the step.
+    'crd_dim': settings.static(
+      128, 'd, the embedding width (CFG.CRD.FEAT.DIM)', settings.at_least(1)
+    ),
+    'crd_negatives': settings.static(
+      16384,
+      'K, the negatives per example (CFG.CRD.NCE.K)',
+      settings.at_least(1),
+    ),
+  },
   loss=loss,
   options=options,
   init=init,

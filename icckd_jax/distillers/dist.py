@@ -3,7 +3,7 @@ NeurIPS 2022).
 
   L = w_ce · CE(s, y) + T² · (β · inter(s, t) + γ · intra(s, t))
 
-the second term `objective.distillation.dist_loss`: one minus the Pearson
+the second term `objective.student_losses.dist_loss`: one minus the Pearson
 correlation of the softened predictions, per example across classes
 (inter) and per class across the batch (intra).
 
@@ -30,8 +30,9 @@ stay as above unless set.
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 
 def loss(
@@ -39,7 +40,7 @@ def loss(
 ) -> contract.Result:
   """Over the global batch: the logits are all-gathered first."""
   s, t = kd.soft_targets(batch.student, batch.teacher, standardize)
-  dist = distillation.dist_loss(
+  dist = student_losses.dist_loss(
     batch.gather(s),
     batch.gather(t),
     hp['dist_beta'],
@@ -53,13 +54,15 @@ def loss(
 
 
 METHOD = contract.Method(
-  fields=(
-    'temperature',
-    'ce_weight',
-    'dist_beta',
-    'dist_gamma',
-    'standardize_logits',
-  ),
+  shared=('temperature', 'ce_weight', 'standardize_logits'),
+  own={
+    'dist_beta': settings.weight(
+      2.0, "β, the inter-class term's weight (dist_cifar.yaml: 1 · 2)"
+    ),
+    'dist_gamma': settings.weight(
+      2.0, "γ, the intra-class term's weight (dist_cifar.yaml: 1 · 2)"
+    ),
+  },
   loss=loss,
   options=contract.standardize_option,
 )

@@ -2,7 +2,7 @@
 
   L = w_ce · CE(s, y) + min(e / W, 1) · (α · TCKD + β · NCKD)
 
-the second term `objective.distillation.dkd_loss` at temperature T, e the
+the second term `objective.student_losses.dkd_loss` at temperature T, e the
 1-based epoch (hp['epoch'], constant within an epoch) and W the warm-up in
 epochs (W = 0: no warm-up).
 
@@ -32,8 +32,9 @@ import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import kd
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 
 def warmup(epoch: jax.Array, warmup_epochs: jax.Array) -> jax.Array:
@@ -48,7 +49,7 @@ def loss(
   """Per-example terms only, so the local batch mean is all a device needs."""
   ce = contract.cross_entropy(batch)
   s, t = kd.soft_targets(batch.student, batch.teacher, standardize)
-  dkd = distillation.dkd_loss(
+  dkd = student_losses.dkd_loss(
     s, t, batch.labels, hp['dkd_alpha'], hp['dkd_beta'], hp['temperature']
   )
   factor = warmup(hp['epoch'], hp['dkd_warmup_epochs'])
@@ -60,14 +61,14 @@ def loss(
 
 
 METHOD = contract.Method(
-  fields=(
-    'temperature',
-    'ce_weight',
-    'dkd_alpha',
-    'dkd_beta',
-    'dkd_warmup_epochs',
-    'standardize_logits',
-  ),
+  shared=('temperature', 'ce_weight', 'standardize_logits'),
+  own={
+    'dkd_alpha': settings.weight(1.0, "α, TCKD's weight (CFG.DKD.ALPHA)"),
+    'dkd_beta': settings.weight(8.0, "β, NCKD's weight (CFG.DKD.BETA)"),
+    'dkd_warmup_epochs': settings.weight(
+      20.0, 'W, the warm-up in epochs (CFG.DKD.WARMUP)'
+    ),
+  },
   loss=loss,
   reads=contract.Reads(epoch=True),
   options=contract.standardize_option,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import layers
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, Outputs
 
 HINT_STAGE = 1  # Outputs.stages[1] = mdistiller's feats[HINT_LAYER = 2]
@@ -88,7 +89,12 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
 
 
 METHOD = contract.Method(
-  fields=('ce_weight', 'fitnet_weight'),
+  shared=('ce_weight',),
+  own={
+    'fitnet_weight': settings.weight(
+      100.0, 'its weight (CFG.FITNET.LOSS.FEAT_WEIGHT)'
+    )
+  },
   loss=loss,
   reads=contract.Reads(stages=True),
   init=init,

@@ -3,9 +3,10 @@
   L = γ · CE(s, y) + α · T² · KL(softmax(t / T) || softmax(s / T))
 
 Recipe (CIFAR-100, resnet32x4 → resnet8x4): T = 4, γ = 0.1, α = 0.9, the
-defaults of configs/student.py. Source: megvii-research/mdistiller,
-mdistiller/engine/cfg.py (CFG.KD: TEMPERATURE 4, CE_WEIGHT 0.1, KD_WEIGHT
-0.9; configs/cifar100/kd.yaml keeps them) and mdistiller/distillers/KD.py.
+defaults of these shared settings (settings.py). Source:
+megvii-research/mdistiller, mdistiller/engine/cfg.py (CFG.KD: TEMPERATURE
+4, CE_WEIGHT 0.1, KD_WEIGHT 0.9; configs/cifar100/kd.yaml keeps them) and
+mdistiller/distillers/KD.py.
 
 With config.distill.standardize_logits, the KL term compares
 standardize_logits(s) and standardize_logits(t) (Sun et al., CVPR 2024);
@@ -22,7 +23,7 @@ import jax
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers.outputs import Batch, Outputs
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 from icckd_jax.objective import losses
 
 
@@ -34,8 +35,8 @@ def soft_targets(
   if not standardize:
     return student.logits, teacher.logits
   return (
-    distillation.standardize_logits(student.logits),
-    distillation.standardize_logits(teacher.logits),
+    student_losses.standardize_logits(student.logits),
+    student_losses.standardize_logits(teacher.logits),
   )
 
 
@@ -54,7 +55,7 @@ def loss(
 
 
 METHOD = contract.Method(
-  fields=('temperature', 'gamma', 'alpha', 'standardize_logits'),
+  shared=('temperature', 'gamma', 'alpha', 'standardize_logits'),
   loss=loss,
   options=contract.standardize_option,
 )

@@ -25,6 +25,6 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
 
 
 METHOD = contract.Method(
-  fields=('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle'),
+  shared=('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle'),
   loss=loss,
 )

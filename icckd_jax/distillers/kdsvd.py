@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, Outputs, stage_pairs
 
 K = 1  # mdistiller's CFG.KDSVD.K
@@ -114,7 +115,12 @@ def _term(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'kdsvd',
   _term,
-  ('ce_weight', 'kdsvd_weight'),
+  ('ce_weight',),
+  {
+    'kdsvd_weight': settings.weight(
+      1.0, 'its weight (CFG.KDSVD.LOSS.FEAT_WEIGHT)'
+    )
+  },
   reads=contract.Reads(stages=True),
   check=check,
 )

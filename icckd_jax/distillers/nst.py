@@ -2,7 +2,7 @@
 
   L = w_ce · CE(s, y) + w_nst · Σ_k NST(f^s_k, f^t_k)
 
-NST = `objective.distillation.nst_loss` (polynomial-kernel MMD between the
+NST = `objective.student_losses.nst_loss` (polynomial-kernel MMD between the
 channels' normalised activation maps), summed over the stage maps f_k
 (`Outputs.stages`, paired by position: mdistiller's `feats["feats"][1:]`).
 
@@ -15,20 +15,26 @@ them) and mdistiller/distillers/NST.py. Config: `ce_weight`, `nst_weight`.
 import jax
 
 from icckd_jax.distillers import contract
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, summed_over_stages
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 
 def selectivity(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """[] Σ_k NST(f^s_k, f^t_k): per-example terms only, so the local batch
   mean is all a device needs."""
   del hp
-  return summed_over_stages(distillation.nst_loss, batch.student, batch.teacher)
+  return summed_over_stages(
+    student_losses.nst_loss, batch.student, batch.teacher
+  )
 
 
 METHOD = contract.one_term(
   'nst',
   selectivity,
-  ('ce_weight', 'nst_weight'),
+  ('ce_weight',),
+  {
+    'nst_weight': settings.weight(50.0, 'its weight (CFG.NST.LOSS.FEAT_WEIGHT)')
+  },
   reads=contract.Reads(stages=True),
 )

@@ -46,9 +46,10 @@ from jax.scipy.special import ndtr
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import layers
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, Outputs
 from icckd_jax.errors import UserError
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 _INIT_STREAM = 14  # a stream of the run's seed (crd.py 11-12, vid.py 13)
 _BLOCK = re.compile(r'layer(\d+)_(\d+)$')
@@ -160,7 +161,7 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
       trainable.buffers['batch_stats'][name],
       s.astype(jnp.float32),
     )
-    out, t = distillation.match_spatial(out, t.astype(jnp.float32))
+    out, t = student_losses.match_spatial(out, t.astype(jnp.float32))
     ofd += partial_l2(out, t, trainable.buffers['margins'][name]) / 2 ** (
       len(pairs) - 1 - i
     )
@@ -175,7 +176,12 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
 
 
 METHOD = contract.Method(
-  fields=('ce_weight', 'ofd_weight'),
+  shared=('ce_weight',),
+  own={
+    'ofd_weight': settings.weight(
+      0.001, 'its weight (CFG.OFD.LOSS.FEAT_WEIGHT)'
+    )
+  },
   loss=loss,
   reads=contract.Reads(stages=True),
   init=init,

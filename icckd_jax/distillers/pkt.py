@@ -2,7 +2,7 @@
 
   L = w_ce · CE(s, y) + w_pkt · PKT(f_s, f_t)
 
-PKT = `objective.distillation.pkt_loss` (KL between the batch's
+PKT = `objective.student_losses.pkt_loss` (KL between the batch's
 cosine-similarity distributions) on the pooled penultimate features
 (`Outputs.features`, mdistiller's `pooled_feat`).
 
@@ -18,16 +18,26 @@ features are all-gathered and PKT is evaluated over the global batch.
 import jax
 
 from icckd_jax.distillers import contract
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 
 def transfer(batch: Batch, hp: contract.Hyper) -> jax.Array:
   """[] PKT of the pooled features, over the global batch."""
   del hp
-  return distillation.pkt_loss(
+  return student_losses.pkt_loss(
     batch.gather(batch.student.features), batch.gather(batch.teacher.features)
   )
 
 
-METHOD = contract.one_term('pkt', transfer, ('ce_weight', 'pkt_weight'))
+METHOD = contract.one_term(
+  'pkt',
+  transfer,
+  ('ce_weight',),
+  {
+    'pkt_weight': settings.weight(
+      30000.0, 'its weight (CFG.PKT.LOSS.FEAT_WEIGHT)'
+    )
+  },
+)

@@ -41,8 +41,9 @@ import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import layers
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, Outputs
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 MAX_MID = 512  # mdistiller's CFG.REVIEWKD.MAX_MID_CHANNEL default
 PYRAMID = (4, 2, 1)  # HCL's pooled sizes
@@ -165,7 +166,7 @@ def hcl(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
       continue
     weight /= 2
     pooled = [
-      distillation.pool_to(m, size, size) for m in (student_map, teacher_map)
+      student_losses.pool_to(m, size, size) for m in (student_map, teacher_map)
     ]
     loss += weight * jnp.mean(jnp.square(pooled[0] - pooled[1]))
     total += weight
@@ -202,13 +203,27 @@ def loss(
 
 
 METHOD = contract.Method(
-  fields=(
-    'ce_weight',
-    'reviewkd_weight',
-    'reviewkd_warmup_epochs',
-    'reviewkd_max_mid',
-    'reviewkd_student_preact',
-  ),
+  shared=('ce_weight',),
+  own={
+    'reviewkd_weight': settings.weight(
+      5.0, 'its weight (cifar100/reviewkd.yaml REVIEWKD_WEIGHT)'
+    ),
+    'reviewkd_warmup_epochs': settings.weight(
+      20.0, 'the warm-up in epochs (CFG.REVIEWKD.WARMUP_EPOCHS)'
+    ),
+    # Runs saved before these two existed fused post-ReLU maps at 512.
+    'reviewkd_max_mid': settings.static(
+      MAX_MID,
+      'the cap of the fusion width (CFG.REVIEWKD.MAX_MID_CHANNEL)',
+      settings.at_least(1),
+      added_default=MAX_MID,
+    ),
+    'reviewkd_student_preact': settings.static(
+      False,
+      'fuse pre-ReLU student maps (CFG.REVIEWKD.STU_PREACT)',
+      added_default=False,
+    ),
+  },
   loss=loss,
   reads=contract.Reads(stages=True, epoch=True),
   options=options,

@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from icckd_jax.distillers import contract
+from icckd_jax.distillers import settings
 from icckd_jax.distillers.outputs import Batch, Outputs, stage_pairs
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 INIT_VARIANCE = 5.0  # mdistiller's CFG.VID.INIT_PRED_VAR
 EPS = 1e-5  # mdistiller's CFG.VID.EPS
@@ -78,7 +79,7 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
   Returns (loss, parts, None)."""
   params, vid = batch.trainable.params, 0.0
   for k, (s, t) in enumerate(stage_pairs(batch.student, batch.teacher)):
-    s, t = distillation.match_spatial(
+    s, t = student_losses.match_spatial(
       s.astype(jnp.float32), t.astype(jnp.float32)
     )
     mean = Regressor(t.shape[-1]).apply({'params': params[f'regressor_{k}']}, s)
@@ -88,7 +89,10 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
 
 
 METHOD = contract.Method(
-  fields=('ce_weight', 'vid_weight'),
+  shared=('ce_weight',),
+  own={
+    'vid_weight': settings.weight(1.0, 'its weight (CFG.VID.LOSS.FEAT_WEIGHT)')
+  },
   loss=loss,
   reads=contract.Reads(stages=True),
   init=init,

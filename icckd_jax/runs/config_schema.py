@@ -1,11 +1,16 @@
 """One declaration per config field: its role and the values it may take.
 
-Everything that treats fields differently is derived from `FIELDS`: the
+Everything that treats fields differently is derived from `fields()`: the
 range and choice checks (`validate.check_config`), which fields a stored run
 may be resumed with changed (`resumable`), which fields the run store's key
 leaves out (`bookkeeping`), and which the compiled step does not depend on
 (`not_compiled`). A field not declared here is an `identity` field that must
 be a finite number if it is one.
+
+The stages' own fields are declared below (`_FIELDS`); config.distill's are
+the settings the distillers declare (distillers/settings.py, each method's
+module), read from the registry on each call, so that a method registered
+at run time is validated, keyed and resumed like the others.
 
 Roles:
   identity     what a run computes and compiles: another value, another run.
@@ -22,7 +27,6 @@ cross-entropy teacher (λ = 0) has no gate, projection head or cache, so
 their fields are neither part of its identity nor checked on resume.
 """
 
-from collections.abc import Callable
 import dataclasses
 from typing import Any
 
@@ -30,6 +34,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from icckd_jax import distillers
+from icckd_jax.distillers import settings
+from icckd_jax.distillers.settings import ANY
+from icckd_jax.distillers.settings import FRACTION
+from icckd_jax.distillers.settings import NON_NEGATIVE
+from icckd_jax.distillers.settings import POSITIVE
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.input_pipeline import stream
 from icckd_jax.objective import losses
@@ -40,22 +49,11 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 ROLES = ('identity', 'traced', 'schedule', 'evaluation', 'bookkeeping')
 
-# (predicate, what would be valid) of a numeric field.
-Rule = tuple[Callable[[Any], bool], str]
-
-
-def _int_at_least(low: int) -> Rule:
-  return (
-    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
-    f'an integer >= {low}',
-  )
-
-
-POSITIVE = (lambda v: v > 0, 'a finite number > 0')
-NON_NEGATIVE = (lambda v: v >= 0, 'a finite number >= 0')
-FRACTION = (lambda v: 0 <= v < 1, 'a number in [0, 1)')
-ANY = (lambda v: True, 'a finite number')
-_ABSENT = object()
+# (predicate, what would be valid) of a numeric field: the distillers'
+# settings declare theirs with the same rules (distillers/settings.py).
+Rule = settings.Rule
+_int_at_least = settings.at_least
+_ABSENT = settings.ABSENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +72,7 @@ class Field:
       raise ValueError(f'unknown role {self.role!r}')
 
 
-_DISTILL_WEIGHT = Field('traced', NON_NEGATIVE)
-
-FIELDS: dict[str, Field] = {
+_FIELDS: dict[str, Field] = {
   'mode': Field('bookkeeping'),
   'workdir': Field('bookkeeping'),
   'log_every_steps': Field('bookkeeping', _int_at_least(1)),
@@ -140,47 +136,25 @@ FIELDS: dict[str, Field] = {
   # Whether an unfinished teacher may be used: the fingerprint in
   # teacher_eval.json says which one was.
   'teacher.allow_unfinished': Field('bookkeeping'),
-  'distill.method': Field(choices=tuple(distillers.DISTILLERS)),
-  'distill.temperature': Field('traced', POSITIVE),
-  **{
-    f'distill.{name}': _DISTILL_WEIGHT
-    for name in (
-      'gamma',
-      'alpha',
-      'beta',
-      'w_dist',
-      'w_angle',
-      'ce_weight',
-      'dkd_alpha',
-      'dkd_beta',
-      'dkd_warmup_epochs',
-      'dist_beta',
-      'dist_gamma',
-      'at_weight',
-      'nst_weight',
-      'pkt_weight',
-      'sp_weight',
-      'fitnet_weight',
-      'crd_weight',
-      'vid_weight',
-      'ofd_weight',
-      'reviewkd_weight',
-      'reviewkd_warmup_epochs',
-      'kdsvd_weight',
-    )
-  },
-  'distill.crd_temperature': Field('traced', POSITIVE),
-  'distill.crd_momentum': Field('traced', FRACTION),
-  # The embedding's width and the negatives' count shape the step.
-  'distill.crd_dim': Field(rule=_int_at_least(1)),
-  'distill.crd_negatives': Field(rule=_int_at_least(1)),
-  # ReviewKD's fusion width cap and student maps shape the step; runs saved
-  # before they existed fused post-ReLU maps at a cap of 512.
-  'distill.reviewkd_max_mid': Field(rule=_int_at_least(1), added_default=512),
-  'distill.reviewkd_student_preact': Field(added_default=False),
-  # Changes which program the step is: identity.
-  'distill.standardize_logits': Field(),
 }
+
+
+def _distill_fields() -> dict[str, Field]:
+  """config.distill's declarations, from the registry as it is now."""
+  declared = {'distill.method': Field(choices=tuple(distillers.DISTILLERS))}
+  for name, setting in distillers.declarations().items():
+    declared[f'distill.{name}'] = Field(
+      'traced' if setting.traced else 'identity',
+      setting.rule,
+      added_default=setting.added_default,
+    )
+  return declared
+
+
+def fields() -> dict[str, Field]:
+  """{dotted path: Field} of every declared field."""
+  return {**_FIELDS, **_distill_fields()}
+
 
 _UNDECLARED = Field()
 
@@ -205,11 +179,11 @@ def at_added_default(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def field(path: str) -> Field:
   """The declaration of the dotted `path` (an undeclared one: identity)."""
-  return FIELDS.get(path, _UNDECLARED)
+  return fields().get(path, _UNDECLARED)
 
 
 def _with_role(*roles: str) -> tuple[str, ...]:
-  return tuple(path for path, f in FIELDS.items() if f.role in roles)
+  return tuple(path for path, f in fields().items() if f.role in roles)
 
 
 def bookkeeping() -> tuple[str, ...]:
@@ -231,18 +205,9 @@ def added_defaults() -> dict[str, Any]:
   """{field: value of runs saved before it existed}."""
   return {
     path: f.added_default
-    for path, f in FIELDS.items()
+    for path, f in fields().items()
     if f.added_default is not _ABSENT
   }
-
-
-def traced_distill_weights() -> tuple[str, ...]:
-  """The config.distill fields the student step takes as traced scalars."""
-  return tuple(
-    path.removeprefix('distill.')
-    for path, f in FIELDS.items()
-    if f.role == 'traced' and path.startswith('distill.')
-  )
 
 
 def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
@@ -252,7 +217,7 @@ def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
     # The cross-entropy teacher: no gate, head or cache.
     return tuple(
       path
-      for path in FIELDS
+      for path in _FIELDS
       if path.startswith(('icc.', 'cache.')) and path != 'icc.lam'
     )
   distill = config.get('distill')
@@ -261,10 +226,8 @@ def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
     read = distillers.fields(distill.get('method'))
     if read:
       return tuple(
-        path
-        for path in FIELDS
-        if path.startswith('distill.')
-        and path != 'distill.method'
-        and path.removeprefix('distill.') not in read
+        f'distill.{name}'
+        for name in distillers.declarations()
+        if name not in read
       )
   return ()

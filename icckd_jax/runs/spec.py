@@ -10,9 +10,10 @@ verbatim: config.json and the checkpoints' copy (`RunSpec.saved`), the key
 that shares compiled steps (`RunSpec.compiled`), the resume checks
 (runs/validate.py) and the store that names runs by their config.
 
-Every field `config_schema.FIELDS` declares lands in exactly one part (its
+Every field `config_schema.fields()` declares lands in exactly one part (its
 section says which: `dataset.*` in `DataSpec`, `icc.*` in `Objective`, ...;
-the top-level ones in `Recipe` or `Bookkeeping`, by role).
+the top-level ones in `Recipe` or `Bookkeeping`, by role; `distill.*` in
+`Distillation`, the method's own settings in its `own`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 
 import ml_collections
 
+from icckd_jax import distillers
 from icckd_jax.data.datasets import DataSpec
+from icckd_jax.distillers import settings
 from icckd_jax.runs import config_schema
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import validate
@@ -118,57 +121,52 @@ class TeacherSource:
 
 @dataclasses.dataclass(frozen=True)
 class Distillation:
-  """A student's distillation (docs/distillers.md): the method, its
-  temperature, every method's weights (one compiled step serves every
-  value: `weights`) and the static options of the methods that have them.
-  Each distiller module declares the fields it reads (its `FIELDS`)."""
+  """A student's distillation (docs/distillers.md): the method, the values
+  of the settings several methods share (`distillers.settings.SHARED`) and
+  those of the method's own settings (its module's `METHOD.own`), as
+  config.distill holds them flat."""
 
   method: str
-  temperature: float
-  gamma: float
-  alpha: float
-  beta: float
-  w_dist: float
-  w_angle: float
-  ce_weight: float
-  dkd_alpha: float
-  dkd_beta: float
-  dkd_warmup_epochs: float
-  dist_beta: float
-  dist_gamma: float
-  at_weight: float
-  nst_weight: float
-  pkt_weight: float
-  sp_weight: float
-  fitnet_weight: float
-  crd_weight: float
-  vid_weight: float
-  ofd_weight: float
-  reviewkd_weight: float
-  reviewkd_warmup_epochs: float
-  kdsvd_weight: float
-  crd_temperature: float
-  crd_momentum: float
-  crd_dim: int
-  crd_negatives: int
-  # Their added defaults (config_schema): what runs saved before them did.
-  reviewkd_max_mid: int = 512
-  reviewkd_student_preact: bool = False
-  standardize_logits: bool = False
+  shared: Mapping[str, Any]
+  own: Mapping[str, Any]
+
+  @classmethod
+  def from_section(cls, distill: Mapping[str, Any]) -> Distillation:
+    """The part of a config.distill section (plain values): a setting the
+    section lacks takes its added default (a run saved before it existed),
+    and one without is missing. An unknown method is refused by
+    `distillers.build`; it has no own settings here."""
+    method = distillers.DISTILLERS.get(distill['method'])
+    declared = distillers.declarations()
+
+    def values(names) -> dict[str, Any]:
+      found = {}
+      for name in names:
+        if name in distill:
+          found[name] = distill[name]
+        elif declared[name].added_default is not settings.ABSENT:
+          found[name] = declared[name].added_default
+        else:
+          raise KeyError(f'config field {name!r} is missing')
+      return found
+
+    return cls(
+      method=distill['method'],
+      shared=values(settings.SHARED),
+      own=values(method.own if method else ()),
+    )
 
   @property
   def weights(self) -> dict[str, float]:
-    """{name: value} of the weights the student step takes as traced
-    scalars (those the method does not read included)."""
-    return {
-      name: getattr(self, name)
-      for name in config_schema.traced_distill_weights()
-    }
+    """{name: value} of the settings the method reads that the student step
+    takes as traced scalars: one compiled step serves every value."""
+    values = self.to_dict()
+    return {name: values[name] for name in distillers.traced(self.method)}
 
   def to_dict(self) -> dict[str, Any]:
-    """{field: value}: the plain values the distillers' registry binds a
-    method's options from (`distillers.build`)."""
-    return dataclasses.asdict(self)
+    """{field: value}: config.distill's plain values that the distillers'
+    registry binds a method's options from (`distillers.build`)."""
+    return {'method': self.method, **self.shared, **self.own}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,9 +216,12 @@ PARTS = {
 
 def part(cls, section: ml_collections.ConfigDict | Mapping) -> Any:
   """`cls` from `section` (a config section): a field it lacks takes the part's
-  default (a part without one needs it); keys no part reads are left out."""
+  default (a part without one needs it); keys no part reads are left out. A
+  part that reads its section its own way says how (`from_section`)."""
   if isinstance(section, ml_collections.ConfigDict):
     section = section.to_dict()
+  if hasattr(cls, 'from_section'):
+    return cls.from_section(section)
   kwargs = {}
   for f in dataclasses.fields(cls):
     if f.name in section:

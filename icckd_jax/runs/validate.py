@@ -4,7 +4,7 @@ Two kinds:
 
 * `check_config(config)`: every numeric field is in range (no zero where a
   count or a divisor is needed, no negative rate, no NaN or infinity
-  anywhere) and every choice is known, as `config_schema.FIELDS` declares.
+  anywhere) and every choice is known, as `config_schema.fields()` declares.
   A field is named by its dotted path in the error, with what would be
   valid.
 * `check_resumable(config, workdir)`: a workdir that already holds a run may

@@ -19,6 +19,9 @@ from icckd_jax.errors import UserError, one_line
 from icckd_jax.runs.spec import Distillation
 from icckd_jax.stages import student_step
 
+# The abstract batch the pair is traced on.
+_BATCH = 2
+
 
 def _stage_shapes(outputs: distillers.Outputs) -> str:
   """'HxWxC, ...' of each stage map, the first stage first."""
@@ -46,12 +49,44 @@ def check_pair(
   """
   if not distiller.reads.stages and not distiller.trainable:
     return  # Logits and pooled features only: any pair of the same classes.
+  student, teacher = _output_shapes(
+    models, teacher_variables, distiller, input_shape
+  )
+  student_name, teacher_name = names
+  refusal = (
+    f'config.distill.method={distillation.method!r} cannot distil teacher '
+    f'{teacher_name} (stages {_stage_shapes(teacher)}) into student '
+    f'{student_name} (stages {_stage_shapes(student)})'
+  )
+  mismatch = distiller.check(student, teacher)
+  if mismatch:
+    raise UserError(f'{refusal}: {mismatch}')
+  try:
+    _trace_loss(
+      distiller,
+      student_step.hyperparameters(distillation.weights),
+      (student, teacher),
+      teacher_variables['params'],
+      train_labels,
+    )
+  except Exception as e:  # pylint: disable=broad-except
+    # Any failure to trace the method on these shapes (a UserError of its
+    # own, a broadcasting TypeError, a bad reshape) means this pair.
+    raise UserError(f'{refusal}: {one_line(e)}') from None
+
+
+def _output_shapes(
+  models: tuple[nn.Module, nn.Module],
+  teacher_variables,
+  distiller: distillers.Distiller,
+  input_shape,
+) -> tuple[distillers.Outputs, distillers.Outputs]:
+  """The (student, teacher) Outputs of a batch of 2, as shapes."""
   student_model, teacher_model = models
-  x = jnp.zeros((2, *input_shape), jnp.float32)
-  key = jax.random.key(0)
+  x = jnp.zeros((_BATCH, *input_shape), jnp.float32)
 
   def outputs():
-    student_variables = student_model.init(key, x, train=False)
+    student_variables = student_model.init(jax.random.key(0), x, train=False)
     return tuple(
       student_step.apply_model(
         model, variables, x, train=False, stages=distiller.reads.stages
@@ -62,34 +97,33 @@ def check_pair(
       )
     )
 
-  student, teacher = jax.eval_shape(outputs)
-  student_name, teacher_name = names
-  refusal = (
-    f'config.distill.method={distillation.method!r} cannot distil teacher '
-    f'{teacher_name} (stages {_stage_shapes(teacher)}) into student '
-    f'{student_name} (stages {_stage_shapes(student)})'
-  )
-  mismatch = distiller.check(student, teacher)
-  if mismatch:
-    raise UserError(f'{refusal}: {mismatch}')
+  return jax.eval_shape(outputs)
+
+
+def _trace_loss(
+  distiller: distillers.Distiller,
+  hp: dict[str, jax.Array],
+  outputs: tuple[distillers.Outputs, distillers.Outputs],
+  teacher_params,
+  train_labels,
+) -> None:
+  """Traces the method's init and loss on the (student, teacher) `outputs`
+  (shapes), as the step would on one device; raises what tracing does."""
 
   def traced(student, teacher, teacher_params):
-    labels = jnp.zeros((x.shape[0],), jnp.int32)
-    hp = dict(
-      student_step.hyperparameters(distillation.weights), epoch=jnp.float32(1)
-    )
+    labels = jnp.zeros((_BATCH,), jnp.int32)
     gather = lambda a: a  # Shapes only: one device's batch is the batch.
     abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (student, teacher)
     )
     params, buffers = distiller.init(
-      key, *abstract, train_labels, teacher_params
+      jax.random.key(0), *abstract, train_labels, teacher_params
     )
     trainable = distillers.Trainable(
       params, buffers, jnp.zeros_like(labels), jnp.int32(0)
     )
     batch = distillers.Batch(student, teacher, labels, gather, trainable)
-    return distiller.loss(batch, hp)
+    return distiller.loss(batch, {**hp, 'epoch': jnp.float32(1)})
 
   # The connectors' BatchNorm synchronises over the data axis, as in the
   # step: a vmap over one device binds it.
@@ -97,11 +131,6 @@ def check_pair(
     traced, in_axes=(0, 0, None), axis_name=parallel.DATA
   )
   batched = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype), (student, teacher)
+    lambda a: jax.ShapeDtypeStruct((1, *a.shape), a.dtype), outputs
   )
-  try:
-    jax.eval_shape(on_one_device, *batched, teacher_variables['params'])
-  except Exception as e:  # pylint: disable=broad-except
-    # Any failure to trace the method on these shapes (a UserError of its
-    # own, a broadcasting TypeError, a bad reshape) means this pair.
-    raise UserError(f'{refusal}: {one_line(e)}') from None
+  jax.eval_shape(on_one_device, *batched, teacher_params)

@@ -12,7 +12,7 @@ are an argument of the step and are never written anywhere.
 import functools
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 import jax
@@ -67,24 +67,65 @@ def _teacher_model(
   return models.create_model(teacher_config.model, classes, dtype=dtype)
 
 
-def _reference(teacher_model, teacher_config, dataset):
-  """(model for the agreement metric, teacher_mean, teacher_std): a teacher
-  trained with other statistics than the data set's (a PyTorch one) gets
-  its own normalisation in the step and in the metric."""
+class _TeacherParts(NamedTuple):
+  """The teacher's module, the reference of the agreement metric (the
+  module, renormalised for a teacher of other statistics) and those
+  statistics ([C] each, None: the data set's)."""
+
+  model: Any
+  reference: Any
+  mean: Any
+  std: Any
+
+
+def _teacher_parts(
+  teacher_config, teacher_variables, dataset, dtype
+) -> _TeacherParts:
+  """The teacher's `_TeacherParts`: a teacher trained with other statistics
+  than the data set's (a PyTorch one) gets its own normalisation in the
+  step and in the metric."""
+  model = _teacher_model(teacher_config, teacher_variables, dataset, dtype)
   if teacher_config.get('input_mean') is None:
-    return teacher_model, None, None
+    return _TeacherParts(model, model, None, None)
   mean, std = teacher_source.teacher_normalization(teacher_config, dataset)
-  return (
-    teacher_source.Renormalized(
-      teacher_model,
-      tuple(dataset.mean.tolist()),
-      tuple(dataset.std.tolist()),
-      tuple(mean.tolist()),
-      tuple(std.tolist()),
-    ),
-    mean,
-    std,
+  reference = teacher_source.Renormalized(
+    model,
+    tuple(dataset.mean.tolist()),
+    tuple(dataset.std.tolist()),
+    tuple(mean.tolist()),
+    tuple(std.tolist()),
   )
+  return _TeacherParts(model, reference, mean, std)
+
+
+def _checked_pair(
+  run: RunSpec,
+  dataset: datasets.Dataset,
+  dtype,
+  teacher_config: ml_collections.ConfigDict,
+  teacher_variables,
+) -> tuple[Any, _TeacherParts, distillers.Distiller]:
+  """(the student's module, the teacher's parts, the distiller), refused
+  with one UserError if the method cannot serve the pair
+  (`distill_pair.check_pair`)."""
+  teacher = _teacher_parts(teacher_config, teacher_variables, dataset, dtype)
+  student_model = models.create_model(
+    run.recipe.model,
+    dataset.num_classes,
+    dtype=dtype,
+    bn_axis_name=parallel.DATA,
+  )
+  distiller = distillers.build(run.distillation)
+  distill_pair.check_pair(
+    run.distillation,
+    (run.recipe.model, teacher_config.model),
+    (student_model, teacher.model),
+    teacher_variables,
+    distiller,
+    dataset.image_shape,
+    dataset.train_labels,
+  )
+  return student_model, teacher, distiller
 
 
 def build_student(
@@ -104,36 +145,24 @@ def build_student(
   dtype = compute_dtype(recipe.dtype)
   parallel.check_batch_size(recipe.batch_size, mesh, 'config.batch_size')
   steps_per_epoch = check_steps_per_epoch(recipe.batch_size, dataset)
-  teacher_model = _teacher_model(
-    teacher_config, teacher_variables, dataset, dtype
-  )
-  reference, teacher_mean, teacher_std = _reference(
-    teacher_model, teacher_config, dataset
-  )
-  student_model = models.create_model(
-    recipe.model, dataset.num_classes, dtype=dtype, bn_axis_name=parallel.DATA
-  )
-  distiller = distillers.build(distillation)
-  distill_pair.check_pair(
-    distillation,
-    (recipe.model, teacher_config.model),
-    (student_model, teacher_model),
-    teacher_variables,
-    distiller,
-    dataset.image_shape,
-    dataset.train_labels,
+  student_model, teacher, distiller = _checked_pair(
+    run, dataset, dtype, teacher_config, teacher_variables
   )
   learning_rate_fn = optim.create_learning_rate_fn(recipe, steps_per_epoch)
   tx = optim.create_optimizer(recipe, learning_rate_fn)
-  init_state = _init_fn(
-    recipe.seed,
-    student_model,
-    teacher_model,
-    teacher_variables,
-    distiller,
-    tx,
-    dataset.image_shape,
-    dataset.train_labels,
+  train_step = reuse_lib.get(
+    reuse,
+    'student_step',
+    run.step_key(str(teacher.model), mesh_key(mesh)),
+    lambda: _make_step(
+      (student_model, teacher),
+      distiller,
+      tx,
+      mesh,
+      steps_per_epoch,
+      dataset,
+      dtype,
+    ),
   )
   return RunSetup(
     model=student_model,
@@ -141,48 +170,66 @@ def build_student(
     learning_rate_fn=learning_rate_fn,
     steps_per_epoch=steps_per_epoch,
     num_views=1,
-    init_state=init_state,
-    train_step=reuse_lib.get(
-      reuse,
-      'student_step',
-      run.step_key(str(teacher_model), mesh_key(mesh)),
-      lambda: student_step.make_train_step(
-        student_model,
-        teacher_model,
-        distiller,
-        tx,
-        mesh,
-        steps_per_epoch=steps_per_epoch,
-        mean=dataset.mean,
-        std=dataset.std,
-        dtype=dtype,
-        teacher_mean=teacher_mean,
-        teacher_std=teacher_std,
-      ),
+    init_state=_init_fn(
+      recipe.seed,
+      (student_model, teacher.model),
+      teacher_variables,
+      distiller,
+      tx,
+      dataset,
     ),
+    train_step=train_step,
     step_args={
       'teacher': teacher_variables,
       'hp': student_step.hyperparameters(distillation.weights),
     },
-    reference=(reference, teacher_variables),
+    reference=(teacher.reference, teacher_variables),
     with_indices=distiller.trainable,
+  )
+
+
+def _make_step(
+  networks: tuple[Any, _TeacherParts],
+  distiller: distillers.Distiller,
+  tx,
+  mesh: Mesh,
+  steps_per_epoch: int,
+  dataset: datasets.Dataset,
+  dtype,
+):
+  """The student's jitted step (`student_step.make_train_step`):
+  `networks` the student's module and the teacher's parts."""
+  student_model, teacher = networks
+  return student_step.make_train_step(
+    student_model,
+    teacher.model,
+    distiller,
+    tx,
+    mesh,
+    steps_per_epoch=steps_per_epoch,
+    mean=dataset.mean,
+    std=dataset.std,
+    dtype=dtype,
+    teacher_mean=teacher.mean,
+    teacher_std=teacher.std,
   )
 
 
 def _init_fn(
   seed: int,
-  student_model,
-  teacher_model,
+  networks: tuple[Any, Any],
   teacher_variables,
   distiller: distillers.Distiller,
   tx,
-  input_shape,
-  train_labels,
+  dataset: datasets.Dataset,
 ):
   """The student's initial-state function: the model from the seed's key,
   and a trainable distiller's params and buffers from the same key (it
-  folds in its own streams), sized by the two networks' output shapes."""
-  x = jnp.zeros((1, *input_shape))
+  folds in its own streams), sized by the two networks' output shapes.
+  `networks`: the (student, teacher) modules."""
+  student_model, teacher_model = networks
+  train_labels = dataset.train_labels
+  x = jnp.zeros((1, *dataset.image_shape))
   shapes = None
   if distiller.trainable:
     # Shapes only: the teacher's weights are never part of the student.

@@ -22,20 +22,14 @@ import optax
 from icckd_jax import distillers
 from icckd_jax.input_pipeline import augment
 from icckd_jax.models import stages as model_stages
-from icckd_jax.runs import config_schema
 from icckd_jax.training import step as step_lib
-
-# The distillation weights, traced: one compiled step serves every value.
-# Each method reads its own (its METHOD's fields in distillers/); `gamma` is
-# the CE weight of kd and kd_rkd, `ce_weight` that of every other method.
-DISTILL_WEIGHTS = config_schema.traced_distill_weights()
 
 
 def hyperparameters(weights: Mapping[str, float]) -> dict[str, jax.Array]:
   """The distillation weights (`spec.Distillation.weights`: {name: value}
-  of every DISTILL_WEIGHTS name) as traced scalars (those a method does not
-  read are unused arguments, which jit prunes from its program)."""
-  return {name: jnp.float32(weights[name]) for name in DISTILL_WEIGHTS}
+  of the traced settings the method reads) as traced scalars: one compiled
+  step serves every value."""
+  return {name: jnp.float32(value) for name, value in weights.items()}
 
 
 def apply_model(

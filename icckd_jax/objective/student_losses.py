@@ -1,4 +1,7 @@
-"""Losses of published distillation methods, as pure functions.
+"""The student's losses: the terms of published distillation methods (DKD,
+logit standardisation, DIST, AT, NST, SP, PKT), as pure functions, and the
+pooling that brings two feature maps to one size. The distillers
+(icckd_jax/distillers/) weigh and combine them.
 
 Each function is the loss term of one method, written to give the value of
 the authors' or mdistiller's PyTorch code (cited in its docstring) on the
@@ -25,6 +28,26 @@ def _safe_sqrt(x: jax.Array) -> jax.Array:
   """sqrt(x) for x >= 0, whose derivative at x = 0 is 0 instead of inf."""
   positive = x > 0
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
+def _check_classes(logits: jax.Array, name: str) -> int:
+  """K of [..., K] logits; raises ValueError for K < 2, where there is no
+  second class to compare (the reference code gives NaN)."""
+  num_classes = logits.shape[-1]
+  if num_classes < 2:
+    raise ValueError(f'{name} needs at least 2 classes, got {num_classes}')
+  return num_classes
+
+
+def _float32_pair(
+  student: jax.Array, teacher: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """The two networks' arrays in float32, the teacher's under
+  stop_gradient (the reference computes it under torch.no_grad)."""
+  return (
+    student.astype(jnp.float32),
+    jax.lax.stop_gradient(teacher).astype(jnp.float32),
+  )
 
 
 def _kl_rows(
@@ -94,16 +117,10 @@ def dkd_loss(
     ValueError: K < 2; there is no non-target class, and the reference code
       gives NaN (0 · log 0 in the rest's KL term).
   """
-  num_classes = student_logits.shape[-1]
-  if num_classes < 2:
-    raise ValueError(f'dkd_loss needs at least 2 classes, got {num_classes}')
-  log_q = jax.nn.log_softmax(
-    student_logits.astype(jnp.float32) / temperature, axis=-1
-  )
-  log_p = jax.nn.log_softmax(
-    jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature,
-    axis=-1,
-  )
+  num_classes = _check_classes(student_logits, 'dkd_loss')
+  s, t = _float32_pair(student_logits, teacher_logits)
+  log_q = jax.nn.log_softmax(s / temperature, axis=-1)
+  log_p = jax.nn.log_softmax(t / temperature, axis=-1)
   is_target = jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_)
   b_p = _target_vs_rest(log_p, is_target)
   b_q = _target_vs_rest(log_q, is_target)
@@ -136,11 +153,7 @@ def standardize_logits(logits: jax.Array) -> jax.Array:
     ValueError: K < 2; the unbiased std of one value is undefined (NaN in
       the reference code).
   """
-  num_classes = logits.shape[-1]
-  if num_classes < 2:
-    raise ValueError(
-      f'standardize_logits needs at least 2 classes, got {num_classes}'
-    )
+  num_classes = _check_classes(logits, 'standardize_logits')
   z = logits.astype(jnp.float32)
   centred = z - jnp.mean(z, axis=-1, keepdims=True)
   var = jnp.sum(jnp.square(centred), axis=-1, keepdims=True) / (num_classes - 1)
@@ -196,10 +209,9 @@ def dist_loss(
   Returns:
     [] float32.
   """
-  y_s = jax.nn.softmax(student_logits.astype(jnp.float32) / temperature, -1)
-  y_t = jax.nn.softmax(
-    jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, -1
-  )
+  s, t = _float32_pair(student_logits, teacher_logits)
+  y_s = jax.nn.softmax(s / temperature, -1)
+  y_t = jax.nn.softmax(t / temperature, -1)
   inter = 1.0 - jnp.mean(_pearson_rows(y_s, y_t))
   intra = 1.0 - jnp.mean(_pearson_rows(y_s.T, y_t.T))
   return temperature**2 * (beta * inter + gamma * intra)
@@ -296,10 +308,7 @@ def at_loss(
     a = jnp.mean(jnp.abs(f) ** p, axis=-1)
     return l2_normalize(a.reshape(a.shape[0], -1))
 
-  s, t = _match_spatial(
-    student_map.astype(jnp.float32),
-    jax.lax.stop_gradient(teacher_map).astype(jnp.float32),
-  )
+  s, t = _match_spatial(*_float32_pair(student_map, teacher_map))
   return jnp.mean(jnp.square(attention(s) - attention(t)))
 
 
@@ -337,10 +346,7 @@ def nst_loss(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
     b, h, w, c = f.shape
     return l2_normalize(jnp.swapaxes(f.reshape(b, h * w, c), 1, 2))
 
-  s, t = _match_spatial(
-    student_map.astype(jnp.float32),
-    jax.lax.stop_gradient(teacher_map).astype(jnp.float32),
-  )
+  s, t = _match_spatial(*_float32_pair(student_map, teacher_map))
   s, t = channels(s), channels(t)
 
   def kernel_mean(x, y):
@@ -376,8 +382,7 @@ def sp_loss(
     return l2_normalize(f @ f.T)
 
   batch = student_features.shape[0]
-  g_s = gram(student_features.astype(jnp.float32))
-  g_t = gram(jax.lax.stop_gradient(teacher_features).astype(jnp.float32))
+  g_s, g_t = map(gram, _float32_pair(student_features, teacher_features))
   return jnp.sum(jnp.square(g_t - g_s)) / (batch * batch)
 
 
@@ -415,6 +420,5 @@ def pkt_loss(
     sim = (f @ f.T + 1.0) / 2.0
     return sim / jnp.sum(sim, axis=1, keepdims=True)
 
-  q = probabilities(student_features.astype(jnp.float32))
-  p = probabilities(jax.lax.stop_gradient(teacher_features).astype(jnp.float32))
+  q, p = map(probabilities, _float32_pair(student_features, teacher_features))
   return jnp.mean(p * jnp.log((p + eps) / (q + eps)))

@@ -1,7 +1,7 @@
 """The published methods' losses against naive NumPy references.
 
 Each reference is written from the method's equation and the reference code's
-reductions (cited in icckd_jax/objective/distillation.py), in float64 with
+reductions (cited in icckd_jax/objective/student_losses.py), in float64 with
 one Python loop per index, so that it is obviously right; it shares no code
 with the vectorised JAX functions. Random inputs come from a fixed seed.
 
@@ -19,20 +19,20 @@ import numpy as np
 import pytest
 
 from icckd_jax import distillers
-from icckd_jax.objective import distillation
+from icckd_jax.objective import student_losses
 
 RTOL, ATOL = 1e-5, 1e-6
 
 # Jitted, each function compiles once per input shape; run op by op, each of
 # its operations would compile separately, several times slower on a CPU.
 # Hyperparameters are traced, so a new temperature does not recompile.
-DKD = jax.jit(distillation.dkd_loss)
-LS = jax.jit(distillation.standardize_logits)
-DIST = jax.jit(distillation.dist_loss)
-AT = jax.jit(distillation.at_loss)
-NST = jax.jit(distillation.nst_loss)
-SP = jax.jit(distillation.sp_loss)
-PKT = jax.jit(distillation.pkt_loss)
+DKD = jax.jit(student_losses.dkd_loss)
+LS = jax.jit(student_losses.standardize_logits)
+DIST = jax.jit(student_losses.dist_loss)
+AT = jax.jit(student_losses.at_loss)
+NST = jax.jit(student_losses.nst_loss)
+SP = jax.jit(student_losses.sp_loss)
+PKT = jax.jit(student_losses.pkt_loss)
 
 
 def rng(seed=0):
@@ -428,7 +428,7 @@ def test_zero_features_match_reference():
 # -------------------------------------------------- all losses, shared checks
 
 
-def test_losses_live_in_objective_distillation_only():
+def test_losses_live_in_objective_student_losses_only():
   """The methods import them from there; the registry re-exports none."""
   for name in (
     'dkd_loss',
@@ -439,7 +439,7 @@ def test_losses_live_in_objective_distillation_only():
     'sp_loss',
     'pkt_loss',
   ):
-    assert hasattr(distillation, name)
+    assert hasattr(student_losses, name)
     assert name not in distillers.__all__
     assert not hasattr(distillers, name)
 
