@@ -28,6 +28,13 @@ def write_json(path: str, value) -> None:
   os.replace(tmp, path)
 
 
+def write_json_from_process_0(path: str, value) -> None:
+  """`write_json` on process 0 only: a run's files are written once,
+  whatever the number of hosts."""
+  if jax.process_index() == 0:
+    write_json(path, value)
+
+
 def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, optionally of one kind.
 
@@ -92,7 +99,8 @@ class MetricWriter:
       os.fsync(f.fileno())
     os.replace(tmp, self._path)
     self._tb = SummaryWriter(
-      os.path.join(workdir, layout.TENSORBOARD_DIR), purge_step=(resume_step or 0) + 1
+      os.path.join(workdir, layout.TENSORBOARD_DIR),
+      purge_step=(resume_step or 0) + 1,
     )
 
   def write(self, kind: str, step: int, values: dict) -> dict:
