@@ -52,7 +52,11 @@ def _sweep_printed(rows: list[dict], workdir: str) -> list[dict]:
 
 # The modes that train one run's loop, or a pipeline's two: those a hook
 # can be handed to.
-HOOKED_MODES = ('teacher', 'student', 'pipeline')
+TRAINERS = {
+  'teacher': teacher.train_teacher,
+  'student': student.train_student,
+  'pipeline': pipeline.run_pipeline,
+}
 
 
 def run(
@@ -65,20 +69,16 @@ def run(
   student's run, or of both stages of a pipeline."""
   mode = config.get('mode', 'teacher')
   workdir = workdir or config.get('workdir')
-  if hooks and mode not in HOOKED_MODES:
+  if hooks and mode not in TRAINERS:
     raise UserError(
       f'a hook is given to config.mode={mode!r}; hooks are for the modes '
-      + ', '.join(HOOKED_MODES)
+      + ', '.join(TRAINERS)
     )
   compilation_cache.enable(
     config.get('compilation_cache', compilation_cache.DEFAULT_DIR)
   )
-  if mode == 'teacher':
-    return teacher.train_teacher(config, workdir, hooks=hooks)
-  if mode == 'student':
-    return student.train_student(config, workdir, hooks=hooks)
-  if mode == 'pipeline':
-    return pipeline.run_pipeline(config, workdir, hooks=hooks)
+  if mode in TRAINERS:
+    return TRAINERS[mode](config, workdir, hooks=hooks)
   if mode == 'sweep':
     return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':

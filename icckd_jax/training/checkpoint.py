@@ -26,6 +26,7 @@ checkpoint; a finished run calls `commit` before it writes its summary.
 """
 
 import contextlib
+import errno
 import os
 import shutil
 import threading
@@ -68,6 +69,22 @@ def _save_failed(directory, error: BaseException) -> SaveFailed:
     'before is intact: fix the cause and rerun the same command to resume',
     error,
   )
+
+
+def disk_full(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from or during, is a full
+  disk (Orbax and TensorStore wrap the OSError in their own types)."""
+  seen = set()  # Orbax's chains of causes can loop.
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, SaveFailed):
+      error = error.error
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def join_background_writes(seconds: float = 10.0) -> bool:

@@ -1,20 +1,13 @@
 """The train loop both stages run, read top to bottom (as flax's imagenet
 `train_and_evaluate`).
 
-`fit(run, workdir, setup, dataset, mesh)` (`run`: the stage's
-`spec.RunSpec`) sets the run up, resumes from the newest intact checkpoint
-if there is one (resume.py), then for each epoch: its steps of
-`setup.train_step`, logged every `log_every_steps` (`train_epoch`); the
-end of the epoch (`end_epoch`): the state checked, the evaluation on the
-whole test split when due (every `eval_every_epochs` and at the last
-epoch), the epoch's record, the checkpoint when due; and at the end the
-summary, also written to WORKDIR/summary.json (`finish`).
-
-Hooks (hooks.py) are called at the start, after each step and after each
-epoch: the run's own clock first, then those the caller passes (`hooks`:
-a single run's, a sweep's ETA). What a stage adds to the records (its
-state's bytes, its own epoch figures, its summary) comes from the stage
-(`records.StageRecords`): the loop knows no stage's state.
+`fit(run, workdir, setup, dataset, mesh)` (`run`: a stage's `spec.RunSpec`)
+sets the run up and resumes it if it can (resume.py); then each epoch runs
+its steps, logged every `log_every_steps` (`train_epoch`), and ends
+(`end_epoch`): the state checked, the evaluation when due, the record, the
+checkpoint when due; `finish` writes the summary (WORKDIR/summary.json).
+Hooks (hooks.py): the run's own clock, then the caller's. What a stage adds
+to the records comes from it (`records.StageRecords`).
 
 Nothing is saved before the whole new state and the step losses are checked
 (`divergence`): a diverged run raises Diverged and leaves every checkpoint
@@ -25,7 +18,6 @@ there, bit for bit.
 
 from collections.abc import Sequence
 import dataclasses
-import errno
 import os
 import signal
 import time
@@ -34,7 +26,6 @@ from typing import Any
 from absl import logging
 import jax
 from jax.sharding import Mesh
-import numpy as np
 
 from icckd_jax.data import datasets
 from icckd_jax.runs import layout
@@ -53,8 +44,6 @@ from icckd_jax.training import metric_writer
 from icckd_jax.training import records
 from icckd_jax.training import resume
 from icckd_jax.training.preemption import Preempted, StopRequest
-from icckd_jax.training.records import StageRecords
-from icckd_jax.training.resume import Position
 
 
 def fit(
@@ -63,7 +52,7 @@ def fit(
   setup: RunSetup,
   dataset: datasets.Dataset,
   mesh: Mesh,
-  stage: StageRecords = StageRecords(),
+  stage: records.StageRecords = records.StageRecords(),
   hooks: Sequence[hooks_lib.Hook] = (),
   reuse: Reuse | None = None,
   step_memory: dict[str, int] | None = None,
@@ -87,7 +76,7 @@ def fit(
         step_memory,
       )
   except Exception as e:  # pylint: disable=broad-except
-    if not _disk_full(e):
+    if not checkpoint.disk_full(e):
       raise
     checkpoint.remove_partial_saves(workdir)
     raise checkpoint.SaveFailed(
@@ -96,22 +85,6 @@ def fit(
       'space and rerun the same command to resume',
       e,
     ) from None
-
-
-def _disk_full(error: BaseException | None) -> bool:
-  """Whether `error`, or an error it was raised from or during, is a full
-  disk (Orbax and TensorStore wrap the OSError in their own types)."""
-  seen = set()  # Orbax's chains of causes can loop.
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, checkpoint.SaveFailed):
-      error = error.error
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-      return True
-    if 'No space left on device' in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +97,7 @@ class _Run:
   dataset: datasets.Dataset
   mesh: Mesh
   ckpts: checkpoint.Checkpoints
-  stage: StageRecords
+  stage: records.StageRecords
 
   @property
   def steps_per_epoch(self) -> int:
@@ -155,6 +128,30 @@ def _due(count: int, every: int, last: bool = False) -> bool:
   return last or count % every == 0
 
 
+def _start_tally(
+  r: _Run,
+  at: resume.Position,
+  resumed: bool,
+  hooks: Sequence[hooks_lib.Hook],
+  step_memory: dict[str, int] | None,
+) -> _Tally:
+  """The run's records opened, its hooks (the run's clock first) started."""
+  batch_size = r.spec.recipe.batch_size
+  tally = _Tally(
+    writer=metric_writer.MetricWriter(r.workdir, at.step if resumed else None),
+    progress=metric_writer.Progress(r.total_steps, at.step, batch_size),
+    hooks=(
+      estimate.RunClock(batch_size, r.steps_per_epoch, r.total_steps, at.step),
+      *hooks,
+    ),
+    state_bytes=r.stage.state_bytes(at.state),
+    memory=dict(step_memory or {}),
+  )
+  for hook in tally.hooks:
+    hook.on_start(at.step, r.total_steps)
+  return tally
+
+
 def train_and_evaluate(
   r: _Run,
   hooks: Sequence[hooks_lib.Hook],
@@ -175,24 +172,13 @@ def train_and_evaluate(
     r.total_steps,
     recipe.num_epochs,
   )
-  _header(r, abstract_state, at.step)
+  records.log_header(
+    r.spec, r.dataset, r.mesh, r.steps_per_epoch, abstract_state, at.step
+  )
   train_split, test_split = run_setup.splits(r.dataset, r.mesh)
   evaluate_fn = _evaluate_fn(r, reuse)
   batches = setup.batches(recipe, train_split, r.mesh, at.step)
-  tally = _Tally(
-    writer=metric_writer.MetricWriter(r.workdir, at.step if resumed else None),
-    progress=metric_writer.Progress(r.total_steps, at.step, recipe.batch_size),
-    hooks=(
-      estimate.RunClock(
-        recipe.batch_size, r.steps_per_epoch, r.total_steps, at.step
-      ),
-      *hooks,
-    ),
-    state_bytes=r.stage.state_bytes(at.state),
-    memory=dict(step_memory or {}),
-  )
-  for hook in tally.hooks:
-    hook.on_start(at.step, r.total_steps)
+  tally = _start_tally(r, at, resumed, hooks, step_memory)
   start_epoch, first = divmod(at.step, r.steps_per_epoch)
   # Closing the batches stops a streamed run's decode workers.
   with StopRequest(book.preemption_check_every_steps) as stop:
@@ -219,34 +205,6 @@ def train_and_evaluate(
       'command to carry on with what comes after it.',
     )
   return summary
-
-
-def _header(r: _Run, abstract_state, start_step: int) -> None:
-  """What the first silent seconds are for, and what the run is."""
-  run, dataset, mesh = r.spec, r.dataset, r.mesh
-  params = sum(
-    int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params)
-  )
-  logging.info(
-    'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
-    'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
-    'process(es), compute dtype %s; %s.',
-    run.bookkeeping.mode,
-    run.recipe.model,
-    len(dataset.train_labels),
-    len(dataset.test_labels),
-    'x'.join(map(str, dataset.image_shape)),
-    dataset.num_classes,
-    r.steps_per_epoch,
-    run.recipe.num_epochs,
-    run.recipe.batch_size,
-    f'{params:,}',
-    mesh.devices.size,
-    mesh.devices.flat[0].platform,
-    jax.process_count(),
-    run.recipe.dtype,
-    f'resuming at step {start_step}' if start_step else 'a new run',
-  )
 
 
 def _evaluate_fn(r: _Run, reuse: Reuse | None):
@@ -276,7 +234,7 @@ def _evaluate_fn(r: _Run, reuse: Reuse | None):
 
 def train_epoch(
   r: _Run,
-  at: Position,
+  at: resume.Position,
   tally: _Tally,
   batches,
   stop: StopRequest,
@@ -307,7 +265,9 @@ def train_epoch(
       window_start = time.perf_counter()
 
 
-def _first_step(r: _Run, at: Position, tally: _Tally, images, labels) -> None:
+def _first_step(
+  r: _Run, at: resume.Position, tally: _Tally, images, labels
+) -> None:
   """Before the first step: its memory analysis, logged once per run."""
   logging.info('Compiling the train step...')
   if not tally.memory:
@@ -324,26 +284,15 @@ def _first_step(r: _Run, at: Position, tally: _Tally, images, labels) -> None:
     tally.writer.write('memory', 0, tally.memory)
 
 
-def _check_window(r: _Run, at: Position) -> list[dict]:
-  """The steps since the last log (host values), their losses checked."""
-  window = jax.device_get(at.per_step[at.logged :])
-  if window:
-    divergence.check_losses(
-      np.array([m['loss'] for m in window]),
-      at.step - len(window) + 1,
-      at.reference_loss,
-      r.ckpts,
-    )
-  return window
-
-
 def log_train(
-  r: _Run, at: Position, tally: _Tally, epoch: int, seconds: float
+  r: _Run, at: resume.Position, tally: _Tally, epoch: int, seconds: float
 ) -> None:
   """The train record and progress line of the steps since the last log,
   which took `seconds`."""
   recipe = r.spec.recipe
-  window = _check_window(r, at)
+  window = divergence.check_window(
+    at.per_step[at.logged :], at.step, at.reference_loss, r.ckpts
+  )
   step_time = seconds / len(window)
   values = records.mean_metrics(window)
   values.update(
@@ -364,11 +313,13 @@ def log_train(
 
 
 def preempt(
-  r: _Run, at: Position, tally: _Tally, epoch: int, signum: int
+  r: _Run, at: resume.Position, tally: _Tally, epoch: int, signum: int
 ) -> None:
   """Saves the state into WORKDIR/preempted, with the epoch's step metrics
   so far, and raises Preempted."""
-  _check_window(r, at)
+  divergence.check_window(
+    at.per_step[at.logged :], at.step, at.reference_loss, r.ckpts
+  )
   divergence.check_state(at.state, at.step, r.ckpts)
   tally.writer.sync()
   r.ckpts.save_preempted(
@@ -397,7 +348,7 @@ def preempt(
 
 def end_epoch(
   r: _Run,
-  at: Position,
+  at: resume.Position,
   tally: _Tally,
   evaluate_fn,
   test_split,
@@ -465,7 +416,7 @@ def _write_config(r: _Run) -> None:
 # The summary.
 
 
-def finish(r: _Run, at: Position, tally: _Tally) -> dict[str, Any]:
+def finish(r: _Run, at: resume.Position, tally: _Tally) -> dict[str, Any]:
   """Closes the record, commits the last checkpoint and writes the run's
   summary to WORKDIR/summary.json: a finished run is recognised by that
   file, so it is written only beside its final checkpoint."""

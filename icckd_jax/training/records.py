@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from absl import logging
+import jax
 import numpy as np
 
 
@@ -84,6 +85,36 @@ def epoch_record(
     'images_per_second': images / epoch_time,
     'cache_bytes': state_bytes,
   }
+
+
+def log_header(
+  run, dataset, mesh, steps_per_epoch: int, abstract_state, start_step: int
+) -> None:
+  """What the first silent seconds are for, and what the run is (`run`: its
+  spec.RunSpec; `abstract_state`: its state's shapes)."""
+  params = sum(
+    int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params)
+  )
+  logging.info(
+    'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
+    'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
+    'process(es), compute dtype %s; %s.',
+    run.bookkeeping.mode,
+    run.recipe.model,
+    len(dataset.train_labels),
+    len(dataset.test_labels),
+    'x'.join(map(str, dataset.image_shape)),
+    dataset.num_classes,
+    steps_per_epoch,
+    run.recipe.num_epochs,
+    run.recipe.batch_size,
+    f'{params:,}',
+    mesh.devices.size,
+    mesh.devices.flat[0].platform,
+    jax.process_count(),
+    run.recipe.dtype,
+    f'resuming at step {start_step}' if start_step else 'a new run',
+  )
 
 
 def log_epoch(
