@@ -278,7 +278,7 @@ def _first_step(
         at.state, images, labels, r.setup.step_args
       ).compile()
     )
-  tally.memory['cache_bytes'] = tally.state_bytes
+  tally.memory[records.STATE_BYTES] = tally.state_bytes
   tally.compiled = True
   if at.step == 0:  # Once per run, also when it resumes later.
     tally.writer.write('memory', 0, tally.memory)

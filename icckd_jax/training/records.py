@@ -12,6 +12,11 @@ import jax
 import numpy as np
 
 
+# The records' name for a stage's `state_bytes` (named when a teacher's
+# cache was the only such state; the report reads it under this name).
+STATE_BYTES = 'cache_bytes'
+
+
 def _nothing(_) -> dict[str, Any]:
   return {}
 
@@ -30,7 +35,7 @@ class StageRecords:
 
   state_bytes(state) -> the device bytes its state holds beside the model
     and optimiser (a teacher's negative cache, a student's distiller
-    buffers): 'cache_bytes' of the memory record, every epoch record and
+    buffers): STATE_BYTES of the memory record, every epoch record and
     the summary's compiled memory.
   epoch_metrics(per_step) -> the stage's own figures of an epoch from its
     steps' metrics (host values), after 'step_losses' in the epoch record.
@@ -83,7 +88,7 @@ def epoch_record(
     **{f'test_{k}': v for k, v in test.items()},
     'epoch_time': epoch_time,
     'images_per_second': images / epoch_time,
-    'cache_bytes': state_bytes,
+    STATE_BYTES: state_bytes,
   }
 
 
