@@ -56,7 +56,6 @@ def check_losses(
     )
 
 
-@jax.jit
 def check_window(
   window: list[dict], step: int, reference_loss: float | None, ckpts
 ) -> list[dict]:
@@ -73,6 +72,7 @@ def check_window(
   return window
 
 
+@jax.jit
 def _all_finite(tree) -> jax.Array:
   """[] bool: every floating-point element of `tree` is finite."""
   leaves = [
