@@ -581,9 +581,10 @@ def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
   trained = []
 
   def train_fn(name):
-    def train(config, workdir, reuse, claim):
+    def train(config, workdir, reuse, claim, hooks):
       del config, reuse
       assert claim.held  # The worker claimed the stage before calling it.
+      assert hooks == ()  # No sweep clock: this worker projects nothing.
       trained.append(name)
       os.kill(os.getpid(), signal.SIGTERM)  # Arrives after its last step.
       open(os.path.join(workdir, 'finished'), 'w').close()
