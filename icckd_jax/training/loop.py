@@ -110,7 +110,8 @@ class _Run:
 
 @dataclasses.dataclass
 class _Tally:
-  """What the run's summary reads, gathered as it trains."""
+  """Where the run reports (its records, progress line and hooks), and what
+  its summary reads, gathered as it trains."""
 
   writer: metric_writer.MetricWriter
   progress: metric_writer.Progress
