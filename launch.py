@@ -4,7 +4,10 @@ r"""Runs a config: train a teacher, evaluate a checkpoint, ...
   python launch.py --config=configs/teacher.py:smoke --workdir=/tmp/smoke
   python launch.py --config=configs/eval.py --config.workdir=workdirs/teacher
 
-Any config field can be overridden: --config.num_epochs=10. On several hosts
+Any config field can be overridden: --config.num_epochs=10. A hook of the
+train loop (icckd_jax/training/hooks.py; docs/running.md) is named by
+--hook=module:callable, importable from the Python path (repeat the flag
+for several). On several hosts
 add --multihost to each process; where no cluster manager (SLURM, Cloud TPU)
 describes the job, also say where the coordinator is and who each process is:
 
@@ -30,6 +33,7 @@ from ml_collections import config_flags
 from icckd_jax import logs
 from icckd_jax import main as icckd_main
 from icckd_jax.training import checkpoint
+from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.training.preemption import Preempted
 from icckd_jax.errors import UserError
 
@@ -37,6 +41,12 @@ FLAGS = flags.FLAGS
 # Seconds Orbax's threads get to end after a failed save.
 STRANDED_GRACE_SECONDS = 5.0
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.DEFINE_multi_string(
+  'hook',
+  [],
+  'module:callable returning a training.hooks.Hook that the train loop '
+  'calls (modes teacher, student, pipeline); repeat for several.',
+)
 flags.DEFINE_bool(
   'multihost', False, 'Call jax.distributed.initialize() first (several hosts).'
 )
@@ -251,7 +261,8 @@ def main(argv):
   except OSError as e:  # ml_collections defers a config file's load errors.
     _fail(e)
   try:
-    icckd_main.run(config, FLAGS.workdir)
+    hooks = [hooks_lib.load(name) for name in FLAGS.hook]
+    icckd_main.run(config, FLAGS.workdir, hooks)
   except checkpoint.SaveFailed as e:
     _fail_after_failed_save(e)
   except UserError as e:

@@ -1,5 +1,6 @@
 """Dispatches a config to its job by `config.mode`."""
 
+from collections.abc import Sequence
 import json
 import os
 from typing import Any
@@ -11,6 +12,7 @@ from icckd_jax.training import evaluate
 from icckd_jax.experiments import pipeline
 from icckd_jax.experiments.sweep import report
 from icckd_jax.training import compilation_cache
+from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.stages import student
 from icckd_jax.experiments.sweep import runner as sweep
 from icckd_jax.stages import teacher
@@ -42,25 +44,41 @@ def _sweep_printed(rows: list[dict], workdir: str) -> list[dict]:
   print(report.headline(rows))
   print(
     'Every metric: '
-    f'{os.path.join(os.path.abspath(workdir), report.SUMMARY_FILE)}, '
+    f'{os.path.join(os.path.abspath(workdir), report.SUMMARY_MD)}, '
     f'{report.RESULTS_CSV} and the plots beside it.'
   )
   return rows
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | None) -> Any:
-  """Runs the job `config` describes; `workdir` overrides config.workdir."""
+# The modes that train one run's loop, or a pipeline's two: those a hook
+# can be handed to.
+TRAINERS = {
+  'teacher': teacher.train_teacher,
+  'student': student.train_student,
+  'pipeline': pipeline.run_pipeline,
+}
+
+
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str | None,
+  hooks: Sequence[hooks_lib.Hook] = (),
+) -> Any:
+  """Runs the job `config` describes; `workdir` overrides config.workdir.
+  `hooks` (training/hooks.py): called by the train loop of a teacher's or
+  student's run, or of both stages of a pipeline."""
   mode = config.get('mode', 'teacher')
   workdir = workdir or config.get('workdir')
+  if hooks and mode not in TRAINERS:
+    raise UserError(
+      f'a hook is given to config.mode={mode!r}; hooks are for the modes '
+      + ', '.join(TRAINERS)
+    )
   compilation_cache.enable(
     config.get('compilation_cache', compilation_cache.DEFAULT_DIR)
   )
-  if mode == 'teacher':
-    return teacher.train_teacher(config, workdir)
-  if mode == 'student':
-    return student.train_student(config, workdir)
-  if mode == 'pipeline':
-    return pipeline.run_pipeline(config, workdir)
+  if mode in TRAINERS:
+    return TRAINERS[mode](config, workdir, hooks=hooks)
   if mode == 'sweep':
     return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':

@@ -22,6 +22,7 @@ from icckd_jax.experiments import transfer_rule
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import report
 from icckd_jax.experiments.sweep import results
+from icckd_jax.runs import layout
 from icckd_jax.experiments.sweep import runner
 from icckd_jax.training import metric_writer
 
@@ -123,7 +124,7 @@ def _stage_one(directory, top1: dict[str, dict[int, float]], arg=None):
       os.makedirs(run_dir)
       row = {'setting': setting, 'seed': seed, 'student_top1_last': value}
       metric_writer.write_json(
-        os.path.join(run_dir, results.RESULT_FILE), {'row': row, 'epochs': []}
+        os.path.join(run_dir, layout.RESULT_FILE), {'row': row, 'epochs': []}
       )
   return str(directory)
 
@@ -256,10 +257,10 @@ def test_stage_two_report_says_first_that_check_b_failed(tmp_path):
     run_dir = results.run_dir(str(stage_two), row['setting'], row['seed'])
     os.makedirs(run_dir, exist_ok=True)
     metric_writer.write_json(
-      os.path.join(run_dir, results.RESULT_FILE), {'row': row, 'epochs': []}
+      os.path.join(run_dir, layout.RESULT_FILE), {'row': row, 'epochs': []}
     )
   report.write_report(str(stage_two), str(tmp_path / 'out'))
-  text = (tmp_path / 'out' / report.SUMMARY_FILE).read_text()
+  text = (tmp_path / 'out' / report.SUMMARY_MD).read_text()
   assert text.splitlines()[0] == f'# stage2: {transfer_rule.FAILED}'
   assert 'Chosen: **kd_g1_a1@2**' in text
   assert 'student.distill.gamma=1.0' in text

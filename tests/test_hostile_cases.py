@@ -24,6 +24,7 @@ from icckd_jax.runs import memory
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
 from icckd_jax.stages import preflight
+from icckd_jax.runs import layout
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_edited_config_json_cannot_pass_another_model_off_as_damage(copy):
     line = error_line(code, stderr)
     assert "model='resnet8' (now 'resnet14')" in line
     assert 'checkpoints' in line
-  assert not (copy / checkpoint.DAMAGED_DIR).exists()
+  assert not (copy / layout.DAMAGED_DIR).exists()
   assert snapshot(copy) == before
 
 
@@ -78,7 +79,7 @@ def test_removed_config_json_still_refuses_another_run(copy, args, expected):
   )
   assert expected in error_line(code, stderr)
   assert snapshot(copy) == before
-  assert not (copy / checkpoint.DAMAGED_DIR).exists()
+  assert not (copy / layout.DAMAGED_DIR).exists()
 
 
 def test_metrics_line_with_a_non_integer_step_is_skipped(copy):

@@ -95,15 +95,15 @@ def test_a_stop_request_nested_in_another_hands_its_signal_on():
 def _signal_after_last_epoch(monkeypatch, stage_dir: str, signum: int):
   """Sends `signum` to this process once the run in a workdir ending with
   `stage_dir` has ended its last epoch: after the loop's last stop check."""
-  end_epoch = loop_lib._Loop.end_epoch  # pylint: disable=protected-access
+  end_epoch = loop_lib.end_epoch
 
-  def then_signal(self, epoch, epoch_time):
-    end_epoch(self, epoch, epoch_time)
-    last = epoch + 1 == self.spec.recipe.num_epochs
-    if self.workdir.endswith(stage_dir) and last:
+  def then_signal(r, at, tally, evaluate_fn, test_split, epoch, epoch_time):
+    end_epoch(r, at, tally, evaluate_fn, test_split, epoch, epoch_time)
+    last = epoch + 1 == r.spec.recipe.num_epochs
+    if r.workdir.endswith(stage_dir) and last:
       os.kill(os.getpid(), signum)
 
-  monkeypatch.setattr(loop_lib._Loop, 'end_epoch', then_signal)  # pylint: disable=protected-access
+  monkeypatch.setattr(loop_lib, 'end_epoch', then_signal)
 
 
 def test_a_stop_after_the_teachers_last_step_stops_the_pipeline(
@@ -581,9 +581,10 @@ def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
   trained = []
 
   def train_fn(name):
-    def train(config, workdir, reuse, claim):
+    def train(config, workdir, reuse, claim, hooks):
       del config, reuse
       assert claim.held  # The worker claimed the stage before calling it.
+      assert hooks == ()  # No sweep clock: this worker projects nothing.
       trained.append(name)
       os.kill(os.getpid(), signal.SIGTERM)  # Arrives after its last step.
       open(os.path.join(workdir, 'finished'), 'w').close()

@@ -30,6 +30,7 @@ from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
 from icckd_jax.runs import validate
+from icckd_jax.runs import layout
 
 TEACHER_PTH = SHARED_DATA / 'torchvision' / 'resnet18' / 'resnet18-random.pth'
 
@@ -232,7 +233,7 @@ def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
   records = metric_writer.read_records(str(workdir), 'train')
   assert [r['step'] for r in records] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in records)
-  with open(workdir / student.TEACHER_EVAL_FILE) as f:
+  with open(workdir / layout.TEACHER_EVAL_FILE) as f:
     at_start = json.load(f)
   assert at_start['model'] == 'imagenet_resnet18' and at_start['count'] == 16
   # The teacher's input was the streamed evaluation's (resized to 73 of 64,

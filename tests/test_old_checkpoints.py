@@ -25,6 +25,7 @@ from icckd_jax.stages import student
 from icckd_jax.training import checkpoint
 from icckd_jax.training import evaluate
 from icckd_jax.training import loop
+from icckd_jax.runs import layout
 
 
 @flax.struct.dataclass
@@ -115,7 +116,7 @@ def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
 
   # It resumes: the second epoch ends where the uninterrupted run's did.
   loop.fit(run, old, setup, dataset, mesh)
-  assert not os.path.exists(os.path.join(old, checkpoint.DAMAGED_DIR))
+  assert not os.path.exists(os.path.join(old, layout.DAMAGED_DIR))
   assert sorted(os.listdir(os.path.join(old, 'checkpoints'))) == ['1', '2']
   final_straight, final_old = _restored(straight), _restored(old)
   assert int(final_old['step']) == 4
@@ -148,4 +149,4 @@ def test_an_old_teacher_or_plain_student_checkpoint_restores(
     )
   assert meta == {'epoch': 1} and state.distiller_buffers is None
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), target)
-  assert not os.path.exists(os.path.join(workdir, checkpoint.DAMAGED_DIR))
+  assert not os.path.exists(os.path.join(workdir, layout.DAMAGED_DIR))

@@ -24,6 +24,7 @@ from icckd_jax import parallel
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
+from icckd_jax.runs import layout
 
 FIXTURE = SHARED_DATA / 'repdistiller' / 'resnet20_zip'
 PTH = FIXTURE / 'ckpt_epoch_240.pth'
@@ -65,7 +66,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(
   config, student_run, capsys, tmp_path
 ):
   workdir, summary = student_run
-  with open(workdir / student.TEACHER_EVAL_FILE) as f:
+  with open(workdir / layout.TEACHER_EVAL_FILE) as f:
     at_start = json.load(f)
   assert at_start['source'] == str(PTH) and at_start['count'] == 64
   assert summary['teacher_top1'] == at_start['top1']

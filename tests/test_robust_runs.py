@@ -29,12 +29,13 @@ from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
 from icckd_jax.training import divergence
-from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import preemption
+from icckd_jax.training import resume
 from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.train_state import TrainState
+from icckd_jax.runs import layout
 from launch_in_process import error_line, run_launcher
 
 SMOKE = ('--config=configs/teacher.py:smoke',)
@@ -494,19 +495,19 @@ def test_checkpoint_metadata_does_not_grow_with_the_run(trained, tmp_path):
   assert all(len(r['step_losses']) == 2 for r in epochs)
 
 
-def _save_meta_as_before(monkeypatch) -> None:
-  """Checkpoints saved the way the code before the run's record left them
-  did: every epoch's record, as metrics.jsonl has it, in meta['history'],
-  and no 'test'."""
-  original = loop_lib._Loop._meta  # pylint: disable=protected-access
+def _save_meta_as_before(monkeypatch, workdir) -> None:
+  """Checkpoints of the run in `workdir` saved the way the code before the
+  run's record left them did: every epoch's record, as metrics.jsonl has
+  it, in meta['history'], and no 'test'."""
+  original = resume.checkpoint_meta
 
-  def meta_with_history(self, epoch, step, **extra):
-    meta = original(self, epoch, step, **extra)
+  def meta_with_history(at, epoch, input_shape, **extra):
+    meta = original(at, epoch, input_shape, **extra)
     del meta['test']
-    meta['history'] = metric_writer.read_records(self.workdir, 'epoch') or None
+    meta['history'] = metric_writer.read_records(str(workdir), 'epoch') or None
     return meta
 
-  monkeypatch.setattr(loop_lib._Loop, '_meta', meta_with_history)  # pylint: disable=protected-access
+  monkeypatch.setattr(resume, 'checkpoint_meta', meta_with_history)
 
 
 def test_checkpoints_with_history_in_meta_still_resume_and_evaluate(
@@ -525,7 +526,7 @@ def test_checkpoints_with_history_in_meta_still_resume_and_evaluate(
     return signal.SIGTERM if len(calls) == 4 else 0  # before step 4 of 4
 
   with monkeypatch.context() as patch:
-    _save_meta_as_before(patch)
+    _save_meta_as_before(patch, workdir)
     patch.setattr(preemption.StopRequest, 'requested', requested)
     code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
   assert code == 128 + signal.SIGTERM, stderr[-2000:]
@@ -552,7 +553,7 @@ def test_checkpoints_with_history_in_meta_still_resume_and_evaluate(
 
   finished = tmp_path / 'finished'
   with monkeypatch.context() as patch:
-    _save_meta_as_before(patch)
+    _save_meta_as_before(patch, finished)
     code, stderr = run_launcher(*TRAINED, f'--workdir={finished}')
   assert code == 0, stderr[-2000:]
   summary = json.loads((finished / 'summary.json').read_text())
@@ -642,7 +643,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   wait_for(
     lambda: (
       f'process {proc.pid} '
-      in workdir_lock.describe_holder(str(workdir / workdir_lock.LOCK_FILE))
+      in workdir_lock.describe_holder(str(workdir / layout.LOCK_FILE))
     )
   )
   line = error_line(*run_launcher(*PREEMPT_ARGS, f'--workdir={workdir}'))

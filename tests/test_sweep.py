@@ -11,13 +11,13 @@ from icckd_jax.input_pipeline import resident
 from icckd_jax import parallel
 from icckd_jax.experiments import comparisons
 from icckd_jax.experiments.sweep import report
-from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import settings
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.stages import teacher_step
 from icckd_jax.stages import teacher
 from icckd_jax.errors import UserError
 from icckd_jax.runs import spec
+from icckd_jax.runs import layout
 from launch_in_process import launch
 
 
@@ -60,7 +60,7 @@ def test_sweep_writes_the_runs_numbers(smoke_sweep):
     ('delta=0.2', '0'),
     ('delta=0.6', '0'),
   ]
-  summary_md = (workdir / report.SUMMARY_FILE).read_text()
+  summary_md = (workdir / report.SUMMARY_MD).read_text()
   for row in rows:
     run = workdir / row['setting'] / 'seed_0'
     teacher_summary = json.loads((run / 'teacher' / 'summary.json').read_text())
@@ -114,9 +114,9 @@ def test_restarting_a_finished_sweep_runs_nothing(smoke_sweep):
 
 def test_report_regenerates_from_finished_runs(smoke_sweep):
   workdir, _ = smoke_sweep
-  (workdir / report.SUMMARY_FILE).unlink()
+  (workdir / report.SUMMARY_MD).unlink()
   launch('--config=configs/report.py', f'--config.workdir={workdir}')
-  assert '| delta=0.6 | 1 |' in (workdir / report.SUMMARY_FILE).read_text()
+  assert '| delta=0.6 | 1 |' in (workdir / report.SUMMARY_MD).read_text()
 
 
 def test_settings_parse_and_bad_fields_fail_early():
@@ -173,9 +173,9 @@ def test_damaged_results_are_left_out_named_and_rewritten(
     for stage in ('teacher', 'student'):
       # Without its stages' records the report reads result.json alone.
       (workdir / setting / 'seed_0' / stage).unlink()
-  truncated = workdir / 'delta=0.2' / 'seed_0' / results.RESULT_FILE
+  truncated = workdir / 'delta=0.2' / 'seed_0' / layout.RESULT_FILE
   truncated.write_text(truncated.read_text()[:40])
-  malformed = workdir / 'delta=0.6' / 'seed_0' / results.RESULT_FILE
+  malformed = workdir / 'delta=0.6' / 'seed_0' / layout.RESULT_FILE
   result = json.loads(malformed.read_text())
   result['row']['teacher_top1_last'] = 'NaN?'
   malformed.write_text(json.dumps(result))
@@ -188,7 +188,7 @@ def test_damaged_results_are_left_out_named_and_rewritten(
   with open(workdir / report.RESULTS_CSV) as f:
     rows = list(csv.DictReader(f))
   assert [r['setting'] for r in rows] == ['delta=0.6']
-  summary_md = (workdir / report.SUMMARY_FILE).read_text()
+  summary_md = (workdir / report.SUMMARY_MD).read_text()
   assert 'Left out: 1 run(s)' in summary_md and str(truncated) in summary_md
 
   result['row']['student_top1_last'] = [1, 2]
@@ -198,14 +198,14 @@ def test_damaged_results_are_left_out_named_and_rewritten(
     rows = list(csv.DictReader(f))
   assert [r['setting'] for r in rows] == ['delta=0.2', 'delta=0.6']
   assert all(float(r['student_top1_last']) >= 0 for r in rows)
-  assert 'Left out' not in (workdir / report.SUMMARY_FILE).read_text()
+  assert 'Left out' not in (workdir / report.SUMMARY_MD).read_text()
 
 
 def test_report_recomputes_rows_from_the_runs_records(smoke_sweep):
   """A result.json written by older code lacks newer columns: the report
   recomputes each finished run from its stages' records."""
   workdir, _ = smoke_sweep
-  path = workdir / 'delta=0.2' / 'seed_0' / results.RESULT_FILE
+  path = workdir / 'delta=0.2' / 'seed_0' / layout.RESULT_FILE
   result = json.loads(path.read_text())
   del result['row']['teacher_model'], result['row']['student_top1_last']
   path.write_text(json.dumps(result))

@@ -15,7 +15,6 @@ from conftest import ROOT
 from configs import ablation_cache
 from configs import ablation_margin
 from icckd_jax.experiments.sweep import report
-from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import run_store
 from icckd_jax.experiments.sweep import settings as settings_lib
 from icckd_jax.experiments.sweep import runner as sweep
@@ -29,6 +28,7 @@ from icckd_jax.stages import teacher as teacher_lib
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
+from icckd_jax.runs import layout
 
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
@@ -194,10 +194,10 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
   for name in ('kd',):
     for seed in (0, 1):
       mine = json.loads(
-        (workdir / name / f'seed_{seed}' / results.RESULT_FILE).read_text()
+        (workdir / name / f'seed_{seed}' / layout.RESULT_FILE).read_text()
       )['row']
       theirs = json.loads(
-        (one_worker / name / f'seed_{seed}' / results.RESULT_FILE).read_text()
+        (one_worker / name / f'seed_{seed}' / layout.RESULT_FILE).read_text()
       )['row']
       for column in (
         'teacher_top1_last',
@@ -205,7 +205,7 @@ def test_two_workers_give_the_one_worker_results(one_worker, tmp_path):
         'teacher_ce_variance',
       ):
         assert mine[column] == theirs[column]
-  assert (workdir / report.SUMMARY_FILE).exists()
+  assert (workdir / report.SUMMARY_MD).exists()
 
 
 WORKER = """
@@ -270,4 +270,4 @@ def test_a_killed_workers_run_is_resumed_by_another(
   resumed = run_numbers(workdir)
   for key in (f'teachers/{teacher_key}', f'students/{student_key}'):
     assert resumed[key] == reference[key]
-  assert (workdir / 'kd' / 'seed_0' / results.RESULT_FILE).exists()
+  assert (workdir / 'kd' / 'seed_0' / layout.RESULT_FILE).exists()

@@ -6,6 +6,7 @@ not touched again, so restarting an interrupted pipeline carries on where it
 stopped.
 """
 
+from collections.abc import Sequence
 import json
 import os
 from typing import Any
@@ -18,10 +19,11 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
-from icckd_jax.training import loop
+from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.stages import student
 from icckd_jax.stages import preflight
 from icckd_jax.stages import teacher as teacher_lib
+from icckd_jax.runs import layout
 from icckd_jax.runs import spec
 from icckd_jax.runs import validate
 from icckd_jax.training.preemption import StopRequest
@@ -30,7 +32,7 @@ from icckd_jax.runs.reuse import Reuse
 
 def finished(workdir: str, num_epochs: int) -> dict[str, Any] | None:
   """The summary of a finished run in `workdir`, else None."""
-  path = os.path.join(workdir, loop.SUMMARY_FILE)
+  path = os.path.join(workdir, layout.SUMMARY_FILE)
   if not os.path.exists(path):
     return None
   with checkpoint.Checkpoints(workdir, read_only=True) as ckpts:
@@ -108,23 +110,27 @@ def _teacher_if_finished(config, workdir):
 
 
 def run_pipeline(
-  config: ml_collections.ConfigDict, workdir: str, reuse: Reuse | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  reuse: Reuse | None = None,
+  hooks: Sequence[hooks_lib.Hook] = (),
 ) -> dict[str, Any]:
   """Trains config.teacher, then config.student from it; returns both
-  summaries: {'teacher': ..., 'student': ...}."""
+  summaries: {'teacher': ..., 'student': ...}. `hooks`: called by both
+  stages' loops."""
   preflight.require_workdir(workdir)
   check_stages(config.teacher, config.student)
   # Each stage creates its own directory (and WORKDIR with it) only once
   # its config has passed every check.
   workdir = os.path.abspath(workdir)
-  teacher_dir = os.path.join(workdir, 'teacher')
+  teacher_dir = os.path.join(workdir, layout.TEACHER_DIR)
   # A stop requested while one stage runs (or between them) ends the
   # pipeline before the next stage starts.
   with StopRequest() as stop:
     teacher_summary = _teacher_if_finished(config.teacher, teacher_dir)
     if teacher_summary is None:
       teacher_summary = teacher_lib.train_teacher(
-        config.teacher, teacher_dir, reuse
+        config.teacher, teacher_dir, reuse, hooks=hooks
       )
     else:
       logging.info(
@@ -135,8 +141,9 @@ def run_pipeline(
     stop.stop_if_requested('the student stage')
     student_summary = student.train_student(
       student_config(config, teacher_dir),
-      os.path.join(workdir, 'student'),
+      os.path.join(workdir, layout.STUDENT_DIR),
       reuse,
+      hooks=hooks,
     )
   logging.info(
     'Pipeline done: teacher top-1 %.4f, student top-1 %.4f.',

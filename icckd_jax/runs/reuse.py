@@ -4,9 +4,9 @@ A process that runs many runs (a worker of many stages) trains teachers
 and students that differ only in traced values (δ, λ, τ, the distillation
 weights, the teacher's weights) or not at all in what is compiled. Handing
 them one `Reuse` lets them share the loaded data set and the jitted steps,
-so XLA compiles each distinct step once, and lets the process add its own
-hooks to every run's loop (e.g. an ETA of all its runs). A single run
-passes none and builds everything itself.
+so XLA compiles each distinct step once. A single run passes none and
+builds everything itself. (What a run's loop calls beside its steps, an
+ETA of all runs for one, is handed to the run itself: training/hooks.py.)
 """
 
 import collections
@@ -22,12 +22,9 @@ T = TypeVar('T')
 class Reuse:
   """A keyed store of built objects, counting how many of each kind it built."""
 
-  def __init__(self, hooks: Iterable[Any] = ()):
+  def __init__(self):
     self._items: dict[tuple[str, str], Any] = {}
     self.builds: collections.Counter[str] = collections.Counter()
-    # `hooks.Hook`s the loop of every run given this store calls, after the
-    # run's own (training/hooks.py: this layer cannot import it).
-    self.hooks: list[Any] = list(hooks)
 
   def get(self, kind: str, key: str, build: Callable[[], T]) -> T:
     if (kind, key) not in self._items:

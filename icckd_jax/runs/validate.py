@@ -25,8 +25,7 @@ import ml_collections
 
 from icckd_jax.errors import UserError
 from icckd_jax.runs import config_schema
-
-CONFIG_FILE = 'config.json'
+from icckd_jax.runs import layout
 
 
 def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -100,7 +99,7 @@ def stored_config(workdir: str | None) -> dict[str, Any] | None:
   """The config saved with WORKDIR's checkpoints, or None for a new run."""
   if not workdir:
     return None
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, layout.CONFIG_FILE)
   if not os.path.exists(path):
     return None
   try:
@@ -139,9 +138,7 @@ def config_differences(
   return differences
 
 
-# Where the checkpoint manager (checkpoint.py) keeps each kind, and the
-# item of a checkpoint that holds the config it was saved with.
-CHECKPOINT_KINDS = ('checkpoints', 'preempted', 'best')
+# The item of a checkpoint that holds the config it was saved with.
 CHECKPOINT_CONFIG = os.path.join('config', 'metadata')
 
 
@@ -151,7 +148,9 @@ def checkpoint_configs(workdir: str | None) -> dict[str, dict[str, Any]]:
   edit or remove it), say what run the workdir holds. Unreadable ones are
   left out: restoring will treat them as damaged."""
   found = {}
-  for kind in CHECKPOINT_KINDS:
+  for kind in (
+    layout.CHECKPOINT_DIRS[which] for which in ('last', 'preempted', 'best')
+  ):
     directory = os.path.join(workdir or '', kind)
     if not workdir or not os.path.isdir(directory):
       continue
@@ -181,7 +180,7 @@ def check_resumable(
   of another model for a damaged one).
   """
   new = json.loads(config.to_json_best_effort())
-  stored = {os.path.join(workdir, CONFIG_FILE): stored_config(workdir)}
+  stored = {os.path.join(workdir, layout.CONFIG_FILE): stored_config(workdir)}
   stored.update(checkpoint_configs(workdir))
   for source, saved in stored.items():
     if saved is None:

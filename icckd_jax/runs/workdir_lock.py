@@ -21,8 +21,7 @@ import os
 import socket
 
 from icckd_jax.errors import UserError
-
-LOCK_FILE = '.lock'
+from icckd_jax.runs import layout
 
 
 class WorkdirBusy(UserError):
@@ -38,7 +37,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = os.path.join(workdir, layout.LOCK_FILE)
     self._fd: int | None = None
 
   def acquire(self) -> WorkdirLock:

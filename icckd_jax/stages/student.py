@@ -9,6 +9,7 @@ loop (`loop.fit`); the teacher's module mirrors it. The teacher's variables
 are an argument of the step and are never written anywhere.
 """
 
+from collections.abc import Sequence
 import functools
 import json
 import os
@@ -25,10 +26,15 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
+from icckd_jax.objective import cache as cache_lib
+from icckd_jax.runs import layout
 from icckd_jax.training import checkpoint
 from icckd_jax.stages import distill_pair
 from icckd_jax.training import evaluate
+from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.training import loop
+from icckd_jax.training import metric_writer
+from icckd_jax.training import records
 from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
@@ -47,8 +53,6 @@ from icckd_jax.runs.run_setup import (
 )
 from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
-
-TEACHER_EVAL_FILE = 'teacher_eval.json'
 
 
 def _teacher_model(
@@ -270,11 +274,13 @@ def train_student(
   workdir: str,
   reuse: Reuse | None = None,
   claim: workdir_lock.WorkdirLock | None = None,
+  hooks: Sequence[hooks_lib.Hook] = (),
 ) -> dict[str, Any]:
   """Distils the teacher of config.teacher.workdir (or .pth) into a student
   in `workdir`, resuming if it can; returns the summary. `claim`: the
   workdir's lock, when the caller took it first
-  (`preflight.hold_workdir`)."""
+  (`preflight.hold_workdir`); `hooks`: called by the loop
+  (training/hooks.py)."""
   preflight.require_workdir(workdir)
   run = spec.checked(config, workdir)
   mesh = preflight.checked_mesh(run)
@@ -305,14 +311,32 @@ def train_student(
       setup,
       dataset,
       mesh,
-      summary_extra={
-        'teacher_top1': teacher_eval['top1'],
-        'teacher_epoch': teacher.fingerprint['epoch'],
-        'teacher_fingerprint': teacher.fingerprint,
-      },
+      stage=_records(
+        {
+          'teacher_top1': teacher_eval['top1'],
+          'teacher_epoch': teacher.fingerprint['epoch'],
+          'teacher_fingerprint': teacher.fingerprint,
+        }
+      ),
+      hooks=hooks,
       reuse=reuse,
       step_memory=memory,
     )
+
+
+def _records(summary: dict[str, Any]) -> records.StageRecords:
+  """The student's records: its distiller buffers' bytes, each step's CE
+  alone, the agreement with its teacher, and `summary` (its teacher's)."""
+  return records.StageRecords(
+    state_bytes=lambda state: cache_lib.nbytes(state.distiller_buffers),
+    epoch_metrics=records.step_series('ce'),
+    test_note=lambda test: (
+      f', agreement with teacher {test["agreement"]:.4f}'
+      if 'agreement' in test
+      else ''
+    ),
+    summary=summary,
+  )
 
 
 def _check_same_teacher(path: str, teacher_print: dict, source: str) -> None:
@@ -338,7 +362,7 @@ def _teacher_eval(
   """The teacher's test figures and fingerprint, computed once per student
   workdir (a resumed student reads them back from WORKDIR/teacher_eval.json
   after checking that its teacher is the same)."""
-  path = os.path.join(workdir, TEACHER_EVAL_FILE)
+  path = os.path.join(workdir, layout.TEACHER_EVAL_FILE)
   source = run.teacher.pth or run.teacher.workdir
   if os.path.exists(path):
     _check_same_teacher(path, teacher.fingerprint, source)
@@ -368,6 +392,6 @@ def _teacher_eval(
       source,
       teacher_eval['top1'],
     )
-    loop.write_json_from_process_0(path, teacher_eval)
+    metric_writer.write_json_from_process_0(path, teacher_eval)
   with open(path) as f:
     return json.load(f)

@@ -7,6 +7,7 @@ optimiser and jitted step from them (`build_teacher`), and runs the loop
 (`loop.fit`); the student's module mirrors it.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -19,8 +20,10 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.objective import projection
+from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.training import loop
 from icckd_jax.training import optim
+from icckd_jax.training import records
 from icckd_jax.stages import preflight
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import spec
@@ -36,6 +39,14 @@ from icckd_jax.runs.run_setup import (
 )
 from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
+
+
+# The teacher's records: the negative cache's bytes, and each step's CE
+# alone (the one loss every setting shares; the total differs by λ·L).
+RECORDS = records.StageRecords(
+  state_bytes=lambda state: cache_lib.nbytes(state.cache),
+  epoch_metrics=records.step_series('ce'),
+)
 
 
 def _init_state_fn(run: RunSpec, model, head, tx, input_shape):
@@ -134,13 +145,15 @@ def train_teacher(
   workdir: str,
   reuse: Reuse | None = None,
   claim: workdir_lock.WorkdirLock | None = None,
+  hooks: Sequence[hooks_lib.Hook] = (),
 ) -> dict[str, Any]:
   """Trains the teacher of `config` in `workdir`, resuming if it can;
   returns the summary.
 
   Every check that can reject the config (`spec.checked`, `preflight`)
   runs before the workdir is created or written. `claim`: the workdir's
-  lock, when the caller took it first (`preflight.hold_workdir`).
+  lock, when the caller took it first (`preflight.hold_workdir`); `hooks`:
+  called by the loop (training/hooks.py).
   """
   preflight.require_workdir(workdir)
   run = spec.checked(config, workdir)
@@ -151,5 +164,13 @@ def train_teacher(
   workdir = preflight.prepare_workdir(workdir)
   with preflight.hold_workdir(workdir, claim):
     return loop.fit(
-      run, workdir, setup, dataset, mesh, reuse=reuse, step_memory=memory
+      run,
+      workdir,
+      setup,
+      dataset,
+      mesh,
+      stage=RECORDS,
+      hooks=hooks,
+      reuse=reuse,
+      step_memory=memory,
     )

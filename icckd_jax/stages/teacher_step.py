@@ -75,27 +75,26 @@ def make_train_step(
   objective = _Objective(
     model, head, mean, std, dtype, margin_kind, cache_store, empty_anchors
   )
+  return step_lib.data_parallel(_per_device_step(objective, tx), mesh)
+
+
+def _per_device_step(objective: '_Objective', tx: optax.GradientTransformation):
+  """One device's step(state, images [V, b, H, W, C], labels [b], hp) ->
+  (state, metrics): the gradient of the objective, the update, the cache."""
 
   def per_device(state: TrainState, images, labels, hp):
     v, b = images.shape[:2]
     x = augment.normalize(
-      images.reshape((v * b,) + images.shape[2:]), mean, std, dtype
+      images.reshape((v * b,) + images.shape[2:]),
+      objective.mean,
+      objective.std,
+      objective.dtype,
     )
     grads, (aux, parts) = jax.grad(
       lambda params: objective.loss(params, state, x, labels, v, hp),
       has_aux=True,
     )(state.params)
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
-    new_cache = state.cache
-    if v > 1 and new_cache is not None and new_cache.labels.shape[0] > 0:
-      # Pipeline order: this batch served as the anchors and keys of this
-      # step; from the next step on it serves as negatives.
-      stored = (
-        aux['keys'] if cache_store == 'features' else step_lib.gather(images[1])
-      )
-      new_cache = cache_lib.push(
-        new_cache, lax.stop_gradient(stored), aux['all_labels']
-      )
     # The logged loss is the one differentiated: the mean over devices of
     # each device's CE + λ·L (L is already global).
     parts = step_lib.global_means(parts)
@@ -105,11 +104,24 @@ def make_train_step(
       params=params,
       opt_state=opt_state,
       batch_stats=aux['new_model_state']['batch_stats'],
-      cache=new_cache,
+      cache=_next_cache(state.cache, aux, images, objective.cache_store),
     )
     return new_state, parts
 
-  return step_lib.data_parallel(per_device, mesh)
+  return per_device
+
+
+def _next_cache(cache, aux, images, cache_store: str):
+  """The cache after a step over `images` [V, b, H, W, C] (V > 1, a
+  non-empty cache; else as it was). Pipeline order: this batch served as
+  the anchors and keys of this step; from the next step on it serves as
+  negatives (its view b: the keys, or the images)."""
+  if images.shape[0] == 1 or cache is None or cache.labels.shape[0] == 0:
+    return cache
+  stored = (
+    aux['keys'] if cache_store == 'features' else step_lib.gather(images[1])
+  )
+  return cache_lib.push(cache, lax.stop_gradient(stored), aux['all_labels'])
 
 
 @dataclasses.dataclass(frozen=True)

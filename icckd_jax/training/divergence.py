@@ -56,6 +56,22 @@ def check_losses(
     )
 
 
+def check_window(
+  window: list[dict], step: int, reference_loss: float | None, ckpts
+) -> list[dict]:
+  """The step metrics `window` (on the device) of the steps up to `step`
+  (taken so far), on the host, their losses checked (`check_losses`)."""
+  window = jax.device_get(window)
+  if window:
+    check_losses(
+      np.array([m['loss'] for m in window]),
+      step - len(window) + 1,
+      reference_loss,
+      ckpts,
+    )
+  return window
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
   """[] bool: every floating-point element of `tree` is finite."""

@@ -1,17 +1,21 @@
 """Hooks: what a run does beside its steps, called by the train loop.
 
-The loop (loop.py) calls every hook it holds after each step and after each
-epoch's evaluation, as flax's examples call CLU's periodic actions. The
-run's own clock (`estimate.RunClock`) is one; a process that runs several
-runs adds its own through `Reuse.hooks` (e.g. an ETA of all its runs), so
-the loop knows nothing of what runs it.
+The loop (loop.py) calls every hook it holds at the start, after each step
+and after each epoch's evaluation, as flax's examples call CLU's periodic
+actions: the run's own clock (`estimate.RunClock`) first, then those handed
+to the run (`loop.fit(..., hooks=...)`, `train_teacher`, `train_student`,
+`run_pipeline`, `main.run`), e.g. a sweep's ETA of all its runs or a user's
+hook named on the command line (launch.py --hook=module:callable, `load`).
 
 A hook overrides only the calls it needs; every call here does nothing.
 Hooks are called in order, on every process of a multi-host run, and must
 not block on the device except where they mean to (timing).
 """
 
+import importlib
 from typing import Any
+
+from icckd_jax.errors import UserError
 
 
 class Hook:
@@ -32,3 +36,30 @@ class Hook:
   def note(self) -> str:
     """Text the progress line ends with ('' for none), e.g. ' | ETA 3m'."""
     return ''
+
+
+def load(name: str) -> Hook:
+  """The hook `name` ('module:callable', e.g. 'my_hooks:Recorder') names:
+  the callable, importable from the working directory or the Python path,
+  called with no arguments (a Hook subclass is one)."""
+  module_name, _, attribute = name.partition(':')
+  if not module_name or not attribute:
+    raise UserError(
+      f'--hook={name!r} is not module:callable (e.g. my_hooks:Recorder)'
+    )
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise UserError(f'--hook={name!r}: cannot import {module_name}: {e}')
+  factory = getattr(module, attribute, None)
+  if not callable(factory):
+    raise UserError(
+      f'--hook={name!r}: {module_name} has no callable {attribute!r}'
+    )
+  hook = factory()
+  if not isinstance(hook, Hook):
+    raise UserError(
+      f'--hook={name!r}: {attribute}() returned a {type(hook).__name__}, '
+      'not an icckd_jax.training.hooks.Hook'
+    )
+  return hook

@@ -1,19 +1,13 @@
-"""The train loop both stages run (flax imagenet style, read top to bottom).
+"""The train loop both stages run, read top to bottom (as flax's imagenet
+`train_and_evaluate`).
 
-`fit(run, workdir, setup, dataset, mesh)` (`run`: the stage's `spec.RunSpec`)
-resumes from the newest intact
-checkpoint if there is one, then runs epochs of `setup.train_step`,
-evaluates on the whole test split (every `eval_every_epochs` and at the last
-epoch), logs, checkpoints, and returns the run's summary, also written to
-WORKDIR/summary.json. Its phases are the methods of `_Loop`: resume, the
-steps of an epoch, the end of an epoch, preemption, the summary. Its hooks
-(hooks.py) are called after each step and each epoch: the run's own clock,
-then those of `reuse.hooks` (a process of many runs adds its own there).
-
-A checkpoint holds what resume needs (the state, the step, the best top-1,
-the divergence guard's reference, the input shape, the last evaluation) and
-nothing that grows with the run: WORKDIR/metrics.jsonl is the run's record,
-fsynced before each checkpoint is saved.
+`fit(run, workdir, setup, dataset, mesh)` (`run`: a stage's `spec.RunSpec`)
+sets the run up and resumes it if it can (resume.py); then each epoch runs
+its steps, logged every `log_every_steps` (`train_epoch`), and ends
+(`end_epoch`): the state checked, the evaluation when due, the record, the
+checkpoint when due; `finish` writes the summary (WORKDIR/summary.json).
+Hooks (hooks.py): the run's own clock, then the caller's. What a stage adds
+to the records comes from it (`records.StageRecords`).
 
 Nothing is saved before the whole new state and the step losses are checked
 (`divergence`): a diverged run raises Diverged and leaves every checkpoint
@@ -23,7 +17,7 @@ there, bit for bit.
 """
 
 from collections.abc import Sequence
-import errno
+import dataclasses
 import os
 import signal
 import time
@@ -32,27 +26,24 @@ from typing import Any
 from absl import logging
 import jax
 from jax.sharding import Mesh
-import numpy as np
 
 from icckd_jax.data import datasets
-from icckd_jax.errors import UserError
-from icckd_jax.objective import cache as cache_lib
+from icckd_jax.runs import layout
+from icckd_jax.runs import memory as memory_lib
+from icckd_jax.runs import reuse as reuse_lib
+from icckd_jax.runs import run_setup
+from icckd_jax.runs.reuse import Reuse
+from icckd_jax.runs.run_setup import RunSetup, compute_dtype, mesh_key
+from icckd_jax.runs.spec import RunSpec
 from icckd_jax.training import checkpoint
 from icckd_jax.training import divergence
 from icckd_jax.training import estimate
 from icckd_jax.training import evaluate
 from icckd_jax.training import hooks as hooks_lib
-from icckd_jax.runs import memory as memory_lib
 from icckd_jax.training import metric_writer
-from icckd_jax.runs import reuse as reuse_lib
-from icckd_jax.runs import run_setup
-from icckd_jax.runs import validate
+from icckd_jax.training import records
+from icckd_jax.training import resume
 from icckd_jax.training.preemption import Preempted, StopRequest
-from icckd_jax.runs.reuse import Reuse
-from icckd_jax.runs.run_setup import RunSetup, compute_dtype, mesh_key
-from icckd_jax.runs.spec import RunSpec
-
-SUMMARY_FILE = 'summary.json'
 
 
 def fit(
@@ -61,13 +52,15 @@ def fit(
   setup: RunSetup,
   dataset: datasets.Dataset,
   mesh: Mesh,
-  summary_extra: dict[str, Any] | None = None,
+  stage: records.StageRecords = records.StageRecords(),
+  hooks: Sequence[hooks_lib.Hook] = (),
   reuse: Reuse | None = None,
   step_memory: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-  """Trains `setup` in `workdir`, resuming if it can; returns the summary
-  (with `summary_extra` added). `step_memory`: the compiled step's memory
-  analysis when the caller already has it (`preflight.check_step_memory`).
+  """Trains `setup` in `workdir`, resuming if it can; returns the summary.
+  `stage`: what the stage adds to the records; `hooks`: called after the
+  run's own clock; `step_memory`: the compiled step's memory analysis when
+  the caller already has it (`preflight.check_step_memory`).
 
   A full disk anywhere in the run becomes one UserError; the partial save
   is removed and every checkpoint saved before stays intact.
@@ -76,10 +69,14 @@ def fit(
     with checkpoint.Checkpoints(
       workdir, keep=run.bookkeeping.keep_checkpoints
     ) as ckpts:
-      loop = _Loop(run, workdir, setup, dataset, mesh, ckpts, reuse)
-      return loop.run(summary_extra, step_memory)
+      return train_and_evaluate(
+        _Run(run, workdir, setup, dataset, mesh, ckpts, stage),
+        hooks,
+        reuse,
+        step_memory,
+      )
   except Exception as e:  # pylint: disable=broad-except
-    if not _disk_full(e):
+    if not checkpoint.disk_full(e):
       raise
     checkpoint.remove_partial_saves(workdir)
     raise checkpoint.SaveFailed(
@@ -90,515 +87,361 @@ def fit(
     ) from None
 
 
-def _disk_full(error: BaseException | None) -> bool:
-  """Whether `error`, or an error it was raised from or during, is a full
-  disk (Orbax and TensorStore wrap the OSError in their own types)."""
-  seen = set()  # Orbax's chains of causes can loop.
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, checkpoint.SaveFailed):
-      error = error.error
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-      return True
-    if 'No space left on device' in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What every phase of one run reads; nothing here changes."""
+
+  spec: RunSpec
+  workdir: str
+  setup: RunSetup
+  dataset: datasets.Dataset
+  mesh: Mesh
+  ckpts: checkpoint.Checkpoints
+  stage: records.StageRecords
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.setup.steps_per_epoch
+
+  @property
+  def total_steps(self) -> int:
+    return self.spec.recipe.num_epochs * self.setup.steps_per_epoch
 
 
-def write_json_from_process_0(path: str, value: Any) -> None:
-  """`metric_writer.write_json` on process 0 only: a run's files are
-  written once, whatever the number of hosts."""
-  if jax.process_index() == 0:
-    metric_writer.write_json(path, value)
+@dataclasses.dataclass
+class _Tally:
+  """Where the run reports (its records, progress line and hooks), and what
+  its summary reads, gathered as it trains."""
+
+  writer: metric_writer.MetricWriter
+  progress: metric_writer.Progress
+  hooks: Sequence[hooks_lib.Hook]
+  state_bytes: int
+  memory: dict[str, int]  # the compiled step's memory analysis
+  compiled: bool = False
+  device_bytes: list[int | None] = dataclasses.field(default_factory=list)
+  record: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _mean_metrics(per_step: list[dict]) -> dict[str, float]:
-  return {k: float(np.mean([m[k] for m in per_step])) for k in per_step[0]}
+def _due(count: int, every: int, last: bool = False) -> bool:
+  """Whether a periodic action is due after `count` (steps or epochs):
+  every `every`, and always at the `last` (big_vision's `u.itstime`)."""
+  return last or count % every == 0
 
 
-def _restore(
-  ckpts: checkpoint.Checkpoints, abstract_state, steps_per_epoch: int
-):
-  """(state, meta) of the newest intact checkpoint, a preempted run's if it
-  is newer than the last epoch's; None for a new run."""
-  epochs = ckpts.latest_steps('last')
-  preempted = ckpts.latest_steps('preempted')
-  if preempted and (not epochs or preempted[-1] > epochs[-1] * steps_per_epoch):
-    restored = ckpts.restore_newest_intact(abstract_state, 'preempted')
-    if restored is not None:
-      return restored[:2]
-  restored = ckpts.restore_newest_intact(abstract_state, 'last')
-  return None if restored is None else restored[:2]
-
-
-def _last_test(meta: dict[str, Any]) -> dict[str, float] | None:
-  """The test figures of a checkpoint's last evaluation. A checkpoint from
-  before they were kept holds every epoch's record ('history', otherwise
-  unread: metrics.jsonl has them), the last evaluated one among them."""
-  if 'test' in meta:
-    return meta['test']
-  for record in reversed(meta.get('history') or []):
-    tested = {k: v for k, v in record.items() if k.startswith('test_')}
-    if tested:
-      return tested
-  return None
-
-
-def _partial_epoch(per_step: list[dict], logged: int) -> dict[str, Any]:
-  """The metrics of an epoch's steps so far, exactly (float32 values are
-  exact as JSON floats), so that a resumed epoch's record is identical."""
-  per_step = jax.device_get(per_step)
-  keys = list(per_step[0]) if per_step else []
-  return {
-    'logged': logged,
-    'metrics': {k: [float(m[k]) for m in per_step] for k in keys},
-    'dtypes': {k: str(np.asarray(per_step[0][k]).dtype) for k in keys},
-  }
-
-
-def _unpack_partial(partial: dict[str, Any]) -> tuple[list[dict], int]:
-  metrics, dtypes = partial['metrics'], partial['dtypes']
-  n = len(next(iter(metrics.values()))) if metrics else 0
-  per_step = [
-    {k: np.asarray(metrics[k][i], dtypes[k]) for k in metrics} for i in range(n)
-  ]
-  return per_step, partial['logged']
-
-
-def _header(
-  run: RunSpec,
-  setup: RunSetup,
-  dataset: datasets.Dataset,
-  mesh: Mesh,
-  abstract_state,
-  start_step: int,
-) -> None:
-  """What the first silent seconds are for, and what the run is."""
-  params = sum(
-    int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params)
+def _start_tally(
+  r: _Run,
+  at: resume.Position,
+  resumed: bool,
+  hooks: Sequence[hooks_lib.Hook],
+  step_memory: dict[str, int] | None,
+) -> _Tally:
+  """The run's records opened, its hooks (the run's clock first) started."""
+  batch_size = r.spec.recipe.batch_size
+  tally = _Tally(
+    writer=metric_writer.MetricWriter(r.workdir, at.step if resumed else None),
+    progress=metric_writer.Progress(r.total_steps, at.step, batch_size),
+    hooks=(
+      estimate.RunClock(batch_size, r.steps_per_epoch, r.total_steps, at.step),
+      *hooks,
+    ),
+    state_bytes=r.stage.state_bytes(at.state),
+    memory=dict(step_memory or {}),
   )
-  devices = mesh.devices.flat[0]
-  logging.info(
-    'Run: %s %s on %d train / %d test images %s, %d classes; %d steps per '
-    'epoch x %d epochs, batch %d; %s parameters; %d %s device(s) in %d '
-    'process(es), compute dtype %s; %s.',
-    run.bookkeeping.mode,
-    run.recipe.model,
-    len(dataset.train_labels),
-    len(dataset.test_labels),
-    'x'.join(map(str, dataset.image_shape)),
-    dataset.num_classes,
-    setup.steps_per_epoch,
-    run.recipe.num_epochs,
-    run.recipe.batch_size,
-    f'{params:,}',
-    mesh.devices.size,
-    devices.platform,
-    jax.process_count(),
-    run.recipe.dtype,
-    f'resuming at step {start_step}' if start_step else 'a new run',
+  for hook in tally.hooks:
+    hook.on_start(at.step, r.total_steps)
+  return tally
+
+
+def train_and_evaluate(
+  r: _Run,
+  hooks: Sequence[hooks_lib.Hook],
+  reuse: Reuse | None,
+  step_memory: dict[str, int] | None,
+) -> dict[str, Any]:
+  """The run, top to bottom: set up, resume, epochs, summary."""
+  recipe, book, setup = r.spec.recipe, r.spec.bookkeeping, r.setup
+  abstract_state = checkpoint.abstract_like(
+    jax.eval_shape(setup.init_state), r.mesh
   )
-
-
-class _Loop:
-  """One run's loop; its mutable progress lives here, its phases are the
-  methods. Step counts are always *steps taken so far*."""
-
-  def __init__(
-    self,
-    spec: RunSpec,
-    workdir,
-    setup: RunSetup,
-    dataset,
-    mesh,
-    ckpts: checkpoint.Checkpoints,
-    reuse: Reuse | None,
-  ):
-    self.spec, self.workdir, self.setup = spec, workdir, setup
-    self.dataset, self.mesh, self.ckpts, self.reuse = (
-      dataset,
-      mesh,
-      ckpts,
-      reuse,
-    )
-    self.steps_per_epoch = setup.steps_per_epoch
-    self.total_steps = spec.recipe.num_epochs * self.steps_per_epoch
-    self.per_step, self.logged = [], 0  # this epoch's step metrics
-    self.record, self.device_bytes = {}, []
-    # Set by `resume`: where the run starts and what it carries over.
-    self.state: Any = None
-    self.start_step = 0
-    self.best = {'top1': -1.0, 'epoch': 0}
-    self.last_test: dict[str, float] | None = None
-    self.reference_loss: float | None = None
-    # Set by `run` once the run has resumed.
-    self.test_split: Any = None
-    self.evaluate: Any = None
-    self.batches: Any = None
-    self.writer: metric_writer.MetricWriter | None = None
-    self.progress: metric_writer.Progress | None = None
-    self.cache_bytes = 0
-    self.hooks: Sequence[hooks_lib.Hook] = ()
-    self.memory: dict[str, int] = {}
-    self.compiled = False
-
-  # Resume.
-
-  def resume(self) -> bool:
-    """Restores the newest intact checkpoint or creates the initial state;
-    whether the run resumed."""
-    abstract_state = checkpoint.abstract_like(
-      jax.eval_shape(self.setup.init_state), self.mesh
-    )
-    restored = _restore(self.ckpts, abstract_state, self.steps_per_epoch)
-    if restored is not None:
-      self.state, meta = restored
-      self.start_step = meta.get('step', meta['epoch'] * self.steps_per_epoch)
-      self.best, self.last_test = meta['best'], _last_test(meta)
-      self.reference_loss = meta.get('reference_loss')
-      if self.start_step > self.total_steps:
-        raise UserError(
-          f'the run in {self.workdir} is at step {self.start_step}, past '
-          f'the {self.total_steps} steps of config.num_epochs='
-          f'{self.spec.recipe.num_epochs}; resume it with a larger num_epochs, '
-          'or choose another --workdir'
-        )
-      if meta.get('partial'):
-        self.per_step, self.logged = _unpack_partial(meta['partial'])
-      logging.info(
-        'Resumed from %s at step %d (epoch %d).',
-        self.workdir,
-        self.start_step,
-        meta['epoch'],
-      )
-    else:
-      self.state = self.setup.create_state(self.mesh)
-      self.start_step, self.reference_loss, self.last_test = 0, None, None
-      self.best = {'top1': -1.0, 'epoch': 0}
-    _header(
-      self.spec,
-      self.setup,
-      self.dataset,
-      self.mesh,
-      abstract_state,
-      self.start_step,
-    )
-    return restored is not None
-
-  def _meta(self, epoch: int, step: int, **extra) -> dict[str, Any]:
-    """What a checkpoint stores beside the state, to resume exactly; of a
-    size that does not grow with the run. 'test': the last evaluation's
-    figures, the summary's when a finished run is rerun."""
-    return {
-      'epoch': epoch,
-      'step': step,
-      'best': self.best,
-      'reference_loss': self.reference_loss,
-      'input_shape': list(self.dataset.image_shape),
-      'test': self.last_test,
-      **extra,
-    }
-
-  def _evaluate_fn(self):
-    spec, setup, dataset, mesh = (
-      self.spec,
-      self.setup,
-      self.dataset,
-      self.mesh,
-    )
-    reference = setup.reference[0] if setup.reference else None
-    return reuse_lib.get(
-      self.reuse,
-      'eval',
-      f'{setup.model}|{spec.bookkeeping.eval_batch_size}|'
-      f'{run_setup.data_key(spec.data)}|{mesh_key(mesh)}|{reference}',
-      lambda: evaluate.make_eval_fn(
-        setup.model,
-        mesh,
-        mean=dataset.mean,
-        std=dataset.std,
-        dtype=compute_dtype(spec.recipe.dtype),
-        batch_size=spec.bookkeeping.eval_batch_size,
-        reference=reference,
-      ),
-    )
-
-  def run(self, summary_extra, step_memory) -> dict[str, Any]:
-    resumed = self.resume()
-    recipe, book, setup = self.spec.recipe, self.spec.bookkeeping, self.setup
-    train_split, self.test_split = run_setup.splits(self.dataset, self.mesh)
-    self.evaluate = self._evaluate_fn()
-    self.batches = setup.batches(
-      recipe, train_split, self.mesh, self.start_step
-    )
-    self.writer = metric_writer.MetricWriter(
-      self.workdir, self.start_step if resumed else None
-    )
-    self.progress = metric_writer.Progress(
-      self.total_steps, self.start_step, recipe.batch_size
-    )
-    # The teacher's negative cache, or the student's distiller buffers.
-    self.cache_bytes = cache_lib.nbytes(
-      (self.state.cache, self.state.distiller_buffers)
-    )
-    self.hooks = (
-      estimate.RunClock(
-        recipe.batch_size,
-        self.steps_per_epoch,
-        self.total_steps,
-        self.start_step,
-      ),
-      *(self.reuse.hooks if self.reuse else ()),
-    )
-    for hook in self.hooks:
-      hook.on_start(self.start_step, self.total_steps)
-    self.memory, self.compiled = dict(step_memory or {}), False
-    start_epoch, first = divmod(self.start_step, self.steps_per_epoch)
-    # Closing the batches stops a streamed run's decode workers.
-    with StopRequest(book.preemption_check_every_steps) as stop:
-      try:
-        for epoch in range(start_epoch, recipe.num_epochs):
-          epoch_start = time.perf_counter()
-          if epoch != start_epoch:
-            self.per_step, self.logged, first = [], 0, 0
-          self.run_epoch(epoch, first, stop)
-          self.end_epoch(epoch, time.perf_counter() - epoch_start)
-      finally:
-        self.batches.close()
-      self.writer.close()
-      # A summary says the run finished: only beside its final checkpoint.
-      self.ckpts.commit(recipe.num_epochs)
-      summary = self.summarize(summary_extra)
-      # A signal after the last step's check: the run is complete, yet the
-      # caller (a pipeline, a worker of many runs, a script) asked to stop.
-      signum = stop.agreed()
-    if signum:
-      raise Preempted(
-        signum,
-        f'stopped by {signal.Signals(signum).name} after the last step; '
-        f'the run in {self.workdir} is finished and saved. Rerun the same '
-        'command to carry on with what comes after it.',
-      )
-    return summary
-
-  # The steps of an epoch.
-
-  def _first_step(self, images, labels) -> None:
-    """Before the first step: its memory analysis, logged once per run."""
-    logging.info('Compiling the train step...')
-    if not self.memory:
-      # Compiling ahead shares XLA's cache with the call that follows, so
-      # the memory analysis costs a trace, not a second compilation.
-      self.memory = memory_lib.compiled_memory(
-        self.setup.train_step.lower(
-          self.state, images, labels, self.setup.step_args
-        ).compile()
-      )
-    self.memory['cache_bytes'] = self.cache_bytes
-    self.compiled = True
-    if self.start_step == 0:  # Once per run, also when it resumes later.
-      self.writer.write('memory', 0, self.memory)
-
-  def _check_window(self, done: int) -> list[dict]:
-    """The steps since the last log, their losses checked; `done` steps
-    taken."""
-    window = jax.device_get(self.per_step[self.logged :])
-    if window:
-      divergence.check_losses(
-        np.array([m['loss'] for m in window]),
-        done - len(window) + 1,
-        self.reference_loss,
-        self.ckpts,
-      )
-    return window
-
-  def run_epoch(self, epoch: int, first: int, stop: StopRequest) -> None:
-    """Steps `first`..the end of `epoch`, logging every log_every_steps."""
-    recipe, book, setup = self.spec.recipe, self.spec.bookkeeping, self.setup
-    window_start = time.perf_counter()
-    for i in range(first, self.steps_per_epoch):
-      done = epoch * self.steps_per_epoch + i
-      signum = stop.requested(done)
-      if signum:
-        self.preempt(epoch, done, signum)
-      images, labels = next(self.batches)
-      if not self.compiled:
-        self._first_step(images, labels)
-      self.state, metrics = setup.train_step(
-        self.state, images, labels, setup.step_args
-      )
-      for hook in self.hooks:
-        hook.on_step(done + 1, metrics)
-      self.per_step.append(metrics)
-      done += 1
-      if self.reference_loss is None:
-        self.reference_loss = float(metrics['loss'])
-      if done % book.log_every_steps == 0 or i == self.steps_per_epoch - 1:
-        window = self._check_window(done)
-        step_time = (time.perf_counter() - window_start) / len(window)
-        values = _mean_metrics(window)
-        values.update(
-          learning_rate=float(setup.learning_rate_fn(done - 1)),
-          step_time=step_time,
-          images_per_second=recipe.batch_size / step_time,
-        )
-        self.writer.write('train', done, values)
-        self.device_bytes.append(memory_lib.device_bytes_in_use())
-        self.progress.report(
-          done,
-          epoch,
-          recipe.num_epochs,
-          {'loss': values['loss'], 'acc': values['accuracy']},
-          ''.join(hook.note() for hook in self.hooks),
-        )
-        self.logged, window_start = len(self.per_step), time.perf_counter()
-
-  # Preemption.
-
-  def preempt(self, epoch: int, done: int, signum: int) -> None:
-    """Saves the state after `done` steps into WORKDIR/preempted, with the
-    epoch's step metrics so far, and raises Preempted."""
-    self._check_window(done)
-    divergence.check_state(self.state, done, self.ckpts)
-    self.writer.sync()
-    self.ckpts.save_preempted(
-      done,
-      self.state,
-      self._meta(
-        epoch, done, partial=_partial_epoch(self.per_step, self.logged)
-      ),
-      self.spec.saved,
-    )
-    self._write_config()
-    self.writer.close()
+  at, resumed = resume.restore_or_create(
+    r.workdir,
+    r.ckpts,
+    abstract_state,
+    lambda: setup.create_state(r.mesh),
+    r.steps_per_epoch,
+    r.total_steps,
+    recipe.num_epochs,
+  )
+  records.log_header(
+    r.spec, r.dataset, r.mesh, r.steps_per_epoch, abstract_state, at.step
+  )
+  train_split, test_split = run_setup.splits(r.dataset, r.mesh)
+  evaluate_fn = _evaluate_fn(r, reuse)
+  batches = setup.batches(recipe, train_split, r.mesh, at.step)
+  tally = _start_tally(r, at, resumed, hooks, step_memory)
+  start_epoch, first = divmod(at.step, r.steps_per_epoch)
+  # Closing the batches stops a streamed run's decode workers.
+  with StopRequest(book.preemption_check_every_steps) as stop:
+    try:
+      for epoch in range(start_epoch, recipe.num_epochs):
+        epoch_start = time.perf_counter()
+        if epoch != start_epoch:
+          at.new_epoch()
+          first = 0
+        train_epoch(r, at, tally, batches, stop, epoch, first)
+        epoch_time = time.perf_counter() - epoch_start
+        end_epoch(r, at, tally, evaluate_fn, test_split, epoch, epoch_time)
+    finally:
+      batches.close()
+    summary = finish(r, at, tally)
+    # A signal after the last step's check: the run is complete, yet the
+    # caller (a pipeline, a worker of many runs, a script) asked to stop.
+    signum = stop.agreed()
+  if signum:
     raise Preempted(
       signum,
-      f'stopped by {signal.Signals(signum).name} at '
-      f'step {done}; saved it in {self.workdir}/preempted. '
-      'Rerun the same command to resume.',
+      f'stopped by {signal.Signals(signum).name} after the last step; '
+      f'the run in {r.workdir} is finished and saved. Rerun the same '
+      'command to carry on with what comes after it.',
     )
+  return summary
 
-  # The end of an epoch.
 
-  def end_epoch(self, epoch: int, epoch_time: float) -> None:
-    """Checks the state, evaluates when due, records, logs, checkpoints."""
-    recipe, book = self.spec.recipe, self.spec.bookkeeping
-    done = (epoch + 1) * self.steps_per_epoch
-    divergence.check_state(self.state, done, self.ckpts)
-    per_step = jax.device_get(self.per_step)
-    losses = np.array([m['loss'] for m in per_step])
-    is_last = epoch + 1 == recipe.num_epochs
-    # Evaluation every `eval_every_epochs` and always at the last epoch,
-    # whose figures are the run's headline.
-    evaluated = is_last or (epoch + 1) % book.eval_every_epochs == 0
-    test = (
-      self.evaluate(
-        {
-          'params': self.state.params['model'],
-          'batch_stats': self.state.batch_stats,
-        },
-        self.test_split,
-        self.setup.reference[1] if self.setup.reference else None,
-      )
-      if evaluated
-      else {}
+def _evaluate_fn(r: _Run, reuse: Reuse | None):
+  """evaluate(variables, split, reference_variables) of the run's model,
+  shared through `reuse` by runs of the same model, data and mesh."""
+  spec, setup, dataset, mesh = r.spec, r.setup, r.dataset, r.mesh
+  reference = setup.reference[0] if setup.reference else None
+  return reuse_lib.get(
+    reuse,
+    'eval',
+    f'{setup.model}|{spec.bookkeeping.eval_batch_size}|'
+    f'{run_setup.data_key(spec.data)}|{mesh_key(mesh)}|{reference}',
+    lambda: evaluate.make_eval_fn(
+      setup.model,
+      mesh,
+      mean=dataset.mean,
+      std=dataset.std,
+      dtype=compute_dtype(spec.recipe.dtype),
+      batch_size=spec.bookkeeping.eval_batch_size,
+      reference=reference,
+    ),
+  )
+
+
+# The steps of an epoch.
+
+
+def train_epoch(
+  r: _Run,
+  at: resume.Position,
+  tally: _Tally,
+  batches,
+  stop: StopRequest,
+  epoch: int,
+  first: int,
+) -> None:
+  """Steps `first`..the end of `epoch`, logging every log_every_steps."""
+  setup, spe = r.setup, r.steps_per_epoch
+  window_start = time.perf_counter()
+  for i in range(first, spe):
+    signum = stop.requested(at.step)
+    if signum:
+      preempt(r, at, tally, epoch, signum)
+    images, labels = next(batches)
+    if not tally.compiled:
+      _first_step(r, at, tally, images, labels)
+    at.state, metrics = setup.train_step(
+      at.state, images, labels, setup.step_args
     )
-    self.record = {
-      'epoch': epoch + 1,
-      **_mean_metrics(per_step),
-      'loss_var': float(np.var(losses)),
-      'step_losses': losses.tolist(),
-      # CE alone: the one loss every setting shares (the total differs by
-      # λ·L between settings).
-      'step_ce': [float(m['ce']) for m in per_step if 'ce' in m],
-      **{f'test_{k}': v for k, v in test.items()},
-      'epoch_time': epoch_time,
-      'images_per_second': (
-        self.steps_per_epoch * recipe.batch_size / epoch_time
-      ),
-      'cache_bytes': self.cache_bytes,
-    }
-    self.writer.write('epoch', done, self.record)
-    if evaluated:
-      self.last_test = {f'test_{k}': v for k, v in test.items()}
-    for hook in self.hooks:
-      hook.on_epoch(epoch + 1, self.record)
-    self._log_epoch(epoch, test)
-    improved = evaluated and test['top1'] > self.best['top1']
-    if improved:
-      self.best = {'top1': test['top1'], 'epoch': epoch + 1}
-    regular = (epoch + 1) % book.checkpoint_every_epochs == 0 or is_last
-    if regular or improved:
-      self.writer.sync()
-      self.ckpts.save(
-        epoch + 1,
-        self.state,
-        self._meta(epoch + 1, done),
-        self.spec.saved,
-        last=regular,
-        best=improved,
-      )
-      self._write_config()
+    at.step += 1
+    for hook in tally.hooks:
+      hook.on_step(at.step, metrics)
+    at.per_step.append(metrics)
+    if at.reference_loss is None:
+      at.reference_loss = float(metrics['loss'])
+    if _due(at.step, r.spec.bookkeeping.log_every_steps, i == spe - 1):
+      log_train(r, at, tally, epoch, time.perf_counter() - window_start)
+      window_start = time.perf_counter()
 
-  def _log_epoch(self, epoch: int, test: dict[str, float]) -> None:
-    num_epochs, record = self.spec.recipe.num_epochs, self.record
-    if test:
-      logging.info(
-        'epoch %d/%d: test top-1 %.4f top-5 %.4f, train loss %.4f%s',
-        epoch + 1,
-        num_epochs,
-        test['top1'],
-        test['top5'],
-        record['loss'],
-        f', agreement with teacher {test["agreement"]:.4f}'
-        if 'agreement' in test
-        else '',
-      )
-    else:
-      logging.info(
-        'epoch %d/%d: train loss %.4f, accuracy %.4f',
-        epoch + 1,
-        num_epochs,
-        record['loss'],
-        record['accuracy'],
-      )
 
-  def _write_config(self) -> None:
-    """WORKDIR/config.json, replaced atomically, beside a checkpoint that has
-    just been saved: a rejected or diverged run never rewrites it."""
-    write_json_from_process_0(
-      os.path.join(self.workdir, validate.CONFIG_FILE),
-      self.spec.saved,
+def _first_step(
+  r: _Run, at: resume.Position, tally: _Tally, images, labels
+) -> None:
+  """Before the first step: its memory analysis, logged once per run."""
+  logging.info('Compiling the train step...')
+  if not tally.memory:
+    # Compiling ahead shares XLA's cache with the call that follows, so
+    # the memory analysis costs a trace, not a second compilation.
+    tally.memory = memory_lib.compiled_memory(
+      r.setup.train_step.lower(
+        at.state, images, labels, r.setup.step_args
+      ).compile()
     )
+  tally.memory[records.STATE_BYTES] = tally.state_bytes
+  tally.compiled = True
+  if at.step == 0:  # Once per run, also when it resumes later.
+    tally.writer.write('memory', 0, tally.memory)
 
-  # The summary.
 
-  def summarize(self, summary_extra) -> dict[str, Any]:
-    """The run's summary, written to WORKDIR/summary.json: a finished run is
-    recognised by that file."""
-    # Restarted after the last epoch: nothing was left to train, and the
-    # last checkpoint holds the last evaluation.
-    record = self.record or self.last_test or {}
-    summary = {
-      'final_top1': record.get('test_top1'),
-      'best_top1': self.best['top1'],
-      'best_epoch': self.best['epoch'],
-      'epochs': self.spec.recipe.num_epochs,
-      'steps': self.total_steps,
-      'workdir': self.workdir,
-      'compiled_memory': self.memory,
-      # Max of the samples taken during this run (None on CPU).
-      'peak_device_bytes': max(
-        (b for b in self.device_bytes if b is not None), default=None
-      ),
-      **(summary_extra or {}),
-    }
-    write_json_from_process_0(os.path.join(self.workdir, SUMMARY_FILE), summary)
-    logging.info(
-      'Done: last top-1 %s, best top-1 %.4f at epoch %d.',
-      summary['final_top1'],
-      self.best['top1'],
-      self.best['epoch'],
+def log_train(
+  r: _Run, at: resume.Position, tally: _Tally, epoch: int, seconds: float
+) -> None:
+  """The train record and progress line of the steps since the last log,
+  which took `seconds`."""
+  recipe = r.spec.recipe
+  window = divergence.check_window(
+    at.per_step[at.logged :], at.step, at.reference_loss, r.ckpts
+  )
+  step_time = seconds / len(window)
+  values = records.mean_metrics(window)
+  values.update(
+    learning_rate=float(r.setup.learning_rate_fn(at.step - 1)),
+    step_time=step_time,
+    images_per_second=recipe.batch_size / step_time,
+  )
+  tally.writer.write('train', at.step, values)
+  tally.device_bytes.append(memory_lib.device_bytes_in_use())
+  tally.progress.report(
+    at.step,
+    epoch,
+    recipe.num_epochs,
+    {'loss': values['loss'], 'acc': values['accuracy']},
+    ''.join(hook.note() for hook in tally.hooks),
+  )
+  at.logged = len(at.per_step)
+
+
+def preempt(
+  r: _Run, at: resume.Position, tally: _Tally, epoch: int, signum: int
+) -> None:
+  """Saves the state into WORKDIR/preempted, with the epoch's step metrics
+  so far, and raises Preempted."""
+  divergence.check_window(
+    at.per_step[at.logged :], at.step, at.reference_loss, r.ckpts
+  )
+  divergence.check_state(at.state, at.step, r.ckpts)
+  tally.writer.sync()
+  r.ckpts.save_preempted(
+    at.step,
+    at.state,
+    resume.checkpoint_meta(
+      at,
+      epoch,
+      r.dataset.image_shape,
+      partial=resume.pack_partial(at.per_step, at.logged),
+    ),
+    r.spec.saved,
+  )
+  _write_config(r)
+  tally.writer.close()
+  raise Preempted(
+    signum,
+    f'stopped by {signal.Signals(signum).name} at step {at.step}; saved it '
+    f'in {r.workdir}/{layout.CHECKPOINT_DIRS["preempted"]}. Rerun the same '
+    'command to resume.',
+  )
+
+
+# The end of an epoch.
+
+
+def end_epoch(
+  r: _Run,
+  at: resume.Position,
+  tally: _Tally,
+  evaluate_fn,
+  test_split,
+  epoch: int,
+  epoch_time: float,
+) -> None:
+  """Checks the state, evaluates when due, records, logs, checkpoints."""
+  recipe, book = r.spec.recipe, r.spec.bookkeeping
+  divergence.check_state(at.state, at.step, r.ckpts)
+  is_last = epoch + 1 == recipe.num_epochs
+  # The last epoch's figures are the run's headline: always evaluated.
+  evaluated = _due(epoch + 1, book.eval_every_epochs, is_last)
+  test = (
+    evaluate_fn(
+      {
+        'params': at.state.params['model'],
+        'batch_stats': at.state.batch_stats,
+      },
+      test_split,
+      r.setup.reference[1] if r.setup.reference else None,
     )
-    return summary
+    if evaluated
+    else {}
+  )
+  tally.record = records.epoch_record(
+    epoch + 1,
+    jax.device_get(at.per_step),
+    test,
+    epoch_time,
+    r.steps_per_epoch * recipe.batch_size,
+    tally.state_bytes,
+    r.stage,
+  )
+  tally.writer.write('epoch', at.step, tally.record)
+  if evaluated:
+    at.last_test = {f'test_{k}': v for k, v in test.items()}
+  for hook in tally.hooks:
+    hook.on_epoch(epoch + 1, tally.record)
+  records.log_epoch(epoch + 1, recipe.num_epochs, tally.record, test, r.stage)
+  improved = evaluated and test['top1'] > at.best['top1']
+  if improved:
+    at.best = {'top1': test['top1'], 'epoch': epoch + 1}
+  regular = _due(epoch + 1, book.checkpoint_every_epochs, is_last)
+  if regular or improved:
+    tally.writer.sync()
+    r.ckpts.save(
+      epoch + 1,
+      at.state,
+      resume.checkpoint_meta(at, epoch + 1, r.dataset.image_shape),
+      r.spec.saved,
+      last=regular,
+      best=improved,
+    )
+    _write_config(r)
+
+
+def _write_config(r: _Run) -> None:
+  """WORKDIR/config.json, replaced atomically, beside a checkpoint that has
+  just been saved: a rejected or diverged run never rewrites it."""
+  metric_writer.write_json_from_process_0(
+    os.path.join(r.workdir, layout.CONFIG_FILE), r.spec.saved
+  )
+
+
+# The summary.
+
+
+def finish(r: _Run, at: resume.Position, tally: _Tally) -> dict[str, Any]:
+  """Closes the record, commits the last checkpoint and writes the run's
+  summary to WORKDIR/summary.json: a finished run is recognised by that
+  file, so it is written only beside its final checkpoint."""
+  tally.writer.close()
+  r.ckpts.commit(r.spec.recipe.num_epochs)
+  # Restarted after the last epoch: nothing was left to train, and the
+  # last checkpoint holds the last evaluation.
+  summary = records.summary(
+    tally.record or at.last_test or {},
+    at.best,
+    r.spec.recipe.num_epochs,
+    r.total_steps,
+    r.workdir,
+    tally.memory,
+    tally.device_bytes,
+    r.stage,
+  )
+  metric_writer.write_json_from_process_0(
+    os.path.join(r.workdir, layout.SUMMARY_FILE), summary
+  )
+  logging.info(
+    'Done: last top-1 %s, best top-1 %.4f at epoch %d.',
+    summary['final_top1'],
+    at.best['top1'],
+    at.best['epoch'],
+  )
+  return summary

@@ -14,10 +14,8 @@ from absl import logging
 import jax
 from tensorboardX import SummaryWriter
 
+from icckd_jax.runs import layout
 from icckd_jax.training import estimate
-
-METRICS_FILE = 'metrics.jsonl'
-TENSORBOARD_DIR = 'tensorboard'
 
 
 def write_json(path: str, value) -> None:
@@ -30,6 +28,13 @@ def write_json(path: str, value) -> None:
   os.replace(tmp, path)
 
 
+def write_json_from_process_0(path: str, value) -> None:
+  """`write_json` on process 0 only: a run's files are written once,
+  whatever the number of hosts."""
+  if jax.process_index() == 0:
+    write_json(path, value)
+
+
 def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, optionally of one kind.
 
@@ -37,7 +42,7 @@ def read_records(workdir: str, kind: str | None = None) -> list[dict]:
   while writing it), or whose 'step' is not an integer or whose 'kind' is
   not a string (an edited file), is skipped.
   """
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, layout.METRICS_FILE)
   if not os.path.exists(path):
     return []
   records = []
@@ -61,7 +66,7 @@ def _resumed_records(workdir: str, resume_step: int) -> list[dict]:
   """The records a run resumed at `resume_step` keeps: those up to that
   step. The file is the only record (checkpoints hold none): a missing one
   is said once, and the run goes on without the earlier records."""
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, layout.METRICS_FILE)
   if not os.path.exists(path):
     logging.warning(
       '%s is missing: the records of the steps before %d are gone; '
@@ -81,7 +86,7 @@ class MetricWriter:
   records of the steps a checkpoint holds are on disk before it is."""
 
   def __init__(self, workdir: str, resume_step: int | None):
-    self._path = os.path.join(workdir, METRICS_FILE)
+    self._path = os.path.join(workdir, layout.METRICS_FILE)
     self._is_writer = jax.process_index() == 0
     self._tb: SummaryWriter | None = None  # process 0's only
     if not self._is_writer:
@@ -94,7 +99,8 @@ class MetricWriter:
       os.fsync(f.fileno())
     os.replace(tmp, self._path)
     self._tb = SummaryWriter(
-      os.path.join(workdir, TENSORBOARD_DIR), purge_step=(resume_step or 0) + 1
+      os.path.join(workdir, layout.TENSORBOARD_DIR),
+      purge_step=(resume_step or 0) + 1,
     )
 
   def write(self, kind: str, step: int, values: dict) -> dict:

@@ -8,8 +8,9 @@ this process's finished stages actually went against their projection, so
 workers that slow each other down (on one device) show up in it.
 
 The worker starts and ends each stage on the clock; the clock is a hook of
-each stage's train loop (training/hooks.py, through `Reuse.hooks`), which
-tells it how far the stage has come and shows its ETA.
+each stage's train loop (training/hooks.py: the worker hands it to each
+stage it trains), which tells it how far the stage has come and shows its
+ETA.
 """
 
 from __future__ import annotations

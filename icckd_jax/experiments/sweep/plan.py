@@ -10,6 +10,7 @@ from icckd_jax.errors import UserError
 from icckd_jax.experiments import pipeline
 from icckd_jax.experiments.sweep import results
 from icckd_jax.experiments.sweep import run_store
+from icckd_jax.runs import layout
 from icckd_jax.experiments.sweep.settings import (
   Setting,
   apply_overrides,
@@ -43,7 +44,7 @@ class Run:
 
   @property
   def result_path(self) -> str:
-    return os.path.join(self.run_dir, results.RESULT_FILE)
+    return os.path.join(self.run_dir, layout.RESULT_FILE)
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
@@ -102,8 +103,18 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Run]:
 def stages(run: Run):
   """(name, workdir, config, train function) of the run's two stages."""
   return (
-    ('teacher', run.teacher_dir, run.teacher, teacher_lib.train_teacher),
-    ('student', run.student_dir, run.student, student_lib.train_student),
+    (
+      layout.TEACHER_DIR,
+      run.teacher_dir,
+      run.teacher,
+      teacher_lib.train_teacher,
+    ),
+    (
+      layout.STUDENT_DIR,
+      run.student_dir,
+      run.student,
+      student_lib.train_student,
+    ),
   )
 
 

@@ -38,11 +38,11 @@ from icckd_jax.experiments import readings
 from icckd_jax.experiments import transfer_rule
 from icckd_jax.experiments.sweep import results as results_lib
 from icckd_jax.experiments.sweep import settings as settings_lib
-from icckd_jax.training import loop
+from icckd_jax.runs import layout
 
 RESULTS_CSV = 'results.csv'
 EPOCHS_CSV = 'epochs.csv'
-SUMMARY_FILE = 'summary.md'
+SUMMARY_MD = 'summary.md'
 SWEEP_FILE = 'sweep.json'
 
 
@@ -85,8 +85,8 @@ def _result(
   result.json as a worker wrote it."""
   run_dir = results_lib.run_dir(workdir, setting.name, seed)
   if all(
-    os.path.exists(os.path.join(run_dir, stage, loop.SUMMARY_FILE))
-    for stage in ('teacher', 'student')
+    os.path.exists(os.path.join(run_dir, stage, layout.SUMMARY_FILE))
+    for stage in (layout.TEACHER_DIR, layout.STUDENT_DIR)
   ):
     pipeline = settings_lib.apply_overrides(
       ml_collections.ConfigDict(sweep['base']), setting.overrides
@@ -104,7 +104,7 @@ def _result(
     except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
       # A truncated or edited summary.json or record of a stage.
       return None, f'{run_dir} ({type(e).__name__}: {e})'
-  path = os.path.join(run_dir, results_lib.RESULT_FILE)
+  path = os.path.join(run_dir, layout.RESULT_FILE)
   if not os.path.exists(path):
     return None, None
   result, reason = results_lib.read_result(path, setting.name, seed)
@@ -149,7 +149,7 @@ def write_report(
       *[f'- {entry}' for entry in left_out],
       '',
     ]
-  with open(os.path.join(output_dir, SUMMARY_FILE), 'w') as f:
+  with open(os.path.join(output_dir, SUMMARY_MD), 'w') as f:
     f.write('\n'.join(lines))
 
   plots.draw(

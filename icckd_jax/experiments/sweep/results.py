@@ -13,10 +13,8 @@ from typing import Any
 import numpy as np
 
 from icckd_jax.experiments import ablation_metrics as am
-from icckd_jax.training import loop
+from icckd_jax.runs import layout
 from icckd_jax.training import metric_writer
-
-RESULT_FILE = 'result.json'
 
 
 def run_dir(workdir: str, setting: str, seed: int) -> str:
@@ -41,7 +39,7 @@ EPOCH_COLUMNS = (
 
 def _run_records(workdir: str) -> tuple[list[dict], dict]:
   epochs = metric_writer.read_records(workdir, 'epoch')
-  with open(os.path.join(workdir, loop.SUMMARY_FILE)) as f:
+  with open(os.path.join(workdir, layout.SUMMARY_FILE)) as f:
     summary = json.load(f)
   return epochs, summary
 
@@ -122,7 +120,7 @@ def _epoch_rows(epochs: list[dict], stage: str) -> list[dict[str, Any]]:
 def write_result(run_dir: str, *args) -> dict[str, Any]:
   """`compute_result(run_dir, *args)`, written into RUN_DIR/result.json."""
   result = compute_result(run_dir, *args)
-  metric_writer.write_json(os.path.join(run_dir, RESULT_FILE), result)
+  metric_writer.write_json(os.path.join(run_dir, layout.RESULT_FILE), result)
   return result
 
 

@@ -47,10 +47,14 @@ def _link(run: sweep_plan.Run) -> None:
 
 
 def _train_claimed(
-  workdir: str, config: ml_collections.ConfigDict, train_fn, reuse: Reuse
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  train_fn,
+  reuse: Reuse,
+  hooks=(),
 ) -> bool:
-  """Trains the stage in `workdir` unless it is done; False (and nothing
-  done) when another worker holds it.
+  """Trains the stage in `workdir` unless it is done, its loop calling
+  `hooks`; False (and nothing done) when another worker holds it.
 
   The claim is the stage's own workdir lock, taken here before the stage
   loads or builds anything, and handed to the stage, which trains holding
@@ -68,7 +72,7 @@ def _train_claimed(
   try:
     # Another worker may have finished it since the check above.
     if not sweep_plan.finished(workdir, config):
-      train_fn(config, workdir, reuse, claim=lock)
+      train_fn(config, workdir, reuse, claim=lock, hooks=hooks)
   finally:
     lock.release()
   return True
@@ -161,7 +165,14 @@ def _train_stages(run, position, runs, worker, clock, reuse, held, stop):
     if clock is not None:
       clock.set_remaining(sweep_plan.unfinished_stages(runs))
       clock.start_stage(directory)
-    claimed = _train_claimed(directory, stage_config, train_fn, reuse)
+    # Every stage's loop shows the sweep's ETA on its progress lines.
+    claimed = _train_claimed(
+      directory,
+      stage_config,
+      train_fn,
+      reuse,
+      hooks=() if clock is None else (clock,),
+    )
     if clock is not None:
       clock.end_stage(counted=claimed)
     if not claimed:
@@ -201,8 +212,6 @@ def work(
     and sweep_plan.unfinished_stages(runs)
   ):
     clock = _projected_clock(runs, reuse, config.get('workers', 1))
-    # Every stage's loop shows the sweep's ETA on its progress lines.
-    reuse.hooks.append(clock)
   trained, first_pass = 0, True
   # Stages seen held by another worker: said once, so that a waiting
   # worker's poll logs one line.
