@@ -213,11 +213,12 @@ def _study(part, args, budget, env, logs) -> dict:
     command.append(f'--config.base.teacher.dataset.path={args.cifar10}')
   if part == 2:
     command.append(f'--config.transfer_from={stage_dir(1)}')
-  log = STATE / f'part{part}_study.log'
+  log = STATE / f'part{args.part}_stage{part}.log'
   ran = budget_lib.run_until(command, budget.left() - RESERVE_S, log, ROOT, env)
   logs.append(log)
   done, planned = whole_seeds(workdir)
   return {
+    'stage': part,
     'config': config,
     'command': ' '.join(command),
     'status': 'stopped by the budget' if ran['stopped'] else 'ended',
@@ -257,14 +258,13 @@ def _throughput(args, budget, env, logs, out: pathlib.Path) -> str:
   )
 
 
-def _report(part, args, study, extra, wheels, seconds) -> str:
-  """report.md: what ran, on what, how far; then the sweep's summary."""
+def _report(part, args, studies, extra, wheels, seconds) -> str:
+  """report.md: what ran, on what, how far; then the part's sweep summary."""
   # Only the device's name: this process must not take the GPU's memory.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   import jax  # pylint: disable=g-import-not-at-top
 
   device = jax.devices()[0]
-  done, planned = study['whole_seeds_done'], study['seeds_planned']
   lines = [
     f'# on_gpu part {part}{" (smoke)" if args.smoke else ""}',
     '',
@@ -272,16 +272,68 @@ def _report(part, args, study, extra, wheels, seconds) -> str:
     f' {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}; budget '
     f'{args.budget_s:.0f} s, wall {seconds:.0f} s; wheels installed: '
     f'{", ".join(wheels)}.',
-    '',
-    f'Study: `{study["command"]}`: {study["status"]} after '
-    f'{study["seconds"]:.0f} s, exit code {study["exit_code"]}.',
-    f'Whole seeds done: {len(done)} of {len(planned)} {done}.',
   ]
-  lines += [f'{key}: {value}' for key, value in extra.items()]
+  for study in studies:
+    done, planned = study['whole_seeds_done'], study['seeds_planned']
+    lines += [
+      '',
+      f'Stage {study["stage"]}: `{study["command"]}`: {study["status"]} after '
+      f'{study["seconds"]:.0f} s, exit code {study["exit_code"]}; whole seeds '
+      f'done: {len(done)} of {len(planned)} {done}.',
+    ]
+  lines += [''] + [f'{key}: {value}' for key, value in extra.items()]
   summary = stage_dir(part) / 'summary.md'
   if summary.exists():
     lines += ['', '---', '', summary.read_text()]
   return '\n'.join(lines) + '\n'
+
+
+def _prepared(args, out: pathlib.Path) -> list[str]:
+  """The refusals, before anything is written; then the wheels installed
+  and the records unpacked. Returns the wheels' names."""
+  args.budget_s = (
+    BUDGETS[args.part]
+    if args.budget_s is None
+    else budget_lib.seconds(args.budget_s)
+  )
+  budget_lib.refuse_existing(
+    [out / name for name in (REPORT, RECORDS, LOG, CHECK)]
+  )
+  if args.records and not pathlib.Path(args.records).is_file():
+    raise budget_lib.Refused(f'--records={args.records} is not a file')
+  args.cifar10 = args.cifar10 or str(DATA)
+  if not args.smoke and not pathlib.Path(args.cifar10).is_file():
+    raise budget_lib.Refused(f'--cifar10={args.cifar10} is not a file')
+  if args.part == 2 and not args.records:
+    if not (stage_dir(1) / 'sweep.json').exists():
+      raise budget_lib.Refused(
+        f'stage 1 has not run here ({stage_dir(1)} is empty): run --part=1 '
+        "first, or give --records= part 1's records.tar.gz"
+      )
+  STATE.mkdir(parents=True, exist_ok=True)
+  wheels = install_wheels(STATE / 'site')
+  if args.records:
+    added = unpack_records(pathlib.Path(args.records), STATE)
+    print(f'{added} finished run(s) unpacked from {args.records}', flush=True)
+  return wheels
+
+
+def _studies(args, budget, env, logs) -> list[dict]:
+  """Part 1: stage 1. Part 2: stage 1 first where it is unfinished (cut
+  short on the last machine: stage 2 reads all of it), then stage 2."""
+  studies = []
+  if args.part == 2:
+    done, planned = whole_seeds(stage_dir(1))
+    if done != planned or not planned:
+      studies.append(_study(1, args, budget, env, logs))
+  studies.append(_study(args.part, args, budget, env, logs))
+  for study in studies:
+    print(
+      f'stage {study["stage"]}: {study["status"]}, whole seeds done '
+      f'{study["whole_seeds_done"]} of {study["seeds_planned"]}',
+      flush=True,
+    )
+  return studies
 
 
 def run(args) -> int:
@@ -289,36 +341,12 @@ def run(args) -> int:
   start = time.perf_counter()
   out = pathlib.Path(args.out) / f'part{args.part}'
   try:
-    args.budget_s = (
-      BUDGETS[args.part]
-      if args.budget_s is None
-      else budget_lib.seconds(args.budget_s)
-    )
-    budget_lib.refuse_existing(
-      [out / name for name in (REPORT, RECORDS, LOG, CHECK)]
-    )
-    if args.records and not pathlib.Path(args.records).is_file():
-      raise budget_lib.Refused(f'--records={args.records} is not a file')
-    args.cifar10 = args.cifar10 or str(DATA)
-    if not args.smoke and not pathlib.Path(args.cifar10).is_file():
-      raise budget_lib.Refused(f'--cifar10={args.cifar10} is not a file')
-    budget = budget_lib.Budget(args.budget_s)
-    STATE.mkdir(exist_ok=True)
-    site = STATE / 'site'
-    wheels = install_wheels(site)
-    if args.records:
-      print(
-        f'{unpack_records(pathlib.Path(args.records), STATE)} finished '
-        f'run(s) unpacked from {args.records}',
-        flush=True,
-      )
-    if args.part == 2 and not _run_dirs(stage_dir(1)):
-      raise budget_lib.Refused(
-        f'stage 1 has no finished run in {stage_dir(1)}: run --part=1 first, '
-        "or give --records= part 1's records.tar.gz"
-      )
+    wheels = _prepared(args, out)
   except budget_lib.Refused as e:
     return budget_lib.exit_refused(e)
+  # The installation counts against the part's wall time.
+  budget = budget_lib.Budget(args.budget_s - (time.perf_counter() - start))
+  site = STATE / 'site'
   sys.path.insert(0, str(site))
   env = dict(
     os.environ,
@@ -327,12 +355,7 @@ def run(args) -> int:
     ).rstrip(os.pathsep),
   )
   logs = []
-  study = _study(args.part, args, budget, env, logs)
-  print(
-    f'part {args.part}: {study["status"]}, whole seeds done '
-    f'{study["whole_seeds_done"]}',
-    flush=True,
-  )
+  studies = _studies(args, budget, env, logs)
   out.mkdir(parents=True, exist_ok=True)
   extra = {}
   if args.part == 1:
@@ -345,7 +368,7 @@ def run(args) -> int:
     ''.join(f'==> {log.name} <==\n{_tail(log)}\n' for log in logs)
   )
   report = _report(
-    args.part, args, study, extra, wheels, time.perf_counter() - start
+    args.part, args, studies, extra, wheels, time.perf_counter() - start
   )
   (out / REPORT).write_text(report)
   print(report.split('\n---\n')[0], flush=True)
