@@ -136,8 +136,9 @@ def _reading(comparison: dict, margin, arm: dict, control: dict) -> str:
       f'(Holm p {readings.p_cell(comparison["holm"])}).'
     )
   text = (
-    head + 'no difference detected; with this spread the design could detect '
-    f'about {detectable:.2f} points (power 0.8, α = 0.05, {n} seeds).'
+    head + "no difference detected; at the SD of this pair's own paired "
+    f'differences ({100 * d.sd:.2f} points) the design could detect about '
+    f'{detectable:.2f} points (power 0.8, α = 0.05, {n} seeds).'
   )
   if margin:
     eq = st.tost(arm, control, margin)
@@ -209,9 +210,10 @@ def power_lines(controls, rows, sweep, teachers) -> list[str]:
   lines = [
     '## Smallest detectable difference',
     '',
-    'From the spread of the seed-paired differences measured here '
-    '(pooled over the arms compared with each control, weighted by '
-    'their degrees of freedom): the paired '
+    'From the spread of the seed-paired differences measured here, '
+    'pooled over every arm compared with each control (weighted by '
+    "their degrees of freedom), so not the primary reading's figure, "
+    "which uses its own pair's spread alone: the paired "
     'difference a two-sided t-test detects with power 0.8 at α = 0.05 '
     '(before the Holm adjustment), in points of top-1.',
     '',

@@ -9,6 +9,8 @@ correlation over the KD runs.
 
 import math
 
+import numpy as np
+
 from icckd_jax.experiments import statistics as st
 
 # (column, header, scale, digits) of the per-setting table.
@@ -156,7 +158,8 @@ def teacher_student_points(
 
 def correlation_lines(teachers: list[str], rows: list[dict]) -> list[str]:
   """Does a better teacher give a better student here? Pearson and
-  Spearman of student on teacher top-1 over every KD run (of `teachers`)."""
+  Spearman of student on teacher top-1 over every KD run (of `teachers`),
+  and Pearson within seeds (`_within_seeds`)."""
   pairs = [
     p for v in teacher_student_points(teachers, rows).values() for p in v
   ]
@@ -164,6 +167,7 @@ def correlation_lines(teachers: list[str], rows: list[dict]) -> list[str]:
     c = st.correlation([t for t, _ in pairs], [s for _, s in pairs])
   except ValueError:
     return []
+  within = _within_seeds(teachers, rows)
   return [
     '## Teacher and student top-1 across runs',
     '',
@@ -171,6 +175,29 @@ def correlation_lines(teachers: list[str], rows: list[dict]) -> list[str]:
     f'teacher): Pearson r = {c.pearson:+.2f} (p {p_cell(c.pearson_p)}), '
     f'Spearman ρ = {c.spearman:+.2f} (p {p_cell(c.spearman_p)}); one point a '
     'run in transfer.png. The runs differ by teacher arm and seed, so this '
-    "mixes the arms' effects with seed-to-seed spread.",
+    "mixes the arms' effects with seed-to-seed spread"
+    + (
+      "; within seeds (each run less the mean of its seed's runs, "
+      f'which removes the seed-to-seed part) Pearson r = {within:+.2f}.'
+      if within is not None
+      else '.'
+    ),
     '',
   ]
+
+
+def _within_seeds(teachers: list[str], rows: list[dict]) -> float | None:
+  """Pearson r of student on teacher top-1 over the KD runs, each less the
+  mean of its seed's KD runs; None for fewer than three runs."""
+  columns = ('teacher_top1_last', 'student_top1_last')
+  runs = [
+    r
+    for r in rows
+    if r['setting'] in teachers and None not in map(r.get, columns)
+  ]
+  seeds = np.array([r['seed'] for r in runs])
+  if len(runs) < 3 or len(set(seeds)) == len(runs):
+    return None
+  top1 = np.array([[r[c] for c in columns] for r in runs])
+  centred = top1 - np.array([top1[seeds == s].mean(0) for s in seeds])
+  return float(np.corrcoef(*centred.T)[0, 1])

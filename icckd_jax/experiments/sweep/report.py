@@ -35,6 +35,7 @@ from icckd_jax.experiments import checks
 from icckd_jax.experiments import comparisons as comparisons_lib
 from icckd_jax.experiments import plots
 from icckd_jax.experiments import readings
+from icckd_jax.experiments import transfer_rule
 from icckd_jax.experiments.sweep import results as results_lib
 from icckd_jax.experiments.sweep import settings as settings_lib
 from icckd_jax.training import loop
@@ -46,10 +47,11 @@ SWEEP_FILE = 'sweep.json'
 
 
 def _load(
-  workdir: str,
+  workdir: str, write: bool = True
 ) -> tuple[dict, list[settings_lib.Setting], list[dict], list[str]]:
   """(sweep config, settings, the finished runs' results, the result
-  files left out as unreadable or malformed, each with why)."""
+  files left out as unreadable or malformed, each with why). `write`:
+  rewrite each run's result.json from its records (else read only)."""
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     raise UserError(f'{workdir} holds no sweep ({path} is missing)')
@@ -59,7 +61,7 @@ def _load(
   results, left_out = [], []
   for setting in settings:
     for seed in settings_lib.seeds_of(sweep, setting.name):
-      result, reason = _result(workdir, sweep, setting, seed)
+      result, reason = _result(workdir, sweep, setting, seed, write)
       if reason:
         left_out.append(reason)
       elif result is not None:
@@ -70,7 +72,11 @@ def _load(
 
 
 def _result(
-  workdir: str, sweep: dict, setting: settings_lib.Setting, seed: int
+  workdir: str,
+  sweep: dict,
+  setting: settings_lib.Setting,
+  seed: int,
+  write: bool = True,
 ) -> tuple[dict | None, str | None]:
   """(the figures of one finished run, None), or (None, what was left out
   and why) when they cannot be read, or (None, None) when the run has not
@@ -85,8 +91,9 @@ def _result(
     pipeline = settings_lib.apply_overrides(
       ml_collections.ConfigDict(sweep['base']), setting.overrides
     )
+    compute = results_lib.write_result if write else results_lib.compute_result
     try:
-      return results_lib.write_result(
+      return compute(
         run_dir,
         setting.name,
         seed,
@@ -211,7 +218,14 @@ def _summary_lines(title, sweep, settings, rows, pairs) -> list[str]:
     '',
   ]
   teachers = checks.distilled(sweep, names)
-  lines += checks.regime_lines(sweep, names, rows)
+  # Stage 1's rule: on stage 1's own rows, or as stage 2 recorded it.
+  decision = _rule_decision(sweep, rows)
+  rule = sweep.get('transfer_rule') or (
+    transfer_rule.lines(decision) if decision else []
+  )
+  if any(transfer_rule.FAILED in line for line in rule):
+    lines[0] += f': {transfer_rule.FAILED}'
+  lines += checks.regime_lines(sweep, names, rows) + list(rule)
   lines += comparisons_lib.primary_lines(sweep, names, controls, rows)
   lines += readings.setting_lines(names, rows)
   lines += comparisons_lib.pair_lines(pairs, names, rows, teachers)
@@ -220,6 +234,51 @@ def _summary_lines(title, sweep, settings, rows, pairs) -> list[str]:
   lines += readings.correlation_lines(teachers, rows)
   lines += comparisons_lib.power_lines(controls, rows, sweep, teachers)
   return lines
+
+
+def _rule_decision(sweep: dict, rows: list[dict]):
+  """Stage 1's rule on the rows of a stage 1 sweep (one that declares
+  `transfer_candidates`); None for other sweeps."""
+  if not sweep.get('transfer_candidates'):
+    return None
+  return transfer_rule.decide(
+    comparisons_lib.parse_comparisons(sweep['transfer_candidates']),
+    sweep['transfer_minimum'],
+    rows,
+    tuple(sweep['seeds']),
+  )
+
+
+def transfer_decision(
+  workdir: str,
+) -> tuple[transfer_rule.Decision, settings_lib.Setting]:
+  """Stage 1's rule on the finished sweep in `workdir` (a study's
+  config.transfer_from): the decision and the chosen setting. Reads only;
+  refuses a workdir without a finished, readable stage 1."""
+  field = f'config.transfer_from={workdir!r}'
+  try:
+    sweep, settings, results, left_out = _load(workdir, write=False)
+  except UserError as e:
+    raise UserError(f'{field}: {e}') from None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise UserError(
+      f'{field}: its {SWEEP_FILE} is unreadable ({type(e).__name__})'
+    ) from None
+  if not sweep.get('transfer_candidates'):
+    raise UserError(
+      f'{field} is no stage 1 sweep (its config declares no '
+      'transfer_candidates); name the workdir of configs/study.py:'
+      'capacity_transfer'
+    )
+  planned = sum(len(settings_lib.seeds_of(sweep, s.name)) for s in settings)
+  if left_out or len(results) < planned:
+    raise UserError(
+      f'{field}: {len(results)} of its {planned} runs finished readable'
+      + (f', {len(left_out)} unreadable' if left_out else '')
+      + '; finish stage 1 (rerun its command) first'
+    )
+  decision = _rule_decision(sweep, [r['row'] for r in results])
+  return decision, next(s for s in settings if s.name == decision.chosen)
 
 
 def headline(rows: list[dict[str, Any]]) -> str:

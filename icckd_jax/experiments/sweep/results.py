@@ -127,7 +127,24 @@ def write_result(
   student_config,
   reach: float | None = None,
 ) -> dict[str, Any]:
-  """Computes a finished run's figures into RUN_DIR/result.json.
+  """Computes a finished run's figures (`compute_result`) into
+  RUN_DIR/result.json."""
+  result = compute_result(
+    run_dir, setting, seed, teacher_config, student_config, reach
+  )
+  metric_writer.write_json(os.path.join(run_dir, RESULT_FILE), result)
+  return result
+
+
+def compute_result(
+  run_dir: str,
+  setting: str,
+  seed: int,
+  teacher_config,
+  student_config,
+  reach: float | None = None,
+) -> dict[str, Any]:
+  """A finished run's figures, from its stages' records; writes nothing.
 
   Args:
     run_dir: WORKDIR/<setting>/seed_<seed>, with links `teacher`, `student`.
@@ -161,9 +178,7 @@ def write_result(
       )
     else:
       row['student_agreement'] = epochs[-1].get('test_agreement')
-  result = {'row': row, 'epochs': epoch_rows}
-  metric_writer.write_json(os.path.join(run_dir, RESULT_FILE), result)
-  return result
+  return {'row': row, 'epochs': epoch_rows}
 
 
 def _number_or_none(value) -> bool:

@@ -44,9 +44,12 @@ from absl import logging
 import ml_collections
 
 from icckd_jax.experiments import pipeline
+from icckd_jax.errors import UserError
+from icckd_jax.experiments import transfer_rule
 from icckd_jax.experiments.sweep import report
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import pool as sweep_pool
+from icckd_jax.experiments.sweep import settings as settings_lib
 from icckd_jax.experiments.sweep import worker as sweep_worker
 from icckd_jax.training import estimate
 from icckd_jax.training import metric_writer
@@ -64,12 +67,42 @@ def write_sweep_file(config: ml_collections.ConfigDict, workdir: str) -> None:
   )
 
 
+def with_transfer_recipe(
+  config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
+  """`config` with the student recipe stage 1's rule chose, where it
+  declares `transfer_from` (the capacity study, design.md's amendment):
+  the chosen setting's student fields set in its base, the decision
+  recorded for the report. Other sweeps pass unchanged."""
+  if 'transfer_from' not in config:
+    return config
+  if not config.transfer_from:
+    raise UserError(
+      'config.transfer_from is not set; name the finished workdir of '
+      'stage 1 (configs/study.py:capacity_transfer), whose rule chooses '
+      "this study's student recipe"
+    )
+  decision, setting = report.transfer_decision(config.transfer_from)
+  recipe = {
+    k: v for k, v in setting.overrides.items() if k.startswith('student.')
+  }
+  chosen = ml_collections.ConfigDict(config.to_dict())
+  chosen.base = settings_lib.apply_overrides(config.base, recipe)
+  # The decision, as stage 2's report prints it: its first line says
+  # whether regime check (b) failed in stage 1.
+  chosen.transfer_rule = transfer_rule.lines(
+    decision, ', '.join(f'{k}={v!r}' for k, v in recipe.items())
+  )
+  return chosen
+
+
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs every (setting, seed) not yet finished, in config.workers
   processes; returns the result rows of every finished run."""
   # Fail on a bad setting, seed list, worker count or stage field before
   # anything is written or trained.
   preflight.require_workdir(workdir)
+  config = with_transfer_recipe(config)
   for run in sweep_plan.plan(config, os.path.abspath(workdir)):
     pipeline.check_stages(
       run.teacher, run.student, f'setting {run.setting!r} seed {run.seed}: '

@@ -2,8 +2,9 @@
 seeds each runs.
 
 A setting is a string 'NAME: field=value, field=value' (fields dotted from
-the pipeline config, values Python literals), e.g.
-'delta=0.2: teacher.icc.delta=0.2'.
+the pipeline config, values Python literals, tuples among them), e.g.
+'delta=0.2: teacher.icc.delta=0.2' or
+'kd@20: student.num_epochs=20, student.lr_decay_epochs=(12, 15)'.
 """
 
 import ast
@@ -39,7 +40,7 @@ def parse_setting(text: str) -> Setting:
       "directory name of its own (not '.' or '..', without '/' or '\\')"
     )
   overrides = {}
-  for item in filter(None, (part.strip() for part in rest.split(','))):
+  for item in filter(None, (part.strip() for part in _items(rest))):
     field, eq, value = item.partition('=')
     if not eq:
       raise UserError(
@@ -50,6 +51,18 @@ def parse_setting(text: str) -> Setting:
     except (ValueError, SyntaxError):
       overrides[field.strip()] = value.strip()
   return Setting(name, overrides)
+
+
+def _items(text: str) -> list[str]:
+  """`text` split at the commas outside brackets: 'a=1, b=(2, 3)' ->
+  ['a=1', ' b=(2, 3)'] (a tuple's commas are part of its value)."""
+  items, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += (char in '([{') - (char in ')]}')
+    if char == ',' and depth == 0:
+      items.append(text[start:i])
+      start = i + 1
+  return items + [text[start:]]
 
 
 def apply_overrides(
