@@ -173,7 +173,8 @@ def unpack_records(path: pathlib.Path, state: pathlib.Path) -> int:
 
 def whole_seeds(workdir: pathlib.Path) -> tuple[list, list]:
   """(seeds every setting of the sweep finished, seeds it planned)."""
-  from icckd_jax.experiments.sweep import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  # Imported here: it needs ml_collections, installed by install_wheels.
+  from icckd_jax.experiments.sweep import settings as settings_lib
 
   path = workdir / 'sweep.json'
   if not path.exists():

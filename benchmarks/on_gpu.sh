@@ -13,8 +13,9 @@
 #          stay within the 64 MiB that travels, or it fails saying so.
 # run      [--smoke] [--part=1|2] [--budget_s=N] [--records=FILE]
 #          [--out=DIR, default $OUT]: installs the wheels offline into
-#          .gpu_run/site (ICCKD_GPU_STATE names another folder) and runs the part (benchmarks/on_gpu.py says what
-#          each part does and what it writes).
+#          .gpu_run/site (ICCKD_GPU_STATE names another folder) and runs
+#          the part (benchmarks/on_gpu.py says what each part does and what
+#          it writes).
 # rehearse builds (once; cached in .gpu_rehearsal/venv) a Python 3.12 virtual
 #          environment holding the GPU machine's packages and none of those
 #          it lacks, runs prepare, then run --smoke --part=1 and --part=2
@@ -63,7 +64,7 @@ cifar10_arg() {  # --cifar10=PATH among "$@", else $CIFAR10
       *) die "unknown argument $arg; valid: --cifar10=PATH" ;;
     esac
   done
-  [[ -n "$path" ]] || die "--cifar10=PATH (the CIFAR-10 JPEG archive) is required"
+  [[ -n "$path" ]] || die "--cifar10=PATH (CIFAR-10's JPEG archive) is required"
   [[ -f "$path" ]] || die "--cifar10=$path is not a file"
   echo "$path"
 }
