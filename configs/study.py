@@ -198,12 +198,7 @@ def _capacity(arg: str) -> ml_collections.ConfigDict:
   if arg == 'capacity_pilot':
     return _capacity_pilot()
   smoke = arg.endswith('_smoke')
-  c = ml_collections.ConfigDict()
-  c.mode = 'sweep'
-  c.workdir = config_dict.placeholder(str)
-  c.base = pipeline.get_config('smoke' if smoke else None)
-  c.compilation_cache = c.base.compilation_cache
-  c.store = config_dict.placeholder(str)
+  c = _sweep('smoke' if smoke else None)
   c.workers = 2 if smoke else 4
   c.estimate = not smoke
   t, s = c.base.teacher, c.base.student
@@ -231,6 +226,18 @@ def _capacity(arg: str) -> ml_collections.ConfigDict:
     _capacity_transfer(c, (2, 4) if smoke else (20, 40))
   else:
     _capacity_main(c, 2 if smoke else 12)
+  return c
+
+
+def _sweep(base_arg: str | None) -> ml_collections.ConfigDict:
+  """A capacity sweep's frame: the pipeline config `base_arg` as its base,
+  the workdir, the run store and the compilation cache."""
+  c = ml_collections.ConfigDict()
+  c.mode = 'sweep'
+  c.workdir = config_dict.placeholder(str)
+  c.base = pipeline.get_config(base_arg)
+  c.compilation_cache = c.base.compilation_cache
+  c.store = config_dict.placeholder(str)
   return c
 
 
@@ -339,12 +346,7 @@ def _capacity_pilot() -> ml_collections.ConfigDict:
   first: the gate acts, KD transfers (ce_teacher − scratch), and the
   students trained.
   """
-  c = ml_collections.ConfigDict()
-  c.mode = 'sweep'
-  c.workdir = config_dict.placeholder(str)
-  c.base = pipeline.get_config(None)
-  c.compilation_cache = c.base.compilation_cache
-  c.store = config_dict.placeholder(str)
+  c = _sweep(None)
   c.workers = 2
   c.estimate = True
   c.settings = (

@@ -119,19 +119,9 @@ def _epoch_rows(epochs: list[dict], stage: str) -> list[dict[str, Any]]:
   ]
 
 
-def write_result(
-  run_dir: str,
-  setting: str,
-  seed: int,
-  teacher_config,
-  student_config,
-  reach: float | None = None,
-) -> dict[str, Any]:
-  """Computes a finished run's figures (`compute_result`) into
-  RUN_DIR/result.json."""
-  result = compute_result(
-    run_dir, setting, seed, teacher_config, student_config, reach
-  )
+def write_result(run_dir: str, *args) -> dict[str, Any]:
+  """`compute_result(run_dir, *args)`, written into RUN_DIR/result.json."""
+  result = compute_result(run_dir, *args)
   metric_writer.write_json(os.path.join(run_dir, RESULT_FILE), result)
   return result
 
