@@ -4,6 +4,9 @@ r"""The one command to run when a GPU is available: docs/gpu.md.
       [--budget_s=720] [--study_config=configs/study.py:capacity]
   python benchmarks/gpu_check.py --smoke --out=DIR   # every part, CPU, tiny
 
+`--parts=a` runs part a (with b) only; a `--budget_s` that is not a positive
+finite number, or a DIR that holds an earlier report, is refused (exit 2).
+
 Parts, in the order a budget gives the most (each timed; a part, or a
 variant within one, that would start after `--budget_s` is skipped and
 says so):
@@ -11,8 +14,10 @@ says so):
   a  step throughput (images/s) of the resnet32x4 teacher, cross-entropy and
      intra-class with the feature cache, at batch 64 in float32 and bfloat16
      and at batch 512 in bfloat16, and of the resnet8x4 KD student; each
-     beside the same step in PyTorch eager mode (benchmarks/torch_baseline.py)
-     where PyTorch is importable: compare the ratios, not the absolute times
+     beside the same step in PyTorch, eager and under `torch.compile`
+     (benchmarks/torch_baseline.py), where PyTorch is importable (a compiled
+     step that cannot be built says "not run" and why): compare the ratios,
+     not the absolute times
   b  compiled memory of each step (XLA's analysis) and the device's bytes
      in use after it; the process's peak at the end
   c  the input pipeline's images/s at 224x224 beside the step's at that size:
