@@ -4,6 +4,9 @@ r"""The one command to run when a GPU is available: docs/gpu.md.
       [--budget_s=720] [--study_config=configs/study.py:capacity]
   python benchmarks/gpu_check.py --smoke --out=DIR   # every part, CPU, tiny
 
+`--parts=a` runs part a (with b) only; a `--budget_s` that is not a positive
+finite number, or a DIR that holds an earlier report, is refused (exit 2).
+
 Parts, in the order a budget gives the most (each timed; a part, or a
 variant within one, that would start after `--budget_s` is skipped and
 says so):
@@ -11,8 +14,10 @@ says so):
   a  step throughput (images/s) of the resnet32x4 teacher, cross-entropy and
      intra-class with the feature cache, at batch 64 in float32 and bfloat16
      and at batch 512 in bfloat16, and of the resnet8x4 KD student; each
-     beside the same step in PyTorch eager mode (benchmarks/torch_baseline.py)
-     where PyTorch is importable: compare the ratios, not the absolute times
+     beside the same step in PyTorch, eager and under `torch.compile`
+     (benchmarks/torch_baseline.py), where PyTorch is importable (a compiled
+     step that cannot be built says "not run" and why): compare the ratios,
+     not the absolute times
   b  compiled memory of each step (XLA's analysis) and the device's bytes
      in use after it; the process's peak at the end
   c  the input pipeline's images/s at 224x224 beside the step's at that size:
@@ -31,8 +36,6 @@ import importlib.util
 import json
 import pathlib
 import platform
-import signal
-import subprocess
 import sys
 import time
 
@@ -48,12 +51,14 @@ from configs import teacher as teacher_config
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
+from icckd_jax.errors import one_line
 from icckd_jax.input_pipeline import resident
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher
 from icckd_jax.runs import spec
-import torch_baseline  # beside this file
+import budget as budget_lib  # beside this file
+import torch_baseline
 
 # (kind, model, batch, dtype) of part (a), most informative first.
 FULL_STEPS = (
@@ -66,6 +71,7 @@ FULL_STEPS = (
   ('icc', 'resnet32x4', 512, 'bfloat16'),
 )
 TEACHER_OF_STUDENT = 'resnet32x4'
+REPORT_MD, REPORT_JSON = 'gpu_check.md', 'gpu_check.json'
 KINDS = {
   'ce': 'teacher CE',
   'icc': 'teacher intra-class (feature cache)',
@@ -79,17 +85,6 @@ def _smoke_steps():
     (kind, 'resnet8', 8 if batch == 64 else 16, dtype)
     for kind, _, batch, dtype in FULL_STEPS
   )
-
-
-class Budget:
-  """Seconds left of `--budget_s`; a unit of work starts only while some
-  are left."""
-
-  def __init__(self, seconds: float):
-    self.end = time.perf_counter() + seconds
-
-  def left(self) -> float:
-    return self.end - time.perf_counter()
 
 
 def _stage_config(kind, model, batch, dtype, size, num_classes):
@@ -191,8 +186,30 @@ def _mib(value):
   return None if value is None else value / 2**20
 
 
+def _torch_figures(kind, model, batch, dtype, args, compiled):
+  """The same step in PyTorch, eager or under `torch.compile`; a compiled
+  step that cannot be built here (no compiler toolchain, an unsupported
+  backend) is 'not run', with why, and the table goes on."""
+  try:
+    return torch_baseline.measure(
+      model,
+      batch,
+      views=2 if kind == 'icc' else 1,
+      bf16=dtype == 'bfloat16',
+      channels_last=dtype == 'bfloat16',
+      teacher=args.teacher if kind == 'kd' else None,
+      steps=args.steps,
+      compiled=compiled,
+    )
+  except Exception as e:  # pylint: disable=broad-except
+    if not compiled:
+      raise
+    return {'status': f'not run: {type(e).__name__}: {one_line(e)}'}
+
+
 def part_steps(specs, args, budget, report):
-  """Parts (a) and (b)."""
+  """Parts (a) and (b): each JAX step, and beside it the same step in
+  PyTorch eager and under `torch.compile` where PyTorch is importable."""
   rows = []
   torch_ok = torch_baseline.available()
   for kind, model, batch, dtype in specs:
@@ -207,18 +224,16 @@ def part_steps(specs, args, budget, report):
       )
     )
     if torch_ok:
-      row['torch'] = torch_baseline.measure(
-        model,
-        batch,
-        views=2 if kind == 'icc' else 1,
-        bf16=dtype == 'bfloat16',
-        channels_last=dtype == 'bfloat16',
-        teacher=args.teacher if kind == 'kd' else None,
-        steps=args.steps,
-      )
-      row['jax_over_torch'] = (
-        row['images_per_second'] / row['torch']['images_per_second']
-      )
+      for key, compiled in (('torch', False), ('torch_compile', True)):
+        row[key] = _torch_figures(kind, model, batch, dtype, args, compiled)
+        if 'images_per_second' in row[key]:
+          row[f'jax_over_{key}'] = (
+            row['images_per_second'] / row[key]['images_per_second']
+          )
+    else:
+      row['torch'] = row['torch_compile'] = {
+        'status': 'not run: PyTorch not importable'
+      }
     row['status'] = 'done'
     rows.append(row)
     report(rows)
@@ -298,26 +313,13 @@ def part_study(args, budget, out: pathlib.Path):
   ]
   if args.cifar10:
     command.append(f'--config.base.teacher.dataset.path={args.cifar10}')
-  start = time.perf_counter()
-  with open(out / 'study.log', 'w') as log:
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
-    try:
-      proc.wait(timeout=max(budget.left(), 1))
-      stopped = False
-    except subprocess.TimeoutExpired:
-      proc.send_signal(signal.SIGTERM)
-      try:
-        proc.wait(timeout=120)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-      stopped = True
+  ran = budget_lib.run_until(command, budget.left(), out / 'study.log', ROOT)
   return {
-    'status': 'stopped by the budget' if stopped else 'done',
+    'status': 'stopped by the budget' if ran['stopped'] else 'done',
     'config': config,
     'command': ' '.join(command),
-    'exit_code': proc.returncode,
-    'seconds': time.perf_counter() - start,
+    'exit_code': ran['exit_code'],
+    'seconds': ran['seconds'],
     'finished_runs': _finished_runs(workdir),
   }
 
@@ -341,14 +343,16 @@ def markdown(result: dict) -> str:
     '## a, b: train steps',
     '',
     '| step | img/s | ms/step | compile s | compiled MiB | temp MiB | '
-    'in use MiB | torch img/s | torch peak MiB | jax/torch |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    'in use MiB | torch img/s | torch peak MiB | jax/torch | '
+    'torch.compile img/s | jax/torch.compile |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for row in result['parts']['a']['rows']:
     if row['status'] != 'done':
-      lines.append(f'| {row["step"]} | {row["status"]} |||||||||')
+      lines.append(f'| {row["step"]} | {row["status"]} |||||||||||')
       continue
     torch = row.get('torch') or {}
+    compiled = row.get('torch_compile') or {}
     lines.append(
       f'| {row["step"]} | {_fmt(row["images_per_second"])} | '
       f'{_fmt(row["ms_per_step"], 2)} | {_fmt(row["compile_s"], 1)} | '
@@ -356,8 +360,19 @@ def markdown(result: dict) -> str:
       f'{_fmt(row["in_use_mib"], 1)} | '
       f'{_fmt(torch.get("images_per_second"))} | '
       f'{_fmt(torch.get("peak_mib"), 1)} | '
-      f'{_fmt(row.get("jax_over_torch"), 2)} |'
+      f'{_fmt(row.get("jax_over_torch"), 2)} | '
+      f'{_fmt(compiled.get("images_per_second"))} | '
+      f'{_fmt(row.get("jax_over_torch_compile"), 2)} |'
     )
+  not_run = sorted(
+    {
+      f'{key}: {row[key]["status"]}'
+      for row in result['parts']['a']['rows']
+      for key in ('torch', 'torch_compile')
+      if 'status' in row.get(key, {})
+    }
+  )
+  lines += [''] + [f'- {line}' for line in not_run]
   lines += [
     '',
     f'Process peak device memory: {_fmt(result["parts"]["a"]["peak_mib"], 1)} '
@@ -399,13 +414,22 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True)
   parser.add_argument('--cifar10', default=None, help='CIFAR-10 archive')
+  parser.add_argument('--budget_s', default=None, help='default 720, smoke 80')
   parser.add_argument(
-    '--budget_s', type=float, default=None, help='default 720, smoke 80'
+    '--parts',
+    default='acd',
+    help="which parts run: 'a' (with b), 'c', 'd'; the others say not run",
   )
   parser.add_argument('--study_config', default='configs/study.py:capacity')
   parser.add_argument('--smoke', action='store_true')
   args = parser.parse_args()
   out = pathlib.Path(args.out)
+  try:
+    if args.budget_s is not None:
+      args.budget_s = budget_lib.seconds(args.budget_s)
+    budget_lib.refuse_existing([out / REPORT_MD, out / REPORT_JSON])
+  except budget_lib.Refused as e:
+    return budget_lib.exit_refused(e)
   out.mkdir(parents=True, exist_ok=True)
   if args.smoke:
     specs = _smoke_steps()
@@ -420,7 +444,7 @@ def main() -> int:
     args.pipeline_model = 'resnet32x4'
   if args.budget_s is None:
     args.budget_s = 80.0 if args.smoke else 720.0
-  budget = Budget(args.budget_s)
+  budget = budget_lib.Budget(args.budget_s)
   device = jax.devices()[0]
   result = {
     'device': device.device_kind,
@@ -441,8 +465,8 @@ def main() -> int:
   }
 
   def write():
-    (out / 'gpu_check.json').write_text(json.dumps(result, indent=2))
-    (out / 'gpu_check.md').write_text(markdown(result))
+    (out / REPORT_JSON).write_text(json.dumps(result, indent=2))
+    (out / REPORT_MD).write_text(markdown(result))
 
   def partial(rows):
     result['parts']['a']['rows'] = rows
@@ -453,12 +477,14 @@ def main() -> int:
     ('c', lambda: part_pipeline(args, budget)),
     ('d', lambda: part_study(args, budget, out)),
   ):
+    if part not in args.parts:
+      continue
     start = time.perf_counter()
     result['parts'][part] = run()
     result['seconds'][part] = time.perf_counter() - start
     write()
     print(f'part {part}: {result["seconds"][part]:.1f} s', flush=True)
-  print((out / 'gpu_check.md').read_text())
+  print((out / REPORT_MD).read_text())
   return 0
 
 

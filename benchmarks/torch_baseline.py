@@ -1,4 +1,5 @@
-r"""The same train steps in PyTorch eager mode, for side-by-side ratios.
+r"""The same train steps in PyTorch, eager and under `torch.compile`, for
+side-by-side ratios.
 
 The CIFAR ResNets of the KD benchmark (BasicBlock, depth 6n+2; resnet8x4 and
 resnet32x4 have widths 32, 64, 128, 256), SGD with momentum 0.9 and weight
@@ -9,8 +10,11 @@ An intra-class teacher's step is timed as both views through the network
 KD student's as the teacher's forward pass without gradients and the
 student's CE + KL(T=4) step. Steps are dispatched asynchronously and
 synchronised once at the end, like benchmarks/gpu_check.py's JAX steps.
+`compiled=True` wraps the networks in `torch.compile` (its default mode, as
+most PyTorch users run it); its compilation happens in the untimed warm-up
+steps and is reported as `compile_s`.
 
-  python benchmarks/torch_baseline.py [--steps=50]
+  python benchmarks/torch_baseline.py [--steps=50] [--compiled]
 
 PyTorch is not a dependency of this project: `available()` says whether it
 is importable here, and benchmarks/gpu_check.py runs this only then.
@@ -87,8 +91,10 @@ def measure(
   steps: int = 50,
   size: int = 32,
   classes: int = 100,
+  compiled: bool = False,
 ) -> dict:
-  """Images/s and peak device MiB of `steps` train steps of `model`."""
+  """Images/s and peak device MiB of `steps` train steps of `model`, eager
+  or (`compiled`) under `torch.compile`."""
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
@@ -100,6 +106,9 @@ def measure(
   frozen = None
   if teacher:
     frozen = _resnet(teacher, classes).to(device, memory_format=fmt).eval()
+  if compiled:
+    net = torch.compile(net)
+    frozen = frozen if frozen is None else torch.compile(frozen)
   opt = torch.optim.SGD(
     net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4
   )
@@ -130,8 +139,10 @@ def measure(
     opt.step()
     return loss
 
+  start = time.perf_counter()
   for i in range(3):
-    step(i)
+    step(i).item()
+  compile_s = time.perf_counter() - start
   if device == 'cuda':
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -146,12 +157,14 @@ def measure(
     'images_per_second': steps * batch / seconds,
     'ms_per_step': 1000 * seconds / steps,
     'peak_mib': None if peak is None else peak / 2**20,
+    'compile_s': compile_s,  # the three warm-up steps, compilation included
   }
 
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=50)
+  parser.add_argument('--compiled', action='store_true')
   args = parser.parse_args()
   if not available():
     print('PyTorch is not importable here: nothing to measure.')
@@ -169,7 +182,7 @@ def main() -> int:
       dict(model='resnet8x4', batch=64, teacher='resnet32x4'),
     ),
   ):
-    figures = measure(steps=args.steps, **kwargs)
+    figures = measure(steps=args.steps, compiled=args.compiled, **kwargs)
     print(f'{label}: {figures["images_per_second"]:,.0f} img/s')
   return 0
 

@@ -205,13 +205,17 @@ def work(
   """
   workdir = os.path.abspath(workdir)
   runs = sweep_plan.plan(config, workdir)
+  # A run with its result is done even where its stages' checkpoints are
+  # not here (records carried from another machine): it is neither
+  # measured nor projected, and its teacher is not retrained for it.
+  todo = [run for run in runs if not _has_result(run)]
   reuse, clock = Reuse(), None
   if (
     worker == 0
     and config.get('estimate', True)
-    and sweep_plan.unfinished_stages(runs)
+    and sweep_plan.unfinished_stages(todo)
   ):
-    clock = _projected_clock(runs, reuse, config.get('workers', 1))
+    clock = _projected_clock(todo, reuse, config.get('workers', 1))
   trained, first_pass = 0, True
   # Stages seen held by another worker: said once, so that a waiting
   # worker's poll logs one line.
@@ -234,7 +238,7 @@ def work(
         stages_trained, claimed_all = _train_stages(
           run,
           f'[{index + 1}/{len(runs)}]',
-          runs,
+          todo,
           worker,
           clock,
           reuse,
