@@ -1,7 +1,7 @@
 r"""The one command to run when a GPU is available: docs/gpu.md.
 
   python benchmarks/gpu_check.py --out=DIR --cifar10=path/to/cifar10.tar.gz \
-      [--budget_s=720] [--study_config=configs/study.py:capacity]
+      [--budget_s=720] [--study_config=configs/study.py:capacity_transfer]
   python benchmarks/gpu_check.py --smoke --out=DIR   # every part, CPU, tiny
 
 `--parts=a` runs part a (with b) only; a `--budget_s` that is not a positive
@@ -420,7 +420,9 @@ def main() -> int:
     default='acd',
     help="which parts run: 'a' (with b), 'c', 'd'; the others say not run",
   )
-  parser.add_argument('--study_config', default='configs/study.py:capacity')
+  parser.add_argument(
+    '--study_config', default='configs/study.py:capacity_transfer'
+  )
   parser.add_argument('--smoke', action='store_true')
   args = parser.parse_args()
   out = pathlib.Path(args.out)
