@@ -27,6 +27,7 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
+from icckd_jax.runs import compat
 from icckd_jax.training import checkpoint
 from icckd_jax.runs.spec import TeacherSource
 
@@ -191,9 +192,6 @@ def load_teacher_checked(source: TeacherSource, mesh: Mesh) -> Teacher:
 # subsets (train_subset, test_subset) may differ: the same images, fewer.
 _DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
 _SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
-# Fields added later: their `DataSpec` default is the value runs saved
-# before them had.
-_ADDED_DATA_FIELDS = ('normalization',)
 
 
 def check_same_data(
@@ -210,7 +208,7 @@ def check_same_data(
   fields = _DATA_FIELDS + (
     _SYNTHETIC_FIELDS if student.name == 'synthetic' else ()
   )
-  for field in fields + _ADDED_DATA_FIELDS:
+  for field in fields + compat.ADDED_DATA_FIELDS:
     mine, theirs = getattr(student, field), getattr(theirs_spec, field)
     if mine != theirs:
       raise UserError(
