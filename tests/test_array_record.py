@@ -15,6 +15,8 @@ from icckd_jax.data import array_record
 from icckd_jax.data import convert
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import inputs
+from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 from launch_in_process import error_line, run_launcher
 
@@ -304,18 +306,18 @@ def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
     name='array_record', path=str(tmp_path / 'out'), image_size=32
   )
   decoded = 6 * 8 * 6 * 3  # train images x H x W x C
-  resident = inputs.load(config, 'auto', 0, device_bytes=4 * decoded)
-  assert resident.stream is None
+  whole = inputs.load(config, 'auto', 0, device_bytes=4 * decoded)
+  assert isinstance(whole, resident.ResidentSource)
   files = sorted((source / 'train').glob('*/*.jpg'))
   np.testing.assert_array_equal(
-    resident.train_images,
+    whole.train_images,
     [np.asarray(Image.open(f).convert('RGB')) for f in files],
   )
   streamed = inputs.load(config, 'auto', 0, device_bytes=4 * decoded - 1)
-  assert streamed.train_images is None
+  assert isinstance(streamed, stream.StreamSource)
   assert streamed.image_shape == (8, 6, 3)  # one size: kept, 'crop' recipe
-  assert streamed.stream[0].recipe == 'crop'
-  np.testing.assert_array_equal(streamed.mean, resident.mean)
+  assert streamed.train.recipe == 'crop'
+  np.testing.assert_array_equal(streamed.mean, whole.mean)
   with pytest.raises(UserError, match='the decoded splits take'):
     inputs.load(config, 'resident', 0, device_bytes=100)
 
@@ -339,8 +341,10 @@ def test_augment_chooses_the_streamed_recipe_or_refuses_in_one_line(
   # One size, room to spare: 'auto' would hold it resident and crop with
   # padding at 40x48; 'resized_crop' streams it at image_size.
   streamed = inputs.load(config, 'auto', 0, device_bytes=2**40)
-  assert [s.recipe for s in streamed.stream] == ['resized_crop'] * 2
-  assert streamed.stream[0].image_shape == (32, 32, 3)
+  assert [s.recipe for s in (streamed.train, streamed.test)] == [
+    'resized_crop'
+  ] * 2
+  assert streamed.image_shape == (32, 32, 3)
   with pytest.raises(UserError, match='cannot apply config.dataset.augment='):
     inputs.load(config, 'resident', 0, device_bytes=2**40)
   synthetic = datasets.DataSpec(name='synthetic', augment='resized_crop')

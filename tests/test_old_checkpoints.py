@@ -23,7 +23,7 @@ from icckd_jax.runs import train_state
 from icckd_jax.runs import spec
 from icckd_jax.stages import student
 from icckd_jax.training import checkpoint
-from icckd_jax.training import evaluate
+from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import loop
 
 
@@ -110,7 +110,7 @@ def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
   assert set(written.distiller_buffers) >= {'memory_s', 'memory_t', 'z'}
 
   # It evaluates (from the config saved with it).
-  result = evaluate.evaluate_checkpoint(old, 'last', batch_size=16)
+  result = evaluate_checkpoint.evaluate_checkpoint(old, 'last', batch_size=16)
   assert result['epoch'] == 1 and result['count'] == 16
 
   # It resumes: the second epoch ends where the uninterrupted run's did.

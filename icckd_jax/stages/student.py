@@ -23,7 +23,7 @@ import ml_collections
 from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
-from icckd_jax.data import datasets
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.stages import distill_pair
@@ -43,7 +43,6 @@ from icckd_jax.runs.run_setup import (
   compute_dtype,
   load_dataset,
   mesh_key,
-  splits,
 )
 from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
@@ -54,7 +53,7 @@ TEACHER_EVAL_FILE = 'teacher_eval.json'
 def _teacher_model(
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
 ):
   """The teacher's module (inference only, no BatchNorm sync)."""
@@ -89,7 +88,7 @@ def _reference(teacher_model, teacher_config, dataset):
 
 def build_student(
   run: RunSpec,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
@@ -296,7 +295,6 @@ def _teacher_eval(
   if os.path.exists(path):
     _check_same_teacher(path, teacher.fingerprint, source)
   else:
-    _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
     mean, std = teacher_source.teacher_normalization(teacher.config, dataset)
     dtype = compute_dtype(run.recipe.dtype)
@@ -306,9 +304,11 @@ def _teacher_eval(
       mean=mean,
       std=std,
       dtype=dtype,
-      batch_size=run.bookkeeping.eval_batch_size,
     )
-    teacher_eval = evaluate_fn(teacher.variables, test_split)
+    teacher_eval = evaluate_fn(
+      teacher.variables,
+      dataset.eval_batches(mesh, run.bookkeeping.eval_batch_size),
+    )
     teacher_eval.update(
       model=teacher.config.model,
       source=source,

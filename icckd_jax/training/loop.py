@@ -34,8 +34,8 @@ import jax
 from jax.sharding import Mesh
 import numpy as np
 
-from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.training import checkpoint
 from icckd_jax.training import divergence
@@ -59,7 +59,7 @@ def fit(
   run: RunSpec,
   workdir: str,
   setup: RunSetup,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   summary_extra: dict[str, Any] | None = None,
   reuse: Reuse | None = None,
@@ -169,7 +169,7 @@ def _unpack_partial(partial: dict[str, Any]) -> tuple[list[dict], int]:
 def _header(
   run: RunSpec,
   setup: RunSetup,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   abstract_state,
   start_step: int,
@@ -319,7 +319,6 @@ class _Loop:
         mean=dataset.mean,
         std=dataset.std,
         dtype=compute_dtype(spec.recipe.dtype),
-        batch_size=spec.bookkeeping.eval_batch_size,
         reference=reference,
       ),
     )
@@ -327,10 +326,10 @@ class _Loop:
   def run(self, summary_extra, step_memory) -> dict[str, Any]:
     resumed = self.resume()
     recipe, book, setup = self.spec.recipe, self.spec.bookkeeping, self.setup
-    train_split, self.test_split = run_setup.splits(self.dataset, self.mesh)
+    self.test_split = self.dataset.eval_batches(self.mesh, book.eval_batch_size)
     self.evaluate = self._evaluate_fn()
     self.batches = setup.batches(
-      recipe, train_split, self.mesh, self.start_step
+      recipe, self.dataset, self.mesh, self.start_step
     )
     self.writer = metric_writer.MetricWriter(
       self.workdir, self.start_step if resumed else None
@@ -384,7 +383,7 @@ class _Loop:
 
   # The steps of an epoch.
 
-  def _first_step(self, images, labels) -> None:
+  def _first_step(self, batch) -> None:
     """Before the first step: its memory analysis, logged once per run."""
     logging.info('Compiling the train step...')
     if not self.memory:
@@ -392,7 +391,7 @@ class _Loop:
       # the memory analysis costs a trace, not a second compilation.
       self.memory = memory_lib.compiled_memory(
         self.setup.train_step.lower(
-          self.state, images, labels, self.setup.step_args
+          self.state, batch, self.setup.step_args
         ).compile()
       )
     self.memory['cache_bytes'] = self.cache_bytes
@@ -422,12 +421,10 @@ class _Loop:
       signum = stop.requested(done)
       if signum:
         self.preempt(epoch, done, signum)
-      images, labels = next(self.batches)
+      batch = next(self.batches)
       if not self.compiled:
-        self._first_step(images, labels)
-      self.state, metrics = setup.train_step(
-        self.state, images, labels, setup.step_args
-      )
+        self._first_step(batch)
+      self.state, metrics = setup.train_step(self.state, batch, setup.step_args)
       for hook in self.hooks:
         hook.on_step(done + 1, metrics)
       self.per_step.append(metrics)
