@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 import numpy as np
 
 from icckd_jax.errors import UserError
-from icckd_jax.input_pipeline.source import InputSource
+from icckd_jax.input_pipeline.source import EvalBatches, InputSource
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.training import checkpoint
 from icckd_jax.training import divergence
@@ -233,7 +233,7 @@ class _Loop:
     self.last_test: dict[str, float] | None = None
     self.reference_loss: float | None = None
     # Set by `run` once the run has resumed.
-    self.test_split: Any = None
+    self.test_split: EvalBatches | None = None
     self.evaluate: Any = None
     self.batches: Any = None
     self.writer: metric_writer.MetricWriter | None = None
