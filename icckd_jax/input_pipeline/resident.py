@@ -6,6 +6,9 @@ batch, and the next one is dispatched before the current one is consumed, so
 there is no host round trip per step. An epoch is a permutation of the
 training split, keyed by (seed, epoch); the remainder that does not fill a
 batch is dropped so every step has the same static shape.
+
+`ResidentSource` is the `source.InputSource` of such a set: a
+`datasets.Dataset` with the ways to feed it.
 """
 
 from __future__ import annotations
