@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
@@ -93,16 +94,17 @@ def _rate(batches, steps: int, batch_size: int) -> float:
   return steps * batch_size / (time.perf_counter() - start)
 
 
+def _feed(crop_padding: int) -> TrainFeed:
+  """One view per example, cropped and flipped, seed 0."""
+  return TrainFeed(0, FLAGS.batch_size, 1, crop_padding, flip=True)
+
+
 def _stream_rate(path: str, workers: int, size: int) -> float:
   info = array_record.read_info(path)
   batches = stream.source(info, size, workers).train_batches(
     parallel.make_mesh(1),
-    seed=0,
-    batch_size=FLAGS.batch_size,
-    num_views=1,
-    crop_padding=0,
-    flip=True,
-    start_step=0,
+    _feed(crop_padding=0),
+    0,
   )
   try:
     return _rate(batches, FLAGS.steps, FLAGS.batch_size)
@@ -127,12 +129,8 @@ def _resident_rate() -> float:
   mesh = parallel.make_mesh(1)
   batches = resident.ResidentSource.of(dataset).train_batches(
     mesh,
-    seed=0,
-    batch_size=FLAGS.batch_size,
-    num_views=1,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
+    _feed(crop_padding=4),
+    0,
   )
   return _rate(batches, 10 * FLAGS.steps, FLAGS.batch_size)
 
@@ -144,12 +142,8 @@ def _rss_child(path: str) -> None:
   streamed = stream.source(info, 32, 2)
   batches = streamed.train_batches(
     parallel.make_mesh(1),
-    seed=0,
-    batch_size=FLAGS.batch_size,
-    num_views=1,
-    crop_padding=0,
-    flip=True,
-    start_step=0,
+    _feed(crop_padding=0),
+    0,
   )
   for _ in range(
     resident.steps_per_epoch(streamed.train.size, FLAGS.batch_size)

@@ -12,6 +12,7 @@ from configs import convert as convert_config
 from configs import imagenet
 from configs import teacher as teacher_config
 from conftest import SHARED_DATA, shared_fixture
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import array_record
@@ -102,12 +103,14 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   records = {s: array_record.Records(train.info, s) for s in ('train', 'test')}
   batches = dataset.train_batches(
     parallel.make_mesh(1),
-    seed=c.seed,
-    batch_size=4,
-    num_views=1,
-    crop_padding=c.crop_padding,
-    flip=c.flip,
-    start_step=0,
+    TrainFeed(
+      seed=c.seed,
+      batch_size=4,
+      num_views=1,
+      crop_padding=c.crop_padding,
+      flip=c.flip,
+    ),
+    0,
   )
   batch = next(batches)
   images, labels = batch.images, batch.labels

@@ -118,9 +118,13 @@ def _synthetic() -> resident.ResidentSource:
 def test_labels_are_labels_and_indices_ride_in_their_own_field():
   data = _synthetic()
   mesh = parallel.make_mesh(2)
-  kwargs = dict(seed=1, batch_size=8, num_views=2, crop_padding=2, flip=True)
-  plain = data.train_batches(mesh, start_step=0, **kwargs)
-  indexed = data.train_batches(mesh, start_step=0, with_indices=True, **kwargs)
+  feed = source_lib.TrainFeed(
+    seed=1, batch_size=8, num_views=2, crop_padding=2, flip=True
+  )
+  plain = data.train_batches(mesh, feed, 0)
+  indexed = data.train_batches(
+    mesh, dataclasses.replace(feed, with_indices=True), 0
+  )
   seen = []
   for _ in range(3):  # one epoch
     a, b = jax.device_get((next(plain), next(indexed)))

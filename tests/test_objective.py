@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import optax
 
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax.input_pipeline import augment
 from icckd_jax.data import datasets
 from icckd_jax.objective import losses
@@ -27,12 +28,14 @@ def _batches(config, source, mesh, num_views):
   """The batches the run of `config` trains on, from step 0."""
   return source.train_batches(
     mesh,
-    seed=config.seed,
-    batch_size=config.batch_size,
-    num_views=num_views,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
+    TrainFeed(
+      seed=config.seed,
+      batch_size=config.batch_size,
+      num_views=num_views,
+      crop_padding=4,
+      flip=True,
+    ),
+    0,
   )
 
 

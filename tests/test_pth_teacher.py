@@ -10,6 +10,7 @@ import pytest
 
 from configs import student as student_config
 from conftest import SHARED_DATA, shared_fixture
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import models
 from icckd_jax.input_pipeline import augment
 from icckd_jax.data import datasets
@@ -155,12 +156,14 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
   batch = next(
     resident.ResidentSource.of(dataset).train_batches(
       mesh,
-      seed=config.seed,
-      batch_size=config.batch_size,
-      num_views=1,
-      crop_padding=config.crop_padding,
-      flip=config.flip,
-      start_step=0,
+      TrainFeed(
+        seed=config.seed,
+        batch_size=config.batch_size,
+        num_views=1,
+        crop_padding=config.crop_padding,
+        flip=config.flip,
+      ),
+      0,
     )
   )
   raw = np.asarray(batch.images[0])

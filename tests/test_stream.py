@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT
 from configs import teacher as teacher_config
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.input_pipeline import stream
@@ -56,13 +57,15 @@ def shards(tmp_path_factory):
 def _batches(source, mesh, start, count, batch_size=8):
   it = source.train_batches(
     mesh,
-    seed=3,
-    batch_size=batch_size,
-    num_views=2,
-    crop_padding=4,
-    flip=True,
-    start_step=start,
-    with_indices=True,
+    TrainFeed(
+      seed=3,
+      batch_size=batch_size,
+      num_views=2,
+      crop_padding=4,
+      flip=True,
+      with_indices=True,
+    ),
+    start,
   )
   out = [jax.tree.map(np.asarray, next(it)) for _ in range(count)]
   it.close()

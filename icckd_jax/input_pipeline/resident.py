@@ -26,7 +26,12 @@ import numpy as np
 from icckd_jax import parallel
 from icckd_jax.data.datasets import Dataset
 from icckd_jax.input_pipeline import augment
-from icckd_jax.input_pipeline.source import Batch, EvalBatch, EvalBatches
+from icckd_jax.input_pipeline.source import (
+  Batch,
+  EvalBatch,
+  EvalBatches,
+  TrainFeed,
+)
 
 # Streams of randomness derived from the run's seed; each consumer folds in
 # its own constant so that they never share a key.
@@ -65,31 +70,12 @@ class ResidentSource(Dataset):
     )
 
   def train_batches(
-    self,
-    mesh: Mesh,
-    *,
-    seed: int,
-    batch_size: int,
-    num_views: int,
-    crop_padding: int,
-    flip: bool,
-    start_step: int,
-    with_indices: bool = False,
+    self, mesh: Mesh, feed: TrainFeed, start_step: int
   ) -> Iterator[Batch]:
     """`source.InputSource.train_batches`: the training split placed on
     every device for as long as the iterator lives."""
     split = to_device(self.train_images, self.train_labels, mesh)
-    return _train_batches(
-      split,
-      mesh,
-      seed=seed,
-      batch_size=batch_size,
-      num_views=num_views,
-      crop_padding=crop_padding,
-      flip=flip,
-      start_step=start_step,
-      with_indices=with_indices,
-    )
+    return _train_batches(split, mesh, feed, start_step)
 
   def eval_batches(self, mesh: Mesh, batch_size: int) -> EvalBatches:
     """`source.InputSource.eval_batches`: the test split placed on every
@@ -156,31 +142,23 @@ def make_batch_fn(
 
 
 def _train_batches(
-  split: Split,
-  mesh: Mesh,
-  *,
-  seed: int,
-  batch_size: int,
-  num_views: int,
-  crop_padding: int,
-  flip: bool,
-  start_step: int,
-  with_indices: bool = False,
+  split: Split, mesh: Mesh, feed: TrainFeed, start_step: int
 ) -> Iterator[Batch]:
   """Yields the global `Batch`es of steps start_step, start_step + 1, ...
   of `split` (`ResidentSource.train_batches`).
 
-  With `with_indices`, each example's index in the training split rides
-  along, sharded as the labels; the images and labels are the same either
-  way.
+  The indices, when `feed` asks for them, are sharded as the labels.
 
   The batch of step t + 1 is dispatched to the device before the batch of
   step t is handed out (on-device prefetch). Resuming at any step gives the
   batches an uninterrupted run would have seen.
   """
+  seed, batch_size = feed.seed, feed.batch_size
   n_steps = steps_per_epoch(split.size, batch_size)
   order_fn = jax.jit(_epoch_order, static_argnums=(0, 2, 3))
-  make_batch = make_batch_fn(mesh, seed, num_views, crop_padding, flip)
+  make_batch = make_batch_fn(
+    mesh, seed, feed.num_views, feed.crop_padding, feed.flip
+  )
   orders = {}
 
   def batch_at(step):
@@ -190,7 +168,7 @@ def _train_batches(
       orders[epoch] = order_fn(seed, epoch, split.size, batch_size)
     indices = orders[epoch][step % n_steps]
     images, labels = make_batch(split, indices, step)
-    if not with_indices:
+    if not feed.with_indices:
       return Batch(images, labels)
     return Batch(
       images, labels, jax.device_put(indices, parallel.batch_sharded(mesh))

@@ -15,6 +15,7 @@ run resumed at any step sees what an uninterrupted one would have.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import dataclasses
 from typing import Protocol
 
 import flax
@@ -55,6 +56,33 @@ class EvalBatch:
   mask: jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainFeed:
+  """How a run's training batches are drawn.
+
+  An epoch is a permutation of the training split keyed by (seed, epoch),
+  its remainder short of a batch dropped. View v of the example at
+  position i of step t's batch is cropped (zero padding `crop_padding`)
+  and flipped (`flip`) with a key of (seed, t, v, i).
+
+  Attributes:
+    seed: the run's seed.
+    batch_size: B, the global batch (a multiple of the device count).
+    num_views: V, augmented views of each example.
+    crop_padding: pixels of zero padding around a random crop.
+    flip: random horizontal flips.
+    with_indices: each example's index in the training split rides along
+      (`Batch.indices`); the images and labels are the same either way.
+  """
+
+  seed: int
+  batch_size: int
+  num_views: int
+  crop_padding: int
+  flip: bool
+  with_indices: bool = False
+
+
 class EvalBatches:
   """A split in `EvalBatch`es, iterable as often as the run evaluates: each
   pass covers every example exactly once (docs/method.md §7.5)."""
@@ -91,23 +119,10 @@ class InputSource(Protocol):
   def image_shape(self) -> tuple[int, int, int]: ...
 
   def train_batches(
-    self,
-    mesh: Mesh,
-    *,
-    seed: int,
-    batch_size: int,
-    num_views: int,
-    crop_padding: int,
-    flip: bool,
-    start_step: int,
-    with_indices: bool = False,
+    self, mesh: Mesh, feed: TrainFeed, start_step: int
   ) -> Iterator[Batch]:
-    """The `Batch`es of steps start_step, start_step + 1, ... (endless).
-
-    An epoch is a permutation of the training split keyed by (seed, epoch),
-    its remainder short of a batch dropped; view v of the example at
-    position i of step t's batch is augmented (crop_padding, flip) with a
-    key of (seed, t, v, i). The next batch is on its way to the devices
+    """The `Batch`es of steps start_step, start_step + 1, ... (endless),
+    drawn as `feed` says. The next batch is on its way to the devices
     before the current one is handed out; closing the iterator releases
     what it holds (a streamed set's decode workers)."""
     ...

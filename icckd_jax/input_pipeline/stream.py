@@ -39,7 +39,12 @@ from icckd_jax.data import array_record
 from icckd_jax.input_pipeline import host_augment
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
-from icckd_jax.input_pipeline.source import Batch, EvalBatch, EvalBatches
+from icckd_jax.input_pipeline.source import (
+  Batch,
+  EvalBatch,
+  EvalBatches,
+  TrainFeed,
+)
 from icckd_jax.errors import UserError
 
 # Steps a Grain pipeline may be asked for: more than any run takes.
@@ -125,30 +130,11 @@ class StreamSource:
     return tuple(self.train.image_shape)
 
   def train_batches(
-    self,
-    mesh: Mesh,
-    *,
-    seed: int,
-    batch_size: int,
-    num_views: int,
-    crop_padding: int,
-    flip: bool,
-    start_step: int,
-    with_indices: bool = False,
+    self, mesh: Mesh, feed: TrainFeed, start_step: int
   ) -> Iterator[Batch]:
     """`source.InputSource.train_batches`, decoded in `train.workers`
     processes."""
-    return _train_batches(
-      self.train,
-      mesh,
-      seed=seed,
-      batch_size=batch_size,
-      num_views=num_views,
-      crop_padding=crop_padding,
-      flip=flip,
-      start_step=start_step,
-      with_indices=with_indices,
-    )
+    return _train_batches(self.train, mesh, feed, start_step)
 
   def eval_batches(self, mesh: Mesh, batch_size: int) -> EvalBatches:
     """`source.InputSource.eval_batches`: each pass reads the test split."""
@@ -320,21 +306,14 @@ def _checked(element):
 
 
 def _train_batches(
-  split: StreamSplit,
-  mesh: Mesh,
-  *,
-  seed: int,
-  batch_size: int,
-  num_views: int,
-  crop_padding: int,
-  flip: bool,
-  start_step: int,
-  with_indices: bool = False,
+  split: StreamSplit, mesh: Mesh, feed: TrainFeed, start_step: int
 ) -> Iterator[Batch]:
   """The global `Batch`es of steps start_step, start_step + 1, ... of
   `split` (`StreamSource.train_batches`), as the resident path gives them."""
+  batch_size, num_views = feed.batch_size, feed.num_views
   rows = local_rows(mesh, batch_size)
-  fn = _TrainRows(split, seed, batch_size, rows, num_views, crop_padding, flip)
+  fn = _TrainRows(split, feed.seed, batch_size, rows, num_views,
+                  feed.crop_padding, feed.flip)  # fmt: skip
   elements = _iterate(fn, start_step, _ENDLESS, split.workers)
   images_sharding = NamedSharding(mesh, P(None, parallel.DATA))
   rows_sharding = parallel.batch_sharded(mesh)
@@ -349,7 +328,7 @@ def _train_batches(
     labels = jax.make_array_from_process_local_data(
       rows_sharding, element['labels'], (batch_size,)
     )
-    if not with_indices:
+    if not feed.with_indices:
       return Batch(images, labels)
     indices = jax.make_array_from_process_local_data(
       rows_sharding, element['indices'], (batch_size,)

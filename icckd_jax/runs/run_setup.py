@@ -20,7 +20,7 @@ from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.input_pipeline import resident
-from icckd_jax.input_pipeline.source import Batch, InputSource
+from icckd_jax.input_pipeline.source import Batch, InputSource, TrainFeed
 from icckd_jax.errors import UserError
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.runs import reuse as reuse_lib
@@ -116,13 +116,12 @@ class RunSetup:
   ) -> Iterator[Batch]:
     """The `Batch`es of this run from `start_step` on, from `source`;
     `recipe` gives the seed, batch size and augmentation."""
-    return source.train_batches(
-      mesh,
+    feed = TrainFeed(
       seed=recipe.seed,
       batch_size=recipe.batch_size,
       num_views=self.num_views,
       crop_padding=recipe.crop_padding,
       flip=recipe.flip,
-      start_step=start_step,
       with_indices=self.with_indices,
     )
+    return source.train_batches(mesh, feed, start_step)
