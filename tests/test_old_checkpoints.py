@@ -18,6 +18,7 @@ from configs import teacher as teacher_config
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
+from icckd_jax.input_pipeline import resident
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import train_state
 from icckd_jax.runs import spec
@@ -54,7 +55,7 @@ def _crd_student(tmp_path):
   config.model = t_config.model
   config.teacher.workdir = str(tmp_path / 'no_teacher')
   run = spec.from_config(config)
-  dataset = datasets.load(run.data)
+  dataset = resident.ResidentSource.of(datasets.load(run.data))
   mesh = parallel.make_mesh(1)
   model = models.create_model(t_config.model, dataset.num_classes)
   t_variables = parallel.put_replicated(
