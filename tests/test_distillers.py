@@ -264,8 +264,8 @@ def tiny_run():
   setup = student.build_student(
     spec.from_config(config), dataset, mesh, t_config, t_variables
   )
-  split, _ = resident.to_device(dataset, mesh)
-  batch = next(setup.batches(spec.from_config(config).recipe, split, mesh, 0))
+  source = resident.ResidentSource.of(dataset)
+  batch = next(setup.batches(spec.from_config(config).recipe, source, mesh, 0))
   s_variables = jax.device_get(init(jax.random.key(4)))
   state = train_state.create_train_state(
     {'model': s_variables['params']}, s_variables['batch_stats'], setup.tx
@@ -314,7 +314,7 @@ def test_one_student_step_per_method(tiny_run, method):
   # A fresh copy: the step donates the state.
   state = jax.device_put(initial, parallel.replicated(mesh))
   before = initial.params
-  state, metrics = setup.train_step(state, *batch, setup.step_args)
+  state, metrics = setup.train_step(state, batch, setup.step_args)
   metrics, after = jax.device_get((metrics, state.params))
   assert all(np.isfinite(v) for v in metrics.values()), metrics
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(after))

@@ -78,12 +78,11 @@ def _run_steps(config, devices, steps):
   teacher_before = jax.device_get(setup.step_args['teacher'])
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
-  split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
+  source = resident.ResidentSource.of(dataset)
+  batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
   metrics = []
   for _ in range(steps):
-    images, labels = next(batches)
-    state, m = setup.train_step(state, images, labels, setup.step_args)
+    state, m = setup.train_step(state, next(batches), setup.step_args)
     metrics.append(m)
   return (
     initial,

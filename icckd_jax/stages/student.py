@@ -24,7 +24,7 @@ import ml_collections
 from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
-from icckd_jax.data import datasets
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import layout
@@ -49,7 +49,6 @@ from icckd_jax.runs.run_setup import (
   compute_dtype,
   load_dataset,
   mesh_key,
-  splits,
 )
 from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
@@ -58,7 +57,7 @@ from icckd_jax.runs.train_state import create_train_state
 def _teacher_model(
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
 ):
   """The teacher's module (inference only, no BatchNorm sync)."""
@@ -104,7 +103,7 @@ def _teacher_parts(
 
 def _checked_pair(
   run: RunSpec,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
@@ -134,7 +133,7 @@ def _checked_pair(
 
 def build_student(
   run: RunSpec,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
@@ -198,7 +197,7 @@ def _make_step(
   tx,
   mesh: Mesh,
   steps_per_epoch: int,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
 ):
   """The student's jitted step (`student_step.make_train_step`):
@@ -225,7 +224,7 @@ def _init_fn(
   teacher_variables,
   distiller: distillers.Distiller,
   tx,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
 ):
   """The student's initial-state function: the model from the seed's key,
   and a trainable distiller's params and buffers from the same key (it
@@ -367,7 +366,6 @@ def _teacher_eval(
   if os.path.exists(path):
     _check_same_teacher(path, teacher.fingerprint, source)
   else:
-    _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
     mean, std = teacher_source.teacher_normalization(teacher.config, dataset)
     dtype = compute_dtype(run.recipe.dtype)
@@ -377,9 +375,11 @@ def _teacher_eval(
       mean=mean,
       std=std,
       dtype=dtype,
-      batch_size=run.bookkeeping.eval_batch_size,
     )
-    teacher_eval = evaluate_fn(teacher.variables, test_split)
+    teacher_eval = evaluate_fn(
+      teacher.variables,
+      dataset.eval_batches(mesh, run.bookkeeping.eval_batch_size),
+    )
     teacher_eval.update(
       model=teacher.config.model,
       source=source,
