@@ -13,7 +13,7 @@ method with its published CIFAR-100 recipe (docs/distillers.md):
           negatives, τ = 0.07; a memory bank per training image)
   reviewkd  knowledge review (w = 5, 20 warm-up epochs; trained fusion
           blocks)
-  wttm    weighted transformed teacher matching (γ = 0.1, β = 45)
+  wttm    weighted transformed teacher matching (γ = 0.2, β = 4)
   ctkd    KD with a learned, adversarial temperature (γ = 0.1, α = 0.9,
           T in (1, 21), λ's cosine curriculum over 10 epochs)
 

@@ -19,7 +19,7 @@ teachers: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1.
                         / 256, batch 256, lr 0.1 (reviewkd.yaml)
   <pair>_wttm           WTTM (Zheng & Yang; 72.19 / 73.09 published, run
                         with torchdistill, whose config the authors did not
-                        release): γ 0.1, β 45, CE 1 (the CIFAR-100
+                        release): γ 0.2, β 4, CE 1 (the CIFAR-100
                         defaults of icckd_jax/distillers/wttm.py), on KD's
                         solver
   icc_r34               an imagenet_resnet34 teacher trained with the
@@ -129,7 +129,7 @@ _RECIPES = {
   },
   # No published ImageNet recipe: the CIFAR-100 one, spelled out.
   'wttm': {
-    pair: {'ce_weight': 1.0, 'wttm_power': 0.1, 'wttm_weight': 45.0}
+    pair: {'ce_weight': 1.0, 'wttm_power': 0.2, 'wttm_weight': 4.0}
     for pair in PAIRS
   },
 }

@@ -11,11 +11,14 @@ distribution s = softmax(s) matches it, each example weighted by its U
 (the paper's WTTM objective, its Section 4; TTM, its Section 3, is the
 same without U).
 
-Recipe: γ = 0.1, β = 45, w_ce = 1; the authors' repository
-(zkxufo/TTM, distiller_zoo/wttm.py, train_student.py `-r` / `-b` /
-`--ttm_l`) gives no per-pair values: these are its README's one example
-(`--ttm_l 0.1 -r 1 -b 45 -a 0`, TTM, vgg13 → vgg8); the paper's per-pair
-γ and β (its appendix A.4) were not at hand (docs/distillers.md).
+Recipe: γ = 0.2, β = 4, w_ce = 1; the authors' repository
+(zkxufo/TTM, distiller_zoo/wttm.py, train_student.py `-r` / `-b` / `-a`
+/ `--ttm_l`) gives no per-pair values: these are its README's one
+example of a WTTM weight (WTTM added to CRD, vgg13 → vgg8: `--add wttm
+--ttm_l 0.2 -a 4`, `-r` 1 by default); the paper's per-pair γ and β (its
+appendix A.4) were not at hand (docs/distillers.md). Its TTM example's
+`-b 45` does not carry over: U multiplies WTTM's term (≈ 25 at γ = 0.2
+for a 100-class teacher putting 0.9 on one class, the rest evenly).
 The repository can add a second KD term (`--add kd -a α`); its examples
 for WTTM alone set α = 0, as here. Config: `ce_weight`, `wttm_power`,
 `wttm_weight`.
@@ -65,13 +68,13 @@ METHOD = contract.Method(
   shared=('ce_weight',),
   own={
     'wttm_power': settings.Setting(
-      0.1,
+      0.2,
       "γ = 1/T, the teacher's power transform (zkxufo/TTM --ttm_l; its "
       "README's example)",
       rule=settings.POSITIVE,
     ),
     'wttm_weight': settings.weight(
-      45.0, "β, WTTM's weight (zkxufo/TTM -b; its README's example)"
+      4.0, "β, WTTM's weight (zkxufo/TTM -b, or -a as added; its README's)"
     ),
   },
   loss=loss,
