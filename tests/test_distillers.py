@@ -14,6 +14,7 @@ from configs import teacher as teacher_config
 from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
+from icckd_jax.distillers import wttm
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
@@ -36,7 +37,18 @@ STAGE_SHAPES = {
   'ShuffleV1': [(16, 16, 240), (8, 8, 480), (4, 4, 960)],
   'ShuffleV2': [(16, 16, 116), (8, 8, 232), (4, 4, 464)],
 }
-METHODS = ('kd', 'kd_rkd', 'dkd', 'dist', 'at', 'nst', 'pkt', 'sp', 'rkd')
+METHODS = (
+  'kd',
+  'kd_rkd',
+  'dkd',
+  'dist',
+  'at',
+  'nst',
+  'pkt',
+  'sp',
+  'rkd',
+  'wttm',
+)
 
 
 @pytest.mark.parametrize('name', STAGE_SHAPES)
@@ -156,6 +168,10 @@ def _reference(method, s, t, labels, hp, standardize=False):
       hp['ce_weight'] * _ce(s, labels)
       + hp['pkt_weight'] * student_losses.pkt_loss(s.features, t.features)
     ),
+    'wttm': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + hp['wttm_weight'] * wttm.wttm_loss(sl, tl, hp['wttm_power'])
+    ),
   }[method]()
 
 
@@ -230,7 +246,8 @@ def test_gradients_reach_the_student_and_are_finite():
 @pytest.mark.parametrize('method', ['at', 'kd_rkd', 'pkt'])
 def test_standardize_logits_is_refused_for_other_methods(method):
   with pytest.raises(
-    UserError, match='standardize_logits=True applies to kd, dkd, dist only'
+    UserError,
+    match='standardize_logits=True applies to kd, dkd, dist, ctkd only',
   ) as e:
     _build(method, standardize_logits=True)
   assert '\n' not in str(e.value)
