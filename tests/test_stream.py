@@ -21,7 +21,6 @@ from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.input_pipeline import stream
 from icckd_jax.experiments.sweep import run_store
-from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
 from icckd_jax.runs import validate
@@ -212,7 +211,6 @@ def test_runs_saved_before_config_input_resume_and_keep_store_keys(
   old = tmp_path / 'old'
   with monkeypatch.context() as patch:
     patch.setattr(validate, 'config_as_dict', _without_input)
-    patch.setattr(loop_lib.validate, 'config_as_dict', _without_input)
     _stop_before(patch, 3)
     code, stderr = run_launcher(*TRAINED, f'--workdir={old}')
   assert code == 128 + signal.SIGTERM, stderr[-2000:]
