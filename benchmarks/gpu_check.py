@@ -135,23 +135,20 @@ def time_step(kind, model, batch, dtype, size, steps, teacher_model, classes):
   mesh = parallel.make_mesh()
   config = _stage_config(kind, model, batch, dtype, size, classes)
   dataset = datasets.load(spec.data_spec(config.dataset))
-  split, _ = resident.to_device(dataset, mesh)
+  source = resident.ResidentSource.of(dataset)
   setup = _build(kind, config, dataset, mesh, teacher_model)
   state = setup.create_state(mesh)
-  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
-  images, labels = next(batches)
+  batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
+  batch = next(batches)
   start = time.perf_counter()
-  compiled = setup.train_step.lower(
-    state, images, labels, setup.step_args
-  ).compile()
+  compiled = setup.train_step.lower(state, batch, setup.step_args).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, images, labels, setup.step_args)
+  state, metrics = compiled(state, batch, setup.step_args)
   jax.block_until_ready(metrics)
   inputs = [next(batches) for _ in range(min(steps, 4))]
   start = time.perf_counter()
   for i in range(steps):
-    images, labels = inputs[i % len(inputs)]
-    state, metrics = compiled(state, images, labels, setup.step_args)
+    state, metrics = compiled(state, inputs[i % len(inputs)], setup.step_args)
   jax.block_until_ready((state, metrics))
   seconds = time.perf_counter() - start
   memory = memory_lib.compiled_memory(compiled)
@@ -171,9 +168,9 @@ def time_pipeline(batch, size, steps, classes):
   mesh = parallel.make_mesh()
   config = _stage_config('ce', 'resnet8', batch, 'float32', size, classes)
   dataset = datasets.load(spec.data_spec(config.dataset))
-  split, _ = resident.to_device(dataset, mesh)
+  source = resident.ResidentSource.of(dataset)
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
-  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
   jax.block_until_ready(next(batches))  # compiles the augmentation
   start = time.perf_counter()
   for _ in range(steps):

@@ -3,10 +3,10 @@ r"""The streaming input path's speed and memory, beside the resident path.
 In a temporary folder (never in the repository) it generates JPEG folders,
 converts them with the converter of configs/convert.py, and prints:
 
-* images/s of the streaming pipeline (`stream.train_batches`: read, decode,
+* images/s of the streaming pipeline (`StreamSource.train_batches`: read, decode,
   RandomResizedCrop to 224x224, flip, onto the device) with 1 and 2 decode
   workers, batch 64, one view; and of the resident path at 32x32
-  (`resident.train_batches` on the synthetic set);
+  (`ResidentSource.train_batches` on the synthetic set);
 * the conversion's time and disk per 10,000 images;
 * the peak RSS of a process streaming one epoch of generated sets of
   --small_sets images (decode workers included), which should not grow with
@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.data import convert
@@ -93,18 +94,17 @@ def _rate(batches, steps: int, batch_size: int) -> float:
   return steps * batch_size / (time.perf_counter() - start)
 
 
+def _feed(crop_padding: int) -> TrainFeed:
+  """One view per example, cropped and flipped, seed 0."""
+  return TrainFeed(0, FLAGS.batch_size, 1, crop_padding, flip=True)
+
+
 def _stream_rate(path: str, workers: int, size: int) -> float:
   info = array_record.read_info(path)
-  train, _ = stream.splits(info, size, workers)
-  batches = stream.train_batches(
-    train,
+  batches = stream.source(info, size, workers).train_batches(
     parallel.make_mesh(1),
-    seed=0,
-    batch_size=FLAGS.batch_size,
-    num_views=1,
-    crop_padding=0,
-    flip=True,
-    start_step=0,
+    _feed(crop_padding=0),
+    0,
   )
   try:
     return _rate(batches, FLAGS.steps, FLAGS.batch_size)
@@ -127,16 +127,10 @@ def _resident_rate() -> float:
     )
   )
   mesh = parallel.make_mesh(1)
-  split, _ = resident.to_device(dataset, mesh)
-  batches = resident.train_batches(
-    split,
+  batches = resident.ResidentSource.of(dataset).train_batches(
     mesh,
-    seed=0,
-    batch_size=FLAGS.batch_size,
-    num_views=1,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
+    _feed(crop_padding=4),
+    0,
   )
   return _rate(batches, 10 * FLAGS.steps, FLAGS.batch_size)
 
@@ -145,18 +139,15 @@ def _rss_child(path: str) -> None:
   """Streams one epoch (2 workers, 32x32) and prints the peak RSS, MiB, of
   this process and of its largest worker."""
   info = array_record.read_info(path)
-  train, _ = stream.splits(info, 32, 2)
-  batches = stream.train_batches(
-    train,
+  streamed = stream.source(info, 32, 2)
+  batches = streamed.train_batches(
     parallel.make_mesh(1),
-    seed=0,
-    batch_size=FLAGS.batch_size,
-    num_views=1,
-    crop_padding=0,
-    flip=True,
-    start_step=0,
+    _feed(crop_padding=0),
+    0,
   )
-  for _ in range(resident.steps_per_epoch(train.size, FLAGS.batch_size)):
+  for _ in range(
+    resident.steps_per_epoch(streamed.train.size, FLAGS.batch_size)
+  ):
     jax.block_until_ready(next(batches))
   batches.close()
   print(

@@ -48,18 +48,18 @@ flags.DEFINE_float('lam', 0.1, 'λ: 0 times the cross-entropy teacher.')
 
 
 def scan_step(train_step, k: int):
-  """One dispatch of k steps: (state, images [k, ...], labels [k, ...],
+  """One dispatch of k steps: (state, batches (a `Batch` of leaves [k, ...]),
   args) -> (state, metrics of each step [k])."""
   if k == 1:
-    return lambda state, images, labels, args: train_step(
-      state, images[0], labels[0], args
+    return lambda state, batches, args: train_step(
+      state, jax.tree.map(lambda x: x[0], batches), args
     )
 
-  def many(state, images, labels, args):
+  def many(state, batches, args):
     def body(state, batch):
-      return train_step(state, batch[0], batch[1], args)
+      return train_step(state, batch, args)
 
-    return lax.scan(body, state, (images, labels))
+    return lax.scan(body, state, batches)
 
   return jax.jit(many, donate_argnums=(0,))
 
@@ -77,28 +77,25 @@ def main(argv):
   mesh = parallel.make_mesh()
   dataset = datasets.load(spec.data_spec(config.dataset))
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
-  split, _ = resident.to_device(dataset, mesh)
+  source = resident.ResidentSource.of(dataset)
   ks = [int(k) for k in FLAGS.ks]
   # One pool of device batches, stacked per k: the loop only dispatches.
-  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
+  batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
   pool = [next(batches) for _ in range(max(ks))]
   runs = {}
   for k in ks:
-    images = jnp.stack([b[0] for b in pool[:k]])
-    labels = jnp.stack([b[1] for b in pool[:k]])
+    stacked = jax.tree.map(lambda *b: jnp.stack(b), *pool[:k])
     step = scan_step(setup.train_step, k)
     state = setup.create_state(mesh)
-    state, metrics = step(state, images, labels, setup.step_args)
+    state, metrics = step(state, stacked, setup.step_args)
     jax.block_until_ready(metrics)
-    runs[k] = dict(
-      step=step, state=state, images=images, labels=labels, times=[]
-    )
+    runs[k] = dict(step=step, state=state, batches=stacked, times=[])
   for _ in range(FLAGS.rounds):
     for k, run in runs.items():
       start = time.perf_counter()
       for _ in range(FLAGS.steps // k):
         run['state'], metrics = run['step'](
-          run['state'], run['images'], run['labels'], setup.step_args
+          run['state'], run['batches'], setup.step_args
         )
       jax.block_until_ready(metrics)
       run['times'].append(

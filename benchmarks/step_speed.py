@@ -119,15 +119,13 @@ def main(argv):
     dataset = datasets.load(
       spec.data_spec(_base(teacher_config.get_config(), size).dataset)
     )
-    split, _ = resident.to_device(dataset, mesh)
+    source = resident.ResidentSource.of(dataset)
     config, setup, state = build(name, mesh, dataset, size)
-    batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
-    images, labels = next(batches)
-    compiled = setup.train_step.lower(
-      state, images, labels, setup.step_args
-    ).compile()
+    batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
+    batch = next(batches)
+    compiled = setup.train_step.lower(state, batch, setup.step_args).compile()
     memory = memory_lib.compiled_memory(compiled)
-    state, metrics = compiled(state, images, labels, setup.step_args)
+    state, metrics = compiled(state, batch, setup.step_args)
     jax.block_until_ready(metrics)
     runs[variant] = dict(
       compiled=compiled,
@@ -141,10 +139,10 @@ def main(argv):
   for _ in range(FLAGS.rounds):
     for run in runs.values():
       for _ in range(per_round):
-        images, labels = next(run['batches'])
+        batch = next(run['batches'])
         start = time.perf_counter()
         run['state'], metrics = run['compiled'](
-          run['state'], images, labels, run['args']
+          run['state'], batch, run['args']
         )
         jax.block_until_ready(metrics)
         run['times'].append(time.perf_counter() - start)

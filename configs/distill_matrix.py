@@ -2,7 +2,7 @@ r"""The teacher × distiller matrix: does the intra-class teacher help every
 student, or only KD's?
 
 Two teachers, the plain cross-entropy one (λ = 0) and the intra-class one
-(the teacher config's defaults), each distilled into six students, every
+(the teacher config's defaults), each distilled into eight students, every
 method with its published CIFAR-100 recipe (docs/distillers.md):
 
   kd      Hinton et al. (T = 4, γ = 0.1, α = 0.9)
@@ -13,10 +13,13 @@ method with its published CIFAR-100 recipe (docs/distillers.md):
           negatives, τ = 0.07; a memory bank per training image)
   reviewkd  knowledge review (w = 5, 20 warm-up epochs; trained fusion
           blocks)
+  wttm    weighted transformed teacher matching (γ = 0.2, β = 4)
+  ctkd    KD with a learned, adversarial temperature (γ = 0.1, α = 0.9,
+          T in (1, 21), λ's cosine curriculum over 10 epochs)
 
-Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The six
+Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The eight
 students of one teacher share its run through the run store (a teacher is
-named by its config), so a seed trains two teachers and twelve students.
+named by its config), so a seed trains two teachers and sixteen students.
 
   # the published scale: CIFAR-100, resnet32x4 -> resnet8x4, 240 epochs
   # each, float32, seeds 0-2
@@ -47,6 +50,8 @@ STUDENTS = {
   'dist': 'student.distill.method="dist"',
   'crd': 'student.distill.method="crd"',
   'reviewkd': 'student.distill.method="reviewkd"',
+  'wttm': 'student.distill.method="wttm"',
+  'ctkd': 'student.distill.method="ctkd"',
 }
 
 
@@ -88,10 +93,11 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
   8,400 img/s takes 24 min, the intra-class teacher at 6,600 img/s (the
   middle of the 6,200-7,000 measured with the feature cache) 30 min, each
   student at the KD student's 17,700 img/s 11 min (DKD, KD + LS and DIST
-  cost what KD does; CRD's bank gather, [64, 16385, 128] floats a step,
-  and ReviewKD's fusion blocks were not measured and will be slower). One
-  process: 24 + 30 + 12 × 11 = about 3 h 6 min. Four workers sharing the
-  GPU gave 1.5x one process's throughput: about 2 h 4 min, plus
+  cost what KD does, as WTTM and CTKD should: logit losses; CRD's bank
+  gather, [64, 16385, 128] floats a step, and ReviewKD's fusion blocks
+  were not measured and will be slower). One process: 24 + 30 + 16 × 11
+  = about 3 h 50 min. Four workers sharing the GPU gave 1.5x one
+  process's throughput: about 2 h 33 min, plus
   evaluation and the first compiles (10-40 s per distinct step), with the
   two teachers first.
   """

@@ -8,11 +8,12 @@ from typing import Any
 import ml_collections
 
 from icckd_jax.data import convert
-from icckd_jax.training import evaluate
 from icckd_jax.experiments import pipeline
 from icckd_jax.experiments.sweep import report
 from icckd_jax.training import compilation_cache
 from icckd_jax.training import hooks as hooks_lib
+from icckd_jax.stages import evaluate_checkpoint
+from icckd_jax.stages import evaluate_pth
 from icckd_jax.stages import student
 from icckd_jax.experiments.sweep import runner as sweep
 from icckd_jax.stages import teacher
@@ -94,7 +95,7 @@ def run(
         f'{workdir!r} are both set; evaluate one or the other'
       )
     return _printed(
-      evaluate.evaluate_pytorch(
+      evaluate_pth.evaluate_pytorch(
         config.pth,
         config.get('model'),
         spec.data_spec(config.dataset),
@@ -106,7 +107,7 @@ def run(
   if mode == 'eval':
     validate.check_config(config)
     return _printed(
-      evaluate.evaluate_checkpoint(
+      evaluate_checkpoint.evaluate_checkpoint(
         workdir,
         which=config.checkpoint,
         num_devices=config.get('num_devices'),

@@ -12,9 +12,12 @@ from PIL import Image
 import pytest
 
 from icckd_jax.data import array_record
-from icckd_jax.data import convert
+from icckd_jax.data import convert_listing
 from icckd_jax.data import datasets
+from icckd_jax.data import shard_writer
 from icckd_jax.input_pipeline import inputs
+from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 from launch_in_process import error_line, run_launcher
 
@@ -108,7 +111,7 @@ def test_imagenet_layout_with_flat_val_and_solution_csv(tmp_path):
     name = f'ILSVRC2012_val_{i + 1:08d}'
     _jpeg(root / 'val' / f'{name}.JPEG', rng)
     rows.append(f'{name},{wnid} 1 2 30 40 {wnid} 3 4 10 20')
-  (root / convert.IMAGENET_VAL_CSV).write_text('\n'.join(rows) + '\n')
+  (root / convert_listing.IMAGENET_VAL_CSV).write_text('\n'.join(rows) + '\n')
   code, stderr = _convert(root, tmp_path / 'out', name='imagenet')
   assert code == 0, stderr[-2000:]
   info = array_record.read_info(str(tmp_path / 'out'))
@@ -116,7 +119,7 @@ def test_imagenet_layout_with_flat_val_and_solution_csv(tmp_path):
   assert info.counts['test'] == len(val_labels)
   assert [info.classes[i] for i in info.labels('test')] == val_labels
 
-  (root / convert.IMAGENET_VAL_CSV).write_text(
+  (root / convert_listing.IMAGENET_VAL_CSV).write_text(
     '\n'.join(rows[:2] + ['ILSVRC2012_val_00000002,n99 1 2 3 4']) + '\n'
   )
   line = error_line(*_convert(root, tmp_path / 'new', name='imagenet'))
@@ -129,7 +132,7 @@ def test_killed_conversion_restarts_at_the_first_incomplete_shard(
 ):
   source = mixed_folder(tmp_path / 'src')
   out = tmp_path / 'out'
-  real, written = convert.write_shard, []
+  real, written = shard_writer.write_shard, []
 
   def dies_at_third(task):
     if len(written) == 2:
@@ -137,13 +140,13 @@ def test_killed_conversion_restarts_at_the_first_incomplete_shard(
     written.append(task['file'])
     return real(task)
 
-  monkeypatch.setattr(convert, 'write_shard', dies_at_third)
+  monkeypatch.setattr(shard_writer, 'write_shard', dies_at_third)
   code, _ = _convert(source, out, '--config.records_per_shard=3')
   assert code == 130 and not (out / array_record.INFO_FILE).exists()
   kept = {f: (out / f).stat().st_mtime_ns for f in written}
   again = []
   monkeypatch.setattr(
-    convert,
+    shard_writer,
     'write_shard',
     lambda task: again.append(task['file']) or real(task),
   )
@@ -152,7 +155,7 @@ def test_killed_conversion_restarts_at_the_first_incomplete_shard(
   assert not set(again) & set(written) and len(again) == 6 - len(written)
   assert {f: (out / f).stat().st_mtime_ns for f in written} == kept
   fresh = tmp_path / 'fresh'
-  monkeypatch.setattr(convert, 'write_shard', real)
+  monkeypatch.setattr(shard_writer, 'write_shard', real)
   code, stderr = _convert(source, fresh, '--config.records_per_shard=3')
   assert code == 0, stderr[-2000:]
   for f in fresh.glob('*.array_record'):
@@ -288,7 +291,9 @@ def test_records_round_trip():
   assert array_record.decode_record(record) == (7, b'\xff\xd8jpeg')
   png = io.BytesIO()
   Image.fromarray(np.zeros((2, 3), np.uint8)).save(png, format='PNG')
-  assert convert._read_source(np.zeros((2, 3, 1), np.uint8)) == png.getvalue()  # pylint: disable=protected-access
+  assert (
+    shard_writer._read_source(np.zeros((2, 3, 1), np.uint8)) == png.getvalue()
+  )  # pylint: disable=protected-access
 
 
 def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
@@ -304,18 +309,18 @@ def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
     name='array_record', path=str(tmp_path / 'out'), image_size=32
   )
   decoded = 6 * 8 * 6 * 3  # train images x H x W x C
-  resident = inputs.load(config, 'auto', 0, device_bytes=4 * decoded)
-  assert resident.stream is None
+  whole = inputs.load(config, 'auto', 0, device_bytes=4 * decoded)
+  assert isinstance(whole, resident.ResidentSource)
   files = sorted((source / 'train').glob('*/*.jpg'))
   np.testing.assert_array_equal(
-    resident.train_images,
+    whole.train_images,
     [np.asarray(Image.open(f).convert('RGB')) for f in files],
   )
   streamed = inputs.load(config, 'auto', 0, device_bytes=4 * decoded - 1)
-  assert streamed.train_images is None
+  assert isinstance(streamed, stream.StreamSource)
   assert streamed.image_shape == (8, 6, 3)  # one size: kept, 'crop' recipe
-  assert streamed.stream[0].recipe == 'crop'
-  np.testing.assert_array_equal(streamed.mean, resident.mean)
+  assert streamed.train.recipe == 'crop'
+  np.testing.assert_array_equal(streamed.mean, whole.mean)
   with pytest.raises(UserError, match='the decoded splits take'):
     inputs.load(config, 'resident', 0, device_bytes=100)
 
@@ -339,8 +344,10 @@ def test_augment_chooses_the_streamed_recipe_or_refuses_in_one_line(
   # One size, room to spare: 'auto' would hold it resident and crop with
   # padding at 40x48; 'resized_crop' streams it at image_size.
   streamed = inputs.load(config, 'auto', 0, device_bytes=2**40)
-  assert [s.recipe for s in streamed.stream] == ['resized_crop'] * 2
-  assert streamed.stream[0].image_shape == (32, 32, 3)
+  assert [s.recipe for s in (streamed.train, streamed.test)] == [
+    'resized_crop'
+  ] * 2
+  assert streamed.image_shape == (32, 32, 3)
   with pytest.raises(UserError, match='cannot apply config.dataset.augment='):
     inputs.load(config, 'resident', 0, device_bytes=2**40)
   synthetic = datasets.DataSpec(name='synthetic', augment='resized_crop')
@@ -365,7 +372,7 @@ def test_imagenet_flat_val_labelled_by_the_devkit(tmp_path):
     _jpeg(root / 'train' / wnid / f'{wnid}_0.JPEG', rng)
   for i in range(3):
     _jpeg(root / 'val' / f'ILSVRC2012_val_{i + 1:08d}.JPEG', rng)
-  devkit = root / convert.DEVKIT_DATA
+  devkit = root / convert_listing.DEVKIT_DATA
   devkit.mkdir(parents=True)
   synsets = np.zeros(
     (2, 1), dtype=[('ILSVRC2012_ID', 'O'), ('WNID', 'O'), ('num_children', 'O')]
@@ -373,7 +380,7 @@ def test_imagenet_flat_val_labelled_by_the_devkit(tmp_path):
   synsets[0, 0] = (np.array([[1]]), np.array(['n05']), np.array([[0]]))
   synsets[1, 0] = (np.array([[2]]), np.array(['n01']), np.array([[0]]))
   scipy.io.savemat(devkit / 'meta.mat', {'synsets': synsets})
-  (devkit / convert.DEVKIT_GROUND_TRUTH).write_text('1\n2\n2\n')
+  (devkit / convert_listing.DEVKIT_GROUND_TRUTH).write_text('1\n2\n2\n')
   code, stderr = _convert(root, tmp_path / 'out', name='imagenet')
   assert code == 0, stderr[-2000:]
   info = array_record.read_info(str(tmp_path / 'out'))

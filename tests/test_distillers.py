@@ -14,6 +14,7 @@ from configs import teacher as teacher_config
 from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
+from icckd_jax.distillers import wttm
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import resident
 from icckd_jax.errors import UserError
@@ -36,7 +37,18 @@ STAGE_SHAPES = {
   'ShuffleV1': [(16, 16, 240), (8, 8, 480), (4, 4, 960)],
   'ShuffleV2': [(16, 16, 116), (8, 8, 232), (4, 4, 464)],
 }
-METHODS = ('kd', 'kd_rkd', 'dkd', 'dist', 'at', 'nst', 'pkt', 'sp', 'rkd')
+METHODS = (
+  'kd',
+  'kd_rkd',
+  'dkd',
+  'dist',
+  'at',
+  'nst',
+  'pkt',
+  'sp',
+  'rkd',
+  'wttm',
+)
 
 
 @pytest.mark.parametrize('name', STAGE_SHAPES)
@@ -156,6 +168,10 @@ def _reference(method, s, t, labels, hp, standardize=False):
       hp['ce_weight'] * _ce(s, labels)
       + hp['pkt_weight'] * student_losses.pkt_loss(s.features, t.features)
     ),
+    'wttm': lambda: (
+      hp['ce_weight'] * _ce(s, labels)
+      + hp['wttm_weight'] * wttm.wttm_loss(sl, tl, hp['wttm_power'])
+    ),
   }[method]()
 
 
@@ -230,7 +246,8 @@ def test_gradients_reach_the_student_and_are_finite():
 @pytest.mark.parametrize('method', ['at', 'kd_rkd', 'pkt'])
 def test_standardize_logits_is_refused_for_other_methods(method):
   with pytest.raises(
-    UserError, match='standardize_logits=True applies to kd, dkd, dist only'
+    UserError,
+    match='standardize_logits=True applies to kd, dkd, dist, ctkd only',
   ) as e:
     _build(method, standardize_logits=True)
   assert '\n' not in str(e.value)
@@ -264,8 +281,8 @@ def tiny_run():
   setup = student.build_student(
     spec.from_config(config), dataset, mesh, t_config, t_variables
   )
-  split, _ = resident.to_device(dataset, mesh)
-  batch = next(setup.batches(spec.from_config(config).recipe, split, mesh, 0))
+  source = resident.ResidentSource.of(dataset)
+  batch = next(setup.batches(spec.from_config(config).recipe, source, mesh, 0))
   s_variables = jax.device_get(init(jax.random.key(4)))
   state = train_state.create_train_state(
     {'model': s_variables['params']}, s_variables['batch_stats'], setup.tx
@@ -314,7 +331,7 @@ def test_one_student_step_per_method(tiny_run, method):
   # A fresh copy: the step donates the state.
   state = jax.device_put(initial, parallel.replicated(mesh))
   before = initial.params
-  state, metrics = setup.train_step(state, *batch, setup.step_args)
+  state, metrics = setup.train_step(state, batch, setup.step_args)
   metrics, after = jax.device_get((metrics, state.params))
   assert all(np.isfinite(v) for v in metrics.values()), metrics
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(after))

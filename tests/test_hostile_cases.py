@@ -22,7 +22,7 @@ from test_robust_runs import SMOKE, TRAINED, error_line, run_launcher, snapshot
 from test_robust_runs import trained  # noqa: F401  (the fixture)
 from icckd_jax.runs import memory
 from icckd_jax.training import checkpoint
-from icckd_jax.training import evaluate
+from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.stages import preflight
 from icckd_jax.runs import layout
 
@@ -132,7 +132,7 @@ def test_evaluating_a_read_only_workdir_prints_the_result(
       raise PermissionError(errno.EACCES, 'Permission denied', str(path))
     return real_open(path, mode, *args, **kwargs)
 
-  monkeypatch.setattr(evaluate, 'open', read_only, raising=False)
+  monkeypatch.setattr(evaluate_checkpoint, 'open', read_only, raising=False)
   before = snapshot(trained)
   code, stderr = run_launcher(
     '--config=configs/eval.py', f'--config.workdir={trained}'

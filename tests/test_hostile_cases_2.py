@@ -31,6 +31,7 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
+from icckd_jax.input_pipeline.source import Batch
 from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.training import checkpoint
 from icckd_jax.stages import student
@@ -432,9 +433,8 @@ def _build(method: str, teacher_name: str, student_name: str):
     (1, config.batch_size, *dataset.train_images.shape[1:]), jnp.uint8
   )
   labels = jax.ShapeDtypeStruct((config.batch_size,), jnp.int32)
-  if setup.with_indices:
-    labels = (labels, labels)
-  setup.train_step.lower(state, images, labels, setup.step_args)
+  batch = Batch(images, labels, labels if setup.with_indices else None)
+  setup.train_step.lower(state, batch, setup.step_args)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from configs import convert as convert_config
 from configs import imagenet
 from configs import teacher as teacher_config
 from conftest import SHARED_DATA, shared_fixture
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import array_record
@@ -24,7 +25,7 @@ from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
-from icckd_jax.training import evaluate
+from icckd_jax.stages import evaluate_pth
 from icckd_jax.training import metric_writer
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
@@ -90,7 +91,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   path = tmp_path_factory.mktemp('pre') / 'shards'
   c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
   dataset = inputs.load(spec.data_spec(c.dataset), c.input.mode, 0)
-  train, test = dataset.stream
+  train, test = dataset.train, dataset.test
   # Normalised with torchvision's constants, not the set's measured ones.
   mean, std = imagenet_preprocess.normalization()
   np.testing.assert_allclose(mean, [123.675, 116.28, 103.53], rtol=1e-6)
@@ -101,17 +102,19 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   assert train.recipe == test.recipe == 'resized_crop'
   assert train.image_shape == test.image_shape == (224, 224, 3)
   records = {s: array_record.Records(train.info, s) for s in ('train', 'test')}
-  batches = stream.train_batches(
-    train,
+  batches = dataset.train_batches(
     parallel.make_mesh(1),
-    seed=c.seed,
-    batch_size=4,
-    num_views=1,
-    crop_padding=c.crop_padding,
-    flip=c.flip,
-    start_step=0,
+    TrainFeed(
+      seed=c.seed,
+      batch_size=4,
+      num_views=1,
+      crop_padding=c.crop_padding,
+      flip=c.flip,
+    ),
+    0,
   )
-  images, labels = next(batches)
+  batch = next(batches)
+  images, labels = batch.images, batch.labels
   batches.close()
   order = stream.epoch_order(c.seed, 0, train.size)[:4]
   for position, index in enumerate(order):
@@ -122,11 +125,11 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
     expected = host_augment.resized_crop_flip(image, rng, 224, True)
     np.testing.assert_array_equal(np.asarray(images)[0, position], expected)
     assert int(labels[position]) == label
-  (images, _, mask), *_ = stream.eval_batches(test, parallel.make_mesh(1), 2)
+  first, *_ = dataset.eval_batches(parallel.make_mesh(1), 2)
   for i in range(2):
     image, _ = records['test'][i]
     expected = imagenet_preprocess.resize_center_crop(image, 256, 224)
-    np.testing.assert_array_equal(np.asarray(images)[i], expected)
+    np.testing.assert_array_equal(np.asarray(first.images)[i], expected)
 
 
 # Each yaml's fields that differ from the CIFAR defaults, and its solver.
@@ -260,7 +263,7 @@ def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
   expected = float(losses.cross_entropy(logits, labels).mean())
   np.testing.assert_allclose(at_start['loss'], expected, rtol=1e-4)
   # configs/eval.py on the same file prints the same figures.
-  printed = evaluate.evaluate_pytorch(
+  printed = evaluate_pth.evaluate_pytorch(
     str(TEACHER_PTH),
     'imagenet_resnet18',
     spec.data_spec(c.dataset),

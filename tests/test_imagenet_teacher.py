@@ -25,7 +25,6 @@ from icckd_jax.data import convert
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import inputs
-from icckd_jax.input_pipeline import stream
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.models import stages
@@ -168,13 +167,13 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   dataset_config = datasets.DataSpec(
     name='array_record', path=config.output_dir, image_size=224
   )
-  _, test = inputs.load(dataset_config, 'auto').stream
-  assert test.recipe == 'resized_crop'
-  (images, _, mask), *rest = stream.eval_batches(
-    test, parallel.make_mesh(1), len(names) + len(extra)
+  streamed = inputs.load(dataset_config, 'auto')
+  assert streamed.test.recipe == 'resized_crop'
+  batch, *rest = streamed.eval_batches(
+    parallel.make_mesh(1), len(names) + len(extra)
   )
-  assert not rest and np.all(mask)
-  images = np.asarray(images)
+  assert not rest and np.all(batch.mask)
+  images = np.asarray(batch.images)
   # One transform: the pixels of the file-based evaluation, exactly.
   files = [source / 'test' / 'x' / n for n in names + sorted(extra)]
   expected = np.stack([imagenet_preprocess.eval_image(str(f)) for f in files])

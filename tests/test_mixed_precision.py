@@ -21,13 +21,12 @@ def train_losses(config, dtype: str):
   mesh = parallel.make_mesh(1)
   dataset = datasets.load(spec.data_spec(config.dataset))
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
-  split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(spec.from_config(config).recipe, split, mesh, 0)
+  source = resident.ResidentSource.of(dataset)
+  batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
   state = setup.create_state(mesh)
   metrics = []
   for _ in range(STEPS):
-    images, labels = next(batches)
-    state, m = setup.train_step(state, images, labels, setup.step_args)
+    state, m = setup.train_step(state, next(batches), setup.step_args)
     metrics.append(m)
   metrics = jax.device_get(metrics)
   return (

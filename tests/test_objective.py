@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import optax
 
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax.input_pipeline import augment
 from icckd_jax.data import datasets
 from icckd_jax.objective import losses
@@ -23,17 +24,18 @@ def _small(config, **icc):
   return config
 
 
-def _batches(config, split, mesh, num_views):
+def _batches(config, source, mesh, num_views):
   """The batches the run of `config` trains on, from step 0."""
-  return resident.train_batches(
-    split,
+  return source.train_batches(
     mesh,
-    seed=config.seed,
-    batch_size=config.batch_size,
-    num_views=num_views,
-    crop_padding=4,
-    flip=True,
-    start_step=0,
+    TrainFeed(
+      seed=config.seed,
+      batch_size=config.batch_size,
+      num_views=num_views,
+      crop_padding=4,
+      flip=True,
+    ),
+    0,
   )
 
 
@@ -91,11 +93,12 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
       logits,
     )
 
-  split, _ = resident.to_device(dataset, mesh)
-  batches = _batches(config, split, mesh, num_views=1)
+  source = resident.ResidentSource.of(dataset)
+  batches = _batches(config, source, mesh, num_views=1)
   reference_losses = []
   for _ in range(3):
-    images, labels = next(batches)
+    batch = next(batches)
+    images, labels = batch.images, batch.labels
     assert images.shape[0] == 1, 'λ = 0 must not draw a second view'
     params, batch_stats, opt_state, logits = reference_step(
       params, batch_stats, opt_state, images[0], labels
@@ -167,13 +170,14 @@ def test_delta_minus_one_gates_nothing(smoke_config):
   dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
   model = models.create_model(config.model, dataset.num_classes)
-  split, _ = resident.to_device(dataset, mesh)
-  batches = _batches(config, split, mesh, num_views=2)
+  source = resident.ResidentSource.of(dataset)
+  batches = _batches(config, source, mesh, num_views=2)
   forward = jax.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[0]
   )
   for m, before in zip(metrics, [initial] + states[:-1]):
-    images, labels = (np.asarray(a) for a in next(batches))
+    batch = next(batches)
+    images, labels = np.asarray(batch.images), np.asarray(batch.labels)
     x = (
       images.reshape(-1, *images.shape[2:]).astype(np.float32) - dataset.mean
     ) / dataset.std
@@ -223,9 +227,9 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   config = _small(smoke_config)
   dataset = datasets.load(spec.data_spec(config.dataset))
   mesh = parallel.make_mesh(1)
-  split, _ = resident.to_device(dataset, mesh)
-  batches = _batches(config, split, mesh, num_views=2)
-  views_b = [np.asarray(next(batches)[0][1]) for _ in range(3)]
+  source = resident.ResidentSource.of(dataset)
+  batches = _batches(config, source, mesh, num_views=2)
+  views_b = [np.asarray(next(batches).images[1]) for _ in range(3)]
   np.testing.assert_array_equal(imgs.cache.items[0], views_b[2])
   np.testing.assert_array_equal(imgs.cache.items[1], views_b[1])
 

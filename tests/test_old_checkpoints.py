@@ -18,12 +18,13 @@ from configs import teacher as teacher_config
 from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
+from icckd_jax.input_pipeline import resident
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import train_state
 from icckd_jax.runs import spec
 from icckd_jax.stages import student
 from icckd_jax.training import checkpoint
-from icckd_jax.training import evaluate
+from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import loop
 from icckd_jax.runs import layout
 
@@ -55,7 +56,7 @@ def _crd_student(tmp_path):
   config.model = t_config.model
   config.teacher.workdir = str(tmp_path / 'no_teacher')
   run = spec.from_config(config)
-  dataset = datasets.load(run.data)
+  dataset = resident.ResidentSource.of(datasets.load(run.data))
   mesh = parallel.make_mesh(1)
   model = models.create_model(t_config.model, dataset.num_classes)
   t_variables = parallel.put_replicated(
@@ -111,7 +112,7 @@ def test_an_old_crd_student_checkpoint_resumes_bit_for_bit_and_evaluates(
   assert set(written.distiller_buffers) >= {'memory_s', 'memory_t', 'z'}
 
   # It evaluates (from the config saved with it).
-  result = evaluate.evaluate_checkpoint(old, 'last', batch_size=16)
+  result = evaluate_checkpoint.evaluate_checkpoint(old, 'last', batch_size=16)
   assert result['epoch'] == 1 and result['count'] == 16
 
   # It resumes: the second epoch ends where the uninterrupted run's did.

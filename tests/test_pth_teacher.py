@@ -10,6 +10,7 @@ import pytest
 
 from configs import student as student_config
 from conftest import SHARED_DATA, shared_fixture
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import models
 from icckd_jax.input_pipeline import augment
 from icckd_jax.data import datasets
@@ -18,7 +19,8 @@ from icckd_jax.errors import UserError
 from icckd_jax.interop import params_file
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
-from icckd_jax.training import evaluate
+from icckd_jax.stages import evaluate_checkpoint
+from icckd_jax.stages import evaluate_pth
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
 from icckd_jax.stages import student
@@ -74,7 +76,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(
   assert [r['step'] for r in steps] == [1, 2]
   assert all(np.isfinite(r['loss']) for r in steps)
 
-  printed = evaluate.evaluate_pytorch(
+  printed = evaluate_pth.evaluate_pytorch(
     str(PTH),
     'resnet20',
     spec.data_spec(config.dataset),
@@ -125,7 +127,7 @@ def test_native_checkpoint_export_predicts_like_its_evaluation(
 ):
   workdir, _ = student_run
   path = tmp_path / 'student.msgpack'
-  result = evaluate.evaluate_checkpoint(
+  result = evaluate_checkpoint.evaluate_checkpoint(
     str(workdir), 'last', batch_size=32, export=str(path)
   )
   exported = params_file.load(str(path))
@@ -152,20 +154,20 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
   # The first step's batch and initial student, rebuilt as the run built them.
   mesh = parallel.make_mesh(None)
   dataset = datasets.load(spec.data_spec(config.dataset))
-  split, _ = resident.to_device(dataset, mesh)
-  images, _ = next(
-    resident.train_batches(
-      split,
+  batch = next(
+    resident.ResidentSource.of(dataset).train_batches(
       mesh,
-      seed=config.seed,
-      batch_size=config.batch_size,
-      num_views=1,
-      crop_padding=config.crop_padding,
-      flip=config.flip,
-      start_step=0,
+      TrainFeed(
+        seed=config.seed,
+        batch_size=config.batch_size,
+        num_views=1,
+        crop_padding=config.crop_padding,
+        flip=config.flip,
+      ),
+      0,
     )
   )
-  raw = np.asarray(images[0])
+  raw = np.asarray(batch.images[0])
   student_model = models.create_model('resnet8', 100)
   initial = jax.jit(
     lambda key: student_model.init(key, jnp.zeros((1, 32, 32, 3)), train=False)

@@ -16,11 +16,11 @@ import pytest
 
 from conftest import ROOT
 from configs import teacher as teacher_config
+from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import parallel
 from icckd_jax.data import array_record
 from icckd_jax.input_pipeline import stream
 from icckd_jax.experiments.sweep import run_store
-from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
 from icckd_jax.runs import validate
@@ -53,17 +53,18 @@ def shards(tmp_path_factory):
   return base / 'out'
 
 
-def _batches(split, mesh, start, count, batch_size=8):
-  it = stream.train_batches(
-    split,
+def _batches(source, mesh, start, count, batch_size=8):
+  it = source.train_batches(
     mesh,
-    seed=3,
-    batch_size=batch_size,
-    num_views=2,
-    crop_padding=4,
-    flip=True,
-    start_step=start,
-    with_indices=True,
+    TrainFeed(
+      seed=3,
+      batch_size=batch_size,
+      num_views=2,
+      crop_padding=4,
+      flip=True,
+      with_indices=True,
+    ),
+    start,
   )
   out = [jax.tree.map(np.asarray, next(it)) for _ in range(count)]
   it.close()
@@ -72,8 +73,8 @@ def _batches(split, mesh, start, count, batch_size=8):
 
 def test_global_batches_do_not_depend_on_devices_workers_or_resume(shards):
   info = array_record.read_info(str(shards))
-  one, _ = stream.splits(info, 16, workers=0)
-  with_worker, _ = stream.splits(info, 16, workers=1)
+  one = stream.source(info, 16, workers=0)
+  with_worker = stream.source(info, 16, workers=1)
   # 3 steps per epoch: steps 0-5 cross an epoch boundary.
   reference = _batches(one, parallel.make_mesh(1), 0, 6)
   for got in (
@@ -84,14 +85,14 @@ def test_global_batches_do_not_depend_on_devices_workers_or_resume(shards):
       if have is not None:
         jax.tree.map(np.testing.assert_array_equal, want, have)
   labels = info.labels('train')
-  for step, (images, batch_labels, indices) in enumerate(reference):
-    assert images.shape == (2, 8, 16, 16, 3)
-    assert not np.array_equal(images[0], images[1])  # views differ
-    np.testing.assert_array_equal(batch_labels, labels[indices])
-  epoch = np.concatenate([b[2] for b in reference[:3]])
+  for batch in reference:
+    assert batch.images.shape == (2, 8, 16, 16, 3)
+    assert not np.array_equal(batch.images[0], batch.images[1])  # views
+    np.testing.assert_array_equal(batch.labels, labels[batch.indices])
+  epoch = np.concatenate([b.indices for b in reference[:3]])
   assert sorted(epoch) == list(range(24))  # a permutation of the split
   assert not np.array_equal(
-    epoch, np.concatenate([b[2] for b in reference[3:]])
+    epoch, np.concatenate([b.indices for b in reference[3:]])
   )
 
 
@@ -99,7 +100,7 @@ def test_each_process_reads_only_its_rows_of_the_global_batch(shards):
   """Process p of P makes rows [p B / P, (p + 1) B / P) of each step: what
   two processes make, stacked, is what one makes."""
   info = array_record.read_info(str(shards))
-  split, _ = stream.splits(info, 16, workers=0)
+  split = stream.source(info, 16, workers=0).train
 
   def rows(lo, hi):
     fn = stream._TrainRows(split, 3, 8, (lo, hi), 2, 4, True)  # pylint: disable=protected-access
@@ -210,7 +211,6 @@ def test_runs_saved_before_config_input_resume_and_keep_store_keys(
   old = tmp_path / 'old'
   with monkeypatch.context() as patch:
     patch.setattr(validate, 'config_as_dict', _without_input)
-    patch.setattr(loop_lib.validate, 'config_as_dict', _without_input)
     _stop_before(patch, 3)
     code, stderr = run_launcher(*TRAINED, f'--workdir={old}')
   assert code == 128 + signal.SIGTERM, stderr[-2000:]

@@ -27,15 +27,13 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
   mesh = parallel.make_mesh(1)
   dataset = datasets.load(spec.data_spec(config.dataset))
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
-  split, _ = resident.to_device(dataset, mesh)
-  images, labels = next(
-    setup.batches(spec.from_config(config).recipe, split, mesh, 0)
-  )
+  source = resident.ResidentSource.of(dataset)
+  batch = next(setup.batches(spec.from_config(config).recipe, source, mesh, 0))
   gate = {}
   for delta in (-1.0, 0.2, 1.0):
     state = setup.create_state(mesh)
     _, metrics = setup.train_step(
-      state, images, labels, teacher_step.hyperparameters(0.1, 0.1, delta)
+      state, batch, teacher_step.hyperparameters(0.1, 0.1, delta)
     )
     gate[delta] = float(metrics['gate_pass_rate'])
   assert setup.train_step._cache_size() == 1  # pylint: disable=protected-access

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from conftest import ROOT
 from icckd_jax.training import checkpoint
 from icckd_jax.training import compilation_cache
-from icckd_jax.training import evaluate
+from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax import parallel
 from icckd_jax.runs import spec
@@ -147,7 +147,7 @@ def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
   from configs import teacher  # pylint: disable=g-import-not-at-top
 
   results = {
-    n: evaluate.evaluate_checkpoint(
+    n: evaluate_checkpoint.evaluate_checkpoint(
       str(trained_on_four), 'last', n, batch_size=48
     )
     for n in (1, 2, 4)

@@ -22,12 +22,11 @@ def run_steps(config, num_devices, steps, build=teacher.build_teacher):
   setup = build(run, dataset, mesh)
   state = setup.create_state(mesh)
   initial = jax.device_get(state)
-  split, _ = resident.to_device(dataset, mesh)
-  batches = setup.batches(run.recipe, split, mesh, 0)
+  source = resident.ResidentSource.of(dataset)
+  batches = setup.batches(run.recipe, source, mesh, 0)
   states, metrics = [], []
   for _ in range(steps):
-    images, labels = next(batches)
-    state, m = setup.train_step(state, images, labels, setup.step_args)
+    state, m = setup.train_step(state, next(batches), setup.step_args)
     states.append(jax.device_get(state))
     metrics.append(m)
   return initial, states, jax.device_get(metrics)

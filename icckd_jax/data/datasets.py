@@ -93,33 +93,28 @@ class Dataset:
 
   Attributes:
     name: the data set's config name.
-    train_images: [N, H, W, C] uint8; None for a streamed set.
+    train_images: [N, H, W, C] uint8.
     train_labels: [N] int32 in [0, num_classes).
-    test_images: [M, H, W, C] uint8; None for a streamed set.
+    test_images: [M, H, W, C] uint8.
     test_labels: [M] int32 in [0, num_classes).
     num_classes: number of classes.
     mean: [C] float32, per-channel mean of train_images in [0, 255] units.
     std: [C] float32, per-channel (population) std of train_images in
       [0, 255] units.
-    stream: (train, test) `stream.StreamSplit`s of a streamed set, whose
-      images are read from shards as the run goes; None for a resident one.
   """
 
   name: str
-  train_images: np.ndarray | None
+  train_images: np.ndarray
   train_labels: np.ndarray
-  test_images: np.ndarray | None
+  test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
   mean: np.ndarray
   std: np.ndarray
-  stream: tuple[Any, Any] | None = None
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    """[H, W, C] of the images a train step sees."""
-    if self.stream is not None:
-      return tuple(self.stream[0].image_shape)
+    """[H, W, C] of the images."""
     return tuple(self.train_images.shape[1:])
 
 
@@ -135,8 +130,8 @@ def load(spec: DataSpec) -> Dataset:
   name = spec.name
   if name == 'array_record':
     raise UserError(
-      "dataset.name='array_record' is read by input_pipeline/inputs.py (streamed or "
-      'decoded whole), not datasets.load'
+      "dataset.name='array_record' is read by input_pipeline/inputs.py "
+      '(streamed or decoded whole), not datasets.load'
     )
   if not name or not isinstance(name, str):
     raise UserError(
@@ -144,29 +139,7 @@ def load(spec: DataSpec) -> Dataset:
       'tiny_imagenet, fashion_mnist, image_folder, synthetic or a TFDS '
       'image-classification name'
     )
-  path = spec.path
-  root = download.data_dir(spec.data_dir)
-  if name == 'synthetic':
-    splits, num_classes = synthetic.load(
-      spec.num_train,
-      spec.num_test,
-      spec.num_classes,
-      spec.image_size,
-      spec.channels,
-      spec.seed,
-    )
-  elif name in cifar.SPECS:
-    splits, num_classes = cifar.load(name, path, spec.label_kind, root)
-  elif name == 'tiny_imagenet':
-    splits, num_classes = tiny_imagenet.load(path, root)
-  elif name == 'fashion_mnist':
-    splits, num_classes = idx.load(path, root)
-  elif name == 'image_folder':
-    splits, num_classes = image_folder.load(path, root / 'arrays')
-  else:
-    splits, num_classes = tfds.load(
-      name, spec.data_dir, spec.image_size, root / 'arrays'
-    )
+  splits, num_classes = _read(spec)
   (train_images, train_labels), (test_images, test_labels) = splits
   train_images, train_labels = _subset(
     train_images, train_labels, spec.train_subset, 'train'
@@ -185,6 +158,32 @@ def load(spec: DataSpec) -> Dataset:
     mean=mean,
     std=std,
   )
+
+
+def _read(spec: DataSpec):
+  """((train_images, train_labels), (test_images, test_labels)),
+  num_classes of the source module that `spec.name` names (the table
+  above), whole."""
+  name, path = spec.name, spec.path
+  root = download.data_dir(spec.data_dir)
+  if name == 'synthetic':
+    return synthetic.load(
+      spec.num_train,
+      spec.num_test,
+      spec.num_classes,
+      spec.image_size,
+      spec.channels,
+      spec.seed,
+    )
+  if name in cifar.SPECS:
+    return cifar.load(name, path, spec.label_kind, root)
+  if name == 'tiny_imagenet':
+    return tiny_imagenet.load(path, root)
+  if name == 'fashion_mnist':
+    return idx.load(path, root)
+  if name == 'image_folder':
+    return image_folder.load(path, root / 'arrays')
+  return tfds.load(name, spec.data_dir, spec.image_size, root / 'arrays')
 
 
 def _subset(

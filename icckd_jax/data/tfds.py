@@ -47,6 +47,27 @@ def load(
       f'dataset.name={name!r} needs tensorflow-datasets, which is not '
       'installed (pip install tensorflow-datasets)'
     ) from e
+  builder, label = _image_builder(tfds, name, data_dir)
+  resize = _resize(builder.info.features['image'], image_size, name)
+
+  def decode():
+    return _decode(tfds, name, data_dir, label.num_classes, resize)
+
+  prepared = pathlib.Path(builder.data_dir)
+  if prepared.is_dir() and any(prepared.iterdir()):
+    key = array_cache.folder_key(prepared)
+    key.update(format='tfds-1', resize=resize)
+    arrays = array_cache.cached(cache_root, f'tfds_{name}', key, decode)
+  else:
+    arrays = decode()  # Nothing on disk identifies the data: no cache.
+  return (
+    (arrays['train_images'], arrays['train_labels']),
+    (arrays['test_images'], arrays['test_labels']),
+  ), int(arrays['num_classes'])
+
+
+def _image_builder(tfds, name: str, data_dir: str | None):
+  """(builder, its ClassLabel feature) of an image-classification set."""
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -67,7 +88,13 @@ def load(
       "feature named 'image' and 'label'; only image classification sets "
       'are supported'
     )
-  height, width = features['image'].shape[:2]
+  return builder, label
+
+
+def _resize(image_feature, image_size, name: str) -> int | None:
+  """The side variable-size images are resized to; None for a set whose
+  images have one size."""
+  height, width = image_feature.shape[:2]
   resize = image_size if height is None or width is None else None
   if resize is not None and (not isinstance(resize, int) or resize < 4):
     raise UserError(
@@ -75,33 +102,27 @@ def load(
       f'{name!r} has images of varying size, resized to '
       'image_size x image_size; set an integer >= 4'
     )
+  return resize
 
-  def decode():
-    try:
-      sources = tfds.data_source(
-        name, split=['train', 'test'], data_dir=data_dir, download=True
-      )
-    # TFDS fails in many ways offline or with a foreign file format (network,
-    # import, format and split errors alike); all mean "not available here".
-    except Exception as e:  # pylint: disable=broad-except
-      raise _load_error(name, data_dir, e) from e
-    arrays = {'num_classes': np.array(label.num_classes, np.int32)}
-    for split, source in zip(('train', 'test'), sources):
-      images, labels = read_source(source, f'TFDS set {name!r}', resize)
-      arrays[f'{split}_images'], arrays[f'{split}_labels'] = images, labels
-    return arrays
 
-  prepared = pathlib.Path(builder.data_dir)
-  if prepared.is_dir() and any(prepared.iterdir()):
-    key = array_cache.folder_key(prepared)
-    key.update(format='tfds-1', resize=resize)
-    arrays = array_cache.cached(cache_root, f'tfds_{name}', key, decode)
-  else:
-    arrays = decode()  # Nothing on disk identifies the data: no cache.
-  return (
-    (arrays['train_images'], arrays['train_labels']),
-    (arrays['test_images'], arrays['test_labels']),
-  ), int(arrays['num_classes'])
+def _decode(
+  tfds, name: str, data_dir: str | None, num_classes: int, resize
+) -> dict[str, np.ndarray]:
+  """{'num_classes', 'train_images', 'train_labels', 'test_...'}, read
+  (and downloaded if need be) through TFDS's data sources."""
+  try:
+    sources = tfds.data_source(
+      name, split=['train', 'test'], data_dir=data_dir, download=True
+    )
+  # TFDS fails in many ways offline or with a foreign file format (network,
+  # import, format and split errors alike); all mean "not available here".
+  except Exception as e:  # pylint: disable=broad-except
+    raise _load_error(name, data_dir, e) from e
+  arrays = {'num_classes': np.array(num_classes, np.int32)}
+  for split, source in zip(('train', 'test'), sources):
+    images, labels = read_source(source, f'TFDS set {name!r}', resize)
+    arrays[f'{split}_images'], arrays[f'{split}_labels'] = images, labels
+  return arrays
 
 
 def _load_error(

@@ -115,7 +115,28 @@ def decode_files(files: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
     }
   )
   index = {wnid: i for i, wnid in enumerate(wnids)}
+  train = _train_entries(files, index, where)
+  test = _val_entries(files, index, where)
+  for split, entries in (('train', train), ('val', test)):
+    if not entries:
+      raise UserError(f'{where} has no {split} images; {_LAYOUT}')
+  arrays = {'num_classes': np.array(len(wnids), np.int32)}
+  for split, entries in (('train', train), ('test', test)):
+    names = [f'{FOLDER}/{rel}' for rel, _ in entries]
+    arrays[f'{split}_images'] = images_lib.decode_all(
+      where, names, [files[rel] for rel, _ in entries], rgb=True
+    )
+    arrays[f'{split}_labels'] = np.array(
+      [label for _, label in entries], np.int32
+    )
+  return arrays
 
+
+def _train_entries(
+  files: dict[str, bytes], index: dict[str, int], where: str
+) -> list[tuple[str, int]]:
+  """(path, label) of train/<wnid>/images/*, in path order; `index`: the
+  wnids of wnids.txt and their labels."""
   train = []
   for rel in sorted(files):
     parts = rel.split('/')
@@ -126,7 +147,13 @@ def decode_files(files: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
           'wnids.txt does not list'
         )
       train.append((rel, index[parts[1]]))
+  return train
 
+
+def _val_entries(
+  files: dict[str, bytes], index: dict[str, int], where: str
+) -> list[tuple[str, int]]:
+  """(path, label) of the val images val_annotations.txt labels, sorted."""
   annotations = files.get('val/val_annotations.txt')
   if annotations is None:
     raise UserError(
@@ -152,18 +179,4 @@ def decode_files(files: dict[str, bytes], where: str) -> dict[str, np.ndarray]:
         f'which is not in {FOLDER}/val/images/'
       )
     test.append((rel, index[fields[1]]))
-  test.sort()
-  for split, entries in (('train', train), ('val', test)):
-    if not entries:
-      raise UserError(f'{where} has no {split} images; {_LAYOUT}')
-
-  arrays = {'num_classes': np.array(len(wnids), np.int32)}
-  for split, entries in (('train', train), ('test', test)):
-    names = [f'{FOLDER}/{rel}' for rel, _ in entries]
-    arrays[f'{split}_images'] = images_lib.decode_all(
-      where, names, [files[rel] for rel, _ in entries], rgb=True
-    )
-    arrays[f'{split}_labels'] = np.array(
-      [label for _, label in entries], np.int32
-    )
-  return arrays
+  return sorted(test)

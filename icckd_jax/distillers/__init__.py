@@ -64,6 +64,7 @@ from typing import Any, Protocol
 from icckd_jax.distillers import at
 from icckd_jax.distillers import contract
 from icckd_jax.distillers import crd
+from icckd_jax.distillers import ctkd
 from icckd_jax.distillers import dist
 from icckd_jax.distillers import dkd
 from icckd_jax.distillers import fitnet
@@ -78,6 +79,7 @@ from icckd_jax.distillers import rkd
 from icckd_jax.distillers import settings
 from icckd_jax.distillers import sp
 from icckd_jax.distillers import vid
+from icckd_jax.distillers import wttm
 from icckd_jax.distillers.contract import Batch
 from icckd_jax.distillers.contract import Distiller
 from icckd_jax.distillers.contract import Method
@@ -158,6 +160,8 @@ register('vid', vid.METHOD)
 register('ofd', ofd.METHOD)
 register('reviewkd', reviewkd.METHOD)
 register('crd', crd.METHOD)
+register('wttm', wttm.METHOD)
+register('ctkd', ctkd.METHOD)
 
 
 def fields(name: str) -> tuple[str, ...]:

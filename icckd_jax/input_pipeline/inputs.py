@@ -1,9 +1,10 @@
 """Which input path a run takes, and its data set loaded for it.
 
-`load(DataSpec, config.input.mode, ...)` returns a `datasets.Dataset`:
-resident (whole decoded splits, `input_pipeline` puts them on every device)
-or streamed (`stream.StreamSplit`s of a converted set, read as the run
-goes), and logs which and why.
+`load(DataSpec, config.input.mode, ...)` returns the run's
+`source.InputSource`: a `resident.ResidentSource` (whole decoded splits,
+put on every device) or a `stream.StreamSource` (a converted set's shards,
+read as the run goes), and logs which and why. The choice is made here
+only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 from icckd_jax.data import array_record
 from icckd_jax.data import datasets
 from icckd_jax.input_pipeline import imagenet_preprocess
+from icckd_jax.input_pipeline import resident
 from icckd_jax.input_pipeline import stream
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.errors import UserError
 
 MODES = ('auto', 'resident', 'stream')
@@ -33,12 +36,13 @@ def load(
   mode: str = 'auto',
   workers: int = 0,
   device_bytes: int | None = None,
-) -> datasets.Dataset:
-  """`datasets.load`'s data set, streamed or resident as `mode`
+) -> InputSource:
+  """The run's input source for `spec`: resident or streamed as `mode`
   (config.input.mode) says, normalised with the statistics `normalization`
   (config.dataset.normalization) names: 'measured' (default) the train
   split's, 'imagenet' torchvision's constants
-  (`imagenet_preprocess.normalization`); logs which path and why.
+  (`imagenet_preprocess.normalization`); logs which path and why. The one
+  place the path is chosen.
 
   Args:
     spec: the data set (the config's `dataset` section).
@@ -62,40 +66,35 @@ def load(
       f'config.dataset.normalization={normalization!r} is unknown; choose '
       'one of: ' + ', '.join(NORMALIZATIONS)
     )
-  dataset = _load(spec, mode, workers, device_bytes)
-  if normalization == 'measured':
-    return dataset
-  mean, std = imagenet_preprocess.normalization()
-  if dataset.mean.shape != mean.shape:
-    raise UserError(
-      f"config.dataset.normalization='imagenet' is for RGB images, but "
-      f'dataset.name={spec.name!r} has {dataset.mean.shape[0]} '
-      "channel(s); use 'measured'"
-    )
-  return dataclasses.replace(dataset, mean=mean, std=std)
-
-
-def _load(
-  spec: datasets.DataSpec,
-  mode: str,
-  workers: int,
-  device_bytes: int | None,
-) -> datasets.Dataset:
-  """`load`'s data set, normalised with its train split's statistics."""
   if mode not in MODES:
     raise UserError(
       f'config.input.mode={mode!r} is unknown; choose one of: '
       + ', '.join(MODES)
     )
-  name, augment = spec.name, spec.augment
-  if name != 'array_record':
-    if augment == 'resized_crop':
-      raise UserError(
-        "config.dataset.augment='resized_crop' is the streaming input's; "
-        f'convert dataset.name={name!r} with configs/convert.py and train '
-        "with dataset.name='array_record' (or set dataset.augment='auto')"
-      )
-    return _load_resident(spec, mode)
+  if spec.name == 'array_record':
+    source = _load_converted(spec, mode, workers, device_bytes)
+  else:
+    source = _load_resident(spec, mode)
+  if normalization == 'measured':
+    return source
+  mean, std = imagenet_preprocess.normalization()
+  if source.mean.shape != mean.shape:
+    raise UserError(
+      f"config.dataset.normalization='imagenet' is for RGB images, but "
+      f'dataset.name={spec.name!r} has {source.mean.shape[0]} '
+      "channel(s); use 'measured'"
+    )
+  return dataclasses.replace(source, mean=mean, std=std)
+
+
+def _load_converted(
+  spec: datasets.DataSpec,
+  mode: str,
+  workers: int,
+  device_bytes: int | None,
+) -> InputSource:
+  """A converted set (configs/convert.py): decoded whole or streamed, as
+  `choose` says; normalised with its train split's statistics."""
   for split in array_record.SPLITS:
     subset = getattr(spec, f'{split}_subset')
     if subset:
@@ -105,41 +104,44 @@ def _load(
         'set it to 0)'
       )
   info = array_record.read_info(spec.path)
-  mode, why = choose(mode, info, device_bytes, spec.path, augment)
-  fields = dict(
-    name=name,
-    train_labels=np.asarray(info.labels('train'), np.int32),
-    test_labels=np.asarray(info.labels('test'), np.int32),
-    num_classes=info.num_classes,
-    mean=info.mean,
-    std=info.std,
-  )
+  mode, why = choose(mode, info, device_bytes, spec.path, spec.augment)
   if mode == 'resident':
     logging.info('Input: resident on every device, decoded from %s (%s).',
                  info.root, why)  # fmt: skip
     arrays = array_record.load_resident(info)
-    return datasets.Dataset(
+    return resident.ResidentSource(
+      name=spec.name,
       train_images=arrays['train_images'],
+      train_labels=np.asarray(info.labels('train'), np.int32),
       test_images=arrays['test_images'],
-      **fields,
+      test_labels=np.asarray(info.labels('test'), np.int32),
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
     )
-  splits = stream.splits(info, spec.image_size, workers, augment)
+  streamed = stream.source(
+    info, spec.image_size, workers, spec.augment, spec.name
+  )
   logging.info(
     'Input: streaming from the shards in %s with %d decode worker(s), %s '
     'images, %s augmentation (%s).',
     info.root,
     workers,
-    'x'.join(map(str, splits[0].image_shape)),
-    splits[0].recipe,
+    'x'.join(map(str, streamed.image_shape)),
+    streamed.train.recipe,
     why,
   )
-  return datasets.Dataset(
-    train_images=None, test_images=None, stream=splits, **fields
-  )
+  return streamed
 
 
-def _load_resident(spec: datasets.DataSpec, mode: str):
+def _load_resident(spec: datasets.DataSpec, mode: str) -> InputSource:
   """A set the project decodes itself: resident, as before streaming."""
+  if spec.augment == 'resized_crop':
+    raise UserError(
+      "config.dataset.augment='resized_crop' is the streaming input's; "
+      f'convert dataset.name={spec.name!r} with configs/convert.py and train '
+      "with dataset.name='array_record' (or set dataset.augment='auto')"
+    )
   if mode == 'stream':
     raise UserError(
       f"config.input.mode='stream' reads ArrayRecord shards; convert "
@@ -152,7 +154,7 @@ def _load_resident(spec: datasets.DataSpec, mode: str):
     f'input.mode={mode!r}',
     dataset.train_images.nbytes / 2**20,
   )
-  return dataset
+  return resident.ResidentSource.of(dataset)
 
 
 def choose(

@@ -6,9 +6,15 @@ batch, and the next one is dispatched before the current one is consumed, so
 there is no host round trip per step. An epoch is a permutation of the
 training split, keyed by (seed, epoch); the remainder that does not fill a
 batch is dropped so every step has the same static shape.
+
+`ResidentSource` is the `source.InputSource` of such a set: a
+`datasets.Dataset` with the ways to feed it.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterator
+import dataclasses
 import functools
 
 import flax
@@ -17,9 +23,15 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 
-from icckd_jax.input_pipeline import augment
 from icckd_jax import parallel
 from icckd_jax.data.datasets import Dataset
+from icckd_jax.input_pipeline import augment
+from icckd_jax.input_pipeline.source import (
+  Batch,
+  EvalBatch,
+  EvalBatches,
+  TrainFeed,
+)
 
 # Streams of randomness derived from the run's seed; each consumer folds in
 # its own constant so that they never share a key.
@@ -39,12 +51,40 @@ class Split:
     return self.labels.shape[0]
 
 
-def to_device(dataset: Dataset, mesh: Mesh) -> tuple[Split, Split]:
-  """(train, test) splits, replicated on every device of the mesh."""
-  put = functools.partial(parallel.put_replicated, mesh=mesh)
-  train = Split(put(dataset.train_images), put(dataset.train_labels))
-  test = Split(put(dataset.test_images), put(dataset.test_labels))
-  return train, test
+def to_device(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> Split:
+  """A split ([N, H, W, C] uint8 images, [N] int32 labels), replicated on
+  every device of the mesh."""
+  return Split(*parallel.put_replicated((images, labels), mesh))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidentSource(Dataset):
+  """A data set held whole: the `source.InputSource` whose splits are
+  replicated on every device, batches drawn and augmented there."""
+
+  @classmethod
+  def of(cls, dataset: Dataset) -> ResidentSource:
+    """`dataset` (`datasets.load`'s) as an input source."""
+    return cls(
+      **{f.name: getattr(dataset, f.name) for f in dataclasses.fields(dataset)}
+    )
+
+  def train_batches(
+    self, mesh: Mesh, feed: TrainFeed, start_step: int
+  ) -> Iterator[Batch]:
+    """`source.InputSource.train_batches`: the training split placed on
+    every device for as long as the iterator lives."""
+    split = to_device(self.train_images, self.train_labels, mesh)
+    return _train_batches(split, mesh, feed, start_step)
+
+  def eval_batches(self, mesh: Mesh, batch_size: int) -> EvalBatches:
+    """`source.InputSource.eval_batches`: the test split placed on every
+    device once; each pass gathers its batches there."""
+    parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
+    split = to_device(self.test_images, self.test_labels, mesh)
+    return EvalBatches(
+      functools.partial(_eval_batches, split, mesh, batch_size)
+    )
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -101,32 +141,24 @@ def make_batch_fn(
   return make_batch
 
 
-def train_batches(
-  split: Split,
-  mesh: Mesh,
-  *,
-  seed: int,
-  batch_size: int,
-  num_views: int,
-  crop_padding: int,
-  flip: bool,
-  start_step: int,
-  with_indices: bool = False,
-) -> Iterator[tuple[jax.Array, ...]]:
-  """Yields the global batches of steps start_step, start_step + 1, ...
+def _train_batches(
+  split: Split, mesh: Mesh, feed: TrainFeed, start_step: int
+) -> Iterator[Batch]:
+  """Yields the global `Batch`es of steps start_step, start_step + 1, ...
+  of `split` (`ResidentSource.train_batches`).
 
-  Each is (images [V, B, H, W, C] uint8, labels [B] int32), or with
-  `with_indices` (images, labels, indices [B] int32): each example's index
-  in the training split, sharded as the labels (a distiller's memory bank
-  keys on it, e.g. CRD's). The images and labels are the same either way.
+  The indices, when `feed` asks for them, are sharded as the labels.
 
   The batch of step t + 1 is dispatched to the device before the batch of
   step t is handed out (on-device prefetch). Resuming at any step gives the
   batches an uninterrupted run would have seen.
   """
+  seed, batch_size = feed.seed, feed.batch_size
   n_steps = steps_per_epoch(split.size, batch_size)
   order_fn = jax.jit(_epoch_order, static_argnums=(0, 2, 3))
-  make_batch = make_batch_fn(mesh, seed, num_views, crop_padding, flip)
+  make_batch = make_batch_fn(
+    mesh, seed, feed.num_views, feed.crop_padding, feed.flip
+  )
   orders = {}
 
   def batch_at(step):
@@ -135,10 +167,12 @@ def train_batches(
       orders.clear()
       orders[epoch] = order_fn(seed, epoch, split.size, batch_size)
     indices = orders[epoch][step % n_steps]
-    batch = make_batch(split, indices, step)
-    if not with_indices:
-      return batch
-    return (*batch, jax.device_put(indices, parallel.batch_sharded(mesh)))
+    images, labels = make_batch(split, indices, step)
+    if not feed.with_indices:
+      return Batch(images, labels)
+    return Batch(
+      images, labels, jax.device_put(indices, parallel.batch_sharded(mesh))
+    )
 
   step = start_step
   ahead = batch_at(step)
@@ -164,3 +198,31 @@ def eval_indices(
     indices.reshape(num_batches, batch_size),
     mask.reshape(num_batches, batch_size),
   )
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_gather_fn(mesh: Mesh):
+  """A jitted fn(split, indices [B], mask [B]) -> `EvalBatch`: each device
+  gathers only its shard of the batch from the split it holds."""
+
+  def per_device(split, indices, mask):
+    return EvalBatch(split.images[indices], split.labels[indices], mask)
+
+  return jax.jit(
+    parallel.shard_map(
+      per_device,
+      mesh,
+      in_specs=(P(), P(parallel.DATA), P(parallel.DATA)),
+      out_specs=P(parallel.DATA),
+    )
+  )
+
+
+def _eval_batches(
+  split: Split, mesh: Mesh, batch_size: int
+) -> Iterator[EvalBatch]:
+  """One pass over `split` in `EvalBatch`es of `batch_size`."""
+  gather = _eval_gather_fn(mesh)
+  indices, mask = eval_indices(split.size, batch_size)
+  for idx, m in zip(indices, mask):
+    yield gather(split, *parallel.put_global_batch((idx, m), mesh))

@@ -39,6 +39,12 @@ from icckd_jax.data import array_record
 from icckd_jax.input_pipeline import host_augment
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline.source import (
+  Batch,
+  EvalBatch,
+  EvalBatches,
+  TrainFeed,
+)
 from icckd_jax.errors import UserError
 
 # Steps a Grain pipeline may be asked for: more than any run takes.
@@ -98,6 +104,64 @@ def splits(
   return tuple(
     StreamSplit(info, split, shape, augment, workers)
     for split in array_record.SPLITS
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSource:
+  """A converted set read from its shards as the run goes: the
+  `source.InputSource` of the streaming path (`source`).
+
+  `train`, `test`: its splits; the other fields as `source.InputSource`
+  names them, from the set's info.json.
+  """
+
+  name: str
+  num_classes: int
+  train_labels: np.ndarray
+  test_labels: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+  train: StreamSplit
+  test: StreamSplit
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.train.image_shape)
+
+  def train_batches(
+    self, mesh: Mesh, feed: TrainFeed, start_step: int
+  ) -> Iterator[Batch]:
+    """`source.InputSource.train_batches`, decoded in `train.workers`
+    processes."""
+    return _train_batches(self.train, mesh, feed, start_step)
+
+  def eval_batches(self, mesh: Mesh, batch_size: int) -> EvalBatches:
+    """`source.InputSource.eval_batches`: each pass reads the test split."""
+    parallel.check_batch_size(batch_size, mesh, 'config.eval_batch_size')
+    return EvalBatches(
+      functools.partial(_eval_batches, self.test, mesh, batch_size)
+    )
+
+
+def source(
+  info: array_record.Info,
+  image_size: int,
+  workers: int,
+  augment: str = 'auto',
+  name: str = 'array_record',
+) -> StreamSource:
+  """The converted set `info` streamed (`splits` says how)."""
+  train, test = splits(info, image_size, workers, augment)
+  return StreamSource(
+    name=name,
+    num_classes=info.num_classes,
+    train_labels=np.asarray(info.labels('train'), np.int32),
+    test_labels=np.asarray(info.labels('test'), np.int32),
+    mean=info.mean,
+    std=info.std,
+    train=train,
+    test=test,
   )
 
 
@@ -241,23 +305,15 @@ def _checked(element):
   return element
 
 
-def train_batches(
-  split: StreamSplit,
-  mesh: Mesh,
-  *,
-  seed: int,
-  batch_size: int,
-  num_views: int,
-  crop_padding: int,
-  flip: bool,
-  start_step: int,
-  with_indices: bool = False,
-) -> Iterator[tuple[jax.Array, ...]]:
-  """The global batches of steps start_step, start_step + 1, ..., as
-  `resident.train_batches` yields them: (images [V, B, H, W, C]
-  uint8, labels [B] int32[, indices [B] int32]), sharded over `data`."""
+def _train_batches(
+  split: StreamSplit, mesh: Mesh, feed: TrainFeed, start_step: int
+) -> Iterator[Batch]:
+  """The global `Batch`es of steps start_step, start_step + 1, ... of
+  `split` (`StreamSource.train_batches`), as the resident path gives them."""
+  batch_size, num_views = feed.batch_size, feed.num_views
   rows = local_rows(mesh, batch_size)
-  fn = _TrainRows(split, seed, batch_size, rows, num_views, crop_padding, flip)
+  fn = _TrainRows(split, feed.seed, batch_size, rows, num_views,
+                  feed.crop_padding, feed.flip)  # fmt: skip
   elements = _iterate(fn, start_step, _ENDLESS, split.workers)
   images_sharding = NamedSharding(mesh, P(None, parallel.DATA))
   rows_sharding = parallel.batch_sharded(mesh)
@@ -272,12 +328,12 @@ def train_batches(
     labels = jax.make_array_from_process_local_data(
       rows_sharding, element['labels'], (batch_size,)
     )
-    if not with_indices:
-      return images, labels
+    if not feed.with_indices:
+      return Batch(images, labels)
     indices = jax.make_array_from_process_local_data(
       rows_sharding, element['indices'], (batch_size,)
     )
-    return images, labels, indices
+    return Batch(images, labels, indices)
 
   try:
     ahead = put(next(elements))
@@ -290,13 +346,13 @@ def train_batches(
       close()
 
 
-def eval_batches(
+def _eval_batches(
   split: StreamSplit, mesh: Mesh, batch_size: int
-) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
-  """The split once, in global batches (images [B, H, W, C] uint8, labels
-  [B] int32, mask [B] bool), the last one padded and masked; each process
-  reads only its rows. Decoded in `split.workers` threads: an evaluation
-  is too short to pay for starting worker processes each time."""
+) -> Iterator[EvalBatch]:
+  """The split once, in global `EvalBatch`es, the last one padded and
+  masked; each process reads only its rows. Decoded in `split.workers`
+  threads: an evaluation is too short to pay for starting worker processes
+  each time."""
   rows = local_rows(mesh, batch_size)
   num_batches = -(-split.size // batch_size)
   elements = _iterate(
@@ -310,11 +366,13 @@ def eval_batches(
   try:
     for element in elements:
       element = _checked(element)
-      yield tuple(
-        jax.make_array_from_process_local_data(
-          sharding, element[k], (batch_size, *element[k].shape[1:])
+      yield EvalBatch(
+        *(
+          jax.make_array_from_process_local_data(
+            sharding, element[k], (batch_size, *element[k].shape[1:])
+          )
+          for k in ('images', 'labels', 'mask')
         )
-        for k in ('images', 'labels', 'mask')
       )
   finally:
     close = getattr(elements, 'close', None)

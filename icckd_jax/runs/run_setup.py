@@ -6,7 +6,7 @@ optimiser, the jitted step and its traced arguments, and how to make the
 initial state.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import dataclasses
 import json
 from typing import Any
@@ -18,9 +18,9 @@ import optax
 
 from icckd_jax import parallel
 from icckd_jax.data import datasets
-from icckd_jax.input_pipeline import resident
 from icckd_jax.input_pipeline import inputs
-from icckd_jax.input_pipeline import stream
+from icckd_jax.input_pipeline import resident
+from icckd_jax.input_pipeline.source import Batch, InputSource, TrainFeed
 from icckd_jax.errors import UserError
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.runs import reuse as reuse_lib
@@ -46,9 +46,10 @@ def mesh_key(mesh: Mesh) -> str:
 
 def load_dataset(
   data: datasets.DataSpec, feed: Inputs, reuse: Reuse | None = None
-) -> datasets.Dataset:
-  """The data set `data`, streamed or resident as `feed` (config.input)
-  says (`inputs.load`), sized against this process's first device."""
+) -> InputSource:
+  """The data set `data` as the run's input source, streamed or resident
+  as `feed` (config.input) says (`inputs.load`), sized against this
+  process's first device."""
   mode, workers = feed.mode, feed.workers
   return reuse_lib.get(
     reuse,
@@ -69,15 +70,7 @@ def data_key(data: datasets.DataSpec) -> str:
   return json.dumps(dataclasses.asdict(data), sort_keys=True)
 
 
-def splits(dataset: datasets.Dataset, mesh: Mesh):
-  """(train, test): a streamed set's `stream.StreamSplit`s, else the
-  resident splits placed on every device of `mesh`."""
-  if dataset.stream is not None:
-    return dataset.stream
-  return resident.to_device(dataset, mesh)
-
-
-def check_steps_per_epoch(batch_size: int, dataset: datasets.Dataset) -> int:
+def check_steps_per_epoch(batch_size: int, dataset: InputSource) -> int:
   """The full batches of `batch_size` (config.batch_size) in an epoch of
   `dataset`'s train split; none is refused."""
   steps = resident.steps_per_epoch(len(dataset.train_labels), batch_size)
@@ -99,7 +92,7 @@ class RunSetup:
   steps_per_epoch: int
   num_views: int
   init_state: Callable[[], TrainState]  # placed on a mesh by `create_state`
-  # (state, images, labels, step_args) -> (state, metrics)
+  # (state, batch: Batch, step_args) -> (state, metrics)
   train_step: Callable
   # The step's last argument: the objective's traced scalars, and for a
   # student the teacher's variables (an argument, not a constant baked into
@@ -108,9 +101,9 @@ class RunSetup:
   head: nn.Module | None = None
   # A student's teacher: (model, variables), for the agreement metric.
   reference: tuple[nn.Module, Any] | None = None
-  # A run whose distiller has trainable parts: the step's labels argument
-  # is (labels [B], indices [B]), each example's index in the training
-  # split (CRD's memory bank keys on it).
+  # A run whose distiller has trainable parts: its batches carry each
+  # example's index in the training split (`Batch.indices`; CRD's memory
+  # bank keys on it).
   with_indices: bool = False
 
   def create_state(self, mesh: Mesh) -> TrainState:
@@ -118,37 +111,17 @@ class RunSetup:
     (never materialised on the host first)."""
     return jax.jit(self.init_state, out_shardings=parallel.replicated(mesh))()
 
-  def batches(self, recipe: Recipe, split, mesh: Mesh, start_step: int):
-    """The batch stream of this run from `start_step` on: from a resident
-    `resident.Split` on the devices, or a `stream.StreamSplit`; `recipe`
-    gives the seed, batch size and augmentation."""
-    make = (
-      stream.train_batches
-      if isinstance(split, stream.StreamSplit)
-      else resident.train_batches
-    )
-    batches = make(
-      split,
-      mesh,
+  def batches(
+    self, recipe: Recipe, source: InputSource, mesh: Mesh, start_step: int
+  ) -> Iterator[Batch]:
+    """The `Batch`es of this run from `start_step` on, from `source`;
+    `recipe` gives the seed, batch size and augmentation."""
+    feed = TrainFeed(
       seed=recipe.seed,
       batch_size=recipe.batch_size,
       num_views=self.num_views,
       crop_padding=recipe.crop_padding,
       flip=recipe.flip,
-      start_step=start_step,
       with_indices=self.with_indices,
     )
-    if not self.with_indices:
-      return batches
-    return _with_indices(batches)
-
-
-def _with_indices(batches):
-  """(images, (labels, indices)): one labels argument, which the loop and
-  the data-parallel scaffold pass through unchanged; closing it closes
-  `batches`."""
-  try:
-    for images, labels, indices in batches:
-      yield images, (labels, indices)
-  finally:
-    batches.close()
+    return source.train_batches(mesh, feed, start_step)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from icckd_jax import parallel
-from icckd_jax.data import datasets
+from icckd_jax.input_pipeline.source import Batch, InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.runs import memory as memory_lib
@@ -101,7 +101,7 @@ def checked_mesh(run: RunSpec):
 def check_step_memory(
   recipe: Recipe,
   setup: RunSetup,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
 ) -> dict[str, int]:
   """Compiles the train step ahead, from abstract inputs, and refuses one
@@ -120,10 +120,10 @@ def check_step_memory(
   labels = jax.ShapeDtypeStruct(
     (recipe.batch_size,), jnp.int32, sharding=parallel.batch_sharded(mesh)
   )
-  if setup.with_indices:
-    labels = (labels, labels)  # (labels, example indices), both [B] int32
+  # Example indices: [B] int32, sharded as the labels.
+  batch = Batch(images, labels, labels if setup.with_indices else None)
   memory = memory_lib.compiled_memory(
-    setup.train_step.lower(state, images, labels, setup.step_args).compile()
+    setup.train_step.lower(state, batch, setup.step_args).compile()
   )
   need = memory.get('total_bytes')
   # This process's devices: another process's cannot be asked for memory.

@@ -24,7 +24,7 @@ import ml_collections
 from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
-from icckd_jax.data import datasets
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.runs import compat
@@ -50,7 +50,6 @@ from icckd_jax.runs.run_setup import (
   compute_dtype,
   load_dataset,
   mesh_key,
-  splits,
 )
 from icckd_jax.runs.spec import RunSpec
 from icckd_jax.runs.train_state import create_train_state
@@ -59,7 +58,7 @@ from icckd_jax.runs.train_state import create_train_state
 def _teacher_model(
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
 ):
   """The teacher's module (inference only, no BatchNorm sync)."""
@@ -105,7 +104,7 @@ def _teacher_parts(
 
 def _checked_pair(
   run: RunSpec,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
@@ -135,7 +134,7 @@ def _checked_pair(
 
 def build_student(
   run: RunSpec,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   teacher_config: ml_collections.ConfigDict,
   teacher_variables,
@@ -199,7 +198,7 @@ def _make_step(
   tx,
   mesh: Mesh,
   steps_per_epoch: int,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   dtype,
 ):
   """The student's jitted step (`student_step.make_train_step`):
@@ -226,7 +225,7 @@ def _init_fn(
   teacher_variables,
   distiller: distillers.Distiller,
   tx,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
 ):
   """The student's initial-state function: the model from the seed's key,
   and a trainable distiller's params and buffers from the same key (it
@@ -368,7 +367,6 @@ def _teacher_eval(
   if os.path.exists(path):
     _check_same_teacher(path, teacher.fingerprint, source)
   else:
-    _, test_split = splits(dataset, mesh)
     # Normalised as configs/eval.py does, so the two print the same top-1.
     mean, std = teacher_source.teacher_normalization(teacher.config, dataset)
     dtype = compute_dtype(run.recipe.dtype)
@@ -378,9 +376,11 @@ def _teacher_eval(
       mean=mean,
       std=std,
       dtype=dtype,
-      batch_size=run.bookkeeping.eval_batch_size,
     )
-    teacher_eval = evaluate_fn(teacher.variables, test_split)
+    teacher_eval = evaluate_fn(
+      teacher.variables,
+      dataset.eval_batches(mesh, run.bookkeeping.eval_batch_size),
+    )
     teacher_eval.update(
       model=teacher.config.model,
       source=source,

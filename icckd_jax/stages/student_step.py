@@ -21,6 +21,7 @@ import optax
 
 from icckd_jax import distillers
 from icckd_jax.input_pipeline import augment
+from icckd_jax.input_pipeline.source import Batch
 from icckd_jax.models import stages as model_stages
 from icckd_jax.training import step as step_lib
 
@@ -73,9 +74,10 @@ def make_train_step(
   teacher_mean=None,
   teacher_std=None,
 ):
-  """Builds step(state, images, labels, args) -> (state, metrics).
+  """Builds step(state, batch, args) -> (state, metrics).
 
-  images: [1, B, H, W, C] uint8 and labels [B], sharded over `data`;
+  batch: a `Batch` of images [1, B, H, W, C] uint8 and labels [B] (and a
+  trainable distiller's example indices [B]), sharded over `data`;
   args = {'teacher': the teacher's {'params', 'batch_stats'}, 'hp':
   `hyperparameters(...)`}, replicated. The state is donated, the teacher's
   variables are not. The student's input is normalised with `mean`, `std`
@@ -84,8 +86,7 @@ def make_train_step(
   `distiller.reads` says whether to collect stage maps and the epoch, which
   is state.step // steps_per_epoch + 1.
 
-  A trainable distiller's step takes (labels [B], example indices [B]) for
-  labels; its loss also differentiates params['distiller'] (pmean-ed with
+  A trainable distiller's step reads the batch's example indices; its loss also differentiates params['distiller'] (pmean-ed with
   the model's by `apply_gradients`) and returns its new buffers,
   state.distiller_buffers (replicated: the loss keeps them equal). For the
   other methods those are None, and the step compiles to the program of a
@@ -108,10 +109,8 @@ def _per_device_fn(student: nn.Module, spec: '_Spec', tx):
   """The step on one device's shard (`make_train_step`)."""
   distiller, stages = spec.distiller, spec.distiller.reads.stages
 
-  def per_device(state, images, labels, args):
-    indices = None
-    if distiller.trainable:
-      labels, indices = labels
+  def per_device(state, batch: Batch, args):
+    images, labels, indices = batch.images, batch.labels, batch.indices
     x, teacher_out, hp = spec.inputs(state, images, args)
 
     def loss_fn(params):

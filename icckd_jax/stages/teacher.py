@@ -17,7 +17,7 @@ import ml_collections
 
 from icckd_jax import models
 from icckd_jax import parallel
-from icckd_jax.data import datasets
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.objective import projection
 from icckd_jax.training import hooks as hooks_lib
@@ -81,7 +81,7 @@ def _init_state_fn(run: RunSpec, model, head, tx, input_shape):
 
 def build_teacher(
   run: RunSpec,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   reuse: Reuse | None = None,
 ) -> RunSetup:

@@ -26,6 +26,7 @@ import flax.linen as nn
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
+from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.interop import torch_import
 from icckd_jax.runs import compat
 from icckd_jax.training import checkpoint
@@ -55,7 +56,7 @@ class Renormalized:
 
 
 def teacher_normalization(
-  teacher_config: ml_collections.ConfigDict, dataset: datasets.Dataset
+  teacher_config: ml_collections.ConfigDict, dataset: InputSource
 ):
   """(mean, std) [C] in [0, 255] units that the teacher's input is normalised
   with: a PyTorch teacher's training statistics, else the data set's."""

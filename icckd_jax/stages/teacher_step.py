@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 import optax
 
 from icckd_jax.input_pipeline import augment
+from icckd_jax.input_pipeline.source import Batch
 from icckd_jax.objective import cache as cache_lib
 from icckd_jax.objective import losses
 from icckd_jax import parallel
@@ -51,7 +52,7 @@ def make_train_step(
   cache_store: str,
   empty_anchors: str = 'exclude',
 ):
-  """Builds step(state, images, labels, hparams) -> (state, metrics).
+  """Builds step(state, batch, hparams) -> (state, metrics).
 
   Args:
     model: returns (logits [N, classes], features [N, D]); BatchNorm
@@ -68,8 +69,8 @@ def make_train_step(
     empty_anchors: 'exclude' leaves anchors without any negative out of the
       gated mean, 'count' keeps them in its denominator (docs/method.md §3).
 
-  The returned step takes images [V, B, H, W, C] uint8 and labels [B] int32
-  sharded over `data` on B, and hparams from `hyperparameters`; it returns the
+  The returned step takes a `Batch` (images [V, B, H, W, C] uint8, labels
+  [B] int32) sharded over `data` on B, and hparams from `hyperparameters`; it returns the
   new state and a dict of scalar metrics, both replicated.
   """
   objective = _Objective(
@@ -82,7 +83,8 @@ def _per_device_step(objective: '_Objective', tx: optax.GradientTransformation):
   """One device's step(state, images [V, b, H, W, C], labels [b], hp) ->
   (state, metrics): the gradient of the objective, the update, the cache."""
 
-  def per_device(state: TrainState, images, labels, hp):
+  def per_device(state: TrainState, batch: Batch, hp):
+    images, labels = batch.images, batch.labels
     v, b = images.shape[:2]
     x = augment.normalize(
       images.reshape((v * b,) + images.shape[2:]),

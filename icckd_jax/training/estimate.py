@@ -36,17 +36,15 @@ def duration(seconds: float) -> str:
 def time_steps(step, state, batches, step_args, steps: int = TIMED_STEPS):
   """Seconds per call of `step` after it is compiled, and the new state.
 
-  step(state, images, labels, step_args) -> (state, metrics), as a run's
-  train step; `batches` yields (images, labels). The first call compiles (if
-  it has not been) and is not timed.
+  step(state, batch, step_args) -> (state, metrics), as a run's train
+  step; `batches` yields its `Batch`es. The first call compiles (if it has
+  not been) and is not timed.
   """
-  images, labels = next(batches)
-  state, metrics = step(state, images, labels, step_args)
+  state, metrics = step(state, next(batches), step_args)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    images, labels = next(batches)
-    state, metrics = step(state, images, labels, step_args)
+    state, metrics = step(state, next(batches), step_args)
   jax.block_until_ready(metrics)
   return (time.perf_counter() - start) / steps, state
 

@@ -27,7 +27,7 @@ from absl import logging
 import jax
 from jax.sharding import Mesh
 
-from icckd_jax.data import datasets
+from icckd_jax.input_pipeline.source import EvalBatches, InputSource
 from icckd_jax.runs import layout
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.runs import reuse as reuse_lib
@@ -50,7 +50,7 @@ def fit(
   run: RunSpec,
   workdir: str,
   setup: RunSetup,
-  dataset: datasets.Dataset,
+  dataset: InputSource,
   mesh: Mesh,
   stage: records.StageRecords = records.StageRecords(),
   hooks: Sequence[hooks_lib.Hook] = (),
@@ -94,7 +94,7 @@ class _Run:
   spec: RunSpec
   workdir: str
   setup: RunSetup
-  dataset: datasets.Dataset
+  dataset: InputSource
   mesh: Mesh
   ckpts: checkpoint.Checkpoints
   stage: records.StageRecords
@@ -176,9 +176,9 @@ def train_and_evaluate(
   records.log_header(
     r.spec, r.dataset, r.mesh, r.steps_per_epoch, abstract_state, at.step
   )
-  train_split, test_split = run_setup.splits(r.dataset, r.mesh)
+  test_split = r.dataset.eval_batches(r.mesh, book.eval_batch_size)
   evaluate_fn = _evaluate_fn(r, reuse)
-  batches = setup.batches(recipe, train_split, r.mesh, at.step)
+  batches = setup.batches(recipe, r.dataset, r.mesh, at.step)
   tally = _start_tally(r, at, resumed, hooks, step_memory)
   start_epoch, first = divmod(at.step, r.steps_per_epoch)
   # Closing the batches stops a streamed run's decode workers.
@@ -224,7 +224,6 @@ def _evaluate_fn(r: _Run, reuse: Reuse | None):
       mean=dataset.mean,
       std=dataset.std,
       dtype=compute_dtype(spec.recipe.dtype),
-      batch_size=spec.bookkeeping.eval_batch_size,
       reference=reference,
     ),
   )
@@ -249,12 +248,10 @@ def train_epoch(
     signum = stop.requested(at.step)
     if signum:
       preempt(r, at, tally, epoch, signum)
-    images, labels = next(batches)
+    batch = next(batches)
     if not tally.compiled:
-      _first_step(r, at, tally, images, labels)
-    at.state, metrics = setup.train_step(
-      at.state, images, labels, setup.step_args
-    )
+      _first_step(r, at, tally, batch)
+    at.state, metrics = setup.train_step(at.state, batch, setup.step_args)
     at.step += 1
     for hook in tally.hooks:
       hook.on_step(at.step, metrics)
@@ -266,18 +263,14 @@ def train_epoch(
       window_start = time.perf_counter()
 
 
-def _first_step(
-  r: _Run, at: resume.Position, tally: _Tally, images, labels
-) -> None:
+def _first_step(r: _Run, at: resume.Position, tally: _Tally, batch) -> None:
   """Before the first step: its memory analysis, logged once per run."""
   logging.info('Compiling the train step...')
   if not tally.memory:
     # Compiling ahead shares XLA's cache with the call that follows, so
     # the memory analysis costs a trace, not a second compilation.
     tally.memory = memory_lib.compiled_memory(
-      r.setup.train_step.lower(
-        at.state, images, labels, r.setup.step_args
-      ).compile()
+      r.setup.train_step.lower(at.state, batch, r.setup.step_args).compile()
     )
   tally.memory[records.STATE_BYTES] = tally.state_bytes
   tally.compiled = True
@@ -352,7 +345,7 @@ def end_epoch(
   at: resume.Position,
   tally: _Tally,
   evaluate_fn,
-  test_split,
+  test_split: EvalBatches,
   epoch: int,
   epoch_time: float,
 ) -> None:

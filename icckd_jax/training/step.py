@@ -17,6 +17,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 import optax
 
 from icckd_jax import parallel
+from icckd_jax.input_pipeline.source import Batch
 
 DATA = parallel.DATA
 
@@ -49,14 +50,16 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def data_parallel(per_device: Callable, mesh: Mesh) -> Callable:
   """jit(shard_map(per_device)), the state (argument 0) donated.
 
-  per_device(state, images [V, b, H, W, C], labels [b], args) ->
-  (state, metrics): the state, args and outputs replicated, images and
-  labels sharded over `data` on the batch axis.
+  per_device(state, batch: `source.Batch`, args) -> (state, metrics): the
+  state, args and outputs replicated, the batch's images [V, b, H, W, C],
+  labels [b] and indices [b] (None unless the run asks for them) sharded
+  over `data` on the batch axis.
   """
+  batch_spec = Batch(images=P(None, DATA), labels=P(DATA), indices=P(DATA))
   step = parallel.shard_map(
     per_device,
     mesh,
-    in_specs=(P(), P(None, DATA), P(DATA), P()),
+    in_specs=(P(), batch_spec, P()),
     out_specs=(P(), P()),
   )
   return jax.jit(step, donate_argnums=(0,))

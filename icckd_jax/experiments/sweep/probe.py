@@ -41,10 +41,9 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
       setup = _stage_setup(
         run, name, parts, dataset, mesh, reuse, teacher_states
       )
-      train_split, test_split = run_setup.splits(dataset, mesh)
       if id(setup.train_step) not in step_seconds:
         state = setup.create_state(mesh)
-        batches = setup.batches(parts.recipe, train_split, mesh, 0)
+        batches = setup.batches(parts.recipe, dataset, mesh, 0)
         seconds, _ = estimate.time_steps(
           setup.train_step, state, batches, setup.step_args
         )
@@ -60,9 +59,7 @@ def probe(runs: list[sweep_plan.Run], reuse: Reuse) -> dict[str, float]:
         )
       eval_key = f'{name}|{config.model}|{run.teacher.model}'
       if eval_key not in eval_seconds:
-        eval_seconds[eval_key] = _time_evaluation(
-          setup, config, dataset, mesh, test_split
-        )
+        eval_seconds[eval_key] = _time_evaluation(setup, config, dataset, mesh)
         logging.info(
           'Measured %s evaluation (%s, %d test images): %s.',
           name,
@@ -122,9 +119,7 @@ def _projected_seconds(name, config, setup, step_seconds, eval_seconds):
   )
 
 
-def _time_evaluation(
-  setup: run_setup.RunSetup, config, dataset, mesh, test_split
-) -> float:
+def _time_evaluation(setup: run_setup.RunSetup, config, dataset, mesh) -> float:
   """Seconds of one whole test-split evaluation, after compiling."""
   reference = setup.reference[0] if setup.reference else None
   evaluate_fn = evaluate.make_eval_fn(
@@ -133,9 +128,9 @@ def _time_evaluation(
     mean=dataset.mean,
     std=dataset.std,
     dtype=run_setup.compute_dtype(config.dtype),
-    batch_size=config.eval_batch_size,
     reference=reference,
   )
+  test_split = dataset.eval_batches(mesh, config.eval_batch_size)
   state = setup.create_state(mesh)
   variables = {
     'params': state.params['model'],

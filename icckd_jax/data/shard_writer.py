@@ -1,0 +1,99 @@
+"""One shard of a conversion (`convert.py`), written in a pool process.
+
+`write_shard(task)` decodes each record once (to check it and to count the
+train split's pixel values), writes the shard under a temporary name,
+fsyncs and renames it into place, then writes `<shard>.json` beside it:
+its size, checksum and pixel statistics, which mark it complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from icckd_jax.data import array_record
+from icckd_jax.errors import UserError, one_line
+
+# PIL's modes of a single-channel image: a set of only these is stored grey.
+_GREY_MODES = ('1', 'L', 'LA', 'I;16', 'I', 'F')
+
+
+def _read_source(source: Any) -> bytes:
+  if isinstance(source, bytes):
+    return source
+  if isinstance(source, str):
+    with open(source, 'rb') as f:
+      return f.read()
+  buffer = io.BytesIO()
+  array = source[..., 0] if source.shape[-1] == 1 else source
+  Image.fromarray(np.asarray(array)).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def write_shard(task: dict[str, Any]) -> dict[str, Any]:
+  """Writes one shard (in a pool process) and its `<shard>.json`; returns
+  the latter's content.
+
+  Every image is decoded once: to check it and to count the train split's
+  pixel values per channel (the mean and std, exactly, as
+  `datasets.channel_stats` counts them).
+  """
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+
+  out = pathlib.Path(task['output_dir'])
+  final = out / task['file']
+  tmp = out / (task['file'] + '.tmp')
+  histogram = np.zeros(3 * 256, np.int64)
+  offsets = (256 * np.arange(3)).astype(np.uint16)
+  grey, sizes, formats, pixels = True, set(), set(), 0
+  writer = array_record_module.ArrayRecordWriter(
+    str(tmp), array_record.WRITER_OPTIONS
+  )
+  try:
+    for label, source, name in task['items']:
+      data = _read_source(source)
+      try:
+        with Image.open(io.BytesIO(data)) as image:
+          formats.add(image.format)
+          grey = grey and image.mode in _GREY_MODES
+          rgb = np.asarray(image.convert('RGB'))
+      except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(
+          f'{task["where"]}: cannot decode {name!r} as an image ({one_line(e)})'
+        ) from None
+      sizes.add(rgb.shape[:2])
+      pixels += rgb.shape[0] * rgb.shape[1]
+      if task['statistics']:
+        flat = rgb.reshape(-1, 3) + offsets
+        histogram += np.bincount(flat.ravel(), minlength=histogram.size)
+      writer.write(array_record.encode_record(label, data))
+  finally:
+    writer.close()
+  with open(tmp, 'rb+') as f:
+    os.fsync(f.fileno())
+  os.replace(tmp, final)
+  done = {
+    'file': task['file'],
+    'records': len(task['items']),
+    'bytes': final.stat().st_size,
+    'sha256': array_record.sha256_file(final),
+    'histogram': histogram.tolist(),
+    'grey': grey,
+    'sizes': sorted(list(s) for s in sizes)[:2],
+    'formats': sorted(formats),
+    'pixels': pixels,
+  }
+  write_json(out / (task['file'] + '.json'), done)
+  return done
+
+
+def write_json(path: pathlib.Path, value: Any) -> None:
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(value))
+  os.replace(tmp, path)
