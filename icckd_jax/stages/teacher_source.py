@@ -128,13 +128,6 @@ class Teacher(NamedTuple):
   is_run: bool
 
 
-def load_teacher(source: TeacherSource, mesh: Mesh):
-  """(teacher config, its variables replicated on `mesh`); as
-  `load_teacher_checked`, without the teacher's fingerprint."""
-  teacher = load_teacher_checked(source, mesh)
-  return teacher.config, teacher.variables
-
-
 def load_teacher_checked(source: TeacherSource, mesh: Mesh) -> Teacher:
   """The teacher `source` names, with its fingerprint.
 
