@@ -1,30 +1,30 @@
-"""The hostile cases that once lost work, printed a traceback, hung or were
-silently accepted: each must now be one `error:` line and exit code 2 (or a
-clean exit), with nothing good moved, deleted or overwritten.
+"""Resuming a run (training/resume.py, and runs/validate.py's check of a
+workdir's config against its checkpoints'): another model or learning rate
+is refused whether config.json was edited or removed, an edited metrics line
+does not stop the resume, a full disk during a resumed save leaves no partial
+checkpoint, and a resume past the new end is refused; each refusal is one
+`error:` line and exit code 2 with nothing good moved, deleted or
+overwritten.
 
-In process wherever the behaviour allows it; the multi-host waits need real
-processes.
+The trained run these share (a module-scoped fixture, built once per module)
+also serves two readers of a finished run: configs/eval.py on a read-only
+workdir, and a student refused on other data than its teacher's.
 """
 
 import errno
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT
-from test_robust_runs import SMOKE, TRAINED, error_line, run_launcher, snapshot
-from test_robust_runs import trained  # noqa: F401  (the fixture)
-from icckd_jax.runs import memory
-from icckd_jax.training import checkpoint
-from icckd_jax.stages import evaluate_checkpoint
-from icckd_jax.stages import preflight
 from icckd_jax.runs import layout
-import helpers
+from icckd_jax.stages import evaluate_checkpoint
+from icckd_jax.training import checkpoint
+from helpers import TEACHER
+from launch_in_process import error_line, run_launcher
+from test_robust_runs import TRAINED, snapshot
+from test_robust_runs import trained  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -116,6 +116,22 @@ def test_disk_full_during_a_save_is_one_line_and_leaves_no_partial(
   assert snapshot(copy / 'checkpoints') == intact
 
 
+def test_resuming_past_the_new_end_is_refused(tmp_path):
+  """A finished 2-epoch run resumed with num_epochs=1 is refused, its
+  summary and checkpoints unchanged."""
+  workdir = tmp_path / 'run'
+  code, stderr = run_launcher(
+    *TEACHER, '--config.num_epochs=2', f'--workdir={workdir}'
+  )
+  assert code == 0, stderr[-2000:]
+  summary = (workdir / 'summary.json').read_bytes()
+  code, stderr = run_launcher(
+    *TEACHER, '--config.num_epochs=1', f'--workdir={workdir}'
+  )
+  assert 'past the 2 steps of config.num_epochs=1' in error_line(code, stderr)
+  assert (workdir / 'summary.json').read_bytes() == summary
+
+
 def test_evaluating_a_read_only_workdir_prints_the_result(
   trained,  # noqa: F811  (the imported fixture)
   monkeypatch,
@@ -148,87 +164,6 @@ def test_evaluating_a_read_only_workdir_prints_the_result(
   assert snapshot(trained) == before
 
 
-def test_a_step_too_big_for_memory_is_refused_before_writing(
-  tmp_path, monkeypatch
-):
-  """Case 7: the compiled step's memory against what the device has, checked
-  before the workdir exists (the available figure is made small here)."""
-  monkeypatch.setattr(memory, 'available_memory', lambda device=None: 1024)
-  new = tmp_path / 'new'
-  code, stderr = run_launcher(*SMOKE, f'--workdir={new}')
-  line = error_line(code, stderr)
-  assert 'the train step needs' in line and 'GiB available' in line
-  assert not new.exists()
-
-
-def test_ctrl_c_before_training_exits_130_without_a_traceback(
-  tmp_path, monkeypatch
-):
-  """Case 8: an interrupt while compiling (here: raised from the ahead-of-
-  time compilation) is a clean exit 130."""
-
-  def interrupted(*args, **kwargs):
-    raise KeyboardInterrupt
-
-  monkeypatch.setattr(preflight, 'check_step_memory', interrupted)
-  code, stderr = run_launcher(*SMOKE, f'--workdir={tmp_path / "new"}')
-  assert code == 130
-  assert 'Traceback' not in stderr and 'interrupted' in stderr
-
-
-@pytest.mark.parametrize('process_id', [0, 1])
-def test_a_peer_that_never_comes_is_a_bounded_wait(tmp_path, process_id):
-  """Cases 9 and 10: alone in a two-process cluster, either process says
-  what it waits for, gives up after --multihost_timeout, one line, exit 2,
-  nothing written."""
-  new = tmp_path / 'new'
-  start = time.monotonic()
-  result = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / 'launch.py'),
-      *SMOKE,
-      f'--workdir={new}',
-      '--multihost',
-      f'--coordinator_address=127.0.0.1:{helpers.free_port()}',
-      '--num_processes=2',
-      f'--process_id={process_id}',
-      '--multihost_timeout=3',
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert time.monotonic() - start < 90
-  line = error_line(result.returncode, result.stderr)
-  assert 'did not all connect' in line and '--multihost_timeout' in line
-  assert 'Waiting up to 3 s for 2 processes' in result.stderr
-  assert not new.exists()
-
-
-def test_cluster_flags_without_multihost_are_refused(tmp_path):
-  """Case 11."""
-  new = tmp_path / 'new'
-  code, stderr = run_launcher(
-    *SMOKE, '--num_processes=2', '--process_id=1', f'--workdir={new}'
-  )
-  line = error_line(code, stderr)
-  assert '--num_processes, --process_id given without --multihost' in line
-  assert not new.exists()
-
-
-def test_a_path_for_the_synthetic_set_is_refused(tmp_path):
-  """Case 12."""
-  new = tmp_path / 'new'
-  code, stderr = run_launcher(
-    *SMOKE, f'--config.dataset.path={tmp_path}', f'--workdir={new}'
-  )
-  line = error_line(code, stderr)
-  assert "'synthetic' data set is generated" in line
-  assert not new.exists()
-
-
 def test_a_student_on_other_data_than_its_teacher_is_refused(trained, tmp_path):  # noqa: F811
   """Case 13: the synthetic set drawn from another seed."""
   new = tmp_path / 'student'
@@ -245,62 +180,3 @@ def test_a_student_on_other_data_than_its_teacher_is_refused(trained, tmp_path):
   ) in error_line(code, stderr)
   assert not new.exists()
   assert snapshot(trained) == before
-
-
-@pytest.mark.parametrize(
-  'args,expected',
-  [
-    (
-      ['--config=configs/pipeline.py:smoke', '--config.student.model=resnet9'],
-      "config.student.model='resnet9' is unknown",
-    ),
-    (
-      [
-        '--config=configs/ablation_margin.py:smoke',
-        '--config.base.student.model=resnet9',
-      ],
-      "setting 'delta=0.2' seed 0: config.student.model='resnet9' is unknown",
-    ),
-    (
-      [
-        '--config=configs/ablation_margin.py:smoke',
-        '--config.base.teacher.icc.margin_kind=rank',
-      ],
-      "config.teacher.icc.margin_kind='rank' is unknown",
-    ),
-  ],
-)
-def test_every_stage_is_checked_before_the_first_starts(
-  tmp_path, args, expected
-):
-  """Cases 14 and 15: a bad student field of a pipeline or a sweep is found
-  before any teacher trains, named with its stage (and setting)."""
-  new = tmp_path / 'new'
-  code, stderr = run_launcher(*args, f'--workdir={new}')
-  assert expected in error_line(code, stderr)
-  assert not new.exists()
-
-
-def test_a_full_disk_leaves_no_write_probe(tmp_path, monkeypatch):
-  """A workdir whose probe file is created but cannot be written."""
-  real_open = open
-
-  class Full:
-    def __init__(self, path):
-      self._file = real_open(path, 'w')
-
-    def __enter__(self):
-      return self
-
-    def write(self, _):
-      raise OSError(errno.ENOSPC, 'No space left on device')
-
-    def __exit__(self, *exc):
-      self._file.close()
-
-  monkeypatch.setattr(
-    preflight, 'open', lambda path, mode='r': Full(path), raising=False
-  )
-  with pytest.raises(preflight.UserError, match='not writable: No space left'):
-    preflight.prepare_workdir(str(tmp_path / 'w'))
-  assert list((tmp_path / 'w').iterdir()) == []
