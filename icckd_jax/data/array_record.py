@@ -201,7 +201,8 @@ def _checked_shards(
     shard = root / entry['file']
     if not shard.is_file():
       raise UserError(
-        f'{where} lists the shard {entry["file"]} but {shard} is missing'
+        f'{where} lists the shard {entry["file"]} but {shard} is missing; '
+        'convert the data set again'
       )
     size = shard.stat().st_size
     if size != entry['bytes']:
