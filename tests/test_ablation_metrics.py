@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from icckd_jax.experiments import ablation_metrics as am
+import helpers
 
 # Test top-1 that climbs and plateaus. Its 3-epoch moving average is
 # 10, 25, 40, 63.33, 76.67, 80, 80.
@@ -66,7 +67,7 @@ def test_epochs_to_reach():
 def test_shared_threshold_is_reached_by_every_run():
   weak = [0.0, 50.0, 50.0, 50.0]  # Best moving average 50.
   runs = [PLATEAU, weak]
-  threshold = am.shared_threshold(runs)
+  threshold = helpers.shared_threshold(runs)
   assert threshold == pytest.approx(0.9 * 50.0)
   assert [am.epochs_to_reach(r, threshold) for r in runs] == [4, 4]
 

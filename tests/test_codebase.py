@@ -9,7 +9,9 @@ import sys
 import house
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'icckd_jax'
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 150
+MAX_MODULE_LINES = 450
 
 
 def _functions(tree):
@@ -26,13 +28,35 @@ def _imports_the_package(node) -> bool:
   return False
 
 
-def test_no_function_is_longer_than_80_lines():
-  too_long = [
+def _too_long(kinds, limit: int) -> list[str]:
+  """'path:line name (n lines)' of each node of `kinds` in the package
+  longer than `limit` lines."""
+  return [
     f'{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} '
     f'({node.end_lineno - node.lineno + 1} lines)'
     for path in sorted(PACKAGE.rglob('*.py'))
-    for node in _functions(ast.parse(path.read_text()))
-    if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    for node in ast.walk(ast.parse(path.read_text()))
+    if isinstance(node, kinds) and node.end_lineno - node.lineno + 1 > limit
+  ]
+
+
+def test_no_function_is_longer_than_60_lines():
+  too_long = _too_long(
+    (ast.FunctionDef, ast.AsyncFunctionDef), MAX_FUNCTION_LINES
+  )
+  assert not too_long, too_long
+
+
+def test_no_class_is_longer_than_150_lines():
+  too_long = _too_long(ast.ClassDef, MAX_CLASS_LINES)
+  assert not too_long, too_long
+
+
+def test_no_module_is_longer_than_450_lines():
+  too_long = [
+    f'{path.relative_to(PACKAGE.parent)} ({n} lines)'
+    for path in sorted(PACKAGE.rglob('*.py'))
+    if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
   ]
   assert not too_long, too_long
 

@@ -3,13 +3,11 @@ CIFAR-10/100 python archives, the Tiny-ImageNet zip, Fashion-MNIST idx files,
 TFDS reads, verified downloads and the decoded-array cache. No network."""
 
 import dataclasses
-import gzip
 import hashlib
 import io
 import os
 import pathlib
 import pickle
-import struct
 import tarfile
 import zipfile
 
@@ -27,6 +25,7 @@ from icckd_jax.data import idx
 from icckd_jax.data import images as images_lib
 from icckd_jax.data import tfds as tfds_lib
 from icckd_jax.errors import UserError
+import helpers
 from launch_in_process import launch
 
 
@@ -542,13 +541,6 @@ def test_tiny_imagenet_trains_teacher_and_student(tmp_path):
 # -------------------------------------------------------------- Fashion-MNIST
 
 
-def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
-  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim)
-  header += struct.pack(f'>{array.ndim}i', *array.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_fashion_mnist_downloaded_from_official_idx(tmp_path, monkeypatch):
   mirror = tmp_path / 'mirror'
   mirror.mkdir()
@@ -560,7 +552,7 @@ def test_fashion_mnist_downloaded_from_official_idx(tmp_path, monkeypatch):
     't10k-labels-idx1-ubyte': rng.integers(0, 10, (3,)),
   }
   for stem, array in arrays.items():
-    _write_idx(mirror / f'{stem}.gz', array)
+    helpers.write_idx(mirror / f'{stem}.gz', array)
   monkeypatch.setattr(idx, 'DEBIAN_DIR', tmp_path / 'no_debian')
   monkeypatch.setattr(idx, 'URLS', ('http://down/', mirror.as_uri() + '/'))
   monkeypatch.setattr(

@@ -1,8 +1,6 @@
 """Tests for icckd_jax.data.datasets."""
 
-import gzip
 import pathlib
-import struct
 import tarfile
 
 import numpy as np
@@ -13,6 +11,7 @@ from conftest import CIFAR10_ARCHIVE, shared_fixture
 from icckd_jax.data import datasets
 from icckd_jax.data import idx
 from icckd_jax.errors import UserError
+import helpers
 
 _DEBIAN_FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 
@@ -295,22 +294,14 @@ def test_image_folder_real_cifar10_archive():
 # -------------------------------------------------------------- fashion mnist
 
 
-def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
-  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim)
-  header += struct.pack(f'>{array.ndim}i', *array.shape)
-  opener = gzip.open if path.suffix == '.gz' else open
-  with opener(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def _write_fashion_idx(folder: pathlib.Path, suffix: str):
   rng = np.random.default_rng(1)
   arrays = {}
   for split, prefix, count in (('train', 'train', 6), ('test', 't10k', 4)):
     images = rng.integers(0, 256, (count, 28, 28), np.uint8)
     labels = rng.integers(0, 10, (count,), np.uint8)
-    _write_idx(folder / f'{prefix}-images-idx3-ubyte{suffix}', images)
-    _write_idx(folder / f'{prefix}-labels-idx1-ubyte{suffix}', labels)
+    helpers.write_idx(folder / f'{prefix}-images-idx3-ubyte{suffix}', images)
+    helpers.write_idx(folder / f'{prefix}-labels-idx1-ubyte{suffix}', labels)
     arrays[split] = images, labels
   return arrays
 

@@ -10,7 +10,6 @@ import errno
 import json
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from icckd_jax.training import checkpoint
 from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.stages import preflight
 from icckd_jax.runs import layout
+import helpers
 
 
 @pytest.fixture
@@ -176,12 +176,6 @@ def test_ctrl_c_before_training_exits_130_without_a_traceback(
   assert 'Traceback' not in stderr and 'interrupted' in stderr
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('process_id', [0, 1])
 def test_a_peer_that_never_comes_is_a_bounded_wait(tmp_path, process_id):
   """Cases 9 and 10: alone in a two-process cluster, either process says
@@ -196,7 +190,7 @@ def test_a_peer_that_never_comes_is_a_bounded_wait(tmp_path, process_id):
       *SMOKE,
       f'--workdir={new}',
       '--multihost',
-      f'--coordinator_address=127.0.0.1:{_free_port()}',
+      f'--coordinator_address=127.0.0.1:{helpers.free_port()}',
       '--num_processes=2',
       f'--process_id={process_id}',
       '--multihost_timeout=3',

@@ -28,8 +28,8 @@ from icckd_jax.input_pipeline import inputs
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.models import stages
-from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
+import helpers
 import make_imagenet_references
 import torch_files
 import torch_reference
@@ -97,7 +97,7 @@ def test_fixture_outputs_equal_torchvision(resnet18):
   assert features.shape == (4, 512) and np.all(np.asarray(features) >= 0)
 
 
-def _eval_batch(path, names, transform=imagenet_preprocess.eval_image):
+def _eval_batch(path, names, transform=helpers.eval_image):
   return np.stack([transform(str(path / 'eval_images' / n)) for n in names])
 
 
@@ -176,7 +176,7 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   images = np.asarray(batch.images)
   # One transform: the pixels of the file-based evaluation, exactly.
   files = [source / 'test' / 'x' / n for n in names + sorted(extra)]
-  expected = np.stack([imagenet_preprocess.eval_image(str(f)) for f in files])
+  expected = np.stack([helpers.eval_image(str(f)) for f in files])
   np.testing.assert_array_equal(images, expected)
   mean, std = torch_import.normalization('imagenet_resnet18')
   x = (images[: len(names)].astype(np.float32) - mean) / std
@@ -206,7 +206,7 @@ def test_undecodable_image_is_one_line_user_error(tmp_path):
   bad = tmp_path / 'broken.JPEG'
   bad.write_bytes(b'not a jpeg')
   with pytest.raises(UserError, match='broken.JPEG'):
-    imagenet_preprocess.eval_image(str(bad))
+    helpers.eval_image(str(bad))
 
 
 @pytest.mark.parametrize('name', sorted(make_imagenet_references.INPUTS))
@@ -264,7 +264,7 @@ def test_wrong_file_is_one_line_user_error(tmp_path):
 def test_pth_teacher_gets_its_family_normalisation():
   path = _fixture() / 'resnet18-random.pth'
   source = spec.TeacherSource(pth=str(path), model='imagenet_resnet18')
-  saved, _ = teacher_source.load_teacher(source, parallel.make_mesh(1))
+  saved, _ = helpers.load_teacher(source, parallel.make_mesh(1))
   np.testing.assert_allclose(
     saved.input_mean, [123.675, 116.28, 103.53], rtol=1e-6
   )

@@ -5,11 +5,22 @@ key that changed would retrain every stored run under a new name. The keys
 below were computed by the code at commit 89d87a0, the last before the
 package's rooms were redrawn, from the shipped configs."""
 
+import json
+import os
+import pathlib
+import tarfile
+
 import pytest
 
+from configs import eval as eval_config
 from configs import student
 from configs import teacher
+from icckd_jax import main
+from icckd_jax.experiments.sweep import plan as sweep_plan
 from icckd_jax.experiments.sweep import run_store
+from icckd_jax.runs import layout
+from icckd_jax.training import checkpoint
+import make_store_d8b658b
 
 
 @pytest.mark.parametrize(
@@ -28,3 +39,78 @@ def test_student_keys_are_those_of_earlier_stores(method, key):
   config = student.get_config()
   config.distill.method = method
   assert run_store.student_key(config, 'T') == key
+
+
+# A sweep's store as the code at commit d8b658b left it: seed 0 finished,
+# seed 1's teacher stopped by SIGTERM mid-epoch (tests/make_store_d8b658b.py
+# wrote it, and says how).
+OLD_STORE = pathlib.Path(__file__).parent / 'fixtures' / 'store_d8b658b.tar.gz'
+
+
+@pytest.fixture(scope='module')
+def old_store(tmp_path_factory):
+  """(the unpacked store, today's config of its sweep, its two runs)."""
+  path = tmp_path_factory.mktemp('old_store')
+  with tarfile.open(OLD_STORE) as tar:
+    tar.extractall(path, filter='data')
+  store = path / 'store'
+  config = make_store_d8b658b.config()
+  return store, config, sweep_plan.plan(config, str(store))
+
+
+def _files(directory: str) -> dict[pathlib.Path, bytes]:
+  return {
+    p: p.read_bytes()
+    for p in pathlib.Path(directory).rglob('*')
+    if p.is_file() and p.name != layout.LOCK_FILE
+  }
+
+
+def test_an_old_store_resumes_its_unfinished_run_only(old_store, monkeypatch):
+  store, config, (done, stopped) = old_store
+  # Today's configs name its runs as the old code did.
+  assert sorted(os.listdir(store / run_store.TEACHERS)) == sorted(
+    os.path.basename(r.teacher_dir) for r in (done, stopped)
+  )
+  assert os.listdir(store / run_store.STUDENTS) == [
+    os.path.basename(done.student_dir)
+  ]
+  finished = {**_files(done.teacher_dir), **_files(done.student_dir)}
+  resumed = []
+  restore = checkpoint.Checkpoints.restore_newest_intact
+
+  def spy(self, abstract_state=None, *args, **kwargs):
+    # A run resuming passes its state's shapes; a student reading its
+    # teacher passes none.
+    result = restore(self, abstract_state, *args, **kwargs)
+    if abstract_state is not None and result is not None:
+      resumed.append((str(self.workdir), int(result[1]['step'])))
+    return result
+
+  monkeypatch.setattr(checkpoint.Checkpoints, 'restore_newest_intact', spy)
+  main.run(config, str(store))
+
+  # The finished runs are not trained again; the stopped teacher resumes
+  # where SIGTERM stopped it, and it and its new student end as the old
+  # code's uninterrupted runs did, record for record.
+  assert resumed == [(stopped.teacher_dir, make_store_d8b658b.STOP_AT)]
+  assert {p: p.read_bytes() for p in finished} == finished
+  reference = json.loads((store / 'reference.json').read_text())
+  for stage in ('teacher', 'student'):
+    now = make_store_d8b658b.records(getattr(stopped, f'{stage}_dir'))
+    assert now['records'] == reference[stage]['records'], stage
+    for key, value in reference[stage]['summary'].items():
+      if 'workdir' not in key:  # where it was written
+        assert now['summary'][key] == value, (stage, key)
+
+
+def test_an_old_checkpoint_evaluates_as_it_did(old_store):
+  _, _, (done, _) = old_store
+  config = eval_config.get_config()
+  config.workdir = done.teacher_dir
+  config.checkpoint = 'last'
+  result = main.run(config, None)
+  with open(os.path.join(done.teacher_dir, layout.SUMMARY_FILE)) as f:
+    summary = json.load(f)
+  assert result['epoch'] == 2 and result['count'] == 32
+  assert result['top1'] == summary['final_top1']

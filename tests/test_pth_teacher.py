@@ -27,6 +27,7 @@ from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
 from icckd_jax.runs import layout
+import helpers
 
 FIXTURE = SHARED_DATA / 'repdistiller' / 'resnet20_zip'
 PTH = FIXTURE / 'ckpt_epoch_240.pth'
@@ -218,7 +219,7 @@ def test_pth_teacher_config_errors(config, tmp_path):
     c = config.copy_and_resolve_references()
     c.teacher[field] = value
     with pytest.raises(UserError, match=message):
-      teacher_source.load_teacher(spec.from_config(c).teacher, mesh)
+      helpers.load_teacher(spec.from_config(c).teacher, mesh)
 
 
 def test_wrong_architecture_is_one_line_and_exit_2_from_the_command_line(

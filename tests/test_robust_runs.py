@@ -14,7 +14,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ import pytest
 from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
-from icckd_jax import parallel
 from icckd_jax.training import divergence
 from icckd_jax.training import preemption
 from icckd_jax.training import resume
@@ -36,6 +34,8 @@ from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.train_state import TrainState
 from icckd_jax.runs import layout
+import helpers
+from helpers import restore_state, strip_timing
 from launch_in_process import error_line, run_launcher
 
 SMOKE = ('--config=configs/teacher.py:smoke',)
@@ -47,7 +47,6 @@ TRAINED = (
   '--config.icc.lam=0',
   '--config.num_devices=1',
 )
-TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 
 def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:
@@ -59,17 +58,6 @@ def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:
     for p in sorted(path.rglob('*'))
     if p.is_file()
   }
-
-
-def restore_state(workdir, which='last'):
-  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
-  state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
-  ckpts.close()
-  return jax.device_get(state), meta
-
-
-def strip_timing(records):
-  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 @pytest.fixture(scope='module')
@@ -675,16 +663,10 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   assert not os.listdir(workdir / 'preempted')
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def _start_processes(*args: str, count: int = 2) -> list[subprocess.Popen]:
   """`count` launch.py processes of one --multihost run on localhost, one
   CPU device each; their stderr is kept for the failure message."""
-  port = _free_port()
+  port = helpers.free_port()
   return [
     subprocess.Popen(
       [

@@ -31,9 +31,8 @@ from test_robust_runs import (
   _start_processes,
   _subprocess_env,
   _wait_for_success,
-  restore_state,
-  strip_timing,
 )
+from helpers import restore_state, strip_timing
 
 
 @pytest.fixture(scope='module')

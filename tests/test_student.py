@@ -15,14 +15,14 @@ from icckd_jax.errors import UserError
 from icckd_jax.training import metric_writer
 from icckd_jax import models
 from icckd_jax.stages import student
-from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
 from icckd_jax.runs import validate
+import helpers
 import toy_distiller
 from train_steps import run_steps
 from launch_in_process import error_line, launch
-from test_training import kill_after_checkpoint, restore_state
-from test_training import records_without_timings
+from helpers import records_without_timings, restore_state
+from test_training import kill_after_checkpoint
 
 
 def _tree_digest(path):
@@ -195,7 +195,7 @@ def test_student_step_device_count_invariance(smoke_teacher):
 
   def build(run, dataset, mesh):
     return student.build_student(
-      run, dataset, mesh, *teacher_source.load_teacher(run.teacher, mesh)
+      run, dataset, mesh, *helpers.load_teacher(run.teacher, mesh)
     )
 
   # 1 and 4 devices: each count is a compilation (the teacher's test adds 2).

@@ -29,8 +29,7 @@ from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
 from icckd_jax.runs import layout
-
-TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
+from helpers import TIMING_KEYS
 
 
 def tiny_sweep(

@@ -22,8 +22,8 @@ from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher
-from icckd_jax.stages import teacher_source
 from icckd_jax.runs import spec
+import helpers
 
 
 def _tiny(config):
@@ -63,7 +63,7 @@ def _student_config(teacher_workdir, method, **distill):
 def _setup(config, devices):
   mesh = parallel.make_mesh(devices)
   run = spec.from_config(config)
-  teacher_cfg, teacher_vars = teacher_source.load_teacher(run.teacher, mesh)
+  teacher_cfg, teacher_vars = helpers.load_teacher(run.teacher, mesh)
   dataset = datasets.load(run.data)
   return (
     mesh,

@@ -17,15 +17,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import ROOT
-from icckd_jax.training import checkpoint
 from icckd_jax.training import compilation_cache
 from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import metric_writer
-from icckd_jax import parallel
 from icckd_jax.runs import spec
+from helpers import records_without_timings, restore_state
 from launch_in_process import error_line, launch
-
-TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 
 def kill_after_checkpoint(args, workdir, checkpoints):
@@ -48,22 +45,6 @@ def kill_after_checkpoint(args, workdir, checkpoints):
   assert not (checkpoints / '2').exists(), (
     'the run finished before it could be killed: make its epochs longer'
   )
-
-
-def records_without_timings(workdir, kind=None):
-  """WORKDIR/metrics.jsonl's records (of `kind`) with their wall-clock
-  fields dropped: everything a resumed run must reproduce exactly."""
-  return [
-    {k: v for k, v in r.items() if k not in TIMING_KEYS}
-    for r in metric_writer.read_records(str(workdir), kind)
-  ]
-
-
-def restore_state(workdir, which='last'):
-  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
-  state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
-  ckpts.close()
-  return jax.device_get(state), meta
 
 
 def test_launch_one_step_on_mock_tfds_set(tmp_path):

@@ -145,8 +145,7 @@ def epochs_to_reach(
 
   The smallest 1-based epoch t with moving_average(top1, window)[t - 1] >=
   threshold, or None if the moving average never reaches it. Use one
-  threshold for all runs of a sweep (see `shared_threshold`) so that the
-  epochs compare.
+  threshold for all runs of a sweep so that the epochs compare.
 
   Args:
     test_top1_by_epoch: [E] test top-1 after each epoch.
@@ -167,29 +166,6 @@ def best_moving_average(
 ) -> float:
   """max_t moving_average(top1, window)[t]: a run's smoothed best accuracy."""
   return float(moving_average(test_top1_by_epoch, window).max())
-
-
-def shared_threshold(
-  runs_top1: Sequence[Sequence[float]], fraction: float = 0.9, window: int = 3
-) -> float:
-  """A fixed accuracy that every run of a sweep reaches.
-
-  threshold = fraction * min_r best_moving_average(run_r, window): a fraction
-  of the weakest run's smoothed best. Every run's moving average reaches its
-  own best, which is at least the weakest best, so with fraction <= 1 and
-  non-negative accuracies `epochs_to_reach` is never None for these runs.
-
-  Args:
-    runs_top1: R >= 1 series of per-epoch test top-1, one per run.
-    fraction: in (0, 1].
-    window: moving-average window.
-
-  Returns:
-    The threshold, in the units of the series.
-  """
-  if not runs_top1:
-    raise ValueError('runs_top1 must hold at least one run.')
-  return fraction * min(best_moving_average(r, window) for r in runs_top1)
 
 
 def step_time_stats(

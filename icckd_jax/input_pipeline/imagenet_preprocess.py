@@ -22,12 +22,8 @@ this transform on the decoded record, at other sizes in the same ratio:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from PIL import Image
-
-from icckd_jax.data import images
 
 RESIZE = 256
 CROP = 224
@@ -90,28 +86,3 @@ def resize_center_crop(
   top, left = center_crop_origin(height, width, crop)
   out = np.asarray(pil.crop((left, top, left + crop, top + crop)))
   return out.reshape(crop, crop, channels)
-
-
-def eval_image(
-  source: Any,
-  name: str = '',
-  resize: int = RESIZE,
-  crop: int = CROP,
-) -> np.ndarray:
-  """One encoded image through the evaluation transform, before `ToTensor`.
-
-  Args:
-    source: the file's path or bytes (JPEG, PNG, any format Pillow reads).
-    name: the file's name, for error messages (default: the path).
-    resize: the shorter side after resizing (torchvision's 256).
-    crop: the side of the centre crop (torchvision's 224), <= resize.
-
-  Returns:
-    [crop, crop, 3] uint8, RGB.
-
-  Raises:
-    UserError: the file is not an image Pillow can decode.
-  """
-  where = name or (source if isinstance(source, str) else 'image bytes')
-  decoded = images.decode('evaluation', where, source, rgb=True)
-  return resize_center_crop(decoded, resize, crop)

@@ -25,11 +25,11 @@ Roles:
 A stage also ignores the fields it does not use (`unused`): a
 cross-entropy teacher (λ = 0) has no gate, projection head or cache, so
 their fields are neither part of its identity nor checked on resume.
+
+How runs saved before a field existed read it is runs/compat.py's.
 """
 
 import dataclasses
-from typing import Any
-
 import jax.numpy as jnp
 import ml_collections
 
@@ -53,7 +53,6 @@ ROLES = ('identity', 'traced', 'schedule', 'evaluation', 'bookkeeping')
 # settings declare theirs with the same rules (distillers/settings.py).
 Rule = settings.Rule
 _int_at_least = settings.at_least
-_ABSENT = settings.ABSENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +62,6 @@ class Field:
   role: str = 'identity'
   rule: Rule = ANY
   choices: tuple[str, ...] | None = None
-  # The value that describes how runs saved before the field existed
-  # behaved: such a run resumes only with that value.
-  added_default: Any = _ABSENT
 
   def __post_init__(self):
     if self.role not in ROLES:
@@ -83,7 +79,7 @@ _FIELDS: dict[str, Field] = {
   'preemption_check_every_steps': Field('bookkeeping', _int_at_least(1)),
   'num_epochs': Field('schedule', _int_at_least(1)),
   'eval_batch_size': Field('evaluation', _int_at_least(1)),
-  'eval_every_epochs': Field('evaluation', _int_at_least(1), added_default=1),
+  'eval_every_epochs': Field('evaluation', _int_at_least(1)),
   'num_devices': Field('evaluation', _int_at_least(0)),
   'seed': Field('traced', _int_at_least(0)),
   'batch_size': Field(rule=_int_at_least(1)),
@@ -101,19 +97,14 @@ _FIELDS: dict[str, Field] = {
   'dataset.seed': Field(rule=_int_at_least(0)),
   'dataset.train_subset': Field(rule=_int_at_least(0)),
   'dataset.test_subset': Field(rule=_int_at_least(0)),
-  # Which path decides the augmentation's pixels; runs saved before the
-  # field existed were resident, which 'auto' still gives them.
-  'input.mode': Field(
-    choices=('auto', 'resident', 'stream'), added_default='auto'
-  ),
+  # Which path decides the augmentation's pixels. A field added after runs
+  # were saved has its value for those runs in compat.ADDED_DEFAULTS.
+  'input.mode': Field(choices=('auto', 'resident', 'stream')),
   # Which augmentation and evaluation transform a streamed set gets
-  # (input_pipeline/host_augment.py); 'auto' is what runs saved before it had.
-  'dataset.augment': Field(choices=stream.AUGMENTS, added_default='auto'),
-  # The statistics the inputs are normalised with; runs saved before the
-  # field used the train split's.
-  'dataset.normalization': Field(
-    choices=inputs.NORMALIZATIONS, added_default='measured'
-  ),
+  # (input_pipeline/host_augment.py).
+  'dataset.augment': Field(choices=stream.AUGMENTS),
+  # The statistics the inputs are normalised with.
+  'dataset.normalization': Field(choices=inputs.NORMALIZATIONS),
   # How fast, never what: the batches do not depend on the worker count
   # (input_pipeline/stream.py).
   'input.workers': Field('bookkeeping', _int_at_least(0)),
@@ -126,9 +117,7 @@ _FIELDS: dict[str, Field] = {
   'icc.margin_kind': Field(choices=losses.MARGIN_KINDS),
   'icc.head': Field(choices=projection.HEADS),
   'icc.head_dim': Field(rule=_int_at_least(1)),
-  'icc.empty_anchors': Field(
-    choices=losses.EMPTY_ANCHORS, added_default='count'
-  ),
+  'icc.empty_anchors': Field(choices=losses.EMPTY_ANCHORS),
   'cache.size': Field(rule=_int_at_least(0)),
   'cache.store': Field(choices=('features', 'images')),
   # Any teacher of the same architecture: its weights are an argument.
@@ -146,7 +135,6 @@ def _distill_fields() -> dict[str, Field]:
     declared[f'distill.{name}'] = Field(
       'traced' if setting.traced else 'identity',
       setting.rule,
-      added_default=setting.added_default,
     )
   return declared
 
@@ -157,24 +145,6 @@ def fields() -> dict[str, Field]:
 
 
 _UNDECLARED = Field()
-
-# Config sections added after run stores were written: a key leaves one out
-# when its fields are at their added defaults (or bookkeeping), so that the
-# runs stored before keep their keys.
-ADDED_SECTIONS = ('input',)
-
-
-def at_added_default(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The fields of ADDED_SECTIONS whose value is their added default."""
-  tree = config.to_dict()
-  found = []
-  for section in ADDED_SECTIONS:
-    for name, value in (tree.get(section) or {}).items():
-      path = f'{section}.{name}'
-      f = field(path)
-      if f.added_default is not _ABSENT and value == f.added_default:
-        found.append(path)
-  return tuple(found)
 
 
 def field(path: str) -> Field:
@@ -199,15 +169,6 @@ def resumable() -> tuple[str, ...]:
 def not_compiled() -> tuple[str, ...]:
   """Fields the compiled train step does not depend on."""
   return _with_role('bookkeeping', 'schedule', 'traced')
-
-
-def added_defaults() -> dict[str, Any]:
-  """{field: value of runs saved before it existed}."""
-  return {
-    path: f.added_default
-    for path, f in fields().items()
-    if f.added_default is not _ABSENT
-  }
 
 
 def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:

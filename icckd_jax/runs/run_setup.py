@@ -98,7 +98,6 @@ class RunSetup:
   # student the teacher's variables (an argument, not a constant baked into
   # the compiled step).
   step_args: Any
-  head: nn.Module | None = None
   # A student's teacher: (model, variables), for the agreement metric.
   reference: tuple[nn.Module, Any] | None = None
   # A run whose distiller has trainable parts: its batches carry each

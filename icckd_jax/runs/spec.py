@@ -27,6 +27,7 @@ import ml_collections
 from icckd_jax import distillers
 from icckd_jax.data.datasets import DataSpec
 from icckd_jax.distillers import settings
+from icckd_jax.runs import compat
 from icckd_jax.runs import config_schema
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import validate
@@ -137,18 +138,9 @@ class Distillation:
     and one without is missing. An unknown method is refused by
     `distillers.build`; it has no own settings here."""
     method = distillers.DISTILLERS.get(distill['method'])
-    declared = distillers.declarations()
 
     def values(names) -> dict[str, Any]:
-      found = {}
-      for name in names:
-        if name in distill:
-          found[name] = distill[name]
-        elif declared[name].added_default is not settings.ABSENT:
-          found[name] = declared[name].added_default
-        else:
-          raise KeyError(f'config field {name!r} is missing')
-      return found
+      return {name: compat.distill_value(distill, name) for name in names}
 
     return cls(
       method=distill['method'],

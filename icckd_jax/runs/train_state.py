@@ -24,8 +24,8 @@ class TrainState:
   cache: Any = None
   # A student's distiller buffers (CRD's memory bank, a connector's
   # BatchNorm statistics: distillers/__init__.py), or None. Checkpoints
-  # written before this field held them in `cache`; training/checkpoint.py
-  # restores those into this layout.
+  # written before this field held them in `cache`; runs/compat.py reads
+  # those into this layout.
   distiller_buffers: Any = None
 
 
@@ -44,39 +44,4 @@ def create_train_state(
     opt_state=tx.init(params),
     cache=cache,
     distiller_buffers=distiller_buffers,
-  )
-
-
-def written_before_buffers(saved) -> bool:
-  """Whether a saved state's tree (its Orbax metadata: a mapping of the
-  fields) is of the layout without `distiller_buffers`, where a student's
-  distiller buffers were saved under `cache`."""
-  return 'cache' in saved and 'distiller_buffers' not in saved
-
-
-def legacy_target(abstract: TrainState) -> dict:
-  """The restore target, in the layout without `distiller_buffers`, of a
-  state shaped as `abstract`: the distiller buffers (a student never holds
-  a negative cache) stand under `cache`."""
-  buffers = abstract.distiller_buffers
-  return {
-    'step': abstract.step,
-    'params': abstract.params,
-    'batch_stats': abstract.batch_stats,
-    'opt_state': abstract.opt_state,
-    'cache': abstract.cache if buffers is None else buffers,
-  }
-
-
-def from_legacy(abstract: TrainState, restored: dict) -> TrainState:
-  """The TrainState of a `restored` tree (`legacy_target`'s layout) of a
-  state shaped as `abstract`."""
-  holds_buffers = abstract.distiller_buffers is not None
-  return TrainState(
-    step=restored['step'],
-    params=restored['params'],
-    batch_stats=restored['batch_stats'],
-    opt_state=restored['opt_state'],
-    cache=None if holds_buffers else restored['cache'],
-    distiller_buffers=restored['cache'] if holds_buffers else None,
   )

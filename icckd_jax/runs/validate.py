@@ -24,6 +24,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from icckd_jax.errors import UserError
+from icckd_jax.runs import compat
 from icckd_jax.runs import config_schema
 from icckd_jax.runs import layout
 
@@ -146,10 +147,10 @@ def config_differences(
   """'field=stored→new' for each leaf that differs, outside `ignore`
   (default: the fields a run may resume with changed, and those the new
   config's stage does not use). A field the stored config lacks counts as
-  its `added_default` (config_schema)."""
+  its added default (compat.added_defaults)."""
   if ignore is None:
     ignore = config_schema.resumable() + config_schema.unused(new)
-  added = config_schema.added_defaults()
+  added = compat.added_defaults()
   old_leaves, new_leaves = dict(_leaves(stored)), dict(_leaves(new))
   differences = []
   for path in sorted(set(old_leaves) | set(new_leaves)):

@@ -27,6 +27,7 @@ from icckd_jax import parallel
 from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.objective import cache as cache_lib
+from icckd_jax.runs import compat
 from icckd_jax.runs import layout
 from icckd_jax.training import checkpoint
 from icckd_jax.stages import distill_pair
@@ -347,7 +348,7 @@ def _check_same_teacher(path: str, teacher_print: dict, source: str) -> None:
   fingerprint recorded in its teacher_eval.json (students from before it
   was recorded are not checked)."""
   with open(path) as f:
-    recorded = json.load(f).get('fingerprint')
+    recorded = compat.teacher_fingerprint(json.load(f))
   if recorded is not None and recorded != teacher_print:
     raise UserError(
       f'this student started from the teacher in {source} at epoch '

@@ -128,7 +128,6 @@ def build_teacher(
   )
   return RunSetup(
     model=model,
-    head=head,
     tx=tx,
     learning_rate_fn=learning_rate_fn,
     steps_per_epoch=steps_per_epoch,

@@ -28,6 +28,7 @@ from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
 from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.interop import torch_import
+from icckd_jax.runs import compat
 from icckd_jax.training import checkpoint
 from icckd_jax.runs.spec import TeacherSource
 
@@ -127,13 +128,6 @@ class Teacher(NamedTuple):
   is_run: bool
 
 
-def load_teacher(source: TeacherSource, mesh: Mesh):
-  """(teacher config, its variables replicated on `mesh`); as
-  `load_teacher_checked`, without the teacher's fingerprint."""
-  teacher = load_teacher_checked(source, mesh)
-  return teacher.config, teacher.variables
-
-
 def load_teacher_checked(source: TeacherSource, mesh: Mesh) -> Teacher:
   """The teacher `source` names, with its fingerprint.
 
@@ -192,9 +186,6 @@ def load_teacher_checked(source: TeacherSource, mesh: Mesh) -> Teacher:
 # subsets (train_subset, test_subset) may differ: the same images, fewer.
 _DATA_FIELDS = ('name', 'path', 'image_size', 'channels', 'label_kind')
 _SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
-# Fields added later: their `DataSpec` default is the value runs saved
-# before them had.
-_ADDED_DATA_FIELDS = ('normalization',)
 
 
 def check_same_data(
@@ -211,7 +202,7 @@ def check_same_data(
   fields = _DATA_FIELDS + (
     _SYNTHETIC_FIELDS if student.name == 'synthetic' else ()
   )
-  for field in fields + _ADDED_DATA_FIELDS:
+  for field in fields + compat.ADDED_DATA_FIELDS:
     mine, theirs = getattr(student, field), getattr(theirs_spec, field)
     if mine != theirs:
       raise UserError(

@@ -20,13 +20,9 @@ import orbax.checkpoint as ocp
 
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
+from icckd_jax.runs import compat
 from icckd_jax.runs import layout
-from icckd_jax.runs.train_state import (
-  TrainState,
-  from_legacy,
-  legacy_target,
-  written_before_buffers,
-)
+from icckd_jax.runs.train_state import TrainState
 
 
 class _DropReadOnlyNotes(std_logging.Filter):
@@ -64,7 +60,7 @@ def _saved_before_buffers(
     saved = manager.item_metadata(step).state
   except Exception:  # pylint: disable=broad-except
     return False  # Unreadable: the first failure stands.
-  return written_before_buffers(saved)
+  return compat.written_before_buffers(saved)
 
 
 def _restore_one(
@@ -88,8 +84,10 @@ def _restore_one(
     # mapped onto this one. Any other failure is the checkpoint's.
     if not _saved_before_buffers(manager, step, abstract_state):
       raise
-    restored = _restore_items(manager, step, legacy_target(abstract_state))
-    state = from_legacy(abstract_state, restored.state)
+    restored = _restore_items(
+      manager, step, compat.legacy_target(abstract_state)
+    )
+    state = compat.from_legacy(abstract_state, restored.state)
     return state, restored.meta, restored.config
   return restored.state, restored.meta, restored.config
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from icckd_jax.errors import UserError
+from icckd_jax.runs import compat
 from icckd_jax.training import checkpoint
 
 
@@ -55,19 +56,6 @@ def _restore(ckpts: checkpoint.Checkpoints, abstract_state, steps_per_epoch):
       return restored[:2]
   restored = ckpts.restore_newest_intact(abstract_state, 'last')
   return None if restored is None else restored[:2]
-
-
-def _last_test(meta: dict[str, Any]) -> dict[str, float] | None:
-  """The test figures of a checkpoint's last evaluation. A checkpoint from
-  before they were kept holds every epoch's record ('history', otherwise
-  unread: metrics.jsonl has them), the last evaluated one among them."""
-  if 'test' in meta:
-    return meta['test']
-  for record in reversed(meta.get('history') or []):
-    tested = {k: v for k, v in record.items() if k.startswith('test_')}
-    if tested:
-      return tested
-  return None
 
 
 def pack_partial(per_step: list[dict], logged: int) -> dict[str, Any]:
@@ -111,7 +99,7 @@ def restore_or_create(
     state,
     step=meta.get('step', meta['epoch'] * steps_per_epoch),
     best=meta['best'],
-    last_test=_last_test(meta),
+    last_test=compat.last_test(meta),
     reference_loss=meta.get('reference_loss'),
   )
   if at.step > total_steps:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from icckd_jax.experiments import ablation_metrics as am
+from icckd_jax.runs import compat
 from icckd_jax.runs import layout
 from icckd_jax.training import metric_writer
 
@@ -212,7 +213,7 @@ def read_result(
       result = json.load(f)
   except (OSError, ValueError) as e:
     return None, f'{type(e).__name__}: {e}'
-  if isinstance(result, dict) and 'epochs' not in result:
+  if compat.result_before_epochs(result):
     return None, None
   reason = _malformed(result, setting, seed)
   return (None, reason) if reason else (result, None)

@@ -10,8 +10,8 @@ teacher's key, not the teacher's directory, so two sweeps pointing at one
 store (`config.store`) share students too.
 
 Left out of the key (runs/config_schema.py): sections added since
-stores were first written, where at their defaults (`input`), so that older
-stores keep their keys; bookkeeping that cannot
+stores were first written, where at their added defaults (runs/compat.py),
+so that older stores keep their keys; bookkeeping that cannot
 change a result (where the run is written, how often it logs and checkpoints,
 how many checkpoints it keeps), the fields a stage does not use (a
 cross-entropy teacher's gate and cache), and for a student the path of its
@@ -23,6 +23,7 @@ import os
 
 import ml_collections
 
+from icckd_jax.runs import compat
 from icckd_jax.runs import config_schema
 from icckd_jax.runs import reuse as reuse_lib
 
@@ -42,8 +43,8 @@ def teacher_key(config: ml_collections.ConfigDict) -> str:
       config,
       config_schema.bookkeeping()
       + config_schema.unused(config)
-      + config_schema.at_added_default(config),
-      config_schema.ADDED_SECTIONS,
+      + compat.at_added_default(config),
+      compat.ADDED_SECTIONS,
     )
   )
 
@@ -54,9 +55,9 @@ def student_key(config: ml_collections.ConfigDict, teacher: str) -> str:
     config,
     config_schema.bookkeeping()
     + config_schema.unused(config)
-    + config_schema.at_added_default(config)
+    + compat.at_added_default(config)
     + ('teacher.workdir',),
-    config_schema.ADDED_SECTIONS,
+    compat.ADDED_SECTIONS,
   )
   return _digest(f'{own}|teacher={teacher}')
 

@@ -187,6 +187,42 @@ def _train_stages(run, position, runs, worker, clock, reuse, held, stop):
   return trained, claimed_all
 
 
+def _pass(
+  runs: list[sweep_plan.Run],
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  context: tuple,
+  first_pass: bool,
+) -> tuple[int, list[str]]:
+  """One pass of a worker over the sweep's runs: each run not finished has
+  its stages claimed and trained, then its result and the report written.
+  `context`: `_train_stages`'s (todo, worker, clock, reuse, held, stop).
+  Returns (stages trained or resumed, the runs waiting on other workers)."""
+  trained, waiting = 0, []
+  for index, run in enumerate(runs):
+    if _has_result(run):
+      if first_pass:
+        logging.info(
+          '[%d/%d] %s seed %d: finished earlier, skipped.',
+          index + 1,
+          len(runs),
+          run.setting,
+          run.seed,
+        )
+      continue
+    _link(run)
+    stages_trained, claimed_all = _train_stages(
+      run, f'[{index + 1}/{len(runs)}]', *context
+    )
+    trained += stages_trained
+    if not claimed_all:
+      waiting.append(f'{run.setting} seed {run.seed}')
+      continue
+    _write_result(run, config)
+    _write_report(workdir)
+  return trained, waiting
+
+
 def work(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -222,35 +258,14 @@ def work(
   held = set()
   with StopRequest() as stop:
     while True:
-      waiting = []
-      for index, run in enumerate(runs):
-        if _has_result(run):
-          if first_pass:
-            logging.info(
-              '[%d/%d] %s seed %d: finished earlier, skipped.',
-              index + 1,
-              len(runs),
-              run.setting,
-              run.seed,
-            )
-          continue
-        _link(run)
-        stages_trained, claimed_all = _train_stages(
-          run,
-          f'[{index + 1}/{len(runs)}]',
-          todo,
-          worker,
-          clock,
-          reuse,
-          held,
-          stop,
-        )
-        trained += stages_trained
-        if not claimed_all:
-          waiting.append(f'{run.setting} seed {run.seed}')
-          continue
-        _write_result(run, config)
-        _write_report(workdir)
+      done, waiting = _pass(
+        runs,
+        config,
+        workdir,
+        (todo, worker, clock, reuse, held, stop),
+        first_pass,
+      )
+      trained += done
       first_pass = False
       if not waiting:
         break

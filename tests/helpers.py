@@ -1,0 +1,97 @@
+"""What several test modules share, and what only the tests call: a run's
+records without their timings, a checkpoint's state, a free port, an idx
+file, and the package functions no package module uses (the evaluation
+transform of one image, a study's shared threshold, a teacher's config and
+variables)."""
+
+import gzip
+import pathlib
+import socket
+import struct
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from icckd_jax import parallel
+from icckd_jax.data import images
+from icckd_jax.experiments import ablation_metrics
+from icckd_jax.input_pipeline import imagenet_preprocess
+from icckd_jax.runs.spec import TeacherSource
+from icckd_jax.stages import teacher_source
+from icckd_jax.training import checkpoint
+from icckd_jax.training import metric_writer
+
+# A record's wall-clock fields: all else a resumed run reproduces exactly.
+TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
+
+
+def strip_timing(records: list[dict]) -> list[dict]:
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def records_without_timings(workdir, kind=None) -> list[dict]:
+  """WORKDIR/metrics.jsonl's records (of `kind`) with their wall-clock
+  fields dropped: everything a resumed run must reproduce exactly."""
+  return strip_timing(metric_writer.read_records(str(workdir), kind))
+
+
+def restore_state(workdir, which='last'):
+  """(state on the host, meta) of WORKDIR's `which` checkpoint."""
+  ckpts = checkpoint.Checkpoints(str(workdir), read_only=True)
+  state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
+  ckpts.close()
+  return jax.device_get(state), meta
+
+
+def free_port() -> int:
+  """A TCP port on localhost that nothing listens on now."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
+  """`array` as an idx file (Fashion-MNIST's format), gzipped if `path`
+  ends in .gz."""
+  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim)
+  header += struct.pack(f'>{array.ndim}i', *array.shape)
+  opener = gzip.open if path.suffix == '.gz' else open
+  with opener(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def load_teacher(source: TeacherSource, mesh):
+  """(teacher config, its variables replicated on `mesh`): the teacher
+  `source` names, without its fingerprint."""
+  teacher = teacher_source.load_teacher_checked(source, mesh)
+  return teacher.config, teacher.variables
+
+
+def shared_threshold(
+  runs_top1: Sequence[Sequence[float]], fraction: float = 0.9, window: int = 3
+) -> float:
+  """A fixed accuracy that every run of a sweep reaches: fraction * min_r
+  best_moving_average(run_r, window), a fraction of the weakest run's
+  smoothed best. Every run's moving average reaches its own best, so with
+  fraction <= 1 and non-negative accuracies `epochs_to_reach` is never None
+  for these runs. `runs_top1`: R >= 1 series of per-epoch test top-1."""
+  if not runs_top1:
+    raise ValueError('runs_top1 must hold at least one run.')
+  return fraction * min(
+    ablation_metrics.best_moving_average(r, window) for r in runs_top1
+  )
+
+
+def eval_image(
+  source: Any,
+  name: str = '',
+  resize: int = imagenet_preprocess.RESIZE,
+  crop: int = imagenet_preprocess.CROP,
+) -> np.ndarray:
+  """One encoded image (a path or bytes) through the evaluation transform,
+  before `ToTensor`: [crop, crop, 3] uint8, RGB; UserError if Pillow
+  cannot decode it."""
+  where = name or (source if isinstance(source, str) else 'image bytes')
+  decoded = images.decode('evaluation', where, source, rgb=True)
+  return imagenet_preprocess.resize_center_crop(decoded, resize, crop)
