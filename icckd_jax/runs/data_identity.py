@@ -14,7 +14,7 @@ one line, so an intact checkpoint is never restored into a model of
 another shape (and never taken for a damaged one); `input.mode='auto'`
 takes the path the run started on, not one chosen afresh from the host's
 free memory. Runs of older versions have no data.json: accepted with a
-warning.
+warning (runs/compat.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from icckd_jax.data import array_record
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError, one_line
 from icckd_jax.input_pipeline.source import InputSource
+from icckd_jax.runs import compat
 from icckd_jax.runs import layout
 from icckd_jax.runs.spec import Inputs
 
@@ -110,7 +111,7 @@ def check(workdir: str | None, now: dict[str, Any]) -> None:
   if not _resumes(workdir):
     return
   found = recorded(workdir)
-  if found is None:
+  if compat.data_unrecorded(found):
     logging.warning(
       'The run in %s does not record the data it started on (an older '
       'version wrote it); resuming on %s without checking it.',

@@ -66,21 +66,13 @@ def fit(
   A full disk anywhere in the run becomes one UserError; the partial save
   is removed and every checkpoint saved before stays intact.
   """
+  data = data_identity.of(run.data, dataset)
   try:
     with checkpoint.Checkpoints(
       workdir, keep=run.bookkeeping.keep_checkpoints
     ) as ckpts:
       return train_and_evaluate(
-        _Run(
-          run,
-          workdir,
-          setup,
-          dataset,
-          mesh,
-          ckpts,
-          stage,
-          data_identity.of(run.data, dataset),
-        ),
+        _Run(run, workdir, setup, dataset, mesh, ckpts, stage, data),
         hooks,
         reuse,
         step_memory,
