@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from icckd_jax import logs
 from icckd_jax import main as icckd_main
+from icckd_jax.runs import validate
 from icckd_jax.training import checkpoint
 from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.training.preemption import Preempted
@@ -246,6 +247,17 @@ def parse_flags(argv):
   return parsed
 
 
+def _given_fields() -> list[str]:
+  """The config fields set on the command line (--config.a.b=...), as
+  dotted paths below the config."""
+  prefix = 'config.'
+  return [
+    name[len(prefix) :]
+    for name in FLAGS
+    if name.startswith(prefix) and FLAGS[name].present
+  ]
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(logs.OwnInfoOnly(__file__))
   logs.quiet_failed_saves()
@@ -261,6 +273,7 @@ def main(argv):
   except OSError as e:  # ml_collections defers a config file's load errors.
     _fail(e)
   try:
+    validate.check_given_fields(config, _given_fields())
     hooks = [hooks_lib.load(name) for name in FLAGS.hook]
     icckd_main.run(config, FLAGS.workdir, hooks)
   except checkpoint.SaveFailed as e:

@@ -37,10 +37,18 @@ def file_key(path: pathlib.Path) -> dict[str, Any]:
 
 def folder_key(root: pathlib.Path) -> dict[str, Any]:
   """Identifies a folder tree by every file's relative path, size and
-  modification time (a stat per file, no reads)."""
+  modification time (a stat per file, no reads). Symlinked folders are
+  followed (a train/ linked from elsewhere is read, so it counts), each
+  real folder once."""
   digest = hashlib.sha256()
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames.sort()
+  seen = set()
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    seen.add(os.path.realpath(dirpath))
+    dirnames[:] = sorted(
+      d
+      for d in dirnames
+      if os.path.realpath(os.path.join(dirpath, d)) not in seen
+    )
     for name in sorted(filenames):
       stat = os.stat(os.path.join(dirpath, name))
       rel = os.path.relpath(os.path.join(dirpath, name), root)

@@ -20,13 +20,16 @@ decoded images take}), `labels` ({split: {file, bytes, sha256}}) and
 Opening a data set (`read_info`) reads info.json and the shards' sizes only,
 never a pass over the data: a missing, truncated or extra-long shard is
 refused there, a corrupted one (ArrayRecord checksums every chunk) when the
-record is read, naming the shard and the record.
+record is read, naming the shard and the record. `Info.digest` names the
+data (its classes and the recorded SHA-256 of every shard and label file):
+a run records it and resumes only on the same data (runs/data_identity.py).
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -91,6 +94,7 @@ class Info:
   image_shape: tuple[int, int, int] | None  # None: images of several sizes
   decoded_bytes: dict[str, int]
   shards: dict[str, tuple[Shard, ...]]
+  digest: str = ''  # SHA-256 of the classes and the files' own SHA-256
 
   @property
   def num_classes(self) -> int:
@@ -165,7 +169,25 @@ def read_info(path: str | None) -> Info:
       s: int(v) for s, v in _field(info, 'decoded_bytes', where).items()
     },
     shards=shards,
+    digest=_digest(info),
   )
+
+
+def _digest(info: dict) -> str:
+  """Hex SHA-256 naming the data of info.json `info`: its classes and the
+  SHA-256 the conversion recorded of each shard and label file, in order.
+  Read from info.json alone: no pass over the data."""
+  named = {
+    'classes': info['classes'],
+    'shards': {
+      split: [s['sha256'] for s in info['shards'].get(split) or []]
+      for split in SPLITS
+    },
+    'labels': {
+      split: info['labels'].get(split, {}).get('sha256') for split in SPLITS
+    },
+  }
+  return hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()
 
 
 def _checked_shards(
@@ -179,7 +201,8 @@ def _checked_shards(
     shard = root / entry['file']
     if not shard.is_file():
       raise UserError(
-        f'{where} lists the shard {entry["file"]} but {shard} is missing'
+        f'{where} lists the shard {entry["file"]} but {shard} is missing; '
+        'convert the data set again'
       )
     size = shard.stat().st_size
     if size != entry['bytes']:

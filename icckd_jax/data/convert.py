@@ -16,7 +16,8 @@ with a small `<shard>.json` beside it holding its size, checksum and pixel
 statistics: a killed conversion restarts at the first shard without one.
 `conversion.json` records the source; an output folder holding another
 source's conversion is refused, never written over. info.json is written
-last, so a data set without it is never read.
+last, so a data set without it is never read; a rerun over a conversion
+damaged since (a shard truncated or deleted) converts it again.
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ def _done_shard(out: pathlib.Path, file: str) -> dict[str, Any] | None:
   if not shard.is_file() or shard.stat().st_size != done.get('bytes'):
     return None
   return done
+
+
+def _complete(out: pathlib.Path) -> bool:
+  """Whether `out` holds a finished conversion that opens (`read_info`:
+  every shard and label file present, of the size info.json records).
+  A damaged one (a shard truncated or deleted since) has its info.json
+  removed, so that this conversion writes it again instead of calling it
+  complete while training refuses it."""
+  info = out / array_record.INFO_FILE
+  if not info.is_file():
+    return False
+  try:
+    array_record.read_info(str(out))
+  except UserError as e:
+    logging.warning('%s is damaged (%s); converting it again.', out, e)
+    info.unlink()
+    return False
+  return True
 
 
 def _prepare_output(output_dir: str | None, identity: dict[str, Any]):
@@ -137,7 +156,7 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     'records_per_shard': per_shard,
   }
   out = _prepare_output(config.get('output_dir'), identity)
-  if (out / array_record.INFO_FILE).is_file():
+  if _complete(out):
     logging.info('%s holds this conversion already, complete.', out)
     return json.loads((out / array_record.INFO_FILE).read_text())
   out.mkdir(parents=True, exist_ok=True)

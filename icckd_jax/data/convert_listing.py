@@ -107,6 +107,16 @@ def _list_imagenet(path: str) -> Listing:
   if not classes:
     raise UserError(f'{where}: train/ holds no class folder; {IMAGENET_LAYOUT}')
   if _class_folders(val):
+    loose = _image_files(val)
+    if loose:
+      # Half sorted (a sorting script stopped midway): the loose images
+      # would be left out of the test split without a word.
+      raise UserError(
+        f'{where}: val/ holds class folders and {len(loose)} loose images '
+        f'(val/{loose[0].name}, ...); sort every image into val/<wnid>/ or '
+        'none (a flat val/ is labelled by '
+        f'{IMAGENET_VAL_CSV} or the devkit)'
+      )
     _, test_items = _class_tree(where, val, classes)
   else:
     test_items = _imagenet_flat_val(where, root, classes)

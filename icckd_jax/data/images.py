@@ -22,6 +22,30 @@ _GREY_MODES = ('1', 'L', 'LA')
 _DECODE_CHUNK = 1024
 
 
+# PIL's modes of 16-bit grey images (PNG and TIFF open as one of these).
+_WIDE_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+
+
+def eight_bit(where: str, name: str, image: Image.Image) -> Image.Image:
+  """`image`, a 16-bit grey one scaled to 8 bits (v / 257, rounded): PIL's
+  own conversion clips at 255, which saturates almost every pixel.
+
+  Raises:
+    UserError: floating-point pixels, or values outside 16 bits.
+  """
+  if image.mode not in _WIDE_MODES and image.mode != 'F':
+    return image
+  values = np.asarray(image)
+  if image.mode == 'F' or values.min() < 0 or values.max() > 65535:
+    raise UserError(
+      f'{where}: {name!r} holds {image.mode}-mode pixels outside 8 or 16 '
+      'bits; save it as an 8- or 16-bit image'
+    )
+  return Image.fromarray(
+    np.round(values.astype(np.float64) / 257).astype(np.uint8), 'L'
+  )
+
+
 def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
   """Decodes one image file to [H, W, 1 or 3] uint8.
 
@@ -35,7 +59,8 @@ def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
   try:
     with Image.open(
       io.BytesIO(source) if isinstance(source, bytes) else source
-    ) as image:
+    ) as opened:
+      image = eight_bit(where, name, opened)
       grey = image.mode in _GREY_MODES and not rgb
       array = np.asarray(image.convert('L' if grey else 'RGB'))
   except (OSError, ValueError, Image.DecompressionBombError) as e:

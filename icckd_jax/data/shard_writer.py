@@ -1,7 +1,7 @@
 """One shard of a conversion (`convert.py`), written in a pool process.
 
 `write_shard(task)` decodes each record once (to check it and to count the
-train split's pixel values), writes the shard under a temporary name,
+train split's pixel values; a 16-bit image is stored as its 8 bits, PNG), writes the shard under a temporary name,
 fsyncs and renames it into place, then writes `<shard>.json` beside it:
 its size, checksum and pixel statistics, which mark it complete.
 """
@@ -18,10 +18,17 @@ import numpy as np
 from PIL import Image
 
 from icckd_jax.data import array_record
+from icckd_jax.data import images
 from icckd_jax.errors import UserError, one_line
 
 # PIL's modes of a single-channel image: a set of only these is stored grey.
 _GREY_MODES = ('1', 'L', 'LA', 'I;16', 'I', 'F')
+
+
+def _png(image: Image.Image) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, format='PNG')
+  return buffer.getvalue()
 
 
 def _read_source(source: Any) -> bytes:
@@ -30,10 +37,8 @@ def _read_source(source: Any) -> bytes:
   if isinstance(source, str):
     with open(source, 'rb') as f:
       return f.read()
-  buffer = io.BytesIO()
   array = source[..., 0] if source.shape[-1] == 1 else source
-  Image.fromarray(np.asarray(array)).save(buffer, format='PNG')
-  return buffer.getvalue()
+  return _png(Image.fromarray(np.asarray(array)))
 
 
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
@@ -59,8 +64,11 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
     for label, source, name in task['items']:
       data = _read_source(source)
       try:
-        with Image.open(io.BytesIO(data)) as image:
-          formats.add(image.format)
+        with Image.open(io.BytesIO(data)) as opened:
+          formats.add(opened.format)
+          image = images.eight_bit(task['where'], name, opened)
+          if image is not opened:  # 16 bits: stored as the 8 bits read
+            data = _png(image)
           grey = grey and image.mode in _GREY_MODES
           rgb = np.asarray(image.convert('RGB'))
       except (OSError, ValueError, Image.DecompressionBombError) as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 import dataclasses
 import functools
+from typing import ClassVar
 
 import flax
 import jax
@@ -61,6 +62,8 @@ def to_device(images: np.ndarray, labels: np.ndarray, mesh: Mesh) -> Split:
 class ResidentSource(Dataset):
   """A data set held whole: the `source.InputSource` whose splits are
   replicated on every device, batches drawn and augmented there."""
+
+  input_path: ClassVar[str] = 'resident'
 
   @classmethod
   def of(cls, dataset: Dataset) -> ResidentSource:

@@ -106,6 +106,8 @@ class InputSource(Protocol):
     mean, std: [C] float32 in [0, 255] units, the statistics the inputs are
       normalised with.
     image_shape: [H, W, C] of the images a step sees.
+    input_path: 'resident' or 'stream', the path chosen (`inputs.load`);
+      a run resumes on the path it started on (runs/data_identity.py).
   """
 
   name: str
@@ -114,6 +116,7 @@ class InputSource(Protocol):
   test_labels: np.ndarray
   mean: np.ndarray
   std: np.ndarray
+  input_path: str
 
   @property
   def image_shape(self) -> tuple[int, int, int]: ...

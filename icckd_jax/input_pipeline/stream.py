@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import dataclasses
 import functools
 import signal
+from typing import ClassVar
 
 from absl import flags
 import jax
@@ -124,6 +125,7 @@ class StreamSource:
   std: np.ndarray
   train: StreamSplit
   test: StreamSplit
+  input_path: ClassVar[str] = 'stream'
 
   @property
   def image_shape(self) -> tuple[int, int, int]:

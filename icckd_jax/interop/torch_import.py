@@ -240,8 +240,9 @@ def import_variables(
 
   Raises:
     UserError: one line naming the first tensor of the file (in its order)
-      that the model has no place for or that has the wrong shape, else the
-      first tensor the model needs that the file lacks.
+      that the model has no place for, has the wrong shape or holds a value
+      that is not finite, else the first tensor the model needs that the
+      file lacks.
   """
   layout = torch_layout(model_name, num_classes)
   for key, array in state.items():
@@ -257,6 +258,13 @@ def import_variables(
       raise UserError(
         f'{source}: tensor {key!r} is {list(array.shape)} but '
         f'{model_name} with {num_classes} classes expects {list(expected)}'
+      )
+    bad = np.size(array) - np.count_nonzero(np.isfinite(array))
+    if bad:
+      # A teacher's NaN would train its student on NaN logits, exit 0.
+      raise UserError(
+        f'{source}: tensor {key!r} holds {bad} NaN or infinite values; '
+        'the file is damaged or was saved by a diverged run'
       )
   variables = {'params': {}, 'batch_stats': {}}
   for key, (collection, path, expected) in layout.items():

@@ -149,3 +149,12 @@ def result_before_epochs(result: Any) -> bool:
   figures): not read, and rewritten by the next worker. Can go with the
   sweeps written before 1131aac."""
   return isinstance(result, dict) and 'epochs' not in result
+
+
+def data_unrecorded(record: dict[str, Any] | None) -> bool:
+  """Whether a run resumes without a data.json (`record` None): runs started
+  before 314309c did not record the data and input path they started on;
+  they resume with a warning, their data unchecked (a checkpoint of other
+  shapes is still refused, never taken for damage). Can go with the runs
+  started before 314309c."""
+  return record is None

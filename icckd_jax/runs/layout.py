@@ -3,6 +3,8 @@
 One stage's run (a teacher or a student) writes, in WORKDIR:
 
   config.json        the validated config, beside its newest checkpoint
+  data.json          the data the run started on and its input path, beside
+                     config.json (runs/data_identity.py)
   summary.json       written last: a finished run is recognised by it
   metrics.jsonl      the run's record, one JSON object a line
   tensorboard/       the same numbers as TensorBoard events
@@ -20,6 +22,7 @@ The names are those older versions wrote: runs they left keep resuming.
 """
 
 CONFIG_FILE = 'config.json'
+DATA_FILE = 'data.json'
 SUMMARY_FILE = 'summary.json'
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'

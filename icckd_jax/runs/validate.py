@@ -19,7 +19,7 @@ Both only read; a rejected config leaves the workdir exactly as it was.
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import ml_collections
 
@@ -93,6 +93,34 @@ def check_dataset(config: ml_collections.ConfigDict, prefix: str = '') -> None:
       f'config.{prefix}dataset.path={dataset.path!r} is set but '
       f'the {dataset.name!r} data set is generated and reads no '
       'file; drop the path or choose a data set that reads one'
+    )
+
+
+# The generated set's own fields: every other set has its own sizes,
+# classes and channels, and ignores them.
+_GENERATED_FIELDS = ('num_train', 'num_test', 'num_classes', 'channels', 'seed')
+
+
+def check_given_fields(
+  config: ml_collections.ConfigDict, given: Iterable[str]
+) -> None:
+  """Refuses the generated set's fields given on the command line (`given`:
+  dotted paths below `config`) for a data set that has its own: they would
+  be recorded with the run as if used. A config file's own values (a
+  smoke variant's sizes) are left alone: only what was asked is refused."""
+  for path in given:
+    *section, field = path.split('.')
+    if field not in _GENERATED_FIELDS or section[-1:] != ['dataset']:
+      continue
+    dataset = config
+    for key in section:
+      dataset = dataset.get(key) if dataset is not None else None
+    if dataset is None or dataset.get('name') in _PATHLESS_DATASETS:
+      continue
+    raise UserError(
+      f'config.{path}={dataset.get(field)!r} is read only by the generated '
+      f"'synthetic' set; dataset.name={dataset.get('name')!r} has its own "
+      '(its data decides it): drop the field'
     )
 
 

@@ -10,11 +10,25 @@ import jax.numpy as jnp
 
 from icckd_jax import models
 from icckd_jax import parallel
+from icckd_jax.errors import UserError
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.interop import params_file
 from icckd_jax.interop import torch_import
 from icckd_jax.runs import spec
 from icckd_jax.training import evaluate
+
+
+def check_image_size(data: spec.DataSpec, shape) -> None:
+  """Refuses config.dataset.image_size when the images evaluated (`shape`,
+  [H, W, C]) have another size: the set's own size would be used and the
+  figure reported as if at the size asked for."""
+  if tuple(shape[:2]) != (data.image_size, data.image_size):
+    raise UserError(
+      f'config.dataset.image_size={data.image_size} but '
+      f'dataset.name={data.name!r} gives {shape[0]}x{shape[1]} images, the '
+      'size it would be evaluated at; set dataset.image_size to it, or '
+      'evaluate on a set of the size asked for'
+    )
 
 
 def evaluate_pytorch(
@@ -37,6 +51,7 @@ def evaluate_pytorch(
   torch_import.check_source(pth, model_name, 'config.pth', 'config.model')
   mesh = parallel.make_mesh(num_devices)
   dataset = inputs.load(data)
+  check_image_size(data, dataset.image_shape)
   variables = torch_import.load_checkpoint(pth, model_name, dataset.num_classes)
   mean, std = torch_import.normalization(model_name)
   if export and jax.process_index() == 0:

@@ -38,6 +38,7 @@ from icckd_jax.training import metric_writer
 from icckd_jax.training import records
 from icckd_jax.training import optim
 from icckd_jax.stages import preflight
+from icckd_jax.runs import data_identity
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
@@ -288,7 +289,10 @@ def train_student(
   if teacher.is_run:
     # The config fields first: a mismatch is refused before any data loads.
     teacher_source.check_same_data(run.data, teacher.config.dataset)
-  dataset = load_dataset(run.data, run.inputs, reuse)
+  dataset = load_dataset(
+    run.data, data_identity.resumed_inputs(run.inputs, workdir), reuse
+  )
+  data_identity.check(workdir, data_identity.of(run.data, dataset))
   if teacher.is_run:
     with checkpoint.Checkpoints(run.teacher.workdir, read_only=True) as ckpts:
       teacher_shape = ckpts.input_shape(run.teacher.checkpoint)

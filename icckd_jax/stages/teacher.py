@@ -25,6 +25,7 @@ from icckd_jax.training import loop
 from icckd_jax.training import optim
 from icckd_jax.training import records
 from icckd_jax.stages import preflight
+from icckd_jax.runs import data_identity
 from icckd_jax.runs import reuse as reuse_lib
 from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
@@ -157,7 +158,10 @@ def train_teacher(
   preflight.require_workdir(workdir)
   run = spec.checked(config, workdir)
   mesh = preflight.checked_mesh(run)
-  dataset = load_dataset(run.data, run.inputs, reuse)
+  dataset = load_dataset(
+    run.data, data_identity.resumed_inputs(run.inputs, workdir), reuse
+  )
+  data_identity.check(workdir, data_identity.of(run.data, dataset))
   setup = build_teacher(run, dataset, mesh, reuse)
   memory = preflight.check_step_memory(run.recipe, setup, dataset, mesh)
   workdir = preflight.prepare_workdir(workdir)

@@ -92,6 +92,43 @@ def _restore_one(
   return restored.state, restored.meta, restored.config
 
 
+def _key_name(key) -> str:
+  return str(
+    getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', key)))
+  )
+
+
+def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{path of names: shape} of every array leaf of `tree`."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+    tuple(_key_name(k) for k in path): tuple(leaf.shape)
+    for path, leaf in leaves
+    if hasattr(leaf, 'shape')
+  }
+
+
+def _shape_mismatch(
+  manager: ocp.CheckpointManager, step: int, abstract_state
+) -> str | None:
+  """'name: saved S, this run T' of the first array that checkpoint `step`
+  (its metadata readable) holds in another shape than `abstract_state`
+  asks for, else None. Such a checkpoint is intact: the run asking is
+  another (other data, another class count), not the checkpoint damaged."""
+  if abstract_state is None:
+    return None
+  try:
+    saved = _shapes(manager.item_metadata(step).state)
+  except Exception:  # pylint: disable=broad-except
+    return None  # Unreadable: damaged after all.
+  for path, shape in _shapes(abstract_state).items():
+    if path in saved and saved[path] != shape:
+      return (
+        f'{"/".join(path)}: saved {list(saved[path])}, this run {list(shape)}'
+      )
+  return None
+
+
 def _set_aside(
   workdir, manager: ocp.CheckpointManager, step: int, error, read_only: bool
 ) -> None:
@@ -200,7 +237,15 @@ class CheckpointReader:
         return _restore_one(manager, step, abstract_state, mesh)
       except Exception as e:  # pylint: disable=broad-except
         # Orbax and TensorStore raise many types for a damaged file; any of
-        # them means this checkpoint cannot be used, not that the run fails.
+        # them means this checkpoint cannot be used, not that the run fails
+        # -- unless it holds arrays of other shapes: then the run is another.
+        mismatch = _shape_mismatch(manager, step, abstract_state)
+        if mismatch is not None:
+          raise UserError(
+            f'checkpoint {manager.directory}/{step} is intact but holds '
+            f'another run ({mismatch}); resume it with the data set and '
+            'model it was trained with, or choose another --workdir'
+          ) from None
         _set_aside(self.workdir, manager, step, e, self.read_only)
     where = (
       'skipped, see the warnings above'

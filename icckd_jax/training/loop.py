@@ -28,6 +28,7 @@ import jax
 from jax.sharding import Mesh
 
 from icckd_jax.input_pipeline.source import EvalBatches, InputSource
+from icckd_jax.runs import data_identity
 from icckd_jax.runs import layout
 from icckd_jax.runs import memory as memory_lib
 from icckd_jax.runs import reuse as reuse_lib
@@ -65,12 +66,13 @@ def fit(
   A full disk anywhere in the run becomes one UserError; the partial save
   is removed and every checkpoint saved before stays intact.
   """
+  data = data_identity.of(run.data, dataset)
   try:
     with checkpoint.Checkpoints(
       workdir, keep=run.bookkeeping.keep_checkpoints
     ) as ckpts:
       return train_and_evaluate(
-        _Run(run, workdir, setup, dataset, mesh, ckpts, stage),
+        _Run(run, workdir, setup, dataset, mesh, ckpts, stage, data),
         hooks,
         reuse,
         step_memory,
@@ -98,6 +100,7 @@ class _Run:
   mesh: Mesh
   ckpts: checkpoint.Checkpoints
   stage: records.StageRecords
+  data: dict[str, Any]  # data.json: the data and input path it started on
 
   @property
   def steps_per_epoch(self) -> int:
@@ -400,10 +403,14 @@ def end_epoch(
 
 
 def _write_config(r: _Run) -> None:
-  """WORKDIR/config.json, replaced atomically, beside a checkpoint that has
-  just been saved: a rejected or diverged run never rewrites it."""
+  """WORKDIR/config.json and data.json, replaced atomically, beside a
+  checkpoint that has just been saved: a rejected or diverged run never
+  rewrites them."""
   metric_writer.write_json_from_process_0(
     os.path.join(r.workdir, layout.CONFIG_FILE), r.spec.saved
+  )
+  metric_writer.write_json_from_process_0(
+    os.path.join(r.workdir, layout.DATA_FILE), r.data
   )
 
 
