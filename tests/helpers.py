@@ -1,5 +1,6 @@
 """What several test modules share, and what only the tests call: a run's
-records without their timings, a checkpoint's state, a free port, an idx
+records without their timings, a checkpoint's state, two runs that ended
+alike, a free port, an idx
 file, and the package functions no package module uses (the evaluation
 transform of one image, a study's shared threshold, a teacher's config and
 variables)."""
@@ -42,6 +43,18 @@ def restore_state(workdir, which='last'):
   state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
   ckpts.close()
   return jax.device_get(state), meta
+
+
+def assert_same_run(workdir_a, workdir_b) -> None:
+  """WORKDIR_A and WORKDIR_B ended alike: their last checkpoints' states bit
+  for bit, their metas, and their records but for the wall-clock fields."""
+  state_a, meta_a = restore_state(workdir_a)
+  state_b, meta_b = restore_state(workdir_b)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b
+  assert records_without_timings(workdir_a) == records_without_timings(
+    workdir_b
+  )
 
 
 def free_port() -> int:

@@ -475,22 +475,13 @@ def test_tiny_imagenet_bad_annotations_and_truncated_zip(tmp_path):
   files['tiny-imagenet-200/val/val_annotations.txt'] += b'val_0.JPEG\tn1\n'
   _write_zip(tmp_path / 't.zip', files)
   root = tmp_path / 'd'
-  _one_line_error(
-    'line 5 of val/val_annotations.txt',
-    _load,
-    name='tiny_imagenet',
-    path=str(tmp_path / 't.zip'),
-    data_dir=str(root),
+  fields = dict(
+    name='tiny_imagenet', path=str(tmp_path / 't.zip'), data_dir=str(root)
   )
+  _one_line_error('line 5 of val/val_annotations.txt', _load, **fields)
   data = (tmp_path / 't.zip').read_bytes()
   (tmp_path / 't.zip').write_bytes(data[: len(data) - 200])
-  _one_line_error(
-    'not a readable zip',
-    _load,
-    name='tiny_imagenet',
-    path=str(tmp_path / 't.zip'),
-    data_dir=str(root),
-  )
+  _one_line_error('not a readable zip', _load, **fields)
   assert _leftovers(root) == []
 
 

@@ -231,17 +231,6 @@ def test_random_torchvision_models_equal_torch(name, tmp_path):
   assert _relative(features, reference[f'{name}/features']) <= 1e-4
 
 
-@pytest.mark.parametrize('name', torch_files.IMAGENET_MODEL_NAMES)
-def test_importer_layout_is_the_torchvision_state_dict(name):
-  expected = {
-    k: s
-    for k, s in torch_files.benchmark_layout(name, 1000).items()
-    if not k.endswith('num_batches_tracked')
-  }
-  layout = torch_import.torch_layout(name, 1000)
-  assert {k: v[2] for k, v in layout.items()} == expected
-
-
 def test_wrong_file_is_one_line_user_error(tmp_path):
   state = torch_files.random_state_dict('imagenet_resnet18', 1000)
   path = tmp_path / 'resnet18.pth'
