@@ -164,7 +164,7 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
     }
   )
   convert.convert(config)
-  dataset_config = datasets.DataSpec(
+  dataset_config = datasets.DataRequest(
     name='array_record', path=config.output_dir, image_size=224
   )
   streamed = inputs.load(dataset_config, 'auto')

@@ -263,7 +263,7 @@ def test_student_data_must_have_the_teacher_image_shape(trained):
   ckpts.close()
   assert shape == [32, 32, 3]
   data = teacher.get_config('smoke').dataset
-  mine = spec.data_spec(data)
+  mine = spec.data_request(data)
   teacher_source.check_same_data(mine, data, (32, 32, 3), shape)
   with pytest.raises(
     student.UserError,

@@ -20,7 +20,7 @@ from icckd_jax.training import evaluate
 def evaluate_pytorch(
   pth: str,
   model_name: str,
-  data: spec.DataSpec,
+  data: spec.DataRequest,
   num_devices: int | None = None,
   batch_size: int = 500,
   export: str | None = None,
