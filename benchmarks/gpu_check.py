@@ -139,11 +139,11 @@ def time_step(kind, model, batch, dtype, size, steps, teacher_model, classes):
   setup = _build(kind, config, dataset, mesh, teacher_model)
   state = setup.create_state(mesh)
   batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
-  batch = next(batches)
+  first = next(batches)
   start = time.perf_counter()
-  compiled = setup.train_step.lower(state, batch, setup.step_args).compile()
+  compiled = setup.train_step.lower(state, first, setup.step_args).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, batch, setup.step_args)
+  state, metrics = compiled(state, first, setup.step_args)
   jax.block_until_ready(metrics)
   inputs = [next(batches) for _ in range(min(steps, 4))]
   start = time.perf_counter()
