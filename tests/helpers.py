@@ -1,11 +1,12 @@
-"""What several test modules share, and what only the tests call: a run's
-records without their timings, a checkpoint's state, two runs that ended
-alike, a free port, an idx
-file, and the package functions no package module uses (the evaluation
-transform of one image, a study's shared threshold, a teacher's config and
-variables)."""
+"""What several test modules share, and what only the tests call: a tiny
+teacher's command line, a run's records without their timings, a
+checkpoint's state, two runs that ended alike, a signal sent after a run's
+last epoch, a free port, an idx file, and the package functions no package
+module uses (the evaluation transform of one image, a study's shared
+threshold, a teacher's config and variables)."""
 
 import gzip
+import os
 import pathlib
 import socket
 import struct
@@ -21,7 +22,17 @@ from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.runs.spec import TeacherSource
 from icckd_jax.stages import teacher_source
 from icckd_jax.training import checkpoint
+from icckd_jax.training import loop as loop_lib
 from icckd_jax.training import metric_writer
+
+TINY = ('--config.dataset.num_train=64', '--config.dataset.num_test=64')
+# A cross-entropy teacher (the cheapest step to compile), 2 steps per epoch.
+TEACHER = (
+  '--config=configs/teacher.py:smoke',
+  *TINY,
+  '--config.icc.lam=0',
+  '--config.num_devices=1',
+)
 
 # A record's wall-clock fields: all else a resumed run reproduces exactly.
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
@@ -55,6 +66,20 @@ def assert_same_run(workdir_a, workdir_b) -> None:
   assert records_without_timings(workdir_a) == records_without_timings(
     workdir_b
   )
+
+
+def signal_after_last_epoch(monkeypatch, stage_dir: str, signum: int):
+  """Sends `signum` to this process once the run in a workdir ending with
+  `stage_dir` has ended its last epoch: after the loop's last stop check."""
+  end_epoch = loop_lib.end_epoch
+
+  def then_signal(r, at, tally, evaluate_fn, test_split, epoch, epoch_time):
+    end_epoch(r, at, tally, evaluate_fn, test_split, epoch, epoch_time)
+    last = epoch + 1 == r.spec.recipe.num_epochs
+    if r.workdir.endswith(stage_dir) and last:
+      os.kill(os.getpid(), signum)
+
+  monkeypatch.setattr(loop_lib, 'end_epoch', then_signal)
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """Sweeps shared by workers: runs named by config (one teacher trained once
 for every setting that needs it), two workers reproducing one worker bit for
-bit, and a killed worker's half-trained run resumed by another."""
+bit, a killed worker's half-trained run resumed by another, and a stop
+pending when a worker's stage ends stopping it before the next stage."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 
 from conftest import ROOT
@@ -270,3 +272,41 @@ def test_a_killed_workers_run_is_resumed_by_another(
   for key in (f'teachers/{teacher_key}', f'students/{student_key}'):
     assert resumed[key] == reference[key]
   assert (workdir / 'kd' / 'seed_0' / layout.RESULT_FILE).exists()
+
+
+def test_a_stop_in_a_sweep_workers_stage_ends_it_before_the_next(
+  tmp_path, monkeypatch
+):
+  """A worker's teacher stage ends (finished and saved) while a SIGTERM is
+  pending: the worker stops with it before the student stage starts."""
+  trained = []
+
+  def train_fn(name):
+    def train(config, workdir, reuse, claim, hooks):
+      del config, reuse
+      assert claim.held  # The worker claimed the stage before calling it.
+      assert hooks == ()  # No sweep clock: this worker projects nothing.
+      trained.append(name)
+      os.kill(os.getpid(), signal.SIGTERM)  # Arrives after its last step.
+      open(os.path.join(workdir, 'finished'), 'w').close()
+
+    return train
+
+  stages = [
+    (name, str(tmp_path / name), ml_collections.ConfigDict(), train_fn(name))
+    for name in ('teacher', 'student')
+  ]
+  monkeypatch.setattr(sweep_worker.sweep_plan, 'stages', lambda run: stages)
+  monkeypatch.setattr(
+    sweep_worker.sweep_plan,
+    'finished',
+    lambda d, c: os.path.exists(os.path.join(d, 'finished')),
+  )
+  run = ml_collections.ConfigDict({'setting': 'a', 'seed': 0})
+  with preemption.StopRequest() as stop:
+    with pytest.raises(preemption.Preempted) as stopped:
+      sweep_worker._train_stages(  # pylint: disable=protected-access
+        run, '[1/1]', [run], 0, None, Reuse(), set(), stop
+      )
+  assert stopped.value.signum == signal.SIGTERM
+  assert trained == ['teacher']
