@@ -134,7 +134,7 @@ def time_step(kind, model, batch, dtype, size, steps, teacher_model, classes):
   synchronised once), compiled memory and bytes in use of one step."""
   mesh = parallel.make_mesh()
   config = _stage_config(kind, model, batch, dtype, size, classes)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   source = resident.ResidentSource.of(dataset)
   setup = _build(kind, config, dataset, mesh, teacher_model)
   state = setup.create_state(mesh)
@@ -167,7 +167,7 @@ def time_pipeline(batch, size, steps, classes):
   device, as the train step receives them)."""
   mesh = parallel.make_mesh()
   config = _stage_config('ce', 'resnet8', batch, 'float32', size, classes)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   source = resident.ResidentSource.of(dataset)
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)
@@ -204,12 +204,12 @@ def _torch_figures(kind, model, batch, dtype, args, compiled):
     return {'status': f'not run: {type(e).__name__}: {one_line(e)}'}
 
 
-def part_steps(specs, args, budget, report):
+def part_steps(variants, args, budget, report):
   """Parts (a) and (b): each JAX step, and beside it the same step in
   PyTorch eager and under `torch.compile` where PyTorch is importable."""
   rows = []
   torch_ok = torch_baseline.available()
-  for kind, model, batch, dtype in specs:
+  for kind, model, batch, dtype in variants:
     name = f'{KINDS[kind]} {model} b{batch} {dtype}'
     if budget.left() <= 0:
       rows.append({'step': name, 'status': 'skipped: budget spent'})
@@ -431,13 +431,13 @@ def main() -> int:
     return budget_lib.exit_refused(e)
   out.mkdir(parents=True, exist_ok=True)
   if args.smoke:
-    specs = _smoke_steps()
+    variants = _smoke_steps()
     args.size, args.steps, args.teacher = 16, 3, 'resnet8'
     args.pipeline_size, args.pipeline_batch = 32, 8
     args.pipeline_model = 'resnet8'
     args.study_config = 'configs/study.py:smoke'
   else:
-    specs = FULL_STEPS
+    variants = FULL_STEPS
     args.size, args.steps, args.teacher = 32, 50, TEACHER_OF_STUDENT
     args.pipeline_size, args.pipeline_batch = 224, 64
     args.pipeline_model = 'resnet32x4'
@@ -472,7 +472,7 @@ def main() -> int:
     write()
 
   for part, run in (
-    ('a', lambda: part_steps(specs, args, budget, partial)),
+    ('a', lambda: part_steps(variants, args, budget, partial)),
     ('c', lambda: part_pipeline(args, budget)),
     ('d', lambda: part_study(args, budget, out)),
   ):

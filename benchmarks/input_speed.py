@@ -114,7 +114,7 @@ def _stream_rate(path: str, workers: int, size: int) -> float:
 
 def _resident_rate() -> float:
   dataset = datasets.load(
-    datasets.DataSpec.from_fields(
+    datasets.DataRequest.from_fields(
       {
         'name': 'synthetic',
         'num_train': 4096,

@@ -35,7 +35,7 @@ flags.mark_flag_as_required('image_folder')
 
 def _timed_load(**fields):
   start = time.perf_counter()
-  ds = datasets.load(datasets.DataSpec.from_fields(fields))
+  ds = datasets.load(datasets.DataRequest.from_fields(fields))
   # Touch every pixel, as training does when it copies the set to devices.
   checksum = int(ds.train_images.sum(dtype=np.uint64))
   return time.perf_counter() - start, ds, checksum

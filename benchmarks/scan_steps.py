@@ -75,7 +75,7 @@ def main(argv):
   config.dataset.num_train = max(8 * FLAGS.batch_size, 512)
   config.dataset.num_test = 100
   mesh = parallel.make_mesh()
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   source = resident.ResidentSource.of(dataset)
   ks = [int(k) for k in FLAGS.ks]

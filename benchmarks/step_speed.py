@@ -117,7 +117,7 @@ def main(argv):
   for variant in FLAGS.variants:
     name, size = _split_variant(variant)
     dataset = datasets.load(
-      spec.data_spec(_base(teacher_config.get_config(), size).dataset)
+      spec.data_request(_base(teacher_config.get_config(), size).dataset)
     )
     source = resident.ResidentSource.of(dataset)
     config, setup, state = build(name, mesh, dataset, size)

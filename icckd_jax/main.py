@@ -98,7 +98,7 @@ def run(
       evaluate_pth.evaluate_pytorch(
         config.pth,
         config.get('model'),
-        spec.data_spec(config.dataset),
+        spec.data_request(config.dataset),
         num_devices=config.get('num_devices'),
         batch_size=config.eval_batch_size,
         export=config.get('export'),

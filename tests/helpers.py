@@ -1,9 +1,9 @@
 """What several test modules share, and what only the tests call: a tiny
 teacher's command line, a run's records without their timings, a
-checkpoint's state, a signal sent after a run's last epoch, a free port, an
-idx file, and the package functions no package module uses (the evaluation
-transform of one image, a study's shared threshold, a teacher's config and
-variables)."""
+checkpoint's state, two runs that ended alike, a signal sent after a run's
+last epoch, a free port, an idx file, and the package functions no package
+module uses (the evaluation transform of one image, a study's shared
+threshold, a teacher's config and variables)."""
 
 import gzip
 import os
@@ -54,6 +54,18 @@ def restore_state(workdir, which='last'):
   state, meta = ckpts.restore(None, which=which, mesh=parallel.make_mesh(1))
   ckpts.close()
   return jax.device_get(state), meta
+
+
+def assert_same_run(workdir_a, workdir_b) -> None:
+  """WORKDIR_A and WORKDIR_B ended alike: their last checkpoints' states bit
+  for bit, their metas, and their records but for the wall-clock fields."""
+  state_a, meta_a = restore_state(workdir_a)
+  state_b, meta_b = restore_state(workdir_b)
+  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+  assert meta_a == meta_b
+  assert records_without_timings(workdir_a) == records_without_timings(
+    workdir_b
+  )
 
 
 def signal_after_last_epoch(monkeypatch, stage_dir: str, signum: int):

@@ -305,7 +305,7 @@ def test_auto_mode_holds_a_set_of_one_size_resident_where_it_fits(tmp_path):
         _jpeg(source / split / c / f'{i}.jpg', rng, size=(8, 6))
   code, stderr = _convert(source, tmp_path / 'out')
   assert code == 0, stderr[-2000:]
-  config = datasets.DataSpec(
+  config = datasets.DataRequest(
     name='array_record', path=str(tmp_path / 'out'), image_size=32
   )
   decoded = 6 * 8 * 6 * 3  # train images x H x W x C
@@ -335,7 +335,7 @@ def test_augment_chooses_the_streamed_recipe_or_refuses_in_one_line(
       _jpeg(source / split / 'a' / f'{i}.jpg', rng, size=(40, 48))
   code, stderr = _convert(source, tmp_path / 'out')
   assert code == 0, stderr[-2000:]
-  config = datasets.DataSpec(
+  config = datasets.DataRequest(
     name='array_record',
     path=str(tmp_path / 'out'),
     image_size=32,
@@ -350,7 +350,7 @@ def test_augment_chooses_the_streamed_recipe_or_refuses_in_one_line(
   assert streamed.image_shape == (32, 32, 3)
   with pytest.raises(UserError, match='cannot apply config.dataset.augment='):
     inputs.load(config, 'resident', 0, device_bytes=2**40)
-  synthetic = datasets.DataSpec(name='synthetic', augment='resized_crop')
+  synthetic = datasets.DataRequest(name='synthetic', augment='resized_crop')
   with pytest.raises(UserError, match="the streaming input's; convert"):
     inputs.load(synthetic, 'auto', 0)
   _, mixed = converted
@@ -399,8 +399,8 @@ def test_a_set_read_as_arrays_converts_losslessly(tmp_path):
   assert code == 0, stderr[-2000:]
   fields = {'name': 'synthetic', 'num_train': 20, 'num_test': 6,
             'image_size': 8, 'num_classes': 10, 'channels': 3, 'seed': 0}  # fmt: skip
-  arrays = datasets.load(datasets.DataSpec.from_fields(fields))
-  config = datasets.DataSpec(name='array_record', path=str(tmp_path / 'out'))
+  arrays = datasets.load(datasets.DataRequest.from_fields(fields))
+  config = datasets.DataRequest(name='array_record', path=str(tmp_path / 'out'))
   back = inputs.load(config, 'resident', 0, device_bytes=None)
   np.testing.assert_array_equal(back.train_images, arrays.train_images)
   np.testing.assert_array_equal(back.test_labels, arrays.test_labels)

@@ -187,7 +187,7 @@ def test_the_parts_hold_the_configs_values():
     assert run.recipe.lr_decay_epochs == tuple(tree['lr_decay_epochs'])
     assert run.bookkeeping.keep_checkpoints == tree['keep_checkpoints']
     assert dataclasses.asdict(run.data) == {
-      **dataclasses.asdict(spec.DataSpec()),
+      **dataclasses.asdict(spec.DataRequest()),
       **tree['dataset'],
     }
     assert run.inputs == spec.Inputs(**tree['input'])

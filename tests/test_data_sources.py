@@ -30,7 +30,7 @@ from launch_in_process import launch
 
 
 def _load(**fields) -> datasets.Dataset:
-  return datasets.load(datasets.DataSpec.from_fields(fields))
+  return datasets.load(datasets.DataRequest.from_fields(fields))
 
 
 def _one_line_error(match, fn, *args, **kwargs) -> str:
@@ -106,15 +106,18 @@ def _write_cifar(
 ) -> dict:
   """Writes an official-layout archive (.tar.gz) or folder; returns the
   expected images and labels of both splits."""
-  spec = cifar.SPECS[name]
+  cifar_archive = cifar.ARCHIVES[name]
   rng = np.random.default_rng(0)
   files, expected, offset = {}, {}, 0
-  for split, names in (('train', spec.train), ('test', (spec.test,))):
-    labels = {key: [] for key, _ in spec.label_keys.values()}
+  for split, names in (
+    ('train', cifar_archive.train),
+    ('test', (cifar_archive.test,)),
+  ):
+    labels = {key: [] for key, _ in cifar_archive.label_keys.values()}
     for member in names:
       batch_labels = {
         key: rng.integers(0, k, per_batch).tolist()
-        for key, k in spec.label_keys.values()
+        for key, k in cifar_archive.label_keys.values()
       }
       files[member] = _batch_bytes(_rows(offset, per_batch), batch_labels)
       for key in labels:
@@ -122,18 +125,18 @@ def _write_cifar(
       offset += per_batch
     count = per_batch * len(names)
     expected[split] = (_expected_images(offset - count, count), labels)
-  files[spec.meta] = pickle.dumps({b'label_names': [b'a']}, protocol=2)
+  files[cifar_archive.meta] = pickle.dumps({b'label_names': [b'a']}, protocol=2)
   files.update(members or {})
   if target.suffix == '.gz':
     with tarfile.open(target, 'w:gz') as tar:
       for member, data in files.items():
-        info = tarfile.TarInfo(f'{spec.folder}/{member}')
+        info = tarfile.TarInfo(f'{cifar_archive.folder}/{member}')
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
   else:
-    (target / spec.folder).mkdir(parents=True)
+    (target / cifar_archive.folder).mkdir(parents=True)
     for member, data in files.items():
-      (target / spec.folder / member).write_bytes(data)
+      (target / cifar_archive.folder / member).write_bytes(data)
   return expected
 
 
@@ -290,8 +293,10 @@ def _official(monkeypatch, tmp_path, md5=None) -> pathlib.Path:
   mirror.mkdir()
   archive = mirror / 'cifar-10-python.tar.gz'
   _write_cifar(archive, 'cifar10')
-  spec = dataclasses.replace(cifar.SPECS['cifar10'], md5=md5 or _md5(archive))
-  monkeypatch.setitem(cifar.SPECS, 'cifar10', spec)
+  cifar_archive = dataclasses.replace(
+    cifar.ARCHIVES['cifar10'], md5=md5 or _md5(archive)
+  )
+  monkeypatch.setitem(cifar.ARCHIVES, 'cifar10', cifar_archive)
   monkeypatch.setattr(cifar, '_MIRRORS', (mirror.as_uri() + '/',))
   return archive
 
@@ -475,22 +480,13 @@ def test_tiny_imagenet_bad_annotations_and_truncated_zip(tmp_path):
   files['tiny-imagenet-200/val/val_annotations.txt'] += b'val_0.JPEG\tn1\n'
   _write_zip(tmp_path / 't.zip', files)
   root = tmp_path / 'd'
-  _one_line_error(
-    'line 5 of val/val_annotations.txt',
-    _load,
-    name='tiny_imagenet',
-    path=str(tmp_path / 't.zip'),
-    data_dir=str(root),
+  fields = dict(
+    name='tiny_imagenet', path=str(tmp_path / 't.zip'), data_dir=str(root)
   )
+  _one_line_error('line 5 of val/val_annotations.txt', _load, **fields)
   data = (tmp_path / 't.zip').read_bytes()
   (tmp_path / 't.zip').write_bytes(data[: len(data) - 200])
-  _one_line_error(
-    'not a readable zip',
-    _load,
-    name='tiny_imagenet',
-    path=str(tmp_path / 't.zip'),
-    data_dir=str(root),
-  )
+  _one_line_error('not a readable zip', _load, **fields)
   assert _leftovers(root) == []
 
 

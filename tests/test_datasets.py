@@ -17,7 +17,7 @@ _DEBIAN_FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
 
 
 def _load(**fields) -> datasets.Dataset:
-  return datasets.load(datasets.DataSpec.from_fields(fields))
+  return datasets.load(datasets.DataRequest.from_fields(fields))
 
 
 def _assert_one_line_error(match: str, **fields) -> str:

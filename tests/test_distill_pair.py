@@ -30,7 +30,7 @@ def _build(method: str, teacher_name: str, student_name: str):
   config.model, config.distill.method = student_name, method
   config.distill.update(crd_negatives=16, crd_dim=8)
   config.dataset.update(num_train=64, num_test=64)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   mesh = parallel.make_mesh(1)
   teacher_model = models.create_model(teacher_name, dataset.num_classes)
   variables = teacher_model.init(

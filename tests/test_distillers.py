@@ -269,7 +269,7 @@ def tiny_run():
   config.dataset.update(num_train=16, num_test=16, image_size=8)
   config.batch_size = 8
   config.weight_decay = 0.0  # an unchanged weight then means no gradient
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   mesh = parallel.make_mesh(1)
   t_config = teacher_config.get_config('smoke')
   config.model = t_config.model

@@ -90,7 +90,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   c = imagenet.get_config(arg)
   path = tmp_path_factory.mktemp('pre') / 'shards'
   c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
-  dataset = inputs.load(spec.data_spec(c.dataset), c.input.mode, 0)
+  dataset = inputs.load(spec.data_request(c.dataset), c.input.mode, 0)
   train, test = dataset.train, dataset.test
   # Normalised with torchvision's constants, not the set's measured ones.
   mean, std = imagenet_preprocess.normalization()
@@ -207,23 +207,23 @@ def test_imagenet_normalization_refuses_grey_images_in_one_line():
   grey = teacher_config.get_config().dataset
   grey.update(name='synthetic', channels=1, normalization='imagenet')
   with pytest.raises(UserError, match="normalization='imagenet' is for RGB"):
-    inputs.load(spec.data_spec(grey), 'auto', 0)
+    inputs.load(spec.data_request(grey), 'auto', 0)
 
 
 def test_a_workdir_teacher_must_share_the_students_normalization():
   student_data = imagenet.get_config('r34_r18').dataset
   teacher_data = imagenet.get_config('icc_r34').dataset
-  teacher_source.check_same_data(spec.data_spec(student_data), teacher_data)
+  teacher_source.check_same_data(spec.data_request(student_data), teacher_data)
   # A teacher saved before the field existed was normalised as 'measured'.
   old = teacher_config.get_config().dataset.to_dict()
   del old['normalization']
   measured = teacher_config.get_config().dataset
   teacher_source.check_same_data(
-    spec.data_spec(measured), ml_collections.ConfigDict(old)
+    spec.data_request(measured), ml_collections.ConfigDict(old)
   )
   measured.normalization = 'imagenet'
   with pytest.raises(UserError, match="normalization='imagenet' but the t"):
-    teacher_source.check_same_data(spec.data_spec(measured), old)
+    teacher_source.check_same_data(spec.data_request(measured), old)
 
 
 def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
@@ -266,7 +266,7 @@ def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
   printed = evaluate_pth.evaluate_pytorch(
     str(TEACHER_PTH),
     'imagenet_resnet18',
-    spec.data_spec(c.dataset),
+    spec.data_request(c.dataset),
     1,
     c.eval_batch_size,
   )

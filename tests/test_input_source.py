@@ -111,7 +111,7 @@ def test_both_paths_have_the_interface_s_methods_with_one_signature():
 def _synthetic() -> resident.ResidentSource:
   fields = {'name': 'synthetic', 'num_train': 24, 'num_test': 10,
             'image_size': 8, 'num_classes': 3, 'channels': 3, 'seed': 0}  # fmt: skip
-  dataset = datasets.load(datasets.DataSpec.from_fields(fields))
+  dataset = datasets.load(datasets.DataRequest.from_fields(fields))
   return resident.ResidentSource.of(dataset)
 
 

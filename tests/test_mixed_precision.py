@@ -19,7 +19,7 @@ def train_losses(config, dtype: str):
   """Per-step (loss, accuracy) of STEPS teacher steps, and the final state."""
   config.dtype = dtype
   mesh = parallel.make_mesh(1)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   source = resident.ResidentSource.of(dataset)
   batches = setup.batches(spec.from_config(config).recipe, source, mesh, 0)

@@ -53,7 +53,7 @@ def test_lambda_zero_is_the_plain_cross_entropy_teacher(smoke_config):
   initial, (*_, state), metrics = run_steps(config, 1, 3)
   assert state.cache is None
 
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   mesh = parallel.make_mesh(1)
   model = models.create_model(
     config.model, dataset.num_classes, bn_axis_name=parallel.DATA
@@ -167,7 +167,7 @@ def test_delta_minus_one_gates_nothing(smoke_config):
   under the parameters, BatchNorm statistics and cache before that step."""
   config = _small(smoke_config, lam=0.5, delta=-1.0)
   initial, states, metrics = run_steps(config, 1, 3)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   mesh = parallel.make_mesh(1)
   model = models.create_model(config.model, dataset.num_classes)
   source = resident.ResidentSource.of(dataset)
@@ -225,7 +225,7 @@ def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   )
   # The ring after 3 pushes into 2 slots: slot 0 holds step 2, slot 1 step 1.
   config = _small(smoke_config)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   mesh = parallel.make_mesh(1)
   source = resident.ResidentSource.of(dataset)
   batches = _batches(config, source, mesh, num_views=2)

@@ -80,7 +80,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(
   printed = evaluate_pth.evaluate_pytorch(
     str(PTH),
     'resnet20',
-    spec.data_spec(config.dataset),
+    spec.data_request(config.dataset),
     batch_size=64,
     export=str(tmp_path / 't.msgpack'),
   )
@@ -90,7 +90,7 @@ def test_teacher_accuracy_at_start_equals_eval_config(
 
   # Both normalise the teacher's input with the benchmark's statistics, not
   # the data set's, which would give another loss.
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   benchmark = _teacher_loss(dataset, *torch_import.benchmark_normalization())
   own = _teacher_loss(dataset, dataset.mean, dataset.std)
   np.testing.assert_allclose(at_start['loss'], benchmark, rtol=1e-5)
@@ -134,7 +134,7 @@ def test_native_checkpoint_export_predicts_like_its_evaluation(
   exported = params_file.load(str(path))
   assert (exported['model'], exported['num_classes']) == ('resnet8', 100)
   assert set(exported['variables']) == {'params', 'batch_stats'}
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   logits, _ = models.create_model('resnet8', 100).apply(
     exported['variables'],
     (dataset.test_images.astype(np.float32) - exported['mean'])
@@ -154,7 +154,7 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
   assert first['step'] == 1
   # The first step's batch and initial student, rebuilt as the run built them.
   mesh = parallel.make_mesh(None)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   batch = next(
     resident.ResidentSource.of(dataset).train_batches(
       mesh,
@@ -190,7 +190,7 @@ def test_step_feeds_the_teacher_benchmark_normalised_images(
 
 
 def test_renormalized_teacher_sees_its_own_statistics(config):
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   mean, std = torch_import.benchmark_normalization()
   model = models.create_model('resnet20', 100)
   variables = torch_import.load_checkpoint(str(PTH), 'resnet20')

@@ -35,7 +35,7 @@ from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.train_state import TrainState
 from icckd_jax.runs import layout
 import helpers
-from helpers import restore_state, strip_timing
+from helpers import assert_same_run, restore_state
 from launch_in_process import error_line, run_launcher
 
 SMOKE = ('--config=configs/teacher.py:smoke',)
@@ -69,66 +69,48 @@ def trained(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
+def _refused(assignment: str, said: str = '') -> tuple[list[str], str]:
+  """(['--' + assignment], what the error line must say): the assignment
+  itself, then `said`."""
+  return [f'--{assignment}'], assignment + said
+
+
 # (arguments, what the error line must say). `{new}` is a workdir that does
 # not exist, `{run}` the trained teacher's.
 BAD_INPUTS = {
-  'checkpoint_every_0': (
-    ['--config.checkpoint_every_epochs=0'],
-    'config.checkpoint_every_epochs=0 is out of range',
+  'checkpoint_every_0': _refused(
+    'config.checkpoint_every_epochs=0', ' is out of range'
   ),
-  'log_every_0': (
-    ['--config.log_every_steps=0'],
-    'config.log_every_steps=0 is out of range',
+  'log_every_0': _refused('config.log_every_steps=0', ' is out of range'),
+  'num_epochs_0': _refused('config.num_epochs=0'),
+  'keep_0': _refused('config.keep_checkpoints=0'),
+  'lr_negative': _refused(
+    'config.learning_rate=-0.1',
+    ' is out of range; it must be a finite number > 0',
   ),
-  'num_epochs_0': (['--config.num_epochs=0'], 'config.num_epochs=0'),
-  'keep_0': (['--config.keep_checkpoints=0'], 'config.keep_checkpoints=0'),
-  'lr_negative': (
-    ['--config.learning_rate=-0.1'],
-    'config.learning_rate=-0.1 is out of range; it must be a finite number > 0',
+  'lr_zero': _refused('config.learning_rate=0'),
+  'lr_inf': _refused('config.learning_rate=inf'),
+  'delta_nan': _refused('config.icc.delta=nan'),
+  'tau_inf': _refused('config.icc.tau=inf'),
+  'lam_negative': _refused('config.icc.lam=-1'),
+  'lr_decay_rate_nan': _refused('config.lr_decay_rate=nan'),
+  'lr_decay_epoch_negative': _refused('config.lr_decay_epochs=(-1,)'),
+  'momentum_1.5': _refused('config.momentum=1.5'),
+  'weight_decay_negative': _refused('config.weight_decay=-0.0001'),
+  'batch_0': _refused('config.batch_size=0'),
+  'eval_batch_0': _refused('config.eval_batch_size=0'),
+  'eval_batch_indivisible': _refused(
+    'config.eval_batch_size=30', ' is not divisible'
   ),
-  'lr_zero': (['--config.learning_rate=0'], 'config.learning_rate=0'),
-  'lr_inf': (['--config.learning_rate=inf'], 'config.learning_rate=inf'),
-  'delta_nan': (['--config.icc.delta=nan'], 'config.icc.delta=nan'),
-  'tau_inf': (['--config.icc.tau=inf'], 'config.icc.tau=inf'),
-  'lam_negative': (['--config.icc.lam=-1'], 'config.icc.lam=-1'),
-  'lr_decay_rate_nan': (
-    ['--config.lr_decay_rate=nan'],
-    'config.lr_decay_rate=nan',
+  'batch_over_data': _refused(
+    'config.batch_size=512', ' is larger than the 256'
   ),
-  'lr_decay_epoch_negative': (
-    ['--config.lr_decay_epochs=(-1,)'],
-    'config.lr_decay_epochs=(-1,)',
-  ),
-  'momentum_1.5': (['--config.momentum=1.5'], 'config.momentum=1.5'),
-  'weight_decay_negative': (
-    ['--config.weight_decay=-0.0001'],
-    'config.weight_decay=-0.0001',
-  ),
-  'batch_0': (['--config.batch_size=0'], 'config.batch_size=0'),
-  'eval_batch_0': (['--config.eval_batch_size=0'], 'config.eval_batch_size=0'),
-  'eval_batch_indivisible': (
-    ['--config.eval_batch_size=30'],
-    'config.eval_batch_size=30 is not divisible',
-  ),
-  'batch_over_data': (
-    ['--config.batch_size=512'],
-    'config.batch_size=512 is larger than the 256',
-  ),
-  'cache_negative': (['--config.cache.size=-1'], 'config.cache.size=-1'),
-  'num_train_0': (
-    ['--config.dataset.num_train=0'],
-    'config.dataset.num_train=0',
-  ),
-  'one_class': (
-    ['--config.dataset.num_classes=1'],
-    'config.dataset.num_classes=1',
-  ),
-  'seed_negative': (['--config.seed=-1'], 'config.seed=-1'),
-  'crop_negative': (['--config.crop_padding=-1'], 'config.crop_padding=-1'),
-  'num_devices_negative': (
-    ['--config.num_devices=-1'],
-    'config.num_devices=-1',
-  ),
+  'cache_negative': _refused('config.cache.size=-1'),
+  'num_train_0': _refused('config.dataset.num_train=0'),
+  'one_class': _refused('config.dataset.num_classes=1'),
+  'seed_negative': _refused('config.seed=-1'),
+  'crop_negative': _refused('config.crop_padding=-1'),
+  'num_devices_negative': _refused('config.num_devices=-1'),
   'nested_misspelt': (
     ['--config.icc.lamda=1'],
     'no such config field: lamda (did you mean "lam" instead of "lamda"?)',
@@ -281,7 +263,7 @@ def test_student_data_must_have_the_teacher_image_shape(trained):
   ckpts.close()
   assert shape == [32, 32, 3]
   data = teacher.get_config('smoke').dataset
-  mine = spec.data_spec(data)
+  mine = spec.data_request(data)
   teacher_source.check_same_data(mine, data, (32, 32, 3), shape)
   with pytest.raises(
     student.UserError,
@@ -531,13 +513,7 @@ def test_checkpoints_with_history_in_meta_still_resume_and_evaluate(
 
   code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
   assert code == 0, stderr[-2000:]
-  state_a, meta_a = restore_state(trained)
-  state_b, meta_b = restore_state(workdir)
-  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-  assert meta_a == meta_b
-  assert strip_timing(metric_writer.read_records(str(trained))) == (
-    strip_timing(metric_writer.read_records(str(workdir)))
-  )
+  assert_same_run(trained, workdir)
 
   finished = tmp_path / 'finished'
   with monkeypatch.context() as patch:
@@ -604,19 +580,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   saves at the next step and exits 143; the rerun ends bit-identical to the
   uninterrupted run, state and metrics (timings aside)."""
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(
-    [
-      sys.executable,
-      str(ROOT / 'launch.py'),
-      *PREEMPT_ARGS,
-      f'--workdir={workdir}',
-    ],
-    cwd=ROOT,
-    env=_subprocess_env(2),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  proc = _launch_process(*PREEMPT_ARGS, f'--workdir={workdir}', devices=2)
   deadline = time.time() + 300
 
   def wait_for(condition):
@@ -653,36 +617,35 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
     *PREEMPT_ARGS, '--config.num_devices=2', f'--workdir={workdir}'
   )
   assert code == 0, stderr[-2000:]
-  state_a, meta_a = restore_state(straight_run)
-  state_b, meta_b = restore_state(workdir)
-  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-  assert meta_a == meta_b
-  assert strip_timing(metric_writer.read_records(str(straight_run))) == (
-    strip_timing(metric_writer.read_records(str(workdir)))
-  )
+  assert_same_run(straight_run, workdir)
   assert not os.listdir(workdir / 'preempted')
+
+
+def _launch_process(*args: str, devices: int) -> subprocess.Popen:
+  """launch.py with `args` in a process of its own on `devices` CPU
+  devices; its stderr is kept for the failure message."""
+  return subprocess.Popen(
+    [sys.executable, str(ROOT / 'launch.py'), *args],
+    cwd=ROOT,
+    env=_subprocess_env(devices),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _start_processes(*args: str, count: int = 2) -> list[subprocess.Popen]:
   """`count` launch.py processes of one --multihost run on localhost, one
-  CPU device each; their stderr is kept for the failure message."""
+  CPU device each."""
   port = helpers.free_port()
   return [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(ROOT / 'launch.py'),
-        *args,
-        '--multihost',
-        f'--coordinator_address=localhost:{port}',
-        f'--num_processes={count}',
-        f'--process_id={i}',
-      ],
-      cwd=ROOT,
-      env=_subprocess_env(1),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
+    _launch_process(
+      *args,
+      '--multihost',
+      f'--coordinator_address=localhost:{port}',
+      f'--num_processes={count}',
+      f'--process_id={i}',
+      devices=1,
     )
     for i in range(count)
   ]

@@ -32,7 +32,7 @@ from test_robust_runs import (
   _subprocess_env,
   _wait_for_success,
 )
-from helpers import restore_state, strip_timing
+from helpers import assert_same_run, restore_state, strip_timing
 
 
 @pytest.fixture(scope='module')
@@ -305,10 +305,4 @@ def test_sigterm_to_the_process_group_mid_run_resumes_exactly(shards, tmp_path):
   assert 'preempted: stopped by SIGTERM at step' in stderr
   _, stderr = (proc := launch(workdir)).communicate(timeout=400)
   assert proc.returncode == 0, stderr[-2000:]
-  state_a, meta_a = restore_state(straight)
-  state_b, meta_b = restore_state(workdir)
-  jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
-  assert meta_a == meta_b
-  assert strip_timing(metric_writer.read_records(str(straight))) == (
-    strip_timing(metric_writer.read_records(str(workdir)))
-  )
+  assert_same_run(straight, workdir)

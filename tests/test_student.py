@@ -303,7 +303,7 @@ def test_short_real_cifar10_pipeline(tmp_path):
   config = pipeline.get_config('cifar10_cpu').teacher.dataset
   config.path, config.train_subset = str(archive), 5000
   reference = _nearest_class_mean_accuracy(
-    datasets.load(spec.data_spec(config))
+    datasets.load(spec.data_request(config))
   )
   assert teacher[-1]['test_top1'] > reference, (teacher[-1], reference)
   # The margin gate both passes and stops anchors on real data (a margin

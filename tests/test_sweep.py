@@ -25,7 +25,7 @@ def test_one_compiled_teacher_step_serves_two_deltas(smoke_config):
   config = smoke_config
   config.icc.delta = 0.2
   mesh = parallel.make_mesh(1)
-  dataset = datasets.load(spec.data_spec(config.dataset))
+  dataset = datasets.load(spec.data_request(config.dataset))
   setup = teacher.build_teacher(spec.from_config(config), dataset, mesh)
   source = resident.ResidentSource.of(dataset)
   batch = next(setup.batches(spec.from_config(config).recipe, source, mesh, 0))

@@ -77,14 +77,19 @@ def test_fixture_full_dict_with_optimizer_state():
   assert momentum.shape == (32, 3, 3, 3)
 
 
-@pytest.mark.parametrize('name', torch_files.MODEL_NAMES)
-def test_importer_layout_is_the_benchmark_state_dict(name):
+@pytest.mark.parametrize(
+  'name,classes',
+  [(name, 100) for name in torch_files.MODEL_NAMES]
+  + [(name, 1000) for name in torch_files.IMAGENET_MODEL_NAMES],
+)
+def test_importer_layout_is_the_reference_state_dict(name, classes):
+  """The benchmark's (CIFAR) and torchvision's (ImageNet) state dicts."""
   expected = {
     k: s
-    for k, s in torch_files.benchmark_layout(name, 100).items()
+    for k, s in torch_files.benchmark_layout(name, classes).items()
     if not k.endswith('num_batches_tracked')
   }
-  layout = torch_import.torch_layout(name, 100)
+  layout = torch_import.torch_layout(name, classes)
   assert {k: v[2] for k, v in layout.items()} == expected
 
 
@@ -279,42 +284,43 @@ def test_corrupted_file_is_refused_in_one_line(legacy, damage, tmp_path):
   assert '\n' not in str(error.value)
 
 
+# (model, classes, the error line's pattern) for a resnet8 file of 10
+# classes: the first tensor that does not fit is named.
+MISMATCHES = [
+  (
+    'resnet8',
+    100,
+    r"tensor 'fc.weight' is \[10, 64\] but resnet8 with 100 classes "
+    r'expects \[100, 64\]',
+  ),
+  (
+    'resnet8x4',
+    10,
+    r"tensor 'conv1.weight' is \[16, 3, 3, 3\] but resnet8x4 with 10 "
+    r'classes expects \[32, 3, 3, 3\]',
+  ),
+  (
+    'wrn_16_1',
+    10,
+    r"tensor 'bn1.weight' is \[16\] but wrn_16_1 with 10 classes expects "
+    r'\[64\]',
+  ),
+  (
+    'vgg8',
+    10,
+    r"tensor 'conv1.weight' \[16, 3, 3, 3\] has no counterpart in vgg8; "
+    'is the file a vgg8',
+  ),
+]
+
+
 def test_mismatches_name_the_first_offending_tensor(tmp_path):
   state = torch_files.random_state_dict('resnet8', 10)
   path = tmp_path / 'r8.pth'
   torch_files.write_pth(path, state)
-  with pytest.raises(
-    UserError,
-    match=(
-      r"tensor 'fc.weight' is \[10, 64\] but resnet8 with 100 classes "
-      r'expects \[100, 64\]'
-    ),
-  ):
-    torch_import.load_checkpoint(str(path), 'resnet8', 100)
-  with pytest.raises(
-    UserError,
-    match=(
-      r"tensor 'conv1.weight' is \[16, 3, 3, 3\] but resnet8x4 with 10 "
-      r'classes expects \[32, 3, 3, 3\]'
-    ),
-  ):
-    torch_import.load_checkpoint(str(path), 'resnet8x4', 10)
-  with pytest.raises(
-    UserError,
-    match=(
-      r"tensor 'bn1.weight' is \[16\] but wrn_16_1 with 10 classes expects "
-      r'\[64\]'
-    ),
-  ):
-    torch_import.load_checkpoint(str(path), 'wrn_16_1', 10)
-  with pytest.raises(
-    UserError,
-    match=(
-      r"tensor 'conv1.weight' \[16, 3, 3, 3\] has no counterpart in vgg8; "
-      'is the file a vgg8'
-    ),
-  ):
-    torch_import.load_checkpoint(str(path), 'vgg8', 10)
+  for name, classes, message in MISMATCHES:
+    with pytest.raises(UserError, match=message):
+      torch_import.load_checkpoint(str(path), name, classes)
 
   missing = collections.OrderedDict(state)
   del missing['layer2.0.bn2.running_var']

@@ -133,7 +133,9 @@ def test_eval_counts_every_example_once_on_any_device_count(trained_on_four):
     )
     for n in (1, 2, 4)
   }
-  dataset = datasets.load(spec.data_spec(teacher.get_config('smoke').dataset))
+  dataset = datasets.load(
+    spec.data_request(teacher.get_config('smoke').dataset)
+  )
   state, _ = restore_state(trained_on_four)
   model = models.create_model('resnet8', dataset.num_classes)
   x = (dataset.test_images.astype(np.float32) - dataset.mean) / dataset.std

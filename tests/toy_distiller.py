@@ -24,6 +24,5 @@ def logit_gap(batch: contract.Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'toy',
   logit_gap,
-  ('ce_weight',),
   {'toy_weight': settings.weight(DEFAULT_WEIGHT, 'a test of the registry')},
 )

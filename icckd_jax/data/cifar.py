@@ -33,7 +33,7 @@ _ROW_BYTES = 3 * _SIZE * _SIZE
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
+class _Archive:
   """One of the two archives."""
 
   filename: str
@@ -45,8 +45,8 @@ class _Spec:
   label_keys: dict[str, tuple[str, int]]  # label_kind -> (key, classes)
 
 
-SPECS = {
-  'cifar10': _Spec(
+ARCHIVES = {
+  'cifar10': _Archive(
     filename='cifar-10-python.tar.gz',
     md5='c58f30108f718f92721af3b95e74349a',
     folder='cifar-10-batches-py',
@@ -55,7 +55,7 @@ SPECS = {
     meta='batches.meta',
     label_keys={'fine': ('labels', 10)},
   ),
-  'cifar100': _Spec(
+  'cifar100': _Archive(
     filename='cifar-100-python.tar.gz',
     md5='eb9058c3a382ffc7106e4002c42a8d85',
     folder='cifar-100-python',
@@ -89,24 +89,26 @@ def load(
     ((train_images [50000, 32, 32, 3], train_labels [50000]),
      (test_images [10000, 32, 32, 3], test_labels [10000])), num_classes.
   """
-  spec = SPECS[name]
+  archive = ARCHIVES[name]
   label_kind = label_kind or 'fine'
-  if label_kind not in spec.label_keys:
+  if label_kind not in archive.label_keys:
     raise UserError(
       f'dataset.label_kind={label_kind!r} is invalid for {name}; '
-      f'choose one of {sorted(spec.label_keys)}'
+      f'choose one of {sorted(archive.label_keys)}'
     )
   arrays = official.cached_arrays(
     official.Archive(
-      spec.filename, tuple(m + spec.filename for m in _MIRRORS), spec.md5
+      archive.filename,
+      tuple(m + archive.filename for m in _MIRRORS),
+      archive.md5,
     ),
     path,
     root,
     (name, f'{name}-python-1'),
-    f'expected {spec.filename} or the {spec.folder}/ folder it extracts to',
+    f'expected {archive.filename} or the {archive.folder}/ folder it extracts to',
     lambda source, where: decode_archive(name, source, where),
   )
-  label, num_classes = spec.label_keys[label_kind]
+  label, num_classes = archive.label_keys[label_kind]
   return (
     (arrays['train_images'], arrays[f'train_{label}']),
     (arrays['test_images'], arrays[f'test_{label}']),
@@ -126,28 +128,30 @@ def decode_archive(
   Raises:
     UserError: the file is not a readable CIFAR archive of this data set.
   """
-  spec = SPECS[name]
+  archive = ARCHIVES[name]
   expected = (
-    f'expected {spec.filename} (from {_PAGE}) or the {spec.folder}/ '
+    f'expected {archive.filename} (from {_PAGE}) or the {archive.folder}/ '
     f'folder it extracts to, holding '
-    f'{", ".join((*spec.train, spec.test, spec.meta))}'
+    f'{", ".join((*archive.train, archive.test, archive.meta))}'
   )
-  members = _read_members(spec, source, where, expected)
-  missing = [m for m in (*spec.train, spec.test, spec.meta) if m not in members]
+  members = _read_members(archive, source, where, expected)
+  missing = [
+    m for m in (*archive.train, archive.test, archive.meta) if m not in members
+  ]
   if missing:
-    _check_compressed_stream(source, where, spec.filename)
+    _check_compressed_stream(source, where, archive.filename)
     raise UserError(
       f'{where} is not the {name} python-version archive: '
-      f'{spec.folder}/{missing[0]} is missing; {expected}'
+      f'{archive.folder}/{missing[0]} is missing; {expected}'
     )
-  _unpickle(members[spec.meta], where, spec.meta)
+  _unpickle(members[archive.meta], where, archive.meta)
   arrays = {}
-  for split, names in (('train', spec.train), ('test', (spec.test,))):
+  for split, names in (('train', archive.train), ('test', (archive.test,))):
     batches = [
-      _batch(spec, _unpickle(members[m], where, m), where, m) for m in names
+      _batch(archive, _unpickle(members[m], where, m), where, m) for m in names
     ]
     arrays[f'{split}_images'] = np.concatenate([b[0] for b in batches])
-    for key, _ in spec.label_keys.values():
+    for key, _ in archive.label_keys.values():
       arrays[f'{split}_{key}'] = np.concatenate([b[1][key] for b in batches])
   return arrays
 
@@ -176,12 +180,14 @@ def _check_compressed_stream(
 
 
 def _read_members(
-  spec: _Spec, source: pathlib.Path, where: str, expected: str
+  archive: _Archive, source: pathlib.Path, where: str, expected: str
 ) -> dict[str, bytes]:
   """The wanted members' bytes, by name, from the archive or the folder."""
-  wanted = {*spec.train, spec.test, spec.meta}
+  wanted = {*archive.train, archive.test, archive.meta}
   if source.is_dir():
-    folder = source / spec.folder if (source / spec.folder).is_dir() else source
+    folder = (
+      source / archive.folder if (source / archive.folder).is_dir() else source
+    )
     return {
       m: (folder / m).read_bytes() for m in wanted if (folder / m).is_file()
     }
@@ -193,7 +199,7 @@ def _read_members(
         if (
           member.isfile()
           and len(parts) == 2
-          and parts[0] == spec.folder
+          and parts[0] == archive.folder
           and parts[1] in wanted
         ):
           members[parts[1]] = tar.extractfile(member).read()
@@ -248,7 +254,9 @@ def _unpickle(data: bytes, where: str, member: str) -> dict[str, object]:
   }
 
 
-def _batch(spec: _Spec, batch: dict[str, object], where: str, member: str):
+def _batch(
+  archive: _Archive, batch: dict[str, object], where: str, member: str
+):
   """Checks one batch; ([N, 32, 32, 3] uint8, label key -> [N] int32)."""
   data = batch.get('data')
   if (
@@ -263,7 +271,7 @@ def _batch(spec: _Spec, batch: dict[str, object], where: str, member: str):
       f"'data' (found {type(data).__name__} {shape})"
     )
   labels = {}
-  for key, num_classes in spec.label_keys.values():
+  for key, num_classes in archive.label_keys.values():
     values = batch.get(key)
     try:
       values = np.asarray(values, np.int64)

@@ -232,7 +232,7 @@ def _list_image_folder(path: str | None) -> Listing:
 
 def _list_arrays(config: ml_collections.ConfigDict) -> Listing:
   """A set the project decodes itself: its (memory-mapped) arrays."""
-  ds = datasets.load(datasets.DataSpec.from_fields(config.to_dict()))
+  ds = datasets.load(datasets.DataRequest.from_fields(config.to_dict()))
   items = {}
   for split, (images, labels) in {
     'train': (ds.train_images, ds.train_labels),

@@ -1,6 +1,6 @@
 """The data sets, by name: whole splits as uint8 numpy arrays.
 
-`load(DataSpec)` is the one entry point (`DataSpec`: the fields of the
+`load(DataRequest)` is the one entry point (`DataRequest`: the fields of the
 config's `dataset` section); it returns a `Dataset` held
 in host memory (possibly memory-mapped from the cache of decoded arrays);
 batching, augmentation and normalisation happen on the device elsewhere.
@@ -43,7 +43,7 @@ _STATS_CHUNK = 2048
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSpec:
+class DataRequest:
   """Which data set a run reads, and how: the config's `dataset` section.
 
   Attributes:
@@ -80,8 +80,8 @@ class DataSpec:
   normalization: str = 'measured'
 
   @classmethod
-  def from_fields(cls, fields: Mapping[str, Any]) -> DataSpec:
-    """The spec of a plain `dataset` section: fields it lacks take their
+  def from_fields(cls, fields: Mapping[str, Any]) -> DataRequest:
+    """The request of a plain `dataset` section: fields it lacks take their
     defaults, fields no loader reads are left out."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in fields.items() if k in names})
@@ -118,8 +118,8 @@ class Dataset:
     return tuple(self.train_images.shape[1:])
 
 
-def load(spec: DataSpec) -> Dataset:
-  """Loads the data set that `spec` names.
+def load(request: DataRequest) -> Dataset:
+  """Loads the data set that `request` names.
 
   Returns:
     The `Dataset`, with train statistics filled in.
@@ -127,7 +127,7 @@ def load(spec: DataSpec) -> Dataset:
   Raises:
     UserError: the data set is unknown, missing, unreadable or malformed.
   """
-  name = spec.name
+  name = request.name
   if name == 'array_record':
     raise UserError(
       "dataset.name='array_record' is read by input_pipeline/inputs.py "
@@ -139,13 +139,13 @@ def load(spec: DataSpec) -> Dataset:
       'tiny_imagenet, fashion_mnist, image_folder, synthetic or a TFDS '
       'image-classification name'
     )
-  splits, num_classes = _read(spec)
+  splits, num_classes = _read(request)
   (train_images, train_labels), (test_images, test_labels) = splits
   train_images, train_labels = _subset(
-    train_images, train_labels, spec.train_subset, 'train'
+    train_images, train_labels, request.train_subset, 'train'
   )
   test_images, test_labels = _subset(
-    test_images, test_labels, spec.test_subset, 'test'
+    test_images, test_labels, request.test_subset, 'test'
   )
   mean, std = channel_stats(train_images)
   return Dataset(
@@ -160,30 +160,30 @@ def load(spec: DataSpec) -> Dataset:
   )
 
 
-def _read(spec: DataSpec):
+def _read(request: DataRequest):
   """((train_images, train_labels), (test_images, test_labels)),
-  num_classes of the source module that `spec.name` names (the table
+  num_classes of the source module that `request.name` names (the table
   above), whole."""
-  name, path = spec.name, spec.path
-  root = download.data_dir(spec.data_dir)
+  name, path = request.name, request.path
+  root = download.data_dir(request.data_dir)
   if name == 'synthetic':
     return synthetic.load(
-      spec.num_train,
-      spec.num_test,
-      spec.num_classes,
-      spec.image_size,
-      spec.channels,
-      spec.seed,
+      request.num_train,
+      request.num_test,
+      request.num_classes,
+      request.image_size,
+      request.channels,
+      request.seed,
     )
-  if name in cifar.SPECS:
-    return cifar.load(name, path, spec.label_kind, root)
+  if name in cifar.ARCHIVES:
+    return cifar.load(name, path, request.label_kind, root)
   if name == 'tiny_imagenet':
     return tiny_imagenet.load(path, root)
   if name == 'fashion_mnist':
     return idx.load(path, root)
   if name == 'image_folder':
     return image_folder.load(path, root / 'arrays')
-  return tfds.load(name, spec.data_dir, spec.image_size, root / 'arrays')
+  return tfds.load(name, request.data_dir, request.image_size, root / 'arrays')
 
 
 def _subset(

@@ -35,7 +35,6 @@ def attention(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'at',
   attention,
-  ('ce_weight',),
   {
     'at_weight': settings.weight(1000.0, 'its weight (CFG.AT.LOSS.FEAT_WEIGHT)')
   },

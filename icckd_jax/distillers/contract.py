@@ -182,19 +182,20 @@ def _one_term_loss(
 def one_term(
   name: str,
   term: TermFn,
-  shared: tuple[str, ...],
   own: Mapping[str, Setting],
   *,
+  shared: tuple[str, ...] = (),
   weight: str | None = None,
   reads: Reads = Reads(),
   check: CheckFn = no_check,
 ) -> Method:
   """The Method whose loss is w_ce · CE(s, y) + w · term, logged as
   {'ce', name}: `term(batch, hp)` [] of a method without trainable parts,
-  w = hp[weight] (default f'{name}_weight'), its settings `shared` and
-  `own` (`Method`)."""
+  w = hp[weight] (default f'{name}_weight'), its settings `own` and the
+  shared 'ce_weight' (w_ce, which this loss always reads), then `shared`,
+  any other shared settings it reads (`Method`)."""
   return Method(
-    shared=shared,
+    shared=('ce_weight', *shared),
     own=own,
     loss=functools.partial(
       _one_term_loss, name, term, weight or f'{name}_weight'

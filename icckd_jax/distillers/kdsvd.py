@@ -115,7 +115,6 @@ def _term(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'kdsvd',
   _term,
-  ('ce_weight',),
   {
     'kdsvd_weight': settings.weight(
       1.0, 'its weight (CFG.KDSVD.LOSS.FEAT_WEIGHT)'

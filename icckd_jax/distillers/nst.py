@@ -32,7 +32,6 @@ def selectivity(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'nst',
   selectivity,
-  ('ce_weight',),
   {
     'nst_weight': settings.weight(50.0, 'its weight (CFG.NST.LOSS.FEAT_WEIGHT)')
   },

@@ -34,7 +34,6 @@ def transfer(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'pkt',
   transfer,
-  ('ce_weight',),
   {
     'pkt_weight': settings.weight(
       30000.0, 'its weight (CFG.PKT.LOSS.FEAT_WEIGHT)'

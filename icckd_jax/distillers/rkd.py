@@ -38,7 +38,7 @@ def relations(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'rkd',
   relations,
-  ('ce_weight', 'beta', 'w_dist', 'w_angle'),
   {},
+  shared=('beta', 'w_dist', 'w_angle'),
   weight='beta',
 )

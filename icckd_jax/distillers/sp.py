@@ -33,7 +33,6 @@ def similarity(batch: Batch, hp: contract.Hyper) -> jax.Array:
 METHOD = contract.one_term(
   'sp',
   similarity,
-  ('ce_weight',),
   {
     'sp_weight': settings.weight(3000.0, 'its weight (CFG.SP.LOSS.FEAT_WEIGHT)')
   },

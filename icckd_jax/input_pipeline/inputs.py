@@ -1,6 +1,6 @@
 """Which input path a run takes, and its data set loaded for it.
 
-`load(DataSpec, config.input.mode, ...)` returns the run's
+`load(DataRequest, config.input.mode, ...)` returns the run's
 `source.InputSource`: a `resident.ResidentSource` (whole decoded splits,
 put on every device) or a `stream.StreamSource` (a converted set's shards,
 read as the run goes), and logs which and why. The choice is made here
@@ -32,12 +32,12 @@ RESIDENT_FRACTION = 0.25
 
 
 def load(
-  spec: datasets.DataSpec,
+  request: datasets.DataRequest,
   mode: str = 'auto',
   workers: int = 0,
   device_bytes: int | None = None,
 ) -> InputSource:
-  """The run's input source for `spec`: resident or streamed as `mode`
+  """The run's input source for `request`: resident or streamed as `mode`
   (config.input.mode) says, normalised with the statistics `normalization`
   (config.dataset.normalization) names: 'measured' (default) the train
   split's, 'imagenet' torchvision's constants
@@ -45,7 +45,7 @@ def load(
   place the path is chosen.
 
   Args:
-    spec: the data set (the config's `dataset` section).
+    request: the data set (the config's `dataset` section).
     mode: 'stream' reads a converted set's shards as the run goes; 'resident'
       holds the decoded splits on every device; 'auto' streams a converted
       set whose decoded train split would take more than RESIDENT_FRACTION
@@ -60,7 +60,7 @@ def load(
       set that is not converted, 'resident' for a set that cannot be
       (several sizes, augment 'resized_crop', or larger than the device).
   """
-  normalization = spec.normalization
+  normalization = request.normalization
   if normalization not in NORMALIZATIONS:
     raise UserError(
       f'config.dataset.normalization={normalization!r} is unknown; choose '
@@ -71,24 +71,24 @@ def load(
       f'config.input.mode={mode!r} is unknown; choose one of: '
       + ', '.join(MODES)
     )
-  if spec.name == 'array_record':
-    source = _load_converted(spec, mode, workers, device_bytes)
+  if request.name == 'array_record':
+    source = _load_converted(request, mode, workers, device_bytes)
   else:
-    source = _load_resident(spec, mode)
+    source = _load_resident(request, mode)
   if normalization == 'measured':
     return source
   mean, std = imagenet_preprocess.normalization()
   if source.mean.shape != mean.shape:
     raise UserError(
       f"config.dataset.normalization='imagenet' is for RGB images, but "
-      f'dataset.name={spec.name!r} has {source.mean.shape[0]} '
+      f'dataset.name={request.name!r} has {source.mean.shape[0]} '
       "channel(s); use 'measured'"
     )
   return dataclasses.replace(source, mean=mean, std=std)
 
 
 def _load_converted(
-  spec: datasets.DataSpec,
+  request: datasets.DataRequest,
   mode: str,
   workers: int,
   device_bytes: int | None,
@@ -96,21 +96,21 @@ def _load_converted(
   """A converted set (configs/convert.py): decoded whole or streamed, as
   `choose` says; normalised with its train split's statistics."""
   for split in array_record.SPLITS:
-    subset = getattr(spec, f'{split}_subset')
+    subset = getattr(request, f'{split}_subset')
     if subset:
       raise UserError(
         f'config.dataset.{split}_subset={subset} is '
         "not read for dataset.name='array_record'; convert the subset (or "
         'set it to 0)'
       )
-  info = array_record.read_info(spec.path)
-  mode, why = choose(mode, info, device_bytes, spec.path, spec.augment)
+  info = array_record.read_info(request.path)
+  mode, why = choose(mode, info, device_bytes, request.path, request.augment)
   if mode == 'resident':
     logging.info('Input: resident on every device, decoded from %s (%s).',
                  info.root, why)  # fmt: skip
     arrays = array_record.load_resident(info)
     return resident.ResidentSource(
-      name=spec.name,
+      name=request.name,
       train_images=arrays['train_images'],
       train_labels=np.asarray(info.labels('train'), np.int32),
       test_images=arrays['test_images'],
@@ -120,7 +120,7 @@ def _load_converted(
       std=info.std,
     )
   streamed = stream.source(
-    info, spec.image_size, workers, spec.augment, spec.name
+    info, request.image_size, workers, request.augment, request.name
   )
   logging.info(
     'Input: streaming from the shards in %s with %d decode worker(s), %s '
@@ -134,21 +134,21 @@ def _load_converted(
   return streamed
 
 
-def _load_resident(spec: datasets.DataSpec, mode: str) -> InputSource:
+def _load_resident(request: datasets.DataRequest, mode: str) -> InputSource:
   """A set the project decodes itself: resident, as before streaming."""
-  if spec.augment == 'resized_crop':
+  if request.augment == 'resized_crop':
     raise UserError(
       "config.dataset.augment='resized_crop' is the streaming input's; "
-      f'convert dataset.name={spec.name!r} with configs/convert.py and train '
+      f'convert dataset.name={request.name!r} with configs/convert.py and train '
       "with dataset.name='array_record' (or set dataset.augment='auto')"
     )
   if mode == 'stream':
     raise UserError(
       f"config.input.mode='stream' reads ArrayRecord shards; convert "
-      f'dataset.name={spec.name!r} first with configs/convert.py '
+      f'dataset.name={request.name!r} first with configs/convert.py '
       "and train with dataset.name='array_record'"
     )
-  dataset = datasets.load(spec)
+  dataset = datasets.load(request)
   logging.info(
     'Input: resident on every device (%s; %.1f MiB decoded train split).',
     f'input.mode={mode!r}',

@@ -43,7 +43,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
 ADDED_SECTIONS = ('input',)
 
 # The dataset fields of a teacher's saved config that a student compares
-# though teachers saved before 606144a lack them: read as their `DataSpec`
+# though teachers saved before 606144a lack them: read as their `DataRequest`
 # default, the value those teachers had. Can go with those teachers.
 ADDED_DATA_FIELDS = ('normalization',)
 

@@ -35,7 +35,7 @@ from icckd_jax.runs import layout
 from icckd_jax.runs.spec import Inputs
 
 
-def of(data: datasets.DataSpec, source: InputSource) -> dict[str, Any]:
+def of(data: datasets.DataRequest, source: InputSource) -> dict[str, Any]:
   """The record of `source` (loaded from `data`, config.dataset) as
   data.json holds it."""
   digest = None

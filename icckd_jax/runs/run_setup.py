@@ -45,7 +45,7 @@ def mesh_key(mesh: Mesh) -> str:
 
 
 def load_dataset(
-  data: datasets.DataSpec, feed: Inputs, reuse: Reuse | None = None
+  data: datasets.DataRequest, feed: Inputs, reuse: Reuse | None = None
 ) -> InputSource:
   """The data set `data` as the run's input source, streamed or resident
   as `feed` (config.input) says (`inputs.load`), sized against this
@@ -64,7 +64,7 @@ def load_dataset(
   )
 
 
-def data_key(data: datasets.DataSpec) -> str:
+def data_key(data: datasets.DataRequest) -> str:
   """`data` as a canonical string: a key for sharing what is built from
   the data set alone (the loaded set, evaluation programs)."""
   return json.dumps(dataclasses.asdict(data), sort_keys=True)

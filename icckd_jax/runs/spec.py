@@ -11,7 +11,7 @@ that shares compiled steps (`RunSpec.compiled`), the resume checks
 (runs/validate.py) and the store that names runs by their config.
 
 Every field `config_schema.fields()` declares lands in exactly one part (its
-section says which: `dataset.*` in `DataSpec`, `icc.*` in `Objective`, ...;
+section says which: `dataset.*` in `DataRequest`, `icc.*` in `Objective`, ...;
 the top-level ones in `Recipe` or `Bookkeeping`, by role; `distill.*` in
 `Distillation`, the method's own settings in its `own`).
 """
@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 
 from icckd_jax import distillers
-from icckd_jax.data.datasets import DataSpec
+from icckd_jax.data.datasets import DataRequest
 from icckd_jax.distillers import settings
 from icckd_jax.runs import compat
 from icckd_jax.runs import config_schema
@@ -177,7 +177,7 @@ class RunSpec:
 
   recipe: Recipe
   bookkeeping: Bookkeeping
-  data: DataSpec
+  data: DataRequest
   inputs: Inputs
   saved: dict[str, Any]
   compiled: str
@@ -197,7 +197,7 @@ class RunSpec:
 PARTS = {
   Recipe: '',
   Bookkeeping: '',
-  DataSpec: 'dataset',
+  DataRequest: 'dataset',
   Inputs: 'input',
   Objective: 'icc',
   Cache: 'cache',
@@ -226,9 +226,9 @@ def part(cls, section: ml_collections.ConfigDict | Mapping) -> Any:
   return cls(**kwargs)
 
 
-def data_spec(dataset: ml_collections.ConfigDict) -> DataSpec:
-  """The `DataSpec` of a config's `dataset` section."""
-  return DataSpec.from_fields(dataset.to_dict())
+def data_request(dataset: ml_collections.ConfigDict) -> DataRequest:
+  """The `DataRequest` of a config's `dataset` section."""
+  return DataRequest.from_fields(dataset.to_dict())
 
 
 def from_config(config: ml_collections.ConfigDict) -> RunSpec:
@@ -241,7 +241,7 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
   return RunSpec(
     recipe=part(Recipe, recipe),
     bookkeeping=part(Bookkeeping, tree),
-    data=DataSpec.from_fields(tree.get('dataset') or {}),
+    data=DataRequest.from_fields(tree.get('dataset') or {}),
     inputs=part(Inputs, tree.get('input') or {}),
     saved=validate.config_as_dict(config),
     compiled=reuse_lib.config_key(config, config_schema.not_compiled()),

@@ -43,7 +43,7 @@ def evaluate_checkpoint(
   mesh = parallel.make_mesh(num_devices)
   state, meta, saved = _restore_checkpoint(workdir, which, mesh)
   dataset = run_setup.load_dataset(
-    spec.data_spec(saved.dataset),
+    spec.data_request(saved.dataset),
     spec.part(spec.Inputs, saved.get('input') or {}),
   )
   dtype = run_setup.compute_dtype(saved.dtype)

@@ -18,7 +18,7 @@ from icckd_jax.runs import spec
 from icckd_jax.training import evaluate
 
 
-def check_image_size(data: spec.DataSpec, shape) -> None:
+def check_image_size(data: spec.DataRequest, shape) -> None:
   """Refuses config.dataset.image_size when the images evaluated (`shape`,
   [H, W, C]) have another size: the set's own size would be used and the
   figure reported as if at the size asked for."""
@@ -34,7 +34,7 @@ def check_image_size(data: spec.DataSpec, shape) -> None:
 def evaluate_pytorch(
   pth: str,
   model_name: str,
-  data: spec.DataSpec,
+  data: spec.DataRequest,
   num_devices: int | None = None,
   batch_size: int = 500,
   export: str | None = None,

@@ -10,12 +10,14 @@ import os
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import ml_collections
 
 from icckd_jax import parallel
 from icckd_jax.input_pipeline.source import Batch, InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.training import checkpoint
 from icckd_jax.runs import memory as memory_lib
+from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.run_setup import RunSetup
 from icckd_jax.runs.spec import Recipe, RunSpec
@@ -96,6 +98,17 @@ def checked_mesh(run: RunSpec):
     run.bookkeeping.eval_batch_size, mesh, 'config.eval_batch_size'
   )
   return mesh
+
+
+def checked_run(
+  config: ml_collections.ConfigDict, workdir: str | None
+) -> tuple[RunSpec, Mesh]:
+  """(the config's typed parts, the run's mesh): a stage's first checks,
+  the workdir named, the config (`spec.checked`) and the mesh, before any
+  data loads or anything is written."""
+  require_workdir(workdir)
+  run = spec.checked(config, workdir)
+  return run, checked_mesh(run)
 
 
 def check_step_memory(

@@ -40,7 +40,6 @@ from icckd_jax.training import optim
 from icckd_jax.stages import preflight
 from icckd_jax.runs import data_identity
 from icckd_jax.runs import reuse as reuse_lib
-from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import student_step
 from icckd_jax.stages import teacher_source
@@ -282,9 +281,7 @@ def train_student(
   workdir's lock, when the caller took it first
   (`preflight.hold_workdir`); `hooks`: called by the loop
   (training/hooks.py)."""
-  preflight.require_workdir(workdir)
-  run = spec.checked(config, workdir)
-  mesh = preflight.checked_mesh(run)
+  run, mesh = preflight.checked_run(config, workdir)
   teacher = teacher_source.load_teacher_checked(run.teacher, mesh)
   if teacher.is_run:
     # The config fields first: a mismatch is refused before any data loads.

@@ -92,7 +92,7 @@ def make_train_step(
   other methods those are None, and the step compiles to the program of a
   plain distillation step.
   """
-  spec = _Spec(
+  statics = _Statics(
     teacher,
     distiller,
     steps_per_epoch,
@@ -102,16 +102,16 @@ def make_train_step(
     teacher_mean,
     teacher_std,
   )
-  return step_lib.data_parallel(_per_device_fn(student, spec, tx), mesh)
+  return step_lib.data_parallel(_per_device_fn(student, statics, tx), mesh)
 
 
-def _per_device_fn(student: nn.Module, spec: '_Spec', tx):
+def _per_device_fn(student: nn.Module, statics: '_Statics', tx):
   """The step on one device's shard (`make_train_step`)."""
-  distiller, stages = spec.distiller, spec.distiller.reads.stages
+  distiller, stages = statics.distiller, statics.distiller.reads.stages
 
   def per_device(state, batch: Batch, args):
     images, labels, indices = batch.images, batch.labels, batch.indices
-    x, teacher_out, hp = spec.inputs(state, images, args)
+    x, teacher_out, hp = statics.inputs(state, images, args)
 
     def loss_fn(params):
       student_out, new_model_state = apply_model(
@@ -155,7 +155,7 @@ def _per_device_fn(student: nn.Module, spec: '_Spec', tx):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
+class _Statics:
   """The static inputs of a student step (make_train_step's arguments)."""
 
   teacher: nn.Module
@@ -173,11 +173,11 @@ class _Spec:
     return _inputs(self, state, images, args)
 
 
-def _inputs(spec: _Spec, state, images, args):
-  teacher, distiller = spec.teacher, spec.distiller
-  mean, std, dtype = spec.mean, spec.std, spec.dtype
-  teacher_mean, teacher_std = spec.teacher_mean, spec.teacher_std
-  steps_per_epoch = spec.steps_per_epoch
+def _inputs(statics: _Statics, state, images, args):
+  teacher, distiller = statics.teacher, statics.distiller
+  mean, std, dtype = statics.mean, statics.std, statics.dtype
+  teacher_mean, teacher_std = statics.teacher_mean, statics.teacher_std
+  steps_per_epoch = statics.steps_per_epoch
   x = augment.normalize(images[0], mean, std, dtype)
   x_teacher = (
     x

@@ -27,7 +27,6 @@ from icckd_jax.training import records
 from icckd_jax.stages import preflight
 from icckd_jax.runs import data_identity
 from icckd_jax.runs import reuse as reuse_lib
-from icckd_jax.runs import spec
 from icckd_jax.runs import workdir_lock
 from icckd_jax.stages import teacher_step
 from icckd_jax.runs.reuse import Reuse
@@ -155,9 +154,7 @@ def train_teacher(
   lock, when the caller took it first (`preflight.hold_workdir`); `hooks`:
   called by the loop (training/hooks.py).
   """
-  preflight.require_workdir(workdir)
-  run = spec.checked(config, workdir)
-  mesh = preflight.checked_mesh(run)
+  run, mesh = preflight.checked_run(config, workdir)
   dataset = load_dataset(
     run.data, data_identity.resumed_inputs(run.inputs, workdir), reuse
   )

@@ -189,7 +189,7 @@ _SYNTHETIC_FIELDS = ('seed', 'num_train', 'num_test', 'num_classes')
 
 
 def check_same_data(
-  student: datasets.DataSpec,
+  student: datasets.DataRequest,
   teacher: ml_collections.ConfigDict | Mapping,
   input_shape=None,
   teacher_shape=None,
@@ -197,13 +197,13 @@ def check_same_data(
   """The student's data must be the teacher's: same set, same image size,
   channels and normalisation (a teacher fed other images scores near
   chance). `teacher` is the `dataset` section saved with the teacher; a
-  field it lacks counts as its `DataSpec` default, as the student's does."""
-  theirs_spec = datasets.DataSpec.from_fields(teacher)
+  field it lacks counts as its `DataRequest` default, as the student's does."""
+  theirs_request = datasets.DataRequest.from_fields(teacher)
   fields = _DATA_FIELDS + (
     _SYNTHETIC_FIELDS if student.name == 'synthetic' else ()
   )
   for field in fields + compat.ADDED_DATA_FIELDS:
-    mine, theirs = getattr(student, field), getattr(theirs_spec, field)
+    mine, theirs = getattr(student, field), getattr(theirs_request, field)
     if mine != theirs:
       raise UserError(
         f'config.dataset.{field}={mine!r} but the teacher was '

@@ -55,11 +55,11 @@ def data_parallel(per_device: Callable, mesh: Mesh) -> Callable:
   labels [b] and indices [b] (None unless the run asks for them) sharded
   over `data` on the batch axis.
   """
-  batch_spec = Batch(images=P(None, DATA), labels=P(DATA), indices=P(DATA))
+  batch_partition = Batch(images=P(None, DATA), labels=P(DATA), indices=P(DATA))
   step = parallel.shard_map(
     per_device,
     mesh,
-    in_specs=(P(), batch_spec, P()),
+    in_specs=(P(), batch_partition, P()),
     out_specs=(P(), P()),
   )
   return jax.jit(step, donate_argnums=(0,))
