@@ -127,6 +127,7 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise UserError(
       f'config.records_per_shard={per_shard!r} must be an integer >= 1'
     )
+  workers = _workers(config)
   listing = list_source(config.dataset)
   for split in array_record.SPLITS:
     if not listing.items[split]:
@@ -152,9 +153,9 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     len(tasks),
     out,
     kept,
-    _workers(config),
+    workers,
   )
-  _run_tasks(tasks, shards, _workers(config), total)
+  _run_tasks(tasks, shards, workers, total)
   for split in array_record.SPLITS:
     labels = np.asarray([item[0] for item in listing.items[split]], np.int32)
     np.save(out / array_record.labels_name(split), labels)
@@ -210,7 +211,14 @@ def _plan(listing: Listing, out: pathlib.Path, per_shard: int, path):
 
 
 def _workers(config) -> int:
-  return config.get('workers', 0) or os.cpu_count() or 1
+  """config.workers, the processes writing shards (0: every core), checked
+  before anything is written."""
+  workers = config.get('workers', 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise UserError(
+      f'config.workers={workers!r} must be an integer >= 0 (0: every core)'
+    )
+  return workers or os.cpu_count() or 1
 
 
 def _run_tasks(tasks, shards, workers: int, total: int) -> None:
