@@ -6,54 +6,14 @@ mid-run). Behaviour of icckd_jax/parallel.py's agreements and launch.py."""
 import os
 import pathlib
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import COLLECTIVE_PATIENCE, ROOT
 from launch_in_process import error_line
+from test_robust_runs import _start_processes
 
 SMOKE = ('--config=configs/teacher.py:smoke', '--config.log_every_steps=1')
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def _start(per_process: list[tuple[str, ...]]) -> list[subprocess.Popen]:
-  """One launch.py process of a --multihost run per entry (its own
-  arguments), one CPU device each."""
-  port = _free_port()
-  env = dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS=f'--xla_force_host_platform_device_count=1 {COLLECTIVE_PATIENCE}',
-  )
-  return [
-    subprocess.Popen(
-      [
-        sys.executable,
-        str(ROOT / 'launch.py'),
-        *args,
-        '--multihost',
-        f'--coordinator_address=localhost:{port}',
-        f'--num_processes={len(per_process)}',
-        f'--process_id={i}',
-        '--multihost_timeout=120',
-      ],
-      cwd=ROOT,
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i, args in enumerate(per_process)
-  ]
 
 
 @pytest.mark.parametrize('refusing', [0, 1])
@@ -65,13 +25,15 @@ def test_a_process_that_refuses_its_data_stops_every_process(
   before the workdir exists (process 0, which holds the coordinator, waits
   until the other has heard)."""
   workdir = tmp_path / 'run'
-  args = [(*SMOKE, f'--workdir={workdir}')] * 2
-  args[refusing] = (
-    *args[refusing],
+  per_process = [()] * 2
+  per_process[refusing] = (
     '--config.dataset.name=image_folder',
     f'--config.dataset.path={tmp_path / "missing"}',
   )
-  for i, proc in enumerate(_start(args)):
+  procs = _start_processes(
+    *SMOKE, f'--workdir={workdir}', per_process=per_process
+  )
+  for i, proc in enumerate(procs):
     _, stderr = proc.communicate(timeout=300)
     line = error_line(proc.returncode, stderr)
     assert str(tmp_path / 'missing') in line, line
@@ -94,8 +56,8 @@ def test_a_peer_killed_mid_run_stops_the_survivor_in_one_line(tmp_path):
   a native abort) with one line naming process 1, exit code 2, its
   checkpoints as they were."""
   workdir = tmp_path / 'run'
-  procs = _start(
-    [(*SMOKE, '--config.num_epochs=50', f'--workdir={workdir}')] * 2
+  procs = _start_processes(
+    *SMOKE, '--config.num_epochs=50', f'--workdir={workdir}'
   )
   deadline = time.monotonic() + 400
   while not _checkpoints(workdir):

@@ -8,6 +8,7 @@ seconds of imports per case); the exit-code path, the lock and the
 signals are exercised in real subprocesses.
 """
 
+from collections.abc import Sequence
 import json
 import logging
 import os
@@ -681,9 +682,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_processes(*args: str, count: int = 2) -> list[subprocess.Popen]:
+def _start_processes(
+  *args: str, count: int = 2, per_process: Sequence[Sequence[str]] = ()
+) -> list[subprocess.Popen]:
   """`count` launch.py processes of one --multihost run on localhost, one
-  CPU device each; their stderr is kept for the failure message."""
+  CPU device each (`per_process`: each one's own further arguments); their
+  stderr is kept for the failure message."""
   port = _free_port()
   return [
     subprocess.Popen(
@@ -691,6 +695,7 @@ def _start_processes(*args: str, count: int = 2) -> list[subprocess.Popen]:
         sys.executable,
         str(ROOT / 'launch.py'),
         *args,
+        *(per_process[i] if per_process else ()),
         '--multihost',
         f'--coordinator_address=localhost:{port}',
         f'--num_processes={count}',
