@@ -138,9 +138,10 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     'records_per_shard': per_shard,
   }
   out = _prepare_output(config.get('output_dir'), identity)
-  if (out / array_record.INFO_FILE).is_file():
+  finished = _finished_info(out)
+  if finished is not None:
     logging.info('%s holds this conversion already, complete.', out)
-    return json.loads((out / array_record.INFO_FILE).read_text())
+    return finished
   out.mkdir(parents=True, exist_ok=True)
   shard_writer.write_json(out / CONVERSION_FILE, identity)
   tasks, shards = _plan(listing, out, per_shard, config.dataset.get('path'))
@@ -208,6 +209,21 @@ def _plan(listing: Listing, out: pathlib.Path, per_shard: int, path):
         }
       )
   return tasks, shards
+
+
+def _finished_info(out: pathlib.Path) -> dict[str, Any] | None:
+  """info.json of a finished conversion in `out`, or None: none yet, or one
+  that cannot be read (a 0-byte file left by a full disk or a crash), which
+  the conversion then writes again."""
+  path = out / array_record.INFO_FILE
+  if not path.is_file():
+    return None
+  try:
+    info = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    logging.warning('%s cannot be read (%s); converting again.', path, e)
+    return None
+  return info if isinstance(info, dict) else None
 
 
 def _workers(config) -> int:
