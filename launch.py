@@ -19,7 +19,9 @@ JAX_PROCESS_ID). SIGTERM, SIGHUP or Ctrl-C saves at the next step and exits
 with 128 + the signal's number; rerunning the command resumes there.
 """
 
+import atexit
 import os
+import re
 import sys
 import threading
 import time
@@ -31,16 +33,19 @@ import jax
 from ml_collections import config_flags
 
 from icckd_jax import logs
+from icckd_jax import errors
 from icckd_jax import main as icckd_main
+from icckd_jax import parallel
 from icckd_jax.runs import validate
 from icckd_jax.training import checkpoint
 from icckd_jax.training import hooks as hooks_lib
 from icckd_jax.training.preemption import Preempted
-from icckd_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 # Seconds Orbax's threads get to end after a failed save.
 STRANDED_GRACE_SECONDS = 5.0
+# How a collective of several processes fails when a peer is gone.
+PEER_ERROR = re.compile('gloo|nccl|peer|connection|socket', re.IGNORECASE)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 flags.DEFINE_multi_string(
   'hook',
@@ -95,8 +100,37 @@ def _fail(message) -> None:
   lines = [l.strip() for l in str(message).strip().splitlines() if l.strip()]
   if len(lines) > 1:
     lines = [lines[0].split(' Traceback')[0].rstrip(':'), lines[-1]]
-  print(f'error: {": ".join(lines)}', file=sys.stderr)
+  line = ': '.join(lines)
+  if FLAGS.is_parsed() and FLAGS.multihost:
+    if not isinstance(message, parallel.PeerFailed):
+      # The other processes wait for this one before writing.
+      parallel.announce_failure(line, FLAGS.multihost_timeout)
+    line = f'{line} (process {jax.process_index()})'
+  print(f'error: {line}', file=sys.stderr)
   sys.exit(2)
+
+
+def _exit_if_a_peer_is_lost(error: Exception) -> None:
+  """If `error` is a collective of a --multihost run that failed because a
+  peer is gone (killed, its host down): one line naming it, exit code 2, at
+  once (the shutdown at exit would wait for the peer until the coordination
+  service's heartbeat timeout, then abort natively); otherwise returns."""
+  if not FLAGS.multihost or not PEER_ERROR.search(str(error)):
+    return
+  lost = parallel.lost_peers()
+  if not lost:
+    return
+  print(
+    f'error: --multihost: process {", ".join(map(str, lost))} of '
+    f'{jax.process_count()} stopped answering (killed, or its host failed) '
+    f'while process {jax.process_index()} was running; the checkpoints '
+    'written so far are kept: rerun the same command on every process to '
+    f'resume ({errors.one_line(error)})',
+    file=sys.stderr,
+    flush=True,
+  )
+  sys.stdout.flush()
+  os._exit(2)
 
 
 def _fail_after_failed_save(error: checkpoint.SaveFailed) -> None:
@@ -266,6 +300,7 @@ def main(argv):
   _check_cluster_flags()
   if FLAGS.multihost:
     _initialize_distributed()
+    atexit.register(parallel.mark_done)
   logging.info('JAX devices: %s', jax.devices())
   try:
     config = FLAGS.config
@@ -277,12 +312,16 @@ def main(argv):
     hooks = [hooks_lib.load(name) for name in FLAGS.hook]
     icckd_main.run(config, FLAGS.workdir, hooks)
   except checkpoint.SaveFailed as e:
+    _exit_if_a_peer_is_lost(e)
     _fail_after_failed_save(e)
-  except UserError as e:
+  except errors.UserError as e:
     _fail(e)
   except Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     sys.exit(128 + e.signum)
+  except (jax.errors.JaxRuntimeError, ValueError) as e:
+    _exit_if_a_peer_is_lost(e)
+    raise
   except KeyboardInterrupt:
     # Ctrl-C outside the train loop (loading data, compiling), or a second
     # one inside it: nothing half-written to keep, so no traceback.

@@ -426,6 +426,10 @@ def main() -> int:
   try:
     if args.budget_s is not None:
       args.budget_s = budget_lib.seconds(args.budget_s)
+    if out.exists() and not out.is_dir():
+      raise budget_lib.Refused(
+        f'--out={out} is a file, not a folder; give an empty output folder'
+      )
     budget_lib.refuse_existing([out / REPORT_MD, out / REPORT_JSON])
   except budget_lib.Refused as e:
     return budget_lib.exit_refused(e)

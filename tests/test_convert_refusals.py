@@ -13,6 +13,8 @@ import pytest
 from icckd_jax.data import array_record
 from launch_in_process import error_line
 from test_array_record import _convert, _jpeg, mixed_folder
+from launch_in_process import run_launcher
+from test_array_record import CONVERT
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'delete'])
@@ -103,3 +105,41 @@ def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
   assert 100 < info.mean[0] < 155  # uniform over [0, 255], not saturated
   shutil.rmtree(source)  # what the shards hold is all a run reads
   assert array_record.load_resident(info)['train_images'].max() > 200
+
+
+def test_negative_workers_are_refused_before_writing(tmp_path):
+  """workers=-1 (a float is refused by the flag's type already): one line,
+  before conversion.json or the output folder exist."""
+  out = tmp_path / 'out'
+  code, stderr = run_launcher(
+    *CONVERT,
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.path={mixed_folder(tmp_path / "src")}',
+    f'--config.output_dir={out}',
+    '--config.workers=-1',
+  )
+  line = error_line(code, stderr)
+  assert 'config.workers=' in line and 'integer >= 0' in line, line
+  assert not out.exists()
+
+
+def test_a_zero_byte_info_json_is_converted_again(tmp_path):
+  """A 0-byte info.json (a crash or a full disk while it was written) is not
+  a finished conversion: the rerun writes it again, no traceback, and the
+  set then loads."""
+  source, out = mixed_folder(tmp_path / 'src'), tmp_path / 'out'
+  args = (
+    *CONVERT,
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.path={source}',
+    f'--config.output_dir={out}',
+    '--config.workers=1',
+  )
+  code, stderr = run_launcher(*args)
+  assert code == 0, stderr[-2000:]
+  written = (out / 'info.json').read_text()
+  (out / 'info.json').write_text('')
+  code, stderr = run_launcher(*args)
+  assert code == 0 and 'Traceback' not in stderr, stderr[-2000:]
+  assert 'cannot be read' in stderr
+  assert (out / 'info.json').read_text() == written

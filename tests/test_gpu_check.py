@@ -115,3 +115,13 @@ def test_an_earlier_report_is_never_overwritten(tmp_path):
   assert 'gpu_check.md exists' in line
   assert (tmp_path / 'gpu_check.md').read_text() == 'earlier'
   assert not (tmp_path / 'gpu_check.json').exists()
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path):
+  """--out naming an existing file: one line, exit 2, the file untouched."""
+  (tmp_path / 'notes').write_text('mine')
+  line = _refused(
+    _gpu_check('--smoke', '--parts=a', f'--out={tmp_path / "notes"}')
+  )
+  assert '--out=' in line and 'is a file' in line
+  assert (tmp_path / 'notes').read_text() == 'mine'

@@ -8,6 +8,7 @@ seconds of imports per case); the exit-code path, the lock and the
 signals are exercised in real subprocesses.
 """
 
+from collections.abc import Sequence
 import json
 import logging
 import os
@@ -634,13 +635,16 @@ def _launch_process(*args: str, devices: int) -> subprocess.Popen:
   )
 
 
-def _start_processes(*args: str, count: int = 2) -> list[subprocess.Popen]:
+def _start_processes(
+  *args: str, count: int = 2, per_process: Sequence[Sequence[str]] = ()
+) -> list[subprocess.Popen]:
   """`count` launch.py processes of one --multihost run on localhost, one
-  CPU device each."""
+  CPU device each (`per_process`: each one's own further arguments)."""
   port = helpers.free_port()
   return [
     _launch_process(
       *args,
+      *(per_process[i] if per_process else ()),
       '--multihost',
       f'--coordinator_address=localhost:{port}',
       f'--num_processes={count}',

@@ -11,6 +11,10 @@ import pytest
 from icckd_jax.training import preemption
 from helpers import TEACHER, TINY
 from launch_in_process import error_line, run_launcher
+import os
+from icckd_jax.data import datasets
+from icckd_jax.errors import UserError
+from icckd_jax.stages import teacher_source
 
 
 STUDENT = (
@@ -96,3 +100,37 @@ def test_a_student_resumes_only_from_the_teacher_it_started_from(
   (tmp_path / 'kept').rename(teacher)
   code, stderr = run_launcher(*args)
   assert code == 0, stderr[-2000:]
+
+
+_FOLDER = dict(name='image_folder', image_size=32, channels=3)
+
+
+@pytest.mark.parametrize('spelling', ['trailing slash', 'relative', 'link'])
+def test_the_teachers_folder_however_named_is_the_same_folder(
+  tmp_path, monkeypatch, spelling
+):
+  """A student naming the teacher's data folder with a trailing slash,
+  relative to the working directory, or through a link is accepted."""
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  os.symlink(folder, tmp_path / 'link')
+  monkeypatch.chdir(tmp_path)
+  path = {
+    'trailing slash': f'{folder}/',
+    'relative': 'data',
+    'link': str(tmp_path / 'link'),
+  }[spelling]
+  student = datasets.DataRequest.from_fields(dict(_FOLDER, path=path))
+  teacher_source.check_same_data(student, dict(_FOLDER, path=str(folder)))
+
+
+def test_another_folder_is_refused(tmp_path):
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b').mkdir()
+  student = datasets.DataRequest.from_fields(
+    dict(_FOLDER, path=str(tmp_path / 'a'))
+  )
+  with pytest.raises(UserError, match='config.dataset.path='):
+    teacher_source.check_same_data(
+      student, dict(_FOLDER, path=str(tmp_path / 'b'))
+    )

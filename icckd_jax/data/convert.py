@@ -138,14 +138,35 @@ def _info(listing: Listing, shards: dict[str, list[dict]]) -> dict[str, Any]:
   }
 
 
-def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Runs the conversion `config` (configs/convert.py) describes; returns
-  info.json's content."""
+def _records_per_shard(config) -> int:
+  """config.records_per_shard, checked before anything is written."""
   per_shard = config.get('records_per_shard', 1024)
   if not isinstance(per_shard, int) or per_shard < 1:
     raise UserError(
       f'config.records_per_shard={per_shard!r} must be an integer >= 1'
     )
+  return per_shard
+
+
+def _write_labels(listing, out: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """Writes each split's labels ([N] int32, .npy); info.json's entries."""
+  entries = {}
+  for split in array_record.SPLITS:
+    labels = np.asarray([item[0] for item in listing.items[split]], np.int32)
+    path = out / array_record.labels_name(split)
+    np.save(path, labels)
+    entries[split] = {
+      'file': path.name,
+      'bytes': path.stat().st_size,
+      'sha256': array_record.sha256_file(path),
+    }
+  return entries
+
+
+def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Runs the conversion `config` (configs/convert.py) describes; returns
+  info.json's content."""
+  per_shard, workers = _records_per_shard(config), _workers(config)
   listing = list_source(config.dataset)
   for split in array_record.SPLITS:
     if not listing.items[split]:
@@ -156,9 +177,12 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     'records_per_shard': per_shard,
   }
   out = _prepare_output(config.get('output_dir'), identity)
-  if _complete(out):
+  # An unreadable info.json (hostile to json) is no finished conversion;
+  # a readable one is, only while every shard it records is whole.
+  finished = _finished_info(out)
+  if finished is not None and _complete(out):
     logging.info('%s holds this conversion already, complete.', out)
-    return json.loads((out / array_record.INFO_FILE).read_text())
+    return finished
   out.mkdir(parents=True, exist_ok=True)
   shard_writer.write_json(out / CONVERSION_FILE, identity)
   tasks, shards = _plan(listing, out, per_shard, config.dataset.get('path'))
@@ -171,21 +195,11 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     len(tasks),
     out,
     kept,
-    _workers(config),
+    workers,
   )
-  _run_tasks(tasks, shards, _workers(config), total)
-  for split in array_record.SPLITS:
-    labels = np.asarray([item[0] for item in listing.items[split]], np.int32)
-    np.save(out / array_record.labels_name(split), labels)
+  _run_tasks(tasks, shards, workers, total)
   info = _info(listing, shards)
-  info['labels'] = {
-    split: {
-      'file': array_record.labels_name(split),
-      'bytes': (out / array_record.labels_name(split)).stat().st_size,
-      'sha256': array_record.sha256_file(out / array_record.labels_name(split)),
-    }
-    for split in array_record.SPLITS
-  }
+  info['labels'] = _write_labels(listing, out)
   info['source'] = listing.identity
   shard_writer.write_json(out / array_record.INFO_FILE, info)
   for split in array_record.SPLITS:
@@ -228,8 +242,30 @@ def _plan(listing: Listing, out: pathlib.Path, per_shard: int, path):
   return tasks, shards
 
 
+def _finished_info(out: pathlib.Path) -> dict[str, Any] | None:
+  """info.json of a finished conversion in `out`, or None: none yet, or one
+  that cannot be read (a 0-byte file left by a full disk or a crash), which
+  the conversion then writes again."""
+  path = out / array_record.INFO_FILE
+  if not path.is_file():
+    return None
+  try:
+    info = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    logging.warning('%s cannot be read (%s); converting again.', path, e)
+    return None
+  return info if isinstance(info, dict) else None
+
+
 def _workers(config) -> int:
-  return config.get('workers', 0) or os.cpu_count() or 1
+  """config.workers, the processes writing shards (0: every core), checked
+  before anything is written."""
+  workers = config.get('workers', 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    raise UserError(
+      f'config.workers={workers!r} must be an integer >= 0 (0: every core)'
+    )
+  return workers or os.cpu_count() or 1
 
 
 def _run_tasks(tasks, shards, workers: int, total: int) -> None:

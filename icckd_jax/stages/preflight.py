@@ -70,9 +70,11 @@ def check_path_lengths(workdir: str) -> None:
 
 def prepare_workdir(workdir: str | None) -> str:
   """Creates the workdir and proves it writable (with room for its
-  checkpoints' paths), or a one-line UserError."""
+  checkpoints' paths), or a one-line UserError; on several processes, once
+  every process has passed its checks (`parallel.agree_to_write`)."""
   require_workdir(workdir)
   check_path_lengths(workdir)
+  parallel.agree_to_write()
   probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)

@@ -204,7 +204,12 @@ def check_same_data(
   )
   for field in fields + compat.ADDED_DATA_FIELDS:
     mine, theirs = getattr(student, field), getattr(theirs_request, field)
-    if mine != theirs:
+    if field == 'path' and mine and theirs:
+      # One folder however named (trailing slash, relative, a link).
+      same = os.path.realpath(mine) == os.path.realpath(theirs)
+    else:
+      same = mine == theirs
+    if not same:
       raise UserError(
         f'config.dataset.{field}={mine!r} but the teacher was '
         f'trained on dataset.{field}={theirs!r}'
