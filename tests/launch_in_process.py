@@ -108,3 +108,12 @@ def error_line(code: int, stderr: str) -> str:
   assert len(errors) == 1, stderr[-2000:]
   assert '\\n' not in errors[0] and "\\'" not in errors[0], errors[0]
   return errors[0]
+
+
+def refusal(workdir, *args) -> str:
+  """The one error line of launch.py given `args` and a WORKDIR that does not
+  exist yet (exit code 2), checking that the refusal left it unwritten."""
+  code, stderr = run_launcher(*args, f'--workdir={workdir}')
+  line = error_line(code, stderr)
+  assert not os.path.exists(workdir), f'{workdir} was written'
+  return line

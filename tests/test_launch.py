@@ -16,7 +16,7 @@ from conftest import ROOT
 from icckd_jax.stages import preflight
 import helpers
 from helpers import TEACHER
-from launch_in_process import error_line, run_launcher
+from launch_in_process import error_line, refusal, run_launcher
 from test_robust_runs import SMOKE
 
 
@@ -68,13 +68,10 @@ def test_a_peer_that_never_comes_is_a_bounded_wait(tmp_path, process_id):
 
 def test_cluster_flags_without_multihost_are_refused(tmp_path):
   """Case 11."""
-  new = tmp_path / 'new'
-  code, stderr = run_launcher(
-    *SMOKE, '--num_processes=2', '--process_id=1', f'--workdir={new}'
+  line = refusal(
+    tmp_path / 'new', *SMOKE, '--num_processes=2', '--process_id=1'
   )
-  line = error_line(code, stderr)
   assert '--num_processes, --process_id given without --multihost' in line
-  assert not new.exists()
 
 
 def test_a_sequence_override_given_twice_is_refused(tmp_path):

@@ -20,7 +20,6 @@ warning (runs/compat.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -28,7 +27,7 @@ from absl import logging
 
 from icckd_jax.data import array_record
 from icckd_jax.data import datasets
-from icckd_jax.errors import UserError, one_line
+from icckd_jax.errors import UserError
 from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.runs import compat
 from icckd_jax.runs import layout
@@ -74,20 +73,14 @@ def recorded(workdir: str | None) -> dict[str, Any] | None:
   (a new run, or one of a version that did not record it)."""
   if not _resumes(workdir):
     return None
-  path = os.path.join(workdir, layout.DATA_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      found = json.load(f)
-    if not isinstance(found, dict) or not isinstance(found.get('data'), dict):
-      raise ValueError('not the record of a run')
-  except (OSError, ValueError) as e:
-    raise UserError(
-      f'{path} cannot be read ({one_line(e)}); it records the data the run '
-      'started on: restore it, or move it aside to resume without the check'
-    ) from None
-  return found
+  return layout.read_json(
+    os.path.join(workdir, layout.DATA_FILE),
+    'it records the data the run started on: restore it, or move it aside '
+    'to resume without the check',
+    lambda found: (
+      isinstance(found, dict) and isinstance(found.get('data'), dict)
+    ),
+  )
 
 
 def resumed_inputs(inputs: Inputs, workdir: str | None) -> Inputs:

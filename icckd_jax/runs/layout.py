@@ -21,6 +21,12 @@ in result.json.
 The names are those older versions wrote: runs they left keep resuming.
 """
 
+import json
+import os
+from typing import Any, Callable
+
+from icckd_jax.errors import UserError, one_line
+
 CONFIG_FILE = 'config.json'
 DATA_FILE = 'data.json'
 SUMMARY_FILE = 'summary.json'
@@ -41,3 +47,23 @@ CHECKPOINT_DIRS = {
 TEACHER_DIR = 'teacher'
 STUDENT_DIR = 'student'
 RESULT_FILE = 'result.json'
+
+
+def read_json(
+  path: str, advice: str, valid: Callable[[Any], bool] = lambda _: True
+) -> Any:
+  """The JSON record at PATH, or None where there is none. One that cannot
+  be read, or that `valid` rejects, is one line (UserError) ending in
+  `advice`: a run's records are never guessed at."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      found = json.load(f)
+    if not valid(found):
+      raise ValueError('not the record of a run')
+  except (OSError, ValueError) as e:
+    raise UserError(
+      f'{path} cannot be read ({one_line(e)}); {advice}'
+    ) from None
+  return found

@@ -128,17 +128,11 @@ def stored_config(workdir: str | None) -> dict[str, Any] | None:
   """The config saved with WORKDIR's checkpoints, or None for a new run."""
   if not workdir:
     return None
-  path = os.path.join(workdir, layout.CONFIG_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(
-      f'{path} cannot be read ({e}); move it aside to resume '
-      'from the checkpoints alone (their own config is checked)'
-    ) from None
+  return layout.read_json(
+    os.path.join(workdir, layout.CONFIG_FILE),
+    'move it aside to resume from the checkpoints alone (their own config '
+    'is checked)',
+  )
 
 
 def config_differences(
