@@ -226,6 +226,7 @@ def test_a_workdir_teacher_must_share_the_students_normalization():
     teacher_source.check_same_data(spec.data_request(measured), old)
 
 
+@pytest.mark.slow
 def test_smoke_distils_from_a_torchvision_teacher(tmp_path, imagenet_like):
   c = imagenet.get_config('smoke')
   c.teacher.pth = str(shared_fixture(TEACHER_PTH))

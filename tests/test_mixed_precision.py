@@ -1,6 +1,7 @@
 """The bfloat16 recipe: compute in bfloat16, parameters, optimiser state and
 losses in float32; a bfloat16 teacher follows the float32 one."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +37,7 @@ def train_losses(config, dtype: str):
   )
 
 
+@pytest.mark.slow
 def test_bfloat16_teacher_follows_float32(smoke_config):
   # The intra-class teacher with its feature cache, resnet8 on 16x16
   # synthetic images, batch 16: 240 steps, 15 epochs of 256 images.

@@ -16,6 +16,7 @@ from test_robust_runs import _start_processes
 SMOKE = ('--config=configs/teacher.py:smoke', '--config.log_every_steps=1')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('refusing', [0, 1])
 def test_a_process_that_refuses_its_data_stops_every_process(
   tmp_path, refusing

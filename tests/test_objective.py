@@ -1,5 +1,6 @@
 """docs/method.md §7.3 and the cache modes, through the real jitted teacher step."""
 
+import pytest
 import jax
 import numpy as np
 import optax
@@ -197,6 +198,7 @@ def test_delta_minus_one_gates_nothing(smoke_config):
     np.testing.assert_allclose(m['loss'], ce + 0.5 * intra, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cache_modes_store_what_they_say_and_serve_the_same_negatives(
   smoke_config,
 ):

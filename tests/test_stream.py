@@ -138,6 +138,7 @@ def _stop_before(monkeypatch, stop_at: int):
   monkeypatch.setattr(preemption.StopRequest, 'requested', requested)
 
 
+@pytest.mark.slow
 def test_streamed_run_stopped_mid_epoch_resumes_exactly(
   shards, tmp_path, monkeypatch
 ):

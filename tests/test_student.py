@@ -40,6 +40,7 @@ def smoke_teacher(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_teacher_untouched_and_absent_from_student_checkpoints(
   smoke_teacher, tmp_path
 ):
@@ -232,6 +233,7 @@ PIPELINE_ARGS = (
 )
 
 
+@pytest.mark.slow
 def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
   """docs/method.md §7.2 for the student, through the pipeline command: SIGKILL during
   the student's second epoch, restart: the teacher is not trained again and

@@ -204,10 +204,11 @@ def _restore(workdir):
   return jax.device_get(state), meta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'method',
-  # ctkd's (~45 s on the loaded 2-core machine) in `make test-all`.
-  ['crd', pytest.param('ctkd', marks=pytest.mark.slow)],
+  # Whole runs stopped and resumed (about 45 s each): `make test-all`.
+  ['crd', 'ctkd'],
 )
 def test_preempted_mid_epoch_resumes_bit_for_bit(
   teacher_workdir, tmp_path, monkeypatch, method

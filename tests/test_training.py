@@ -47,6 +47,7 @@ def kill_after_checkpoint(args, workdir, checkpoints):
   )
 
 
+@pytest.mark.slow
 def test_launch_one_step_on_mock_tfds_set(tmp_path):
   """The full launch.py path (flags, config, data, train, eval, checkpoint)
   in-process, on TFDS's mock SVHN (CIFAR reads its official archives)."""
@@ -92,6 +93,7 @@ RESUME_ARGS = (
 )
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
   """docs/method.md §7.2 with the objective and its cache on: a run SIGKILLed in its
   second epoch and restarted ends with the same state, cache and metrics."""
