@@ -35,6 +35,8 @@ ADDED_DEFAULTS: dict[str, Any] = {
   'dataset.augment': 'auto',
   # 606144a: runs before normalised with the train split's statistics.
   'dataset.normalization': 'measured',
+  # input37: runs before decoded at full size, which 'auto' still gives them.
+  'input.decode': 'auto',
 }
 
 # Config sections added after run stores were written (7bb7c92): a run key
