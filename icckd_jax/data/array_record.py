@@ -14,7 +14,8 @@ label order), `counts` ({split: records}), the train split's `mean` and `std`
 (per channel, [0, 255] units, over every pixel of every training image at its
 own size), `channels`, `image_shape` ([H, W, C] when every image has one
 size, else null), `image_formats`, `decoded_bytes` ({split: bytes the
-decoded images take}), `labels` ({split: {file, bytes, sha256}}) and
+decoded images take}), `max_side` (the train split's longer side was
+reduced to at most this at conversion; null: images as they were), `labels` ({split: {file, bytes, sha256}}) and
 `shards` ({split: [{file, records, bytes, sha256}]}).
 
 Opening a data set (`read_info`) reads info.json and the shards' sizes only,

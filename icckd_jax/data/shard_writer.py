@@ -41,6 +41,27 @@ def _read_source(source: Any) -> bytes:
   return _png(Image.fromarray(np.asarray(array)))
 
 
+def shrunk_image(image: Image.Image, fmt: str, max_side: int):
+  """(image, its file's bytes) with the longer side at most `max_side`
+  (bicubic; the aspect ratio kept), stored as JPEG of quality 90 if it was
+  one, else PNG; None if it is small enough already."""
+  width, height = image.size
+  if not max_side or max(width, height) <= max_side:
+    return None
+  scale = max_side / max(width, height)
+  size = (max(1, round(width * scale)), max(1, round(height * scale)))
+  mode = 'L' if image.mode in _GREY_MODES else 'RGB'
+  image = image.convert(mode).resize(size, Image.BICUBIC)
+  if fmt != 'JPEG':
+    return image, _png(image)
+  buffer = io.BytesIO()
+  image.save(buffer, format='JPEG', quality=90)
+  # What is stored is what a run decodes: the statistics are of it.
+  with Image.open(io.BytesIO(buffer.getvalue())) as stored:
+    stored.load()
+    return stored, buffer.getvalue()
+
+
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
   """Writes one shard (in a pool process) and its `<shard>.json`; returns
   the latter's content.
@@ -69,6 +90,9 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
           image = images.eight_bit(task['where'], name, opened)
           if image is not opened:  # 16 bits: stored as the 8 bits read
             data = _png(image)
+          shrunk = shrunk_image(image, opened.format, task.get('max_side', 0))
+          if shrunk is not None:
+            image, data = shrunk
           grey = grey and image.mode in _GREY_MODES
           rgb = np.asarray(image.convert('RGB'))
       except (OSError, ValueError, Image.DecompressionBombError) as e:
