@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from icckd_jax.data import classes
 from icckd_jax.data import download
 from icckd_jax.data import images as images_lib
 from icckd_jax.errors import UserError, one_line
@@ -152,6 +153,7 @@ def read_info(path: str | None) -> Info:
       f'{where} is not an info.json of configs/convert.py (format '
       f'{FORMAT!r}); convert the data set again'
     )
+  classes.check(where, _field(info, 'classes', where))
   counts = {s: int(_field(info, 'counts', where)[s]) for s in SPLITS}
   shards = {
     split: _checked_shards(root, info, split, counts[split]) for split in SPLITS
