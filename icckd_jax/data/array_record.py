@@ -153,7 +153,6 @@ def read_info(path: str | None) -> Info:
       f'{where} is not an info.json of configs/convert.py (format '
       f'{FORMAT!r}); convert the data set again'
     )
-  classes.check(where, _field(info, 'classes', where))
   counts = {s: int(_field(info, 'counts', where)[s]) for s in SPLITS}
   shards = {
     split: _checked_shards(root, info, split, counts[split]) for split in SPLITS
@@ -161,7 +160,7 @@ def read_info(path: str | None) -> Info:
   shape = info.get('image_shape')
   return Info(
     root=str(root),
-    classes=tuple(_field(info, 'classes', where)),
+    classes=classes.check(where, tuple(_field(info, 'classes', where))),
     counts=counts,
     mean=np.asarray(_field(info, 'mean', where), np.float32),
     std=np.asarray(_field(info, 'std', where), np.float32),

@@ -13,9 +13,9 @@ from icckd_jax.errors import UserError
 MINIMUM = 2
 
 
-def check(where: str, names) -> None:
-  """Refuses a set of fewer than `MINIMUM` classes; `names` its class
-  names (or their count), `where` what holds it (a field, a file)."""
+def check(where: str, names):
+  """`names`, a set's class names (or their count), refused if fewer than
+  `MINIMUM`; `where` names what holds them (a field, a file)."""
   count = names if isinstance(names, int) else len(names)
   if count < MINIMUM:
     shown = '' if isinstance(names, int) else f' ({", ".join(names)})'
@@ -23,3 +23,4 @@ def check(where: str, names) -> None:
       f'{where} holds {count} class{shown}; a classifier needs at least '
       f'{MINIMUM} classes: add a class (a train/<class>/ folder)'
     )
+  return names
