@@ -17,7 +17,10 @@ statistics: a killed conversion restarts at the first shard without one.
 `conversion.json` records the source; an output folder holding another
 source's conversion is refused, never written over. info.json is written
 last, so a data set without it is never read; a rerun over a conversion
-damaged since (a shard truncated or deleted) converts it again.
+damaged since (a shard truncated or deleted) converts it again. A full
+disk, an output that cannot be written or a stop signal (SIGTERM, SIGHUP,
+Ctrl-C: the pool is ended in order) is one line, the finished shards kept
+and the half-written ones removed.
 """
 
 from __future__ import annotations

@@ -33,19 +33,37 @@ def _png(image: Image.Image) -> bytes:
   return buffer.getvalue()
 
 
-def _read_source(where: str, source: Any, name: str) -> bytes:
+def _read_source(source: Any) -> bytes:
   if isinstance(source, bytes):
     return source
   if isinstance(source, str):
-    try:
-      with open(source, 'rb') as f:
-        return f.read()
-    except OSError as e:  # Not the output's fault: named as the source's.
-      raise UserError(
-        f'{where}: cannot read {name!r} ({e.strerror or one_line(e)})'
-      ) from None
+    with open(source, 'rb') as f:
+      return f.read()
   array = source[..., 0] if source.shape[-1] == 1 else source
   return _png(Image.fromarray(np.asarray(array)))
+
+
+def _record(where: str, source: Any, name: str):
+  """(the bytes to store, the image's format, whether it is grey, its
+  pixels [H, W, 3] uint8) of one record's `source`, refused in one line
+  where it cannot be read or decoded."""
+  try:
+    data = _read_source(source)
+  except OSError as e:  # The source's, not the output's: named so.
+    raise UserError(
+      f'{where}: cannot read {name!r} ({e.strerror or e})'
+    ) from None
+  try:
+    with Image.open(io.BytesIO(data)) as opened:
+      image = images.eight_bit(where, name, opened)
+      if image is not opened:  # 16 bits: stored as the 8 bits read
+        data = _png(image)
+      rgb = np.asarray(image.convert('RGB'))
+      return data, opened.format, image.mode in _GREY_MODES, rgb
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserError(
+      f'{where}: cannot decode {name!r} as an image ({one_line(e)})'
+    ) from None
 
 
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
@@ -69,19 +87,9 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
   )
   try:
     for label, source, name in task['items']:
-      data = _read_source(task['where'], source, name)
-      try:
-        with Image.open(io.BytesIO(data)) as opened:
-          formats.add(opened.format)
-          image = images.eight_bit(task['where'], name, opened)
-          if image is not opened:  # 16 bits: stored as the 8 bits read
-            data = _png(image)
-          grey = grey and image.mode in _GREY_MODES
-          rgb = np.asarray(image.convert('RGB'))
-      except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(
-          f'{task["where"]}: cannot decode {name!r} as an image ({one_line(e)})'
-        ) from None
+      data, image_format, is_grey, rgb = _record(task['where'], source, name)
+      formats.add(image_format)
+      grey = grey and is_grey
       sizes.add(rgb.shape[:2])
       pixels += rgb.shape[0] * rgb.shape[1]
       if task['statistics']:
