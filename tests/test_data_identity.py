@@ -13,7 +13,7 @@ import pytest
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.runs import layout
 from launch_in_process import error_line, run_launcher
-from test_robust_runs import snapshot
+from helpers import snapshot
 
 CONVERT = ('--config=configs/convert.py', '--config.workers=1')
 TEACHER = (

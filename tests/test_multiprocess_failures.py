@@ -11,7 +11,7 @@ import time
 import pytest
 
 from launch_in_process import error_line
-from test_robust_runs import _start_processes
+from helpers import start_processes
 
 SMOKE = ('--config=configs/teacher.py:smoke', '--config.log_every_steps=1')
 
@@ -31,7 +31,7 @@ def test_a_process_that_refuses_its_data_stops_every_process(
     '--config.dataset.name=image_folder',
     f'--config.dataset.path={tmp_path / "missing"}',
   )
-  procs = _start_processes(
+  procs = start_processes(
     *SMOKE, f'--workdir={workdir}', per_process=per_process
   )
   for i, proc in enumerate(procs):
@@ -57,7 +57,7 @@ def test_a_peer_killed_mid_run_stops_the_survivor_in_one_line(tmp_path):
   a native abort) with one line naming process 1, exit code 2, its
   checkpoints as they were."""
   workdir = tmp_path / 'run'
-  procs = _start_processes(
+  procs = start_processes(
     *SMOKE, '--config.num_epochs=50', f'--workdir={workdir}'
   )
   deadline = time.monotonic() + 400
