@@ -3,7 +3,7 @@ teacher's command line, a workdir's files, a run's records without their
 timings, a checkpoint's state, two runs that ended alike, a signal sent
 after a run's last epoch, a free port, launch.py in processes of its own
 (one run or several --multihost processes), what processes left in
-/dev/shm, an idx file, and the package functions no package module uses (the evaluation transform of one image, a study's shared
+/dev/shm, an idx file, a converted image folder, and the package functions no package module uses (the evaluation transform of one image, a study's shared
 threshold, a teacher's config and variables)."""
 
 import gzip
@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from PIL import Image
 
 from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax import parallel
@@ -190,6 +191,34 @@ def left_in_shared_memory(before: set[str], patience_s: float = 60) -> set[str]:
     if not left or time.time() > deadline:
       return left
     time.sleep(0.5)
+
+
+def png_folder(root: pathlib.Path, classes: str, seed: int) -> pathlib.Path:
+  """An image folder of one size: train/<class>/*.png (8 each),
+  test/<class>/*.png (2 each), 8x8 RGB."""
+  rng = np.random.default_rng(seed)
+  for split, n in (('train', 8), ('test', 2)):
+    for c in classes:
+      for i in range(n):
+        path = root / split / c / f'{i}.png'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(path)
+  return root
+
+
+def convert_folder(source: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+  """The image folder `source` converted into `out` (configs/convert.py)."""
+  from launch_in_process import run_launcher  # pylint: disable=g-import-not-at-top
+
+  code, stderr = run_launcher(
+    '--config=configs/convert.py',
+    '--config.workers=1',
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.path={source}',
+    f'--config.output_dir={out}',
+  )
+  assert code == 0, stderr[-2000:]
+  return out
 
 
 def write_idx(path: pathlib.Path, array: np.ndarray) -> None:
