@@ -2,13 +2,16 @@
 teacher's command line, a workdir's files, a run's records without their
 timings, a checkpoint's state, two runs that ended alike, a signal sent
 after a run's last epoch, a free port, launch.py in processes of its own
-(one run or several --multihost processes), what processes left in
-/dev/shm, an idx file, a converted image folder, and the package functions no package module uses (the evaluation transform of one image, a study's shared
-threshold, a teacher's config and variables)."""
+(one run, one killed after its first checkpoint, or several --multihost
+processes), what processes left in /dev/shm, an idx file, a converted
+image folder, and the package functions no package module uses (the
+evaluation transform of one image, a study's shared threshold, a
+teacher's config and variables)."""
 
 import gzip
 import os
 import pathlib
+import signal
 import socket
 import struct
 import subprocess
@@ -138,6 +141,28 @@ def launch_process(*args: str, devices: int) -> subprocess.Popen:
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     text=True,
+  )
+
+
+def kill_after_checkpoint(args, workdir, checkpoints):
+  """Starts launch.py in a real process (on conftest's 4 emulated devices,
+  like the in-process runs), SIGKILLs it as soon as checkpoint 1 appears in
+  `checkpoints` (Orbax renames it into place once complete), and checks
+  that the kill came before checkpoint 2: mid-run, not after the end."""
+  proc = subprocess.Popen(
+    [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 300
+  while not (checkpoints / '1').exists():
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (checkpoints / '2').exists(), (
+    'the run finished before it could be killed: make its epochs longer'
   )
 
 

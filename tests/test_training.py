@@ -6,10 +6,8 @@ that is SIGKILLed is a real process."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -22,29 +20,8 @@ from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.runs import spec
 from helpers import records_without_timings, restore_state
+import helpers
 from launch_in_process import error_line, launch
-
-
-def kill_after_checkpoint(args, workdir, checkpoints):
-  """Starts launch.py in a real process (on conftest's 4 emulated devices,
-  like the in-process runs), SIGKILLs it as soon as checkpoint 1 appears in
-  `checkpoints` (Orbax renames it into place once complete), and checks
-  that the kill came before checkpoint 2: mid-run, not after the end."""
-  proc = subprocess.Popen(
-    [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
-    cwd=ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  deadline = time.time() + 300
-  while not (checkpoints / '1').exists():
-    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (checkpoints / '2').exists(), (
-    'the run finished before it could be killed: make its epochs longer'
-  )
 
 
 @pytest.mark.slow
@@ -100,7 +77,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*RESUME_ARGS, f'--workdir={straight}')
 
-  kill_after_checkpoint(RESUME_ARGS, resumed, resumed / 'checkpoints')
+  helpers.kill_after_checkpoint(RESUME_ARGS, resumed, resumed / 'checkpoints')
   launch(*RESUME_ARGS, f'--workdir={resumed}')
 
   state_a, meta_a = restore_state(straight)
