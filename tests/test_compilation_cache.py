@@ -10,6 +10,7 @@ import sys
 import time
 import zlib
 
+import jax
 import pytest
 
 from conftest import ROOT
@@ -69,45 +70,68 @@ def test_a_cache_that_cannot_be_listed_is_left_alone(tmp_path):
   assert compilation_cache.repair(str(tmp_path / 'absent')) == []
 
 
+def _run_in_fresh_home(tmp_path, name: str) -> str:
+  """A one-epoch smoke teacher without $JAX_COMPILATION_CACHE_DIR (the
+  tests' own cache) and with HOME in `tmp_path`: its cache is
+  ~/.cache/icckd_jax/xla there. Returns its stderr."""
+  env = {
+    k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'
+  }
+  env['HOME'] = str(tmp_path / 'home')
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / 'launch.py'),
+      '--config=configs/teacher.py:smoke',
+      '--config.num_epochs=1',
+      '--config.dataset.num_train=64',
+      '--config.icc.lam=0',
+      '--config.num_devices=1',
+      f'--workdir={tmp_path / name}',
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stderr
+
+
+def _home_cache(tmp_path):
+  return tmp_path / 'home' / '.cache' / 'icckd_jax' / 'xla'
+
+
+def test_a_fresh_home_gets_a_compilation_cache_from_the_first_run(tmp_path):
+  """A run fills ~/.cache/icckd_jax/xla: the train and eval steps are
+  kept."""
+  _run_in_fresh_home(tmp_path, 'run')
+  # The train step, the eval step and the small programs around them.
+  assert len(list(_home_cache(tmp_path).glob('*-cache'))) >= 2
+
+
+def test_an_empty_compilation_cache_leaves_it_off(monkeypatch):
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  before = jax.config.jax_compilation_cache_dir
+  assert compilation_cache.enable('') is None
+  assert jax.config.jax_compilation_cache_dir == before
+
+
 @pytest.mark.slow
 def test_a_run_rewrites_an_entry_cut_short_as_the_disk_filled(tmp_path):
   """Whole runs: a cache entry cut short is removed at the next start with
   one line, JAX does not warn, the entry is written whole again, and the
   start after that says nothing."""
-  env = {
-    k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'
-  }
-  env['HOME'] = str(tmp_path / 'home')
-
-  def run(name):
-    result = subprocess.run(
-      [
-        sys.executable,
-        str(ROOT / 'launch.py'),
-        '--config=configs/teacher.py:smoke',
-        '--config.num_epochs=1',
-        '--config.dataset.num_train=64',
-        '--config.icc.lam=0',
-        '--config.num_devices=1',
-        f'--workdir={tmp_path / name}',
-      ],
-      cwd=ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stderr
-
-  run('first')
-  cache = tmp_path / 'home' / '.cache' / 'icckd_jax' / 'xla'
-  largest = max(cache.glob('*-cache'), key=lambda p: p.stat().st_size)
+  _run_in_fresh_home(tmp_path, 'first')
+  largest = max(
+    _home_cache(tmp_path).glob('*-cache'), key=lambda p: p.stat().st_size
+  )
   _cut(largest, largest.stat().st_size // 2)
-  stderr = run('second')
+  stderr = _run_in_fresh_home(tmp_path, 'second')
   assert 'Error reading persistent compilation cache' not in stderr
   assert stderr.count('could not be read') == 1, stderr[-2000:]
   assert compilation_cache.readable(largest.read_bytes())
-  stderr = run('third')
+  stderr = _run_in_fresh_home(tmp_path, 'third')
   assert 'could not be read' not in stderr
   assert 'persistent compilation cache' not in stderr
