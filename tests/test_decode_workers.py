@@ -34,9 +34,8 @@ if worker == 0:
   os.write(done, segment.name.encode() + b'\\n')
   time.sleep(60)
   os._exit(0)
-segment = shared_memory.SharedMemory(create=True, size=64)
-print(segment.name, os.read(ready, 100).decode().strip(), flush=True)
-
+# The handler is in place before the names are printed: the test signals
+# as soon as it reads them.
 def stop(signum, frame):
   time.sleep(0.2)
   alive = os.waitpid(worker, os.WNOHANG) == (0, 0)
@@ -46,6 +45,9 @@ def stop(signum, frame):
   sys.exit(128 + signum)
 
 signal.signal(signum := int(sys.argv[1]), stop)
+
+segment = shared_memory.SharedMemory(create=True, size=64)
+print(segment.name, os.read(ready, 100).decode().strip(), flush=True)
 time.sleep(60)
 """
 
