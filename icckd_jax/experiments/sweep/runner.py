@@ -96,9 +96,12 @@ def with_transfer_recipe(
   return chosen
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs every (setting, seed) not yet finished, in config.workers
-  processes; returns the result rows of every finished run."""
+def prepared(
+  config: ml_collections.ConfigDict, workdir: str
+) -> tuple[ml_collections.ConfigDict, str]:
+  """The sweep's config (with its transfer recipe) and workdir, checked and
+  its sweep.json written: what every worker of it, here or on a cluster,
+  starts from."""
   # Fail on a bad setting, seed list, worker count or stage field before
   # anything is written or trained.
   preflight.require_workdir(workdir)
@@ -109,7 +112,13 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     )
   workdir = preflight.prepare_workdir(workdir)
   write_sweep_file(config, workdir)
+  return config, workdir
 
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every (setting, seed) not yet finished, in config.workers
+  processes; returns the result rows of every finished run."""
+  config, workdir = prepared(config, workdir)
   start = time.perf_counter()
   if config.get('workers', 1) == 1:
     sweep_worker.work(config, workdir)
