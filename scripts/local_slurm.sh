@@ -23,6 +23,10 @@ action=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
 
 stop() {
+  # Its jobs first: their steps would outlive slurmd.
+  if [ -f "$dir/slurmctld.pid" ]; then
+    SLURM_CONF=$dir/slurm.conf scancel --user="$(id -un)" 2>/dev/null || true
+  fi
   for name in slurmd slurmctld munged; do
     if [ -f "$dir/$name.pid" ]; then
       kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
@@ -54,7 +58,9 @@ SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SlurmUser=$(id -un)
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/munge.socket
+# cred_expire: how long a requeued job waits before it may start again
+# (SLURM's default, 120 s, would slow the requeue test).
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool

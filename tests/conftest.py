@@ -65,3 +65,19 @@ def _data_dir(tmp_path_factory):
   """Downloads and decoded-array caches go to a temporary folder, never the
   user's ~/.cache; launch.py subprocesses inherit it."""
   os.environ['ICCKD_DATA_DIR'] = str(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='session')
+def slurm(tmp_path_factory):
+  """The environment of a one-node SLURM on localhost (tests/
+  slurm_cluster.py), started once per session; the test skips, saying why,
+  where it cannot start."""
+  import slurm_cluster  # pylint: disable=g-import-not-at-top
+
+  directory = tmp_path_factory.mktemp('slurm')
+  try:
+    env = slurm_cluster.start(directory)
+  except slurm_cluster.Unavailable as e:
+    pytest.skip(str(e))
+  yield env
+  slurm_cluster.stop(directory)

@@ -145,6 +145,12 @@ class ArrayTask(submitit.helpers.Checkpointable):
 
     def save_then_requeue(signum, frame):
       received.append(signum)
+      logging.warning(
+        '[worker %d] %s: the time limit is near; saving at the next step, '
+        'then requeued.',
+        worker,
+        signal.Signals(signum).name,
+      )
       stop = signal.getsignal(signal.SIGTERM)  # The StopRequest's.
       stop(signal.SIGTERM, frame)
 
