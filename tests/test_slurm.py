@@ -7,6 +7,7 @@ devices."""
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import helpers
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
 from icckd_jax.experiments.sweep import slurm
+from icckd_jax.training import preemption
 from launch_in_process import refusal, run_launcher
 
 # Two runs sharing one teacher (its claim makes one task wait for the
@@ -118,6 +120,37 @@ def test_slurm_without_sbatch_is_refused_before_anything_is_written(
   assert 'sbatch is not on PATH' in line and "executor='local'" in line
 
 
+@pytest.mark.parametrize(
+  'sent, handed_over',
+  [(slurm.TIME_LIMIT_SIGNAL, ['step', 'requeue']), (signal.SIGTERM, ['step'])],
+)
+def test_a_task_saves_at_the_step_boundary_before_submitit_requeues_it(
+  monkeypatch, sent, handed_over
+):
+  """The time-limit signal stops the worker at its next step boundary (as
+  SIGTERM does) and only then reaches submitit's handler, which requeues;
+  SIGTERM alone (scancel) stops without a requeue."""
+  calls = []
+
+  def work(config, workdir, worker):
+    with preemption.StopRequest() as stop:
+      os.kill(os.getpid(), sent)
+      calls.append('step')
+      stop.stop_if_requested('the next step')
+
+  monkeypatch.setattr(slurm.sweep_worker, 'work', work)
+  monkeypatch.setattr(slurm.sweep_pool, 'set_up_process', lambda *a: None)
+  submitits = signal.signal(
+    slurm.TIME_LIMIT_SIGNAL, lambda *a: calls.append('requeue')
+  )
+  try:
+    with pytest.raises(preemption.Preempted):
+      slurm.ArrayTask()({}, 'unused', 0)
+  finally:
+    signal.signal(slurm.TIME_LIMIT_SIGNAL, submitits)
+  assert calls == handed_over
+
+
 STEP = {
   'SLURM_JOB_ID': '12',
   'SLURM_STEP_NODELIST': 'node[3-4]',
@@ -137,19 +170,21 @@ def test_slurm_step_environment_is_read_as_jax_reads_it():
     parallel.slurm_process(dict(STEP, SLURM_NTASKS='two'))
 
 
-def _launch(env, *args) -> str:
-  """launch.py's stdout; fails with its stderr's end on a non-zero exit."""
+def _succeeded(command: list[str], env) -> subprocess.CompletedProcess:
+  """`command` run from the repository's root; fails with its stderr's end
+  on a non-zero exit."""
   done = subprocess.run(
-    [sys.executable, str(ROOT / 'launch.py'), *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
+    command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
   )
   assert done.returncode == 0, done.stderr[-3000:]
-  return done.stdout
+  return done
+
+
+def _launch(env, *args) -> str:
+  """launch.py's stdout."""
+  return _succeeded(
+    [sys.executable, str(ROOT / 'launch.py'), *args], env
+  ).stdout
 
 
 def _wait_for_array(env, workdir: pathlib.Path, seconds: float = 540) -> None:
@@ -168,6 +203,10 @@ def _wait_for_array(env, workdir: pathlib.Path, seconds: float = 540) -> None:
       return
     time.sleep(1)
   pytest.fail(f'the array of {workdir} did not end in {seconds} s')
+
+
+def _text(path: pathlib.Path) -> str:
+  return path.read_text() if path.exists() else ''
 
 
 def _logs(workdir: pathlib.Path) -> str:
@@ -229,7 +268,7 @@ def test_a_task_signalled_before_its_time_limit_is_requeued_and_resumes_exactly(
   teachers = workdir / 'teachers'
   # The teacher's first epoch is recorded: five are left to signal in.
   while not any(
-    (d / 'metrics.jsonl').exists() and (d / 'metrics.jsonl').read_text()
+    '"kind": "epoch"' in _text(d / 'metrics.jsonl')
     for d in (teachers.iterdir() if teachers.exists() else ())
   ):
     assert time.monotonic() < deadline, _logs(workdir)
@@ -269,17 +308,11 @@ def test_srun_two_processes_train_like_one_process_with_two_devices(
     + '--xla_cpu_collective_timeout_seconds=900',
   )
   srun = tmp_path / 'srun'
-  done = subprocess.run(
+  done = _succeeded(
     ['srun', '-n', '2', '--cpus-per-task=1', sys.executable]
     + [str(ROOT / 'launch.py'), *args, f'--workdir={srun}', '--multihost'],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=540,
-    check=False,
+    env,
   )
-  assert done.returncode == 0, done.stderr[-3000:]
   assert 'for 2 processes at SLURM' in done.stderr
   assert '2 cpu device(s) in 2 process(es)' in done.stderr
   state_a, meta_a = helpers.restore_state(single)

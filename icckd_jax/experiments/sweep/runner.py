@@ -98,10 +98,10 @@ def with_transfer_recipe(
 
 def prepared(
   config: ml_collections.ConfigDict, workdir: str
-) -> tuple[ml_collections.ConfigDict, str]:
-  """The sweep's config (with its transfer recipe) and workdir, checked and
-  its sweep.json written: what every worker of it, here or on a cluster,
-  starts from."""
+) -> ml_collections.ConfigDict:
+  """The sweep's config (with its transfer recipe), checked, and its
+  workdir made with sweep.json in it: what every worker of it, here or on
+  a cluster, starts from."""
   # Fail on a bad setting, seed list, worker count or stage field before
   # anything is written or trained.
   preflight.require_workdir(workdir)
@@ -110,15 +110,15 @@ def prepared(
     pipeline.check_stages(
       run.teacher, run.student, f'setting {run.setting!r} seed {run.seed}: '
     )
-  workdir = preflight.prepare_workdir(workdir)
-  write_sweep_file(config, workdir)
-  return config, workdir
+  write_sweep_file(config, preflight.prepare_workdir(workdir))
+  return config
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs every (setting, seed) not yet finished, in config.workers
   processes; returns the result rows of every finished run."""
-  config, workdir = prepared(config, workdir)
+  config = prepared(config, workdir)
+  workdir = os.path.abspath(workdir)
   start = time.perf_counter()
   if config.get('workers', 1) == 1:
     sweep_worker.work(config, workdir)

@@ -206,7 +206,8 @@ def _executor(
 def submit(config: ml_collections.ConfigDict, workdir: str) -> Submission:
   """Submits the workers this sweep is missing as one job array."""
   check(config)
-  config, workdir = runner.prepared(config, workdir)
+  config = runner.prepared(config, workdir)
+  workdir = os.path.abspath(workdir)
   unfinished = [
     run
     for run in sweep_plan.plan(config, workdir)
