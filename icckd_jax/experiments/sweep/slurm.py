@@ -213,13 +213,13 @@ def submit(config: ml_collections.ConfigDict, workdir: str) -> Submission:
     for run in sweep_plan.plan(config, workdir)
     if not sweep_worker.has_result(run)
   ]
-  live = live_tasks(job_name(workdir))
-  tasks = tasks_to_submit(len(unfinished), live, config.slurm.array_parallelism)
-  follow = f'squeue --name={job_name(workdir)}'
   if not unfinished:
     return Submission(
       None, 0, f'Nothing to submit: every run of {workdir} has finished.'
     )
+  live = live_tasks(job_name(workdir))
+  tasks = tasks_to_submit(len(unfinished), live, config.slurm.array_parallelism)
+  follow = f'squeue --name={job_name(workdir)}'
   if not tasks:
     return Submission(
       None,
