@@ -79,3 +79,19 @@ def trained(tmp_path_factory) -> pathlib.Path:
   code, stderr = run_launcher(*helpers.TRAINED, f'--workdir={workdir}')
   assert code == 0, stderr[-2000:]
   return workdir
+
+
+@pytest.fixture(scope='session')
+def slurm(tmp_path_factory):
+  """The environment of a one-node SLURM on localhost (tests/
+  slurm_cluster.py), started once per session; the test skips, saying why,
+  where it cannot start."""
+  import slurm_cluster  # pylint: disable=g-import-not-at-top
+
+  directory = tmp_path_factory.mktemp('slurm')
+  try:
+    env = slurm_cluster.start(directory)
+  except slurm_cluster.Unavailable as e:
+    pytest.skip(str(e))
+  yield env
+  slurm_cluster.stop(directory)

@@ -1,11 +1,11 @@
 """What several test modules share, and what only the tests call: a tiny
 teacher's command line, a workdir's files, a run's records without their
-timings, a checkpoint's state, two runs that ended alike, a signal sent
-after a run's last epoch, a free port, launch.py in processes of its own
-(one run, one killed after its first checkpoint, or several --multihost
-processes), what processes left in /dev/shm, an idx file, a converted
-image folder, and the package functions no package module uses (the
-evaluation transform of one image, a study's shared threshold, a
+timings, a checkpoint's state, a sweep's records by run, two runs that ended
+alike, a signal sent after a run's last epoch, a free port, launch.py in
+processes of its own (one run, one killed after its first checkpoint, or
+several --multihost processes), what processes left in /dev/shm, an idx file,
+a converted image folder, and the package functions no package module uses
+(the evaluation transform of one image, a study's shared threshold, a
 teacher's config and variables)."""
 
 import gzip
@@ -27,6 +27,7 @@ from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax import parallel
 from icckd_jax.data import images
 from icckd_jax.experiments import ablation_metrics
+from icckd_jax.experiments.sweep import run_store
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.runs.spec import TeacherSource
 from icckd_jax.stages import teacher_source
@@ -71,6 +72,19 @@ TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
 
 def strip_timing(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def run_numbers(workdir):
+  """Everything each run under `workdir` logged, less wall-clock timings,
+  keyed by the run's store path (its config)."""
+  numbers = {}
+  for kind in (run_store.TEACHERS, run_store.STUDENTS):
+    for key in sorted(os.listdir(workdir / kind)):
+      records = metric_writer.read_records(str(workdir / kind / key))
+      numbers[f'{kind}/{key}'] = [
+        r for r in strip_timing(records) if r['kind'] in ('train', 'epoch')
+      ]
+  return numbers
 
 
 def records_without_timings(workdir, kind=None) -> list[dict]:
