@@ -61,7 +61,7 @@ def _entries(folder: pathlib.Path) -> list[pathlib.Path]:
     p for p in folder.iterdir() if not image_folder.is_hidden((p.name,))
   )
   for p in entries:
-    image_folder.check_link(p)
+    array_cache.check_link(p)
   return entries
 
 
