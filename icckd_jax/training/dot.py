@@ -12,7 +12,9 @@ the loss) as
   p      ← p − η_t · (v_task + v_kd)
 
 and a parameter only the distillation term reaches (a method's own,
-params['distiller']) as SGD with momentum (β−Δ + β+Δ)/2 = β and decay:
+params['distiller']) as SGD with momentum (β−Δ + β+Δ)/2 = β and decay
+from the second step on (the first step's v_kd is g_kd, undecayed, as in
+the published code):
 
   v_kd ← β · v_kd + g_kd + λ · p,  p ← p − η_t · v_kd.
 
@@ -71,9 +73,11 @@ def dot(
   def task(g, v, p, only_kd):
     return v if only_kd else m_task * v + (g + weight_decay * p)
 
-  def kd(g, v, p, only_kd):
+  def kd(g, v, p, only_kd, first):
     if only_kd:
-      return m_mean * v + (g + weight_decay * p)
+      # The published code decays these from the second step on only.
+      decay = jnp.where(first, 0.0, weight_decay * p).astype(p.dtype)
+      return m_mean * v + (g + decay)
     return m_kd * v + g
 
   def step(v_task, v_kd, only_kd, lr):
@@ -85,7 +89,10 @@ def dot(
     g_task, g_kd = grads
     only_kd = distill_only(params)
     v_task = jax.tree.map(task, g_task, state.task, params, only_kd)
-    v_kd = jax.tree.map(kd, g_kd, state.kd, params, only_kd)
+    first = state.count == 0
+    v_kd = jax.tree.map(
+      lambda g, v, p, o: kd(g, v, p, o, first), g_kd, state.kd, params, only_kd
+    )
     lr = schedule(state.count)
     updates = jax.tree.map(
       lambda t, k, o: step(t, k, o, lr), v_task, v_kd, only_kd
