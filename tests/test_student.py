@@ -116,6 +116,8 @@ def test_kd_dot_trains_a_smoke_student_from_an_orbax_teacher(
   assert records and all(np.isfinite(r['loss']) for r in records)
 
 
+@pytest.mark.parametrize(
+  'args,expected',
   [
     (
       ['--config.dataset.name=cifar10'],
