@@ -98,9 +98,10 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
   student at the KD student's 17,700 img/s 11 min (DKD, KD + LS and DIST
   cost what KD does, as WTTM and CTKD should: logit losses; CRD's bank
   gather, [64, 16385, 128] floats a step, and ReviewKD's fusion blocks
-  were not measured and will be slower). One process: 24 + 30 + 16 × 11
-  = about 3 h 50 min. Four workers sharing the GPU gave 1.5x one
-  process's throughput: about 2 h 33 min, plus
+  were not measured and will be slower; KD + DOT's second backward pass
+  cost 1.2-1.4x KD's step on CPU, docs/distillers.md). One process:
+  24 + 30 + 18 × 11 = about 4 h 12 min. Four workers sharing the GPU gave
+  1.5x one process's throughput: about 2 h 48 min, plus
   evaluation and the first compiles (10-40 s per distinct step), with the
   two teachers first.
   """
