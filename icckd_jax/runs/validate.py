@@ -78,6 +78,28 @@ def check_config(config: ml_collections.ConfigDict, prefix: str = '') -> None:
     rule, valid = declared.rule
     if not math.isfinite(value) or not rule(value):
       raise UserError(f'{name}={value!r} is out of range; it must be {valid}')
+  check_optimizer(config, prefix)
+
+
+def check_optimizer(
+  config: ml_collections.ConfigDict, prefix: str = ''
+) -> None:
+  """Refuses DOT where it has no distillation gradient to split (a teacher)
+  or where momentum ∓ dot_delta leaves [0, 1) (training/dot.py)."""
+  if config.get('optimizer') != 'dot':
+    return
+  if 'distill' not in config:
+    raise UserError(
+      f"config.{prefix}optimizer='dot' splits a student's task and "
+      "distillation gradients; a teacher has no distillation term: use 'sgd'"
+    )
+  momentum, delta = config.momentum, config.dot_delta
+  if not (0 <= momentum - delta and momentum + delta < 1):
+    raise UserError(
+      f'config.{prefix}dot_delta={delta!r} gives DOT the momenta '
+      f'{momentum - delta:g} and {momentum + delta:g}; with '
+      f'momentum={momentum!r} both must be in [0, 1)'
+    )
 
 
 # Data sets generated in memory: a path would be silently ignored.
