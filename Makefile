@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint fashion-mnist clean
+.PHONY: demo test test-all lint fashion-mnist slurm clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ lint: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15
+
+# A one-node SLURM on localhost (scripts/local_slurm.sh; Debian's slurmctld,
+# slurmd, slurm-client and munge): `eval "$$(make -s slurm)"` points sinfo,
+# sbatch and srun at it; `scripts/local_slurm.sh stop /tmp/icckd_slurm` ends it.
+slurm:
+	@scripts/local_slurm.sh start /tmp/icckd_slurm
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache

@@ -187,6 +187,32 @@ def _check_cluster_flags() -> None:
     )
 
 
+def _cluster() -> tuple[str, object, object, str]:
+  """The cluster --multihost joins, as the log and errors name it: the
+  coordinator's address, the number of processes, this one's index, and
+  how to start them all; from the flags, else from SLURM's job step."""
+  try:
+    slurm = parallel.slurm_process(os.environ)
+  except errors.UserError as e:
+    _fail(e)
+  if slurm and not FLAGS.coordinator_address:
+    address = "SLURM's coordinator (the job step's first node)"
+    how = (
+      'start them with one srun (srun -n N python launch.py ... --multihost)'
+    )
+  else:
+    address = FLAGS.coordinator_address or "the cluster manager's coordinator"
+    how = (
+      'start every process with the same --coordinator_address and '
+      '--num_processes'
+    )
+  processes = FLAGS.num_processes or (slurm[0] if slurm else "the cluster's")
+  process_id = FLAGS.process_id
+  if process_id is None:
+    process_id = slurm[1] if slurm else 'unknown'
+  return address, processes, process_id, how
+
+
 def _initialize_distributed() -> None:
   """jax.distributed with the flags' (or environment's) cluster, where given.
 
@@ -198,14 +224,13 @@ def _initialize_distributed() -> None:
   """
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   timeout = FLAGS.multihost_timeout
-  address = FLAGS.coordinator_address or "the cluster manager's coordinator"
-  processes = FLAGS.num_processes or "the cluster's"
+  address, processes, process_id, how = _cluster()
   logging.info(
     'Waiting up to %d s for %s processes at %s (process %s).',
     timeout,
     processes,
     address,
-    'unknown' if FLAGS.process_id is None else FLAGS.process_id,
+    process_id,
   )
   connected = threading.Event()
 
@@ -213,9 +238,7 @@ def _initialize_distributed() -> None:
     if not connected.is_set():
       print(
         f'error: --multihost: {processes} processes did not all connect '
-        f'to {address} within {timeout} s (--multihost_timeout); start '
-        'every process with the same --coordinator_address and '
-        '--num_processes',
+        f'to {address} within {timeout} s (--multihost_timeout); {how}',
         file=sys.stderr,
         flush=True,
       )

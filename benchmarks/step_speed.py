@@ -9,6 +9,9 @@ them alike; compare the ratios, not the absolute figures, across machines.
       --variants=ce,icc_no_cache,icc_features,icc_images
   python benchmarks/step_speed.py --model=resnet8x4 --teacher=resnet32x4 \
       --variants=ce,student_kd
+  # a student method trained with another optimiser: `student_M+OPT`
+  python benchmarks/step_speed.py --model=resnet8 --teacher=resnet20 \
+      --variants=student_kd,student_kd+dot
   python benchmarks/step_speed.py --dtype=bfloat16 --batch_size=512 ...  # GPU
   # Tiny-ImageNet-shaped (64x64, 200 classes) against CIFAR-100-shaped
   python benchmarks/step_speed.py --model=resnet32x4 --num_classes=200 \
@@ -48,7 +51,8 @@ flags.DEFINE_string('teacher', 'resnet56', 'Teacher of the student variants.')
 flags.DEFINE_list(
   'variants',
   ['ce', 'icc_features'],
-  'ce, icc_no_cache, icc_features, icc_images, student_kd, student_kd_rkd',
+  'ce, icc_no_cache, icc_features, icc_images, student_kd, student_kd_rkd, '
+  'student_kd+dot (config.optimizer)',
 )
 flags.DEFINE_integer('batch_size', 64, 'Global batch.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per variant.')
@@ -81,7 +85,9 @@ def build(variant, mesh, dataset, size):
   """(config, setup, initial state) of one variant."""
   if variant.startswith('student'):
     config = _base(student_config.get_config(), size)
-    config.distill.method = variant.removeprefix('student_')
+    method, _, optimizer = variant.removeprefix('student_').partition('+')
+    config.distill.method = method
+    config.optimizer = optimizer or config.optimizer
     teacher_model = models.create_model(FLAGS.teacher, dataset.num_classes)
     teacher_vars = jax.jit(
       lambda: teacher_model.init(

@@ -2,7 +2,7 @@ r"""The teacher × distiller matrix: does the intra-class teacher help every
 student, or only KD's?
 
 Two teachers, the plain cross-entropy one (λ = 0) and the intra-class one
-(the teacher config's defaults), each distilled into eight students, every
+(the teacher config's defaults), each distilled into nine students, every
 method with its published CIFAR-100 recipe (docs/distillers.md):
 
   kd      Hinton et al. (T = 4, γ = 0.1, α = 0.9)
@@ -16,10 +16,12 @@ method with its published CIFAR-100 recipe (docs/distillers.md):
   wttm    weighted transformed teacher matching (γ = 0.2, β = 4)
   ctkd    KD with a learned, adversarial temperature (γ = 0.1, α = 0.9,
           T in (1, 21), λ's cosine curriculum over 10 epochs)
+  kd_dot  KD trained with DOT (the task and distillation momenta 0.9 ∓ Δ,
+          Δ = 0.075; Zhao et al.), KD's recipe otherwise
 
-Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The eight
+Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The nine
 students of one teacher share its run through the run store (a teacher is
-named by its config), so a seed trains two teachers and sixteen students.
+named by its config), so a seed trains two teachers and eighteen students.
 
   # the published scale: CIFAR-100, resnet32x4 -> resnet8x4, 240 epochs
   # each, float32, seeds 0-2
@@ -52,6 +54,7 @@ STUDENTS = {
   'reviewkd': 'student.distill.method="reviewkd"',
   'wttm': 'student.distill.method="wttm"',
   'ctkd': 'student.distill.method="ctkd"',
+  'kd_dot': 'student.distill.method="kd", student.optimizer="dot"',
 }
 
 
@@ -95,9 +98,10 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
   student at the KD student's 17,700 img/s 11 min (DKD, KD + LS and DIST
   cost what KD does, as WTTM and CTKD should: logit losses; CRD's bank
   gather, [64, 16385, 128] floats a step, and ReviewKD's fusion blocks
-  were not measured and will be slower). One process: 24 + 30 + 16 × 11
-  = about 3 h 50 min. Four workers sharing the GPU gave 1.5x one
-  process's throughput: about 2 h 33 min, plus
+  were not measured and will be slower; KD + DOT's second backward pass
+  cost 1.2-1.4x KD's step on CPU, docs/distillers.md). One process:
+  24 + 30 + 18 × 11 = about 4 h 12 min. Four workers sharing the GPU gave
+  1.5x one process's throughput: about 2 h 48 min, plus
   evaluation and the first compiles (10-40 s per distinct step), with the
   two teachers first.
   """

@@ -22,6 +22,9 @@ teachers: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1.
                         release): γ 0.2, β 4, CE 1 (the CIFAR-100
                         defaults of icckd_jax/distillers/wttm.py), on KD's
                         solver
+  <pair>_dot            KD+DOT (Zhao et al.; 71.72 / 73.09 published): the
+                        pair's KD row trained with DOT, Δ 0.09
+                        (optimizer='dot', dot_delta; dot.yaml)
   icc_r34               an imagenet_resnet34 teacher trained with the
                         intra-class objective (λ, δ, τ and the cache of
                         configs/teacher.py) at the KD recipe
@@ -133,6 +136,9 @@ _RECIPES = {
     for pair in PAIRS
   },
 }
+# Rows of KD's recipe trained with another optimiser: the top-level fields
+# their yaml's SOLVER changes (training/optim.py).
+OPTIMIZERS = {'dot': {'optimizer': 'dot', 'dot_delta': 0.09}}
 # (global batch, learning rate) where a yaml's SOLVER differs from kd.yaml's.
 _SOLVERS = {
   'ofd': (128, 0.05),
@@ -142,6 +148,7 @@ _SOLVERS = {
 
 ARGS = (
   *(p if m == 'kd' else f'{p}_{m}' for p in PAIRS for m in METHODS),
+  *(f'{p}_{o}' for p in PAIRS for o in OPTIMIZERS),
   'icc_r34',
   'smoke',
 )
@@ -220,4 +227,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == 'smoke':
     return _smoke()
   pair = next(p for p in PAIRS if arg == p or arg.startswith(p + '_'))
-  return _student(pair, arg[len(pair) + 1 :] or 'kd')
+  row = arg[len(pair) + 1 :] or 'kd'
+  if row in OPTIMIZERS:
+    c = _student(pair, 'kd')
+    c.update(OPTIMIZERS[row])
+    return c
+  return _student(pair, row)

@@ -66,6 +66,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import pipeline
+from configs import sweep_common
 
 DELTAS = (0.0, 0.2, 0.4, 0.6, 0.8)
 CONTROLS = ('ce_teacher', 'two_view_null')
@@ -91,8 +92,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       f'unknown config argument {arg!r}; valid: '
       + ', '.join(a for a in ARGUMENTS if a)
     )
-  if arg and arg.startswith('capacity'):
-    return _capacity(arg)
+  c = _capacity(arg) if arg and arg.startswith('capacity') else _study(arg)
+  sweep_common.add_executor(c)
+  return c
+
+
+def _study(arg: str | None) -> ml_collections.ConfigDict:
+  """The δ and cache study (this module's docstring)."""
   c = ml_collections.ConfigDict()
   c.mode = 'sweep'
   c.workdir = config_dict.placeholder(str)

@@ -39,7 +39,30 @@ def sweep_config(arg: str | None) -> ml_collections.ConfigDict:
     c.seeds = (0,)
     c.base.teacher.num_epochs = 3
     c.base.student.num_epochs = 2
+  add_executor(c)
   return c
+
+
+def add_executor(c: ml_collections.ConfigDict) -> None:
+  """Where the sweep's workers run: here (`workers` processes), or as the
+  tasks of a SLURM job array, submitted by the command that returns with
+  its job id (docs/running.md; icckd_jax/experiments/sweep/slurm.py)."""
+  c.executor = 'local'  # or 'slurm'
+  c.slurm = ml_collections.ConfigDict()
+  c.slurm.partition = config_dict.placeholder(str)  # SLURM's default if unset
+  c.slurm.account = config_dict.placeholder(str)
+  c.slurm.gpus_per_task = 0
+  c.slurm.cpus_per_task = 4
+  c.slurm.mem_gb = config_dict.placeholder(int)  # SLURM's default if unset
+  c.slurm.time_min = 240  # each task's time limit
+  # The task is signalled this long before its time limit, saves at the
+  # next step and is requeued; longer than a step and a checkpoint's save.
+  c.slurm.signal_delay_s = 120
+  # Tasks of the array at most (also: at once); each is one worker.
+  c.slurm.array_parallelism = 8
+  # Requeues after a time limit (preemptions do not count) before a task
+  # gives up.
+  c.slurm.max_requeues = 10
 
 
 def _cpu_converged(c: ml_collections.ConfigDict) -> None:

@@ -92,6 +92,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lr_decay_rate = 0.1
   c.momentum = 0.9
   c.weight_decay = 5e-4
+  # 'sgd', or a student's 'dot' (DOT: the task and distillation gradients
+  # keep momenta momentum -/+ dot_delta, training/dot.py; mdistiller's
+  # CIFAR-100 delta; docs/distillers.md).
+  c.optimizer = 'sgd'
+  c.dot_delta = 0.075
   # Pixels of zero padding before the random crop: 4 at 32x32, as in the
   # recipe; scale it with the image (8 for Tiny-ImageNet's 64x64).
   c.crop_padding = 4

@@ -16,6 +16,7 @@ from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.stages import evaluate_pth
 from icckd_jax.stages import student
 from icckd_jax.experiments.sweep import runner as sweep
+from icckd_jax.experiments.sweep import slurm
 from icckd_jax.stages import teacher
 from icckd_jax.runs import spec
 from icckd_jax.runs import validate
@@ -51,6 +52,13 @@ def _sweep_printed(rows: list[dict], workdir: str) -> list[dict]:
   return rows
 
 
+def _submitted(submission: slurm.Submission) -> slurm.Submission:
+  """A sweep's submission to SLURM; its job id and how to follow and
+  cancel it, printed on stdout."""
+  print(submission.message)
+  return submission
+
+
 # The modes that train one run's loop, or a pipeline's two: those a hook
 # can be handed to.
 TRAINERS = {
@@ -80,6 +88,8 @@ def run(
   )
   if mode in TRAINERS:
     return TRAINERS[mode](config, workdir, hooks=hooks)
+  if mode == 'sweep' and slurm.executor(config) == 'slurm':
+    return _submitted(slurm.submit(config, workdir))
   if mode == 'sweep':
     return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':

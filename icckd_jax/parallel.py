@@ -7,7 +7,7 @@ synchronised over the axis) without pmap. The same code serves one GPU, many
 GPUs and many hosts.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import itertools
 import threading
 import time
@@ -93,6 +93,40 @@ def shard_map(fn, mesh: Mesh, in_specs: Sequence, out_specs):
   return jax.shard_map(
     fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
   )
+
+
+# What `srun` sets in each process of a job step, and from which
+# jax.distributed.initialize() without arguments builds the cluster
+# (jax._src.clusters.slurm_cluster): the first node of the step hosts the
+# coordinator, on a port derived from the job id.
+SLURM_STEP_VARIABLES = (
+  'SLURM_JOB_ID',
+  'SLURM_STEP_NODELIST',
+  'SLURM_NTASKS',
+  'SLURM_PROCID',
+  'SLURM_LOCALID',
+)
+
+
+def slurm_process(environ: Mapping[str, str]) -> tuple[int, int] | None:
+  """(processes, this process's index) of the SLURM job step `environ`
+  describes (a process `srun` started), or None where it describes none:
+  what jax.distributed.initialize() will read, for the log and errors.
+
+  Raises UserError where the variables are there but not numbers (a step
+  environment edited by hand)."""
+  if not all(name in environ for name in SLURM_STEP_VARIABLES):
+    return None
+  try:
+    processes = int(environ['SLURM_NTASKS'])
+    index = int(environ['SLURM_PROCID'])
+  except ValueError:
+    raise UserError(
+      f'--multihost under SLURM: SLURM_NTASKS={environ["SLURM_NTASKS"]!r} '
+      f'and SLURM_PROCID={environ["SLURM_PROCID"]!r} must be integers; run '
+      'the processes with srun'
+    ) from None
+  return processes, index
 
 
 # Several processes tell each other why they stop through the coordination

@@ -249,6 +249,16 @@ def test_image_folder_names_an_empty_class_folder(tmp_path):
   assert "'train/owl/'" in message
 
 
+def test_image_folder_names_a_broken_symbolic_link(tmp_path):
+  _write_tree(tmp_path / 'tree')
+  link = tmp_path / 'tree' / 'train' / 'dog' / 'moved.png'
+  link.symlink_to(tmp_path / 'elsewhere.png')
+  message = _assert_one_line_error(
+    'broken symbolic link', name='image_folder', path=str(tmp_path / 'tree')
+  )
+  assert str(link) in message
+
+
 def test_image_folder_missing_path_names_it(tmp_path):
   missing = str(tmp_path / 'nowhere')
   message = _assert_one_line_error(

@@ -27,6 +27,7 @@ from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
 from icckd_jax.stages import evaluate_pth
+from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.stages import student
 from icckd_jax.stages import teacher_source
@@ -225,6 +226,26 @@ def test_a_workdir_teacher_must_share_the_students_normalization():
   measured.normalization = 'imagenet'
   with pytest.raises(UserError, match="normalization='imagenet' but the t"):
     teacher_source.check_same_data(spec.data_request(measured), old)
+
+
+@pytest.mark.slow
+def test_smoke_kd_dot_distils_from_a_torchvision_teacher(
+  tmp_path, imagenet_like
+):
+  """The smoke row with optimizer='dot': two finite steps, DOT's momenta
+  in the checkpoint."""
+  c = imagenet.get_config('smoke')
+  c.update(imagenet.OPTIMIZERS['dot'])
+  c.teacher.pth = str(shared_fixture(TEACHER_PTH))
+  c.dataset.path = imagenet_like
+  workdir = tmp_path / 'run'
+  assert student.train_student(c, str(workdir))['steps'] == 2
+  records = metric_writer.read_records(str(workdir), 'train')
+  assert all(np.isfinite(r['loss']) for r in records)
+  with checkpoint.Checkpoints(str(workdir), read_only=True) as ckpts:
+    state, _ = ckpts.restore(None, which='last', mesh=parallel.make_mesh(1))
+  assert set(state['opt_state']) == {'count', 'task', 'kd'}
+  assert int(state['opt_state']['count']) == 2
 
 
 @pytest.mark.slow

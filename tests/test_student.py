@@ -22,7 +22,6 @@ import toy_distiller
 from train_steps import run_steps
 from launch_in_process import error_line, launch
 from helpers import records_without_timings, restore_state
-from test_training import kill_after_checkpoint
 
 
 def _tree_digest(path):
@@ -91,6 +90,29 @@ def test_teacher_untouched_and_absent_from_student_checkpoints(
   evaluated = json.loads((workdir / 'eval_last.json').read_text())
   assert evaluated['count'] == 128
   assert evaluated['top1'] == pytest.approx(epochs[-1]['test_top1'])
+
+
+@pytest.mark.slow
+def test_kd_dot_trains_a_smoke_student_from_an_orbax_teacher(
+  smoke_teacher, tmp_path
+):
+  """--config.optimizer=dot: both momenta live in the student's checkpoint,
+  each moved by its own gradient (KD's task and distillation terms)."""
+  workdir = tmp_path / 'student'
+  launch(
+    '--config=configs/student.py:smoke',
+    f'--workdir={workdir}',
+    f'--config.teacher.workdir={smoke_teacher}',
+    '--config.optimizer=dot',
+  )
+  state, _ = restore_state(workdir)
+  opt = state['opt_state']
+  assert int(opt['count']) == int(state['step']) > 0
+  for momentum in (opt['task'], opt['kd']):
+    leaves = jax.tree.leaves(momentum['model'])
+    assert leaves and all(np.abs(leaf).max() > 0 for leaf in leaves)
+  records = records_without_timings(workdir, 'epoch')
+  assert records and all(np.isfinite(r['loss']) for r in records)
 
 
 @pytest.mark.parametrize(
@@ -240,7 +262,7 @@ def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
   the student ends exactly as in an uninterrupted pipeline."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*PIPELINE_ARGS, f'--workdir={straight}')
-  kill_after_checkpoint(
+  helpers.kill_after_checkpoint(
     PIPELINE_ARGS, resumed, resumed / 'student' / 'checkpoints'
   )
   teacher_digest = _tree_digest(resumed / 'teacher')

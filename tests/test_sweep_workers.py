@@ -28,10 +28,9 @@ from icckd_jax.stages import preflight
 from icckd_jax.stages import student as student_lib
 from icckd_jax.stages import teacher as teacher_lib
 from icckd_jax.training import checkpoint
-from icckd_jax.training import metric_writer
 from icckd_jax.training import preemption
 from icckd_jax.runs import layout
-from helpers import TIMING_KEYS
+from helpers import run_numbers
 
 
 def tiny_sweep(
@@ -50,21 +49,6 @@ def tiny_sweep(
   config.workers = workers
   config.estimate = False
   return config
-
-
-def run_numbers(workdir):
-  """Everything each run under `workdir` logged, less wall-clock timings,
-  keyed by the run's store path (its config)."""
-  numbers = {}
-  for kind in (run_store.TEACHERS, run_store.STUDENTS):
-    for key in sorted(os.listdir(workdir / kind)):
-      records = metric_writer.read_records(str(workdir / kind / key))
-      numbers[f'{kind}/{key}'] = [
-        {k: v for k, v in r.items() if k not in TIMING_KEYS}
-        for r in records
-        if r['kind'] in ('train', 'epoch')
-      ]
-  return numbers
 
 
 def test_runs_are_named_by_config_not_by_setting(tmp_path):

@@ -206,20 +206,22 @@ def _restore(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  'method',
+  'method,optimizer',
   # Whole runs stopped and resumed (about 45 s each): `make test-all`.
-  ['crd', 'ctkd'],
+  [('crd', 'sgd'), ('ctkd', 'sgd'), ('kd', 'dot')],
 )
 def test_preempted_mid_epoch_resumes_bit_for_bit(
-  teacher_workdir, tmp_path, monkeypatch, method
+  teacher_workdir, tmp_path, monkeypatch, method, optimizer
 ):
   """SIGTERM (as `preemption.StopRequest` sees it) after step 5 of 8, mid
   epoch 2; the rerun ends bit-identical to an uninterrupted run: model,
   optimiser and metrics, and crd's embeddings, banks and Z, ctkd's
-  temperature θ (its curriculum's λ read from the restored step)."""
+  temperature θ (its curriculum's λ read from the restored step), DOT's
+  two momenta."""
   # ctkd: λ = 1/2 in epoch 1 and 1 in epoch 2, so θ moves (see above).
   config = _student_config(teacher_workdir, method, ctkd_curriculum_epochs=2)
   config.num_epochs = 2
+  config.optimizer = optimizer
   straight = tmp_path / 'straight'
   student.train_student(config, str(straight))
 
@@ -243,6 +245,8 @@ def test_preempted_mid_epoch_resumes_bit_for_bit(
   assert int(state_b['step']) == 8
   if method == 'ctkd':  # θ trained: the comparison below is not vacuous
     assert state_b['params']['distiller']['global_t'][0] != ctkd.INIT_THETA
+  if optimizer == 'dot':  # both momenta are in the state compared below
+    assert set(state_b['opt_state']) == {'count', 'task', 'kd'}
   jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
   assert meta_a == meta_b
   drop = lambda workdir: [
@@ -256,8 +260,8 @@ def test_preempted_mid_epoch_resumes_bit_for_bit(
 @pytest.mark.slow
 def test_distill_matrix_smoke_sweep(tmp_path):
   """configs/distill_matrix.py:smoke in-process: two teachers (each trained
-  once, shared by its six students) and twelve students, every one
-  finished with a finite top-1. Fourteen whole runs (about 80 s with warm
+  once, shared by its students) and every student, each one
+  finished with a finite top-1. Whole runs (about 80 s with warm
   compilation caches, 40 % of it the sweep's report rewritten after each
   run)."""
   from configs import distill_matrix  # pylint: disable=g-import-not-at-top
@@ -267,7 +271,7 @@ def test_distill_matrix_smoke_sweep(tmp_path):
   rows = sweep.run_sweep(config, str(tmp_path / 'matrix'))
   names = [s.split(':')[0] for s in config.settings]
   assert sorted(r['setting'] for r in rows) == sorted(names)
-  assert len(names) == 12
+  assert len(names) == 2 * len(distill_matrix.STUDENTS)
   assert all(np.isfinite(r['student_top1_last']) for r in rows), rows
   by_setting = {r['setting']: r for r in rows}
   for t in ('ce', 'icc'):

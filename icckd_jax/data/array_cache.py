@@ -22,6 +22,8 @@ from typing import Any, Callable
 from absl import logging
 import numpy as np
 
+from icckd_jax.errors import UserError
+
 _KEY_FILE = 'key.json'
 
 
@@ -35,11 +37,22 @@ def file_key(path: pathlib.Path) -> dict[str, Any]:
   }
 
 
+def check_link(path: pathlib.Path) -> None:
+  """Refuses `path` if it is a symbolic link to nothing (its target moved
+  or deleted): listed as a file by nobody, it would be left out silently."""
+  if path.is_symlink() and not path.exists():
+    raise UserError(
+      f'{path} is a broken symbolic link (to {os.readlink(path)!r}); '
+      'restore its target or remove it'
+    )
+
+
 def folder_key(root: pathlib.Path) -> dict[str, Any]:
   """Identifies a folder tree by every file's relative path, size and
   modification time (a stat per file, no reads). Symlinked folders are
   followed (a train/ linked from elsewhere is read, so it counts), each
-  real folder once."""
+  real folder once. A symbolic link to nothing is refused in one line (it
+  would otherwise end the walk in a traceback)."""
   digest = hashlib.sha256()
   seen = set()
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -50,9 +63,13 @@ def folder_key(root: pathlib.Path) -> dict[str, Any]:
       if os.path.realpath(os.path.join(dirpath, d)) not in seen
     )
     for name in sorted(filenames):
+      check_link(pathlib.Path(dirpath, name))
       stat = os.stat(os.path.join(dirpath, name))
       rel = os.path.relpath(os.path.join(dirpath, name), root)
-      digest.update(f'{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+      # The name's bytes as the file system holds them: a name that is not
+      # UTF-8 is a file like any other (UTF-8 names give the same bytes).
+      digest.update(os.fsencode(rel))
+      digest.update(f'\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
   return {'path': str(root.resolve()), 'tree': digest.hexdigest()}
 
 

@@ -102,6 +102,9 @@ class Method:
     indices; None for a method without trainable parts.
   check: what keeps it from serving a pair of networks, said in its own
     terms before anything traces (stages/distill_pair.py).
+  task_weight: the traced setting w whose w · parts['ce'] is the loss's
+    task term (the rest is the distillation term): DOT takes their
+    gradients apart (training/dot.py).
   """
 
   shared: tuple[str, ...]
@@ -111,6 +114,7 @@ class Method:
   options: Callable[[Mapping[str, Any]], dict] = no_options
   init: InitFn | None = None
   check: CheckFn = no_check
+  task_weight: str = 'ce_weight'
 
   @property
   def fields(self) -> tuple[str, ...]:
@@ -132,6 +136,12 @@ class Distiller:
   # Owns params['distiller'] and state.distiller_buffers, and takes the
   # batch's example indices.
   trainable: bool
+  task_weight: str = 'ce_weight'
+
+  def task(self, parts: Mapping[str, jax.Array], hp: Hyper) -> jax.Array:
+    """[] the loss's task term w · CE (`Method.task_weight`), from the
+    parts its loss returned."""
+    return hp[self.task_weight] * parts['ce']
 
 
 def bind(name: str, method: Method, distill: Mapping[str, Any]) -> Distiller:
@@ -147,6 +157,7 @@ def bind(name: str, method: Method, distill: Mapping[str, Any]) -> Distiller:
     init=init,
     check=method.check,
     trainable=method.init is not None,
+    task_weight=method.task_weight,
   )
 
 

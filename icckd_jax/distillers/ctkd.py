@@ -147,4 +147,5 @@ METHOD = contract.Method(
   reads=contract.Reads(epoch=True),
   options=contract.standardize_option,
   init=init,
+  task_weight='gamma',
 )

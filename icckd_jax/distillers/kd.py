@@ -58,4 +58,5 @@ METHOD = contract.Method(
   shared=('temperature', 'gamma', 'alpha', 'standardize_logits'),
   loss=loss,
   options=contract.standardize_option,
+  task_weight='gamma',
 )

@@ -27,4 +27,5 @@ def loss(batch: Batch, hp: contract.Hyper) -> contract.Result:
 METHOD = contract.Method(
   shared=('temperature', 'gamma', 'alpha', 'beta', 'w_dist', 'w_angle'),
   loss=loss,
+  task_weight='gamma',
 )

@@ -37,12 +37,20 @@ ADDED_DEFAULTS: dict[str, Any] = {
   'dataset.normalization': 'measured',
   # input37: runs before decoded at full size, which 'auto' still gives them.
   'input.decode': 'auto',
+  # issue 38 (DOT): runs before trained with SGD, reading no dot_delta.
+  'optimizer': 'sgd',
+  'dot_delta': 0.075,
 }
 
 # Config sections added after run stores were written (7bb7c92): a run key
 # leaves out their fields at their added defaults, so that the runs stored
 # before keep their keys. Can go with the stores written before 7bb7c92.
 ADDED_SECTIONS = ('input',)
+
+# Top-level fields added after run stores were written and compiled steps
+# keyed (issue 38): a key leaves them out at their added defaults, so that
+# runs and steps keyed before keep their keys. Can go with those stores.
+ADDED_TOP_LEVEL = ('optimizer', 'dot_delta')
 
 # The dataset fields of a teacher's saved config that a student compares
 # though teachers saved before 606144a lack them: read as their `DataRequest`
@@ -60,11 +68,23 @@ def added_defaults() -> dict[str, Any]:
   return found
 
 
+def top_level_at_added_default(
+  config: ml_collections.ConfigDict,
+) -> tuple[str, ...]:
+  """The fields of ADDED_TOP_LEVEL whose value is their added default: left
+  out of a compiled step's key (runs/spec.py) and a run's."""
+  return tuple(
+    name
+    for name in ADDED_TOP_LEVEL
+    if name in config and config[name] == ADDED_DEFAULTS[name]
+  )
+
+
 def at_added_default(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The fields of ADDED_SECTIONS whose value is their added default: left
-  out of a run's key (experiments/sweep/run_store.py)."""
+  """The fields of ADDED_SECTIONS and ADDED_TOP_LEVEL whose value is their
+  added default: left out of a run's key (experiments/sweep/run_store.py)."""
   tree = config.to_dict()
-  found = []
+  found = list(top_level_at_added_default(config))
   for section in ADDED_SECTIONS:
     for name, value in (tree.get(section) or {}).items():
       path = f'{section}.{name}'

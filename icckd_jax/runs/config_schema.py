@@ -54,6 +54,9 @@ ROLES = ('identity', 'traced', 'schedule', 'evaluation', 'bookkeeping')
 Rule = settings.Rule
 _int_at_least = settings.at_least
 
+# The optimisers by name (training/optim.py).
+OPTIMIZERS = ('sgd', 'dot')
+
 
 @dataclasses.dataclass(frozen=True)
 class Field:
@@ -86,6 +89,10 @@ _FIELDS: dict[str, Field] = {
   'learning_rate': Field(rule=POSITIVE),
   'lr_decay_rate': Field(rule=POSITIVE),
   'momentum': Field(rule=FRACTION),
+  # 'dot' (a student's only: validate.check_optimizer) splits the task and
+  # distillation momenta by dot_delta (training/dot.py).
+  'optimizer': Field(choices=OPTIMIZERS),
+  'dot_delta': Field(rule=NON_NEGATIVE),
   'weight_decay': Field(rule=NON_NEGATIVE),
   'crop_padding': Field(rule=_int_at_least(0)),
   'dtype': Field(choices=tuple(DTYPES)),
@@ -176,10 +183,11 @@ def not_compiled() -> tuple[str, ...]:
 
 def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
   """The fields of a stage config that its run does not read."""
+  found = () if config.get('optimizer') == 'dot' else ('dot_delta',)
   icc = config.get('icc')
   if icc is not None and icc.get('lam') == 0:
     # The cross-entropy teacher: no gate, head or cache.
-    return tuple(
+    return found + tuple(
       path
       for path in _FIELDS
       if path.startswith(('icc.', 'cache.')) and path != 'icc.lam'
@@ -189,9 +197,9 @@ def unused(config: ml_collections.ConfigDict | dict) -> tuple[str, ...]:
     # A student: the weights of the other methods.
     read = distillers.fields(distill.get('method'))
     if read:
-      return tuple(
+      return found + tuple(
         f'distill.{name}'
         for name in distillers.declarations()
         if name not in read
       )
-  return ()
+  return found

@@ -39,7 +39,9 @@ class Recipe:
 
   `lr_decay_epochs` holds the epochs at whose start the learning rate is
   multiplied by `lr_decay_rate`; `crop_padding` and `flip` are the random
-  crop's zero padding and the horizontal flip of the augmentation.
+  crop's zero padding and the horizontal flip of the augmentation;
+  `optimizer` is 'sgd' or a student's 'dot', whose momenta are
+  momentum ∓ `dot_delta` (training/dot.py).
   """
 
   model: str
@@ -54,6 +56,9 @@ class Recipe:
   flip: bool
   dtype: str
   seed: int
+  # Runs saved before these fields existed trained with SGD.
+  optimizer: str = 'sgd'
+  dot_delta: float = 0.075
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +252,10 @@ def from_config(config: ml_collections.ConfigDict) -> RunSpec:
     data=DataRequest.from_fields(tree.get('dataset') or {}),
     inputs=part(Inputs, tree.get('input') or {}),
     saved=validate.config_as_dict(config),
-    compiled=reuse_lib.config_key(config, config_schema.not_compiled()),
+    compiled=reuse_lib.config_key(
+      config,
+      config_schema.not_compiled() + compat.top_level_at_added_default(config),
+    ),
     objective=part(Objective, tree['icc']) if 'icc' in tree else None,
     cache=part(Cache, tree['cache']) if 'cache' in tree else None,
     teacher=part(TeacherSource, tree['teacher']) if 'teacher' in tree else None,

@@ -166,6 +166,7 @@ def build_student(
       steps_per_epoch,
       dataset,
       dtype,
+      optim.splits_gradients(recipe),
     ),
   )
   return RunSetup(
@@ -200,9 +201,12 @@ def _make_step(
   steps_per_epoch: int,
   dataset: InputSource,
   dtype,
+  split_gradients: bool,
 ):
   """The student's jitted step (`student_step.make_train_step`):
-  `networks` the student's module and the teacher's parts."""
+  `networks` the student's module and the teacher's parts; with
+  `split_gradients`, `tx` (DOT's) takes the task and distillation
+  gradients apart."""
   student_model, teacher = networks
   return student_step.make_train_step(
     student_model,
@@ -216,6 +220,7 @@ def _make_step(
     dtype=dtype,
     teacher_mean=teacher.mean,
     teacher_std=teacher.std,
+    split_gradients=split_gradients,
   )
 
 

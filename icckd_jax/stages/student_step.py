@@ -73,6 +73,7 @@ def make_train_step(
   dtype,
   teacher_mean=None,
   teacher_std=None,
+  split_gradients=False,
 ):
   """Builds step(state, batch, args) -> (state, metrics).
 
@@ -91,6 +92,10 @@ def make_train_step(
   state.distiller_buffers (replicated: the loss keeps them equal). For the
   other methods those are None, and the step compiles to the program of a
   plain distillation step.
+
+  With `split_gradients` (DOT, training/dot.py), `tx` receives the pair
+  (gradient of the task term, gradient of the distillation term) of one
+  forward pass (`_gradients`); else the loss's gradient, as always.
   """
   statics = _Statics(
     teacher,
@@ -101,6 +106,7 @@ def make_train_step(
     dtype,
     teacher_mean,
     teacher_std,
+    split_gradients,
   )
   return step_lib.data_parallel(_per_device_fn(student, statics, tx), mesh)
 
@@ -138,9 +144,12 @@ def _per_device_fn(student: nn.Module, statics: '_Statics', tx):
         student_out.logits,
       )
 
-    grads, (new_model_state, buffers, parts, logits) = jax.grad(
-      loss_fn, has_aux=True
-    )(state.params)
+    grads, (new_model_state, buffers, parts, logits) = _gradients(
+      loss_fn,
+      state.params,
+      lambda parts: distiller.task(parts, hp),
+      statics.split_gradients,
+    )
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
     metrics = _metrics(parts, logits, labels, teacher_out)
     return state.replace(
@@ -166,11 +175,34 @@ class _Statics:
   dtype: Any
   teacher_mean: Any
   teacher_std: Any
+  split_gradients: bool = False
 
   def inputs(self, state, images, args):
     """(the student's input x, the teacher's Outputs under stop_gradient in
     float32, the traced scalars with the epoch if the method reads it)."""
     return _inputs(self, state, images, args)
+
+
+def _gradients(loss_fn, params, task, split: bool):
+  """(grads, aux) of `loss_fn(params)` -> (loss [], aux), aux[2] its
+  parts: the loss's gradient, or with `split` the pair (∂task/∂params,
+  ∂(loss − task)/∂params), `task(parts)` [] its task term, from one forward
+  pass and two backward ones, as DOT's published trainer does. In the
+  second, the task term's two paths cancel exactly (w − w = 0) at CE."""
+  if not split:
+    return jax.grad(loss_fn, has_aux=True)(params)
+
+  def terms(params):
+    loss, aux = loss_fn(params)
+    t = task(aux[2])
+    return jnp.stack([t, loss - t]), aux
+
+  _, vjp, aux = jax.vjp(terms, params, has_aux=True)
+  (g_task,), (g_distill,) = (
+    vjp(jnp.array(cotangent, jnp.float32))
+    for cotangent in ((1.0, 0.0), (0.0, 1.0))
+  )
+  return (g_task, g_distill), aux
 
 
 def _inputs(statics: _Statics, state, images, args):

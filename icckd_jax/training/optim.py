@@ -1,8 +1,10 @@
-"""The optimiser of the CIFAR KD benchmark recipe (docs/method.md §5)."""
+"""The optimiser of the CIFAR KD benchmark recipe (docs/method.md §5), or a
+student's DOT (training/dot.py)."""
 
 import optax
 
 from icckd_jax.runs.spec import Recipe
+from icckd_jax.training import dot
 
 
 def create_learning_rate_fn(
@@ -16,6 +18,12 @@ def create_learning_rate_fn(
   return optax.piecewise_constant_schedule(recipe.learning_rate, boundaries)
 
 
+def splits_gradients(recipe: Recipe) -> bool:
+  """Whether `create_optimizer(recipe, ...)` updates from the pair (task
+  gradient, distillation gradient) rather than the loss's gradient."""
+  return recipe.optimizer == 'dot'
+
+
 def create_optimizer(
   recipe: Recipe, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
@@ -23,7 +31,17 @@ def create_optimizer(
 
   Decay is added to the gradient before momentum, as PyTorch's SGD does, so
   the recipe's hyper-parameters mean what they mean in the reference code.
+  With recipe.optimizer 'dot' (a student's), DOT: its update takes the
+  task and the distillation gradients apart (`dot.dot`).
   """
+  if splits_gradients(recipe):
+    return dot.dot(
+      learning_rate_fn,
+      recipe.momentum,
+      recipe.dot_delta,
+      recipe.weight_decay,
+      dot.model_and_distiller,
+    )
   return optax.chain(
     optax.add_decayed_weights(recipe.weight_decay),
     optax.sgd(learning_rate_fn, momentum=recipe.momentum, nesterov=False),

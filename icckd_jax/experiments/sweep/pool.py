@@ -29,13 +29,9 @@ def _visible_gpus() -> list[str]:
   return [str(i) for i in range(len(glob.glob('/proc/driver/nvidia/gpus/*')))]
 
 
-def _worker_main(
-  config_dict: dict, workdir: str, worker: int, gpu: str | None, verbosity: int
-) -> None:
-  """A worker process: its own device set-up and logging (as launch.py's),
-  then `work`."""
-  if gpu is not None:
-    os.environ['CUDA_VISIBLE_DEVICES'] = gpu
+def set_up_process(config_dict: dict, verbosity: int) -> None:
+  """A worker process's device set-up and logging, as launch.py's: for the
+  processes of this pool and for the tasks of a SLURM array."""
   # Processes sharing a GPU must not each take most of its memory up front.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   logging.set_verbosity(verbosity)
@@ -45,6 +41,15 @@ def _worker_main(
   compilation_cache.enable(
     config_dict.get('compilation_cache', compilation_cache.DEFAULT_DIR)
   )
+
+
+def _worker_main(
+  config_dict: dict, workdir: str, worker: int, gpu: str | None, verbosity: int
+) -> None:
+  """A worker process: its own device set-up and logging, then `work`."""
+  if gpu is not None:
+    os.environ['CUDA_VISIBLE_DEVICES'] = gpu
+  set_up_process(config_dict, verbosity)
   try:
     sweep_worker.work(ml_collections.ConfigDict(config_dict), workdir, worker)
   except UserError as e:

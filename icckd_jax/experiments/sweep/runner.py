@@ -96,9 +96,12 @@ def with_transfer_recipe(
   return chosen
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs every (setting, seed) not yet finished, in config.workers
-  processes; returns the result rows of every finished run."""
+def prepared(
+  config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict:
+  """The sweep's config (with its transfer recipe), checked, and its
+  workdir made with sweep.json in it: what every worker of it, here or on
+  a cluster, starts from."""
   # Fail on a bad setting, seed list, worker count or stage field before
   # anything is written or trained.
   preflight.require_workdir(workdir)
@@ -107,9 +110,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     pipeline.check_stages(
       run.teacher, run.student, f'setting {run.setting!r} seed {run.seed}: '
     )
-  workdir = preflight.prepare_workdir(workdir)
-  write_sweep_file(config, workdir)
+  write_sweep_file(config, preflight.prepare_workdir(workdir))
+  return config
 
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every (setting, seed) not yet finished, in config.workers
+  processes; returns the result rows of every finished run."""
+  config = prepared(config, workdir)
+  workdir = os.path.abspath(workdir)
   start = time.perf_counter()
   if config.get('workers', 1) == 1:
     sweep_worker.work(config, workdir)

@@ -93,7 +93,7 @@ def _write_result(
   )
 
 
-def _has_result(run: sweep_plan.Run) -> bool:
+def has_result(run: sweep_plan.Run) -> bool:
   """Whether the run's result.json is there and readable: a damaged one is
   written again from the run's stages (which have finished)."""
   if not os.path.exists(run.result_path):
@@ -200,7 +200,7 @@ def _pass(
   Returns (stages trained or resumed, the runs waiting on other workers)."""
   trained, waiting = 0, []
   for index, run in enumerate(runs):
-    if _has_result(run):
+    if has_result(run):
       if first_pass:
         logging.info(
           '[%d/%d] %s seed %d: finished earlier, skipped.',
@@ -244,7 +244,7 @@ def work(
   # A run with its result is done even where its stages' checkpoints are
   # not here (records carried from another machine): it is neither
   # measured nor projected, and its teacher is not retrained for it.
-  todo = [run for run in runs if not _has_result(run)]
+  todo = [run for run in runs if not has_result(run)]
   reuse, clock = Reuse(), None
   if (
     worker == 0
