@@ -114,7 +114,7 @@ def test_teacher_untouched_and_absent_from_student_checkpoints(
         '--config.distill.method=at',
         '--config.distill.standardize_logits=True',
       ],
-      'config.distill.standardize_logits=True applies to kd, dkd, dist, ctkd only',
+      'config.distill.standardize_logits=True applies to kd, dkd, dist, ctkd, mlkd only',
     ),
   ],
 )
