@@ -17,6 +17,7 @@ from icckd_jax import models
 from icckd_jax import parallel
 from icckd_jax.data import datasets
 from icckd_jax.distillers import mlkd
+from icckd_jax.errors import UserError
 from icckd_jax.input_pipeline import resident
 from icckd_jax.runs import spec
 from icckd_jax.runs import train_state
@@ -340,3 +341,22 @@ def test_mlkd_ls_trains_from_a_pth_teacher(tmp_path):
   )
   summary = student.train_student(config, str(tmp_path / 'student'))
   assert np.isfinite(summary['final_top1'])
+
+
+def test_the_strong_view_is_refused_in_one_line_for_other_channel_counts():
+  config = student_config.get_config('smoke')
+  config.dataset.update(num_train=16, num_test=16, image_size=8, channels=2)
+  config.batch_size = 8
+  config.distill.method = 'mlkd'
+  t_config = teacher_config.get_config('smoke')
+  dataset = datasets.load(spec.data_request(config.dataset))
+  model = models.create_model(t_config.model, dataset.num_classes)
+  t_variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 2)))
+  )
+  with pytest.raises(UserError, match='images of 1 or 3 channels') as e:
+    student.build_student(
+      spec.from_config(config), dataset, parallel.make_mesh(1), t_config,
+      t_variables,
+    )  # fmt: skip
+  assert '\n' not in str(e.value) and "method='mlkd'" in str(e.value)

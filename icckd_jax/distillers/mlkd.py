@@ -17,8 +17,10 @@ confidence c_i = max_c softmax(t^w_i):
     + α · [ m Σ_{T∈𝒯} KD_T(w) + Σ_{T∈𝒯₃} KD_T(σ) + Σ_{T∈𝒯∖𝒯₃} KD_T(w)
             + m_c Σ_{T∈𝒯} CC_T(w) + m Σ_{T∈𝒯} BC_T(w) ]
 
-over the temperatures 𝒯 = (T, 3, 5, 2, 6), 𝒯₃ its first three (the
-paper's prediction augmentation, its Eqs. 2-6; KD_T(w) is KD_T(s^w, t^w)).
+over the temperatures 𝒯 = (T, 3, 5, 2, 6), 𝒯₃ its first three: the
+paper's prediction augmentation (the temperatures) and its instance-,
+batch- and class-level alignment (its Method section), as the code
+computes them; KD_T(w) is KD_T(s^w, t^w).
 
 This follows the code, not the paper, where they differ
 (docs/distillers.md): the "confidence masks" scale each weak-view term by
@@ -72,8 +74,9 @@ def _probs(logits: jax.Array, temperature) -> jax.Array:
 def class_correlation(
   student_logits: jax.Array, teacher_logits: jax.Array, temperature
 ) -> jax.Array:
-  """[] ||PsᵀPs - PtᵀPt||²_F / C, P = softmax(logits / T) [B, C] (the
-  class-level alignment, the paper's Eq. 5; the code's `cc_loss`)."""
+  """[] ||PsᵀPs - PtᵀPt||²_F / C, P = softmax(logits / T) [B, C]: the
+  class-level alignment of the class correlation matrices (the code's
+  `cc_loss`)."""
   ps, pt = (
     _probs(student_logits, temperature),
     _probs(teacher_logits, temperature),
@@ -85,8 +88,9 @@ def class_correlation(
 def batch_correlation(
   student_logits: jax.Array, teacher_logits: jax.Array, temperature
 ) -> jax.Array:
-  """[] ||PsPsᵀ - PtPtᵀ||²_F / B, P = softmax(logits / T) [B, C] (the
-  batch-level alignment, the paper's Eq. 4; the code's `bc_loss`)."""
+  """[] ||PsPsᵀ - PtPtᵀ||²_F / B, P = softmax(logits / T) [B, C]: the
+  batch-level alignment of the examples' correlation matrices (the code's
+  `bc_loss`)."""
   ps, pt = (
     _probs(student_logits, temperature),
     _probs(teacher_logits, temperature),
