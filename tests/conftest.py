@@ -65,3 +65,17 @@ def _data_dir(tmp_path_factory):
   """Downloads and decoded-array caches go to a temporary folder, never the
   user's ~/.cache; launch.py subprocesses inherit it."""
   os.environ['ICCKD_DATA_DIR'] = str(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory) -> pathlib.Path:
+  """A smoke teacher (helpers.TRAINED), 2 epochs on 1 device:
+  checkpoints/1, /2 and best."""
+  # Imported here: conftest is imported before the tests' modules.
+  import helpers  # pylint: disable=g-import-not-at-top
+  from launch_in_process import run_launcher  # pylint: disable=g-import-not-at-top
+
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  code, stderr = run_launcher(*helpers.TRAINED, f'--workdir={workdir}')
+  assert code == 0, stderr[-2000:]
+  return workdir

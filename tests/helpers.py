@@ -1,20 +1,29 @@
 """What several test modules share, and what only the tests call: a tiny
-teacher's command line, a run's records without their timings, a
-checkpoint's state, two runs that ended alike, a signal sent after a run's
-last epoch, a free port, an idx file, and the package functions no package
-module uses (the evaluation transform of one image, a study's shared
-threshold, a teacher's config and variables)."""
+teacher's command line, a workdir's files, a run's records without their
+timings, a checkpoint's state, two runs that ended alike, a signal sent
+after a run's last epoch, a free port, launch.py in processes of its own
+(one run, one killed after its first checkpoint, or several --multihost
+processes), what processes left in /dev/shm, an idx file, a converted
+image folder, and the package functions no package module uses (the
+evaluation transform of one image, a study's shared threshold, a
+teacher's config and variables)."""
 
 import gzip
 import os
 import pathlib
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
+from PIL import Image
 
+from conftest import COLLECTIVE_PATIENCE, ROOT
 from icckd_jax import parallel
 from icckd_jax.data import images
 from icckd_jax.experiments import ablation_metrics
@@ -33,6 +42,28 @@ TEACHER = (
   '--config.icc.lam=0',
   '--config.num_devices=1',
 )
+
+SMOKE = ('--config=configs/teacher.py:smoke',)
+# The trained fixture's run: a cross-entropy teacher (the cheapest step to
+# compile), 2 steps per epoch, 2 epochs, one device.
+TRAINED = (
+  *SMOKE,
+  '--config.dataset.num_train=64',
+  '--config.icc.lam=0',
+  '--config.num_devices=1',
+)
+
+
+def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:
+  """Every file under `path` with its contents; None if `path` is absent."""
+  if not path.exists():
+    return None
+  return {
+    str(p.relative_to(path)): p.read_bytes()
+    for p in sorted(path.rglob('*'))
+    if p.is_file()
+  }
+
 
 # A record's wall-clock fields: all else a resumed run reproduces exactly.
 TIMING_KEYS = {'step_time', 'images_per_second', 'epoch_time'}
@@ -87,6 +118,132 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
+
+
+def subprocess_env(devices: int) -> dict[str, str]:
+  """The environment of a launch.py subprocess on `devices` CPU devices."""
+  return dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE}'
+    ),
+  )
+
+
+def launch_process(*args: str, devices: int) -> subprocess.Popen:
+  """launch.py with `args` in a process of its own on `devices` CPU
+  devices; its stderr is kept for the failure message."""
+  return subprocess.Popen(
+    [sys.executable, str(ROOT / 'launch.py'), *args],
+    cwd=ROOT,
+    env=subprocess_env(devices),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def kill_after_checkpoint(args, workdir, checkpoints):
+  """Starts launch.py in a real process (on conftest's 4 emulated devices,
+  like the in-process runs), SIGKILLs it as soon as checkpoint 1 appears in
+  `checkpoints` (Orbax renames it into place once complete), and checks
+  that the kill came before checkpoint 2: mid-run, not after the end."""
+  proc = subprocess.Popen(
+    [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 300
+  while not (checkpoints / '1').exists():
+    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (checkpoints / '2').exists(), (
+    'the run finished before it could be killed: make its epochs longer'
+  )
+
+
+def start_processes(
+  *args: str, count: int = 2, per_process: Sequence[Sequence[str]] = ()
+) -> list[subprocess.Popen]:
+  """`count` launch.py processes of one --multihost run on localhost, one
+  CPU device each (`per_process`: each one's own further arguments)."""
+  port = free_port()
+  return [
+    launch_process(
+      *args,
+      *(per_process[i] if per_process else ()),
+      '--multihost',
+      f'--coordinator_address=localhost:{port}',
+      f'--num_processes={count}',
+      f'--process_id={i}',
+      devices=1,
+    )
+    for i in range(count)
+  ]
+
+
+def wait_for_success(procs: list[subprocess.Popen]) -> None:
+  """Each of `procs` ends with exit code 0 (its stderr's end otherwise)."""
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=540)
+    assert proc.returncode == 0, stderr[-3000:]
+
+
+def shared_memory_names() -> set[str]:
+  """The names in /dev/shm (POSIX shared memory and semaphores)."""
+  return set(os.listdir('/dev/shm'))
+
+
+def left_in_shared_memory(before: set[str], patience_s: float = 60) -> set[str]:
+  """What ended processes left in /dev/shm since `before` was listed: the
+  new names that no live process maps and that are still there after
+  `patience_s`. Segments of other processes come and go (a batch in flight
+  is mapped by no one for a moment; a run's tracker unlinks the rest at its
+  end), so only those that outlast the wait count."""
+  deadline = time.time() + patience_s
+  while True:
+    left = shared_memory_names() - before
+    for maps in pathlib.Path('/proc').glob('[0-9]*/maps'):
+      try:
+        text = maps.read_text()
+      except OSError:  # the process ended, or is not ours to read
+        continue
+      left = {n for n in left if f'/dev/shm/{n}' not in text}
+    if not left or time.time() > deadline:
+      return left
+    time.sleep(0.5)
+
+
+def png_folder(root: pathlib.Path, classes: str, seed: int) -> pathlib.Path:
+  """An image folder of one size: train/<class>/*.png (8 each),
+  test/<class>/*.png (2 each), 8x8 RGB."""
+  rng = np.random.default_rng(seed)
+  for split, n in (('train', 8), ('test', 2)):
+    for c in classes:
+      for i in range(n):
+        path = root / split / c / f'{i}.png'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(path)
+  return root
+
+
+def convert_folder(source: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+  """The image folder `source` converted into `out` (configs/convert.py)."""
+  from launch_in_process import run_launcher  # pylint: disable=g-import-not-at-top
+
+  code, stderr = run_launcher(
+    '--config=configs/convert.py',
+    '--config.workers=1',
+    '--config.dataset.name=image_folder',
+    f'--config.dataset.path={source}',
+    f'--config.output_dir={out}',
+  )
+  assert code == 0, stderr[-2000:]
+  return out
 
 
 def write_idx(path: pathlib.Path, array: np.ndarray) -> None:

@@ -331,8 +331,8 @@ def test_augment_chooses_the_streamed_recipe_or_refuses_in_one_line(
   rng = np.random.default_rng(3)
   source = tmp_path / 'src'
   for split in ('train', 'test'):
-    for i in range(2):
-      _jpeg(source / split / 'a' / f'{i}.jpg', rng, size=(40, 48))
+    for c in 'ab':  # two classes: a one-class set is refused
+      _jpeg(source / split / c / '0.jpg', rng, size=(40, 48))
   code, stderr = _convert(source, tmp_path / 'out')
   assert code == 0, stderr[-2000:]
   config = datasets.DataRequest(

@@ -3,19 +3,16 @@ started on (runs/data_identity.py), and an intact checkpoint of other
 shapes is never taken for a damaged one (training/checkpoint_reader.py)."""
 
 import os
-import pathlib
 import shutil
 
-import numpy as np
-from PIL import Image
 import pytest
 
 from icckd_jax.input_pipeline import inputs
 from icckd_jax.runs import layout
 from launch_in_process import error_line, run_launcher
-from test_robust_runs import snapshot
+import helpers
+from helpers import snapshot
 
-CONVERT = ('--config=configs/convert.py', '--config.workers=1')
 TEACHER = (
   '--config=configs/teacher.py:smoke',
   '--config.dataset.name=array_record',
@@ -27,29 +24,6 @@ TEACHER = (
 )
 
 
-def _folder(root: pathlib.Path, classes: str, seed: int) -> pathlib.Path:
-  """train/<class>/*.png (8 each), test/<class>/*.png (2 each), 8x8 RGB."""
-  rng = np.random.default_rng(seed)
-  for split, n in (('train', 8), ('test', 2)):
-    for c in classes:
-      for i in range(n):
-        path = root / split / c / f'{i}.png'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(path)
-  return root
-
-
-def _convert(source, out):
-  code, stderr = run_launcher(
-    *CONVERT,
-    '--config.dataset.name=image_folder',
-    f'--config.dataset.path={source}',
-    f'--config.output_dir={out}',
-  )
-  assert code == 0, stderr[-2000:]
-  return out
-
-
 @pytest.fixture(scope='module')
 def sets(tmp_path_factory):
   """Three converted sets: 'abc' (3 classes), 'other' (3 classes, other
@@ -57,7 +31,9 @@ def sets(tmp_path_factory):
   epoch on 'abc', started with input.mode='auto' (resident: it is tiny)."""
   base = tmp_path_factory.mktemp('identity')
   found = {
-    name: _convert(_folder(base / f'src_{name}', classes, seed), base / name)
+    name: helpers.convert_folder(
+      helpers.png_folder(base / f'src_{name}', classes, seed), base / name
+    )
     for name, classes, seed in (
       ('abc', 'abc', 0),
       ('other', 'abc', 1),

@@ -5,8 +5,8 @@ is not finite (as an evaluated network or as a student's teacher)."""
 import numpy as np
 import pytest
 
+import helpers
 from launch_in_process import error_line, run_launcher
-from test_data_identity import _convert, _folder
 from torch_files import random_state_dict, write_pth
 
 
@@ -28,7 +28,9 @@ def test_a_pth_evaluated_at_another_size_than_the_sets_is_refused(
 ):
   """8x8 images evaluated with dataset.image_size=32: the set's size would
   be used and the figure read as 32x32's; one line, exit 2."""
-  data = _convert(_folder(tmp_path / 'src', 'abc', 0), tmp_path / 'out')
+  data = helpers.convert_folder(
+    helpers.png_folder(tmp_path / 'src', 'abc', 0), tmp_path / 'out'
+  )
   args = (
     '--config=configs/eval.py',
     f'--config.pth={pth / "good.pth"}',

@@ -17,7 +17,7 @@ from icckd_jax.stages import preflight
 import helpers
 from helpers import TEACHER
 from launch_in_process import error_line, refusal, run_launcher
-from test_robust_runs import SMOKE
+from helpers import SMOKE
 
 
 def test_ctrl_c_before_training_exits_130_without_a_traceback(

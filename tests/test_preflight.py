@@ -12,7 +12,7 @@ from icckd_jax.runs import memory
 from icckd_jax.stages import preflight
 from helpers import TEACHER
 from launch_in_process import error_line, run_launcher
-from test_robust_runs import SMOKE
+from helpers import SMOKE
 
 
 def test_a_step_too_big_for_memory_is_refused_before_writing(

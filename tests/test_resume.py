@@ -23,8 +23,7 @@ from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import checkpoint
 from helpers import TEACHER
 from launch_in_process import error_line, run_launcher
-from test_robust_runs import TRAINED, snapshot
-from test_robust_runs import trained  # noqa: F401  (the fixture)
+from helpers import TRAINED, snapshot
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ seconds of imports per case); the exit-code path, the lock and the
 signals are exercised in real subprocesses.
 """
 
-from collections.abc import Sequence
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import COLLECTIVE_PATIENCE, ROOT
+from conftest import ROOT
 from icckd_jax.training import checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.training import divergence
@@ -36,38 +35,8 @@ from icckd_jax.runs import workdir_lock
 from icckd_jax.runs.train_state import TrainState
 from icckd_jax.runs import layout
 import helpers
-from helpers import assert_same_run, restore_state
+from helpers import SMOKE, TRAINED, assert_same_run, restore_state, snapshot
 from launch_in_process import error_line, run_launcher
-
-SMOKE = ('--config=configs/teacher.py:smoke',)
-# The trained fixture's run: a cross-entropy teacher (the cheapest step to
-# compile), 2 steps per epoch, 2 epochs, one device.
-TRAINED = (
-  *SMOKE,
-  '--config.dataset.num_train=64',
-  '--config.icc.lam=0',
-  '--config.num_devices=1',
-)
-
-
-def snapshot(path: pathlib.Path) -> dict[str, bytes] | None:
-  """Every file under `path` with its contents; None if `path` is absent."""
-  if not path.exists():
-    return None
-  return {
-    str(p.relative_to(path)): p.read_bytes()
-    for p in sorted(path.rglob('*'))
-    if p.is_file()
-  }
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory) -> pathlib.Path:
-  """A smoke teacher, 2 epochs on 1 device: checkpoints/1, /2 and best."""
-  workdir = tmp_path_factory.mktemp('trained') / 'run'
-  code, stderr = run_launcher(*TRAINED, f'--workdir={workdir}')
-  assert code == 0, stderr[-2000:]
-  return workdir
 
 
 def _refused(assignment: str, said: str = '') -> tuple[list[str], str]:
@@ -563,16 +532,6 @@ def straight_run(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
-def _subprocess_env(devices: int) -> dict[str, str]:
-  return dict(
-    os.environ,
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE}'
-    ),
-  )
-
-
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   straight_run, tmp_path
@@ -581,7 +540,9 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   saves at the next step and exits 143; the rerun ends bit-identical to the
   uninterrupted run, state and metrics (timings aside)."""
   workdir = tmp_path / 'run'
-  proc = _launch_process(*PREEMPT_ARGS, f'--workdir={workdir}', devices=2)
+  proc = helpers.launch_process(
+    *PREEMPT_ARGS, f'--workdir={workdir}', devices=2
+  )
   deadline = time.time() + 300
 
   def wait_for(condition):
@@ -622,45 +583,6 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_for_bit(
   assert not os.listdir(workdir / 'preempted')
 
 
-def _launch_process(*args: str, devices: int) -> subprocess.Popen:
-  """launch.py with `args` in a process of its own on `devices` CPU
-  devices; its stderr is kept for the failure message."""
-  return subprocess.Popen(
-    [sys.executable, str(ROOT / 'launch.py'), *args],
-    cwd=ROOT,
-    env=_subprocess_env(devices),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-
-
-def _start_processes(
-  *args: str, count: int = 2, per_process: Sequence[Sequence[str]] = ()
-) -> list[subprocess.Popen]:
-  """`count` launch.py processes of one --multihost run on localhost, one
-  CPU device each (`per_process`: each one's own further arguments)."""
-  port = helpers.free_port()
-  return [
-    _launch_process(
-      *args,
-      *(per_process[i] if per_process else ()),
-      '--multihost',
-      f'--coordinator_address=localhost:{port}',
-      f'--num_processes={count}',
-      f'--process_id={i}',
-      devices=1,
-    )
-    for i in range(count)
-  ]
-
-
-def _wait_for_success(procs: list[subprocess.Popen]) -> None:
-  for proc in procs:
-    _, stderr = proc.communicate(timeout=540)
-    assert proc.returncode == 0, stderr[-3000:]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_with_two_devices(
   straight_run, tmp_path
@@ -669,7 +591,9 @@ def test_two_processes_train_like_one_process_with_two_devices(
   coordinated by jax.distributed (gloo collectives), write one checkpoint
   that restores in this process and equals the one-process run's."""
   workdir = tmp_path / 'run'
-  _wait_for_success(_start_processes(*PREEMPT_ARGS, f'--workdir={workdir}'))
+  helpers.wait_for_success(
+    helpers.start_processes(*PREEMPT_ARGS, f'--workdir={workdir}')
+  )
   state_a, meta_a = restore_state(straight_run)
   state_b, meta_b = restore_state(workdir)
   differences = jax.tree.leaves(
@@ -698,7 +622,7 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_the_same_step(
   within 3 steps of the signal, saved in WORKDIR/preempted; the rerun (one
   process, two devices) ends bit-identical to the uninterrupted run."""
   workdir = tmp_path / 'run'
-  procs = _start_processes(
+  procs = helpers.start_processes(
     *PREEMPT_ARGS,
     '--config.preemption_check_every_steps=3',
     f'--workdir={workdir}',

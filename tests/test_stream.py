@@ -28,13 +28,16 @@ from icckd_jax.training import preemption
 from icckd_jax.runs import validate
 from launch_in_process import run_launcher
 from test_array_record import mixed_folder
-from test_robust_runs import (
+import helpers
+from helpers import (
   TRAINED,
-  _start_processes,
-  _subprocess_env,
-  _wait_for_success,
+  assert_same_run,
+  restore_state,
+  start_processes,
+  strip_timing,
+  subprocess_env,
+  wait_for_success,
 )
-from helpers import assert_same_run, restore_state, strip_timing
 
 
 @pytest.fixture(scope='module')
@@ -266,7 +269,7 @@ def test_two_processes_stream_like_one_process_with_two_devices(
   )
   assert code == 0, stderr[-2000:]
   two = tmp_path / 'two'
-  _wait_for_success(_start_processes(*args, f'--workdir={two}'))
+  wait_for_success(start_processes(*args, f'--workdir={two}'))
   epochs = [
     [
       r
@@ -281,37 +284,57 @@ def test_two_processes_stream_like_one_process_with_two_devices(
     assert a['test_top1'] == b['test_top1']
 
 
-@pytest.mark.slow
-def test_sigterm_to_the_process_group_mid_run_resumes_exactly(shards, tmp_path):
-  """A real SIGTERM to the whole process group (the training process and
-  its 2 decode workers, as a cluster manager sends it) in epoch 2: the run
-  saves and exits 143; resumed, it ends as the uninterrupted run."""
-  args = (
-    *STREAMED,
-    f'--config.dataset.path={shards}',
-    '--config.num_epochs=4',
-    '--config.num_devices=1',
-    '--config.input.workers=2',
+GROUP_ARGS = (
+  *STREAMED,
+  '--config.num_epochs=4',
+  '--config.num_devices=1',
+  '--config.input.workers=2',
+)
+
+
+def _launch_group(shards, workdir) -> subprocess.Popen:
+  """GROUP_ARGS in a session of its own: its process group is the training
+  process, its 2 decode workers and multiprocessing's resource tracker.
+  Every run in a process of one CPU device: XLA's CPU kernels may sum in
+  another order on a backend of another device count."""
+  return subprocess.Popen(
+    [
+      sys.executable,
+      str(ROOT / 'launch.py'),
+      *GROUP_ARGS,
+      f'--config.dataset.path={shards}',
+      f'--workdir={workdir}',
+    ],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
   )
 
-  def launch(workdir):
-    # Every run in a process of one CPU device: XLA's CPU kernels may sum
-    # in another order on a backend of another device count.
-    return subprocess.Popen(
-      [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
-      cwd=ROOT,
-      env=_subprocess_env(1),
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-      start_new_session=True,
-    )
 
-  straight = tmp_path / 'straight'
-  _, stderr = (proc := launch(straight)).communicate(timeout=400)
+@pytest.fixture(scope='module')
+def straight_group_run(shards, tmp_path_factory):
+  """GROUP_ARGS uninterrupted."""
+  workdir = tmp_path_factory.mktemp('group') / 'straight'
+  _, stderr = (proc := _launch_group(shards, workdir)).communicate(timeout=400)
   assert proc.returncode == 0, stderr[-2000:]
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_to_the_process_group_mid_run_resumes_exactly(
+  shards, straight_group_run, tmp_path, signum
+):
+  """A real signal to the whole process group in epoch 2, as a cluster
+  manager (SIGTERM) or a closed terminal (SIGHUP) sends it: the run saves
+  and exits 128 + the signal, without a traceback or a warning of leaks,
+  leaving nothing in /dev/shm; resumed, it ends as the uninterrupted run."""
+  before = helpers.shared_memory_names()
   workdir = tmp_path / 'run'
-  proc = launch(workdir)
+  proc = _launch_group(shards, workdir)
   deadline = time.time() + 400
   while not any(
     r['kind'] == 'train' and r['step'] >= 3
@@ -319,10 +342,16 @@ def test_sigterm_to_the_process_group_mid_run_resumes_exactly(shards, tmp_path):
   ):
     assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
     time.sleep(0.02)
-  os.killpg(proc.pid, signal.SIGTERM)
+  os.killpg(proc.pid, signum)
   _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-  assert 'preempted: stopped by SIGTERM at step' in stderr
-  _, stderr = (proc := launch(workdir)).communicate(timeout=400)
+  assert proc.returncode == 128 + signum, stderr[-3000:]
+  name = signal.Signals(signum).name
+  assert f'preempted: stopped by {name} at step' in stderr
+  assert 'Traceback' not in stderr and 'resource_tracker' not in stderr, stderr[
+    -3000:
+  ]
+  assert not helpers.left_in_shared_memory(before)
+  _, stderr = (proc := _launch_group(shards, workdir)).communicate(timeout=400)
   assert proc.returncode == 0, stderr[-2000:]
-  assert_same_run(straight, workdir)
+  assert 'resource_tracker' not in stderr, stderr[-3000:]
+  assert_same_run(straight_group_run, workdir)

@@ -22,7 +22,6 @@ import toy_distiller
 from train_steps import run_steps
 from launch_in_process import error_line, launch
 from helpers import records_without_timings, restore_state
-from test_training import kill_after_checkpoint
 
 
 def _tree_digest(path):
@@ -240,7 +239,7 @@ def test_pipeline_killed_in_student_stage_resumes_without_retraining(tmp_path):
   the student ends exactly as in an uninterrupted pipeline."""
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*PIPELINE_ARGS, f'--workdir={straight}')
-  kill_after_checkpoint(
+  helpers.kill_after_checkpoint(
     PIPELINE_ARGS, resumed, resumed / 'student' / 'checkpoints'
   )
   teacher_digest = _tree_digest(resumed / 'teacher')

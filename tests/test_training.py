@@ -5,46 +5,18 @@ launch.py runs in this process (tests/launch_in_process.py); only the run
 that is SIGKILLed is a real process."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import ROOT
-from icckd_jax.training import compilation_cache
 from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.training import metric_writer
 from icckd_jax.runs import spec
 from helpers import records_without_timings, restore_state
+import helpers
 from launch_in_process import error_line, launch
-
-
-def kill_after_checkpoint(args, workdir, checkpoints):
-  """Starts launch.py in a real process (on conftest's 4 emulated devices,
-  like the in-process runs), SIGKILLs it as soon as checkpoint 1 appears in
-  `checkpoints` (Orbax renames it into place once complete), and checks
-  that the kill came before checkpoint 2: mid-run, not after the end."""
-  proc = subprocess.Popen(
-    [sys.executable, str(ROOT / 'launch.py'), *args, f'--workdir={workdir}'],
-    cwd=ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  deadline = time.time() + 300
-  while not (checkpoints / '1').exists():
-    assert proc.poll() is None and time.time() < deadline, 'no checkpoint 1'
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (checkpoints / '2').exists(), (
-    'the run finished before it could be killed: make its epochs longer'
-  )
 
 
 @pytest.mark.slow
@@ -100,7 +72,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   launch(*RESUME_ARGS, f'--workdir={straight}')
 
-  kill_after_checkpoint(RESUME_ARGS, resumed, resumed / 'checkpoints')
+  helpers.kill_after_checkpoint(RESUME_ARGS, resumed, resumed / 'checkpoints')
   launch(*RESUME_ARGS, f'--workdir={resumed}')
 
   state_a, meta_a = restore_state(straight)
@@ -246,39 +218,3 @@ def test_teacher_without_cache_trains_and_checkpoints(tmp_path):
   assert epoch['neg_in_batch'] > 0.0
   state, _ = restore_state(workdir)
   assert not jax.tree.leaves(state.get('cache'))
-
-
-def test_a_fresh_home_gets_a_compilation_cache_from_the_first_run(tmp_path):
-  """Without $JAX_COMPILATION_CACHE_DIR (the tests' own cache), a run
-  fills ~/.cache/icckd_jax/xla: the train and eval steps are kept."""
-  env = {
-    k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'
-  }
-  env['HOME'] = str(tmp_path / 'home')
-  subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / 'launch.py'),
-      '--config=configs/teacher.py:smoke',
-      '--config.num_epochs=1',
-      '--config.dataset.num_train=64',
-      '--config.icc.lam=0',
-      '--config.num_devices=1',
-      f'--workdir={tmp_path / "run"}',
-    ],
-    cwd=ROOT,
-    env=env,
-    check=True,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  cache = tmp_path / 'home' / '.cache' / 'icckd_jax' / 'xla'
-  # The train step, the eval step and the small programs around them.
-  assert len(list(cache.iterdir())) >= 2
-
-
-def test_an_empty_compilation_cache_leaves_it_off(monkeypatch):
-  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
-  before = jax.config.jax_compilation_cache_dir
-  assert compilation_cache.enable('') is None
-  assert jax.config.jax_compilation_cache_dir == before

@@ -1,7 +1,7 @@
 """A run's config checked before anything is written (runs/validate.py)."""
 
 from launch_in_process import refusal
-from test_robust_runs import SMOKE
+from helpers import SMOKE
 
 
 def test_a_path_for_the_synthetic_set_is_refused(tmp_path):

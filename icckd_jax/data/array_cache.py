@@ -52,7 +52,10 @@ def folder_key(root: pathlib.Path) -> dict[str, Any]:
     for name in sorted(filenames):
       stat = os.stat(os.path.join(dirpath, name))
       rel = os.path.relpath(os.path.join(dirpath, name), root)
-      digest.update(f'{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+      # The name's bytes as the file system holds them: a name that is not
+      # UTF-8 is a file like any other (UTF-8 names give the same bytes).
+      digest.update(os.fsencode(rel))
+      digest.update(f'\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
   return {'path': str(root.resolve()), 'tree': digest.hexdigest()}
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from icckd_jax.data import classes
 from icckd_jax.data import download
 from icckd_jax.data import images as images_lib
 from icckd_jax.errors import UserError, one_line
@@ -159,7 +160,7 @@ def read_info(path: str | None) -> Info:
   shape = info.get('image_shape')
   return Info(
     root=str(root),
-    classes=tuple(_field(info, 'classes', where)),
+    classes=classes.check(where, tuple(_field(info, 'classes', where))),
     counts=counts,
     mean=np.asarray(_field(info, 'mean', where), np.float32),
     std=np.asarray(_field(info, 'std', where), np.float32),

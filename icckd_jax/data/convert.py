@@ -17,15 +17,22 @@ statistics: a killed conversion restarts at the first shard without one.
 `conversion.json` records the source; an output folder holding another
 source's conversion is refused, never written over. info.json is written
 last, so a data set without it is never read; a rerun over a conversion
-damaged since (a shard truncated or deleted) converts it again.
+damaged since (a shard truncated or deleted) converts it again. A full
+disk, an output that cannot be written or a stop signal (SIGTERM, SIGHUP,
+Ctrl-C: the pool is ended in order) is one line, the finished shards kept
+and the half-written ones removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import multiprocessing
 import os
 import pathlib
+import signal
+import threading
 import time
 from typing import Any
 
@@ -36,7 +43,7 @@ import numpy as np
 from icckd_jax.data import array_record
 from icckd_jax.data import shard_writer
 from icckd_jax.data.convert_listing import Listing, list_source
-from icckd_jax.errors import UserError
+from icckd_jax.errors import Preempted, UserError, one_line
 
 CONVERSION_FILE = 'conversion.json'
 
@@ -53,33 +60,35 @@ def _done_shard(out: pathlib.Path, file: str) -> dict[str, Any] | None:
   return done
 
 
-def _complete(out: pathlib.Path) -> bool:
-  """Whether `out` holds a finished conversion that opens (`read_info`:
-  every shard and label file present, of the size info.json records).
-  A damaged one (a shard truncated or deleted since) has its info.json
-  removed, so that this conversion writes it again instead of calling it
-  complete while training refuses it."""
-  info = out / array_record.INFO_FILE
-  if not info.is_file():
-    return False
+def _damage(out: pathlib.Path) -> str | None:
+  """Why the finished conversion in `out` does not open (`read_info`: a
+  shard or label file truncated or deleted since), or None if it opens."""
   try:
     array_record.read_info(str(out))
   except UserError as e:
-    logging.warning('%s is damaged (%s); converting it again.', out, e)
-    info.unlink()
-    return False
-  return True
+    return str(e)
+  return None
 
 
-def _prepare_output(output_dir: str | None, identity: dict[str, Any]):
-  """Creates or reopens the output folder; refuses one that is a file or
-  holds something other than a conversion of this source."""
+def _prepare_output(
+  output_dir: str | None, identity: dict[str, Any], source: str | None
+):
+  """The output folder, unwritten; refuses one that is a file, lies inside
+  the `source` folder, or holds something other than a conversion of this
+  source."""
   if not output_dir:
     raise UserError('config.output_dir is not set; give the folder to write')
   out = pathlib.Path(output_dir).expanduser()
   if out.exists() and not out.is_dir():
     raise UserError(
       f'config.output_dir={output_dir!r} is a file; give a folder'
+    )
+  if source and out.resolve().is_relative_to(source):
+    # The source's identity covers every file below it: the shards would
+    # change it, and the rerun would find "another source".
+    raise UserError(
+      f'config.output_dir={output_dir!r} is inside the source folder '
+      f'{source}; choose a folder outside it'
     )
   marker = out / CONVERSION_FILE
   if marker.is_file():
@@ -176,15 +185,22 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     'source': listing.identity,
     'records_per_shard': per_shard,
   }
-  out = _prepare_output(config.get('output_dir'), identity)
+  out = _prepare_output(
+    config.get('output_dir'), identity, listing.identity.get('path')
+  )
   # An unreadable info.json (hostile to json) is no finished conversion;
   # a readable one is, only while every shard it records is whole.
   finished = _finished_info(out)
-  if finished is not None and _complete(out):
+  damage = _damage(out) if finished is not None else None
+  if finished is not None and damage is None:
     logging.info('%s holds this conversion already, complete.', out)
     return finished
-  out.mkdir(parents=True, exist_ok=True)
-  shard_writer.write_json(out / CONVERSION_FILE, identity)
+  _claim(out, identity)
+  if damage:
+    # Removed, so that a conversion stopped from here on is not called
+    # complete while training refuses it.
+    logging.warning('%s is damaged (%s); converting it again.', out, damage)
+    (out / array_record.INFO_FILE).unlink()
   tasks, shards = _plan(listing, out, per_shard, config.dataset.get('path'))
   total = sum(len(t['items']) for t in tasks)
   kept = sum(len(v) for v in shards.values()) - len(tasks)
@@ -197,11 +213,14 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     kept,
     workers,
   )
-  _run_tasks(tasks, shards, workers, total)
-  info = _info(listing, shards)
-  info['labels'] = _write_labels(listing, out)
-  info['source'] = listing.identity
-  shard_writer.write_json(out / array_record.INFO_FILE, info)
+  try:
+    _run_tasks(tasks, shards, workers, total)
+    info = _info(listing, shards)
+    info['labels'] = _write_labels(listing, out)
+    info['source'] = listing.identity
+    shard_writer.write_json(out / array_record.INFO_FILE, info)
+  except OSError as e:
+    raise _write_failed(out, e) from None
   for split in array_record.SPLITS:
     for s in shards[split]:
       (out / (s['file'] + '.json')).unlink(missing_ok=True)
@@ -257,6 +276,35 @@ def _finished_info(out: pathlib.Path) -> dict[str, Any] | None:
   return info if isinstance(info, dict) else None
 
 
+def _claim(out: pathlib.Path, identity: dict[str, Any]) -> None:
+  """Creates `out` and writes conversion.json there, the conversion's first
+  write: a folder that cannot be written (read-only, another user's, a
+  full disk) is refused in one line, with nothing written."""
+  created = not out.exists()
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    shard_writer.write_json(out / CONVERSION_FILE, identity)
+  except OSError as e:
+    if created and out.is_dir() and not any(out.iterdir()):
+      out.rmdir()
+    raise _write_failed(out, e) from None
+
+
+def _write_failed(out: pathlib.Path, error: OSError) -> UserError:
+  """The one line of a write into `out` that failed; the shards finished
+  before it are kept, and no half-written one is left (`_run_tasks`)."""
+  reason = error.strerror or one_line(error)
+  if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    return UserError(
+      f'the disk holding {out} is full ({reason}); the shards written so '
+      'far are kept: free space and rerun the same command to carry on'
+    )
+  return UserError(
+    f'cannot write in config.output_dir={str(out)!r} ({reason}); give a '
+    'folder this user can write, or make it writable and rerun'
+  )
+
+
 def _workers(config) -> int:
   """config.workers, the processes writing shards (0: every core), checked
   before anything is written."""
@@ -288,11 +336,80 @@ def _run_tasks(tasks, shards, workers: int, total: int) -> None:
       (total - written) / max(rate, 1e-9),
     )
 
+  try:
+    with _signals_stop():
+      _write_all(tasks, workers, record)
+  except _Signalled as s:
+    # Counted on disk: a worker may have finished a shard it had no time
+    # to report.
+    left = sum(
+      _done_shard(pathlib.Path(t['output_dir']), t['file']) is None
+      for t in tasks
+    )
+    raise Preempted(
+      s.signum,
+      f'{signal.Signals(s.signum).name}: the conversion stopped with '
+      f'{left} of {sum(len(v) for v in shards.values())} shards left to '
+      'write; rerun the same command to write them',
+    ) from None
+  finally:
+    # A shard a signal or an error cut short (the pool's workers have
+    # ended): never taken for complete, but space a full disk needs back.
+    for task in tasks:
+      for name in (task['file'] + '.tmp', task['file'] + '.json.tmp'):
+        (pathlib.Path(task['output_dir']) / name).unlink(missing_ok=True)
+
+
+def _write_all(tasks, workers: int, record) -> None:
+  """Writes the shards of `tasks`, `workers` processes at a time, calling
+  `record(done, task)` as each one ends."""
   if workers == 1 or len(tasks) == 1:
     for task in tasks:
       record(shard_writer.write_shard(task), task)
     return
-  # Spawned, not forked: the parent has started JAX's threads.
-  with multiprocessing.get_context('spawn').Pool(workers) as pool:
+  # Spawned, not forked: the parent has started JAX's threads. Leaving the
+  # `with` (an error, a signal) terminates the workers.
+  with multiprocessing.get_context('spawn').Pool(
+    workers, initializer=shard_writer.ignore_interrupts
+  ) as pool:
     for task, done in zip(tasks, pool.imap(shard_writer.write_shard, tasks)):
       record(done, task)
+
+
+# What stops a conversion: SLURM's and the cloud's preemption, a closed
+# terminal, Ctrl-C.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class _Signalled(Exception):
+  """One of `_STOP_SIGNALS` arrived."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _raise_signalled(signum, frame) -> None:
+  del frame
+  # Later signals are ignored while the workers are stopped and the
+  # temporaries removed (a moment): a second one would cut that short.
+  for s in _STOP_SIGNALS:
+    signal.signal(s, signal.SIG_IGN)
+  raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def _signals_stop():
+  """Within: a stop signal raises `_Signalled` in this (the main) thread,
+  so that the pool is ended in order: without it SIGTERM would kill this
+  process at once, its workers would print tracebacks of the broken pipe
+  and its semaphores would be left behind."""
+  if threading.current_thread() is not threading.main_thread():
+    yield  # Python delivers signals to the main thread only.
+    return
+  before = {s: signal.signal(s, _raise_signalled) for s in _STOP_SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in before.items():
+      signal.signal(s, handler)

@@ -12,9 +12,12 @@ checked here, so a bad source is refused before anything is written.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import io
 import json
+import os
 import pathlib
 from typing import Any, Sequence
 
@@ -22,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from icckd_jax.data import array_cache
+from icckd_jax.data import classes as classes_lib
 from icckd_jax.data import datasets
 from icckd_jax.data import image_folder
 from icckd_jax.errors import UserError, one_line
@@ -50,20 +54,36 @@ class Listing:
   identity: dict[str, Any]
 
 
-def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(
-    p
-    for p in folder.iterdir()
-    if p.is_file() and not image_folder.is_hidden((p.name,))
+def _entries(folder: pathlib.Path) -> list[pathlib.Path]:
+  """The visible entries of `folder`, sorted; a broken symbolic link among
+  them is refused (it would be left out without a word)."""
+  entries = sorted(
+    p for p in folder.iterdir() if not image_folder.is_hidden((p.name,))
   )
+  for p in entries:
+    image_folder.check_link(p)
+  return entries
+
+
+def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  return [p for p in _entries(folder) if p.is_file()]
 
 
 def _class_folders(split_dir: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(
-    p
-    for p in split_dir.iterdir()
-    if p.is_dir() and not image_folder.is_hidden((p.name,))
-  )
+  """The class folders of `split_dir`; one whose name is not UTF-8 is
+  refused: class names are written to info.json as text, and a teacher's
+  classes are matched by them."""
+  folders = [p for p in _entries(split_dir) if p.is_dir()]
+  for folder in folders:
+    try:
+      folder.name.encode('utf-8')
+    except UnicodeEncodeError:
+      shown = os.fsencode(folder.name).decode('utf-8', 'backslashreplace')
+      raise UserError(
+        f'the class folder {split_dir}/{shown}/ has a name that is not '
+        'UTF-8; rename it (class names are stored as text)'
+      ) from None
+  return folders
 
 
 def _class_tree(
@@ -106,6 +126,7 @@ def _list_imagenet(path: str) -> Listing:
   classes, train_items = _class_tree(where, train, None)
   if not classes:
     raise UserError(f'{where}: train/ holds no class folder; {IMAGENET_LAYOUT}')
+  classes_lib.check(where, classes)
   if _class_folders(val):
     loose = _image_files(val)
     if loose:
@@ -166,16 +187,44 @@ def _solution_wnids(solution: pathlib.Path) -> dict[str, str]:
   """{ImageId: wnid} of LOC_val_solution.csv (ImageId, then boxes whose
   first word is the wnid)."""
   wnids = {}
-  with open(solution, newline='') as f:
-    for row in csv.DictReader(f):
-      try:
-        wnids[row['ImageId']] = row['PredictionString'].split()[0]
-      except (KeyError, IndexError, AttributeError):
-        raise UserError(
-          f'{solution}: expected the columns ImageId,PredictionString '
-          '(the wnid first) on every row'
-        ) from None
+  for row in csv.DictReader(io.StringIO(_utf8_text(solution), newline='')):
+    try:
+      wnids[row['ImageId']] = row['PredictionString'].split()[0]
+    except (KeyError, IndexError, AttributeError):
+      raise UserError(
+        f'{solution}: expected the columns ImageId,PredictionString '
+        '(the wnid first) on every row'
+      ) from None
   return wnids
+
+
+# Byte-order marks of the encodings a spreadsheet may save text in; UTF-32's
+# first: they begin with UTF-16's.
+_BOMS = {
+  codecs.BOM_UTF32_LE: 'UTF-32',
+  codecs.BOM_UTF32_BE: 'UTF-32',
+  codecs.BOM_UTF16_LE: 'UTF-16',
+  codecs.BOM_UTF16_BE: 'UTF-16',
+}
+
+
+def _utf8_text(path: pathlib.Path) -> str:
+  """The text of `path`, UTF-8 with or without a byte-order mark (Excel's
+  "CSV UTF-8" writes one); UTF-16 or -32 (Excel's "Unicode text"), or
+  bytes that are not UTF-8, are refused naming the encoding."""
+  data = path.read_bytes()
+  encoding = next((e for bom, e in _BOMS.items() if data.startswith(bom)), None)
+  if encoding is None and b'\0' in data:
+    # No text holds NUL: UTF-16 without its mark (ASCII's every other byte).
+    encoding = 'UTF-16 (no byte-order mark)'
+  try:
+    if encoding is None:
+      return data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    encoding = f'not UTF-8 (byte {e.start})'
+  raise UserError(
+    f'{path} is {encoding} text; save it as UTF-8 (Excel: "CSV UTF-8")'
+  )
 
 
 def _devkit_wnids(devkit: pathlib.Path) -> dict[str, str]:
@@ -183,8 +232,17 @@ def _devkit_wnids(devkit: pathlib.Path) -> dict[str, str]:
   holds the ILSVRC2012_ID of val image i, meta.mat maps IDs to wnids."""
   import scipy.io  # pylint: disable=g-import-not-at-top  # only here: slow
 
+  meta = devkit / 'meta.mat'
   try:
-    synsets = scipy.io.loadmat(devkit / 'meta.mat')['synsets'].ravel()
+    synsets = scipy.io.loadmat(meta)['synsets'].ravel()
+  except Exception as e:  # pylint: disable=broad-except
+    # An empty or truncated file fails in many ways (scipy's MatReadError,
+    # which is no ValueError, an IndexError, zlib's error): each is this.
+    raise UserError(
+      f'{meta} cannot be read ({one_line(e)}): it is empty, truncated or '
+      "not the devkit's; replace it with ILSVRC2012_devkit_t12's"
+    ) from None
+  try:
     by_id = {
       int(np.ravel(s['ILSVRC2012_ID'])[0]): str(np.ravel(s['WNID'])[0])
       for s in synsets
@@ -222,6 +280,7 @@ def _list_image_folder(path: str | None) -> Listing:
   classes, train_items = _class_tree(where, root / 'train', None)
   if not classes:
     raise UserError(f'{where}: train/ holds no class folder')
+  classes_lib.check(where, classes)
   _, test_items = _class_tree(where, root / 'test', classes)
   return Listing(
     tuple(classes),

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from icckd_jax.data import cifar
+from icckd_jax.data import classes
 from icckd_jax.data import download
 from icckd_jax.data import idx
 from icckd_jax.data import image_folder
@@ -140,6 +141,7 @@ def load(request: DataRequest) -> Dataset:
       'image-classification name'
     )
   splits, num_classes = _read(request)
+  classes.check(f'dataset.name={name!r}', num_classes)
   (train_images, train_labels), (test_images, test_labels) = splits
   train_images, train_labels = _subset(
     train_images, train_labels, request.train_subset, 'train'

@@ -126,6 +126,16 @@ def _decode_tree(path: str, root: pathlib.Path) -> dict[str, np.ndarray]:
   return arrays
 
 
+def check_link(path: pathlib.Path) -> None:
+  """Refuses `path` if it is a symbolic link to nothing (its target moved
+  or deleted): listed as a file by nobody, it would be left out silently."""
+  if path.is_symlink() and not path.exists():
+    raise UserError(
+      f'{path} is a broken symbolic link (to {os.readlink(path)!r}); '
+      'restore its target or remove it'
+    )
+
+
 def is_hidden(parts: Sequence[str]) -> bool:
   """Whether a path is clutter: .DS_Store, macOS '._' resource forks."""
   return any(part.startswith('.') for part in parts)

@@ -8,10 +8,12 @@ its size, checksum and pixel statistics, which mark it complete.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pathlib
+import signal
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,29 @@ def _read_source(source: Any) -> bytes:
   return _png(Image.fromarray(np.asarray(array)))
 
 
+def _record(where: str, source: Any, name: str):
+  """(the bytes to store, the image's format, whether it is grey, its
+  pixels [H, W, 3] uint8) of one record's `source`, refused in one line
+  where it cannot be read or decoded."""
+  try:
+    data = _read_source(source)
+  except OSError as e:  # The source's, not the output's: named so.
+    raise UserError(
+      f'{where}: cannot read {name!r} ({e.strerror or e})'
+    ) from None
+  try:
+    with Image.open(io.BytesIO(data)) as opened:
+      image = images.eight_bit(where, name, opened)
+      if image is not opened:  # 16 bits: stored as the 8 bits read
+        data = _png(image)
+      rgb = np.asarray(image.convert('RGB'))
+      return data, opened.format, image.mode in _GREY_MODES, rgb
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserError(
+      f'{where}: cannot decode {name!r} as an image ({one_line(e)})'
+    ) from None
+
+
 def write_shard(task: dict[str, Any]) -> dict[str, Any]:
   """Writes one shard (in a pool process) and its `<shard>.json`; returns
   the latter's content.
@@ -57,32 +82,22 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
   histogram = np.zeros(3 * 256, np.int64)
   offsets = (256 * np.arange(3)).astype(np.uint16)
   grey, sizes, formats, pixels = True, set(), set(), 0
-  writer = array_record_module.ArrayRecordWriter(
-    str(tmp), array_record.WRITER_OPTIONS
+  writer = _io(
+    array_record_module.ArrayRecordWriter, str(tmp), array_record.WRITER_OPTIONS
   )
   try:
     for label, source, name in task['items']:
-      data = _read_source(source)
-      try:
-        with Image.open(io.BytesIO(data)) as opened:
-          formats.add(opened.format)
-          image = images.eight_bit(task['where'], name, opened)
-          if image is not opened:  # 16 bits: stored as the 8 bits read
-            data = _png(image)
-          grey = grey and image.mode in _GREY_MODES
-          rgb = np.asarray(image.convert('RGB'))
-      except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(
-          f'{task["where"]}: cannot decode {name!r} as an image ({one_line(e)})'
-        ) from None
+      data, image_format, is_grey, rgb = _record(task['where'], source, name)
+      formats.add(image_format)
+      grey = grey and is_grey
       sizes.add(rgb.shape[:2])
       pixels += rgb.shape[0] * rgb.shape[1]
       if task['statistics']:
         flat = rgb.reshape(-1, 3) + offsets
         histogram += np.bincount(flat.ravel(), minlength=histogram.size)
-      writer.write(array_record.encode_record(label, data))
+      _io(writer.write, array_record.encode_record(label, data))
   finally:
-    writer.close()
+    _io(writer.close)
   with open(tmp, 'rb+') as f:
     os.fsync(f.fileno())
   os.replace(tmp, final)
@@ -102,6 +117,35 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_json(path: pathlib.Path, value: Any) -> None:
+  """Writes `value` to `path` whole or not at all (a full disk leaves
+  neither a part of it nor its temporary file)."""
   tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(value))
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+  except OSError:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def ignore_interrupts() -> None:
+  """A pool worker's initializer: Ctrl-C reaches the terminal's whole
+  process group, and the parent alone stops the conversion (it ends its
+  workers), so a worker prints no KeyboardInterrupt traceback."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# The system's messages, to find the errno in array_record's text.
+_ERRNOS = {os.strerror(number): number for number in errno.errorcode}
+
+
+def _io(call, *args):
+  """`call(*args)` of array_record's writer, which reports a failed write
+  as a RuntimeError holding the system's message ("write() failed: No
+  space left on device; ..."): raised as the OSError it stands for."""
+  try:
+    return call(*args)
+  except RuntimeError as e:
+    text = str(e)
+    number = next((n for m, n in _ERRNOS.items() if m in text), errno.EIO)
+    raise OSError(number, os.strerror(number), one_line(e)) from None

@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 import dataclasses
 import functools
-import signal
 from typing import ClassVar
 
 from absl import flags
@@ -37,6 +36,7 @@ import numpy as np
 
 from icckd_jax import parallel
 from icckd_jax.data import array_record
+from icckd_jax.input_pipeline import decode_workers
 from icckd_jax.input_pipeline import host_augment
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
@@ -288,23 +288,14 @@ def _iterate(fn, start: int, stop: int, workers: int, threads: int = 1):
     grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
   )
   if workers:
+    decode_workers.start_resource_tracker()
     dataset = dataset.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=2
       ),
-      worker_init_fn=_ignore_stop_signals,
+      worker_init_fn=decode_workers.ignore_stop_signals,
     )
   return iter(dataset)
-
-
-def _ignore_stop_signals(worker_index: int, worker_count: int) -> None:
-  """In each worker: Ctrl-C and a cluster's SIGTERM reach the whole process
-  group, but only the training process decides when to stop (it saves the
-  state at the next step, then closes the workers, killing them if need
-  be); a worker that died at the signal would fail the steps before that."""
-  del worker_index, worker_count
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _checked(element):
@@ -325,9 +316,12 @@ def _train_batches(
   elements = _iterate(fn, start_step, _ENDLESS, split.workers)
   images_sharding = NamedSharding(mesh, P(None, parallel.DATA))
   rows_sharding = parallel.batch_sharded(mesh)
+  on_cpu = split.workers and mesh.devices.flat[0].platform == 'cpu'
 
   def put(element):
     element = _checked(element)
+    if on_cpu:
+      element = decode_workers.detached(element)
     images = jax.make_array_from_process_local_data(
       images_sharding,
       element['images'],

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from icckd_jax.data import array_record
 from icckd_jax.errors import UserError
 from icckd_jax.runs import compat
 from icckd_jax.runs import config_schema
@@ -104,24 +105,55 @@ _GENERATED_FIELDS = ('num_train', 'num_test', 'num_classes', 'channels', 'seed')
 def check_given_fields(
   config: ml_collections.ConfigDict, given: Iterable[str]
 ) -> None:
-  """Refuses the generated set's fields given on the command line (`given`:
-  dotted paths below `config`) for a data set that has its own: they would
-  be recorded with the run as if used. A config file's own values (a
-  smoke variant's sizes) are left alone: only what was asked is refused."""
+  """Refuses fields given on the command line (`given`: dotted paths below
+  `config`) that the data set would not read, as they would be recorded
+  with the run as if used: the generated set's fields for a set that has
+  its own, and an `image_size` other than a converted set's one size
+  (`_check_image_size`). A config file's own values (a smoke variant's
+  sizes) are left alone: only what was asked is refused."""
   for path in given:
     *section, field = path.split('.')
-    if field not in _GENERATED_FIELDS or section[-1:] != ['dataset']:
+    if section[-1:] != ['dataset']:
       continue
     dataset = config
     for key in section:
       dataset = dataset.get(key) if dataset is not None else None
     if dataset is None or dataset.get('name') in _PATHLESS_DATASETS:
       continue
+    if field == 'image_size':
+      _check_image_size(path, dataset)
+    if field not in _GENERATED_FIELDS:
+      continue
     raise UserError(
       f'config.{path}={dataset.get(field)!r} is read only by the generated '
       f"'synthetic' set; dataset.name={dataset.get('name')!r} has its own "
       '(its data decides it): drop the field'
     )
+
+
+def _check_image_size(path: str, dataset: ml_collections.ConfigDict) -> None:
+  """A converted set whose images all have one size is read at that size,
+  resident or streamed, unless augment='resized_crop' crops it to
+  `image_size`: another size given is refused. (A set that cannot be
+  opened is left to the data's own refusal.)"""
+  if dataset.get('name') != 'array_record':
+    return
+  if dataset.get('augment', 'auto') == 'resized_crop':
+    return
+  try:
+    info = array_record.read_info(dataset.get('path'))
+  except UserError:
+    return
+  size = dataset.get('image_size')
+  if info.image_shape is None or tuple(info.image_shape[:2]) == (size, size):
+    return
+  height, width = info.image_shape[:2]
+  raise UserError(
+    f'config.{path}={size!r} is not read: the images of '
+    f'{str(info.root)!r} are all {height}x{width}, and the run reads them '
+    "at that size; drop the field, or set dataset.augment='resized_crop' "
+    'to crop them to it'
+  )
 
 
 def stored_config(workdir: str | None) -> dict[str, Any] | None:

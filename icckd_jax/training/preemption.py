@@ -20,14 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-
-class Preempted(Exception):
-  """SIGTERM, SIGINT or SIGHUP arrived; the run saved its state and
-  stopped."""
-
-  def __init__(self, signum: int, message: str):
-    super().__init__(message)
-    self.signum = signum
+from icckd_jax.errors import Preempted
 
 
 class StopRequest:
