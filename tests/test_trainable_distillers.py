@@ -169,10 +169,11 @@ def test_crd_negatives_are_other_class_examples():
   'method',
   [
     'crd',
-    # The others' synchronised BatchNorm, in `make test-all`.
+    # The others' synchronised BatchNorm, and mlkd's masks and correlation
+    # matrices over the global batch, in `make test-all`.
     *(
       pytest.param(m, marks=pytest.mark.slow)
-      for m in ('fitnet', 'vid', 'ofd', 'reviewkd')
+      for m in ('fitnet', 'vid', 'ofd', 'reviewkd', 'mlkd')
     ),
   ],
 )
