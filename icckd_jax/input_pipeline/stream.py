@@ -197,11 +197,12 @@ class _TrainRows:
   UserError in the training process, not a worker's traceback)."""
 
   def __init__(self, split: StreamSplit, seed, batch_size, rows, num_views,
-               crop_padding, flip):  # fmt: skip
+               crop_padding, flip, strong_view=False):  # fmt: skip
     self.records = array_record.Records(split.info, split.split)
     self.split, self.seed, self.batch_size = split, seed, batch_size
     self.rows, self.num_views = rows, num_views
     self.crop_padding, self.flip = crop_padding, flip
+    self.strong_view = strong_view
     self.steps = resident.steps_per_epoch(split.size, batch_size)
 
   def _view(self, image, step, view, position):
@@ -209,10 +210,15 @@ class _TrainRows:
       self.seed, resident.AUGMENT_STREAM, step, view, position
     )
     if self.split.recipe == 'crop':
-      return host_augment.crop_flip(image, rng, self.crop_padding, self.flip)
-    return host_augment.resized_crop_flip(
-      image, rng, self.split.image_shape[0], self.flip
-    )
+      image = host_augment.crop_flip(image, rng, self.crop_padding, self.flip)
+    else:
+      image = host_augment.resized_crop_flip(
+        image, rng, self.split.image_shape[0], self.flip
+      )
+    if self.strong_view and view == self.num_views - 1:
+      image = host_augment.strong(image, host_augment.example_rng(
+        self.seed, resident.STRONG_STREAM, step, view, position))  # fmt: skip
+    return image
 
   def __call__(self, step: int) -> dict[str, np.ndarray | str]:
     epoch, i = divmod(int(step), self.steps)
@@ -306,7 +312,7 @@ def _train_batches(
   batch_size, num_views = feed.batch_size, feed.num_views
   rows = local_rows(mesh, batch_size)
   fn = _TrainRows(split, feed.seed, batch_size, rows, num_views,
-                  feed.crop_padding, feed.flip)  # fmt: skip
+                  feed.crop_padding, feed.flip, feed.strong_view)  # fmt: skip
   elements = _iterate(fn, start_step, _ENDLESS, split.workers)
   images_sharding = NamedSharding(mesh, P(None, parallel.DATA))
   rows_sharding = parallel.batch_sharded(mesh)
