@@ -2,7 +2,7 @@ r"""The teacher × distiller matrix: does the intra-class teacher help every
 student, or only KD's?
 
 Two teachers, the plain cross-entropy one (λ = 0) and the intra-class one
-(the teacher config's defaults), each distilled into nine students, every
+(the teacher config's defaults), each distilled into eleven students, every
 method with its published CIFAR-100 recipe (docs/distillers.md):
 
   kd      Hinton et al. (T = 4, γ = 0.1, α = 0.9)
@@ -18,10 +18,13 @@ method with its published CIFAR-100 recipe (docs/distillers.md):
           T in (1, 21), λ's cosine curriculum over 10 epochs)
   kd_dot  KD trained with DOT (the task and distillation momenta 0.9 ∓ Δ,
           Δ = 0.075; Zhao et al.), KD's recipe otherwise
+  mlkd    multi-level logit distillation on a weak and a RandAugment
+          view (T = 4 with 3, 5, 2, 6; γ = 0.1, α = 0.9)
+  mlkd_ls MLKD on standardised logits (T = 2, α = 9, γ = 0.1; Sun et al.)
 
-Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The nine
+Settings are named TEACHER.STUDENT (ce.kd, icc.crd, ...). The eleven
 students of one teacher share its run through the run store (a teacher is
-named by its config), so a seed trains two teachers and eighteen students.
+named by its config), so a seed trains two teachers and twenty-two students.
 
   # the published scale: CIFAR-100, resnet32x4 -> resnet8x4, 240 epochs
   # each, float32, seeds 0-2
@@ -55,6 +58,13 @@ STUDENTS = {
   'wttm': 'student.distill.method="wttm"',
   'ctkd': 'student.distill.method="ctkd"',
   'kd_dot': 'student.distill.method="kd", student.optimizer="dot"',
+  'mlkd': 'student.distill.method="mlkd"',
+  # LS's recipe for MLKD (icckd_jax/distillers/mlkd.py).
+  'mlkd_ls': (
+    'student.distill.method="mlkd", '
+    'student.distill.standardize_logits=True, '
+    'student.distill.temperature=2.0, student.distill.alpha=9.0'
+  ),
 }
 
 
@@ -99,9 +109,10 @@ def _gpu(c: ml_collections.ConfigDict) -> None:
   cost what KD does, as WTTM and CTKD should: logit losses; CRD's bank
   gather, [64, 16385, 128] floats a step, and ReviewKD's fusion blocks
   were not measured and will be slower; KD + DOT's second backward pass
-  cost 1.2-1.4x KD's step on CPU, docs/distillers.md). One process:
-  24 + 30 + 18 × 11 = about 4 h 12 min. Four workers sharing the GPU gave
-  1.5x one process's throughput: about 2 h 48 min, plus
+  cost 1.2-1.4x KD's step on CPU, docs/distillers.md; MLKD's two views,
+  each through both networks, and RandAugment about twice KD, 22 min).
+  One process: 24 + 30 + 18 × 11 + 4 × 22 = about 5 h 40 min. Four workers
+  sharing the GPU gave 1.5x one process's throughput: about 3 h 50 min, plus
   evaluation and the first compiles (10-40 s per distinct step), with the
   two teachers first.
   """

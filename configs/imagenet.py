@@ -25,6 +25,13 @@ teachers: ResNet34 -> ResNet18 and ResNet50 -> MobileNetV1.
   <pair>_dot            KD+DOT (Zhao et al.; 71.72 / 73.09 published): the
                         pair's KD row trained with DOT, Δ 0.09
                         (optimizer='dot', dot_delta; dot.yaml)
+  <pair>_mlkd           MLKD (Jin et al.): T 1, CE / KD weights 0.5 / 0.5 on
+                        a weak and a RandAugment view, lr 0.1 (r34_r18) /
+                        0.2 (Jin-Ying/Multi-Level-Logit-Distillation,
+                        configs/imagenet/r34_r18/kd_ours.yaml; its other
+                        pair is ResNet50 -> MobileNetV2, r50_mv2/kd_ours.yaml,
+                        whose recipe r50_mv1 takes); no published figure
+                        for these pairs in its README
   icc_r34               an imagenet_resnet34 teacher trained with the
                         intra-class objective (λ, δ, τ and the cache of
                         configs/teacher.py) at the KD recipe
@@ -87,7 +94,7 @@ PAIRS = {
   'r34_r18': ('imagenet_resnet34', 'imagenet_resnet18'),
   'r50_mv1': ('imagenet_resnet50', 'imagenet_mobilenetv1'),
 }
-METHODS = ('kd', 'dkd', 'at', 'ofd', 'crd', 'reviewkd', 'wttm')
+METHODS = ('kd', 'dkd', 'at', 'ofd', 'crd', 'reviewkd', 'wttm', 'mlkd')
 
 # Each method's config.distill fields and solver changes per pair, from its
 # yaml (fields the yaml leaves to mdistiller/engine/cfg.py keep the defaults
@@ -135,15 +142,21 @@ _RECIPES = {
     pair: {'ce_weight': 1.0, 'wttm_power': 0.2, 'wttm_weight': 4.0}
     for pair in PAIRS
   },
+  # kd_ours.yaml's KD section, on both views (the strong one RandAugment).
+  'mlkd': {
+    pair: {'temperature': 1.0, 'gamma': 0.5, 'alpha': 0.5} for pair in PAIRS
+  },
 }
 # Rows of KD's recipe trained with another optimiser: the top-level fields
 # their yaml's SOLVER changes (training/optim.py).
 OPTIMIZERS = {'dot': {'optimizer': 'dot', 'dot_delta': 0.09}}
-# (global batch, learning rate) where a yaml's SOLVER differs from kd.yaml's.
+# (global batch, learning rate) where a yaml's SOLVER differs from kd.yaml's:
+# by method, or by (method, pair) where the pairs' yamls differ.
 _SOLVERS = {
   'ofd': (128, 0.05),
   'crd': (256, 0.1),
   'reviewkd': (256, 0.1),
+  ('mlkd', 'r34_r18'): (512, 0.1),
 }
 
 ARGS = (
@@ -186,8 +199,9 @@ def _student(pair: str, method: str) -> ml_collections.ConfigDict:
   c.teacher.model, c.model = PAIRS[pair]
   c.distill.method = method
   c.distill.update(_RECIPES[method][pair])
-  if method in _SOLVERS:
-    c.batch_size, c.learning_rate = _SOLVERS[method]
+  solver = _SOLVERS.get((method, pair), _SOLVERS.get(method))
+  if solver:
+    c.batch_size, c.learning_rate = solver
   return c
 
 

@@ -1,4 +1,5 @@
-r"""Regenerates the PyTorch-derived numbers of tests/test_wttm_ctkd.py.
+r"""Regenerates the PyTorch-derived numbers of tests/test_wttm.py,
+tests/test_ctkd.py and tests/test_mlkd.py.
 
 The tests never import PyTorch; this script is the only place it is needed,
 and it runs the authors' own loss code, read from their checkouts (given on
@@ -14,7 +15,11 @@ the command line, never copied into the project):
            does: T = t_start + t_end · sigmoid(Global_T(·, ·, decay));
   --ls     sunshangquan/logit-standardization-KD at
            f6e5aa5172bad618e801163c3385322eea673754: CTKD/distiller_zoo/
-           KD.py's DistillKL_logit_stand (CTKD+LS).
+           KD.py's DistillKL_logit_stand (CTKD+LS), and mdistiller/
+           distillers/MLKD.py's MLKD (its module-level functions and the
+           class alone, read with `ast`: the file's other imports need a
+           display and the package), its forward_train on the fixed
+           logits of both views below, with and without `logit_stand`.
 
 On the fixed inputs below (float64; `.cuda()` made the identity, as the
 code calls it unconditionally), it prints each loss and its gradient with
@@ -46,6 +51,20 @@ import numpy as np
 # classes.
 B, C = 4, 5
 WTTM_POWERS = (0.1, 0.5)
+# MLKD's strong view, its labels and (T, α, γ, logit_stand) cases: the
+# recipe, and MLKD+LS's.
+MLKD_CASES = ((4.0, 0.9, 0.1, False), (2.0, 9.0, 0.1, True))
+MLKD_LABELS = (0, 3, 1, 4)
+
+
+def strong_student_logits() -> np.ndarray:
+  return 2.0 * np.cos(0.41 * np.arange(B * C) + 1.0).reshape(B, C)
+
+
+def strong_teacher_logits() -> np.ndarray:
+  return 3.5 * np.sin(0.29 * np.arange(B * C) + 0.2).reshape(B, C)
+
+
 # (θ, epoch): the initial θ at epoch 3 of the curriculum, another θ after it.
 CTKD_CASES = ((1.0, 3), (-0.4, 12))
 T_START, T_END = 1.0, 20.0  # train_student.py's --t_start, --t_end
@@ -118,10 +137,58 @@ def ctkd(torch, root: pathlib.Path, ls: pathlib.Path | None) -> None:
       print(f'  grad y_s {_fmt(y_s.grad.numpy())}')
 
 
+def mlkd(torch, ls: pathlib.Path) -> None:
+  path = ls / 'mdistiller' / 'distillers' / 'MLKD.py'
+  tree = ast.parse(path.read_text())
+  keep = [
+    n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+  ]
+
+  class Distiller:  # the _base class: it only holds the two networks
+    def __init__(self, student, teacher):
+      self.student, self.teacher = student, teacher
+
+  namespace = {
+    'torch': torch,
+    'nn': torch.nn,
+    'F': torch.nn.functional,
+    'np': np,
+    'Distiller': Distiller,
+  }
+  exec(compile(ast.Module(keep, []), str(path), 'exec'), namespace)  # noqa: S102
+  ns = lambda **k: type('cfg', (), k)  # noqa: E731
+  for temp, alpha, gamma, stand in MLKD_CASES:
+    s = {
+      'weak': torch.tensor(student_logits(), requires_grad=True),
+      'strong': torch.tensor(strong_student_logits(), requires_grad=True),
+    }
+    t = {
+      'weak': torch.tensor(teacher_logits()),
+      'strong': torch.tensor(strong_teacher_logits()),
+    }
+    cfg = ns(
+      KD=ns(TEMPERATURE=temp, LOSS=ns(CE_WEIGHT=gamma, KD_WEIGHT=alpha)),
+      EXPERIMENT=ns(LOGIT_STAND=stand),
+    )
+    model = namespace['MLKD'](
+      lambda view: (s[view], None), lambda view: (t[view], None), cfg
+    )
+    _, parts = model.forward_train('weak', 'strong', torch.tensor(MLKD_LABELS))
+    # The trainer's sum (mdistiller/engine/trainer.py, AugTrainer).
+    loss = sum(v.mean() for v in parts.values())
+    loss.backward()
+    print(f'MLKD T={temp} α={alpha} γ={gamma} logit_stand={stand}:')
+    print(f'  loss {loss.item()!r}')
+    for name, value in parts.items():
+      print(f'  {name} {value.item()!r}')
+    print(f'  grad weak {_fmt(s["weak"].grad.numpy())}')
+    print(f'  grad strong {_fmt(s["strong"].grad.numpy())}')
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--ttm', type=pathlib.Path, required=True)
-  parser.add_argument('--ctkd', type=pathlib.Path, required=True)
+  parser.add_argument('--ttm', type=pathlib.Path)
+  parser.add_argument('--ctkd', type=pathlib.Path)
   parser.add_argument('--ls', type=pathlib.Path)
   args = parser.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
@@ -129,8 +196,12 @@ def main() -> None:
   # The published code moves the temperature to the GPU unconditionally.
   torch.Tensor.cuda = lambda self, *a, **k: self
   torch.set_printoptions(precision=17)
-  wttm(torch, args.ttm)
-  ctkd(torch, args.ctkd, args.ls)
+  if args.ttm:
+    wttm(torch, args.ttm)
+  if args.ctkd:
+    ctkd(torch, args.ctkd, args.ls)
+  if args.ls:
+    mlkd(torch, args.ls)
 
 
 if __name__ == '__main__':

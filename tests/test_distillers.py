@@ -247,7 +247,7 @@ def test_gradients_reach_the_student_and_are_finite():
 def test_standardize_logits_is_refused_for_other_methods(method):
   with pytest.raises(
     UserError,
-    match='standardize_logits=True applies to kd, dkd, dist, ctkd only',
+    match='standardize_logits=True applies to kd, dkd, dist, ctkd, mlkd only',
   ) as e:
     _build(method, standardize_logits=True)
   assert '\n' not in str(e.value)

@@ -164,6 +164,9 @@ ROWS = {
       'reviewkd_student_preact': True,
     },
   ),
+  # Multi-Level-Logit-Distillation's kd_ours.yaml (r50_mv2's for r50_mv1).
+  'r34_r18_mlkd': (512, 0.1, {'temperature': 1.0, 'gamma': 0.5, 'alpha': 0.5}),
+  'r50_mv1_mlkd': (512, 0.2, {'temperature': 1.0, 'gamma': 0.5, 'alpha': 0.5}),
 }
 
 

@@ -123,6 +123,23 @@ def test_each_process_reads_only_its_rows_of_the_global_batch(shards):
     )
 
 
+def test_a_strong_view_is_randaugment_on_the_last_view_only(shards):
+  """With strong_view, view 0 is what it was and view 1 is the host's
+  RandAugment of what it was, keyed by (seed, strong stream, step, view,
+  position)."""
+  info = array_record.read_info(str(shards))
+  split = stream.source(info, 16, workers=0).train
+  plain, strong = (
+    stream._TrainRows(split, 3, 8, (0, 8), 2, 4, True, strong_view=s)(5)  # pylint: disable=protected-access
+    for s in (False, True)
+  )
+  np.testing.assert_array_equal(strong['images'][0], plain['images'][0])
+  for i, (got, weak) in enumerate(zip(strong['images'][1], plain['images'][1])):
+    rng = host_augment.example_rng(3, resident.STRONG_STREAM, 5, 1, i)
+    np.testing.assert_array_equal(got, host_augment.strong(weak, rng))
+  assert (strong['images'][1] != plain['images'][1]).any()
+
+
 STREAMED = (
   '--config=configs/teacher.py:smoke',
   '--config.dataset.name=array_record',

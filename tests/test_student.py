@@ -136,7 +136,7 @@ def test_kd_dot_trains_a_smoke_student_from_an_orbax_teacher(
         '--config.distill.method=at',
         '--config.distill.standardize_logits=True',
       ],
-      'config.distill.standardize_logits=True applies to kd, dkd, dist, ctkd only',
+      'config.distill.standardize_logits=True applies to kd, dkd, dist, ctkd, mlkd only',
     ),
   ],
 )

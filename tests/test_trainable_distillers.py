@@ -169,10 +169,11 @@ def test_crd_negatives_are_other_class_examples():
   'method',
   [
     'crd',
-    # The others' synchronised BatchNorm, in `make test-all`.
+    # The others' synchronised BatchNorm, and mlkd's masks and correlation
+    # matrices over the global batch, in `make test-all`.
     *(
       pytest.param(m, marks=pytest.mark.slow)
-      for m in ('fitnet', 'vid', 'ofd', 'reviewkd')
+      for m in ('fitnet', 'vid', 'ofd', 'reviewkd', 'mlkd')
     ),
   ],
 )
@@ -208,7 +209,9 @@ def _restore(workdir):
 @pytest.mark.parametrize(
   'method,optimizer',
   # Whole runs stopped and resumed (about 45 s each): `make test-all`.
-  [('crd', 'sgd'), ('ctkd', 'sgd'), ('kd', 'dot')],
+  # mlkd has no trainable part, but its strong view is drawn on the device
+  # from the step's key: the resumed batches must be those of the run.
+  [('crd', 'sgd'), ('ctkd', 'sgd'), ('kd', 'dot'), ('mlkd', 'sgd')],
 )
 def test_preempted_mid_epoch_resumes_bit_for_bit(
   teacher_workdir, tmp_path, monkeypatch, method, optimizer

@@ -16,7 +16,7 @@ Each method is one module declaring one `contract.Method` (its `METHOD`):
            `.preact_stages`) and/or the 1-based epoch (hp['epoch']);
   options  config.distill (a plain mapping) -> its static keyword
            arguments (CRD's bank width, ReviewKD's fusion cap, the
-           logit-standardisation switch of kd, dkd and dist);
+           logit-standardisation switch of kd, dkd, dist, ctkd, mlkd);
   init     (key, student, teacher, train_labels, teacher_params)
            -> (params, buffers), for a method with trainable parts
            (fitnet, vid, ofd, reviewkd, crd); absent for the others;
@@ -71,6 +71,7 @@ from icckd_jax.distillers import fitnet
 from icckd_jax.distillers import kd
 from icckd_jax.distillers import kd_rkd
 from icckd_jax.distillers import kdsvd
+from icckd_jax.distillers import mlkd
 from icckd_jax.distillers import nst
 from icckd_jax.distillers import ofd
 from icckd_jax.distillers import pkt
@@ -162,6 +163,7 @@ register('reviewkd', reviewkd.METHOD)
 register('crd', crd.METHOD)
 register('wttm', wttm.METHOD)
 register('ctkd', ctkd.METHOD)
+register('mlkd', mlkd.METHOD)
 
 
 def fields(name: str) -> tuple[str, ...]:

@@ -54,11 +54,15 @@ class Reads:
   stages: `Outputs.stages` and `.preact_stages` (the models are applied with
     'intermediates' mutable; a method without them compiles as if they did
     not exist);
-  epoch: hp['epoch'], the 1-based epoch of the step (a warm-up).
+  epoch: hp['epoch'], the 1-based epoch of the step (a warm-up);
+  strong_view: a second, strongly augmented view of each example
+    (input_pipeline/rand_augment.py), both networks applied to it
+    (`Batch.student_strong`, `.teacher_strong`).
   """
 
   stages: bool = False
   epoch: bool = False
+  strong_view: bool = False
 
 
 def no_options(distill: Mapping[str, Any]) -> dict:

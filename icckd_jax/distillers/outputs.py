@@ -89,7 +89,10 @@ class Batch:
   labels: [b] int32, the shard's classes;
   gather: all-gathers a [b, ...] array to the global [B, ...] batch, for a
     method relating examples to each other (the identity on one device);
-  trainable: the method's `Trainable` state.
+  trainable: the method's `Trainable` state;
+  student_strong, teacher_strong: the two networks' `Outputs` on the
+    shard's strong view, for a method that reads it
+    (`contract.Reads.strong_view`; else None).
 
   Not a pytree (gather is a function): it is built inside the traced step,
   never passed through a jax transformation's arguments.
@@ -100,3 +103,5 @@ class Batch:
   labels: jax.Array
   gather: Callable[[jax.Array], jax.Array]
   trainable: Trainable
+  student_strong: Outputs | None = None
+  teacher_strong: Outputs | None = None

@@ -74,8 +74,8 @@ def static(default: Any, source: str, rule: Rule = ANY, **kwargs) -> Setting:
 SHARED: dict[str, Setting] = {
   'temperature': Setting(
     4.0,
-    'T of kd, kd_rkd, dkd and dist (mdistiller CFG.KD.TEMPERATURE, '
-    "CFG.DKD.T; DIST's dist_t4)",
+    'T of kd, kd_rkd, dkd, dist and mlkd (mdistiller '
+    "CFG.KD.TEMPERATURE, CFG.DKD.T; DIST's dist_t4)",
     rule=POSITIVE,
   ),
   'gamma': weight(0.1, "γ, kd's CE weight (CFG.KD.LOSS.CE_WEIGHT); kd_rkd's"),
@@ -90,8 +90,8 @@ SHARED: dict[str, Setting] = {
   ),
   'standardize_logits': static(
     False,
-    'logit standardisation before T (Sun et al., CVPR 2024), for kd, dkd '
-    'and dist; runs saved before it did not standardise',
+    'logit standardisation before T (Sun et al., CVPR 2024), for kd, dkd, '
+    'dist, ctkd and mlkd; runs saved before it did not standardise',
     added_default=False,
   ),
 }

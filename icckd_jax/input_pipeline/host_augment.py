@@ -5,6 +5,9 @@ step, view, position in the global batch): the key `input_pipeline` folds
 together on the device, so the pixels do not depend on which process or
 worker augments the example, nor in which order.
 
+A strong view (`source.TrainFeed.strong_view`) then goes through
+`strong`, with a generator of its own stream.
+
 Two recipes, by the images' sizes:
 
   crop          one image size (CIFAR-like sets): zero padding, random crop
@@ -31,6 +34,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from icckd_jax.input_pipeline import rand_augment
+
 RECIPES = ('crop', 'resized_crop')
 
 
@@ -54,6 +59,15 @@ def crop_flip(
   if flip and rng.random() < 0.5:
     image = image[:, ::-1]
   return np.ascontiguousarray(image)
+
+
+def strong(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """[H, W, C] uint8 -> [H, W, C] uint8: `rand_augment.apply` with draws
+  from `rng` (as `augment.strong` draws them from a key)."""
+  ops = rng.integers(0, len(rand_augment.OPS), rand_augment.NUM_OPS)
+  uniforms = rng.random(rand_augment.NUM_OPS)
+  cutout = rng.random(3)
+  return rand_augment.apply(np, image, ops, uniforms, cutout)
 
 
 def resized_crop_box(

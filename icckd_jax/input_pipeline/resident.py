@@ -38,6 +38,7 @@ from icckd_jax.input_pipeline.source import (
 # its own constant so that they never share a key.
 ORDER_STREAM = 1
 AUGMENT_STREAM = 2
+STRONG_STREAM = 3  # the strong view's RandAugment (`TrainFeed.strong_view`)
 
 
 @flax.struct.dataclass
@@ -108,7 +109,12 @@ def _epoch_order(
 
 
 def make_batch_fn(
-  mesh: Mesh, seed: int, num_views: int, crop_padding: int, flip: bool
+  mesh: Mesh,
+  seed: int,
+  num_views: int,
+  crop_padding: int,
+  flip: bool,
+  strong_view: bool = False,
 ):
   """A jitted fn(split, indices [B], step) -> (images [V, B, H, W, C] uint8,
   labels [B] int32), both sharded over `data` on the batch axis.
@@ -116,18 +122,25 @@ def make_batch_fn(
   Each device gathers and augments only its own shard of the global batch.
   View v of the example at global position i uses key
   fold_in(fold_in(fold_in(fold_in(seed, augment), step), v), i), which makes
-  the pixels independent of how the batch is split across devices.
+  the pixels independent of how the batch is split across devices; with
+  `strong_view`, the last view's RandAugment uses the same with the strong
+  stream.
   """
 
   def per_device(split, indices, positions, step):
-    step_key = jax.random.fold_in(
-      jax.random.fold_in(jax.random.key(seed), AUGMENT_STREAM), step
+    step_key, strong_key = (
+      jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), step)
+      for stream in (AUGMENT_STREAM, STRONG_STREAM)
     )
     images = split.images[indices]
     views = []
     for v in range(num_views):
       keys = augment.example_keys(jax.random.fold_in(step_key, v), positions)
       views.append(augment.random_crop_flip(images, keys, crop_padding, flip))
+    if strong_view:
+      v = num_views - 1
+      keys = augment.example_keys(jax.random.fold_in(strong_key, v), positions)
+      views[v] = augment.strong(views[v], keys)
     return jnp.stack(views), split.labels[indices]
 
   sharded = parallel.shard_map(
@@ -161,7 +174,7 @@ def _train_batches(
   n_steps = steps_per_epoch(split.size, batch_size)
   order_fn = jax.jit(_epoch_order, static_argnums=(0, 2, 3))
   make_batch = make_batch_fn(
-    mesh, seed, feed.num_views, feed.crop_padding, feed.flip
+    mesh, seed, feed.num_views, feed.crop_padding, feed.flip, feed.strong_view
   )
   orders = {}
 

@@ -63,7 +63,10 @@ class TrainFeed:
   An epoch is a permutation of the training split keyed by (seed, epoch),
   its remainder short of a batch dropped. View v of the example at
   position i of step t's batch is cropped (zero padding `crop_padding`)
-  and flipped (`flip`) with a key of (seed, t, v, i).
+  and flipped (`flip`) with a key of (seed, t, v, i). With `strong_view`,
+  the last view then goes through RandAugment (rand_augment.py) with a key
+  of its own stream (seed, t, v, i): MLKD's strong view, its weak view the
+  first.
 
   Attributes:
     seed: the run's seed.
@@ -73,6 +76,8 @@ class TrainFeed:
     flip: random horizontal flips.
     with_indices: each example's index in the training split rides along
       (`Batch.indices`); the images and labels are the same either way.
+    strong_view: the last view is strongly augmented too; the others, and
+      every view without it, are what they were.
   """
 
   seed: int
@@ -81,6 +86,7 @@ class TrainFeed:
   crop_padding: int
   flip: bool
   with_indices: bool = False
+  strong_view: bool = False
 
 
 class EvalBatches:

@@ -225,11 +225,12 @@ class _TrainRows:
   UserError in the training process, not a worker's traceback)."""
 
   def __init__(self, split: StreamSplit, seed, batch_size, rows, num_views,
-               crop_padding, flip):  # fmt: skip
+               crop_padding, flip, strong_view=False):  # fmt: skip
     self.records = array_record.Records(split.info, split.split)
     self.split, self.seed, self.batch_size = split, seed, batch_size
     self.rows, self.num_views = rows, num_views
     self.crop_padding, self.flip = crop_padding, flip
+    self.strong_view = strong_view
     self.steps = resident.steps_per_epoch(split.size, batch_size)
 
   def _rng(self, step, view, position):
@@ -256,6 +257,7 @@ class _TrainRows:
       out[v] = images_lib.as_array(
         host_augment.resized_crop(image, box, size, factor, flip)
       )
+    self._strong(out, step, position)
     return label
 
   def _row(self, index, step, position, out) -> int:
@@ -267,7 +269,16 @@ class _TrainRows:
       out[v] = host_augment.crop_flip(
         image, self._rng(step, v, position), self.crop_padding, self.flip
       )
+    self._strong(out, step, position)
     return label
+
+  def _strong(self, out, step, position) -> None:
+    """The last view of `out` [V, H, W, C] through the strong augmentation
+    when the run asks for one (after its crop and flip)."""
+    if self.strong_view:
+      view = self.num_views - 1
+      out[view] = host_augment.strong(out[view], host_augment.example_rng(
+        self.seed, resident.STRONG_STREAM, step, view, position))  # fmt: skip
 
   def __call__(self, step: int) -> dict[str, np.ndarray | str]:
     epoch, i = divmod(int(step), self.steps)
@@ -379,7 +390,7 @@ def _train_batches(
   batch_size, num_views = feed.batch_size, feed.num_views
   rows = local_rows(mesh, batch_size)
   fn = _TrainRows(split, feed.seed, batch_size, rows, num_views,
-                  feed.crop_padding, feed.flip)  # fmt: skip
+                  feed.crop_padding, feed.flip, feed.strong_view)  # fmt: skip
   elements = _iterate(fn, start_step, _ENDLESS, split.workers)
   images_sharding = NamedSharding(mesh, P(None, parallel.DATA))
   rows_sharding = parallel.batch_sharded(mesh)

@@ -105,6 +105,8 @@ class RunSetup:
   # example's index in the training split (`Batch.indices`; CRD's memory
   # bank keys on it).
   with_indices: bool = False
+  # Its last view is strongly augmented (`TrainFeed.strong_view`).
+  strong_view: bool = False
 
   def create_state(self, mesh: Mesh) -> TrainState:
     """The initial state, created on the devices and replicated over `mesh`
@@ -123,5 +125,6 @@ class RunSetup:
       crop_padding=recipe.crop_padding,
       flip=recipe.flip,
       with_indices=self.with_indices,
+      strong_view=self.strong_view,
     )
     return source.train_batches(mesh, feed, start_step)

@@ -24,6 +24,7 @@ import ml_collections
 from icckd_jax import distillers
 from icckd_jax import models
 from icckd_jax import parallel
+from icckd_jax.input_pipeline import rand_augment
 from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.errors import UserError
 from icckd_jax.objective import cache as cache_lib
@@ -120,6 +121,13 @@ def _checked_pair(
     bn_axis_name=parallel.DATA,
   )
   distiller = distillers.build(run.distillation)
+  channels = dataset.image_shape[-1]
+  if distiller.reads.strong_view and channels not in rand_augment.CHANNELS:
+    raise UserError(
+      f'config.distill.method={run.distillation.method!r} trains on a '
+      f'strong view (RandAugment), defined on images of 1 or 3 channels, '
+      f'not on {dataset.name!r} of {channels}'
+    )
   distill_pair.check_pair(
     run.distillation,
     (run.recipe.model, teacher_config.model),
@@ -174,7 +182,9 @@ def build_student(
     tx=tx,
     learning_rate_fn=learning_rate_fn,
     steps_per_epoch=steps_per_epoch,
-    num_views=1,
+    # MLKD's weak and strong views (`distillers.Reads.strong_view`).
+    num_views=2 if distiller.reads.strong_view else 1,
+    strong_view=distiller.reads.strong_view,
     init_state=_init_fn(
       recipe.seed,
       (student_model, teacher.model),

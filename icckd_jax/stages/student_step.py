@@ -77,7 +77,8 @@ def make_train_step(
 ):
   """Builds step(state, batch, args) -> (state, metrics).
 
-  batch: a `Batch` of images [1, B, H, W, C] uint8 and labels [B] (and a
+  batch: a `Batch` of images [V, B, H, W, C] uint8 (V = 2 for a method
+  that reads the strong view, its view [1]; else 1) and labels [B] (and a
   trainable distiller's example indices [B]), sharded over `data`;
   args = {'teacher': the teacher's {'params', 'batch_stats'}, 'hp':
   `hyperparameters(...)`}, replicated. The state is donated, the teacher's
@@ -117,50 +118,76 @@ def _per_device_fn(student: nn.Module, statics: '_Statics', tx):
 
   def per_device(state, batch: Batch, args):
     images, labels, indices = batch.images, batch.labels, batch.indices
-    x, teacher_out, hp = statics.inputs(state, images, args)
+    xs, teacher_outs, hp = statics.inputs(state, images, args)
 
     def loss_fn(params):
-      student_out, new_model_state = apply_model(
-        student,
-        {'params': params['model'], 'batch_stats': state.batch_stats},
-        x,
-        train=True,
-        stages=stages,
+      batch_stats, student_outs = _student_views(
+        student, params['model'], state.batch_stats, xs, stages
       )
       trainable = distillers.Trainable(
         params.get('distiller'), state.distiller_buffers, indices, state.step
       )
+      strong = {}
+      if len(xs) > 1:
+        strong = {
+          'student_strong': student_outs[1],
+          'teacher_strong': teacher_outs[1],
+        }
       loss, parts, buffers = distiller.loss(
         distillers.Batch(
-          student_out, teacher_out, labels, step_lib.gather, trainable
+          student_outs[0],
+          teacher_outs[0],
+          labels,
+          step_lib.gather,
+          trainable,
+          **strong,
         ),
         hp,
       )
       # The logged loss is the differentiated one, whatever the distiller.
       return loss, (
-        new_model_state,
+        batch_stats,
         buffers,
         {**parts, 'loss': loss},
-        student_out.logits,
+        student_outs[0].logits,
       )
 
-    grads, (new_model_state, buffers, parts, logits) = _gradients(
+    grads, (batch_stats, buffers, parts, logits) = _gradients(
       loss_fn,
       state.params,
       lambda parts: distiller.task(parts, hp),
       statics.split_gradients,
     )
     params, opt_state = step_lib.apply_gradients(state, grads, tx)
-    metrics = _metrics(parts, logits, labels, teacher_out)
+    metrics = _metrics(parts, logits, labels, teacher_outs[0])
     return state.replace(
       step=state.step + 1,
       params=params,
       opt_state=opt_state,
-      batch_stats=new_model_state['batch_stats'],
+      batch_stats=batch_stats,
       distiller_buffers=buffers,
     ), metrics
 
   return per_device
+
+
+def _student_views(student, params, batch_stats, xs, stages):
+  """(the new batch statistics, [the student's Outputs] on each input of
+  `xs`): one view, or the weak then the strong one (MLKD), the second seeing
+  the statistics the first updated, as the published code's two forward
+  passes do."""
+  outs = []
+  for x in xs:
+    out, new_state = apply_model(
+      student,
+      {'params': params, 'batch_stats': batch_stats},
+      x,
+      train=True,
+      stages=stages,
+    )
+    batch_stats = new_state['batch_stats']
+    outs.append(out)
+  return batch_stats, outs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +205,9 @@ class _Statics:
   split_gradients: bool = False
 
   def inputs(self, state, images, args):
-    """(the student's input x, the teacher's Outputs under stop_gradient in
-    float32, the traced scalars with the epoch if the method reads it)."""
+    """([x] the student's input of each view it sees, [the teacher's
+    Outputs] on each under stop_gradient in float32, the traced scalars
+    with the epoch if the method reads it)."""
     return _inputs(self, state, images, args)
 
 
@@ -206,15 +234,32 @@ def _gradients(loss_fn, params, task, split: bool):
 
 
 def _inputs(statics: _Statics, state, images, args):
+  """(the student's inputs, one per view it sees, the teacher's Outputs of
+  each, the traced scalars): views [0] of `images`, or [0] and [1] for a
+  method that reads the strong view."""
+  views = 2 if statics.distiller.reads.strong_view else 1
+  xs, teacher_outs = [], []
+  for v in range(views):
+    x, out = _teacher_view(statics, images[v], args)
+    xs.append(x)
+    teacher_outs.append(out)
+  hp = args['hp']
+  if statics.distiller.reads.epoch:
+    hp = {**hp, 'epoch': _epoch(state.step, statics.steps_per_epoch)}
+  return xs, teacher_outs, hp
+
+
+def _teacher_view(statics: _Statics, images, args):
+  """(the student's input x of one view [b, H, W, C] uint8, the teacher's
+  Outputs on it under stop_gradient in float32)."""
   teacher, distiller = statics.teacher, statics.distiller
   mean, std, dtype = statics.mean, statics.std, statics.dtype
   teacher_mean, teacher_std = statics.teacher_mean, statics.teacher_std
-  steps_per_epoch = statics.steps_per_epoch
-  x = augment.normalize(images[0], mean, std, dtype)
+  x = augment.normalize(images, mean, std, dtype)
   x_teacher = (
     x
     if teacher_mean is None
-    else augment.normalize(images[0], teacher_mean, teacher_std, dtype)
+    else augment.normalize(images, teacher_mean, teacher_std, dtype)
   )
   t_out, _ = apply_model(
     teacher,
@@ -223,16 +268,12 @@ def _inputs(statics: _Statics, state, images, args):
     train=False,
     stages=distiller.reads.stages,
   )
-  teacher_out = t_out._replace(
+  return x, t_out._replace(
     logits=lax.stop_gradient(t_out.logits.astype(jnp.float32)),
     features=lax.stop_gradient(t_out.features.astype(jnp.float32)),
     stages=lax.stop_gradient(t_out.stages),
     preact_stages=lax.stop_gradient(t_out.preact_stages),
   )
-  hp = args['hp']
-  if distiller.reads.epoch:
-    hp = {**hp, 'epoch': _epoch(state.step, steps_per_epoch)}
-  return x, teacher_out, hp
 
 
 def _metrics(parts, logits, labels, teacher_out) -> dict[str, jax.Array]:
