@@ -1,25 +1,40 @@
-r"""The streaming input path's speed and memory, beside the resident path.
+r"""The streaming input path's cost per image, beside torchvision and tf.data.
 
-In a temporary folder (never in the repository) it generates JPEG folders,
-converts them with the converter of configs/convert.py, and prints:
+In a temporary folder (never in the repository) it generates ImageNet-shaped
+JPEGs (natural-image-like: smooth 1/f noise, gradients, textured shapes;
+pure noise decodes unrealistically slowly), converts them with the converter
+of configs/convert.py, once as they are ('full') and once with the longer
+side of the training images at 320 ('max_side_320'), and measures
 
-* images/s of the streaming pipeline (`StreamSource.train_batches`: read, decode,
-  RandomResizedCrop to 224x224, flip, onto the device) with 1 and 2 decode
-  workers, batch 64, one view; and of the resident path at 32x32
-  (`ResidentSource.train_batches` on the synthetic set);
-* the conversion's time and disk per 10,000 images;
-* the peak RSS of a process streaming one epoch of generated sets of
-  --small_sets images (decode workers included), which should not grow with
-  the set's size.
+* training (`StreamSource.train_batches`: read, decode, RandomResizedCrop to
+  224x224, flip, onto the device) and evaluation (`eval_batches`: resize
+  256, centre crop 224) with 1 and 2 decode workers, for
+  `input.decode='exact'` ('project') and 'fast' ('project_fast'), beside
+  torchvision's ImageFolder + DataLoader and tf.data's
+  `decode_and_crop_jpeg` (big_vision's way) where they are importable
+  (skipped with a line where not);
+* in images per CPU-second of the whole process tree (user + system time of
+  the measuring process and its decode workers, which other jobs on the
+  cores do not distort; wall-clock rates are not comparable on shared
+  cores), each in a fresh process, the configurations interleaved over
+  --repeats repetitions: min, median and max, and each one's ratio to
+  'project' at the same transform, storage and workers;
+* the peak RSS of the measuring process and of each worker.
 
-  python benchmarks/input_speed.py            # about 4 minutes on 2 cores
-  python benchmarks/input_speed.py --speed_images=256 --small_sets=500,2000
+It prints a table, then one JSON line per measurement:
+{"transform", "impl", "storage", "workers", "img_per_cpu_s" (median),
+"min", "max", "main_rss_mib", "worker_rss_mib"}.
+
+  python benchmarks/input_speed.py --quick     # under 10 minutes on 2 cores
+  python benchmarks/input_speed.py             # ImageNet-like batches of 256
+  python benchmarks/input_speed.py --folder=path/to/imagenet  # your images
 """
 
+import itertools
 import json
 import os
 import pathlib
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,184 +44,438 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-import jax
 import ml_collections
 import numpy as np
-from PIL import Image
-
-from icckd_jax.input_pipeline.source import TrainFeed
-from icckd_jax import parallel
-from icckd_jax.data import array_record
-from icckd_jax.data import convert
-from icckd_jax.data import datasets
-from icckd_jax.input_pipeline import resident
-from icckd_jax.input_pipeline import stream
+from PIL import Image, ImageDraw
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('speed_images', 1024, 'Images of the 224x224 set.')
-flags.DEFINE_list(
-  'small_sets', ['5000', '20000'], 'Sizes of the sets whose RSS is measured.'
-)
-flags.DEFINE_integer('steps', 12, 'Timed steps per measurement.')
-flags.DEFINE_integer('batch_size', 64, 'Global batch.')
+flags.DEFINE_bool('quick', False, 'Fewer images, steps and repetitions.')
 flags.DEFINE_string(
-  'rss_child', None, 'Internal: stream one epoch of this set.'
+  'folder',
+  None,
+  "An image folder in ImageNet's layout (train/<class>/*, val/<class>/* "
+  'or test/<class>/*) to measure instead of generated images.',
 )
+flags.DEFINE_integer('train_images', 1536, 'Generated training images.')
+flags.DEFINE_integer(
+  'test_images',
+  1280,
+  'Generated evaluation images (one pass holds the '
+  'warm-up and measured batches: worker start-up is once per evaluation).',
+)
+flags.DEFINE_integer('batch_size', 256, 'Global batch.')
+flags.DEFINE_integer('steps', 4, 'Measured steps per measurement.')
+flags.DEFINE_integer('repeats', 3, 'Interleaved repetitions.')
+flags.DEFINE_list(
+  'impls',
+  ['project', 'project_fast'],
+  "This project's pipelines to measure ('project': input.decode='exact'; "
+  "'project' alone measures a version without input.decode).",
+)
+flags.DEFINE_string('child', None, 'Internal: one measurement, as JSON.')
+
+MAX_SIDE = 320
+SIZE = 224
+WARMUP_STEPS = 1
 
 
-def _folder(root: pathlib.Path, count: int, low: int, high: int) -> None:
-  """train/<c>/*.jpg (count images, 10 classes) and a small test/, of sizes
-  in [low, high): smooth gradients plus noise, as photographs compress."""
-  rng = np.random.default_rng(count)
-  for split, n in (('train', count), ('test', max(10, count // 50))):
-    for i in range(n):
-      h, w = rng.integers(low, high, 2)
-      y, x = np.mgrid[:h, :w]
-      base = (x[..., None] * rng.uniform(0, 1, 3) + y[..., None]) % 256
-      noise = rng.normal(0, 12, (h, w, 3))
-      pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-      path = root / split / f'c{i % 10}' / f'{i}.jpg'
+def _natural(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+  """[h, w, 3] uint8 like a photograph: 1/f noise, a gradient, shapes."""
+  # The 1/f field at a quarter of the size, upsampled: as natural to a
+  # JPEG coder, for a sixteenth of the FFT's time.
+  fh, fw = -(-h // 4), -(-w // 4)
+  fy = np.fft.fftfreq(fh)[:, None]
+  fx = np.fft.rfftfreq(fw)[None, :]
+  amplitude = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / max(fh, fw))
+  channels = []
+  for _ in range(3):
+    phase = rng.uniform(0, 2 * np.pi, amplitude.shape)
+    field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(fh, fw))
+    field = (field - field.mean()) / (field.std() + 1e-9)
+    field = Image.fromarray(field.astype(np.float32)).resize(
+      (w, h), Image.BICUBIC
+    )
+    channels.append(np.asarray(field))
+  pixels = 128 + 40 * np.stack(channels, -1)
+  y, x = np.mgrid[:h, :w] / max(h, w)
+  pixels += 60 * (rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y)[..., None]
+  image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+  draw = ImageDraw.Draw(image)
+  for _ in range(rng.integers(3, 8)):
+    x0, y0 = rng.integers(0, w), rng.integers(0, h)
+    x1, y1 = x0 + rng.integers(20, w // 2), y0 + rng.integers(20, h // 2)
+    fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+    shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+    shape((x0, y0, x1, y1), fill=fill)
+  texture = rng.integers(-8, 9, (h, w, 3), dtype=np.int16)
+  return np.clip(np.asarray(image) + texture, 0, 255).astype(np.uint8)
+
+
+def _generate(root: pathlib.Path, train: int, test: int) -> None:
+  """train/<c>/*.JPEG and val/<c>/*.JPEG, 10 classes, ImageNet's shapes
+  (shorter side 333-500, aspect 3/4 or 4/3 mostly; mean ~200k pixels),
+  quality 90."""
+  rng = np.random.default_rng(0)
+  for split, count in (('train', train), ('val', test)):
+    for i in range(count):
+      short = int(rng.integers(333, 501))
+      long = int(short * rng.choice([1.0, 4 / 3, 4 / 3, 1.5]))
+      h, w = (short, long) if rng.random() < 0.7 else (long, short)
+      path = root / split / f'n{i % 10:08d}' / f'{i}.JPEG'
       path.parent.mkdir(parents=True, exist_ok=True)
-      Image.fromarray(pixels).save(path, quality=85)
+      Image.fromarray(_natural(rng, h, w)).save(path, quality=90)
 
 
-def _convert(source: pathlib.Path, out: pathlib.Path) -> float:
-  config = ml_collections.ConfigDict(
-    {
-      'dataset': {'name': 'image_folder', 'path': str(source)},
-      'output_dir': str(out),
-      'records_per_shard': 256,
-      'workers': 0,
-    }
-  )
-  start = time.perf_counter()
-  convert.convert(config)
-  return time.perf_counter() - start
+def _shrunk(source: pathlib.Path, out: pathlib.Path) -> None:
+  """`source` with its training images as a conversion with max_side
+  stores them (`shard_writer.shrunk_image`), for the libraries that read
+  files; evaluation images as they are."""
+  from icckd_jax.data import shard_writer  # pylint: disable=g-import-not-at-top
+
+  for path in source.rglob('*.*'):
+    target = out / path.relative_to(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = path.read_bytes()
+    if path.relative_to(source).parts[0] == 'train':
+      with Image.open(path) as image:
+        shrunk = shard_writer.shrunk_image(image, image.format, MAX_SIDE)
+      data = data if shrunk is None else shrunk[1]
+    target.write_bytes(data)
 
 
-def _rate(batches, steps: int, batch_size: int) -> float:
-  jax.block_until_ready(next(batches))  # warm-up: workers started
-  for _ in range(2):
-    jax.block_until_ready(next(batches))
-  start = time.perf_counter()
-  for _ in range(steps):
-    jax.block_until_ready(next(batches))
-  return steps * batch_size / (time.perf_counter() - start)
+def _convert(source: pathlib.Path, out: pathlib.Path, max_side: int) -> None:
+  """`source` converted into `out` by configs/convert.py's converter."""
+  from icckd_jax.data import convert  # pylint: disable=g-import-not-at-top
 
-
-def _feed(crop_padding: int) -> TrainFeed:
-  """One view per example, cropped and flipped, seed 0."""
-  return TrainFeed(0, FLAGS.batch_size, 1, crop_padding, flip=True)
-
-
-def _stream_rate(path: str, workers: int, size: int) -> float:
-  info = array_record.read_info(path)
-  batches = stream.source(info, size, workers).train_batches(
-    parallel.make_mesh(1),
-    _feed(crop_padding=0),
-    0,
-  )
-  try:
-    return _rate(batches, FLAGS.steps, FLAGS.batch_size)
-  finally:
-    batches.close()
-
-
-def _resident_rate() -> float:
-  dataset = datasets.load(
-    datasets.DataRequest.from_fields(
+  name = 'imagenet' if (source / 'val').is_dir() else 'image_folder'
+  convert.convert(
+    ml_collections.ConfigDict(
       {
-        'name': 'synthetic',
-        'num_train': 4096,
-        'num_test': 64,
-        'num_classes': 10,
-        'image_size': 32,
-        'channels': 3,
-        'seed': 0,
+        'dataset': {'name': name, 'path': str(source)},
+        'output_dir': str(out),
+        'records_per_shard': 256,
+        'workers': 0,
+        **({'max_side': max_side} if max_side else {}),
       }
     )
   )
-  mesh = parallel.make_mesh(1)
-  batches = resident.ResidentSource.of(dataset).train_batches(
-    mesh,
-    _feed(crop_padding=4),
-    0,
-  )
-  return _rate(batches, 10 * FLAGS.steps, FLAGS.batch_size)
 
 
-def _rss_child(path: str) -> None:
-  """Streams one epoch (2 workers, 32x32) and prints the peak RSS, MiB, of
-  this process and of its largest worker."""
+def _tree_cpu(process) -> float:
+  """User + system seconds of `process`, of its children it has reaped,
+  and of its live descendants."""
+  t = process.cpu_times()
+  total = t.user + t.system + t.children_user + t.children_system
+  for child in process.children(recursive=True):
+    try:
+      t = child.cpu_times()
+      total += t.user + t.system
+    except Exception:  # pylint: disable=broad-except
+      pass  # gone meanwhile: counted once reaped
+  return total
+
+
+def _peak_rss_mib(process) -> tuple[float, list[float]]:
+  """(peak RSS of `process`, of each descendant), MiB (VmHWM)."""
+
+  def hwm(pid):
+    try:
+      for line in open(f'/proc/{pid}/status'):
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+    except OSError:
+      pass
+    return 0.0
+
+  return hwm(process.pid), [hwm(c.pid) for c in process.children(True)]
+
+
+def _project(spec: dict, path: str):
+  """(iterator of batches, images per batch) of this project's pipeline."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from icckd_jax import parallel  # pylint: disable=g-import-not-at-top
+  from icckd_jax.data import array_record  # pylint: disable=g-import-not-at-top
+  from icckd_jax.input_pipeline import stream  # pylint: disable=g-import-not-at-top
+  from icckd_jax.input_pipeline.source import TrainFeed  # pylint: disable=g-import-not-at-top
+
   info = array_record.read_info(path)
-  streamed = stream.source(info, 32, 2)
-  batches = streamed.train_batches(
-    parallel.make_mesh(1),
-    _feed(crop_padding=0),
-    0,
+  # The main this issue started from has no input.decode: exact only.
+  decode = {'decode': 'fast'} if spec['impl'] == 'project_fast' else {}
+  source = stream.source(info, SIZE, spec['workers'], 'resized_crop', **decode)
+  mesh = parallel.make_mesh(1)
+  batch = spec['batch_size']
+  if spec['transform'] == 'train':
+    feed = TrainFeed(0, batch, 1, 0, flip=True)
+    batches = source.train_batches(mesh, feed, 0)
+  else:
+    batches = itertools.chain.from_iterable(
+      iter(source.eval_batches(mesh, batch)) for _ in itertools.count()
+    )
+  return (jax.block_until_ready(b) for b in batches), batch
+
+
+def _torchvision(spec: dict, folder: str):
+  import torch  # pylint: disable=g-import-not-at-top
+  from torchvision import datasets, transforms  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(1)
+  if spec['transform'] == 'train':
+    transform = transforms.Compose(
+      [
+        transforms.RandomResizedCrop(SIZE),
+        transforms.RandomHorizontalFlip(),
+        transforms.PILToTensor(),
+      ]
+    )
+    split = 'train'
+  else:
+    transform = transforms.Compose(
+      [
+        transforms.Resize(256),
+        transforms.CenterCrop(SIZE),
+        transforms.PILToTensor(),
+      ]
+    )
+    split = 'val' if os.path.isdir(os.path.join(folder, 'val')) else 'test'
+  dataset = datasets.ImageFolder(os.path.join(folder, split), transform)
+  loader = torch.utils.data.DataLoader(
+    dataset,
+    batch_size=spec['batch_size'],
+    shuffle=spec['transform'] == 'train',
+    num_workers=spec['workers'],
+    persistent_workers=True,
+    drop_last=True,
   )
-  for _ in range(
-    resident.steps_per_epoch(streamed.train.size, FLAGS.batch_size)
-  ):
-    jax.block_until_ready(next(batches))
-  batches.close()
+  return itertools.chain.from_iterable(itertools.repeat(loader)), spec[
+    'batch_size'
+  ]
+
+
+def _tf_data(spec: dict, folder: str):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  split = 'train' if spec['transform'] == 'train' else 'val'
+  if not os.path.isdir(os.path.join(folder, split)):
+    split = 'test'
+  files = sorted(str(p) for p in pathlib.Path(folder, split).rglob('*.*'))
+
+  def train(path):
+    data = tf.io.read_file(path)
+    shape = tf.image.extract_jpeg_shape(data)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+      shape,
+      tf.zeros([0, 0, 4], tf.float32),
+      area_range=(0.08, 1.0),
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      min_object_covered=0,
+      use_image_if_no_bounding_boxes=True,
+    )
+    y, x, _ = tf.unstack(begin)
+    h, w, _ = tf.unstack(size)
+    image = tf.image.decode_and_crop_jpeg(data, [y, x, h, w], channels=3)
+    image = tf.image.resize(image, [SIZE, SIZE], antialias=True)
+    return tf.image.random_flip_left_right(tf.cast(image, tf.uint8))
+
+  def evaluate(path):
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    image = tf.image.resize(image, [256, 256], preserve_aspect_ratio=False)
+    return tf.cast(tf.image.central_crop(image, SIZE / 256), tf.uint8)
+
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = spec['workers']
+  dataset = (
+    tf.data.Dataset.from_tensor_slices(files)
+    .repeat()
+    .map(train if split == 'train' else evaluate, spec['workers'])
+    .batch(spec['batch_size'])
+    .prefetch(1)
+    .with_options(options)
+  )
+  return iter(dataset), spec['batch_size']
+
+
+def _child(spec: dict) -> None:
+  """One measurement in this fresh process: images per CPU-second of this
+  process and its workers over FLAGS.steps batches after a warm-up."""
+  import psutil  # pylint: disable=g-import-not-at-top
+
+  make = {'torchvision': _torchvision, 'tf_data': _tf_data}.get(
+    spec['impl'], _project
+  )
+  batches, per_batch = make(spec, spec['path'])
+  for _ in range(WARMUP_STEPS):
+    next(batches)
+  me = psutil.Process()
+  cpu = _tree_cpu(me)
+  for _ in range(spec['steps']):
+    next(batches)
+  cpu = _tree_cpu(me) - cpu
+  main_rss, worker_rss = _peak_rss_mib(me)
   print(
     json.dumps(
       {
-        'main_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        'worker_mib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        / 1024,
+        'img_per_cpu_s': spec['steps'] * per_batch / cpu,
+        'main_rss_mib': main_rss,
+        'worker_rss_mib': worker_rss,
+      }
+    ),
+    flush=True,
+  )
+  # Its decode workers hold this process's stdout: stop them (this
+  # process started them), then leave without waiting on any pipeline.
+  for worker in me.children(recursive=True):
+    worker.kill()
+  os._exit(0)
+
+
+def _converts_max_side() -> bool:
+  from configs import convert as convert_config  # pylint: disable=g-import-not-at-top
+
+  return 'max_side' in convert_config.get_config()
+
+
+def _importable(module: str) -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  return importlib.util.find_spec(module) is not None
+
+
+def _measure(spec: dict) -> dict | None:
+  out = subprocess.run(
+    [sys.executable, __file__, f'--child={json.dumps(spec)}'],
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  lines = [x for x in out.stdout.splitlines() if x.startswith('{')]
+  if out.returncode or not lines:
+    print(f'  failed: {spec} ({out.stderr.strip().splitlines()[-1:]})')
+    return None
+  return json.loads(lines[-1])
+
+
+def _specs(paths: dict, impls: list[str]) -> list[dict]:
+  specs = []
+  for transform, storage, impl, workers in itertools.product(
+    ('train', 'eval'), paths, impls, (1, 2)
+  ):
+    if transform == 'eval' and storage != 'full':
+      continue  # the test split is never stored smaller
+    folder, shards = paths[storage]
+    specs.append(
+      {
+        'transform': transform,
+        'impl': impl,
+        'storage': storage,
+        'workers': workers,
+        'path': shards if impl.startswith('project') else folder,
+        'batch_size': FLAGS.batch_size,
+        'steps': FLAGS.steps,
       }
     )
+  return specs
+
+
+def _report(specs: list[dict], results: dict) -> None:
+  print()
+  print(
+    f'{"transform":9} {"storage":13} {"impl":13} {"wk":>2} '
+    f'{"img/CPU-s":>9} {"min":>6} {"max":>6} {"x project":>9} '
+    f'{"main MiB":>8} {"worker MiB":>10}'
   )
+  medians = {}
+  for spec in specs:
+    key = tuple(spec[k] for k in ('transform', 'impl', 'storage', 'workers'))
+    if results.get(key):
+      medians[key] = statistics.median(r['img_per_cpu_s'] for r in results[key])
+  lines = []
+  for spec in specs:
+    key = tuple(spec[k] for k in ('transform', 'impl', 'storage', 'workers'))
+    runs = results.get(key)
+    if not runs:
+      continue
+    rates = [r['img_per_cpu_s'] for r in runs]
+    base = medians.get((key[0], 'project', key[2], key[3]))
+    main_rss = max(r['main_rss_mib'] for r in runs)
+    worker_rss = max((max(r['worker_rss_mib'] or [0]) for r in runs))
+    print(
+      f'{key[0]:9} {key[2]:13} {key[1]:13} {key[3]:>2} '
+      f'{medians[key]:9.0f} {min(rates):6.0f} {max(rates):6.0f} '
+      f'{medians[key] / base if base else float("nan"):9.2f} '
+      f'{main_rss:8.0f} {worker_rss:10.0f}'
+    )
+    lines.append(
+      {
+        'transform': key[0],
+        'impl': key[1],
+        'storage': key[2],
+        'workers': key[3],
+        'img_per_cpu_s': round(medians[key], 1),
+        'min': round(min(rates), 1),
+        'max': round(max(rates), 1),
+        'main_rss_mib': round(main_rss),
+        'worker_rss_mib': [round(v) for v in runs[-1]['worker_rss_mib']],
+      }
+    )
+  print()
+  for line in lines:
+    print(json.dumps(line))
 
 
 def main(argv):
   del argv
-  if FLAGS.rss_child:
-    _rss_child(FLAGS.rss_child)
+  if FLAGS.child:
+    _child(json.loads(FLAGS.child))
     return
+  if FLAGS.quick:
+    FLAGS.train_images, FLAGS.test_images = 320, 256
+    FLAGS.batch_size, FLAGS.steps, FLAGS.repeats = 64, 3, 2
+  impls = list(FLAGS.impls)
+  for impl, module in (
+    ('torchvision', 'torchvision'),
+    ('tf_data', 'tensorflow'),
+  ):
+    if _importable(module):
+      impls.append(impl)
+    else:
+      print(f'{impl}: skipped ({module} is not importable here)')
   with tempfile.TemporaryDirectory(prefix='input_speed-') as tmp:
     tmp = pathlib.Path(tmp)
     start = time.perf_counter()
-    _folder(tmp / 'big', FLAGS.speed_images, 250, 500)
+    if FLAGS.folder:
+      full = pathlib.Path(FLAGS.folder)
+    else:
+      full = tmp / 'full'
+      _generate(full, FLAGS.train_images, FLAGS.test_images)
+    paths = {'full': (str(full), str(tmp / 'full_ar'))}
+    _convert(full, tmp / 'full_ar', 0)
+    storage = f'max_side_{MAX_SIDE}'
+    if _converts_max_side():
+      paths[storage] = (str(tmp / 'small'), str(tmp / 'small_ar'))
+      _convert(full, tmp / 'small_ar', MAX_SIDE)
+      if set(impls) - {'project', 'project_fast'}:
+        _shrunk(full, tmp / 'small')
+    else:
+      print(f'{storage}: skipped (this version converts without max_side)')
     print(
-      f'generated {FLAGS.speed_images} JPEGs of 250-500 px a side in '
-      f'{time.perf_counter() - start:.0f} s'
+      f'prepared {"--folder" if FLAGS.folder else "generated"} images in '
+      f'{time.perf_counter() - start:.0f} s; {os.cpu_count()} cores, '
+      f'batch {FLAGS.batch_size}, {FLAGS.steps} steps, '
+      f'{FLAGS.repeats} interleaved repetitions'
     )
-    seconds = _convert(tmp / 'big', tmp / 'big_ar')
-    disk = sum(p.stat().st_size for p in (tmp / 'big_ar').iterdir())
-    images = FLAGS.speed_images + max(10, FLAGS.speed_images // 50)
-    print(
-      f'convert: {seconds:.1f} s for {images} images = '
-      f'{seconds * 10000 / images:.0f} s and '
-      f'{disk * 10000 / images / 2**30:.2f} GiB per 10,000 images '
-      f'({os.cpu_count()} cores)'
-    )
-    for workers in (1, 2):
-      rate = _stream_rate(str(tmp / 'big_ar'), workers, 224)
-      print(f'stream 224x224, {workers} worker(s): {rate:.0f} images/s')
-    print(f'resident 32x32: {_resident_rate():.0f} images/s')
-    for count in map(int, FLAGS.small_sets):
-      _folder(tmp / f's{count}', count, 40, 72)
-      _convert(tmp / f's{count}', tmp / f's{count}_ar')
-      out = subprocess.run(
-        [
-          sys.executable,
-          __file__,
-          f'--rss_child={tmp / f"s{count}_ar"}',
-          f'--batch_size={FLAGS.batch_size}',
-        ],  # fmt: skip
-        check=True,
-        capture_output=True,
-        text=True,
-      ).stdout
-      rss = json.loads(out.strip().splitlines()[-1])
-      print(
-        f'peak RSS streaming one epoch of {count} images (2 workers): '
-        f'main process {rss["main_mib"]:.0f} MiB, largest worker '
-        f'{rss["worker_mib"]:.0f} MiB'
-      )
+    specs = _specs(paths, impls)
+    results = {}
+    for repeat in range(FLAGS.repeats):
+      for spec in specs:
+        key = tuple(
+          spec[k] for k in ('transform', 'impl', 'storage', 'workers')
+        )
+        found = _measure(spec)
+        if found:
+          results.setdefault(key, []).append(found)
+      print(f'repetition {repeat + 1} of {FLAGS.repeats} done')
+    _report(specs, results)
 
 
 if __name__ == '__main__':

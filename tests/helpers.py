@@ -304,3 +304,55 @@ def eval_image(
   where = name or (source if isinstance(source, str) else 'image bytes')
   decoded = images.decode('evaluation', where, source, rgb=True)
   return imagenet_preprocess.resize_center_crop(decoded, resize, crop)
+
+
+def reference_decode(data: bytes) -> np.ndarray:
+  """The streamed decode before the copy-free one (input37), kept as the
+  reference its pixels must equal: Pillow, converted to RGB, an array."""
+  import io  # pylint: disable=g-import-not-at-top
+
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(io.BytesIO(data)) as opened:
+    return np.asarray(opened.convert('RGB'))
+
+
+def reference_resized_crop_flip(
+  image: np.ndarray, rng: np.random.Generator, size: int, flip: bool
+) -> np.ndarray:
+  """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) and flip as the
+  streamed path made them before input37, on [H, W, 3] uint8: the
+  reference the copy-free path's pixels must equal, bit for bit."""
+  import math  # pylint: disable=g-import-not-at-top
+
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  h, w, _ = image.shape
+  area, ratio = h * w, (3 / 4, 4 / 3)
+  box = None
+  for _ in range(10):
+    target = area * rng.uniform(0.08, 1.0)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    cw = int(round(math.sqrt(target * aspect)))
+    ch = int(round(math.sqrt(target / aspect)))
+    if 0 < cw <= w and 0 < ch <= h:
+      top = int(rng.integers(0, h - ch + 1))
+      left = int(rng.integers(0, w - cw + 1))
+      box = (left, top, left + cw, top + ch)
+      break
+  if box is None:
+    aspect = w / h
+    if aspect < ratio[0]:
+      cw, ch = w, int(round(w / ratio[0]))
+    elif aspect > ratio[1]:
+      cw, ch = int(round(h * ratio[1])), h
+    else:
+      cw, ch = w, h
+    top, left = (h - ch) // 2, (w - cw) // 2
+    box = (left, top, left + cw, top + ch)
+  out = np.asarray(
+    Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box)
+  )
+  if flip and rng.random() < 0.5:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)

@@ -406,3 +406,45 @@ def test_a_set_read_as_arrays_converts_losslessly(tmp_path):
   np.testing.assert_array_equal(back.test_labels, arrays.test_labels)
   np.testing.assert_allclose(back.mean, arrays.mean, rtol=1e-6)
   np.testing.assert_allclose(back.std, arrays.std, rtol=1e-6)
+
+
+def test_max_side_shrinks_train_images_only_and_refuses_to_mix(
+  converted, tmp_path
+):
+  """config.max_side: the train split's longer side at most max_side (JPEG
+  again), the test split as it was, recorded in info.json; the same
+  output folder rerun with another max_side is refused, even after a
+  kill mid-conversion, so one set never mixes the two."""
+  source, full = converted
+  out = tmp_path / 'small'
+  code, stderr = _convert(
+    source, out, '--config.records_per_shard=3', '--config.max_side=32'
+  )
+  assert code == 0, stderr[-2000:]
+  info = array_record.read_info(str(out))
+  assert (
+    json.loads((out / array_record.INFO_FILE).read_text())['max_side'] == 32
+  )
+  assert info.digest != array_record.read_info(str(full)).digest
+  small = array_record.Records(info, 'train')
+  was = array_record.Records(array_record.read_info(str(full)), 'train')
+  shrunk = 0
+  for i in range(len(small)):
+    image, label = small[i]
+    before, label_before = was[i]
+    assert label == label_before
+    assert max(image.shape[:2]) == min(32, max(before.shape[:2]))
+    assert Image.open(io.BytesIO(small.raw(i)[1])).format == 'JPEG'
+    shrunk += image.shape != before.shape
+  assert shrunk  # some were larger than 32
+  test = array_record.Records(info, 'test')
+  test_before = array_record.Records(array_record.read_info(str(full)), 'test')
+  for i in range(len(test)):
+    assert test.raw(i) == test_before.raw(i)
+  # A kill before info.json, then a rerun without max_side: refused.
+  (out / array_record.INFO_FILE).unlink()
+  for rerun in ('--config.max_side=0', '--config.max_side=64'):
+    line = error_line(
+      *_convert(source, out, '--config.records_per_shard=3', rerun)
+    )
+    assert 'converted with max_side=32' in line

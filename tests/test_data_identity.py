@@ -2,13 +2,17 @@
 started on (runs/data_identity.py), and an intact checkpoint of other
 shapes is never taken for a damaged one (training/checkpoint_reader.py)."""
 
+import json
 import os
 import shutil
 
 import pytest
 
+from icckd_jax.errors import UserError
 from icckd_jax.input_pipeline import inputs
+from icckd_jax.runs import data_identity
 from icckd_jax.runs import layout
+from icckd_jax.runs import spec
 from launch_in_process import error_line, run_launcher
 import helpers
 from helpers import snapshot
@@ -140,3 +144,39 @@ def test_input_mode_auto_resumes_on_the_path_the_run_started_on(
   assert 'Input: resident' in stderr
   assert 'Input: streaming' not in stderr
   assert os.path.isfile(workdir / layout.SUMMARY_FILE)
+
+
+@pytest.mark.parametrize(
+  'recorded, asked, resumed',
+  [
+    ('fast', 'auto', 'fast'),
+    ('exact', 'auto', 'exact'),
+    (None, 'auto', 'exact'),  # streamed before input.decode existed
+    ('fast', 'exact', None),
+    (None, 'fast', None),
+  ],
+)
+def test_input_decode_resumes_as_the_run_started_or_is_refused(
+  tmp_path, recorded, asked, resumed
+):
+  """A streamed run's decode decides its crops' pixels: 'auto' resumes with
+  the one it started with ('exact' if it recorded none); another one is
+  refused in one line."""
+  (tmp_path / 'checkpoints' / '3').mkdir(parents=True)
+  data = {'name': 'array_record', 'classes': 3}
+  record = {'data': data, 'input': 'stream'}
+  if recorded:
+    record['decode'] = recorded
+  (tmp_path / layout.DATA_FILE).write_text(json.dumps(record))
+  inputs_now = data_identity.resumed_inputs(
+    spec.Inputs(mode='auto', decode=asked), str(tmp_path)
+  )
+  assert inputs_now.mode == 'stream'
+  now = {'data': data, 'input': 'stream', 'decode': inputs_now.decode}
+  if resumed is None:
+    assert inputs_now.decode == asked
+    with pytest.raises(UserError, match='started with config.input.decode='):
+      data_identity.check(str(tmp_path), now)
+  else:
+    assert inputs_now.decode == resumed
+    data_identity.check(str(tmp_path), now)

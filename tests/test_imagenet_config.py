@@ -12,6 +12,7 @@ from configs import convert as convert_config
 from configs import imagenet
 from configs import teacher as teacher_config
 from conftest import SHARED_DATA, shared_fixture
+import helpers
 from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import models
 from icckd_jax import parallel
@@ -123,7 +124,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
       c.seed, resident.AUGMENT_STREAM, 0, 0, position
     )
     image, label = records['train'][int(index)]
-    expected = host_augment.resized_crop_flip(image, rng, 224, True)
+    expected = helpers.reference_resized_crop_flip(image, rng, 224, True)
     np.testing.assert_array_equal(np.asarray(images)[0, position], expected)
     assert int(labels[position]) == label
   first, *_ = dataset.eval_batches(parallel.make_mesh(1), 2)

@@ -146,7 +146,8 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   names = sorted(str(n) for n in reference['eval_names'])
   source = tmp_path / 'source'
   for split in ('train', 'test'):
-    (source / split / 'x').mkdir(parents=True)
+    for c in ('x', 'y'):  # a classifier's set has two classes at least
+      (source / split / c).mkdir(parents=True)
     for n in names:
       shutil.copy(path / 'eval_images' / n, source / split / 'x' / n)
   # Sizes where truncating the longer side (403x300 -> 343, not 344) and
@@ -155,7 +156,8 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   extra = {'z0.JPEG': (256, 339), 'z1.JPEG': (300, 403)}
   for n, (h, w) in extra.items():
     pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(source / 'test' / 'x' / n, quality=95)
+    for split in ('train', 'test'):
+      Image.fromarray(pixels).save(source / split / 'y' / n, quality=95)
   config = ml_collections.ConfigDict(
     {
       'dataset': {'name': 'image_folder', 'path': str(source)},
@@ -175,7 +177,8 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   assert not rest and np.all(batch.mask)
   images = np.asarray(batch.images)
   # One transform: the pixels of the file-based evaluation, exactly.
-  files = [source / 'test' / 'x' / n for n in names + sorted(extra)]
+  files = [source / 'test' / 'x' / n for n in names]
+  files += [source / 'test' / 'y' / n for n in sorted(extra)]
   expected = np.stack([helpers.eval_image(str(f)) for f in files])
   np.testing.assert_array_equal(images, expected)
   mean, std = torch_import.normalization('imagenet_resnet18')

@@ -3,6 +3,7 @@ the same whatever the processes, devices and decode workers; a streamed run
 stopped mid-epoch resumes exactly; runs saved before `config.input` existed
 still resume and keep their run-store keys."""
 
+import io
 import json
 import os
 import signal
@@ -13,13 +14,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT
 from configs import teacher as teacher_config
 from icckd_jax.input_pipeline.source import TrainFeed
 from icckd_jax import parallel
 from icckd_jax.data import array_record
+from icckd_jax.data import images
 from icckd_jax.input_pipeline import host_augment
+from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
 from icckd_jax.input_pipeline import stream
 from icckd_jax.experiments.sweep import run_store
@@ -355,3 +359,75 @@ def test_a_signal_to_the_process_group_mid_run_resumes_exactly(
   assert proc.returncode == 0, stderr[-2000:]
   assert 'resource_tracker' not in stderr, stderr[-3000:]
   assert_same_run(straight_group_run, workdir)
+
+
+def test_exact_decode_gives_the_pixels_of_the_copying_decode(shards):
+  """input.decode='exact' (copy-free, on the decoded Pillow image) gives,
+  bit for bit, the crops and evaluation images of the implementation that
+  converted, copied and flipped arrays (helpers' reference)."""
+  info = array_record.read_info(str(shards))
+  exact = stream.source(info, 16, 0, 'resized_crop', decode='exact')
+  assert exact.decode == 'exact'
+  records = array_record.Records(info, 'train')
+  for step, batch in enumerate(_batches(exact, parallel.make_mesh(1), 0, 2)):
+    for position, index in enumerate(batch.indices):
+      image = helpers.reference_decode(records.raw(int(index))[1])
+      for view in range(2):
+        rng = host_augment.example_rng(
+          3, resident.AUGMENT_STREAM, step, view, position
+        )
+        np.testing.assert_array_equal(
+          batch.images[view, position],
+          helpers.reference_resized_crop_flip(image, rng, 16, True),
+        )
+  test = array_record.Records(info, 'test')
+  (first,) = exact.eval_batches(parallel.make_mesh(1), 6)
+  for i in range(6):
+    image = helpers.reference_decode(test.raw(i)[1])
+    np.testing.assert_array_equal(
+      np.asarray(first.images)[i],
+      imagenet_preprocess.resize_center_crop(image, 18, 16),
+    )
+
+
+def test_fast_decode_is_reduced_keyed_by_step_and_resumes_mid_epoch(shards):
+  """input.decode='fast': JPEGs decoded at a reduced DCT scale where every
+  crop stays at least the training size; the batches still depend on
+  (seed, step) alone: a resume mid-epoch on other devices gives them bit
+  for bit (decode workers change nothing, as the test above shows for the
+  code they share)."""
+  raw = io.BytesIO()
+  Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(raw, 'JPEG')
+  image, factor = images.open_image(
+    'x', 'y', raw.getvalue(), True, lambda w, h: 4
+  )
+  assert (factor, image.size, image.mode) == (4, (100, 75), 'RGB')
+  # The largest factor keeping both sides of every box >= the size.
+  assert host_augment.reduction([(0, 0, 70, 40), (5, 5, 300, 300)], 16) == 2
+  assert host_augment.reduction([(0, 0, 20, 20)], 16) == 1
+  info = array_record.read_info(str(shards))
+  # At 8 px, many crops of the 12-40 px images are 16 px or more.
+  fast = stream.source(info, 8, 0, 'resized_crop', decode='fast')
+  exact = stream.source(info, 8, 0, 'resized_crop', decode='exact')
+  reference = _batches(fast, parallel.make_mesh(1), 0, 4)
+  resumed = _batches(fast, parallel.make_mesh(2), 2, 2)
+  for want, have in zip(reference[2:], resumed):
+    jax.tree.map(np.testing.assert_array_equal, want, have)
+  full = _batches(exact, parallel.make_mesh(1), 0, 4)
+  fast_images = np.stack([b.images for b in reference]).astype(np.int16)
+  full_images = np.stack([b.images for b in full]).astype(np.int16)
+  # Some crops were decoded smaller (other pixels), in the same geometry:
+  # far nearer the full decode's crops than those are to each other.
+  assert not np.array_equal(fast_images, full_images)
+  nearer = np.abs(fast_images - full_images).mean()
+  apart = np.abs(full_images - full_images[::-1]).mean()
+  assert nearer < apart / 4
+  # Evaluation: the centre crop's box alone, from the reduced decode.
+  (fast_eval,) = fast.eval_batches(parallel.make_mesh(1), 6)
+  (exact_eval,) = exact.eval_batches(parallel.make_mesh(1), 6)
+  fast_eval, exact_eval = (
+    np.asarray(b.images, np.int16) for b in (fast_eval, exact_eval)
+  )
+  assert not np.array_equal(fast_eval, exact_eval)
+  nearer = np.abs(fast_eval - exact_eval).mean()
+  assert nearer < np.abs(exact_eval - exact_eval[::-1]).mean() / 2

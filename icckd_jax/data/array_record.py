@@ -14,7 +14,8 @@ label order), `counts` ({split: records}), the train split's `mean` and `std`
 (per channel, [0, 255] units, over every pixel of every training image at its
 own size), `channels`, `image_shape` ([H, W, C] when every image has one
 size, else null), `image_formats`, `decoded_bytes` ({split: bytes the
-decoded images take}), `labels` ({split: {file, bytes, sha256}}) and
+decoded images take}), `max_side` (the train split's longer side was
+reduced to at most this at conversion; null: images as they were), `labels` ({split: {file, bytes, sha256}}) and
 `shards` ({split: [{file, records, bytes, sha256}]}).
 
 Opening a data set (`read_info`) reads info.json and the shards' sizes only,
@@ -272,18 +273,25 @@ class Records:
         f'({one_line(e)}); convert the data set again'
       ) from None
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    """(image [H, W, channels] uint8, label) of example `index`."""
+  def image(self, index: int, reduce=None) -> tuple[Any, int, int]:
+    """(Pillow image of mode 'L' or 'RGB' as `channels` says, the factor
+    its JPEG was decoded smaller by, label) of example `index`, with no copy
+    of its pixels (`images.open_image`; `reduce` as there)."""
     label, data = self.raw(index)
     try:
-      image = images_lib.decode(
-        'the record', 'its image', data, rgb=self.channels == 3
+      image, factor = images_lib.open_image(
+        'the record', 'its image', data, self.channels == 3, reduce
       )
     except UserError as e:
       raise RecordError(
         f'{self.where(index)} fails to decode ({e}); convert the data set again'
       ) from None
-    return image, label
+    return image, factor, label
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    """(image [H, W, channels] uint8, label) of example `index`."""
+    image, _, label = self.image(index)
+    return images_lib.as_array(image), label
 
 
 def load_resident(info: Info) -> dict[str, Any]:

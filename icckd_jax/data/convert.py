@@ -96,6 +96,12 @@ def _prepare_output(
       stored = json.loads(marker.read_text())
     except (OSError, ValueError):
       stored = None
+    if _same_but_max_side(stored, identity):
+      raise UserError(
+        f'config.output_dir={output_dir!r} holds this source converted with '
+        f'max_side={stored.get("max_side", 0)}; rerun with that max_side, '
+        'or choose another output_dir (one set never mixes the two)'
+      )
     if stored != identity:
       raise UserError(
         f'config.output_dir={output_dir!r} holds a conversion of another '
@@ -107,6 +113,14 @@ def _prepare_output(
       f'{CONVERSION_FILE}; choose an empty or new folder'
     )
   return out
+
+
+def _same_but_max_side(stored: Any, identity: dict[str, Any]) -> bool:
+  """Whether conversion.json's `stored` is this conversion's `identity`
+  but for its max_side."""
+  if not isinstance(stored, dict) or stored == identity:
+    return False
+  return {**stored, 'max_side': 0} == {**identity, 'max_side': 0}
 
 
 def _info(listing: Listing, shards: dict[str, list[dict]]) -> dict[str, Any]:
@@ -147,6 +161,18 @@ def _info(listing: Listing, shards: dict[str, list[dict]]) -> dict[str, Any]:
   }
 
 
+def _max_side(config) -> int:
+  """config.max_side (0: images as they are), checked before anything is
+  written."""
+  max_side = config.get('max_side', 0)
+  if not isinstance(max_side, int) or max_side < 0 or 0 < max_side < 32:
+    raise UserError(
+      f'config.max_side={max_side!r} must be 0 (images as they are) or an '
+      'integer >= 32'
+    )
+  return max_side
+
+
 def _records_per_shard(config) -> int:
   """config.records_per_shard, checked before anything is written."""
   per_shard = config.get('records_per_shard', 1024)
@@ -176,6 +202,7 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Runs the conversion `config` (configs/convert.py) describes; returns
   info.json's content."""
   per_shard, workers = _records_per_shard(config), _workers(config)
+  max_side = _max_side(config)
   listing = list_source(config.dataset)
   for split in array_record.SPLITS:
     if not listing.items[split]:
@@ -185,6 +212,8 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     'source': listing.identity,
     'records_per_shard': per_shard,
   }
+  if max_side:  # absent at 0: conversions from before the field still match
+    identity['max_side'] = max_side
   out = _prepare_output(
     config.get('output_dir'), identity, listing.identity.get('path')
   )
@@ -201,7 +230,9 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     # complete while training refuses it.
     logging.warning('%s is damaged (%s); converting it again.', out, damage)
     (out / array_record.INFO_FILE).unlink()
-  tasks, shards = _plan(listing, out, per_shard, config.dataset.get('path'))
+  tasks, shards = _plan(
+    listing, out, per_shard, config.dataset.get('path'), max_side
+  )
   total = sum(len(t['items']) for t in tasks)
   kept = sum(len(v) for v in shards.values()) - len(tasks)
   logging.info(
@@ -218,6 +249,7 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
     info = _info(listing, shards)
     info['labels'] = _write_labels(listing, out)
     info['source'] = listing.identity
+    info['max_side'] = max_side or None
     shard_writer.write_json(out / array_record.INFO_FILE, info)
   except OSError as e:
     raise _write_failed(out, e) from None
@@ -233,9 +265,12 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return info
 
 
-def _plan(listing: Listing, out: pathlib.Path, per_shard: int, path):
+def _plan(
+  listing: Listing, out: pathlib.Path, per_shard: int, path, max_side: int
+):
   """(tasks of the shards left to write, {split: [shard record or None]}
-  with the shards a killed conversion completed filled in)."""
+  with the shards a killed conversion completed filled in); the train
+  split's images at most `max_side` on their longer side (0: as they are)."""
   tasks, shards = [], {}
   for split in array_record.SPLITS:
     items = listing.items[split]
@@ -255,6 +290,7 @@ def _plan(listing: Listing, out: pathlib.Path, per_shard: int, path):
           'index': i,
           'items': items[i * per_shard : (i + 1) * per_shard],
           'statistics': split == 'train',
+          'max_side': max_side if split == 'train' else 0,
           'where': f'dataset.path={path!r}',
         }
       )

@@ -46,8 +46,11 @@ def eight_bit(where: str, name: str, image: Image.Image) -> Image.Image:
   )
 
 
-def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
-  """Decodes one image file to [H, W, 1 or 3] uint8.
+def open_image(
+  where: str, name: str, source: Any, rgb: bool = False, reduce=None
+) -> tuple[Image.Image, int]:
+  """Decodes one image file to a Pillow image of mode 'L' or 'RGB', with no
+  copy of its pixels when the file holds one of those modes already.
 
   Args:
     where: the data set's path, for error messages.
@@ -55,19 +58,52 @@ def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
     source: a path or the file's bytes.
     rgb: convert grey images to RGB too (sets known to be colour, whose few
       grey files must not change the channel count).
+    reduce: None, or a function of the file's (width, height), called
+      before the decode, giving the factor (1, 2, 4 or 8) a JPEG may be
+      decoded smaller by in the DCT domain (libjpeg's scaling; other
+      formats decode at full size).
+
+  Returns:
+    The image, and the factor it was decoded smaller by (1: full size).
+
+  Raises:
+    UserError: the file is not an image (names it).
   """
   try:
     with Image.open(
       io.BytesIO(source) if isinstance(source, bytes) else source
     ) as opened:
+      factor = 1 if reduce is None else reduce(*opened.size)
+      if opened.format != 'JPEG':
+        factor = 1
+      elif factor > 1:
+        width, height = opened.size
+        drafted = opened.draft(None, (width // factor, height // factor))
+        # The scale libjpeg was given (None: a JPEG it cannot scale).
+        factor = 1 if drafted is None else round(width / drafted[1][2])
+      opened.load()
       image = eight_bit(where, name, opened)
-      grey = image.mode in _GREY_MODES and not rgb
-      array = np.asarray(image.convert('L' if grey else 'RGB'))
+      mode = 'L' if image.mode in _GREY_MODES and not rgb else 'RGB'
+      # convert() copies even an image already in `mode`.
+      if image.mode != mode:
+        image = image.convert(mode)
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise UserError(
       f'{where}: cannot decode {name!r} as an image ({one_line(e)})'
     ) from e
-  return array[..., None] if grey else array
+  return image, factor
+
+
+def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
+  """Decodes one image file to [H, W, 1 or 3] uint8 (`open_image`'s
+  arguments)."""
+  return as_array(open_image(where, name, source, rgb)[0])
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+  """[H, W, C] uint8 of a Pillow image of mode 'L' (C = 1) or 'RGB'."""
+  array = np.asarray(image)
+  return array[..., None] if array.ndim == 2 else array
 
 
 def decode_all(

@@ -43,10 +43,32 @@ def _read_source(source: Any) -> bytes:
   return _png(Image.fromarray(np.asarray(array)))
 
 
-def _record(where: str, source: Any, name: str):
+def shrunk_image(image: Image.Image, fmt: str, max_side: int):
+  """(image, its file's bytes) with the longer side at most `max_side`
+  (bicubic; the aspect ratio kept), stored as JPEG of quality 90 if it was
+  one, else PNG; None if it is small enough already."""
+  width, height = image.size
+  if not max_side or max(width, height) <= max_side:
+    return None
+  scale = max_side / max(width, height)
+  size = (max(1, round(width * scale)), max(1, round(height * scale)))
+  mode = 'L' if image.mode in _GREY_MODES else 'RGB'
+  image = image.convert(mode).resize(size, Image.BICUBIC)
+  if fmt != 'JPEG':
+    return image, _png(image)
+  buffer = io.BytesIO()
+  image.save(buffer, format='JPEG', quality=90)
+  # What is stored is what a run decodes: the statistics are of it.
+  with Image.open(io.BytesIO(buffer.getvalue())) as stored:
+    stored.load()
+    return stored, buffer.getvalue()
+
+
+def _record(where: str, source: Any, name: str, max_side: int = 0):
   """(the bytes to store, the image's format, whether it is grey, its
-  pixels [H, W, 3] uint8) of one record's `source`, refused in one line
-  where it cannot be read or decoded."""
+  pixels [H, W, 3] uint8) of one record's `source`, its longer side at most
+  `max_side` (0: as it is), refused in one line where it cannot be read or
+  decoded."""
   try:
     data = _read_source(source)
   except OSError as e:  # The source's, not the output's: named so.
@@ -58,6 +80,9 @@ def _record(where: str, source: Any, name: str):
       image = images.eight_bit(where, name, opened)
       if image is not opened:  # 16 bits: stored as the 8 bits read
         data = _png(image)
+      shrunk = shrunk_image(image, opened.format, max_side)
+      if shrunk is not None:
+        image, data = shrunk
       rgb = np.asarray(image.convert('RGB'))
       return data, opened.format, image.mode in _GREY_MODES, rgb
   except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -87,7 +112,9 @@ def write_shard(task: dict[str, Any]) -> dict[str, Any]:
   )
   try:
     for label, source, name in task['items']:
-      data, image_format, is_grey, rgb = _record(task['where'], source, name)
+      data, image_format, is_grey, rgb = _record(
+        task['where'], source, name, task.get('max_side', 0)
+      )
       formats.add(image_format)
       grey = grey and is_grey
       sizes.add(rgb.shape[:2])

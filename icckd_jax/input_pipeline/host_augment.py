@@ -16,7 +16,15 @@ Two recipes, by the images' sizes:
   resized_crop  images of several sizes (ImageNet): RandomResizedCrop
                 (scale 0.08-1, ratio 3/4-4/3) to the training size and flip;
                 evaluation is torchvision's resize to 256/224 of the size
-                and centre crop (`imagenet_preprocess.resize_center_crop`).
+                and centre crop (`imagenet_preprocess`).
+
+`resized_crop` works on the decoded Pillow image, whose pixels it never
+copies but once, into the batch. Its boxes are drawn from the file's size
+alone, before the decode, so that a `'fast'` decode (config.input.decode)
+can decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+every crop at least the training size: libjpeg's scaled IDCT then Pillow's
+bilinear resize, not torchvision's pixels. `'exact'` decodes at full size:
+the pixels of torchvision's RandomResizedCrop on a PIL image.
 """
 
 from __future__ import annotations
@@ -62,49 +70,52 @@ def strong(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return rand_augment.apply(np, image, ops, uniforms, cutout)
 
 
-def _resize(image: np.ndarray, width: int, height: int, box=None) -> np.ndarray:
-  """Bilinear resize of `image` (or its `box`, (left, top, right, bottom))."""
-  channels = image.shape[-1]
-  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-  out = np.asarray(pil.resize((width, height), Image.BILINEAR, box=box))
-  return out.reshape(height, width, channels)
-
-
-def resized_crop_flip(
-  image: np.ndarray,
+def resized_crop_box(
+  height: int,
+  width: int,
   rng: np.random.Generator,
-  size: int,
-  flip: bool,
   scale: tuple[float, float] = (0.08, 1.0),
   ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> np.ndarray:
-  """[H, W, C] uint8 -> [size, size, C]: torchvision's RandomResizedCrop
-  (ten tries at an area fraction in `scale` and an aspect ratio in `ratio`,
-  log-uniform; else the centre crop of the clamped ratio), then a flip."""
-  h, w, _ = image.shape
-  area = h * w
-  box = None
+) -> tuple[int, int, int, int]:
+  """(left, top, right, bottom) of torchvision's RandomResizedCrop on a
+  [height, width] image: ten tries at an area fraction in `scale` and an
+  aspect ratio in `ratio`, log-uniform; else the centre crop of the clamped
+  ratio."""
+  area = height * width
   for _ in range(10):
     target = area * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
     cw = int(round(math.sqrt(target * aspect)))
     ch = int(round(math.sqrt(target / aspect)))
-    if 0 < cw <= w and 0 < ch <= h:
-      top = int(rng.integers(0, h - ch + 1))
-      left = int(rng.integers(0, w - cw + 1))
-      box = (left, top, left + cw, top + ch)
-      break
-  if box is None:
-    aspect = w / h
-    if aspect < ratio[0]:
-      cw, ch = w, int(round(w / ratio[0]))
-    elif aspect > ratio[1]:
-      cw, ch = int(round(h * ratio[1])), h
-    else:
-      cw, ch = w, h
-    top, left = (h - ch) // 2, (w - cw) // 2
-    box = (left, top, left + cw, top + ch)
-  out = _resize(image, size, size, box)
-  if flip and rng.random() < 0.5:
-    out = out[:, ::-1]
-  return np.ascontiguousarray(out)
+    if 0 < cw <= width and 0 < ch <= height:
+      top = int(rng.integers(0, height - ch + 1))
+      left = int(rng.integers(0, width - cw + 1))
+      return left, top, left + cw, top + ch
+  aspect = width / height
+  if aspect < ratio[0]:
+    cw, ch = width, int(round(width / ratio[0]))
+  elif aspect > ratio[1]:
+    cw, ch = int(round(height * ratio[1])), height
+  else:
+    cw, ch = width, height
+  top, left = (height - ch) // 2, (width - cw) // 2
+  return left, top, left + cw, top + ch
+
+
+def reduction(boxes, size: int) -> int:
+  """The largest DCT scale-down factor, 8, 4, 2 or 1, at which every box
+  (left, top, right, bottom) keeps both sides at least `size` pixels: the
+  decode is then smaller, the resize still shrinks (never upsamples)."""
+  side = min(min(r - l, b - t) for l, t, r, b in boxes)
+  return next(f for f in (8, 4, 2, 1) if side >= f * size or f == 1)
+
+
+def resized_crop(
+  image: Image.Image, box, size: int, factor: int, flip: bool
+) -> Image.Image:
+  """`box` (full-size coordinates) of `image`, decoded `factor` times
+  smaller, resized to [size, size] (bilinear) and flipped if `flip`."""
+  if factor != 1:
+    box = tuple(v / factor for v in box)
+  out = image.resize((size, size), Image.BILINEAR, box=box)
+  return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out

@@ -36,6 +36,7 @@ def load(
   mode: str = 'auto',
   workers: int = 0,
   device_bytes: int | None = None,
+  decode: str = 'auto',
 ) -> InputSource:
   """The run's input source for `request`: resident or streamed as `mode`
   (config.input.mode) says, normalised with the statistics `normalization`
@@ -53,6 +54,8 @@ def load(
       `augment` (config.dataset.augment) crops with RandomResizedCrop.
     workers: Grain's decode processes when streaming (config.input.workers).
     device_bytes: one device's memory (None: unknown).
+    decode: how a streamed set's 'resized_crop' decodes and resizes
+      (config.input.decode, `stream.DECODES`).
 
   Raises:
     UserError: an unknown mode or normalization, 'imagenet' on images
@@ -72,7 +75,7 @@ def load(
       + ', '.join(MODES)
     )
   if request.name == 'array_record':
-    source = _load_converted(request, mode, workers, device_bytes)
+    source = _load_converted(request, mode, workers, device_bytes, decode)
   else:
     source = _load_resident(request, mode)
   if normalization == 'measured':
@@ -92,6 +95,7 @@ def _load_converted(
   mode: str,
   workers: int,
   device_bytes: int | None,
+  decode: str,
 ) -> InputSource:
   """A converted set (configs/convert.py): decoded whole or streamed, as
   `choose` says; normalised with its train split's statistics."""
@@ -120,15 +124,16 @@ def _load_converted(
       std=info.std,
     )
   streamed = stream.source(
-    info, request.image_size, workers, request.augment, request.name
+    info, request.image_size, workers, request.augment, request.name, decode
   )
   logging.info(
     'Input: streaming from the shards in %s with %d decode worker(s), %s '
-    'images, %s augmentation (%s).',
+    'images, %s augmentation, %s decode (%s).',
     info.root,
     workers,
     'x'.join(map(str, streamed.image_shape)),
     streamed.train.recipe,
+    streamed.decode,
     why,
   )
   return streamed

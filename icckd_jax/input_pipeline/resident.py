@@ -65,6 +65,7 @@ class ResidentSource(Dataset):
   replicated on every device, batches drawn and augmented there."""
 
   input_path: ClassVar[str] = 'resident'
+  decode: ClassVar[str | None] = None
 
   @classmethod
   def of(cls, dataset: Dataset) -> ResidentSource:

@@ -114,6 +114,9 @@ class InputSource(Protocol):
     image_shape: [H, W, C] of the images a step sees.
     input_path: 'resident' or 'stream', the path chosen (`inputs.load`);
       a run resumes on the path it started on (runs/data_identity.py).
+    decode: 'exact' or 'fast', how a streamed ImageNet crop is decoded
+      (`stream.DECODES`), None where nothing is resized; a run resumes
+      with the decode it started with.
   """
 
   name: str
@@ -123,6 +126,7 @@ class InputSource(Protocol):
   mean: np.ndarray
   std: np.ndarray
   input_path: str
+  decode: str | None
 
   @property
   def image_shape(self) -> tuple[int, int, int]: ...

@@ -36,6 +36,7 @@ import numpy as np
 
 from icckd_jax import parallel
 from icckd_jax.data import array_record
+from icckd_jax.data import images as images_lib
 from icckd_jax.input_pipeline import decode_workers
 from icckd_jax.input_pipeline import host_augment
 from icckd_jax.input_pipeline import imagenet_preprocess
@@ -52,6 +53,13 @@ from icckd_jax.errors import UserError
 _ENDLESS = 2**40
 # config.dataset.augment: 'auto' picks a recipe by the images' sizes.
 AUGMENTS = ('auto', *host_augment.RECIPES)
+# config.input.decode: how 'resized_crop' decodes and resizes
+# (`host_augment`, `imagenet_preprocess`); 'auto' is DEFAULT_DECODE for a
+# new run, what a resumed one started with (runs/data_identity.py).
+DECODES = ('auto', 'exact', 'fast')
+DEFAULT_DECODE = 'exact'
+# What streamed runs decoded before config.input.decode existed.
+DECODE_BEFORE_RECORDED = 'exact'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,8 @@ class StreamSplit:
 
   `image_shape`: [H, W, C] of the images the pipeline hands out; `recipe`:
   'crop' or 'resized_crop' (`host_augment`); `workers`: Grain's decode
-  processes (0: decoding in a thread of this process).
+  processes (0: decoding in a thread of this process); `decode`: 'exact' or
+  'fast' (DECODES), how 'resized_crop' decodes and resizes.
   """
 
   info: array_record.Info
@@ -69,6 +78,7 @@ class StreamSplit:
   image_shape: tuple[int, int, int]
   recipe: str
   workers: int
+  decode: str = 'exact'
 
   @property
   def size(self) -> int:
@@ -76,21 +86,32 @@ class StreamSplit:
 
 
 def splits(
-  info: array_record.Info, image_size: int, workers: int, augment: str = 'auto'
+  info: array_record.Info,
+  image_size: int,
+  workers: int,
+  augment: str = 'auto',
+  decode: str = 'auto',
 ) -> tuple[StreamSplit, StreamSplit]:
   """(train, test) of a converted set under `augment` (config.dataset.augment):
   'crop' at the images' own size (every image must have one), 'resized_crop'
   at `image_size`; 'auto' is 'crop' when every image has one size, else
-  'resized_crop'.
+  'resized_crop'. `decode` (config.input.decode): 'auto' is DEFAULT_DECODE.
 
   Raises:
-    UserError: an unknown `augment`, or 'crop' on images of several sizes.
+    UserError: an unknown `augment` or `decode`, or 'crop' on images of
+      several sizes.
   """
-  if augment not in AUGMENTS:
-    raise UserError(
-      f'config.dataset.augment={augment!r} is unknown; choose one of: '
-      + ', '.join(AUGMENTS)
-    )
+  for field, value, valid in (
+    ('dataset.augment', augment, AUGMENTS),
+    ('input.decode', decode, DECODES),
+  ):
+    if value not in valid:
+      raise UserError(
+        f'config.{field}={value!r} is unknown; choose one of: '
+        + ', '.join(valid)
+      )
+  if decode == 'auto':
+    decode = DEFAULT_DECODE
   if augment == 'auto':
     augment = 'crop' if info.image_shape is not None else 'resized_crop'
   if augment == 'crop':
@@ -103,7 +124,7 @@ def splits(
   else:
     shape = (image_size, image_size, info.channels)
   return tuple(
-    StreamSplit(info, split, shape, augment, workers)
+    StreamSplit(info, split, shape, augment, workers, decode)
     for split in array_record.SPLITS
   )
 
@@ -131,6 +152,12 @@ class StreamSource:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.train.image_shape)
 
+  @property
+  def decode(self) -> str | None:
+    """'exact' or 'fast': how 'resized_crop' decodes and resizes its images
+    (None for 'crop', which never resizes)."""
+    return self.train.decode if self.train.recipe == 'resized_crop' else None
+
   def train_batches(
     self, mesh: Mesh, feed: TrainFeed, start_step: int
   ) -> Iterator[Batch]:
@@ -152,9 +179,10 @@ def source(
   workers: int,
   augment: str = 'auto',
   name: str = 'array_record',
+  decode: str = 'auto',
 ) -> StreamSource:
   """The converted set `info` streamed (`splits` says how)."""
-  train, test = splits(info, image_size, workers, augment)
+  train, test = splits(info, image_size, workers, augment, decode)
   return StreamSource(
     name=name,
     num_classes=info.num_classes,
@@ -205,20 +233,52 @@ class _TrainRows:
     self.strong_view = strong_view
     self.steps = resident.steps_per_epoch(split.size, batch_size)
 
-  def _view(self, image, step, view, position):
-    rng = host_augment.example_rng(
+  def _rng(self, step, view, position):
+    return host_augment.example_rng(
       self.seed, resident.AUGMENT_STREAM, step, view, position
     )
-    if self.split.recipe == 'crop':
-      image = host_augment.crop_flip(image, rng, self.crop_padding, self.flip)
-    else:
-      image = host_augment.resized_crop_flip(
-        image, rng, self.split.image_shape[0], self.flip
+
+  def _resized_crops(self, index, step, position, out) -> int:
+    """Writes the views of example `index` into `out` [V, H, W, C]
+    (RandomResizedCrop and flip, decoded as `split.decode` says); returns
+    its label."""
+    size, fast = self.split.image_shape[0], self.split.decode == 'fast'
+    views = []
+
+    def reduce(width, height):
+      for v in range(self.num_views):
+        rng = self._rng(step, v, position)
+        box = host_augment.resized_crop_box(height, width, rng)
+        views.append((box, self.flip and rng.random() < 0.5))
+      return host_augment.reduction([b for b, _ in views], size) if fast else 1
+
+    image, factor, label = self.records.image(index, reduce)
+    for v, (box, flip) in enumerate(views):
+      out[v] = images_lib.as_array(
+        host_augment.resized_crop(image, box, size, factor, flip)
       )
-    if self.strong_view and view == self.num_views - 1:
-      image = host_augment.strong(image, host_augment.example_rng(
+    self._strong(out, step, position)
+    return label
+
+  def _row(self, index, step, position, out) -> int:
+    """Writes the views of example `index` into `out`; returns its label."""
+    if self.split.recipe == 'resized_crop':
+      return self._resized_crops(index, step, position, out)
+    image, label = self.records[index]
+    for v in range(self.num_views):
+      out[v] = host_augment.crop_flip(
+        image, self._rng(step, v, position), self.crop_padding, self.flip
+      )
+    self._strong(out, step, position)
+    return label
+
+  def _strong(self, out, step, position) -> None:
+    """The last view of `out` [V, H, W, C] through the strong augmentation
+    when the run asks for one (after its crop and flip)."""
+    if self.strong_view:
+      view = self.num_views - 1
+      out[view] = host_augment.strong(out[view], host_augment.example_rng(
         self.seed, resident.STRONG_STREAM, step, view, position))  # fmt: skip
-    return image
 
   def __call__(self, step: int) -> dict[str, np.ndarray | str]:
     epoch, i = divmod(int(step), self.steps)
@@ -231,11 +291,9 @@ class _TrainRows:
     labels = np.empty(hi - lo, np.int32)
     for r, index in enumerate(indices):
       try:
-        image, labels[r] = self.records[int(index)]
+        labels[r] = self._row(int(index), int(step), lo + r, images[:, r])
       except array_record.RecordError as e:
         return {'error': str(e)}
-      for v in range(self.num_views):
-        images[v, r] = self._view(image, int(step), v, lo + r)
     return {
       'images': images,
       'labels': labels,
@@ -252,6 +310,29 @@ class _EvalRows:
     self.records = array_record.Records(split.info, split.split)
     self.split, self.batch_size, self.rows = split, batch_size, rows
 
+  def _resized(self, index: int) -> tuple[np.ndarray, int]:
+    """([size, size, C], label): torchvision's resize and centre crop of
+    example `index` ('exact'), or its box alone resized from a reduced
+    decode ('fast')."""
+    size = self.split.image_shape[0]
+    resize = imagenet_preprocess.eval_resize(size)
+    if self.split.decode == 'exact':
+      image, _, label = self.records.image(index)
+      return imagenet_preprocess.resize_center_crop(image, resize, size), label
+    boxes = []
+
+    def reduce(width, height):
+      boxes.append(
+        imagenet_preprocess.center_crop_box(height, width, resize, size)
+      )
+      return host_augment.reduction(boxes, size)
+
+    image, factor, label = self.records.image(index, reduce)
+    return (
+      imagenet_preprocess.crop_box_resize(image, boxes[0], factor, size),
+      label,
+    )
+
   def __call__(self, batch: int) -> dict[str, np.ndarray | str]:
     lo, hi = self.rows
     positions = int(batch) * self.batch_size + np.arange(lo, hi)
@@ -260,15 +341,12 @@ class _EvalRows:
     labels = np.empty(hi - lo, np.int32)
     for r, index in enumerate(np.where(mask, positions, 0)):
       try:
-        image, labels[r] = self.records[int(index)]
+        if self.split.recipe == 'resized_crop':
+          images[r], labels[r] = self._resized(int(index))
+        else:
+          images[r], labels[r] = self.records[int(index)]
       except array_record.RecordError as e:
         return {'error': str(e)}
-      if self.split.recipe == 'resized_crop':
-        size = self.split.image_shape[0]
-        image = imagenet_preprocess.resize_center_crop(
-          image, imagenet_preprocess.eval_resize(size), size
-        )
-      images[r] = image
     return {'images': images, 'labels': labels, 'mask': mask}
 
 
@@ -353,21 +431,23 @@ def _eval_batches(
 ) -> Iterator[EvalBatch]:
   """The split once, in global `EvalBatch`es, the last one padded and
   masked; each process reads only its rows. Decoded in `split.workers`
-  threads: an evaluation is too short to pay for starting worker processes
-  each time."""
+  processes, as training is: threads of this process would take its CPU
+  (its GIL, and the cores its input pipeline shares) for each image."""
   rows = local_rows(mesh, batch_size)
   num_batches = -(-split.size // batch_size)
   elements = _iterate(
     _EvalRows(split, batch_size, rows),
     0,
     num_batches,
-    workers=0,
-    threads=max(1, split.workers),
+    workers=split.workers,
   )
   sharding = parallel.batch_sharded(mesh)
+  on_cpu = split.workers and mesh.devices.flat[0].platform == 'cpu'
   try:
     for element in elements:
       element = _checked(element)
+      if on_cpu:  # as in training: the worker's segment is freed at once
+        element = decode_workers.detached(element)
       yield EvalBatch(
         *(
           jax.make_array_from_process_local_data(

@@ -35,6 +35,8 @@ ADDED_DEFAULTS: dict[str, Any] = {
   'dataset.augment': 'auto',
   # 606144a: runs before normalised with the train split's statistics.
   'dataset.normalization': 'measured',
+  # input37: runs before decoded at full size, which 'auto' still gives them.
+  'input.decode': 'auto',
   # issue 38 (DOT): runs before trained with SGD, reading no dot_delta.
   'optimizer': 'sgd',
   'dot_delta': 0.075,

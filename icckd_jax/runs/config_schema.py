@@ -115,6 +115,9 @@ _FIELDS: dict[str, Field] = {
   # How fast, never what: the batches do not depend on the worker count
   # (input_pipeline/stream.py).
   'input.workers': Field('bookkeeping', _int_at_least(0)),
+  # A streamed ImageNet crop's decode, which decides its pixels; 'auto' is
+  # what a resumed run started with (runs/data_identity.py).
+  'input.decode': Field(choices=stream.DECODES),
   # λ = 0 also removes the second view, so it is traced only among λ > 0.
   'icc.lam': Field('traced', NON_NEGATIVE),
   'icc.tau': Field('traced', POSITIVE),

@@ -4,7 +4,8 @@ checked on every resume before a checkpoint is touched.
 A run writes WORKDIR/data.json (`layout.DATA_FILE`) beside config.json:
 
   {'data': {'name', 'classes', 'counts': {'train', 'test'}, 'image_shape',
-            'digest'}, 'input': 'resident' | 'stream'}
+            'digest'}, 'input': 'resident' | 'stream',
+   'decode': 'exact' | 'fast' (streamed runs)}
 
 `digest` is a converted set's `array_record.Info.digest` (its classes and
 the SHA-256 the conversion recorded of every file; None for the sets the
@@ -13,8 +14,10 @@ data (another class count, other images of the same shapes) is refused in
 one line, so an intact checkpoint is never restored into a model of
 another shape (and never taken for a damaged one); `input.mode='auto'`
 takes the path the run started on, not one chosen afresh from the host's
-free memory. Runs of older versions have no data.json: accepted with a
-warning (runs/compat.py).
+free memory, and `input.decode='auto'` the decode it started with (a
+streamed run that recorded none decoded 'exact'); another decode, which
+changes the pixels of every crop, is refused. Runs of older versions have
+no data.json: accepted with a warning (runs/compat.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from absl import logging
 from icckd_jax.data import array_record
 from icckd_jax.data import datasets
 from icckd_jax.errors import UserError
+from icckd_jax.input_pipeline import stream
 from icckd_jax.input_pipeline.source import InputSource
 from icckd_jax.runs import compat
 from icckd_jax.runs import layout
@@ -40,6 +44,7 @@ def of(data: datasets.DataRequest, source: InputSource) -> dict[str, Any]:
   digest = None
   if data.name == 'array_record':
     digest = array_record.read_info(data.path).digest
+  decode = source.decode
   return {
     'data': {
       'name': data.name,
@@ -52,7 +57,15 @@ def of(data: datasets.DataRequest, source: InputSource) -> dict[str, Any]:
       'digest': digest,
     },
     'input': source.input_path,
+    **({'decode': decode} if decode else {}),
   }
+
+
+def _decode(found: dict[str, Any]) -> str | None:
+  """The decode a recorded streamed run used (None: a resident one)."""
+  if found.get('input') != 'stream':
+    return None
+  return found.get('decode', stream.DECODE_BEFORE_RECORDED)
 
 
 def _resumes(workdir: str | None) -> bool:
@@ -86,15 +99,21 @@ def recorded(workdir: str | None) -> dict[str, Any] | None:
 def resumed_inputs(inputs: Inputs, workdir: str | None) -> Inputs:
   """`inputs` (config.input), with mode 'auto' resolved to the path the run
   in WORKDIR started on: the path decides the augmentation's pixels, and
-  'auto' would choose it afresh from memory the page cache moves."""
+  'auto' would choose it afresh from memory the page cache moves; decode
+  'auto' likewise to the decode it started with."""
   found = recorded(workdir)
-  if inputs.mode != 'auto' or found is None or 'input' not in found:
+  if found is None or 'input' not in found:
     return inputs
-  logging.info(
-    "Input: input.mode='auto' resumes on the %s path the run started on.",
-    found['input'],
-  )
-  return dataclasses.replace(inputs, mode=found['input'])
+  if inputs.mode == 'auto':
+    logging.info(
+      "Input: input.mode='auto' resumes on the %s path the run started on.",
+      found['input'],
+    )
+    inputs = dataclasses.replace(inputs, mode=found['input'])
+  decode = _decode(found)
+  if inputs.decode == 'auto' and decode is not None:
+    inputs = dataclasses.replace(inputs, decode=decode)
+  return inputs
 
 
 def check(workdir: str | None, now: dict[str, Any]) -> None:
@@ -129,4 +148,11 @@ def check(workdir: str | None, now: dict[str, Any]) -> None:
       f'workdir {workdir} holds a run started on the {found["input"]} '
       f"input path; resume it with config.input.mode='{found['input']}' "
       "or 'auto'"
+    )
+  before = _decode(found)
+  if before is not None and now.get('decode', before) != before:
+    raise UserError(
+      f'workdir {workdir} holds a run started with config.input.decode='
+      f"'{before}', which decides its crops' pixels; resume it with "
+      f"input.decode='{before}' or 'auto'"
     )

@@ -50,16 +50,17 @@ def load_dataset(
   """The data set `data` as the run's input source, streamed or resident
   as `feed` (config.input) says (`inputs.load`), sized against this
   process's first device."""
-  mode, workers = feed.mode, feed.workers
+  mode, workers, decode = feed.mode, feed.workers, feed.decode
   return reuse_lib.get(
     reuse,
     'dataset',
-    f'{data_key(data)}|{mode}|{workers}',
+    f'{data_key(data)}|{mode}|{workers}|{decode}',
     lambda: inputs.load(
       data,
       mode,
       workers,
       memory_lib.available_memory(jax.local_devices()[0]),
+      decode,
     ),
   )
 

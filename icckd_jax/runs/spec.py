@@ -82,10 +82,13 @@ class Bookkeeping:
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   """Which input path feeds the run (input_pipeline/inputs.py): 'auto',
-  'resident' or 'stream', and Grain's decode processes when streaming."""
+  'resident' or 'stream'; Grain's decode processes when streaming; how a
+  streamed 'resized_crop' decodes ('auto', 'exact', 'fast':
+  input_pipeline/stream.py)."""
 
   mode: str = 'auto'
   workers: int = 0
+  decode: str = 'auto'
 
 
 @dataclasses.dataclass(frozen=True)
