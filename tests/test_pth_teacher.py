@@ -264,3 +264,31 @@ def test_eval_config_errors(tmp_path):
   c.export = str(tmp_path / 'no_such_folder' / 'x.msgpack')
   with pytest.raises(UserError, match='config.export=.* cannot be written'):
     main.run(c, None)
+
+
+@pytest.mark.slow  # a student each, in-process (~40 s each)
+@pytest.mark.parametrize(
+  'settings',
+  [
+    {'method': 'wttm'},
+    {'method': 'ctkd'},
+    {'method': 'ctkd', 'standardize_logits': True, 'alpha': 9.0},
+    {'method': 'kd', 'optimizer': 'dot'},
+  ],
+  ids=['wttm', 'ctkd', 'ctkd_ls', 'kd_dot'],
+)
+def test_the_newer_methods_train_from_a_pth_teacher(config, tmp_path, settings):
+  """WTTM, CTKD (+LS) and KD+DOT students of the RepDistiller .pth teacher:
+  finite losses at every logged step and a finite top-1 (MLKD's is in
+  tests/test_mlkd.py)."""
+  c = config.copy_and_resolve_references()
+  settings = dict(settings)
+  optimizer = settings.pop('optimizer', None)
+  if optimizer:
+    c.optimizer = optimizer
+  c.distill.update(settings)
+  workdir = tmp_path / 'run'
+  summary = student.train_student(c, str(workdir))
+  assert np.isfinite(summary['final_top1'])
+  records = metric_writer.read_records(str(workdir), 'train')
+  assert records and all(np.isfinite(r['loss']) for r in records)
