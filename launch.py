@@ -95,6 +95,15 @@ flags.DEFINE_integer(
   'connect before giving up with an error.',
   lower_bound=1,
 )
+flags.DEFINE_integer(
+  'multihost_heartbeat',
+  30,
+  'With --multihost: seconds of silence after which the coordination '
+  'service counts a process as dead, and every process stops with one '
+  'line naming it (a survivor waiting at a barrier, as in a save, learns it '
+  'no other way).',
+  lower_bound=1,
+)
 config_flags.DEFINE_config_file(
   'config', None, 'The job config file.', lock_config=True
 )
@@ -182,6 +191,7 @@ CLUSTER_FLAGS = (
   'num_processes',
   'process_id',
   'multihost_timeout',
+  'multihost_heartbeat',
 )
 
 
@@ -261,6 +271,7 @@ def _initialize_distributed() -> None:
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
       initialization_timeout=timeout + 60,
+      heartbeat_timeout_seconds=FLAGS.multihost_heartbeat,
     )
   except (ValueError, TypeError) as e:
     _fail(

@@ -42,15 +42,18 @@ FORWARDED = (
   signal.SIGUSR1,
   signal.SIGUSR2,
 )
-# The native client's last words when the coordination service reports an
-# error (its own or another process's): the first is logged just before the
-# second, and both come before the check failure's stack.
+# The coordination service's and the native client's last words when the
+# service reports an error (its own or another process's): logged just
+# before the check failure's stack.
 _FATAL = re.compile(
-  rb'Polled an error from coordination service|detected fatal errors'
+  rb'Use error polling to propagate|Polled an error from coordination '
+  rb'service|detected fatal errors'
 )
-# How the client's fatal error names the process that failed: the leader
-# (process 0, the coordination service's host), or tasks by index.
+# How the fatal error names the processes that failed: the leader (process
+# 0, the coordination service's host), or the tasks the service found
+# unhealthy (their indices on the next line, or task names).
 _LEADER = re.compile(rb'leader task|Failed to send RPC to coordination service')
+_UNHEALTHY = re.compile(rb'stopped sending heartbeats\):\s*([\d, ]+)\n')
 _TASK = re.compile(rb'/task:(\d+)')
 _STATUS = re.compile(rb'absl::Status: ([^.\n]*)')
 # Seconds the supervisor waits for the rest of the child's stderr after the
@@ -144,8 +147,12 @@ def coordinator_line(fatal: bytes, count: object, me: object) -> str | None:
   if not _FATAL.search(fatal):
     return None
   status = _STATUS.search(fatal)
-  cause = status.group(1).decode(errors='replace') if status else 'unknown'
-  tasks = sorted({int(t) for t in _TASK.findall(fatal)})
+  cause = (
+    status.group(1).decode(errors='replace').rstrip(': ') if status else ''
+  ) or 'unknown'
+  unhealthy = _UNHEALTHY.search(fatal)
+  named = unhealthy.group(1).replace(b',', b' ').split() if unhealthy else []
+  tasks = sorted({int(t) for t in [*named, *_TASK.findall(fatal)]})
   if not tasks and _LEADER.search(fatal):
     tasks = [0]
   if not tasks:

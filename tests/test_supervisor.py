@@ -155,15 +155,22 @@ def test_only_a_multihost_launch_is_supervised(argv, environ, expected):
   assert supervisor.wanted(argv, environ) is expected
 
 
-def test_the_line_names_the_tasks_the_client_names():
-  """A fatal error naming a task (the service's view of a peer that stopped
-  sending heartbeats) names that process, not the coordinator."""
-  line = supervisor.coordinator_line(
-    b'E... Polled an error from coordination service\n'
-    b'absl::Status: UNAVAILABLE: The following tasks are unhealthy '
-    b'(stopped sending heartbeats):\n/job:jax_worker/replica:0/task:2\n',
-    3,
-    0,
-  )
-  assert line.startswith('error: --multihost: process 2 of 3 stopped'), line
-  assert supervisor.coordinator_line(b'Segmentation fault\n', 3, 0) is None
+def test_the_line_names_the_tasks_the_service_names():
+  """Process 0's own service and client, when a peer stopped sending
+  heartbeats (a survivor waiting at a save's barrier learns it no other
+  way): the line names that process, not the coordinator."""
+  fatal = textwrap.dedent("""\
+    E1206 01:23:08.745807   28177 coordination_service.cc:1549] [1762] Use error polling to propagate the following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+    1
+    The tasks have crashed. Check the task logs for an earlier error.
+    F1206 01:23:08.801113   28181 client.h:80] Terminating process because the JAX distributed service detected fatal errors. absl::Status: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+    1
+    The tasks have crashed.
+    """).encode()
+  line = supervisor.coordinator_line(fatal, 2, 0)
+  assert line.startswith(
+    'error: --multihost: process 1 of 2 stopped answering'
+  ), line
+  assert 'while process 0 was running' in line, line
+  assert 'stopped sending heartbeats)' in line, line
+  assert supervisor.coordinator_line(b'Segmentation fault\n', 2, 0) is None
