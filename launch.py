@@ -17,12 +17,22 @@ describes the job, also say where the coordinator is and who each process is:
 (or the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
 JAX_PROCESS_ID). SIGTERM, SIGHUP or Ctrl-C saves at the next step and exits
 with 128 + the signal's number; rerunning the command resumes there.
+Under --multihost the run is a child of a supervisor that imports no JAX
+(icckd_jax/supervisor.py): it forwards stop signals, and turns the death of
+process 0, the coordinator, into one line.
 """
 
-import atexit
 import os
-import re
 import sys
+
+from icckd_jax import supervisor
+
+if __name__ == '__main__' and supervisor.wanted(sys.argv, os.environ):
+  sys.exit(supervisor.run(sys.orig_argv, os.environ))
+
+# What follows is the run's, which the supervisor above never imports.
+import atexit
+import re
 import threading
 import time
 
@@ -85,6 +95,15 @@ flags.DEFINE_integer(
   'connect before giving up with an error.',
   lower_bound=1,
 )
+flags.DEFINE_integer(
+  'multihost_heartbeat',
+  30,
+  'With --multihost: seconds of silence after which the coordination '
+  'service counts a process as dead, and every process stops with one '
+  'line naming it (a survivor waiting at a barrier, as in a save, learns it '
+  'no other way).',
+  lower_bound=1,
+)
 config_flags.DEFINE_config_file(
   'config', None, 'The job config file.', lock_config=True
 )
@@ -121,11 +140,9 @@ def _exit_if_a_peer_is_lost(error: Exception) -> None:
   if not lost:
     return
   print(
-    f'error: --multihost: process {", ".join(map(str, lost))} of '
-    f'{jax.process_count()} stopped answering (killed, or its host failed) '
-    f'while process {jax.process_index()} was running; the checkpoints '
-    'written so far are kept: rerun the same command on every process to '
-    f'resume ({errors.one_line(error)})',
+    supervisor.lost_peer_line(
+      lost, jax.process_count(), jax.process_index(), errors.one_line(error)
+    ),
     file=sys.stderr,
     flush=True,
   )
@@ -174,6 +191,7 @@ CLUSTER_FLAGS = (
   'num_processes',
   'process_id',
   'multihost_timeout',
+  'multihost_heartbeat',
 )
 
 
@@ -253,6 +271,7 @@ def _initialize_distributed() -> None:
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
       initialization_timeout=timeout + 60,
+      heartbeat_timeout_seconds=FLAGS.multihost_heartbeat,
     )
   except (ValueError, TypeError) as e:
     _fail(

@@ -3,7 +3,7 @@ teacher's command line, a workdir's files, a run's records without their
 timings, a checkpoint's state, a sweep's records by run, two runs that ended
 alike, a signal sent after a run's last epoch, a free port, launch.py in
 processes of its own (one run, one killed after its first checkpoint, or
-several --multihost processes), what processes left in /dev/shm, an idx file,
+several --multihost processes, one killed with its supervised child), what processes left in /dev/shm, an idx file,
 a converted image folder, and the package functions no package module uses
 (the evaluation transform of one image, a study's shared threshold, a
 teacher's config and variables)."""
@@ -198,6 +198,21 @@ def start_processes(
     )
     for i in range(count)
   ]
+
+
+def kill_with_children(proc: subprocess.Popen) -> None:
+  """SIGKILLs `proc` and every process below it, as its host's failure
+  would: a --multihost launch.py is a supervisor and the child that runs
+  (icckd_jax/supervisor.py), which would otherwise get SIGTERM and save."""
+  pending = [proc.pid]
+  while pending:
+    pid = pending.pop()
+    try:
+      children = pathlib.Path(f'/proc/{pid}/task/{pid}/children').read_text()
+      os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+      continue
+    pending.extend(int(child) for child in children.split())
 
 
 def wait_for_success(procs: list[subprocess.Popen]) -> None:

@@ -5,13 +5,12 @@ mid-run). Behaviour of icckd_jax/parallel.py's agreements and launch.py."""
 
 import os
 import pathlib
-import signal
 import time
 
 import pytest
 
 from launch_in_process import error_line
-from helpers import start_processes
+from helpers import kill_with_children, start_processes
 
 SMOKE = ('--config=configs/teacher.py:smoke', '--config.log_every_steps=1')
 
@@ -51,9 +50,10 @@ def _checkpoints(workdir: pathlib.Path) -> list[str]:
 
 
 def _kill_mid_run(workdir, victim: int) -> tuple[int, str]:
-  """Two processes of a long run; process `victim` SIGKILLed once the first
-  epoch's checkpoint is on disk. (The other's exit code, its stderr),
-  which it must reach within 60 s."""
+  """Two processes of a long run; process `victim` SIGKILLed (its
+  supervisor and the child that runs) once the first epoch's checkpoint is
+  on disk. (The other's exit code, its stderr), which it must reach within
+  60 s."""
   procs = start_processes(
     *SMOKE, '--config.num_epochs=50', f'--workdir={workdir}'
   )
@@ -63,7 +63,7 @@ def _kill_mid_run(workdir, victim: int) -> tuple[int, str]:
       assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.monotonic() < deadline
     time.sleep(0.05)
-  procs[victim].send_signal(signal.SIGKILL)
+  kill_with_children(procs[victim])
   killed = time.monotonic()
   _, stderr = procs[1 - victim].communicate(timeout=300)
   assert time.monotonic() - killed < 60, stderr[-2000:]
@@ -86,13 +86,19 @@ def test_a_peer_killed_mid_run_stops_the_survivor_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_a_coordinator_killed_mid_run_keeps_the_checkpoints(tmp_path):
   """Process 0 (the coordination service's) SIGKILLed: JAX's native client
-  ends process 1 within seconds (rc 134, which Python cannot prevent:
-  docs/robustness.md), naming the cause; the checkpoints written before
-  stay intact, and the same command on both processes resumes from them."""
+  aborts process 1 within seconds, which its supervisor turns into one
+  line naming process 0, exit code 2 (not rc 134 and a native stack:
+  docs/robustness.md); the checkpoints written before stay intact, and the
+  same command on both processes resumes from them."""
   workdir = tmp_path / 'run'
   code, stderr = _kill_mid_run(workdir, 0)
-  assert code in (134, -signal.SIGABRT), stderr[-2000:]
-  assert 'distributed service detected fatal errors' in stderr
+  assert code == 2, stderr[-2000:]
+  line = error_line(code, stderr)
+  assert line.startswith(
+    'error: --multihost: process 0 of 2 (the coordinator) stopped answering'
+  ), line
+  assert 'rerun the same command on every process to resume' in line, line
+  assert 'stack trace' not in stderr and 'Fatal Python error' not in stderr
   saved = _checkpoints(workdir)
   assert saved
   procs = start_processes(

@@ -29,6 +29,23 @@ def test_every_signal_a_terminal_sends_is_a_stop_request(signum):
   assert signal.getsignal(signum) == previous
 
 
+def test_one_stop_sent_two_ways_is_one_request(monkeypatch):
+  """The same signal twice within ECHO_SECONDS (SLURM's, and the
+  supervisor's forward of it) is one request; another signal, or the same
+  one later, is a user's second and interrupts at once."""
+  clock = [100.0]
+  monkeypatch.setattr(preemption.time, 'monotonic', lambda: clock[0])
+  with preemption.StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested(0) == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+    clock[0] += preemption.StopRequest.ECHO_SECONDS
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGTERM)
+
+
 def test_a_stop_request_nested_in_another_hands_its_signal_on():
   """A run's request inherits its job's signal and hands on one that came
   after the run's last check: a pipeline or a worker cannot forget it."""

@@ -14,6 +14,7 @@ step, so a stop comes within `every` steps of the signal."""
 
 import signal
 import threading
+import time
 
 from absl import logging
 import jax
@@ -29,21 +30,30 @@ class StopRequest:
   it starts with the outer one's signal and hands its own back on exit.
 
   A second signal interrupts at once (KeyboardInterrupt), for a user who
-  will not wait for the step. Off the main thread (where Python delivers
-  signals) it does nothing.
+  will not wait for the step; the same signal again within ECHO_SECONDS is
+  the same stop sent two ways (to the process directly and through the
+  supervisor of a --multihost run, icckd_jax/supervisor.py, as SLURM
+  signals every process of a step), not a second one. Off the main thread
+  (where Python delivers signals) it does nothing.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+  ECHO_SECONDS = 1.0
 
   def __init__(self, every: int = 1):
     """`every`: on several processes, the steps between two agreements."""
     self.signum = 0
     self.every = every
+    self._received = -float('inf')
     self._previous = {}
     self._outer = None
 
   def _handle(self, signum, frame):
     del frame
+    now, received = time.monotonic(), self._received
+    self._received = now
+    if self.signum == signum and now - received < self.ECHO_SECONDS:
+      return
     if self.signum:
       raise KeyboardInterrupt
     self.signum = signum
@@ -60,6 +70,7 @@ class StopRequest:
       if isinstance(outer, StopRequest):
         self._outer = outer
         self.signum = self.signum or outer.signum
+        self._received = outer._received
     return self
 
   def __exit__(self, *exc) -> None:
