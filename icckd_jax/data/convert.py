@@ -25,14 +25,11 @@ and the half-written ones removed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
-import multiprocessing
 import os
 import pathlib
 import signal
-import threading
 import time
 from typing import Any
 
@@ -41,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from icckd_jax.data import array_record
+from icckd_jax.data import convert_pool
 from icckd_jax.data import shard_writer
 from icckd_jax.data.convert_listing import Listing, list_source
 from icckd_jax.errors import Preempted, UserError, one_line
@@ -246,22 +244,29 @@ def convert(config: ml_collections.ConfigDict) -> dict[str, Any]:
   )
   try:
     _run_tasks(tasks, shards, workers, total)
-    info = _info(listing, shards)
-    info['labels'] = _write_labels(listing, out)
-    info['source'] = listing.identity
-    info['max_side'] = max_side or None
-    shard_writer.write_json(out / array_record.INFO_FILE, info)
+    info = _finish(out, listing, shards, max_side)
   except OSError as e:
     raise _write_failed(out, e) from None
-  for split in array_record.SPLITS:
-    for s in shards[split]:
-      (out / (s['file'] + '.json')).unlink(missing_ok=True)
   logging.info(
     'Wrote %s: %s records, %d classes.',
     out,
     info['counts'],
     len(listing.classes),
   )
+  return info
+
+
+def _finish(out: pathlib.Path, listing: Listing, shards, max_side: int):
+  """Writes info.json, the conversion complete, then removes the shards'
+  progress files; returns info.json's content."""
+  info = _info(listing, shards)
+  info['labels'] = _write_labels(listing, out)
+  info['source'] = listing.identity
+  info['max_side'] = max_side or None
+  shard_writer.write_json(out / array_record.INFO_FILE, info)
+  for split in array_record.SPLITS:
+    for s in shards[split]:
+      (out / (s['file'] + '.json')).unlink(missing_ok=True)
   return info
 
 
@@ -373,9 +378,9 @@ def _run_tasks(tasks, shards, workers: int, total: int) -> None:
     )
 
   try:
-    with _signals_stop():
-      _write_all(tasks, workers, record)
-  except _Signalled as s:
+    with convert_pool.signals_stop():
+      convert_pool.write_all(tasks, workers, record)
+  except convert_pool.Signalled as s:
     # Counted on disk: a worker may have finished a shard it had no time
     # to report.
     left = sum(
@@ -394,58 +399,3 @@ def _run_tasks(tasks, shards, workers: int, total: int) -> None:
     for task in tasks:
       for name in (task['file'] + '.tmp', task['file'] + '.json.tmp'):
         (pathlib.Path(task['output_dir']) / name).unlink(missing_ok=True)
-
-
-def _write_all(tasks, workers: int, record) -> None:
-  """Writes the shards of `tasks`, `workers` processes at a time, calling
-  `record(done, task)` as each one ends."""
-  if workers == 1 or len(tasks) == 1:
-    for task in tasks:
-      record(shard_writer.write_shard(task), task)
-    return
-  # Spawned, not forked: the parent has started JAX's threads. Leaving the
-  # `with` (an error, a signal) terminates the workers.
-  with multiprocessing.get_context('spawn').Pool(
-    workers, initializer=shard_writer.ignore_interrupts
-  ) as pool:
-    for task, done in zip(tasks, pool.imap(shard_writer.write_shard, tasks)):
-      record(done, task)
-
-
-# What stops a conversion: SLURM's and the cloud's preemption, a closed
-# terminal, Ctrl-C.
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-
-
-class _Signalled(Exception):
-  """One of `_STOP_SIGNALS` arrived."""
-
-  def __init__(self, signum: int):
-    super().__init__(signum)
-    self.signum = signum
-
-
-def _raise_signalled(signum, frame) -> None:
-  del frame
-  # Later signals are ignored while the workers are stopped and the
-  # temporaries removed (a moment): a second one would cut that short.
-  for s in _STOP_SIGNALS:
-    signal.signal(s, signal.SIG_IGN)
-  raise _Signalled(signum)
-
-
-@contextlib.contextmanager
-def _signals_stop():
-  """Within: a stop signal raises `_Signalled` in this (the main) thread,
-  so that the pool is ended in order: without it SIGTERM would kill this
-  process at once, its workers would print tracebacks of the broken pipe
-  and its semaphores would be left behind."""
-  if threading.current_thread() is not threading.main_thread():
-    yield  # Python delivers signals to the main thread only.
-    return
-  before = {s: signal.signal(s, _raise_signalled) for s in _STOP_SIGNALS}
-  try:
-    yield
-  finally:
-    for s, handler in before.items():
-      signal.signal(s, handler)

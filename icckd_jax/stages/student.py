@@ -182,8 +182,7 @@ def build_student(
     tx=tx,
     learning_rate_fn=learning_rate_fn,
     steps_per_epoch=steps_per_epoch,
-    # MLKD's weak and strong views (`distillers.Reads.strong_view`).
-    num_views=2 if distiller.reads.strong_view else 1,
+    num_views=1 + distiller.reads.strong_view,  # MLKD's weak, strong views
     strong_view=distiller.reads.strong_view,
     init_state=_init_fn(
       recipe.seed,
