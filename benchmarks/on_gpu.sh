@@ -36,7 +36,8 @@ MAX_CARRY_BYTES=$((64 * 1024 * 1024))
 # these configs never import them: grain and array-record (the streaming
 # input path, imported only for config.input.mode streamed), and
 # tensorflow-datasets (only data/tfds.py's sets) with its heavy
-# dependencies; portpicker is imported by nothing of the project.
+# dependencies; portpicker is imported by nothing of the project; submitit
+# only by a SLURM submission, simplejpeg only by input.decode='fast'.
 CARRIED=("ml-collections>=0.1.1" "tensorboardX>=2.6")
 
 # The GPU machine's packages (as its description lists them), for the
@@ -48,7 +49,7 @@ GPU_PACKAGES=(
   msgpack rich opencv-python-headless
 )
 GPU_LACKS=(ml_collections tensorboardX grain array_record portpicker
-  tensorflow_datasets)
+  tensorflow_datasets submitit simplejpeg)
 PYTHON312="${PYTHON312:-/root/.pyenv/versions/3.12.1/bin/python3}"
 
 die() {

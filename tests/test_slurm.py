@@ -108,6 +108,19 @@ def test_an_unknown_executor_is_refused_before_anything_is_written(tmp_path):
   assert "config.executor='k8s' is unknown; choose one of: local, slurm" in line
 
 
+def test_a_local_study_imports_no_submitit():
+  """A machine without submitit (the GPU one) runs studies locally: the
+  launcher's modules import it only for a submission."""
+  code = (
+    'import sys, launch, icckd_jax.main; '
+    "sys.exit('submitit' in sys.modules)"
+  )
+  done = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_slurm_without_sbatch_is_refused_before_anything_is_written(
   tmp_path, monkeypatch
 ):
