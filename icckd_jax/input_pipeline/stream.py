@@ -54,12 +54,17 @@ _ENDLESS = 2**40
 # config.dataset.augment: 'auto' picks a recipe by the images' sizes.
 AUGMENTS = ('auto', *host_augment.RECIPES)
 # config.input.decode: how 'resized_crop' decodes and resizes
-# (`host_augment`, `imagenet_preprocess`); 'auto' is DEFAULT_DECODE for a
+# (`host_augment`, `imagenet_preprocess`); 'auto' is default_decode() for a
 # new run, what a resumed one started with (runs/data_identity.py).
 DECODES = ('auto', 'exact', 'fast')
-DEFAULT_DECODE = 'exact'
 # What streamed runs decoded before config.input.decode existed.
 DECODE_BEFORE_RECORDED = 'exact'
+
+
+def default_decode() -> str:
+  """What config.input.decode='auto' gives a new run: 'fast' where its
+  packages are installed (docs/data.md: the measurements), else 'exact'."""
+  return 'exact' if images_lib.fast_decode_missing() else 'fast'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,8 @@ def splits(
   """(train, test) of a converted set under `augment` (config.dataset.augment):
   'crop' at the images' own size (every image must have one), 'resized_crop'
   at `image_size`; 'auto' is 'crop' when every image has one size, else
-  'resized_crop'. `decode` (config.input.decode): 'auto' is DEFAULT_DECODE.
+  'resized_crop'. `decode` (config.input.decode): 'auto' is
+  `default_decode()`.
 
   Raises:
     UserError: an unknown `augment` or `decode`, or 'crop' on images of
@@ -111,7 +117,13 @@ def splits(
         + ', '.join(valid)
       )
   if decode == 'auto':
-    decode = DEFAULT_DECODE
+    decode = default_decode()
+  missing = images_lib.fast_decode_missing() if decode == 'fast' else []
+  if missing:
+    raise UserError(
+      f"config.input.decode='fast' needs {' and '.join(missing)}, not "
+      "installed: pip install 'icckd_jax[fast]', or use 'exact'"
+    )
   if augment == 'auto':
     augment = 'crop' if info.image_shape is not None else 'resized_crop'
   if augment == 'crop':
@@ -242,21 +254,28 @@ class _TrainRows:
     """Writes the views of example `index` into `out` [V, H, W, C]
     (RandomResizedCrop and flip, decoded as `split.decode` says); returns
     its label."""
-    size, fast = self.split.image_shape[0], self.split.decode == 'fast'
+    size = self.split.image_shape[0]
     views = []
 
-    def reduce(width, height):
+    def boxes(width, height):
       for v in range(self.num_views):
         rng = self._rng(step, v, position)
         box = host_augment.resized_crop_box(height, width, rng)
         views.append((box, self.flip and rng.random() < 0.5))
-      return host_augment.reduction([b for b, _ in views], size) if fast else 1
+      return images_lib.keeping([b for b, _ in views], size, width, height)
 
-    image, factor, label = self.records.image(index, reduce)
-    for v, (box, flip) in enumerate(views):
-      out[v] = images_lib.as_array(
-        host_augment.resized_crop(image, box, size, factor, flip)
-      )
+    if self.split.decode == 'fast':
+      array, scale, label = self.records.scaled(index, boxes)
+      for v, (box, flip) in enumerate(views):
+        crop = images_lib.resize_box(array, box, scale, size)
+        out[v] = crop[:, ::-1] if flip else crop
+    else:
+      image, label = self.records.image(index)
+      boxes(image.width, image.height)
+      for v, (box, flip) in enumerate(views):
+        out[v] = images_lib.as_array(
+          host_augment.resized_crop(image, box, size, flip)
+        )
     self._strong(out, step, position)
     return label
 
@@ -317,21 +336,18 @@ class _EvalRows:
     size = self.split.image_shape[0]
     resize = imagenet_preprocess.eval_resize(size)
     if self.split.decode == 'exact':
-      image, _, label = self.records.image(index)
+      image, label = self.records.image(index)
       return imagenet_preprocess.resize_center_crop(image, resize, size), label
     boxes = []
 
-    def reduce(width, height):
+    def keeping(width, height):
       boxes.append(
         imagenet_preprocess.center_crop_box(height, width, resize, size)
       )
-      return host_augment.reduction(boxes, size)
+      return images_lib.keeping(boxes, size, width, height)
 
-    image, factor, label = self.records.image(index, reduce)
-    return (
-      imagenet_preprocess.crop_box_resize(image, boxes[0], factor, size),
-      label,
-    )
+    array, scale, label = self.records.scaled(index, keeping)
+    return images_lib.resize_box(array, boxes[0], scale, size), label
 
   def __call__(self, batch: int) -> dict[str, np.ndarray | str]:
     lo, hi = self.rows
