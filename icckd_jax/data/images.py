@@ -153,8 +153,10 @@ def _cv2():
 def resize_box(
   array: np.ndarray, box, scale: tuple[float, float], size: int
 ) -> np.ndarray:
-  """`box` of a decoded image, resized to [size, size] by OpenCV's area
-  filter (pixel-area averaging when it shrinks).
+  """`box` of a decoded image, resized to [size, size] by OpenCV: bilinear
+  where the box is at most twice the size (as `keeping` makes it, bar
+  crops over 8x the size), its 2x2 taps then reaching every pixel, else the
+  area filter (pixel-area averaging), which costs 4x as much here.
 
   Args:
     array: [h, w, C] uint8, the file decoded at `scale`.
@@ -173,8 +175,11 @@ def resize_box(
   x1 = min(w, max(x0 + 1, round(right * sx)))
   y1 = min(h, max(y0 + 1, round(bottom * sy)))
   cv2 = _cv2()
+  shrink = max(x1 - x0, y1 - y0) / size
   out = cv2.resize(
-    array[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA
+    array[y0:y1, x0:x1],
+    (size, size),
+    interpolation=cv2.INTER_LINEAR if shrink <= 2 else cv2.INTER_AREA,
   )
   return out.reshape(size, size, array.shape[-1])
 
