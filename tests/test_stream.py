@@ -466,8 +466,8 @@ def test_fast_decode_scales_in_the_dct_and_keeps_every_crop_the_size():
     exact_eval.append(imagenet_preprocess.resize_center_crop(pil, resize, size))
   assert reduced >= 6  # most of these crops are 2x the size or more
   # Another decode and filter, the same geometry: a few grey levels from
-  # the exact crops (6.6 and 7.4, training and evaluation, on these sharp
-  # JPEGs shrunk up to 8x; 1.9 and 2.8 on the benchmark's photographs at
+  # the exact crops (6.7 and 7.6, training and evaluation, on these sharp
+  # JPEGs shrunk up to 8x; 2.0 and 2.9 on the benchmark's photographs at
   # 224), which differ by tens from one another (66 here), as would a box
   # off by a few pixels.
   for fast, exact in ((fast, exact), (fast_eval, exact_eval)):
@@ -514,7 +514,7 @@ def test_fast_decode_is_keyed_by_step_resumes_mid_epoch_and_nears_exact(
   # Another decode and filter, the same boxes and flips: on these noise
   # images of 12-40 px, where filters differ most (a few grey levels on
   # photographs: the test above), the pixels differ, each crop's quadrants
-  # (1.7 and 1.9 grey levels, training and evaluation) far less than those
+  # (2.7 and 2.3 grey levels, training and evaluation) far less than those
   # of another crop (11 and 8) or of a flipped or shifted one.
   for have, want in ((fast_images, full_images), (fast_eval, exact_eval)):
     have, want = quadrants(have), quadrants(want)
