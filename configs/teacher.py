@@ -76,8 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A streamed 'resized_crop' set's decode (docs/data.md): 'exact' decodes
   # at full size, torchvision's pixels; 'fast' decodes JPEGs at a reduced
   # DCT scale that keeps each crop at least the training size (simplejpeg)
-  # and resizes the crops, and only the evaluation crop's box, with OpenCV's
-  # area filter; 'auto' is 'fast' for a new run where both are installed
+  # and resizes the crops, and only the evaluation crop's box, with OpenCV
+  # (bilinear); 'auto' is 'fast' for a new run where both are installed
   # (pip install 'icckd_jax[fast]'), else 'exact', and what a resumed run
   # started with.
   c.input.decode = 'auto'

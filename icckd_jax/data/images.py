@@ -155,7 +155,7 @@ def resize_box(
 ) -> np.ndarray:
   """`box` of a decoded image, resized to [size, size] by OpenCV: bilinear
   where the box is at most twice the size (as `keeping` makes it, bar
-  crops over 8x the size), its 2x2 taps then reaching every pixel, else the
+  crops over 16x the size), its 2x2 taps then reaching every pixel, else the
   area filter (pixel-area averaging), which costs 4x as much here.
 
   Args:

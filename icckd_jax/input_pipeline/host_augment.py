@@ -24,7 +24,7 @@ image, whose pixels it never copies but once, into the batch: the pixels
 of torchvision's RandomResizedCrop on a PIL image. With 'fast' the stream
 decodes a JPEG at the smallest DCT scale that keeps every box at least the
 training size (`images.decode_scaled`, `images.keeping`) and resizes each
-box with OpenCV's area filter (`images.resize_box`).
+box with OpenCV (`images.resize_box`: bilinear, the area filter past 2x).
 """
 
 from __future__ import annotations

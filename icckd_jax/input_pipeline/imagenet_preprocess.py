@@ -20,10 +20,10 @@ this transform on the decoded record, at other sizes in the same ratio:
 `eval_resize(size)` then the centre `size` (256 / 224 at 224), exactly
 (`resize_center_crop`, config.input.decode='exact'). With 'fast'
 (`center_crop_box`) only the crop's box of the image is resized, straight
-to the crop with OpenCV's area filter, from a JPEG decoded at the smallest
-DCT scale that keeps the box at least the crop (`images.decode_scaled`):
-the same geometry, pixels a grey level or two from torchvision's, for a
-fraction of the work.
+to the crop by OpenCV (`images.resize_box`), from a JPEG decoded at the
+smallest DCT scale that keeps the box at least the crop
+(`images.decode_scaled`): the same geometry, pixels about three grey
+levels from torchvision's, for half the work.
 """
 
 from __future__ import annotations
