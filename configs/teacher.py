@@ -77,9 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # at full size, torchvision's pixels; 'fast' decodes JPEGs at a reduced
   # DCT scale that keeps each crop at least the training size (simplejpeg)
   # and resizes the crops, and only the evaluation crop's box, with OpenCV
-  # (bilinear); 'auto' is 'fast' for a new run where both are installed
-  # (pip install 'icckd_jax[fast]'), else 'exact', and what a resumed run
-  # started with.
+  # (bilinear), needing pip install 'icckd_jax[fast]'; 'auto' is 'exact'
+  # for a new run, what a resumed run started with.
   c.input.decode = 'auto'
 
   # The recipe of the CIFAR-100 KD benchmark (docs/method.md §5).

@@ -92,11 +92,10 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   c = imagenet.get_config(arg)
   path = tmp_path_factory.mktemp('pre') / 'shards'
   c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
-  # 'exact': torchvision's pixels, which the crops are checked against
-  # ('auto' would give 'fast' where installed: tests/test_stream.py).
+  # 'auto' (a new run: 'exact'): torchvision's pixels, checked below.
   assert c.input.decode == 'auto'
   dataset = inputs.load(
-    spec.data_request(c.dataset), c.input.mode, 0, decode='exact'
+    spec.data_request(c.dataset), c.input.mode, 0, decode=c.input.decode
   )
   train, test = dataset.train, dataset.test
   # Normalised with torchvision's constants, not the set's measured ones.

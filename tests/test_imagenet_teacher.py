@@ -169,7 +169,6 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   dataset_config = datasets.DataRequest(
     name='array_record', path=config.output_dir, image_size=224
   )
-  # The exact evaluation (not 'fast', which 'auto' gives where installed).
   streamed = inputs.load(dataset_config, 'auto', decode='exact')
   assert streamed.test.recipe == 'resized_crop'
   batch, *rest = streamed.eval_batches(

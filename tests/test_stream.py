@@ -525,9 +525,9 @@ def test_fast_decode_without_its_packages_is_refused_and_auto_is_exact(
   shards, monkeypatch
 ):
   """Where simplejpeg or OpenCV is missing, 'fast' is one line naming the
-  field and the package; 'auto' gives a new run 'exact'."""
+  field and the package; 'auto' gives a new run 'exact' (DEFAULT_DECODE)."""
   info = array_record.read_info(str(shards))
-  assert stream.source(info, 8, 0, 'resized_crop').decode == 'fast'
+  assert stream.source(info, 8, 0, 'resized_crop').decode == 'exact'
   monkeypatch.setattr(images, 'fast_decode_missing', lambda: ['simplejpeg'])
   with pytest.raises(UserError) as e:
     stream.source(info, 8, 0, 'resized_crop', decode='fast')

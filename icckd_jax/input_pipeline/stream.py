@@ -54,17 +54,14 @@ _ENDLESS = 2**40
 # config.dataset.augment: 'auto' picks a recipe by the images' sizes.
 AUGMENTS = ('auto', *host_augment.RECIPES)
 # config.input.decode: how 'resized_crop' decodes and resizes
-# (`host_augment`, `imagenet_preprocess`); 'auto' is default_decode() for a
+# (`host_augment`, `imagenet_preprocess`); 'auto' is DEFAULT_DECODE for a
 # new run, what a resumed one started with (runs/data_identity.py).
 DECODES = ('auto', 'exact', 'fast')
+# Chosen by benchmarks/input_speed.py (docs/data.md): 'fast' measured no
+# steady gain per core in the pipeline; 'exact' keeps torchvision's pixels.
+DEFAULT_DECODE = 'exact'
 # What streamed runs decoded before config.input.decode existed.
 DECODE_BEFORE_RECORDED = 'exact'
-
-
-def default_decode() -> str:
-  """What config.input.decode='auto' gives a new run: 'fast' where its
-  packages are installed (docs/data.md: the measurements), else 'exact'."""
-  return 'exact' if images_lib.fast_decode_missing() else 'fast'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +98,7 @@ def splits(
   'crop' at the images' own size (every image must have one), 'resized_crop'
   at `image_size`; 'auto' is 'crop' when every image has one size, else
   'resized_crop'. `decode` (config.input.decode): 'auto' is
-  `default_decode()`.
+  DEFAULT_DECODE.
 
   Raises:
     UserError: an unknown `augment` or `decode`, or 'crop' on images of
@@ -117,7 +114,7 @@ def splits(
         + ', '.join(valid)
       )
   if decode == 'auto':
-    decode = default_decode()
+    decode = DEFAULT_DECODE
   missing = images_lib.fast_decode_missing() if decode == 'fast' else []
   if missing:
     raise UserError(
