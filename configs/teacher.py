@@ -75,9 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.workers = 2  # Grain's decode processes when streaming; 0: a thread
   # A streamed 'resized_crop' set's decode (docs/data.md): 'exact' decodes
   # at full size, torchvision's pixels; 'fast' decodes JPEGs at a reduced
-  # DCT scale that keeps each crop at least the training size, and resizes
-  # only the evaluation crop's box; 'auto' is 'exact' for a new run, what a
-  # resumed run started with.
+  # DCT scale that keeps each crop at least the training size (simplejpeg)
+  # and resizes the crops, and only the evaluation crop's box, with OpenCV
+  # (bilinear), needing pip install 'icckd_jax[fast]'; 'auto' is 'exact'
+  # for a new run, what a resumed run started with.
   c.input.decode = 'auto'
 
   # The recipe of the CIFAR-100 KD benchmark (docs/method.md §5).

@@ -169,7 +169,7 @@ def test_streamed_evaluation_gives_torchvision_logits(resnet18, tmp_path):
   dataset_config = datasets.DataRequest(
     name='array_record', path=config.output_dir, image_size=224
   )
-  streamed = inputs.load(dataset_config, 'auto')
+  streamed = inputs.load(dataset_config, 'auto', decode='exact')
   assert streamed.test.recipe == 'resized_crop'
   batch, *rest = streamed.eval_batches(
     parallel.make_mesh(1), len(names) + len(extra)

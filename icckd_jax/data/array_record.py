@@ -273,24 +273,41 @@ class Records:
         f'({one_line(e)}); convert the data set again'
       ) from None
 
-  def image(self, index: int, reduce=None) -> tuple[Any, int, int]:
-    """(Pillow image of mode 'L' or 'RGB' as `channels` says, the factor
-    its JPEG was decoded smaller by, label) of example `index`, with no copy
-    of its pixels (`images.open_image`; `reduce` as there)."""
+  def image(self, index: int) -> tuple[Any, int]:
+    """(Pillow image of mode 'L' or 'RGB' as `channels` says, label) of
+    example `index`, with no copy of its pixels (`images.open_image`)."""
     label, data = self.raw(index)
     try:
-      image, factor = images_lib.open_image(
-        'the record', 'its image', data, self.channels == 3, reduce
+      image = images_lib.open_image(
+        'the record', 'its image', data, self.channels == 3
       )
     except UserError as e:
-      raise RecordError(
-        f'{self.where(index)} fails to decode ({e}); convert the data set again'
-      ) from None
-    return image, factor, label
+      raise self._undecodable(index, e) from None
+    return image, label
+
+  def scaled(
+    self, index: int, min_size
+  ) -> tuple[np.ndarray, tuple[float, float], int]:
+    """([h, w, channels] uint8, its scale (y, x), label) of example
+    `index`, a JPEG decoded as small as `min_size` allows
+    (`images.decode_scaled`)."""
+    label, data = self.raw(index)
+    try:
+      array, scale = images_lib.decode_scaled(
+        'the record', 'its image', data, self.channels, min_size
+      )
+    except UserError as e:
+      raise self._undecodable(index, e) from None
+    return array, scale, label
+
+  def _undecodable(self, index: int, e: UserError) -> RecordError:
+    return RecordError(
+      f'{self.where(index)} fails to decode ({e}); convert the data set again'
+    )
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
     """(image [H, W, channels] uint8, label) of example `index`."""
-    image, _, label = self.image(index)
+    image, label = self.image(index)
     return images_lib.as_array(image), label
 
 

@@ -7,7 +7,9 @@ Tiny-ImageNet, TFDS sets).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import io
+import math
 import os
 from typing import Any, Sequence
 
@@ -47,8 +49,8 @@ def eight_bit(where: str, name: str, image: Image.Image) -> Image.Image:
 
 
 def open_image(
-  where: str, name: str, source: Any, rgb: bool = False, reduce=None
-) -> tuple[Image.Image, int]:
+  where: str, name: str, source: Any, rgb: bool = False
+) -> Image.Image:
   """Decodes one image file to a Pillow image of mode 'L' or 'RGB', with no
   copy of its pixels when the file holds one of those modes already.
 
@@ -58,13 +60,6 @@ def open_image(
     source: a path or the file's bytes.
     rgb: convert grey images to RGB too (sets known to be colour, whose few
       grey files must not change the channel count).
-    reduce: None, or a function of the file's (width, height), called
-      before the decode, giving the factor (1, 2, 4 or 8) a JPEG may be
-      decoded smaller by in the DCT domain (libjpeg's scaling; other
-      formats decode at full size).
-
-  Returns:
-    The image, and the factor it was decoded smaller by (1: full size).
 
   Raises:
     UserError: the file is not an image (names it).
@@ -73,14 +68,6 @@ def open_image(
     with Image.open(
       io.BytesIO(source) if isinstance(source, bytes) else source
     ) as opened:
-      factor = 1 if reduce is None else reduce(*opened.size)
-      if opened.format != 'JPEG':
-        factor = 1
-      elif factor > 1:
-        width, height = opened.size
-        drafted = opened.draft(None, (width // factor, height // factor))
-        # The scale libjpeg was given (None: a JPEG it cannot scale).
-        factor = 1 if drafted is None else round(width / drafted[1][2])
       opened.load()
       image = eight_bit(where, name, opened)
       mode = 'L' if image.mode in _GREY_MODES and not rgb else 'RGB'
@@ -91,13 +78,131 @@ def open_image(
     raise UserError(
       f'{where}: cannot decode {name!r} as an image ({one_line(e)})'
     ) from e
-  return image, factor
+  return image
+
+
+def decode_scaled(
+  where: str, name: str, data: bytes, channels: int, min_size
+) -> tuple[np.ndarray, tuple[float, float]]:
+  """Decodes a JPEG at the smallest of libjpeg-turbo's k/8 DCT scales that
+  `min_size` allows, straight into an array (simplejpeg, no Pillow image);
+  any other file, or a JPEG libjpeg-turbo cannot convert (CMYK), at full
+  size through `open_image`.
+
+  Args:
+    where, name: as in `open_image`.
+    data: the file's bytes.
+    channels: 1 (grey) or 3 (RGB): what the image becomes.
+    min_size: a function of the file's (width, height) giving the least
+      (width, height) the decode may have; called once, whatever the file.
+
+  Returns:
+    [h, w, channels] uint8, and (h / height, w / width): the scale the file
+    was decoded at on each axis (1.0: full size).
+
+  Raises:
+    UserError: the file is not an image (names it).
+  """
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+
+  size = None
+  if simplejpeg.is_jpeg(data):
+    try:
+      size = simplejpeg.decode_jpeg_header(data)[1::-1]
+    except ValueError:
+      pass  # decoded below, or refused in one line
+  if size is not None:
+    min_width, min_height = min_size(*size)
+    try:
+      array = simplejpeg.decode_jpeg(
+        data,
+        colorspace='RGB' if channels == 3 else 'GRAY',
+        min_height=min_height,
+        min_width=min_width,
+      )
+      return array, (array.shape[0] / size[1], array.shape[1] / size[0])
+    except ValueError:
+      pass  # a colour space libjpeg-turbo cannot convert: Pillow's decode
+  image = open_image(where, name, data, channels == 3)
+  if size is None:
+    min_size(*image.size)
+  return as_array(image), (1.0, 1.0)
+
+
+def keeping(boxes, size: int, width: int, height: int) -> tuple[int, int]:
+  """The least (width, height) a decode of a [height, width] file may have
+  for every box (left, top, right, bottom; the file's coordinates) to keep
+  both sides at least `size` pixels once rounded to the decode's pixels
+  (`resize_box`), or the file's own size where a box is smaller:
+  `decode_scaled`'s `min_size`."""
+  side = min(min(r - l, b - t) for l, t, r, b in boxes)
+  fraction = min(1.0, (size + 1) / side)
+  return math.ceil(width * fraction), math.ceil(height * fraction)
+
+
+@functools.cache
+def _cv2():
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  # One thread: the decode workers are the parallelism; OpenCV's own pool
+  # in each would only contend for the same cores.
+  cv2.setNumThreads(1)
+  return cv2
+
+
+def resize_box(
+  array: np.ndarray, box, scale: tuple[float, float], size: int
+) -> np.ndarray:
+  """`box` of a decoded image, resized to [size, size] by OpenCV: bilinear
+  where the box is at most twice the size (as `keeping` makes it, bar
+  crops over 16x the size), its 2x2 taps then reaching every pixel, else the
+  area filter (pixel-area averaging), which costs 4x as much here.
+
+  Args:
+    array: [h, w, C] uint8, the file decoded at `scale`.
+    box: (left, top, right, bottom) in the file's full-size coordinates;
+      each edge rounded to the decode's nearest pixel edge (half a pixel of
+      one at least `size` wide, as `keeping` makes it).
+    scale: (y, x), the decode's size over the file's.
+    size: the side of the result.
+
+  Returns:
+    [size, size, C] uint8, a new array.
+  """
+  (sy, sx), (h, w) = scale, array.shape[:2]
+  left, top, right, bottom = box
+  x0, y0 = min(w - 1, round(left * sx)), min(h - 1, round(top * sy))
+  x1 = min(w, max(x0 + 1, round(right * sx)))
+  y1 = min(h, max(y0 + 1, round(bottom * sy)))
+  cv2 = _cv2()
+  shrink = max(x1 - x0, y1 - y0) / size
+  out = cv2.resize(
+    array[y0:y1, x0:x1],
+    (size, size),
+    interpolation=cv2.INTER_LINEAR if shrink <= 2 else cv2.INTER_AREA,
+  )
+  return out.reshape(size, size, array.shape[-1])
+
+
+def fast_decode_missing() -> list[str]:
+  """The packages `decode_scaled` and its resize need that are not
+  installed (pip install 'icckd_jax[fast]')."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  return [
+    package
+    for package, module in (
+      ('simplejpeg', 'simplejpeg'),
+      ('opencv-python-headless', 'cv2'),
+    )
+    if importlib.util.find_spec(module) is None
+  ]
 
 
 def decode(where: str, name: str, source: Any, rgb: bool = False) -> np.ndarray:
   """Decodes one image file to [H, W, 1 or 3] uint8 (`open_image`'s
   arguments)."""
-  return as_array(open_image(where, name, source, rgb)[0])
+  return as_array(open_image(where, name, source, rgb))
 
 
 def as_array(image: Image.Image) -> np.ndarray:

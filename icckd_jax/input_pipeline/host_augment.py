@@ -18,13 +18,13 @@ Two recipes, by the images' sizes:
                 evaluation is torchvision's resize to 256/224 of the size
                 and centre crop (`imagenet_preprocess`).
 
-`resized_crop` works on the decoded Pillow image, whose pixels it never
-copies but once, into the batch. Its boxes are drawn from the file's size
-alone, before the decode, so that a `'fast'` decode (config.input.decode)
-can decode a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
-every crop at least the training size: libjpeg's scaled IDCT then Pillow's
-bilinear resize, not torchvision's pixels. `'exact'` decodes at full size:
-the pixels of torchvision's RandomResizedCrop on a PIL image.
+`resized_crop` draws its boxes from the file's size alone, before the
+decode. With config.input.decode='exact' it works on the decoded Pillow
+image, whose pixels it never copies but once, into the batch: the pixels
+of torchvision's RandomResizedCrop on a PIL image. With 'fast' the stream
+decodes a JPEG at the smallest DCT scale that keeps every box at least the
+training size (`images.decode_scaled`, `images.keeping`) and resizes each
+box with OpenCV (`images.resize_box`: bilinear, the area filter past 2x).
 """
 
 from __future__ import annotations
@@ -102,20 +102,8 @@ def resized_crop_box(
   return left, top, left + cw, top + ch
 
 
-def reduction(boxes, size: int) -> int:
-  """The largest DCT scale-down factor, 8, 4, 2 or 1, at which every box
-  (left, top, right, bottom) keeps both sides at least `size` pixels: the
-  decode is then smaller, the resize still shrinks (never upsamples)."""
-  side = min(min(r - l, b - t) for l, t, r, b in boxes)
-  return next(f for f in (8, 4, 2, 1) if side >= f * size or f == 1)
-
-
-def resized_crop(
-  image: Image.Image, box, size: int, factor: int, flip: bool
-) -> Image.Image:
-  """`box` (full-size coordinates) of `image`, decoded `factor` times
-  smaller, resized to [size, size] (bilinear) and flipped if `flip`."""
-  if factor != 1:
-    box = tuple(v / factor for v in box)
+def resized_crop(image: Image.Image, box, size: int, flip: bool) -> Image.Image:
+  """`box` of `image` resized to [size, size] (bilinear) and flipped if
+  `flip`."""
   out = image.resize((size, size), Image.BILINEAR, box=box)
   return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out

@@ -57,6 +57,8 @@ AUGMENTS = ('auto', *host_augment.RECIPES)
 # (`host_augment`, `imagenet_preprocess`); 'auto' is DEFAULT_DECODE for a
 # new run, what a resumed one started with (runs/data_identity.py).
 DECODES = ('auto', 'exact', 'fast')
+# Chosen by benchmarks/input_speed.py (docs/data.md): 'fast' measured no
+# steady gain per core in the pipeline; 'exact' keeps torchvision's pixels.
 DEFAULT_DECODE = 'exact'
 # What streamed runs decoded before config.input.decode existed.
 DECODE_BEFORE_RECORDED = 'exact'
@@ -95,7 +97,8 @@ def splits(
   """(train, test) of a converted set under `augment` (config.dataset.augment):
   'crop' at the images' own size (every image must have one), 'resized_crop'
   at `image_size`; 'auto' is 'crop' when every image has one size, else
-  'resized_crop'. `decode` (config.input.decode): 'auto' is DEFAULT_DECODE.
+  'resized_crop'. `decode` (config.input.decode): 'auto' is
+  DEFAULT_DECODE.
 
   Raises:
     UserError: an unknown `augment` or `decode`, or 'crop' on images of
@@ -112,6 +115,12 @@ def splits(
       )
   if decode == 'auto':
     decode = DEFAULT_DECODE
+  missing = images_lib.fast_decode_missing() if decode == 'fast' else []
+  if missing:
+    raise UserError(
+      f"config.input.decode='fast' needs {' and '.join(missing)}, not "
+      "installed: pip install 'icckd_jax[fast]', or use 'exact'"
+    )
   if augment == 'auto':
     augment = 'crop' if info.image_shape is not None else 'resized_crop'
   if augment == 'crop':
@@ -242,21 +251,28 @@ class _TrainRows:
     """Writes the views of example `index` into `out` [V, H, W, C]
     (RandomResizedCrop and flip, decoded as `split.decode` says); returns
     its label."""
-    size, fast = self.split.image_shape[0], self.split.decode == 'fast'
+    size = self.split.image_shape[0]
     views = []
 
-    def reduce(width, height):
+    def boxes(width, height):
       for v in range(self.num_views):
         rng = self._rng(step, v, position)
         box = host_augment.resized_crop_box(height, width, rng)
         views.append((box, self.flip and rng.random() < 0.5))
-      return host_augment.reduction([b for b, _ in views], size) if fast else 1
+      return images_lib.keeping([b for b, _ in views], size, width, height)
 
-    image, factor, label = self.records.image(index, reduce)
-    for v, (box, flip) in enumerate(views):
-      out[v] = images_lib.as_array(
-        host_augment.resized_crop(image, box, size, factor, flip)
-      )
+    if self.split.decode == 'fast':
+      array, scale, label = self.records.scaled(index, boxes)
+      for v, (box, flip) in enumerate(views):
+        crop = images_lib.resize_box(array, box, scale, size)
+        out[v] = crop[:, ::-1] if flip else crop
+    else:
+      image, label = self.records.image(index)
+      boxes(image.width, image.height)
+      for v, (box, flip) in enumerate(views):
+        out[v] = images_lib.as_array(
+          host_augment.resized_crop(image, box, size, flip)
+        )
     self._strong(out, step, position)
     return label
 
@@ -317,21 +333,18 @@ class _EvalRows:
     size = self.split.image_shape[0]
     resize = imagenet_preprocess.eval_resize(size)
     if self.split.decode == 'exact':
-      image, _, label = self.records.image(index)
+      image, label = self.records.image(index)
       return imagenet_preprocess.resize_center_crop(image, resize, size), label
     boxes = []
 
-    def reduce(width, height):
+    def keeping(width, height):
       boxes.append(
         imagenet_preprocess.center_crop_box(height, width, resize, size)
       )
-      return host_augment.reduction(boxes, size)
+      return images_lib.keeping(boxes, size, width, height)
 
-    image, factor, label = self.records.image(index, reduce)
-    return (
-      imagenet_preprocess.crop_box_resize(image, boxes[0], factor, size),
-      label,
-    )
+    array, scale, label = self.records.scaled(index, keeping)
+    return images_lib.resize_box(array, boxes[0], scale, size), label
 
   def __call__(self, batch: int) -> dict[str, np.ndarray | str]:
     lo, hi = self.rows
