@@ -16,6 +16,7 @@ from icckd_jax.stages import evaluate_checkpoint
 from icckd_jax.stages import evaluate_pth
 from icckd_jax.stages import student
 from icckd_jax.experiments.sweep import runner as sweep
+from icckd_jax.experiments.sweep import slurm
 from icckd_jax.stages import teacher
 from icckd_jax.runs import spec
 from icckd_jax.runs import validate
@@ -51,7 +52,7 @@ def _sweep_printed(rows: list[dict], workdir: str) -> list[dict]:
   return rows
 
 
-def _submitted(submission: Any) -> Any:
+def _submitted(submission: slurm.Submission) -> slurm.Submission:
   """A sweep's submission to SLURM; its job id and how to follow and
   cancel it, printed on stdout."""
   print(submission.message)
@@ -87,13 +88,8 @@ def run(
   )
   if mode in TRAINERS:
     return TRAINERS[mode](config, workdir, hooks=hooks)
-  if mode == 'sweep' and config.get('executor', 'local') != 'local':
-    # Imported here, not above: submitit, which only a submission needs (a
-    # machine without it, the GPU one among them, runs studies locally).
-    from icckd_jax.experiments.sweep import slurm  # pylint: disable=g-import-not-at-top
-
-    if slurm.executor(config) == 'slurm':  # else refused in one line
-      return _submitted(slurm.submit(config, workdir))
+  if mode == 'sweep' and slurm.executor(config) == 'slurm':
+    return _submitted(slurm.submit(config, workdir))
   if mode == 'sweep':
     return _sweep_printed(sweep.run_sweep(config, workdir), workdir)
   if mode == 'report':

@@ -22,7 +22,7 @@ from icckd_jax.input_pipeline import host_augment
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
 from icckd_jax.input_pipeline import inputs
-from icckd_jax.input_pipeline import stream
+from icckd_jax.input_pipeline import stream_rows
 from icckd_jax.errors import UserError
 from icckd_jax.interop import torch_import
 from icckd_jax.objective import losses
@@ -122,7 +122,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   batch = next(batches)
   images, labels = batch.images, batch.labels
   batches.close()
-  order = stream.epoch_order(c.seed, 0, train.size)[:4]
+  order = stream_rows.epoch_order(c.seed, 0, train.size)[:4]
   for position, index in enumerate(order):
     rng = host_augment.example_rng(
       c.seed, resident.AUGMENT_STREAM, 0, 0, position

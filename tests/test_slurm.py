@@ -108,17 +108,37 @@ def test_an_unknown_executor_is_refused_before_anything_is_written(tmp_path):
   assert "config.executor='k8s' is unknown; choose one of: local, slurm" in line
 
 
-def test_a_local_study_imports_no_submitit():
-  """A machine without submitit (the GPU one) runs studies locally: the
-  launcher's modules import it only for a submission."""
+def test_without_submitit_runs_are_local_and_slurm_is_refused_in_one_line():
+  """A machine without submitit (the GPU one) imports the launcher and runs
+  studies locally; config.executor='slurm' says what is missing."""
   code = (
-    'import sys, launch, icckd_jax.main; '
-    "sys.exit('submitit' in sys.modules)"
+    'import sys; sys.modules["submitit"] = None\n'
+    'import launch, icckd_jax.main\n'
+    'from configs import study\n'
+    'from icckd_jax.experiments.sweep import slurm\n'
+    'from icckd_jax.errors import UserError\n'
+    'config = study.get_config("smoke"); config.executor = "slurm"\n'
+    'try:\n'
+    '  slurm.check(config)\n'
+    'except UserError as e:\n'
+    '  print(e)\n'
   )
   done = subprocess.run(
     [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True
   )
   assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == (
+    "config.executor='slurm' needs submitit (pip install submitit), which "
+    'this Python lacks'
+  )
+
+
+def test_the_time_limit_signal_is_submitits():
+  from submitit.slurm import slurm as submitit_slurm  # pylint: disable=g-import-not-at-top
+
+  assert slurm.TIME_LIMIT_SIGNAL == getattr(
+    signal, 'SIG' + submitit_slurm.SlurmJobEnvironment.USR_SIG
+  )
 
 
 def test_slurm_without_sbatch_is_refused_before_anything_is_written(

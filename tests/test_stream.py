@@ -26,6 +26,7 @@ from icckd_jax.input_pipeline import host_augment
 from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
 from icckd_jax.input_pipeline import stream
+from icckd_jax.input_pipeline import stream_rows
 from icckd_jax.errors import UserError
 from icckd_jax.experiments.sweep import run_store
 from icckd_jax.training import metric_writer
@@ -112,7 +113,7 @@ def test_each_process_reads_only_its_rows_of_the_global_batch(shards):
   split = stream.source(info, 16, workers=0).train
 
   def rows(lo, hi):
-    fn = stream._TrainRows(split, 3, 8, (lo, hi), 2, 4, True)  # pylint: disable=protected-access
+    fn = stream_rows.TrainRows(split, 3, 8, (lo, hi), 2, 4, True)
     return [fn(step) for step in (1, 4)]
 
   for whole, first, second in zip(rows(0, 8), rows(0, 4), rows(4, 8)):
@@ -131,7 +132,7 @@ def test_a_strong_view_is_randaugment_on_the_last_view_only(shards):
   info = array_record.read_info(str(shards))
   split = stream.source(info, 16, workers=0).train
   plain, strong = (
-    stream._TrainRows(split, 3, 8, (0, 8), 2, 4, True, strong_view=s)(5)  # pylint: disable=protected-access
+    stream_rows.TrainRows(split, 3, 8, (0, 8), 2, 4, True, strong_view=s)(5)
     for s in (False, True)
   )
   np.testing.assert_array_equal(strong['images'][0], plain['images'][0])

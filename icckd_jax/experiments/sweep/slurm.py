@@ -29,8 +29,11 @@ import subprocess
 
 from absl import logging
 import ml_collections
-import submitit
-from submitit.slurm import slurm as submitit_slurm
+
+try:  # A machine without submitit (the GPU one) runs its sweeps locally.
+  import submitit
+except ImportError:
+  submitit = None
 
 from icckd_jax.errors import UserError
 from icckd_jax.experiments.sweep import plan as sweep_plan
@@ -43,9 +46,7 @@ EXECUTORS = ('local', 'slurm')
 # WORKDIR/slurm/: submitit's files, the tasks' logs among them.
 JOBS_DIR = 'slurm'
 # The signal submitit asks SLURM for before the time limit.
-TIME_LIMIT_SIGNAL = getattr(
-  signal, 'SIG' + submitit_slurm.SlurmJobEnvironment.USR_SIG
-)
+TIME_LIMIT_SIGNAL = signal.SIGUSR2  # submitit's SlurmJobEnvironment.USR_SIG
 # config.slurm's fields that must be integers, and their least value.
 _LEAST = {
   'gpus_per_task': 0,
@@ -95,6 +96,11 @@ def check(config: ml_collections.ConfigDict) -> None:
       'task of the array is one worker; set '
       'config.slurm.array_parallelism instead'
     )
+  if submitit is None:
+    raise UserError(
+      "config.executor='slurm' needs submitit (pip install submitit), "
+      'which this Python lacks'
+    )
   if shutil.which('sbatch') is None:
     raise UserError(
       "config.executor='slurm' but sbatch is not on PATH; submit from a "
@@ -133,7 +139,7 @@ def live_tasks(name: str) -> int:
   return len(listed.stdout.split())
 
 
-class ArrayTask(submitit.helpers.Checkpointable):
+class ArrayTask(submitit.helpers.Checkpointable if submitit else object):
   """One task of the array: a worker of the sweep. On the time-limit
   signal its run saves at the next step boundary, and only then does
   submitit checkpoint it (`checkpoint`: this same call) and requeue it."""
@@ -181,7 +187,7 @@ class Submission:
 
 def _executor(
   config: ml_collections.ConfigDict, workdir: str, tasks: int
-) -> submitit.SlurmExecutor:
+) -> 'submitit.SlurmExecutor':
   slurm = config.slurm
   executor = submitit.SlurmExecutor(
     folder=os.path.join(workdir, JOBS_DIR), max_num_timeout=slurm.max_requeues
