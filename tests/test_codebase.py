@@ -1,10 +1,13 @@
 """Properties of the package's source that review would otherwise police."""
 
 import ast
+import hashlib
 import os
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 import house
 
@@ -163,3 +166,47 @@ def test_the_config_enters_at_most_20_modules():
   signature."""
   reached = house.config_walk()
   assert len(reached) <= 20, sorted(reached)
+
+
+# What the shared test data holds (tests read it from ../shared/data): never
+# committed, by content or by kind. The one archive tracked,
+# tests/fixtures/store_d8b658b.tar.gz, is a run store of synthetic 8x8
+# images the project wrote itself (tests/make_store_d8b658b.py).
+_DATA_SUFFIXES = ('.pth', '.npz', '.jpeg', '.jpg', '.png', '.array_record')
+_WRITTEN_BY_THE_PROJECT = ('docs/results/', 'tests/fixtures/store_d8b658b')
+
+
+def test_no_shared_data_is_tracked():
+  from conftest import SHARED_DATA  # pylint: disable=g-import-not-at-top
+
+  listed = subprocess.run(
+    ['git', 'ls-files', '-z'],
+    cwd=PACKAGE.parent,
+    capture_output=True,
+    check=False,
+  )
+  if listed.returncode != 0:
+    pytest.skip('not a git checkout')
+  tracked = [p for p in listed.stdout.decode().split('\0') if p]
+  by_kind = [
+    p
+    for p in tracked
+    if p.lower().endswith(_DATA_SUFFIXES + ('.tar.gz', '.tgz', '.tar'))
+    and not p.startswith(_WRITTEN_BY_THE_PROJECT)
+  ]
+  assert not by_kind, by_kind
+  shared = {
+    hashlib.sha256(f.read_bytes()).hexdigest(): f
+    for f in SHARED_DATA.rglob('*')
+    if f.is_file()
+  }
+  copies = [
+    f'{p} = {shared[digest]}'
+    for p in tracked
+    if (PACKAGE.parent / p).is_file()
+    and (
+      digest := hashlib.sha256((PACKAGE.parent / p).read_bytes()).hexdigest()
+    )
+    in shared
+  ]
+  assert not copies, copies
