@@ -11,8 +11,11 @@ side of the training images at 320 ('max_side_320'), and measures
   256, centre crop 224) with 1 and 2 decode workers, for
   `input.decode='exact'` ('project') and 'fast' ('project_fast'), beside
   torchvision's ImageFolder + DataLoader and tf.data's
-  `decode_and_crop_jpeg` (big_vision's way) where they are importable
-  (skipped with a line where not);
+  `decode_and_crop_jpeg` (big_vision's way: bilinear, no antialiasing
+  unless --tf_antialias) where they are importable (skipped with a line
+  where not), and, with --baseline=DIR, an older checkout of this project
+  ('project_before', full-size storage: 'x before' is each row's ratio to
+  it at the same transform and workers);
 * in images per CPU-second of the whole process tree (user + system time of
   the measuring process and its decode workers, which other jobs on the
   cores do not distort; wall-clock rates are not comparable on shared
@@ -28,6 +31,8 @@ It prints a table, then one JSON line per measurement:
   python benchmarks/input_speed.py --quick     # under 10 minutes on 2 cores
   python benchmarks/input_speed.py             # ImageNet-like batches of 256
   python benchmarks/input_speed.py --folder=path/to/imagenet  # your images
+  git worktree add /tmp/before <commit>
+  python benchmarks/input_speed.py --quick --baseline=/tmp/before
 """
 
 import itertools
@@ -40,7 +45,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The package measured: this checkout's, or --baseline's in a measurement of
+# 'project_before' (set for its process and inherited by its decode
+# workers, which import this file again).
+sys.path.insert(
+  0,
+  os.environ.get(_ROOT_VARIABLE := 'INPUT_SPEED_PACKAGE_ROOT')
+  or os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+)
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -59,13 +71,34 @@ flags.DEFINE_string(
 flags.DEFINE_integer('train_images', 1536, 'Generated training images.')
 flags.DEFINE_integer(
   'test_images',
-  1280,
-  'Generated evaluation images (one pass holds the '
-  'warm-up and measured batches: worker start-up is once per evaluation).',
+  6144,
+  'Generated evaluation images (one pass holds the warm-up, the measured '
+  'batches and the read-ahead: worker start-up is once per evaluation).',
 )
 flags.DEFINE_integer('batch_size', 256, 'Global batch.')
-flags.DEFINE_integer('steps', 4, 'Measured steps per measurement.')
+flags.DEFINE_integer(
+  'steps',
+  12,
+  'Measured training steps per measurement (thousands of images: the '
+  "read-ahead's share, and so the run-to-run spread, stays small).",
+)
+flags.DEFINE_integer(
+  'eval_steps', 8, 'Measured evaluation batches per measurement.'
+)
 flags.DEFINE_integer('repeats', 3, 'Interleaved repetitions.')
+flags.DEFINE_string(
+  'baseline',
+  None,
+  'A checkout of an older version of this project (git worktree add DIR '
+  "COMMIT) measured beside this one as 'project_before' (input.decode "
+  "'exact', full-size storage).",
+)
+flags.DEFINE_bool(
+  'tf_antialias',
+  False,
+  "tf.data's resize with antialiasing (big_vision's default is without; "
+  "with it, tf.data's training costs about twice as much per image).",
+)
 flags.DEFINE_list(
   'impls',
   ['project', 'project_fast'],
@@ -212,7 +245,7 @@ def _project(spec: dict, path: str):
   from icckd_jax.input_pipeline.source import TrainFeed  # pylint: disable=g-import-not-at-top
 
   info = array_record.read_info(path)
-  # The main this issue started from has no input.decode: exact only.
+  # Older versions have no input.decode: exact only.
   decode = {'decode': 'fast'} if spec['impl'] == 'project_fast' else {}
   source = stream.source(info, SIZE, spec['workers'], 'resized_crop', **decode)
   mesh = parallel.make_mesh(1)
@@ -286,7 +319,7 @@ def _tf_data(spec: dict, folder: str):
     y, x, _ = tf.unstack(begin)
     h, w, _ = tf.unstack(size)
     image = tf.image.decode_and_crop_jpeg(data, [y, x, h, w], channels=3)
-    image = tf.image.resize(image, [SIZE, SIZE], antialias=True)
+    image = tf.image.resize(image, [SIZE, SIZE], antialias=spec['antialias'])
     return tf.image.random_flip_left_right(tf.cast(image, tf.uint8))
 
   def evaluate(path):
@@ -339,8 +372,12 @@ def _child(spec: dict) -> None:
   )
   # Its decode workers hold this process's stdout: stop them (this
   # process started them), then leave without waiting on any pipeline.
+  # Not multiprocessing's resource tracker: left to see this process end,
+  # it unlinks the shared-memory segments of the batches still in flight,
+  # which would otherwise stay in /dev/shm (RAM) for good.
   for worker in me.children(recursive=True):
-    worker.kill()
+    if 'resource_tracker' not in ' '.join(worker.cmdline()):
+      worker.kill()
   os._exit(0)
 
 
@@ -357,11 +394,15 @@ def _importable(module: str) -> bool:
 
 
 def _measure(spec: dict) -> dict | None:
+  env = dict(os.environ)
+  if spec['root']:  # 'project_before': its package, not this one's
+    env[_ROOT_VARIABLE] = spec['root']
   out = subprocess.run(
     [sys.executable, __file__, f'--child={json.dumps(spec)}'],
     capture_output=True,
     text=True,
     timeout=600,
+    env=env,
   )
   lines = [x for x in out.stdout.splitlines() if x.startswith('{')]
   if out.returncode or not lines:
@@ -377,6 +418,8 @@ def _specs(paths: dict, impls: list[str]) -> list[dict]:
   ):
     if transform == 'eval' and storage != 'full':
       continue  # the test split is never stored smaller
+    if impl == 'project_before' and storage != 'full':
+      continue  # the before figure is full-size storage's
     folder, shards = paths[storage]
     specs.append(
       {
@@ -386,38 +429,48 @@ def _specs(paths: dict, impls: list[str]) -> list[dict]:
         'workers': workers,
         'path': shards if impl.startswith('project') else folder,
         'batch_size': FLAGS.batch_size,
-        'steps': FLAGS.steps,
+        'steps': FLAGS.steps if transform == 'train' else FLAGS.eval_steps,
+        'antialias': FLAGS.tf_antialias,
+        'root': FLAGS.baseline if impl == 'project_before' else None,
       }
     )
   return specs
 
 
+def _ratio(medians: dict, key: tuple, impl: str, storage: str) -> float:
+  """key's median over `impl`'s at `storage`, same transform and workers."""
+  base = medians.get((key[0], impl, storage, key[3]))
+  return medians[key] / base if base else float('nan')
+
+
 def _report(specs: list[dict], results: dict) -> None:
+  """The table (ratios to 'project' at the same storage, to the baseline
+  and to tf.data at full size), each impl's 2-worker over 1-worker rate,
+  then one JSON line per measurement."""
+  keys = [
+    tuple(spec[k] for k in ('transform', 'impl', 'storage', 'workers'))
+    for spec in specs
+  ]
+  keys = [k for k in keys if results.get(k)]
+  rates = {k: [r['img_per_cpu_s'] for r in results[k]] for k in keys}
+  medians = {k: statistics.median(rates[k]) for k in keys}
   print()
   print(
-    f'{"transform":9} {"storage":13} {"impl":13} {"wk":>2} '
+    f'{"transform":9} {"storage":13} {"impl":14} {"wk":>2} '
     f'{"img/CPU-s":>9} {"min":>6} {"max":>6} {"x project":>9} '
-    f'{"main MiB":>8} {"worker MiB":>10}'
+    f'{"x before":>8} {"x tf full":>9} {"main MiB":>8} {"worker MiB":>10}'
   )
-  medians = {}
-  for spec in specs:
-    key = tuple(spec[k] for k in ('transform', 'impl', 'storage', 'workers'))
-    if results.get(key):
-      medians[key] = statistics.median(r['img_per_cpu_s'] for r in results[key])
   lines = []
-  for spec in specs:
-    key = tuple(spec[k] for k in ('transform', 'impl', 'storage', 'workers'))
-    runs = results.get(key)
-    if not runs:
-      continue
-    rates = [r['img_per_cpu_s'] for r in runs]
-    base = medians.get((key[0], 'project', key[2], key[3]))
+  for key in keys:
+    runs = results[key]
     main_rss = max(r['main_rss_mib'] for r in runs)
     worker_rss = max((max(r['worker_rss_mib'] or [0]) for r in runs))
     print(
-      f'{key[0]:9} {key[2]:13} {key[1]:13} {key[3]:>2} '
-      f'{medians[key]:9.0f} {min(rates):6.0f} {max(rates):6.0f} '
-      f'{medians[key] / base if base else float("nan"):9.2f} '
+      f'{key[0]:9} {key[2]:13} {key[1]:14} {key[3]:>2} '
+      f'{medians[key]:9.0f} {min(rates[key]):6.0f} {max(rates[key]):6.0f} '
+      f'{_ratio(medians, key, "project", key[2]):9.2f} '
+      f'{_ratio(medians, key, "project_before", "full"):8.2f} '
+      f'{_ratio(medians, key, "tf_data", "full"):9.2f} '
       f'{main_rss:8.0f} {worker_rss:10.0f}'
     )
     lines.append(
@@ -427,12 +480,17 @@ def _report(specs: list[dict], results: dict) -> None:
         'storage': key[2],
         'workers': key[3],
         'img_per_cpu_s': round(medians[key], 1),
-        'min': round(min(rates), 1),
-        'max': round(max(rates), 1),
+        'min': round(min(rates[key]), 1),
+        'max': round(max(rates[key]), 1),
         'main_rss_mib': round(main_rss),
         'worker_rss_mib': [round(v) for v in runs[-1]['worker_rss_mib']],
       }
     )
+  print('\n2 workers over 1, per core:')
+  for key in keys:
+    one = medians.get((*key[:3], 1))
+    if key[3] == 2 and one:
+      print(f'  {key[0]:9} {key[2]:13} {key[1]:14} {medians[key] / one:.2f}')
   print()
   for line in lines:
     print(json.dumps(line))
@@ -446,9 +504,19 @@ def main(argv):
   if FLAGS.quick:
     # An evaluation pass longer than the warm-up, the measured batches and
     # two workers' read-ahead (about ten batches), which it would end in.
-    FLAGS.train_images, FLAGS.test_images = 320, 1024
-    FLAGS.batch_size, FLAGS.steps, FLAGS.repeats = 64, 3, 2
+    FLAGS.train_images, FLAGS.test_images = 1024, 1536
+    FLAGS.batch_size, FLAGS.steps, FLAGS.eval_steps = 64, 16, 8
+    FLAGS.repeats = 2
   impls = list(FLAGS.impls)
+  if FLAGS.baseline:
+    if not os.path.isfile(os.path.join(FLAGS.baseline, 'icckd_jax', 'main.py')):
+      print(
+        f'error: --baseline={FLAGS.baseline!r} holds no checkout of this '
+        'project (git worktree add DIR COMMIT makes one)',
+        file=sys.stderr,
+      )
+      sys.exit(2)
+    impls.insert(0, 'project_before')
   for impl, module in (
     ('torchvision', 'torchvision'),
     ('tf_data', 'tensorflow'),
@@ -471,15 +539,16 @@ def main(argv):
     if _converts_max_side():
       paths[storage] = (str(tmp / 'small'), str(tmp / 'small_ar'))
       _convert(full, tmp / 'small_ar', MAX_SIDE)
-      if set(impls) - {'project', 'project_fast'}:
+      if set(impls) - {'project', 'project_fast', 'project_before'}:
         _shrunk(full, tmp / 'small')
     else:
       print(f'{storage}: skipped (this version converts without max_side)')
     print(
       f'prepared {"--folder" if FLAGS.folder else "generated"} images in '
       f'{time.perf_counter() - start:.0f} s; {os.cpu_count()} cores, '
-      f'batch {FLAGS.batch_size}, {FLAGS.steps} steps, '
-      f'{FLAGS.repeats} interleaved repetitions'
+      f'batch {FLAGS.batch_size}, {FLAGS.steps} training and '
+      f'{FLAGS.eval_steps} evaluation steps, {FLAGS.repeats} interleaved '
+      f'repetitions; tf.data antialias={FLAGS.tf_antialias}'
     )
     specs = _specs(paths, impls)
     results = {}

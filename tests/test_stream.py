@@ -477,6 +477,32 @@ def test_fast_decode_scales_in_the_dct_and_keeps_every_crop_the_size():
     assert nearer < np.abs(exact - exact[::-1]).mean() / 5
 
 
+def test_fast_resize_flips_as_a_reversed_view_would():
+  """`resize_box`'s flip (OpenCV's, for speed) mirrors left to right, as
+  the training crops' flip is defined, for colour and grey images."""
+  rng = np.random.default_rng(0)
+  for channels in (3, 1):
+    array = rng.integers(0, 256, (40, 50, channels), np.uint8)
+    box, scale = (3, 5, 41, 37), (1.0, 1.0)
+    plain = images.resize_box(array, box, scale, 16)
+    flipped = images.resize_box(array, box, scale, 16, flip=True)
+    assert flipped.shape == (16, 16, channels)
+    assert not np.array_equal(plain, flipped)
+    np.testing.assert_array_equal(flipped, plain[:, ::-1])
+
+
+def test_the_epoch_order_is_made_once_per_epoch_and_is_read_only():
+  """Each worker asks for its epoch's order at every step: it is computed
+  once (ImageNet's permutation costs ~30 ms), and read-only, as the cached
+  copy is everyone's."""
+  first = stream_rows.epoch_order(3, 1, 1000)
+  assert stream_rows.epoch_order(3, 1, 1000) is first
+  assert sorted(first) == list(range(1000))
+  assert not np.array_equal(first, stream_rows.epoch_order(3, 2, 1000))
+  with pytest.raises(ValueError):
+    first[0] = 1
+
+
 def test_fast_decode_is_keyed_by_step_resumes_mid_epoch_and_nears_exact(
   shards,
 ):

@@ -8,6 +8,8 @@ this module)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from icckd_jax.data import array_record
@@ -17,11 +19,17 @@ from icckd_jax.input_pipeline import imagenet_preprocess
 from icckd_jax.input_pipeline import resident
 
 
+# Kept for the epoch's steps: ImageNet's permutation costs a worker about
+# 30 ms, and it is asked for at every step.
+@functools.lru_cache(maxsize=2)
 def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-  """[num_examples] int64: the training split's order in `epoch`."""
-  return np.random.default_rng(
+  """[num_examples] int64: the training split's order in `epoch` (cached:
+  do not write to it)."""
+  order = np.random.default_rng(
     [seed, resident.ORDER_STREAM, epoch]
   ).permutation(num_examples)
+  order.setflags(write=False)
+  return order
 
 
 class TrainRows:
@@ -61,8 +69,7 @@ class TrainRows:
     if self.split.decode == 'fast':
       array, scale, label = self.records.scaled(index, boxes)
       for v, (box, flip) in enumerate(views):
-        crop = images_lib.resize_box(array, box, scale, size)
-        out[v] = crop[:, ::-1] if flip else crop
+        out[v] = images_lib.resize_box(array, box, scale, size, flip)
     else:
       image, label = self.records.image(index)
       boxes(image.width, image.height)
