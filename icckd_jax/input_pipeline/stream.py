@@ -220,7 +220,6 @@ def local_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
   return lo, hi
 
 
-@functools.lru_cache(maxsize=2)
 def _iterate(fn, start: int, stop: int, workers: int, threads: int = 1):
   """fn(start), fn(start + 1), ... from Grain: in `workers` processes (or,
   with none, in `threads` threads of this one), handed back in order (one
