@@ -1,4 +1,5 @@
-r"""Writes tests/fixtures/store_d8b658b.tar.gz: a sweep's run store as the
+r"""Writes store_d8b658b.tar.gz, kept unpacked (plain files, reviewable) in
+tests/fixtures/store_d8b658b/: a sweep's run store as the
 code at commit d8b658b (before issue 35's refactor) left it, for
 tests/test_old_runs.py.
 
@@ -6,7 +7,8 @@ tests/test_old_runs.py.
   cd /tmp/old_main && JAX_PLATFORMS=cpu PYTHONPATH=. \
       XLA_FLAGS=--xla_force_host_platform_device_count=4 \
       python path/to/this/checkout/tests/make_store_d8b658b.py /tmp/out
-  cp /tmp/out/store_d8b658b.tar.gz path/to/this/checkout/tests/fixtures/
+  tar xzf /tmp/out/store_d8b658b.tar.gz \
+      -C path/to/this/checkout/tests/fixtures/store_d8b658b
 
 On the tests' four emulated CPU devices (conftest.py), where they resume it
 bit for bit. The sweep is `config()`, one setting and two seeds: seed 0's

@@ -8,7 +8,7 @@ package's rooms were redrawn, from the shipped configs."""
 import json
 import os
 import pathlib
-import tarfile
+import shutil
 
 import pytest
 
@@ -44,16 +44,23 @@ def test_student_keys_are_those_of_earlier_stores(method, key):
 # A sweep's store as the code at commit d8b658b left it: seed 0 finished,
 # seed 1's teacher stopped by SIGTERM mid-epoch (tests/make_store_d8b658b.py
 # wrote it, and says how).
-OLD_STORE = pathlib.Path(__file__).parent / 'fixtures' / 'store_d8b658b.tar.gz'
+# Kept as plain files (git keeps its links, not its three empty folders,
+# which the old code had made and left empty: made again below).
+OLD_STORE = pathlib.Path(__file__).parent / 'fixtures' / 'store_d8b658b' / 'store'
+EMPTY_FOLDERS = (
+  'students/a42f6d28834b4cf9/preempted',
+  'teachers/838a9a1811f80ffa/checkpoints',
+  'teachers/8b111a77711b74e1/preempted',
+)
 
 
 @pytest.fixture(scope='module')
 def old_store(tmp_path_factory):
-  """(the unpacked store, today's config of its sweep, its two runs)."""
-  path = tmp_path_factory.mktemp('old_store')
-  with tarfile.open(OLD_STORE) as tar:
-    tar.extractall(path, filter='data')
-  store = path / 'store'
+  """(a copy of the store, today's config of its sweep, its two runs)."""
+  store = tmp_path_factory.mktemp('old_store') / 'store'
+  shutil.copytree(OLD_STORE, store, symlinks=True)
+  for folder in EMPTY_FOLDERS:
+    (store / folder).mkdir(exist_ok=True)
   config = make_store_d8b658b.config()
   return store, config, sweep_plan.plan(config, str(store))
 
