@@ -46,7 +46,9 @@ def test_student_keys_are_those_of_earlier_stores(method, key):
 # wrote it, and says how).
 # Kept as plain files (git keeps its links, not its three empty folders,
 # which the old code had made and left empty: made again below).
-OLD_STORE = pathlib.Path(__file__).parent / 'fixtures' / 'store_d8b658b' / 'store'
+OLD_STORE = (
+  pathlib.Path(__file__).parent / 'fixtures' / 'store_d8b658b' / 'store'
+)
 EMPTY_FOLDERS = (
   'students/a42f6d28834b4cf9/preempted',
   'teachers/838a9a1811f80ffa/checkpoints',
