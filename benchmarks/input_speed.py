@@ -9,7 +9,8 @@ side of the training images at 320 ('max_side_320'), and measures
 * training (`StreamSource.train_batches`: read, decode, RandomResizedCrop to
   224x224, flip, onto the device) and evaluation (`eval_batches`: resize
   256, centre crop 224) with 1 and 2 decode workers, for
-  `input.decode='exact'` ('project') and 'fast' ('project_fast'), beside
+  the default `input.decode` ('project': 'torchvision'), 'exact'
+  ('project_exact') and 'fast' ('project_fast'), beside
   torchvision's ImageFolder + DataLoader and tf.data's
   `decode_and_crop_jpeg` (big_vision's way: bilinear, no antialiasing
   unless --tf_antialias) where they are importable (skipped with a line
@@ -102,8 +103,9 @@ flags.DEFINE_bool(
 flags.DEFINE_list(
   'impls',
   ['project', 'project_fast'],
-  "This project's pipelines to measure ('project': input.decode='exact'; "
-  "'project' alone measures a version without input.decode).",
+  "This project's pipelines to measure ('project': the default "
+  "input.decode, 'torchvision'; 'project_exact': 'exact'; 'project_fast': "
+  "'fast'; 'project' alone measures a version without input.decode).",
 )
 flags.DEFINE_string('child', None, 'Internal: one measurement, as JSON.')
 
@@ -246,7 +248,10 @@ def _project(spec: dict, path: str):
 
   info = array_record.read_info(path)
   # Older versions have no input.decode: exact only.
-  decode = {'decode': 'fast'} if spec['impl'] == 'project_fast' else {}
+  decode = {
+    'project_fast': {'decode': 'fast'},
+    'project_exact': {'decode': 'exact'},
+  }.get(spec['impl'], {})
   source = stream.source(info, SIZE, spec['workers'], 'resized_crop', **decode)
   mesh = parallel.make_mesh(1)
   batch = spec['batch_size']
@@ -539,7 +544,7 @@ def main(argv):
     if _converts_max_side():
       paths[storage] = (str(tmp / 'small'), str(tmp / 'small_ar'))
       _convert(full, tmp / 'small_ar', MAX_SIDE)
-      if set(impls) - {'project', 'project_fast', 'project_before'}:
+      if not all(i.startswith('project') for i in impls):
         _shrunk(full, tmp / 'small')
     else:
       print(f'{storage}: skipped (this version converts without max_side)')

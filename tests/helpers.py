@@ -332,19 +332,12 @@ def reference_decode(data: bytes) -> np.ndarray:
     return np.asarray(opened.convert('RGB'))
 
 
-def reference_resized_crop_flip(
-  image: np.ndarray, rng: np.random.Generator, size: int, flip: bool
-) -> np.ndarray:
-  """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) and flip as the
-  streamed path made them before input37, on [H, W, 3] uint8: the
-  reference the copy-free path's pixels must equal, bit for bit."""
+def _reference_box(h: int, w: int, rng: np.random.Generator):
+  """RandomResizedCrop's box (scale 0.08-1, ratio 3/4-4/3) of an [h, w]
+  image: (left, top, right, bottom)."""
   import math  # pylint: disable=g-import-not-at-top
 
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  h, w, _ = image.shape
   area, ratio = h * w, (3 / 4, 4 / 3)
-  box = None
   for _ in range(10):
     target = area * rng.uniform(0.08, 1.0)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
@@ -353,21 +346,40 @@ def reference_resized_crop_flip(
     if 0 < cw <= w and 0 < ch <= h:
       top = int(rng.integers(0, h - ch + 1))
       left = int(rng.integers(0, w - cw + 1))
-      box = (left, top, left + cw, top + ch)
-      break
-  if box is None:
-    aspect = w / h
-    if aspect < ratio[0]:
-      cw, ch = w, int(round(w / ratio[0]))
-    elif aspect > ratio[1]:
-      cw, ch = int(round(h * ratio[1])), h
-    else:
-      cw, ch = w, h
-    top, left = (h - ch) // 2, (w - cw) // 2
-    box = (left, top, left + cw, top + ch)
-  out = np.asarray(
-    Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box)
-  )
+      return (left, top, left + cw, top + ch)
+  aspect = w / h
+  if aspect < ratio[0]:
+    cw, ch = w, int(round(w / ratio[0]))
+  elif aspect > ratio[1]:
+    cw, ch = int(round(h * ratio[1])), h
+  else:
+    cw, ch = w, h
+  top, left = (h - ch) // 2, (w - cw) // 2
+  return (left, top, left + cw, top + ch)
+
+
+def reference_resized_crop_flip(
+  image: np.ndarray,
+  rng: np.random.Generator,
+  size: int,
+  flip: bool,
+  torchvision: bool = False,
+) -> np.ndarray:
+  """RandomResizedCrop and flip on [H, W, 3] uint8, as the streamed path
+  made them before input37 (input.decode='exact': Pillow's resize of the
+  box within the whole image), or with `torchvision` as torchvision makes
+  them: the box's pixels cut out as an image of their own, then resized.
+  The references the copy-free paths' pixels must equal, bit for bit."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  left, top, right, bottom = box = _reference_box(*image.shape[:2], rng)
+  if torchvision:
+    cut = Image.fromarray(np.ascontiguousarray(image[top:bottom, left:right]))
+    out = np.asarray(cut.resize((size, size), Image.BILINEAR))
+  else:
+    out = np.asarray(
+      Image.fromarray(image).resize((size, size), Image.BILINEAR, box=box)
+    )
   if flip and rng.random() < 0.5:
     out = out[:, ::-1]
   return np.ascontiguousarray(out)

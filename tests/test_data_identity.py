@@ -151,6 +151,8 @@ def test_input_mode_auto_resumes_on_the_path_the_run_started_on(
   [
     ('fast', 'auto', 'fast'),
     ('exact', 'auto', 'exact'),
+    ('torchvision', 'auto', 'torchvision'),
+    ('exact', 'torchvision', None),
     (None, 'auto', 'exact'),  # streamed before input.decode existed
     ('fast', 'exact', None),
     (None, 'fast', None),

@@ -92,7 +92,7 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
   c = imagenet.get_config(arg)
   path = tmp_path_factory.mktemp('pre') / 'shards'
   c.dataset.path = _converted(path, 288, num_classes=4, num_train=4, num_test=2)
-  # 'auto' (a new run: 'exact'): torchvision's pixels, checked below.
+  # 'auto' (a new run: 'torchvision'): torchvision's pixels, checked below.
   assert c.input.decode == 'auto'
   dataset = inputs.load(
     spec.data_request(c.dataset), c.input.mode, 0, decode=c.input.decode
@@ -128,7 +128,9 @@ def test_rows_stream_randomresizedcrop_and_torchvisions_evaluation(
       c.seed, resident.AUGMENT_STREAM, 0, 0, position
     )
     image, label = records['train'][int(index)]
-    expected = helpers.reference_resized_crop_flip(image, rng, 224, True)
+    expected = helpers.reference_resized_crop_flip(
+      image, rng, 224, True, torchvision=True
+    )
     np.testing.assert_array_equal(np.asarray(images)[0, position], expected)
     assert int(labels[position]) == label
   first, *_ = dataset.eval_batches(parallel.make_mesh(1), 2)

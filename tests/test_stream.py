@@ -3,6 +3,7 @@ the same whatever the processes, devices and decode workers; a streamed run
 stopped mid-epoch resumes exactly; runs saved before `config.input` existed
 still resume and keep their run-store keys."""
 
+import gc
 import io
 import json
 import os
@@ -104,6 +105,32 @@ def test_global_batches_do_not_depend_on_devices_workers_or_resume(shards):
   assert not np.array_equal(
     epoch, np.concatenate([b.indices for b in reference[3:]])
   )
+
+
+def _mapped_segments() -> set[str]:
+  """The /dev/shm segments this process maps (the batches it holds)."""
+  with open('/proc/self/maps') as maps:
+    return {line.split()[-1] for line in maps if '/dev/shm/psm_' in line}
+
+
+def test_an_evaluation_pass_leaves_no_batch_in_shared_memory(shards):
+  """With decode workers, an evaluation pass frees its batches' segments
+  when it ends, not at the garbage collector's next whim (Grain's exhausted
+  pipeline keeps each worker's last element in a reference cycle), nor at
+  exit with the tracker's leak warning. The collector is off, as it may
+  well be for the length of a training run's steps."""
+  info = array_record.read_info(str(shards))
+  source = stream.source(info, 16, workers=2, augment='resized_crop')
+  mesh = parallel.make_mesh(1)
+  before = _mapped_segments()
+  gc.disable()
+  try:
+    for _ in range(2):
+      masks = [np.asarray(b.mask) for b in source.eval_batches(mesh, 4)]
+      assert sum(m.sum() for m in masks) == 6
+      assert _mapped_segments() <= before
+  finally:
+    gc.enable()
 
 
 def test_each_process_reads_only_its_rows_of_the_global_batch(shards):
@@ -363,15 +390,19 @@ def test_a_signal_to_the_process_group_mid_run_resumes_exactly(
   assert_same_run(straight_group_run, workdir)
 
 
-def test_exact_decode_gives_the_pixels_of_the_copying_decode(shards):
+@pytest.mark.parametrize('decode', ['exact', 'torchvision'])
+def test_pillow_decodes_give_the_pixels_of_their_reference(shards, decode):
   """input.decode='exact' (copy-free, on the decoded Pillow image) gives,
-  bit for bit, the crops and evaluation images of the implementation that
-  converted, copied and flipped arrays (helpers' reference)."""
+  bit for bit, the crops of the implementation that converted, copied and
+  flipped arrays (helpers' reference); 'torchvision' (decoded down to the
+  boxes' bottom) those of torchvision's crop-then-resize, and resumes
+  mid-epoch on other devices bit for bit; both evaluate as torchvision."""
   info = array_record.read_info(str(shards))
-  exact = stream.source(info, 16, 0, 'resized_crop', decode='exact')
-  assert exact.decode == 'exact'
+  source = stream.source(info, 16, 0, 'resized_crop', decode=decode)
+  assert source.decode == decode
   records = array_record.Records(info, 'train')
-  for step, batch in enumerate(_batches(exact, parallel.make_mesh(1), 0, 2)):
+  batches = _batches(source, parallel.make_mesh(1), 0, 4)
+  for step, batch in enumerate(batches):
     for position, index in enumerate(batch.indices):
       image = helpers.reference_decode(records.raw(int(index))[1])
       for view in range(2):
@@ -380,10 +411,15 @@ def test_exact_decode_gives_the_pixels_of_the_copying_decode(shards):
         )
         np.testing.assert_array_equal(
           batch.images[view, position],
-          helpers.reference_resized_crop_flip(image, rng, 16, True),
+          helpers.reference_resized_crop_flip(
+            image, rng, 16, True, torchvision=decode == 'torchvision'
+          ),
         )
+  resumed = _batches(source, parallel.make_mesh(2), 2, 2)
+  for want, have in zip(batches[2:], resumed):
+    jax.tree.map(np.testing.assert_array_equal, want, have)
   test = array_record.Records(info, 'test')
-  (first,) = exact.eval_batches(parallel.make_mesh(1), 6)
+  (first,) = source.eval_batches(parallel.make_mesh(1), 6)
   for i in range(6):
     image = helpers.reference_decode(test.raw(i)[1])
     np.testing.assert_array_equal(
@@ -491,6 +527,73 @@ def test_fast_resize_flips_as_a_reversed_view_would():
     np.testing.assert_array_equal(flipped, plain[:, ::-1])
 
 
+def _photo_like_jpeg(rng, shape, **save) -> bytes:
+  """A JPEG of `shape`: blocks of random colour with fine noise on top (so
+  that every row differs from its neighbours, as a photograph's do)."""
+  blocks = rng.integers(0, 200, (shape[0] // 8 + 1, shape[1] // 8 + 1))
+  pixels = np.kron(blocks, np.ones((8, 8)))[: shape[0], : shape[1]]
+  if len(shape) == 3:
+    pixels = pixels[..., None] * rng.uniform(0.5, 1.2, shape[2])
+  pixels = pixels + rng.integers(0, 56, shape)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels.astype(np.uint8)).save(buffer, 'JPEG', **save)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+  'shape,save',
+  [
+    ((150, 110, 3), {'quality': 90}),
+    ((97, 133, 3), {'quality': 75, 'subsampling': 0, 'progressive': True}),
+    ((120, 90), {'quality': 90}),
+  ],
+)
+def test_torchvision_crops_decode_down_to_the_box_only(shape, save):
+  """input.decode='torchvision' decodes a JPEG down to its lowest box's
+  bottom row and no further: its rows are the whole decode's, and its crops
+  torchvision's (the box's pixels as an image of their own, resized), for
+  boxes of every scale and touching every edge; colour (4:2:0 and 4:4:4,
+  progressive) and grey. 'exact' (the box resized within the whole image)
+  differs on the edges. A file cut short is refused, not decoded black."""
+  rng = np.random.default_rng(1)
+  data = _photo_like_jpeg(rng, shape, **save)
+  whole = images.open_image('set', 'file', data, rgb=True)
+  pixels = np.asarray(whole)
+  height, width = shape[:2]
+  cut_short = exact_differs = 0
+  for trial in range(60):
+    size = (8, 16, 40)[trial % 3]
+    box = host_augment.resized_crop_box(height, width, rng)
+    if trial % 4 == 0:  # down to the bottom edge
+      box = (*box[:3], height)
+    left, top, right, bottom = box
+    asked = []
+    part = images.open_image(
+      'set',
+      'file',
+      data,
+      rgb=True,
+      rows=lambda w, h: asked.append((w, h)) or bottom,
+    )
+    assert asked == [(width, height)] and part.height == bottom
+    np.testing.assert_array_equal(np.asarray(part), pixels[:bottom])
+    cut_short += bottom < height
+    cut = Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right]))
+    want = np.asarray(cut.resize((size, size), Image.BILINEAR))
+    for flip in (False, True):
+      have = host_augment.torchvision_resized_crop(part, box, size, flip)
+      np.testing.assert_array_equal(
+        np.asarray(have), want[:, ::-1] if flip else want
+      )
+    exact = np.asarray(host_augment.resized_crop(whole, box, size, False))
+    exact_differs += not np.array_equal(exact, want)
+  assert cut_short > 30 and exact_differs > 30
+  with pytest.raises(UserError, match='truncated'):
+    images.open_image(
+      'set', 'file', data[: len(data) * 2 // 3], rows=lambda w, h: h - 1
+    )
+
+
 def test_the_epoch_order_is_made_once_per_epoch_and_is_read_only():
   """Each worker asks for its epoch's order at every step: it is computed
   once (ImageNet's permutation costs ~30 ms), and read-only, as the cached
@@ -548,18 +651,19 @@ def test_fast_decode_is_keyed_by_step_resumes_mid_epoch_and_nears_exact(
     assert np.abs(have - want).mean() < np.abs(want - want[::-1]).mean() / 3
 
 
-def test_fast_decode_without_its_packages_is_refused_and_auto_is_exact(
+def test_fast_decode_without_its_packages_is_refused_and_auto_is_torchvision(
   shards, monkeypatch
 ):
   """Where simplejpeg or OpenCV is missing, 'fast' is one line naming the
-  field and the package; 'auto' gives a new run 'exact' (DEFAULT_DECODE)."""
+  field and the package; 'auto' gives a new run 'torchvision'
+  (DEFAULT_DECODE), which needs neither."""
   info = array_record.read_info(str(shards))
-  assert stream.source(info, 8, 0, 'resized_crop').decode == 'exact'
+  assert stream.source(info, 8, 0, 'resized_crop').decode == 'torchvision'
   monkeypatch.setattr(images, 'fast_decode_missing', lambda: ['simplejpeg'])
   with pytest.raises(UserError) as e:
     stream.source(info, 8, 0, 'resized_crop', decode='fast')
   assert str(e.value) == (
     "config.input.decode='fast' needs simplejpeg, not installed: "
-    "pip install 'icckd_jax[fast]', or use 'exact'"
+    "pip install 'icckd_jax[fast]', or use 'torchvision'"
   )
-  assert stream.source(info, 8, 0, 'resized_crop').decode == 'exact'
+  assert stream.source(info, 8, 0, 'resized_crop').decode == 'torchvision'

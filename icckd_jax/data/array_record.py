@@ -273,13 +273,15 @@ class Records:
         f'({one_line(e)}); convert the data set again'
       ) from None
 
-  def image(self, index: int) -> tuple[Any, int]:
+  def image(self, index: int, rows=None) -> tuple[Any, int]:
     """(Pillow image of mode 'L' or 'RGB' as `channels` says, label) of
-    example `index`, with no copy of its pixels (`images.open_image`)."""
+    example `index`, with no copy of its pixels; `rows`: a function of its
+    (width, height) giving how many top rows to decode, None for all
+    (`images.open_image`)."""
     label, data = self.raw(index)
     try:
       image = images_lib.open_image(
-        'the record', 'its image', data, self.channels == 3
+        'the record', 'its image', data, self.channels == 3, rows
       )
     except UserError as e:
       raise self._undecodable(index, e) from None

@@ -49,7 +49,7 @@ def eight_bit(where: str, name: str, image: Image.Image) -> Image.Image:
 
 
 def open_image(
-  where: str, name: str, source: Any, rgb: bool = False
+  where: str, name: str, source: Any, rgb: bool = False, rows=None
 ) -> Image.Image:
   """Decodes one image file to a Pillow image of mode 'L' or 'RGB', with no
   copy of its pixels when the file holds one of those modes already.
@@ -60,6 +60,10 @@ def open_image(
     source: a path or the file's bytes.
     rgb: convert grey images to RGB too (sets known to be colour, whose few
       grey files must not change the channel count).
+    rows: None, or a function of the file's (width, height) giving how many
+      of its top rows the caller reads, called once before the decode: a
+      JPEG given as bytes is then decoded down to that row only (the image
+      is that tall), its rows bit for bit those of the whole decode.
 
   Raises:
     UserError: the file is not an image (names it).
@@ -68,8 +72,13 @@ def open_image(
     with Image.open(
       io.BytesIO(source) if isinstance(source, bytes) else source
     ) as opened:
-      opened.load()
-      image = eight_bit(where, name, opened)
+      needed = opened.height if rows is None else rows(*opened.size)
+      if needed < opened.height and _stops_early(opened, source):
+        image = _top_rows(opened, source, needed)
+      else:
+        opened.load()
+        image = opened
+      image = eight_bit(where, name, image)
       mode = 'L' if image.mode in _GREY_MODES and not rgb else 'RGB'
       # convert() copies even an image already in `mode`.
       if image.mode != mode:
@@ -78,6 +87,42 @@ def open_image(
     raise UserError(
       f'{where}: cannot decode {name!r} as an image ({one_line(e)})'
     ) from e
+  return image
+
+
+def _stops_early(opened: Image.Image, source: Any) -> bool:
+  """Whether `_top_rows` can decode `opened`: a JPEG in one piece, read
+  from bytes."""
+  return (
+    isinstance(source, bytes)
+    and opened.format == 'JPEG'
+    and len(opened.tile) == 1
+  )
+
+
+def _top_rows(opened: Image.Image, data: bytes, rows: int) -> Image.Image:
+  """The top `rows` rows of the JPEG `opened` (of bytes `data`), decoded
+  without the rest.
+
+  libjpeg hands a decode's rows out top down, each the same however far the
+  decode goes; Pillow's `load()` always goes to the end, so its decoder is
+  driven here, into an image `rows` tall (the ~15% of a RandomResizedCrop's
+  decode below its box is spared). libjpeg then refuses to finish the
+  decode it was not let finish (an error once the rows are written), while
+  data that ends before them leaves the decoder asking for more.
+  """
+  (tile,) = opened.tile
+  decoder = Image._getdecoder(  # pylint: disable=protected-access
+    opened.mode, tile.codec_name, tile.args, opened.decoderconfig
+  )
+  image = Image.new(opened.mode, (opened.width, rows))
+  try:
+    decoder.setimage(image.im, (0, 0, opened.width, rows))
+    _, status = decoder.decode(memoryview(data)[tile.offset :])
+  finally:
+    decoder.cleanup()
+  if status == 0:
+    raise OSError('image file is truncated')
   return image
 
 

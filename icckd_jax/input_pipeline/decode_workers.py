@@ -14,6 +14,7 @@ one started in its place would print a traceback for each segment it was
 never told of.
 """
 
+import gc
 from multiprocessing import resource_tracker
 import signal
 from typing import Any
@@ -58,3 +59,18 @@ def detached(element: dict[str, Any]) -> dict[str, Any]:
     k: np.array(v) if isinstance(v, np.ndarray) else v
     for k, v in element.items()
   }
+
+
+def release_last_elements() -> None:
+  """Frees what an exhausted Grain pipeline still holds: each worker's last
+  element, shared-memory segments included.
+
+  Grain's prefetch thread ends an exhausted pipeline by passing on its
+  StopIteration, whose traceback keeps the thread's frame, and with it the
+  last element that frame read, in a reference cycle. Only the garbage
+  collector frees a cycle, at a time of its own choosing: the segments of
+  an evaluation pass's last batches would stay in /dev/shm (the tracker
+  unlinks them at exit, warning of leaks). A pass runs for seconds to
+  minutes, so one collection at its end costs nothing that shows.
+  """
+  gc.collect()

@@ -19,9 +19,12 @@ Two recipes, by the images' sizes:
                 and centre crop (`imagenet_preprocess`).
 
 `resized_crop` draws its boxes from the file's size alone, before the
-decode. With config.input.decode='exact' it works on the decoded Pillow
-image, whose pixels it never copies but once, into the batch: the pixels
-of torchvision's RandomResizedCrop on a PIL image. With 'fast' the stream
+decode. With config.input.decode='torchvision' a JPEG is decoded down to
+the lowest box's bottom row only, each box cut out of the Pillow image and
+resized: torchvision's RandomResizedCrop on a PIL image, pixel for pixel.
+'exact' (what streamed runs decoded before 'torchvision' existed) decodes
+the whole image and resizes each box within it, which differs from
+torchvision on the boxes' edges (`resized_crop`). With 'fast' the stream
 decodes a JPEG at the smallest DCT scale that keeps every box at least the
 training size (`images.decode_scaled`, `images.keeping`) and resizes each
 box with OpenCV (`images.resize_box`: bilinear, the area filter past 2x).
@@ -104,6 +107,23 @@ def resized_crop_box(
 
 def resized_crop(image: Image.Image, box, size: int, flip: bool) -> Image.Image:
   """`box` of `image` resized to [size, size] (bilinear) and flipped if
-  `flip`."""
+  `flip` (input.decode='exact'): Pillow's resize of the box within the
+  image, whose filter reaches up to a pixel (or a scale's worth) past the
+  box's edges. So its outermost rows and columns differ from
+  `torchvision_resized_crop`'s (which clamps the filter at the box), and
+  the order of Pillow's two passes (each rounding to 8 bits) hangs on the
+  whole image's size."""
   out = image.resize((size, size), Image.BILINEAR, box=box)
+  return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
+
+
+def torchvision_resized_crop(
+  image: Image.Image, box, size: int, flip: bool
+) -> Image.Image:
+  """`box` of `image` cut out, resized to [size, size] (bilinear) and
+  flipped if `flip`: what torchvision's RandomResizedCrop and
+  RandomHorizontalFlip do to a PIL image given the same box
+  (input.decode='torchvision'). Only the box's pixels count, so `image`
+  need hold no row below it."""
+  out = image.crop(box).resize((size, size), Image.BILINEAR)
   return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out

@@ -55,12 +55,12 @@ AUGMENTS = ('auto', *host_augment.RECIPES)
 # config.input.decode: how 'resized_crop' decodes and resizes
 # (`host_augment`, `imagenet_preprocess`); 'auto' is DEFAULT_DECODE for a
 # new run, what a resumed one started with (runs/data_identity.py).
-DECODES = ('auto', 'exact', 'fast')
+DECODES = ('auto', 'torchvision', 'exact', 'fast')
 # Chosen with benchmarks/input_speed.py (docs/data.md): 'fast' costs about
 # 0.75x 'exact''s CPU per image at full size, but 'exact' keeps torchvision's
 # pixels (those imported teachers and published tables were measured with)
 # and feeds 4,000 img/s from 12 cores, 6,000 from 17 (max_side=320: 7, 10).
-DEFAULT_DECODE = 'exact'
+DEFAULT_DECODE = 'torchvision'
 # What streamed runs decoded before config.input.decode existed.
 DECODE_BEFORE_RECORDED = 'exact'
 
@@ -120,7 +120,7 @@ def splits(
   if missing:
     raise UserError(
       f"config.input.decode='fast' needs {' and '.join(missing)}, not "
-      "installed: pip install 'icckd_jax[fast]', or use 'exact'"
+      "installed: pip install 'icckd_jax[fast]', or use 'torchvision'"
     )
   if augment == 'auto':
     augment = 'crop' if info.image_shape is not None else 'resized_crop'
@@ -330,3 +330,5 @@ def _eval_batches(
     close = getattr(elements, 'close', None)
     if close is not None:
       close()
+    if split.workers:
+      decode_workers.release_last_elements()

@@ -70,6 +70,17 @@ class TrainRows:
       array, scale, label = self.records.scaled(index, boxes)
       for v, (box, flip) in enumerate(views):
         out[v] = images_lib.resize_box(array, box, scale, size, flip)
+    elif self.split.decode == 'torchvision':
+
+      def rows(width, height):  # down to the lowest box's bottom row
+        boxes(width, height)
+        return max(box[3] for box, _ in views)
+
+      image, label = self.records.image(index, rows)
+      for v, (box, flip) in enumerate(views):
+        out[v] = images_lib.as_array(
+          host_augment.torchvision_resized_crop(image, box, size, flip)
+        )
     else:
       image, label = self.records.image(index)
       boxes(image.width, image.height)
@@ -132,11 +143,11 @@ class EvalRows:
 
   def _resized(self, index: int) -> tuple[np.ndarray, int]:
     """([size, size, C], label): torchvision's resize and centre crop of
-    example `index` ('exact'), or its box alone resized from a reduced
+    example `index` ('torchvision' and 'exact'), or its box alone resized from a reduced
     decode ('fast')."""
     size = self.split.image_shape[0]
     resize = imagenet_preprocess.eval_resize(size)
-    if self.split.decode == 'exact':
+    if self.split.decode in ('exact', 'torchvision'):
       image, label = self.records.image(index)
       return imagenet_preprocess.resize_center_crop(image, resize, size), label
     boxes = []
