@@ -91,8 +91,8 @@ flags.DEFINE_string(
   'baseline',
   None,
   'A checkout of an older version of this project (git worktree add DIR '
-  "COMMIT) measured beside this one as 'project_before' (input.decode "
-  "'exact', full-size storage).",
+  "COMMIT) measured beside this one as 'project_before' (its default "
+  "input.decode, full-size storage).",
 )
 flags.DEFINE_bool(
   'tf_antialias',

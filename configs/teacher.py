@@ -73,12 +73,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input = ml_collections.ConfigDict()
   c.input.mode = 'auto'
   c.input.workers = 2  # Grain's decode processes when streaming; 0: a thread
-  # A streamed 'resized_crop' set's decode (docs/data.md): 'exact' decodes
-  # at full size, torchvision's pixels; 'fast' decodes JPEGs at a reduced
+  # A streamed 'resized_crop' set's decode (docs/data.md): 'torchvision'
+  # decodes down to the crops' boxes and gives torchvision's pixels; 'exact'
+  # (streamed runs of older versions) resizes each box within the whole
+  # decoded image; 'fast' decodes JPEGs at a reduced
   # DCT scale that keeps each crop at least the training size (simplejpeg)
   # and resizes the crops, and only the evaluation crop's box, with OpenCV
-  # (bilinear), needing pip install 'icckd_jax[fast]'; 'auto' is 'exact'
-  # for a new run, what a resumed run started with.
+  # (bilinear), needing pip install 'icckd_jax[fast]'; 'auto' is
+  # 'torchvision' for a new run, what a resumed run started with.
   c.input.decode = 'auto'
 
   # The recipe of the CIFAR-100 KD benchmark (docs/method.md §5).

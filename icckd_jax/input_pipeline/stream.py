@@ -72,8 +72,8 @@ class StreamSplit:
 
   `image_shape`: [H, W, C] of the images the pipeline hands out; `recipe`:
   'crop' or 'resized_crop' (`host_augment`); `workers`: Grain's decode
-  processes (0: decoding in a thread of this process); `decode`: 'exact' or
-  'fast' (DECODES), how 'resized_crop' decodes and resizes.
+  processes (0: decoding in a thread of this process); `decode`: one of
+  DECODES but 'auto', how 'resized_crop' decodes and resizes.
   """
 
   info: array_record.Info
@@ -164,7 +164,7 @@ class StreamSource:
 
   @property
   def decode(self) -> str | None:
-    """'exact' or 'fast': how 'resized_crop' decodes and resizes its images
+    """'torchvision', 'exact' or 'fast': how 'resized_crop' decodes and resizes its images
     (None for 'crop', which never resizes)."""
     return self.train.decode if self.train.recipe == 'resized_crop' else None
 

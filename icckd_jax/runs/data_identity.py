@@ -5,7 +5,7 @@ A run writes WORKDIR/data.json (`layout.DATA_FILE`) beside config.json:
 
   {'data': {'name', 'classes', 'counts': {'train', 'test'}, 'image_shape',
             'digest'}, 'input': 'resident' | 'stream',
-   'decode': 'exact' | 'fast' (streamed runs)}
+   'decode': 'torchvision' | 'exact' | 'fast' (streamed runs)}
 
 `digest` is a converted set's `array_record.Info.digest` (its classes and
 the SHA-256 the conversion recorded of every file; None for the sets the

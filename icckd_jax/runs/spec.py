@@ -83,7 +83,7 @@ class Bookkeeping:
 class Inputs:
   """Which input path feeds the run (input_pipeline/inputs.py): 'auto',
   'resident' or 'stream'; Grain's decode processes when streaming; how a
-  streamed 'resized_crop' decodes ('auto', 'exact', 'fast':
+  streamed 'resized_crop' decodes ('auto', 'torchvision', 'exact', 'fast':
   input_pipeline/stream.py)."""
 
   mode: str = 'auto'

@@ -44,7 +44,7 @@ def evaluate_pytorch(
   test split of `data`, as a student evaluates such a teacher (inputs
   normalised with the statistics of the model's family,
   `torch_import.normalization`; float32), a streamed ImageNet decoded
-  'exact': torchvision's transform, which the published top-1 was
+  'torchvision': torchvision's transform, which the published top-1 was
   measured with. Returns the result; writes
   nothing, except the plain parameters file `export` when given.
   """
@@ -52,7 +52,7 @@ def evaluate_pytorch(
     params_file.check_writable(export, 'config.export')
   torch_import.check_source(pth, model_name, 'config.pth', 'config.model')
   mesh = parallel.make_mesh(num_devices)
-  dataset = inputs.load(data, decode='exact')
+  dataset = inputs.load(data, decode='torchvision')
   check_image_size(data, dataset.image_shape)
   variables = torch_import.load_checkpoint(pth, model_name, dataset.num_classes)
   mean, std = torch_import.normalization(model_name)
