@@ -62,15 +62,17 @@ def detached(element: dict[str, Any]) -> dict[str, Any]:
 
 
 def release_last_elements() -> None:
-  """Frees what an exhausted Grain pipeline still holds: each worker's last
-  element, shared-memory segments included.
+  """Frees what a closed or exhausted Grain pipeline still holds: each
+  worker's last element, shared-memory segments included.
 
-  Grain's prefetch thread ends an exhausted pipeline by passing on its
-  StopIteration, whose traceback keeps the thread's frame, and with it the
-  last element that frame read, in a reference cycle. Only the garbage
-  collector frees a cycle, at a time of its own choosing: the segments of
-  an evaluation pass's last batches would stay in /dev/shm (the tracker
-  unlinks them at exit, warning of leaks). A pass runs for seconds to
-  minutes, so one collection at its end costs nothing that shows.
+  Grain's prefetch thread ends by passing on the exception that stopped it
+  (an exhausted pipeline's StopIteration, a closed one's error), whose
+  traceback keeps the thread's frame, and with it the last element that
+  frame read, in a reference cycle. Only the garbage collector frees a
+  cycle, at a time of its own choosing: the segments of an evaluation
+  pass's last batches, or of the batch in flight when training stops,
+  would stay in /dev/shm (the tracker unlinks them at exit, warning of
+  leaks). A pipeline lives for seconds to days, so one collection at its
+  end costs nothing that shows.
   """
   gc.collect()

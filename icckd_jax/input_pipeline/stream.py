@@ -56,12 +56,14 @@ AUGMENTS = ('auto', *host_augment.RECIPES)
 # (`host_augment`, `imagenet_preprocess`); 'auto' is DEFAULT_DECODE for a
 # new run, what a resumed one started with (runs/data_identity.py).
 DECODES = ('auto', 'torchvision', 'exact', 'fast')
-# Chosen with benchmarks/input_speed.py (docs/data.md): 'fast' costs about
-# 0.75x 'exact''s CPU per image at full size, but 'exact' keeps torchvision's
-# pixels (those imported teachers and published tables were measured with)
-# and feeds 4,000 img/s from 12 cores, 6,000 from 17 (max_side=320: 7, 10).
+# Chosen with benchmarks/input_speed.py (docs/data.md): 'torchvision' gives
+# torchvision's pixels (those imported teachers and published tables were
+# measured with) at less CPU than 'exact' (its decode stops at the crops),
+# and feeds 4,000 img/s from 11 cores, 6,000 from 17 (max_side=320: 7, 11);
+# 'fast' costs about 0.75x its CPU at full size, with other pixels.
 DEFAULT_DECODE = 'torchvision'
-# What streamed runs decoded before config.input.decode existed.
+# What streamed runs decoded before config.input.decode existed (and, until
+# 'torchvision', by default).
 DECODE_BEFORE_RECORDED = 'exact'
 
 
@@ -294,6 +296,8 @@ def _train_batches(
     close = getattr(elements, 'close', None)
     if close is not None:
       close()
+    if split.workers:
+      decode_workers.release_last_elements()
 
 
 def _eval_batches(
