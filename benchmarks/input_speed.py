@@ -92,7 +92,7 @@ flags.DEFINE_string(
   None,
   'A checkout of an older version of this project (git worktree add DIR '
   "COMMIT) measured beside this one as 'project_before' (its default "
-  "input.decode, full-size storage).",
+  'input.decode, full-size storage).',
 )
 flags.DEFINE_bool(
   'tf_antialias',
