@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from conftest import COLLECTIVE_PATIENCE, ROOT
+from conftest import COLLECTIVE_PATIENCE, QUICK_COMPILE, ROOT
 from icckd_jax import parallel
 from icckd_jax.data import images
 from icckd_jax.experiments import ablation_metrics
@@ -139,8 +139,11 @@ def subprocess_env(devices: int) -> dict[str, str]:
   return dict(
     os.environ,
     JAX_PLATFORMS='cpu',
+    # At the suite's optimisation level, so that a run here and one in the
+    # tests' own processes compile to the same code.
     XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE}'
+      f'--xla_force_host_platform_device_count={devices} {COLLECTIVE_PATIENCE} '
+      f'{QUICK_COMPILE}'
     ),
   )
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import study
-from conftest import ROOT
+from conftest import QUICK_COMPILE, ROOT
 import helpers
 from icckd_jax import parallel
 from icckd_jax.errors import UserError
@@ -338,7 +338,7 @@ def test_srun_two_processes_train_like_one_process_with_two_devices(
   env = dict(
     slurm,
     XLA_FLAGS='--xla_force_host_platform_device_count=1 '
-    + '--xla_cpu_collective_timeout_seconds=900',
+    + f'--xla_cpu_collective_timeout_seconds=900 {QUICK_COMPILE}',
   )
   srun = tmp_path / 'srun'
   done = _succeeded(
