@@ -106,7 +106,7 @@ def _top_rows(opened: Image.Image, data: bytes, rows: int) -> Image.Image:
 
   libjpeg hands a decode's rows out top down, each the same however far the
   decode goes; Pillow's `load()` always goes to the end, so its decoder is
-  driven here, into an image `rows` tall (the ~15% of a RandomResizedCrop's
+  driven here, into an image `rows` tall (the ~18% of a RandomResizedCrop's
   decode below its box is spared). libjpeg then refuses to finish the
   decode it was not let finish (an error once the rows are written), while
   data that ends before them leaves the decoder asking for more.

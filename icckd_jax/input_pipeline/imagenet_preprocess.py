@@ -18,7 +18,8 @@ gets, (x - 255 · mean) / (255 · std) in [0, 255] units
 The streaming input's evaluation (`stream`, images of several sizes) is
 this transform on the decoded record, at other sizes in the same ratio:
 `eval_resize(size)` then the centre `size` (256 / 224 at 224), exactly
-(`resize_center_crop`, config.input.decode 'torchvision' and 'exact'). With 'fast'
+(`resize_center_crop`, config.input.decode 'torchvision' and 'exact').
+With 'fast'
 (`center_crop_box`) only the crop's box of the image is resized, straight
 to the crop by OpenCV (`images.resize_box`), from a JPEG decoded at the
 smallest DCT scale that keeps the box at least the crop

@@ -114,8 +114,8 @@ class InputSource(Protocol):
     image_shape: [H, W, C] of the images a step sees.
     input_path: 'resident' or 'stream', the path chosen (`inputs.load`);
       a run resumes on the path it started on (runs/data_identity.py).
-    decode: 'torchvision', 'exact' or 'fast', how a streamed ImageNet crop is decoded
-      (`stream.DECODES`), None where nothing is resized; a run resumes
+    decode: 'torchvision', 'exact' or 'fast', how a streamed ImageNet
+      crop is decoded (`stream.DECODES`), None where nothing is resized; a run resumes
       with the decode it started with.
   """
 

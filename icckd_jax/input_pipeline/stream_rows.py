@@ -70,24 +70,21 @@ class TrainRows:
       array, scale, label = self.records.scaled(index, boxes)
       for v, (box, flip) in enumerate(views):
         out[v] = images_lib.resize_box(array, box, scale, size, flip)
-    elif self.split.decode == 'torchvision':
+    else:  # Pillow; 'torchvision' decodes down to the lowest box only
+      torchvision = self.split.decode == 'torchvision'
 
-      def rows(width, height):  # down to the lowest box's bottom row
+      def rows(width, height):
         boxes(width, height)
-        return max(box[3] for box, _ in views)
+        return max(b[3] for b, _ in views) if torchvision else height
 
       image, label = self.records.image(index, rows)
+      crop = (
+        host_augment.torchvision_resized_crop
+        if torchvision
+        else host_augment.resized_crop
+      )
       for v, (box, flip) in enumerate(views):
-        out[v] = images_lib.as_array(
-          host_augment.torchvision_resized_crop(image, box, size, flip)
-        )
-    else:
-      image, label = self.records.image(index)
-      boxes(image.width, image.height)
-      for v, (box, flip) in enumerate(views):
-        out[v] = images_lib.as_array(
-          host_augment.resized_crop(image, box, size, flip)
-        )
+        out[v] = images_lib.as_array(crop(image, box, size, flip))
     self._strong(out, step, position)
     return label
 
@@ -143,8 +140,8 @@ class EvalRows:
 
   def _resized(self, index: int) -> tuple[np.ndarray, int]:
     """([size, size, C], label): torchvision's resize and centre crop of
-    example `index` ('torchvision' and 'exact'), or its box alone resized from a reduced
-    decode ('fast')."""
+    example `index` ('torchvision' and 'exact'), or its box alone resized
+    from a reduced decode ('fast')."""
     size = self.split.image_shape[0]
     resize = imagenet_preprocess.eval_resize(size)
     if self.split.decode in ('exact', 'torchvision'):
